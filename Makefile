@@ -1,0 +1,41 @@
+# ia-atendimento-bot: `make run` starts everything, `make test` checks everything.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install services run test lint typecheck pytest bench eval clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+services:  ## make sure Redis and RabbitMQ answer (start or install them locally if needed)
+	@scripts/ensure-services.sh
+
+run: install services  ## run gateway, one worker and monitor in the foreground (Ctrl-C stops all)
+	@scripts/run-all.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install services
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: install services lint typecheck pytest  ## everything CI runs
+
+bench: install services  ## throughput and latency against a bare aiohttp+RabbitMQ round trip
+	$(PY) -m bench $(BENCH_ARGS)
+
+eval: install  ## answer quality of the knowledge-base engine: make eval KB=... QUESTIONS=...
+	$(PY) -m eval $(if $(KB),--kb $(KB)) $(if $(QUESTIONS),--questions $(QUESTIONS))
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Offline evaluation of the knowledge-base reply engine: `python -m eval --help`."""

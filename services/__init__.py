@@ -1,0 +1,1 @@
+"""The three deployable services: gateway, worker and monitor."""

@@ -1,0 +1,100 @@
+"""`POST /v1/messages`: the web and server-to-server channel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from services.gateway.intake import unavailable
+from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE
+from services.gateway.validation import parse_json_object, parse_message, parse_wait
+from shared.broker import BROKER_ERRORS
+from shared.messages import InboundMessage, ReplyMessage
+from shared.store import REDIS_ERRORS
+from shared.web import Problem, json_response
+
+
+def _queued(message: InboundMessage, conversation_id: str, duplicate: bool) -> web.Response:
+    body: dict[str, Any] = {"message_id": message.message_id, "conversation_id": conversation_id, "status": "queued"}
+    if duplicate:
+        body["duplicate"] = True
+    return json_response(body, status=202)
+
+
+def _answered(reply: ReplyMessage, duplicate: bool) -> web.Response:
+    body = reply.public_dict()
+    if duplicate:
+        body["duplicate"] = True
+    return json_response(body, status=200)
+
+
+async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
+    if request.content_type != "application/json":
+        raise Problem(415, f"Content-Type: must be application/json (got {request.content_type or 'none'})")
+    wait = parse_wait(request.query.get("wait"))
+    fields = parse_message(parse_json_object(await request.read()))
+    inbound = InboundMessage(
+        message_id=fields.message_id,
+        conversation_id=fields.conversation_id,
+        user_id=fields.user_id,
+        text=fields.text,
+        channel="web",
+        metadata=fields.metadata,
+        gateway_id=request.app[SETTINGS].instance_id,
+    )
+    return inbound, wait
+
+
+async def post_message(request: web.Request) -> web.Response:
+    message, wait = await _read_message(request)
+    router = request.app[ROUTER]
+    # The waiter exists before the publish, so a reply faster than this handler is not missed.
+    with router.waiter(message.message_id) as future:
+        outcome = await request.app[INTAKE].accept(message)
+        if outcome.duplicate_of is not None:
+            return await _answer_duplicate(request, message, outcome.duplicate_of, wait, future)
+        if wait == 0:
+            return _queued(message, message.conversation_id, duplicate=False)
+        reply = await _wait(future, wait)
+        if reply is None:
+            reply = await _stored_reply(request, message.message_id)
+    if reply is None:
+        return _queued(message, message.conversation_id, duplicate=False)
+    return _answered(reply, duplicate=False)
+
+
+async def _answer_duplicate(
+    request: web.Request,
+    message: InboundMessage,
+    conversation_id: str,
+    wait: float,
+    future: asyncio.Future[ReplyMessage],
+) -> web.Response:
+    """A repeated id answers as the original did, queueing nothing; it may wait like the original."""
+    reply = await _stored_reply(request, message.message_id)
+    if reply is None and wait > 0:
+        # The original may have come through another gateway: follow its conversation meanwhile.
+        try:
+            async with request.app[ROUTER].stream(conversation_id):
+                reply = await _stored_reply(request, message.message_id) or await _wait(future, wait)
+        except BROKER_ERRORS:
+            raise unavailable("the message broker") from None
+    if reply is None:
+        return _queued(message, conversation_id, duplicate=True)
+    return _answered(reply, duplicate=True)
+
+
+async def _wait(future: asyncio.Future[ReplyMessage], seconds: float) -> ReplyMessage | None:
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), seconds)
+    except TimeoutError:
+        return None
+
+
+async def _stored_reply(request: web.Request, message_id: str) -> ReplyMessage | None:
+    try:
+        return await request.app[STORE].stored_reply(message_id)
+    except REDIS_ERRORS:
+        return None

@@ -1,0 +1,19 @@
+"""Typed application keys of the gateway."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.gateway.intake import Intake
+from services.gateway.replies import ReplyRouter
+from shared.broker import Broker
+from shared.settings import Settings
+from shared.store import Store
+from shared.web import Probes
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+INTAKE = web.AppKey("intake", Intake)
+ROUTER = web.AppKey("router", ReplyRouter)
+BROKER = web.AppKey("broker", Broker)
+PROBES = web.AppKey("probes", Probes)

@@ -1,0 +1,1 @@
+"""The worker service: generates replies to queued messages."""

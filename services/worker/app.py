@@ -1,0 +1,100 @@
+"""The worker: consumes the shard queues, generates replies, and serves probes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from services.worker.consumer import ShardConsumer
+from services.worker.engines.base import ReplyEngine
+from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
+from services.worker.processor import Processor
+from shared.broker import Broker
+from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.names import Names
+from shared.settings import ConfigError, Settings
+from shared.store import Store, create_redis, redis_check
+from shared.web import Probes, new_metrics_registry, problem_middleware
+
+SERVICE = "worker"
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", ReplyEngine)
+PROBES = web.AppKey("probes", Probes)
+BROKER = web.AppKey("broker", Broker)
+STORE = web.AppKey("store", Store)
+CONSUMER = web.AppKey("consumer", ShardConsumer)
+
+
+def build_engine(settings: Settings) -> ReplyEngine:
+    """Load the knowledge base now, so a malformed file stops the worker at start, naming the problem."""
+    try:
+        knowledge = KnowledgeBase.load(settings.kb_path)
+    except KnowledgeBaseError as exc:
+        raise ConfigError(f"KB_PATH: {exc}") from None
+    if settings.reply_engine != "kb":
+        raise ConfigError(f"REPLY_ENGINE={settings.reply_engine!r} is not available yet")
+    return KbEngine(knowledge)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware])
+    app[SETTINGS] = settings
+    app[ENGINE] = build_engine(settings)
+    app[PROBES] = Probes(lambda: _health(app), new_metrics_registry())
+    app[PROBES].add_routes(app)
+    app.cleanup_ctx.extend([_resources, _consuming])
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    names = Names(settings.namespace, settings.shards)
+    redis = create_redis(settings.redis_url)
+    broker = Broker(settings.amqp_url, names, f"atendimento-worker {settings.instance_id}")
+    broker.start()
+    app[BROKER] = broker
+    app[STORE] = Store(redis, names, settings.memory_turns, settings.memory_ttl_s)
+    yield
+    await app[ENGINE].close()
+    await broker.close()
+    await redis.aclose()
+
+
+async def _consuming(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = app[STORE]
+    processor = Processor(store, app[BROKER], app[ENGINE], settings.max_attempts)
+    consumer = ShardConsumer(app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s)
+    app[CONSUMER] = consumer
+    info = ProcessInfo(SERVICE, settings.instance_id)
+    heartbeat = asyncio.create_task(
+        heartbeat_loop(
+            store, info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s, lambda: {"shards": consumer.shards}
+        ),
+        name="heartbeat",
+    )
+    balancing = asyncio.create_task(consumer.run(settings.heartbeat_interval_s), name="shard-balancer")
+    yield
+    # SIGTERM: stop taking work, finish what is in hand, then leave (the heartbeat goes last, so the
+    # others take the shards over only once they are free).
+    app[PROBES].draining = True
+    balancing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await balancing
+    await consumer.stop(settings.shutdown_grace_s)
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
+
+
+async def _health(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    checks: dict[str, Any] = {
+        "rabbitmq": {"status": "up" if app[BROKER].connected else "down"},
+        "redis": await redis_check(app[STORE].redis),
+        "consumer": {"status": "up", "shards": app[CONSUMER].shards},
+    }
+    return all(check["status"] == "up" for check in checks.values()), checks

@@ -1,0 +1,1 @@
+"""Reply engines of the worker: the offline knowledge base and OpenAI-compatible LLMs."""

@@ -1,0 +1,153 @@
+"""The knowledge-base file (SPEC section 6): loading and validation.
+
+A bad file stops the worker at start, so every error names the file, the entry (its 1-based
+position and, when known, its id) and what is wrong, in one line an operator can act on:
+
+    kb.yaml: entry 3 (id 'frete'): 'answer' must be a non-empty string
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from .text import LANGUAGES, Language
+
+_TOP_KEYS = frozenset({"language", "fallback", "entries"})
+_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags"})
+
+
+class KnowledgeBaseError(ValueError):
+    """The knowledge-base file is missing or malformed; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One answer of the base and the questions it answers."""
+
+    id: str
+    questions: tuple[str, ...]
+    answer: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeBase:
+    language: Language
+    fallback: str
+    entries: tuple[Entry, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> KnowledgeBase:
+        """Read and validate a base; raises KnowledgeBaseError naming file, entry and problem."""
+        return parse(_read_yaml(path), str(path))
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KnowledgeBaseError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KnowledgeBaseError(f"{path}: cannot read the file: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
+        raise KnowledgeBaseError(f"{path}: invalid YAML at line {line}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise KnowledgeBaseError(f"{path}: invalid YAML: {exc}") from None
+
+
+def parse(data: object, source: str) -> KnowledgeBase:
+    """Validate already-parsed YAML; `source` names it in error messages."""
+    if not isinstance(data, Mapping):
+        raise KnowledgeBaseError(
+            f"{source}: the top level must be a mapping with 'language', 'fallback' and 'entries'"
+        )
+    top = cast(Mapping[str, Any], data)
+    _reject_unknown_keys(top, _TOP_KEYS, source)
+    language = _language(top.get("language"), source)
+    fallback = _fallback(top, source)
+    entries_data = top.get("entries")
+    if not isinstance(entries_data, list) or not entries_data:
+        raise KnowledgeBaseError(f"{source}: 'entries' must be a non-empty list")
+    entries = tuple(_entry(item, index, source) for index, item in enumerate(entries_data, start=1))
+    _reject_duplicate_ids(entries, source)
+    return KnowledgeBase(language, fallback, entries)
+
+
+def _language(value: object, source: str) -> Language:
+    # "pt-BR" and "en_US" name the same normalisation as "pt" and "en".
+    code = value.strip().lower().replace("_", "-").split("-")[0] if isinstance(value, str) else None
+    for language in LANGUAGES:
+        if code == language:
+            return language
+    raise KnowledgeBaseError(f"{source}: 'language' must be 'pt' or 'en', got {value!r}")
+
+
+def _fallback(top: Mapping[str, Any], source: str) -> str:
+    value = top.get("fallback")
+    if not isinstance(value, str) or not value.strip():
+        raise KnowledgeBaseError(f"{source}: 'fallback' must be a non-empty string")
+    return value.strip()
+
+
+def _entry(item: object, index: int, source: str) -> Entry:
+    where = f"{source}: entry {index}"
+    if not isinstance(item, Mapping):
+        raise KnowledgeBaseError(f"{where}: must be a mapping with 'id', 'questions' and 'answer'")
+    data = cast(Mapping[str, Any], item)
+    raw_id = data.get("id")
+    if raw_id is None:
+        raise KnowledgeBaseError(f"{where}: 'id' is missing")
+    if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
+        raise KnowledgeBaseError(f"{where}: 'id' must be a non-empty string")
+    entry_id = str(raw_id).strip()
+    where = f"{where} (id {entry_id!r})"
+    _reject_unknown_keys(data, _ENTRY_KEYS, where)
+    return Entry(
+        id=entry_id,
+        questions=_strings(data.get("questions"), "questions", where, required=True),
+        answer=_answer(data.get("answer"), where),
+        tags=_strings(data.get("tags"), "tags", where, required=False),
+    )
+
+
+def _answer(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise KnowledgeBaseError(f"{where}: 'answer' must be a non-empty string")
+    return value.strip()
+
+
+def _strings(value: object, key: str, where: str, *, required: bool) -> tuple[str, ...]:
+    if value is None and not required:
+        return ()
+    problem = f"{where}: {key!r} must be a {'non-empty ' if required else ''}list of non-empty strings"
+    if not isinstance(value, list) or (required and not value):
+        raise KnowledgeBaseError(problem)
+    if not all(isinstance(v, str) and v.strip() for v in value):
+        raise KnowledgeBaseError(problem)
+    return tuple(str(v).strip() for v in value)
+
+
+def _reject_unknown_keys(data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        expected = ", ".join(sorted(allowed))
+        raise KnowledgeBaseError(f"{where}: unknown key {unknown[0]!r} (expected {expected})")
+
+
+def _reject_duplicate_ids(entries: tuple[Entry, ...], source: str) -> None:
+    first_seen: dict[str, int] = {}
+    for index, entry in enumerate(entries, start=1):
+        if entry.id in first_seen:
+            raise KnowledgeBaseError(
+                f"{source}: entry {index} (id {entry.id!r}): duplicate id, "
+                f"already used by entry {first_seen[entry.id]}"
+            )
+        first_seen[entry.id] = index

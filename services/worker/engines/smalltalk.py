@@ -1,0 +1,143 @@
+"""Greetings, thanks and goodbyes: recognised and answered without the knowledge base.
+
+A message made only of such phrases (plus stop words: "oi, tudo bem com você?") gets a short reply
+in the base's language. When a real question follows ("oi, qual o prazo?"), the phrases are cut
+out and the rest goes to the knowledge base, so "bom dia" never matches an entry about "dias".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .text import Language, is_content
+
+Kind = Literal["greeting", "thanks", "goodbye", "ack"]
+
+# Phrases are written as their tokens after text.words_of (folded, abbreviations expanded).
+_PHRASES: Mapping[Language, Mapping[Kind, tuple[str, ...]]] = {
+    "pt": {
+        "greeting": (
+            "oi", "oie", "ola", "opa", "eai", "e ai", "salve", "alo", "bom dia", "boa tarde",
+            "boa noite", "tudo bem", "tudo bom", "tudo certo", "como vai", "como voce esta",
+            "boas vindas", "hello", "hi",
+        ),
+        "thanks": (
+            "obrigado", "obrigada", "muito obrigado", "muito obrigada", "valeu", "agradeco",
+            "grato", "grata", "thanks",
+        ),
+        "goodbye": (
+            "tchau", "tchauzinho", "ate mais", "ate logo", "ate breve", "ate amanha", "adeus",
+            "falou", "bom fim de semana", "boa semana", "bye",
+        ),
+        "ack": ("ok", "okay", "beleza", "certo", "entendi", "ta bom", "esta bom", "show", "perfeito",
+                "otimo", "blz", "joia", "tranquilo", "combinado", "sim", "ah ta", "ah esta"),
+    },
+    "en": {
+        "greeting": (
+            "hi", "hello", "hey", "hiya", "howdy", "yo", "good morning", "good afternoon",
+            "good evening", "how are you", "how is it going", "hi there", "hello there",
+        ),
+        "thanks": (
+            "thanks", "thank you", "thanks a lot", "many thanks", "cheers", "appreciate it",
+            "much appreciated", "thank you very much", "thanks so much",
+        ),
+        "goodbye": (
+            "bye", "goodbye", "bye bye", "see you", "see you later", "good night", "talk later",
+            "have a nice day", "have a good day", "take care",
+        ),
+        "ack": ("okay", "got it", "great", "cool", "perfect", "alright", "all right",
+                "sounds good", "understood", "yes", "awesome"),
+    },
+}
+
+_REPLIES: Mapping[Language, Mapping[Kind, str]] = {
+    "pt": {
+        "greeting": "Olá! Como posso ajudar?",
+        "thanks": "De nada! Posso ajudar em mais alguma coisa?",
+        "goodbye": "Até logo! Se precisar, é só chamar.",
+        "ack": "Certo! Posso ajudar em mais alguma coisa?",
+    },
+    "en": {
+        "greeting": "Hello! How can I help you?",
+        "thanks": "You're welcome! Can I help with anything else?",
+        "goodbye": "Goodbye! Message us any time.",
+        "ack": "Great! Can I help with anything else?",
+    },
+}
+
+# When a message mixes kinds, the reply answers the one that ends a conversation first:
+# "obrigado, tchau" is a goodbye, "oi, obrigado" is thanks.
+_PRIORITY: tuple[Kind, ...] = ("goodbye", "thanks", "greeting", "ack")
+_LONGEST = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SmallTalk:
+    """What small talk a message holds and what is left once it is cut out."""
+
+    kinds: frozenset[Kind]
+    rest: tuple[str, ...]
+    language: Language
+
+    @property
+    def only_small_talk(self) -> bool:
+        """True when nothing but small talk and stop words was said."""
+        return bool(self.kinds) and not self.rest
+
+    def reply(self) -> str:
+        kind = next(k for k in _PRIORITY if k in self.kinds)
+        return _REPLIES[self.language][kind]
+
+
+def _phrase_table(language: Language) -> dict[tuple[str, ...], Kind]:
+    return {
+        tuple(phrase.split()): kind
+        for kind, phrases in _PHRASES[language].items()
+        for phrase in phrases
+    }
+
+
+class SmallTalkDetector:
+    """Finds small talk at the start and the end of a message.
+
+    Only the edges are scanned: in the middle of a question, words such as "certo" or "show" are
+    part of what is asked ("o valor certo"), while "oi, ..." and "..., obrigado" frame it.
+    """
+
+    def __init__(self, language: Language) -> None:
+        self._language = language
+        self._table = _phrase_table(language)
+
+    def scan(self, words: Sequence[str]) -> SmallTalk:
+        kinds: set[Kind] = set()
+        start = self._skip(words, kinds, forward=True)
+        end = len(words) - self._skip(words[start:][::-1], kinds, forward=False)
+        return SmallTalk(frozenset(kinds), tuple(words[start:end]), self._language)
+
+    def _skip(self, words: Sequence[str], kinds: set[Kind], *, forward: bool) -> int:
+        """How many leading words are small talk or stop words; adds the kinds met to `kinds`.
+
+        `words` is reversed by the caller for the backward scan, so phrases are reversed too.
+        """
+        i = 0
+        while i < len(words):
+            match = self._match_at(words, i, forward=forward)
+            if match is not None:
+                length, kind = match
+                kinds.add(kind)
+                i += length
+            elif not is_content(words[i], self._language):
+                i += 1
+            else:
+                break
+        return i
+
+    def _match_at(self, words: Sequence[str], start: int, *, forward: bool) -> tuple[int, Kind] | None:
+        for length in range(min(_LONGEST, len(words) - start), 0, -1):
+            chunk = tuple(words[start : start + length])
+            kind = self._table.get(chunk if forward else chunk[::-1])
+            if kind is not None:
+                return length, kind
+        return None

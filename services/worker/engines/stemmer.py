@@ -1,0 +1,113 @@
+"""Light suffix stemmers for Portuguese and English (folded, accent-free words).
+
+They follow the shape of RSLP (Portuguese) and Porter (English) with far fewer rules: the goal is
+that the forms a customer and a base use for one idea ("cancelar", "cancelo", "cancelamento";
+"installing", "installation") reduce to one stem. A wrong stem costs little, because the index
+also matches stems that share a long prefix (see index.py); an over-eager rule that merges two
+ideas costs more, hence the minimum stem lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from .text import Language
+
+# (suffix, replacement), longest first within each group; a rule applies only when the stem
+# left over keeps at least MIN_STEM letters.
+MIN_STEM = 3
+
+_PT_PLURAL: tuple[tuple[str, str], ...] = (
+    ("oes", "ao"), ("aes", "ao"), ("ais", "al"), ("eis", "el"), ("ois", "ol"),
+    ("ns", "m"), ("res", "r"), ("zes", "z"), ("les", "l"), ("s", ""),
+)
+_PT_NOUN: tuple[str, ...] = (
+    "mente", "amentos", "imentos", "amento", "imento", "mento", "acoes", "icoes", "acao", "icao", "cao",
+    "idades", "idade", "ismo", "ista", "avel", "ivel", "ador", "edor", "idor", "encia", "ancia",
+    "ante", "ente", "agem", "eiro", "eira", "inho", "inha",
+)
+_PT_VERB: tuple[str, ...] = (
+    "ariamos", "eriamos", "iriamos", "assemos", "essemos", "issemos", "ariam", "eriam", "iriam",
+    "aramos", "eramos", "iramos", "avamos", "assem", "essem", "issem", "arao", "erao", "irao",
+    "ando", "endo", "indo", "avam", "aram", "eram", "iram", "arem", "erem", "irem", "aria", "eria",
+    "iria", "amos", "emos", "imos", "ados", "adas", "idos", "idas", "ado", "ada", "ido", "ida",
+    "ava", "uei", "ar", "er", "ir", "ou", "ei", "eu", "iu", "am", "em", "ia", "a", "e", "i", "o",
+)
+_PT_NO_PLURAL = ("ss", "us", "is")  # "lapis", "bonus", "onibus": that s is not a plural
+
+_EN_SUFFIXES: tuple[str, ...] = (
+    "ational", "ations", "ation", "ments", "ment", "ness", "ings", "ing", "able", "ible", "ers",
+    "er", "est", "edly", "ed", "ly", "ful", "al", "e",
+)
+
+
+def _strip(word: str, suffix: str, replacement: str = "") -> str | None:
+    """`word` without `suffix` (plus `replacement`), or None when the rule does not apply."""
+    if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
+        return word[: len(word) - len(suffix)] + replacement
+    return None
+
+
+def _first(word: str, rules: tuple[str, ...]) -> str | None:
+    for suffix in rules:
+        stripped = _strip(word, suffix)
+        if stripped is not None:
+            return stripped
+    return None
+
+
+def _pt_singular(word: str) -> str:
+    for suffix, replacement in _PT_PLURAL:
+        stripped = _strip(word, suffix, replacement)
+        if stripped is not None:
+            if suffix == "s" and word.endswith(_PT_NO_PLURAL):
+                return word
+            return stripped
+    return word
+
+
+def stem_pt(word: str) -> str:
+    """"devolucoes" -> "devolu", "devolver" -> "devolv", "cartoes" -> "cartao"."""
+    if len(word) <= MIN_STEM or word.isdigit():
+        return word
+    word = _pt_singular(word)
+    if word.endswith("ao"):
+        # "cartao", "opcao": the nasal ending is part of the word; only "-cao" nouns shed it.
+        return _first(word, ("acao", "icao", "cao")) or word
+    if word.endswith(("guei", "quei")):  # "paguei" -> "pag", "fiquei" -> "fic"
+        return word[:-4] + ("g" if word[-4] == "g" else "c")
+    return _first(word, _PT_NOUN) or _first(word, _PT_VERB) or word
+
+
+def _undouble(word: str) -> str:
+    """"stopp" -> "stop", "install" -> "instal"; "ss" stays ("access")."""
+    if len(word) > MIN_STEM and word[-1] == word[-2] and word[-1] not in "aeiouys":
+        return word[:-1]
+    return word
+
+
+def _en_singular(word: str) -> str:
+    if word.endswith(("ss", "us", "is")) or not word.endswith("s"):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    return word[:-1]
+
+
+def stem_en(word: str) -> str:
+    """"installations" -> "instal", "cancelled" -> "cancel", "prices" -> "pric"."""
+    if len(word) <= MIN_STEM or word.isdigit():
+        return word
+    word = _en_singular(word)
+    if word.endswith("ied") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif not word.endswith("eed"):  # "speed", "need": that -ed is not a past tense
+        word = _first(word, _EN_SUFFIXES) or word
+    if word.endswith("y") and len(word) > MIN_STEM and word[-2] not in "aeiou":
+        word = word[:-1] + "i"  # "try"/"tries"/"tried" all end up as "tri"
+    return _undouble(word)
+
+
+STEMMERS: Mapping[Language, Callable[[str], str]] = {"pt": stem_pt, "en": stem_en}

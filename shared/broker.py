@@ -1,0 +1,181 @@
+"""RabbitMQ: one robust connection per process, the topology, and publishing with confirms.
+
+`connect_robust` restores channels, queues, bindings and consumers after a drop, but it does not
+retry the very first connection; `Broker` keeps trying in the background, so a service starts
+(and answers 503 where it needs the broker) while RabbitMQ is still unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from shared.messages import CHANNELS
+from shared.names import Names
+
+log = logging.getLogger(__name__)
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
+
+# The broker's own bound on redeliveries, a backstop behind the worker's attempt counter
+# (MAX_ATTEMPTS, kept in Redis). It is fixed, not derived from settings, because RabbitMQ refuses a
+# re-declaration with different arguments, and it is generous because quorum queues also count the
+# returns of a clean shutdown or a rebalance.
+DELIVERY_LIMIT = 50
+PUBLISH_TIMEOUT_S = 5.0
+
+
+def work_queue_arguments(names: Names, *, single_active_consumer: bool) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": names.dead_letter_exchange,
+        "x-delivery-limit": DELIVERY_LIMIT,
+    }
+    if single_active_consumer:
+        # One active consumer per shard keeps each conversation strictly in order, even with many
+        # workers; the others are hot standbys that take over when it goes.
+        arguments["x-single-active-consumer"] = True
+    return arguments
+
+
+async def declare_topology(channel: AbstractChannel, names: Names) -> dict[str, AbstractExchange]:
+    """Declare every exchange and durable queue; idempotent, done by every service at connect."""
+    inbound = await channel.declare_exchange(names.inbound_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+    replies = await channel.declare_exchange(names.replies_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    dead = await channel.declare_exchange(names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+
+    dead_letters = await channel.declare_queue(
+        names.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_letters.bind(dead, routing_key="")
+    for shard in range(names.shards):
+        queue = await declare_shard_queue(channel, names, shard)
+        await queue.bind(inbound, routing_key=str(shard))
+    for channel_name in CHANNELS:
+        if channel_name == "web":
+            continue
+        queue = await channel.declare_queue(
+            names.delivery_queue(channel_name),
+            durable=True,
+            arguments=work_queue_arguments(names, single_active_consumer=False),
+        )
+        await queue.bind(replies, routing_key=f"{channel_name}.#")
+    return {names.inbound_exchange: inbound, names.replies_exchange: replies, names.dead_letter_exchange: dead}
+
+
+async def declare_shard_queue(channel: AbstractChannel, names: Names, shard: int) -> AbstractQueue:
+    return await channel.declare_queue(
+        names.shard_queue(shard), durable=True, arguments=work_queue_arguments(names, single_active_consumer=True)
+    )
+
+
+class Broker:
+    """A process's connection to RabbitMQ and its confirming publisher channel."""
+
+    def __init__(self, url: str, names: Names, connection_name: str) -> None:
+        self._url = url
+        self._names = names
+        self._connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def names(self) -> Names:
+        return self._names
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up and the topology is declared."""
+        return (
+            self._ready.is_set()
+            and self._connection is not None
+            and not self._connection.is_closed
+            and self._connection.connected.is_set()
+        )
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise ConnectionError("not connected to RabbitMQ yet")
+        return self._connection
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect_forever(), name="broker-connect")
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._connection is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._connection.close()
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._connect_once()
+                log.info("connected to RabbitMQ")
+                return
+            except BROKER_ERRORS as exc:
+                log.warning("RabbitMQ unreachable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _connect_once(self) -> None:
+        connection = await aio_pika.connect_robust(
+            self._url,
+            reconnect_interval=1,
+            client_properties={"connection_name": self._connection_name},
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchanges = await declare_topology(channel, self._names)
+        except BaseException:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await connection.close()
+            raise
+        self._connection = connection
+        self._ready.set()
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: Mapping[str, Any] | None = None,
+        persistent: bool = True,
+        mandatory: bool = True,
+    ) -> None:
+        """Publish and wait for the broker's confirm; raises one of BROKER_ERRORS otherwise."""
+        if not self.connected:
+            raise ConnectionError("RabbitMQ is not connected")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=message_id,
+            headers=dict(headers or {}),
+            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+        )
+        await self._exchanges[exchange].publish(message, routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT_S)

@@ -1,0 +1,109 @@
+"""Every RabbitMQ and Redis name this deployment owns, all under `ATENDIMENTO_NAMESPACE`.
+
+Two namespaces on one broker and one Redis never share a queue, an exchange or a key, because
+nothing is named anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from shared.messages import Channel
+
+
+def route_token(value: str) -> str:
+    """A short, dot-free stand-in for a free-form id inside an AMQP topic routing key."""
+    return hashlib.blake2b(value.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    namespace: str
+    shards: int
+
+    # RabbitMQ -----------------------------------------------------------------------------
+    @property
+    def inbound_exchange(self) -> str:
+        return f"{self.namespace}.inbound"
+
+    def shard_queue(self, shard: int) -> str:
+        return f"{self.namespace}.inbound.{shard}"
+
+    @property
+    def shard_queues(self) -> list[str]:
+        return [self.shard_queue(i) for i in range(self.shards)]
+
+    def shard_of(self, conversation_id: str) -> int:
+        """Stable across processes and restarts (unlike `hash()`), so a conversation keeps its shard."""
+        digest = hashlib.blake2b(conversation_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.shards
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.dead-letters"
+
+    @property
+    def replies_exchange(self) -> str:
+        return f"{self.namespace}.replies"
+
+    def gateway_reply_queue(self, instance_id: str) -> str:
+        return f"{self.namespace}.replies.gateway.{route_token(instance_id)}"
+
+    def delivery_queue(self, channel: Channel) -> str:
+        return f"{self.namespace}.delivery.{channel}"
+
+    @staticmethod
+    def reply_routing_key(channel: Channel, gateway_id: str, conversation_id: str) -> str:
+        """`{channel}.{gateway}.{conversation}`: the accepting gateway binds its own token for its
+        waiters, any gateway binds a conversation token while it streams that conversation."""
+        return f"{channel}.{route_token(gateway_id)}.{route_token(conversation_id)}"
+
+    @staticmethod
+    def gateway_binding(gateway_id: str) -> str:
+        return f"web.{route_token(gateway_id)}.*"
+
+    @staticmethod
+    def conversation_binding(conversation_id: str) -> str:
+        return f"web.*.{route_token(conversation_id)}"
+
+    # Redis ---------------------------------------------------------------------------------
+    def claim_key(self, message_id: str) -> str:
+        return f"{self.namespace}:msg:{message_id}"
+
+    def reply_key(self, message_id: str) -> str:
+        return f"{self.namespace}:reply:{message_id}"
+
+    def attempts_key(self, message_id: str) -> str:
+        return f"{self.namespace}:attempts:{message_id}"
+
+    def delivered_key(self, message_id: str) -> str:
+        return f"{self.namespace}:delivered:{message_id}"
+
+    def memory_key(self, conversation_id: str) -> str:
+        return f"{self.namespace}:memory:{conversation_id}"
+
+    def stats_fine_key(self, bucket_start: int) -> str:
+        return f"{self.namespace}:stats:10s:{bucket_start}"
+
+    def stats_hour_key(self, bucket_start: int) -> str:
+        return f"{self.namespace}:stats:1h:{bucket_start}"
+
+    @property
+    def stats_total_key(self) -> str:
+        return f"{self.namespace}:stats:total"
+
+    @property
+    def users_key(self) -> str:
+        return f"{self.namespace}:users:last-seen"
+
+    @property
+    def instances_key(self) -> str:
+        return f"{self.namespace}:instances"
+
+    def heartbeat_key(self, service: str, instance_id: str) -> str:
+        return f"{self.namespace}:heartbeat:{service}:{instance_id}"

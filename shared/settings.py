@@ -1,0 +1,209 @@
+"""The one place that reads the environment.
+
+Every service builds a `Settings` once at start with `Settings.from_env()`; nothing else in the
+code base looks at `os.environ` (the OpenTelemetry SDK reads its own `OTEL_*` variables, as the
+contract requires). A missing or malformed value raises `ConfigError` naming the variable, which
+the service entry points turn into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
+NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    redis_url: str = "redis://localhost:6379/0"
+    namespace: str = "atendimento"
+    gateway_port: int = 8080
+    worker_port: int = 8081
+    monitor_port: int = 8082
+    # Instance id: names this process in heartbeats and in its private reply queue.
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+
+    # Pipeline shape
+    shards: int = 16
+    max_attempts: int = 5
+    heartbeat_interval_s: float = 2.0
+    shutdown_grace_s: float = 20.0
+
+    # Replies
+    reply_engine: str = "kb"
+    kb_path: Path = BUNDLED_KB
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = ""
+    openai_model: str = "gpt-4o-mini"
+    memory_turns: int = 10
+    memory_ttl_s: int = 86_400
+
+    # Edge
+    gateway_api_keys: tuple[str, ...] = ()
+    rate_limit_per_user: float = 10.0
+    rate_limit_per_ip: float = 50.0
+    admin_token: str = ""
+
+    # Channels
+    whatsapp_verify_token: str = ""
+    whatsapp_app_secret: str = ""
+    whatsapp_access_token: str = ""
+    whatsapp_api_base: str = "https://graph.facebook.com/v19.0"
+    telegram_bot_token: str = ""
+    telegram_secret_token: str = ""
+    telegram_api_base: str = "https://api.telegram.org"
+
+    log_level: str = "INFO"
+
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        """A process missing three beats in a row is taken for dead."""
+        return self.heartbeat_interval_s * 3
+
+    @property
+    def whatsapp_enabled(self) -> bool:
+        return bool(self.whatsapp_app_secret and self.whatsapp_access_token)
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return bool(self.telegram_bot_token and self.telegram_secret_token)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+        read = _Reader(source)
+        defaults = cls()
+        settings = cls(
+            amqp_url=read.url("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
+            redis_url=read.url("REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
+            namespace=read.namespace("ATENDIMENTO_NAMESPACE", defaults.namespace),
+            gateway_port=read.port("GATEWAY_PORT", defaults.gateway_port),
+            worker_port=read.port("WORKER_PORT", defaults.worker_port),
+            monitor_port=read.port("MONITOR_PORT", defaults.monitor_port),
+            instance_id=read.text("INSTANCE_ID", defaults.instance_id),
+            shards=read.integer("ATENDIMENTO_SHARDS", defaults.shards, 1, 256),
+            max_attempts=read.integer("MAX_ATTEMPTS", defaults.max_attempts, 1, 100),
+            heartbeat_interval_s=read.number("HEARTBEAT_INTERVAL_SECONDS", defaults.heartbeat_interval_s, 0.1, 60),
+            shutdown_grace_s=read.number("SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_s, 0, 600),
+            reply_engine=read.choice("REPLY_ENGINE", defaults.reply_engine, ("kb", "openai")),
+            kb_path=read.path("KB_PATH", defaults.kb_path),
+            openai_base_url=read.url("OPENAI_BASE_URL", defaults.openai_base_url, ("http", "https")),
+            openai_api_key=read.text("OPENAI_API_KEY", ""),
+            openai_model=read.text("OPENAI_MODEL", defaults.openai_model),
+            memory_turns=read.integer("MEMORY_TURNS", defaults.memory_turns, 0, 200),
+            memory_ttl_s=read.integer("MEMORY_TTL_SECONDS", defaults.memory_ttl_s, 60, 90 * 86_400),
+            gateway_api_keys=read.csv("GATEWAY_API_KEYS"),
+            rate_limit_per_user=read.number("RATE_LIMIT_PER_USER", defaults.rate_limit_per_user, 0, 1e6),
+            rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),
+            admin_token=read.text("ADMIN_TOKEN", ""),
+            whatsapp_verify_token=read.text("WHATSAPP_VERIFY_TOKEN", ""),
+            whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
+            whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),
+            whatsapp_api_base=read.url("WHATSAPP_API_BASE", defaults.whatsapp_api_base, ("http", "https")),
+            telegram_bot_token=read.text("TELEGRAM_BOT_TOKEN", ""),
+            telegram_secret_token=read.text("TELEGRAM_SECRET_TOKEN", ""),
+            telegram_api_base=read.url("TELEGRAM_API_BASE", defaults.telegram_api_base, ("http", "https")),
+            log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+        if settings.reply_engine == "openai" and not settings.openai_model:
+            raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")
+        return settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    env: Mapping[str, str]
+
+    def _get(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+        raw = self._get(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not valid: expected {expected}") from None
+
+    def text(self, name: str, default: str) -> str:
+        return self._get(name) or default
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        def parse(raw: str) -> int:
+            value = int(raw)
+            if not low <= value <= high:
+                raise ValueError
+            return value
+
+        return self._parse(name, default, parse, f"a whole number from {low} to {high}")
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        def parse(raw: str) -> float:
+            value = float(raw)
+            if not low <= value <= high:
+                raise ValueError
+            return value
+
+        return self._parse(name, default, parse, f"a number from {low:g} to {high:g}")
+
+    def port(self, name: str, default: int) -> int:
+        return self.integer(name, default, 1, 65_535)
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        def parse(raw: str) -> str:
+            value = raw.upper() if default.isupper() else raw.lower()
+            if value not in allowed:
+                raise ValueError
+            return value
+
+        return self._parse(name, default, parse, "one of " + ", ".join(allowed))
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        def parse(raw: str) -> str:
+            parts = urlsplit(raw)
+            if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
+                raise ValueError
+            return raw
+
+        return self._parse(name, default, parse, "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
+
+    def namespace(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not NAMESPACE_RE.fullmatch(raw):
+                raise ValueError
+            return raw
+
+        return self._parse(name, default, parse, "1-63 lowercase letters, digits, '-' or '_'")
+
+    def path(self, name: str, default: Path) -> Path:
+        def parse(raw: str) -> Path:
+            path = Path(raw)
+            if not path.is_file():
+                raise ValueError
+            return path
+
+        return self._parse(name, default, parse, "the path of a readable file")
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        raw = self._get(name) or ""
+        return tuple(item.strip() for item in raw.split(",") if item.strip())

@@ -1,0 +1,131 @@
+"""Latency histograms and windowed counters: the pure maths, no I/O.
+
+A latency is filed under a log-scale bucket (eight buckets per doubling, so a bucket spans about
+9 % of its value). Workers add one to a bucket's counter in Redis per message; any number of
+buckets from any number of time slices merge by addition, and a percentile is read back by
+interpolating inside the bucket that holds it. The cost of a read therefore depends on the
+window (how many slices), never on how many messages there were.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+BUCKETS_PER_DOUBLING = 8
+MIN_MS = 0.01
+MAX_BUCKET = 8 * 40  # 0.01 ms * 2**40 is about 127 days: nothing real lands above it
+
+FINE_SECONDS = 10  # short windows (1 and 5 minutes) are read from 10-second slices
+HOUR_SECONDS = 3600  # the 24-hour view and "today" are read from hourly slices
+FINE_TTL_SECONDS = 15 * 60
+HOUR_TTL_SECONDS = 49 * HOUR_SECONDS
+
+# Field names inside one slice hash.
+MESSAGES = "n"
+ERRORS = "err"
+LATENCY_SUM = "e2e_sum"
+LATENCY_MAX = "e2e_max"
+E2E = "e2e"  # end to end: gateway acceptance to reply ready
+QUEUE_WAIT = "wait"  # gateway acceptance to worker start
+PROCESSING = "proc"  # worker start to reply ready
+
+
+def bucket_of(ms: float) -> int:
+    if ms <= MIN_MS:
+        return 0
+    return min(MAX_BUCKET, int(math.log2(ms / MIN_MS) * BUCKETS_PER_DOUBLING))
+
+
+def bucket_bounds(index: int) -> tuple[float, float]:
+    low = 0.0 if index == 0 else MIN_MS * 2 ** (index / BUCKETS_PER_DOUBLING)
+    return low, MIN_MS * 2 ** ((index + 1) / BUCKETS_PER_DOUBLING)
+
+
+def slice_start(timestamp: float, width: int) -> int:
+    return int(timestamp // width) * width
+
+
+@dataclass(slots=True)
+class Histogram:
+    counts: Counter[int] = field(default_factory=Counter)
+    total: float = 0.0
+    maximum: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def merge_fields(self, prefix: str, fields: Mapping[str, str]) -> None:
+        """Add the `{prefix}:{bucket}` counters of one slice hash."""
+        marker = prefix + ":"
+        for name, value in fields.items():
+            if name.startswith(marker):
+                self.counts[int(name[len(marker) :])] += int(value)
+
+    def percentile(self, q: float) -> float:
+        """The q-quantile (0..1), interpolated linearly inside its bucket."""
+        count = self.count
+        if count == 0:
+            return 0.0
+        rank = q * count
+        seen = 0
+        for index in sorted(self.counts):
+            in_bucket = self.counts[index]
+            if seen + in_bucket >= rank:
+                low, high = bucket_bounds(index)
+                if self.maximum:
+                    high = min(high, max(low, self.maximum))
+                fraction = (rank - seen) / in_bucket
+                return low + (high - low) * fraction
+            seen += in_bucket
+        return self.maximum
+
+    def summary(self) -> dict[str, float | int]:
+        count = self.count
+        return {
+            "p50": round(self.percentile(0.50), 2),
+            "p95": round(self.percentile(0.95), 2),
+            "p99": round(self.percentile(0.99), 2),
+            "avg": round(self.total / count, 2) if count else 0.0,
+            "max": round(self.maximum, 2),
+            "count": count,
+        }
+
+
+@dataclass(slots=True)
+class Window:
+    """Counters and end-to-end latency merged over some slices."""
+
+    messages: int = 0
+    errors: int = 0
+    errors_by_kind: Counter[str] = field(default_factory=Counter)
+    channels: Counter[str] = field(default_factory=Counter)
+    tokens: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+
+    def add_slice(self, fields: Mapping[str, str]) -> None:
+        if not fields:
+            return
+        self.messages += int(fields.get(MESSAGES, 0))
+        self.errors += int(fields.get(ERRORS, 0))
+        self.latency.total += float(fields.get(LATENCY_SUM, 0.0))
+        self.latency.maximum = max(self.latency.maximum, float(fields.get(LATENCY_MAX, 0.0)))
+        self.latency.merge_fields(E2E, fields)
+        for name, value in fields.items():
+            kind, _, rest = name.partition(":")
+            if kind == "errkind":
+                self.errors_by_kind[rest] += int(value)
+            elif kind == "channel":
+                self.channels[rest] += int(value)
+            elif kind == "tokens":
+                self.tokens[rest] += int(value)
+
+    @classmethod
+    def of(cls, slices: Iterable[Mapping[str, str]]) -> Window:
+        window = cls()
+        for fields in slices:
+            window.add_slice(fields)
+        return window

@@ -1,0 +1,139 @@
+"""aiohttp pieces every service shares: problem+json errors, security headers, JSON responses,
+the probe routes (`/monitoring/live`, `/monitoring/health`) and `/metrics`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "about:blank"
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+SECURITY_HEADERS: Mapping[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+}
+
+
+class Problem(Exception):
+    """An error the client should see as application/problem+json."""
+
+    def __init__(
+        self, status: int, detail: str, *, title: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or _reason(status)
+        self.headers = dict(headers or {})
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def problem_response(problem: Problem) -> web.Response:
+    body = {"type": PROBLEM_TYPE, "title": problem.title, "status": problem.status, "detail": problem.detail}
+    return web.Response(
+        body=orjson.dumps(body),
+        status=problem.status,
+        headers={**problem.headers, "Content-Type": "application/problem+json"},
+    )
+
+
+_HTTP_DETAILS = {
+    404: "no resource at this path",
+    405: "method not allowed on this path",
+    413: "body: larger than the limit for this endpoint",
+}
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error leaves as problem+json, whoever raised it (our code or aiohttp)."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = _HTTP_DETAILS.get(exc.status) or exc.text or exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
+        return problem_response(Problem(exc.status, detail, headers=headers))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(Problem(500, "internal error; it was logged"))
+
+
+@web.middleware
+async def security_headers_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def new_metrics_registry() -> CollectorRegistry:
+    """A registry per application (no process-wide global), with the standard process_* metrics."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+@dataclass(slots=True)
+class Probes:
+    """Liveness answers while the loop runs; readiness asks the service's own health check."""
+
+    health: HealthCheck
+    registry: CollectorRegistry
+    draining: bool = field(default=False)
+
+    async def live(self, request: web.Request) -> web.Response:
+        return json_response({"status": "alive"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return json_response({"status": "draining", "checks": {}}, status=503)
+        ok, checks = await self.health()
+        return json_response({"status": "up" if ok else "down", "checks": checks}, status=200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def add_routes(self, app: web.Application, *, with_health: bool = True) -> None:
+        app.router.add_get("/monitoring/live", self.live)
+        if with_health:
+            app.router.add_get("/monitoring/health", self.ready)
+        app.router.add_get("/metrics", self.metrics)

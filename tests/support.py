@@ -1,0 +1,252 @@
+"""Test support: real service processes on free ports, each test in a namespace of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aio_pika
+import aiohttp
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_SHARDS = 4  # fewer quorum queues per test namespace: the broker is shared by the whole suite
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def new_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll until `probe` returns something truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = await probe()
+            if result:
+                return result
+        except (aiohttp.ClientError, OSError, AssertionError) as exc:
+            last_error = exc
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_live(self, timeout: float = 20.0) -> None:
+        async with aiohttp.ClientSession() as http:
+
+            async def live() -> bool:
+                assert self.process is not None and self.process.poll() is None, self.logs()
+                async with http.get(self.url + "/monitoring/live") as response:
+                    return response.status == 200
+
+            await eventually(live, timeout=timeout, what=f"{self.name} to answer /monitoring/live")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Stack:
+    """Gateway(s), worker(s) and monitor of one namespace, as real processes."""
+
+    namespace: str
+    tmp: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: list[Service] = field(default_factory=list)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        base = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("ATENDIMENTO_", "OTEL_", "GATEWAY_", "WORKER_", "MONITOR_"))
+        }
+        base.update(
+            {
+                "AMQP_URL": AMQP_URL,
+                "REDIS_URL": REDIS_URL,
+                "ATENDIMENTO_NAMESPACE": self.namespace,
+                "ATENDIMENTO_SHARDS": str(TEST_SHARDS),
+                "HEARTBEAT_INTERVAL_SECONDS": "0.5",
+                "OTEL_SDK_DISABLED": "true",
+                "LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        base.update(self.extra_env)
+        base.update(overrides)
+        return base
+
+    async def start(self, name: str, **overrides: str) -> Service:
+        port = free_port()
+        port_var = {"gateway": "GATEWAY_PORT", "worker": "WORKER_PORT", "monitor": "MONITOR_PORT"}[name]
+        index = sum(1 for s in self.services if s.name == name)
+        service = Service(name, port, self.env(**{port_var: str(port), **overrides}), self.tmp / f"{name}-{index}.log")
+        service.start()
+        self.services.append(service)
+        await service.wait_live()
+        return service
+
+    def of(self, name: str) -> list[Service]:
+        return [s for s in self.services if s.name == name and s.process and s.process.poll() is None]
+
+    @property
+    def gateway(self) -> Service:
+        return self.of("gateway")[0]
+
+    @property
+    def monitor(self) -> Service:
+        return self.of("monitor")[0]
+
+    def stop_all(self) -> None:
+        for service in self.services:
+            service.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {s.name} ({s.log_path.name})\n{s.logs()[-4000:]}" for s in self.services)
+
+
+async def purge_namespace(namespace: str) -> None:
+    """Delete what a test namespace left on the shared broker and Redis."""
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        async for key in redis.scan_iter(match=f"{namespace}:*", count=1000):
+            await redis.delete(key)
+    finally:
+        await redis.aclose()
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        names = [f"{namespace}.inbound.{i}" for i in range(TEST_SHARDS)] + [
+            f"{namespace}.dead-letters",
+            f"{namespace}.delivery.whatsapp",
+            f"{namespace}.delivery.telegram",
+        ]
+        for name in names:
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(name)
+            except aio_pika.exceptions.AMQPError:
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        channel = await connection.channel()
+        for exchange in ("inbound", "replies", "dead"):
+            await channel.exchange_delete(f"{namespace}.{exchange}")
+    finally:
+        await connection.close()
+
+
+async def post_message(
+    http: aiohttp.ClientSession, gateway: Service, body: Mapping[str, Any], wait: float = 0
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(f"{gateway.url}/v1/messages", params={"wait": str(wait)}, json=body) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(url) as response:
+        return response.status, await response.json(content_type=None)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that a test can switch off and on, to make a server unreachable
+    for the processes behind it (the shared broker itself keeps running for everyone else)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        """Stop listening and cut every open connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update({writer, upstream_writer})
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()

@@ -1,0 +1,107 @@
+"""Fault tests that do real harm: SIGKILL a worker, drop every broker connection, start without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from tests.support import Stack, TcpProxy, eventually, get_json, post_message
+from tests.test_pipeline import PRAZO, read_events, start_stack, wait_ready
+
+
+async def test_worker_killed_holding_messages_every_message_is_answered_exactly_once(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    await stack.start("gateway")
+    await stack.start("monitor")
+    conversation = f"kill-{uuid.uuid4().hex}"
+    total = 300
+    connected = asyncio.Event()
+    reader = asyncio.create_task(read_events(http, stack.gateway, conversation, total, connected, timeout=90))
+    await asyncio.wait_for(connected.wait(), 10)
+    # Queue everything first, so the worker is sure to hold unfinished messages when it dies.
+    for i in range(total):
+        status, _ = await post_message(
+            http, stack.gateway, {"user_id": "eva", "conversation_id": conversation, "text": f"{PRAZO} {i}"}
+        )
+        assert status == 202
+    worker = await stack.start("worker")
+
+    async def some_answered() -> bool:
+        _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
+        return bool(stats["messages"]["total"] > 0)
+
+    await eventually(some_answered, what="the first replies")
+    worker.kill()  # SIGKILL: no chance to ack or hand anything back
+    assert worker.process is not None and worker.process.wait(10) == -9
+    _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
+    assert stats["messages"]["total"] < total, "the worker finished everything before it was killed"
+    await stack.start("worker")
+
+    events = await reader
+    assert len(events) == total
+    per_message = Counter(event["message_id"] for event in events)
+    assert set(per_message.values()) == {1}
+
+    async def all_counted() -> bool:
+        _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
+        return bool(stats["messages"]["total"] == total)
+
+    await eventually(all_counted, what="every message counted once")
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not installed here")
+async def test_all_broker_connections_dropped_services_recover(stack: Stack, http: aiohttp.ClientSession) -> None:
+    await start_stack(stack)
+    status, _ = await post_message(http, stack.gateway, {"user_id": "fabio", "text": PRAZO}, wait=10)
+    assert status == 200
+    rabbitmqctl = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "close_all_connections",
+        "fault test: dropping every connection",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await asyncio.wait_for(rabbitmqctl.wait(), 60) == 0
+
+    async def answered_again() -> bool:
+        status, body = await post_message(
+            http, stack.gateway, {"user_id": "fabio", "text": PRAZO, "message_id": uuid.uuid4().hex}, wait=2
+        )
+        return status == 200 and body["status"] == "answered"
+
+    await eventually(answered_again, timeout=60, interval=0.5, what="a reply after the connections were dropped")
+    await wait_ready(stack)
+
+
+async def test_gateway_without_broker_answers_503_then_serves_when_it_is_back(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5672)
+    gateway = await stack.start("gateway", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    await stack.start("worker")
+    status, problem = await post_message(http, gateway, {"user_id": "gil", "text": PRAZO})
+    assert status == 503
+    assert problem["status"] == 503 and "broker" in problem["detail"]
+    async with http.post(f"{gateway.url}/v1/messages", json={"user_id": "gil", "text": PRAZO}) as response:
+        assert response.headers["Retry-After"].isdigit()
+    status, health = await get_json(http, gateway.url + "/monitoring/health")
+    assert status == 503 and health["checks"]["rabbitmq"]["status"] == "down"
+
+    await proxy.up()
+    try:
+
+        async def serving() -> bool:
+            status, body = await post_message(http, gateway, {"user_id": "gil", "text": PRAZO}, wait=5)
+            return status == 200 and body["status"] == "answered"
+
+        await eventually(serving, timeout=30, interval=0.3, what="the gateway to serve once the broker is back")
+        status, health = await get_json(http, gateway.url + "/monitoring/health")
+        assert status == 200, health
+    finally:
+        await proxy.down()

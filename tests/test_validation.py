@@ -1,0 +1,95 @@
+"""Every bad input of SPEC section 4 gets its status and a problem+json body naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tests.support import Stack
+
+OK = {"user_id": "u1", "text": "Qual o prazo de entrega?"}
+
+# (case, query, content type, raw body, expected status, text the detail must contain)
+CASES: list[tuple[str, dict[str, str], str, bytes, int, str]] = [
+    ("bad json", {}, "application/json", b"{not json", 400, "body"),
+    ("not an object", {}, "application/json", b"[1, 2]", 400, "body"),
+    ("missing user_id", {}, "application/json", orjson.dumps({"text": "oi"}), 400, "user_id"),
+    ("missing text", {}, "application/json", orjson.dumps({"user_id": "u"}), 400, "text"),
+    ("blank text", {}, "application/json", orjson.dumps({"user_id": "u", "text": "   "}), 400, "text"),
+    ("empty user_id", {}, "application/json", orjson.dumps({"user_id": "", "text": "oi"}), 400, "user_id"),
+    ("text not a string", {}, "application/json", orjson.dumps({"user_id": "u", "text": 5}), 400, "text"),
+    ("text too long", {}, "application/json", orjson.dumps({"user_id": "u", "text": "a" * 4097}), 400, "text"),
+    ("user_id too long", {}, "application/json", orjson.dumps({"user_id": "u" * 129, "text": "oi"}), 400, "user_id"),
+    (
+        "conversation_id too long",
+        {},
+        "application/json",
+        orjson.dumps({**OK, "conversation_id": "c" * 129}),
+        400,
+        "conversation_id",
+    ),
+    ("message_id blank", {}, "application/json", orjson.dumps({**OK, "message_id": " "}), 400, "message_id"),
+    ("metadata not object", {}, "application/json", orjson.dumps({**OK, "metadata": [1]}), 400, "metadata"),
+    (
+        "metadata over 4 KiB",
+        {},
+        "application/json",
+        orjson.dumps({**OK, "metadata": {"k": "x" * 5000}}),
+        400,
+        "metadata",
+    ),
+    ("unknown field", {}, "application/json", orjson.dumps({**OK, "colour": "blue"}), 400, "colour"),
+    ("70 KiB body", {}, "application/json", orjson.dumps({**OK, "metadata": {"k": "x" * 70_000}}), 413, "body"),
+    ("wrong content type", {}, "text/plain", orjson.dumps(OK), 415, "Content-Type"),
+    ("wait above 30", {"wait": "31"}, "application/json", orjson.dumps(OK), 400, "wait"),
+    ("wait negative", {"wait": "-1"}, "application/json", orjson.dumps(OK), 400, "wait"),
+    ("wait not a number", {"wait": "soon"}, "application/json", orjson.dumps(OK), 400, "wait"),
+]
+
+
+async def test_each_bad_input_gets_its_status_and_a_problem_naming_the_field(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    gateway = await stack.start("gateway")
+    failures: list[str] = []
+    for case, query, content_type, body, status, field in CASES:
+        async with http.post(
+            f"{gateway.url}/v1/messages", params=query, data=body, headers={"Content-Type": content_type}
+        ) as response:
+            problem: dict[str, Any] = await response.json(content_type=None)
+            checks = [
+                response.status == status,
+                response.headers["Content-Type"].startswith("application/problem+json"),
+                set(problem) >= {"type", "title", "status", "detail"},
+                problem.get("status") == status,
+                field in str(problem.get("detail")),
+            ]
+            if not all(checks):
+                failures.append(f"{case}: {response.status} {problem}")
+    assert not failures, "\n".join(failures)
+
+
+async def test_unknown_paths_and_methods_are_problems_too(stack: Stack, http: aiohttp.ClientSession) -> None:
+    gateway = await stack.start("gateway")
+    async with http.get(f"{gateway.url}/v1/nothing-here") as response:
+        assert response.status == 404
+        assert response.headers["Content-Type"].startswith("application/problem+json")
+    async with http.get(f"{gateway.url}/v1/messages") as response:
+        assert response.status == 405
+        assert (await response.json(content_type=None))["status"] == 405
+
+
+async def test_openapi_document_and_chat_page_are_served(stack: Stack, http: aiohttp.ClientSession) -> None:
+    gateway = await stack.start("gateway")
+    async with http.get(f"{gateway.url}/openapi.json") as response:
+        document = await response.json()
+        assert document["openapi"].startswith("3.")
+        assert "/v1/messages" in document["paths"]
+        assert "/v1/conversations/{conversation_id}/events" in document["paths"]
+    async with http.get(f"{gateway.url}/") as response:
+        assert response.status == 200
+        page = await response.text()
+        assert "/static/chat.js" in page
+        assert response.headers["X-Frame-Options"] == "DENY"
