@@ -87,6 +87,14 @@ class Names:
     def memory_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:memory:{conversation_id}"
 
+    def conversation_log_key(self, conversation_id: str) -> str:
+        return f"{self.namespace}:conversation-log:{conversation_id}"
+
+    @property
+    def conversations_key(self) -> str:
+        """Sorted set of conversation ids by last activity, for the operators' views."""
+        return f"{self.namespace}:conversations"
+
     def stats_fine_key(self, bucket_start: int) -> str:
         return f"{self.namespace}:stats:10s:{bucket_start}"
 

@@ -24,9 +24,12 @@ from shared.names import Names
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 USERS_KEEP_SECONDS = 25 * 3600
 INSTANCES_KEEP_SECONDS = 3600
+CONVERSATION_LOG_ENTRIES = 200
+CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
 
 # Store the reply unless one is there already; only the first writer counts the message in the
-# stats and appends the turn to memory, so a redelivered or raced message is never counted twice.
+# stats, appends the turn to memory and to the operators' conversation log, so a redelivered or raced
+# message is never counted twice.
 _COMMIT_REPLY = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return redis.call('GET', KEYS[1])
@@ -56,6 +59,11 @@ if keep > 0 then
   redis.call('EXPIRE', KEYS[6], ARGV[16])
 end
 redis.call('DEL', KEYS[7])
+redis.call('RPUSH', KEYS[8], ARGV[17])
+redis.call('LTRIM', KEYS[8], -tonumber(ARGV[18]), -1)
+redis.call('EXPIRE', KEYS[8], ARGV[19])
+redis.call('ZADD', KEYS[9], ARGV[9], ARGV[20])
+redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', tonumber(ARGV[9]) - tonumber(ARGV[19]))
 return false
 """
 
@@ -145,6 +153,8 @@ class Store:
             names.users_key,
             names.memory_key(message.conversation_id),
             names.attempts_key(message.message_id),
+            names.conversation_log_key(message.conversation_id),
+            names.conversations_key,
         ]
         args: list[Any] = [
             reply.to_bytes(),
@@ -163,6 +173,23 @@ class Store:
             orjson.dumps({"role": "assistant", "text": reply.reply.text}),
             USERS_KEEP_SECONDS,
             self.memory_ttl_s,
+            orjson.dumps(
+                {
+                    "message_id": message.message_id,
+                    "channel": message.channel,
+                    "user_id": message.user_id,
+                    "text": message.text,
+                    "accepted_at": message.accepted_at_ms / 1000,
+                    "replied_at": now,
+                    "reply": reply.reply.to_dict(),
+                    "latency_ms": round(timings.end_to_end_ms, 2),
+                    "queue_wait_ms": round(timings.queue_wait_ms, 2),
+                    "processing_ms": round(timings.processing_ms, 2),
+                }
+            ),
+            CONVERSATION_LOG_ENTRIES,
+            CONVERSATION_LOG_TTL_SECONDS,
+            message.conversation_id,
         ]
         existing = await self.redis.eval(_COMMIT_REPLY, len(keys), *keys, *args)
         return ReplyMessage.from_bytes(existing) if existing else reply
