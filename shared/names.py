@@ -115,3 +115,24 @@ class Names:
 
     def heartbeat_key(self, service: str, instance_id: str) -> str:
         return f"{self.namespace}:heartbeat:{service}:{instance_id}"
+
+    # Operators (monitor and admin) ------------------------------------------------------------
+    def handoff_key(self, conversation_id: str) -> str:
+        """A conversation handed to a human: the bot stays silent while this key lives."""
+        return f"{self.namespace}:handoff:{conversation_id}"
+
+    @property
+    def handoffs_key(self) -> str:
+        """Sorted set of handed-off conversation ids by start time, to list them."""
+        return f"{self.namespace}:handoffs"
+
+    def admin_session_key(self, session_id: str) -> str:
+        return f"{self.namespace}:admin:session:{session_id}"
+
+    def admin_failures_key(self, client: str) -> str:
+        return f"{self.namespace}:admin:login-failures:{client}"
+
+    @property
+    def audit_key(self) -> str:
+        """The admin audit log, newest first; kept apart from the application logs."""
+        return f"{self.namespace}:audit"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import uvloop
 from aiohttp import web
 
 from shared.logs import setup_logging
@@ -30,4 +31,6 @@ def run_service(
         print=None,
         shutdown_timeout=settings.shutdown_grace_s,
         handle_signals=True,
+        # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
+        loop=uvloop.new_event_loop(),
     )

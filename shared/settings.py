@@ -44,6 +44,9 @@ class Settings:
     max_attempts: int = 5
     heartbeat_interval_s: float = 2.0
     shutdown_grace_s: float = 20.0
+    # After SIGTERM, readiness answers 503 for this long while everything else is still served, so
+    # load balancers stop sending work before the listener closes.
+    drain_s: float = 3.0
 
     # Replies
     reply_engine: str = "kb"
@@ -59,6 +62,15 @@ class Settings:
     rate_limit_per_user: float = 10.0
     rate_limit_per_ip: float = 50.0
     admin_token: str = ""
+    admin_session_s: int = 8 * 3600
+    admin_max_failures: int = 5
+    admin_lockout_s: int = 900
+    admin_refresh_s: int = 30
+
+    # Monitor
+    alert_webhook_url: str = ""
+    alert_interval_s: float = 15.0
+    handoff_ttl_s: int = 4 * 3600
 
     # Channels
     whatsapp_verify_token: str = ""
@@ -101,6 +113,7 @@ class Settings:
             max_attempts=read.integer("MAX_ATTEMPTS", defaults.max_attempts, 1, 100),
             heartbeat_interval_s=read.number("HEARTBEAT_INTERVAL_SECONDS", defaults.heartbeat_interval_s, 0.1, 60),
             shutdown_grace_s=read.number("SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_s, 0, 600),
+            drain_s=read.number("DRAIN_SECONDS", defaults.drain_s, 0, 120),
             reply_engine=read.choice("REPLY_ENGINE", defaults.reply_engine, ("kb", "openai")),
             kb_path=read.path("KB_PATH", defaults.kb_path),
             openai_base_url=read.url("OPENAI_BASE_URL", defaults.openai_base_url, ("http", "https")),
@@ -112,6 +125,13 @@ class Settings:
             rate_limit_per_user=read.number("RATE_LIMIT_PER_USER", defaults.rate_limit_per_user, 0, 1e6),
             rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),
             admin_token=read.text("ADMIN_TOKEN", ""),
+            admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
+            admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),
+            admin_lockout_s=read.integer("ADMIN_LOCKOUT_SECONDS", defaults.admin_lockout_s, 1, 86_400),
+            admin_refresh_s=read.integer("ADMIN_REFRESH_SECONDS", defaults.admin_refresh_s, 1, 3600),
+            alert_webhook_url=read.url("ALERT_WEBHOOK_URL", "", ("http", "https")),
+            alert_interval_s=read.number("ALERT_INTERVAL_SECONDS", defaults.alert_interval_s, 0.1, 3600),
+            handoff_ttl_s=read.integer("HANDOFF_TTL_SECONDS", defaults.handoff_ttl_s, 60, 30 * 86_400),
             whatsapp_verify_token=read.text("WHATSAPP_VERIFY_TOKEN", ""),
             whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
             whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),

@@ -105,6 +105,9 @@ class Window:
     channels: Counter[str] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
+    # Where the time went: waiting in the queue, and in the worker (no sum or max is kept for these).
+    queue_wait: Histogram = field(default_factory=Histogram)
+    processing: Histogram = field(default_factory=Histogram)
 
     def add_slice(self, fields: Mapping[str, str]) -> None:
         if not fields:
@@ -114,6 +117,8 @@ class Window:
         self.latency.total += float(fields.get(LATENCY_SUM, 0.0))
         self.latency.maximum = max(self.latency.maximum, float(fields.get(LATENCY_MAX, 0.0)))
         self.latency.merge_fields(E2E, fields)
+        self.queue_wait.merge_fields(QUEUE_WAIT, fields)
+        self.processing.merge_fields(PROCESSING, fields)
         for name, value in fields.items():
             kind, _, rest = name.partition(":")
             if kind == "errkind":

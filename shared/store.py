@@ -7,13 +7,15 @@ small number of them per message: one claim in the gateway, one read and one com
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -100,22 +102,26 @@ class WorkState:
     history: list[dict[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Store:
     redis: Redis
     names: Names
     memory_turns: int = 10
     memory_ttl_s: int = 86_400
+    _commit_reply: AsyncScript = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Registered scripts run by EVALSHA: the script text crosses the wire once, not per message.
+        self._commit_reply = self.redis.register_script(_COMMIT_REPLY)
 
     # Gateway -------------------------------------------------------------------------------
     async def claim(self, message_id: str, conversation_id: str) -> str | None:
         """Claim a message id atomically. None when we won; else the conversation it was claimed for."""
-        key = self.names.claim_key(message_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, conversation_id, nx=True, ex=IDEMPOTENCY_TTL_SECONDS)
-            pipe.get(key)
-            won, owner = await pipe.execute()
-        return None if won else cast(str, owner)
+        # SET NX GET (Redis 7): one command both claims and, when it loses, says who won.
+        owner = await self.redis.set(
+            self.names.claim_key(message_id), conversation_id, nx=True, get=True, ex=IDEMPOTENCY_TTL_SECONDS
+        )
+        return cast(str | None, owner)
 
     async def release(self, message_id: str) -> None:
         """Give a claim back when the message could not be queued, so a retry is not a 'duplicate'."""
@@ -126,24 +132,47 @@ class Store:
         return ReplyMessage.from_bytes(raw) if raw else None
 
     # Worker --------------------------------------------------------------------------------
-    async def begin(self, message: InboundMessage) -> WorkState:
+    async def begin(self, message: InboundMessage, *, redelivered: bool, with_history: bool) -> WorkState:
+        """Read what the worker must know first. A first delivery cannot have a stored reply or
+        earlier attempts, so the common case reads only the memory, and only for engines using it."""
+        if not redelivered and not with_history:
+            return WorkState(stored_reply=None, attempt=1, history=[])
         attempts_key = self.names.attempts_key(message.message_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.names.reply_key(message.message_id))
-            pipe.incr(attempts_key)
-            pipe.expire(attempts_key, IDEMPOTENCY_TTL_SECONDS)
-            pipe.lrange(self.names.memory_key(message.conversation_id), -2 * self.memory_turns, -1)
-            stored, attempt, _, memory = await pipe.execute()
+            if redelivered:
+                pipe.get(self.names.reply_key(message.message_id))
+                pipe.incr(attempts_key)
+                pipe.expire(attempts_key, IDEMPOTENCY_TTL_SECONDS)
+            if with_history:
+                pipe.lrange(self.names.memory_key(message.conversation_id), -2 * self.memory_turns, -1)
+            results = await pipe.execute()
+        stored, attempt = (results[0], int(results[1])) if redelivered else (None, 1)
+        memory = results[-1] if with_history else []
         return WorkState(
             stored_reply=ReplyMessage.from_bytes(stored) if stored else None,
-            attempt=int(attempt),
+            attempt=attempt,
             history=[orjson.loads(item) for item in memory],
         )
 
-    async def commit(self, message: InboundMessage, reply: ReplyMessage, timings: Timings) -> ReplyMessage:
-        """Store the reply, count it and remember the turn, once. Returns the reply that stands:
-        ours, or the one another delivery of the same message committed first."""
+    async def commit(self, items: Sequence[tuple[InboundMessage, ReplyMessage, Timings]]) -> list[ReplyMessage]:
+        """Store each reply, count it and remember the turn, once, in one round trip. Returns the
+        replies that stand: ours, or those another delivery of the same message committed first."""
+        if not items:
+            return []
         now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message, reply, timings in items:
+                keys, args = self._commit_arguments(message, reply, timings, now)
+                await self._commit_reply(keys, args, client=pipe)
+            existing = await pipe.execute()
+        return [
+            ReplyMessage.from_bytes(stored) if stored else reply
+            for stored, (_, reply, _) in zip(existing, items, strict=True)
+        ]
+
+    def _commit_arguments(
+        self, message: InboundMessage, reply: ReplyMessage, timings: Timings, now: float
+    ) -> tuple[list[str], list[Any]]:
         names = self.names
         keys = [
             names.reply_key(message.message_id),
@@ -191,8 +220,7 @@ class Store:
             CONVERSATION_LOG_TTL_SECONDS,
             message.conversation_id,
         ]
-        existing = await self.redis.eval(_COMMIT_REPLY, len(keys), *keys, *args)
-        return ReplyMessage.from_bytes(existing) if existing else reply
+        return keys, args
 
     async def record_error(self, kind: str) -> None:
         now = time.time()
@@ -204,6 +232,17 @@ class Store:
                 pipe.hincrby(key, f"errkind:{kind}", 1)
                 pipe.expire(key, ttl)
             pipe.hincrby(self.names.stats_total_key, stats.ERRORS, 1)
+            await pipe.execute()
+
+    async def log_conversation(self, conversation_id: str, entry: dict[str, Any]) -> None:
+        """Append an entry that is not the bot's (an agent's reply) to the operators' conversation log."""
+        now = time.time()
+        log_key = self.names.conversation_log_key(conversation_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(log_key, orjson.dumps(entry))
+            pipe.ltrim(log_key, -CONVERSATION_LOG_ENTRIES, -1)
+            pipe.expire(log_key, CONVERSATION_LOG_TTL_SECONDS)
+            pipe.zadd(self.names.conversations_key, {conversation_id: now})
             await pipe.execute()
 
     # Heartbeats ----------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class Stack:
         return "\n".join(f"==== {s.name} ({s.log_path.name})\n{s.logs()[-4000:]}" for s in self.services)
 
 
-async def purge_namespace(namespace: str) -> None:
+async def purge_namespace(namespace: str, shards: int = TEST_SHARDS) -> None:
     """Delete what a test namespace left on the shared broker and Redis."""
     redis = Redis.from_url(REDIS_URL)
     try:
@@ -176,7 +176,7 @@ async def purge_namespace(namespace: str) -> None:
         await redis.aclose()
     connection = await aio_pika.connect(AMQP_URL)
     try:
-        names = [f"{namespace}.inbound.{i}" for i in range(TEST_SHARDS)] + [
+        names = [f"{namespace}.inbound.{i}" for i in range(shards)] + [
             f"{namespace}.dead-letters",
             f"{namespace}.delivery.whatsapp",
             f"{namespace}.delivery.telegram",

@@ -48,12 +48,14 @@ class ShardSubscription:
 
     async def _drain(self) -> None:
         while True:
-            delivery = await self._buffer.get()
+            batch = [await self._buffer.get()]
+            while len(batch) < self._processor.batch_limit and not self._buffer.empty():
+                batch.append(self._buffer.get_nowait())
             async with self._busy:
-                if delivery.channel.is_closed:
-                    continue  # its channel died: the broker has already requeued it
+                # Deliveries of a channel that died were requeued by the broker already.
+                live = [delivery for delivery in batch if not delivery.channel.is_closed]
                 try:
-                    await self._processor.handle(delivery)
+                    await self._processor.handle(live)
                 except BROKER_ERRORS as exc:
                     # Without the broker there is no ack; the delivery comes back and step 1 of the
                     # processor re-sends the stored reply.

@@ -1,18 +1,23 @@
-"""One inbound message, start to finish: every delivery ends acked, requeued or dead-lettered.
+"""Inbound messages, start to finish: every delivery ends acked, requeued or dead-lettered.
 
-Order of the steps is what makes the promises of SPEC section 3 hold:
+The order of the steps is what makes the promises of SPEC section 3 hold:
 1. read what is known (a stored reply means a redelivery: hand it back again, generate nothing);
 2. generate;
 3. commit the reply, stats and memory in one Redis script that only the first writer wins;
 4. publish the reply with confirm;
 5. ack. A crash anywhere before 5 redelivers the message, and step 1 makes that harmless.
+
+A shard's buffered deliveries are taken as a batch: generated one after another in order, then
+committed in one Redis round trip, published (in order within each conversation) and acked
+together. Same guarantees, far fewer round trips per message under load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,42 +39,73 @@ def backoff(attempt: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Ready:
+    """A delivery whose reply is known: freshly generated (`timings` set) or stored earlier."""
+
+    delivery: AbstractIncomingMessage
+    message: InboundMessage
+    reply: ReplyMessage
+    timings: Timings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFailed:
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Processor:
     store: Store
     broker: Broker
     engine: ReplyEngine
     max_attempts: int
 
-    async def handle(self, delivery: AbstractIncomingMessage) -> None:
+    @property
+    def batch_limit(self) -> int:
+        """An engine that reads the conversation's memory needs each turn committed before the
+        next one is generated, so it works one message at a time."""
+        return 1 if self.engine.uses_history else 64
+
+    async def handle(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
+        """Process deliveries of one shard, in order; raises BROKER_ERRORS if the broker fails
+        mid-way (nothing unacked is lost: the broker redelivers it)."""
+        ready: list[Ready] = []
+        for index, delivery in enumerate(deliveries):
+            outcome = await self._prepare(delivery)
+            if isinstance(outcome, EngineFailed):
+                await self._finish(ready)
+                await self._retry_later(deliveries[index:], outcome.attempt)
+                return
+            if outcome is not None:
+                ready.append(outcome)
+        await self._finish(ready)
+
+    async def _prepare(self, delivery: AbstractIncomingMessage) -> Ready | EngineFailed | None:
+        """Steps 1 and 2. None: the delivery was settled here (dead-lettered)."""
         try:
             message = InboundMessage.from_bytes(delivery.body)
         except MessageFormatError as exc:
             log.error("dead-lettering a malformed message: %s", exc)
             await self._dead_letter(delivery, "malformed")
-            return
+            return None
         started = now_ms()
-        state = await self._until_redis_answers(lambda: self.store.begin(message))
+        state = await self._until_redis_answers(
+            lambda: self.store.begin(
+                message, redelivered=delivery.redelivered is True, with_history=self.engine.uses_history
+            )
+        )
         if state.stored_reply is not None:
-            await self._hand_back(state.stored_reply)
-            await delivery.ack()
-            return
+            return Ready(delivery, message, state.stored_reply)
         if state.attempt > self.max_attempts:
             log.error("message %s failed %d times; dead-lettered", message.message_id, self.max_attempts)
             await self._dead_letter(delivery, "dead_lettered")
-            return
-        request = EngineRequest(
-            text=message.text,
-            conversation_id=message.conversation_id,
-            history=tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history),  # type: ignore[arg-type]
-        )
+            return None
+        history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
         try:
-            content = await self.engine.reply(request)
+            content = await self.engine.reply(EngineRequest(message.text, message.conversation_id, history))
         except Exception:
             log.exception("engine failed on message %s (attempt %d)", message.message_id, state.attempt)
-            # Holding the shard while backing off is what keeps the conversation in order.
-            await asyncio.sleep(backoff(state.attempt))
-            await delivery.nack(requeue=True)
-            return
+            return EngineFailed(state.attempt)
         finished = now_ms()
         reply = ReplyMessage(
             message_id=message.message_id,
@@ -86,21 +122,45 @@ class Processor:
             processing_ms=finished - started,
             end_to_end_ms=finished - message.accepted_at_ms,
         )
-        standing = await self._until_redis_answers(lambda: self.store.commit(message, reply, timings))
-        await self._hand_back(standing)
-        await delivery.ack()
-        log.info(
-            "message processed",
-            extra={
-                "message_id": message.message_id,
-                "conversation_id": message.conversation_id,
-                "engine": standing.reply.engine,
-                "processingTime": round(timings.processing_ms, 2),
-                "latency_ms": round(timings.end_to_end_ms, 2),
-            },
-        )
+        return Ready(delivery, message, reply, timings)
 
-    async def _hand_back(self, reply: ReplyMessage) -> None:
+    async def _finish(self, ready: list[Ready]) -> None:
+        """Steps 3 to 5 for a batch: commit, publish, ack."""
+        if not ready:
+            return
+        fresh = [(item.message, item.reply, item.timings) for item in ready if item.timings is not None]
+        standing = iter(await self._until_redis_answers(lambda: self.store.commit(fresh)))
+        replies = [next(standing) if item.timings is not None else item.reply for item in ready]
+        await self._hand_back(replies)
+        for item in ready:
+            await item.delivery.ack()
+        for item, reply in zip(ready, replies, strict=True):
+            if item.timings is not None:
+                log.info(
+                    "message processed",
+                    extra={
+                        "message_id": reply.message_id,
+                        "conversation_id": reply.conversation_id,
+                        "engine": reply.reply.engine,
+                        "processingTime": round(item.timings.processing_ms, 2),
+                        "latency_ms": round(item.timings.end_to_end_ms, 2),
+                    },
+                )
+
+    async def _hand_back(self, replies: list[ReplyMessage]) -> None:
+        """Publish with confirm: one conversation's replies one after another (so they arrive in
+        order), different conversations concurrently."""
+        by_conversation: dict[str, list[ReplyMessage]] = defaultdict(list)
+        for reply in replies:
+            by_conversation[reply.conversation_id].append(reply)
+
+        async def publish_in_order(conversation: list[ReplyMessage]) -> None:
+            for reply in conversation:
+                await self._publish(reply)
+
+        await asyncio.gather(*(publish_in_order(conversation) for conversation in by_conversation.values()))
+
+    async def _publish(self, reply: ReplyMessage) -> None:
         names = self.broker.names
         await self.broker.publish(
             names.replies_exchange,
@@ -112,6 +172,13 @@ class Processor:
             persistent=reply.channel != "web",
             mandatory=False,
         )
+
+    async def _retry_later(self, deliveries: Sequence[AbstractIncomingMessage], attempt: int) -> None:
+        """The first of these failed: back off (holding the shard keeps the conversation in order),
+        then return them all, in order, for another attempt."""
+        await asyncio.sleep(backoff(attempt))
+        for delivery in deliveries:
+            await delivery.nack(requeue=True)
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str) -> None:
         await delivery.reject(requeue=False)
@@ -129,6 +196,6 @@ class Processor:
                 return await operation()
             except REDIS_ERRORS as exc:
                 if attempt == 0:
-                    log.warning("Redis unavailable, holding the message until it answers: %s", exc)
+                    log.warning("Redis unavailable, holding the messages until it answers: %s", exc)
                 attempt += 1
                 await asyncio.sleep(backoff(attempt))

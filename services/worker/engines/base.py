@@ -25,6 +25,8 @@ class EngineRequest:
 
 class ReplyEngine(Protocol):
     name: str
+    # Whether `EngineRequest.history` matters to it; the worker skips reading memory when not.
+    uses_history: bool
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         """The reply to `request.text`; never raises for ordinary input."""

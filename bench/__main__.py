@@ -1,0 +1,198 @@
+"""`make bench`: the project's throughput and latency against a bare aiohttp+RabbitMQ round trip.
+
+Both systems run as separate processes on this machine and are driven the same way: C concurrent
+clients posting `POST /v1/messages?wait=10` for D seconds. Prints messages/s, end-to-end
+p50/p95/p99 (client side), the ratio of the two throughputs, and each service's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from tests.support import ROOT, Service, Stack, eventually, purge_namespace
+
+QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if len(self.latencies_ms) < 2:
+            return self.latencies_ms[0] if self.latencies_ms else 0.0
+        return statistics.quantiles(self.latencies_ms, n=1000)[int(q * 1000) - 1]
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<10} {self.throughput:9.1f} msg/s   p50 {self.percentile(0.50):7.1f} ms   "
+            f"p95 {self.percentile(0.95):7.1f} ms   p99 {self.percentile(0.99):7.1f} ms   "
+            f"ok {len(self.latencies_ms)}  errors {self.errors}"
+        )
+
+
+class RssSampler:
+    """Peak resident memory of some processes, sampled while the load runs."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.peaks = dict.fromkeys(processes, 0)
+        self.cpu_start = {name: self._cpu(process) for name, process in self.processes.items()}
+
+    @staticmethod
+    def _cpu(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {name: self._cpu(process) - self.cpu_start[name] for name, process in self.processes.items()}
+
+    async def run(self) -> None:
+        while True:
+            for name, process in self.processes.items():
+                with contextlib.suppress(psutil.Error):
+                    self.peaks[name] = max(self.peaks[name], process.memory_info().rss)
+            await asyncio.sleep(0.2)
+
+
+async def drive(name: str, url: str, clients: int, seconds: float) -> Result:
+    result = Result(name, seconds)
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def client(number: int) -> None:
+            sent = 0
+            while time.monotonic() < deadline:
+                body = {"user_id": f"bench-{number}", "text": QUESTIONS[sent % len(QUESTIONS)]}
+                sent += 1
+                started = time.perf_counter()
+                try:
+                    async with http.post(url, params={"wait": "10"}, json=body) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    result.errors += 1
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    return result
+
+
+async def warm_up(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+
+        async def answered() -> bool:
+            async with http.post(url, params={"wait": "5"}, json={"user_id": "w", "text": "oi"}) as response:
+                return response.status == 200
+
+        await eventually(answered, timeout=60, what=f"{url} to answer")
+
+
+@contextlib.contextmanager
+def baseline_processes(port: int, queue: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "bench.baseline", "server", str(port), queue], cwd=ROOT),
+        subprocess.Popen([sys.executable, "-m", "bench.baseline", "consumer", queue], cwd=ROOT),
+    ]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+async def run_baseline(clients: int, seconds: float) -> Result:
+    from tests.support import free_port
+
+    port, queue = free_port(), f"bench-baseline-{uuid.uuid4().hex[:8]}"
+    with baseline_processes(port, queue):
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        await warm_up(url)
+        result = await drive("bare", url, clients, seconds)
+    await _delete_queue(queue)
+    return result
+
+
+async def _delete_queue(name: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+
+
+async def run_project(clients: int, seconds: float, env: dict[str, str], tmp: Path) -> tuple[Result, dict[str, int]]:
+    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"LOG_LEVEL": "WARNING", **env})
+    try:
+        gateway = await stack.start("gateway", ATENDIMENTO_SHARDS="16")
+        await stack.start("worker", ATENDIMENTO_SHARDS="16")
+        await stack.start("monitor", ATENDIMENTO_SHARDS="16")
+        url = f"{gateway.url}/v1/messages"
+        await warm_up(url)
+        sampler = RssSampler({service.name: _pid(service) for service in stack.services})
+        sampling = asyncio.create_task(sampler.run())
+        result = await drive("project", url, clients, seconds)
+        sampling.cancel()
+        print("cpu s      " + "   ".join(f"{name} {cpu:.1f}" for name, cpu in sampler.cpu_seconds().items()))
+        return result, sampler.peaks
+    finally:
+        stack.stop_all()
+        await purge_namespace(stack.namespace, shards=16)
+
+
+def _pid(service: Service) -> int:
+    assert service.process is not None
+    return service.process.pid
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the project's services")
+    args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"atendimento-bench-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True)
+
+    print(
+        f"{args.clients} clients, {args.seconds:.0f} s each, POST /v1/messages?wait=10"
+        + (f", env {env}" if env else "")
+    )
+    bare = await run_baseline(args.clients, args.seconds)
+    print(bare.line())
+    project, peaks = await run_project(args.clients, args.seconds, env, tmp)
+    print(project.line())
+    print(f"ratio      {project.throughput / bare.throughput:.2f} of the bare round trip (goal >= 0.6)")
+    print("peak RSS   " + "   ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in peaks.items()))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

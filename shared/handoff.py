@@ -1,0 +1,115 @@
+"""Conversations handed to a human agent: the state the worker and the admin area share.
+
+- The worker calls `start()` when a customer asks for a human, and asks `active()` before it replies:
+  while a handoff lives, the bot stays silent in that conversation.
+- The admin area lists them (`list_active()`), replies as an agent to the address `get()` returns,
+  and gives the conversation back to the bot with `release()`.
+- A handoff expires by itself after `ttl_s` (HANDOFF_TTL_SECONDS), so a conversation nobody picked
+  up does not stay silent forever.
+
+One Redis key per conversation holds the `HandoffInfo` (with the expiry); a sorted set by start
+time indexes them for listing and is pruned of expired entries as it is read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from shared.messages import CHANNELS, Channel, MessageFormatError
+from shared.names import Names
+
+DEFAULT_TTL_SECONDS = 4 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffInfo:
+    """What an agent needs to reply in the conversation: the same addressing the bot's replies use."""
+
+    channel: Channel
+    user_id: str
+    gateway_id: str = ""
+    # Channel addressing copied from the inbound message (phone_number_id, chat_id, ...).
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # The customer's words that asked for a human, shown to the agent.
+    reason: str = ""
+    started_at: float = field(default_factory=time.time)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "channel": self.channel,
+                "user_id": self.user_id,
+                "gateway_id": self.gateway_id,
+                "metadata": self.metadata,
+                "reason": self.reason,
+                "started_at": self.started_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> HandoffInfo:
+        try:
+            data = orjson.loads(raw)
+            return cls(
+                channel=_channel(data["channel"]),
+                user_id=str(data["user_id"]),
+                gateway_id=str(data.get("gateway_id", "")),
+                metadata=dict(data.get("metadata") or {}),
+                reason=str(data.get("reason", "")),
+                started_at=float(data["started_at"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise MessageFormatError(f"handoff: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Handoffs:
+    redis: Redis
+    names: Names
+    ttl_s: int = DEFAULT_TTL_SECONDS
+
+    async def start(self, conversation_id: str, info: HandoffInfo) -> None:
+        """Hand the conversation to a human (again: a repeated request renews the expiry)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.names.handoff_key(conversation_id), info.to_bytes(), ex=self.ttl_s)
+            pipe.zadd(self.names.handoffs_key, {conversation_id: info.started_at})
+            pipe.zremrangebyscore(self.names.handoffs_key, "-inf", time.time() - self.ttl_s)
+            await pipe.execute()
+
+    async def release(self, conversation_id: str) -> bool:
+        """Give the conversation back to the bot; False when it was not handed off."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.names.handoff_key(conversation_id))
+            pipe.zrem(self.names.handoffs_key, conversation_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def active(self, conversation_id: str) -> bool:
+        return bool(await self.redis.exists(self.names.handoff_key(conversation_id)))
+
+    async def get(self, conversation_id: str) -> HandoffInfo | None:
+        raw = await self.redis.get(self.names.handoff_key(conversation_id))
+        return HandoffInfo.from_bytes(raw) if raw else None
+
+    async def list_active(self, limit: int = 100) -> dict[str, HandoffInfo]:
+        """The live handoffs, most recent first."""
+        members = [str(m) for m in await self.redis.zrevrange(self.names.handoffs_key, 0, limit - 1)]
+        if not members:
+            return {}
+        raws = await self.redis.mget([self.names.handoff_key(cid) for cid in members])
+        expired = [cid for cid, raw in zip(members, raws, strict=True) if not raw]
+        if expired:
+            await self.redis.zrem(self.names.handoffs_key, *expired)
+        return {cid: HandoffInfo.from_bytes(raw) for cid, raw in zip(members, raws, strict=True) if raw}
+
+
+def _channel(value: Any) -> Channel:
+    for channel in CHANNELS:
+        if value == channel:
+            return channel
+    raise ValueError(f"unknown channel {value!r}")
