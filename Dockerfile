@@ -26,15 +26,20 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
-# Metadata first so the dependency layer is reused while only the code changes.
+# Dependencies first, from pyproject.toml alone (empty package stubs stand in for the code), so
+# this layer is reused while only the code changes.
 COPY pyproject.toml README.md ./
+RUN mkdir -p shared services \
+    && touch shared/__init__.py services/__init__.py \
+    && pip install . \
+    && rm -rf shared services build ./*.egg-info
+# Then the project itself (non-editable). pip and setuptools are build tools: they leave the venv
+# before it is copied to the runtime stage.
 COPY shared ./shared
 COPY services ./services
-# A non-editable install: dependencies + the project package, byte-compiled by pip.
-# pip and setuptools are build tools: they leave the venv before it is copied to the runtime.
-RUN pip install . \
+RUN pip install --no-deps --force-reinstall . \
     && python -m pip uninstall --yes pip setuptools \
-    && rm -rf /root/.cache
+    && rm -rf /root/.cache build ./*.egg-info
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the slim base, the venv and the code; nothing else.

@@ -26,10 +26,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     parser.add_argument("--kb", type=Path, default=DEFAULT_KB, help="knowledge-base YAML file")
     parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS, help="question YAML file")
-    parser.add_argument("--synthetic", type=int, default=1000, metavar="N",
-                        help="entries of the synthetic base timed at the end (0 to skip)")
-    parser.add_argument("--fail-under", type=float, default=0.0, metavar="RATE",
-                        help="exit 1 when accuracy or correct-fallback rate is below RATE")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="entries of the synthetic base timed at the end (0 to skip)",
+    )
+    parser.add_argument(
+        "--fail-under",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="exit 1 when accuracy or correct-fallback rate is below RATE",
+    )
     return parser
 
 
@@ -40,12 +50,10 @@ def _print_report(report: Report) -> None:
     wrong = report.wrong
     print(f"\nwrong replies: {len(wrong)}")
     for o in wrong:
-        best = f"  (best {o.best} {o.best_score:.3f})" if o.got != o.best else ""
-        print(f"  {o.question.text!r}\n      expected {o.question.expect}, got {o.got}"
-              f" score {o.score:.3f}{best}")
+        best = f"  (best {o.best} {o.best_score:.3f})" if o.best and o.got != o.best else ""
+        print(f"  {o.question.text!r}\n      expected {o.question.expect}, got {o.got} score {o.score:.3f}{best}")
     ms = report.ms
-    print(f"\nlatency: mean {statistics.fmean(ms):.3f} ms, max {max(ms):.3f} ms per reply"
-          f" ({len(ms)} replies)")
+    print(f"\nlatency: mean {statistics.fmean(ms):.3f} ms, max {max(ms):.3f} ms per reply ({len(ms)} replies)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     unknown = unknown_expectations(kb, questions)
     if unknown:
-        print(f"error: {args.questions}: 'expect' names no entry of {args.kb}: {', '.join(unknown)}",
-              file=sys.stderr)
+        print(f"error: {args.questions}: 'expect' names no entry of {args.kb}: {', '.join(unknown)}", file=sys.stderr)
         return 2
     print(f"knowledge base: {args.kb} ({kb.language}, {len(kb.entries)} entries)")
     print(f"questions:      {args.questions} ({len(questions)})\n")
@@ -67,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _print_report(report)
     if args.synthetic > 0:
         t = time_synthetic(args.synthetic)
-        print(f"synthetic base of {t.entries} entries: index built in {t.build_ms:.0f} ms;"
-              f" mean {t.mean_ms:.3f} ms, max {t.max_ms:.3f} ms per reply ({t.replies} replies)")
+        print(
+            f"synthetic base of {t.entries} entries: index built in {t.build_ms:.0f} ms;"
+            f" mean {t.mean_ms:.3f} ms, max {t.max_ms:.3f} ms per reply ({t.replies} replies)"
+        )
     worst = min(rate(report.answered), rate(report.refused))
     return 1 if worst < args.fail_under else 0
 

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import stats
 from shared.messages import InboundMessage, ReplyMessage
 from shared.names import Names
+from shared.telemetry import redis_span, traced_redis
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 USERS_KEEP_SECONDS = 25 * 3600
@@ -98,7 +99,7 @@ class WorkState:
     """What the worker needs to know before it generates a reply."""
 
     stored_reply: ReplyMessage | None
-    attempt: int
+    attempt: int  # 1 + the failures recorded so far
     history: list[dict[str, str]]
 
 
@@ -115,6 +116,7 @@ class Store:
         self._commit_reply = self.redis.register_script(_COMMIT_REPLY)
 
     # Gateway -------------------------------------------------------------------------------
+    @traced_redis("claim")
     async def claim(self, message_id: str, conversation_id: str) -> str | None:
         """Claim a message id atomically. None when we won; else the conversation it was claimed for."""
         # SET NX GET (Redis 7): one command both claims and, when it loses, says who won.
@@ -123,10 +125,12 @@ class Store:
         )
         return cast(str | None, owner)
 
+    @traced_redis("release")
     async def release(self, message_id: str) -> None:
         """Give a claim back when the message could not be queued, so a retry is not a 'duplicate'."""
         await self.redis.delete(self.names.claim_key(message_id))
 
+    @traced_redis("stored_reply")
     async def stored_reply(self, message_id: str) -> ReplyMessage | None:
         raw = await self.redis.get(self.names.reply_key(message_id))
         return ReplyMessage.from_bytes(raw) if raw else None
@@ -134,19 +138,18 @@ class Store:
     # Worker --------------------------------------------------------------------------------
     async def begin(self, message: InboundMessage, *, redelivered: bool, with_history: bool) -> WorkState:
         """Read what the worker must know first. A first delivery cannot have a stored reply or
-        earlier attempts, so the common case reads only the memory, and only for engines using it."""
+        earlier failures, so the common case reads only the memory, and only for engines using it."""
         if not redelivered and not with_history:
             return WorkState(stored_reply=None, attempt=1, history=[])
-        attempts_key = self.names.attempts_key(message.message_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             if redelivered:
                 pipe.get(self.names.reply_key(message.message_id))
-                pipe.incr(attempts_key)
-                pipe.expire(attempts_key, IDEMPOTENCY_TTL_SECONDS)
+                pipe.get(self.names.attempts_key(message.message_id))
             if with_history:
                 pipe.lrange(self.names.memory_key(message.conversation_id), -2 * self.memory_turns, -1)
-            results = await pipe.execute()
-        stored, attempt = (results[0], int(results[1])) if redelivered else (None, 1)
+            with redis_span("begin"):
+                results = await pipe.execute()
+        stored, attempt = (results[0], int(results[1] or 0) + 1) if redelivered else (None, 1)
         memory = results[-1] if with_history else []
         return WorkState(
             stored_reply=ReplyMessage.from_bytes(stored) if stored else None,
@@ -154,6 +157,17 @@ class Store:
             history=[orjson.loads(item) for item in memory],
         )
 
+    @traced_redis("record_failure")
+    async def record_failure(self, message_id: str) -> int:
+        """Count a failed attempt at a message; returns how many there have been."""
+        key = self.names.attempts_key(message_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, IDEMPOTENCY_TTL_SECONDS)
+            failures, _ = await pipe.execute()
+        return int(failures)
+
+    @traced_redis("commit")
     async def commit(self, items: Sequence[tuple[InboundMessage, ReplyMessage, Timings]]) -> list[ReplyMessage]:
         """Store each reply, count it and remember the turn, once, in one round trip. Returns the
         replies that stand: ours, or those another delivery of the same message committed first."""
@@ -222,6 +236,7 @@ class Store:
         ]
         return keys, args
 
+    @traced_redis("record_error")
     async def record_error(self, kind: str) -> None:
         now = time.time()
         fine = self.names.stats_fine_key(stats.slice_start(now, stats.FINE_SECONDS))
@@ -234,6 +249,7 @@ class Store:
             pipe.hincrby(self.names.stats_total_key, stats.ERRORS, 1)
             await pipe.execute()
 
+    @traced_redis("log_conversation")
     async def log_conversation(self, conversation_id: str, entry: dict[str, Any]) -> None:
         """Append an entry that is not the bot's (an agent's reply) to the operators' conversation log."""
         now = time.time()

@@ -128,6 +128,10 @@ class Stack:
                 "ATENDIMENTO_NAMESPACE": self.namespace,
                 "ATENDIMENTO_SHARDS": str(TEST_SHARDS),
                 "HEARTBEAT_INTERVAL_SECONDS": "0.5",
+                # Tests flood single users on purpose; the rate-limit tests turn the limits on.
+                "RATE_LIMIT_PER_USER": "0",
+                "RATE_LIMIT_PER_IP": "0",
+                "DRAIN_SECONDS": "0",
                 "OTEL_SDK_DISABLED": "true",
                 "LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# The container's main process; its command line says which service this is.
+CMDLINE = Path("/proc/1/cmdline")
 PORTS = {
     "services.gateway": ("GATEWAY_PORT", 8080),
     "services.worker": ("WORKER_PORT", 8081),
@@ -28,7 +30,7 @@ def service_port() -> int:
     if override:
         return int(override)
     try:
-        cmdline = Path("/proc/1/cmdline").read_bytes().split(b"\0")
+        cmdline = CMDLINE.read_bytes().split(b"\0")
     except OSError:
         cmdline = []
     args = [part.decode(errors="replace") for part in cmdline]

@@ -13,15 +13,24 @@ import contextlib
 import logging
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from services.worker.ownership import owned_shards
-from services.worker.processor import Processor
+from services.worker.processor import MAX_BACKOFF_S, Processor
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
 from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
 PREFETCH_PER_SHARD = 8
+
+
+def _still_held(delivery: AbstractIncomingMessage) -> bool:
+    """False for a delivery whose channel was closed: the broker has requeued it already."""
+    try:
+        return not delivery.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
 
 
 class ShardSubscription:
@@ -33,50 +42,79 @@ class ShardSubscription:
         self._busy = asyncio.Lock()
         self._channel: AbstractChannel | None = None
         self._task: asyncio.Task[None] | None = None
+        self.broken = False  # lost its channel for good; the balancer replaces it
 
     async def start(self) -> None:
+        await self._subscribe()
+        self._task = asyncio.create_task(self._drain(), name=f"shard-{self.shard}")
+
+    async def _subscribe(self) -> None:
         channel = await self._broker.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=PREFETCH_PER_SHARD)
         queue = await declare_shard_queue(channel, self._broker.names, self.shard)
         self._channel = channel
-        self._task = asyncio.create_task(self._drain(), name=f"shard-{self.shard}")
         await queue.consume(self._buffer_delivery)
+
+    async def _close_channel(self) -> None:
+        """The broker returns every unacked delivery of the channel, in order, and drops the
+        consumer in the same step: nothing can overtake what we held."""
+        if self._channel is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._channel.close()
 
     async def _buffer_delivery(self, delivery: AbstractIncomingMessage) -> None:
         # No await before the put: callbacks start in delivery order, so the buffer keeps it.
         self._buffer.put_nowait(delivery)
 
+    def _next_batch(self, first: AbstractIncomingMessage) -> list[AbstractIncomingMessage]:
+        batch = [first]
+        while len(batch) < self._processor.batch_limit and not self._buffer.empty():
+            batch.append(self._buffer.get_nowait())
+        return [delivery for delivery in batch if _still_held(delivery)]
+
     async def _drain(self) -> None:
         while True:
-            batch = [await self._buffer.get()]
-            while len(batch) < self._processor.batch_limit and not self._buffer.empty():
-                batch.append(self._buffer.get_nowait())
+            batch = self._next_batch(await self._buffer.get())
             async with self._busy:
-                # Deliveries of a channel that died were requeued by the broker already.
-                live = [delivery for delivery in batch if not delivery.channel.is_closed]
                 try:
-                    await self._processor.handle(live)
+                    pause = await self._processor.handle(batch)
                 except BROKER_ERRORS as exc:
-                    # Without the broker there is no ack; the delivery comes back and step 1 of the
-                    # processor re-sends the stored reply.
-                    log.warning("shard %d: broker error mid-message, it will be redelivered: %s", self.shard, exc)
+                    # Without the broker there is no ack; the deliveries come back and the
+                    # processor re-sends the stored replies.
+                    log.warning("shard %d: broker error mid-batch, it will be redelivered: %s", self.shard, exc)
+                    continue
+                except Exception:
+                    # A bug must not stall the shard for good: hand everything back and go on.
+                    log.exception("shard %d: unexpected error; returning the batch to the queue", self.shard)
+                    pause = MAX_BACKOFF_S
+                if pause is not None:
+                    await self._retry_later(pause)
+
+    async def _retry_later(self, pause: float) -> None:
+        """A message failed: give it and all that follows back, wait, and take them again."""
+        await self._close_channel()
+        await asyncio.sleep(pause)
+        try:
+            await self._subscribe()
+        except BROKER_ERRORS as exc:
+            # The robust connection is reconnecting; the balancer subscribes this shard again.
+            log.warning("shard %d: could not subscribe again yet: %s", self.shard, exc)
+            self.broken = True
 
     async def stop(self, grace_s: float) -> None:
-        """Finish the message in hand (within the grace), then close the channel; the broker
+        """Finish the batch in hand (within the grace), then close the channel; the broker
         requeues whatever was buffered."""
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._busy.acquire(), grace_s)
             except TimeoutError:
                 log.warning(
-                    "shard %d: in-flight message not finished in %.0fs; it will be redelivered", self.shard, grace_s
+                    "shard %d: in-flight work not finished in %.0fs; it will be redelivered", self.shard, grace_s
                 )
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._channel is not None:
-            with contextlib.suppress(*BROKER_ERRORS):
-                await self._channel.close()
+        await self._close_channel()
 
 
 class ShardConsumer:
@@ -112,6 +150,8 @@ class ShardConsumer:
         except REDIS_ERRORS:
             return  # keep what we have; with no view of the others, changing would only guess
         wanted = owned_shards(self._instance_id, workers, self._broker.names.shards)
+        for shard in [shard for shard, subscription in self._subscriptions.items() if subscription.broken]:
+            await self._subscriptions.pop(shard).stop(grace_s=0)
         if wanted == set(self._subscriptions):
             return
         for shard in sorted(set(self._subscriptions) - wanted):

@@ -27,6 +27,7 @@ from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
 from shared.broker import Broker
 from shared.messages import InboundMessage, MessageFormatError, ReplyMessage, now_ms
 from shared.store import REDIS_ERRORS, Store, Timings
+from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +51,7 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class EngineFailed:
-    attempt: int
+    failures: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +67,23 @@ class Processor:
         next one is generated, so it works one message at a time."""
         return 1 if self.engine.uses_history else 64
 
-    async def handle(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
-        """Process deliveries of one shard, in order; raises BROKER_ERRORS if the broker fails
-        mid-way (nothing unacked is lost: the broker redelivers it)."""
+    async def handle(self, deliveries: Sequence[AbstractIncomingMessage]) -> float | None:
+        """Process deliveries of one shard, in order. Returns None when all are settled, or the
+        back-off in seconds when one failed: the caller must then hand that one and everything
+        after it back to the broker, in order, and take them again after the pause. Raises
+        BROKER_ERRORS if the broker fails mid-way (nothing unacked is lost: it is redelivered)."""
         ready: list[Ready] = []
-        for index, delivery in enumerate(deliveries):
-            outcome = await self._prepare(delivery)
-            if isinstance(outcome, EngineFailed):
-                await self._finish(ready)
-                await self._retry_later(deliveries[index:], outcome.attempt)
-                return
-            if outcome is not None:
-                ready.append(outcome)
-        await self._finish(ready)
+        with ConsumerSpans(deliveries) as spans:
+            for delivery in deliveries:
+                with spans.activate(delivery.message_id):
+                    outcome = await self._prepare(delivery)
+                if isinstance(outcome, EngineFailed):
+                    await self._finish(ready, spans)
+                    return backoff(outcome.failures)
+                if outcome is not None:
+                    ready.append(outcome)
+            await self._finish(ready, spans)
+        return None
 
     async def _prepare(self, delivery: AbstractIncomingMessage) -> Ready | EngineFailed | None:
         """Steps 1 and 2. None: the delivery was settled here (dead-lettered)."""
@@ -88,6 +93,8 @@ class Processor:
             log.error("dead-lettering a malformed message: %s", exc)
             await self._dead_letter(delivery, "malformed")
             return None
+        # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
+        log.debug("generating a reply", extra={"channel": message.channel, "text": message.text})
         started = now_ms()
         state = await self._until_redis_answers(
             lambda: self.store.begin(
@@ -96,16 +103,23 @@ class Processor:
         )
         if state.stored_reply is not None:
             return Ready(delivery, message, state.stored_reply)
-        if state.attempt > self.max_attempts:
-            log.error("message %s failed %d times; dead-lettered", message.message_id, self.max_attempts)
+        if state.attempt > self.max_attempts:  # failed before and then its worker crashed
             await self._dead_letter(delivery, "dead_lettered")
             return None
         history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
         try:
-            content = await self.engine.reply(EngineRequest(message.text, message.conversation_id, history))
+            with engine_span(self.engine.name) as span:
+                content = await self.engine.reply(EngineRequest(message.text, message.conversation_id, history))
+                describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
         except Exception:
             log.exception("engine failed on message %s (attempt %d)", message.message_id, state.attempt)
-            return EngineFailed(state.attempt)
+            mark_current_failed("engine failed")
+            failures = await self._until_redis_answers(lambda: self.store.record_failure(message.message_id))
+            if failures < self.max_attempts:
+                return EngineFailed(failures)
+            log.error("message %s failed %d times; dead-lettered", message.message_id, failures)
+            await self._dead_letter(delivery, "dead_lettered")
+            return None
         finished = now_ms()
         reply = ReplyMessage(
             message_id=message.message_id,
@@ -124,30 +138,33 @@ class Processor:
         )
         return Ready(delivery, message, reply, timings)
 
-    async def _finish(self, ready: list[Ready]) -> None:
+    async def _finish(self, ready: list[Ready], spans: ConsumerSpans) -> None:
         """Steps 3 to 5 for a batch: commit, publish, ack."""
         if not ready:
             return
         fresh = [(item.message, item.reply, item.timings) for item in ready if item.timings is not None]
-        standing = iter(await self._until_redis_answers(lambda: self.store.commit(fresh)))
+        # One round trip for the batch: its span goes in the first message's trace.
+        with spans.activate(ready[0].message.message_id):
+            standing = iter(await self._until_redis_answers(lambda: self.store.commit(fresh)))
         replies = [next(standing) if item.timings is not None else item.reply for item in ready]
-        await self._hand_back(replies)
+        await self._hand_back(replies, spans)
         for item in ready:
             await item.delivery.ack()
         for item, reply in zip(ready, replies, strict=True):
             if item.timings is not None:
-                log.info(
-                    "message processed",
-                    extra={
-                        "message_id": reply.message_id,
-                        "conversation_id": reply.conversation_id,
-                        "engine": reply.reply.engine,
-                        "processingTime": round(item.timings.processing_ms, 2),
-                        "latency_ms": round(item.timings.end_to_end_ms, 2),
-                    },
-                )
+                with spans.activate(reply.message_id):
+                    log.info(
+                        "message processed",
+                        extra={
+                            "message_id": reply.message_id,
+                            "conversation_id": reply.conversation_id,
+                            "engine": reply.reply.engine,
+                            "processingTime": round(item.timings.processing_ms, 2),
+                            "latency_ms": round(item.timings.end_to_end_ms, 2),
+                        },
+                    )
 
-    async def _hand_back(self, replies: list[ReplyMessage]) -> None:
+    async def _hand_back(self, replies: list[ReplyMessage], spans: ConsumerSpans) -> None:
         """Publish with confirm: one conversation's replies one after another (so they arrive in
         order), different conversations concurrently."""
         by_conversation: dict[str, list[ReplyMessage]] = defaultdict(list)
@@ -156,7 +173,8 @@ class Processor:
 
         async def publish_in_order(conversation: list[ReplyMessage]) -> None:
             for reply in conversation:
-                await self._publish(reply)
+                with spans.activate(reply.message_id):
+                    await self._publish(reply)
 
         await asyncio.gather(*(publish_in_order(conversation) for conversation in by_conversation.values()))
 
@@ -167,20 +185,15 @@ class Processor:
             names.reply_routing_key(reply.channel, reply.gateway_id, reply.conversation_id),
             reply.to_bytes(),
             message_id=reply.message_id,
+            conversation_id=reply.conversation_id,
             # Web replies go to transient gateway queues and may find no listener; that is fine,
             # the reply is stored. Channel replies go to durable delivery queues.
             persistent=reply.channel != "web",
             mandatory=False,
         )
 
-    async def _retry_later(self, deliveries: Sequence[AbstractIncomingMessage], attempt: int) -> None:
-        """The first of these failed: back off (holding the shard keeps the conversation in order),
-        then return them all, in order, for another attempt."""
-        await asyncio.sleep(backoff(attempt))
-        for delivery in deliveries:
-            await delivery.nack(requeue=True)
-
     async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str) -> None:
+        mark_current_failed(kind)
         await delivery.reject(requeue=False)
         try:
             await self.store.record_error(kind)

@@ -13,7 +13,6 @@ from .base import EngineRequest
 from .index import Analyzer, KbIndex, Tuning
 from .kbfile import Entry, KnowledgeBase, KnowledgeBaseError
 from .smalltalk import SmallTalkDetector
-from .text import words_of
 
 __all__ = ["Entry", "KbEngine", "KnowledgeBase", "KnowledgeBaseError", "Tuning"]
 
@@ -26,6 +25,7 @@ class KbEngine:
     """Answers from a KnowledgeBase; the index is built once here, replies are pure CPU."""
 
     name = "kb"
+    uses_history = False
 
     def __init__(self, kb: KnowledgeBase, tuning: Tuning | None = None) -> None:
         self.kb = kb
@@ -35,10 +35,10 @@ class KbEngine:
         self._small_talk = SmallTalkDetector(kb.language)
 
     def answer(self, text: str) -> ReplyContent:
-        scan = self._small_talk.scan(words_of(text, self.kb.language))
+        scan = self._small_talk.scan(self._analyzer.words(text))
         if scan.only_small_talk:
             return ReplyContent(text=scan.reply(), engine=self.name, confidence=SMALL_TALK_CONFIDENCE)
-        hits = self._index.rank(self._analyzer.content_of(scan.rest), limit=1)
+        hits = self._index.rank(scan.rest, limit=1)
         if hits and hits[0].score >= self.tuning.threshold:
             entry = self.kb.entries[hits[0].entry]
             return ReplyContent(
@@ -50,8 +50,8 @@ class KbEngine:
 
     def search(self, text: str, limit: int = 3) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, with their 0..1 score (LLM grounding)."""
-        scan = self._small_talk.scan(words_of(text, self.kb.language))
-        hits = self._index.rank(self._analyzer.content_of(scan.rest), limit=limit)
+        scan = self._small_talk.scan(self._analyzer.words(text))
+        hits = self._index.rank(scan.rest, limit=limit)
         return [(self.kb.entries[h.entry], round(h.score, 4)) for h in hits]
 
     async def reply(self, request: EngineRequest) -> ReplyContent:

@@ -66,9 +66,7 @@ def _read_yaml(path: Path) -> object:
 def parse(data: object, source: str) -> KnowledgeBase:
     """Validate already-parsed YAML; `source` names it in error messages."""
     if not isinstance(data, Mapping):
-        raise KnowledgeBaseError(
-            f"{source}: the top level must be a mapping with 'language', 'fallback' and 'entries'"
-        )
+        raise KnowledgeBaseError(f"{source}: the top level must be a mapping with 'language', 'fallback' and 'entries'")
     top = cast(Mapping[str, Any], data)
     _reject_unknown_keys(top, _TOP_KEYS, source)
     language = _language(top.get("language"), source)
@@ -147,7 +145,6 @@ def _reject_duplicate_ids(entries: tuple[Entry, ...], source: str) -> None:
     for index, entry in enumerate(entries, start=1):
         if entry.id in first_seen:
             raise KnowledgeBaseError(
-                f"{source}: entry {index} (id {entry.id!r}): duplicate id, "
-                f"already used by entry {first_seen[entry.id]}"
+                f"{source}: entry {index} (id {entry.id!r}): duplicate id, already used by entry {first_seen[entry.id]}"
             )
         first_seen[entry.id] = index

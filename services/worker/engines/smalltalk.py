@@ -15,40 +15,45 @@ from .text import Language, is_content
 
 Kind = Literal["greeting", "thanks", "goodbye", "ack"]
 
-# Phrases are written as their tokens after text.words_of (folded, abbreviations expanded).
+
+def _phrases(text: str) -> tuple[str, ...]:
+    return tuple(phrase.strip() for phrase in text.split(","))
+
+
+# Phrases are written as their tokens after text.words_of: folded, abbreviations expanded
+# ("vlw" arrives as "valeu", "ok" in English as "okay").
 _PHRASES: Mapping[Language, Mapping[Kind, tuple[str, ...]]] = {
     "pt": {
-        "greeting": (
-            "oi", "oie", "ola", "opa", "eai", "e ai", "salve", "alo", "bom dia", "boa tarde",
-            "boa noite", "tudo bem", "tudo bom", "tudo certo", "como vai", "como voce esta",
-            "boas vindas", "hello", "hi",
+        "greeting": _phrases(
+            "oi, oie, ola, opa, eai, e ai, salve, alo, bom dia, boa tarde, boa noite, tudo bem, tudo bom,"
+            " tudo certo, como vai, como voce esta, hello, hi"
         ),
-        "thanks": (
-            "obrigado", "obrigada", "muito obrigado", "muito obrigada", "valeu", "agradeco",
-            "grato", "grata", "thanks",
+        "thanks": _phrases("obrigado, obrigada, muito obrigado, muito obrigada, valeu, agradeco, grato, grata"),
+        "goodbye": _phrases(
+            "tchau, tchauzinho, ate mais, ate logo, ate breve, ate amanha, adeus, falou, bom fim de semana,"
+            " boa semana, nao, so isso, bye"
         ),
-        "goodbye": (
-            "tchau", "tchauzinho", "ate mais", "ate logo", "ate breve", "ate amanha", "adeus",
-            "falou", "bom fim de semana", "boa semana", "bye",
+        "ack": _phrases(
+            "ok, okay, beleza, certo, entendi, esta bom, show, perfeito, otimo, joia, tranquilo, combinado,"
+            " sim, ah esta"
         ),
-        "ack": ("ok", "okay", "beleza", "certo", "entendi", "ta bom", "esta bom", "show", "perfeito",
-                "otimo", "blz", "joia", "tranquilo", "combinado", "sim", "ah ta", "ah esta"),
     },
     "en": {
-        "greeting": (
-            "hi", "hello", "hey", "hiya", "howdy", "yo", "good morning", "good afternoon",
-            "good evening", "how are you", "how is it going", "hi there", "hello there",
+        "greeting": _phrases(
+            "hi, hello, hey, hiya, howdy, yo, good morning, good afternoon, good evening, how are you,"
+            " how is it going, hi there, hello there"
         ),
-        "thanks": (
-            "thanks", "thank you", "thanks a lot", "many thanks", "cheers", "appreciate it",
-            "much appreciated", "thank you very much", "thanks so much",
+        "thanks": _phrases(
+            "thanks, thank you, thanks a lot, many thanks, cheers, appreciate it, much appreciated,"
+            " thank you very much, thanks so much"
         ),
-        "goodbye": (
-            "bye", "goodbye", "bye bye", "see you", "see you later", "good night", "talk later",
-            "have a nice day", "have a good day", "take care",
+        "goodbye": _phrases(
+            "bye, goodbye, bye bye, see you, see you later, good night, talk later, have a nice day,"
+            " have a good day, take care, no, nope, that is all"
         ),
-        "ack": ("okay", "got it", "great", "cool", "perfect", "alright", "all right",
-                "sounds good", "understood", "yes", "awesome"),
+        "ack": _phrases(
+            "okay, got it, great, cool, perfect, alright, all right, sounds good, understood, yes, awesome"
+        ),
     },
 }
 
@@ -70,7 +75,6 @@ _REPLIES: Mapping[Language, Mapping[Kind, str]] = {
 # When a message mixes kinds, the reply answers the one that ends a conversation first:
 # "obrigado, tchau" is a goodbye, "oi, obrigado" is thanks.
 _PRIORITY: tuple[Kind, ...] = ("goodbye", "thanks", "greeting", "ack")
-_LONGEST = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,7 @@ class SmallTalk:
     @property
     def only_small_talk(self) -> bool:
         """True when nothing but small talk and stop words was said."""
-        return bool(self.kinds) and not self.rest
+        return bool(self.kinds) and not any(is_content(w, self.language) for w in self.rest)
 
     def reply(self) -> str:
         kind = next(k for k in _PRIORITY if k in self.kinds)
@@ -92,11 +96,7 @@ class SmallTalk:
 
 
 def _phrase_table(language: Language) -> dict[tuple[str, ...], Kind]:
-    return {
-        tuple(phrase.split()): kind
-        for kind, phrases in _PHRASES[language].items()
-        for phrase in phrases
-    }
+    return {tuple(phrase.split()): kind for kind, phrases in _PHRASES[language].items() for phrase in phrases}
 
 
 class SmallTalkDetector:
@@ -109,6 +109,7 @@ class SmallTalkDetector:
     def __init__(self, language: Language) -> None:
         self._language = language
         self._table = _phrase_table(language)
+        self._longest = max(len(phrase) for phrase in self._table)
 
     def scan(self, words: Sequence[str]) -> SmallTalk:
         kinds: set[Kind] = set()
@@ -117,25 +118,27 @@ class SmallTalkDetector:
         return SmallTalk(frozenset(kinds), tuple(words[start:end]), self._language)
 
     def _skip(self, words: Sequence[str], kinds: set[Kind], *, forward: bool) -> int:
-        """How many leading words are small talk or stop words; adds the kinds met to `kinds`.
+        """How many leading words end with the last small-talk phrase of the leading run of
+        small talk and stop words; adds the kinds met to `kinds`.
 
+        Stop words after that phrase stay: "oi, quanto tempo demora?" keeps "quanto tempo".
         `words` is reversed by the caller for the backward scan, so phrases are reversed too.
         """
-        i = 0
+        i = cut = 0
         while i < len(words):
             match = self._match_at(words, i, forward=forward)
             if match is not None:
                 length, kind = match
                 kinds.add(kind)
-                i += length
+                i = cut = i + length
             elif not is_content(words[i], self._language):
                 i += 1
             else:
                 break
-        return i
+        return cut
 
     def _match_at(self, words: Sequence[str], start: int, *, forward: bool) -> tuple[int, Kind] | None:
-        for length in range(min(_LONGEST, len(words) - start), 0, -1):
+        for length in range(min(self._longest, len(words) - start), 0, -1):
             chunk = tuple(words[start : start + length])
             kind = self._table.get(chunk if forward else chunk[::-1])
             if kind is not None:

@@ -13,32 +13,42 @@ from collections.abc import Callable, Mapping
 
 from .text import Language
 
-# (suffix, replacement), longest first within each group; a rule applies only when the stem
-# left over keeps at least MIN_STEM letters.
+
+def _rules(text: str) -> tuple[tuple[str, str], ...]:
+    """Rules written "suffix>replacement": "oes>ao s>" -> (("oes", "ao"), ("s", ""))."""
+    return tuple((rule.partition(">")[0], rule.partition(">")[2]) for rule in text.split())
+
+
+def _suffixes(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# Suffixes are tried longest first within each group; a rule applies only when the stem left
+# over keeps at least MIN_STEM letters.
 MIN_STEM = 3
 
-_PT_PLURAL: tuple[tuple[str, str], ...] = (
-    ("oes", "ao"), ("aes", "ao"), ("ais", "al"), ("eis", "el"), ("ois", "ol"),
-    ("ns", "m"), ("res", "r"), ("zes", "z"), ("les", "l"), ("s", ""),
+_PT_PLURAL = _rules("oes>ao aes>ao ais>al eis>el ois>ol ns>m res>r zes>z les>l s>")
+_PT_NOUN = _suffixes(
+    """
+    mente amentos imentos amento imento mento acoes icoes acao icao cao idades idade ismo ista
+    avel ivel ador edor idor encia ancia ario ante ente agem eiro eira inho inha
+    """
 )
-_PT_NOUN: tuple[str, ...] = (
-    "mente", "amentos", "imentos", "amento", "imento", "mento", "acoes", "icoes", "acao", "icao", "cao",
-    "idades", "idade", "ismo", "ista", "avel", "ivel", "ador", "edor", "idor", "encia", "ancia",
-    "ante", "ente", "agem", "eiro", "eira", "inho", "inha",
+_PT_VERB = _suffixes(
+    """
+    ariamos eriamos iriamos assemos essemos issemos ariam eriam iriam aramos eramos iramos avamos
+    assem essem issem arao erao irao ando endo indo avam aram eram iram arem erem irem aria eria
+    iria amos emos imos ados adas idos idas ado ada ido ida ava uei ar er ir ou ei eu iu am em ia
+    a e i o
+    """
 )
-_PT_VERB: tuple[str, ...] = (
-    "ariamos", "eriamos", "iriamos", "assemos", "essemos", "issemos", "ariam", "eriam", "iriam",
-    "aramos", "eramos", "iramos", "avamos", "assem", "essem", "issem", "arao", "erao", "irao",
-    "ando", "endo", "indo", "avam", "aram", "eram", "iram", "arem", "erem", "irem", "aria", "eria",
-    "iria", "amos", "emos", "imos", "ados", "adas", "idos", "idas", "ado", "ada", "ido", "ida",
-    "ava", "uei", "ar", "er", "ir", "ou", "ei", "eu", "iu", "am", "em", "ia", "a", "e", "i", "o",
-)
-_PT_NO_PLURAL = ("ss", "us", "is")  # "lapis", "bonus", "onibus": that s is not a plural
+# "lapis", "bonus", "onibus": that s is not a plural; "aceitamos", "vendemos": verbs, not plurals.
+_PT_NO_PLURAL = ("ss", "us", "is", "amos", "emos", "imos")
 
-_EN_SUFFIXES: tuple[str, ...] = (
-    "ational", "ations", "ation", "ments", "ment", "ness", "ings", "ing", "able", "ible", "ers",
-    "er", "est", "edly", "ed", "ly", "ful", "al", "e",
-)
+# English goes in Porter's order: plural, then inflection, then one derivational suffix, then
+# a silent e: "applying" -> "apply" -> "app", and "applied", "applies", "apply" meet it there.
+_EN_INFLECTIONS = _suffixes("ing ed")
+_EN_SUFFIXES = _suffixes("ational ation ment ness able ible er est ly ful al")
 
 
 def _strip(word: str, suffix: str, replacement: str = "") -> str | None:
@@ -60,14 +70,12 @@ def _pt_singular(word: str) -> str:
     for suffix, replacement in _PT_PLURAL:
         stripped = _strip(word, suffix, replacement)
         if stripped is not None:
-            if suffix == "s" and word.endswith(_PT_NO_PLURAL):
-                return word
-            return stripped
+            return word if word.endswith(_PT_NO_PLURAL) else stripped
     return word
 
 
 def stem_pt(word: str) -> str:
-    """"devolucoes" -> "devolu", "devolver" -> "devolv", "cartoes" -> "cartao"."""
+    """Portuguese stem: "devolucoes" -> "devolu", "devolver" -> "devolv", "cartoes" -> "cartao"."""
     if len(word) <= MIN_STEM or word.isdigit():
         return word
     word = _pt_singular(word)
@@ -80,7 +88,7 @@ def stem_pt(word: str) -> str:
 
 
 def _undouble(word: str) -> str:
-    """"stopp" -> "stop", "install" -> "instal"; "ss" stays ("access")."""
+    """A doubled final consonant goes: "stopp" -> "stop", "install" -> "instal"; "ss" stays."""
     if len(word) > MIN_STEM and word[-1] == word[-2] and word[-1] not in "aeiouys":
         return word[:-1]
     return word
@@ -97,16 +105,18 @@ def _en_singular(word: str) -> str:
 
 
 def stem_en(word: str) -> str:
-    """"installations" -> "instal", "cancelled" -> "cancel", "prices" -> "pric"."""
+    """English stem: "installation" -> "instal", "cancelled" -> "cancel", "prices" -> "pric"."""
     if len(word) <= MIN_STEM or word.isdigit():
         return word
     word = _en_singular(word)
     if word.endswith("ied") and len(word) > 4:
         word = word[:-3] + "y"
     elif not word.endswith("eed"):  # "speed", "need": that -ed is not a past tense
-        word = _first(word, _EN_SUFFIXES) or word
+        word = _first(word, _EN_INFLECTIONS) or word
+    word = _first(word, _EN_SUFFIXES) or word
+    word = _strip(word, "e") or word  # "move", "movement" -> "mov"
     if word.endswith("y") and len(word) > MIN_STEM and word[-2] not in "aeiou":
-        word = word[:-1] + "i"  # "try"/"tries"/"tried" all end up as "tri"
+        word = word[:-1] + "i"  # "tries" and "tried" meet "try" before this; "company" -> "compani"
     return _undouble(word)
 
 

@@ -32,67 +32,237 @@ _LAUGHTER = re.compile(r"^(?:k{2,}|(?:ha){2,}h?|(?:he){2,}|(?:rs){2,}|(?:hue){2,
 # Informal spellings and chat abbreviations, mapped to the words a base would use.
 ABBREVIATIONS: Mapping[Language, Mapping[str, tuple[str, ...]]] = {
     "pt": {
-        "vc": ("voce",), "vcs": ("voces",), "voceis": ("voces",), "ce": ("voce",), "oce": ("voce",),
-        "pq": ("porque",), "pk": ("porque",), "q": ("que",), "oq": ("o", "que"), "qq": ("qualquer",),
-        "ta": ("esta",), "tah": ("esta",), "to": ("estou",), "tou": ("estou",),
-        "tava": ("estava",), "tavam": ("estavam",), "tamo": ("estamos",), "pra": ("para",),
-        "pro": ("para", "o"), "pros": ("para", "os"), "pras": ("para", "as"),
-        "td": ("tudo",), "tds": ("todos",), "msg": ("mensagem",),
-        "msgs": ("mensagens",), "tb": ("tambem",), "tbm": ("tambem",), "tmb": ("tambem",),
-        "n": ("nao",), "naum": ("nao",), "nn": ("nao",), "eh": ("e",), "hj": ("hoje",),
-        "qdo": ("quando",), "qnd": ("quando",), "qndo": ("quando",),
-        "qto": ("quanto",), "qtos": ("quantos",), "qtas": ("quantas",), "qts": ("quantos",),
-        "ql": ("qual",), "obg": ("obrigado",), "obgd": ("obrigado",),
-        "obgda": ("obrigada",), "brigado": ("obrigado",), "brigada": ("obrigada",), "vlw": ("valeu",),
-        "vlws": ("valeu",), "blz": ("beleza",), "mt": ("muito",), "mto": ("muito",),
-        "mta": ("muita",), "mts": ("muitos",), "dps": ("depois",), "agr": ("agora",),
-        "ngm": ("ninguem",), "alg": ("alguem",), "qqr": ("qualquer",), "qlqr": ("qualquer",),
-        "cmg": ("comigo",), "ctg": ("contigo",), "fds": ("fim", "de", "semana"), "aki": ("aqui",),
-        "kd": ("cade",), "num": ("em", "um"), "numa": ("em", "uma"), "pfv": ("por", "favor"),
-        "pf": ("por", "favor"), "pfvr": ("por", "favor"), "nd": ("nada",), "nda": ("nada",),
-        "ctz": ("certeza",), "vdd": ("verdade",), "flw": ("falou",), "sdds": ("saudades",),
-        "mds": ("meu", "deus"), "pls": ("por", "favor"), "msm": ("mesmo",),
-        "zap": ("whatsapp",), "zapzap": ("whatsapp",), "wpp": ("whatsapp",), "whats": ("whatsapp",),
-        "wats": ("whatsapp",), "insta": ("instagram",), "cel": ("celular",), "tel": ("telefone",),
-        "info": ("informacao",), "infos": ("informacoes",), "qm": ("quem",), "ond": ("onde",),
-        "aq": ("aqui",), "vo": ("vou",), "bj": ("beijo",), "bjs": ("beijos",), "abs": ("abracos",),
+        "vc": ("voce",),
+        "vcs": ("voces",),
+        "voceis": ("voces",),
+        "ce": ("voce",),
+        "oce": ("voce",),
+        "pq": ("porque",),
+        "pk": ("porque",),
+        "q": ("que",),
+        "oq": ("o", "que"),
+        "qq": ("qualquer",),
+        "ta": ("esta",),
+        "tah": ("esta",),
+        "to": ("estou",),
+        "tou": ("estou",),
+        "tava": ("estava",),
+        "tavam": ("estavam",),
+        "tamo": ("estamos",),
+        "pra": ("para",),
+        "pro": ("para", "o"),
+        "pros": ("para", "os"),
+        "pras": ("para", "as"),
+        "td": ("tudo",),
+        "tds": ("todos",),
+        "msg": ("mensagem",),
+        "msgs": ("mensagens",),
+        "tb": ("tambem",),
+        "tbm": ("tambem",),
+        "tmb": ("tambem",),
+        "n": ("nao",),
+        "naum": ("nao",),
+        "nn": ("nao",),
+        "eh": ("e",),
+        "hj": ("hoje",),
+        "qdo": ("quando",),
+        "qnd": ("quando",),
+        "qndo": ("quando",),
+        "qto": ("quanto",),
+        "qtos": ("quantos",),
+        "qtas": ("quantas",),
+        "qts": ("quantos",),
+        "ql": ("qual",),
+        "obg": ("obrigado",),
+        "obgd": ("obrigado",),
+        "obgda": ("obrigada",),
+        "brigado": ("obrigado",),
+        "brigada": ("obrigada",),
+        "vlw": ("valeu",),
+        "vlws": ("valeu",),
+        "blz": ("beleza",),
+        "mt": ("muito",),
+        "mto": ("muito",),
+        "mta": ("muita",),
+        "mts": ("muitos",),
+        "dps": ("depois",),
+        "agr": ("agora",),
+        "ngm": ("ninguem",),
+        "alg": ("alguem",),
+        "qqr": ("qualquer",),
+        "qlqr": ("qualquer",),
+        "cmg": ("comigo",),
+        "ctg": ("contigo",),
+        "fds": ("fim", "de", "semana"),
+        "aki": ("aqui",),
+        "kd": ("cade",),
+        "num": ("em", "um"),
+        "numa": ("em", "uma"),
+        "pfv": ("por", "favor"),
+        "pf": ("por", "favor"),
+        "pfvr": ("por", "favor"),
+        "nd": ("nada",),
+        "nda": ("nada",),
+        "ctz": ("certeza",),
+        "vdd": ("verdade",),
+        "flw": ("falou",),
+        "sdds": ("saudades",),
+        "mds": ("meu", "deus"),
+        "pls": ("por", "favor"),
+        "msm": ("mesmo",),
+        "zap": ("whatsapp",),
+        "zapzap": ("whatsapp",),
+        "wpp": ("whatsapp",),
+        "whats": ("whatsapp",),
+        "wats": ("whatsapp",),
+        "insta": ("instagram",),
+        "cel": ("celular",),
+        "tel": ("telefone",),
+        "info": ("informacao",),
+        "infos": ("informacoes",),
+        "qm": ("quem",),
+        "ond": ("onde",),
+        "aq": ("aqui",),
+        "vo": ("vou",),
+        "bj": ("beijo",),
+        "bjs": ("beijos",),
+        "abs": ("abracos",),
         "add": ("adicionar",),
     },
     "en": {
-        "u": ("you",), "ur": ("your",), "urs": ("yours",), "r": ("are",), "y": ("why",),
-        "pls": ("please",), "plz": ("please",), "plse": ("please",), "thx": ("thanks",),
-        "thnx": ("thanks",), "tnx": ("thanks",), "ty": ("thank", "you"), "tysm": ("thank", "you"),
-        "wanna": ("want", "to"), "gonna": ("going", "to"), "gotta": ("got", "to"),
-        "cant": ("cannot",), "dont": ("do", "not"), "doesnt": ("does", "not"),
-        "didnt": ("did", "not"), "isnt": ("is", "not"), "arent": ("are", "not"),
-        "wasnt": ("was", "not"), "wont": ("will", "not"), "havent": ("have", "not"),
-        "hasnt": ("has", "not"), "couldnt": ("could", "not"), "shouldnt": ("should", "not"),
-        "im": ("i", "am"), "ive": ("i", "have"),
-        "youre": ("you", "are"), "theyre": ("they", "are"), "whats": ("what", "is"),
-        "hows": ("how", "is"), "wheres": ("where", "is"), "whens": ("when", "is"),
-        "whos": ("who", "is"), "thats": ("that", "is"), "theres": ("there", "is"),
-        "idk": ("i", "do", "not", "know"), "b4": ("before",), "bc": ("because",),
-        "cuz": ("because",), "coz": ("because",), "msg": ("message",),
-        "msgs": ("messages",), "info": ("information",), "acct": ("account",), "pw": ("password",),
-        "pwd": ("password",), "tmrw": ("tomorrow",), "tmr": ("tomorrow",), "2moro": ("tomorrow",),
-        "ppl": ("people",), "abt": ("about",), "w": ("with",), "wo": ("without",), "n": ("and",),
-        "ok": ("okay",), "k": ("okay",), "kk": ("okay",), "nvm": ("never", "mind"),
-        "asap": ("as", "soon", "as", "possible"), "pic": ("picture",), "pics": ("pictures",),
-        "convo": ("conversation",), "yr": ("year",), "yrs": ("years",), "mos": ("months",),
-        "hr": ("hour",), "hrs": ("hours",), "mins": ("minutes",), "secs": ("seconds",), "tho": ("though",), "thru": ("through",), "gud": ("good",),
-        "gr8": ("great",), "l8r": ("later",), "cya": ("see", "you"), "bday": ("birthday",),
+        "u": ("you",),
+        "ur": ("your",),
+        "urs": ("yours",),
+        "r": ("are",),
+        "y": ("why",),
+        "pls": ("please",),
+        "plz": ("please",),
+        "plse": ("please",),
+        "thx": ("thanks",),
+        "thnx": ("thanks",),
+        "tnx": ("thanks",),
+        "ty": ("thank", "you"),
+        "tysm": ("thank", "you"),
+        "wanna": ("want", "to"),
+        "gonna": ("going", "to"),
+        "gotta": ("got", "to"),
+        "cant": ("cannot",),
+        "dont": ("do", "not"),
+        "doesnt": ("does", "not"),
+        "didnt": ("did", "not"),
+        "isnt": ("is", "not"),
+        "arent": ("are", "not"),
+        "wasnt": ("was", "not"),
+        "wont": ("will", "not"),
+        "havent": ("have", "not"),
+        "hasnt": ("has", "not"),
+        "couldnt": ("could", "not"),
+        "shouldnt": ("should", "not"),
+        "im": ("i", "am"),
+        "ive": ("i", "have"),
+        "youre": ("you", "are"),
+        "theyre": ("they", "are"),
+        "whats": ("what", "is"),
+        "hows": ("how", "is"),
+        "wheres": ("where", "is"),
+        "whens": ("when", "is"),
+        "whos": ("who", "is"),
+        "thats": ("that", "is"),
+        "theres": ("there", "is"),
+        "idk": ("i", "do", "not", "know"),
+        "b4": ("before",),
+        "bc": ("because",),
+        "cuz": ("because",),
+        "coz": ("because",),
+        "msg": ("message",),
+        "msgs": ("messages",),
+        "info": ("information",),
+        "acct": ("account",),
+        "pw": ("password",),
+        "pwd": ("password",),
+        "tmrw": ("tomorrow",),
+        "tmr": ("tomorrow",),
+        "2moro": ("tomorrow",),
+        "ppl": ("people",),
+        "abt": ("about",),
+        "w": ("with",),
+        "wo": ("without",),
+        "n": ("and",),
+        "ok": ("okay",),
+        "k": ("okay",),
+        "kk": ("okay",),
+        "nvm": ("never", "mind"),
+        "asap": ("as", "soon", "as", "possible"),
+        "pic": ("picture",),
+        "pics": ("pictures",),
+        "convo": ("conversation",),
+        "yr": ("year",),
+        "yrs": ("years",),
+        "mos": ("months",),
+        "hr": ("hour",),
+        "hrs": ("hours",),
+        "mins": ("minutes",),
+        "secs": ("seconds",),
+        "tho": ("though",),
+        "thru": ("through",),
+        "gud": ("good",),
+        "gr8": ("great",),
+        "l8r": ("later",),
+        "cya": ("see", "you"),
+        "bday": ("birthday",),
     },
 }
+
+
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
 
 # Words that carry no topic: articles, pronouns, prepositions, question words, auxiliary and
 # "wanting" verbs, fillers. Removing them makes "eu queria saber se vocês entregam" and
 # "vocês entregam?" the same query.
 STOP_WORDS: Mapping[Language, frozenset[str]] = {
-    "pt": frozenset(
-        ["a", "o", "as", "os", "um", "uma", "uns", "umas", "de", "da", "do", "das", "dos", "em", "no", "na", "nos", "nas", "num", "numa", "ao", "aos", "e", "ou", "mas", "nem", "que", "se", "para", "por", "pelo", "pela", "pelos", "pelas", "com", "sem", "sob", "sobre", "ate", "entre", "apos", "desde", "contra", "durante", "perante", "eu", "tu", "ele", "ela", "nos", "vos", "eles", "elas", "me", "te", "lhe", "lhes", "mim", "ti", "si", "comigo", "contigo", "conosco", "consigo", "meu", "minha", "meus", "minhas", "teu", "tua", "teus", "tuas", "seu", "sua", "seus", "suas", "nosso", "nossa", "nossos", "nossas", "voce", "voces", "senhor", "senhora", "gente", "cara", "mano", "moca", "moco", "amigo", "amiga", "pessoal", "este", "esta", "estes", "estas", "isto", "esse", "essa", "esses", "essas", "isso", "aquele", "aquela", "aqueles", "aquelas", "aquilo", "aqui", "ai", "ali", "la", "ca", "onde", "quando", "como", "qual", "quais", "quanto", "quanta", "quantos", "quantas", "quem", "porque", "cade", "tao", "ja", "ainda", "tambem", "so", "somente", "apenas", "muito", "muita", "muitos", "muitas", "mais", "menos", "bem", "mal", "agora", "entao", "pois", "logo", "assim", "tipo", "coisa", "coisas", "algo", "alguma", "algum", "algumas", "alguns", "nenhum", "nenhuma", "todo", "toda", "todos", "todas", "tudo", "nada", "outro", "outra", "outros", "outras", "mesmo", "mesma", "ser", "sou", "es", "e", "somos", "sao", "era", "eram", "foi", "foram", "fui", "seja", "sejam", "sera", "seria", "estar", "estou", "esta", "estamos", "estao", "estava", "estavam", "esteve", "estive", "ter", "tenho", "tem", "temos", "tinha", "tinham", "tive", "teve", "ha", "haver", "havia", "houve", "fazer", "faco", "faz", "fazem", "fiz", "fez", "feito", "fazendo", "poder", "posso", "pode", "podem", "podemos", "podia", "poderia", "poderiam", "querer", "quero", "quer", "queria", "queremos", "gostaria", "gostariamos", "desejo", "precisar", "preciso", "precisa", "precisamos", "precisava", "necessito", "saber", "sei", "sabe", "saberia", "conseguir", "consigo", "consegue", "conseguem", "dar", "da", "dou", "deu", "vou", "vai", "vamos", "vao", "ir", "indo", "fica", "ficar", "favor", "ok", "okay", "sim", "nao", "ne", "neh", "tal", "oi", "ola", "hein", "ue", "uai", "opa", "ah", "oh", "eh", "hm", "hmm", "certo", "beleza", "entendi", "obrigado", "obrigada", "valeu"]
+    "pt": _word_set(
+        """
+        a o as os um uma uns umas de da do das dos em no na nos nas num numa ao aos
+        e ou mas nem que se para por pelo pela pelos pelas com sem sob sobre ate entre apos desde
+        contra durante perante depois antes enquanto
+        eu tu ele ela nos vos eles elas me te lhe lhes mim ti si comigo contigo conosco consigo
+        meu minha meus minhas teu tua teus tuas seu sua seus suas nosso nossa nossos nossas
+        voce voces senhor senhora gente cara mano moca moco amigo amiga pessoal
+        este esta estes estas isto esse essa esses essas isso aquele aquela aqueles aquelas aquilo
+        aqui ai ali la ca onde quando como qual quais quanto quanta quantos quantas quem porque
+        cade tao ja ainda tambem so somente apenas muito muita muitos muitas mais menos
+        bem mal agora entao pois logo assim tipo coisa coisas algo alguma algum algumas alguns
+        nenhum nenhuma todo toda todos todas tudo nada outro outra outros outras mesmo mesma
+        ser sou es e somos sao era eram foi foram fui seja sejam sera seria
+        estar estou esta estamos estao estava estavam esteve estive
+        ter tenho tem temos tinha tinham tive teve ha haver havia houve
+        fazer faco faz fazem fiz fez feito fazendo
+        poder posso pode podem podemos podia poderia poderiam
+        querer quero quer queria queremos gostaria gostariamos desejo
+        precisar preciso precisa precisamos precisava necessito
+        saber sei sabe saberia conseguir consigo consegue conseguem
+        dar da dou deu vou vai vamos vao ir indo fica ficar
+        favor ok okay sim nao ne neh tal oi ola hein ue uai opa ah oh eh hm hmm
+        certo beleza entendi obrigado obrigada valeu
+        """
     ),
-    "en": frozenset(
-        ["a", "an", "the", "and", "or", "but", "nor", "so", "if", "then", "than", "that", "this", "these", "those", "there", "here", "of", "to", "in", "on", "at", "by", "for", "from", "with", "without", "about", "into", "onto", "over", "under", "up", "down", "out", "off", "as", "per", "via", "i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "you", "your", "yours", "he", "him", "his", "she", "her", "hers", "it", "its", "they", "them", "their", "theirs", "one", "ones", "someone", "somebody", "something", "anything", "everything", "nothing", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "whats", "is", "am", "are", "was", "were", "be", "been", "being", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "can", "could", "may", "might", "must", "shall", "should", "will", "would", "want", "wanted", "wanna", "need", "needed", "like", "would", "please", "pls", "tell", "know", "let", "lets", "get", "got", "getting", "just", "really", "very", "much", "many", "more", "most", "some", "any", "all", "no", "not", "yes", "yeah", "yep", "ok", "okay", "also", "too", "still", "already", "again", "even", "only", "ever", "else", "maybe", "actually", "basically", "guys", "guy", "hey", "hi", "hello", "thanks", "thank", "sir", "madam", "dear", "folks", "team"]
+    "en": _word_set(
+        """
+        a an the and or but nor so if then than that this these those there here of to in on at by
+        for from with without about into onto under as per via since until while during before after
+        now once
+        i me my mine myself we us our ours you your yours he him his she her hers it its they them
+        their theirs one ones someone somebody something anything everything nothing
+        what which who whom whose when where why how whats
+        is am are was were be been being do does did doing done have has had having
+        can could may might must shall should will would
+        want wanted wanna need needed like please pls tell know let lets get got getting
+        just really very much many more most some any all no not yes yeah yep ok okay
+        also too still already again even only ever else maybe actually basically
+        guys guy hey hi hello thanks thank sir madam dear folks team
+        """
     ),
 }
 
@@ -108,9 +278,9 @@ def tokenise(text: str) -> list[str]:
     joined = _JOINERS.sub("", fold(text))
     words: list[str] = []
     for raw in _TOKEN.findall(joined):
-        word = _REPEATS.sub(r"\1", raw)
-        if _LAUGHTER.match(word):
+        if _LAUGHTER.match(raw):
             continue
+        word = _REPEATS.sub(r"\1", raw)
         times = _TIMES.match(word)
         words.extend((times.group(1), "x") if times else (word,))
     return words

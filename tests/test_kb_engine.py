@@ -1,0 +1,262 @@
+"""The offline knowledge-base engine (SPEC section 6): loading, answering, small talk, quality.
+
+Pure unit tests: no Redis, no RabbitMQ. Quality on the development set is checked against the
+targets of the project (90 % top-1 on answerable questions, 90 % fallback on the others); the
+bundled samples carry regression floors a little under what the engine reaches today.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from eval.harness import evaluate, load_questions, rate, synthetic_base, unknown_expectations
+from services.worker.engines.base import EngineRequest, Turn
+from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase, KnowledgeBaseError
+from services.worker.engines.stemmer import stem_en, stem_pt
+from services.worker.engines.text import words_of
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
+SAMPLE_EN = ROOT / "shared" / "data" / "kb-sample-en.yaml"
+DEV = ROOT.parent / "shared" / "eval"
+
+GOOD_ENTRY = '{id: a, questions: ["Qual o prazo?"], answer: "Cinco dias."}'
+
+
+def write_kb(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "kb.yaml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def kb_text(*entries: str, language: str = "pt", fallback: str = '"Não sei."') -> str:
+    lines = [f"language: {language}", f"fallback: {fallback}", "entries:"]
+    lines += [f"  - {entry}" for entry in entries]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def pt_engine() -> KbEngine:
+    return KbEngine(KnowledgeBase.load(SAMPLE_PT))
+
+
+@pytest.fixture(scope="module")
+def en_engine() -> KbEngine:
+    return KbEngine(KnowledgeBase.load(SAMPLE_EN))
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("language: pt\nfallback: [unclosed\n", "invalid YAML at line 3"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        (kb_text(GOOD_ENTRY, language="es"), "'language' must be 'pt' or 'en', got 'es'"),
+        (kb_text(GOOD_ENTRY, fallback='"  "'), "'fallback' must be a non-empty string"),
+        ("language: pt\nfallback: x\n", "'entries' must be a non-empty list"),
+        ("language: pt\nfallback: x\nentries: []\n", "'entries' must be a non-empty list"),
+        ("language: pt\nfallback: x\nentries: {a: 1}\n", "'entries' must be a non-empty list"),
+        (kb_text(GOOD_ENTRY, '"just text"'), "entry 2: must be a mapping"),
+        (kb_text('{questions: ["q?"], answer: "a"}'), "entry 1: 'id' is missing"),
+        (kb_text(GOOD_ENTRY, GOOD_ENTRY), "entry 2 (id 'a'): duplicate id, already used by entry 1"),
+        (kb_text('{id: b, questions: [], answer: "a"}'), "entry 1 (id 'b'): 'questions' must be a non-empty list"),
+        (kb_text('{id: b, questions: "q?", answer: "a"}'), "entry 1 (id 'b'): 'questions' must be a non-empty list"),
+        (kb_text('{id: b, questions: ["q?", " "], answer: "a"}'), "entry 1 (id 'b'): 'questions' must be"),
+        (kb_text('{id: b, questions: ["q?"], answer: " "}'), "entry 1 (id 'b'): 'answer' must be a non-empty string"),
+        (kb_text('{id: b, questions: ["q?"]}'), "entry 1 (id 'b'): 'answer' must be a non-empty string"),
+        (kb_text('{id: b, questions: ["q?"], answer: "a", tags: x}'), "entry 1 (id 'b'): 'tags' must be a list"),
+        (kb_text('{id: b, questions: ["q?"], answer: "a", tags: [1]}'), "entry 1 (id 'b'): 'tags' must be a list"),
+        (kb_text('{id: b, question: ["q?"], answer: "a"}'), "entry 1 (id 'b'): unknown key 'question'"),
+    ],
+)
+def test_a_malformed_base_names_the_file_the_entry_and_the_problem(tmp_path: Path, body: str, expected: str) -> None:
+    path = write_kb(tmp_path, body)
+    with pytest.raises(KnowledgeBaseError) as error:
+        KnowledgeBase.load(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: "), message
+    assert expected in message
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(KnowledgeBaseError, match=r"nowhere\.yaml: file not found"):
+        KnowledgeBase.load(tmp_path / "nowhere.yaml")
+
+
+def test_a_valid_base_loads_with_defaults_and_trimmed_text(tmp_path: Path) -> None:
+    path = write_kb(
+        tmp_path, kb_text('{id: 7, questions: [" Qual o prazo? "], answer: " Cinco dias. "}', language="pt-BR")
+    )
+    kb = KnowledgeBase.load(path)
+    assert kb.language == "pt"
+    assert kb.fallback == "Não sei."
+    assert kb.entries == (Entry(id="7", questions=("Qual o prazo?",), answer="Cinco dias.", tags=()),)
+
+
+@pytest.mark.parametrize(
+    ("kb_path", "questions_path"),
+    [(SAMPLE_PT, ROOT / "eval" / "questions-sample.yaml"), (SAMPLE_EN, ROOT / "eval" / "questions-sample-en.yaml")],
+)
+def test_the_bundled_samples_load_and_their_question_files_name_real_entries(
+    kb_path: Path, questions_path: Path
+) -> None:
+    kb = KnowledgeBase.load(kb_path)
+    questions = load_questions(questions_path)
+    assert unknown_expectations(kb, questions) == []
+    assert any(q.expect == "fallback" for q in questions)
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+def test_a_question_an_entry_answers_gets_its_answer_verbatim(pt_engine: KbEngine) -> None:
+    entry = next(e for e in pt_engine.kb.entries if e.id == "prazo-entrega")
+    reply = pt_engine.answer("Qual o prazo de entrega?")
+    assert reply.text == entry.answer
+    assert reply.sources == ("prazo-entrega",)
+    assert reply.engine == "kb"
+    assert reply.handoff is False
+    assert pt_engine.tuning.threshold <= reply.confidence <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "entry_id"),
+    [
+        ("vcs aceitam pix?", "formas-pagamento"),  # chat abbreviation
+        ("qual o prazo de entraga?", "prazo-entrega"),  # typo
+        ("ESQUECI MINHA SENHA!!!", "senha"),  # shouting
+        ("da pra parcelar em 12x?", "parcelamento"),  # "12x" is 12 times
+        ("cade a nota fiscal do meu pedido", "nota-fiscal"),
+        ("oi, bom dia! meu cupom não funciona", "cupom"),  # greeting then a question
+    ],
+)
+def test_informal_questions_find_their_entry(pt_engine: KbEngine, text: str, entry_id: str) -> None:
+    assert pt_engine.answer(text).sources == (entry_id,)
+
+
+@pytest.mark.parametrize("text", ["qual a capital da australia?", "me conta uma piada", "como faço bolo de cenoura"])
+def test_a_question_no_entry_answers_gets_the_fallback_with_low_confidence(pt_engine: KbEngine, text: str) -> None:
+    reply = pt_engine.answer(text)
+    assert reply.text == pt_engine.kb.fallback
+    assert reply.sources == ()
+    assert reply.engine == "kb"
+    assert reply.confidence < 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"),
+    [
+        ("oi", "Olá! Como posso ajudar?"),
+        ("Bom dia!!", "Olá! Como posso ajudar?"),
+        ("oi, tudo bem com você?", "Olá! Como posso ajudar?"),
+        ("obrigado!", "De nada! Posso ajudar em mais alguma coisa?"),
+        ("vlw", "De nada! Posso ajudar em mais alguma coisa?"),
+        ("valeu, tchau", "Até logo! Se precisar, é só chamar."),
+    ],
+)
+def test_greetings_thanks_and_goodbyes_get_a_short_reply(pt_engine: KbEngine, text: str, reply: str) -> None:
+    content = pt_engine.answer(text)
+    assert content.text == reply
+    assert content.sources == ()
+    assert content.engine == "kb"
+    assert content.confidence >= 0.9
+
+
+def test_a_question_after_a_greeting_is_answered(pt_engine: KbEngine) -> None:
+    assert pt_engine.answer("oi, qual o prazo pra entregar em curitiba?").sources == ("prazo-entrega",)
+    assert pt_engine.answer("qual o horário de atendimento? obrigado").sources == ("atendimento",)
+
+
+def test_an_english_base_answers_in_english(en_engine: KbEngine) -> None:
+    assert en_engine.answer("hi").text == "Hello! How can I help you?"
+    assert en_engine.answer("thanks a lot!").text == "You're welcome! Can I help with anything else?"
+    assert en_engine.answer("hey, whats the cancellation fee?").sources == ("cancel",)
+    assert en_engine.answer("my internet is down!!").sources == ("outage",)
+    assert en_engine.answer("forgot my wifi pasword").sources == ("wifi-password",)
+    fallback = en_engine.answer("who won the world cup")
+    assert (fallback.text, fallback.sources) == (en_engine.kb.fallback, ())
+
+
+def test_reply_is_the_async_face_of_answer(pt_engine: KbEngine) -> None:
+    request = EngineRequest("vcs aceitam pix?", "c-1", history=(Turn("user", "oi"), Turn("assistant", "Olá!")))
+    assert asyncio.run(pt_engine.reply(request)) == pt_engine.answer(request.text)
+    asyncio.run(pt_engine.close())
+
+
+def test_search_ranks_entries_with_scores_between_0_and_1(pt_engine: KbEngine) -> None:
+    results = pt_engine.search("quero trocar ou devolver um produto", limit=3)
+    assert 1 <= len(results) <= 3
+    assert {entry.id for entry, _ in results} & {"troca", "devolucao-reembolso"}
+    scores = [score for _, score in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert pt_engine.search("oi") == []
+
+
+def test_an_acronym_of_a_repeated_phrase_is_understood(tmp_path: Path) -> None:
+    path = write_kb(
+        tmp_path,
+        kb_text(
+            '{id: documento, questions: ["Onde está a nota fiscal?", "Preciso da nota fiscal"], answer: "No e-mail."}',
+            '{id: prazo, questions: ["Qual o prazo de entrega?"], answer: "Cinco dias."}',
+        ),
+    )
+    assert KbEngine(KnowledgeBase.load(path)).answer("cade minha NF?").sources == ("documento",)
+
+
+def test_a_large_base_answers_from_the_right_entry() -> None:
+    kb = synthetic_base(1000)
+    engine = KbEngine(kb)
+    for entry in kb.entries[::97]:
+        assert engine.answer(entry.questions[0]).sources == (entry.id,)
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def test_informal_text_is_normalised() -> None:
+    assert words_of("Vc entrega HJ?? 10x sem juros, e-mail", "pt") == [
+        "voce", "entrega", "hoje", "10", "vezes", "sem", "juros", "email"
+    ]  # fmt: skip
+    assert words_of("u guys don't ship?? kkkk", "en") == ["you", "guys", "do", "not", "ship"]
+
+
+def test_word_forms_of_one_idea_share_a_stem() -> None:
+    assert len({stem_pt(w) for w in ["cancelar", "cancelo", "cancelamento", "cancelados"]}) == 1
+    assert len({stem_pt(w) for w in ["aceita", "aceitam", "aceitamos"]}) == 1
+    assert stem_pt("cartoes") == stem_pt("cartão".replace("ã", "a"))
+    assert len({stem_en(w) for w in ["install", "installing", "installed", "installation"]}) == 1
+    assert stem_en("speed") == "speed"
+
+
+# -- quality --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not DEV.is_dir(), reason=f"the development set ({DEV}) is not present in this checkout")
+def test_the_development_set_meets_the_targets() -> None:
+    kb = KnowledgeBase.load(DEV / "kb-dev.yaml")
+    report = evaluate(KbEngine(kb), load_questions(DEV / "questions-dev.yaml"))
+    wrong = [(o.question.text, o.got) for o in report.wrong]
+    assert rate(report.answered) >= 0.9, wrong
+    assert rate(report.refused) >= 0.9, wrong
+
+
+@pytest.mark.parametrize(
+    ("kb_path", "questions_path", "answered", "refused"),
+    [
+        (SAMPLE_PT, ROOT / "eval" / "questions-sample.yaml", 0.85, 0.35),
+        (SAMPLE_EN, ROOT / "eval" / "questions-sample-en.yaml", 0.6, 0.85),
+    ],
+)
+def test_the_bundled_samples_do_not_regress(
+    kb_path: Path, questions_path: Path, answered: float, refused: float
+) -> None:
+    report = evaluate(KbEngine(KnowledgeBase.load(kb_path)), load_questions(questions_path))
+    wrong = [(o.question.text, o.got) for o in report.wrong]
+    assert rate(report.answered) >= answered, wrong
+    assert rate(report.refused) >= refused, wrong

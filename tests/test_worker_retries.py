@@ -1,0 +1,87 @@
+"""Retries and dead-lettering, with an engine that fails on purpose.
+
+The worker runs in-process (its real app, consumer and processor against the real RabbitMQ and
+Redis); only the reply engine is replaced, by one that fails for chosen texts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import aio_pika
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from services.worker.app import ENGINE, create_app
+from services.worker.engines.base import EngineRequest
+from shared.messages import ReplyContent
+from shared.settings import Settings
+from tests.support import AMQP_URL, Stack, eventually, get_json, post_message
+
+ALWAYS = "this always fails"
+TWICE = "this fails twice"
+
+
+class FlakyEngine:
+    name = "flaky"
+    uses_history = False
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def reply(self, request: EngineRequest) -> ReplyContent:
+        self.calls[request.text] += 1
+        if request.text == ALWAYS or (request.text == TWICE and self.calls[TWICE] <= 2):
+            raise RuntimeError(f"engine failure for {request.text!r}")
+        return ReplyContent(text=f"ok: {request.text}", engine=self.name, confidence=1.0)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def flaky_worker(stack: Stack) -> AsyncIterator[FlakyEngine]:
+    env = stack.env(MAX_ATTEMPTS="3")
+    app = create_app(Settings.from_env(env))
+    engine = FlakyEngine()
+    app[ENGINE] = engine
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield engine
+    finally:
+        await server.close()
+
+
+async def test_failing_message_is_retried_then_dead_lettered_and_the_conversation_goes_on(
+    stack: Stack, flaky_worker: FlakyEngine, http: aiohttp.ClientSession
+) -> None:
+    gateway = await stack.start("gateway")
+    monitor = await stack.start("monitor")
+    conversation = "flaky-conversation"
+    for text in (ALWAYS, TWICE, "after the failures"):
+        status, _ = await post_message(
+            http, gateway, {"user_id": "joao", "conversation_id": conversation, "text": text}
+        )
+        assert status == 202
+
+    async def settled() -> dict[str, object] | None:
+        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+        return stats if stats["messages"]["total"] == 2 and stats["queue"]["dead_letters"] == 1 else None
+
+    stats = await eventually(settled, timeout=30, what="two answers and one dead letter")
+    assert flaky_worker.calls[ALWAYS] == 3  # MAX_ATTEMPTS
+    assert flaky_worker.calls[TWICE] == 3  # two failures, then the answer
+    assert stats["errors"] == {**stats["errors"], "total": 1, "last_5_minutes": 1}  # type: ignore[dict-item]
+    assert stats["errors"]["by_kind_5_minutes"] == {"dead_lettered": 1}  # type: ignore[index]
+
+    # The dead letter is the original message, intact, for an operator to inspect or replay.
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{stack.namespace}.dead-letters", passive=True)
+        message = await queue.get(timeout=5)
+        assert message is not None and ALWAYS.encode() in message.body
+        await message.nack(requeue=True)
