@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from tests.otlp import collector_process, tracing_env
 from tests.support import ROOT, Service, Stack, eventually, purge_namespace
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
@@ -177,8 +178,29 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the project's services")
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        help="trace the project's services to a local OTLP collector, sampling this fraction of messages "
+        "(OTEL_TRACES_SAMPLER=parentbased_traceidratio); without it tracing is off",
+    )
+    parser.add_argument("--trace-protocol", choices=("grpc", "http/protobuf"), default="grpc")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
+    with contextlib.ExitStack() as tracing:
+        if args.trace_ratio is not None:
+            endpoint = tracing.enter_context(collector_process(args.trace_protocol))
+            env |= tracing_env(
+                endpoint,
+                args.trace_protocol,
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG=str(args.trace_ratio),
+                OTEL_BSP_SCHEDULE_DELAY="5000",  # the SDK's default, not the tests' quick flush
+            )
+        await run(args, env)
+
+
+async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"atendimento-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
 

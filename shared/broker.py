@@ -25,6 +25,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from shared.messages import CHANNELS
 from shared.names import Names
+from shared.telemetry import producer_span
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +165,29 @@ class Broker:
         body: bytes,
         *,
         message_id: str,
+        conversation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
         persistent: bool = True,
         mandatory: bool = True,
     ) -> None:
-        """Publish and wait for the broker's confirm; raises one of BROKER_ERRORS otherwise."""
-        if not self.connected:
-            raise ConnectionError("RabbitMQ is not connected")
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            message_id=message_id,
-            headers=dict(headers or {}),
-            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
-        )
-        await self._exchanges[exchange].publish(message, routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT_S)
+        """Publish and wait for the broker's confirm; raises one of BROKER_ERRORS otherwise.
+
+        In a PRODUCER span whose context travels in the headers (W3C traceparent), so the consumer
+        continues the trace; the conversation id travels as the AMQP correlation id."""
+        amqp_headers = dict(headers or {})
+        with producer_span(
+            exchange, routing_key, amqp_headers, message_id=message_id, conversation_id=conversation_id
+        ):
+            if not self.connected:
+                raise ConnectionError("RabbitMQ is not connected")
+            message = aio_pika.Message(
+                body,
+                content_type="application/json",
+                message_id=message_id,
+                correlation_id=conversation_id,
+                headers=amqp_headers,
+                delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+            )
+            await self._exchanges[exchange].publish(
+                message, routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT_S
+            )

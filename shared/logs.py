@@ -1,18 +1,141 @@
-"""Structured JSON logs on stdout: one orjson object per line."""
+"""Structured JSON logs: one orjson object per line on stdout, and optionally in rotated files.
+
+Every line carries `ts`, `level`, `service` and `logger`; a line written inside a span carries its
+`trace_id` and `span_id` (the ids Jaeger shows, so a log line leads to its trace); a line written
+while a message is handled carries its `message_id` and `conversation_id` (see `log_context`).
+Phone numbers, e-mail addresses, CPF numbers and secrets are masked in every string of every line
+by `mask_pii`, whoever logged them.
+
+With `LOG_DIR` set, the same lines also go to `combined.log` (everything), `error.log` (ERROR and
+above) and `audit.log` (the `atendimento.audit` logger: admin actions), each rotated by size.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
+from opentelemetry import trace
+
+AUDIT_LOGGER = "atendimento.audit"
 
 # Attributes every LogRecord has; anything else passed with `extra=` becomes a JSON field.
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# Fields the formatter itself writes: never PII, and masking would only cost time.
+_TRUSTED = frozenset({"ts", "level", "service", "logger", "trace_id", "span_id"})
+
+# Fields of the message being handled, added to every line logged meanwhile (a ContextVar follows
+# the asyncio task, so concurrent messages never see each other's ids).
+_context: ContextVar[Mapping[str, str]] = ContextVar("atendimento_log_context", default=MappingProxyType({}))
 
 
+@contextlib.contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    """Add these fields (e.g. message_id, conversation_id) to every line logged inside the block."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+# PII masking -------------------------------------------------------------------------------------
+_SECRET = r"(?:authorization|api[_-]?key|access[_-]?token|refresh[_-]?token|token|secret|password|passwd|signature)"
+# `key=value`, `key: value`, `"key": "value"` where the key names a secret.
+_SECRET_ASSIGNMENT = re.compile(
+    rf"(?i)\b([\w.-]*?{_SECRET}[\w-]*[\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic) \*)([^\s\"',;&]+)"
+)
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),  # HTTP authorization schemes
+    re.compile(r"(?<!\d)\d{6,12}:[\w-]{30,}"),  # Telegram bot token (also inside /bot<token>/ URLs)
+    re.compile(r"\bsk-[\w-]{16,}"),  # OpenAI-style API keys
+    re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"),  # JWTs
+    re.compile(r"(?i)\bsha256=[0-9a-f]{16,}"),  # webhook signatures
+)
+_SECRET_KEY = re.compile(rf"(?i){_SECRET}")
+_EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# CPF written with its punctuation (000.000.000-00); an unpunctuated 11-digit CPF is caught by the
+# phone pattern below, and then masked whole once its check digits show it is a CPF.
+_CPF = re.compile(r"(?<![\w.])\d{3}\.\d{3}\.\d{3}-?\d{2}(?![\w])")
+# Phone-like: optional +country, up to three groups (area code possibly in parentheses), then the
+# subscriber number 4-5 + 4 digits. The look-arounds keep it off dates, versions, uuids and hex ids.
+_PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ -]?){0,3}\d{4,5}[ -]?\d{4}(?![\w@/]|[.-]\d)")
+_DIGIT = re.compile(r"\d")
+
+
+def mask_pii(text: str) -> str:
+    """Mask phone numbers (all but the last 4 digits), e-mail addresses (all but the first letter
+    and the domain), CPF numbers (whole) and tokens/secrets (whole) in free text."""
+    if not text:
+        return text
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(_mask_secret, text)
+    text = _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + "***", text)
+    if "@" in text:
+        text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    text = _CPF.sub("***.***.***-**", text)
+    return _PHONE.sub(_mask_phone, text)
+
+
+def _mask_secret(match: re.Match[str]) -> str:
+    scheme = match.group(1) if match.re.groups else None
+    return f"{scheme} ***" if scheme else "***"
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    found = match.group(0)
+    digits = _DIGIT.findall(found)
+    if len(digits) < 8:
+        return found
+    if len(digits) == 11 and _is_cpf("".join(digits)):
+        return "*" * len(found)
+    keep = len(digits) - 4
+    masked: list[str] = []
+    for char in found:
+        if char.isdigit() and keep > 0:
+            masked.append("*")
+            keep -= 1
+        else:
+            masked.append(char)
+    return "".join(masked)
+
+
+def _is_cpf(digits: str) -> bool:
+    """The two check digits of a CPF (mod-11 over weights 10..2, then 11..2)."""
+    if len(set(digits)) == 1:
+        return False
+    numbers = [int(d) for d in digits]
+    for size in (9, 10):
+        total = sum(n * w for n, w in zip(numbers[:size], range(size + 1, 1, -1), strict=True))
+        if (total * 10 % 11) % 10 != numbers[size]:
+            return False
+    return True
+
+
+def _masked(value: Any, key: str = "") -> Any:
+    """Strings masked wherever they sit in the structure; a string under a secret-named key whole."""
+    if isinstance(value, str):
+        return "***" if key and _SECRET_KEY.search(key) else mask_pii(value)
+    if isinstance(value, Mapping):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_masked(item) for item in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return mask_pii(str(value))
+
+
+# Formatting and handlers -------------------------------------------------------------------------
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -24,20 +147,55 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
-            "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
+        fields: dict[str, Any] = {"message": record.getMessage(), **_context.get()}
+        fields.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            fields["exception"] = self.formatException(record.exc_info)
+        entry.update({k: _masked(v, k) for k, v in fields.items() if k not in _TRUSTED})
         return orjson.dumps(entry, default=str).decode()
 
 
-def setup_logging(service: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+def setup_logging(
+    service: str,
+    level: str,
+    log_dir: Path | None = None,
+    *,
+    max_bytes: int = 10 * 2**20,
+    backups: int = 5,
+) -> None:
+    formatter = JsonFormatter(service)
+    stdout = logging.StreamHandler(sys.stdout)
+    handlers: list[logging.Handler] = [stdout]
+    audit = logging.getLogger(AUDIT_LOGGER)
+    for handler in audit.handlers[:]:
+        audit.removeHandler(handler)
+        handler.close()
+    if log_dir is not None:
+        combined = _rotating(log_dir / "combined.log", max_bytes, backups)
+        errors = _rotating(log_dir / "error.log", max_bytes, backups)
+        errors.setLevel(logging.ERROR)
+        handlers += [combined, errors]
+        audit_file = _rotating(log_dir / "audit.log", max_bytes, backups)
+        audit_file.setFormatter(formatter)
+        audit.addHandler(audit_file)  # and, propagating, to stdout and combined.log as well
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become JSON lines too, not bare stderr text
+    audit.setLevel(logging.INFO)  # admin actions are recorded whatever LOG_LEVEL says
     # aio-pika narrates every reconnect attempt at INFO; our own broker log says what matters.
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, root.level))
+
+
+def _rotating(path: Path, max_bytes: int, backups: int) -> RotatingFileHandler:
+    # Several processes may share a LOG_DIR (make run): appends stay whole lines, and each process
+    # rotates when the file it writes reaches the size.
+    return RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")

@@ -1,8 +1,19 @@
-"""Start-up common to the three services: settings from the environment, logging, and a clear
-one-line exit when a setting is wrong."""
+"""Start-up common to the three services: settings from the environment, logging, a clear
+one-line exit when a setting is wrong, and the order of a graceful stop.
+
+On SIGTERM (or SIGINT) readiness turns false first and the server keeps answering everything,
+probes included, for DRAIN_SECONDS, so load balancers and Kubernetes stop sending work while it
+still succeeds; only then does the listener close and the apps drain their in-flight work (within
+SHUTDOWN_GRACE_SECONDS). aiohttp's own `run_app` would stop listening at the signal itself. A
+second signal skips what is left of the drain period.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -11,6 +22,10 @@ from aiohttp import web
 
 from shared.logs import setup_logging
 from shared.settings import ConfigError, Settings
+from shared.telemetry import tracing_context
+from shared.web import PROBES_KEY
+
+log = logging.getLogger(__name__)
 
 
 def run_service(
@@ -18,19 +33,51 @@ def run_service(
 ) -> None:
     try:
         settings = Settings.from_env()
-        setup_logging(service, settings.log_level)
+        setup_logging(
+            service,
+            settings.log_level,
+            settings.log_dir,
+            max_bytes=settings.log_file_max_bytes,
+            backups=settings.log_file_backups,
+        )
         app = create_app(settings)
+        # First in, last out: spans are flushed after every other context has drained its work.
+        app.cleanup_ctx.insert(0, tracing_context(service, settings))
     except ConfigError as exc:
         print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(app, port_of(settings), settings))
+
+
+async def serve(app: web.Application, port: int, settings: Settings) -> None:
+    """Serve until a stop signal, then drain: readiness off, keep serving, close, clean up."""
     # The drain of in-flight work happens in the apps' cleanup contexts; give them the grace period.
-    web.run_app(
-        app,
-        port=port_of(settings),
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_grace_s,
-        handle_signals=True,
-        # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
-        loop=uvloop.new_event_loop(),
-    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, port=port).start()
+        signals = _StopSignals()
+        await signals.first.wait()
+        probes = app.get(PROBES_KEY)
+        if probes is not None:
+            probes.draining = True
+        log.info("stop requested: readiness off, serving for %.1fs more", settings.drain_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signals.second.wait(), settings.drain_s)
+    finally:
+        log.info("closing the listener and draining in-flight work")
+        await runner.cleanup()
+
+
+class _StopSignals:
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received)
+
+    def _received(self) -> None:
+        (self.second if self.first.is_set() else self.first).set()

@@ -8,6 +8,7 @@ the service entry points turn into one clear line and a non-zero exit.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ T = TypeVar("T")
 
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 
 
 class ConfigError(ValueError):
@@ -46,7 +48,7 @@ class Settings:
     shutdown_grace_s: float = 20.0
     # After SIGTERM, readiness answers 503 for this long while everything else is still served, so
     # load balancers stop sending work before the listener closes.
-    drain_s: float = 3.0
+    drain_s: float = 2.0
 
     # Replies
     reply_engine: str = "kb"
@@ -61,6 +63,10 @@ class Settings:
     gateway_api_keys: tuple[str, ...] = ()
     rate_limit_per_user: float = 10.0
     rate_limit_per_ip: float = 50.0
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client for the per-IP limit.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Browser origins allowed to call /v1/* cross-site (CORS); empty: same origin only.
+    cors_allowed_origins: tuple[str, ...] = ()
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
@@ -80,8 +86,19 @@ class Settings:
     telegram_bot_token: str = ""
     telegram_secret_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
+    # Outbound channel sends: one request's time limit, and tries before a reply is dead-lettered.
+    delivery_timeout_s: float = 10.0
+    delivery_max_attempts: int = 8
 
     log_level: str = "INFO"
+    # Optional log files (combined.log, error.log, audit.log) beside stdout, rotated by size.
+    log_dir: Path | None = None
+    log_file_max_bytes: int = 10 * 2**20
+    log_file_backups: int = 5
+    # The OTLP exporter's wire protocol. The SDK has no public way to pick the exporter class from
+    # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, so it is read and validated here; every other OTEL_*
+    # variable (endpoint, headers, timeout, sampler, resource, OTEL_SDK_DISABLED) is the SDK's own.
+    otel_exporter_protocol: str = "grpc"
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -124,6 +141,8 @@ class Settings:
             gateway_api_keys=read.csv("GATEWAY_API_KEYS"),
             rate_limit_per_user=read.number("RATE_LIMIT_PER_USER", defaults.rate_limit_per_user, 0, 1e6),
             rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),
+            trusted_proxies=read.networks("TRUSTED_PROXIES"),
+            cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),
@@ -139,7 +158,17 @@ class Settings:
             telegram_bot_token=read.text("TELEGRAM_BOT_TOKEN", ""),
             telegram_secret_token=read.text("TELEGRAM_SECRET_TOKEN", ""),
             telegram_api_base=read.url("TELEGRAM_API_BASE", defaults.telegram_api_base, ("http", "https")),
+            delivery_timeout_s=read.number("DELIVERY_TIMEOUT_SECONDS", defaults.delivery_timeout_s, 0.5, 120),
+            delivery_max_attempts=read.integer("DELIVERY_MAX_ATTEMPTS", defaults.delivery_max_attempts, 1, 100),
             log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_dir=read.directory("LOG_DIR"),
+            log_file_max_bytes=read.integer("LOG_FILE_MAX_BYTES", defaults.log_file_max_bytes, 1024, 2**40),
+            log_file_backups=read.integer("LOG_FILE_BACKUPS", defaults.log_file_backups, 1, 1000),
+            otel_exporter_protocol=read.choice(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                read.choice("OTEL_EXPORTER_OTLP_PROTOCOL", defaults.otel_exporter_protocol, OTLP_PROTOCOLS),
+                OTLP_PROTOCOLS,
+            ),
         )
         if settings.reply_engine == "openai" and not settings.openai_model:
             raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")
@@ -223,6 +252,38 @@ class _Reader:
             return path
 
         return self._parse(name, default, parse, "the path of a readable file")
+
+    def directory(self, name: str) -> Path | None:
+        """A directory this process can write to, created when missing; None when unset."""
+
+        def parse(raw: str) -> Path | None:
+            path = Path(raw)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                raise ValueError from None
+            if not os.access(path, os.W_OK):
+                raise ValueError
+            return path
+
+        return self._parse(name, None, parse, "a writable directory")
+
+    def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        def parse(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+            return tuple(ipaddress.ip_network(item, strict=False) for item in self.csv(name))
+
+        return self._parse(name, (), parse, "comma-separated IP addresses or networks (10.0.0.0/8)")
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        def parse(raw: str) -> tuple[str, ...]:
+            origins = self.csv(name)
+            for origin in origins:
+                parts = urlsplit(origin)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                    raise ValueError
+            return tuple(origin.lower() for origin in origins)
+
+        return self._parse(name, (), parse, "comma-separated origins such as https://shop.example.com")
 
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""

@@ -97,10 +97,22 @@ async def problem_middleware(
 async def security_headers_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """Prefer `install_security_headers`: a middleware misses the error responses built outside
+    it and streams (SSE) whose headers leave before it returns."""
     response = await handler(request)
+    await add_security_headers(request, response)
+    return response
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    return response
+
+
+def install_security_headers(app: web.Application) -> None:
+    """Security headers on every response of `app`, set just before its headers are sent:
+    problem+json errors, static files and event streams included."""
+    app.on_response_prepare.append(add_security_headers)
 
 
 def new_metrics_registry() -> CollectorRegistry:
@@ -133,7 +145,12 @@ class Probes:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def add_routes(self, app: web.Application, *, with_health: bool = True) -> None:
+        # Known to the server runner under one key, whichever service: it turns readiness off on SIGTERM.
+        app[PROBES_KEY] = self
         app.router.add_get("/monitoring/live", self.live)
         if with_health:
             app.router.add_get("/monitoring/health", self.ready)
         app.router.add_get("/metrics", self.metrics)
+
+
+PROBES_KEY = web.AppKey("shared.probes", Probes)

@@ -1,0 +1,177 @@
+"""Logs SREs can search (issue 6): JSON lines with trace ids, LOG_DIR files, and no PII in them."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+import pytest
+
+from shared.logs import AUDIT_LOGGER, mask_pii, setup_logging
+from tests.otlp import Collector, tracing_env
+from tests.support import AMQP_URL, Stack, eventually
+from tests.test_pipeline import wait_ready
+from tests.test_tracing import new_traceparent, post_traced, spans_of
+
+PHONE, EMAIL, CPF = "+55 11 98765-4321", "maria.souza@example.com", "123.456.789-09"
+# What must never reach a log file: each piece of PII in any of the ways it could be written.
+LEAKS = ("98765-4321", "987654321", "maria.souza", "souza@", "123.456.789-09", "12345678909", "456.789")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every non-empty line parsed as a JSON object (fails on the first that is not)."""
+    lines = []
+    for line in text.splitlines():
+        if line.strip():
+            entry = orjson.loads(line)
+            assert isinstance(entry, dict), line
+            lines.append(entry)
+    return lines
+
+
+async def test_a_message_with_pii_leaves_json_lines_with_its_trace_id_and_no_pii(
+    stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    collector = Collector()
+    log_dir = tmp_path / "logs"
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()), LOG_DIR=str(log_dir), LOG_LEVEL="DEBUG")
+        gateway = await stack.start("gateway")
+        worker = await stack.start("worker")
+        await wait_ready(stack)
+
+        traceparent, trace_id, _ = new_traceparent()
+        message_id = f"m-{uuid.uuid4().hex}"
+        text = f"Meu telefone é {PHONE}, e-mail {EMAIL}, CPF {CPF}. Qual o prazo de entrega?"
+        status, answer = await post_traced(
+            http, gateway.url, {"user_id": "maria", "message_id": message_id, "text": text}, traceparent
+        )
+        assert status == 200, answer
+        await _publish_malformed(stack.namespace, f"not json, but PII: {PHONE} {EMAIL}")
+
+        def logged_lines() -> list[dict[str, Any]]:
+            return json_lines((log_dir / "combined.log").read_text())
+
+        async def processed() -> dict[str, Any] | None:
+            found = [e for e in logged_lines() if e.get("message_id") == message_id and "processingTime" in e]
+            return found[0] if found else None
+
+        line = await eventually(processed, what="the 'message processed' line in combined.log")
+        assert line["level"] == "INFO" and line["service"] == "worker"
+        assert line["conversation_id"] == answer["conversation_id"]
+        assert isinstance(line["processingTime"], float | int)
+        # The trace id in the line is the caller's, and its span is the message's CONSUMER span.
+        assert line["trace_id"] == trace_id
+        spans = await spans_of(collector, trace_id, ("atendimento-worker", f"process {stack.namespace}.inbound"))
+        (consumer,) = [span for span in spans if span.kind == "CONSUMER"]
+        assert line["span_id"] == consumer.span_id
+
+        # The text was logged (DEBUG), masked, and tied to the message and its trace.
+        (debug,) = [
+            e for e in logged_lines() if e["message"] == "generating a reply" and e.get("message_id") == message_id
+        ]
+        assert debug["trace_id"] == trace_id
+        assert "4321" in debug["text"] and "@example.com" in debug["text"] and "***.***.***-**" in debug["text"]
+
+        async def malformed_logged() -> bool:
+            return (log_dir / "error.log").exists() and "malformed" in (log_dir / "error.log").read_text()
+
+        await eventually(malformed_logged, what="the malformed message's ERROR line in error.log")
+    finally:
+        for service in stack.services:
+            service.stop()
+        await collector.stop()
+
+    files = sorted(log_dir.iterdir())
+    assert {"combined.log", "error.log", "audit.log"} <= {f.name for f in files}
+    for file in files:
+        content = file.read_text()
+        assert not [leak for leak in LEAKS if leak in content], (file.name, [leak for leak in LEAKS if leak in content])
+        entries = json_lines(content)
+        assert all({"ts", "level", "service", "logger", "message"} <= set(e) for e in entries), file.name
+    assert {e["level"] for e in json_lines((log_dir / "error.log").read_text())} <= {"ERROR", "CRITICAL"}
+    for service in (gateway, worker):  # stdout too: every line JSON, no PII
+        assert json_lines(service.logs())
+        assert not [leak for leak in LEAKS if leak in service.logs()]
+
+
+async def _publish_malformed(namespace: str, body: str) -> None:
+    """A body that is no message, straight onto a shard queue: the worker logs an ERROR."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{namespace}.inbound")
+        await exchange.publish(aio_pika.Message(body.encode(), message_id=f"bad-{uuid.uuid4().hex}"), routing_key="0")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """setup_logging reconfigures the root and audit loggers of this (pytest's) process."""
+    root, audit = logging.getLogger(), logging.getLogger(AUDIT_LOGGER)
+    saved = (root.handlers[:], root.level, audit.handlers[:], audit.level)
+    yield
+    for handler in root.handlers + audit.handlers:
+        if handler not in saved[0] + saved[2]:
+            handler.close()
+    root.handlers[:], audit.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    audit.setLevel(saved[3])
+
+
+def test_log_dir_files_split_by_level_and_audit_and_rotate_by_size(tmp_path: Path, restore_logging: None) -> None:
+    setup_logging("monitor", "INFO", tmp_path, max_bytes=4096, backups=2)
+    logging.getLogger(AUDIT_LOGGER).info("admin released a conversation", extra={"token": "s3cr3t-v4lue"})
+    logging.getLogger("services.monitor").error("Redis down while reading %s", EMAIL)
+    logging.getLogger("services.monitor").debug("not at INFO")
+    for number in range(100):
+        logging.getLogger("services.monitor").info("filler line %d", number)
+
+    audit = json_lines((tmp_path / "audit.log").read_text())
+    assert [e["message"] for e in audit] == ["admin released a conversation"]
+    assert audit[0]["token"] == "***"
+    errors = json_lines((tmp_path / "error.log").read_text())
+    assert [e["message"] for e in errors] == ["Redis down while reading m***@example.com"]
+    rotated = sorted(path.name for path in tmp_path.glob("combined.log*"))
+    assert rotated == ["combined.log", "combined.log.1", "combined.log.2"]  # 2 backups kept, older dropped
+    everything = "".join(path.read_text() for path in tmp_path.glob("combined.log*"))
+    assert "not at INFO" not in everything and "filler line 99" in everything
+    assert all(json_lines(path.read_text()) for path in tmp_path.glob("combined.log*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("ligue +55 11 98765-4321 amanhã", "ligue +** ** *****-4321 amanhã"),
+        ("(11) 98765-4321 ou 11987654321", "(**) *****-4321 ou *******4321"),
+        ("whatsapp 5511987654321", "whatsapp *********4321"),
+        ("email maria.souza@example.com.br!", "email m***@example.com.br!"),
+        ("CPF 123.456.789-09 e 52998224725", "CPF ***.***.***-** e ***********"),
+        ("Authorization: Bearer abc.DEF-123", "Authorization: Bearer ***"),
+        ("GET https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage",
+         "GET https://api.telegram.org/bot***/sendMessage"),
+        ("hub.verify_token=abc123&hub.challenge=9", "hub.verify_token=***&hub.challenge=9"),
+        ("key sk-proj-abcdefghijklmnopqrstuv", "key ***"),
+        ("X-Hub-Signature-256: sha256=0123456789abcdef0123", "X-Hub-Signature-256: ***"),
+    ],
+)
+def test_mask_pii_masks_phones_emails_cpfs_and_secrets(text: str, masked: str) -> None:
+    assert mask_pii(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-25T01:45:01.789Z took 12345678.5 ms",
+        "uuid 550e8400-e29b-41d4-a716-446655440000 trace 4bf92f3577b34da6a3ce929d0e0e4736",
+        "RabbitMQ at 192.168.100.200:5672, version 1.45.2, shards [0, 1, 2, 3]",
+        "message m-1234567890123456abcdef on shard 3",
+    ],
+)
+def test_mask_pii_leaves_ids_dates_and_addresses_alone(text: str) -> None:
+    assert mask_pii(text) == text

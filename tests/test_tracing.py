@@ -1,0 +1,353 @@
+"""One OpenTelemetry trace per message, across gateway, RabbitMQ and worker (issue 6, SPEC 2 and 4).
+
+The services export to a collector of our own (tests/otlp.py) over OTLP/HTTP and OTLP/gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.otlp import Collector, ReceivedSpan, tracing_env
+from tests.support import REDIS_URL, Service, Stack, TcpProxy, eventually, free_port
+from tests.test_pipeline import PRAZO, wait_ready
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[Collector]:
+    collector = Collector()
+    try:
+        yield collector
+    finally:
+        await collector.stop()
+
+
+def new_traceparent() -> tuple[str, str, str]:
+    """A sampled W3C traceparent from an imaginary caller: (header, trace id, caller's span id)."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
+
+
+async def post_traced(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], traceparent: str, wait: float = 10
+) -> tuple[int, dict[str, Any]]:
+    headers = {"traceparent": traceparent, "tracestate": "caller=probe-6"}
+    async with http.post(f"{url}/v1/messages", params={"wait": str(wait)}, json=body, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+def by_name(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
+    found = [span for span in spans if span.service == service and span.name == name]
+    assert len(found) == 1, (service, name, spans)
+    return found[0]
+
+
+def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
+    """Span ids from `span`'s parent up to the root of what the collector holds."""
+    index = {s.span_id: s for s in spans}
+    chain: list[str] = []
+    parent = span.parent_id
+    while parent:
+        chain.append(parent)
+        parent = index[parent].parent_id if parent in index else ""
+    return chain
+
+
+async def spans_of(collector: Collector, trace_id: str, *wanted: tuple[str, str]) -> list[ReceivedSpan]:
+    """Wait until the trace holds a span of each (service, name) in `wanted`."""
+
+    async def complete() -> list[ReceivedSpan] | None:
+        spans = collector.in_trace(trace_id)
+        have = {(span.service, span.name) for span in spans}
+        return spans if set(wanted) <= have else None
+
+    return await eventually(complete, what=f"spans {wanted} in trace {trace_id}")
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+async def test_a_message_is_one_trace_from_the_callers_traceparent_to_the_reply(
+    stack: Stack, http: aiohttp.ClientSession, collector: Collector, protocol: str
+) -> None:
+    endpoint = await (collector.http() if protocol == "http/protobuf" else collector.grpc())
+    env = tracing_env(endpoint, protocol)
+    if protocol == "grpc":
+        del env["OTEL_EXPORTER_OTLP_PROTOCOL"]  # grpc is the default
+    stack.extra_env.update(env)
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)  # probes: these requests must leave no span
+    for probe in ("/monitoring/live", "/metrics"):
+        async with http.get(gateway.url + probe) as response:
+            assert response.status == 200
+
+    traceparent, trace_id, caller_span = new_traceparent()
+    conversation, message_id = f"c-{uuid.uuid4().hex}", f"m-{uuid.uuid4().hex}"
+    body = {"user_id": "ana", "conversation_id": conversation, "message_id": message_id, "text": PRAZO}
+    status, answer = await post_traced(http, gateway.url, body, traceparent)
+    assert status == 200, answer
+
+    ns = stack.namespace
+    gw, wk = "atendimento-gateway", "atendimento-worker"
+    spans = await spans_of(
+        collector,
+        trace_id,
+        (gw, "POST /v1/messages"),
+        (gw, f"publish {ns}.inbound"),
+        (gw, "redis claim"),
+        (wk, f"process {ns}.inbound"),
+        (wk, "engine kb"),
+        (wk, "redis commit"),
+        (wk, f"publish {ns}.replies"),
+    )
+    server = by_name(spans, gw, "POST /v1/messages")
+    producer = by_name(spans, gw, f"publish {ns}.inbound")
+    consumer = by_name(spans, wk, f"process {ns}.inbound")
+    engine = by_name(spans, wk, "engine kb")
+    hand_back = by_name(spans, wk, f"publish {ns}.replies")
+
+    # The caller's trace is continued, with its tracestate carried across RabbitMQ.
+    assert server.kind == "SERVER" and server.parent_id == caller_span
+    assert server.attributes["http.route"] == "/v1/messages"
+    assert server.attributes["http.response.status_code"] == 200
+    assert producer.kind == "PRODUCER" and consumer.kind == "CONSUMER"
+    assert producer.span_id in ancestors(consumer, spans)
+    assert caller_span in ancestors(consumer, spans)
+    assert consumer.span_id in ancestors(engine, spans)
+    assert consumer.span_id in ancestors(hand_back, spans)
+    assert hand_back.kind == "PRODUCER"
+
+    shard = producer.attributes["messaging.rabbitmq.destination.routing_key"]
+    assert producer.attributes == producer.attributes | {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": f"{ns}.inbound",
+        "messaging.message.id": message_id,
+        "messaging.message.conversation_id": conversation,
+    }
+    assert shard.isdigit()
+    assert consumer.attributes == consumer.attributes | {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": f"{ns}.inbound",
+        "messaging.rabbitmq.destination.routing_key": shard,
+        "messaging.message.id": message_id,
+        "messaging.message.conversation_id": conversation,
+        "atendimento.delivery.redelivered": False,
+    }
+    assert engine.attributes["atendimento.reply.sources"] == answer["reply"]["sources"]
+    assert {span.status for span in spans} == {"UNSET"}
+
+    for span, service in ((server, gw), (consumer, wk)):
+        assert span.resource["service.namespace"] == ns
+        assert span.resource["service.version"]
+        assert span.resource["service.instance.id"]
+        assert span.resource["service.name"] == service
+    paths = {span.attributes.get("url.path") for span in collector.spans}
+    assert not paths & {"/monitoring/live", "/monitoring/health", "/metrics"}, paths
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
+    stack: Stack, http: aiohttp.ClientSession, collector: Collector
+) -> None:
+    stack.extra_env.update(tracing_env(await collector.http()))
+    redis = TcpProxy("127.0.0.1", urlsplit(REDIS_URL).port or 6379)
+    await redis.up()
+    try:
+        gateway = await stack.start("gateway")
+        doomed = await stack.start("worker", REDIS_URL=REDIS_URL.replace(f":{redis.target[1]}", f":{redis.port}"))
+        await wait_ready(stack)
+        # Cut the worker's Redis: it takes the message, generates, then holds it unacked at the commit.
+        await redis.down()
+        traceparent, trace_id, _ = new_traceparent()
+        message_id = f"m-{uuid.uuid4().hex}"
+        body = {"user_id": "bia", "message_id": message_id, "text": PRAZO}
+        status, _ = await post_traced(http, gateway.url, body, traceparent, wait=0)
+        assert status == 202
+
+        async def holding() -> dict[str, Any] | None:
+            lines = [line for line in json_lines(doomed.logs()) if line["message"].startswith("Redis unavailable")]
+            return lines[0] if lines else None
+
+        held = await eventually(holding, what="the worker to hold the message")
+        assert held["trace_id"] == trace_id and held["message_id"] == message_id
+        doomed.kill()
+        assert doomed.process is not None and doomed.process.wait(10) == -9
+    finally:
+        await redis.down()
+
+    await stack.start("worker")
+    status, answer = await post_traced(http, gateway.url, body, traceparent, wait=15)
+    assert status == 200 and answer["duplicate"] is True, answer
+
+    ns = stack.namespace
+    spans = await spans_of(collector, trace_id, ("atendimento-worker", f"process {ns}.inbound"))
+    (consumer,) = [span for span in spans if span.kind == "CONSUMER"]  # the killed one never ended its span
+    assert consumer.attributes["atendimento.delivery.redelivered"] is True
+    assert consumer.attributes["messaging.message.id"] == message_id
+    assert consumer.resource["service.instance.id"] != held.get("instance")
+    producer = by_name(spans, "atendimento-gateway", f"publish {ns}.inbound")
+    assert producer.span_id in ancestors(consumer, spans)
+
+
+async def test_tracing_off_or_collector_unreachable_changes_nothing(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """OTEL_SDK_DISABLED=true on one gateway; a collector that accepts connections and never
+    answers for another gateway (gRPC) and the worker (HTTP): every message is answered, and the
+    processes still stop cleanly (the flush at shutdown gives up rather than hang)."""
+    blackhole = await asyncio.start_server(_swallow, "127.0.0.1", 0)
+    endpoint = f"http://127.0.0.1:{blackhole.sockets[0].getsockname()[1]}"
+    try:
+        disabled = await stack.start("gateway", OTEL_SDK_DISABLED="true")
+        grpc_gateway = await stack.start("gateway", **tracing_env(endpoint, "grpc"))
+        worker = await stack.start("worker", **tracing_env(endpoint, "http/protobuf"))
+        await wait_ready(stack)
+
+        async def ask(gateway: Service, number: int) -> None:
+            body = {"user_id": f"u{number}", "text": PRAZO}
+            status, answer = await post_traced(http, gateway.url, body, new_traceparent()[0])
+            assert status == 200 and answer["status"] == "answered", answer
+
+        await asyncio.gather(*(ask(gateway, i) for i in range(20) for gateway in (disabled, grpc_gateway)))
+        for service in (worker, grpc_gateway, disabled):
+            assert service.stop() == 0, service.logs()[-3000:]
+            assert json_lines(service.logs())  # export failures are logged as JSON lines, like the rest
+        assert "tracing to OTLP" not in disabled.logs()
+    finally:
+        blackhole.close()
+
+
+async def _swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accept and read, never answer: the worst kind of unreachable collector."""
+    try:
+        while await reader.read(65536):
+            pass
+    finally:
+        writer.close()
+
+
+async def test_a_failing_llm_call_is_an_error_span_and_the_fallback_reply_still_arrives(
+    stack: Stack, http: aiohttp.ClientSession, collector: Collector
+) -> None:
+    pytest.importorskip("services.worker.engines.openai", reason="the LLM engine (issue 4) is not in the tree yet")
+    llm = await _fake_openai()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        model = "tiny-test-model"
+        gateway = await stack.start("gateway")
+        await stack.start(
+            "worker", REPLY_ENGINE="openai", OPENAI_BASE_URL=llm.url, OPENAI_API_KEY="sk-test", OPENAI_MODEL=model
+        )
+        await wait_ready(stack)
+        results = {}
+        for text in ("Qual o prazo de entrega?", "FALHE: qual o prazo de entrega?"):
+            traceparent, trace_id, _ = new_traceparent()
+            status, answer = await post_traced(http, gateway.url, {"user_id": "leo", "text": text}, traceparent)
+            assert status == 200, answer
+            spans = await spans_of(collector, trace_id, ("atendimento-worker", f"chat {model}"))
+            results[text.startswith("FALHE")] = (answer, by_name(spans, "atendimento-worker", f"chat {model}"))
+    finally:
+        await llm.stop()
+
+    answered, ok_span = results[False]
+    assert answered["reply"]["engine"] == "openai"
+    assert ok_span.kind == "CLIENT" and ok_span.status == "UNSET"
+    assert ok_span.attributes["gen_ai.request.model"] == model
+    assert ok_span.attributes["gen_ai.usage.input_tokens"] == 42
+    assert ok_span.attributes["gen_ai.usage.output_tokens"] == 7
+    fallback, failed_span = results[True]
+    assert fallback["reply"]["engine"] == "kb-fallback" and fallback["reply"]["text"]
+    assert failed_span.status == "ERROR"
+    assert "exception" in failed_span.events or failed_span.attributes.get("error.type")
+
+
+class _FakeLlm:
+    def __init__(self, runner: web.AppRunner, url: str) -> None:
+        self.runner, self.url = runner, url
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def _fake_openai() -> _FakeLlm:
+    """An OpenAI-compatible /chat/completions that fails (HTTP 500) when the user's text says FALHE."""
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        if any("FALHE" in str(message.get("content", "")) for message in body["messages"]):
+            return web.json_response({"error": {"message": "overloaded", "type": "server_error"}}, status=500)
+        return web.json_response(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Até 5 dias úteis."},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/chat/completions", completions)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return _FakeLlm(runner, f"http://127.0.0.1:{port}/v1")
+
+
+def test_the_standard_otel_variables_configure_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from shared.settings import Settings
+    from shared.telemetry import create_tracer_provider
+
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env({"ATENDIMENTO_NAMESPACE": "ns-a", "INSTANCE_ID": "w-1"})
+    provider = create_tracer_provider("worker", settings)
+    assert provider is not None
+    assert provider.resource.attributes["service.name"] == "atendimento-worker"
+    assert provider.resource.attributes["service.namespace"] == "ns-a"
+    assert provider.resource.attributes["service.instance.id"] == "w-1"
+    assert provider.resource.attributes["service.version"]
+    (processor,) = provider._active_span_processor._span_processors
+    assert isinstance(processor.span_exporter, GrpcExporter)  # type: ignore[attr-defined]
+    provider.shutdown()
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "bot-worker-eu")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
+    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    provider = create_tracer_provider("worker", settings)
+    assert provider is not None
+    assert provider.resource.attributes["service.name"] == "bot-worker-eu"
+    assert provider.resource.attributes["deployment.environment.name"] == "staging"
+    assert isinstance(provider.sampler, ParentBased)
+    assert isinstance(provider.sampler._root, TraceIdRatioBased) and provider.sampler._root.rate == 0.1
+    (processor,) = provider._active_span_processor._span_processors
+    assert isinstance(processor.span_exporter, HttpExporter)  # type: ignore[attr-defined]
+    provider.shutdown()
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert create_tracer_provider("worker", settings) is None
