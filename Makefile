@@ -27,6 +27,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 pytest: install services
+	@scripts/ensure-test-tools.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: install services lint typecheck pytest  ## everything CI runs

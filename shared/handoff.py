@@ -98,7 +98,8 @@ class Handoffs:
 
     async def list_active(self, limit: int = 100) -> dict[str, HandoffInfo]:
         """The live handoffs, most recent first."""
-        members = [str(m) for m in await self.redis.zrevrange(self.names.handoffs_key, 0, limit - 1)]
+        raw_members = await self.redis.zrevrange(self.names.handoffs_key, 0, limit - 1)
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw_members]
         if not members:
             return {}
         raws = await self.redis.mget([self.names.handoff_key(cid) for cid in members])

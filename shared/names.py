@@ -64,6 +64,13 @@ class Names:
         return f"{channel}.{route_token(gateway_id)}.{route_token(conversation_id)}"
 
     @staticmethod
+    def merged_routing_key(gateway_id: str) -> str:
+        """For the answer to a web message merged into the next one's reply: it reaches the
+        requests waiting at the accepting gateway but no conversation stream (a token is hex, never
+        "merged"), which shows the combined reply once."""
+        return f"web.{route_token(gateway_id)}.merged"
+
+    @staticmethod
     def gateway_binding(gateway_id: str) -> str:
         return f"web.{route_token(gateway_id)}.*"
 
@@ -86,6 +93,10 @@ class Names:
 
     def memory_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:memory:{conversation_id}"
+
+    def fallback_streak_key(self, conversation_id: str) -> str:
+        """How many fallback replies in a row the conversation has had (handoff after a few)."""
+        return f"{self.namespace}:fallback-streak:{conversation_id}"
 
     def conversation_log_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:conversation-log:{conversation_id}"

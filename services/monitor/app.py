@@ -1,4 +1,4 @@
-"""The monitor: health, statistics, alerts and metrics for the whole system."""
+"""The monitor: health, statistics, alerts and metrics for the whole system, and the admin area."""
 
 from __future__ import annotations
 
@@ -6,14 +6,36 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
-from services.monitor import alerts
-from services.monitor.stats import iso, last_24h, read_raw, summarize
+from services.monitor.admin import pages
+from services.monitor.admin.auth import AdminAuth
+from services.monitor.admin.routes import add_routes as add_admin_routes
+from services.monitor.admin.routes import no_store
+from services.monitor.alerts import WebhookNotifier
+from services.monitor.audit import AuditLog
+from services.monitor.deadletters import DeadLetters
+from services.monitor.evaluator import Evaluator
+from services.monitor.keys import (
+    AUDIT,
+    AUTH,
+    BROKER,
+    DEAD_LETTERS,
+    EVALUATOR,
+    HANDOFFS,
+    PROBES,
+    SETTINGS,
+    STORE,
+    TEMPLATES,
+    VIEW,
+)
+from services.monitor.metrics import SystemCollector
+from services.monitor.observation import observe, stats_body
+from services.monitor.stats import iso, last_24h, read_raw
 from services.monitor.system import SystemView
 from shared.broker import Broker
+from shared.handoff import Handoffs
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.names import Names
 from shared.settings import Settings
@@ -28,26 +50,27 @@ from shared.web import (
 )
 
 SERVICE = "monitor"
-SETTINGS = web.AppKey("settings", Settings)
-VIEW = web.AppKey("view", SystemView)
-PROBES = web.AppKey("probes", Probes)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, security_headers_middleware])
+    app = web.Application(middlewares=[problem_middleware, security_headers_middleware, no_store])
     app[SETTINGS] = settings
+    app[TEMPLATES] = pages.templates()
+    registry = new_metrics_registry()
+    registry.register(SystemCollector(lambda: app[EVALUATOR].latest if EVALUATOR in app else None))
     # The monitor's /monitoring/health is the system's health (SPEC section 5), not a readiness probe.
-    app[PROBES] = Probes(lambda: _never_called(), new_metrics_registry())
+    app[PROBES] = Probes(_no_readiness, registry)
     app[PROBES].add_routes(app, with_health=False)
     app.router.add_get("/monitoring/health", system_health)
     app.router.add_get("/monitoring/stats", system_stats)
     app.router.add_get("/monitoring/stats/24h", system_stats_24h)
-    app.cleanup_ctx.append(_resources)
+    add_admin_routes(app)
+    app.cleanup_ctx.extend([_resources, _background])
     return app
 
 
-async def _never_called() -> tuple[bool, dict[str, Any]]:
-    raise AssertionError("the monitor serves its own /monitoring/health")
+async def _no_readiness() -> tuple[bool, dict[str, object]]:
+    raise AssertionError("the monitor serves the system's health at /monitoring/health")
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -57,53 +80,63 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     broker = Broker(settings.amqp_url, names, f"atendimento-monitor {settings.instance_id}")
     broker.start()
     store = Store(redis, names)
-    info = ProcessInfo(SERVICE, settings.instance_id)
-    app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, info.started_at)
-    heartbeat = asyncio.create_task(
-        heartbeat_loop(store, info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s), name="heartbeat"
+    app[STORE] = store
+    app[BROKER] = broker
+    app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time())
+    app[DEAD_LETTERS] = DeadLetters(broker, redis)
+    app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
+    app[AUDIT] = AuditLog(redis, names)
+    app[AUTH] = AdminAuth(
+        redis,
+        names,
+        settings.admin_token,
+        session_s=settings.admin_session_s,
+        max_failures=settings.admin_max_failures,
+        lockout_s=settings.admin_lockout_s,
     )
     yield
-    heartbeat.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await heartbeat
     await broker.close()
     await redis.aclose()
 
 
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    notifier = WebhookNotifier(settings.alert_webhook_url, settings.namespace) if settings.alert_webhook_url else None
+    # An alert must hold for one heartbeat TTL before it is announced (see AlertTracker).
+    app[EVALUATOR] = Evaluator(app[VIEW], settings.alert_interval_s, notifier, settings.heartbeat_ttl_s)
+    info = ProcessInfo(SERVICE, settings.instance_id, started_at=app[VIEW].started_at)
+    tasks = [
+        asyncio.create_task(app[EVALUATOR].run(), name="alert-evaluator"),
+        asyncio.create_task(
+            heartbeat_loop(app[STORE], info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s), name="heartbeat"
+        ),
+    ]
+    if notifier is not None:
+        tasks.append(asyncio.create_task(notifier.run(), name="alert-webhook"))
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def system_health(request: web.Request) -> web.Response:
-    health = await request.app[VIEW].health()
+    # Probed often: dependencies and heartbeats only, none of the statistics.
+    view = request.app[VIEW]
+    health = await view.health(await view.services())
     health["timestamp"] = iso(health["timestamp"])
     return json_response(health, status=503 if health["status"] == "unhealthy" else 200)
 
 
 async def system_stats(request: web.Request) -> web.Response:
-    view = request.app[VIEW]
-    try:
-        raw = await read_raw(view.store)
-    except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; statistics cannot be read", headers={"Retry-After": "5"}) from None
-    health, services = await asyncio.gather(view.health(), view.services())
-    summary = summarize(raw)
-    queue = health["checks"]["rabbitmq"]
-    body = {
-        "timestamp": iso(raw.now),
-        "uptime_seconds": round(time.time() - view.started_at, 1),
-        "status": health["status"],
-        **summary,
-        "queue": {
-            "depth": queue.get("queue_depth"),
-            "consumers": queue.get("consumers"),
-            "dead_letters": queue.get("dead_letters"),
-        },
-        "services": services or [],
-        "alerts": [alert.to_dict() for alert in alerts.evaluate(health, summary, services or [])],
-    }
-    return json_response(body)
+    observation = await observe(request.app[VIEW])
+    return json_response(stats_body(observation, request.app[VIEW].started_at))
 
 
 async def system_stats_24h(request: web.Request) -> web.Response:
     try:
-        raw = await read_raw(request.app[VIEW].store)
+        raw = await read_raw(request.app[STORE])
     except REDIS_ERRORS:
         raise Problem(503, "Redis is unreachable; statistics cannot be read", headers={"Retry-After": "5"}) from None
     return json_response(last_24h(raw))

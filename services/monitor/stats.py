@@ -1,7 +1,12 @@
 """Reading the statistics the workers wrote: windows of slices, merged.
 
-A read touches a fixed number of keys for its window (31 ten-second slices, 25 hourly slices,
-two sorted-set counts), whatever the traffic was.
+A read touches a fixed number of keys for its window (31 ten-second slices, 24 hourly slices, the
+totals hash, two sorted-set counts), whatever the traffic was: counters and histogram buckets are
+summed, never individual messages.
+
+Windows roll: "last 5 minutes" is the 10-second slices that overlap it, "last 24 hours" the hourly
+slices from 23 hours before the current one. Only "today" (the users and counts since midnight UTC)
+is tied to the calendar, as its name says.
 """
 
 from __future__ import annotations
@@ -12,23 +17,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import stats
-from shared.names import Names
-from shared.stats import Window
+from shared.stats import Histogram, Window
 from shared.store import Store
 
 FIVE_MINUTES = 300
 ONE_MINUTE = 60
 DAY = 86_400
+DAY_HOURS = 24
 
 
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _starts(now: float, seconds: int, width: int) -> list[int]:
-    """Slice starts covering [now - seconds, now]."""
-    first = stats.slice_start(now - seconds, width)
-    return list(range(first, stats.slice_start(now, width) + 1, width))
+def _fine_starts(now: float) -> list[int]:
+    """The 10-second slices overlapping [now - 5 min, now]."""
+    first = stats.slice_start(now - FIVE_MINUTES, stats.FINE_SECONDS)
+    return list(range(first, stats.slice_start(now, stats.FINE_SECONDS) + 1, stats.FINE_SECONDS))
+
+
+def _hour_starts(now: float) -> list[int]:
+    """The current hour and the 23 before it."""
+    current = stats.slice_start(now, stats.HOUR_SECONDS)
+    return [current - stats.HOUR_SECONDS * back for back in range(DAY_HOURS - 1, -1, -1)]
 
 
 def _midnight(now: float) -> float:
@@ -37,6 +48,8 @@ def _midnight(now: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Raw:
+    """One consistent read of everything the stats views need."""
+
     now: float
     fine: dict[int, dict[str, str]]
     hours: dict[int, dict[str, str]]
@@ -46,10 +59,11 @@ class Raw:
 
 
 async def read_raw(store: Store, now: float | None = None) -> Raw:
+    """One round trip; raises REDIS_ERRORS when Redis does not answer."""
     now = time.time() if now is None else now
-    names: Names = store.names
-    fine_starts = _starts(now, FIVE_MINUTES, stats.FINE_SECONDS)
-    hour_starts = _starts(now, DAY, stats.HOUR_SECONDS)
+    names = store.names
+    fine_starts = _fine_starts(now)
+    hour_starts = _hour_starts(now)
     async with store.redis.pipeline(transaction=False) as pipe:
         for start in fine_starts:
             pipe.hgetall(names.stats_fine_key(start))
@@ -65,63 +79,66 @@ async def read_raw(store: Store, now: float | None = None) -> Raw:
     return Raw(now, fine, hours, total, int(users_24h), int(users_today))
 
 
-def _window(slices: dict[int, dict[str, str]], since: float) -> Window:
-    return Window.of(
-        fields for start, fields in slices.items() if start >= stats.slice_start(since, stats.FINE_SECONDS)
-    )
+def _since(slices: dict[int, dict[str, str]], since: float) -> Window:
+    first = stats.slice_start(since, stats.FINE_SECONDS)
+    return Window.of(fields for start, fields in slices.items() if start >= first)
+
+
+def _percentiles(histogram: Histogram) -> dict[str, float]:
+    return {name: round(histogram.percentile(q), 2) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
 def summarize(raw: Raw) -> dict[str, Any]:
     """The counters and latency part of /monitoring/stats."""
-    last_5 = _window(raw.fine, raw.now - FIVE_MINUTES)
-    last_1 = _window(raw.fine, raw.now - ONE_MINUTE)
+    last_5 = _since(raw.fine, raw.now - FIVE_MINUTES)
+    last_1 = _since(raw.fine, raw.now - ONE_MINUTE)
     midnight = _midnight(raw.now)
     today = Window.of(fields for start, fields in raw.hours.items() if start >= midnight)
+    day = Window.of(raw.hours.values())
     return {
         "messages": {
             "total": int(raw.total.get(stats.MESSAGES, 0)),
             "today": today.messages,
+            "last_24h": day.messages,
             "last_minute": last_1.messages,
             "last_5_minutes": last_5.messages,
+            "by_channel_24h": dict(day.channels),
         },
         "errors": {
             "total": int(raw.total.get(stats.ERRORS, 0)),
             "today": today.errors,
+            "last_24h": day.errors,
             "last_5_minutes": last_5.errors,
-            "by_kind_today": dict(today.errors_by_kind),
+            "by_kind_5_minutes": dict(last_5.errors_by_kind),
+            "by_kind_24h": dict(day.errors_by_kind),
         },
         "users": {"active_24h": raw.users_24h, "today": raw.users_today},
         "latency_ms": last_5.latency.summary(),
-        "channels_today": dict(today.channels),
-        "tokens_today": dict(today.tokens),
+        # Where the end-to-end time went in the same window: queue wait, then the worker.
+        "latency_breakdown_ms": {
+            "queue_wait": _percentiles(last_5.queue_wait),
+            "processing": _percentiles(last_5.processing),
+        },
+        "tokens_24h": dict(day.tokens),
     }
 
 
 def last_24h(raw: Raw) -> dict[str, Any]:
+    """/monitoring/stats/24h: one point per hour, oldest first, the current (partial) hour last."""
     series = []
     everything = Window()
     for start in sorted(raw.hours):
-        fields = raw.hours[start]
-        bucket = Window.of([fields])
-        everything.add_slice(fields)
-        histogram = bucket.latency
+        hour = Window.of([raw.hours[start]])
+        everything.add_slice(raw.hours[start])
         series.append(
-            {
-                "start": iso(start),
-                "messages": bucket.messages,
-                "errors": bucket.errors,
-                "p50": round(histogram.percentile(0.50), 2),
-                "p95": round(histogram.percentile(0.95), 2),
-                "p99": round(histogram.percentile(0.99), 2),
-            }
+            {"start": iso(start), "messages": hour.messages, "errors": hour.errors} | _percentiles(hour.latency)
         )
-    latency = everything.latency.summary()
     return {
         "period": "last_24h",
         "start": iso(min(raw.hours)),
         "end": iso(raw.now),
         "bucket_seconds": stats.HOUR_SECONDS,
         "totals": {"messages": everything.messages, "errors": everything.errors, "users": raw.users_24h},
-        "latency_ms": {"p50": latency["p50"], "p95": latency["p95"], "p99": latency["p99"]},
+        "latency_ms": _percentiles(everything.latency),
         "series": series,
     }

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractRobustChannel
 
 from shared import __version__
 from shared.broker import BROKER_ERRORS, Broker
@@ -27,7 +27,7 @@ class SystemView:
         self.broker = broker
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.started_at = started_at
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._channel_lock = asyncio.Lock()
 
     async def queues(self) -> QueueState | None:
@@ -37,17 +37,19 @@ class SystemView:
         names = self.broker.names
         try:
             channel = await self._queue_channel()
+            # robust=False: a robust channel answers a repeated passive declare from its cache,
+            # with the counts of the first one.
             shard_queues = await asyncio.gather(
-                *(channel.declare_queue(name, passive=True) for name in names.shard_queues)
+                *(channel.declare_queue(name, passive=True, robust=False) for name in names.shard_queues)
             )
-            dead = await channel.declare_queue(names.dead_letter_queue, passive=True)
+            dead = await channel.declare_queue(names.dead_letter_queue, passive=True, robust=False)
         except BROKER_ERRORS:
             return None
         depth = sum(q.declaration_result.message_count or 0 for q in shard_queues)
         consumers = sum(q.declaration_result.consumer_count or 0 for q in shard_queues)
         return QueueState(depth, consumers, dead.declaration_result.message_count or 0)
 
-    async def _queue_channel(self) -> AbstractChannel:
+    async def _queue_channel(self) -> AbstractRobustChannel:
         async with self._channel_lock:
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self.broker.connection.channel(publisher_confirms=False)
@@ -61,9 +63,9 @@ class SystemView:
         keys = ("name", "instance", "uptime_seconds", "memory_rss_bytes", "memory_percent", "version")
         return sorted(({k: beat.get(k) for k in keys} for beat in beats), key=lambda s: (s["name"], s["instance"]))
 
-    async def health(self) -> dict[str, Any]:
-        redis, queues, services = await asyncio.gather(redis_check(self.store.redis), self.queues(), self.services())
-        alive = {name: sum(1 for s in services or () if s["name"] == name) for name in ("worker", "gateway")}
+    async def health(self, services: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The system's health, given the live services (None when they could not be read)."""
+        redis, queues = await asyncio.gather(redis_check(self.store.redis), self.queues())
         rabbitmq: dict[str, Any] = {"status": "down"}
         if queues is not None:
             rabbitmq = {
@@ -75,8 +77,8 @@ class SystemView:
         checks = {
             "redis": redis,
             "rabbitmq": rabbitmq,
-            "workers": {"status": "up" if alive["worker"] else "down", "alive": alive["worker"]},
-            "gateway": {"status": "up" if alive["gateway"] else "down", "alive": alive["gateway"]},
+            "workers": _liveness(services, "worker"),
+            "gateway": _liveness(services, "gateway"),
         }
         return {
             "status": overall_status(checks),
@@ -85,6 +87,14 @@ class SystemView:
             "timestamp": time.time(),
             "checks": checks,
         }
+
+
+def _liveness(services: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:
+    """Heartbeats live in Redis: without Redis nobody can tell who is alive."""
+    if services is None:
+        return {"status": "unknown", "alive": None}
+    alive = sum(1 for service in services if service["name"] == name)
+    return {"status": "up" if alive else "down", "alive": alive}
 
 
 def overall_status(checks: dict[str, Any]) -> str:

@@ -1,0 +1,103 @@
+"""The admin area's JSON API, for scripts (`Authorization: Bearer <ADMIN_TOKEN>`) and for the
+dashboard's own session (then with the `X-CSRF-Token` header on anything that changes state).
+Without either: 401 problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.monitor.admin import auth, operations
+from services.monitor.admin.auth import LockedOut
+from services.monitor.admin.pages import current_session
+from services.monitor.audit import Actor
+from services.monitor.keys import AUDIT, AUTH
+from shared.store import REDIS_ERRORS
+from shared.web import Problem, json_response
+
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="atendimento-admin"'}
+
+
+async def actor_of(request: web.Request) -> Actor:
+    admin = request.app[AUTH]
+    if not admin.enabled:
+        raise Problem(503, "ADMIN_TOKEN is not set: the admin area is disabled")
+    token = auth.bearer_of(request)
+    if token is not None:
+        client = auth.client_of(request)
+        try:
+            accepted = await admin.check_token(client, token)
+        except LockedOut as locked:
+            raise Problem(
+                429,
+                "Authorization: too many wrong tokens from this client",
+                headers={"Retry-After": str(locked.retry_after)},
+            ) from None
+        except REDIS_ERRORS:
+            raise Problem(503, "Redis is unreachable; tokens cannot be checked", headers={"Retry-After": "5"}) from None
+        if not accepted:
+            await request.app[AUDIT].record(Actor("api", client), "api_auth", outcome="wrong_token")
+            raise Problem(401, "Authorization: wrong bearer token", headers=BEARER_CHALLENGE)
+        return Actor("api", client)
+    session = await current_session(request)
+    if session is None:
+        raise Problem(401, "Authorization: a bearer token or an admin session is required", headers=BEARER_CHALLENGE)
+    if request.method not in ("GET", "HEAD") and not (
+        auth.same_origin(request) and auth.csrf_ok(session, request.headers.get("X-CSRF-Token"))
+    ):
+        raise Problem(403, "X-CSRF-Token: missing or wrong for this session")
+    return session.actor
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise Problem(415, "Content-Type: must be application/json")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise Problem(400, "body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Problem(400, "body: must be a JSON object")
+    return body
+
+
+async def overview(request: web.Request) -> web.Response:
+    await actor_of(request)
+    return json_response(operations.overview_json(await operations.overview(request.app)))
+
+
+async def conversation(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    return json_response(await operations.conversation(request.app, actor, request.query.get("id", "")))
+
+
+async def audit(request: web.Request) -> web.Response:
+    await actor_of(request)
+    try:
+        entries = await request.app[AUDIT].recent(200)
+    except REDIS_ERRORS:
+        raise Problem(503, "Redis is unreachable; the audit log cannot be read", headers={"Retry-After": "5"}) from None
+    return json_response({"entries": entries})
+
+
+async def replay(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    letter = await operations.replay(request.app, actor, body.get("message_id"))
+    return json_response({"replayed": letter.to_dict()})
+
+
+async def reply(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    sent = await operations.reply_as_agent(request.app, actor, body.get("conversation_id"), body.get("text"))
+    return json_response({"sent": sent.public_dict()})
+
+
+async def release(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    await operations.release(request.app, actor, body.get("conversation_id"))
+    return json_response({"released": body["conversation_id"]})

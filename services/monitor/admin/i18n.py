@@ -1,0 +1,308 @@
+"""The admin area in Brazilian Portuguese and English, chosen by the browser's Accept-Language.
+
+Texts, numbers, durations and sizes are written the way each language writes them ("1.234,5" in
+pt-BR, "1,234.5" in English). Times are shown in UTC, with the zone named, in both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+LANGUAGES = ("pt-BR", "en")
+DEFAULT = "en"
+
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Atendimento admin",
+        "sign_in_title": "Sign in to the admin area",
+        "operator": "Your name",
+        "operator_hint": "Shown in the audit log and to nobody else",
+        "token": "Admin token",
+        "sign_in": "Sign in",
+        "sign_out": "Sign out",
+        "wrong_token": "Wrong token.",
+        "missing_operator": "Say who you are: your name is written in the audit log.",
+        "locked": "Too many failed attempts from your address. Try again in {seconds} s.",
+        "disabled": "The admin area is disabled: ADMIN_TOKEN is not set on the monitor.",
+        "session_expired": "Your session ended. Sign in again.",
+        "healthy": "Healthy",
+        "degraded": "Degraded",
+        "unhealthy": "Unhealthy",
+        "up": "Up",
+        "down": "Down",
+        "unknown": "Unknown",
+        "status": "Status",
+        "uptime": "Uptime",
+        "monitor_up": "monitor",
+        "youngest": "youngest service",
+        "redis": "Redis",
+        "ping": "ping",
+        "rabbitmq": "RabbitMQ",
+        "waiting": "waiting",
+        "consumers": "consumers",
+        "memory": "Memory",
+        "highest": "highest",
+        "resident_total": "resident, all services",
+        "messages": "Messages",
+        "total": "total",
+        "today": "today",
+        "last_24h": "24 h",
+        "last_5m": "5 min",
+        "users": "Users",
+        "active_24h": "active in 24 h",
+        "errors": "Errors",
+        "latency": "Latency, 5 min",
+        "dead_letters": "Dead letters",
+        "chart_messages": "Messages and errors per hour, last 24 h (UTC)",
+        "chart_latency": "End-to-end latency per hour, last 24 h (ms)",
+        "no_data": "No data in this period.",
+        "services": "Services",
+        "service": "Service",
+        "instance": "Instance",
+        "version": "Version",
+        "resident": "Resident memory",
+        "memory_pct": "Memory %",
+        "alerts": "Active alerts",
+        "no_alerts": "No active alerts.",
+        "critical": "Critical",
+        "warning": "Warning",
+        "alert": "Alert",
+        "value": "Value",
+        "threshold": "Threshold",
+        "dead_letter_queue": "Dead-letter queue",
+        "no_dead_letters": "The dead-letter queue is empty.",
+        "more_dead_letters": "Showing the first {shown} of {total}.",
+        "queue_origin": "From queue",
+        "reason": "Reason",
+        "message": "Message",
+        "replay": "Replay",
+        "handoffs": "Conversations with a human",
+        "no_handoffs": "No conversation is waiting for a human.",
+        "since": "Since",
+        "asked": "Customer said",
+        "reply_as_agent": "Reply as agent",
+        "send": "Send",
+        "release": "Release to bot",
+        "conversations": "Recent conversations",
+        "no_conversations": "No conversation yet.",
+        "conversation": "Conversation",
+        "last_activity": "Last activity",
+        "open": "Open",
+        "audit": "Audit log",
+        "no_audit": "Nothing done in the admin area yet.",
+        "when": "When",
+        "who": "Who",
+        "action": "Action",
+        "target": "Target",
+        "outcome": "Outcome",
+        "updated": "Updated",
+        "refresh_note": "Refreshes every {seconds} s while this tab is visible.",
+        "unavailable": "unavailable",
+        "channel": "Channel",
+        "user": "User",
+        "customer": "Customer",
+        "reply": "Reply",
+        "engine": "Engine",
+        "confidence": "Confidence",
+        "latency_ms": "Latency",
+        "queue_wait": "in queue",
+        "processing": "in worker",
+        "sources": "Sources",
+        "back": "Back to the dashboard",
+        "handoff_active": "Handed to a human",
+        "bot_active": "Answered by the bot",
+        "agent": "agent",
+        "no_messages": "No message is logged for this conversation.",
+        "notice_replayed": "The message was sent back for processing.",
+        "notice_replied": "Your reply was sent.",
+        "notice_released": "The conversation is back with the bot.",
+        "notice_signed_out": "Signed out.",
+        "legend_messages": "messages",
+        "legend_errors": "errors",
+        "tokens": "LLM tokens, 24 h",
+    },
+    "pt-BR": {
+        "title": "Atendimento: administração",
+        "sign_in_title": "Entrar na área administrativa",
+        "operator": "Seu nome",
+        "operator_hint": "Aparece no registro de auditoria e em nenhum outro lugar",
+        "token": "Token de administração",
+        "sign_in": "Entrar",
+        "sign_out": "Sair",
+        "wrong_token": "Token incorreto.",
+        "missing_operator": "Diga quem você é: seu nome vai para o registro de auditoria.",
+        "locked": "Muitas tentativas falhas a partir do seu endereço. Tente de novo em {seconds} s.",
+        "disabled": "A área administrativa está desativada: ADMIN_TOKEN não está definido no monitor.",
+        "session_expired": "Sua sessão terminou. Entre de novo.",
+        "healthy": "Saudável",
+        "degraded": "Degradado",
+        "unhealthy": "Com falha",
+        "up": "No ar",
+        "down": "Fora do ar",
+        "unknown": "Desconhecido",
+        "status": "Situação",
+        "uptime": "Tempo no ar",
+        "monitor_up": "monitor",
+        "youngest": "serviço mais recente",
+        "redis": "Redis",
+        "ping": "ping",
+        "rabbitmq": "RabbitMQ",
+        "waiting": "aguardando",
+        "consumers": "consumidores",
+        "memory": "Memória",
+        "highest": "maior",
+        "resident": "Memória residente",
+        "resident_total": "residente, todos os serviços",
+        "messages": "Mensagens",
+        "total": "total",
+        "today": "hoje",
+        "last_24h": "24 h",
+        "last_5m": "5 min",
+        "users": "Usuários",
+        "active_24h": "ativos em 24 h",
+        "errors": "Erros",
+        "latency": "Latência, 5 min",
+        "dead_letters": "Mensagens mortas",
+        "chart_messages": "Mensagens e erros por hora, últimas 24 h (UTC)",
+        "chart_latency": "Latência de ponta a ponta por hora, últimas 24 h (ms)",
+        "no_data": "Sem dados neste período.",
+        "services": "Serviços",
+        "service": "Serviço",
+        "instance": "Instância",
+        "version": "Versão",
+        "memory_pct": "Memória %",
+        "alerts": "Alertas ativos",
+        "no_alerts": "Nenhum alerta ativo.",
+        "critical": "Crítico",
+        "warning": "Aviso",
+        "alert": "Alerta",
+        "value": "Valor",
+        "threshold": "Limite",
+        "dead_letter_queue": "Fila de mensagens mortas",
+        "no_dead_letters": "A fila de mensagens mortas está vazia.",
+        "more_dead_letters": "Mostrando as primeiras {shown} de {total}.",
+        "queue_origin": "Fila de origem",
+        "reason": "Motivo",
+        "message": "Mensagem",
+        "replay": "Reprocessar",
+        "handoffs": "Conversas com um atendente",
+        "no_handoffs": "Nenhuma conversa aguardando atendente.",
+        "since": "Desde",
+        "asked": "O cliente disse",
+        "reply_as_agent": "Responder como atendente",
+        "send": "Enviar",
+        "release": "Devolver ao bot",
+        "conversations": "Conversas recentes",
+        "no_conversations": "Nenhuma conversa ainda.",
+        "conversation": "Conversa",
+        "last_activity": "Última atividade",
+        "open": "Abrir",
+        "audit": "Registro de auditoria",
+        "no_audit": "Nada foi feito na área administrativa ainda.",
+        "when": "Quando",
+        "who": "Quem",
+        "action": "Ação",
+        "target": "Alvo",
+        "outcome": "Resultado",
+        "updated": "Atualizado",
+        "refresh_note": "Atualiza a cada {seconds} s enquanto esta aba está visível.",
+        "unavailable": "indisponível",
+        "channel": "Canal",
+        "user": "Usuário",
+        "customer": "Cliente",
+        "reply": "Resposta",
+        "engine": "Motor",
+        "confidence": "Confiança",
+        "latency_ms": "Latência",
+        "queue_wait": "na fila",
+        "processing": "no worker",
+        "sources": "Fontes",
+        "back": "Voltar ao painel",
+        "handoff_active": "Com um atendente humano",
+        "bot_active": "Atendida pelo bot",
+        "agent": "atendente",
+        "no_messages": "Nenhuma mensagem registrada para esta conversa.",
+        "notice_replayed": "A mensagem foi reenviada para processamento.",
+        "notice_replied": "Sua resposta foi enviada.",
+        "notice_released": "A conversa voltou para o bot.",
+        "notice_signed_out": "Você saiu.",
+        "legend_messages": "mensagens",
+        "legend_errors": "erros",
+        "tokens": "Tokens do LLM, 24 h",
+    },
+}
+
+
+def negotiate(accept_language: str | None) -> str:
+    """The best of our languages for an Accept-Language header (any Portuguese gets pt-BR)."""
+    best, best_q = DEFAULT, 0.0
+    for item in (accept_language or "").split(","):
+        tag, _, params = item.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                continue
+        primary = tag.strip().lower().split("-")[0]
+        language = {"pt": "pt-BR", "en": "en"}.get(primary)
+        if language is not None and q > best_q:
+            best, best_q = language, q
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class Locale:
+    """What the templates use to write in one language."""
+
+    language: str
+
+    @property
+    def _separators(self) -> tuple[str, str]:
+        return (".", ",") if self.language == "pt-BR" else (",", ".")
+
+    def t(self, key: str, **values: object) -> str:
+        text = TEXTS[self.language].get(key) or TEXTS[DEFAULT][key]
+        return text.format(**values) if values else text
+
+    def number(self, value: float | int | None, decimals: int = 0) -> str:
+        if value is None:
+            return "—"
+        thousands, point = self._separators
+        text = f"{value:,.{decimals}f}"
+        return text.replace(",", "\0").replace(".", point).replace("\0", thousands)
+
+    def duration(self, seconds: float | None) -> str:
+        if seconds is None:
+            return "—"
+        days, rest = divmod(int(seconds), 86_400)
+        hours, rest = divmod(rest, 3600)
+        minutes, secs = divmod(rest, 60)
+        parts = [
+            f"{count} {unit}" for count, unit in ((days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")) if count
+        ]
+        return " ".join(parts[:2]) or "0 s"
+
+    def size(self, size: float | None) -> str:
+        if size is None:
+            return "—"
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if size < 1024 or unit == "GiB":
+                return f"{self.number(size, 0 if unit == 'B' else 1)} {unit}"
+            size /= 1024
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def when(timestamp: float | None) -> str:
+        if not timestamp:
+            return "—"
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+    @staticmethod
+    def hour(timestamp: float) -> str:
+        return time.strftime("%H:00", time.gmtime(timestamp))
+
+    def filters(self) -> dict[str, Callable[..., str]]:
+        return {"number": self.number, "duration": self.duration, "size": self.size, "when": self.when}

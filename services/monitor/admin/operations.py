@@ -1,0 +1,223 @@
+"""What the admin area reads and does, shared by its HTML pages and its JSON API.
+
+Every action (replay a dead letter, reply as agent, release to the bot) is written to the audit
+log with its outcome, whether it succeeded or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+
+from services.monitor.audit import Actor
+from services.monitor.deadletters import DeadLetter, ReplayError
+from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
+from services.monitor.observation import observe, stats_body
+from services.monitor.stats import last_24h
+from shared.broker import BROKER_ERRORS
+from shared.handoff import HandoffInfo
+from shared.messages import ReplyContent, ReplyMessage
+from shared.store import REDIS_ERRORS
+from shared.web import Problem
+
+T = TypeVar("T")
+
+TEXT_MAX = 4096
+ID_MAX = 256
+RECENT_CONVERSATIONS = 20
+RECENT_AUDIT = 20
+UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
+
+
+async def _or_none(operation: Awaitable[T]) -> T | None:
+    """A part of the dashboard whose source is down shows as unavailable, not as an error page."""
+    try:
+        return await operation
+    except UNAVAILABLE:
+        return None
+
+
+def handoff_dict(conversation_id: str, info: HandoffInfo) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "channel": info.channel,
+        "user_id": info.user_id,
+        "reason": info.reason,
+        "started_at": info.started_at,
+    }
+
+
+async def overview(app: web.Application) -> dict[str, Any]:
+    """Everything the dashboard shows, in one consistent read."""
+    observation = await observe(app[VIEW])
+    depth = observation.health["checks"]["rabbitmq"].get("dead_letters")
+    letters, handoffs, conversations, audit = await asyncio.gather(
+        _or_none(app[DEAD_LETTERS].peek(depth)),
+        _or_none(app[HANDOFFS].list_active()),
+        _or_none(_recent_conversations(app)),
+        _or_none(app[AUDIT].recent(RECENT_AUDIT)),
+    )
+    return {
+        "observation": observation,
+        "stats": stats_body(observation, app[VIEW].started_at),
+        "day": last_24h(observation.raw) if observation.raw is not None else None,
+        "dead_letters": letters,
+        "handoffs": None if handoffs is None else [handoff_dict(cid, info) for cid, info in handoffs.items()],
+        "conversations": conversations,
+        "audit": audit,
+    }
+
+
+def overview_json(data: dict[str, Any]) -> dict[str, Any]:
+    letters: list[DeadLetter] | None = data["dead_letters"]
+    return {
+        "stats": data["stats"],
+        "health": data["observation"].health | {"timestamp": data["stats"]["timestamp"]},
+        "last_24h": data["day"],
+        "dead_letters": None if letters is None else [letter.to_dict() for letter in letters],
+        "handoffs": data["handoffs"],
+        "conversations": data["conversations"],
+        "audit": data["audit"],
+    }
+
+
+async def _recent_conversations(app: web.Application) -> list[dict[str, Any]]:
+    store = app[STORE]
+    members = await store.redis.zrevrange(store.names.conversations_key, 0, RECENT_CONVERSATIONS - 1, withscores=True)
+    return [{"conversation_id": str(member[0]), "last_activity": float(member[1])} for member in members]
+
+
+async def conversation(app: web.Application, actor: Actor, conversation_id: str) -> dict[str, Any]:
+    conversation_id = _identifier("conversation_id", conversation_id)
+    store = app[STORE]
+    try:
+        raw_entries, info = await asyncio.gather(
+            store.redis.lrange(store.names.conversation_log_key(conversation_id), 0, -1),
+            app[HANDOFFS].get(conversation_id),
+        )
+    except REDIS_ERRORS:
+        raise Problem(
+            503, "Redis is unreachable; the conversation cannot be read", headers={"Retry-After": "5"}
+        ) from None
+    if not raw_entries and info is None:
+        raise Problem(404, f"conversation_id: no conversation {conversation_id!r} is logged")
+    # Reading a customer's conversation is access to personal data: it is audited like an action.
+    await app[AUDIT].record(actor, "view_conversation", conversation_id)
+    return {
+        "conversation_id": conversation_id,
+        "handoff": handoff_dict(conversation_id, info) if info else None,
+        "entries": [orjson.loads(raw) for raw in raw_entries],
+    }
+
+
+async def replay(app: web.Application, actor: Actor, message_id: Any) -> DeadLetter:
+    message_id = _identifier("message_id", message_id)
+    audit = app[AUDIT]
+    try:
+        letter = await app[DEAD_LETTERS].replay(message_id)
+    except ReplayError as exc:
+        await audit.record(actor, "replay_dead_letter", message_id, "refused", str(exc))
+        raise Problem(404, str(exc)) from None
+    except UNAVAILABLE as exc:
+        await audit.record(actor, "replay_dead_letter", message_id, "failed", str(exc) or type(exc).__name__)
+        raise Problem(
+            503, "RabbitMQ or Redis is unreachable; nothing was replayed", headers={"Retry-After": "5"}
+        ) from None
+    await audit.record(actor, "replay_dead_letter", message_id, "ok", f"from {letter.queue} ({letter.reason})")
+    return letter
+
+
+async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: Any, text: Any) -> ReplyMessage:
+    """Send an agent's words to the customer through the same path as the bot's replies."""
+    conversation_id = _identifier("conversation_id", conversation_id)
+    if not isinstance(text, str) or not text.strip():
+        raise Problem(400, "text: required, a non-blank string")
+    if len(text) > TEXT_MAX:
+        raise Problem(400, f"text: at most {TEXT_MAX} characters")
+    handoffs, store, broker, audit = app[HANDOFFS], app[STORE], app[BROKER], app[AUDIT]
+    try:
+        info = await handoffs.get(conversation_id)
+        if info is None:
+            await audit.record(actor, "reply_as_agent", conversation_id, "refused", "not handed to a human")
+            raise Problem(409, f"conversation_id: {conversation_id!r} is not handed to a human")
+        reply = _agent_reply(conversation_id, info, text.strip())
+        names = broker.names
+        await broker.publish(
+            names.replies_exchange,
+            names.reply_routing_key(info.channel, info.gateway_id, conversation_id),
+            reply.to_bytes(),
+            message_id=reply.message_id,
+            # As for the bot's replies: channel replies wait in durable delivery queues, web replies
+            # go to whoever streams the conversation right now.
+            persistent=info.channel != "web",
+            mandatory=False,
+        )
+        await store.log_conversation(conversation_id, _agent_entry(reply, actor))
+        # A conversation the agent is answering is not abandoned: renew the handoff's expiry.
+        await handoffs.start(conversation_id, info)
+    except UNAVAILABLE as exc:
+        await audit.record(actor, "reply_as_agent", conversation_id, "failed", str(exc) or type(exc).__name__)
+        raise Problem(
+            503, "RabbitMQ or Redis is unreachable; the reply was not sent", headers={"Retry-After": "5"}
+        ) from None
+    await audit.record(actor, "reply_as_agent", conversation_id, "ok", f"{reply.message_id}: {text.strip()[:200]}")
+    return reply
+
+
+async def release(app: web.Application, actor: Actor, conversation_id: Any) -> None:
+    conversation_id = _identifier("conversation_id", conversation_id)
+    audit = app[AUDIT]
+    try:
+        released = await app[HANDOFFS].release(conversation_id)
+    except REDIS_ERRORS as exc:
+        await audit.record(actor, "release_to_bot", conversation_id, "failed", str(exc) or type(exc).__name__)
+        raise Problem(503, "Redis is unreachable; nothing was released", headers={"Retry-After": "5"}) from None
+    if not released:
+        await audit.record(actor, "release_to_bot", conversation_id, "refused", "not handed to a human")
+        raise Problem(404, f"conversation_id: {conversation_id!r} is not handed to a human")
+    await audit.record(actor, "release_to_bot", conversation_id)
+
+
+def _identifier(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Problem(400, f"{field}: required, a non-blank string")
+    if len(value) > ID_MAX:
+        raise Problem(400, f"{field}: at most {ID_MAX} characters")
+    return value
+
+
+def _agent_reply(conversation_id: str, info: HandoffInfo, text: str) -> ReplyMessage:
+    return ReplyMessage(
+        message_id=f"agent-{uuid.uuid4().hex}",
+        conversation_id=conversation_id,
+        user_id=info.user_id,
+        channel=info.channel,
+        reply=ReplyContent(text=text, engine="agent", confidence=1.0, handoff=True),
+        latency_ms=0.0,
+        gateway_id=info.gateway_id,
+        metadata=info.metadata,
+    )
+
+
+def _agent_entry(reply: ReplyMessage, actor: Actor) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "message_id": reply.message_id,
+        "kind": "agent",
+        "agent": actor.name,
+        "channel": reply.channel,
+        "user_id": reply.user_id,
+        "text": "",
+        "accepted_at": now,
+        "replied_at": now,
+        "reply": reply.reply.to_dict(),
+        "latency_ms": None,
+        "queue_wait_ms": None,
+        "processing_ms": None,
+    }

@@ -1,0 +1,212 @@
+"""The admin area's HTML: login, the dashboard (and the fragment it refreshes itself with), one
+conversation, and the forms behind its buttons (post, then redirect back: a reload never repeats an
+action)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from services.monitor.admin import auth, charts, operations
+from services.monitor.admin.auth import LockedOut, Session
+from services.monitor.admin.i18n import Locale, negotiate
+from services.monitor.audit import Actor
+from services.monitor.keys import AUDIT, AUTH, SETTINGS, TEMPLATES
+from shared.store import REDIS_ERRORS
+from shared.web import Problem
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES_DIR = HERE / "templates"
+STATIC_DIR = HERE / "static"
+STATIC_ROUTE = "admin-static"
+NOTICES = ("replayed", "replied", "released", "signed_out")
+
+
+def templates() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True, undefined=StrictUndefined, trim_blocks=True
+    )
+
+
+def _locale(request: web.Request) -> Locale:
+    return Locale(negotiate(request.headers.get("Accept-Language")))
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    locale = _locale(request)
+    router = request.app.router
+
+    def static(name: str) -> str:
+        return str(router[STATIC_ROUTE].url_for(filename=name))
+
+    html = request.app[TEMPLATES].get_template(template).render(L=locale, static=static, **context)
+    response = web.Response(text=html, status=status, content_type="text/html")
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    return response
+
+
+async def current_session(request: web.Request) -> Session | None:
+    try:
+        return await request.app[AUTH].session(request.cookies.get(auth.COOKIE, ""))
+    except REDIS_ERRORS:
+        raise Problem(503, "Redis is unreachable; sessions cannot be checked", headers={"Retry-After": "5"}) from None
+
+
+async def _session_or_login(request: web.Request) -> Session:
+    session = await current_session(request)
+    if session is None:
+        raise web.HTTPSeeOther("/admin/login")
+    return session
+
+
+def _disabled(request: web.Request) -> web.Response:
+    return render(request, "login.html", status=503, disabled=True, error=_locale(request).t("disabled"), notice="")
+
+
+# Login -----------------------------------------------------------------------------------------
+async def login_page(request: web.Request) -> web.Response:
+    if not request.app[AUTH].enabled:
+        return _disabled(request)
+    if await current_session(request) is not None:
+        raise web.HTTPSeeOther("/admin")
+    notice = request.query.get("notice", "")
+    text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
+    return render(request, "login.html", disabled=False, error="", notice=text, operator="")
+
+
+async def login(request: web.Request) -> web.Response:
+    admin = request.app[AUTH]
+    if not admin.enabled:
+        return _disabled(request)
+    if not auth.same_origin(request):
+        raise Problem(403, "Origin: the login form must be posted from this site")
+    form = await request.post()
+    operator = str(form.get("operator", "")).strip()[: auth.OPERATOR_MAX]
+    token = str(form.get("token", ""))
+    client = auth.client_of(request)
+    locale = _locale(request)
+    actor = Actor(operator or "?", client)
+
+    def again(status: int, error: str, headers: dict[str, str] | None = None) -> web.Response:
+        response = render(
+            request, "login.html", status=status, disabled=False, error=error, notice="", operator=operator
+        )
+        response.headers.update(headers or {})
+        return response
+
+    try:
+        accepted = await admin.check_token(client, token)
+    except LockedOut as locked:
+        await request.app[AUDIT].record(actor, "login", outcome="locked_out")
+        retry = str(locked.retry_after)
+        return again(429, locale.t("locked", seconds=retry), {"Retry-After": retry})
+    except REDIS_ERRORS:
+        raise Problem(503, "Redis is unreachable; nobody can sign in now", headers={"Retry-After": "5"}) from None
+    if not accepted:
+        await request.app[AUDIT].record(actor, "login", outcome="wrong_token")
+        return again(401, locale.t("wrong_token"))
+    if not operator:
+        return again(400, locale.t("missing_operator"))
+    session = await admin.open_session(operator, client)
+    await request.app[AUDIT].record(session.actor, "login")
+    response = web.HTTPSeeOther("/admin")
+    auth.set_session_cookie(request, response, session, admin.session_s)
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    await _checked_form(request, session)
+    await request.app[AUTH].close_session(session.id)
+    await request.app[AUDIT].record(session.actor, "logout")
+    response = web.HTTPSeeOther("/admin/login?notice=signed_out")
+    auth.clear_session_cookie(response)
+    raise response
+
+
+# Dashboard -------------------------------------------------------------------------------------
+async def dashboard(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    notice = request.query.get("notice", "")
+    context = await _dashboard_context(request, session)
+    text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
+    return render(request, "dashboard.html", notice=text, **context)
+
+
+async def fragment(request: web.Request) -> web.Response:
+    """The refreshable part of the dashboard, for its script; 401 once the session is gone."""
+    session = await current_session(request)
+    if session is None:
+        raise Problem(401, "admin session: missing or expired; sign in again")
+    return render(request, "_dashboard.html", **await _dashboard_context(request, session))
+
+
+async def _dashboard_context(request: web.Request, session: Session) -> dict[str, Any]:
+    data = await operations.overview(request.app)
+    locale = _locale(request)
+    series = data["day"]["series"] if data["day"] else []
+    labels = {"messages": locale.t("legend_messages"), "errors": locale.t("legend_errors")}
+    services = data["stats"]["services"] or []
+    return data | {
+        "session": session,
+        "refresh_s": request.app[SETTINGS].admin_refresh_s,
+        "messages_chart": charts.messages_chart(series, locale.number, labels),
+        "latency_chart": charts.latency_chart(series, locale.number),
+        "youngest": min((s["uptime_seconds"] for s in services), default=None),
+        "memory_peak": max((s["memory_percent"] for s in services), default=None),
+        "memory_total": sum(s["memory_rss_bytes"] for s in services) if services else None,
+    }
+
+
+async def conversation_page(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    data = await operations.conversation(request.app, session.actor, request.query.get("id", ""))
+    notice = request.query.get("notice", "")
+    text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
+    return render(request, "conversation.html", session=session, notice=text, **data)
+
+
+# Actions ---------------------------------------------------------------------------------------
+async def replay_form(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    form = await _checked_form(request, session)
+    await operations.replay(request.app, session.actor, form.get("message_id"))
+    raise _back(form, "replayed", "dead-letters")
+
+
+async def reply_form(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    form = await _checked_form(request, session)
+    await operations.reply_as_agent(request.app, session.actor, form.get("conversation_id"), form.get("text"))
+    raise _back(form, "replied", "handoffs")
+
+
+async def release_form(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    form = await _checked_form(request, session)
+    await operations.release(request.app, session.actor, form.get("conversation_id"))
+    raise _back(form, "released", "handoffs")
+
+
+async def _checked_form(request: web.Request, session: Session) -> dict[str, str]:
+    """The posted fields, once the request proved it comes from our own page."""
+    if not auth.same_origin(request):
+        raise Problem(403, "Origin: admin actions must be posted from the admin pages")
+    form = await request.post()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    if not auth.csrf_ok(session, fields.get("csrf")):
+        raise Problem(403, "csrf: missing or wrong form token; reload the page")
+    return fields
+
+
+def _back(form: dict[str, str], notice: str, anchor: str) -> web.HTTPSeeOther:
+    """Back where the form was, never anywhere else (no open redirect)."""
+    target = form.get("next", "")
+    conversation = form.get("conversation_id", "")
+    if target == "conversation" and conversation:
+        return web.HTTPSeeOther(f"/admin/conversation?{urlencode({'id': conversation, 'notice': notice})}")
+    return web.HTTPSeeOther(f"/admin?notice={notice}#{anchor}")

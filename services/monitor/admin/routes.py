@@ -1,0 +1,40 @@
+"""The /admin routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from services.monitor.admin import api, pages
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/admin", pages.dashboard)
+    router.add_get("/admin/login", pages.login_page)
+    router.add_post("/admin/login", pages.login)
+    router.add_post("/admin/logout", pages.logout)
+    router.add_get("/admin/fragment", pages.fragment)
+    router.add_get("/admin/conversation", pages.conversation_page)
+    router.add_post("/admin/dead-letters/replay", pages.replay_form)
+    router.add_post("/admin/handoffs/reply", pages.reply_form)
+    router.add_post("/admin/handoffs/release", pages.release_form)
+    router.add_static("/admin/static", pages.STATIC_DIR, name=pages.STATIC_ROUTE, append_version=True)
+    router.add_get("/admin/api/overview", api.overview)
+    router.add_get("/admin/api/conversation", api.conversation)
+    router.add_get("/admin/api/audit", api.audit)
+    router.add_post("/admin/api/dead-letters/replay", api.replay)
+    router.add_post("/admin/api/handoffs/reply", api.reply)
+    router.add_post("/admin/api/handoffs/release", api.release)
+
+
+@web.middleware
+async def no_store(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Admin pages and answers carry customer data and secrets: no cache keeps them."""
+    response = await handler(request)
+    if request.path.startswith("/admin") and not request.path.startswith("/admin/static"):
+        response.headers["Cache-Control"] = "no-store"
+    return response

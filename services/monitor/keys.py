@@ -1,0 +1,29 @@
+"""Typed application keys of the monitor."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from jinja2 import Environment
+
+from services.monitor.admin.auth import AdminAuth
+from services.monitor.audit import AuditLog
+from services.monitor.deadletters import DeadLetters
+from services.monitor.evaluator import Evaluator
+from services.monitor.system import SystemView
+from shared.broker import Broker
+from shared.handoff import Handoffs
+from shared.settings import Settings
+from shared.store import Store
+from shared.web import Probes
+
+SETTINGS = web.AppKey("settings", Settings)
+PROBES = web.AppKey("probes", Probes)
+VIEW = web.AppKey("view", SystemView)
+STORE = web.AppKey("store", Store)
+BROKER = web.AppKey("broker", Broker)
+EVALUATOR = web.AppKey("evaluator", Evaluator)
+DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
+HANDOFFS = web.AppKey("handoffs", Handoffs)
+AUDIT = web.AppKey("audit", AuditLog)
+AUTH = web.AppKey("auth", AdminAuth)
+TEMPLATES = web.AppKey("templates", Environment)
