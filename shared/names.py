@@ -64,11 +64,11 @@ class Names:
         return f"{channel}.{route_token(gateway_id)}.{route_token(conversation_id)}"
 
     @staticmethod
-    def merged_routing_key(gateway_id: str) -> str:
-        """For the answer to a web message merged into the next one's reply: it reaches the
-        requests waiting at the accepting gateway but no conversation stream (a token is hex, never
-        "merged"), which shows the combined reply once."""
-        return f"web.{route_token(gateway_id)}.merged"
+    def waiters_routing_key(gateway_id: str) -> str:
+        """For what only the requests waiting at the accepting gateway need to hear (a web message
+        merged into another one's reply, or one the bot stays silent on): the gateway's binding
+        matches it, no conversation binding does (a token is hex, never "waiters")."""
+        return f"web.{route_token(gateway_id)}.waiters"
 
     @staticmethod
     def gateway_binding(gateway_id: str) -> str:
@@ -105,6 +105,14 @@ class Names:
     def conversations_key(self) -> str:
         """Sorted set of conversation ids by last activity, for the operators' views."""
         return f"{self.namespace}:conversations"
+
+    @property
+    def rate_limit_prefix(self) -> str:
+        return f"{self.namespace}:ratelimit"
+
+    def pacing_prefix(self, channel: str) -> str:
+        """Outbound pacing buckets of one channel, shared by every gateway's delivery consumer."""
+        return f"{self.namespace}:pace:{channel}"
 
     def stats_fine_key(self, bucket_start: int) -> str:
         return f"{self.namespace}:stats:10s:{bucket_start}"

@@ -48,16 +48,37 @@ class Settings:
     shutdown_grace_s: float = 20.0
     # After SIGTERM, readiness answers 503 for this long while everything else is still served, so
     # load balancers stop sending work before the listener closes.
-    drain_s: float = 2.0
+    drain_s: float = 3.0
 
     # Replies
     reply_engine: str = "kb"
     kb_path: Path = BUNDLED_KB
+    # Rank English bases with the optional sentence-embedding model too (the `embeddings` extra).
+    kb_embeddings: bool = False
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"
+    # Empty: the built-in pt-BR customer-service persona (services/worker/engines/openai.py).
+    openai_system_prompt: str = ""
+    # The whole LLM reply, retries and their waits included, ends within this many seconds (then
+    # the knowledge base answers); a TCP connect gets at most `openai_connect_timeout_s` of it.
+    openai_timeout_s: float = 15.0
+    openai_connect_timeout_s: float = 3.0
+    openai_max_retries: int = 2
+    openai_temperature: float = 0.2
+    openai_max_tokens: int = 400
+    # Knowledge-base entries given to the model as the company's information.
+    openai_grounding_entries: int = 3
+    # After this many failed replies in a row the provider is skipped (the knowledge base answers
+    # at once) for the cool-down; then one trial call decides whether it is back.
+    openai_breaker_failures: int = 5
+    openai_breaker_cooldown_s: float = 30.0
     memory_turns: int = 10
     memory_ttl_s: int = 86_400
+    # This many fallback replies in a row hand the conversation to a human (0: never).
+    handoff_after_fallbacks: int = 3
+    # Messages of one conversation arriving within this window get one reply together (0: off).
+    debounce_ms: int = 0
 
     # Edge
     gateway_api_keys: tuple[str, ...] = ()
@@ -133,11 +154,27 @@ class Settings:
             drain_s=read.number("DRAIN_SECONDS", defaults.drain_s, 0, 120),
             reply_engine=read.choice("REPLY_ENGINE", defaults.reply_engine, ("kb", "openai")),
             kb_path=read.path("KB_PATH", defaults.kb_path),
+            kb_embeddings=read.choice("KB_EMBEDDINGS", "off", ("on", "off")) == "on",
             openai_base_url=read.url("OPENAI_BASE_URL", defaults.openai_base_url, ("http", "https")),
             openai_api_key=read.text("OPENAI_API_KEY", ""),
             openai_model=read.text("OPENAI_MODEL", defaults.openai_model),
+            openai_system_prompt=read.text("OPENAI_SYSTEM_PROMPT", ""),
+            openai_timeout_s=read.number("OPENAI_TIMEOUT_SECONDS", defaults.openai_timeout_s, 0.1, 600),
+            openai_connect_timeout_s=read.number(
+                "OPENAI_CONNECT_TIMEOUT_SECONDS", defaults.openai_connect_timeout_s, 0.1, 60
+            ),
+            openai_max_retries=read.integer("OPENAI_MAX_RETRIES", defaults.openai_max_retries, 0, 10),
+            openai_temperature=read.number("OPENAI_TEMPERATURE", defaults.openai_temperature, 0, 2),
+            openai_max_tokens=read.integer("OPENAI_MAX_TOKENS", defaults.openai_max_tokens, 1, 100_000),
+            openai_grounding_entries=read.integer("OPENAI_GROUNDING_ENTRIES", defaults.openai_grounding_entries, 0, 20),
+            openai_breaker_failures=read.integer("OPENAI_BREAKER_FAILURES", defaults.openai_breaker_failures, 1, 1000),
+            openai_breaker_cooldown_s=read.number(
+                "OPENAI_BREAKER_COOLDOWN_SECONDS", defaults.openai_breaker_cooldown_s, 0.1, 3600
+            ),
             memory_turns=read.integer("MEMORY_TURNS", defaults.memory_turns, 0, 200),
             memory_ttl_s=read.integer("MEMORY_TTL_SECONDS", defaults.memory_ttl_s, 60, 90 * 86_400),
+            handoff_after_fallbacks=read.integer("HANDOFF_AFTER_FALLBACKS", defaults.handoff_after_fallbacks, 0, 100),
+            debounce_ms=read.integer("DEBOUNCE_MS", defaults.debounce_ms, 0, 60_000),
             gateway_api_keys=read.csv("GATEWAY_API_KEYS"),
             rate_limit_per_user=read.number("RATE_LIMIT_PER_USER", defaults.rate_limit_per_user, 0, 1e6),
             rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),

@@ -93,17 +93,6 @@ async def problem_middleware(
         return problem_response(Problem(500, "internal error; it was logged"))
 
 
-@web.middleware
-async def security_headers_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Prefer `install_security_headers`: a middleware misses the error responses built outside
-    it and streams (SSE) whose headers leave before it returns."""
-    response = await handler(request)
-    await add_security_headers(request, response)
-    return response
-
-
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)

@@ -7,11 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp_cors
 from aiohttp import web
 
-from services.gateway.handlers import api, page, sse
+from services.gateway.auth import API_PREFIX, api_key_middleware
+from services.gateway.delivery import running_delivery
+from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
-from services.gateway.keys import BROKER, INTAKE, PROBES, ROUTER, SETTINGS, STORE
+from services.gateway.keys import BROKER, DELIVERY, INTAKE, PROBES, RATE_LIMITER, ROUTER, SETTINGS, STORE
+from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
 from shared.broker import Broker
@@ -19,28 +23,63 @@ from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.names import Names
 from shared.settings import Settings
 from shared.store import Store, create_redis, redis_check
-from shared.web import Probes, new_metrics_registry, problem_middleware, security_headers_middleware
+from shared.telemetry import server_span_middleware
+from shared.web import Probes, install_security_headers, new_metrics_registry, problem_middleware
 
 SERVICE = "gateway"
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[problem_middleware, security_headers_middleware])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[
+            server_span_middleware,
+            problem_middleware,
+            api_key_middleware(settings.gateway_api_keys),
+            ip_limit_middleware(RATE_LIMITER, settings.trusted_proxies),
+        ],
+    )
+    install_security_headers(app)
     app[SETTINGS] = settings
     app[PROBES] = Probes(lambda: _health(app), new_metrics_registry())
-    app.cleanup_ctx.extend([_resources, _background])
+    app.cleanup_ctx.extend([_resources, _background, _delivery])
     app.on_shutdown.append(_drain)
     _add_routes(app)
+    _allow_origins(app, settings.cors_allowed_origins)
     return app
 
 
 def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", api.post_message)
+    app.router.add_get("/v1/messages/{message_id}", status.message_status)
     app.router.add_get("/v1/conversations/{conversation_id}/events", sse.conversation_events)
+    settings = app[SETTINGS]
+    if settings.whatsapp_enabled:
+        app.router.add_get("/webhooks/whatsapp", whatsapp.verify)
+        app.router.add_post("/webhooks/whatsapp", whatsapp.receive)
+    if settings.telegram_enabled:
+        app.router.add_post("/webhooks/telegram", telegram.receive)
     app.router.add_get("/", page.chat_page)
     app.router.add_static("/static", page.STATIC_DIR, append_version=False)
     app.router.add_get("/openapi.json", page.openapi_document)
     app[PROBES].add_routes(app)
+
+
+def _allow_origins(app: web.Application, origins: tuple[str, ...]) -> None:
+    """CORS for the web API, for the configured browser origins only (CORS_ALLOWED_ORIGINS)."""
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False,  # API keys travel in Authorization, never in cookies
+        allow_methods=("GET", "POST"),
+        allow_headers=("Authorization", "Content-Type", "traceparent", "tracestate"),
+        expose_headers=("Retry-After",),
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for resource in list(app.router.resources()):
+        if resource.canonical.startswith(API_PREFIX):
+            cors.add(resource)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -52,7 +91,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     store = Store(redis, names)
     app[STORE] = store
     app[BROKER] = broker
-    app[INTAKE] = Intake(store, broker)
+    limiter = RateLimiter.create(redis, names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
+    app[RATE_LIMITER] = limiter
+    app[INTAKE] = Intake(store, broker, limiter)
     app[ROUTER] = ReplyRouter(broker, settings.instance_id)
     yield
     await broker.close()
@@ -84,6 +125,13 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def _delivery(app: web.Application) -> AsyncIterator[None]:
+    """WhatsApp and Telegram replies out through the channels' APIs (for the configured ones)."""
+    async with running_delivery(app[SETTINGS], app[BROKER], app[STORE], app[PROBES].registry) as consumers:
+        app[DELIVERY] = consumers
+        yield
+
+
 async def _drain(app: web.Application) -> None:
     app[PROBES].draining = True
     app[ROUTER].close_streams()
@@ -95,4 +143,6 @@ async def _health(app: web.Application) -> tuple[bool, dict[str, Any]]:
         "replies": {"status": "up" if app[ROUTER].ready else "down"},
         "redis": await redis_check(app[STORE].redis),
     }
+    for consumer in app[DELIVERY]:
+        checks[f"delivery_{consumer.channel}"] = {"status": "up" if consumer.ready else "down"}
     return all(check["status"] == "up" for check in checks.values()), checks

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from services.gateway.delivery.consumer import DeliveryConsumer
 from services.gateway.intake import Intake
+from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
 from shared.broker import Broker
 from shared.settings import Settings
@@ -17,3 +19,5 @@ INTAKE = web.AppKey("intake", Intake)
 ROUTER = web.AppKey("router", ReplyRouter)
 BROKER = web.AppKey("broker", Broker)
 PROBES = web.AppKey("probes", Probes)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])

@@ -8,8 +8,38 @@ import orjson
 
 from services.gateway.validation import MAX_ID, MAX_TEXT
 
-_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": r"\S"}
+# "Not blank" as the gateway checks it (Python's str.strip): the document's regex dialect (ECMA)
+# counts U+FEFF as white space and U+001C-U+001F, U+0085 as not, Python the other way round.
+_NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": _NOT_BLANK}
+# Telegram's ids fit in 52 bits; JSON numbers beyond 2^53 are not integers to every parser.
+_TELEGRAM_ID = {"type": "integer", "minimum": -(2**53), "maximum": 2**53}
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+# From an accepted message to its status and to its conversation's events (stateful testing follows these).
+_MESSAGE_LINKS = {
+    "GetMessage": {"operationId": "getMessage", "parameters": {"message_id": "$response.body#/message_id"}},
+    "ConversationEvents": {
+        "operationId": "conversationEvents",
+        "parameters": {"conversation_id": "$response.body#/conversation_id"},
+    },
+}
+
+
+def _webhook_responses(proof: str) -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "acknowledged; its messages are durably queued",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookAccepted"}}},
+        },
+        "400": _problem("a signed body that is not the platform's format (the detail names the field)"),
+        "401": _problem(f"{proof} missing or wrong"),
+        "404": _problem("the channel is not configured"),
+        "413": _problem("body over 1 MiB"),
+        "429": _problem("a sender over its rate limit; the platform retries", retry_after=True),
+        "503": _problem("broker or Redis unreachable; nothing accepted, the platform retries", retry_after=True),
+    }
 
 
 def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
@@ -27,8 +57,13 @@ DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "ia-atendimento-bot gateway",
         "version": "1.0.0",
-        "description": "Send customer messages and receive the bot's replies (web and server-to-server channel).",
+        "description": (
+            "Send customer messages and receive the bot's replies (web and server-to-server channel), "
+            "and the webhooks of the WhatsApp Cloud API and Telegram channels. When the gateway has API "
+            "keys (GATEWAY_API_KEYS), every /v1 operation needs `Authorization: Bearer <key>`."
+        ),
     },
+    "security": [{"bearerAuth": []}],
     "paths": {
         "/v1/messages": {
             "post": {
@@ -39,7 +74,8 @@ DOCUMENT: dict[str, Any] = {
                         "name": "wait",
                         "in": "query",
                         "required": False,
-                        "description": "seconds to hold the request for the reply",
+                        "description": "seconds to hold the request for the reply (empty: the default)",
+                        "allowEmptyValue": True,
                         "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0},
                     }
                 ],
@@ -51,10 +87,12 @@ DOCUMENT: dict[str, Any] = {
                     "200": {
                         "description": "answered within `wait`",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Answered"}}},
+                        "links": _MESSAGE_LINKS,
                     },
                     "202": {
                         "description": "accepted and durably queued",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}},
+                        "links": _MESSAGE_LINKS,
                     },
                     "400": _problem("bad JSON or field"),
                     "401": _problem("missing or wrong API key"),
@@ -62,6 +100,33 @@ DOCUMENT: dict[str, Any] = {
                     "415": _problem("not application/json"),
                     "429": _problem("rate limited", retry_after=True),
                     "503": _problem("broker or Redis unreachable; nothing accepted", retry_after=True),
+                },
+            }
+        },
+        "/v1/messages/{message_id}": {
+            "get": {
+                "operationId": "getMessage",
+                "summary": "Where an accepted message stands: its reply once answered, else queued",
+                "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": _ID}],
+                "responses": {
+                    "200": {
+                        "description": "the message, answered or still queued",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Answered"},
+                                        {"$ref": "#/components/schemas/Queued"},
+                                        {"$ref": "#/components/schemas/HandedOff"},
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "400": _problem("bad message id"),
+                    "401": _problem("missing or wrong API key"),
+                    "404": _problem("no accepted message has this id (or it is older than 24 hours)"),
+                    "503": _problem("Redis unreachable", retry_after=True),
                 },
             }
         },
@@ -83,16 +148,128 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/webhooks/whatsapp": {
+            "get": {
+                "operationId": "whatsappVerify",
+                "summary": "Meta's webhook verification: echoes hub.challenge for the right verify token",
+                "security": [],
+                "parameters": [
+                    {"name": "hub.mode", "in": "query", "schema": {"type": "string", "enum": ["subscribe"]}},
+                    {"name": "hub.verify_token", "in": "query", "schema": {"type": "string"}},
+                    {"name": "hub.challenge", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "the challenge", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "403": _problem("wrong mode or verify token"),
+                    "404": _problem("the WhatsApp channel is not configured"),
+                },
+            },
+            "post": {
+                "operationId": "whatsappNotification",
+                "summary": "Messages and statuses from the WhatsApp Cloud API; 200 once durably queued",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "X-Hub-Signature-256",
+                        "in": "header",
+                        "required": True,
+                        "description": "sha256=<hex HMAC-SHA256 of the raw body with WHATSAPP_APP_SECRET>",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WhatsAppNotification"}}},
+                },
+                "responses": _webhook_responses("X-Hub-Signature-256"),
+            },
+        },
+        "/webhooks/telegram": {
+            "post": {
+                "operationId": "telegramUpdate",
+                "summary": "An Update pushed by the Telegram Bot API (setWebhook); 200 once durably queued",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "X-Telegram-Bot-Api-Secret-Token",
+                        "in": "header",
+                        "required": True,
+                        "description": "the secret_token given to setWebhook (TELEGRAM_SECRET_TOKEN)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TelegramUpdate"}}},
+                },
+                "responses": _webhook_responses("X-Telegram-Bot-Api-Secret-Token"),
+            }
+        },
     },
     "components": {
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "one of GATEWAY_API_KEYS; not needed when the gateway has no keys",
+            }
+        },
         "schemas": {
+            "HandedOff": {
+                "type": "object",
+                "description": "the conversation is with a human agent: the bot stayed silent, the agent answers",
+                "required": ["message_id", "conversation_id", "status"],
+                "properties": {
+                    "message_id": {"type": "string"},
+                    "conversation_id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["handed_off"]},
+                },
+            },
+            "WebhookAccepted": {
+                "type": "object",
+                "required": ["accepted", "duplicates"],
+                "properties": {
+                    "accepted": {"type": "integer", "minimum": 0, "description": "messages queued now"},
+                    "duplicates": {"type": "integer", "minimum": 0, "description": "messages seen before"},
+                },
+            },
+            "WhatsAppNotification": {
+                "type": "object",
+                "description": "Meta's webhook payload: entry[].changes[].value with messages or statuses",
+                "properties": {"object": {"type": "string"}, "entry": {"type": "array", "items": {"type": "object"}}},
+            },
+            "TelegramUpdate": {
+                "type": "object",
+                "description": "A Bot API Update; text messages are answered",
+                "required": ["update_id"],
+                "properties": {
+                    "update_id": _TELEGRAM_ID,
+                    "message": {"$ref": "#/components/schemas/TelegramMessage"},
+                },
+            },
+            "TelegramMessage": {
+                "type": "object",
+                "required": ["chat"],
+                "properties": {
+                    "chat": {
+                        "type": "object",
+                        "required": ["id"],
+                        "properties": {"id": _TELEGRAM_ID, "type": {"type": "string"}},
+                    },
+                    "from": {
+                        "type": "object",
+                        "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
+                    },
+                    "text": {"type": "string"},
+                },
+            },
             "MessageIn": {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["user_id", "text"],
                 "properties": {
                     "user_id": _ID,
-                    "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"},
+                    "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": _NOT_BLANK},
                     "conversation_id": _ID,
                     "message_id": _ID,
                     "metadata": {"type": "object", "description": "at most 4 KiB serialised"},
@@ -141,7 +318,7 @@ DOCUMENT: dict[str, Any] = {
                     "detail": {"type": "string"},
                 },
             },
-        }
+        },
     },
 }
 

@@ -43,17 +43,18 @@ from shared.store import REDIS_ERRORS, Store, create_redis
 from shared.web import (
     Probes,
     Problem,
+    install_security_headers,
     json_response,
     new_metrics_registry,
     problem_middleware,
-    security_headers_middleware,
 )
 
 SERVICE = "monitor"
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, security_headers_middleware, no_store])
+    app = web.Application(middlewares=[problem_middleware, no_store])
+    install_security_headers(app)
     app[SETTINGS] = settings
     app[TEMPLATES] = pages.templates()
     registry = new_metrics_registry()

@@ -1,72 +1,254 @@
 "use strict";
-// The chat page: posts to /v1/messages and shows replies from the conversation's SSE stream.
+// The chat page: posts to /v1/messages and shows the conversation's replies from its event stream
+// (GET /v1/conversations/{id}/events). The stream is read with fetch rather than EventSource so
+// that it can carry an API key, and it reconnects by itself after a drop; replies that arrived
+// meanwhile are fetched from /v1/messages/{id}. No build step, no framework.
 (function () {
-  const storageKey = "atendimento.user";
-  const userId = localStorage.getItem(storageKey) || "web-" + crypto.randomUUID();
-  localStorage.setItem(storageKey, userId);
-  const conversationId = "web:" + userId;
+  const STALL_MS = 45000; // the server sends a keep-alive every 15 s; silence this long is a dead link
+  const PENDING_MS = 120000; // stop showing "typing" for a message nobody answers (e.g. a human took over)
 
-  const list = document.getElementById("messages");
-  const typing = document.getElementById("typing");
-  const status = document.getElementById("status");
-  const form = document.getElementById("composer");
-  const input = document.getElementById("text");
-  const pending = new Set();
+  const els = {
+    list: document.getElementById("messages"),
+    typing: document.getElementById("typing"),
+    status: document.getElementById("status"),
+    composer: document.getElementById("composer"),
+    text: document.getElementById("text"),
+    send: document.getElementById("send"),
+    keyForm: document.getElementById("key-form"),
+    key: document.getElementById("key"),
+  };
+
+  const userId = remembered(localStorage, "atendimento.user", () => "web-" + newId());
+  const conversationId = "web:" + userId;
+  let apiKey = sessionStorage.getItem("atendimento.key") || "";
+  let keyWaiters = [];
+  let humanTookOver = false;
+  const pending = new Map(); // message_id -> timer: sent, no reply shown yet
   const shown = new Set();
 
+  function remembered(storage, name, make) {
+    let value = storage.getItem(name);
+    if (!value) {
+      value = make();
+      storage.setItem(name, value);
+    }
+    return value;
+  }
+
+  function newId() {
+    // crypto.randomUUID needs a secure context; getRandomValues works everywhere.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // --- rendering ---------------------------------------------------------------------------
   function add(text, kind) {
     const item = document.createElement("li");
     item.className = "msg msg--" + kind;
     item.textContent = text;
-    list.appendChild(item);
-    list.scrollTop = list.scrollHeight;
+    els.list.appendChild(item);
+    item.scrollIntoView({ block: "end", behavior: "smooth" });
   }
 
-  function setTyping() { typing.hidden = pending.size === 0; }
+  function setStatus(state, text) {
+    els.status.dataset.state = state;
+    els.status.textContent = text;
+  }
+
+  function updateTyping() {
+    els.typing.hidden = pending.size === 0 || humanTookOver;
+    if (!els.typing.hidden) els.typing.scrollIntoView({ block: "end" });
+  }
+
+  function settle(messageId) {
+    clearTimeout(pending.get(messageId));
+    pending.delete(messageId);
+    updateTyping();
+  }
 
   function showReply(data) {
-    pending.delete(data.message_id);
-    setTyping();
-    if (shown.has(data.message_id)) return;
+    settle(data.message_id);
+    if (shown.has(data.message_id)) return; // the same reply from the stream and from a fetch
     shown.add(data.message_id);
     add(data.reply.text, "bot");
+    if (data.reply.handoff && !humanTookOver) {
+      humanTookOver = true;
+      add("Um atendente humano vai continuar esta conversa.", "note");
+    }
   }
 
-  function connect() {
-    const events = new EventSource("/v1/conversations/" + encodeURIComponent(conversationId) + "/events");
-    events.onopen = () => { status.textContent = "online"; };
-    events.addEventListener("reply", (event) => showReply(JSON.parse(event.data)));
-    // EventSource reconnects by itself after a drop; say so meanwhile.
-    events.onerror = () => { status.textContent = "reconectando…"; };
+  // --- API key (only when the gateway asks for one) ------------------------------------------
+  function headers(extra) {
+    return Object.assign(apiKey ? { Authorization: "Bearer " + apiKey } : {}, extra || {});
   }
 
-  form.addEventListener("submit", async (event) => {
+  function keyNeeded() {
+    els.keyForm.hidden = false;
+    els.key.focus();
+    return new Promise((resolve) => keyWaiters.push(resolve));
+  }
+
+  els.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    const text = input.value.trim();
-    if (!text) return;
-    input.value = "";
-    add(text, "me");
-    const messageId = crypto.randomUUID();
-    pending.add(messageId);
-    setTyping();
-    try {
-      const response = await fetch("/v1/messages", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ user_id: userId, conversation_id: conversationId, message_id: messageId, text }),
-      });
-      if (response.status >= 400) {
-        const problem = await response.json().catch(() => ({ detail: response.statusText }));
-        pending.delete(messageId);
-        setTyping();
-        add("Não foi possível enviar: " + (problem.detail || response.status), "error");
+    apiKey = els.key.value.trim();
+    sessionStorage.setItem("atendimento.key", apiKey);
+    els.keyForm.hidden = true;
+    keyWaiters.forEach((resolve) => resolve());
+    keyWaiters = [];
+  });
+
+  // --- the event stream --------------------------------------------------------------------
+  async function listen() {
+    const url = "/v1/conversations/" + encodeURIComponent(conversationId) + "/events";
+    let delay = 500;
+    for (;;) {
+      const stop = new AbortController();
+      let watchdog = setTimeout(() => stop.abort(), STALL_MS);
+      const alive = () => {
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => stop.abort(), STALL_MS);
+      };
+      try {
+        const response = await fetch(url, {
+          headers: headers({ Accept: "text/event-stream" }),
+          cache: "no-store",
+          signal: stop.signal,
+        });
+        if (response.status === 401) {
+          clearTimeout(watchdog);
+          setStatus("offline", "chave de acesso necessária");
+          await keyNeeded();
+          continue;
+        }
+        if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+        setStatus("online", "online");
+        delay = 500;
+        recoverReplies();
+        await readEvents(response.body, alive);
+      } catch (error) {
+        // a refused connection, a drop or a stall: try again below
+      } finally {
+        clearTimeout(watchdog);
       }
-    } catch (error) {
-      pending.delete(messageId);
-      setTyping();
-      add("Sem conexão. Tente novamente.", "error");
+      setStatus("connecting", "reconectando…");
+      await sleep(delay);
+      delay = Math.min(delay * 2, 8000);
+    }
+  }
+
+  async function readEvents(body, alive) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return; // the server closed the stream (it is restarting): reconnect
+      alive();
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+    }
+  }
+
+  function dispatch(block) {
+    let event = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith(":")) continue; // a comment: connected, keep-alive
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") event = value;
+      else if (field === "data") data.push(value);
+    }
+    if (event === "reply" && data.length) showReply(JSON.parse(data.join("\n")));
+  }
+
+  // After a reconnect: replies that came while the stream was down are stored; ask for them.
+  async function recoverReplies() {
+    for (const messageId of Array.from(pending.keys())) {
+      try {
+        const response = await fetch("/v1/messages/" + encodeURIComponent(messageId), { headers: headers() });
+        if (response.ok) {
+          const data = await response.json();
+          if (data.status === "answered") showReply(data);
+        }
+      } catch (error) {
+        return; // down again: the next reconnect tries again
+      }
+    }
+  }
+
+  // --- sending -----------------------------------------------------------------------------
+  async function send(text) {
+    const messageId = newId();
+    add(text, "me");
+    pending.set(messageId, setTimeout(() => settle(messageId), PENDING_MS));
+    updateTyping();
+    const body = JSON.stringify({ user_id: userId, conversation_id: conversationId, message_id: messageId, text });
+    // The message id makes a retry safe: the gateway accepts it once, whatever happens to the answer.
+    for (let attempt = 1; ; attempt++) {
+      let response;
+      try {
+        response = await fetch("/v1/messages", {
+          method: "POST",
+          headers: headers({ "Content-Type": "application/json" }),
+          body,
+        });
+      } catch (error) {
+        if (attempt >= 4) return fail(messageId, "Sem conexão. Tente novamente em instantes.");
+        await sleep(1000 * attempt);
+        continue;
+      }
+      if (response.ok) return;
+      if (response.status === 401) {
+        await keyNeeded();
+        continue;
+      }
+      const problem = await response.json().catch(() => ({}));
+      if (response.status === 429) {
+        const wait = response.headers.get("Retry-After") || "alguns";
+        return fail(messageId, "Muitas mensagens seguidas. Aguarde " + wait + " segundos e tente de novo.");
+      }
+      if (response.status === 503 && attempt < 4) {
+        await sleep(1000 * attempt);
+        continue;
+      }
+      return fail(messageId, "Não foi possível enviar: " + (problem.detail || response.statusText));
+    }
+  }
+
+  function fail(messageId, text) {
+    settle(messageId);
+    add(text, "error");
+  }
+
+  function fitText() {
+    els.text.style.height = "auto";
+    els.text.style.height = els.text.scrollHeight + "px";
+  }
+
+  els.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = els.text.value.trim();
+    if (!text) return;
+    els.text.value = "";
+    fitText();
+    send(text);
+  });
+
+  els.text.addEventListener("input", fitText);
+  els.text.addEventListener("keydown", (event) => {
+    // Enter sends, Shift+Enter starts a new line (as in every chat app).
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      els.composer.requestSubmit();
     }
   });
 
-  connect();
+  listen();
 })();

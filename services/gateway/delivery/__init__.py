@@ -1,0 +1,68 @@
+"""Outbound delivery of WhatsApp and Telegram replies (SPEC section 4).
+
+The worker publishes a channel's replies, persistent, to the durable queue `{ns}.delivery.{channel}`;
+every gateway with that channel configured consumes it as a competing consumer (`consumer.py`),
+sending through the channel's API client (`clients.py`), splitting long text (`split.py`) and
+recording what went out in Redis (`ledger.py`) so a reply is sent once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from services.gateway.delivery.clients import ChannelClient, TelegramClient, WhatsAppClient
+from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryMetrics, Policy
+from shared.broker import Broker
+from shared.settings import Settings
+from shared.store import Store
+from shared.telemetry import client_trace_config
+
+
+async def channel_clients(settings: Settings, stack: contextlib.AsyncExitStack) -> list[ChannelClient]:
+    """A client per configured channel, each with its own HTTP session (closed with `stack`)
+    whose requests are CLIENT spans of the message's trace."""
+    timeout = aiohttp.ClientTimeout(total=settings.delivery_timeout_s, connect=min(5.0, settings.delivery_timeout_s))
+
+    async def session(peer: str) -> aiohttp.ClientSession:
+        return await stack.enter_async_context(
+            aiohttp.ClientSession(timeout=timeout, trace_configs=[client_trace_config(peer)])
+        )
+
+    clients: list[ChannelClient] = []
+    if settings.whatsapp_enabled:
+        clients.append(
+            WhatsAppClient(await session("whatsapp"), settings.whatsapp_api_base, settings.whatsapp_access_token)
+        )
+    if settings.telegram_enabled:
+        clients.append(
+            TelegramClient(await session("telegram"), settings.telegram_api_base, settings.telegram_bot_token)
+        )
+    return clients
+
+
+@contextlib.asynccontextmanager
+async def running_delivery(
+    settings: Settings, broker: Broker, store: Store, registry: CollectorRegistry
+) -> AsyncIterator[list[DeliveryConsumer]]:
+    """The configured channels' consumers, subscribed in the background (the broker may not be
+    up yet); on exit they finish what they hold, within the shutdown grace period."""
+    async with contextlib.AsyncExitStack() as stack:
+        policy = Policy(settings.delivery_timeout_s, settings.delivery_max_attempts)
+        metrics = DeliveryMetrics.create(registry)
+        consumers = [
+            DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics)
+            for client in await channel_clients(settings, stack)
+        ]
+        tasks = [asyncio.create_task(c.run(), name=f"delivery-{c.channel}") for c in consumers]
+        try:
+            yield consumers
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(c.stop(settings.shutdown_grace_s) for c in consumers))

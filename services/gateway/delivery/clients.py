@@ -1,0 +1,183 @@
+"""Clients of the channels' send APIs: the WhatsApp Cloud API (Graph) and the Telegram Bot API.
+
+Each knows its wire format, its text limit, how fast one recipient may be written to, and which
+answers are worth retrying. A send either returns (the platform took the message) or raises
+`SendFailed`, saying whether to retry and after how long the platform asked us to wait.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from services.gateway.ratelimit import Limit
+from shared.logs import mask_pii
+from shared.messages import Channel, ReplyMessage
+
+# Graph API error codes that mean "slow down" or "our side, try again", even when the HTTP status
+# is 400: 1/2 unknown or temporary, 4 app call limit, 80007 account rate limit, 130429 throughput
+# limit, 131000 something went wrong, 131056 pair (business to one customer) rate limit.
+WHATSAPP_RETRIABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131056})
+# Meta's pair rate limit: about one message every 6 s to one customer, with short bursts borrowed
+# from later (error 131056 past it). The burst lets a split reply go out in one go.
+WHATSAPP_PACE = Limit(rate=1 / 6, burst=10)
+# Telegram's guidance: about one message per second in a chat, 20 per minute in a group.
+TELEGRAM_PRIVATE_PACE = Limit(rate=1.0, burst=3)
+TELEGRAM_GROUP_PACE = Limit(rate=20 / 60, burst=3)
+MAX_ERROR_DETAIL = 200
+
+
+class SendFailed(Exception):
+    """The platform did not take the message. `retriable` failures may succeed later; the
+    platform's own `Retry-After`, when it gave one, is in `retry_after` (seconds)."""
+
+    def __init__(self, detail: str, *, retriable: bool, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retriable = retriable
+        self.retry_after = retry_after
+
+
+class MissingAddress(ValueError):
+    """The reply's metadata lacks what the channel needs to address it (never worth a retry)."""
+
+
+class ChannelClient(Protocol):
+    @property
+    def channel(self) -> Channel: ...
+
+    @property
+    def text_limit(self) -> int:
+        """The most UTF-16 units one message may carry."""
+        ...
+
+    def recipient(self, reply: ReplyMessage) -> str:
+        """A stable key of the addressee (pacing and ordering); raises MissingAddress."""
+        ...
+
+    def pace(self, reply: ReplyMessage) -> Limit:
+        """How fast the platform lets us write to this addressee."""
+        ...
+
+    async def send(self, reply: ReplyMessage, text: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WhatsAppClient:
+    """`POST {base}/{phone_number_id}/messages` with the business's access token (SPEC 4)."""
+
+    session: aiohttp.ClientSession
+    api_base: str
+    access_token: str
+    channel: Channel = "whatsapp"
+    text_limit: int = 4096
+
+    def recipient(self, reply: ReplyMessage) -> str:
+        phone_number_id, to = _required(reply, "phone_number_id"), _required(reply, "to")
+        return f"{phone_number_id}:{to}"
+
+    def pace(self, reply: ReplyMessage) -> Limit:
+        return WHATSAPP_PACE
+
+    async def send(self, reply: ReplyMessage, text: str) -> None:
+        url = f"{self.api_base.rstrip('/')}/{_required(reply, 'phone_number_id')}/messages"
+        body = {"messaging_product": "whatsapp", "to": _required(reply, "to"), "type": "text", "text": {"body": text}}
+        authorization = {"Authorization": f"Bearer {self.access_token}"}
+        status, headers, payload = await _post(self.session, url, body, authorization)
+        if 200 <= status < 300:
+            return
+        error = _object(payload, "error")
+        code = error.get("code")
+        retriable = status == 429 or status >= 500 or code in WHATSAPP_RETRIABLE_CODES
+        detail = f"WhatsApp answered {status} (code {code}): {error.get('message', '')}"
+        raise SendFailed(_clip(detail), retriable=retriable, retry_after=retry_after_of(headers))
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramClient:
+    """`POST {base}/bot{token}/sendMessage` with `{"chat_id", "text"}` (SPEC 4)."""
+
+    session: aiohttp.ClientSession
+    api_base: str
+    bot_token: str
+    channel: Channel = "telegram"
+    text_limit: int = 4096
+
+    def recipient(self, reply: ReplyMessage) -> str:
+        return str(_required(reply, "chat_id"))
+
+    def pace(self, reply: ReplyMessage) -> Limit:
+        # Group and channel chat ids are negative, private chats (users) positive.
+        group = str(reply.metadata.get("chat_id", "")).startswith("-")
+        return TELEGRAM_GROUP_PACE if group else TELEGRAM_PRIVATE_PACE
+
+    async def send(self, reply: ReplyMessage, text: str) -> None:
+        # The token is part of the path: this URL must never reach a log line.
+        url = f"{self.api_base.rstrip('/')}/bot{self.bot_token}/sendMessage"
+        body = {"chat_id": _required(reply, "chat_id"), "text": text}
+        status, headers, payload = await _post(self.session, url, body)
+        if 200 <= status < 300 and payload.get("ok", True):
+            return
+        wait = _object(payload, "parameters").get("retry_after")
+        retry_after = float(wait) if isinstance(wait, int | float) else retry_after_of(headers)
+        detail = f"Telegram answered {status}: {payload.get('description', '')}"
+        raise SendFailed(_clip(detail), retriable=status == 429 or status >= 500, retry_after=retry_after)
+
+
+def _required(reply: ReplyMessage, name: str) -> Any:
+    value = reply.metadata.get(name)
+    if value is None or value == "":
+        raise MissingAddress(f"reply {reply.message_id} has no metadata.{name}")
+    return value
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, CIMultiDictProxy[str], dict[str, Any]]:
+    """One POST; a network failure or timeout is a retriable SendFailed naming no URL."""
+    try:
+        async with session.post(
+            url, data=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})}
+        ) as response:
+            raw = await response.read()
+            return response.status, response.headers, _json_object(raw)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise SendFailed(f"network: {type(exc).__name__}", retriable=True) from None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _object(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _clip(detail: str) -> str:
+    return mask_pii(detail[:MAX_ERROR_DETAIL])
+
+
+def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
+    """`Retry-After` as seconds from now: either a number of seconds or an HTTP date."""
+    raw = headers.get("Retry-After", "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

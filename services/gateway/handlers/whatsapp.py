@@ -1,0 +1,146 @@
+"""WhatsApp Cloud API webhook (SPEC section 4): Meta's verification handshake and the signed
+notifications that carry customers' messages.
+
+A notification is answered as soon as its messages are durably queued: Meta retries a slow or
+failed webhook for days, so the answer must be quick, and a 503 (broker down) makes it retry.
+Text becomes an inbound message whose id is the `wamid`, so Meta's retries are recognised.
+Delivery statuses of our own replies need nothing; any other kind of message (image, audio,
+location, ...) gets a short "text only, please" reply through the same outbound delivery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from services.gateway.keys import INTAKE, SETTINGS
+from services.gateway.validation import bad_request, parse_json_object
+from shared.messages import InboundMessage, ReplyContent, ReplyMessage
+from shared.web import Problem, json_response
+
+WEBHOOK_MAX_BODY_BYTES = 1024 * 1024  # Meta batches notifications; far above any real one
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+# Kinds that need no answer at all: a reaction to a message, a system notice (number changed),
+# the first opening of a chat.
+SILENT_TYPES = frozenset({"reaction", "system", "request_welcome"})
+
+TEXT_ONLY = {
+    "pt": "Desculpe, por enquanto só consigo ler mensagens de texto. Pode escrever sua pergunta?",
+    "en": "Sorry, for now I can only read text messages. Could you type your question?",
+}
+
+
+def text_only_reply(message: InboundMessage, *, language: str = "pt") -> ReplyMessage:
+    """The polite answer to a message the bot cannot read (pt-BR unless the channel says otherwise)."""
+    return ReplyMessage(
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        user_id=message.user_id,
+        channel=message.channel,
+        reply=ReplyContent(text=TEXT_ONLY.get(language, TEXT_ONLY["pt"]), engine="channel", confidence=1.0),
+        latency_ms=0.0,
+        gateway_id=message.gateway_id,
+        metadata=message.metadata,
+    )
+
+
+async def read_webhook_body(request: web.Request) -> bytes:
+    """The raw body (signatures are over the exact bytes), with the webhooks' own size limit."""
+    return await request.clone(client_max_size=WEBHOOK_MAX_BODY_BYTES).read()
+
+
+async def verify(request: web.Request) -> web.Response:
+    """`GET /webhooks/whatsapp`: echo `hub.challenge` when Meta presents our verify token."""
+    expected = request.app[SETTINGS].whatsapp_verify_token
+    presented = request.query.get("hub.verify_token", "")
+    if request.query.get("hub.mode") != "subscribe":
+        raise Problem(403, "hub.mode: must be 'subscribe'")
+    if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise Problem(403, "hub.verify_token: does not match WHATSAPP_VERIFY_TOKEN")
+    return web.Response(text=request.query.get("hub.challenge", ""), content_type="text/plain")
+
+
+def check_signature(header: str | None, body: bytes, secret: str) -> None:
+    if not header:
+        raise Problem(401, f"{SIGNATURE_HEADER}: header is required")
+    scheme, _, digest = header.partition("=")
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if scheme != "sha256" or not hmac.compare_digest(digest.strip().lower().encode(), expected.encode()):
+        raise Problem(401, f"{SIGNATURE_HEADER}: does not match the body signed with WHATSAPP_APP_SECRET")
+
+
+async def receive(request: web.Request) -> web.Response:
+    """`POST /webhooks/whatsapp`: signature first, then every message of the notification."""
+    settings = request.app[SETTINGS]
+    body = await read_webhook_body(request)
+    check_signature(request.headers.get(SIGNATURE_HEADER), body, settings.whatsapp_app_secret)
+    items = parse_notification(parse_json_object(body), settings.instance_id)
+    outcomes = await request.app[INTAKE].accept_all(items)
+    duplicates = sum(outcome.duplicate for outcome in outcomes)
+    return json_response({"accepted": len(outcomes) - duplicates, "duplicates": duplicates})
+
+
+def parse_notification(payload: dict[str, Any], gateway_id: str) -> list[InboundMessage | ReplyMessage]:
+    """The messages of one notification, in order; statuses and other fields are skipped."""
+    items: list[InboundMessage | ReplyMessage] = []
+    for e, entry in enumerate(_objects(payload, "entry", "entry")):
+        for c, change in enumerate(_objects(entry, "changes", f"entry[{e}].changes")):
+            path = f"entry[{e}].changes[{c}]"
+            value = _object(change, "value", f"{path}.value")
+            if change.get("field") != "messages" or not value.get("messages"):
+                continue
+            phone_number_id = _text(_object(value, "metadata", f"{path}.value.metadata"), "phone_number_id", path)
+            for m, message in enumerate(_objects(value, "messages", f"{path}.value.messages")):
+                item = _item(message, f"{path}.value.messages[{m}]", phone_number_id, gateway_id)
+                if item is not None:
+                    items.append(item)
+    return items
+
+
+def _item(
+    message: dict[str, Any], path: str, phone_number_id: str, gateway_id: str
+) -> InboundMessage | ReplyMessage | None:
+    kind = message.get("type")
+    if kind in SILENT_TYPES:
+        return None
+    sender = _text(message, "from", path)
+    inbound = InboundMessage(
+        message_id=_text(message, "id", path),  # the wamid: Meta's retries carry the same one
+        conversation_id=f"whatsapp:{phone_number_id}:{sender}",
+        user_id=sender,
+        text="",
+        channel="whatsapp",
+        metadata={"phone_number_id": phone_number_id, "to": sender},
+        gateway_id=gateway_id,
+    )
+    if kind != "text":
+        return text_only_reply(inbound)
+    return dataclasses.replace(inbound, text=_text(_object(message, "text", f"{path}.text"), "body", f"{path}.text"))
+
+
+def _objects(data: dict[str, Any], name: str, path: str) -> list[dict[str, Any]]:
+    value = data.get(name, [])
+    if not isinstance(value, list):
+        raise bad_request(f"{path}: must be an array")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise bad_request(f"{path}[{index}]: must be an object")
+    return value
+
+
+def _object(data: dict[str, Any], name: str, path: str) -> dict[str, Any]:
+    value = data.get(name)
+    if not isinstance(value, dict):
+        raise bad_request(f"{path}: must be an object")
+    return value
+
+
+def _text(data: dict[str, Any], name: str, path: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"{path}.{name}: must be a non-empty string")
+    return value

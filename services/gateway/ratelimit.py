@@ -1,0 +1,181 @@
+"""Rate limits shared by every gateway replica: token buckets in Redis, taken atomically in Lua.
+
+A bucket holds up to `burst` tokens and refills at `rate` tokens per second; a message takes one.
+The clock is Redis's own (`TIME`), so replicas with skewed clocks still share one bucket fairly.
+SPEC: `RATE_LIMIT_PER_USER` and `RATE_LIMIT_PER_IP` are sustained messages per second with bursts
+of twice that; 0 turns a limit off. Users are limited per channel and sender (`whatsapp:5511...`),
+so a platform that posts every customer's webhook from one IP is never limited as one client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from shared.names import Names, route_token
+from shared.store import REDIS_ERRORS
+from shared.web import Problem
+
+log = logging.getLogger(__name__)
+
+# KEYS: one bucket per limit. ARGV: cost, then rate and burst for each key.
+# Tokens are taken only when every bucket has enough, so a request refused by one limit does not
+# spend the others. Returns {1, 0} when allowed, else {0, milliseconds until it would be}.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local cost = tonumber(ARGV[1])
+local levels = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1]) or burst
+  local at = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+  levels[i] = tokens
+  if tokens < cost then
+    wait = math.max(wait, (cost - tokens) / rate)
+  end
+end
+if wait > 0 then
+  return {0, math.ceil(wait * 1000)}
+end
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  redis.call('HSET', key, 'tokens', levels[i] - cost, 'at', now)
+  -- A bucket left alone refills completely in burst/rate seconds; after that it need not exist.
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+end
+return {1, 0}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """`rate` tokens per second, up to `burst`; a rate of 0 means no limit."""
+
+    rate: float
+    burst: float
+
+    @classmethod
+    def per_second(cls, rate: float) -> Limit:
+        return cls(rate, 2 * rate)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+
+@dataclass(slots=True)
+class TokenBuckets:
+    """Named buckets under one prefix; `take` answers how long to wait (0: go ahead)."""
+
+    redis: Redis
+    prefix: str
+    _take: AsyncScript = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._take = self.redis.register_script(_TAKE)  # EVALSHA: the script is not resent per call
+
+    def key(self, scope: str, subject: str) -> str:
+        # Hashed: keys stay short and carry no phone number or address in clear.
+        return f"{self.prefix}:{scope}:{route_token(subject)}"
+
+    async def take(self, buckets: Sequence[tuple[str, Limit]], cost: float = 1.0) -> float:
+        active = [(key, limit) for key, limit in buckets if limit.enabled]
+        if not active:
+            return 0.0
+        args: list[float] = [cost]
+        for _, limit in active:
+            args += [limit.rate, max(limit.burst, cost)]
+        allowed, wait_ms = await self._take([key for key, _ in active], args)
+        return 0.0 if allowed else int(wait_ms) / 1000
+
+
+def too_many(wait_s: float, who: str) -> Problem:
+    seconds = max(1, math.ceil(wait_s))
+    return Problem(
+        429,
+        f"{who}: rate limit exceeded; retry after {seconds} s",
+        title="Too Many Requests",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiter:
+    """The gateway's two limits of SPEC section 2. Redis down fails open: a message that cannot be
+    counted is still better accepted (Intake answers 503 anyway when Redis is really gone)."""
+
+    buckets: TokenBuckets
+    per_user: Limit
+    per_ip: Limit
+
+    @classmethod
+    def create(cls, redis: Redis, names: Names, per_user: float, per_ip: float) -> RateLimiter:
+        return cls(TokenBuckets(redis, names.rate_limit_prefix), Limit.per_second(per_user), Limit.per_second(per_ip))
+
+    async def check_user(self, channel: str, user_id: str) -> None:
+        await self._check(self.buckets.key("user", f"{channel}:{user_id}"), self.per_user, "user_id")
+
+    async def check_ip(self, address: str) -> None:
+        await self._check(self.buckets.key("ip", address), self.per_ip, "client address")
+
+    async def _check(self, key: str, limit: Limit, who: str) -> None:
+        if not limit.enabled:
+            return
+        try:
+            wait = await self.buckets.take([(key, limit)])
+        except REDIS_ERRORS as exc:
+            log.warning("rate limit not checked, Redis unavailable: %s", exc)
+            return
+        if wait > 0:
+            raise too_many(wait, who)
+
+
+def client_address(request: web.Request, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: the peer, or, when the peer is a trusted proxy, the last address in
+    `X-Forwarded-For` that is not one of ours. Anything left of an untrusted hop could be forged."""
+    peer = request.remote or ""
+    hops = [hop.strip() for hop in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if hop.strip()]
+    address = peer
+    while hops and _is_trusted(address, trusted):
+        address = hops.pop()
+    return address
+
+
+def _is_trusted(address: str, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def ip_limit_middleware(
+    limiter: web.AppKey[RateLimiter],
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> Middleware:
+    """Per-address limit on messages posted to the API (`POST /v1/*`); webhooks come from the
+    platforms' few addresses and are limited per sender instead, in `Intake`."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method == "POST" and request.path.startswith("/v1/"):
+            await request.app[limiter].check_ip(client_address(request, trusted))
+        return await handler(request)
+
+    return middleware

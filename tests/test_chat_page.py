@@ -1,0 +1,99 @@
+"""The web chat page (SPEC 4, `GET /`) in a real headless Chromium: a typed question gets its
+answer live over the event stream, the typing indicator shows while the bot works, and the page
+reconnects after its connection drops. Chromium is Debian's (`scripts/ensure-test-tools.sh`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
+
+from tests.channel_fakes import kb_answer
+from tests.support import Stack, TcpProxy
+from tests.test_pipeline import wait_ready
+
+CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+PHONE_VIEWPORT: ViewportSize = {"width": 390, "height": 780}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not HAVE_CHROMIUM:
+        pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
+    async with async_playwright() as playwright:
+        # Playwright's own driver, with the system's browser: nothing is downloaded.
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def ask(page: Page, question: str) -> None:
+    await page.locator("#text").fill(question)
+    await page.locator("#text").press("Enter")
+    await expect(page.locator(".msg--me").last).to_have_text(question)
+
+
+async def test_chat_page_answers_live_and_reconnects(stack: Stack, browser: Browser, tmp_path: Path) -> None:
+    gateway = await stack.start("gateway")
+    await wait_ready(stack)
+    # The browser reaches the gateway through a proxy the test can cut, like a flaky network.
+    proxy = TcpProxy("127.0.0.1", gateway.port)
+    await proxy.up()
+    context = await browser.new_context(viewport=PHONE_VIEWPORT, is_mobile=True, has_touch=True, locale="pt-BR")
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: _keep_errors(message, problems))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        await page.goto(f"http://127.0.0.1:{proxy.port}/")
+        status = page.locator("#status")
+        await expect(status).to_have_attribute("data-state", "online")
+
+        # No worker yet: the question is queued and the typing indicator stays up.
+        await ask(page, "Qual o prazo de entrega?")
+        await expect(page.locator("#typing")).to_be_visible()
+        await stack.start("worker")
+        await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("prazo-entrega"))
+        await expect(page.locator("#typing")).to_be_hidden()
+
+        # The connection drops and comes back: the page says so and reconnects by itself.
+        await proxy.down()
+        await expect(status).to_have_attribute("data-state", "connecting")
+        await proxy.up()
+        await expect(status).to_have_attribute("data-state", "online", timeout=15_000)
+        await ask(page, "Quais as formas de pagamento?")
+        await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("formas-pagamento"))
+
+        # A gateway with API keys: the page asks for one, then works as before.
+        guarded = await stack.start("gateway", GATEWAY_API_KEYS="page-key-0123456789")
+        await wait_ready(stack)
+        keyed = await context.new_page()
+        await keyed.goto(f"{guarded.url}/")
+        await expect(keyed.locator("#key-form")).to_be_visible()
+        await keyed.locator("#key").fill("page-key-0123456789")
+        await keyed.locator("#key").press("Enter")
+        await expect(keyed.locator("#status")).to_have_attribute("data-state", "online")
+        await ask(keyed, "Quanto custa o frete?")
+        await expect(keyed.locator(".msg--bot").last).to_have_text(kb_answer("frete"))
+        await keyed.close()
+
+        # Fits a phone: nothing wider than the screen.
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot = tmp_path / "chat-page.png"
+        await page.screenshot(path=str(screenshot), full_page=True, animations="disabled")
+        print(f"chat page screenshot: {screenshot}")
+        assert problems == []  # no script errors, no Content-Security-Policy violations
+    finally:
+        await context.close()
+        await proxy.down()
+
+
+def _keep_errors(message: ConsoleMessage, problems: list[str]) -> None:
+    # A refused connection while the proxy is down is the point of the test, not a problem.
+    if message.type == "error" and "ERR_CONNECTION" not in message.text and "Failed to load" not in message.text:
+        problems.append(message.text)

@@ -1,0 +1,220 @@
+"""Outbound delivery (SPEC 4): retries with backoff honouring Retry-After, splitting, per-recipient
+pacing, dead letters counted as errors, and one delivery per reply, also across a consumer killed
+mid-send. Replies are published to the replies exchange as the worker publishes them; the
+gateway's delivery consumers send them to a local stand-in of the channels' APIs."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import aiohttp
+import pytest
+
+from services.gateway.delivery.split import split_text, units
+from shared.messages import Channel, ReplyContent, ReplyMessage
+from shared.names import Names
+from tests.channel_fakes import PHONE_NUMBER_ID, TELEGRAM_ENV, WHATSAPP_ENV, Answer, FakeChannelApi, Hold
+from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, get_json
+from tests.test_pipeline import wait_ready
+
+CHANNELS_ENV = {**WHATSAPP_ENV, **TELEGRAM_ENV, "DELIVERY_MAX_ATTEMPTS": "3", "DELIVERY_TIMEOUT_SECONDS": "2"}
+SENTENCE = "Esta é uma frase de exemplo para a resposta longa, com algumas palavras a mais. "
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeChannelApi]:
+    fake = await FakeChannelApi().start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+class Replies:
+    """Publishes replies the way the worker does: persistent, to the replies exchange."""
+
+    def __init__(self, namespace: str) -> None:
+        self.names = Names(namespace, TEST_SHARDS)
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+
+    async def __aenter__(self) -> Replies:
+        self._connection = await aio_pika.connect(AMQP_URL)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._connection is not None
+        await self._connection.close()
+
+    async def dead_letters(self) -> int:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        queue = await channel.declare_queue(self.names.dead_letter_queue, passive=True)
+        await channel.close()
+        return queue.declaration_result.message_count or 0
+
+    async def publish(self, reply: ReplyMessage) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(self.names.replies_exchange)
+        key = self.names.reply_routing_key(reply.channel, "test", reply.conversation_id)
+        await exchange.publish(
+            aio_pika.Message(
+                reply.to_bytes(), message_id=reply.message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            ),
+            key,
+        )
+        await channel.close()
+
+
+def reply(channel: Channel, recipient: str | int, text: str, message_id: str | None = None) -> ReplyMessage:
+    metadata: dict[str, Any] = (
+        {"phone_number_id": PHONE_NUMBER_ID, "to": recipient} if channel == "whatsapp" else {"chat_id": recipient}
+    )
+    return ReplyMessage(
+        message_id=message_id or f"m-{uuid.uuid4().hex}",
+        conversation_id=f"{channel}:{recipient}",
+        user_id=str(recipient),
+        channel=channel,
+        reply=ReplyContent(text=text, engine="kb", confidence=0.9),
+        latency_ms=1.0,
+        metadata=metadata,
+    )
+
+
+async def delivered(api: FakeChannelApi, recipient: str | int, count: int) -> list[str]:
+    async def arrived() -> list[str] | None:
+        texts = [r.text for r in api.delivered_to(recipient)]
+        return texts if len(texts) >= count else None
+
+    return await eventually(arrived, what=f"{count} deliveries to {recipient}")
+
+
+async def test_retries_splitting_pacing_and_dead_letters(
+    stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi
+) -> None:
+    """One gateway with both channels and a monitor; the checks run one after another (the fake
+    API's script is shared), each with recipients of its own."""
+    await stack.start("gateway", **CHANNELS_ENV, **api.env())
+    await stack.start("monitor")
+    await wait_ready(stack)
+    async with Replies(stack.namespace) as replies:
+        await check_retries_honour_retry_after(replies, api)
+        await check_long_reply_is_split_at_sentences_and_paced(replies, api)
+        await check_a_repeated_reply_goes_out_once(replies, api)
+        await check_what_keeps_failing_is_dead_lettered(replies, api, stack.monitor, http)
+
+
+async def check_retries_honour_retry_after(replies: Replies, api: FakeChannelApi) -> None:
+    # WhatsApp: 500, then 429 with a Retry-After header, then the normal 200.
+    api.script[:] = [Answer(500), Answer(429, {"Retry-After": "1"})]
+    await replies.publish(reply("whatsapp", "5511900000001", "Olá! Seu pedido saiu para entrega."))
+    [text] = await delivered(api, "5511900000001", 1)
+    attempts = [r for r in api.received if r.body.get("to") == "5511900000001"]
+    assert [r.status for r in attempts] == [500, 429, 200]
+    assert {r.text for r in attempts} == {text}
+    assert attempts[2].at - attempts[1].at >= 1.0  # the platform's wait was honoured
+
+    # Telegram says how long to wait in its body (`parameters.retry_after`).
+    too_many = {"ok": False, "error_code": 429, "description": "Too Many Requests", "parameters": {"retry_after": 1}}
+    api.script[:] = [Answer(429, body=too_many)]
+    await replies.publish(reply("telegram", 700_100_001, "Seu pedido saiu para entrega."))
+    await delivered(api, 700_100_001, 1)
+    attempts = [r for r in api.received if r.body.get("chat_id") == 700_100_001]
+    assert [r.status for r in attempts] == [429, 200]
+    assert attempts[1].at - attempts[0].at >= 1.0
+
+
+async def check_long_reply_is_split_at_sentences_and_paced(replies: Replies, api: FakeChannelApi) -> None:
+    long_text = (SENTENCE * 250).strip()  # about 20,000 characters: five messages of at most 4096
+    await replies.publish(reply("telegram", 700_100_002, long_text))
+    parts = await delivered(api, 700_100_002, 5)
+    assert len(parts) == 5
+    assert all(units(part) <= 4096 for part in parts)
+    assert all(part.endswith(".") for part in parts)  # every cut at the end of a sentence
+    assert re.sub(r"\s+", " ", " ".join(parts)) == long_text
+    # Telegram chats get about one message per second after a burst of three.
+    times = [r.at for r in api.delivered_to(700_100_002)]
+    assert times[4] - times[0] >= 1.5
+
+
+async def check_a_repeated_reply_goes_out_once(replies: Replies, api: FakeChannelApi) -> None:
+    # The worker re-publishes a stored reply when a message is redelivered after its crash.
+    first = reply("whatsapp", "5511900000003", "Primeira resposta.")
+    await replies.publish(first)
+    await replies.publish(first)
+    await replies.publish(reply("whatsapp", "5511900000003", "Segunda resposta."))
+    texts = await delivered(api, "5511900000003", 2)
+    assert texts == ["Primeira resposta.", "Segunda resposta."]
+
+
+async def check_what_keeps_failing_is_dead_lettered(
+    replies: Replies, api: FakeChannelApi, monitor: Service, http: aiohttp.ClientSession
+) -> None:
+    async def dead_letters(count: int) -> bool:
+        return await replies.dead_letters() == count
+
+    # One at a time: the fake API's scripted answers go to whichever request comes first.
+    invalid = {"error": {"message": "(#100) Invalid parameter", "type": "OAuthException", "code": 100}}
+    api.script[:] = [Answer(400, body=invalid)]  # permanent: not retried
+    await replies.publish(reply("whatsapp", "5511900000004", "Não vai."))
+    await eventually(lambda: dead_letters(1), what="the rejected reply dead-lettered")
+    api.script[:] = [Answer(502), Answer(503), Answer(500)]  # DELIVERY_MAX_ATTEMPTS=3, all spent
+    await replies.publish(reply("whatsapp", "5511900000005", "Também não vai."))
+    await eventually(lambda: dead_letters(2), what="the failing reply dead-lettered")
+    await replies.publish(dataclasses.replace(reply("telegram", 0, "Sem destinatário."), metadata={}))
+    await eventually(lambda: dead_letters(3), what="the unaddressed reply dead-lettered")
+
+    async def visible() -> bool:
+        status, stats = await get_json(http, f"{monitor.url}/monitoring/stats")
+        errors, queue = stats["errors"]["by_kind_5_minutes"], stats["queue"]
+        return status == 200 and errors.get("delivery") == 3 and queue["dead_letters"] == 3
+
+    await eventually(visible, what="the monitor showing three dead letters and three delivery errors")
+    assert [r.status for r in api.received if r.body.get("to") == "5511900000004"] == [400]
+    assert [r.status for r in api.received if r.body.get("to") == "5511900000005"] == [502, 503, 500]
+    assert api.delivered_to("5511900000004") == api.delivered_to("5511900000005") == []
+
+
+async def test_consumer_killed_mid_send_delivers_once(stack: Stack, api: FakeChannelApi) -> None:
+    """Part one of two is confirmed, part two is on the wire when its gateway is killed: another
+    gateway takes the redelivered reply over once the dead one's lease runs out, sends part two,
+    and never part one again."""
+    first = await stack.start("gateway", **CHANNELS_ENV, **api.env())
+    await wait_ready(stack)
+    hold = Hold()
+    api.script[:] = [Answer(200), hold]
+    text = (SENTENCE * 60).strip()  # about 4,900 characters: two parts
+    async with Replies(stack.namespace) as replies:
+        await replies.publish(reply("whatsapp", "5511900000006", text))
+        await eventually(lambda: _is_set(hold), what="part two on the wire")
+        first.kill()
+        await stack.start("gateway", **CHANNELS_ENV, **api.env())
+        parts = await delivered(api, "5511900000006", 2)
+    assert re.sub(r"\s+", " ", " ".join(parts)) == text
+    sent = [r for r in api.received if r.body.get("to") == "5511900000006"]
+    assert [r.status for r in sent] == [200, None, 200]  # part two's first try never came back
+    assert [r.text for r in sent] == [parts[0], parts[1], parts[1]]
+
+
+async def _is_set(hold: Hold) -> bool:
+    return hold.arrived.is_set()
+
+
+def test_split_prefers_paragraphs_then_sentences_then_words() -> None:
+    assert split_text("  Curta.  ", 10) == ["Curta."]
+    assert split_text("", 10) == []
+    # Two paragraphs that do not fit together: cut between them, not inside a sentence.
+    assert split_text("Um dois. Três quatro.\n\nCinco seis.", 25) == ["Um dois. Três quatro.", "Cinco seis."]
+    # A paragraph too long: cut at sentence ends, each part as full as the limit allows.
+    assert split_text("Aaa bbb. Ccc ddd! Eee fff? Ggg.", 18) == ["Aaa bbb. Ccc ddd!", "Eee fff? Ggg."]
+    # A sentence too long: cut between words; a word too long: cut where it stands.
+    assert split_text("palavra " * 4, 16) == ["palavra palavra", "palavra palavra"]
+    assert split_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+    # Emoji take two UTF-16 units (Telegram's count): never over the limit in those units.
+    parts = split_text("😀" * 9, 8)
+    assert all(units(part) <= 8 for part in parts) and "".join(parts) == "😀" * 9

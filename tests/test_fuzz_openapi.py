@@ -1,0 +1,123 @@
+"""Schemathesis against the running gateway's own /openapi.json: generated requests (examples,
+boundary coverage, random fuzzing, and stateful chains along the document's links) must get no
+5xx and only responses the document describes; and every message the gateway accepted must end
+up answered. The event stream is left out: it never ends, so no request to it would either."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.channel_fakes import TELEGRAM_ENV, WHATSAPP_ENV, FakeChannelApi
+from tests.support import ROOT, Stack, eventually, get_json
+from tests.test_pipeline import wait_ready
+
+KEY = "fuzz-key-0123456789abcdef"
+MIN_REQUESTS = 500
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeChannelApi]:
+    fake = await FakeChannelApi().start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+@pytest.mark.timeout(300)
+async def test_generated_requests_find_no_errors_and_lose_nothing(
+    stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi, tmp_path: Path
+) -> None:
+    # Rate limits off: thousands of generated requests from one address and a handful of users
+    # would otherwise be mostly 429s, which would test little. Generated text is nonsense to the
+    # knowledge base, and a conversation of fallbacks would go to a human (the bot then silent, a
+    # request's `wait` spent in full): the worker keeps answering instead.
+    env = {"GATEWAY_API_KEYS": KEY, "RATE_LIMIT_PER_USER": "0", "RATE_LIMIT_PER_IP": "0"}
+    worker_env = {"HANDOFF_AFTER_FALLBACKS": "0"}
+    gateway = await stack.start("gateway", **env, **WHATSAPP_ENV, **TELEGRAM_ENV, **api.env())
+    await stack.start("worker", **worker_env)
+    await wait_ready(stack)
+
+    har = tmp_path / "schemathesis.har"
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        f"{gateway.url}/openapi.json",
+        "--checks=all",
+        f"--header=Authorization: Bearer {KEY}",
+        # Telegram's proof is a fixed header, so its webhook's parsing is fuzzed too; WhatsApp's is
+        # a signature of each body, so there the signature check is what gets fuzzed.
+        f"--header=X-Telegram-Bot-Api-Secret-Token: {TELEGRAM_ENV['TELEGRAM_SECRET_TOKEN']}",
+        "--exclude-path-regex=/events$",
+        "--phases=examples,coverage,fuzzing,stateful",
+        "--max-examples=50",
+        "--seed=20241125",
+        "--request-timeout=40",
+        "--max-response-time=35",  # `wait` may hold a request for 30 s, by design
+        "--workers=2",
+        "--suppress-health-check=all",
+        "--report=har",
+        f"--report-har-path={har}",
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    report = output.decode(errors="replace")
+    print(report[-6000:])
+    assert process.returncode == 0, report[-6000:]
+
+    entries = orjson.loads(har.read_bytes())["log"]["entries"]
+    print(f"schemathesis sent {len(entries)} requests")
+    assert len(entries) >= MIN_REQUESTS
+    assert not [e for e in entries if e["response"]["status"] >= 500]
+
+    accepted = _accepted_message_ids(entries)
+    assert accepted, "no generated message was accepted: the fuzzing tested only refusals"
+    print(f"{len(accepted)} messages accepted; checking that each was answered")
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def all_answered() -> bool:
+        for message_id in sorted(accepted):
+            async with http.get(f"{gateway.url}/v1/messages/{_quote(message_id)}", headers=headers) as response:
+                body = await response.json(content_type=None)
+                # A conversation handed to a human (after repeated fallbacks) is the agent's to answer.
+                if response.status != 200 or body["status"] not in ("answered", "handed_off"):
+                    return False
+        return True
+
+    await eventually(all_answered, timeout=60, what="every accepted message answered or with an agent")
+    status, _ = await get_json(http, f"{gateway.url}/monitoring/health")
+    assert status == 200
+
+
+def _accepted_message_ids(entries: list[dict[str, Any]]) -> set[str]:
+    """The ids of the messages the gateway accepted: 200/202 on `POST /v1/messages`, and text
+    updates it acknowledged on the Telegram webhook."""
+    ids: set[str] = set()
+    for entry in entries:
+        request, response = entry["request"], entry["response"]
+        if request["method"] != "POST" or response["status"] not in (200, 202):
+            continue
+        if request["url"].endswith("/v1/messages") or "/v1/messages?" in request["url"]:
+            ids.add(orjson.loads(response["content"]["text"])["message_id"])
+        elif request["url"].endswith("/webhooks/telegram"):
+            update = orjson.loads(request["postData"]["text"])
+            text = (update.get("message") or {}).get("text")
+            if isinstance(text, str) and text.strip():
+                ids.add(f"telegram:{update['update_id']}")
+    return ids
+
+
+def _quote(message_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(message_id, safe="")

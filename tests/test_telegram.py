@@ -1,0 +1,139 @@
+"""Telegram channel (SPEC 4): the webhook's secret token, text updates deduplicated by update_id,
+private and group chats, replies out through a local stand-in of the Bot API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.channel_fakes import (
+    TELEGRAM_ENV,
+    FakeChannelApi,
+    kb_answer,
+    post_telegram,
+    telegram_text,
+)
+from tests.support import Service, Stack, eventually, get_json
+from tests.test_pipeline import wait_ready
+
+PRAZO = "Qual o prazo de entrega?"
+PRAZO_ANSWER = kb_answer("prazo-entrega")
+TEXT_ONLY = "só consigo ler mensagens de texto"
+
+
+@pytest.fixture
+async def bot_api() -> AsyncIterator[FakeChannelApi]:
+    api = await FakeChannelApi().start()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+async def replies_to(bot_api: FakeChannelApi, chat_id: int, count: int) -> list[str]:
+    async def arrived() -> list[str] | None:
+        texts = [r.text for r in bot_api.delivered_to(chat_id)]
+        return texts if len(texts) >= count else None
+
+    return await eventually(arrived, what=f"{count} Telegram replies to chat {chat_id}")
+
+
+async def test_telegram_channel(stack: Stack, http: aiohttp.ClientSession, bot_api: FakeChannelApi) -> None:
+    """One stack for every check: each uses chats of its own."""
+    await stack.start("gateway", **TELEGRAM_ENV, **bot_api.env())
+    await stack.start("worker")
+    await wait_ready(stack)
+    await check_secret_token_and_reply(stack.gateway, http, bot_api)
+    await check_same_update_three_times_gets_one_reply(stack.gateway, http, bot_api)
+    await check_group_chat_is_one_conversation(stack.gateway, http, bot_api)
+    await check_other_updates_are_acknowledged(stack.gateway, http, bot_api)
+
+
+async def check_secret_token_and_reply(gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi) -> None:
+    chat_id = 700_000_001
+    update = telegram_text(900_000_001, chat_id, PRAZO)
+    for secret in (None, "wrong-secret"):
+        status, problem = await post_telegram(http, gateway, update, secret=secret)
+        assert status == 401, problem
+        assert problem["detail"].startswith("X-Telegram-Bot-Api-Secret-Token")
+    assert bot_api.received == []
+
+    status, body = await post_telegram(http, gateway, update)
+    assert (status, body) == (200, {"accepted": 1, "duplicates": 0})
+    [reply] = await replies_to(bot_api, chat_id, 1)
+    [request] = bot_api.delivered_to(chat_id)
+    assert request.path == f"/bot{TELEGRAM_ENV['TELEGRAM_BOT_TOKEN']}/sendMessage"
+    assert request.body == {"chat_id": chat_id, "text": PRAZO_ANSWER}
+    assert reply == PRAZO_ANSWER
+
+
+async def check_same_update_three_times_gets_one_reply(
+    gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
+) -> None:
+    one, two = 700_000_002, 700_000_003
+    first = telegram_text(900_000_002, one, PRAZO)
+    results = [await post_telegram(http, gateway, first) for _ in range(3)]
+    concurrent = telegram_text(900_000_003, two, PRAZO)
+    results += await asyncio.gather(*(post_telegram(http, gateway, concurrent) for _ in range(3)))
+    assert all(status == 200 for status, _ in results), results
+    assert sum(body["accepted"] for _, body in results) == 2
+    assert sum(body["duplicates"] for _, body in results) == 4
+
+    # A later update of each chat is answered after the first: once its reply is out, a second
+    # reply to the repeated update could only have come before it.
+    for update_id, chat_id in ((900_000_004, one), (900_000_005, two)):
+        status, _ = await post_telegram(http, gateway, telegram_text(update_id, chat_id, "obrigado"))
+        assert status == 200
+    for chat_id in (one, two):
+        replies = await replies_to(bot_api, chat_id, 2)
+        assert replies[0] == PRAZO_ANSWER
+        assert replies[1] != PRAZO_ANSWER
+        assert len(bot_api.delivered_to(chat_id)) == 2
+
+
+async def check_group_chat_is_one_conversation(
+    gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
+) -> None:
+    group = -1_001_234_567_890
+    for update_id, user_id in ((900_000_010, 11), (900_000_011, 12)):
+        update = telegram_text(update_id, group, PRAZO, user_id=user_id, chat_type="supergroup")
+        status, _ = await post_telegram(http, gateway, update)
+        assert status == 200
+    replies = await replies_to(bot_api, group, 2)
+    assert replies == [PRAZO_ANSWER, PRAZO_ANSWER]
+    for update_id in (900_000_010, 900_000_011):
+        status, stored = await get_json(http, f"{gateway.url}/v1/messages/telegram:{update_id}")
+        assert status == 200, stored
+        assert stored["conversation_id"] == f"telegram:{group}"
+
+
+async def check_other_updates_are_acknowledged(
+    gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
+) -> None:
+    private, group = 700_000_020, -1_009_999_000_001
+    photo: dict[str, Any] = telegram_text(900_000_020, private, "")
+    del photo["message"]["text"]
+    photo["message"]["photo"] = [{"file_id": "AgACAgEAAxkBAAIB", "file_unique_id": "AQAD", "width": 90, "height": 90}]
+    group_photo: dict[str, Any] = telegram_text(900_000_021, group, "", chat_type="group")
+    del group_photo["message"]["text"]
+    group_photo["message"]["sticker"] = {"file_id": "CAACAgIAAxkBAAIC", "file_unique_id": "AgAD", "type": "regular"}
+    edited = {"update_id": 900_000_022, "edited_message": telegram_text(0, private, PRAZO)["message"]}
+    for update in (photo, group_photo, edited):
+        status, body = await post_telegram(http, gateway, update)
+        assert status == 200, body
+    status, problem = await post_telegram(http, gateway, {"update_id": "x"})
+    assert status == 400
+    assert problem["detail"].startswith("update_id")
+
+    # The group's sticker and the edit get nothing; the private photo gets the polite reply, and
+    # the next text message is answered after it (so nothing else is still on its way).
+    status, _ = await post_telegram(http, gateway, telegram_text(900_000_023, private, PRAZO))
+    assert status == 200
+    replies = await replies_to(bot_api, private, 2)
+    assert TEXT_ONLY in replies[0]
+    assert replies[1] == PRAZO_ANSWER
+    assert bot_api.delivered_to(group) == []
