@@ -6,6 +6,8 @@ small number of them per message: one claim in the gateway, one read and one com
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,8 +33,9 @@ USERS_KEEP_SECONDS = 25 * 3600
 INSTANCES_KEEP_SECONDS = 3600
 CONVERSATION_LOG_ENTRIES = 200
 CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
-# What the operators' log shows in place of a reply the bot did not send (the conversation was with a human).
-SILENCED_LOG_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True)
+# What the bot says while a human has the conversation: nothing. It stands in for the reply that
+# was not sent wherever one is stored, logged or announced, so that text never leaks.
+SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True)
 
 # Commit one generated reply, once: the first writer stores it, counts the message in the stats,
 # remembers the turn and appends it to the operators' conversation log; a redelivered or raced
@@ -233,12 +236,13 @@ class Store:
         await self.redis.delete(self.names.claim_key(message_id))
 
     @traced_redis("stored_reply")
-    async def stored_reply(self, message_id: str) -> ReplyMessage | None:
-        """The reply the message got; None while it has none, or when the bot stayed silent
-        because the conversation was with a human (the agent answers it)."""
+    async def stored_reply(self, message_id: str, *, silenced: bool = False) -> ReplyMessage | None:
+        """The reply the message got; None while it has none. When the bot stayed silent because
+        the conversation was with a human (the agent answers it), None too, unless `silenced`:
+        then a reply marked `silenced`, for callers that tell the customer so at once."""
         raw = await self.redis.get(self.names.reply_key(message_id))
         reply = ReplyMessage.from_bytes(raw) if raw else None
-        return None if reply is None or reply.silenced else reply
+        return None if reply is None or (reply.silenced and not silenced) else reply
 
     # Worker --------------------------------------------------------------------------------
     async def begin(self, message: InboundMessage, *, redelivered: bool, with_history: bool) -> WorkState:
@@ -342,7 +346,7 @@ class Store:
             conversation,
             orjson.dumps(reply.reply.to_dict()),
             item.flags(),
-            replace(reply, silenced=True).to_bytes(),
+            _silenced(reply).to_bytes(),
             escalation.to_bytes() if escalation else b"",
             orjson.dumps(escalation.reply.to_dict()) if escalation else b"",
             _turn("assistant", escalation.reply.text) if escalation else b"",
@@ -351,7 +355,7 @@ class Store:
             self.handoff_after_fallbacks,
             usage.prompt_tokens if usage else 0,
             usage.completion_tokens if usage else 0,
-            orjson.dumps(SILENCED_LOG_REPLY.to_dict()),
+            orjson.dumps(SILENT_REPLY.to_dict()),
         ]
         return keys, args
 
@@ -430,16 +434,42 @@ def _log_head(item: Commit, now: float) -> bytes:
     return orjson.dumps(entry)[:-1]
 
 
+def _silenced(reply: ReplyMessage) -> ReplyMessage:
+    return replace(reply, reply=SILENT_REPLY, silenced=True)
+
+
 def _standing(item: Commit, result: list[Any]) -> ReplyMessage:
     """The reply that stands after the commit script answered `result` for `item`."""
     outcome = int(result[0])
     if outcome == 1:
         return ReplyMessage.from_bytes(result[1])
     if outcome == 2:
-        return replace(item.reply, silenced=True)
+        return _silenced(item.reply)
     if outcome == 3 and item.escalation is not None:
         return item.escalation
     return item.reply
+
+
+class BackgroundErrors:
+    """Counts errors from a request path without making the answer wait on Redis (which may be
+    the very thing that failed): each count is a background task, and they never pile up."""
+
+    MAX_PENDING = 100
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def record(self, kind: str) -> None:
+        if len(self._pending) >= self.MAX_PENDING:
+            return
+        task = asyncio.create_task(self._record(kind))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _record(self, kind: str) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._store.record_error(kind)
 
 
 async def redis_check(redis: Redis) -> dict[str, Any]:

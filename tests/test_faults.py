@@ -92,6 +92,13 @@ async def test_gateway_without_broker_answers_503_then_serves_when_it_is_back(
         assert response.headers["Retry-After"].isdigit()
     status, health = await get_json(http, gateway.url + "/monitoring/health")
     assert status == 503 and health["checks"]["rabbitmq"]["status"] == "down"
+    monitor = await stack.start("monitor")
+
+    async def counted_as_5xx() -> bool:
+        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+        return bool(stats["errors"]["by_kind_5_minutes"].get("5xx", 0) >= 2)
+
+    await eventually(counted_as_5xx, what="the 503 answers counted as 5xx errors")
 
     await proxy.up()
     try:

@@ -14,7 +14,7 @@ from services.gateway.auth import API_PREFIX, api_key_middleware
 from services.gateway.delivery import running_delivery
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
-from services.gateway.keys import BROKER, DELIVERY, INTAKE, PROBES, RATE_LIMITER, ROUTER, SETTINGS, STORE
+from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, PROBES, RATE_LIMITER, ROUTER, SETTINGS, STORE
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
@@ -22,7 +22,7 @@ from shared.broker import Broker
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.names import Names
 from shared.settings import Settings
-from shared.store import Store, create_redis, redis_check
+from shared.store import BackgroundErrors, Store, create_redis, redis_check
 from shared.telemetry import server_span_middleware
 from shared.web import Probes, install_security_headers, new_metrics_registry, problem_middleware
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
         ],
     )
     install_security_headers(app)
+    app.on_response_prepare.append(_count_server_errors)
     app[SETTINGS] = settings
     app[PROBES] = Probes(lambda: _health(app), new_metrics_registry())
     app.cleanup_ctx.extend([_resources, _background, _delivery])
@@ -90,6 +91,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     broker.start()
     store = Store(redis, names)
     app[STORE] = store
+    app[ERRORS] = BackgroundErrors(store)
     app[BROKER] = broker
     limiter = RateLimiter.create(redis, names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
     app[RATE_LIMITER] = limiter
@@ -130,6 +132,12 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
     async with running_delivery(app[SETTINGS], app[BROKER], app[STORE], app[PROBES].registry) as consumers:
         app[DELIVERY] = consumers
         yield
+
+
+async def _count_server_errors(request: web.Request, response: web.StreamResponse) -> None:
+    """Every 5xx answer counts as an error of kind "5xx" in the stats."""
+    if response.status >= 500 and ERRORS in request.app:
+        request.app[ERRORS].record("5xx")
 
 
 async def _drain(app: web.Application) -> None:

@@ -10,7 +10,7 @@ from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
 from shared.broker import Broker
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import BackgroundErrors, Store
 from shared.web import Probes
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,3 +21,4 @@ BROKER = web.AppKey("broker", Broker)
 PROBES = web.AppKey("probes", Probes)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
+ERRORS = web.AppKey("errors", BackgroundErrors)
