@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import stats
@@ -288,12 +289,23 @@ class Store:
         if not items:
             return []
         now = time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                keys, args = self._commit_arguments(item, now)
-                await self._commit_reply(keys, args, client=pipe)
-            results = await pipe.execute()
+        calls = [self._commit_arguments(item, now) for item in items]
+        try:
+            results = await self._commit_pipeline(calls)
+        except NoScriptError:
+            # Redis restarted or flushed its scripts. Committing again is safe: a reply already
+            # stored wins over ours (SET NX), so nothing is counted twice.
+            await self.redis.script_load(_COMMIT_REPLY)
+            results = await self._commit_pipeline(calls)
         return [_standing(item, result) for item, result in zip(items, results, strict=True)]
+
+    async def _commit_pipeline(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        # Plain EVALSHA: redis-py's pipelined Script objects would first ask SCRIPT EXISTS,
+        # a second round trip for every batch.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._commit_reply.sha, len(keys), *keys, *args)
+            return await pipe.execute()
 
     def _commit_arguments(self, item: Commit, now: float) -> tuple[list[str], list[Any]]:
         names = self.names
