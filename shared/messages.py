@@ -28,6 +28,14 @@ def now_ms() -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens an LLM reply cost, counted in the stats (`tokens:prompt`, `tokens:completion`)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyContent:
     """What an engine produced; the `reply` object of the public API."""
 
@@ -36,6 +44,15 @@ class ReplyContent:
     confidence: float
     handoff: bool = False
     sources: tuple[str, ...] = ()
+    # For the worker only, never in the public JSON nor on the wire:
+    # the base's "not found" reply (several in a row hand the conversation to a human),
+    fallback: bool = False
+    # the customer asked to forget the conversation (`/reset`): its memory is cleared,
+    reset: bool = False
+    # the tokens an LLM used for it,
+    usage: Usage | None = None
+    # and, for a fallback, the reply sent instead when it is one too many in a row (a handoff).
+    escalation: ReplyContent | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,31 +134,42 @@ class ReplyMessage:
     gateway_id: str = ""
     # Channel addressing (phone_number_id, chat_id, ...) copied from the inbound metadata.
     metadata: dict[str, Any] = field(default_factory=dict)
+    # DEBOUNCE_MS: this message was answered together with later ones by the reply to this id.
+    merged_into: str = ""
+    # Generated while the conversation was with a human: stored (a redelivery is then recognised)
+    # but never sent, and never shown as the message's answer.
+    silenced: bool = False
 
     def public_dict(self) -> dict[str, Any]:
         """The JSON object of SPEC section 4 (200 answer and SSE `reply` event)."""
-        return {
+        body = {
             "message_id": self.message_id,
             "conversation_id": self.conversation_id,
             "status": "answered",
             "reply": self.reply.to_dict(),
             "latency_ms": round(self.latency_ms, 2),
         }
+        if self.merged_into:
+            body["merged_into"] = self.merged_into
+        return body
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": SCHEMA_VERSION,
-                "message_id": self.message_id,
-                "conversation_id": self.conversation_id,
-                "user_id": self.user_id,
-                "channel": self.channel,
-                "reply": self.reply.to_dict(),
-                "latency_ms": self.latency_ms,
-                "gateway_id": self.gateway_id,
-                "metadata": self.metadata,
-            }
-        )
+        body = {
+            "v": SCHEMA_VERSION,
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "user_id": self.user_id,
+            "channel": self.channel,
+            "reply": self.reply.to_dict(),
+            "latency_ms": self.latency_ms,
+            "gateway_id": self.gateway_id,
+            "metadata": self.metadata,
+        }
+        if self.merged_into:
+            body["merged_into"] = self.merged_into
+        if self.silenced:
+            body["silenced"] = True
+        return orjson.dumps(body)
 
     @classmethod
     def from_bytes(cls, body: bytes | str) -> ReplyMessage:
@@ -156,6 +184,8 @@ class ReplyMessage:
                 latency_ms=float(data["latency_ms"]),
                 gateway_id=str(data.get("gateway_id", "")),
                 metadata=dict(data.get("metadata") or {}),
+                merged_into=str(data.get("merged_into", "")),
+                silenced=bool(data.get("silenced", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageFormatError(f"reply message: {exc!r}") from exc

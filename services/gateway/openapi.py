@@ -296,6 +296,11 @@ DOCUMENT: dict[str, Any] = {
                     "reply": {"$ref": "#/components/schemas/Reply"},
                     "latency_ms": {"type": "number"},
                     "duplicate": {"type": "boolean"},
+                    "merged_into": {
+                        "type": "string",
+                        "description": "DEBOUNCE_MS: this message arrived in a burst and was answered"
+                        " together with the others by the reply to this message_id (the same reply)",
+                    },
                 },
             },
             "Queued": {

@@ -123,6 +123,10 @@ class ReplyRouter:
         for future in self._waiters.get(reply.message_id, ()):
             if not future.done():
                 future.set_result(reply)
+        if reply.merged_into or reply.silenced:
+            # Only for the requests waiting on it: a message merged into another one's reply
+            # (DEBOUNCE_MS), whose reply the streams show once, or one the bot stays silent on.
+            return
         if reply.message_id in self._recent:
             return  # the same reply re-sent after a worker crash: streams have shown it already
         self._recent[reply.message_id] = None

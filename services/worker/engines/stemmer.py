@@ -49,6 +49,18 @@ _PT_NO_PLURAL = ("ss", "us", "is", "amos", "emos", "imos")
 # a silent e: "applying" -> "apply" -> "app", and "applied", "applies", "apply" meet it there.
 _EN_INFLECTIONS = _suffixes("ing ed")
 _EN_SUFFIXES = _suffixes("ational ation ment ness able ible er est ly ful al")
+# Porter's "(*S or *T) ion": "connection" meets "connect", "suspension" meets "suspend" by prefix.
+_EN_ION = ("tion", "sion")
+# Irregular verbs whose past forms share no stem with the present ("paid" is "pay").
+_EN_IRREGULAR = {
+    "paid": "pay", "sent": "send", "bought": "buy", "brought": "bring", "went": "go", "gone": "go",
+    "got": "get", "gotten": "get", "gave": "give", "given": "give", "took": "take", "taken": "take",
+    "came": "come", "broke": "break", "broken": "break", "made": "make", "said": "say", "told": "tell",
+    "sold": "sell", "lost": "lose", "left": "leave", "kept": "keep", "thought": "think", "spent": "spend",
+    "built": "build", "chose": "choose", "chosen": "choose", "forgot": "forget", "forgotten": "forget",
+    "wrote": "write", "written": "write", "stole": "steal", "stolen": "steal", "drove": "drive",
+    "ran": "run", "held": "hold", "found": "find", "felt": "feel", "heard": "hear", "met": "meet",
+}  # fmt: skip
 
 
 def _strip(word: str, suffix: str, replacement: str = "") -> str | None:
@@ -106,6 +118,7 @@ def _en_singular(word: str) -> str:
 
 def stem_en(word: str) -> str:
     """English stem: "installation" -> "instal", "cancelled" -> "cancel", "prices" -> "pric"."""
+    word = _EN_IRREGULAR.get(word, word)
     if len(word) <= MIN_STEM or word.isdigit():
         return word
     word = _en_singular(word)
@@ -114,6 +127,8 @@ def stem_en(word: str) -> str:
     elif not word.endswith("eed"):  # "speed", "need": that -ed is not a past tense
         word = _first(word, _EN_INFLECTIONS) or word
     word = _first(word, _EN_SUFFIXES) or word
+    if word.endswith(_EN_ION) and len(word) - 3 >= MIN_STEM:
+        word = word[:-3]
     word = _strip(word, "e") or word  # "move", "movement" -> "mov"
     if word.endswith("y") and len(word) > MIN_STEM and word[-2] not in "aeiou":
         word = word[:-1] + "i"  # "tries" and "tried" meet "try" before this; "company" -> "compani"

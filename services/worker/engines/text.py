@@ -267,6 +267,16 @@ STOP_WORDS: Mapping[Language, frozenset[str]] = {
 }
 
 
+# Question words say what kind of answer is wanted ("quando" a date, "onde" a place, "how much" a
+# price): weak evidence, but they tell "When is my bill due?" from "How can I pay my bill?". They
+# stay stop words for small talk; the index reads them as terms of little weight. The commonest
+# ("como", "qual", "what") ask for anything and stay out.
+QUESTION_WORDS: Mapping[Language, frozenset[str]] = {
+    "pt": _word_set("quando onde quanto quanta quantos quantas porque"),
+    "en": _word_set("when where how why much many"),
+}
+
+
 def fold(text: str) -> str:
     """Lower-case and strip accents: "Não É" -> "nao e"."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())

@@ -1,0 +1,280 @@
+"""The LLM engine (REPLY_ENGINE=openai, SPEC section 6) against a local OpenAI-compatible server.
+
+`FakeLlm` is a small aiohttp app speaking the `/v1/chat/completions` wire format; the project's real
+client (services/worker/engines/openai.py) calls it, in the worker process for the end-to-end test
+and in this process for the failure cases, where the time a reply takes is what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from services.worker.engines.base import EngineRequest, Turn
+from services.worker.engines.kb import KbEngine, KnowledgeBase
+from services.worker.engines.openai import DEFAULT_SYSTEM_PROMPT, CircuitBreaker, OpenAiConfig, OpenAiEngine
+from shared.settings import Settings
+from tests.support import Stack, eventually, free_port, get_json, post_message
+from tests.test_pipeline import wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
+PRAZO = "Qual o prazo de entrega?"
+LLM_TEXT = "Entregamos em até 5 dias úteis nas capitais."
+
+
+@dataclass
+class FakeLlm:
+    """An OpenAI-compatible chat-completions server. `script` holds what the next requests get,
+    first to last ("ok" once it is empty): "ok", an HTTP status such as 500 or 400, ("429", seconds)
+    for a 429 with Retry-After, or "hang" (never answers)."""
+
+    script: list[Any] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> FakeLlm:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
+        body = await request.json()
+        self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "hang":
+            await asyncio.Event().wait()
+        if isinstance(step, tuple):
+            return web.json_response(
+                {"error": {"message": "Rate limit reached", "type": "requests"}},
+                status=429,
+                headers={"Retry-After": str(step[1])},
+            )
+        if isinstance(step, int):
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=step)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": LLM_TEXT}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
+            }
+        )
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLlm]:
+    server = await FakeLlm().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture(scope="module")
+def kb() -> KbEngine:
+    return KbEngine(KnowledgeBase.load(SAMPLE_PT))
+
+
+def user_turns(request: dict[str, Any]) -> list[tuple[str, str]]:
+    """(role, content) of the conversation in a recorded request, system messages left out."""
+    return [(m["role"], m["content"]) for m in request["body"]["messages"] if m["role"] != "system"]
+
+
+# -- end to end: gateway, RabbitMQ, the worker's engine, Redis memory -------------------------
+
+
+async def test_the_request_carries_the_prompt_the_grounding_and_the_previous_turn(
+    stack: Stack, http: aiohttp.ClientSession, llm: FakeLlm
+) -> None:
+    gateway = await stack.start("gateway")
+    await stack.start(
+        "worker",
+        REPLY_ENGINE="openai",
+        OPENAI_BASE_URL=llm.url,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_MODEL="tiny",
+        OPENAI_TIMEOUT_SECONDS="2",
+    )
+    monitor = await stack.start("monitor")
+    await wait_ready(stack)
+    conversation = f"llm-{uuid.uuid4().hex}"
+
+    async def ask(text: str) -> dict[str, Any]:
+        status, body = await post_message(
+            http, gateway, {"user_id": "lia", "conversation_id": conversation, "text": text}, wait=10
+        )
+        assert status == 200, body
+        return body
+
+    first = await ask(PRAZO)
+    assert first["reply"] == {
+        "text": LLM_TEXT,
+        "engine": "openai",
+        "confidence": first["reply"]["confidence"],
+        "handoff": False,
+        "sources": first["reply"]["sources"],
+    }
+    assert first["reply"]["sources"][0] == "prazo-entrega"
+    sent = llm.requests[0]
+    assert sent["authorization"] == "Bearer sk-test" and sent["body"]["model"] == "tiny"
+    system = [m["content"] for m in sent["body"]["messages"] if m["role"] == "system"]
+    assert system[0] == DEFAULT_SYSTEM_PROMPT
+    # The grounding is the entries named in `sources`, with their answers.
+    entries = {e.id: e for e in KnowledgeBase.load(SAMPLE_PT).entries}
+    assert "[prazo-entrega]" in system[1] and entries["prazo-entrega"].answer in system[1]
+    assert all(f"[{source}]" in system[1] for source in first["reply"]["sources"])
+    assert user_turns(sent) == [("user", PRAZO)]
+
+    await ask("e pro interior?")
+    assert user_turns(llm.requests[1]) == [("user", PRAZO), ("assistant", LLM_TEXT), ("user", "e pro interior?")]
+
+    reset = await ask("/reset")
+    assert reset["reply"]["engine"] == "command" and "Esqueci nossa conversa" in reset["reply"]["text"]
+    assert len(llm.requests) == 2  # the command is the worker's, not the model's
+    await ask("tem frete grátis?")
+    assert user_turns(llm.requests[2]) == [("user", "tem frete grátis?")]
+
+    # Token usage is counted in the stats (3 LLM replies of 42 + 7 tokens).
+    async def tokens_counted() -> bool:
+        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+        return bool(stats["tokens_24h"] == {"prompt": 126, "completion": 21})
+
+    await eventually(tokens_counted, timeout=5, what="the tokens in /monitoring/stats")
+
+    # A provider that hangs past OPENAI_TIMEOUT_SECONDS: the knowledge base answers instead.
+    llm.script.append("hang")
+    fallback = await ask(PRAZO)
+    assert fallback["reply"]["engine"] == "kb-fallback" and fallback["reply"]["sources"] == ["prazo-entrega"]
+
+
+def test_the_system_prompt_and_limits_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"OPENAI_SYSTEM_PROMPT": "You are Ana, of ACME.", "OPENAI_TIMEOUT_SECONDS": "7.5", "OPENAI_MAX_RETRIES": "0"}
+    )
+    config = OpenAiConfig.from_settings(settings)
+    assert (config.system_prompt, config.timeout_s, config.max_retries) == ("You are Ana, of ACME.", 7.5, 0)
+    assert OpenAiConfig.from_settings(Settings.from_env({})).system_prompt == DEFAULT_SYSTEM_PROMPT
+
+
+# -- failures: always a reply, within OPENAI_TIMEOUT_SECONDS ----------------------------------
+
+TIMEOUT_S = 2.0
+# Scheduling slack on a loaded test machine: the bound is the configured timeout, not this.
+SLACK_S = 1.0
+
+
+def engine_for(url: str, kb: KbEngine, **overrides: Any) -> OpenAiEngine:
+    config = OpenAiConfig(base_url=url, model="tiny", timeout_s=TIMEOUT_S, connect_timeout_s=0.5, max_retries=2)
+    return OpenAiEngine(replace(config, **overrides), kb)
+
+
+async def timed_reply(engine: OpenAiEngine, text: str = PRAZO) -> tuple[str, float]:
+    started = time.monotonic()
+    content = await engine.reply(EngineRequest(text, "c-1", (Turn("user", "oi"), Turn("assistant", "Olá!"))))
+    assert content.text
+    return content.engine, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("script", "engine_name", "calls"),
+    [
+        ([500], "openai", 2),  # retried, then answered
+        ([503, 502, 500], "kb-fallback", 3),  # every retry failed
+        ([("429", 1)], "openai", 2),  # retried after Retry-After
+        ([("429", 30)], "kb-fallback", 1),  # Retry-After past the time limit: no point waiting
+        (["hang"], "kb-fallback", 1),  # no answer within the time limit
+        ([400], "kb-fallback", 1),  # not retriable
+    ],
+)
+async def test_a_failing_provider_still_gets_a_reply_within_the_bound(
+    llm: FakeLlm, kb: KbEngine, script: list[Any], engine_name: str, calls: int
+) -> None:
+    llm.script.extend(script)
+    engine = engine_for(llm.url, kb)
+    try:
+        name, elapsed = await timed_reply(engine)
+    finally:
+        await engine.close()
+    assert name == engine_name
+    assert len(llm.requests) == calls
+    assert elapsed < TIMEOUT_S + SLACK_S
+    if script[0] == ("429", 1):
+        assert llm.arrivals[1] - llm.arrivals[0] >= 1.0  # Retry-After was honoured
+
+
+async def test_a_refused_connection_falls_back_to_the_knowledge_base(kb: KbEngine) -> None:
+    engine = engine_for(f"http://127.0.0.1:{free_port()}/v1", kb)
+    try:
+        name, elapsed = await timed_reply(engine)
+    finally:
+        await engine.close()
+    assert name == "kb-fallback"
+    assert elapsed < TIMEOUT_S + SLACK_S
+
+
+async def test_with_the_circuit_open_the_knowledge_base_answers_without_waiting(llm: FakeLlm, kb: KbEngine) -> None:
+    engine = engine_for(llm.url, kb, max_retries=0, timeout_s=1.0, breaker_failures=2, breaker_cooldown_s=1.0)
+    try:
+        llm.script.extend(["hang", "hang"])
+        for _ in range(2):
+            assert (await timed_reply(engine))[0] == "kb-fallback"
+        assert engine.breaker.state == "open" and len(llm.requests) == 2
+
+        name, elapsed = await timed_reply(engine)
+        assert name == "kb-fallback" and len(llm.requests) == 2  # the provider was not called
+        assert elapsed < 0.5  # far under the 1 s a call to the hanging provider would cost
+
+        # After the cool-down one trial call goes through; the provider is back, the circuit closes.
+        async def back() -> bool:
+            return (await timed_reply(engine))[0] == "openai"
+
+        await eventually(back, timeout=5, interval=0.2, what="the trial call after the cool-down")
+        assert engine.breaker.state == "closed" and len(llm.requests) == 3
+    finally:
+        await engine.close()
+
+
+def test_the_circuit_breaker_opens_lets_one_trial_through_and_closes() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failures=2, cooldown_s=10.0, clock=lambda: now[0])
+    breaker.failed()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.state == "half-open"
+    assert breaker.allow() and not breaker.allow()  # one trial at a time
+    breaker.abandoned()  # the trial was cancelled: the next call may try
+    assert breaker.allow()
+    breaker.failed()  # the trial failed: open for another cool-down
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
