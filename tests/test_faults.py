@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 
 import aiohttp
 import pytest
@@ -14,17 +16,25 @@ from tests.support import Stack, TcpProxy, eventually, get_json, post_message
 from tests.test_pipeline import PRAZO, read_events, start_stack, wait_ready
 
 
-async def test_worker_killed_holding_messages_every_message_is_answered_exactly_once(
-    stack: Stack, http: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    ("stop_signal", "exit_code"),
+    [
+        (signal.SIGKILL, -signal.SIGKILL),  # no chance to ack or hand anything back
+        (signal.SIGTERM, 0),  # stops taking work, finishes what it holds, leaves cleanly
+    ],
+    ids=["SIGKILL", "SIGTERM"],
+)
+async def test_worker_stopped_mid_work_every_message_is_answered_exactly_once(
+    stack: Stack, http: aiohttp.ClientSession, stop_signal: signal.Signals, exit_code: int
 ) -> None:
     await stack.start("gateway")
-    await stack.start("monitor")
-    conversation = f"kill-{uuid.uuid4().hex}"
+    monitor = await stack.start("monitor")
+    conversation = f"stop-{uuid.uuid4().hex}"
     total = 300
     connected = asyncio.Event()
     reader = asyncio.create_task(read_events(http, stack.gateway, conversation, total, connected, timeout=90))
     await asyncio.wait_for(connected.wait(), 10)
-    # Queue everything first, so the worker is sure to hold unfinished messages when it dies.
+    # Queue everything first, so the worker is sure to hold unfinished messages when it stops.
     for i in range(total):
         status, _ = await post_message(
             http, stack.gateway, {"user_id": "eva", "conversation_id": conversation, "text": f"{PRAZO} {i}"}
@@ -32,27 +42,25 @@ async def test_worker_killed_holding_messages_every_message_is_answered_exactly_
         assert status == 202
     worker = await stack.start("worker")
 
-    async def some_answered() -> bool:
-        _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
-        return bool(stats["messages"]["total"] > 0)
+    async def answered() -> int:
+        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+        return int(stats["messages"]["total"])
 
-    await eventually(some_answered, what="the first replies")
-    worker.kill()  # SIGKILL: no chance to ack or hand anything back
-    assert worker.process is not None and worker.process.wait(10) == -9
-    _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
-    assert stats["messages"]["total"] < total, "the worker finished everything before it was killed"
+    await eventually(answered, what="the first replies")
+    worker.kill(stop_signal)
+    assert worker.process is not None
+    assert await asyncio.to_thread(worker.process.wait, 30) == exit_code, worker.logs()
+    assert await answered() < total, "the worker finished everything before it was stopped"
     await stack.start("worker")
 
     events = await reader
     assert len(events) == total
-    per_message = Counter(event["message_id"] for event in events)
-    assert set(per_message.values()) == {1}
+    assert set(Counter(event["message_id"] for event in events).values()) == {1}
+    await eventually(lambda: _equals(answered(), total), what="every message counted once")
 
-    async def all_counted() -> bool:
-        _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
-        return bool(stats["messages"]["total"] == total)
 
-    await eventually(all_counted, what="every message counted once")
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not installed here")

@@ -227,6 +227,13 @@ def test_informal_text_is_normalised() -> None:
     assert words_of("u guys don't ship?? kkkk", "en") == ["you", "guys", "do", "not", "ship"]
 
 
+def test_english_clitics_are_split_before_the_apostrophe_goes() -> None:
+    # Without the split "we'll" and "i'd" would be the content words "well" and "id".
+    assert words_of("We'll ship, I'd say; the shop’s policy", "en") == [
+        "we", "will", "ship", "i", "would", "say", "the", "shop", "is", "policy"
+    ]  # fmt: skip
+
+
 def test_word_forms_of_one_idea_share_a_stem() -> None:
     assert len({stem_pt(w) for w in ["cancelar", "cancelo", "cancelamento", "cancelados"]}) == 1
     assert len({stem_pt(w) for w in ["aceita", "aceitam", "aceitamos"]}) == 1
@@ -251,9 +258,9 @@ def test_the_development_set_meets_the_targets() -> None:
 # development set (see `python -m eval --all`).
 FLOORS = {
     "sample-pt": (0.88, 0.5),
-    "sample-en": (0.78, 0.95),
+    "sample-en": (0.82, 0.95),
     "gym-pt": (0.9, 0.95),
-    "shop-en": (0.78, 0.85),
+    "shop-en": (0.83, 0.85),
     "vet-pt": (0.8, 0.6),
     "courses-en": (0.78, 0.95),
 }
@@ -303,10 +310,11 @@ def test_embeddings_answer_english_paraphrases_that_words_miss(encoder: Any) -> 
         ("can i send it back?", "returns"),
         ("how many days for the money to come back", "refund-time"),
         ("can i order from the uk?", "international"),
-        ("do you take paypal?", "payment"),  # words alone: "take" -> "How long does shipping take?"
     ]:
         assert words.answer(text).sources != (entry_id,)
         assert semantic.answer(text).sources == (entry_id,)
+    # "take" is a light verb: words alone no longer read this as "How long does shipping take?".
+    assert words.answer("do you take paypal?").sources == semantic.answer("do you take paypal?").sources == ("payment",)
     assert semantic.answer("My item arrived damaged").sources == ("damaged",)
     refusal = semantic.answer("who won the super bowl")
     assert (refusal.text, refusal.sources, refusal.fallback) == (kb.fallback, (), True)

@@ -18,11 +18,10 @@ from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, PROBES, RATE
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
-from shared.broker import Broker
+from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
-from shared.names import Names
 from shared.settings import Settings
-from shared.store import BackgroundErrors, Store, create_redis, redis_check
+from shared.store import BackgroundErrors, Store, redis_check
 from shared.telemetry import server_span_middleware
 from shared.web import Probes, install_security_headers, new_metrics_registry, problem_middleware
 
@@ -85,21 +84,17 @@ def _allow_origins(app: web.Application, origins: tuple[str, ...]) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    names = Names(settings.namespace, settings.shards)
-    redis = create_redis(settings.redis_url)
-    broker = Broker(settings.amqp_url, names, f"atendimento-gateway {settings.instance_id}")
-    broker.start()
-    store = Store(redis, names)
-    app[STORE] = store
-    app[ERRORS] = BackgroundErrors(store)
-    app[BROKER] = broker
-    limiter = RateLimiter.create(redis, names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
-    app[RATE_LIMITER] = limiter
-    app[INTAKE] = Intake(store, broker, limiter)
-    app[ROUTER] = ReplyRouter(broker, settings.instance_id)
-    yield
-    await broker.close()
-    await redis.aclose()
+    async with open_connections(settings, SERVICE) as connections:
+        redis, broker = connections.redis, connections.broker
+        store = Store(redis, connections.names)
+        app[STORE] = store
+        app[ERRORS] = BackgroundErrors(store)
+        app[BROKER] = broker
+        limiter = RateLimiter.create(redis, connections.names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
+        app[RATE_LIMITER] = limiter
+        app[INTAKE] = Intake(store, broker, limiter)
+        app[ROUTER] = ReplyRouter(broker, settings.instance_id)
+        yield
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

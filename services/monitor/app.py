@@ -34,12 +34,11 @@ from services.monitor.metrics import SystemCollector
 from services.monitor.observation import observe, stats_body
 from services.monitor.stats import iso, last_24h, read_raw
 from services.monitor.system import SystemView
-from shared.broker import Broker
+from shared.connections import open_connections
 from shared.handoff import Handoffs
 from shared.heartbeat import ProcessInfo, heartbeat_loop
-from shared.names import Names
 from shared.settings import Settings
-from shared.store import REDIS_ERRORS, Store, create_redis
+from shared.store import REDIS_ERRORS, Store
 from shared.web import (
     Probes,
     Problem,
@@ -76,28 +75,24 @@ async def _no_readiness() -> tuple[bool, dict[str, object]]:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    names = Names(settings.namespace, settings.shards)
-    redis = create_redis(settings.redis_url)
-    broker = Broker(settings.amqp_url, names, f"atendimento-monitor {settings.instance_id}")
-    broker.start()
-    store = Store(redis, names)
-    app[STORE] = store
-    app[BROKER] = broker
-    app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time())
-    app[DEAD_LETTERS] = DeadLetters(broker, redis)
-    app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
-    app[AUDIT] = AuditLog(redis, names)
-    app[AUTH] = AdminAuth(
-        redis,
-        names,
-        settings.admin_token,
-        session_s=settings.admin_session_s,
-        max_failures=settings.admin_max_failures,
-        lockout_s=settings.admin_lockout_s,
-    )
-    yield
-    await broker.close()
-    await redis.aclose()
+    async with open_connections(settings, SERVICE) as connections:
+        names, redis, broker = connections.names, connections.redis, connections.broker
+        store = Store(redis, names)
+        app[STORE] = store
+        app[BROKER] = broker
+        app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time())
+        app[DEAD_LETTERS] = DeadLetters(broker, redis)
+        app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
+        app[AUDIT] = AuditLog(redis, names)
+        app[AUTH] = AdminAuth(
+            redis,
+            names,
+            settings.admin_token,
+            session_s=settings.admin_session_s,
+            max_failures=settings.admin_max_failures,
+            lockout_s=settings.admin_lockout_s,
+        )
+        yield
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

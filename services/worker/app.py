@@ -17,10 +17,10 @@ from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
 from services.worker.processor import Processor
 from shared.broker import Broker
+from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
-from shared.names import Names
 from shared.settings import ConfigError, Settings
-from shared.store import Store, create_redis, redis_check
+from shared.store import Store, redis_check
 from shared.web import Probes, new_metrics_registry, problem_middleware
 
 if TYPE_CHECKING:
@@ -78,23 +78,18 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    names = Names(settings.namespace, settings.shards)
-    redis = create_redis(settings.redis_url)
-    broker = Broker(settings.amqp_url, names, f"atendimento-worker {settings.instance_id}")
-    broker.start()
-    app[BROKER] = broker
-    app[STORE] = Store(
-        redis,
-        names,
-        settings.memory_turns,
-        settings.memory_ttl_s,
-        handoff_ttl_s=settings.handoff_ttl_s,
-        handoff_after_fallbacks=settings.handoff_after_fallbacks,
-    )
-    yield
-    await app[ENGINE].close()
-    await broker.close()
-    await redis.aclose()
+    async with open_connections(settings, SERVICE) as connections:
+        app[BROKER] = connections.broker
+        app[STORE] = Store(
+            connections.redis,
+            connections.names,
+            settings.memory_turns,
+            settings.memory_ttl_s,
+            handoff_ttl_s=settings.handoff_ttl_s,
+            handoff_after_fallbacks=settings.handoff_after_fallbacks,
+        )
+        yield
+        await app[ENGINE].close()
 
 
 async def _consuming(app: web.Application) -> AsyncIterator[None]:

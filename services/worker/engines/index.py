@@ -63,7 +63,7 @@ class Tuning:
     0.31) and their off-topic questions that share no more than a stray word with an entry.
     """
 
-    question_weight: float = 0.7
+    question_weight: float = 0.8
     label_weight: float = 0.6  # the entry's id and tags
     answer_weight: float = 0.45
     # A query word no entry holds weighs this share of the idf of a word held by no entry.

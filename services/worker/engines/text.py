@@ -27,6 +27,11 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 _REPEATS = re.compile(r"([a-z])\1{2,}")
 # "12x" is "12 vezes" / "12 times" in shop talk; split it so the number still matches.
 _TIMES = re.compile(r"^(\d+)x$")
+# English clitics are split off before the apostrophe goes: "we'll" is "we will", not the word
+# "well"; "i'd" is not "id". "'s" reads as "is" ("that's all" is small talk); after a possessive
+# ("shop's") the extra "is" is a stop word and harmless.
+_EN_CLITICS = re.compile(r"(?<=[a-z])['’`](re|ll|ve|d|m|s)\b")
+_EN_CLITIC_WORDS = {"re": " are", "ll": " will", "ve": " have", "d": " would", "m": " am", "s": " is"}
 _LAUGHTER = re.compile(r"^(?:k{2,}|(?:ha){2,}h?|(?:he){2,}|(?:rs){2,}|(?:hue){2,}|lol|lmao)$")
 
 # Informal spellings and chat abbreviations, mapped to the words a base would use.
@@ -158,10 +163,23 @@ ABBREVIATIONS: Mapping[Language, Mapping[str, tuple[str, ...]]] = {
         "hasnt": ("has", "not"),
         "couldnt": ("could", "not"),
         "shouldnt": ("should", "not"),
+        "wouldnt": ("would", "not"),
+        "werent": ("were", "not"),
+        "hadnt": ("had", "not"),
+        "mustnt": ("must", "not"),
+        "neednt": ("need", "not"),
+        "aint": ("is", "not"),
         "im": ("i", "am"),
         "ive": ("i", "have"),
         "youre": ("you", "are"),
         "theyre": ("they", "are"),
+        "youll": ("you", "will"),
+        "youve": ("you", "have"),
+        "youd": ("you", "would"),
+        "theyll": ("they", "will"),
+        "theyve": ("they", "have"),
+        "weve": ("we", "have"),
+        "itll": ("it", "will"),
         "whats": ("what", "is"),
         "hows": ("how", "is"),
         "wheres": ("where", "is"),
@@ -219,7 +237,8 @@ def _word_set(text: str) -> frozenset[str]:
 
 
 # Words that carry no topic: articles, pronouns, prepositions, question words, auxiliary and
-# "wanting" verbs, fillers. Removing them makes "eu queria saber se vocês entregam" and
+# "wanting" verbs, light verbs whose object says what is meant ("fazer", "dar"; "take", "make"),
+# fillers. Removing them makes "eu queria saber se vocês entregam" and
 # "vocês entregam?" the same query.
 STOP_WORDS: Mapping[Language, frozenset[str]] = {
     "pt": _word_set(
@@ -262,6 +281,8 @@ STOP_WORDS: Mapping[Language, frozenset[str]] = {
         just really very much many more most some any all no not yes yeah yep ok okay
         also too still already again even only ever else maybe actually basically
         guys guy hey hi hello thanks thank sir madam dear folks team
+        take takes took taken taking make makes made making give gives gave given giving put puts
+        putting come comes came coming
         """
     ),
 }
@@ -313,6 +334,8 @@ def expand(words: Iterable[str], language: Language) -> list[str]:
 
 def words_of(text: str, language: Language) -> list[str]:
     """Tokenised and expanded words, stop words still in (small talk needs them)."""
+    if language == "en":
+        text = _EN_CLITICS.sub(lambda m: _EN_CLITIC_WORDS[m.group(1)], fold(text))
     return expand(tokenise(text), language)
 
 
