@@ -175,9 +175,7 @@ class Broker:
         In a PRODUCER span whose context travels in the headers (W3C traceparent), so the consumer
         continues the trace; the conversation id travels as the AMQP correlation id."""
         amqp_headers = dict(headers or {})
-        with producer_span(
-            exchange, routing_key, amqp_headers, message_id=message_id, conversation_id=conversation_id
-        ):
+        with producer_span(exchange, routing_key, amqp_headers, message_id=message_id, conversation_id=conversation_id):
             if not self.connected:
                 raise ConnectionError("RabbitMQ is not connected")
             message = aio_pika.Message(

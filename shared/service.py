@@ -23,7 +23,7 @@ from aiohttp import web
 from shared.logs import setup_logging
 from shared.settings import ConfigError, Settings
 from shared.telemetry import tracing_context
-from shared.web import PROBES_KEY
+from shared.web import PROBES
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ async def serve(app: web.Application, port: int, settings: Settings) -> None:
         await web.TCPSite(runner, port=port).start()
         signals = _StopSignals()
         await signals.first.wait()
-        probes = app.get(PROBES_KEY)
+        probes = app.get(PROBES)
         if probes is not None:
             probes.draining = True
         log.info("stop requested: readiness off, serving for %.1fs more", settings.drain_s)

@@ -114,9 +114,10 @@ def new_metrics_registry() -> CollectorRegistry:
 
 @dataclass(slots=True)
 class Probes:
-    """Liveness answers while the loop runs; readiness asks the service's own health check."""
+    """Liveness answers while the loop runs; readiness asks the service's own health check
+    (`health` None: the service serves its own /monitoring/health, as the monitor does)."""
 
-    health: HealthCheck
+    health: HealthCheck | None
     registry: CollectorRegistry
     draining: bool = field(default=False)
 
@@ -126,6 +127,7 @@ class Probes:
     async def ready(self, request: web.Request) -> web.Response:
         if self.draining:
             return json_response({"status": "draining", "checks": {}}, status=503)
+        assert self.health is not None  # routed only when there is a check
         ok, checks = await self.health()
         return json_response({"status": "up" if ok else "down", "checks": checks}, status=200 if ok else 503)
 
@@ -133,13 +135,14 @@ class Probes:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def add_routes(self, app: web.Application, *, with_health: bool = True) -> None:
-        # Known to the server runner under one key, whichever service: it turns readiness off on SIGTERM.
-        app[PROBES_KEY] = self
+    def install(self, app: web.Application) -> None:
+        """Route the probes, and keep them under one key in every service: the server runner turns
+        readiness off through it on SIGTERM."""
+        app[PROBES] = self
         app.router.add_get("/monitoring/live", self.live)
-        if with_health:
+        if self.health is not None:
             app.router.add_get("/monitoring/health", self.ready)
         app.router.add_get("/metrics", self.metrics)
 
 
-PROBES_KEY = web.AppKey("shared.probes", Probes)
+PROBES = web.AppKey("probes", Probes)

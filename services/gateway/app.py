@@ -14,7 +14,7 @@ from services.gateway.auth import API_PREFIX, api_key_middleware
 from services.gateway.delivery import running_delivery
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
-from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, PROBES, RATE_LIMITER, ROUTER, SETTINGS, STORE
+from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, RATE_LIMITER, ROUTER, SETTINGS, STORE
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
@@ -23,7 +23,7 @@ from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store, redis_check
 from shared.telemetry import server_span_middleware
-from shared.web import Probes, install_security_headers, new_metrics_registry, problem_middleware
+from shared.web import PROBES, Probes, install_security_headers, new_metrics_registry, problem_middleware
 
 SERVICE = "gateway"
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> web.Application:
     install_security_headers(app)
     app.on_response_prepare.append(_count_server_errors)
     app[SETTINGS] = settings
-    app[PROBES] = Probes(lambda: _health(app), new_metrics_registry())
+    Probes(lambda: _health(app), new_metrics_registry()).install(app)
     app.cleanup_ctx.extend([_resources, _background, _delivery])
     app.on_shutdown.append(_drain)
     _add_routes(app)
@@ -62,7 +62,6 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/", page.chat_page)
     app.router.add_static("/static", page.STATIC_DIR, append_version=False)
     app.router.add_get("/openapi.json", page.openapi_document)
-    app[PROBES].add_routes(app)
 
 
 def _allow_origins(app: web.Application, origins: tuple[str, ...]) -> None:

@@ -11,14 +11,12 @@ from services.gateway.replies import ReplyRouter
 from shared.broker import Broker
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store
-from shared.web import Probes
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 INTAKE = web.AppKey("intake", Intake)
 ROUTER = web.AppKey("router", ReplyRouter)
 BROKER = web.AppKey("broker", Broker)
-PROBES = web.AppKey("probes", Probes)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
 ERRORS = web.AppKey("errors", BackgroundErrors)

@@ -24,7 +24,6 @@ from services.monitor.keys import (
     DEAD_LETTERS,
     EVALUATOR,
     HANDOFFS,
-    PROBES,
     SETTINGS,
     STORE,
     TEMPLATES,
@@ -58,19 +57,14 @@ def create_app(settings: Settings) -> web.Application:
     app[TEMPLATES] = pages.templates()
     registry = new_metrics_registry()
     registry.register(SystemCollector(lambda: app[EVALUATOR].latest if EVALUATOR in app else None))
-    # The monitor's /monitoring/health is the system's health (SPEC section 5), not a readiness probe.
-    app[PROBES] = Probes(_no_readiness, registry)
-    app[PROBES].add_routes(app, with_health=False)
+    # The monitor's /monitoring/health is the whole system's (SPEC section 5), routed below.
+    Probes(None, registry).install(app)
     app.router.add_get("/monitoring/health", system_health)
     app.router.add_get("/monitoring/stats", system_stats)
     app.router.add_get("/monitoring/stats/24h", system_stats_24h)
     add_admin_routes(app)
     app.cleanup_ctx.extend([_resources, _background])
     return app
-
-
-async def _no_readiness() -> tuple[bool, dict[str, object]]:
-    raise AssertionError("the monitor serves the system's health at /monitoring/health")
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -14,10 +14,8 @@ from shared.broker import Broker
 from shared.handoff import Handoffs
 from shared.settings import Settings
 from shared.store import Store
-from shared.web import Probes
 
 SETTINGS = web.AppKey("settings", Settings)
-PROBES = web.AppKey("probes", Probes)
 VIEW = web.AppKey("view", SystemView)
 STORE = web.AppKey("store", Store)
 BROKER = web.AppKey("broker", Broker)

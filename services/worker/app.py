@@ -21,7 +21,7 @@ from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.settings import ConfigError, Settings
 from shared.store import Store, redis_check
-from shared.web import Probes, new_metrics_registry, problem_middleware
+from shared.web import PROBES, Probes, new_metrics_registry, problem_middleware
 
 if TYPE_CHECKING:
     from services.worker.engines.embeddings import SentenceEncoder
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 SERVICE = "worker"
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", ReplyEngine)
-PROBES = web.AppKey("probes", Probes)
 BROKER = web.AppKey("broker", Broker)
 STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
@@ -70,8 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[SETTINGS] = settings
     app[ENGINE] = build_engine(settings)
-    app[PROBES] = Probes(lambda: _health(app), new_metrics_registry())
-    app[PROBES].add_routes(app)
+    Probes(lambda: _health(app), new_metrics_registry()).install(app)
     app.cleanup_ctx.extend([_resources, _consuming])
     return app
 
