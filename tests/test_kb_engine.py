@@ -21,7 +21,7 @@ from eval.harness import evaluate, load_questions, rate, synthetic_base, unknown
 from services.worker.engines.base import EngineRequest, Turn
 from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.stemmer import stem_en, stem_pt
-from services.worker.engines.text import words_of
+from services.worker.engines.text import join_phrases, words_of
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,6 +210,26 @@ def test_an_acronym_of_a_repeated_phrase_is_understood(tmp_path: Path) -> None:
     assert KbEngine(KnowledgeBase.load(path)).answer("cade minha NF?").sources == ("documento",)
 
 
+def test_a_word_the_base_lacks_stands_for_its_paraphrases(tmp_path: Path) -> None:
+    path = write_kb(
+        tmp_path,
+        kb_text(
+            '{id: contato, questions: ["Como entro em contato?"], answer: "Pelo e-mail."}',
+            '{id: reembolso, questions: ["Quando recebo o reembolso?"], answer: "Em 5 dias."}',
+            '{id: prazo, questions: ["Qual o prazo de entrega?"], answer: "Cinco dias."}',
+        ),
+    )
+    engine = KbEngine(KnowledgeBase.load(path))
+    assert engine.answer("qual o telefone de vcs?").sources == ("contato",)
+    assert engine.answer("quando vou ter meu dinheiro de volta?").sources == ("reembolso",)
+
+
+def test_a_paraphrase_is_rewritten_only_into_a_word_the_base_uses() -> None:
+    table = {("send", "back"): "return"}
+    assert join_phrases(["can", "i", "send", "it", "back"], table) == ["can", "i", "return", "it"]
+    assert join_phrases(["send", "a", "b", "c", "back"], table) == ["send", "a", "b", "c", "back"]
+
+
 def test_a_large_base_answers_from_the_right_entry() -> None:
     kb = synthetic_base(1000)
     engine = KbEngine(kb)
@@ -257,12 +277,12 @@ def test_the_development_set_meets_the_targets() -> None:
 # Regression floors a little under what the engine reaches today on every bundled set but the
 # development set (see `python -m eval --all`).
 FLOORS = {
-    "sample-pt": (0.88, 0.5),
-    "sample-en": (0.82, 0.95),
-    "gym-pt": (0.9, 0.95),
-    "shop-en": (0.83, 0.85),
+    "sample-pt": (0.92, 0.5),
+    "sample-en": (0.88, 0.95),
+    "gym-pt": (0.95, 0.95),
+    "shop-en": (0.94, 0.85),
     "vet-pt": (0.8, 0.6),
-    "courses-en": (0.78, 0.95),
+    "courses-en": (0.82, 0.95),
 }
 
 
@@ -306,12 +326,13 @@ def test_embeddings_answer_english_paraphrases_that_words_miss(encoder: Any) -> 
     kb = KnowledgeBase.load(SHOP_EN)
     words, semantic = KbEngine(kb), KbEngine(kb, encoder=encoder)
     assert semantic.semantic and not words.semantic
+    # Only the model knows the UK is abroad; paraphrases (text.PHRASES) both engines answer.
+    assert words.answer("can i order from the uk?").sources != ("international",)
     for text, entry_id in [
         ("can i send it back?", "returns"),
         ("how many days for the money to come back", "refund-time"),
         ("can i order from the uk?", "international"),
     ]:
-        assert words.answer(text).sources != (entry_id,)
         assert semantic.answer(text).sources == (entry_id,)
     # "take" is a light verb: words alone no longer read this as "How long does shipping take?".
     assert words.answer("do you take paypal?").sources == semantic.answer("do you take paypal?").sources == ("payment",)

@@ -104,13 +104,16 @@ class Processor:
                     outcome = await self._prepare(unit)
                 if isinstance(outcome, EngineFailed):
                     await self._finish(ready, spans)
+                    await _ack_each(ready)
                     return backoff(outcome.failures)
                 ready.extend(outcome)
                 if self.engine.uses_history:
                     # The next unit may be this conversation's next turn: it must read this one.
                     await self._finish(ready, spans)
+                    await _ack_each(ready)
                     ready = []
             await self._finish(ready, spans)
+            await _ack_whole_batch(ready)
         return None
 
     async def _prepare(self, unit: Sequence[Parsed]) -> list[Ready] | EngineFailed:
@@ -150,7 +153,8 @@ class Processor:
                 if failures < self.max_attempts:
                     return EngineFailed(failures)
                 log.error("message %s failed %d times; dead-lettered", message.message_id, failures)
-                await self._dead_letter(delivery, "dead_lettered")
+                for item_delivery, _ in unit:  # a burst's merged messages go with it
+                    await self._dead_letter(item_delivery, "dead_lettered")
                 return []
         finished = now_ms()
         ready = []
@@ -175,7 +179,7 @@ class Processor:
         return ready
 
     async def _finish(self, ready: list[Ready], spans: ConsumerSpans) -> None:
-        """Steps 3 to 5 for a batch: commit, publish, ack."""
+        """Steps 3 and 4 for a batch: commit, publish (the caller acks)."""
         if not ready:
             return
         fresh = [item.commit for item in ready if item.commit is not None]
@@ -185,8 +189,6 @@ class Processor:
         replies = [next(standing) if item.commit is not None else item.reply for item in ready]
         outgoing = [out for out in map(_outgoing, replies) if out is not None]
         await self._hand_back(outgoing, spans)
-        for item in ready:
-            await item.delivery.ack()
         for item, reply in zip(ready, replies, strict=True):
             if item.commit is not None:
                 timings = item.commit.timings
@@ -265,6 +267,20 @@ def _parse(delivery: AbstractIncomingMessage) -> Parsed:
     except MessageFormatError as exc:
         log.error("dead-lettering a malformed message: %s", exc)
         return delivery, None
+
+
+async def _ack_each(ready: Sequence[Ready]) -> None:
+    for item in ready:
+        await item.delivery.ack()
+
+
+async def _ack_whole_batch(ready: Sequence[Ready]) -> None:
+    """Step 5 once every delivery of the batch is either settled already (dead-lettered) or in
+    `ready`: one multiple-ack on the highest delivery tag settles them all, one frame instead of
+    one per message. Not valid part-way through a batch, where a later unit may hold a lower tag."""
+    if ready:
+        last = max(ready, key=lambda item: item.delivery.delivery_tag or 0)
+        await last.delivery.ack(multiple=True)
 
 
 def bursts(parsed: Sequence[Parsed], window_ms: float) -> list[list[Parsed]]:

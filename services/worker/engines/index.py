@@ -10,6 +10,8 @@ A query word stands for some of the base's stems (`KbIndex.expand`), each with a
   * for a word the base does not know: words one edit away (two for long words) that start
     the same way ("entraga" -> "entrega")                             `typo_similarity`
   * for an unknown short word: the acronym of a phrase the base repeats ("nf" -> "nota fiscal")
+  * for an unknown word: the base's words of its paraphrase group (text.SYNONYMS: "reach" ->
+    "contact")                                                        `synonym_similarity`
 
 Question words ("quando", "onde", "how much") are terms too, of little weight (text.QUESTION_WORDS).
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 
 from .kbfile import Entry, KnowledgeBase
 from .stemmer import STEMMERS
-from .text import QUESTION_WORDS, Language, is_content, words_of
+from .text import PHRASES, QUESTION_WORDS, SYNONYMS, Language, is_content, join_phrases, words_of
 
 _PREFIX = 4  # stems shorter than this only match exactly
 _GRAM = 3
@@ -70,6 +72,7 @@ class Tuning:
     unknown_weight: float = 1.0
     family_similarity: float = 0.9
     typo_similarity: float = 0.8
+    synonym_similarity: float = 0.8
     coverage_share: float = 0.5  # the rest of the score is the question match
     beta: float = 1.5
     pair_weight: float = 0.5
@@ -111,6 +114,7 @@ class Analyzer:
         self.language = language
         self.stem = functools.lru_cache(maxsize=_STEM_CACHE)(STEMMERS[language])
         self.question_words = QUESTION_WORDS[language]
+        self.synonyms = SYNONYMS[language]
 
     def words(self, text: str) -> list[str]:
         return words_of(text, self.language)
@@ -156,6 +160,9 @@ class KbIndex:
                 self._by_prefix[stem[:_PREFIX]].append(stem)
         self._by_gram = _gram_index(self._surface)
         self._acronyms = _acronyms(phrases, analyzer.stem)
+        self._synonyms = self._synonym_table()
+        # A paraphrase is only worth rewriting into a word the base can match.
+        self._phrases = {pair: word for pair, word in PHRASES[analyzer.language].items() if self.expand(word)}
 
     # -- building ---------------------------------------------------------------------------
 
@@ -223,6 +230,15 @@ class KbIndex:
                     postings[stem].append((number, self._idf[stem]))
         return dict(postings)
 
+    def _synonym_table(self) -> dict[str, tuple[str, ...]]:
+        """stem -> the stems of its paraphrase groups that the base holds."""
+        table: dict[str, set[str]] = defaultdict(set)
+        for group in self._analyzer.synonyms:
+            stems = {self._analyzer.stem(word) for word in group}
+            for stem in stems:
+                table[stem].update(other for other in stems if other != stem and other in self._idf)
+        return {stem: tuple(sorted(others)) for stem, others in table.items() if others}
+
     def _add_question(self, entry: int, stems: tuple[str, ...], pairs: set[Pair]) -> None:
         number = len(self._questions)
         information = sum(self._idf[s] for s in stems)
@@ -249,10 +265,13 @@ class KbIndex:
             found.setdefault(self._surface[candidate], self._tuning.typo_similarity)
         for part in self._acronyms.get(word, ()):
             found.setdefault(part, self._tuning.family_similarity)
+        for synonym in self._synonyms.get(stem, ()):
+            found.setdefault(synonym, self._tuning.synonym_similarity)
         return found
 
     def rank(self, words: Sequence[str], limit: int) -> list[Hit]:
         """The `limit` best entries for a query (its words, stop words included), best first."""
+        words = join_phrases(words, self._phrases)
         terms = self._terms(self._analyzer.content_of(words))
         information = sum(t.weight for t in terms)
         known = sum(t.weight for t in terms if t.found)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 Language = Literal["pt", "en"]
@@ -298,6 +298,50 @@ QUESTION_WORDS: Mapping[Language, frozenset[str]] = {
 }
 
 
+# Paraphrases customers of any business use for the same request. A query word the base never
+# uses stands for the words of its group that the base does use ("reach us" -> "contact"), a little
+# below the word itself (index.Tuning.synonym_similarity). Only generic service vocabulary belongs
+# here (contact, price, place, refund, sign-in, wi-fi): a group naming a trade's products would
+# make the engine answer about them on bases of other trades.
+SYNONYMS: Mapping[Language, tuple[frozenset[str], ...]] = {
+    "pt": (
+        _word_set("contato contatar telefone ligar"),
+        _word_set("custa custo preco cobra cobram cobrar cobranca taxa"),
+        _word_set("regiao area bairro vizinhanca localidade"),
+        _word_set("reembolso estorno ressarcimento"),
+        _word_set("entrar logar login acessar"),
+        _word_set("wifi internet"),
+    ),
+    "en": (
+        _word_set("contact reach phone call telephone"),
+        _word_set("cost price charge fee"),
+        _word_set("area region neighborhood neighbourhood location"),
+        _word_set("refund reimbursement"),
+        _word_set("login signin"),
+        _word_set("wifi internet"),
+    ),
+}
+
+# Two-word paraphrases of one word, the second word at most _PHRASE_GAP words after the first
+# ("send it back" -> "return"). Only queries are rewritten, and only into a word the base can
+# match (index.KbIndex). Rewriting the base too shrank its questions: "Em quanto tempo o dinheiro
+# volta?" kept only "tempo" and "reembolso", and drew every "quanto tempo" question to refunds.
+PHRASES: Mapping[Language, Mapping[tuple[str, str], str]] = {
+    "pt": {
+        ("dinheiro", "volta"): "reembolso",
+        ("mandar", "volta"): "devolver",
+        ("enviar", "volta"): "devolver",
+    },
+    "en": {
+        ("money", "back"): "refund",
+        ("send", "back"): "return",
+        ("log", "in"): "login",
+        ("sign", "in"): "login",
+    },
+}
+_PHRASE_GAP = 2
+
+
 def fold(text: str) -> str:
     """Lower-case and strip accents: "Não É" -> "nao e"."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
@@ -337,6 +381,21 @@ def words_of(text: str, language: Language) -> list[str]:
     if language == "en":
         text = _EN_CLITICS.sub(lambda m: _EN_CLITIC_WORDS[m.group(1)], fold(text))
     return expand(tokenise(text), language)
+
+
+def join_phrases(words: Sequence[str], table: Mapping[tuple[str, str], str]) -> list[str]:
+    """Each two-word paraphrase of `table` replaced with its word, in place of the first."""
+    out = list(words)
+    i = 0
+    while i < len(out):
+        for j in range(i + 1, min(i + 2 + _PHRASE_GAP, len(out))):
+            word = table.get((out[i], out[j]))
+            if word is not None:
+                out[i] = word
+                del out[j]
+                break
+        i += 1
+    return out
 
 
 def is_content(word: str, language: Language) -> bool:
