@@ -16,15 +16,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 import psutil
 
 from tests.otlp import collector_process, tracing_env
-from tests.support import ROOT, Service, Stack, eventually, purge_namespace
+from tests.support import ROOT, Service, Stack, eventually, free_port, purge_namespace
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
 
@@ -35,6 +36,11 @@ class Result:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+
+    def add(self, other: Result) -> None:
+        self.seconds += other.seconds
+        self.latencies_ms += other.latencies_ms
+        self.errors += other.errors
 
     @property
     def throughput(self) -> float:
@@ -75,6 +81,36 @@ class RssSampler:
                 with contextlib.suppress(psutil.Error):
                     self.peaks[name] = max(self.peaks[name], process.memory_info().rss)
             await asyncio.sleep(0.2)
+
+
+class ServerCpu:
+    """CPU the shared servers (RabbitMQ, Redis) spend for each side: on two cores it is part of the cost."""
+
+    NAMES = ("beam.smp", "redis-server")
+
+    def __init__(self) -> None:
+        self.processes = [p for p in psutil.process_iter(["name"]) if p.info["name"] in self.NAMES]
+        self.seconds: dict[tuple[str, str], float] = {}
+
+    def _now(self) -> dict[str, float]:
+        totals: dict[str, float] = dict.fromkeys(self.NAMES, 0.0)
+        for process in self.processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                totals[process.info["name"]] += times.user + times.system
+        return totals
+
+    @contextlib.contextmanager
+    def counting(self, side: str) -> Iterator[None]:
+        before = self._now()
+        yield
+        for name, value in self._now().items():
+            self.seconds[side, name] = self.seconds.get((side, name), 0.0) + value - before[name]
+
+    def per_message(self, side: str, messages: int) -> str:
+        return "   ".join(
+            f"{name} {1000 * self.seconds.get((side, name), 0.0) / max(messages, 1):.2f} ms/msg" for name in self.NAMES
+        )
 
 
 async def drive(name: str, url: str, clients: int, seconds: float) -> Result:
@@ -128,44 +164,39 @@ def baseline_processes(port: int, queue: str) -> Iterator[list[subprocess.Popen[
             process.wait(10)
 
 
-async def run_baseline(clients: int, seconds: float) -> Result:
-    from tests.support import free_port
-
+@contextlib.asynccontextmanager
+async def bare_system() -> AsyncIterator[str]:
     port, queue = free_port(), f"bench-baseline-{uuid.uuid4().hex[:8]}"
-    with baseline_processes(port, queue):
-        url = f"http://127.0.0.1:{port}/v1/messages"
-        await warm_up(url)
-        result = await drive("bare", url, clients, seconds)
-    await _delete_queue(queue)
-    return result
+    try:
+        with baseline_processes(port, queue):
+            url = f"http://127.0.0.1:{port}/v1/messages"
+            await warm_up(url)
+            yield url
+    finally:
+        await _delete_queue(queue)
 
 
 async def _delete_queue(name: str) -> None:
-    import aio_pika
-
     connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
     async with connection:
         channel = await connection.channel()
         await channel.queue_delete(name)
 
 
-async def run_project(clients: int, seconds: float, env: dict[str, str], tmp: Path) -> tuple[Result, dict[str, int]]:
-    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"LOG_LEVEL": "WARNING", **env})
+@contextlib.asynccontextmanager
+async def project_system(env: dict[str, str], tmp: Path) -> AsyncIterator[tuple[str, Stack]]:
+    # The product's defaults (16 shards, INFO logs), not the test suite's.
+    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"ATENDIMENTO_SHARDS": "16", **env})
     try:
-        gateway = await stack.start("gateway", ATENDIMENTO_SHARDS="16")
-        await stack.start("worker", ATENDIMENTO_SHARDS="16")
-        await stack.start("monitor", ATENDIMENTO_SHARDS="16")
+        gateway = await stack.start("gateway")
+        await stack.start("worker")
+        await stack.start("monitor")
         url = f"{gateway.url}/v1/messages"
         await warm_up(url)
-        sampler = RssSampler({service.name: _pid(service) for service in stack.services})
-        sampling = asyncio.create_task(sampler.run())
-        result = await drive("project", url, clients, seconds)
-        sampling.cancel()
-        print("cpu s      " + "   ".join(f"{name} {cpu:.1f}" for name, cpu in sampler.cpu_seconds().items()))
-        return result, sampler.peaks
+        yield url, stack
     finally:
         stack.stop_all()
-        await purge_namespace(stack.namespace, shards=16)
+        await purge_namespace(stack.namespace, shards=int(stack.env()["ATENDIMENTO_SHARDS"]))
 
 
 def _pid(service: Service) -> int:
@@ -176,7 +207,8 @@ def _pid(service: Service) -> int:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="load time for each side")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds the load time is split in")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the project's services")
     parser.add_argument(
         "--trace-ratio",
@@ -203,17 +235,31 @@ async def main() -> None:
 async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"atendimento-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
-
     print(
-        f"{args.clients} clients, {args.seconds:.0f} s each, POST /v1/messages?wait=10"
-        + (f", env {env}" if env else "")
+        f"{args.clients} clients, {args.seconds:.0f} s each in {args.rounds} alternating rounds, "
+        "POST /v1/messages?wait=10" + (f", env {env}" if env else "")
     )
-    bare = await run_baseline(args.clients, args.seconds)
+    round_s = args.seconds / args.rounds
+    bare, project = Result("bare", 0.0), Result("project", 0.0)
+    async with bare_system() as bare_url, project_system(env, tmp) as (project_url, stack):
+        sampler = RssSampler({service.name: _pid(service) for service in stack.services})
+        sampling = asyncio.create_task(sampler.run())
+        # Alternating rounds: a change in the machine's background load hits both sides alike.
+        servers = ServerCpu()
+        for _ in range(args.rounds):
+            with servers.counting("bare"):
+                bare.add(await drive("bare", bare_url, args.clients, round_s))
+            with servers.counting("project"):
+                project.add(await drive("project", project_url, args.clients, round_s))
+        sampling.cancel()
+        cpu = sampler.cpu_seconds()
     print(bare.line())
-    project, peaks = await run_project(args.clients, args.seconds, env, tmp)
     print(project.line())
     print(f"ratio      {project.throughput / bare.throughput:.2f} of the bare round trip (goal >= 0.6)")
-    print("peak RSS   " + "   ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in peaks.items()))
+    print("CPU ms/msg " + "   ".join(f"{name} {1000 * cpu[name] / len(project.latencies_ms):.2f}" for name in cpu))
+    for side, result in (("bare", bare), ("project", project)):
+        print(f"servers    {side}: " + servers.per_message(side, len(result.latencies_ms)))
+    print("peak RSS   " + "   ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in sampler.peaks.items()))
 
 
 if __name__ == "__main__":

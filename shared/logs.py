@@ -71,12 +71,15 @@ _CPF = re.compile(r"(?<![\w.])\d{3}\.\d{3}\.\d{3}-?\d{2}(?![\w])")
 # subscriber number 4-5 + 4 digits. The look-arounds keep it off dates, versions, uuids and hex ids.
 _PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ -]?){0,3}\d{4,5}[ -]?\d{4}(?![\w@/]|[.-]\d)")
 _DIGIT = re.compile(r"\d")
+# What every form above needs somewhere: a run of 6+ digits (with separators), an "@", or one of the
+# secret markers. Most logged values (ids, names, short texts) have none and skip the full masking.
+_MAY_HOLD_PII = re.compile(rf"\d[\d .()-]{{4,}}\d|@|(?i:bearer|basic|sk-|eyJ|sha256=|{_SECRET})")
 
 
 def mask_pii(text: str) -> str:
     """Mask phone numbers (all but the last 4 digits), e-mail addresses (all but the first letter
     and the domain), CPF numbers (whole) and tokens/secrets (whole) in free text."""
-    if not text:
+    if not text or not _MAY_HOLD_PII.search(text):
         return text
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(_mask_secret, text)
