@@ -83,23 +83,8 @@ case "$TTL_MODE" in absolute|relative) ;; *) die "--ttl-mode must be absolute or
 [[ -f "$HELPER" ]] || die "missing $HELPER"
 umask 077
 
-compose() { docker compose -f "$COMPOSE_FILE" "$@"; }
-kube() {
-  if [[ -n "$K8S_CONTEXT" ]]; then kubectl --context "$K8S_CONTEXT" -n "$K8S_NAMESPACE" "$@"
-  else kubectl -n "$K8S_NAMESPACE" "$@"; fi
-}
-pick_python() {
-  if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"
-  elif [[ -x "$ROOT/.venv/bin/python" ]]; then echo "$ROOT/.venv/bin/python"
-  else echo python3; fi
-}
-run_helper() {
-  case "$TARGET" in
-    url) "$(pick_python)" "$HELPER" "$@" ;;
-    compose) compose exec -T monitor python -c "$(cat "$HELPER")" "$@" ;;
-    k8s) kube exec -i deploy/atendimento-monitor -c monitor -- python -c "$(cat "$HELPER")" "$@" ;;
-  esac
-}
+# shellcheck source=scripts/lib/redis-target.sh
+source "$ROOT/scripts/lib/redis-target.sh"
 
 # --- open the backup (decrypting if needed) --------------------------------------------------------
 WORK=""
