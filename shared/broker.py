@@ -23,7 +23,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from shared.messages import CHANNELS
+from shared.messages import CHANNELS, ReplyMessage
 from shared.names import Names
 from shared.telemetry import producer_span
 
@@ -157,6 +157,20 @@ class Broker:
             raise
         self._connection = connection
         self._ready.set()
+
+    async def publish_reply(self, reply: ReplyMessage) -> None:
+        """Hand a reply back (the worker's, or an agent's from the admin area), with confirm."""
+        await self.publish(
+            self._names.replies_exchange,
+            self._names.route_of(reply),
+            reply.to_bytes(),
+            message_id=reply.message_id,
+            conversation_id=reply.conversation_id,
+            # Web replies go to transient gateway queues and may find no listener; that is fine,
+            # the reply is stored. Channel replies go to durable delivery queues.
+            persistent=reply.channel != "web",
+            mandatory=False,
+        )
 
     async def publish(
         self,

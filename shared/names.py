@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from shared.messages import Channel
+from shared.messages import Channel, ReplyMessage
 
 
 def route_token(value: str) -> str:
@@ -69,6 +69,13 @@ class Names:
         merged into another one's reply, or one the bot stays silent on): the gateway's binding
         matches it, no conversation binding does (a token is hex, never "waiters")."""
         return f"web.{route_token(gateway_id)}.waiters"
+
+    def route_of(self, reply: ReplyMessage) -> str:
+        """Where a reply goes: merged and silenced ones only to the accepting gateway's waiters,
+        all others to that gateway, to whoever streams the conversation, or to the delivery queue."""
+        if reply.merged_into or reply.silenced:
+            return self.waiters_routing_key(reply.gateway_id)
+        return self.reply_routing_key(reply.channel, reply.gateway_id, reply.conversation_id)
 
     @staticmethod
     def gateway_binding(gateway_id: str) -> str:

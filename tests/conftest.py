@@ -6,6 +6,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.channel_fakes import FakeChannelApi
 from tests.support import Stack, new_namespace, purge_namespace
 
 
@@ -21,6 +22,16 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         if report is not None and report.failed:
             print(stack.logs())
         await purge_namespace(stack.namespace)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeChannelApi]:
+    """Local stand-ins for the WhatsApp Graph API and the Telegram Bot API."""
+    fake = await FakeChannelApi().start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import aiohttp
-import pytest
 
 from services.gateway.delivery.split import split_text, units
 from shared.messages import Channel, ReplyContent, ReplyMessage
@@ -24,15 +22,6 @@ from tests.test_pipeline import wait_ready
 
 CHANNELS_ENV = {**WHATSAPP_ENV, **TELEGRAM_ENV, "DELIVERY_MAX_ATTEMPTS": "3", "DELIVERY_TIMEOUT_SECONDS": "2"}
 SENTENCE = "Esta é uma frase de exemplo para a resposta longa, com algumas palavras a mais. "
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeChannelApi]:
-    fake = await FakeChannelApi().start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 class Replies:

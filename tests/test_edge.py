@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from services.gateway.ratelimit import client_address
@@ -37,15 +35,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 PHONE = "5511987654321"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeChannelApi]:
-    fake = await FakeChannelApi().start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 def all_logs(stack: Stack) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ from tests.test_pipeline import wait_ready
 
 KEY = "fuzz-key-0123456789abcdef"
 MIN_REQUESTS = 500
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeChannelApi]:
-    fake = await FakeChannelApi().start()
-    try:
-        yield fake
-    finally:
-        await fake.close()
 
 
 @pytest.mark.timeout(300)

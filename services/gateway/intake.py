@@ -63,7 +63,7 @@ class Intake:
             reply.conversation_id,
             (reply.channel, reply.user_id),
             names.replies_exchange,
-            names.reply_routing_key(reply.channel, reply.gateway_id, reply.conversation_id),
+            names.route_of(reply),
             reply.to_bytes(),
         )
 

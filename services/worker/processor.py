@@ -217,27 +217,9 @@ class Processor:
         async def publish_in_order(conversation: list[ReplyMessage]) -> None:
             for reply in conversation:
                 with spans.activate(reply.message_id):
-                    await self._publish(reply)
+                    await self.broker.publish_reply(reply)
 
         await asyncio.gather(*(publish_in_order(conversation) for conversation in by_conversation.values()))
-
-    async def _publish(self, reply: ReplyMessage) -> None:
-        names = self.broker.names
-        if reply.merged_into or reply.silenced:
-            routing_key = names.waiters_routing_key(reply.gateway_id)
-        else:
-            routing_key = names.reply_routing_key(reply.channel, reply.gateway_id, reply.conversation_id)
-        await self.broker.publish(
-            names.replies_exchange,
-            routing_key,
-            reply.to_bytes(),
-            message_id=reply.message_id,
-            conversation_id=reply.conversation_id,
-            # Web replies go to transient gateway queues and may find no listener; that is fine,
-            # the reply is stored. Channel replies go to durable delivery queues.
-            persistent=reply.channel != "web",
-            mandatory=False,
-        )
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str) -> None:
         mark_current_failed(kind)

@@ -147,17 +147,8 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
             await audit.record(actor, "reply_as_agent", conversation_id, "refused", "not handed to a human")
             raise Problem(409, f"conversation_id: {conversation_id!r} is not handed to a human")
         reply = _agent_reply(conversation_id, info, text.strip())
-        names = broker.names
-        await broker.publish(
-            names.replies_exchange,
-            names.reply_routing_key(info.channel, info.gateway_id, conversation_id),
-            reply.to_bytes(),
-            message_id=reply.message_id,
-            # As for the bot's replies: channel replies wait in durable delivery queues, web replies
-            # go to whoever streams the conversation right now.
-            persistent=info.channel != "web",
-            mandatory=False,
-        )
+        # The same path as the bot's replies: delivery queues for channels, SSE streams for the web.
+        await broker.publish_reply(reply)
         await store.log_conversation(conversation_id, _agent_entry(reply, actor))
         # A conversation the agent is answering is not abandoned: renew the handoff's expiry.
         await handoffs.start(conversation_id, info)
