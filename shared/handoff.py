@@ -1,7 +1,7 @@
 """Conversations handed to a human agent: the state the worker and the admin area share.
 
-- The worker calls `start()` when a customer asks for a human, and asks `active()` before it replies:
-  while a handoff lives, the bot stays silent in that conversation.
+- The worker's commit (services/worker/commit.py) starts one when a customer asks for a human (its
+  key set in the commit script, then `queue_index`), and silences its replies while one lives.
 - The admin area lists them (`list_active()`), replies as an agent to the address `get()` returns,
   and gives the conversation back to the bot with `release()`.
 - A handoff expires by itself after `ttl_s` (HANDOFF_TTL_SECONDS), so a conversation nobody picked
@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared.messages import CHANNELS, Channel, MessageFormatError
 from shared.names import Names
@@ -77,8 +78,7 @@ class Handoffs:
         """Hand the conversation to a human (again: a repeated request renews the expiry)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self.names.handoff_key(conversation_id), info.to_bytes(), ex=self.ttl_s)
-            pipe.zadd(self.names.handoffs_key, {conversation_id: info.started_at})
-            pipe.zremrangebyscore(self.names.handoffs_key, "-inf", time.time() - self.ttl_s)
+            queue_index(pipe, self.names, conversation_id, info.started_at, self.ttl_s)
             await pipe.execute()
 
     async def release(self, conversation_id: str) -> bool:
@@ -107,6 +107,13 @@ class Handoffs:
         if expired:
             await self.redis.zrem(self.names.handoffs_key, *expired)
         return {cid: HandoffInfo.from_bytes(raw) for cid, raw in zip(members, raws, strict=True) if raw}
+
+
+def queue_index(pipe: Pipeline, names: Names, conversation_id: str, started_at: float, ttl_s: int) -> None:
+    """List a started handoff for the admin area (the worker's commit sets its key atomically
+    with the decision to hand over, then indexes it with its other writes)."""
+    pipe.zadd(names.handoffs_key, {conversation_id: started_at})
+    pipe.zremrangebyscore(names.handoffs_key, "-inf", time.time() - ttl_s)
 
 
 def _channel(value: Any) -> Channel:

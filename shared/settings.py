@@ -44,6 +44,8 @@ class Settings:
     # Pipeline shape
     shards: int = 16
     max_attempts: int = 5
+    # Replies one worker generates at once (LLM calls in flight), across conversations.
+    worker_concurrency: int = 64
     heartbeat_interval_s: float = 2.0
     shutdown_grace_s: float = 20.0
     # After SIGTERM, readiness answers 503 for this long while everything else is still served, so
@@ -149,6 +151,7 @@ class Settings:
             instance_id=read.text("INSTANCE_ID", defaults.instance_id),
             shards=read.integer("ATENDIMENTO_SHARDS", defaults.shards, 1, 256),
             max_attempts=read.integer("MAX_ATTEMPTS", defaults.max_attempts, 1, 100),
+            worker_concurrency=read.integer("WORKER_CONCURRENCY", defaults.worker_concurrency, 1, 10_000),
             heartbeat_interval_s=read.number("HEARTBEAT_INTERVAL_SECONDS", defaults.heartbeat_interval_s, 0.1, 60),
             shutdown_grace_s=read.number("SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_s, 0, 600),
             drain_s=read.number("DRAIN_SECONDS", defaults.drain_s, 0, 120),

@@ -1,4 +1,4 @@
-"""Latency histograms and windowed counters: the pure maths, no I/O.
+"""Latency histograms and windowed counters: the maths, and the writes queued on a pipeline.
 
 A latency is filed under a log-scale bucket (eight buckets per doubling, so a bucket spans about
 9 % of its value). Workers add one to a bucket's counter in Redis per message; any number of
@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
+    from shared.names import Names
 
 BUCKETS_PER_DOUBLING = 8
 MIN_MS = 0.01
@@ -134,3 +140,65 @@ class Window:
         for fields in slices:
             window.add_slice(fields)
         return window
+
+
+# Writing (the worker's commit) ---------------------------------------------------------------------
+# Commands are queued on the caller's pipeline: the writes of a whole batch go in one round trip.
+@dataclass(frozen=True, slots=True)
+class ReplyCounts:
+    """What one committed reply adds to the slices."""
+
+    channel: str
+    end_to_end_ms: float
+    queue_wait_ms: float
+    processing_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    silenced: bool = False
+    handoff: bool = False
+    merged: bool = False
+
+
+# The hashes keep the largest latency seen; only a script can compare and set in one step.
+_KEEP_MAX = """
+local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > seen then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
+
+
+def slice_keys(names: Names, now: float) -> tuple[tuple[str, int], tuple[str, int]]:
+    """The fine and the hourly slice that `now` falls in, with their TTLs."""
+    return (
+        (names.stats_fine_key(slice_start(now, FINE_SECONDS)), FINE_TTL_SECONDS),
+        (names.stats_hour_key(slice_start(now, HOUR_SECONDS)), HOUR_TTL_SECONDS),
+    )
+
+
+def queue_reply(pipe: Pipeline, names: Names, now: float, counts: ReplyCounts) -> None:
+    for key, ttl in slice_keys(names, now):
+        pipe.hincrby(key, MESSAGES, 1)
+        pipe.hincrby(key, f"{E2E}:{bucket_of(counts.end_to_end_ms)}", 1)
+        pipe.hincrby(key, f"{QUEUE_WAIT}:{bucket_of(counts.queue_wait_ms)}", 1)
+        pipe.hincrby(key, f"{PROCESSING}:{bucket_of(counts.processing_ms)}", 1)
+        pipe.hincrby(key, f"channel:{counts.channel}", 1)
+        pipe.hincrbyfloat(key, LATENCY_SUM, counts.end_to_end_ms)
+        if counts.prompt_tokens or counts.completion_tokens:
+            pipe.hincrby(key, "tokens:prompt", counts.prompt_tokens)
+            pipe.hincrby(key, "tokens:completion", counts.completion_tokens)
+        if counts.silenced:
+            pipe.hincrby(key, "outcome:silenced", 1)
+        elif counts.handoff:
+            pipe.hincrby(key, "outcome:handoff", 1)
+        if counts.merged:
+            pipe.hincrby(key, "outcome:merged", 1)
+        pipe.expire(key, ttl)
+    pipe.hincrby(names.stats_total_key, MESSAGES, 1)
+
+
+def queue_max_latency(pipe: Pipeline, names: Names, now: float, latencies_ms: Sequence[float]) -> None:
+    """The batch's largest end-to-end latency, kept in each slice if it is the largest there."""
+    if not latencies_ms:
+        return
+    top = repr(max(latencies_ms))
+    for key, _ in slice_keys(names, now):
+        pipe.eval(_KEEP_MAX, 1, key, LATENCY_MAX, top)

@@ -17,13 +17,14 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.worker.commit import SILENT_REPLY, Commit, Committer, Policy, Timings
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy, asks_for_human
 from shared.handoff import HandoffInfo, Handoffs
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
-from shared.store import SILENT_REPLY, Commit, Store, Timings
+from shared.store import Store
 from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, post_message
 from tests.test_llm_engine import ROOT, SAMPLE_PT
 from tests.test_pipeline import read_events, wait_ready
@@ -130,11 +131,12 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
     reply is stored silenced (never sent, not shown as the answer), logged for the agent, and it
     leaves the bot's memory alone. In one batch, a handoff also silences the replies after it."""
     names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
-    store = Store(redis, names, handoff_ttl_s=1)
+    store = Store(redis, names)
+    committer = Committer(redis, names, Policy(handoff_ttl_s=1))
     try:
         taken = message("c-taken")
         await Handoffs(redis, names).start("c-taken", HandoffInfo(channel="web", user_id="ana"))
-        (standing,) = await store.commit([commit_of(taken, ANSWER)])
+        (standing,) = await committer.commit_all([commit_of(taken, ANSWER)])
         assert standing.silenced and standing.reply == SILENT_REPLY  # the unsent text is kept nowhere
         assert await store.stored_reply(taken.message_id) is None
         assert await store.stored_reply(taken.message_id, silenced=True) == standing
@@ -143,7 +145,7 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
         assert await memory(redis, names, "c-taken") == []
 
         asking, following = message("c-batch", HUMAN), message("c-batch")
-        first, second = await store.commit([commit_of(asking, HANDOFF), commit_of(following, ANSWER)])
+        first, second = await committer.commit_all([commit_of(asking, HANDOFF), commit_of(following, ANSWER)])
         assert (first.silenced, first.reply.handoff, second.silenced) == (False, True, True)
         assert await store.stored_reply(asking.message_id) == first
 
@@ -155,7 +157,7 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
             return not await handoffs.active("c-batch")
 
         await eventually(expired, timeout=5, what="the handoff to expire")
-        (after,) = await store.commit([commit_of(message("c-batch"), ANSWER)])
+        (after,) = await committer.commit_all([commit_of(message("c-batch"), ANSWER)])
         assert not after.silenced
     finally:
         async for key in redis.scan_iter(match=f"{names.namespace}:*"):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from services.worker.commit import Committer, Policy
 from services.worker.consumer import ShardConsumer
 from services.worker.engines.base import ReplyEngine
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
@@ -78,14 +79,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with open_connections(settings, SERVICE) as connections:
         app[BROKER] = connections.broker
-        app[STORE] = Store(
-            connections.redis,
-            connections.names,
-            settings.memory_turns,
-            settings.memory_ttl_s,
-            handoff_ttl_s=settings.handoff_ttl_s,
-            handoff_after_fallbacks=settings.handoff_after_fallbacks,
-        )
+        app[STORE] = Store(connections.redis, connections.names, settings.memory_turns)
         yield
         await app[ENGINE].close()
 
@@ -93,8 +87,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[STORE]
-    processor = Processor(store, app[BROKER], app[ENGINE], settings.max_attempts, settings.debounce_ms)
-    consumer = ShardConsumer(app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s)
+    policy = Policy(
+        memory_turns=settings.memory_turns,
+        memory_ttl_s=settings.memory_ttl_s,
+        handoff_ttl_s=settings.handoff_ttl_s,
+        handoff_after_fallbacks=settings.handoff_after_fallbacks,
+    )
+    committer = Committer(store.redis, store.names, policy)
+    processor = Processor(store, committer, app[BROKER], app[ENGINE], settings.max_attempts, settings.debounce_ms)
+    consumer = ShardConsumer(
+        app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s, settings.worker_concurrency
+    )
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)
     heartbeat = asyncio.create_task(
@@ -121,6 +124,11 @@ async def _health(app: web.Application) -> tuple[bool, dict[str, Any]]:
     checks: dict[str, Any] = {
         "rabbitmq": {"status": "up" if app[BROKER].connected else "down"},
         "redis": await redis_check(app[STORE].redis),
-        "consumer": {"status": "up", "shards": app[CONSUMER].shards},
+        "consumer": {
+            "status": "up",
+            "shards": app[CONSUMER].shards,
+            "in_flight": app[CONSUMER].capacity.in_flight,
+            "held": app[CONSUMER].held,
+        },
     }
     return all(check["status"] == "up" for check in checks.values()), checks

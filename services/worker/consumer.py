@@ -1,9 +1,20 @@
-"""Consuming the shard queues: one channel and one sequential task per owned shard.
+"""Consuming the shard queues: per-conversation lanes, run concurrently under one worker-wide limit.
 
-Within a shard, deliveries are processed strictly one after another (aio-pika runs callbacks
-concurrently, so the callback only buffers; a single task drains the buffer). Shards run in
-parallel. Giving a shard up closes its channel: the broker then returns the buffered, unacked
-messages and removes the consumer in one step, so the next consumer starts with them, in order.
+Shards give each conversation one owner (single-active-consumer queues); they do not bound how
+many replies are generated at once. Inside a shard, each delivery goes to its conversation's lane:
+a lane handles its messages one after another and acks each before the next, so what is settled
+of a conversation is always a prefix of it, and a redelivery resumes it in order. Lanes of all
+conversations and shards run at once, at most WORKER_CONCURRENCY of them generating.
+
+Prefetch: each shard channel may hold WORKER_CONCURRENCY unacked deliveries, enough to feed every
+slot from one shard; the worker never holds more than shards owned x WORKER_CONCURRENCY.
+
+A failing message holds only its lane: it is retried in place after a back-off, then dead-lettered.
+Giving a shard up (rebalance, shutdown) lets the lanes finish the unit in hand, then closes the
+channel: the broker returns the rest, in order, and drops the consumer in the same step, so the
+next owner starts with them. A dropped broker connection makes the old channel's deliveries
+worthless (unackable, already requeued): lanes skip them, and the restored consumer brings them
+again.
 """
 
 from __future__ import annotations
@@ -11,133 +22,164 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aio_pika.exceptions import ChannelInvalidStateError
 
 from services.worker.ownership import owned_shards
-from services.worker.processor import MAX_BACKOFF_S, Processor
+from services.worker.processor import MAX_BACKOFF_S, Abandoned, Processor, still_held
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
 from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
-PREFETCH_PER_SHARD = 8
 
+@dataclass(slots=True)
+class Capacity:
+    """The worker-wide limit on units in hand (WORKER_CONCURRENCY), and how many are in use."""
 
-def _still_held(delivery: AbstractIncomingMessage) -> bool:
-    """False for a delivery whose channel was closed: the broker has requeued it already."""
-    try:
-        return not delivery.channel.is_closed
-    except ChannelInvalidStateError:
-        return False
+    limit: int
+    in_flight: int = 0
+    _slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
 
 
 class ShardSubscription:
-    def __init__(self, shard: int, broker: Broker, processor: Processor) -> None:
+    def __init__(self, shard: int, broker: Broker, processor: Processor, capacity: Capacity) -> None:
         self.shard = shard
         self._broker = broker
         self._processor = processor
-        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._busy = asyncio.Lock()
+        self._capacity = capacity
+        self._lanes: dict[str, deque[AbstractIncomingMessage]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.broken = False  # lost its channel for good; the balancer replaces it
+        self._stopping = False
+
+    @property
+    def held(self) -> int:
+        return sum(len(lane) for lane in self._lanes.values())
 
     async def start(self) -> None:
-        await self._subscribe()
-        self._task = asyncio.create_task(self._drain(), name=f"shard-{self.shard}")
-
-    async def _subscribe(self) -> None:
         channel = await self._broker.connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=PREFETCH_PER_SHARD)
+        await channel.set_qos(prefetch_count=self._capacity.limit)
         queue = await declare_shard_queue(channel, self._broker.names, self.shard)
         self._channel = channel
-        await queue.consume(self._buffer_delivery)
+        await queue.consume(self._on_delivery)
 
-    async def _close_channel(self) -> None:
-        """The broker returns every unacked delivery of the channel, in order, and drops the
-        consumer in the same step: nothing can overtake what we held."""
+    async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+        # No await before the append: callbacks start in delivery order, so each lane keeps it.
+        # The gateway sends the conversation id as the correlation id; a message without one
+        # (malformed) gets a lane of its own and is dead-lettered there.
+        key = delivery.correlation_id or f"?{delivery.delivery_tag}"
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(delivery)
+            return
+        self._lanes[key] = deque([delivery])
+        if not self._stopping:
+            task = asyncio.create_task(self._run_lane(key), name=f"shard-{self.shard}-lane")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_lane(self, key: str) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane and not self._stopping:
+                if not still_held(lane[0]):
+                    lane.popleft()  # its channel is gone; the broker brings it again
+                    continue
+                delay = self._processor.debounce_delay(lane[0])
+                if delay > 0:
+                    await asyncio.sleep(delay)  # DEBOUNCE_MS: let the rest of the burst arrive
+                unit = [lane[i] for i in range(self._processor.unit_size(list(lane)))]
+                await self._settle(unit)
+                for _ in unit:
+                    lane.popleft()
+        finally:
+            if not self._stopping:
+                self._lanes.pop(key, None)
+
+    async def _settle(self, unit: list[AbstractIncomingMessage]) -> None:
+        """Run one unit until it is settled, retrying in place; abandoned when it stops being ours."""
+        while not self._stopping:
+            try:
+                async with self._capacity.slot():
+                    pause = await self._processor.handle(unit)
+            except Abandoned as exc:
+                log.warning("shard %d: deliveries given back, they will be redelivered: %r", self.shard, exc)
+                return
+            except Exception:
+                # A bug must not stall the conversation for good: try again after a pause (the
+                # queue's delivery limit dead-letters a message that keeps failing this way).
+                log.exception("shard %d: unexpected error; retrying the message", self.shard)
+                pause = MAX_BACKOFF_S
+            if pause is None:
+                return
+            await asyncio.sleep(pause)
+
+    async def stop(self, grace_s: float) -> None:
+        """Let the lanes finish the unit in hand (within the grace), then close the channel: the
+        broker requeues whatever was not acked, in order."""
+        self._stopping = True
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            if pending:
+                log.warning(
+                    "shard %d: %d conversations not finished in %.0fs; they will be redelivered",
+                    self.shard,
+                    len(pending),
+                    grace_s,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         if self._channel is not None:
             with contextlib.suppress(*BROKER_ERRORS):
                 await self._channel.close()
-
-    async def _buffer_delivery(self, delivery: AbstractIncomingMessage) -> None:
-        # No await before the put: callbacks start in delivery order, so the buffer keeps it.
-        self._buffer.put_nowait(delivery)
-
-    def _next_batch(self, first: AbstractIncomingMessage) -> list[AbstractIncomingMessage]:
-        batch = [first]
-        while len(batch) < self._processor.batch_limit and not self._buffer.empty():
-            batch.append(self._buffer.get_nowait())
-        return [delivery for delivery in batch if _still_held(delivery)]
-
-    async def _drain(self) -> None:
-        while True:
-            first = await self._buffer.get()
-            # DEBOUNCE_MS: let the rest of a burst arrive, so that one reply answers it.
-            delay = self._processor.debounce_delay(first)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            batch = self._next_batch(first)
-            async with self._busy:
-                try:
-                    pause = await self._processor.handle(batch)
-                except BROKER_ERRORS as exc:
-                    # Without the broker there is no ack; the deliveries come back and the
-                    # processor re-sends the stored replies.
-                    log.warning("shard %d: broker error mid-batch, it will be redelivered: %s", self.shard, exc)
-                    continue
-                except Exception:
-                    # A bug must not stall the shard for good: hand everything back and go on.
-                    log.exception("shard %d: unexpected error; returning the batch to the queue", self.shard)
-                    pause = MAX_BACKOFF_S
-                if pause is not None:
-                    await self._retry_later(pause)
-
-    async def _retry_later(self, pause: float) -> None:
-        """A message failed: give it and all that follows back, wait, and take them again."""
-        await self._close_channel()
-        await asyncio.sleep(pause)
-        try:
-            await self._subscribe()
-        except BROKER_ERRORS as exc:
-            # The robust connection is reconnecting; the balancer subscribes this shard again.
-            log.warning("shard %d: could not subscribe again yet: %s", self.shard, exc)
-            self.broken = True
-
-    async def stop(self, grace_s: float) -> None:
-        """Finish the batch in hand (within the grace), then close the channel; the broker
-        requeues whatever was buffered."""
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._busy.acquire(), grace_s)
-            except TimeoutError:
-                log.warning(
-                    "shard %d: in-flight work not finished in %.0fs; it will be redelivered", self.shard, grace_s
-                )
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._close_channel()
+        self._lanes.clear()
 
 
 class ShardConsumer:
     """Keeps this worker subscribed to exactly the shards it owns among the live workers."""
 
     def __init__(
-        self, broker: Broker, store: Store, processor: Processor, instance_id: str, heartbeat_ttl_s: float
+        self,
+        broker: Broker,
+        store: Store,
+        processor: Processor,
+        instance_id: str,
+        heartbeat_ttl_s: float,
+        concurrency: int,
     ) -> None:
         self._broker = broker
         self._store = store
         self._processor = processor
         self._instance_id = instance_id
         self._heartbeat_ttl_s = heartbeat_ttl_s
+        self.capacity = Capacity(concurrency)
         self._subscriptions: dict[int, ShardSubscription] = {}
 
     @property
     def shards(self) -> list[int]:
         return sorted(self._subscriptions)
+
+    @property
+    def held(self) -> int:
+        """Deliveries in hand, waiting or being worked on."""
+        return sum(subscription.held for subscription in self._subscriptions.values())
 
     async def run(self, interval_s: float) -> None:
         await self._broker.wait_ready()
@@ -155,14 +197,12 @@ class ShardConsumer:
         except REDIS_ERRORS:
             return  # keep what we have; with no view of the others, changing would only guess
         wanted = owned_shards(self._instance_id, workers, self._broker.names.shards)
-        for shard in [shard for shard, subscription in self._subscriptions.items() if subscription.broken]:
-            await self._subscriptions.pop(shard).stop(grace_s=0)
         if wanted == set(self._subscriptions):
             return
-        for shard in sorted(set(self._subscriptions) - wanted):
-            await self._subscriptions.pop(shard).stop(grace_s=30.0)
+        leaving = [self._subscriptions.pop(shard) for shard in sorted(set(self._subscriptions) - wanted)]
+        await asyncio.gather(*(subscription.stop(grace_s=30.0) for subscription in leaving))
         for shard in sorted(wanted - set(self._subscriptions)):
-            subscription = ShardSubscription(shard, self._broker, self._processor)
+            subscription = ShardSubscription(shard, self._broker, self._processor, self.capacity)
             await subscription.start()
             self._subscriptions[shard] = subscription
         log.info("consuming shards %s", self.shards, extra={"workers": len(set(workers) | {self._instance_id})})

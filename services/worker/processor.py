@@ -1,41 +1,39 @@
-"""Inbound messages, start to finish: every delivery ends acked, requeued or dead-lettered.
+"""Inbound messages, start to finish: every delivery ends acked, retried in place or dead-lettered.
 
-The order of the steps is what makes the promises of SPEC section 3 hold:
+The consumer (consumer.py) hands the processor one unit at a time per conversation lane: a message,
+or (DEBOUNCE_MS) a burst of one conversation answered by one reply. The order of the steps is what
+makes the promises of SPEC section 3 hold:
 1. read what is known (a stored reply means a redelivery: hand it back again, generate nothing);
-2. generate;
-3. commit the reply, stats and memory in one Redis script that only the first writer wins;
-4. publish the reply with confirm;
-5. ack. A crash anywhere before 5 redelivers the message, and step 1 makes that harmless.
+2. generate (`_generate`: the one place a reply is about to be generated);
+3. commit (services/worker/commit.py; only the first writer wins), then `_committed`: the one
+   place a reply is known to stand, with its timings, engine and channel;
+4. publish the reply with confirm (retried in place while the delivery is still ours);
+5. ack each delivery, in order. A crash anywhere before 5 redelivers the message, and step 1
+   makes that harmless.
 
-A shard's buffered deliveries are taken as a batch: generated one after another in order, then
-committed in one Redis round trip, published (in order within each conversation) and acked
-together. Same guarantees, far fewer round trips per message under load.
-
-With DEBOUNCE_MS, the messages of one conversation accepted within that window of the first (a
-customer typing a question in several lines) are one unit: the engine answers their joined text
-once, the last message gets the reply and the others are committed as merged into it (stored,
-counted, logged, acked; a request waiting on one gets the combined reply with `merged_into`).
-
-The reply policy (handoff to a human, silence while a human has the conversation, `/reset`) is
-applied by the commit script, atomically, so a reply generated just before a handoff began is
-stored silenced and never sent.
+With DEBOUNCE_MS the last message of a burst gets the reply and the others are committed as merged
+into it (stored, counted, logged, acked; a request waiting on one gets the combined reply with
+`merged_into`). The reply policy (handoff, silence while a human has the conversation, `/reset`)
+is applied by the commit, atomically, so a reply generated just before a handoff began is stored
+silenced and never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 
+from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
-from shared.broker import Broker
+from shared.broker import BROKER_ERRORS, Broker
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
-from shared.store import REDIS_ERRORS, SILENT_REPLY, Commit, Store, Timings
+from shared.store import REDIS_ERRORS, Store
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
 log = logging.getLogger(__name__)
@@ -48,6 +46,19 @@ Parsed = tuple[AbstractIncomingMessage, InboundMessage | None]
 
 def backoff(attempt: int) -> float:
     return float(min(MAX_BACKOFF_S, 0.1 * 2**attempt))
+
+
+def still_held(delivery: AbstractIncomingMessage) -> bool:
+    """False for a delivery whose channel was closed (the connection dropped, or the shard was
+    given up): the broker has requeued it already, and it can no longer be acked."""
+    try:
+        return not delivery.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
+
+
+class Abandoned(Exception):
+    """The unit's deliveries are no longer ours (their channel closed): the broker redelivers them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +79,14 @@ class EngineFailed:
 @dataclass(frozen=True, slots=True)
 class Processor:
     store: Store
+    committer: Committer
     broker: Broker
     engine: ReplyEngine
     max_attempts: int
     debounce_ms: int = 0
 
-    @property
-    def batch_limit(self) -> int:
-        """An engine that reads the conversation's memory needs each turn committed before the
-        next one is generated, so it works one message at a time (unless bursts are merged: then
-        it takes what is buffered, and commits after each unit)."""
-        return 1 if self.engine.uses_history and not self.debounce_ms else 64
-
     def debounce_delay(self, delivery: AbstractIncomingMessage) -> float:
-        """Seconds to wait, before taking a batch that starts with `delivery`, for the rest of its
+        """Seconds to wait, before taking a unit that starts with `delivery`, for the rest of its
         burst: until DEBOUNCE_MS after it was accepted (nothing for a backlog or a redelivery)."""
         if not self.debounce_ms or delivery.redelivered:
             return 0.0
@@ -92,28 +97,23 @@ class Processor:
         # Clamped: the gateway's clock may be ahead of ours.
         return min(self.debounce_ms, max(0.0, accepted + self.debounce_ms - now_ms())) / 1000.0
 
-    async def handle(self, deliveries: Sequence[AbstractIncomingMessage]) -> float | None:
-        """Process deliveries of one shard, in order. Returns None when all are settled, or the
-        back-off in seconds when one failed: the caller must then hand that one and everything
-        after it back to the broker, in order, and take them again after the pause. Raises
-        BROKER_ERRORS if the broker fails mid-way (nothing unacked is lost: it is redelivered)."""
-        ready: list[Ready] = []
-        with ConsumerSpans(deliveries) as spans:
-            for unit in bursts([_parse(delivery) for delivery in deliveries], self.debounce_ms):
-                with spans.activate(unit[-1][0].message_id):
-                    outcome = await self._prepare(unit)
-                if isinstance(outcome, EngineFailed):
-                    await self._finish(ready, spans)
-                    await _ack_each(ready)
-                    return backoff(outcome.failures)
-                ready.extend(outcome)
-                if self.engine.uses_history:
-                    # The next unit may be this conversation's next turn: it must read this one.
-                    await self._finish(ready, spans)
-                    await _ack_each(ready)
-                    ready = []
-            await self._finish(ready, spans)
-            await _ack_whole_batch(ready)
+    def unit_size(self, waiting: Sequence[AbstractIncomingMessage]) -> int:
+        """How many of a lane's waiting deliveries (one conversation's, in order) the next unit takes."""
+        if not self.debounce_ms:
+            return 1
+        return len(bursts([_parse(delivery) for delivery in waiting], self.debounce_ms)[0])
+
+    async def handle(self, unit: Sequence[AbstractIncomingMessage]) -> float | None:
+        """Process one unit of one conversation, start to finish. Returns None when every delivery
+        is settled, or the back-off in seconds when the engine failed: the caller retries the same
+        unit in place after the pause (the conversation waits, the others do not). Raises
+        Abandoned when the deliveries stopped being ours mid-way."""
+        with ConsumerSpans(unit) as spans:
+            with spans.activate(unit[-1].message_id):
+                outcome = await self._prepare([_parse(delivery) for delivery in unit])
+            if isinstance(outcome, EngineFailed):
+                return backoff(outcome.failures)
+            await self._finish(outcome, spans)
         return None
 
     async def _prepare(self, unit: Sequence[Parsed]) -> list[Ready] | EngineFailed:
@@ -125,8 +125,6 @@ class Processor:
             return []
         messages = [m for _, m in unit if m is not None]
         text = "\n".join(m.text for m in messages)
-        # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
-        log.debug("generating a reply", extra={"channel": message.channel, "text": text})
         started = now_ms()
         state = await self._until_redis_answers(
             lambda: self.store.begin(
@@ -143,11 +141,9 @@ class Processor:
         else:
             history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
             try:
-                with engine_span(self.engine.name) as span:
-                    content = await self.engine.reply(EngineRequest(text, message.conversation_id, history))
-                    describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
+                content = await self._generate(message, EngineRequest(text, message.conversation_id, history))
             except Exception:
-                log.exception("engine failed on message %s (attempt %d)", message.message_id, state.attempt)
+                log.exception("engine failed on message %s", message.message_id)
                 mark_current_failed("engine failed")
                 failures = await self._until_redis_answers(lambda: self.store.record_failure(message.message_id))
                 if failures < self.max_attempts:
@@ -178,52 +174,72 @@ class Processor:
             ready.append(Ready(item_delivery, item, reply, commit))
         return ready
 
+    async def _generate(self, message: InboundMessage, request: EngineRequest) -> ReplyContent:
+        """A reply is about to be generated for `message` (the engine's call, in its span)."""
+        # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
+        log.debug("generating a reply", extra={"channel": message.channel, "text": request.text})
+        with engine_span(self.engine.name) as span:
+            content = await self.engine.reply(request)
+            describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
+        return content
+
     async def _finish(self, ready: list[Ready], spans: ConsumerSpans) -> None:
-        """Steps 3 and 4 for a batch: commit, publish (the caller acks)."""
+        """Steps 3 to 5 for a unit: commit, publish in order, ack each in order."""
         if not ready:
             return
         fresh = [item.commit for item in ready if item.commit is not None]
-        # One round trip for the batch: its span goes in the first message's trace.
-        with spans.activate(ready[0].message.message_id):
-            standing = iter(await self._until_redis_answers(lambda: self.store.commit(fresh)))
-        replies = [next(standing) if item.commit is not None else item.reply for item in ready]
-        outgoing = [out for out in map(_outgoing, replies) if out is not None]
-        await self._hand_back(outgoing, spans)
-        for item, reply in zip(ready, replies, strict=True):
-            if item.commit is not None:
-                timings = item.commit.timings
-                with spans.activate(reply.message_id):
-                    log.info(
-                        "message processed",
-                        extra={
-                            "message_id": reply.message_id,
-                            "conversation_id": reply.conversation_id,
-                            "engine": reply.reply.engine,
-                            "handoff": reply.reply.handoff,
-                            "silenced": reply.silenced,
-                            "merged_into": reply.merged_into or None,
-                            "processingTime": round(timings.processing_ms, 2),
-                            "latency_ms": round(timings.end_to_end_ms, 2),
-                        },
-                    )
+        with spans.activate(ready[-1].message.message_id):
+            standing = iter(await self._until_redis_answers(lambda: self.committer.commit_all(fresh)))
+        for item in ready:
+            reply = next(standing) if item.commit is not None else item.reply
+            with spans.activate(reply.message_id):
+                if item.commit is not None:
+                    self._committed(item.commit, reply)
+                outgoing = _outgoing(reply)
+                if outgoing is not None:
+                    await self._publish(outgoing, item.delivery)
+        for item in ready:
+            await _ack(item.delivery)
 
-    async def _hand_back(self, replies: list[ReplyMessage], spans: ConsumerSpans) -> None:
-        """Publish with confirm: one conversation's replies one after another (so they arrive in
-        order), different conversations concurrently."""
-        by_conversation: dict[str, list[ReplyMessage]] = defaultdict(list)
-        for reply in replies:
-            by_conversation[reply.conversation_id].append(reply)
+    def _committed(self, commit: Commit, reply: ReplyMessage) -> None:
+        """A freshly generated reply stands (`reply`: possibly silenced, or the escalation)."""
+        timings = commit.timings
+        log.info(
+            "message processed",
+            extra={
+                "message_id": reply.message_id,
+                "conversation_id": reply.conversation_id,
+                "engine": reply.reply.engine,
+                "handoff": reply.reply.handoff,
+                "silenced": reply.silenced,
+                "merged_into": reply.merged_into or None,
+                "processingTime": round(timings.processing_ms, 2),
+                "latency_ms": round(timings.end_to_end_ms, 2),
+            },
+        )
 
-        async def publish_in_order(conversation: list[ReplyMessage]) -> None:
-            for reply in conversation:
-                with spans.activate(reply.message_id):
-                    await self.broker.publish_reply(reply)
-
-        await asyncio.gather(*(publish_in_order(conversation) for conversation in by_conversation.values()))
+    async def _publish(self, reply: ReplyMessage, delivery: AbstractIncomingMessage) -> None:
+        """Publish with confirm. A refusal (nack, confirm timeout) while the delivery is still ours
+        is retried in place: the reply is stored, so nothing is generated again, and the delivery
+        is acked only once its reply is out."""
+        attempt = 0
+        while True:
+            try:
+                await self.broker.publish_reply(reply)
+                return
+            except BROKER_ERRORS as exc:
+                if not still_held(delivery):
+                    raise Abandoned from exc
+                attempt += 1
+                log.warning("reply %s not confirmed (attempt %d), publishing again: %r", reply.message_id, attempt, exc)
+                await asyncio.sleep(backoff(attempt))
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str) -> None:
         mark_current_failed(kind)
-        await delivery.reject(requeue=False)
+        try:
+            await delivery.reject(requeue=False)
+        except BROKER_ERRORS as exc:
+            raise Abandoned from exc
         try:
             await self.store.record_error(kind)
         except REDIS_ERRORS as exc:
@@ -243,26 +259,19 @@ class Processor:
                 await asyncio.sleep(backoff(attempt))
 
 
+async def _ack(delivery: AbstractIncomingMessage) -> None:
+    try:
+        await delivery.ack()
+    except BROKER_ERRORS as exc:
+        raise Abandoned from exc
+
+
 def _parse(delivery: AbstractIncomingMessage) -> Parsed:
     try:
         return delivery, InboundMessage.from_bytes(delivery.body)
     except MessageFormatError as exc:
         log.error("dead-lettering a malformed message: %s", exc)
         return delivery, None
-
-
-async def _ack_each(ready: Sequence[Ready]) -> None:
-    for item in ready:
-        await item.delivery.ack()
-
-
-async def _ack_whole_batch(ready: Sequence[Ready]) -> None:
-    """Step 5 once every delivery of the batch is either settled already (dead-lettered) or in
-    `ready`: one multiple-ack on the highest delivery tag settles them all, one frame instead of
-    one per message. Not valid part-way through a batch, where a later unit may hold a lower tag."""
-    if ready:
-        last = max(ready, key=lambda item: item.delivery.delivery_tag or 0)
-        await last.delivery.ack(multiple=True)
 
 
 def bursts(parsed: Sequence[Parsed], window_ms: float) -> list[list[Parsed]]:
