@@ -41,6 +41,12 @@ class FakeLlm:
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request
+    # A model's time per completion, and the calls it is working on (now and at most).
+    delay_s: float = 0.0
+    in_flight: int = 0
+    # Requests whose last message contains this text are answered 500, every time.
+    failing_text: str | None = None
+    peak_in_flight: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -63,6 +69,17 @@ class FakeLlm:
         body = await request.json()
         self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
         step = self.script.pop(0) if self.script else "ok"
+        if self.failing_text and self.failing_text in str(body["messages"][-1].get("content", "")):
+            step = 500
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            return await self._answer(body, step)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, body: dict[str, Any], step: Any) -> web.Response:
         if step == "hang":
             await asyncio.Event().wait()
         if isinstance(step, tuple):

@@ -267,7 +267,10 @@ class OpenAiEngine:
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running loop the worker serves on.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(trace_configs=[client_trace_config("openai")])
+            # No connection cap of its own: WORKER_CONCURRENCY bounds the calls in flight.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), trace_configs=[client_trace_config("openai")]
+            )
         return self._session
 
 

@@ -1,0 +1,238 @@
+"""Replies in parallel across conversations, in order within each (SPEC section 3).
+
+Real gateway and worker processes, RabbitMQ and Redis; the LLM is `FakeLlm` (OpenAI wire format)
+with a fixed time per completion, counting the calls it works on at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from services.worker.ownership import owned_shards
+from tests.support import AMQP_URL, TEST_SHARDS, Stack, TcpProxy, eventually, get_json, post_message
+from tests.test_llm_engine import FakeLlm
+from tests.test_pipeline import read_events, wait_ready
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLlm]:
+    server = await FakeLlm().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def llm_env(llm: FakeLlm, **overrides: str) -> dict[str, str]:
+    return {
+        "REPLY_ENGINE": "openai",
+        "OPENAI_BASE_URL": llm.url,
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_TIMEOUT_SECONDS": "30",
+        "OPENAI_BREAKER_FAILURES": "1000",
+        **overrides,
+    }
+
+
+def split_instances(workers: int) -> list[str]:
+    """Worker ids that share the test namespace's shards evenly (rendezvous hashing is
+    deterministic, so a test can pick ids for which no worker is left without work)."""
+    share = TEST_SHARDS // workers
+    for attempt in range(1000):
+        ids = [f"lanes-{attempt}-{i}" for i in range(workers)]
+        if all(len(owned_shards(me, ids, TEST_SHARDS)) == share for me in ids):
+            return ids
+    raise AssertionError("no even split found")
+
+
+async def ask_all(http: aiohttp.ClientSession, stack: Stack, conversations: int) -> list[dict[str, Any]]:
+    async def ask(i: int) -> dict[str, Any]:
+        status, body = await post_message(
+            http, stack.gateway, {"user_id": f"u{i}", "conversation_id": f"c-{uuid.uuid4().hex}", "text": "oi"}, wait=30
+        )
+        assert status == 200 and body["status"] == "answered", body
+        return body
+
+    return list(await asyncio.gather(*(ask(i) for i in range(conversations))))
+
+
+async def test_a_hundred_conversations_are_answered_at_once_by_one_worker(
+    stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    llm.delay_s = 2.0
+    stack.extra_env.update(llm_env(llm, WORKER_CONCURRENCY="128"))
+    await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)
+    started = asyncio.get_running_loop().time()
+    await ask_all(http, stack, 100)
+    print(f"100 conversations, 2 s model: all answered in {asyncio.get_running_loop().time() - started:.1f} s")
+    assert llm.peak_in_flight >= 90
+
+
+async def test_two_workers_each_generate_worker_concurrency_replies_at_once(
+    stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    llm.delay_s = 2.0
+    stack.extra_env.update(llm_env(llm, WORKER_CONCURRENCY="40"))
+    await stack.start("gateway")
+    for instance in split_instances(2):
+        await stack.start("worker", INSTANCE_ID=instance)
+    await wait_ready(stack)
+
+    async def split() -> bool:
+        owned = [(await get_json(http, w.url + "/monitoring/health"))[1] for w in stack.of("worker")]
+        return all(len(h["checks"]["consumer"]["shards"]) == TEST_SHARDS // 2 for h in owned)
+
+    await eventually(split, what="the shards split between the two workers")
+    await ask_all(http, stack, 160)
+    # Each worker at its limit (40) while its conversations wait: about 80 in flight; never above.
+    assert 70 <= llm.peak_in_flight <= 80
+
+
+async def test_one_conversation_is_answered_in_order_by_two_workers(
+    stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    llm.delay_s = 0.5
+    stack.extra_env.update(llm_env(llm))
+    await stack.start("gateway")
+    for instance in split_instances(2):
+        await stack.start("worker", INSTANCE_ID=instance)
+    await wait_ready(stack)
+    conversation = f"order-{uuid.uuid4().hex}"
+    connected = asyncio.Event()
+    reader = asyncio.create_task(read_events(http, stack.gateway, conversation, 10, connected, timeout=60))
+    await asyncio.wait_for(connected.wait(), 10)
+    sent = []
+    for i in range(10):
+        status, body = await post_message(
+            http, stack.gateway, {"user_id": "ana", "conversation_id": conversation, "text": f"pergunta {i}"}
+        )
+        assert status == 202
+        sent.append(body["message_id"])
+    events = await reader
+    assert [event["message_id"] for event in events] == sent
+    # One at a time: each call saw the previous turn in the memory.
+    asked = [turn["content"] for turn in llm.requests[-1]["body"]["messages"] if turn["role"] == "user"]
+    assert asked[-1] == "pergunta 9" and "pergunta 8" in asked
+
+
+async def queue_conversations(
+    http: aiohttp.ClientSession, stack: Stack, conversations: int, messages: int
+) -> tuple[dict[str, list[str]], list[asyncio.Task[list[dict[str, Any]]]]]:
+    """Open each conversation's event stream, then queue `messages` spread over them, round robin;
+    returns what was sent to each, in order."""
+    names = [f"k-{uuid.uuid4().hex[:10]}-{c}" for c in range(conversations)]
+    plan = [names[i % conversations] for i in range(messages)]
+    sent: dict[str, list[str]] = {name: [] for name in names}
+    readers = []
+    for conversation in names:
+        connected = asyncio.Event()
+        count = plan.count(conversation)
+        readers.append(
+            asyncio.create_task(read_events(http, stack.gateway, conversation, count, connected, timeout=90))
+        )
+        await asyncio.wait_for(connected.wait(), 10)
+    for conversation in plan:
+        text = f"msg {len(sent[conversation])} of {conversation}"
+        status, body = await post_message(
+            http, stack.gateway, {"user_id": "eva", "conversation_id": conversation, "text": text}
+        )
+        assert status == 202
+        sent[conversation].append(body["message_id"])
+    return sent, readers
+
+
+async def answered(http: aiohttp.ClientSession, stack: Stack) -> int:
+    _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
+    return int(stats["messages"]["total"])
+
+
+async def assert_each_answered_once_in_order(
+    http: aiohttp.ClientSession,
+    stack: Stack,
+    sent: dict[str, list[str]],
+    readers: list[asyncio.Task[list[dict[str, Any]]]],
+) -> None:
+    for (conversation, ids), reader in zip(sent.items(), readers, strict=True):
+        events = await reader
+        assert [event["message_id"] for event in events] == ids, conversation
+    total = sum(len(ids) for ids in sent.values())
+
+    async def counted_once() -> bool:
+        return await answered(http, stack) == total
+
+    await eventually(counted_once, what="every message counted once")
+
+
+@pytest.mark.parametrize("harm", ["sigkill", "connection-drop"])
+async def test_conversations_resume_in_order_after_the_worker_loses_its_work(
+    stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession, harm: str
+) -> None:
+    """50 messages of 20 conversations in the worker's hands: it is killed, or its broker
+    connection is cut (through a proxy; the shared broker stays up). Every message is answered
+    once, each conversation in order, and no stored reply is generated again."""
+    llm.delay_s = 0.2
+    stack.extra_env.update(llm_env(llm, WORKER_CONCURRENCY="8"))
+    await stack.start("gateway")
+    await stack.start("monitor")
+    sent, readers = await queue_conversations(http, stack, 20, 50)
+    proxy = TcpProxy("127.0.0.1", int(AMQP_URL.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.up()
+    worker = await stack.start("worker", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+
+    async def some_answered() -> bool:
+        return await answered(http, stack) >= 5
+
+    await eventually(some_answered, what="the first replies")
+    if harm == "sigkill":
+        worker.kill(signal.SIGKILL)
+        await stack.start("worker")
+    else:
+        await proxy.down()
+        await proxy.up()
+    try:
+        await assert_each_answered_once_in_order(http, stack, sent, readers)
+    finally:
+        await proxy.down()
+    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
+    assert set(calls) == {f"msg {i} of {c}" for c, ids in sent.items() for i in range(len(ids))}
+    # Only the calls in flight when the work was lost (WORKER_CONCURRENCY) are made again: they
+    # had no reply committed yet. A stored reply is handed back, never generated twice.
+    assert sum(count - 1 for count in calls.values()) <= 8
+
+
+async def test_the_failing_conversation_does_not_delay_the_others(
+    stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    """The model answers 500 to one conversation's message every time: the call is retried within
+    its budget (then the knowledge base answers), holding only its own conversation; the others,
+    in the same shards, are answered meanwhile."""
+    llm.delay_s, llm.failing_text = 0.2, "vai falhar"
+    stack.extra_env.update(llm_env(llm, OPENAI_TIMEOUT_SECONDS="20", OPENAI_MAX_RETRIES="8"))
+    await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)
+    failing = asyncio.create_task(
+        post_message(http, stack.gateway, {"user_id": "bia", "text": "isto vai falhar"}, wait=30)
+    )
+
+    async def failing_started() -> bool:
+        return len(llm.requests) >= 1
+
+    await eventually(failing_started, what="the failing call")
+    others = await asyncio.gather(
+        *(post_message(http, stack.gateway, {"user_id": f"o{i}", "text": "oi"}, wait=10) for i in range(8))
+    )
+    assert all(status == 200 and body["reply"]["engine"] == "openai" for status, body in others), others
+    assert not failing.done(), "the failing message was expected to be still retrying"
+    status, body = await failing
+    assert status == 200 and body["reply"]["engine"] == "kb-fallback"
