@@ -4,11 +4,15 @@ and unsupported types, replies out through a local stand-in of the Graph API."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import aiohttp
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
+from shared.messages import InboundMessage
 from tests.channel_fakes import (
     GRAPH_VERSION,
     PHONE_NUMBER_ID,
@@ -20,7 +24,7 @@ from tests.channel_fakes import (
     whatsapp_status,
     whatsapp_text,
 )
-from tests.support import Service, Stack, eventually, get_json
+from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, get_json
 from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
@@ -166,3 +170,37 @@ async def check_malformed_signed_notification_names_the_field(gateway: Service, 
     status, problem = await post_whatsapp(http, gateway, payload)
     assert status == 400
     assert problem["detail"].startswith("entry[0].changes[0].value.messages[0].from")
+
+
+async def test_one_notifications_messages_are_queued_in_the_order_they_came(
+    stack: Stack, http: aiohttp.ClientSession, graph: FakeChannelApi
+) -> None:
+    """15 messages of one sender in one notification (no worker running: the queue is read as is)."""
+    gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+    await wait_ready(stack)
+    sender = "5511955550015"
+    payload = whatsapp_text(f"wamid.batch-{uuid.uuid4().hex}-0", sender, "linha 0")
+    messages = payload["entry"][0]["changes"][0]["value"]["messages"]
+    for i in range(1, 15):
+        messages.append({**messages[0], "id": f"wamid.batch-{uuid.uuid4().hex}-{i}", "text": {"body": f"linha {i}"}})
+    status, body = await post_whatsapp(http, gateway, payload)
+    assert status == 200 and body["accepted"] == 15
+    queued: list[str] = []
+
+    async def take(delivery: AbstractIncomingMessage) -> None:
+        queued.append(InboundMessage.from_bytes(delivery.body).text)
+
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for shard in range(TEST_SHARDS):
+            queue = await channel.declare_queue(f"{stack.namespace}.inbound.{shard}", passive=True)
+            await queue.consume(take, no_ack=True)
+
+        async def all_taken() -> bool:
+            return len(queued) >= 15
+
+        await eventually(all_taken, what="the 15 queued messages")
+    finally:
+        await connection.close()
+    assert queued == [f"linha {i}" for i in range(15)]

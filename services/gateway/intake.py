@@ -68,16 +68,29 @@ class Intake:
         )
 
     async def accept_all(self, items: Sequence[InboundMessage | ReplyMessage]) -> list[Outcome]:
-        """Everything one webhook call carries, concurrently. Whatever could be queued is; if
-        anything could not, the most serious refusal (503 before 429) is raised so the platform
-        retries the call, and the retry finds the queued ones already claimed."""
-        results = await asyncio.gather(
-            *(self.accept(item) if isinstance(item, InboundMessage) else self.answer_directly(item) for item in items),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, Problem):
-                raise result
+        """Everything one webhook call carries: one conversation's items one after another, in the
+        order they came (so they are queued in that order), different conversations concurrently.
+        A conversation stops at its first refusal, so a retry of the call cannot queue a later
+        message before an earlier one. Whatever could be queued is; if anything could not, the
+        most serious refusal (503 before 429) is raised so the platform retries the call, and the
+        retry finds the queued ones already claimed."""
+        by_conversation: dict[str, list[InboundMessage | ReplyMessage]] = {}
+        for item in items:
+            by_conversation.setdefault(item.conversation_id, []).append(item)
+
+        async def in_order(conversation: list[InboundMessage | ReplyMessage]) -> list[Outcome | Problem]:
+            results: list[Outcome | Problem] = []
+            for item in conversation:
+                try:
+                    results.append(
+                        await (self.accept(item) if isinstance(item, InboundMessage) else self.answer_directly(item))
+                    )
+                except Problem as refusal:
+                    results.append(refusal)
+                    break
+            return results
+
+        results = [r for group in await asyncio.gather(*map(in_order, by_conversation.values())) for r in group]
         refusals = [result for result in results if isinstance(result, Problem)]
         if refusals:
             raise max(refusals, key=lambda problem: problem.status)
