@@ -7,6 +7,7 @@ with a fixed time per completion, counting the calls it works on at once.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import uuid
 from collections import Counter
@@ -236,3 +237,55 @@ async def test_the_failing_conversation_does_not_delay_the_others(
     assert not failing.done(), "the failing message was expected to be still retrying"
     status, body = await failing
     assert status == 200 and body["reply"]["engine"] == "kb-fallback"
+
+
+async def rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, args
+    return out.decode()
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not installed here")
+async def test_a_refused_reply_publish_keeps_the_message_until_the_reply_is_out(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The broker nacks the worker's reply publish while the connection stays up (a policy makes
+    this namespace's reply queues refuse everything): the message is neither acked without its
+    reply nor left stalled; the reply goes out as soon as the broker takes it, generated once."""
+    policy = f"refuse-{stack.namespace}"
+    await rabbitmqctl(
+        "set_policy",
+        "--apply-to",
+        "queues",
+        policy,
+        rf"^{stack.namespace}\.replies\.",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+    )
+    try:
+        await stack.start("gateway")
+        worker = await stack.start("worker")
+        await wait_ready(stack)
+        conversation = f"nack-{uuid.uuid4().hex}"
+        connected = asyncio.Event()
+        reader = asyncio.create_task(read_events(http, stack.gateway, conversation, 1, connected, timeout=60))
+        await asyncio.wait_for(connected.wait(), 10)
+        status, body = await post_message(
+            http, stack.gateway, {"user_id": "rui", "conversation_id": conversation, "text": "Qual o prazo?"}
+        )
+        assert status == 202
+
+        async def refused_twice() -> bool:
+            return worker.logs().count("not confirmed") >= 2
+
+        await eventually(refused_twice, what="the reply publish to be refused")
+        unacked = await rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged")
+        assert any(line.startswith(stack.namespace) and line.split()[1] == "1" for line in unacked.splitlines())
+        assert not reader.done()
+    finally:
+        await rabbitmqctl("clear_policy", policy)
+    (event,) = await reader
+    assert event["message_id"] == body["message_id"]
+    assert worker.logs().count('"message processed"') == 1
