@@ -1,4 +1,4 @@
-"""Latency histograms and windowed counters: the maths, and the writes queued on a pipeline.
+"""Latency histograms and windowed counters: the maths, and what one reply writes (by name).
 
 A latency is filed under a log-scale bucket (eight buckets per doubling, so a bucket spans about
 9 % of its value). Workers add one to a bucket's counter in Redis per message; any number of
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
-
     from shared.names import Names
 
 BUCKETS_PER_DOUBLING = 8
@@ -143,7 +141,6 @@ class Window:
 
 
 # Writing (the worker's commit) ---------------------------------------------------------------------
-# Commands are queued on the caller's pipeline: the writes of a whole batch go in one round trip.
 @dataclass(frozen=True, slots=True)
 class ReplyCounts:
     """What one committed reply adds to the slices."""
@@ -159,13 +156,6 @@ class ReplyCounts:
     merged: bool = False
 
 
-# The hashes keep the largest latency seen; only a script can compare and set in one step.
-_KEEP_MAX = """
-local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if tonumber(ARGV[2]) > seen then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-"""
-
-
 def slice_keys(names: Names, now: float) -> tuple[tuple[str, int], tuple[str, int]]:
     """The fine and the hourly slice that `now` falls in, with their TTLs."""
     return (
@@ -174,31 +164,25 @@ def slice_keys(names: Names, now: float) -> tuple[tuple[str, int], tuple[str, in
     )
 
 
-def queue_reply(pipe: Pipeline, names: Names, now: float, counts: ReplyCounts) -> None:
-    for key, ttl in slice_keys(names, now):
-        pipe.hincrby(key, MESSAGES, 1)
-        pipe.hincrby(key, f"{E2E}:{bucket_of(counts.end_to_end_ms)}", 1)
-        pipe.hincrby(key, f"{QUEUE_WAIT}:{bucket_of(counts.queue_wait_ms)}", 1)
-        pipe.hincrby(key, f"{PROCESSING}:{bucket_of(counts.processing_ms)}", 1)
-        pipe.hincrby(key, f"channel:{counts.channel}", 1)
-        pipe.hincrbyfloat(key, LATENCY_SUM, counts.end_to_end_ms)
-        if counts.prompt_tokens or counts.completion_tokens:
-            pipe.hincrby(key, "tokens:prompt", counts.prompt_tokens)
-            pipe.hincrby(key, "tokens:completion", counts.completion_tokens)
-        if counts.silenced:
-            pipe.hincrby(key, "outcome:silenced", 1)
-        elif counts.handoff:
-            pipe.hincrby(key, "outcome:handoff", 1)
-        if counts.merged:
-            pipe.hincrby(key, "outcome:merged", 1)
-        pipe.expire(key, ttl)
-    pipe.hincrby(names.stats_total_key, MESSAGES, 1)
-
-
-def queue_max_latency(pipe: Pipeline, names: Names, now: float, latencies_ms: Sequence[float]) -> None:
-    """The batch's largest end-to-end latency, kept in each slice if it is the largest there."""
-    if not latencies_ms:
-        return
-    top = repr(max(latencies_ms))
-    for key, _ in slice_keys(names, now):
-        pipe.eval(_KEEP_MAX, 1, key, LATENCY_MAX, top)
+def reply_writes(counts: ReplyCounts) -> dict[str, object]:
+    """The slice writes for one reply, by name, for the commit script to apply to each slice:
+    counters to add (`add`), the latency sum (`sum`) and the latency kept if it is the largest
+    (`max`), both as text so no precision is lost on the way."""
+    add = {
+        MESSAGES: 1,
+        f"{E2E}:{bucket_of(counts.end_to_end_ms)}": 1,
+        f"{QUEUE_WAIT}:{bucket_of(counts.queue_wait_ms)}": 1,
+        f"{PROCESSING}:{bucket_of(counts.processing_ms)}": 1,
+        f"channel:{counts.channel}": 1,
+    }
+    if counts.prompt_tokens or counts.completion_tokens:
+        add["tokens:prompt"] = counts.prompt_tokens
+        add["tokens:completion"] = counts.completion_tokens
+    if counts.silenced:
+        add["outcome:silenced"] = 1
+    elif counts.handoff:
+        add["outcome:handoff"] = 1
+    if counts.merged:
+        add["outcome:merged"] = 1
+    latency = repr(counts.end_to_end_ms)
+    return {"add": add, "sum_field": LATENCY_SUM, "max_field": LATENCY_MAX, "latency": latency, "total": MESSAGES}
