@@ -98,6 +98,11 @@ class Names:
     def delivered_key(self, message_id: str) -> str:
         return f"{self.namespace}:delivered:{message_id}"
 
+    def outbound_order_key(self, conversation_id: str) -> str:
+        """The conversation's channel replies not yet delivered, oldest first (the worker appends
+        as it commits; gateways send only the head, so several of them keep the order)."""
+        return f"{self.namespace}:outbound:{conversation_id}"
+
     def memory_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:memory:{conversation_id}"
 

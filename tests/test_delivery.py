@@ -16,7 +16,17 @@ import aiohttp
 from services.gateway.delivery.split import split_text, units
 from shared.messages import Channel, ReplyContent, ReplyMessage
 from shared.names import Names
-from tests.channel_fakes import PHONE_NUMBER_ID, TELEGRAM_ENV, WHATSAPP_ENV, Answer, FakeChannelApi, Hold
+from tests.channel_fakes import (
+    PHONE_NUMBER_ID,
+    TELEGRAM_ENV,
+    WHATSAPP_ENV,
+    Answer,
+    FakeChannelApi,
+    Hold,
+    kb_answer,
+    whatsapp_text,
+)
+from tests.channel_fakes import post_whatsapp as send_whatsapp
 from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, get_json
 from tests.test_pipeline import wait_ready
 
@@ -207,3 +217,31 @@ def test_split_prefers_paragraphs_then_sentences_then_words() -> None:
     # Emoji take two UTF-16 units (Telegram's count): never over the limit in those units.
     parts = split_text("😀" * 9, 8)
     assert all(units(part) <= 8 for part in parts) and "".join(parts) == "😀" * 9
+
+
+async def test_replies_to_one_recipient_leave_in_order_across_gateways(
+    stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi
+) -> None:
+    """Two gateways deliver; each chat's first reply fails once (retried after a back-off) while
+    the second may sit on the other gateway: it still waits for the first."""
+    for _ in range(2):
+        await stack.start("gateway", **CHANNELS_ENV, **api.env())
+    await stack.start("worker")
+    await wait_ready(stack)
+    # An odd number: the broker alternates between the two gateways, so a chat's two replies
+    # (5 apart in the queue) land on different ones.
+    chats = [f"55119000077{i:02d}" for i in range(5)]
+    api.script[:] = [Answer(500)] * len(chats)
+    for question in ("Qual o prazo de entrega?", "Quanto custa o frete?"):
+        for chat in chats:
+            status, _ = await post_whatsapp(stack.of("gateway")[0], http, chat, question)
+            assert status == 200
+    expected = [kb_answer("prazo-entrega"), kb_answer("frete")]
+    for chat in chats:
+        assert await delivered(api, chat, 2) == expected, chat
+    assert sum(r.status == 500 for r in api.received) == len(chats)
+
+
+async def post_whatsapp(gateway: Service, http: aiohttp.ClientSession, sender: str, text: str) -> tuple[int, Any]:
+    payload = whatsapp_text(f"wamid.order-{uuid.uuid4().hex}", sender, text)
+    return await send_whatsapp(http, gateway, payload)

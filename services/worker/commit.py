@@ -77,7 +77,8 @@ return {outcome}
 # writes that shared.stats.reply_writes lists, the users seen, the memory and the operators'
 # conversation log. One command per message instead of some thirty.
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
-#       7 conversations index.
+#       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
+#       queue of replies to send: services/gateway/delivery/order.py).
 _EFFECTS = """
 local p = cjson.decode(ARGV[1])
 local stats = p.stats
@@ -107,6 +108,10 @@ redis.call('LTRIM', KEYS[6], -p.log_length, -1)
 redis.call('EXPIRE', KEYS[6], p.log_ttl)
 redis.call('ZADD', KEYS[7], p.now, p.conversation)
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', p.now - p.log_ttl)
+if p.outbound then
+  redis.call('RPUSH', KEYS[8], p.message_id)
+  redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
+end
 return 0
 """
 
@@ -325,6 +330,10 @@ class Committer:
             "log_length": CONVERSATION_LOG_ENTRIES,
             "log_ttl": CONVERSATION_LOG_TTL_SECONDS,
             "conversation": conversation,
+            "message_id": message.message_id,
+            # A reply the delivery consumers will send (not the web's, not one held back).
+            "outbound": message.channel != "web" and not reply.silenced and not item.merged,
+            "outbound_ttl": IDEMPOTENCY_TTL_SECONDS,
         }
         keys = [
             fine,
@@ -334,6 +343,7 @@ class Committer:
             names.memory_key(conversation),
             names.conversation_log_key(conversation),
             names.conversations_key,
+            names.outbound_order_key(conversation),
         ]
         return keys, orjson.dumps(payload)
 

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.gateway.delivery.clients import ChannelClient, MissingAddress, SendFailed
 from services.gateway.delivery.ledger import Ledger
+from services.gateway.delivery.order import OutboundOrder
 from services.gateway.delivery.split import split_text
 from services.gateway.ratelimit import TokenBuckets
 from shared.broker import BROKER_ERRORS, Broker, work_queue_arguments
@@ -132,6 +133,7 @@ class DeliveryConsumer:
         self._ledger = Ledger(store.redis, broker.names)
         self._pacing = TokenBuckets(store.redis, broker.names.pacing_prefix(client.channel))
         self._order = KeyedLocks()
+        self._outbound = OutboundOrder(store.redis, broker.names)
         self._inflight: set[asyncio.Task[object]] = set()
         self._subscription: tuple[AbstractRobustChannel, AbstractQueue, str] | None = None
 
@@ -216,8 +218,13 @@ class DeliveryConsumer:
             # under the message it was merged into. The worker does not send these; nor do we.
             await delivery.ack()
             return
+        # The conversation's earlier replies first, whichever gateway holds them (waited for before
+        # the recipient's lock, which a redelivered earlier reply may still need).
+        await self._redis(lambda: self._outbound.wait_turn(reply.conversation_id, reply.message_id))
         async with self._order.hold(recipient):
             outcome = await self._deliver(reply, recipient)
+            if outcome != "handed_over":  # the consumer that took it over settles it
+                await self._redis(lambda: self._outbound.settled(reply.conversation_id, reply.message_id))
         if outcome == "dead_lettered":
             await self._dead_letter(delivery)
         else:
