@@ -1,7 +1,7 @@
 """`make bench-llm`: N conversations at once against a slow OpenAI-compatible stand-in.
 
 For each number of workers and each model latency: N customers each send one message at the same
-moment (`POST /v1/messages?wait=60`, REPLY_ENGINE=openai, the product's defaults otherwise). Prints
+moment (`POST /v1/messages?wait=30`, REPLY_ENGINE=openai, the product's defaults otherwise). Prints
 messages/s, when the last was answered, p95 latency, the most calls the stand-in had in flight,
 the ratio to the ideal (latency x rounds of WORKER_CONCURRENCY per worker), and peak RSS per service.
 """
@@ -34,7 +34,7 @@ async def ask_all(url: str, conversations: int) -> list[float]:
         async def ask(i: int) -> float:
             started = time.perf_counter()
             body = {"user_id": f"c{i}", "conversation_id": f"bench-{uuid.uuid4().hex}", "text": "Qual o prazo?"}
-            async with http.post(url, params={"wait": "60"}, json=body) as response:
+            async with http.post(url, params={"wait": "30"}, json=body) as response:
                 await response.read()
                 assert response.status == 200, response.status
             return time.perf_counter() - started

@@ -31,6 +31,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from services.worker.ownership import owned_shards
 from services.worker.processor import MAX_BACKOFF_S, Abandoned, Processor, still_held
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
+from shared.messages import InboundMessage, MessageFormatError
 from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,18 @@ class Capacity:
                 self.in_flight -= 1
 
 
+def _lane_of(delivery: AbstractIncomingMessage) -> str:
+    """The delivery's conversation: the gateway sends it as the correlation id; otherwise (a
+    replayed dead letter) it is read from the body. A malformed message gets a lane of its own,
+    where it is dead-lettered."""
+    if delivery.correlation_id:
+        return delivery.correlation_id
+    try:
+        return InboundMessage.from_bytes(delivery.body).conversation_id
+    except MessageFormatError:
+        return f"?{delivery.delivery_tag}"
+
+
 class ShardSubscription:
     def __init__(self, shard: int, broker: Broker, processor: Processor, capacity: Capacity) -> None:
         self.shard = shard
@@ -81,9 +94,7 @@ class ShardSubscription:
 
     async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:
         # No await before the append: callbacks start in delivery order, so each lane keeps it.
-        # The gateway sends the conversation id as the correlation id; a message without one
-        # (malformed) gets a lane of its own and is dead-lettered there.
-        key = delivery.correlation_id or f"?{delivery.delivery_tag}"
+        key = _lane_of(delivery)
         lane = self._lanes.get(key)
         if lane is not None:
             lane.append(delivery)
