@@ -98,6 +98,10 @@ class Names:
     def delivered_key(self, message_id: str) -> str:
         return f"{self.namespace}:delivered:{message_id}"
 
+    def commit_marker_key(self, message_id: str) -> str:
+        """Set by the worker's commit decision for the effects that follow it (short-lived)."""
+        return f"{self.namespace}:committed:{message_id}"
+
     def outbound_order_key(self, conversation_id: str) -> str:
         """The conversation's channel replies not yet delivered, oldest first (the worker appends
         as it commits; gateways send only the head, so several of them keep the order)."""

@@ -1,17 +1,18 @@
 """Committing a generated reply, once: the worker's only write path for a message it answered.
 
-Two steps, both batched across every lane of the worker (one pipeline each, whoever is waiting):
+Two Lua scripts per message, sent together in one pipeline for every lane that is waiting (what
+arrives while a batch is on the wire goes in the next one), so Redis runs each message's pair
+back to back and a worker dying after sending leaves nothing half done:
 
-1. `_DECIDE`, a Lua script, takes what must be decided atomically: a reply already stored (a
-   redelivery, or a race: the first writer wins and the others get its reply), a conversation with
-   a human (the reply is stored silenced, never sent), the fallback streak that escalates to a
-   human, and starting that handoff. It stores the reply that stands. Its input is one JSON payload
-   with named fields (`_payload`), plus the four keys it touches.
-2. Only for the winners, the effects, in one pipeline: `_EFFECTS` per message (the stats writes
-   `shared.stats.reply_writes` names, the memory, the operators' conversation log, the users
-   seen) and the handoff index (`shared.handoff.queue_index`). A crash between the two steps
-   loses these effects for that message (they are never applied twice: the redelivery finds the
-   stored reply and applies nothing).
+1. `_DECIDE` takes only what must be decided atomically: a reply already stored (a redelivery, or
+   a race: the first writer wins and the others get its reply), a conversation with a human (the
+   reply is stored silenced, never sent), the fallback streak that escalates to a human, and
+   starting that handoff. It stores the reply that stands and leaves a marker with the outcome.
+   Its input is one JSON payload with named fields (`_payload`), plus the keys it touches.
+2. `_EFFECTS` applies, under that marker only (so never twice), what the winning commit adds: the
+   stats writes `shared.stats.reply_writes` names, the memory, the operators' conversation log,
+   the users seen and the reply's place in the outbound order. Then the started handoffs are
+   indexed for the admin area (`shared.handoff.queue_index`).
 """
 
 from __future__ import annotations
@@ -19,20 +20,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from shared import handoff, stats
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
-from shared.store import IDEMPOTENCY_TTL_SECONDS, REDIS_ERRORS, USERS_KEEP_SECONDS
+from shared.store import IDEMPOTENCY_TTL_SECONDS, USERS_KEEP_SECONDS
 from shared.telemetry import redis_span
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,10 @@ CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
 SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True)
 
 SENT, STORED, SILENCED, ESCALATED = 0, 1, 2, 3
-# KEYS: 1 the reply, 2 the conversation's handoff, 3 its fallback streak, 4 the message's attempts.
+# Long enough for the effects right behind the decision in the same pipeline, or a retry of both.
+MARKER_TTL_SECONDS = 300
+# KEYS: 1 the reply, 2 the conversation's handoff, 3 its fallback streak, 4 the message's attempts,
+#       5 the commit's marker (the outcome, for `_EFFECTS` right after it in the same pipeline).
 # Returns {SENT}, {STORED, the stored reply}, {SILENCED} or {ESCALATED}.
 _DECIDE = """
 local stored = redis.call('GET', KEYS[1])
@@ -70,18 +73,26 @@ if outcome == 3 or (outcome == 0 and p.handoff) then
   redis.call('DEL', KEYS[3])
 end
 redis.call('DEL', KEYS[4])
+redis.call('SET', KEYS[5], outcome, 'EX', p.marker_ttl)
 return {outcome}
 """
 
-# The effects of one winning commit, applied as named in the payload (`_effects`): the stats slice
-# writes that shared.stats.reply_writes lists, the users seen, the memory and the operators'
-# conversation log. One command per message instead of some thirty.
+# The effects of the commit `_DECIDE` just won (its marker says with which outcome; none: the reply
+# was stored before, nothing to do), applied as named in the payload (`_effects`, one variant per
+# possible outcome): the stats slice writes that shared.stats.reply_writes lists, the users seen,
+# the memory and the operators' conversation log. One command per message instead of some thirty.
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
 #       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
 #       queue of replies to send: services/gateway/delivery/order.py).
 _EFFECTS = """
+local outcome = redis.call('GET', KEYS[9])
+if not outcome then
+  return 0
+end
+redis.call('DEL', KEYS[9])
 local p = cjson.decode(ARGV[1])
-local stats = p.stats
+local v = p.variants[outcome]
+local stats = v.stats
 for i = 1, 2 do
   local k = KEYS[i]
   for name, n in pairs(stats.add) do
@@ -96,23 +107,23 @@ end
 redis.call('HINCRBY', KEYS[3], stats.total, 1)
 redis.call('ZADD', KEYS[4], p.now, p.user)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.now - p.users_keep)
-if p.memory == 'reset' then
+if v.memory == 'reset' then
   redis.call('DEL', KEYS[5])
-elseif p.memory == 'append' then
-  redis.call('RPUSH', KEYS[5], p.user_turn, p.assistant_turn)
+elseif v.memory == 'append' then
+  redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn)
   redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
   redis.call('EXPIRE', KEYS[5], p.memory_ttl)
 end
-redis.call('RPUSH', KEYS[6], p.log_entry)
+redis.call('RPUSH', KEYS[6], v.log_entry)
 redis.call('LTRIM', KEYS[6], -p.log_length, -1)
 redis.call('EXPIRE', KEYS[6], p.log_ttl)
 redis.call('ZADD', KEYS[7], p.now, p.conversation)
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', p.now - p.log_ttl)
-if p.outbound then
+if v.outbound then
   redis.call('RPUSH', KEYS[8], p.message_id)
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
 end
-return 0
+return 1
 """
 
 
@@ -191,7 +202,7 @@ class Committer:
                 try:
                     with redis_span("commit", **{"atendimento.commit.batch": len(batch)}):
                         standing = await self._commit([item for item, _ in batch])
-                except REDIS_ERRORS as exc:
+                except Exception as exc:  # every waiter learns it (Redis errors, and bugs alike)
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
@@ -203,33 +214,45 @@ class Committer:
             self._flushing = None
 
     async def _commit(self, items: list[Commit]) -> list[ReplyMessage]:
+        """Decide and apply the effects in one pipeline: Redis runs both scripts of a message
+        back to back, so a worker dying after sending leaves nothing half done."""
         now = time.time()
-        decisions = await self._decide(items, now)
+        calls: list[tuple[str, list[str], bytes]] = []
+        for item in items:
+            calls.append((self._decide_sha, self._keys(item), orjson.dumps(self._payload(item, now))))
+            calls.append((self._effects_sha, *self._effects(item, now)))
+        try:
+            results = await self._run(calls)
+        except NoScriptError:
+            # Redis restarted or flushed its scripts. Running again is safe: a stored reply wins,
+            # and effects apply only under the marker of a decision just won.
+            await self.redis.script_load(_DECIDE)
+            await self.redis.script_load(_EFFECTS)
+            results = await self._run(calls)
+        decisions = results[0::2]
         standing = [_standing(item, decision) for item, decision in zip(items, decisions, strict=True)]
-        won = [(item, reply) for item, reply, d in zip(items, standing, decisions, strict=True) if d[0] != STORED]
-        if won:
-            await self._apply_effects(won, now)
+        started = [
+            item.message.conversation_id
+            for item, reply, decision in zip(items, standing, decisions, strict=True)
+            if decision[0] != STORED and reply.reply.handoff and not reply.silenced and not item.merged
+        ]
+        if started:
+            await self._index_handoffs(started, now)
         return standing
 
-    async def _decide(self, items: list[Commit], now: float) -> list[list[Any]]:
-        calls = [(self._keys(item), orjson.dumps(self._payload(item, now))) for item in items]
-        try:
-            return await self._run(self._decide_sha, calls)
-        except NoScriptError:
-            # Redis restarted or flushed its scripts. Deciding again is safe: a stored reply wins.
-            await self.redis.script_load(_DECIDE)
-            return await self._run(self._decide_sha, calls)
-
-    async def _run(
-        self, sha: str, calls: list[tuple[list[str], bytes]], extra: Callable[[Pipeline], None] | None = None
-    ) -> list[Any]:
+    async def _run(self, calls: list[tuple[str, list[str], bytes]]) -> list[Any]:
         # Plain EVALSHA: redis-py's pipelined Script objects would first ask SCRIPT EXISTS.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for keys, payload in calls:
+            for sha, keys, payload in calls:
                 pipe.evalsha(sha, len(keys), *keys, payload)
-            if extra is not None:
-                extra(pipe)
             return await pipe.execute()
+
+    async def _index_handoffs(self, conversations: list[str], now: float) -> None:
+        """List the handoffs just started for the admin area (their keys are set already)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation in conversations:
+                handoff.queue_index(pipe, self.names, conversation, now, self.policy.handoff_ttl_s)
+            await pipe.execute()
 
     def _keys(self, item: Commit) -> list[str]:
         message = item.message
@@ -238,6 +261,7 @@ class Committer:
             self.names.handoff_key(message.conversation_id),
             self.names.fallback_streak_key(message.conversation_id),
             self.names.attempts_key(message.message_id),
+            self.names.commit_marker_key(message.message_id),
         ]
 
     def _payload(self, item: Commit, now: float) -> dict[str, Any]:
@@ -263,42 +287,51 @@ class Committer:
             "streak_ttl": self.policy.memory_ttl_s,
             "handoff_info": info.to_bytes().decode(),
             "handoff_ttl": self.policy.handoff_ttl_s,
+            "marker_ttl": MARKER_TTL_SECONDS,
         }
 
-    async def _apply_effects(self, won: list[tuple[Commit, ReplyMessage]], now: float) -> None:
-        """The second step. Redis failing here must not undo the first: wait until it answers."""
-        calls = [self._effects(item, reply, now) for item, reply in won]
-        handoffs = [
-            item.message.conversation_id
-            for item, reply in won
-            if reply.reply.handoff and not reply.silenced and not item.merged
-        ]
-
-        def index_handoffs(pipe: Pipeline) -> None:
-            for conversation in handoffs:
-                handoff.queue_index(pipe, self.names, conversation, now, self.policy.handoff_ttl_s)
-
-        attempt = 0
-        while True:
-            try:
-                try:
-                    await self._run(self._effects_sha, calls, index_handoffs)
-                except NoScriptError:
-                    await self.redis.script_load(_EFFECTS)
-                    continue
-                return
-            except REDIS_ERRORS as exc:
-                attempt += 1
-                if attempt == 1:
-                    log.warning("Redis unavailable, holding the commit's stats and memory: %s", exc)
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
-
-    def _effects(self, item: Commit, reply: ReplyMessage, now: float) -> tuple[list[str], bytes]:
-        names, message, timings = self.names, item.message, item.timings
+    def _effects(self, item: Commit, now: float) -> tuple[list[str], bytes]:
+        names, message = self.names, item.message
         conversation = message.conversation_id
-        content = reply.reply
-        usage = item.reply.reply.usage  # the tokens the generated reply cost, whatever stands
         (fine, fine_ttl), (hour, hour_ttl) = stats.slice_keys(names, now)
+        variants = {
+            str(SENT): self._variant(item, item.reply, now),
+            str(SILENCED): self._variant(item, silenced(item.reply), now),
+        }
+        if item.escalation is not None:
+            variants[str(ESCALATED)] = self._variant(item, item.escalation, now)
+        payload = {
+            "variants": variants,
+            "slice_ttls": [fine_ttl, hour_ttl],
+            "now": now,
+            "user": f"{message.channel}:{message.user_id}",
+            "users_keep": USERS_KEEP_SECONDS,
+            "user_turn": _turn("user", item.user_text).decode(),
+            "memory_length": 2 * self.policy.memory_turns,
+            "memory_ttl": self.policy.memory_ttl_s,
+            "log_length": CONVERSATION_LOG_ENTRIES,
+            "log_ttl": CONVERSATION_LOG_TTL_SECONDS,
+            "conversation": conversation,
+            "message_id": message.message_id,
+            "outbound_ttl": IDEMPOTENCY_TTL_SECONDS,
+        }
+        keys = [
+            fine,
+            hour,
+            names.stats_total_key,
+            names.users_key,
+            names.memory_key(conversation),
+            names.conversation_log_key(conversation),
+            names.conversations_key,
+            names.outbound_order_key(conversation),
+            names.commit_marker_key(message.message_id),
+        ]
+        return keys, orjson.dumps(payload)
+
+    def _variant(self, item: Commit, reply: ReplyMessage, now: float) -> dict[str, Any]:
+        """The effects that depend on which reply stands."""
+        message, timings, content = item.message, item.timings, reply.reply
+        usage = item.reply.reply.usage  # the tokens the generated reply cost, whatever stands
         writes = stats.reply_writes(
             stats.ReplyCounts(
                 channel=message.channel,
@@ -315,37 +348,14 @@ class Committer:
         memory = "keep"
         if not reply.silenced and not item.merged:
             memory = "reset" if content.reset else "append" if self.policy.memory_turns > 0 else "keep"
-        payload = {
+        return {
             "stats": writes,
-            "slice_ttls": [fine_ttl, hour_ttl],
-            "now": now,
-            "user": f"{message.channel}:{message.user_id}",
-            "users_keep": USERS_KEEP_SECONDS,
             "memory": memory,
-            "user_turn": _turn("user", item.user_text).decode(),
             "assistant_turn": _turn("assistant", content.text).decode(),
-            "memory_length": 2 * self.policy.memory_turns,
-            "memory_ttl": self.policy.memory_ttl_s,
             "log_entry": orjson.dumps(_log_entry(item, reply, now)).decode(),
-            "log_length": CONVERSATION_LOG_ENTRIES,
-            "log_ttl": CONVERSATION_LOG_TTL_SECONDS,
-            "conversation": conversation,
-            "message_id": message.message_id,
             # A reply the delivery consumers will send (not the web's, not one held back).
             "outbound": message.channel != "web" and not reply.silenced and not item.merged,
-            "outbound_ttl": IDEMPOTENCY_TTL_SECONDS,
         }
-        keys = [
-            fine,
-            hour,
-            names.stats_total_key,
-            names.users_key,
-            names.memory_key(conversation),
-            names.conversation_log_key(conversation),
-            names.conversations_key,
-            names.outbound_order_key(conversation),
-        ]
-        return keys, orjson.dumps(payload)
 
 
 def silenced(reply: ReplyMessage) -> ReplyMessage:

@@ -128,6 +128,8 @@ class ShardSubscription:
         while not self._stopping:
             try:
                 async with self._capacity.slot():
+                    if self._stopping:
+                        return  # the shard was given up while this waited; its channel returns it
                     pause = await self._processor.handle(unit)
             except Abandoned as exc:
                 log.warning("shard %d: deliveries given back, they will be redelivered: %r", self.shard, exc)
