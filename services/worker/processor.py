@@ -33,7 +33,7 @@ from typing import TypeVar
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
-from shared.broker import Broker
+from shared.broker import Broker, may_be_a_copy
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
 from shared.store import REDIS_ERRORS, SILENT_REPLY, Commit, Store, Timings
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
@@ -130,7 +130,7 @@ class Processor:
         started = now_ms()
         state = await self._until_redis_answers(
             lambda: self.store.begin(
-                message, redelivered=delivery.redelivered is True, with_history=self.engine.uses_history
+                message, redelivered=may_be_a_copy(delivery), with_history=self.engine.uses_history
             )
         )
         if state.stored_reply is not None:
