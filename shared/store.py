@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from redis._parsers import _AsyncRESP2Parser
+from redis._parsers import _AsyncRESP3Parser
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -201,11 +201,11 @@ class RedisRefused(ResponseError):
     a primary down, a script hogging it (BUSY). Like OOM and READONLY, this is "Redis unavailable"."""
 
 
-class _Parser(_AsyncRESP2Parser):
+class _Parser(_AsyncRESP3Parser):  # RESP3: redis-py's default protocol
     # Refusals get their own exception class, so every `except REDIS_ERRORS` treats them as an
     # outage, while a real error in a command or a script stays a ResponseError (a bug).
     EXCEPTION_CLASSES = {  # noqa: RUF012 (the base class declares it so)
-        **_AsyncRESP2Parser.EXCEPTION_CLASSES,
+        **_AsyncRESP3Parser.EXCEPTION_CLASSES,
         **dict.fromkeys(("MISCONF", "NOREPLICAS", "MASTERDOWN", "BUSY", "CLUSTERDOWN"), RedisRefused),
     }
 
