@@ -77,13 +77,14 @@ async def serve(app: web.Application, port: int, settings: Settings) -> None:
             await asyncio.wait_for(signals.second.wait(), settings.drain_s)
     finally:
         log.info("closing the listener and draining in-flight work")
-        try:
-            await asyncio.wait_for(runner.cleanup(), settings.shutdown_grace_s + STOP_MARGIN_S)
-        except TimeoutError:
+        cleanup = asyncio.create_task(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=settings.shutdown_grace_s + STOP_MARGIN_S)
+        if not done:
             log.warning("stop took longer than the grace of %.0fs; exiting anyway", settings.shutdown_grace_s)
             logging.shutdown()
             # Not a normal return: cancelling what is left would wait on the same wedged peer.
             os._exit(0)
+        cleanup.result()
 
 
 def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:

@@ -30,7 +30,7 @@ class Direction(enum.Enum):
 UP, DOWN = Direction.UP, Direction.DOWN
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in a set
 class _Link:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
@@ -54,6 +54,7 @@ class FaultProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._swallowing: set[Direction] = set()
         self._triggers: dict[Direction, _Trigger] = {}
         self.swallowed = {UP: 0, DOWN: 0}
@@ -67,6 +68,7 @@ class FaultProxy:
             self._server.close()
             self._server = None
         self.drop()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def url(self, scheme: str, suffix: str = "") -> str:
         return f"{scheme}127.0.0.1:{self.port}{suffix}"
@@ -96,6 +98,10 @@ class FaultProxy:
         return trigger.fired
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:

@@ -159,8 +159,10 @@ async def test_redis_refusing_writes_holds_the_messages_and_nothing_is_dead_lett
             status, _ = await post_message(http, gateway, body)
             assert status == 202
             ids.append(body["message_id"])
-        # Every write refused (MISCONF, OOM and READONLY are all alike: Redis unavailable).
-        await private.config_set(maxmemory_policy="noeviction", maxmemory="1")
+        # Writes refused: OOM (the shipped noeviction policy) and, for every write of a script too,
+        # NOREPLICAS (Redis lets a script whose first write is a DEL go on past maxmemory). MISCONF
+        # and READONLY are alike: Redis unavailable, never the message's fault.
+        await private.config_set(maxmemory_policy="noeviction", maxmemory="1", min_replicas_to_write="1")
         worker = await stack.start("worker")
 
         async def holding() -> bool:
@@ -174,7 +176,7 @@ async def test_redis_refusing_writes_holds_the_messages_and_nothing_is_dead_lett
             _, stats = await get_json(http, monitor.url + "/monitoring/stats")
             assert not stats["queue"]["dead_letters"], stats["queue"]
             await asyncio.sleep(0.25)
-        await private.config_set(maxmemory="0")
+        await private.config_set(maxmemory="0", min_replicas_to_write="0")
 
         async def all_answered() -> bool:
             for message_id in ids:
@@ -237,6 +239,7 @@ async def test_no_errors_counted_for_probes_at_start_nor_for_closed_event_stream
     for _ in range(3):
         status, _ = await get_json(http, unready.url + "/monitoring/health")
         assert status == 503
+    unready.stop()
     gateway = await stack.start("gateway")
     await stack.start("worker")
     monitor = await stack.start("monitor")
