@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install services run test lint typecheck pytest bench eval embeddings clean
+.PHONY: install services run test lint typecheck pytest bench soak eval embeddings clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: install services lint typecheck pytest  ## everything CI runs
 
 bench: install services  ## throughput and latency against a bare aiohttp+RabbitMQ round trip
 	$(PY) -m bench $(BENCH_ARGS)
+
+soak: install services  ## messages while workers, then gateways, are SIGKILLed and Redis restarts: lost/doubled/reordered
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 eval: install  ## answer quality: make eval KB=... QUESTIONS=... (EVAL_ARGS=--all for every bundled set)
 	$(PY) -m eval $(if $(KB),--kb $(KB)) $(if $(QUESTIONS),--questions $(QUESTIONS)) $(EVAL_ARGS)

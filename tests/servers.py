@@ -33,9 +33,11 @@ def have(*programs: str) -> bool:
 
 @dataclass
 class PrivateRedis:
-    """A redis-server on a free port, no persistence; `restart` keeps the port (and loses the data)."""
+    """A redis-server on a free port; `restart` keeps the port. Without persistence a restart loses
+    the data; `persistent` keeps every acknowledged write (append-only file, fsync always)."""
 
     workdir: Path
+    persistent: bool = False
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -46,8 +48,9 @@ class PrivateRedis:
     def spawn(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         with (self.workdir / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen([*command, "--save", "", "--appendonly", "no"], stdout=log, stderr=log)
+            self.process = subprocess.Popen([*command, "--save", "", *durability], stdout=log, stderr=log)
 
     async def start(self) -> PrivateRedis:
         self.spawn()
