@@ -5,9 +5,11 @@ faults that would harm the shared ones)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.gateway.ratelimit import _TAKE
 from shared.broker import COPY_HEADER
 from shared.messages import InboundMessage
 from shared.names import Names
@@ -263,3 +266,34 @@ async def test_no_errors_counted_for_probes_at_start_nor_for_closed_event_stream
     _, stats = await get_json(http, monitor.url + "/monitoring/stats")
     assert stats["errors"]["total"] == 0, stats["errors"]
     assert "unhandled error" not in gateway.logs()
+
+
+async def test_250_concurrent_status_reads_are_all_answered(stack: Stack, http: aiohttp.ClientSession) -> None:
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)
+    body = message()
+    status, _ = await post_message(http, gateway, body, wait=10)
+    assert status == 200
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as many:
+        results = await asyncio.gather(
+            *(get_json(many, f"{gateway.url}/v1/messages/{body['message_id']}") for _ in range(250))
+        )
+    assert sorted({status for status, _ in results}) == [200], Counter(status for status, _ in results)
+
+
+async def test_a_rate_limit_take_whose_reply_is_lost_is_taken_once(
+    stack: Stack, http: aiohttp.ClientSession, redis_proxy: FaultProxy
+) -> None:
+    # One message a second, bursts of two: a take applied twice would refuse the second message.
+    gateway = await stack.start("gateway", REDIS_URL=redis_proxy.url("redis://", "/0"), RATE_LIMIT_PER_USER="1")
+    await stack.start("worker")
+    await wait_ready(stack)
+    first = message()
+    status, _ = await post_message(http, gateway, first)  # the take script is loaded now
+    assert status == 202
+    cut = redis_proxy.cut_after_sent(hashlib.sha1(_TAKE.encode()).hexdigest().encode())
+    status, answer = await post_message(http, gateway, message(user_id=first["user_id"]))
+    assert cut.is_set()
+    assert status == 202, answer
