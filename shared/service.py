@@ -87,14 +87,16 @@ async def serve(app: web.Application, port: int, settings: Settings) -> None:
         cleanup.result()
 
 
-def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+def supervised(
+    name: str, loop: Callable[[], Awaitable[None]], *, restart_delay_s: float = RESTART_DELAY_S
+) -> asyncio.Task[None]:
     """Start a background loop that lives as long as the service: a crash is logged and the loop
     starts again (after a pause that grows while it keeps crashing); returning ends it."""
-    return asyncio.create_task(_supervise(name, loop), name=name)
+    return asyncio.create_task(_supervise(name, loop, restart_delay_s), name=name)
 
 
-async def _supervise(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    delay = RESTART_DELAY_S
+async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_delay_s: float) -> None:
+    delay = restart_delay_s
     while True:
         started = time.monotonic()
         try:
@@ -103,7 +105,7 @@ async def _supervise(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             log.exception("background loop %s crashed; restarting it in %.0fs", name, delay)
         # A loop that ran a good while before crashing starts again soon; one crashing at once waits longer.
-        delay = RESTART_DELAY_S if time.monotonic() - started > MAX_RESTART_DELAY_S else delay
+        delay = restart_delay_s if time.monotonic() - started > MAX_RESTART_DELAY_S else delay
         await asyncio.sleep(delay)
         delay = min(2 * delay, MAX_RESTART_DELAY_S)
 

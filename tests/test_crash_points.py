@@ -24,9 +24,20 @@ from services.gateway.ratelimit import _TAKE
 from shared.broker import COPY_HEADER
 from shared.messages import InboundMessage
 from shared.names import Names
+from shared.service import supervised
 from tests.faultproxy import UP, FaultProxy
 from tests.servers import PrivateRabbit, PrivateRedis, have, wait_closed
-from tests.support import AMQP_URL, REDIS_URL, TEST_SHARDS, Stack, eventually, free_port, get_json, post_message
+from tests.support import (
+    AMQP_URL,
+    REDIS_URL,
+    TEST_SHARDS,
+    Service,
+    Stack,
+    eventually,
+    free_port,
+    get_json,
+    post_message,
+)
 from tests.test_pipeline import PRAZO, wait_ready
 
 AMQP_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
@@ -222,13 +233,17 @@ async def test_sigterm_with_the_broker_stopped_exits_within_the_grace(
         started = time.monotonic()
         for service in stack.services:
             service.kill(signal.SIGTERM)
-        exits = await asyncio.gather(
-            *(wait_closed(service.process, grace + 30) for service in stack.services if service.process is not None)
-        )
-        took = time.monotonic() - started
-        print(f"stop with the broker SIGSTOPped: all three services gone in {took:.1f}s (grace {grace:.0f}s)")
-        assert exits == [0, 0, 0], stack.logs()
-        assert took < grace + 5, stack.logs()
+
+        async def stopped(service: Service) -> tuple[str, int | None, float]:
+            assert service.process is not None
+            code = await wait_closed(service.process, grace + 30)
+            return service.name, code, time.monotonic() - started
+
+        exits = await asyncio.gather(*(stopped(service) for service in stack.services))
+        times = ", ".join(f"{name} {took:.1f}s" for name, _, took in exits)
+        print(f"stop with the broker SIGSTOPped, grace {grace:.0f}s: {times}")
+        assert [code for _, code, _ in exits] == [0, 0, 0], stack.logs()
+        assert max(took for _, _, took in exits) < grace + 5, stack.logs()
     finally:
         stack.stop_all()
         broker.stop()
@@ -297,3 +312,17 @@ async def test_a_rate_limit_take_whose_reply_is_lost_is_taken_once(
     status, answer = await post_message(http, gateway, message(user_id=first["user_id"]))
     assert cut.is_set()
     assert status == 202, answer
+
+
+async def test_a_crashed_background_loop_is_logged_and_started_again(caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[int] = []
+
+    async def flaky() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise RuntimeError(f"crash {len(runs)}")
+
+    await asyncio.wait_for(supervised("flaky", flaky, restart_delay_s=0.01), 5)
+    assert runs == [0, 1, 2]
+    crashes = [record for record in caplog.records if "background loop flaky crashed" in record.getMessage()]
+    assert len(crashes) == 2 and all(record.exc_info for record in crashes)
