@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install services run test lint typecheck pytest bench bench-llm eval embeddings clean
+.PHONY: install services run test lint typecheck pytest bench bench-llm soak eval embeddings clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: install services  ## throughput and latency against a bare aiohttp+Rabbit
 
 bench-llm: install services  ## N conversations at once against a slow OpenAI-compatible stand-in, 1 and 2 workers
 	$(PY) -m bench.llm $(BENCH_LLM_ARGS)
+
+soak: install services  ## messages while workers, then gateways, are SIGKILLed and Redis restarts: lost/doubled/reordered
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 eval: install  ## answer quality: make eval KB=... QUESTIONS=... (EVAL_ARGS=--all for every bundled set)
 	$(PY) -m eval $(if $(KB),--kb $(KB)) $(if $(QUESTIONS),--questions $(QUESTIONS)) $(EVAL_ARGS)

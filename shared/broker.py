@@ -17,6 +17,7 @@ import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
+    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
     DeliveryMode,
@@ -37,6 +38,15 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, asynci
 # returns of a clean shutdown or a rebalance.
 DELIVERY_LIMIT = 50
 PUBLISH_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 2.0
+# A message the gateway published again over a claim whose first publish it could not see confirmed
+# (that gateway died mid-publish): it may be queued twice, so the worker treats it like a
+# redelivery and looks for a stored reply before generating one.
+COPY_HEADER = "x-atendimento-copy"
+
+
+def may_be_a_copy(delivery: AbstractIncomingMessage) -> bool:
+    return delivery.redelivered is True or bool((delivery.headers or {}).get(COPY_HEADER))
 
 
 def work_queue_arguments(names: Names, *, single_active_consumer: bool) -> dict[str, Any]:
@@ -127,8 +137,9 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._connection is not None:
+            # Bounded: closing waits for the broker's answer, which a wedged broker never sends.
             with contextlib.suppress(*BROKER_ERRORS):
-                await self._connection.close()
+                await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT_S)
 
     async def _connect_forever(self) -> None:
         delay = 0.2

@@ -5,7 +5,9 @@ On SIGTERM (or SIGINT) readiness turns false first and the server keeps answerin
 probes included, for DRAIN_SECONDS, so load balancers and Kubernetes stop sending work while it
 still succeeds; only then does the listener close and the apps drain their in-flight work (within
 SHUTDOWN_GRACE_SECONDS). aiohttp's own `run_app` would stop listening at the signal itself. A
-second signal skips what is left of the drain period.
+second signal skips what is left of the drain period. The whole stop is bounded: if draining and
+closing take longer than SHUTDOWN_GRACE_SECONDS (a wedged broker never answers a close), the
+process exits anyway; whatever it still held unacked is redelivered by the broker.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import uvloop
 from aiohttp import web
@@ -26,6 +30,11 @@ from shared.telemetry import tracing_context
 from shared.web import PROBES
 
 log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+# Beyond the grace: time for the listener to close and the last log lines to be written.
+STOP_MARGIN_S = 3.0
 
 
 def run_service(
@@ -68,7 +77,37 @@ async def serve(app: web.Application, port: int, settings: Settings) -> None:
             await asyncio.wait_for(signals.second.wait(), settings.drain_s)
     finally:
         log.info("closing the listener and draining in-flight work")
-        await runner.cleanup()
+        cleanup = asyncio.create_task(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=settings.shutdown_grace_s + STOP_MARGIN_S)
+        if not done:
+            log.warning("stop took longer than the grace of %.0fs; exiting anyway", settings.shutdown_grace_s)
+            logging.shutdown()
+            # Not a normal return: cancelling what is left would wait on the same wedged peer.
+            os._exit(0)
+        cleanup.result()
+
+
+def supervised(
+    name: str, loop: Callable[[], Awaitable[None]], *, restart_delay_s: float = RESTART_DELAY_S
+) -> asyncio.Task[None]:
+    """Start a background loop that lives as long as the service: a crash is logged and the loop
+    starts again (after a pause that grows while it keeps crashing); returning ends it."""
+    return asyncio.create_task(_supervise(name, loop, restart_delay_s), name=name)
+
+
+async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_delay_s: float) -> None:
+    delay = restart_delay_s
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except Exception:
+            log.exception("background loop %s crashed; restarting it in %.0fs", name, delay)
+        # A loop that ran a good while before crashing starts again soon; one crashing at once waits longer.
+        delay = restart_delay_s if time.monotonic() - started > MAX_RESTART_DELAY_S else delay
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, MAX_RESTART_DELAY_S)
 
 
 class _StopSignals:

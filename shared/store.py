@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
-from typing import Any, cast
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis._parsers import _AsyncRESP3Parser
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import stats
@@ -30,14 +34,94 @@ USERS_KEEP_SECONDS = 25 * 3600
 INSTANCES_KEEP_SECONDS = 3600
 CONVERSATION_LOG_ENTRIES = 200
 CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# A message's claim: provisional while its publish waits for the broker's confirm, accepted after.
+#   p:<token>:<since ms>:<conversation>   (token: the claiming request's, so a resent command
+#                                          recognises its own write)
+#   a:<conversation>
+# KEYS: 1 claim. ARGV: 1 token, 2 conversation, 3 ms after which an unconfirmed claim is stale,
+# 4 claim ttl. Returns {0} won, {1, conversation} accepted before, {2, ms} another request's claim
+# is still being published (ask again within ms), {3} won over a stale claim: the message may be
+# queued already (its gateway died after the confirm), so this copy is marked as one.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = 'p:' .. ARGV[1] .. ':' .. now .. ':' .. ARGV[2]
+local current = redis.call('GET', KEYS[1])
+if not current then
+  redis.call('SET', KEYS[1], mine, 'EX', ARGV[4])
+  return {0}
+end
+if string.sub(current, 1, 2) ~= 'p:' then
+  return {1, string.sub(current, 1, 2) == 'a:' and string.sub(current, 3) or current}
+end
+local token_end = string.find(current, ':', 3, true)
+if string.sub(current, 3, token_end - 1) == ARGV[1] then
+  return {0}
+end
+local since_end = string.find(current, ':', token_end + 1, true)
+local age = now - tonumber(string.sub(current, token_end + 1, since_end - 1))
+if age < tonumber(ARGV[3]) then
+  return {2, tonumber(ARGV[3]) - age}
+end
+redis.call('SET', KEYS[1], mine, 'EX', ARGV[4])
+return {3}
+"""
+
+# KEYS: 1 claim. ARGV: 1 token. Gives a provisional claim back, only if it is still this request's.
+_RELEASE = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 3 + #ARGV[1]) == 'p:' .. ARGV[1] .. ':' then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: 1 attempts, 2 the last failure counted. ARGV: 1 token, 2 ttl. Counts one failure once: a
+# command resent after its reply was lost finds its token and does not count it again.
+_RECORD_FAILURE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+local failures = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', 300)
+return failures
+"""
+
+
+class RedisRefused(ResponseError):
+    """Redis answered but will not do the work now: snapshots failing (MISCONF), too few replicas,
+    a primary down, a script hogging it (BUSY). Like OOM and READONLY, this is "Redis unavailable"."""
+
+
+class _Parser(_AsyncRESP3Parser):  # RESP3: redis-py's default protocol
+    # Refusals get their own exception class, so every `except REDIS_ERRORS` treats them as an
+    # outage, while a real error in a command or a script stays a ResponseError (a bug).
+    EXCEPTION_CLASSES = {  # noqa: RUF012 (the base class declares it so)
+        **_AsyncRESP3Parser.EXCEPTION_CLASSES,
+        **dict.fromkeys(("MISCONF", "NOREPLICAS", "MASTERDOWN", "BUSY", "CLUSTERDOWN"), RedisRefused),
+    }
+
+
+# Redis cannot be reached or refuses writes: wait and retry (worker), 503 (edge); never a bug.
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError, ReadOnlyError, RedisRefused)
+
+REDIS_POOL_SIZE = 100
+REDIS_POOL_WAIT_S = 5.0
+# A claim not confirmed within this many ms is taken over by a retry (its gateway died mid-publish).
+PROVISIONAL_CLAIM_MS = 10_000
 
 
 def create_redis(url: str) -> Redis:
     # A short retry rides over a dropped connection; longer outages surface as errors that the
-    # callers turn into 503s (gateway) or an in-place wait (worker).
-    return Redis.from_url(
+    # callers turn into 503s (gateway) or an in-place wait (worker). The pool blocks: a burst of
+    # requests waits for a free connection instead of failing.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_POOL_WAIT_S,
+        parser_class=_Parser,
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
@@ -45,6 +129,29 @@ def create_redis(url: str) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return Redis.from_pool(pool)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What claiming a message id found. `won`: publish it (`copy`: it may be queued already);
+    else `duplicate_of` (its conversation) when it was accepted before, or `retry_in_s` while
+    another request's claim of it is still being published."""
+
+    token: str
+    won: bool
+    copy: bool = False
+    duplicate_of: str | None = None
+    retry_in_s: float = 0.0
+
+
+def claimed_conversation(value: str) -> str:
+    """The conversation a claim key's value names (provisional or accepted)."""
+    if value.startswith("a:"):
+        return value[2:]
+    if value.startswith("p:"):
+        return value.split(":", 3)[3]
+    return value  # written before claims were provisional
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +171,42 @@ class Store:
     names: Names
     # Turns of memory the worker reads before generating (its commit writes them).
     memory_turns: int = 10
+    _claim: AsyncScript = field(init=False)
+    _release: AsyncScript = field(init=False)
+    _record_failure: AsyncScript = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Registered scripts run by EVALSHA: the script text crosses the wire once, not per message.
+        self._claim = self.redis.register_script(_CLAIM)
+        self._release = self.redis.register_script(_RELEASE)
+        self._record_failure = self.redis.register_script(_RECORD_FAILURE)
 
     # Gateway -------------------------------------------------------------------------------
     @traced_redis("claim")
-    async def claim(self, message_id: str, conversation_id: str) -> str | None:
-        """Claim a message id atomically. None when we won; else the conversation it was claimed for."""
-        # SET NX GET (Redis 7): one command both claims and, when it loses, says who won.
-        owner = await self.redis.set(
-            self.names.claim_key(message_id), conversation_id, nx=True, get=True, ex=IDEMPOTENCY_TTL_SECONDS
+    async def claim(self, message_id: str, conversation_id: str, token: str | None = None) -> Claim:
+        """Claim a message id, provisionally (see _CLAIM): `accept` makes it final once the message
+        is queued. The token makes the claim safe to resend: redis-py repeats a command whose reply
+        was lost, and the repeat must find its own claim, not a 'duplicate'."""
+        token = token or uuid.uuid4().hex
+        result = await self._claim(
+            [self.names.claim_key(message_id)], [token, conversation_id, PROVISIONAL_CLAIM_MS, IDEMPOTENCY_TTL_SECONDS]
         )
-        return cast(str | None, owner)
+        outcome = int(result[0])
+        if outcome == 1:
+            return Claim(token, won=False, duplicate_of=str(result[1]))
+        if outcome == 2:
+            return Claim(token, won=False, retry_in_s=int(result[1]) / 1000)
+        return Claim(token, won=True, copy=outcome == 3)
+
+    @traced_redis("accept")
+    async def accept(self, message_id: str, conversation_id: str) -> None:
+        """The message is queued (confirmed): its claim is final for the idempotency TTL."""
+        await self.redis.set(self.names.claim_key(message_id), f"a:{conversation_id}", ex=IDEMPOTENCY_TTL_SECONDS)
 
     @traced_redis("release")
-    async def release(self, message_id: str) -> None:
+    async def release(self, message_id: str, token: str) -> None:
         """Give a claim back when the message could not be queued, so a retry is not a 'duplicate'."""
-        await self.redis.delete(self.names.claim_key(message_id))
+        await self._release([self.names.claim_key(message_id)], [token])
 
     @traced_redis("stored_reply")
     async def stored_reply(self, message_id: str, *, silenced: bool = False) -> ReplyMessage | None:
@@ -118,10 +246,7 @@ class Store:
     async def record_failure(self, message_id: str) -> int:
         """Count a failed attempt at a message; returns how many there have been."""
         key = self.names.attempts_key(message_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, IDEMPOTENCY_TTL_SECONDS)
-            failures, _ = await pipe.execute()
+        failures = await self._record_failure([key, f"{key}:last"], [uuid.uuid4().hex, IDEMPOTENCY_TTL_SECONDS])
         return int(failures)
 
     @traced_redis("record_error")

@@ -17,6 +17,9 @@ from prometheus_client.process_collector import ProcessCollector
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "about:blank"
+# The probe routes (`Probes.install`): they carry no work, so their 503s (at start, while
+# draining) are no errors.
+PROBE_PATHS = frozenset({"/monitoring/live", "/monitoring/health", "/metrics"})
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 SECURITY_HEADERS: Mapping[str, str] = {
@@ -88,6 +91,13 @@ async def problem_middleware(
         detail = _HTTP_DETAILS.get(exc.status) or exc.text or exc.reason
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
         return problem_response(Problem(exc.status, detail, headers=headers))
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():
+            # The client went away mid-answer (a closed tab, say): nothing to answer and nothing
+            # went wrong; aiohttp drops the connection quietly.
+            raise
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(Problem(500, "internal error; it was logged"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "internal error; it was logged"))

@@ -20,10 +20,11 @@ from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.service import supervised
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store, redis_check
 from shared.telemetry import server_span_middleware
-from shared.web import PROBES, Probes, install_security_headers, new_metrics_registry, problem_middleware
+from shared.web import PROBE_PATHS, PROBES, Probes, install_security_headers, new_metrics_registry, problem_middleware
 
 SERVICE = "gateway"
 
@@ -101,16 +102,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     router = app[ROUTER]
     info = ProcessInfo(SERVICE, settings.instance_id)
     tasks = [
-        asyncio.create_task(router.run(), name="reply-router"),
-        asyncio.create_task(
-            heartbeat_loop(
+        supervised("reply-router", router.run),
+        supervised(
+            "heartbeat",
+            lambda: heartbeat_loop(
                 app[STORE],
                 info,
                 settings.heartbeat_interval_s,
                 settings.heartbeat_ttl_s,
                 lambda: {"waiting": router.waiting, "streaming": router.streaming},
             ),
-            name="heartbeat",
         ),
     ]
     yield
@@ -129,8 +130,9 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _count_server_errors(request: web.Request, response: web.StreamResponse) -> None:
-    """Every 5xx answer counts as an error of kind "5xx" in the stats."""
-    if response.status >= 500 and ERRORS in request.app:
+    """A 5xx answer to a request carrying work counts as an error of kind "5xx" in the stats (SPEC
+    section 5); a probe's 503 is the probe's answer, not an error."""
+    if response.status >= 500 and ERRORS in request.app and request.path not in PROBE_PATHS:
         request.app[ERRORS].record("5xx")
 
 

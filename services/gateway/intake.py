@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.gateway.ratelimit import RateLimiter
-from shared.broker import BROKER_ERRORS, Broker
+from shared.broker import BROKER_ERRORS, COPY_HEADER, Broker
 from shared.messages import InboundMessage, ReplyMessage
-from shared.store import REDIS_ERRORS, Store
+from shared.store import PROVISIONAL_CLAIM_MS, REDIS_ERRORS, Claim, Store, claimed_conversation
 from shared.web import Problem
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
+CLAIM_POLL_S = 0.1
 
 
 def unavailable(what: str) -> Problem:
@@ -110,7 +112,7 @@ class Intake:
             raise unavailable("Redis") from None
         if reply:
             return ReplyMessage.from_bytes(reply)
-        return None if conversation is None else str(conversation)
+        return None if conversation is None else claimed_conversation(str(conversation))
 
     async def _claim_and_publish(
         self,
@@ -124,21 +126,45 @@ class Intake:
         if not self.broker.connected:
             raise unavailable("the message broker")
         await self.limiter.check_user(*sender)
-        try:
-            owner = await self.store.claim(message_id, conversation_id)
-        except REDIS_ERRORS:
-            raise unavailable("Redis") from None
-        if owner is not None:
-            return Outcome(duplicate_of=owner)
+        claim = await self._claim(message_id, conversation_id)
+        if not claim.won:
+            return Outcome(duplicate_of=claim.duplicate_of)
         try:
             await self.broker.publish(
-                exchange, routing_key, body, message_id=message_id, conversation_id=conversation_id
+                exchange,
+                routing_key,
+                body,
+                message_id=message_id,
+                conversation_id=conversation_id,
+                headers={COPY_HEADER: True} if claim.copy else None,
             )
         except BROKER_ERRORS as exc:
             log.warning("publish failed, message %s not accepted: %s", message_id, exc)
             try:
-                await self.store.release(message_id)
+                await self.store.release(message_id, claim.token)
             except REDIS_ERRORS:
-                log.error("claim of %s not released; a retry will be reported as duplicate", message_id)
+                log.error("claim of %s not released; a retry takes it over once it is stale", message_id)
             raise unavailable("the message broker") from None
+        try:
+            await self.store.accept(message_id, conversation_id)
+        except REDIS_ERRORS as exc:
+            # Queued all the same: a retry would find the claim stale and publish a marked copy.
+            log.warning("claim of %s not made final (it is queued): %s", message_id, exc)
         return Outcome()
+
+    async def _claim(self, message_id: str, conversation_id: str) -> Claim:
+        """Claim the id; while another request's claim of it waits for its confirm, wait for that
+        to end (accepted: a duplicate; given back or stale: ours), within the publish window."""
+        deadline = time.monotonic() + 2 * PROVISIONAL_CLAIM_MS / 1000
+        token = None
+        while True:
+            try:
+                claim = await self.store.claim(message_id, conversation_id, token)
+            except REDIS_ERRORS:
+                raise unavailable("Redis") from None
+            token = claim.token
+            if claim.won or claim.duplicate_of is not None:
+                return claim
+            if time.monotonic() >= deadline:
+                raise unavailable("the message broker")
+            await asyncio.sleep(min(CLAIM_POLL_S, claim.retry_in_s))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,10 +27,15 @@ from shared.web import Problem
 
 log = logging.getLogger(__name__)
 
-# KEYS: one bucket per limit. ARGV: cost, then rate and burst for each key.
+# KEYS: one bucket per limit. ARGV: cost, then rate and burst for each key, then the request's token.
 # Tokens are taken only when every bucket has enough, so a request refused by one limit does not
-# spend the others. Returns {1, 0} when allowed, else {0, milliseconds until it would be}.
+# spend the others. Returns {1, 0} when allowed, else {0, milliseconds until it would be}. The
+# token makes a resent call (redis-py repeats one whose reply was lost) find its own take.
 _TAKE = """
+local token = ARGV[#ARGV]
+if redis.call('HGET', KEYS[1], 'req') == token then
+  return {1, 0}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local cost = tonumber(ARGV[1])
@@ -53,7 +59,7 @@ end
 for i, key in ipairs(KEYS) do
   local rate = tonumber(ARGV[2 * i])
   local burst = tonumber(ARGV[2 * i + 1])
-  redis.call('HSET', key, 'tokens', levels[i] - cost, 'at', now)
+  redis.call('HSET', key, 'tokens', levels[i] - cost, 'at', now, 'req', token)
   -- A bucket left alone refills completely in burst/rate seconds; after that it need not exist.
   redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
 end
@@ -96,9 +102,10 @@ class TokenBuckets:
         active = [(key, limit) for key, limit in buckets if limit.enabled]
         if not active:
             return 0.0
-        args: list[float] = [cost]
+        args: list[float | str] = [cost]
         for _, limit in active:
             args += [limit.rate, max(limit.burst, cost)]
+        args.append(uuid.uuid4().hex)
         allowed, wait_ms = await self._take([key for key, _ in active], args)
         return 0.0 if allowed else int(wait_ms) / 1000
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from shared.broker import BROKER_ERRORS, Broker
+from shared.broker import BROKER_ERRORS, CLOSE_TIMEOUT_S, Broker
 from shared.messages import MessageFormatError, ReplyMessage
 
 log = logging.getLogger(__name__)
@@ -49,22 +49,31 @@ class ReplyRouter:
         return sum(len(queues) for queues in self._streams.values())
 
     async def run(self) -> None:
-        """Declare the private queue and consume it; the robust channel restores both after a drop."""
+        """Declare the private queue and consume it; the robust channel restores both after a drop.
+        A drop before the consumer is in place raises (the caller runs this supervised: it starts
+        again) after closing the half-made channel, whose exclusive queue would block the next."""
         await self._broker.wait_ready()
         names = self._broker.names
         channel = await self._broker.connection.channel(publisher_confirms=False)
-        queue = await channel.declare_queue(
-            names.gateway_reply_queue(self._gateway_id), exclusive=True, auto_delete=True
-        )
-        await queue.bind(names.replies_exchange, names.gateway_binding(self._gateway_id))
-        await queue.consume(self._on_reply, no_ack=True)
+        try:
+            queue = await channel.declare_queue(
+                names.gateway_reply_queue(self._gateway_id), exclusive=True, auto_delete=True
+            )
+            await queue.bind(names.replies_exchange, names.gateway_binding(self._gateway_id))
+            await queue.consume(self._on_reply, no_ack=True)
+        except BaseException:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_S)
+            raise
         self._queue = queue
         self._ready.set()
 
     def close_streams(self) -> None:
-        """Tell every open stream to end (server shutdown)."""
+        """Tell every open stream to end (server shutdown), even one whose buffer is full."""
         for queues in self._streams.values():
             for queue in queues:
+                if queue.full():
+                    queue.get_nowait()  # a stalled reader loses an event it would not have read
                 queue.put_nowait(None)
 
     @contextlib.contextmanager

@@ -36,6 +36,7 @@ from services.monitor.system import SystemView
 from shared.connections import open_connections
 from shared.handoff import Handoffs
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.service import supervised
 from shared.settings import Settings
 from shared.store import REDIS_ERRORS, Store
 from shared.web import (
@@ -96,13 +97,14 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[EVALUATOR] = Evaluator(app[VIEW], settings.alert_interval_s, notifier, settings.heartbeat_ttl_s)
     info = ProcessInfo(SERVICE, settings.instance_id, started_at=app[VIEW].started_at)
     tasks = [
-        asyncio.create_task(app[EVALUATOR].run(), name="alert-evaluator"),
-        asyncio.create_task(
-            heartbeat_loop(app[STORE], info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s), name="heartbeat"
+        supervised("alert-evaluator", app[EVALUATOR].run),
+        supervised(
+            "heartbeat",
+            lambda: heartbeat_loop(app[STORE], info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s),
         ),
     ]
     if notifier is not None:
-        tasks.append(asyncio.create_task(notifier.run(), name="alert-webhook"))
+        tasks.append(supervised("alert-webhook", notifier.run))
     yield
     for task in tasks:
         task.cancel()

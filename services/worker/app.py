@@ -20,6 +20,7 @@ from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.service import supervised
 from shared.settings import ConfigError, Settings
 from shared.store import Store, redis_check
 from shared.web import PROBES, Probes, new_metrics_registry, problem_middleware
@@ -100,13 +101,13 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
     )
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)
-    heartbeat = asyncio.create_task(
-        heartbeat_loop(
+    heartbeat = supervised(
+        "heartbeat",
+        lambda: heartbeat_loop(
             store, info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s, lambda: {"shards": consumer.shards}
         ),
-        name="heartbeat",
     )
-    balancing = asyncio.create_task(consumer.run(settings.heartbeat_interval_s), name="shard-balancer")
+    balancing = supervised("shard-balancer", lambda: consumer.run(settings.heartbeat_interval_s))
     yield
     # SIGTERM: stop taking work, finish what is in hand, then leave (the heartbeat goes last, so the
     # others take the shards over only once they are free).

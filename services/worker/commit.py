@@ -49,7 +49,9 @@ MARKER_TTL_SECONDS = 300
 # KEYS: 1 the reply, 2 the conversation's handoff, 3 its fallback streak, 4 the message's attempts,
 #       5 the commit's marker (the outcome, for `_EFFECTS` right after it in the same pipeline).
 # Returns {SENT}, {STORED, the stored reply}, {SILENCED} or {ESCALATED}.
-_DECIDE = """
+# The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
+# without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
+_DECIDE = """#!lua
 local stored = redis.call('GET', KEYS[1])
 if stored then
   return {1, stored}
@@ -84,7 +86,7 @@ return {outcome}
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
 #       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
 #       queue of replies to send: services/gateway/delivery/order.py).
-_EFFECTS = """
+_EFFECTS = """#!lua
 local outcome = redis.call('GET', KEYS[9])
 if not outcome then
   return 0

@@ -31,7 +31,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
-from shared.broker import BROKER_ERRORS, Broker
+from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
 from shared.store import REDIS_ERRORS, Store
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
@@ -88,7 +88,7 @@ class Processor:
     def debounce_delay(self, delivery: AbstractIncomingMessage) -> float:
         """Seconds to wait, before taking a unit that starts with `delivery`, for the rest of its
         burst: until DEBOUNCE_MS after it was accepted (nothing for a backlog or a redelivery)."""
-        if not self.debounce_ms or delivery.redelivered:
+        if not self.debounce_ms or may_be_a_copy(delivery):
             return 0.0
         try:
             accepted = InboundMessage.from_bytes(delivery.body).accepted_at_ms
@@ -128,7 +128,7 @@ class Processor:
         started = now_ms()
         state = await self._until_redis_answers(
             lambda: self.store.begin(
-                message, redelivered=delivery.redelivered is True, with_history=self.engine.uses_history
+                message, redelivered=may_be_a_copy(delivery), with_history=self.engine.uses_history
             )
         )
         if state.stored_reply is not None:
@@ -293,14 +293,14 @@ def bursts(parsed: Sequence[Parsed], window_ms: float) -> list[list[Parsed]]:
         if (
             burst is not None
             and first is not None
-            and not delivery.redelivered
+            and not may_be_a_copy(delivery)
             and message.accepted_at_ms - first.accepted_at_ms <= window_ms
         ):
             burst.append(item)
             continue
         unit = [item]
         units.append(unit)
-        if window_ms > 0 and not delivery.redelivered:
+        if window_ms > 0 and not may_be_a_copy(delivery):
             open_bursts[message.conversation_id] = unit
         else:
             open_bursts.pop(message.conversation_id, None)

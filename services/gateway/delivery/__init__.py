@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from services.gateway.delivery.clients import ChannelClient, TelegramClient, WhatsAppClient
 from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryMetrics, Policy
 from shared.broker import Broker
+from shared.service import supervised
 from shared.settings import Settings
 from shared.store import Store
 from shared.telemetry import client_trace_config
@@ -58,7 +59,7 @@ async def running_delivery(
             DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics)
             for client in await channel_clients(settings, stack)
         ]
-        tasks = [asyncio.create_task(c.run(), name=f"delivery-{c.channel}") for c in consumers]
+        tasks = [supervised(f"delivery-{c.channel}", c.run) for c in consumers]
         try:
             yield consumers
         finally:

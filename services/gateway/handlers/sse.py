@@ -41,13 +41,16 @@ async def _pump(request: web.Request, queue: asyncio.Queue[ReplyMessage | None])
         }
     )
     await response.prepare(request)
-    await response.write(b"retry: 2000\n: connected\n\n")
-    while True:
-        try:
-            reply = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-        except TimeoutError:
-            await response.write(b": keep-alive\n\n")
-            continue
-        if reply is None:  # the server is shutting down
-            return response
-        await response.write(encode_event(reply))
+    try:
+        await response.write(b"retry: 2000\n: connected\n\n")
+        while True:
+            try:
+                reply = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if reply is None:  # the server is shutting down
+                return response
+            await response.write(encode_event(reply))
+    except ConnectionResetError:
+        return response  # the browser closed the stream: the normal end of one, not an error
