@@ -92,6 +92,11 @@ class Names:
     def reply_key(self, message_id: str) -> str:
         return f"{self.namespace}:reply:{message_id}"
 
+    @property
+    def conversation_token_secret_key(self) -> str:
+        """The web conversation tokens' secret when CONVERSATION_TOKEN_SECRET is unset."""
+        return f"{self.namespace}:conversation-token-secret"
+
     def attempts_key(self, message_id: str) -> str:
         return f"{self.namespace}:attempts:{message_id}"
 
