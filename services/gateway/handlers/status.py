@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.conversations import forbidden, presented_token, public_answer, public_id, scoped
+from services.gateway.conversations import SCOPE_RE, forbidden, presented_token, public_answer, public_id, scoped
 from services.gateway.intake import unavailable
 from services.gateway.keys import INTAKE, TOKENS
 from services.gateway.validation import check_id
@@ -19,7 +19,7 @@ async def message_status(request: web.Request) -> web.Response:
     message_id = check_id("message_id", request.match_info["message_id"])
     token = presented_token(request)
     scope, _, _ = (token or "").partition(".")
-    if token is None or not scope:
+    if token is None or not SCOPE_RE.match(scope):
         raise forbidden()
     found = await request.app[INTAKE].lookup(scoped(scope, message_id))
     if found is None:
