@@ -163,6 +163,10 @@ class Names:
     def admin_failures_key(self, client: str) -> str:
         return f"{self.namespace}:admin:login-failures:{client}"
 
+    def admin_failed_audit_key(self, minute: int) -> str:
+        """Failed logins audited in one minute, all clients together (the audit log's flood guard)."""
+        return f"{self.namespace}:admin:failed-audit:{minute}"
+
     @property
     def audit_key(self) -> str:
         """The admin audit log, newest first; kept apart from the application logs."""

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import make_mocked_request
 
-from services.gateway.ratelimit import client_address
+from shared.web import client_address
 from tests.channel_fakes import (
     TELEGRAM_ENV,
     WHATSAPP_ENV,
