@@ -139,6 +139,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', tonumber(ARGV[9]) - tonumber(ARG
 return {outcome}
 """
 
+MAX_REDIS_CONNECTIONS = 1024
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -153,6 +154,9 @@ def create_redis(url: str) -> Redis:
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # redis-py's default pool (100) raises "Too many connections" beyond that many commands
+        # in flight: a burst of concurrent requests must not turn into errors.
+        max_connections=MAX_REDIS_CONNECTIONS,
     )
 
 
