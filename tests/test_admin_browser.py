@@ -287,6 +287,8 @@ async def _audit(page: Page, http: aiohttp.ClientSession, monitor: Service, dead
     async with http.get(monitor.url + "/admin/api/audit", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
         entries = (await response.json())["entries"]
     done = {(e["actor"], e["action"], e["target"], e["outcome"]) for e in entries}
+    # The agent's words stay in the conversation log: the audit says which reply, never what it said.
+    assert not [e for e in entries if "Maria" in e["detail"] or "ajudar" in e["detail"]]
     assert {
         ("Ana", "login", "", "wrong_token"),
         ("Ana", "login", "", "ok"),

@@ -145,6 +145,10 @@ def test_log_dir_files_split_by_level_and_audit_and_rotate_by_size(tmp_path: Pat
     everything = "".join(path.read_text() for path in tmp_path.glob("combined.log*"))
     assert "not at INFO" not in everything and "filler line 99" in everything
     assert all(json_lines(path.read_text()) for path in tmp_path.glob("combined.log*"))
+    # Owner and group only, the rotated files too (they hold customer words, even masked).
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()} == {
+        name: oct(0o640) for name in ("audit.log", "error.log", *rotated)
+    }
 
 
 @pytest.mark.parametrize(
@@ -163,6 +167,13 @@ def test_log_dir_files_split_by_level_and_audit_and_rotate_by_size(tmp_path: Pat
         ("hub.verify_token=abc123&hub.challenge=9", "hub.verify_token=***&hub.challenge=9"),
         ("key sk-proj-abcdefghijklmnopqrstuv", "key ***"),
         ("X-Hub-Signature-256: sha256=0123456789abcdef0123", "X-Hub-Signature-256: ***"),
+        ("minha senha: hunter2, obrigado", "minha senha: ***, obrigado"),
+        ("Senha=hunter2", "Senha=***"),
+        ("password: hunter2", "password: ***"),
+        ("minha senha é hunter2 e o login maria", "minha senha é *** e o login maria"),
+        ("my password is hunter2", "my password is ***"),
+        ("ligue +55 (11) 9.8888.7777 hoje", "ligue +** (**) *.****.7777 hoje"),
+        ("ou 11 9 8888 7777", "ou ** * **** 7777"),
     ],
 )
 def test_mask_pii_masks_phones_emails_cpfs_and_secrets(text: str, masked: str) -> None:

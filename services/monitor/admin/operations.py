@@ -157,7 +157,9 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         raise Problem(
             503, "RabbitMQ or Redis is unreachable; the reply was not sent", headers={"Retry-After": "5"}
         ) from None
-    await audit.record(actor, "reply_as_agent", conversation_id, "ok", f"{reply.message_id}: {text.strip()[:200]}")
+    # Which reply and how long, never its words: those are the customer's business, kept in the
+    # conversation log (with its TTL), not in an audit trail that is kept and shipped for years.
+    await audit.record(actor, "reply_as_agent", conversation_id, "ok", f"{reply.message_id}: {len(text.strip())} chars")
     return reply
 
 
