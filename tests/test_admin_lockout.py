@@ -1,4 +1,4 @@
-"""Issue 12, item 5: the admin lock-out attacked through the bundled proxy's set-up (the test client
+"""Issue 12, items 5 and 6: the admin lock-out attacked through the bundled proxy's set-up (the test client
 stands for nginx: a trusted proxy naming the real client in X-Forwarded-For).
 
 - 100 concurrent wrong guesses from one client: at most ADMIN_MAX_FAILURES (40) reach the compare
@@ -6,17 +6,23 @@ stands for nginx: a trusted proxy naming the real client in X-Forwarded-For).
 - The operator behind the same proxy still signs in, and `Authorization: Bearer` opens /admin;
   an attacker's forged X-Forwarded-For hops are not believed.
 - Failed sign-ins flood the audit log no more than its guard allows.
+- A flood of requests for a human does not push the real handoffs off the dashboard: paging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 
 import aiohttp
+from redis.asyncio import Redis
 
-from tests.support import Service, Stack
+from shared.handoff import HandoffInfo, Handoffs
+from shared.names import Names
+from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, post_message
+from tests.test_pipeline import wait_ready
 
 TOKEN = "admin-" + uuid.uuid4().hex
 LIMIT = 40
@@ -79,3 +85,47 @@ async def test_lockout_is_atomic_per_real_client_and_never_locks_the_operator_ou
             entries = (await response.json())["entries"]
         failed = [e for e in entries if e["outcome"] in ("wrong_token", "locked_out")]
         assert len(failed) <= 2 * FAILED_AUDIT_PER_MINUTE  # two minutes at most while the test runs
+
+
+async def test_a_flood_of_handoffs_leaves_the_real_ones_reachable(stack: Stack) -> None:
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
+    await wait_ready(stack)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        # A customer waiting for an agent since a minute ago...
+        real = "telegram:555"
+        await Handoffs(redis, Names(stack.namespace, TEST_SHARDS)).start(
+            real, HandoffInfo(channel="telegram", user_id="555", metadata={"chat_id": 555}, started_at=time.time() - 60)
+        )
+        async with aiohttp.ClientSession() as http:
+            # ... then 120 web posts asking for a human.
+            for i in range(120):
+                body = {"user_id": f"flood-{i}", "text": "quero falar com um atendente"}
+                assert (await post_message(http, gateway, body))[0] == 202
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+            async def paging() -> dict[str, int] | None:
+                async with http.get(monitor.url + "/admin/api/overview", headers=bearer) as response:
+                    body = await response.json()
+                found: dict[str, int] = body["handoffs_paging"]
+                return found if found["total"] == 121 else None
+
+            first = await eventually(paging, what="121 handoffs")
+            assert first["page"] == 1 and first["pages"] == 5
+            async with http.get(
+                monitor.url + "/admin/api/overview", params={"handoffs_page": "5"}, headers=bearer
+            ) as response:
+                last = await response.json()
+            assert [h["conversation_id"] for h in last["handoffs"]][-1] == real
+            async with http.get(monitor.url + "/admin", params={"handoffs_page": "5"}, headers=bearer) as response:
+                page = await response.text()
+                assert f'data-conversation="{real}"' in page and 'rel="prev"' in page and 'rel="next"' not in page
+            for bad in ("0", "x", "-1"):
+                async with http.get(
+                    monitor.url + "/admin/api/overview", params={"handoffs_page": bad}, headers=bearer
+                ) as response:
+                    assert response.status == 400
+    finally:
+        await redis.aclose()

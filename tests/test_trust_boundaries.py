@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 from redis.asyncio import Redis
 
 from services.gateway.handlers.sse import encode_event
@@ -171,6 +172,15 @@ async def check_control_characters_are_refused(http: aiohttp.ClientSession, gate
             body = {"user_id": "carla", "text": PRAZO, field: bad}
             status, problem = await post(http, gateway, body, wait=0)
             assert status == 400 and problem["detail"].startswith(field), (field, bad, problem)
+    # Metadata nested deeper than any message can carry it: a 400 naming it, never a 500.
+    for depth in (253, 600, 1021):  # the whole body nests 255, 602 and 1023 levels deep
+        start = orjson.dumps({"user_id": "carla", "text": PRAZO})[:-1] + b',"metadata":{"a":'
+        nested = start + b"[" * depth + b"]" * depth + b"}}"
+        async with http.post(
+            f"{gateway.url}/v1/messages", data=nested, headers={"Content-Type": "application/json"}
+        ) as response:
+            problem = await response.json(content_type=None)
+            assert response.status == 400 and problem["detail"].startswith("metadata"), (depth, problem)
     for path in ("/v1/conversations/a%0Ab/events", "/v1/messages/a%0Db"):
         async with http.get(gateway.url + path, headers={"X-Conversation-Token": "x.y"}) as response:
             assert response.status == 400, path

@@ -47,7 +47,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def overview(request: web.Request) -> web.Response:
     await actor_of(request)
-    return json_response(operations.overview_json(await operations.overview(request.app)))
+    page = operations.handoffs_page(request.query.get("handoffs_page"))
+    return json_response(operations.overview_json(await operations.overview(request.app, page)))
 
 
 async def conversation(request: web.Request) -> web.Response:

@@ -194,7 +194,8 @@ async def fragment(request: web.Request) -> web.Response:
 
 
 async def _dashboard_context(request: web.Request, session: Session) -> dict[str, Any]:
-    data = await operations.overview(request.app)
+    page = operations.handoffs_page(request.query.get("handoffs_page"))
+    data = await operations.overview(request.app, page)
     locale = _locale(request)
     series = data["day"]["series"] if data["day"] else []
     labels = {"messages": locale.t("legend_messages"), "errors": locale.t("legend_errors")}
