@@ -7,7 +7,8 @@ both channels configured, must fail (SPEC 4: conversations belong to their chann
 2. Reading a conversation (events, message status) needs its token: foreign ones get 403; the
    token works on every gateway replica.
 3. An id with a line break is refused (400); a reply's event is one JSON `data` line.
-4. A web `message_id` equal to a Telegram update's internal id does not pre-empt that update.
+4. A web `message_id` equal to a Telegram update's internal id (or to a WhatsApp wamid) does not
+   pre-empt that message.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from tests.channel_fakes import (
     FakeChannelApi,
     kb_answer,
     post_telegram,
+    post_whatsapp,
     telegram_text,
+    whatsapp_text,
 )
 from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, web_id
 from tests.test_pipeline import wait_ready
@@ -208,3 +211,14 @@ async def check_a_web_id_does_not_preclaim_a_telegram_update(
     status, acknowledged = await post_telegram(http, gateway, telegram_text(update_id, chat, PRAZO))
     assert (status, acknowledged) == (200, {"accepted": 1, "duplicates": 0})
     assert await _replies_to(api, chat, 1) == [kb_answer("prazo-entrega")]
+    # Nor a WhatsApp message, whose id is Meta's wamid.
+    wamid, sender = "wamid.HBgNNTUxMTk4ODg4Nzc3NxUCABEYEjAwQ0", "5511988887777"
+    body = {"user_id": sender, "conversation_id": f"whatsapp:{PHONE_NUMBER_ID}:{sender}", "message_id": wamid}
+    assert (await post(http, gateway, {**body, "text": "oi"}, wait=0))[0] == 202
+    status, acknowledged = await post_whatsapp(http, gateway, whatsapp_text(wamid, sender, PRAZO))
+    assert (status, acknowledged) == (200, {"accepted": 1, "duplicates": 0})
+
+    async def delivered() -> bool:
+        return [r.body["text"]["body"] for r in api.delivered_to(sender)] == [kb_answer("prazo-entrega")]
+
+    await eventually(delivered, what="the WhatsApp reply")
