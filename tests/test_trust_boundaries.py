@@ -101,6 +101,10 @@ async def check_channel_conversations_are_out_of_reach(
             # The caller sees the id it sent, but it was a web conversation of that name all along.
             assert answer["conversation_id"] == conversation
             assert "hunter2" not in str(answer) and "vitima" not in str(answer)
+            # Nor can the caller read the customer's messages: Telegram update ids are sequential.
+            url = f"{gateway.url}/v1/messages/telegram:931000001"
+            async with http.get(url, headers={"X-Conversation-Token": answer["conversation_token"]}) as response:
+                assert response.status == 404, await response.text()
     assert await redis.lrange(names.memory_key(victim), 0, -1) == memory
     for conversation in (victim, whatsapp):
         assert not await redis.exists(names.handoff_key(conversation))
