@@ -18,11 +18,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from redis.asyncio import Redis
 
+from services.gateway.conversations import ConversationTokens
 from services.gateway.handlers.sse import encode_event
 from shared.messages import ReplyContent, ReplyMessage
 from shared.names import Names
+from shared.settings import ConfigError, Settings
 from tests.channel_fakes import (
     PHONE_NUMBER_ID,
     TELEGRAM_ENV,
@@ -226,3 +229,24 @@ async def check_a_web_id_does_not_preclaim_a_telegram_update(
         return [r.body["text"]["body"] for r in api.delivered_to(sender)] == [kb_answer("prazo-entrega")]
 
     await eventually(delivered, what="the WhatsApp reply")
+
+
+async def test_tokens_survive_a_secret_rotation_and_short_secrets_are_refused() -> None:
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    names = Names("t-rotation", TEST_SHARDS)
+    try:
+        conversation = web_id("ana", "pedido-1")
+        old = await ConversationTokens(redis, names, ("old-secret-0123456789",)).issue(conversation)
+        rotated = ConversationTokens(redis, names, ("new-secret-0123456789", "old-secret-0123456789"))
+        assert await rotated.verify(conversation, old)
+        assert await rotated.open("pedido-1", old) == conversation
+        new = await rotated.issue(conversation)
+        assert new != old and await rotated.verify(conversation, new)
+        assert not await ConversationTokens(redis, names, ("new-secret-0123456789",)).verify(conversation, old)
+        # Another namespace's gateways never accept it, even with the same secret.
+        other = ConversationTokens(redis, Names("t-other", TEST_SHARDS), ("new-secret-0123456789",))
+        assert not await other.verify(conversation, new)
+    finally:
+        await redis.aclose()
+    with pytest.raises(ConfigError, match="CONVERSATION_TOKEN_SECRET"):
+        Settings.from_env({"CONVERSATION_TOKEN_SECRET": "good-secret-0123456789,short"})
