@@ -160,6 +160,14 @@ async def check_reading_needs_the_conversation_token(
     # Another user's token finds no message of that id among its own user's.
     assert await status_of(http, message, headers={"X-Conversation-Token": other["conversation_token"]}) == 404
 
+    # A repeated message_id answers as the original, token included; the same id from another
+    # user is that user's own message, never a way to fetch this one's reply.
+    repeat = {"user_id": "bruna", "conversation_id": "suporte", "text": PRAZO, "message_id": victim["message_id"]}
+    status, again = await post(http, second, repeat)
+    assert status == 200 and again["duplicate"] is True and again["conversation_token"] == token
+    status, foreign = await post(http, first, {**repeat, "user_id": "mallory", "text": "oi"}, wait=0)
+    assert status == 202 and "duplicate" not in foreign and foreign["conversation_token"] != token
+
     # The right token opens it, on any replica, as a header or as `?token=`.
     for gateway in (first, second):
         url = f"{gateway.url}/v1/messages/{victim['message_id']}"
