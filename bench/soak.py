@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 from shared.names import Names
 from tests.servers import PrivateRedis
-from tests.support import Service, Stack, eventually, purge_namespace
+from tests.support import Service, Stack, eventually, purge_namespace, web_id
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
 SHARDS = 8
@@ -75,7 +75,7 @@ async def conversation(
         message_id = f"{name}-{i:05d}"
         body = {"user_id": name, "conversation_id": name, "message_id": message_id, "text": QUESTIONS[i % 4]}
         await post_until_accepted(http, stack, body, tally)
-        ids.append(message_id)
+        ids.append(web_id(name, message_id))  # the id inside the system (Redis keys, logs)
 
 
 async def restart(stack: Stack, service: Service) -> None:
@@ -121,7 +121,7 @@ async def check(redis: Redis, names: Names, tally: Tally, timeout_s: float) -> t
     lost = sum(1 for value in stored if not value)
     doubled = reordered = 0
     for name, sent in tally.sent.items():
-        entries = await redis.lrange(names.conversation_log_key(name), 0, -1)
+        entries = await redis.lrange(names.conversation_log_key(web_id(name, name)), 0, -1)
         logged = [orjson.loads(entry)["message_id"] for entry in entries]
         doubled += sum(count - 1 for count in Counter(logged).values())
         position = {message_id: i for i, message_id in enumerate(sent)}

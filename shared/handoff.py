@@ -69,6 +69,22 @@ class HandoffInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoffPage:
+    items: dict[str, HandoffInfo]
+    total: int
+    offset: int
+    limit: int
+
+    @property
+    def number(self) -> int:
+        return self.offset // self.limit + 1
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.limit))
+
+
+@dataclass(frozen=True, slots=True)
 class Handoffs:
     redis: Redis
     names: Names
@@ -95,6 +111,19 @@ class Handoffs:
     async def get(self, conversation_id: str) -> HandoffInfo | None:
         raw = await self.redis.get(self.names.handoff_key(conversation_id))
         return HandoffInfo.from_bytes(raw) if raw else None
+
+    async def page(self, offset: int, limit: int) -> HandoffPage:
+        """One page of the live handoffs, most recent first, and how many there are in all: a
+        flood of new ones never hides the older ones, they are further on."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(self.names.handoffs_key, "-inf", time.time() - self.ttl_s)
+            pipe.zcard(self.names.handoffs_key)
+            pipe.zrevrange(self.names.handoffs_key, offset, offset + limit - 1)
+            _, total, raw_members = await pipe.execute()
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw_members]
+        raws = await self.redis.mget([self.names.handoff_key(cid) for cid in members]) if members else []
+        items = {cid: HandoffInfo.from_bytes(raw) for cid, raw in zip(members, raws, strict=True) if raw}
+        return HandoffPage(items=items, total=int(total), offset=offset, limit=limit)
 
     async def list_active(self, limit: int = 100) -> dict[str, HandoffInfo]:
         """The live handoffs, most recent first."""

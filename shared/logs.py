@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -50,11 +51,15 @@ def log_context(**fields: str | None) -> Iterator[None]:
 
 
 # PII masking -------------------------------------------------------------------------------------
-_SECRET = r"(?:authorization|api[_-]?key|access[_-]?token|refresh[_-]?token|token|secret|password|passwd|signature)"
+_SECRET = (
+    r"(?:authorization|api[_-]?key|access[_-]?token|refresh[_-]?token|token|secret|password|passwd|senha|signature)"
+)
 # `key=value`, `key: value`, `"key": "value"` where the key names a secret.
 _SECRET_ASSIGNMENT = re.compile(
     rf"(?i)\b([\w.-]*?{_SECRET}[\w-]*[\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic) \*)([^\s\"',;&]+)"
 )
+# In a sentence: "minha senha é hunter2", "my password is hunter2".
+_SECRET_SAID = re.compile(r"(?i)\b((?:senha|password|passwd)\s+(?:é|e|eh|is|was|era)\s+)(\S+)")
 _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),  # HTTP authorization schemes
     re.compile(r"(?<!\d)\d{6,12}:[\w-]{30,}"),  # Telegram bot token (also inside /bot<token>/ URLs)
@@ -69,7 +74,8 @@ _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[
 _CPF = re.compile(r"(?<![\w.])\d{3}\.\d{3}\.\d{3}-?\d{2}(?![\w])")
 # Phone-like: optional +country, up to three groups (area code possibly in parentheses), then the
 # subscriber number 4-5 + 4 digits. The look-arounds keep it off dates, versions, uuids and hex ids.
-_PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ -]?){0,3}\d{4,5}[ -]?\d{4}(?![\w@/]|[.-]\d)")
+# The subscriber number may be dotted too, the mobile's leading 9 apart: "+55 (11) 9.8888.7777".
+_PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ -]?){0,3}(?:\d{4,5}|\d[ .]\d{4})[ .-]?\d{4}(?![\w@/]|[.-]\d)")
 _DIGIT = re.compile(r"\d")
 # What every form above needs somewhere: a run of 6+ digits (with separators), an "@", or one of the
 # secret markers. Most logged values (ids, names, short texts) have none and skip the full masking.
@@ -84,6 +90,7 @@ def mask_pii(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(_mask_secret, text)
     text = _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + "***", text)
+    text = _SECRET_SAID.sub(lambda m: m.group(1) + "***", text)
     if "@" in text:
         text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
     text = _CPF.sub("***.***.***-**", text)
@@ -198,7 +205,21 @@ def setup_logging(
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, root.level))
 
 
+# Owner reads and writes, its group (a log shipper) reads, nobody else: logs hold customer words.
+LOG_FILE_MODE = 0o640
+
+
+class _PrivateRotatingFileHandler(RotatingFileHandler):
+    """Creates each file (the first one and every one after a rotation) with LOG_FILE_MODE, and
+    narrows a file that already existed with a wider mode."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        os.fchmod(fd, LOG_FILE_MODE)
+        return os.fdopen(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def _rotating(path: Path, max_bytes: int, backups: int) -> RotatingFileHandler:
     # Several processes may share a LOG_DIR (make run): appends stay whole lines, and each process
     # rotates when the file it writes reaches the size.
-    return RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    return _PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")

@@ -92,6 +92,11 @@ class Names:
     def reply_key(self, message_id: str) -> str:
         return f"{self.namespace}:reply:{message_id}"
 
+    @property
+    def conversation_token_secret_key(self) -> str:
+        """The web conversation tokens' secret when CONVERSATION_TOKEN_SECRET is unset."""
+        return f"{self.namespace}:conversation-token-secret"
+
     def attempts_key(self, message_id: str) -> str:
         return f"{self.namespace}:attempts:{message_id}"
 
@@ -166,6 +171,10 @@ class Names:
 
     def admin_failures_key(self, client: str) -> str:
         return f"{self.namespace}:admin:login-failures:{client}"
+
+    def admin_failed_audit_key(self, minute: int) -> str:
+        """Failed logins audited in one minute, all clients together (the audit log's flood guard)."""
+        return f"{self.namespace}:admin:failed-audit:{minute}"
 
     @property
     def audit_key(self) -> str:

@@ -90,6 +90,9 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Browser origins allowed to call /v1/* cross-site (CORS); empty: same origin only.
     cors_allowed_origins: tuple[str, ...] = ()
+    # CONVERSATION_TOKEN_SECRET: secrets of the web conversations' tokens, the first signs, all are
+    # accepted (rotation); empty: one generated in Redis on first use, shared by every gateway.
+    conversation_token_secrets: tuple[str, ...] = ()
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
@@ -183,6 +186,7 @@ class Settings:
             rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),
             trusted_proxies=read.networks("TRUSTED_PROXIES"),
             cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
+            conversation_token_secrets=read.secrets("CONVERSATION_TOKEN_SECRET"),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),
@@ -324,6 +328,15 @@ class _Reader:
             return tuple(origin.lower() for origin in origins)
 
         return self._parse(name, (), parse, "comma-separated origins such as https://shop.example.com")
+
+    def secrets(self, name: str) -> tuple[str, ...]:
+        def parse(raw: str) -> tuple[str, ...]:
+            values = self.csv(name)
+            if any(len(value) < 16 for value in values):
+                raise ValueError
+            return values
+
+        return self._parse(name, (), parse, "comma-separated secrets of at least 16 characters each")
 
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""

@@ -156,7 +156,6 @@ def tracing_env(endpoint: str, protocol: str = "http/protobuf", **extra: str) ->
     }
 
 
-
 @contextlib.contextmanager
 def collector_process(protocol: str = "grpc") -> Iterator[str]:
     """A collector in a process of its own (for the bench: its decoding must not slow the load

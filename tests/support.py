@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 
 import aio_pika
 import aiohttp
+import orjson
 from redis.asyncio import Redis
+
+from services.gateway.conversations import ConversationTokens, scoped, user_scope
+from shared.names import Names
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -211,6 +215,31 @@ async def post_message(
 async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
     async with http.get(url) as response:
         return response.status, await response.json(content_type=None)
+
+
+def web_id(user_id: str, public_id: str) -> str:
+    """The id a web caller's conversation (or message) id has inside the system (Redis keys)."""
+    return scoped(user_scope(user_id), public_id)
+
+
+async def conversation_token(namespace: str, user_id: str, conversation_id: str) -> str:
+    """The token the gateways of `namespace` issue for a web conversation, minted by the same code
+    with the same shared secret, for tests that must listen before their first message."""
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        return await ConversationTokens(redis, Names(namespace, TEST_SHARDS)).issue(web_id(user_id, conversation_id))
+    finally:
+        await redis.aclose()
+
+
+async def stored_reply(namespace: str, message_id: str) -> dict[str, Any] | None:
+    """The reply a worker stored for a message (any channel), read from Redis."""
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        raw = await redis.get(Names(namespace, TEST_SHARDS).reply_key(message_id))
+    finally:
+        await redis.aclose()
+    return None if raw is None else dict(orjson.loads(raw))
 
 
 class TcpProxy:

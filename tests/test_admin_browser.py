@@ -20,9 +20,12 @@ from redis.asyncio import Redis
 from shared.handoff import HandoffInfo, Handoffs
 from shared.messages import InboundMessage
 from shared.names import Names
-from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, get_json, post_message
+from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, get_json, post_message, web_id
 from tests.test_monitor_health import publish_raw
 from tests.test_pipeline import PRAZO, read_events, wait_ready
+
+# The conversation "conv-humano" of web user maria, as the admin area (which sees internal ids) names it.
+HUMAN_CONVERSATION = web_id("maria", "conv-humano")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -71,7 +74,7 @@ async def test_the_admin_dashboard_in_chromium(
         human = {"user_id": "maria", "conversation_id": "conv-humano", "text": "quero falar com um atendente"}
         assert (await post_message(http, gateway, human, wait=10))[0] == 200
         handoffs = Handoffs(redis, names)
-        await handoffs.start("conv-humano", HandoffInfo(channel="web", user_id="maria", reason=human["text"]))
+        await handoffs.start(HUMAN_CONVERSATION, HandoffInfo(channel="web", user_id="maria", reason=human["text"]))
 
         context = await browser.new_context(locale="pt-BR", viewport={"width": 1400, "height": 1000})
         page = await context.new_page()
@@ -243,11 +246,11 @@ async def _reply_release_and_conversation(
     tmp_path: Path,
 ) -> None:
     connected = asyncio.Event()
-    stream = asyncio.create_task(read_events(http, gateway, "conv-humano", 1, connected))
+    stream = asyncio.create_task(read_events(http, gateway, "conv-humano", 1, connected, user_id="maria"))
     await asyncio.wait_for(connected.wait(), 10)
 
     words = "Olá Maria, aqui é a Ana. Como posso ajudar?"
-    card = page.locator('#handoffs li.handoff[data-conversation="conv-humano"]')
+    card = page.locator(f'#handoffs li.handoff[data-conversation="{HUMAN_CONVERSATION}"]')
     await card.locator("textarea").fill(words)
     async with page.expect_navigation():
         await card.locator("button.send").click()
@@ -260,7 +263,7 @@ async def _reply_release_and_conversation(
     async with page.expect_navigation():
         await page.locator('#handoffs a[href*="conv-humano"]').click()
     logged: list[dict[str, Any]] = [
-        orjson.loads(e) for e in await redis.lrange(names.conversation_log_key("conv-humano"), 0, -1)
+        orjson.loads(e) for e in await redis.lrange(names.conversation_log_key(HUMAN_CONVERSATION), 0, -1)
     ]
     assert [e["reply"]["engine"] for e in logged][-1] == "agent" and logged[-1]["agent"] == "Ana"
     assert await page.locator(".turn dd.engine").all_inner_texts() == [e["reply"]["engine"] for e in logged]
@@ -273,7 +276,7 @@ async def _reply_release_and_conversation(
         await page.locator("button.release").click()
     assert await page.locator("#notice").inner_text() == "A conversa voltou para o bot."
     assert await page.locator("#handoff-state").inner_text() == "Atendida pelo bot"
-    assert not await handoffs.active("conv-humano")
+    assert not await handoffs.active(HUMAN_CONVERSATION)
 
 
 def human_text_shown(bubbles: list[str]) -> bool:
@@ -284,13 +287,15 @@ async def _audit(page: Page, http: aiohttp.ClientSession, monitor: Service, dead
     async with http.get(monitor.url + "/admin/api/audit", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
         entries = (await response.json())["entries"]
     done = {(e["actor"], e["action"], e["target"], e["outcome"]) for e in entries}
+    # The agent's words stay in the conversation log: the audit says which reply, never what it said.
+    assert not [e for e in entries if "Maria" in e["detail"] or "ajudar" in e["detail"]]
     assert {
         ("Ana", "login", "", "wrong_token"),
         ("Ana", "login", "", "ok"),
         ("Ana", "replay_dead_letter", dead.message_id, "ok"),
-        ("Ana", "reply_as_agent", "conv-humano", "ok"),
-        ("Ana", "view_conversation", "conv-humano", "ok"),
-        ("Ana", "release_to_bot", "conv-humano", "ok"),
+        ("Ana", "reply_as_agent", HUMAN_CONVERSATION, "ok"),
+        ("Ana", "view_conversation", HUMAN_CONVERSATION, "ok"),
+        ("Ana", "release_to_bot", HUMAN_CONVERSATION, "ok"),
     } <= done
     # ... and the dashboard shows the same log.
     await page.goto(monitor.url + "/admin")

@@ -69,6 +69,16 @@ async def test_chat_page_answers_live_and_reconnects(stack: Stack, browser: Brow
         await ask(page, "Quais as formas de pagamento?")
         await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("formas-pagamento"))
 
+        # A reload goes on with the same conversation, its token kept (SPEC 4): the stream opens
+        # with it at once, and the conversation's replies keep coming.
+        token = await page.evaluate("localStorage.getItem('atendimento.token')")
+        assert token and "." in token
+        await page.reload()
+        await expect(status).to_have_attribute("data-state", "online")
+        await ask(page, "Qual o prazo de entrega?")
+        await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("prazo-entrega"))
+        assert await page.evaluate("localStorage.getItem('atendimento.token')") == token
+
         # A gateway with API keys: the page asks for one, then works as before.
         guarded = await stack.start("gateway", GATEWAY_API_KEYS="page-key-0123456789")
         await wait_ready(stack)

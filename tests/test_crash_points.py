@@ -37,6 +37,7 @@ from tests.support import (
     free_port,
     get_json,
     post_message,
+    web_id,
 )
 from tests.test_pipeline import PRAZO, wait_ready
 
@@ -86,7 +87,7 @@ async def test_gateway_killed_while_its_publish_waits_for_the_confirm_the_retry_
     # Whatever the gateway sends the broker from now on is lost: its publish waits for a confirm.
     amqp_proxy.swallow(UP)
     posting = asyncio.create_task(post_message(http, doomed, body))
-    claim_key = Names(stack.namespace, TEST_SHARDS).claim_key(body["message_id"])
+    claim_key = Names(stack.namespace, TEST_SHARDS).claim_key(web_id(body["user_id"], body["message_id"]))
     await eventually(lambda: redis.exists(claim_key), what="the claim")
 
     async def published() -> bool:
@@ -134,7 +135,12 @@ async def test_a_second_copy_of_an_answered_message_gets_the_stored_reply_withou
     status, first = await post_message(http, gateway, body, wait=10)
     assert status == 200, first
     names = Names(stack.namespace, TEST_SHARDS)
-    copy = InboundMessage(body["message_id"], body["conversation_id"], body["user_id"], body["text"])
+    copy = InboundMessage(
+        web_id(body["user_id"], body["message_id"]),
+        web_id(body["user_id"], body["conversation_id"]),
+        body["user_id"],
+        body["text"],
+    )
 
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -152,7 +158,7 @@ async def test_a_second_copy_of_an_answered_message_gets_the_stored_reply_withou
                 async for delivery in incoming:
                     again = orjson.loads(delivery.body)
                     break
-    assert again["message_id"] == body["message_id"]
+    assert again["message_id"] == copy.message_id
     assert again["reply"]["text"] == first["reply"]["text"]
     lines = worker.logs().splitlines()
     processed = [line for line in lines if '"message processed"' in line and body["message_id"] in line]
@@ -174,9 +180,9 @@ async def test_redis_refusing_writes_holds_the_messages_and_nothing_is_dead_lett
         ids = []
         for i in range(10):
             body = message(f"{PRAZO} {i}", conversation_id=conversation)
-            status, _ = await post_message(http, gateway, body)
+            status, answer = await post_message(http, gateway, body)
             assert status == 202
-            ids.append(body["message_id"])
+            ids.append((body["message_id"], answer["conversation_token"]))
         # Writes refused: OOM (the shipped noeviction policy) and, for every write of a script too,
         # NOREPLICAS (Redis lets a script whose first write is a DEL go on past maxmemory). MISCONF
         # and READONLY are alike: Redis unavailable, never the message's fault.
@@ -197,8 +203,8 @@ async def test_redis_refusing_writes_holds_the_messages_and_nothing_is_dead_lett
         await private.config_set(maxmemory="0", min_replicas_to_write="0")
 
         async def all_answered() -> bool:
-            for message_id in ids:
-                status, _ = await get_json(http, f"{gateway.url}/v1/messages/{message_id}")
+            for message_id, token in ids:
+                status, _ = await get_json(http, f"{gateway.url}/v1/messages/{message_id}?token={token}")
                 if status != 200:
                     return False
             return True
@@ -292,13 +298,12 @@ async def test_250_concurrent_status_reads_are_all_answered(stack: Stack, http: 
     await stack.start("worker")
     await wait_ready(stack)
     body = message()
-    status, _ = await post_message(http, gateway, body, wait=10)
+    status, answer = await post_message(http, gateway, body, wait=10)
     assert status == 200
+    url = f"{gateway.url}/v1/messages/{body['message_id']}?token={answer['conversation_token']}"
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as many:
-        results = await asyncio.gather(
-            *(get_json(many, f"{gateway.url}/v1/messages/{body['message_id']}") for _ in range(250))
-        )
+        results = await asyncio.gather(*(get_json(many, url) for _ in range(250)))
     assert sorted({status for status, _ in results}) == [200], Counter(status for status, _ in results)
 
 

@@ -17,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared.names import Names
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, post_message
+from tests.support import REDIS_URL, TEST_SHARDS, Stack, post_message, web_id
 from tests.test_pipeline import read_events, wait_ready
 
 BURST = ["oi", "qual o prazo", "de entrega pro rio?"]
@@ -35,7 +35,7 @@ async def test_a_burst_is_answered_once_and_every_message_is_settled(stack: Stac
         return await post_message(http, gateway, body, wait=wait)
 
     connected = asyncio.Event()
-    stream = asyncio.create_task(read_events(http, gateway, conversation, 2, connected))
+    stream = asyncio.create_task(read_events(http, gateway, conversation, 2, connected, user_id="iva"))
     await asyncio.wait_for(connected.wait(), 10)
 
     assert (await post(conversation, BURST[0], ids[0]))[0] == 202
@@ -67,14 +67,19 @@ async def test_a_burst_is_answered_once_and_every_message_is_settled(stack: Stac
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         assert await redis.hget(names.stats_total_key, "n") == "5"
-        log = [orjson.loads(raw) for raw in await redis.lrange(names.conversation_log_key(conversation), 0, -1)]
-        assert [(e["message_id"], e.get("merged_into")) for e in log] == [
-            (ids[0], ids[2]),
-            (ids[1], ids[2]),
-            (ids[2], None),
-            (f"{conversation}-later", None),
+        log = [
+            orjson.loads(raw)
+            for raw in await redis.lrange(names.conversation_log_key(web_id("iva", conversation)), 0, -1)
         ]
-        turns = [orjson.loads(raw) for raw in await redis.lrange(names.memory_key(conversation), 0, -1)]
+        # The log is the operators': it names messages by their ids inside the system.
+        internal = [web_id("iva", i) for i in ids]
+        assert [(e["message_id"], e.get("merged_into")) for e in log] == [
+            (internal[0], internal[2]),
+            (internal[1], internal[2]),
+            (internal[2], None),
+            (web_id("iva", f"{conversation}-later"), None),
+        ]
+        turns = [orjson.loads(raw) for raw in await redis.lrange(names.memory_key(web_id("iva", conversation)), 0, -1)]
         assert [t["text"] for t in turns if t["role"] == "user"] == ["\n".join(BURST), "aceita pix?"]
     finally:
         await redis.aclose()

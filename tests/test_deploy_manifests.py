@@ -21,6 +21,7 @@ import http.server
 import importlib
 import importlib.resources
 import importlib.util
+import ipaddress
 import json
 import re
 import shutil
@@ -493,8 +494,9 @@ def test_ingress_routes_only_public_paths_to_the_right_service() -> None:
         "/v1": ("gateway", "Prefix"),
         "/webhooks": ("gateway", "Prefix"),
         "/admin": ("monitor", "Prefix"),
-        "/monitoring": ("monitor", "Prefix"),
     }
+    # The monitor's /monitoring/* (user counts, instance names, alerts) are for the cluster only.
+    assert not [path for path in routes if path.startswith("/monitoring")]
     for path, (target, _) in routes.items():
         assert path in SERVED[target]
     # No catch-all prefix: /metrics (and the gateway's own probes) are never public.
@@ -748,6 +750,10 @@ def test_nginx_config_carries_the_guide_settings() -> None:
     webhooks = re.search(r"location /webhooks/ \{(.*?)\}", active, re.S)
     assert webhooks and "limit_req" not in webhooks[1], "webhooks are limited per sender, not per IP"
     assert re.search(r"location = /metrics \{\s*return 404;", active)
+    monitoring = re.search(r"location /monitoring/ \{(.*?)\}", active, re.S)
+    assert monitoring and re.search(r"deny all;", monitoring[1]), "/monitoring/* for the internal network only"
+    allowed = [ipaddress.ip_network(n) for n in re.findall(r"allow ([0-9a-f.:/]+);", monitoring[1])]
+    assert allowed and all(network.is_private for network in allowed)
     assert active.count("add_header") == 4, "headers only at http level (a nested add_header drops them)"
     assert "text/event-stream" not in active
     proxy = (ROOT / "deploy" / "nginx" / "proxy.conf").read_text()

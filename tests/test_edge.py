@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import make_mocked_request
 
-from services.gateway.ratelimit import client_address
+from shared.web import client_address
 from tests.channel_fakes import (
     TELEGRAM_ENV,
     WHATSAPP_ENV,
@@ -78,11 +78,12 @@ async def check_api_keys(gateway: Service, http: aiohttp.ClientSession) -> None:
     for key in KEYS:
         async with http.post(url, json=body, headers=bearer(key)) as response:
             assert response.status == 202, await response.text()
-            message_id = (await response.json())["message_id"]
+            accepted = await response.json()
+    message_id, token = accepted["message_id"], {"X-Conversation-Token": accepted["conversation_token"]}
     for path in (f"/v1/messages/{message_id}", "/v1/conversations/user:edge-keys/events"):
-        async with http.get(gateway.url + path) as response:
+        async with http.get(gateway.url + path, headers=token) as response:
             assert response.status == 401
-    async with http.get(f"{gateway.url}/v1/messages/{message_id}", headers=bearer(KEYS[1])) as response:
+    async with http.get(f"{gateway.url}/v1/messages/{message_id}", headers={**bearer(KEYS[1]), **token}) as response:
         assert response.status == 200
     for public in ("/", "/openapi.json", "/monitoring/live"):  # no key needed outside /v1
         async with http.get(gateway.url + public) as response:
@@ -103,14 +104,17 @@ async def check_security_headers_everywhere(gateway: Service, http: aiohttp.Clie
         ("GET", "/webhooks/whatsapp", {}),
     ]
     seen = set()
+    token = ""
     for method, path, options in requests:
         async with http.request(method, gateway.url + path, **options) as response:
             seen.add(response.status)
             _assert_security_headers(response, f"{method} {path}")
+            if response.status == 202:
+                token = (await response.json())["conversation_token"]
     assert {200, 202, 400, 401, 403, 404} <= seen
     # An event stream sends its headers before any event: they must be there all the same.
     url = f"{gateway.url}/v1/conversations/user:edge-h/events"
-    async with http.get(url, headers=bearer(KEYS[0])) as response:
+    async with http.get(url, headers={**bearer(KEYS[0]), "X-Conversation-Token": token}) as response:
         assert response.status == 200
         _assert_security_headers(response, "SSE")
 

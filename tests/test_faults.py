@@ -32,7 +32,9 @@ async def test_worker_stopped_mid_work_every_message_is_answered_exactly_once(
     conversation = f"stop-{uuid.uuid4().hex}"
     total = 300
     connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(http, stack.gateway, conversation, total, connected, timeout=90))
+    reader = asyncio.create_task(
+        read_events(http, stack.gateway, conversation, total, connected, timeout=90, user_id="eva")
+    )
     await asyncio.wait_for(connected.wait(), 10)
     # Queue everything first, so the worker is sure to hold unfinished messages when it stops.
     for i in range(total):

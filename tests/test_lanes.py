@@ -19,7 +19,7 @@ import pytest
 
 from services.worker.ownership import owned_shards
 from shared.names import Names
-from tests.support import AMQP_URL, TEST_SHARDS, Stack, TcpProxy, eventually, get_json, post_message
+from tests.support import AMQP_URL, TEST_SHARDS, Stack, TcpProxy, eventually, get_json, post_message, web_id
 from tests.test_llm_engine import FakeLlm
 from tests.test_pipeline import read_events, wait_ready
 
@@ -111,7 +111,9 @@ async def test_one_conversation_is_answered_in_order_by_two_workers(
     await wait_ready(stack)
     conversation = f"order-{uuid.uuid4().hex}"
     connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(http, stack.gateway, conversation, 10, connected, timeout=60))
+    reader = asyncio.create_task(
+        read_events(http, stack.gateway, conversation, 10, connected, timeout=60, user_id="ana")
+    )
     await asyncio.wait_for(connected.wait(), 10)
     sent = []
     for i in range(10):
@@ -140,7 +142,9 @@ async def queue_conversations(
         connected = asyncio.Event()
         count = plan.count(conversation)
         readers.append(
-            asyncio.create_task(read_events(http, stack.gateway, conversation, count, connected, timeout=90))
+            asyncio.create_task(
+                read_events(http, stack.gateway, conversation, count, connected, timeout=90, user_id="eva")
+            )
         )
         await asyncio.wait_for(connected.wait(), 10)
     for conversation in plan:
@@ -271,10 +275,12 @@ async def test_a_refused_reply_publish_keeps_the_message_until_the_reply_is_out(
         await wait_ready(stack)
         conversation = f"nack-{uuid.uuid4().hex}"
         shard_queue = Names(stack.namespace, TEST_SHARDS).shard_queue(
-            Names(stack.namespace, TEST_SHARDS).shard_of(conversation)
+            Names(stack.namespace, TEST_SHARDS).shard_of(web_id("rui", conversation))
         )
         connected = asyncio.Event()
-        reader = asyncio.create_task(read_events(http, stack.gateway, conversation, 1, connected, timeout=60))
+        reader = asyncio.create_task(
+            read_events(http, stack.gateway, conversation, 1, connected, timeout=60, user_id="rui")
+        )
         await asyncio.wait_for(connected.wait(), 10)
         status, body = await post_message(
             http, stack.gateway, {"user_id": "rui", "conversation_id": conversation, "text": "Qual o prazo?"}

@@ -15,7 +15,7 @@ import pytest
 
 from shared.logs import AUDIT_LOGGER, mask_pii, setup_logging
 from tests.otlp import Collector, tracing_env
-from tests.support import AMQP_URL, Stack, eventually
+from tests.support import AMQP_URL, Stack, eventually, web_id
 from tests.test_pipeline import wait_ready
 from tests.test_tracing import new_traceparent, post_traced, spans_of
 
@@ -55,16 +55,19 @@ async def test_a_message_with_pii_leaves_json_lines_with_its_trace_id_and_no_pii
         assert status == 200, answer
         await _publish_malformed(stack.namespace, f"not json, but PII: {PHONE} {EMAIL}")
 
+        # Logs name the message and conversation by their ids inside the system (user-scoped).
+        internal_id = web_id("maria", message_id)
+
         def logged_lines() -> list[dict[str, Any]]:
             return json_lines((log_dir / "combined.log").read_text())
 
         async def processed() -> dict[str, Any] | None:
-            found = [e for e in logged_lines() if e.get("message_id") == message_id and "processingTime" in e]
+            found = [e for e in logged_lines() if e.get("message_id") == internal_id and "processingTime" in e]
             return found[0] if found else None
 
         line = await eventually(processed, what="the 'message processed' line in combined.log")
         assert line["level"] == "INFO" and line["service"] == "worker"
-        assert line["conversation_id"] == answer["conversation_id"]
+        assert line["conversation_id"] == web_id("maria", answer["conversation_id"])
         assert isinstance(line["processingTime"], float | int)
         # The trace id in the line is the caller's, and its span is the message's CONSUMER span.
         assert line["trace_id"] == trace_id
@@ -74,7 +77,7 @@ async def test_a_message_with_pii_leaves_json_lines_with_its_trace_id_and_no_pii
 
         # The text was logged (DEBUG), masked, and tied to the message and its trace.
         (debug,) = [
-            e for e in logged_lines() if e["message"] == "generating a reply" and e.get("message_id") == message_id
+            e for e in logged_lines() if e["message"] == "generating a reply" and e.get("message_id") == internal_id
         ]
         assert debug["trace_id"] == trace_id
         assert "4321" in debug["text"] and "@example.com" in debug["text"] and "***.***.***-**" in debug["text"]
@@ -142,6 +145,10 @@ def test_log_dir_files_split_by_level_and_audit_and_rotate_by_size(tmp_path: Pat
     everything = "".join(path.read_text() for path in tmp_path.glob("combined.log*"))
     assert "not at INFO" not in everything and "filler line 99" in everything
     assert all(json_lines(path.read_text()) for path in tmp_path.glob("combined.log*"))
+    # Owner and group only, the rotated files too (they hold customer words, even masked).
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()} == {
+        name: oct(0o640) for name in ("audit.log", "error.log", *rotated)
+    }
 
 
 @pytest.mark.parametrize(
@@ -153,11 +160,20 @@ def test_log_dir_files_split_by_level_and_audit_and_rotate_by_size(tmp_path: Pat
         ("email maria.souza@example.com.br!", "email m***@example.com.br!"),
         ("CPF 123.456.789-09 e 52998224725", "CPF ***.***.***-** e ***********"),
         ("Authorization: Bearer abc.DEF-123", "Authorization: Bearer ***"),
-        ("GET https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage",
-         "GET https://api.telegram.org/bot***/sendMessage"),
+        (
+            "GET https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage",
+            "GET https://api.telegram.org/bot***/sendMessage",
+        ),
         ("hub.verify_token=abc123&hub.challenge=9", "hub.verify_token=***&hub.challenge=9"),
         ("key sk-proj-abcdefghijklmnopqrstuv", "key ***"),
         ("X-Hub-Signature-256: sha256=0123456789abcdef0123", "X-Hub-Signature-256: ***"),
+        ("minha senha: hunter2, obrigado", "minha senha: ***, obrigado"),
+        ("Senha=hunter2", "Senha=***"),
+        ("password: hunter2", "password: ***"),
+        ("minha senha é hunter2 e o login maria", "minha senha é *** e o login maria"),
+        ("my password is hunter2", "my password is ***"),
+        ("ligue +55 (11) 9.8888.7777 hoje", "ligue +** (**) *.****.7777 hoje"),
+        ("ou 11 9 8888 7777", "ou ** * **** 7777"),
     ],
 )
 def test_mask_pii_masks_phones_emails_cpfs_and_secrets(text: str, masked: str) -> None:

@@ -25,7 +25,7 @@ from shared.handoff import HandoffInfo, Handoffs
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
 from shared.store import Store
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, post_message
+from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, post_message, web_id
 from tests.test_llm_engine import ROOT, SAMPLE_PT
 from tests.test_pipeline import read_events, wait_ready
 
@@ -66,23 +66,23 @@ async def test_memory_reset_and_handoff_end_to_end(stack: Stack, http: aiohttp.C
     chat = f"mem-{uuid.uuid4().hex}"
     for text in (PRAZO, "tem frete grátis?", "aceita pix?"):
         assert (await ask(chat, text))[0] == 200
-    remembered = await memory(redis, names, chat)
+    remembered = await memory(redis, names, web_id("rui", chat))
     assert [t["text"] for t in remembered if t["role"] == "user"] == ["tem frete grátis?", "aceita pix?"]
-    assert 0 < await redis.ttl(names.memory_key(chat)) <= 600
+    assert 0 < await redis.ttl(names.memory_key(web_id("rui", chat))) <= 600
     status, reset = await ask(chat, "/reset")
     assert status == 200 and reset["reply"]["engine"] == "command"
     assert reset["reply"]["text"] == "Pronto! Esqueci nossa conversa até aqui. Como posso ajudar?"
-    assert await memory(redis, names, chat) == []
+    assert await memory(redis, names, web_id("rui", chat)) == []
 
     # Asking for a human: a reply saying a person will take over, and the handoff starts.
     human = f"human-{uuid.uuid4().hex}"
     connected = asyncio.Event()
-    stream = asyncio.create_task(read_events(http, gateway, human, 2, connected))
+    stream = asyncio.create_task(read_events(http, gateway, human, 2, connected, user_id="rui"))
     await asyncio.wait_for(connected.wait(), 10)
     status, asked = await ask(human, HUMAN)
     assert status == 200 and asked["reply"]["handoff"] is True and asked["reply"]["engine"] == "handoff"
     assert "atendente humano" in asked["reply"]["text"]
-    info = await handoffs.get(human)
+    info = await handoffs.get(web_id("rui", human))
     assert info is not None and info.reason == HUMAN and info.user_id == "rui" and info.channel == "web"
 
     # While a human has it, the bot does not answer: accepted (202), logged for the agent, never sent.
@@ -90,7 +90,7 @@ async def test_memory_reset_and_handoff_end_to_end(stack: Stack, http: aiohttp.C
     assert status == 202 and silent["status"] == "queued"
 
     async def silenced_in_log() -> bool:
-        return any(e.get("silenced") and e["text"] == PRAZO for e in await logged(redis, names, human))
+        return any(e.get("silenced") and e["text"] == PRAZO for e in await logged(redis, names, web_id("rui", human)))
 
     await eventually(silenced_in_log, what="the silenced message in the conversation log")
     status, again = await ask(human, PRAZO, wait=0, message_id=f"{human}-silent")
@@ -98,7 +98,7 @@ async def test_memory_reset_and_handoff_end_to_end(stack: Stack, http: aiohttp.C
 
     # Released (the admin's button): the bot answers again. The stream got exactly the handoff
     # reply and this one: the silenced reply was never sent.
-    assert await handoffs.release(human)
+    assert await handoffs.release(web_id("rui", human))
     status, back = await ask(human, PRAZO)
     assert status == 200 and back["reply"]["engine"] == "kb" and back["reply"]["sources"] == ["prazo-entrega"]
     events = await asyncio.wait_for(stream, 10)
@@ -109,7 +109,7 @@ async def test_memory_reset_and_handoff_end_to_end(stack: Stack, http: aiohttp.C
     replies = [(await ask(lost, text))[1]["reply"] for text in OFF_TOPIC]
     assert [r["handoff"] for r in replies] == [False, False, True]
     assert replies[0]["sources"] == [] and "atendente humano" in replies[2]["text"]
-    assert await handoffs.active(lost)
+    assert await handoffs.active(web_id("rui", lost))
     assert (await ask(lost, PRAZO, wait=1))[0] == 202
 
 

@@ -21,7 +21,7 @@ from shared import stats
 from shared.messages import InboundMessage
 from shared.names import Names
 from shared.store import Store
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, get_json, post_message
+from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
 from tests.test_monitor_health import LocalRedis, publish_raw
 from tests.test_pipeline import PRAZO, start_stack
 
@@ -111,7 +111,10 @@ async def _known_load(stack: Stack, http: aiohttp.ClientSession, redis: Redis, n
         status, body = await post_message(http, stack.gateway, {"user_id": f"web-{i % 8}", "text": PRAZO}, wait=10)
         round_trip = (time.perf_counter() - started) * 1000
         assert status == 200, body
-        logged = await _logged_latency(redis, names, body["conversation_id"], body["message_id"])
+        user = f"web-{i % 8}"
+        logged = await _logged_latency(
+            redis, names, web_id(user, body["conversation_id"]), web_id(user, body["message_id"])
+        )
         assert logged is not None and 0 < logged <= round_trip
         assert body["latency_ms"] <= round_trip
         seen.append(logged)

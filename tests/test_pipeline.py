@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.support import Service, Stack, eventually, get_json, post_message
+from tests.support import Service, Stack, conversation_token, eventually, get_json, post_message, web_id
 
 PRAZO = "Qual o prazo de entrega?"
 
@@ -42,12 +42,15 @@ async def read_events(
     count: int,
     connected: asyncio.Event | None = None,
     timeout: float = 20,
+    *,
+    user_id: str,
 ) -> list[dict[str, Any]]:
-    """Collect `count` reply events from the conversation's SSE stream; `connected` is set once the
-    server has subscribed the stream (its first comment line)."""
+    """Collect `count` reply events from user `user_id`'s conversation's SSE stream; `connected`
+    is set once the server has subscribed the stream (its first comment line)."""
     events: list[dict[str, Any]] = []
     url = f"{gateway.url}/v1/conversations/{conversation_id}/events"
-    async with asyncio.timeout(timeout), http.get(url) as response:
+    token = await conversation_token(gateway.env["ATENDIMENTO_NAMESPACE"], user_id, conversation_id)
+    async with asyncio.timeout(timeout), http.get(url, headers={"X-Conversation-Token": token}) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         event, data = "", b""
@@ -85,14 +88,16 @@ async def test_wait_zero_is_202_and_the_reply_arrives_on_sse(stack: Stack, http:
     await start_stack(stack)
     conversation = f"c-{uuid.uuid4().hex}"
     connected = asyncio.Event()
-    reader = asyncio.create_task(read_events(http, stack.gateway, conversation, 1, connected))
+    reader = asyncio.create_task(read_events(http, stack.gateway, conversation, 1, connected, user_id="bia"))
     await asyncio.wait_for(connected.wait(), 10)
     status, body = await post_message(
         http, stack.gateway, {"user_id": "bia", "conversation_id": conversation, "text": PRAZO}
     )
     assert status == 202, body
+    token = body.pop("conversation_token")
     assert body == {"message_id": body["message_id"], "conversation_id": conversation, "status": "queued"}
     (event,) = await reader
+    assert event["conversation_token"] == token
     assert event["message_id"] == body["message_id"]
     assert event["conversation_id"] == conversation
     assert event["status"] == "answered"
@@ -131,7 +136,7 @@ async def test_one_conversation_is_answered_in_order_with_two_workers(
             {"user_id": "duda", "conversation_id": conversation, "text": text, "message_id": f"{conversation}-{i}"},
         )
         assert status == 202
-    redis_memory = await _memory(stack, conversation, 20)
+    redis_memory = await _memory(stack, web_id("duda", conversation), 20)
     user_turns = [turn["text"] for turn in redis_memory if turn["role"] == "user"]
     assert user_turns == texts
 

@@ -17,7 +17,7 @@ from tests.channel_fakes import (
     post_telegram,
     telegram_text,
 )
-from tests.support import Service, Stack, eventually, get_json
+from tests.support import Service, Stack, eventually, stored_reply
 from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
@@ -106,9 +106,8 @@ async def check_group_chat_is_one_conversation(
     replies = await replies_to(bot_api, group, 2)
     assert replies == [PRAZO_ANSWER, PRAZO_ANSWER]
     for update_id in (900_000_010, 900_000_011):
-        status, stored = await get_json(http, f"{gateway.url}/v1/messages/telegram:{update_id}")
-        assert status == 200, stored
-        assert stored["conversation_id"] == f"telegram:{group}"
+        stored = await stored_reply(gateway.env["ATENDIMENTO_NAMESPACE"], f"telegram:{update_id}")
+        assert stored is not None and stored["conversation_id"] == f"telegram:{group}"
 
 
 async def check_other_updates_are_acknowledged(

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.otlp import Collector, ReceivedSpan, tracing_env
-from tests.support import REDIS_URL, Service, Stack, TcpProxy, eventually, free_port
+from tests.support import REDIS_URL, Service, Stack, TcpProxy, eventually, free_port, web_id
 from tests.test_pipeline import PRAZO, wait_ready
 
 
@@ -130,8 +130,9 @@ async def test_a_message_is_one_trace_from_the_callers_traceparent_to_the_reply(
         "messaging.system": "rabbitmq",
         "messaging.operation.type": "send",
         "messaging.destination.name": f"{ns}.inbound",
-        "messaging.message.id": message_id,
-        "messaging.message.conversation_id": conversation,
+        # Spans name the ids inside the system, scoped by the web user (as logs do).
+        "messaging.message.id": web_id("ana", message_id),
+        "messaging.message.conversation_id": web_id("ana", conversation),
     }
     assert shard.isdigit()
     assert consumer.attributes == consumer.attributes | {
@@ -139,8 +140,9 @@ async def test_a_message_is_one_trace_from_the_callers_traceparent_to_the_reply(
         "messaging.operation.type": "process",
         "messaging.destination.name": f"{ns}.inbound",
         "messaging.rabbitmq.destination.routing_key": shard,
-        "messaging.message.id": message_id,
-        "messaging.message.conversation_id": conversation,
+        # Spans name the ids inside the system, scoped by the web user (as logs do).
+        "messaging.message.id": web_id("ana", message_id),
+        "messaging.message.conversation_id": web_id("ana", conversation),
         "atendimento.delivery.redelivered": False,
     }
     assert engine.attributes["atendimento.reply.sources"] == answer["reply"]["sources"]
@@ -182,7 +184,7 @@ async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
             return lines[0] if lines else None
 
         held = await eventually(holding, what="the worker to hold the message")
-        assert held["trace_id"] == trace_id and held["message_id"] == message_id
+        assert held["trace_id"] == trace_id and held["message_id"] == web_id("bia", message_id)
         doomed.kill()
         assert doomed.process is not None and doomed.process.wait(10) == -9
     finally:
@@ -196,7 +198,7 @@ async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
     spans = await spans_of(collector, trace_id, ("atendimento-worker", f"process {ns}.inbound"))
     (consumer,) = [span for span in spans if span.kind == "CONSUMER"]  # the killed one never ended its span
     assert consumer.attributes["atendimento.delivery.redelivered"] is True
-    assert consumer.attributes["messaging.message.id"] == message_id
+    assert consumer.attributes["messaging.message.id"] == web_id("bia", message_id)
     assert consumer.resource["service.instance.id"] != held.get("instance")
     producer = by_name(spans, "atendimento-gateway", f"publish {ns}.inbound")
     assert producer.span_id in ancestors(consumer, spans)

@@ -24,7 +24,7 @@ from tests.channel_fakes import (
     whatsapp_status,
     whatsapp_text,
 )
-from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, get_json
+from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, stored_reply
 from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
@@ -104,9 +104,8 @@ async def check_signed_text_message_is_answered_through_the_graph_api(
     assert reply == PRAZO_ANSWER
 
     # The conversation is per business number and sender; the reply is stored under the wamid.
-    status, stored = await get_json(http, f"{gateway.url}/v1/messages/{wamid}")
-    assert status == 200, stored
-    assert stored["conversation_id"] == f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+    stored = await stored_reply(gateway.env["ATENDIMENTO_NAMESPACE"], wamid)
+    assert stored is not None and stored["conversation_id"] == f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
 
 
 async def check_same_wamid_three_times_gets_one_reply(

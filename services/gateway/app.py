@@ -11,10 +11,11 @@ import aiohttp_cors
 from aiohttp import web
 
 from services.gateway.auth import API_PREFIX, api_key_middleware
+from services.gateway.conversations import TOKEN_HEADER, ConversationTokens
 from services.gateway.delivery import running_delivery
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
-from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, RATE_LIMITER, ROUTER, SETTINGS, STORE
+from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, RATE_LIMITER, ROUTER, SETTINGS, STORE, TOKENS
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
@@ -72,7 +73,7 @@ def _allow_origins(app: web.Application, origins: tuple[str, ...]) -> None:
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_credentials=False,  # API keys travel in Authorization, never in cookies
         allow_methods=("GET", "POST"),
-        allow_headers=("Authorization", "Content-Type", "traceparent", "tracestate"),
+        allow_headers=("Authorization", "Content-Type", TOKEN_HEADER, "traceparent", "tracestate"),
         expose_headers=("Retry-After",),
         max_age=600,
     )
@@ -94,6 +95,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[RATE_LIMITER] = limiter
         app[INTAKE] = Intake(store, broker, limiter)
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
+        app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
         yield
 
 

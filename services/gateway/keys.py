@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from services.gateway.conversations import ConversationTokens
 from services.gateway.delivery.consumer import DeliveryConsumer
 from services.gateway.intake import Intake
 from services.gateway.ratelimit import RateLimiter
@@ -20,3 +21,4 @@ BROKER = web.AppKey("broker", Broker)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
 ERRORS = web.AppKey("errors", BackgroundErrors)
+TOKENS = web.AppKey("tokens", ConversationTokens)

@@ -11,7 +11,34 @@ from services.gateway.validation import MAX_ID, MAX_TEXT
 # "Not blank" as the gateway checks it (Python's str.strip): the document's regex dialect (ECMA)
 # counts U+FEFF as white space and U+001C-U+001F, U+0085 as not, Python the other way round.
 _NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
-_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": _NOT_BLANK}
+# An id: no control characters (C0, DEL, C1, U+2028/U+2029) anywhere, and not blank.
+_ID_CHAR = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_ID_PATTERN = rf"^{_ID_CHAR}*(?:[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]|\ufeff){_ID_CHAR}*$"
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": _ID_PATTERN}
+_TOKEN_DESCRIPTION = (
+    "the `conversation_token` of every 200/202 answer of POST /v1/messages for this conversation;"
+    " here or in the X-Conversation-Token header"
+)
+_TOKEN_PARAMETERS = [
+    {
+        "name": "token",
+        "in": "query",
+        "required": False,
+        "description": _TOKEN_DESCRIPTION,
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Conversation-Token",
+        "in": "header",
+        "required": False,
+        "description": _TOKEN_DESCRIPTION,
+        "schema": {"type": "string"},
+    },
+]
+_TOKEN_PROPERTY = {
+    "type": "string",
+    "description": "opens the conversation for reading (events, message status); valid on every gateway",
+}
 # Telegram's ids fit in 52 bits; JSON numbers beyond 2^53 are not integers to every parser.
 _TELEGRAM_ID = {"type": "integer", "minimum": -(2**53), "maximum": 2**53}
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -19,10 +46,16 @@ _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 # From an accepted message to its status and to its conversation's events (stateful testing follows these).
 _MESSAGE_LINKS = {
-    "GetMessage": {"operationId": "getMessage", "parameters": {"message_id": "$response.body#/message_id"}},
+    "GetMessage": {
+        "operationId": "getMessage",
+        "parameters": {"message_id": "$response.body#/message_id", "token": "$response.body#/conversation_token"},
+    },
     "ConversationEvents": {
         "operationId": "conversationEvents",
-        "parameters": {"conversation_id": "$response.body#/conversation_id"},
+        "parameters": {
+            "conversation_id": "$response.body#/conversation_id",
+            "token": "$response.body#/conversation_token",
+        },
     },
 }
 
@@ -107,7 +140,10 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "operationId": "getMessage",
                 "summary": "Where an accepted message stands: its reply once answered, else queued",
-                "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": _ID}],
+                "parameters": [
+                    {"name": "message_id", "in": "path", "required": True, "schema": _ID},
+                    *_TOKEN_PARAMETERS,
+                ],
                 "responses": {
                     "200": {
                         "description": "the message, answered or still queued",
@@ -125,7 +161,8 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad message id"),
                     "401": _problem("missing or wrong API key"),
-                    "404": _problem("no accepted message has this id (or it is older than 24 hours)"),
+                    "403": _problem("no conversation token, or not the token of this message's conversation"),
+                    "404": _problem("no accepted message of the token's user has this id (or it is older than 24 h)"),
                     "503": _problem("Redis unreachable", retry_after=True),
                 },
             }
@@ -136,6 +173,7 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "Server-Sent Events: one `reply` event per reply in the conversation",
                 "parameters": [
                     {"name": "conversation_id", "in": "path", "required": True, "schema": _ID},
+                    *_TOKEN_PARAMETERS,
                 ],
                 "responses": {
                     "200": {
@@ -144,6 +182,7 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad conversation id"),
                     "401": _problem("missing or wrong API key"),
+                    "403": _problem("no conversation token, or not this conversation's"),
                     "503": _problem("broker unreachable", retry_after=True),
                 },
             }
@@ -218,10 +257,11 @@ DOCUMENT: dict[str, Any] = {
             "HandedOff": {
                 "type": "object",
                 "description": "the conversation is with a human agent: the bot stayed silent, the agent answers",
-                "required": ["message_id", "conversation_id", "status"],
+                "required": ["message_id", "conversation_id", "status", "conversation_token"],
                 "properties": {
                     "message_id": {"type": "string"},
                     "conversation_id": {"type": "string"},
+                    "conversation_token": _TOKEN_PROPERTY,
                     "status": {"type": "string", "enum": ["handed_off"]},
                 },
             },
@@ -288,10 +328,11 @@ DOCUMENT: dict[str, Any] = {
             },
             "Answered": {
                 "type": "object",
-                "required": ["message_id", "conversation_id", "status", "reply", "latency_ms"],
+                "required": ["message_id", "conversation_id", "status", "reply", "latency_ms", "conversation_token"],
                 "properties": {
                     "message_id": {"type": "string"},
                     "conversation_id": {"type": "string"},
+                    "conversation_token": _TOKEN_PROPERTY,
                     "status": {"type": "string", "enum": ["answered"]},
                     "reply": {"$ref": "#/components/schemas/Reply"},
                     "latency_ms": {"type": "number"},
@@ -305,10 +346,11 @@ DOCUMENT: dict[str, Any] = {
             },
             "Queued": {
                 "type": "object",
-                "required": ["message_id", "conversation_id", "status"],
+                "required": ["message_id", "conversation_id", "status", "conversation_token"],
                 "properties": {
                     "message_id": {"type": "string"},
                     "conversation_id": {"type": "string"},
+                    "conversation_token": _TOKEN_PROPERTY,
                     "status": {"type": "string", "enum": ["queued"]},
                     "duplicate": {"type": "boolean"},
                 },

@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 
 from shared.names import Names, route_token
 from shared.store import REDIS_ERRORS
-from shared.web import Problem
+from shared.web import Problem, client_address
 
 log = logging.getLogger(__name__)
 
@@ -149,25 +149,6 @@ class RateLimiter:
             return
         if wait > 0:
             raise too_many(wait, who)
-
-
-def client_address(request: web.Request, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
-    """The client's address: the peer, or, when the peer is a trusted proxy, the last address in
-    `X-Forwarded-For` that is not one of ours. Anything left of an untrusted hop could be forged."""
-    peer = request.remote or ""
-    hops = [hop.strip() for hop in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if hop.strip()]
-    address = peer
-    while hops and _is_trusted(address, trusted):
-        address = hops.pop()
-    return address
-
-
-def _is_trusted(address: str, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
 
 
 def ip_limit_middleware(

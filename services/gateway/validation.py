@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,12 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_ID = 128
 MAX_TEXT = 4096
 MAX_METADATA_BYTES = 4096
+# Far below the JSON encoder's own limit (254), which the metadata meets again nested in messages.
+MAX_METADATA_DEPTH = 32
 MAX_WAIT_SECONDS = 30.0
 FIELDS = frozenset({"user_id", "text", "conversation_id", "message_id", "metadata"})
+# C0, DEL, C1 and the Unicode line breaks: never in an id (they would split an SSE line or a log line).
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,15 @@ def _string(data: dict[str, Any], name: str, max_length: int, *, required: bool)
     return value
 
 
+def check_id(name: str, value: str) -> str:
+    """An id (user, conversation, message): 1-128 characters, not blank, no control characters."""
+    if not value.strip() or len(value) > MAX_ID:
+        raise bad_request(f"{name}: must be 1-{MAX_ID} characters, not blank")
+    if CONTROL_RE.search(value):
+        raise bad_request(f"{name}: must not contain control characters (line breaks, tabs, ...)")
+    return value
+
+
 def parse_message(data: dict[str, Any]) -> MessageRequest:
     unknown = sorted(set(data) - FIELDS)
     if unknown:
@@ -63,15 +77,32 @@ def parse_message(data: dict[str, Any]) -> MessageRequest:
     user_id = _string(data, "user_id", MAX_ID, required=True)
     text = _string(data, "text", MAX_TEXT, required=True)
     assert user_id is not None and text is not None
-    conversation_id = _string(data, "conversation_id", MAX_ID, required=False) or f"user:{user_id}"
-    message_id = _string(data, "message_id", MAX_ID, required=False) or uuid.uuid4().hex
+    check_id("user_id", user_id)
+    conversation_id = _string(data, "conversation_id", MAX_ID, required=False)
+    message_id = _string(data, "message_id", MAX_ID, required=False)
+    conversation_id = check_id("conversation_id", conversation_id) if conversation_id else f"user:{user_id}"
+    message_id = check_id("message_id", message_id) if message_id else uuid.uuid4().hex
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
         raise bad_request("metadata: must be a JSON object")
+    if _too_deep(metadata, MAX_METADATA_DEPTH):
+        raise bad_request(f"metadata: must be nested at most {MAX_METADATA_DEPTH} levels deep")
     size = len(orjson.dumps(metadata))
     if size > MAX_METADATA_BYTES:
         raise bad_request(f"metadata: must be at most {MAX_METADATA_BYTES} bytes serialised (got {size})")
     return MessageRequest(user_id, text, conversation_id, message_id, metadata)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest deeper than `limit` (iterative: the parser allows 1024 levels)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def parse_wait(raw: str | None) -> float:
@@ -87,6 +118,4 @@ def parse_wait(raw: str | None) -> float:
 
 
 def parse_conversation_id(raw: str) -> str:
-    if not raw.strip() or len(raw) > MAX_ID:
-        raise bad_request(f"conversation_id: must be 1-{MAX_ID} characters, not blank")
-    return raw
+    return check_id("conversation_id", raw)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.monitor.admin import pages
-from services.monitor.admin.auth import AdminAuth
+from services.monitor.admin.auth import AdminAuth, token_checks_counter
 from services.monitor.admin.routes import add_routes as add_admin_routes
 from services.monitor.admin.routes import no_store
 from services.monitor.alerts import WebhookNotifier
@@ -27,6 +27,7 @@ from services.monitor.keys import (
     SETTINGS,
     STORE,
     TEMPLATES,
+    TOKEN_CHECKS,
     VIEW,
 )
 from services.monitor.metrics import SystemCollector
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TEMPLATES] = pages.templates()
     registry = new_metrics_registry()
+    app[TOKEN_CHECKS] = token_checks_counter(registry)
     registry.register(SystemCollector(lambda: app[EVALUATOR].latest if EVALUATOR in app else None))
     # The monitor's /monitoring/health is the whole system's (SPEC section 5), routed below.
     Probes(None, registry).install(app)
@@ -86,6 +88,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             session_s=settings.admin_session_s,
             max_failures=settings.admin_max_failures,
             lockout_s=settings.admin_lockout_s,
+            checks=app[TOKEN_CHECKS],
         )
         yield
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from jinja2 import Environment
+from prometheus_client import Counter
 
 from services.monitor.admin.auth import AdminAuth
 from services.monitor.audit import AuditLog
@@ -25,3 +26,4 @@ HANDOFFS = web.AppKey("handoffs", Handoffs)
 AUDIT = web.AppKey("audit", AuditLog)
 AUTH = web.AppKey("auth", AdminAuth)
 TEMPLATES = web.AppKey("templates", Environment)
+TOKEN_CHECKS = web.AppKey("token_checks", Counter)

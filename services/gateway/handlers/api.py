@@ -1,4 +1,8 @@
-"""`POST /v1/messages`: the web and server-to-server channel."""
+"""`POST /v1/messages`: the web and server-to-server channel.
+
+The caller's ids are scoped to its user inside the system (services/gateway/conversations.py);
+answers show them as sent, with the conversation's token.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from services.gateway.conversations import public_answer, public_id, scoped, user_scope
 from services.gateway.intake import unavailable
-from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE
+from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE, TOKENS
 from services.gateway.validation import parse_json_object, parse_message, parse_wait
 from shared.broker import BROKER_ERRORS
 from shared.messages import InboundMessage, ReplyMessage
@@ -16,15 +21,27 @@ from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 
-def _queued(message: InboundMessage, conversation_id: str, duplicate: bool) -> web.Response:
-    body: dict[str, Any] = {"message_id": message.message_id, "conversation_id": conversation_id, "status": "queued"}
+async def _token(request: web.Request, conversation: str) -> str:
+    try:
+        return await request.app[TOKENS].issue(conversation)
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+
+
+async def _queued(request: web.Request, message: InboundMessage, conversation: str, duplicate: bool) -> web.Response:
+    body: dict[str, Any] = {
+        "message_id": public_id(message.message_id),
+        "conversation_id": public_id(conversation),
+        "status": "queued",
+        "conversation_token": await _token(request, conversation),
+    }
     if duplicate:
         body["duplicate"] = True
     return json_response(body, status=202)
 
 
-def _answered(reply: ReplyMessage, duplicate: bool) -> web.Response:
-    body = reply.public_dict()
+async def _answered(request: web.Request, reply: ReplyMessage, duplicate: bool) -> web.Response:
+    body = public_answer(reply, await _token(request, reply.conversation_id))
     if duplicate:
         body["duplicate"] = True
     return json_response(body, status=200)
@@ -35,9 +52,10 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
         raise Problem(415, f"Content-Type: must be application/json (got {request.content_type or 'none'})")
     wait = parse_wait(request.query.get("wait"))
     fields = parse_message(parse_json_object(await request.read()))
+    scope = user_scope(fields.user_id)
     inbound = InboundMessage(
-        message_id=fields.message_id,
-        conversation_id=fields.conversation_id,
+        message_id=scoped(scope, fields.message_id),
+        conversation_id=scoped(scope, fields.conversation_id),
         user_id=fields.user_id,
         text=fields.text,
         channel="web",
@@ -49,6 +67,8 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
 
 async def post_message(request: web.Request) -> web.Response:
     message, wait = await _read_message(request)
+    # Known before anything is accepted: an accepted message is always answered with its token.
+    await _token(request, message.conversation_id)
     router = request.app[ROUTER]
     # The waiter exists before the publish, so a reply faster than this handler is not missed.
     with router.waiter(message.message_id) as future:
@@ -56,14 +76,14 @@ async def post_message(request: web.Request) -> web.Response:
         if outcome.duplicate_of is not None:
             return await _answer_duplicate(request, message, outcome.duplicate_of, wait, future)
         if wait == 0:
-            return _queued(message, message.conversation_id, duplicate=False)
+            return await _queued(request, message, message.conversation_id, duplicate=False)
         reply = await _wait(future, wait)
         if reply is None:
             reply = await _stored_reply(request, message.message_id)
     if reply is None or reply.silenced:
         # Not answered yet; or never by the bot: a human has the conversation and answers it.
-        return _queued(message, message.conversation_id, duplicate=False)
-    return _answered(reply, duplicate=False)
+        return await _queued(request, message, message.conversation_id, duplicate=False)
+    return await _answered(request, reply, duplicate=False)
 
 
 async def _answer_duplicate(
@@ -83,8 +103,8 @@ async def _answer_duplicate(
         except BROKER_ERRORS:
             raise unavailable("the message broker") from None
     if reply is None or reply.silenced:
-        return _queued(message, conversation_id, duplicate=True)
-    return _answered(reply, duplicate=True)
+        return await _queued(request, message, conversation_id, duplicate=True)
+    return await _answered(request, reply, duplicate=True)
 
 
 async def _wait(future: asyncio.Future[ReplyMessage], seconds: float) -> ReplyMessage | None:

@@ -1,4 +1,9 @@
-"""`GET /v1/conversations/{conversation_id}/events`: a conversation's replies as Server-Sent Events."""
+"""`GET /v1/conversations/{conversation_id}/events`: a conversation's replies as Server-Sent Events.
+
+Only for the holder of the conversation's token. Each event is one `event: reply` line and one
+`data:` line of JSON (which never holds a raw line break), so nothing in a reply or an id can
+start an event of its own.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,39 @@ import contextlib
 import orjson
 from aiohttp import web
 
+from services.gateway.conversations import forbidden, presented_token, public_answer
 from services.gateway.intake import unavailable
-from services.gateway.keys import ROUTER
+from services.gateway.keys import ROUTER, TOKENS
 from services.gateway.validation import parse_conversation_id
 from shared.broker import BROKER_ERRORS
 from shared.messages import ReplyMessage
+from shared.store import REDIS_ERRORS
 
 KEEPALIVE_SECONDS = 15.0  # below the idle timeouts of common proxies (nginx: 60 s)
 
 
-def encode_event(reply: ReplyMessage) -> bytes:
-    data = orjson.dumps(reply.public_dict())
-    return b"id: " + reply.message_id.encode() + b"\nevent: reply\ndata: " + data + b"\n\n"
+def encode_event(reply: ReplyMessage, token: str) -> bytes:
+    return b"event: reply\ndata: " + orjson.dumps(public_answer(reply, token)) + b"\n\n"
 
 
 async def conversation_events(request: web.Request) -> web.StreamResponse:
-    conversation_id = parse_conversation_id(request.match_info["conversation_id"])
+    public_conversation = parse_conversation_id(request.match_info["conversation_id"])
+    token = presented_token(request)
+    try:
+        conversation = await request.app[TOKENS].open(public_conversation, token)
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+    if conversation is None or token is None:
+        raise forbidden()
     async with contextlib.AsyncExitStack() as stack:
         try:
-            queue = await stack.enter_async_context(request.app[ROUTER].stream(conversation_id))
+            queue = await stack.enter_async_context(request.app[ROUTER].stream(conversation))
         except BROKER_ERRORS:
             raise unavailable("the message broker") from None
-        return await _pump(request, queue)
+        return await _pump(request, queue, token)
 
 
-async def _pump(request: web.Request, queue: asyncio.Queue[ReplyMessage | None]) -> web.StreamResponse:
+async def _pump(request: web.Request, queue: asyncio.Queue[ReplyMessage | None], token: str) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -51,6 +64,6 @@ async def _pump(request: web.Request, queue: asyncio.Queue[ReplyMessage | None])
                 continue
             if reply is None:  # the server is shutting down
                 return response
-            await response.write(encode_event(reply))
+            await response.write(encode_event(reply, token))
     except ConnectionResetError:
         return response  # the browser closed the stream: the normal end of one, not an error

@@ -1,28 +1,52 @@
 """`GET /v1/messages/{message_id}`: where an accepted message stands, for clients that posted it
-with `wait=0` (or lost their event stream) and want its reply without re-posting it."""
+with `wait=0` (or lost their event stream) and want its reply without re-posting it. Only web
+messages, and only with the token of the conversation the message belongs to."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.keys import INTAKE
-from services.gateway.validation import MAX_ID, bad_request
+from services.gateway.conversations import SCOPE_RE, forbidden, presented_token, public_answer, public_id, scoped
+from services.gateway.intake import unavailable
+from services.gateway.keys import INTAKE, TOKENS
+from services.gateway.validation import check_id
 from shared.messages import ReplyMessage
+from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 
 async def message_status(request: web.Request) -> web.Response:
-    message_id = request.match_info["message_id"]
-    if not message_id.strip() or len(message_id) > MAX_ID:
-        raise bad_request(f"message_id: must be 1-{MAX_ID} characters, not blank")
-    found = await request.app[INTAKE].lookup(message_id)
+    message_id = check_id("message_id", request.match_info["message_id"])
+    token = presented_token(request)
+    scope, _, _ = (token or "").partition(".")
+    if token is None or not SCOPE_RE.match(scope):
+        raise forbidden()
+    found = await request.app[INTAKE].lookup(scoped(scope, message_id))
     if found is None:
         raise Problem(404, "message_id: no accepted message has this id (or it is older than 24 hours)")
+    conversation = found.conversation_id if isinstance(found, ReplyMessage) else found
+    try:
+        if not await request.app[TOKENS].verify(conversation, token):
+            raise forbidden()
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
     if isinstance(found, ReplyMessage) and found.silenced:
         # The bot stayed silent: the conversation is with a human agent, who answers it.
         return json_response(
-            {"message_id": message_id, "conversation_id": found.conversation_id, "status": "handed_off"}
+            {
+                "message_id": message_id,
+                "conversation_id": public_id(conversation),
+                "status": "handed_off",
+                "conversation_token": token,
+            }
         )
     if isinstance(found, ReplyMessage):
-        return json_response(found.public_dict())
-    return json_response({"message_id": message_id, "conversation_id": found, "status": "queued"})
+        return json_response(public_answer(found, token))
+    return json_response(
+        {
+            "message_id": message_id,
+            "conversation_id": public_id(conversation),
+            "status": "queued",
+            "conversation_token": token,
+        }
+    )

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.keys import INTAKE, SETTINGS
-from services.gateway.validation import bad_request, parse_json_object
+from services.gateway.validation import CONTROL_RE, bad_request, parse_json_object
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.web import Problem, json_response
 
@@ -93,7 +93,7 @@ def parse_notification(payload: dict[str, Any], gateway_id: str) -> list[Inbound
             value = _object(change, "value", f"{path}.value")
             if change.get("field") != "messages" or not value.get("messages"):
                 continue
-            phone_number_id = _text(_object(value, "metadata", f"{path}.value.metadata"), "phone_number_id", path)
+            phone_number_id = _id(_object(value, "metadata", f"{path}.value.metadata"), "phone_number_id", path)
             for m, message in enumerate(_objects(value, "messages", f"{path}.value.messages")):
                 item = _item(message, f"{path}.value.messages[{m}]", phone_number_id, gateway_id)
                 if item is not None:
@@ -107,9 +107,9 @@ def _item(
     kind = message.get("type")
     if kind in SILENT_TYPES:
         return None
-    sender = _text(message, "from", path)
+    sender = _id(message, "from", path)
     inbound = InboundMessage(
-        message_id=_text(message, "id", path),  # the wamid: Meta's retries carry the same one
+        message_id=_id(message, "id", path),  # the wamid: Meta's retries carry the same one
         conversation_id=f"whatsapp:{phone_number_id}:{sender}",
         user_id=sender,
         text="",
@@ -136,6 +136,13 @@ def _object(data: dict[str, Any], name: str, path: str) -> dict[str, Any]:
     value = data.get(name)
     if not isinstance(value, dict):
         raise bad_request(f"{path}: must be an object")
+    return value
+
+
+def _id(data: dict[str, Any], name: str, path: str) -> str:
+    value = _text(data, name, path)
+    if CONTROL_RE.search(value):
+        raise bad_request(f"{path}.{name}: must not contain control characters")
     return value
 
 

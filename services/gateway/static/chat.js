@@ -22,6 +22,10 @@
   const conversationId = "web:" + userId;
   let apiKey = sessionStorage.getItem("atendimento.key") || "";
   let keyWaiters = [];
+  // The conversation's token (from every answer to a post) opens its stream and its messages;
+  // kept with the user id, so a reload goes on with the same conversation.
+  let conversationToken = localStorage.getItem("atendimento.token") || "";
+  let tokenWaiters = [];
   let humanTookOver = false;
   const pending = new Map(); // message_id -> timer: sent, no reply shown yet
   const shown = new Set();
@@ -90,6 +94,22 @@
     return new Promise((resolve) => keyWaiters.push(resolve));
   }
 
+  function tokenHeader(extra) {
+    return Object.assign(conversationToken ? { "X-Conversation-Token": conversationToken } : {}, extra || {});
+  }
+
+  function tokenKnown() {
+    return conversationToken ? Promise.resolve() : new Promise((resolve) => tokenWaiters.push(resolve));
+  }
+
+  function rememberToken(token) {
+    if (!token || token === conversationToken) return;
+    conversationToken = token;
+    localStorage.setItem("atendimento.token", token);
+    tokenWaiters.forEach((resolve) => resolve());
+    tokenWaiters = [];
+  }
+
   els.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
     apiKey = els.key.value.trim();
@@ -112,7 +132,7 @@
       };
       try {
         const response = await fetch(url, {
-          headers: headers({ Accept: "text/event-stream" }),
+          headers: headers(tokenHeader({ Accept: "text/event-stream" })),
           cache: "no-store",
           signal: stop.signal,
         });
@@ -120,6 +140,16 @@
           clearTimeout(watchdog);
           setStatus("offline", "chave de acesso necessária");
           await keyNeeded();
+          continue;
+        }
+        if (response.status === 403) {
+          // No token yet (a new conversation), or no longer a valid one: the gateway is there,
+          // and the answer to the next message brings the token.
+          clearTimeout(watchdog);
+          conversationToken = "";
+          localStorage.removeItem("atendimento.token");
+          setStatus("online", "online");
+          await tokenKnown();
           continue;
         }
         if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
@@ -172,7 +202,9 @@
   async function recoverReplies() {
     for (const messageId of Array.from(pending.keys())) {
       try {
-        const response = await fetch("/v1/messages/" + encodeURIComponent(messageId), { headers: headers() });
+        const response = await fetch("/v1/messages/" + encodeURIComponent(messageId), {
+          headers: headers(tokenHeader()),
+        });
         if (response.ok) {
           const data = await response.json();
           if (data.status === "answered") showReply(data);
@@ -204,7 +236,10 @@
         await sleep(1000 * attempt);
         continue;
       }
-      if (response.ok) return;
+      if (response.ok) {
+        rememberToken((await response.json().catch(() => ({}))).conversation_token);
+        return;
+      }
       if (response.status === 401) {
         await keyNeeded();
         continue;

@@ -10,37 +10,19 @@ import orjson
 from aiohttp import web
 
 from services.monitor.admin import auth, operations
-from services.monitor.admin.auth import LockedOut
-from services.monitor.admin.pages import current_session
+from services.monitor.admin.pages import BEARER_CHALLENGE, bearer_actor, current_session
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, AUTH
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
-BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="atendimento-admin"'}
-
 
 async def actor_of(request: web.Request) -> Actor:
-    admin = request.app[AUTH]
-    if not admin.enabled:
+    if not request.app[AUTH].enabled:
         raise Problem(503, "ADMIN_TOKEN is not set: the admin area is disabled")
-    token = auth.bearer_of(request)
-    if token is not None:
-        client = auth.client_of(request)
-        try:
-            accepted = await admin.check_token(client, token)
-        except LockedOut as locked:
-            raise Problem(
-                429,
-                "Authorization: too many wrong tokens from this client",
-                headers={"Retry-After": str(locked.retry_after)},
-            ) from None
-        except REDIS_ERRORS:
-            raise Problem(503, "Redis is unreachable; tokens cannot be checked", headers={"Retry-After": "5"}) from None
-        if not accepted:
-            await request.app[AUDIT].record(Actor("api", client), "api_auth", outcome="wrong_token")
-            raise Problem(401, "Authorization: wrong bearer token", headers=BEARER_CHALLENGE)
-        return Actor("api", client)
+    actor = await bearer_actor(request)
+    if actor is not None:
+        return actor
     session = await current_session(request)
     if session is None:
         raise Problem(401, "Authorization: a bearer token or an admin session is required", headers=BEARER_CHALLENGE)
@@ -65,7 +47,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def overview(request: web.Request) -> web.Response:
     await actor_of(request)
-    return json_response(operations.overview_json(await operations.overview(request.app)))
+    page = operations.handoffs_page(request.query.get("handoffs_page"))
+    return json_response(operations.overview_json(await operations.overview(request.app, page)))
 
 
 async def conversation(request: web.Request) -> web.Response:

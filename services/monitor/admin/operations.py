@@ -32,6 +32,7 @@ TEXT_MAX = 4096
 ID_MAX = 256
 RECENT_CONVERSATIONS = 20
 RECENT_AUDIT = 20
+HANDOFFS_PER_PAGE = 25
 UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
 
 
@@ -53,13 +54,24 @@ def handoff_dict(conversation_id: str, info: HandoffInfo) -> dict[str, Any]:
     }
 
 
-async def overview(app: web.Application) -> dict[str, Any]:
-    """Everything the dashboard shows, in one consistent read."""
+def handoffs_page(raw: str | None) -> int:
+    """The dashboard's page of handoffs (`?handoffs_page=`, from 1); 400 for anything else."""
+    try:
+        number = int(raw or 1)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 100_000:
+        raise Problem(400, "handoffs_page: must be a page number from 1")
+    return number
+
+
+async def overview(app: web.Application, page: int = 1) -> dict[str, Any]:
+    """Everything the dashboard shows, in one consistent read; `page` of the handoffs."""
     observation = await observe(app[VIEW])
     depth = observation.health["checks"]["rabbitmq"].get("dead_letters")
     letters, handoffs, conversations, audit = await asyncio.gather(
         _or_none(app[DEAD_LETTERS].peek(depth)),
-        _or_none(app[HANDOFFS].list_active()),
+        _or_none(app[HANDOFFS].page((page - 1) * HANDOFFS_PER_PAGE, HANDOFFS_PER_PAGE)),
         _or_none(_recent_conversations(app)),
         _or_none(app[AUDIT].recent(RECENT_AUDIT)),
     )
@@ -68,7 +80,10 @@ async def overview(app: web.Application) -> dict[str, Any]:
         "stats": stats_body(observation, app[VIEW].started_at),
         "day": last_24h(observation.raw) if observation.raw is not None else None,
         "dead_letters": letters,
-        "handoffs": None if handoffs is None else [handoff_dict(cid, info) for cid, info in handoffs.items()],
+        "handoffs": None if handoffs is None else [handoff_dict(cid, info) for cid, info in handoffs.items.items()],
+        "handoffs_paging": None
+        if handoffs is None
+        else {"page": handoffs.number, "pages": handoffs.pages, "total": handoffs.total},
         "conversations": conversations,
         "audit": audit,
     }
@@ -82,6 +97,7 @@ def overview_json(data: dict[str, Any]) -> dict[str, Any]:
         "last_24h": data["day"],
         "dead_letters": None if letters is None else [letter.to_dict() for letter in letters],
         "handoffs": data["handoffs"],
+        "handoffs_paging": data["handoffs_paging"],
         "conversations": data["conversations"],
         "audit": data["audit"],
     }
@@ -157,7 +173,9 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         raise Problem(
             503, "RabbitMQ or Redis is unreachable; the reply was not sent", headers={"Retry-After": "5"}
         ) from None
-    await audit.record(actor, "reply_as_agent", conversation_id, "ok", f"{reply.message_id}: {text.strip()[:200]}")
+    # Which reply and how long, never its words: those are the customer's business, kept in the
+    # conversation log (with its TTL), not in an audit trail that is kept and shipped for years.
+    await audit.record(actor, "reply_as_agent", conversation_id, "ok", f"{reply.message_id}: {len(text.strip())} chars")
     return reply
 
 

@@ -4,6 +4,8 @@ action)."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -57,10 +59,55 @@ async def current_session(request: web.Request) -> Session | None:
 
 
 async def _session_or_login(request: web.Request) -> Session:
+    """The cookie's session; or, for `Authorization: Bearer <ADMIN_TOKEN>` (SPEC 5), a view-only one
+    (its CSRF token is known to nobody: the forms need a signed-in session)."""
+    actor = await bearer_actor(request)
+    if actor is not None:
+        return Session("", actor.name, actor.client, secrets.token_urlsafe(32), time.time())
     session = await current_session(request)
     if session is None:
         raise web.HTTPSeeOther("/admin/login")
     return session
+
+
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="atendimento-admin"'}
+
+
+async def bearer_actor(request: web.Request) -> Actor | None:
+    """The script behind `Authorization: Bearer <ADMIN_TOKEN>`; None without that header."""
+    token = auth.bearer_of(request)
+    if token is None:
+        return None
+    admin = request.app[AUTH]
+    if not admin.enabled:
+        raise Problem(503, "ADMIN_TOKEN is not set: the admin area is disabled")
+    actor = Actor("api", auth.client_of(request, request.app[SETTINGS].trusted_proxies))
+    try:
+        accepted = await admin.check_token(actor.client, token)
+    except LockedOut as locked:
+        if locked.audit:
+            await audit_failure(request, actor, "api_auth", "locked_out")
+        raise Problem(
+            429,
+            "Authorization: too many wrong tokens from this client",
+            headers={"Retry-After": str(locked.retry_after)},
+        ) from None
+    except REDIS_ERRORS:
+        raise Problem(503, "Redis is unreachable; tokens cannot be checked", headers={"Retry-After": "5"}) from None
+    if not accepted:
+        await audit_failure(request, actor, "api_auth", "wrong_token")
+        raise Problem(401, "Authorization: wrong bearer token", headers=BEARER_CHALLENGE)
+    return actor
+
+
+async def audit_failure(request: web.Request, actor: Actor, action: str, outcome: str) -> None:
+    """A failed sign-in, audited within the flood guard (see services/monitor/admin/auth.py)."""
+    try:
+        allowed = await request.app[AUTH].audit_failure_allowed()
+    except REDIS_ERRORS:
+        allowed = True  # the entry still reaches the audit log file
+    if allowed:
+        await request.app[AUDIT].record(actor, action, outcome=outcome)
 
 
 def _disabled(request: web.Request) -> web.Response:
@@ -87,7 +134,7 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     operator = str(form.get("operator", "")).strip()[: auth.OPERATOR_MAX]
     token = str(form.get("token", ""))
-    client = auth.client_of(request)
+    client = auth.client_of(request, request.app[SETTINGS].trusted_proxies)
     locale = _locale(request)
     actor = Actor(operator or "?", client)
 
@@ -101,13 +148,14 @@ async def login(request: web.Request) -> web.Response:
     try:
         accepted = await admin.check_token(client, token)
     except LockedOut as locked:
-        await request.app[AUDIT].record(actor, "login", outcome="locked_out")
+        if locked.audit:
+            await audit_failure(request, actor, "login", "locked_out")
         retry = str(locked.retry_after)
         return again(429, locale.t("locked", seconds=retry), {"Retry-After": retry})
     except REDIS_ERRORS:
         raise Problem(503, "Redis is unreachable; nobody can sign in now", headers={"Retry-After": "5"}) from None
     if not accepted:
-        await request.app[AUDIT].record(actor, "login", outcome="wrong_token")
+        await audit_failure(request, actor, "login", "wrong_token")
         return again(401, locale.t("wrong_token"))
     if not operator:
         return again(400, locale.t("missing_operator"))
@@ -146,7 +194,8 @@ async def fragment(request: web.Request) -> web.Response:
 
 
 async def _dashboard_context(request: web.Request, session: Session) -> dict[str, Any]:
-    data = await operations.overview(request.app)
+    page = operations.handoffs_page(request.query.get("handoffs_page"))
+    data = await operations.overview(request.app, page)
     locale = _locale(request)
     series = data["day"]["series"] if data["day"] else []
     labels = {"messages": locale.t("legend_messages"), "errors": locale.t("legend_errors")}

@@ -1,0 +1,135 @@
+"""Web conversations: the space the web API's ids live in, and the tokens that open them (SPEC 4).
+
+- Every id a web caller sends lives in a space of its own, scoped by user: conversation `c` of
+  user `u` is `web:{scope(u)}:{c}` inside the system, message `m` is `web:{scope(u)}:{m}`. So
+  `telegram:42` sent by a web caller is just a web conversation of that name (never the Telegram
+  chat 42, whose id is `telegram:42`), a web `message_id` never claims a Telegram update or a
+  WhatsApp wamid, and another `user_id` posting into the same `conversation_id` gets a
+  conversation of its own: it can neither read nor change this one. Answers show the caller its
+  own ids; operators (admin area, logs) see the internal ones.
+- Reading a conversation needs its `conversation_token`, `{scope}.{mac}`: the scope names the
+  user's space (the events path carries only the conversation id), the mac is an HMAC-SHA256 over
+  the namespace and the internal conversation id, with a secret every gateway replica shares.
+  It is compared in constant time with the mac of every configured secret, so a rotation (a new
+  secret first, the old one after it until clients have fresh tokens) logs nobody out.
+- The secret is CONVERSATION_TOKEN_SECRET; unset, the first gateway to need one generates it in
+  Redis (SET NX) and every replica reads that one, so a fresh `make run` needs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from shared.messages import ReplyMessage
+from shared.names import Names
+from shared.web import Problem
+
+WEB_PREFIX = "web:"
+SCOPE_BYTES = 12  # 96 bits: no one finds a user id sharing another one's scope
+MAC_BYTES = 16
+SCOPE_RE = re.compile(rf"^[0-9a-f]{{{2 * SCOPE_BYTES}}}$")
+TOKEN_HEADER = "X-Conversation-Token"
+TOKEN_QUERY = "token"
+
+
+def user_scope(user_id: str) -> str:
+    return hashlib.blake2b(user_id.encode(), digest_size=SCOPE_BYTES, person=b"atd-web-user").hexdigest()
+
+
+def scoped(scope: str, public_id: str) -> str:
+    """The internal id of a web caller's conversation or message id."""
+    return f"{WEB_PREFIX}{scope}:{public_id}"
+
+
+def public_id(internal_id: str) -> str:
+    """The id the web caller sent, from the internal one (other channels' ids are left alone)."""
+    if internal_id.startswith(WEB_PREFIX):
+        _, _, rest = internal_id[len(WEB_PREFIX) :].partition(":")
+        return rest
+    return internal_id
+
+
+def scope_of(internal_id: str) -> str:
+    return internal_id[len(WEB_PREFIX) :].partition(":")[0] if internal_id.startswith(WEB_PREFIX) else ""
+
+
+def presented_token(request: web.Request) -> str | None:
+    return request.headers.get(TOKEN_HEADER) or request.query.get(TOKEN_QUERY) or None
+
+
+def forbidden() -> Problem:
+    return Problem(
+        403, f"{TOKEN_HEADER}: the conversation_token of this conversation is required (header or ?{TOKEN_QUERY}=)"
+    )
+
+
+def public_answer(reply: ReplyMessage, token: str) -> dict[str, Any]:
+    """The 200 answer (and SSE `data`) of a web reply, with the caller's own ids."""
+    body = reply.public_dict()
+    body["message_id"] = public_id(reply.message_id)
+    body["conversation_id"] = public_id(reply.conversation_id)
+    if reply.merged_into:
+        body["merged_into"] = public_id(reply.merged_into)
+    body["conversation_token"] = token
+    return body
+
+
+@dataclass(slots=True)
+class ConversationTokens:
+    redis: Redis
+    names: Names
+    # CONVERSATION_TOKEN_SECRET: the first signs, all are accepted. Empty: one generated in Redis.
+    configured: Sequence[str] = ()
+    _secrets: tuple[bytes, ...] = field(default=(), init=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+
+    async def issue(self, conversation: str) -> str:
+        """The token of an internal web conversation id (raises REDIS_ERRORS while the secret is unknown)."""
+        keys = await self._keys()
+        return f"{scope_of(conversation)}.{self._mac(keys[0], conversation)}"
+
+    async def open(self, public_conversation: str, token: str | None) -> str | None:
+        """The internal conversation that `token` opens under the caller's id, or None."""
+        scope, _, presented = (token or "").partition(".")
+        if not SCOPE_RE.match(scope) or not presented:
+            return None
+        conversation = scoped(scope, public_conversation)
+        return conversation if await self.verify(conversation, token or "") else None
+
+    async def verify(self, conversation: str, token: str) -> bool:
+        scope, _, presented = token.partition(".")
+        if scope != scope_of(conversation):
+            return False
+        matched = False
+        for key in await self._keys():  # every key, so the timing does not tell which matched
+            matched |= hmac.compare_digest(self._mac(key, conversation).encode(), presented.encode())
+        return matched
+
+    def _mac(self, key: bytes, conversation: str) -> str:
+        message = f"conversation-token\x00{self.names.namespace}\x00{conversation}".encode()
+        digest = hmac.new(key, message, hashlib.sha256).digest()[:MAC_BYTES]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    async def _keys(self) -> tuple[bytes, ...]:
+        if not self._secrets:
+            async with self._lock:
+                if not self._secrets:
+                    self._secrets = tuple(s.encode() for s in self.configured) or (await self._shared_secret(),)
+        return self._secrets
+
+    async def _shared_secret(self) -> bytes:
+        key = self.names.conversation_token_secret_key
+        await self.redis.set(key, secrets.token_urlsafe(32), nx=True)
+        value = await self.redis.get(key)
+        return str(value).encode()
