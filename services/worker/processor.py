@@ -33,6 +33,7 @@ from typing import TypeVar
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
+from shared import unanswered
 from shared.broker import Broker
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
 from shared.store import REDIS_ERRORS, SILENT_REPLY, Commit, Store, Timings
@@ -189,6 +190,10 @@ class Processor:
         replies = [next(standing) if item.commit is not None else item.reply for item in ready]
         outgoing = [out for out in map(_outgoing, replies) if out is not None]
         await self._hand_back(outgoing, spans)
+        await unanswered.record(self.store.redis, self.store.names, [
+            unanswered.Answered(item.commit.user_text, item.commit.reply.reply, reply.reply, reply.silenced)
+            for item, reply in zip(ready, replies, strict=True) if item.commit is not None
+        ])  # fmt: skip
         for item, reply in zip(ready, replies, strict=True):
             if item.commit is not None:
                 timings = item.commit.timings
