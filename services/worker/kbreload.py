@@ -123,16 +123,17 @@ class KbReloader:
         else:
             changed = stat != self.live.loaded.stat and stat != self._refused
             if asked or changed:
-                self._reload(stat, asked)
+                await self._reload(stat, asked)
         await self._publish()
 
-    def _reload(self, stat: tuple[int, int], asked: bool) -> None:
+    async def _reload(self, stat: tuple[int, int], asked: bool) -> None:
         try:
             if not asked and fingerprint(self.path.read_bytes()) == self.live.loaded.fingerprint:
                 self.live.loaded = _restamped(self.live.loaded, stat)  # touched, not changed
                 self._refused, self.error, self.error_at = None, "", 0.0
                 return
-            loaded = load(self.path, self.build)
+            # Indexing a large base takes a second or two: off the event loop, replies go on meanwhile.
+            loaded = await asyncio.to_thread(load, self.path, self.build)
         except (KnowledgeBaseError, OSError, ValueError) as exc:
             self._refuse(str(exc), stat)
             return
