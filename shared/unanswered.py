@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared.messages import ReplyContent
 from shared.names import Names
@@ -123,7 +124,7 @@ async def record(redis: Redis, names: Names, replies: Sequence[Answered], now: f
         return
     try:
         await pipe.execute()
-    except REDIS_ERRORS as exc:
+    except (*REDIS_ERRORS, RedisError) as exc:  # after the reply went out: nothing to undo or retry
         log.warning("unanswered questions not recorded (%d): %s", queued, exc)
 
 
