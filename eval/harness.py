@@ -35,6 +35,12 @@ class Outcome:
     best: str  # the best-ranked entry, even when the engine fell back ("" when none)
     best_score: float
     ms: float
+    top3: tuple[str, ...] = ()  # the three best-ranked entries: what the LLM engine is given
+
+    @property
+    def recalled(self) -> bool:
+        """Whether the expected entry is among the top three retrieved (answerable questions)."""
+        return self.question.expect in self.top3
 
     @property
     def correct(self) -> bool:
@@ -58,6 +64,12 @@ class Report:
     def refused(self) -> tuple[int, int]:
         """(correct, total) over questions no entry answers: correct-fallback rate."""
         return self._share(answerable=False)
+
+    @property
+    def recall3(self) -> tuple[int, int]:
+        """(recalled, total) over answerable questions: retrieval recall@3."""
+        picked = [o for o in self.outcomes if o.question.expect != FALLBACK]
+        return sum(o.recalled for o in picked), len(picked)
 
     @property
     def wrong(self) -> list[Outcome]:
@@ -105,9 +117,10 @@ def evaluate(engine: KbEngine, questions: Sequence[Question]) -> Report:
         reply = engine.answer(question.text)
         ms = (time.perf_counter() - started) * 1000.0
         got = reply.sources[0] if reply.sources else FALLBACK
-        top = engine.search(question.text, limit=1)
+        top = engine.search(question.text, limit=3)
         best, best_score = (top[0][0].id, top[0][1]) if top else ("", 0.0)
-        outcomes.append(Outcome(question, got, reply.confidence, best, best_score, ms))
+        top3 = tuple(entry.id for entry, _ in top)
+        outcomes.append(Outcome(question, got, reply.confidence, best, best_score, ms, top3))
     return Report(tuple(outcomes))
 
 
@@ -116,6 +129,7 @@ class Timing:
     entries: int
     build_ms: float
     mean_ms: float
+    p95_ms: float
     max_ms: float
     replies: int
 
@@ -165,4 +179,5 @@ def time_synthetic(entries: int = 1000, replies: int = 500, seed: int = 7) -> Ti
         started = time.perf_counter()
         engine.answer(" ".join(words))
         ms.append((time.perf_counter() - started) * 1000.0)
-    return Timing(entries, build_ms, statistics.fmean(ms), max(ms), replies)
+    p95 = statistics.quantiles(ms, n=20)[-1]
+    return Timing(entries, build_ms, statistics.fmean(ms), p95, max(ms), replies)

@@ -57,6 +57,8 @@ class Settings:
     kb_path: Path = BUNDLED_KB
     # Rank English bases with the optional sentence-embedding model too (the `embeddings` extra).
     kb_embeddings: bool = False
+    # How often each worker checks KB_PATH and the admin's reload request (0: never, reload on restart).
+    kb_reload_interval_s: float = 2.0
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"
@@ -161,6 +163,7 @@ class Settings:
             reply_engine=read.choice("REPLY_ENGINE", defaults.reply_engine, ("kb", "openai")),
             kb_path=read.path("KB_PATH", defaults.kb_path),
             kb_embeddings=read.choice("KB_EMBEDDINGS", "off", ("on", "off")) == "on",
+            kb_reload_interval_s=read.number("KB_RELOAD_INTERVAL_SECONDS", defaults.kb_reload_interval_s, 0, 3600),
             openai_base_url=read.url("OPENAI_BASE_URL", defaults.openai_base_url, ("http", "https")),
             openai_api_key=read.text("OPENAI_API_KEY", ""),
             openai_model=read.text("OPENAI_MODEL", defaults.openai_model),

@@ -21,7 +21,14 @@ from aiohttp import web
 
 from services.worker.engines.base import EngineRequest, Turn
 from services.worker.engines.kb import KbEngine, KnowledgeBase
-from services.worker.engines.openai import DEFAULT_SYSTEM_PROMPT, CircuitBreaker, OpenAiConfig, OpenAiEngine
+from services.worker.engines.openai import (
+    DEFAULT_SYSTEM_PROMPT,
+    CircuitBreaker,
+    OpenAiConfig,
+    OpenAiEngine,
+    _cited,
+    _grounding_text,
+)
 from shared.settings import Settings
 from tests.support import Stack, eventually, free_port, get_json, post_message
 from tests.test_pipeline import wait_ready
@@ -295,3 +302,21 @@ def test_the_circuit_breaker_opens_lets_one_trial_through_and_closes() -> None:
     assert breaker.allow()
     breaker.succeeded()
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+def test_sources_are_the_entries_the_model_cites_and_the_citation_line_is_removed() -> None:
+    kb = KnowledgeBase.load(Path(__file__).resolve().parent.parent / "shared" / "data" / "kb-sample.yaml")
+    engine = KbEngine(kb)
+    grounding = engine.search("quanto custa o frete e qual o prazo de entrega", limit=3)
+    offered = [entry.id for entry, _ in grounding]
+    assert "frete" in offered and "prazo-entrega" in offered
+    text, sources = _cited("O frete sai grátis acima de R$ 299.\nFontes: frete, inventada", grounding, 0.31)
+    assert (text, sources) == ("O frete sai grátis acima de R$ 299.", ("frete",))  # invented ids dropped
+    assert _cited("Não tenho essa informação.\n**Fontes:** nenhuma", grounding, 0.31) == (
+        "Não tenho essa informação.",
+        (),
+    )
+    # No citation line: the grounding entries that score as an answer would.
+    _, uncited = _cited("O frete é calculado pelo CEP.", grounding, 0.31)
+    assert uncited == tuple(entry.id for entry, score in grounding if score >= 0.31) and uncited
+    assert "relevância" in _grounding_text(grounding) and "Fontes:" in _grounding_text(grounding)

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from services.worker import kbreload
 from services.worker.commit import Committer, Policy
 from services.worker.consumer import ShardConsumer
 from services.worker.engines.base import ReplyEngine
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
+from services.worker.kbreload import KbReloader, LiveEngine
 from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.connections import open_connections
@@ -38,13 +40,18 @@ STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
 
 
-def build_engine(settings: Settings) -> ReplyEngine:
+def build_engine(settings: Settings) -> LiveEngine:
     """Load the knowledge base now, so a malformed file stops the worker at start, naming the problem.
-    The LLM engine answers from it too (grounding, and fallback); the reply policy wraps either."""
+    Later reloads (kbreload.py) build the same way from the new file."""
     try:
-        knowledge = KnowledgeBase.load(settings.kb_path)
-    except KnowledgeBaseError as exc:
+        loaded = kbreload.load(settings.kb_path, lambda knowledge: engine_for(settings, knowledge))
+    except (KnowledgeBaseError, OSError) as exc:
         raise ConfigError(f"KB_PATH: {exc}") from None
+    return LiveEngine(loaded)
+
+
+def engine_for(settings: Settings, knowledge: KnowledgeBase) -> ReplyEngine:
+    """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps either."""
     kb = KbEngine(knowledge, encoder=_encoder() if settings.kb_embeddings else None)
     if settings.kb_embeddings and not kb.semantic:
         log.warning(
@@ -108,7 +115,12 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     balancing = supervised("shard-balancer", lambda: consumer.run(settings.heartbeat_interval_s))
+    reloading = _reloading(app)
     yield
+    if reloading is not None:
+        reloading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloading
     # SIGTERM: stop taking work, finish what is in hand, then leave (the heartbeat goes last, so the
     # others take the shards over only once they are free).
     app[PROBES].draining = True
@@ -119,6 +131,22 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
     heartbeat.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await heartbeat
+
+
+def _reloading(app: web.Application) -> asyncio.Task[None] | None:
+    """The knowledge-base watcher (KB_RELOAD_INTERVAL_SECONDS; 0: none)."""
+    settings, engine = app[SETTINGS], app[ENGINE]
+    if settings.kb_reload_interval_s <= 0 or not isinstance(engine, LiveEngine):
+        return None  # (a test may have put an engine of its own in)
+    reloader = KbReloader(
+        settings.kb_path,
+        lambda knowledge: engine_for(settings, knowledge),
+        engine,
+        app[STORE],
+        settings.instance_id,
+        grace_s=settings.openai_timeout_s + 1.0,
+    )
+    return supervised("kb-reload", lambda: reloader.run(settings.kb_reload_interval_s))
 
 
 async def _health(app: web.Application) -> tuple[bool, dict[str, Any]]:

@@ -31,6 +31,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
+from shared import unanswered
 from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
 from shared.store import REDIS_ERRORS, Store
@@ -190,8 +191,8 @@ class Processor:
         fresh = [item.commit for item in ready if item.commit is not None]
         with spans.activate(ready[-1].message.message_id):
             standing = iter(await self._until_redis_answers(lambda: self.committer.commit_all(fresh)))
-        for item in ready:
-            reply = next(standing) if item.commit is not None else item.reply
+        replies = [next(standing) if item.commit is not None else item.reply for item in ready]
+        for item, reply in zip(ready, replies, strict=True):
             with spans.activate(reply.message_id):
                 if item.commit is not None:
                     self._committed(item.commit, reply)
@@ -200,6 +201,10 @@ class Processor:
                     await self._publish(outgoing, item.delivery)
         for item in ready:
             await _ack(item.delivery)
+        await unanswered.record(self.store.redis, self.store.names, [
+            unanswered.Answered(item.commit.user_text, item.commit.reply.reply, reply.reply, reply.silenced)
+            for item, reply in zip(ready, replies, strict=True) if item.commit is not None
+        ])  # fmt: skip
 
     def _committed(self, commit: Commit, reply: ReplyMessage) -> None:
         """A freshly generated reply stands (`reply`: possibly silenced, or the escalation)."""

@@ -16,6 +16,7 @@ DEFAULT = "en"
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "title": "Atendimento admin",
+        "knowledge_base": "Knowledge base",
         "sign_in_title": "Sign in to the admin area",
         "operator": "Your name",
         "operator_hint": "Shown in the audit log and to nobody else",
@@ -128,6 +129,7 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "pt-BR": {
         "title": "Atendimento: administração",
+        "knowledge_base": "Base de conhecimento",
         "sign_in_title": "Entrar na área administrativa",
         "operator": "Seu nome",
         "operator_hint": "Aparece no registro de auditoria e em nenhum outro lugar",

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.monitor.admin import api, pages
+from services.monitor.admin import api, knowledge, pages
 
 
 def add_routes(app: web.Application) -> None:
@@ -20,6 +20,9 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/admin/dead-letters/replay", pages.replay_form)
     router.add_post("/admin/handoffs/reply", pages.reply_form)
     router.add_post("/admin/handoffs/release", pages.release_form)
+    router.add_get("/admin/knowledge", knowledge.page)
+    router.add_get("/admin/knowledge/unanswered.csv", knowledge.csv_export)
+    router.add_post("/admin/knowledge/reload", knowledge.reload_form)
     router.add_static("/admin/static", pages.STATIC_DIR, name=pages.STATIC_ROUTE, append_version=True)
     router.add_get("/admin/api/overview", api.overview)
     router.add_get("/admin/api/conversation", api.conversation)
