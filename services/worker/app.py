@@ -15,6 +15,7 @@ from services.worker.engines.base import ReplyEngine
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
+from services.worker.media import MediaResolver
 from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.connections import open_connections
@@ -34,9 +35,10 @@ ENGINE = web.AppKey("engine", ReplyEngine)
 BROKER = web.AppKey("broker", Broker)
 STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
+MEDIA = web.AppKey("media", MediaResolver)
 
 
-def build_engine(settings: Settings) -> ReplyEngine:
+def build_engine(settings: Settings) -> ReplyPolicy:
     """Load the knowledge base now, so a malformed file stops the worker at start, naming the problem.
     The LLM engine answers from it too (grounding, and fallback); the reply policy wraps either."""
     try:
@@ -68,7 +70,9 @@ def _encoder() -> SentenceEncoder:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[SETTINGS] = settings
-    app[ENGINE] = build_engine(settings)
+    engine = build_engine(settings)
+    app[ENGINE] = engine
+    app[MEDIA] = MediaResolver(settings, engine.language, reads_media=settings.reply_engine == "openai")
     Probes(lambda: _health(app), new_metrics_registry()).install(app)
     app.cleanup_ctx.extend([_resources, _consuming])
     return app
@@ -88,12 +92,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         )
         yield
         await app[ENGINE].close()
+        await app[MEDIA].close()
 
 
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[STORE]
-    processor = Processor(store, app[BROKER], app[ENGINE], settings.max_attempts, settings.debounce_ms)
+    processor = Processor(
+        store, app[BROKER], app[ENGINE], settings.max_attempts, app[MEDIA], debounce_ms=settings.debounce_ms
+    )
     consumer = ShardConsumer(app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s)
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)

@@ -27,12 +27,14 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
+from services.worker.media import MediaResolver
+from services.worker.streaming import delta_publisher
 from shared.broker import Broker
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
 from shared.store import REDIS_ERRORS, SILENT_REPLY, Commit, Store, Timings
@@ -71,6 +73,7 @@ class Processor:
     broker: Broker
     engine: ReplyEngine
     max_attempts: int
+    media: MediaResolver
     debounce_ms: int = 0
 
     @property
@@ -128,9 +131,10 @@ class Processor:
         # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
         log.debug("generating a reply", extra={"channel": message.channel, "text": text})
         started = now_ms()
+        accepted = message
         state = await self._until_redis_answers(
             lambda: self.store.begin(
-                message, redelivered=delivery.redelivered is True, with_history=self.engine.uses_history
+                accepted, redelivered=delivery.redelivered is True, with_history=self.engine.uses_history
             )
         )
         if state.stored_reply is not None:
@@ -143,8 +147,21 @@ class Processor:
         else:
             history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
             try:
+                # Media (voice, images, documents) -> what the engine reads; memory keeps the transcript.
+                media = await self.media.resolve(messages)
+                unit = [(d, understood) for (d, _), understood in zip(unit, media.messages, strict=True)]
+                message, text = media.messages[-1], media.memory_text
+                request = EngineRequest(
+                    media.text,
+                    message.conversation_id,
+                    history,
+                    images=media.images,
+                    documents=media.documents,
+                    on_delta=delta_publisher(self.broker, message),
+                )
                 with engine_span(self.engine.name) as span:
-                    content = await self.engine.reply(EngineRequest(text, message.conversation_id, history))
+                    content = media.unhandled or await self.engine.reply(request)
+                    content = replace(content, voice=media.voice)
                     describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
             except Exception:
                 log.exception("engine failed on message %s (attempt %d)", message.message_id, state.attempt)

@@ -10,15 +10,18 @@ from aiohttp import web
 
 from services.gateway.intake import unavailable
 from services.gateway.keys import ROUTER
+from services.gateway.replies import Streamed
 from services.gateway.validation import parse_conversation_id
 from shared.broker import BROKER_ERRORS
-from shared.messages import ReplyMessage
+from shared.messages import ReplyDelta, ReplyMessage
 
 KEEPALIVE_SECONDS = 15.0  # below the idle timeouts of common proxies (nginx: 60 s)
 
 
-def encode_event(reply: ReplyMessage) -> bytes:
+def encode_event(reply: ReplyMessage | ReplyDelta) -> bytes:
     data = orjson.dumps(reply.public_dict())
+    if isinstance(reply, ReplyDelta):  # the reply's text so far; its `reply` event follows
+        return b"event: delta\ndata: " + data + b"\n\n"
     return b"id: " + reply.message_id.encode() + b"\nevent: reply\ndata: " + data + b"\n\n"
 
 
@@ -32,7 +35,7 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
         return await _pump(request, queue)
 
 
-async def _pump(request: web.Request, queue: asyncio.Queue[ReplyMessage | None]) -> web.StreamResponse:
+async def _pump(request: web.Request, queue: asyncio.Queue[Streamed]) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

@@ -3,12 +3,17 @@
 Telegram proves it is the caller with the `secret_token` given to `setWebhook`, echoed in
 `X-Telegram-Bot-Api-Secret-Token`. A text message becomes an inbound message whose id comes from
 the `update_id` (Telegram re-sends an update until it gets a 2xx, always with the same id); one
-conversation per chat, private or group. Other updates (edits, joins, ...) are acknowledged; a
-private chat's non-text message (photo, voice, ...) gets the short "text only, please" reply.
+conversation per chat, private or group. A voice note, audio file, photo or document goes along as
+an attachment (its `file_id`, never the bytes: the worker fetches and reads them), with its
+caption as the text; a tap on an inline-keyboard button we sent (`callback_query`) becomes a
+message with the button's label, and the webhook's answer carries the `answerCallbackQuery` that
+stops the button's spinner. Other updates (edits, joins, ...) are acknowledged; a private chat's
+other messages (stickers, locations, ...) get a short "cannot read this, please write" reply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from typing import Any, TypeVar
 
@@ -17,7 +22,7 @@ from aiohttp import web
 from services.gateway.handlers.whatsapp import read_webhook_body, text_only_reply
 from services.gateway.keys import INTAKE, SETTINGS
 from services.gateway.validation import bad_request, parse_json_object
-from shared.messages import InboundMessage, ReplyMessage
+from shared.messages import Attachment, InboundMessage, MediaKind, ReplyMessage
 from shared.web import Problem, json_response
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -32,27 +37,48 @@ async def receive(request: web.Request) -> web.Response:
         raise Problem(401, f"{SECRET_HEADER}: header is required")
     if not hmac.compare_digest(presented.encode(), settings.telegram_secret_token.encode()):
         raise Problem(401, f"{SECRET_HEADER}: does not match TELEGRAM_SECRET_TOKEN")
-    item = parse_update(parse_json_object(await read_webhook_body(request)), settings.instance_id)
+    update = parse_json_object(await read_webhook_body(request))
+    item = parse_update(update, settings.instance_id, settings.media_max_bytes)
     if item is None:
         return json_response({"accepted": 0, "duplicates": 0})
     [outcome] = await request.app[INTAKE].accept_all([item])
-    return json_response({"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)})
+    body: dict[str, Any] = {"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)}
+    if "callback_query" in update:
+        # A Bot API call in the webhook's answer: Telegram makes it, and the button stops spinning.
+        body |= {"method": "answerCallbackQuery", "callback_query_id": update["callback_query"]["id"]}
+    return json_response(body)
 
 
-def parse_update(update: dict[str, Any], gateway_id: str) -> InboundMessage | ReplyMessage | None:
+def parse_update(
+    update: dict[str, Any], gateway_id: str, media_max_bytes: int = 2**31
+) -> InboundMessage | ReplyMessage | None:
     """The message to queue for an Update, if any. Every field used is checked first, exactly as
     the document at /openapi.json describes it, whichever way the update then goes."""
     update_id = _required(update, "update_id", int, "update_id")
-    if "message" not in update:
+    tap: str | None = None
+    if "callback_query" in update:
+        query = _required(update, "callback_query", dict, "callback_query")
+        _required(query, "id", str, "callback_query.id")
+        tap = _optional(query, "data", str, "callback_query.data") or ""
+        if "message" not in query:
+            return None  # a button of an inline-mode message: no chat to answer in
+        message = _required(query, "message", dict, "callback_query.message")
+        where = "callback_query.message"
+        sender = _optional(query, "from", dict, "callback_query.from") or {}
+        sender_path = "callback_query.from"
+    elif "message" in update:
+        message = _required(update, "message", dict, "message")
+        where = "message"
+        sender = _optional(message, "from", dict, "message.from") or {}
+        sender_path = "message.from"
+    else:
         return None  # edited messages, channel posts, member changes, ...: nothing to answer
-    message = _required(update, "message", dict, "message")
-    chat = _required(message, "chat", dict, "message.chat")
-    chat_id = _required(chat, "id", int, "message.chat.id")
-    chat_type = _optional(chat, "type", str, "message.chat.type")
-    sender = _optional(message, "from", dict, "message.from") or {}
-    sender_id = _optional(sender, "id", int, "message.from.id")
-    language = _optional(sender, "language_code", str, "message.from.language_code") or ""
-    text = _optional(message, "text", str, "message.text") or ""
+    chat = _required(message, "chat", dict, f"{where}.chat")
+    chat_id = _required(chat, "id", int, f"{where}.chat.id")
+    chat_type = _optional(chat, "type", str, f"{where}.chat.type")
+    sender_id = _optional(sender, "id", int, f"{sender_path}.id")
+    language = _optional(sender, "language_code", str, f"{sender_path}.language_code") or ""
+    text = tap if tap is not None else _optional(message, "text", str, "message.text") or ""
     inbound = InboundMessage(
         message_id=f"telegram:{update_id}",
         conversation_id=f"telegram:{chat_id}",
@@ -64,9 +90,40 @@ def parse_update(update: dict[str, Any], gateway_id: str) -> InboundMessage | Re
     )
     if text.strip():
         return inbound
+    if tap is None and (attachment := _attachment(message, media_max_bytes)) is not None:
+        caption = _optional(message, "caption", str, "message.caption") or ""
+        return dataclasses.replace(inbound, text=caption, attachment=attachment)
     if chat_type != "private":
-        return None  # in a group, the bot stays quiet about photos and stickers
+        return None  # in a group, the bot stays quiet about stickers and the like
     return text_only_reply(inbound, language="en" if language.startswith("en") else "pt")
+
+
+def _attachment(message: dict[str, Any], max_bytes: int) -> Attachment | None:
+    """A voice note, audio file, photo or document of the message, checked like every field."""
+    kinds: tuple[tuple[str, MediaKind], ...] = (("voice", "audio"), ("audio", "audio"), ("document", "document"))
+    for field, kind in kinds:
+        if field in message:
+            media = _required(message, field, dict, f"message.{field}")
+            return Attachment(
+                kind=kind,
+                media_id=_required(media, "file_id", str, f"message.{field}.file_id"),
+                mime_type=_optional(media, "mime_type", str, f"message.{field}.mime_type") or "",
+                voice=field == "voice",
+                filename=_optional(media, "file_name", str, f"message.{field}.file_name") or "",
+                size=_optional(media, "file_size", int, f"message.{field}.file_size") or 0,
+            )
+    if "photo" not in message:
+        return None
+    sizes = message["photo"]
+    if not isinstance(sizes, list) or not sizes or not all(isinstance(size, dict) for size in sizes):
+        raise bad_request("message.photo: must be a non-empty array of PhotoSize objects")
+    for index, size in enumerate(sizes):
+        _required(size, "file_id", str, f"message.photo[{index}].file_id")
+        _optional(size, "file_size", int, f"message.photo[{index}].file_size")
+    # The largest that may be fetched (Telegram lists them smallest first).
+    fitting = [size for size in sizes if size.get("file_size", 0) <= max_bytes] or sizes[:1]
+    best = fitting[-1]
+    return Attachment(kind="image", media_id=best["file_id"], mime_type="image/jpeg", size=best.get("file_size", 0))
 
 
 def _optional(data: dict[str, Any], name: str, kind: type[T], path: str) -> T | None:
