@@ -261,10 +261,20 @@ DOCUMENT: dict[str, Any] = {
                                 "type": "object",
                                 "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
                             },
-                            "message": {"$ref": "#/components/schemas/TelegramMessage"},
+                            "message": {
+                                "type": "object",
+                                "description": "the bot's message that carried the button",
+                                "required": ["chat"],
+                                "properties": {"chat": {"$ref": "#/components/schemas/TelegramChat"}},
+                            },
                         },
                     },
                 },
+            },
+            "TelegramChat": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": _TELEGRAM_ID, "type": {"type": "string"}},
             },
             "TelegramFile": {
                 "type": "object",
@@ -281,11 +291,7 @@ DOCUMENT: dict[str, Any] = {
                 "type": "object",
                 "required": ["chat"],
                 "properties": {
-                    "chat": {
-                        "type": "object",
-                        "required": ["id"],
-                        "properties": {"id": _TELEGRAM_ID, "type": {"type": "string"}},
-                    },
+                    "chat": {"$ref": "#/components/schemas/TelegramChat"},
                     "from": {
                         "type": "object",
                         "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
@@ -295,15 +301,7 @@ DOCUMENT: dict[str, Any] = {
                     "voice": {"$ref": "#/components/schemas/TelegramFile"},
                     "audio": {"$ref": "#/components/schemas/TelegramFile"},
                     "document": {"$ref": "#/components/schemas/TelegramFile"},
-                    "photo": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["file_id"],
-                            "properties": {"file_id": {"type": "string"}, "file_size": _TELEGRAM_ID},
-                        },
-                    },
+                    "photo": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/TelegramFile"}},
                 },
             },
             "MessageIn": {

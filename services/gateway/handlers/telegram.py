@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -55,75 +56,112 @@ def parse_update(
     """The message to queue for an Update, if any. Every field used is checked first, exactly as
     the document at /openapi.json describes it, whichever way the update then goes."""
     update_id = _required(update, "update_id", int, "update_id")
+    message = _message(update, "message", media_max_bytes) if "message" in update else None
     tap: str | None = None
     if "callback_query" in update:
         query = _required(update, "callback_query", dict, "callback_query")
         _required(query, "id", str, "callback_query.id")
         tap = _optional(query, "data", str, "callback_query.data") or ""
-        if "message" not in query:
-            return None  # a button of an inline-mode message: no chat to answer in
-        message = _required(query, "message", dict, "callback_query.message")
-        where = "callback_query.message"
-        sender = _optional(query, "from", dict, "callback_query.from") or {}
-        sender_path = "callback_query.from"
-    elif "message" in update:
-        message = _required(update, "message", dict, "message")
-        where = "message"
-        sender = _optional(message, "from", dict, "message.from") or {}
-        sender_path = "message.from"
-    else:
-        return None  # edited messages, channel posts, member changes, ...: nothing to answer
-    chat = _required(message, "chat", dict, f"{where}.chat")
-    chat_id = _required(chat, "id", int, f"{where}.chat.id")
-    chat_type = _optional(chat, "type", str, f"{where}.chat.type")
-    sender_id = _optional(sender, "id", int, f"{sender_path}.id")
-    language = _optional(sender, "language_code", str, f"{sender_path}.language_code") or ""
-    text = tap if tap is not None else _optional(message, "text", str, "message.text") or ""
+        sender_id, language = _sender(query, "callback_query.from")
+        message = None
+        if "message" in query:  # the bot's own message, that carried the button: only its chat matters
+            tapped = _required(query, "message", dict, "callback_query.message")
+            chat_id, chat_type = _chat(tapped, "callback_query.message")
+            message = _Message(chat_id, chat_type, sender_id, language, "", "", None)
+    if message is None:
+        return None  # edits, channel posts, member changes, inline-mode buttons: nothing to answer
+    text = tap if tap is not None else message.text
     inbound = InboundMessage(
         message_id=f"telegram:{update_id}",
-        conversation_id=f"telegram:{chat_id}",
-        user_id=str(chat_id if sender_id is None else sender_id),
+        conversation_id=f"telegram:{message.chat_id}",
+        user_id=str(message.chat_id if message.sender_id is None else message.sender_id),
         text=text,
         channel="telegram",
-        metadata={"chat_id": chat_id},
+        metadata={"chat_id": message.chat_id},
         gateway_id=gateway_id,
     )
     if text.strip():
         return inbound
-    if tap is None and (attachment := _attachment(message, media_max_bytes)) is not None:
-        caption = _optional(message, "caption", str, "message.caption") or ""
-        return dataclasses.replace(inbound, text=caption, attachment=attachment)
-    if chat_type != "private":
+    if tap is None and message.attachment is not None:
+        return dataclasses.replace(inbound, text=message.caption, attachment=message.attachment)
+    if message.chat_type != "private":
         return None  # in a group, the bot stays quiet about stickers and the like
-    return text_only_reply(inbound, language="en" if language.startswith("en") else "pt")
+    return text_only_reply(inbound, language="en" if message.language.startswith("en") else "pt")
 
 
-def _attachment(message: dict[str, Any], max_bytes: int) -> Attachment | None:
-    """A voice note, audio file, photo or document of the message, checked like every field."""
+@dataclass(frozen=True, slots=True)
+class _Message:
+    chat_id: int
+    chat_type: str | None
+    sender_id: int | None
+    language: str
+    text: str
+    caption: str
+    attachment: Attachment | None
+
+
+def _message(parent: dict[str, Any], path: str, media_max_bytes: int) -> _Message:
+    message = _required(parent, path, dict, path)
+    chat_id, chat_type = _chat(message, path)
+    sender_id, language = _sender(message, f"{path}.from")
+    return _Message(
+        chat_id=chat_id,
+        chat_type=chat_type,
+        sender_id=sender_id,
+        language=language,
+        text=_optional(message, "text", str, f"{path}.text") or "",
+        caption=_optional(message, "caption", str, f"{path}.caption") or "",
+        attachment=_attachment(message, path, media_max_bytes),
+    )
+
+
+def _chat(message: dict[str, Any], path: str) -> tuple[int, str | None]:
+    chat = _required(message, "chat", dict, f"{path}.chat")
+    return _required(chat, "id", int, f"{path}.chat.id"), _optional(chat, "type", str, f"{path}.chat.type")
+
+
+def _sender(parent: dict[str, Any], path: str) -> tuple[int | None, str]:
+    sender = _optional(parent, "from", dict, path) or {}
+    return _optional(sender, "id", int, f"{path}.id"), _optional(
+        sender, "language_code", str, f"{path}.language_code"
+    ) or ""
+
+
+def _attachment(message: dict[str, Any], where: str, max_bytes: int) -> Attachment | None:
+    """The voice note, audio file, document or photo of the message (the first of them), every
+    one of those fields checked."""
+    found: list[Attachment] = []
     kinds: tuple[tuple[str, MediaKind], ...] = (("voice", "audio"), ("audio", "audio"), ("document", "document"))
-    for field, kind in kinds:
-        if field in message:
-            media = _required(message, field, dict, f"message.{field}")
-            return Attachment(
-                kind=kind,
-                media_id=_required(media, "file_id", str, f"message.{field}.file_id"),
-                mime_type=_optional(media, "mime_type", str, f"message.{field}.mime_type") or "",
-                voice=field == "voice",
-                filename=_optional(media, "file_name", str, f"message.{field}.file_name") or "",
-                size=_optional(media, "file_size", int, f"message.{field}.file_size") or 0,
+    for name, kind in kinds:
+        if name in message:
+            media = _required(message, name, dict, f"{where}.{name}")
+            path = f"{where}.{name}"
+            found.append(
+                Attachment(
+                    kind=kind,
+                    media_id=_required(media, "file_id", str, f"{path}.file_id"),
+                    mime_type=_optional(media, "mime_type", str, f"{path}.mime_type") or "",
+                    voice=name == "voice",
+                    filename=_optional(media, "file_name", str, f"{path}.file_name") or "",
+                    size=max(0, _optional(media, "file_size", int, f"{path}.file_size") or 0),
+                )
             )
-    if "photo" not in message:
-        return None
-    sizes = message["photo"]
-    if not isinstance(sizes, list) or not sizes or not all(isinstance(size, dict) for size in sizes):
-        raise bad_request("message.photo: must be a non-empty array of PhotoSize objects")
-    for index, size in enumerate(sizes):
-        _required(size, "file_id", str, f"message.photo[{index}].file_id")
-        _optional(size, "file_size", int, f"message.photo[{index}].file_size")
-    # The largest that may be fetched (Telegram lists them smallest first).
-    fitting = [size for size in sizes if size.get("file_size", 0) <= max_bytes] or sizes[:1]
-    best = fitting[-1]
-    return Attachment(kind="image", media_id=best["file_id"], mime_type="image/jpeg", size=best.get("file_size", 0))
+    if "photo" in message:
+        sizes = message["photo"]
+        if not isinstance(sizes, list) or not sizes or not all(isinstance(size, dict) for size in sizes):
+            raise bad_request(f"{where}.photo: must be a non-empty array of PhotoSize objects")
+        for index, size in enumerate(sizes):
+            _required(size, "file_id", str, f"{where}.photo[{index}].file_id")
+            _optional(size, "file_size", int, f"{where}.photo[{index}].file_size")
+        # The largest that may be fetched (Telegram lists them smallest first).
+        fitting = [size for size in sizes if size.get("file_size", 0) <= max_bytes] or sizes[:1]
+        best = fitting[-1]
+        found.append(
+            Attachment(
+                kind="image", media_id=best["file_id"], mime_type="image/jpeg", size=max(0, best.get("file_size", 0))
+            )
+        )
+    return found[0] if found else None
 
 
 def _optional(data: dict[str, Any], name: str, kind: type[T], path: str) -> T | None:

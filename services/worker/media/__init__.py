@@ -53,6 +53,7 @@ POLITE: dict[Language, dict[str, str]] = {
         "image_not_read": "Desculpe, por aqui não consigo ver imagens. Pode descrever por escrito o que precisa?",
         "document_not_read": "Desculpe, só consigo ler documentos em PDF. Pode escrever sua pergunta?",
         "document_unreadable": "Desculpe, não consegui ler esse documento. Pode escrever sua pergunta?",
+        "documents_not_read": "Desculpe, por aqui não consigo ler documentos. Pode escrever sua pergunta?",
     },
     "en": {
         "no_transcription": "Sorry, I cannot listen to voice messages here yet. Could you type your question?",
@@ -63,6 +64,7 @@ POLITE: dict[Language, dict[str, str]] = {
         "image_not_read": "Sorry, I cannot see images here. Could you describe in writing what you need?",
         "document_not_read": "Sorry, I can only read PDF documents. Could you type your question?",
         "document_unreadable": "Sorry, I could not read that document. Could you type your question?",
+        "documents_not_read": "Sorry, I cannot read documents here. Could you type your question?",
     },
 }
 
@@ -78,7 +80,7 @@ class ResolvedInput:
     documents: tuple[Document, ...] = ()
     # The polite reply given instead of the engine's, when some media could not be handled.
     unhandled: ReplyContent | None = None
-    # A voice message is among them: the reply says so (`voice`), for VOICE_REPLIES.
+    # A voice message is among them, understood: the reply says so (`voice`), for VOICE_REPLIES.
     voice: bool = False
 
     @property
@@ -116,7 +118,7 @@ class MediaResolver:
             images=tuple(u.image for u in understood if u.image),
             documents=tuple(u.document for u in understood if u.document),
             unhandled=None if problem is None else ReplyContent(self._polite[problem], "media", 1.0),
-            voice=any(m.attachment is not None and m.attachment.kind == "audio" for m in messages),
+            voice=problem is None and any(m.attachment is not None and m.attachment.kind == "audio" for m in messages),
         )
 
     async def close(self) -> None:
@@ -183,7 +185,7 @@ class MediaResolver:
         if not self._reads_media:
             if caption:
                 return _Understood(marked, caption)
-            raise MediaError("document_not_read", "the knowledge-base engine does not read documents")
+            raise MediaError("documents_not_read", "the knowledge-base engine does not read documents")
         fetched = await MediaFetcher(self._client(), self._settings).fetch(message, attachment)
         if fetched.mime_type != PDF:
             raise MediaError("wrong_type", f"a document served as {fetched.mime_type!r}")
