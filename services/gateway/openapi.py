@@ -301,7 +301,13 @@ DOCUMENT: dict[str, Any] = {
                     "voice": {"$ref": "#/components/schemas/TelegramFile"},
                     "audio": {"$ref": "#/components/schemas/TelegramFile"},
                     "document": {"$ref": "#/components/schemas/TelegramFile"},
-                    "photo": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/TelegramFile"}},
+                    "photo": {
+                        "type": "array",
+                        "minItems": 1,
+                        "description": "PhotoSize objects, smallest first, each with a file_id (string) and maybe"
+                        " a file_size (integer)",
+                        "items": {"type": "object"},
+                    },
                 },
             },
             "MessageIn": {

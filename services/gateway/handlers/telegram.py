@@ -150,17 +150,17 @@ def _attachment(message: dict[str, Any], where: str, max_bytes: int) -> Attachme
         sizes = message["photo"]
         if not isinstance(sizes, list) or not sizes or not all(isinstance(size, dict) for size in sizes):
             raise bad_request(f"{where}.photo: must be a non-empty array of PhotoSize objects")
-        for index, size in enumerate(sizes):
-            _required(size, "file_id", str, f"{where}.photo[{index}].file_id")
-            _optional(size, "file_size", int, f"{where}.photo[{index}].file_size")
-        # The largest that may be fetched (Telegram lists them smallest first).
-        fitting = [size for size in sizes if size.get("file_size", 0) <= max_bytes] or sizes[:1]
-        best = fitting[-1]
-        found.append(
-            Attachment(
-                kind="image", media_id=best["file_id"], mime_type="image/jpeg", size=max(0, best.get("file_size", 0))
-            )
-        )
+        # The largest that may be fetched (Telegram lists them smallest first); a size without a
+        # usable file_id is skipped, a file_size that is not a count is taken as unknown.
+        usable = [
+            (size["file_id"], size["file_size"] if _is_count(size.get("file_size")) else 0)
+            for size in sizes
+            if isinstance(size.get("file_id"), str) and size["file_id"]
+        ]
+        fitting = [(file_id, size) for file_id, size in usable if size <= max_bytes] or usable[:1]
+        if fitting:
+            file_id, size = fitting[-1]
+            found.append(Attachment(kind="image", media_id=file_id, mime_type="image/jpeg", size=size))
     return found[0] if found else None
 
 
@@ -175,6 +175,10 @@ def _required(data: dict[str, Any], name: str, kind: type[T], path: str) -> T:
         article = {dict: "an object", int: "an integer of at most 53 bits", str: "a string"}[kind]
         raise bad_request(f"{path}: must be {article}")
     return value
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def _out_of_range(value: object) -> bool:
