@@ -22,8 +22,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.worker.engines.kbfile import KnowledgeBaseError, parse
 from services.worker.media import POLITE
 from shared.names import Names
+from shared.settings import ConfigError, Settings
 from tests.channel_fakes import (
     PHONE_NUMBER_ID,
     TELEGRAM_ENV,
@@ -334,3 +336,29 @@ async def all_events(
                     return seen
                 event, data = "", b""
     return seen
+
+
+@pytest.mark.parametrize(
+    ("buttons", "problem"),
+    [
+        (["a", "b", "c", "d"], "'buttons' has 4 labels, at most 3 are allowed"),
+        (["Um rótulo comprido demais"], "longer than 20 characters"),
+        (["Sim", "Sim"], "the same label twice"),
+        ("Sim", "'buttons' must be a list of non-empty strings"),
+    ],
+)
+def test_a_knowledge_base_with_bad_buttons_names_the_entry_and_the_problem(buttons: Any, problem: str) -> None:
+    entry = {"id": "pix", "questions": ["Aceitam Pix?"], "answer": "Sim.", "buttons": buttons}
+    with pytest.raises(KnowledgeBaseError) as error:
+        parse({"language": "pt", "fallback": "Não sei.", "entries": [entry]}, "kb.yaml")
+    assert str(error.value).startswith("kb.yaml: entry 1 (id 'pix'): ") and problem in str(error.value)
+
+
+def test_media_settings_are_validated_and_transcription_needs_a_key_or_a_url() -> None:
+    assert not Settings.from_env({}).transcription_enabled
+    assert Settings.from_env({"OPENAI_API_KEY": "sk-x"}).transcription_enabled
+    local = Settings.from_env({"TRANSCRIPTION_BASE_URL": "http://whisper:8000/v1", "VOICE_REPLIES": "on"})
+    assert local.transcription_enabled and local.voice_replies and local.audio_base_url == "http://whisper:8000/v1"
+    for name, value in (("VOICE_REPLIES", "yes"), ("MEDIA_MAX_BYTES", "-1"), ("TRANSCRIPTION_BASE_URL", "whisper")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})

@@ -147,7 +147,7 @@ def _media(message: dict[str, Any], kind: MediaKind, path: str) -> dict[str, Any
         kind=kind,
         media_id=_text(content, "id", path),
         mime_type=str(content.get("mime_type") or ""),
-        voice=bool(content.get("voice", kind == "audio")),
+        voice=content.get("voice") is True,
         filename=filename if isinstance(filename, str) else "",
     )
     return {"attachment": attachment, "text": caption if isinstance(caption, str) else ""}
