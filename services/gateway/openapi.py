@@ -134,6 +134,9 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "operationId": "conversationEvents",
                 "summary": "Server-Sent Events: one `reply` event per reply in the conversation",
+                "description": "`event: reply` carries the same object as a 200 answer of POST /v1/messages."
+                " While an LLM writes a reply, `event: delta` events come first, each with"
+                ' `{"message_id", "conversation_id", "text"}`, the text so far.',
                 "parameters": [
                     {"name": "conversation_id", "in": "path", "required": True, "schema": _ID},
                 ],
