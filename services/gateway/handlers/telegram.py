@@ -50,9 +50,7 @@ async def receive(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-def parse_update(
-    update: dict[str, Any], gateway_id: str, media_max_bytes: int = 2**31
-) -> InboundMessage | ReplyMessage | None:
+def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) -> InboundMessage | ReplyMessage | None:
     """The message to queue for an Update, if any. Every field used is checked first, exactly as
     the document at /openapi.json describes it, whichever way the update then goes."""
     update_id = _required(update, "update_id", int, "update_id")
@@ -122,9 +120,8 @@ def _chat(message: dict[str, Any], path: str) -> tuple[int, str | None]:
 
 def _sender(parent: dict[str, Any], path: str) -> tuple[int | None, str]:
     sender = _optional(parent, "from", dict, path) or {}
-    return _optional(sender, "id", int, f"{path}.id"), _optional(
-        sender, "language_code", str, f"{path}.language_code"
-    ) or ""
+    language = _optional(sender, "language_code", str, f"{path}.language_code") or ""
+    return _optional(sender, "id", int, f"{path}.id"), language
 
 
 def _attachment(message: dict[str, Any], where: str, max_bytes: int) -> Attachment | None:
