@@ -32,6 +32,17 @@ SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
 PRAZO = "Qual o prazo de entrega?"
 LLM_TEXT = "Entregamos em até 5 dias úteis nas capitais."
 STREAM_PAUSE_S = 0.02
+# The containers a transcription server decodes: Ogg, MP3, WAV, FLAC, WebM, MP4/M4A.
+AUDIO_MAGIC = (
+    b"OggS",
+    b"ID3",
+    b"\xff\xfb",
+    b"RIFF",
+    b"fLaC",
+    b"\x1aE\xdf\xa3",
+    b"\x00\x00\x00\x1cftyp",
+    b"\x00\x00\x00\x20ftyp",
+)
 # What the fake's /audio/speech answers: the head of an Ogg/Opus stream (the clients pass it on).
 SPEECH_AUDIO = b"OggS\x00\x02" + bytes(20) + b"OpusHead\x01\x01" + bytes(64)
 
@@ -39,7 +50,8 @@ SPEECH_AUDIO = b"OggS\x00\x02" + bytes(20) + b"OpusHead\x01\x01" + bytes(64)
 @dataclass
 class FakeLlm:
     """An OpenAI-compatible server: chat completions (plain, or streamed as server-sent chunks when
-    asked `stream: true`), and the audio API: `/audio/transcriptions` (multipart; answers
+    asked `stream: true`), and the audio API: `/audio/transcriptions` (multipart; refuses a file
+    that is no audio container it knows, as OpenAI does, else answers
     `transcript`, recording what it got) and `/audio/speech` (answers `SPEECH_AUDIO`, Ogg/Opus).
     `script` holds what the next completion requests get, first to last ("ok" once it is empty):
     "ok", an HTTP status such as 500 or 400, ("429", seconds) for a 429 with Retry-After, or "hang"
@@ -132,6 +144,10 @@ class FakeLlm:
             else:
                 fields[str(part.name)] = await part.text()
         self.transcriptions.append(fields)
+        if not fields.get("file", b"").startswith(AUDIO_MAGIC):  # as OpenAI does: not a format it decodes
+            return web.json_response(
+                {"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, status=400
+            )
         step = self.audio_script.pop(0) if self.audio_script else "ok"
         if isinstance(step, int):
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=step)
