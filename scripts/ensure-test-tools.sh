@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Tools some tests drive besides Python packages: Debian's Chromium (the chat page and admin
-# browser tests, through Playwright's Python driver, which downloads nothing) and promtool (from
-# Debian's `prometheus` package, to check the alert rules). Installed with apt when missing and we
+# browser tests, through Playwright's Python driver, which downloads nothing), promtool (from
+# Debian's `prometheus` package, to check the alert rules), and espeak-ng and ffmpeg (the media
+# tests speak a real voice note and encode it as Ogg/Opus). Installed with apt when missing and we
 # run as root; otherwise one line says what to do.
 set -euo pipefail
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 ((${#missing[@]} == 0)) && exit 0
 
 if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then

@@ -16,6 +16,8 @@ SCHEMA_VERSION = 1
 
 Channel = Literal["web", "whatsapp", "telegram"]
 CHANNELS: tuple[Channel, ...] = ("web", "whatsapp", "telegram")
+MediaKind = Literal["audio", "image", "document"]
+MEDIA_KINDS: tuple[MediaKind, ...] = ("audio", "image", "document")
 
 
 class MessageFormatError(ValueError):
@@ -53,15 +55,30 @@ class ReplyContent:
     usage: Usage | None = None
     # and, for a fallback, the reply sent instead when it is one too many in a row (a handoff).
     escalation: ReplyContent | None = None
+    # Quick replies offered with the text (at most 3 short labels); a tap comes back as the label.
+    # In the public JSON and on the wire only when there are some.
+    buttons: tuple[str, ...] = ()
+    # It answers a voice note: with VOICE_REPLIES=on the channel delivery also speaks it (the audio
+    # is made at send time, so no audio bytes ever sit in a queue or in Redis). On the wire only.
+    voice: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "text": self.text,
             "engine": self.engine,
             "confidence": round(self.confidence, 4),
             "handoff": self.handoff,
             "sources": list(self.sources),
         }
+        if self.buttons:
+            body["buttons"] = list(self.buttons)
+        return body
+
+    def to_wire(self) -> dict[str, Any]:
+        body = self.to_dict()
+        if self.voice:
+            body["voice"] = True
+        return body
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplyContent:
@@ -71,6 +88,48 @@ class ReplyContent:
             confidence=float(data["confidence"]),
             handoff=bool(data.get("handoff", False)),
             sources=tuple(str(s) for s in data.get("sources", ())),
+            buttons=tuple(str(b) for b in data.get("buttons", ())),
+            voice=bool(data.get("voice", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A media file a customer sent: the channel's reference to it and what the channel said about
+    it. Never its bytes: the worker fetches those while it answers and keeps them nowhere."""
+
+    kind: MediaKind
+    # WhatsApp media id, or Telegram file_id.
+    media_id: str
+    mime_type: str = ""
+    # Recorded in the chat (a voice note), not a music or audio file shared.
+    voice: bool = False
+    filename: str = ""
+    # As the channel declared it (0: not said); the worker enforces MEDIA_MAX_BYTES regardless.
+    size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "media_id": self.media_id,
+            "mime_type": self.mime_type,
+            "voice": self.voice,
+            "filename": self.filename,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attachment:
+        kind = data["kind"]
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"unknown attachment kind {kind!r}")
+        return cls(
+            kind=kind,
+            media_id=str(data["media_id"]),
+            mime_type=str(data.get("mime_type", "")),
+            voice=bool(data.get("voice", False)),
+            filename=str(data.get("filename", "")),
+            size=int(data.get("size", 0)),
         )
 
 
@@ -87,21 +146,25 @@ class InboundMessage:
     accepted_at_ms: float = field(default_factory=now_ms)
     # The gateway instance that accepted it: its waiters get the reply directly.
     gateway_id: str = ""
+    # A voice note, image or document (`text` is then its caption, maybe empty). Only present on
+    # the wire when set: readers of schema 1 without it see a text message.
+    attachment: Attachment | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": SCHEMA_VERSION,
-                "message_id": self.message_id,
-                "conversation_id": self.conversation_id,
-                "user_id": self.user_id,
-                "text": self.text,
-                "channel": self.channel,
-                "metadata": self.metadata,
-                "accepted_at_ms": self.accepted_at_ms,
-                "gateway_id": self.gateway_id,
-            }
-        )
+        body: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "user_id": self.user_id,
+            "text": self.text,
+            "channel": self.channel,
+            "metadata": self.metadata,
+            "accepted_at_ms": self.accepted_at_ms,
+            "gateway_id": self.gateway_id,
+        }
+        if self.attachment is not None:
+            body["attachment"] = self.attachment.to_dict()
+        return orjson.dumps(body)
 
     @classmethod
     def from_bytes(cls, body: bytes | str) -> InboundMessage:
@@ -116,6 +179,7 @@ class InboundMessage:
                 metadata=dict(data.get("metadata") or {}),
                 accepted_at_ms=float(data["accepted_at_ms"]),
                 gateway_id=str(data.get("gateway_id", "")),
+                attachment=Attachment.from_dict(data["attachment"]) if data.get("attachment") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageFormatError(f"inbound message: {exc!r}") from exc
@@ -160,7 +224,7 @@ class ReplyMessage:
             "conversation_id": self.conversation_id,
             "user_id": self.user_id,
             "channel": self.channel,
-            "reply": self.reply.to_dict(),
+            "reply": self.reply.to_wire(),
             "latency_ms": self.latency_ms,
             "gateway_id": self.gateway_id,
             "metadata": self.metadata,
@@ -189,6 +253,41 @@ class ReplyMessage:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageFormatError(f"reply message: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDelta:
+    """The text of a web reply so far, while an engine that streams generates it (SSE `delta`).
+    Published without persistence or confirm-waiting on the replies exchange, flagged by the
+    DELTA_HEADER; the final ReplyMessage follows as usual."""
+
+    message_id: str
+    conversation_id: str
+    text: str
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "message_id": self.message_id,
+                "conversation_id": self.conversation_id,
+                "text": self.text,
+            }
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "conversation_id": self.conversation_id, "text": self.text}
+
+    @classmethod
+    def from_bytes(cls, body: bytes | str) -> ReplyDelta:
+        data = _load(body)
+        try:
+            return cls(str(data["message_id"]), str(data["conversation_id"]), str(data["text"]))
+        except (KeyError, TypeError) as exc:
+            raise MessageFormatError(f"reply delta: {exc!r}") from exc
+
+
+DELTA_HEADER = "x-reply-delta"
 
 
 def _load(body: bytes | str) -> dict[str, Any]:

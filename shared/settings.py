@@ -118,6 +118,18 @@ class Settings:
     delivery_timeout_s: float = 10.0
     delivery_max_attempts: int = 8
 
+    # Media (SPEC 4 "Media"): speech to text and back through an OpenAI-compatible audio API.
+    transcription_model: str = "whisper-1"
+    # Empty: OPENAI_BASE_URL. Speech (VOICE_REPLIES) is asked of the same provider.
+    transcription_base_url: str = ""
+    transcription_max_retries: int = 2
+    voice_replies: bool = False
+    tts_model: str = "tts-1"
+    tts_voice: str = "alloy"
+    media_max_bytes: int = 16 * 2**20
+    # Fetching one media file, one transcription or one speech synthesis ends within this.
+    media_timeout_s: float = 20.0
+
     log_level: str = "INFO"
     # Optional log files (combined.log, error.log, audit.log) beside stdout, rotated by size.
     log_dir: Path | None = None
@@ -132,6 +144,15 @@ class Settings:
     def heartbeat_ttl_s(self) -> float:
         """A process missing three beats in a row is taken for dead."""
         return self.heartbeat_interval_s * 3
+
+    @property
+    def audio_base_url(self) -> str:
+        return self.transcription_base_url or self.openai_base_url
+
+    @property
+    def transcription_enabled(self) -> bool:
+        """SPEC 2: voice notes are transcribed when a key or a base URL is configured."""
+        return bool(self.openai_api_key or self.transcription_base_url)
 
     @property
     def whatsapp_enabled(self) -> bool:
@@ -207,6 +228,16 @@ class Settings:
             telegram_api_base=read.url("TELEGRAM_API_BASE", defaults.telegram_api_base, ("http", "https")),
             delivery_timeout_s=read.number("DELIVERY_TIMEOUT_SECONDS", defaults.delivery_timeout_s, 0.5, 120),
             delivery_max_attempts=read.integer("DELIVERY_MAX_ATTEMPTS", defaults.delivery_max_attempts, 1, 100),
+            transcription_model=read.text("TRANSCRIPTION_MODEL", defaults.transcription_model),
+            transcription_base_url=read.url("TRANSCRIPTION_BASE_URL", "", ("http", "https")),
+            transcription_max_retries=read.integer(
+                "TRANSCRIPTION_MAX_RETRIES", defaults.transcription_max_retries, 0, 10
+            ),
+            voice_replies=read.choice("VOICE_REPLIES", "off", ("on", "off")) == "on",
+            tts_model=read.text("TTS_MODEL", defaults.tts_model),
+            tts_voice=read.text("TTS_VOICE", defaults.tts_voice),
+            media_max_bytes=read.integer("MEDIA_MAX_BYTES", defaults.media_max_bytes, 1024, 2**31),
+            media_timeout_s=read.number("MEDIA_TIMEOUT_SECONDS", defaults.media_timeout_s, 1, 600),
             log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_dir=read.directory("LOG_DIR"),
             log_file_max_bytes=read.integer("LOG_FILE_MAX_BYTES", defaults.log_file_max_bytes, 1024, 2**40),

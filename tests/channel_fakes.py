@@ -4,7 +4,9 @@ their webhooks: the gateway's real clients talk to these in the tests.
 `FakeChannelApi` records every request. Its answers are scripted: each queued `Answer` is used
 once, in order, then every request gets the platform's normal success answer. `Hold` keeps a
 request open until the test releases it (to kill a consumer mid-send); a held request counts as
-never having reached the platform.
+never having reached the platform. It also holds the media customers "sent" (`add_media`), served
+as the platforms do: Graph's media info then its URL, Telegram's `getFile` then the file, both
+checking the credentials; uploads (`/media`) and `sendVoice` are recorded with their bytes.
 """
 
 from __future__ import annotations
@@ -66,10 +68,39 @@ class Received:
     body: dict[str, Any]
     at: float  # monotonic, when the request arrived
     status: int | None = None  # what the fake answered; None: held and dropped
+    # The file of a multipart request (sendVoice, a media upload): (content type, bytes).
+    file: tuple[str, bytes] | None = None
 
     @property
     def text(self) -> str:
-        return str(self.body.get("text") if "chat_id" in self.body else self.body.get("text", {}).get("body"))
+        if "chat_id" in self.body:
+            return str(self.body.get("text"))
+        if self.body.get("type") == "interactive":
+            return str(self.body["interactive"]["body"]["text"])
+        return str(self.body.get("text", {}).get("body"))
+
+    @property
+    def buttons(self) -> list[str]:
+        """The labels of the reply buttons (WhatsApp) or inline keyboard (Telegram) it carried."""
+        if "reply_markup" in self.body:
+            return [row[0]["callback_data"] for row in self.body["reply_markup"]["inline_keyboard"]]
+        if self.body.get("type") == "interactive":
+            return [b["reply"]["title"] for b in self.body["interactive"]["action"]["buttons"]]
+        return []
+
+    @property
+    def is_voice(self) -> bool:
+        return self.path.endswith("/sendVoice") or self.body.get("type") == "audio"
+
+
+@dataclass
+class MediaFile:
+    data: bytes
+    mime_type: str
+    # What the media info / getFile declares (None: the real size); lying lets a test check the
+    # limit is also enforced while the bytes stream.
+    declared_size: int | None = None
+    fetches: int = 0
 
 
 class FakeChannelApi:
@@ -84,6 +115,9 @@ class FakeChannelApi:
         self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
         self.port = free_port()
+        self.media: dict[str, MediaFile] = {}
+        self.uploads: list[Received] = []
+        self.media_requests: list[str] = []  # paths of the media info and download requests
 
     @property
     def url(self) -> str:
@@ -104,6 +138,12 @@ class FakeChannelApi:
         app = web.Application()
         app.router.add_post(r"/{version}/{phone_number_id}/messages", self._whatsapp)
         app.router.add_post(r"/bot{token}/sendMessage", self._telegram)
+        app.router.add_post(r"/bot{token}/sendVoice", self._telegram_voice)
+        app.router.add_post(r"/{version}/{phone_number_id}/media", self._whatsapp_upload)
+        app.router.add_get(r"/bot{token}/getFile", self._telegram_get_file)
+        app.router.add_get(r"/file/bot{token}/{path:.+}", self._download)
+        app.router.add_get(r"/graph-files/{media_id}", self._download)
+        app.router.add_get(r"/{version}/{media_id}", self._whatsapp_media_info)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -115,6 +155,92 @@ class FakeChannelApi:
                 step.release.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def add_media(self, media_id: str, data: bytes, mime_type: str, declared_size: int | None = None) -> None:
+        self.media[media_id] = MediaFile(data, mime_type, declared_size)
+
+    def _size(self, media: MediaFile) -> int:
+        return len(media.data) if media.declared_size is None else media.declared_size
+
+    async def _whatsapp_media_info(self, request: web.Request) -> web.Response:
+        self.media_requests.append(request.path)
+        if request.headers.get("Authorization") != f"Bearer {WHATSAPP_ENV['WHATSAPP_ACCESS_TOKEN']}":
+            return web.json_response({"error": {"code": 190, "message": "Invalid OAuth access token"}}, status=401)
+        media_id = request.match_info["media_id"]
+        media = self.media.get(media_id)
+        if media is None:
+            return web.json_response({"error": {"code": 100, "message": "Unsupported get request"}}, status=400)
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{self.url}/graph-files/{media_id}",
+                "mime_type": media.mime_type,
+                "sha256": hashlib.sha256(media.data).hexdigest(),
+                "file_size": self._size(media),
+                "id": media_id,
+            }
+        )
+
+    async def _telegram_get_file(self, request: web.Request) -> web.Response:
+        self.media_requests.append(request.path)
+        if request.match_info["token"] != TELEGRAM_ENV["TELEGRAM_BOT_TOKEN"]:
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+        file_id = request.query.get("file_id", "")
+        media = self.media.get(file_id)
+        if media is None:
+            return web.json_response({"ok": False, "error_code": 400, "description": "Bad Request: invalid file_id"})
+        result = {"file_id": file_id, "file_unique_id": "u" + file_id, "file_size": self._size(media)}
+        return web.json_response({"ok": True, "result": {**result, "file_path": f"media/{file_id}"}})
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """The file itself: Graph's URL needs the token; Telegram's carries it in the path and serves
+        every file as octet-stream."""
+        self.media_requests.append(request.path)
+        if "media_id" in request.match_info:
+            if request.headers.get("Authorization") != f"Bearer {WHATSAPP_ENV['WHATSAPP_ACCESS_TOKEN']}":
+                return web.Response(status=401)
+            media, content_type = self.media.get(request.match_info["media_id"]), None
+        else:
+            if request.match_info["token"] != TELEGRAM_ENV["TELEGRAM_BOT_TOKEN"]:
+                return web.Response(status=401)
+            media = self.media.get(request.match_info["path"].removeprefix("media/"))
+            content_type = "application/octet-stream"
+        if media is None:
+            return web.Response(status=404)
+        media.fetches += 1
+        response = web.StreamResponse(headers={"Content-Type": content_type or media.mime_type})
+        await response.prepare(request)  # chunked: no Content-Length, the reader must count
+        for start in range(0, len(media.data), 64 * 1024):
+            await response.write(media.data[start : start + 64 * 1024])
+        await response.write_eof()
+        return response
+
+    async def _whatsapp_upload(self, request: web.Request) -> web.Response:
+        record = await self._multipart(request, "file")
+        self.uploads.append(record)
+        media_id = f"uploaded-{next(self._ids)}"
+        record.status = 200
+        return web.json_response({"id": media_id})
+
+    async def _telegram_voice(self, request: web.Request) -> web.Response:
+        record = await self._multipart(request, "voice")
+        self.received.append(record)
+        record.status = 200
+        async with self.changed:
+            self.changed.notify_all()
+        return web.json_response({"ok": True, "result": {"message_id": next(self._ids), "date": int(time.time())}})
+
+    @staticmethod
+    async def _multipart(request: web.Request, file_field: str) -> Received:
+        fields: dict[str, Any] = {}
+        file: tuple[str, bytes] | None = None
+        async for part in await request.multipart():
+            assert isinstance(part, aiohttp.BodyPartReader)
+            if part.name == file_field:
+                file = (part.headers.get("Content-Type", ""), bytes(await part.read()))
+            else:
+                fields[str(part.name)] = await part.text()
+        return Received(request.path, dict(request.headers), fields, time.monotonic(), file=file)
 
     async def _whatsapp(self, request: web.Request) -> web.Response:
         default = {
@@ -251,3 +377,36 @@ async def post_telegram(
     headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
     async with http.post(f"{gateway.url}/webhooks/telegram", json=update, headers=headers) as response:
         return response.status, await response.json(content_type=None)
+
+
+def telegram_media(update_id: int, chat_id: int, field: str, content: Any, caption: str = "") -> dict[str, Any]:
+    """An Update with a voice note, audio, photo (a list of sizes) or document, maybe captioned."""
+    update = telegram_text(update_id, chat_id, "")
+    message = update["message"]
+    del message["text"]
+    message[field] = content
+    if caption:
+        message["caption"] = caption
+    return update
+
+
+def telegram_tap(update_id: int, chat_id: int, data: str) -> dict[str, Any]:
+    """A tap on an inline-keyboard button of one of the bot's messages (a callback_query)."""
+    sent = telegram_text(update_id, chat_id, "a message of the bot")["message"]
+    return {
+        "update_id": update_id,
+        "callback_query": {
+            "id": f"cbq-{update_id}",
+            "from": sent["from"],
+            "message": {**sent, "from": {"id": 1, "is_bot": True, "first_name": "Bot"}},
+            "chat_instance": "-1234",
+            "data": data,
+        },
+    }
+
+
+def whatsapp_tap(wamid: str, sender: str, title: str) -> dict[str, Any]:
+    """A tap on one of our reply buttons, as Meta posts it."""
+    return whatsapp_message(
+        wamid, sender, "interactive", {"type": "button_reply", "button_reply": {"id": title, "title": title}}
+    )

@@ -12,6 +12,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, as
 
 from tests.channel_fakes import kb_answer
 from tests.support import Stack, TcpProxy
+from tests.test_llm_engine import LLM_TEXT, FakeLlm
 from tests.test_pipeline import wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
@@ -107,3 +108,52 @@ def _keep_errors(message: ConsoleMessage, problems: list[str]) -> None:
     # A refused connection while the proxy is down is the point of the test, not a problem.
     if message.type == "error" and "ERR_CONNECTION" not in message.text and "Failed to load" not in message.text:
         problems.append(message.text)
+
+
+async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_written(
+    stack: Stack, browser: Browser
+) -> None:
+    """Chips for a reply's buttons (a tap asks the label), and an LLM reply growing in one bubble
+    from the stream's `delta` events before its `reply` event completes it."""
+    llm = await FakeLlm().start()
+    context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
+    try:
+        gateway = await stack.start("gateway")
+        worker = await stack.start("worker")
+        await wait_ready(stack)
+        page = await context.new_page()
+        await page.goto(f"{gateway.url}/")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "online")
+
+        await ask(page, "Quais as formas de pagamento?")
+        chips = page.locator(".chips .chip")
+        await expect(chips).to_have_text(["Posso parcelar?", "Boleto vencido"])
+        await chips.first.click()
+        await expect(page.locator(".msg--me").last).to_have_text("Posso parcelar?")
+        await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("parcelamento"))
+        await expect(page.locator(".chips")).to_have_count(0)  # spent: the next reply has none
+
+        # The LLM engine, streaming: record every text the reply's bubble shows on the way.
+        worker.stop()
+        await stack.start("worker", REPLY_ENGINE="openai", OPENAI_BASE_URL=llm.url, OPENAI_MODEL="tiny")
+        await wait_ready(stack)
+        await page.evaluate(
+            """() => {
+              window.drafts = [];
+              new MutationObserver((records) => {
+                for (const record of records)
+                  if (record.target.classList && record.target.classList.contains("msg--draft"))
+                    record.addedNodes.forEach((node) => window.drafts.push(node.textContent));
+              }).observe(document.getElementById("messages"), { childList: true, subtree: true });
+            }"""
+        )
+        await ask(page, "Qual o prazo de entrega?")
+        await expect(page.locator(".msg--bot").last).to_have_text(LLM_TEXT)
+        await expect(page.locator(".msg--draft")).to_have_count(0)
+        seen: list[str] = await page.evaluate("window.drafts")
+        partial = [text for text in seen if text and text != LLM_TEXT]
+        assert partial and all(LLM_TEXT.startswith(text) for text in partial), seen
+        assert await page.locator(".msg--bot").count() == 4  # greeting, two answers, one streamed reply
+    finally:
+        await context.close()
+        await llm.stop()

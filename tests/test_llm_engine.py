@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -37,13 +38,31 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
 PRAZO = "Qual o prazo de entrega?"
 LLM_TEXT = "Entregamos em até 5 dias úteis nas capitais."
+STREAM_PAUSE_S = 0.02
+# The containers a transcription server decodes: Ogg, MP3, WAV, FLAC, WebM, MP4/M4A.
+AUDIO_MAGIC = (
+    b"OggS",
+    b"ID3",
+    b"\xff\xfb",
+    b"RIFF",
+    b"fLaC",
+    b"\x1aE\xdf\xa3",
+    b"\x00\x00\x00\x1cftyp",
+    b"\x00\x00\x00\x20ftyp",
+)
+# What the fake's /audio/speech answers: the head of an Ogg/Opus stream (the clients pass it on).
+SPEECH_AUDIO = b"OggS\x00\x02" + bytes(20) + b"OpusHead\x01\x01" + bytes(64)
 
 
 @dataclass
 class FakeLlm:
-    """An OpenAI-compatible chat-completions server. `script` holds what the next requests get,
-    first to last ("ok" once it is empty): "ok", an HTTP status such as 500 or 400, ("429", seconds)
-    for a 429 with Retry-After, or "hang" (never answers)."""
+    """An OpenAI-compatible server: chat completions (plain, or streamed as server-sent chunks when
+    asked `stream: true`), and the audio API: `/audio/transcriptions` (multipart; refuses a file
+    that is no audio container it knows, as OpenAI does, else answers
+    `transcript`, recording what it got) and `/audio/speech` (answers `SPEECH_AUDIO`, Ogg/Opus).
+    `script` holds what the next completion requests get, first to last ("ok" once it is empty):
+    "ok", an HTTP status such as 500 or 400, ("429", seconds) for a 429 with Retry-After, or "hang"
+    (never answers); `audio_script` likewise for transcriptions ("ok" or a status)."""
 
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -54,12 +73,18 @@ class FakeLlm:
     # Requests whose last message contains this text are answered 500, every time.
     failing_text: str | None = None
     peak_in_flight: int = 0
+    transcript: str = PRAZO
+    audio_script: list[Any] = field(default_factory=list)
+    transcriptions: list[dict[str, Any]] = field(default_factory=list)
+    speeches: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
     async def start(self) -> FakeLlm:
-        app = web.Application()
+        app = web.Application(client_max_size=32 * 2**20)
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/audio/transcriptions", self._transcription)
+        app.router.add_post("/v1/audio/speech", self._speech)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         port = free_port()
@@ -71,7 +96,7 @@ class FakeLlm:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _completions(self, request: web.Request) -> web.Response:
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         self.arrivals.append(time.monotonic())
         body = await request.json()
         self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
@@ -82,11 +107,11 @@ class FakeLlm:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self.delay_s)
-            return await self._answer(body, step)
+            return await self._answer(request, body, step)
         finally:
             self.in_flight -= 1
 
-    async def _answer(self, body: dict[str, Any], step: Any) -> web.Response:
+    async def _answer(self, request: web.Request, body: dict[str, Any], step: Any) -> web.StreamResponse:
         if step == "hang":
             await asyncio.Event().wait()
         if isinstance(step, tuple):
@@ -97,6 +122,8 @@ class FakeLlm:
             )
         if isinstance(step, int):
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=step)
+        if body.get("stream"):
+            return await self._stream(request, body["model"])
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -109,6 +136,50 @@ class FakeLlm:
                 "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
             }
         )
+
+    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        """The reply word by word, then the usage (stream_options.include_usage), then [DONE]."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk", "model": model}
+        words = LLM_TEXT.split(" ")
+        for index, word in enumerate(words):
+            piece = word if index == 0 else " " + word
+            last = index == len(words) - 1
+            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": "stop" if last else None}
+            await response.write(b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n")
+            await asyncio.sleep(STREAM_PAUSE_S)  # a model generating: the chunks arrive apart
+        usage = {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
+        await response.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _transcription(self, request: web.Request) -> web.Response:
+        fields: dict[str, Any] = {
+            "content_type": request.content_type,
+            "authorization": request.headers.get("Authorization"),
+        }
+        async for part in await request.multipart():
+            assert isinstance(part, aiohttp.BodyPartReader)
+            if part.name == "file":
+                fields |= {"file": bytes(await part.read()), "filename": part.filename}
+                fields["file_type"] = part.headers.get("Content-Type")
+            else:
+                fields[str(part.name)] = await part.text()
+        self.transcriptions.append(fields)
+        if not fields.get("file", b"").startswith(AUDIO_MAGIC):  # as OpenAI does: not a format it decodes
+            return web.json_response(
+                {"error": {"message": "Invalid file format.", "type": "invalid_request_error"}}, status=400
+            )
+        step = self.audio_script.pop(0) if self.audio_script else "ok"
+        if isinstance(step, int):
+            return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=step)
+        return web.json_response({"text": self.transcript})
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        self.speeches.append(await request.json())
+        return web.Response(body=SPEECH_AUDIO, content_type="audio/ogg")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
 PRAZO_ANSWER = kb_answer("prazo-entrega")
-TEXT_ONLY = "só consigo ler mensagens de texto"
+TEXT_ONLY = "não consigo ler esse tipo de mensagem"
 
 
 @pytest.fixture
@@ -114,21 +114,21 @@ async def check_other_updates_are_acknowledged(
     gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
 ) -> None:
     private, group = 700_000_020, -1_009_999_000_001
-    photo: dict[str, Any] = telegram_text(900_000_020, private, "")
-    del photo["message"]["text"]
-    photo["message"]["photo"] = [{"file_id": "AgACAgEAAxkBAAIB", "file_unique_id": "AQAD", "width": 90, "height": 90}]
+    sticker: dict[str, Any] = telegram_text(900_000_020, private, "")
+    del sticker["message"]["text"]
+    sticker["message"]["sticker"] = {"file_id": "CAACAgIAAxkBAAIB", "file_unique_id": "AQAD", "type": "regular"}
     group_photo: dict[str, Any] = telegram_text(900_000_021, group, "", chat_type="group")
     del group_photo["message"]["text"]
     group_photo["message"]["sticker"] = {"file_id": "CAACAgIAAxkBAAIC", "file_unique_id": "AgAD", "type": "regular"}
     edited = {"update_id": 900_000_022, "edited_message": telegram_text(0, private, PRAZO)["message"]}
-    for update in (photo, group_photo, edited):
+    for update in (sticker, group_photo, edited):
         status, body = await post_telegram(http, gateway, update)
         assert status == 200, body
     status, problem = await post_telegram(http, gateway, {"update_id": "x"})
     assert status == 400
     assert problem["detail"].startswith("update_id")
 
-    # The group's sticker and the edit get nothing; the private photo gets the polite reply, and
+    # The group's sticker and the edit get nothing; the private sticker gets the polite reply, and
     # the next text message is answered after it (so nothing else is still on its way).
     status, _ = await post_telegram(http, gateway, telegram_text(900_000_023, private, PRAZO))
     assert status == 200

@@ -29,7 +29,7 @@ from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
 PRAZO_ANSWER = kb_answer("prazo-entrega")
-TEXT_ONLY = "só consigo ler mensagens de texto"
+TEXT_ONLY = "não consigo ler esse tipo de mensagem"
 
 
 @pytest.fixture
@@ -147,18 +147,18 @@ async def check_statuses_and_unsupported_types_get_no_knowledge_reply(
         whatsapp_message("wamid.reaction-1", sender, "reaction", {"message_id": "wamid.x", "emoji": "👍"}),
     )
     assert (status, body) == (200, {"accepted": 0, "duplicates": 0})
-    image = whatsapp_message(
-        "wamid.image-1", sender, "image", {"id": "1479537139650973", "mime_type": "image/jpeg", "caption": PRAZO}
+    location = whatsapp_message(
+        "wamid.location-1", sender, "location", {"latitude": -23.55, "longitude": -46.63, "name": PRAZO}
     )
     for _ in range(2):  # a retried notification is still answered once
-        status, _ = await post_whatsapp(http, gateway, image)
+        status, _ = await post_whatsapp(http, gateway, location)
         assert status == 200
-    status, _ = await post_whatsapp(http, gateway, whatsapp_text("wamid.after-image", sender, PRAZO))
+    status, _ = await post_whatsapp(http, gateway, whatsapp_text("wamid.after-location", sender, PRAZO))
     assert status == 200
 
     replies = await replies_to(graph, sender, 2)
     assert TEXT_ONLY in replies[0]
-    assert PRAZO_ANSWER not in replies[0]  # the caption did not reach the knowledge base
+    assert PRAZO_ANSWER not in replies[0]  # the location's name did not reach the knowledge base
     assert PRAZO_ANSWER in replies[1]
     assert len(graph.delivered_to(sender)) == 2
 

@@ -171,6 +171,9 @@ DOCUMENT: dict[str, Any] = {
             "get": {
                 "operationId": "conversationEvents",
                 "summary": "Server-Sent Events: one `reply` event per reply in the conversation",
+                "description": "`event: reply` carries the same object as a 200 answer of POST /v1/messages."
+                " While an LLM writes a reply, `event: delta` events come first, each with"
+                ' `{"message_id", "conversation_id", "text"}`, the text so far.',
                 "parameters": [
                     {"name": "conversation_id", "in": "path", "required": True, "schema": _ID},
                     *_TOKEN_PARAMETERS,
@@ -271,6 +274,11 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "accepted": {"type": "integer", "minimum": 0, "description": "messages queued now"},
                     "duplicates": {"type": "integer", "minimum": 0, "description": "messages seen before"},
+                    "method": {
+                        "type": "string",
+                        "description": "Telegram only, for a button tap: answerCallbackQuery, made by Telegram",
+                    },
+                    "callback_query_id": {"type": "string"},
                 },
             },
             "WhatsAppNotification": {
@@ -280,27 +288,69 @@ DOCUMENT: dict[str, Any] = {
             },
             "TelegramUpdate": {
                 "type": "object",
-                "description": "A Bot API Update; text messages are answered",
+                "description": "A Bot API Update; text, voice, audio, photo and document messages and taps on"
+                " our inline buttons (callback_query) are answered",
                 "required": ["update_id"],
                 "properties": {
                     "update_id": _TELEGRAM_ID,
                     "message": {"$ref": "#/components/schemas/TelegramMessage"},
+                    "callback_query": {
+                        "type": "object",
+                        "required": ["id"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "data": {"type": "string", "description": "the label of the button tapped"},
+                            "from": {
+                                "type": "object",
+                                "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
+                            },
+                            "message": {
+                                "type": "object",
+                                "description": "the bot's message that carried the button",
+                                "required": ["chat"],
+                                "properties": {"chat": {"$ref": "#/components/schemas/TelegramChat"}},
+                            },
+                        },
+                    },
+                },
+            },
+            "TelegramChat": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": _TELEGRAM_ID, "type": {"type": "string"}},
+            },
+            "TelegramFile": {
+                "type": "object",
+                "description": "a voice note, audio file or document: fetched by the worker with getFile",
+                "required": ["file_id"],
+                "properties": {
+                    "file_id": {"type": "string"},
+                    "mime_type": {"type": "string"},
+                    "file_name": {"type": "string"},
+                    "file_size": _TELEGRAM_ID,
                 },
             },
             "TelegramMessage": {
                 "type": "object",
                 "required": ["chat"],
                 "properties": {
-                    "chat": {
-                        "type": "object",
-                        "required": ["id"],
-                        "properties": {"id": _TELEGRAM_ID, "type": {"type": "string"}},
-                    },
+                    "chat": {"$ref": "#/components/schemas/TelegramChat"},
                     "from": {
                         "type": "object",
                         "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
                     },
                     "text": {"type": "string"},
+                    "caption": {"type": "string"},
+                    "voice": {"$ref": "#/components/schemas/TelegramFile"},
+                    "audio": {"$ref": "#/components/schemas/TelegramFile"},
+                    "document": {"$ref": "#/components/schemas/TelegramFile"},
+                    "photo": {
+                        "type": "array",
+                        "minItems": 1,
+                        "description": "PhotoSize objects, smallest first, each with a file_id (string) and maybe"
+                        " a file_size (integer)",
+                        "items": {"type": "object"},
+                    },
                 },
             },
             "MessageIn": {
@@ -324,6 +374,13 @@ DOCUMENT: dict[str, Any] = {
                     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                     "handoff": {"type": "boolean"},
                     "sources": {"type": "array", "items": {"type": "string"}},
+                    "buttons": {
+                        "type": "array",
+                        "maxItems": 3,
+                        "items": {"type": "string", "maxLength": 20},
+                        "description": "quick replies offered with the text (present only when there are some);"
+                        " sending a label as a message is a tap",
+                    },
                 },
             },
             "Answered": {

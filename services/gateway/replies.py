@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator, Iterator
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from shared.broker import BROKER_ERRORS, CLOSE_TIMEOUT_S, Broker
-from shared.messages import MessageFormatError, ReplyMessage
+from shared.messages import DELTA_HEADER, MessageFormatError, ReplyDelta, ReplyMessage
 
 log = logging.getLogger(__name__)
 
+# What a stream carries: a reply, the text of one so far, or None when the server shuts down.
+Streamed = ReplyMessage | ReplyDelta | None
 RECENT_REPLIES = 4096  # a reply re-sent after a worker crash arrives within seconds of the first
 STREAM_BUFFER = 100
 
@@ -32,7 +34,7 @@ class ReplyRouter:
         self._queue: AbstractQueue | None = None
         self._ready = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = defaultdict(list)
-        self._streams: dict[str, set[asyncio.Queue[ReplyMessage | None]]] = defaultdict(set)
+        self._streams: dict[str, set[asyncio.Queue[Streamed]]] = defaultdict(set)
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._bind_lock = asyncio.Lock()
 
@@ -90,9 +92,10 @@ class ReplyRouter:
                 self._waiters.pop(message_id, None)
 
     @contextlib.asynccontextmanager
-    async def stream(self, conversation_id: str) -> AsyncIterator[asyncio.Queue[ReplyMessage | None]]:
-        """Receive this conversation's replies while the context is open (raises BROKER_ERRORS)."""
-        queue: asyncio.Queue[ReplyMessage | None] = asyncio.Queue(STREAM_BUFFER)
+    async def stream(self, conversation_id: str) -> AsyncIterator[asyncio.Queue[Streamed]]:
+        """Receive this conversation's replies (and the text of LLM replies as it is generated)
+        while the context is open (raises BROKER_ERRORS)."""
+        queue: asyncio.Queue[Streamed] = asyncio.Queue(STREAM_BUFFER)
         await self._bind(conversation_id)
         self._streams[conversation_id].add(queue)
         try:
@@ -121,12 +124,27 @@ class ReplyRouter:
                 )
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        if message.headers.get(DELTA_HEADER):
+            self._dispatch_delta(message.body)
+            return
         try:
             reply = ReplyMessage.from_bytes(message.body)
         except MessageFormatError as exc:
             log.error("dropped a malformed reply: %s", exc)
             return
         self.dispatch(reply)
+
+    def _dispatch_delta(self, body: bytes) -> None:
+        try:
+            delta = ReplyDelta.from_bytes(body)
+        except MessageFormatError as exc:
+            log.error("dropped a malformed reply delta: %s", exc)
+            return
+        if delta.message_id in self._recent:
+            return  # late: its final reply is shown already
+        for queue in self._streams.get(delta.conversation_id, ()):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(delta)
 
     def dispatch(self, reply: ReplyMessage) -> None:
         for future in self._waiters.get(reply.message_id, ()):

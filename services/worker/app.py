@@ -18,6 +18,7 @@ from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseErr
 from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
 from services.worker.kbreload import KbReloader, LiveEngine
+from services.worker.media import MediaResolver
 from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.connections import open_connections
@@ -38,6 +39,7 @@ ENGINE = web.AppKey("engine", ReplyEngine)
 BROKER = web.AppKey("broker", Broker)
 STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
+MEDIA = web.AppKey("media", MediaResolver)
 
 
 def build_engine(settings: Settings) -> LiveEngine:
@@ -77,7 +79,9 @@ def _encoder() -> SentenceEncoder:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[SETTINGS] = settings
-    app[ENGINE] = build_engine(settings)
+    engine = build_engine(settings)
+    app[ENGINE] = engine
+    app[MEDIA] = MediaResolver(settings, engine.language, reads_media=settings.reply_engine == "openai")
     Probes(lambda: _health(app), new_metrics_registry()).install(app)
     app.cleanup_ctx.extend([_resources, _consuming])
     return app
@@ -90,6 +94,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = Store(connections.redis, connections.names, settings.memory_turns)
         yield
         await app[ENGINE].close()
+        await app[MEDIA].close()
 
 
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
@@ -102,7 +107,9 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         handoff_after_fallbacks=settings.handoff_after_fallbacks,
     )
     committer = Committer(store.redis, store.names, policy)
-    processor = Processor(store, committer, app[BROKER], app[ENGINE], settings.max_attempts, settings.debounce_ms)
+    processor = Processor(
+        store, committer, app[BROKER], app[ENGINE], settings.max_attempts, app[MEDIA], debounce_ms=settings.debounce_ms
+    )
     consumer = ShardConsumer(
         app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s, settings.worker_concurrency
     )

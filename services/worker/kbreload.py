@@ -22,6 +22,7 @@ from pathlib import Path
 
 from services.worker.engines.base import EngineRequest, ReplyEngine
 from services.worker.engines.kb import KnowledgeBase, KnowledgeBaseError
+from services.worker.engines.text import Language
 from shared import kbstate
 from shared.messages import ReplyContent
 from shared.store import REDIS_ERRORS, Store
@@ -35,6 +36,7 @@ Build = Callable[[KnowledgeBase], ReplyEngine]
 class Loaded:
     engine: ReplyEngine
     entries: int
+    language: Language
     fingerprint: str
     stat: tuple[int, int]  # (size, mtime_ns) of the file when it was read
     at: float
@@ -54,7 +56,7 @@ def load(path: Path, build: Build) -> Loaded:
     stat = _stat(path)
     data = path.read_bytes()
     knowledge = KnowledgeBase.load(path)
-    return Loaded(build(knowledge), len(knowledge.entries), fingerprint(data), stat, time.time())
+    return Loaded(build(knowledge), len(knowledge.entries), knowledge.language, fingerprint(data), stat, time.time())
 
 
 class LiveEngine:
@@ -65,6 +67,10 @@ class LiveEngine:
         self.name = loaded.engine.name
         self.uses_history = loaded.engine.uses_history
         self._retired: set[asyncio.Task[None]] = set()
+
+    @property
+    def language(self) -> Language:
+        return self.loaded.language
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         return await self.loaded.engine.reply(request)
@@ -161,4 +167,4 @@ class KbReloader:
 
 
 def _restamped(current: Loaded, stat: tuple[int, int]) -> Loaded:
-    return Loaded(current.engine, current.entries, current.fingerprint, stat, current.at)
+    return Loaded(current.engine, current.entries, current.language, current.fingerprint, stat, current.at)

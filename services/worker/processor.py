@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -31,6 +31,8 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
+from services.worker.media import MediaResolver
+from services.worker.streaming import delta_publisher
 from shared import unanswered
 from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
@@ -84,6 +86,7 @@ class Processor:
     broker: Broker
     engine: ReplyEngine
     max_attempts: int
+    media: MediaResolver
     debounce_ms: int = 0
 
     def debounce_delay(self, delivery: AbstractIncomingMessage) -> float:
@@ -127,9 +130,10 @@ class Processor:
         messages = [m for _, m in unit if m is not None]
         text = "\n".join(m.text for m in messages)
         started = now_ms()
+        accepted = message
         state = await self._until_redis_answers(
             lambda: self.store.begin(
-                message, redelivered=may_be_a_copy(delivery), with_history=self.engine.uses_history
+                accepted, redelivered=may_be_a_copy(delivery), with_history=self.engine.uses_history
             )
         )
         if state.stored_reply is not None:
@@ -142,7 +146,19 @@ class Processor:
         else:
             history = tuple(Turn(role=turn["role"], text=turn["text"]) for turn in state.history)  # type: ignore[arg-type]
             try:
-                content = await self._generate(message, EngineRequest(text, message.conversation_id, history))
+                # Media (voice, images, documents) -> what the engine reads; memory keeps the transcript.
+                media = await self.media.resolve(messages)
+                unit = [(d, understood) for (d, _), understood in zip(unit, media.messages, strict=True)]
+                message, text = media.messages[-1], media.memory_text
+                request = EngineRequest(
+                    media.text,
+                    message.conversation_id,
+                    history,
+                    images=media.images,
+                    documents=media.documents,
+                    on_delta=delta_publisher(self.broker, message),
+                )
+                content = replace(media.unhandled or await self._generate(message, request), voice=media.voice)
             except Exception:
                 log.exception("engine failed on message %s", message.message_id)
                 mark_current_failed("engine failed")

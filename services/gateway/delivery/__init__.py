@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,7 @@ from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryMetrics
 from shared.broker import Broker
 from shared.service import supervised
 from shared.settings import Settings
+from shared.speech import SpeechConfig, synthesise
 from shared.store import Store
 from shared.telemetry import client_trace_config
 
@@ -46,6 +47,20 @@ async def channel_clients(settings: Settings, stack: contextlib.AsyncExitStack) 
     return clients
 
 
+async def _speaker(settings: Settings, stack: contextlib.AsyncExitStack) -> Callable[[str], Awaitable[bytes]] | None:
+    """VOICE_REPLIES=on: text to Ogg/Opus speech through `POST /audio/speech`, for the answers to
+    voice notes."""
+    if not settings.voice_replies:
+        return None
+    config = SpeechConfig.from_settings(settings)
+    session = await stack.enter_async_context(aiohttp.ClientSession(trace_configs=[client_trace_config("speech")]))
+
+    async def speak(text: str) -> bytes:
+        return await synthesise(session, config, text)
+
+    return speak
+
+
 @contextlib.asynccontextmanager
 async def running_delivery(
     settings: Settings, broker: Broker, store: Store, registry: CollectorRegistry
@@ -55,8 +70,9 @@ async def running_delivery(
     async with contextlib.AsyncExitStack() as stack:
         policy = Policy(settings.delivery_timeout_s, settings.delivery_max_attempts)
         metrics = DeliveryMetrics.create(registry)
+        speak = await _speaker(settings, stack)
         consumers = [
-            DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics)
+            DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics, speak)
             for client in await channel_clients(settings, stack)
         ]
         tasks = [supervised(f"delivery-{c.channel}", c.run) for c in consumers]

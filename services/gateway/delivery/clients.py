@@ -1,7 +1,10 @@
 """Clients of the channels' send APIs: the WhatsApp Cloud API (Graph) and the Telegram Bot API.
 
 Each knows its wire format, its text limit, how fast one recipient may be written to, and which
-answers are worth retrying. A send either returns (the platform took the message) or raises
+answers are worth retrying. A reply's buttons go out with its last part (WhatsApp reply buttons,
+a Telegram inline keyboard whose callback data is the label); a voice reply is Ogg/Opus audio,
+uploaded to WhatsApp's media endpoint and sent as an `audio` message, or sent with Telegram's
+`sendVoice` (multipart). A send either returns (the platform took the message) or raises
 `SendFailed`, saying whether to retry and after how long the platform asked us to wait.
 """
 
@@ -19,6 +22,7 @@ from multidict import CIMultiDictProxy
 from services.gateway.ratelimit import Limit
 from shared.logs import mask_pii
 from shared.messages import Channel, ReplyMessage
+from shared.speech import SPEECH_MIME
 
 # Graph API error codes that mean "slow down" or "our side, try again", even when the HTTP status
 # is 400: 1/2 unknown or temporary, 4 app call limit, 80007 account rate limit, 130429 throughput
@@ -60,11 +64,20 @@ class ChannelClient(Protocol):
         """A stable key of the addressee (pacing and ordering); raises MissingAddress."""
         ...
 
+    @property
+    def buttons_text_limit(self) -> int:
+        """The most UTF-16 units of the text that carries buttons."""
+        ...
+
     def pace(self, reply: ReplyMessage) -> Limit:
         """How fast the platform lets us write to this addressee."""
         ...
 
-    async def send(self, reply: ReplyMessage, text: str) -> None: ...
+    async def send(self, reply: ReplyMessage, text: str, buttons: tuple[str, ...] = ()) -> None: ...
+
+    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
+        """Ogg/Opus audio as a voice message."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,7 @@ class WhatsAppClient:
     access_token: str
     channel: Channel = "whatsapp"
     text_limit: int = 4096
+    buttons_text_limit: int = 1024  # the body of an interactive message
 
     def recipient(self, reply: ReplyMessage) -> str:
         phone_number_id, to = _required(reply, "phone_number_id"), _required(reply, "to")
@@ -84,18 +98,47 @@ class WhatsAppClient:
     def pace(self, reply: ReplyMessage) -> Limit:
         return WHATSAPP_PACE
 
-    async def send(self, reply: ReplyMessage, text: str) -> None:
+    async def send(self, reply: ReplyMessage, text: str, buttons: tuple[str, ...] = ()) -> None:
+        body: dict[str, Any] = {"type": "text", "text": {"body": text}}
+        if buttons:
+            choices = [{"type": "reply", "reply": {"id": label, "title": label}} for label in buttons]
+            body = {
+                "type": "interactive",
+                "interactive": {"type": "button", "body": {"text": text}, "action": {"buttons": choices}},
+            }
+        await self._message(reply, body)
+
+    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
+        """Upload (`POST /{phone_number_id}/media`), then send the media id as an audio message."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", SPEECH_MIME)
+        form.add_field("file", audio, filename="reply.ogg", content_type=SPEECH_MIME)
+        url = f"{self.api_base.rstrip('/')}/{_required(reply, 'phone_number_id')}/media"
+        status, headers, payload = await _post(self.session, url, form, self._authorization)
+        media_id = payload.get("id")
+        if not 200 <= status < 300 or not isinstance(media_id, str):
+            raise self._failure(status, headers, payload)
+        await self._message(reply, {"type": "audio", "audio": {"id": media_id}})
+
+    @property
+    def _authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+    async def _message(self, reply: ReplyMessage, content: dict[str, Any]) -> None:
         url = f"{self.api_base.rstrip('/')}/{_required(reply, 'phone_number_id')}/messages"
-        body = {"messaging_product": "whatsapp", "to": _required(reply, "to"), "type": "text", "text": {"body": text}}
-        authorization = {"Authorization": f"Bearer {self.access_token}"}
-        status, headers, payload = await _post(self.session, url, body, authorization)
-        if 200 <= status < 300:
-            return
+        body = {"messaging_product": "whatsapp", "to": _required(reply, "to"), **content}
+        status, headers, payload = await _post(self.session, url, body, self._authorization)
+        if not 200 <= status < 300:
+            raise self._failure(status, headers, payload)
+
+    @staticmethod
+    def _failure(status: int, headers: CIMultiDictProxy[str], payload: dict[str, Any]) -> SendFailed:
         error = _object(payload, "error")
         code = error.get("code")
         retriable = status == 429 or status >= 500 or code in WHATSAPP_RETRIABLE_CODES
         detail = f"WhatsApp answered {status} (code {code}): {error.get('message', '')}"
-        raise SendFailed(_clip(detail), retriable=retriable, retry_after=retry_after_of(headers))
+        return SendFailed(_clip(detail), retriable=retriable, retry_after=retry_after_of(headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +150,7 @@ class TelegramClient:
     bot_token: str
     channel: Channel = "telegram"
     text_limit: int = 4096
+    buttons_text_limit: int = 4096
 
     def recipient(self, reply: ReplyMessage) -> str:
         return str(_required(reply, "chat_id"))
@@ -116,10 +160,21 @@ class TelegramClient:
         group = str(reply.metadata.get("chat_id", "")).startswith("-")
         return TELEGRAM_GROUP_PACE if group else TELEGRAM_PRIVATE_PACE
 
-    async def send(self, reply: ReplyMessage, text: str) -> None:
+    async def send(self, reply: ReplyMessage, text: str, buttons: tuple[str, ...] = ()) -> None:
+        body: dict[str, Any] = {"chat_id": _required(reply, "chat_id"), "text": text}
+        if buttons:  # one button a row; a tap sends back its label as callback data
+            body["reply_markup"] = {"inline_keyboard": [[{"text": label, "callback_data": label}] for label in buttons]}
+        await self._call("sendMessage", body)
+
+    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
+        form = aiohttp.FormData()
+        form.add_field("chat_id", str(_required(reply, "chat_id")))
+        form.add_field("voice", audio, filename="reply.ogg", content_type=SPEECH_MIME)
+        await self._call("sendVoice", form)
+
+    async def _call(self, method: str, body: dict[str, Any] | aiohttp.FormData) -> None:
         # The token is part of the path: this URL must never reach a log line.
-        url = f"{self.api_base.rstrip('/')}/bot{self.bot_token}/sendMessage"
-        body = {"chat_id": _required(reply, "chat_id"), "text": text}
+        url = f"{self.api_base.rstrip('/')}/bot{self.bot_token}/{method}"
         status, headers, payload = await _post(self.session, url, body)
         if 200 <= status < 300 and payload.get("ok", True):
             return
@@ -137,13 +192,18 @@ def _required(reply: ReplyMessage, name: str) -> Any:
 
 
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any] | aiohttp.FormData,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, CIMultiDictProxy[str], dict[str, Any]]:
-    """One POST; a network failure or timeout is a retriable SendFailed naming no URL."""
+    """One POST, JSON or multipart; a network failure or timeout is a retriable SendFailed naming no URL."""
+    if isinstance(body, aiohttp.FormData):
+        data: bytes | aiohttp.FormData = body
+    else:
+        data, headers = orjson.dumps(body), {"Content-Type": "application/json", **(headers or {})}
     try:
-        async with session.post(
-            url, data=orjson.dumps(body), headers={"Content-Type": "application/json", **(headers or {})}
-        ) as response:
+        async with session.post(url, data=data, headers=headers) as response:
             raw = await response.read()
             return response.status, response.headers, _json_object(raw)
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -1,7 +1,9 @@
 """The consumer of one channel's durable delivery queue: replies out through the channel's API.
 
-For each reply: split it into parts the channel accepts, take the reply's lease in the ledger,
-then send the parts not yet confirmed, one after another, each paced per recipient and retried
+For each reply: split it into parts the channel accepts (its buttons go with the last), take the
+reply's lease in the ledger, then send the parts not yet confirmed (with VOICE_REPLIES=on, the
+answer to a voice note has one more part: its text spoken, synthesised right then, so the audio
+never waits in a queue), one after another, each paced per recipient and retried
 with backoff (honouring `Retry-After`) on network errors, 5xx and 429. Only after the ledger says
 `done` is the delivery acked; a reply that still fails is dead-lettered and counted as an error.
 
@@ -35,6 +37,7 @@ from services.gateway.ratelimit import TokenBuckets
 from shared.broker import BROKER_ERRORS, Broker, work_queue_arguments
 from shared.logs import mask_pii
 from shared.messages import MessageFormatError, ReplyMessage
+from shared.speech import SpeechError
 from shared.store import REDIS_ERRORS, Store
 from shared.telemetry import ConsumerSpans
 
@@ -54,6 +57,20 @@ def backoff(attempt: int) -> float:
     """Exponential with jitter, so many replies failing together do not retry together."""
     ceiling = min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+    buttons: tuple[str, ...] = ()
+
+
+class VoicePart:
+    """The reply's text, spoken (VOICE_REPLIES=on); its audio is made when it is sent."""
+
+
+VOICE = VoicePart()
+Part = TextPart | VoicePart
 
 
 class LeaseLost(Exception):
@@ -123,8 +140,10 @@ class DeliveryConsumer:
         policy: Policy,
         instance_id: str,
         metrics: DeliveryMetrics,
+        speak: Callable[[str], Awaitable[bytes]] | None = None,
     ) -> None:
         self._broker = broker
+        self._speak = speak
         self._store = store
         self._client = client
         self._policy = policy
@@ -233,7 +252,12 @@ class DeliveryConsumer:
 
     async def _deliver(self, reply: ReplyMessage, recipient: str) -> Outcome:
         owner = f"{self._instance_id}:{uuid.uuid4().hex[:8]}"
-        parts = split_text(reply.reply.text, self._client.text_limit)
+        buttons = reply.reply.buttons
+        limit = self._client.buttons_text_limit if buttons else self._client.text_limit
+        texts = split_text(reply.reply.text, limit)
+        parts: list[Part] = [TextPart(text, buttons if n == len(texts) - 1 else ()) for n, text in enumerate(texts)]
+        if parts and reply.reply.voice and self._speak is not None:
+            parts.append(VOICE)
         sent = await self._claim(reply.message_id, owner)
         if sent is None:
             return "duplicate"
@@ -269,12 +293,24 @@ class DeliveryConsumer:
                 return claim.sent
             await asyncio.sleep(min(claim.wait_s, LEASE_POLL_S))
 
-    async def _send_part(self, reply: ReplyMessage, recipient: str, text: str, owner: str, sent: int) -> None:
+    async def _send_part(self, reply: ReplyMessage, recipient: str, part: Part, owner: str, sent: int) -> None:
         """One part, retried; raises SendFailed once it is not worth trying again."""
+        audio = b""
+        if part is VOICE:
+            try:
+                assert self._speak is not None
+                audio = await self._speak(reply.reply.text)
+            except SpeechError as exc:
+                # The text went out already: the customer has the answer, only not spoken.
+                log.warning("voice reply %s not synthesised, text only: %s", reply.message_id, exc)
+                return
         for attempt in range(1, self._policy.max_attempts + 1):
             await self._pace(reply, recipient, owner, sent)
             try:
-                await self._client.send(reply, text)
+                if isinstance(part, TextPart):
+                    await self._client.send(reply, part.text, part.buttons)
+                else:
+                    await self._client.send_voice(reply, audio)
                 return
             except SendFailed as exc:
                 if not exc.retriable or attempt == self._policy.max_attempts:

@@ -13,18 +13,24 @@ import contextlib
 import orjson
 from aiohttp import web
 
-from services.gateway.conversations import forbidden, presented_token, public_answer
+from services.gateway.conversations import forbidden, presented_token, public_answer, public_id
 from services.gateway.intake import unavailable
 from services.gateway.keys import ROUTER, TOKENS
+from services.gateway.replies import Streamed
 from services.gateway.validation import parse_conversation_id
 from shared.broker import BROKER_ERRORS
-from shared.messages import ReplyMessage
+from shared.messages import ReplyDelta, ReplyMessage
 from shared.store import REDIS_ERRORS
 
 KEEPALIVE_SECONDS = 15.0  # below the idle timeouts of common proxies (nginx: 60 s)
 
 
-def encode_event(reply: ReplyMessage, token: str) -> bytes:
+def encode_event(reply: ReplyMessage | ReplyDelta, token: str) -> bytes:
+    """One event: an `event:` line and one JSON `data:` line (no raw id ever reaches the stream)."""
+    if isinstance(reply, ReplyDelta):  # the reply's text so far; its `reply` event follows
+        delta = {**reply.public_dict(), "message_id": public_id(reply.message_id)}
+        delta["conversation_id"] = public_id(reply.conversation_id)
+        return b"event: delta\ndata: " + orjson.dumps(delta) + b"\n\n"
     return b"event: reply\ndata: " + orjson.dumps(public_answer(reply, token)) + b"\n\n"
 
 
@@ -45,7 +51,7 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
         return await _pump(request, queue, token)
 
 
-async def _pump(request: web.Request, queue: asyncio.Queue[ReplyMessage | None], token: str) -> web.StreamResponse:
+async def _pump(request: web.Request, queue: asyncio.Queue[Streamed], token: str) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

@@ -3,13 +3,19 @@
 Telegram proves it is the caller with the `secret_token` given to `setWebhook`, echoed in
 `X-Telegram-Bot-Api-Secret-Token`. A text message becomes an inbound message whose id comes from
 the `update_id` (Telegram re-sends an update until it gets a 2xx, always with the same id); one
-conversation per chat, private or group. Other updates (edits, joins, ...) are acknowledged; a
-private chat's non-text message (photo, voice, ...) gets the short "text only, please" reply.
+conversation per chat, private or group. A voice note, audio file, photo or document goes along as
+an attachment (its `file_id`, never the bytes: the worker fetches and reads them), with its
+caption as the text; a tap on an inline-keyboard button we sent (`callback_query`) becomes a
+message with the button's label, and the webhook's answer carries the `answerCallbackQuery` that
+stops the button's spinner. Other updates (edits, joins, ...) are acknowledged; a private chat's
+other messages (stickers, locations, ...) get a short "cannot read this, please write" reply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -17,7 +23,7 @@ from aiohttp import web
 from services.gateway.handlers.whatsapp import read_webhook_body, text_only_reply
 from services.gateway.keys import INTAKE, SETTINGS
 from services.gateway.validation import bad_request, parse_json_object
-from shared.messages import InboundMessage, ReplyMessage
+from shared.messages import Attachment, InboundMessage, MediaKind, ReplyMessage
 from shared.web import Problem, json_response
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -32,41 +38,127 @@ async def receive(request: web.Request) -> web.Response:
         raise Problem(401, f"{SECRET_HEADER}: header is required")
     if not hmac.compare_digest(presented.encode(), settings.telegram_secret_token.encode()):
         raise Problem(401, f"{SECRET_HEADER}: does not match TELEGRAM_SECRET_TOKEN")
-    item = parse_update(parse_json_object(await read_webhook_body(request)), settings.instance_id)
+    update = parse_json_object(await read_webhook_body(request))
+    item = parse_update(update, settings.instance_id, settings.media_max_bytes)
     if item is None:
         return json_response({"accepted": 0, "duplicates": 0})
     [outcome] = await request.app[INTAKE].accept_all([item])
-    return json_response({"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)})
+    body: dict[str, Any] = {"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)}
+    if "callback_query" in update:
+        # A Bot API call in the webhook's answer: Telegram makes it, and the button stops spinning.
+        body |= {"method": "answerCallbackQuery", "callback_query_id": update["callback_query"]["id"]}
+    return json_response(body)
 
 
-def parse_update(update: dict[str, Any], gateway_id: str) -> InboundMessage | ReplyMessage | None:
+def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) -> InboundMessage | ReplyMessage | None:
     """The message to queue for an Update, if any. Every field used is checked first, exactly as
     the document at /openapi.json describes it, whichever way the update then goes."""
     update_id = _required(update, "update_id", int, "update_id")
-    if "message" not in update:
-        return None  # edited messages, channel posts, member changes, ...: nothing to answer
-    message = _required(update, "message", dict, "message")
-    chat = _required(message, "chat", dict, "message.chat")
-    chat_id = _required(chat, "id", int, "message.chat.id")
-    chat_type = _optional(chat, "type", str, "message.chat.type")
-    sender = _optional(message, "from", dict, "message.from") or {}
-    sender_id = _optional(sender, "id", int, "message.from.id")
-    language = _optional(sender, "language_code", str, "message.from.language_code") or ""
-    text = _optional(message, "text", str, "message.text") or ""
+    message = _message(update, "message", media_max_bytes) if "message" in update else None
+    tap: str | None = None
+    if "callback_query" in update:
+        query = _required(update, "callback_query", dict, "callback_query")
+        _required(query, "id", str, "callback_query.id")
+        tap = _optional(query, "data", str, "callback_query.data") or ""
+        sender_id, language = _sender(query, "callback_query.from")
+        message = None
+        if "message" in query:  # the bot's own message, that carried the button: only its chat matters
+            tapped = _required(query, "message", dict, "callback_query.message")
+            chat_id, chat_type = _chat(tapped, "callback_query.message")
+            message = _Message(chat_id, chat_type, sender_id, language, "", "", None)
+    if message is None:
+        return None  # edits, channel posts, member changes, inline-mode buttons: nothing to answer
+    text = tap if tap is not None else message.text
     inbound = InboundMessage(
         message_id=f"telegram:{update_id}",
-        conversation_id=f"telegram:{chat_id}",
-        user_id=str(chat_id if sender_id is None else sender_id),
+        conversation_id=f"telegram:{message.chat_id}",
+        user_id=str(message.chat_id if message.sender_id is None else message.sender_id),
         text=text,
         channel="telegram",
-        metadata={"chat_id": chat_id},
+        metadata={"chat_id": message.chat_id},
         gateway_id=gateway_id,
     )
     if text.strip():
         return inbound
-    if chat_type != "private":
-        return None  # in a group, the bot stays quiet about photos and stickers
-    return text_only_reply(inbound, language="en" if language.startswith("en") else "pt")
+    if tap is None and message.attachment is not None:
+        return dataclasses.replace(inbound, text=message.caption, attachment=message.attachment)
+    if message.chat_type != "private":
+        return None  # in a group, the bot stays quiet about stickers and the like
+    return text_only_reply(inbound, language="en" if message.language.startswith("en") else "pt")
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    chat_id: int
+    chat_type: str | None
+    sender_id: int | None
+    language: str
+    text: str
+    caption: str
+    attachment: Attachment | None
+
+
+def _message(parent: dict[str, Any], path: str, media_max_bytes: int) -> _Message:
+    message = _required(parent, path, dict, path)
+    chat_id, chat_type = _chat(message, path)
+    sender_id, language = _sender(message, f"{path}.from")
+    return _Message(
+        chat_id=chat_id,
+        chat_type=chat_type,
+        sender_id=sender_id,
+        language=language,
+        text=_optional(message, "text", str, f"{path}.text") or "",
+        caption=_optional(message, "caption", str, f"{path}.caption") or "",
+        attachment=_attachment(message, path, media_max_bytes),
+    )
+
+
+def _chat(message: dict[str, Any], path: str) -> tuple[int, str | None]:
+    chat = _required(message, "chat", dict, f"{path}.chat")
+    return _required(chat, "id", int, f"{path}.chat.id"), _optional(chat, "type", str, f"{path}.chat.type")
+
+
+def _sender(parent: dict[str, Any], path: str) -> tuple[int | None, str]:
+    sender = _optional(parent, "from", dict, path) or {}
+    language = _optional(sender, "language_code", str, f"{path}.language_code") or ""
+    return _optional(sender, "id", int, f"{path}.id"), language
+
+
+def _attachment(message: dict[str, Any], where: str, max_bytes: int) -> Attachment | None:
+    """The voice note, audio file, document or photo of the message (the first of them), every
+    one of those fields checked."""
+    found: list[Attachment] = []
+    kinds: tuple[tuple[str, MediaKind], ...] = (("voice", "audio"), ("audio", "audio"), ("document", "document"))
+    for name, kind in kinds:
+        if name in message:
+            media = _required(message, name, dict, f"{where}.{name}")
+            path = f"{where}.{name}"
+            found.append(
+                Attachment(
+                    kind=kind,
+                    media_id=_required(media, "file_id", str, f"{path}.file_id"),
+                    mime_type=_optional(media, "mime_type", str, f"{path}.mime_type") or "",
+                    voice=name == "voice",
+                    filename=_optional(media, "file_name", str, f"{path}.file_name") or "",
+                    size=max(0, _optional(media, "file_size", int, f"{path}.file_size") or 0),
+                )
+            )
+    if "photo" in message:
+        sizes = message["photo"]
+        if not isinstance(sizes, list) or not sizes or not all(isinstance(size, dict) for size in sizes):
+            raise bad_request(f"{where}.photo: must be a non-empty array of PhotoSize objects")
+        # The largest that may be fetched (Telegram lists them smallest first); a size without a
+        # usable file_id is skipped, a file_size that is not a count is taken as unknown.
+        usable = [
+            (size["file_id"], size["file_size"] if _is_count(size.get("file_size")) else 0)
+            for size in sizes
+            if isinstance(size.get("file_id"), str) and size["file_id"]
+        ]
+        fitting = [(file_id, size) for file_id, size in usable if size <= max_bytes] or usable[:1]
+        if fitting:
+            file_id, size = fitting[-1]
+            found.append(Attachment(kind="image", media_id=file_id, mime_type="image/jpeg", size=size))
+    return found[0] if found else None
 
 
 def _optional(data: dict[str, Any], name: str, kind: type[T], path: str) -> T | None:
@@ -80,6 +172,10 @@ def _required(data: dict[str, Any], name: str, kind: type[T], path: str) -> T:
         article = {dict: "an object", int: "an integer of at most 53 bits", str: "a string"}[kind]
         raise bad_request(f"{path}: must be {article}")
     return value
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def _out_of_range(value: object) -> bool:

@@ -3,9 +3,11 @@ notifications that carry customers' messages.
 
 A notification is answered as soon as its messages are durably queued: Meta retries a slow or
 failed webhook for days, so the answer must be quick, and a 503 (broker down) makes it retry.
-Text becomes an inbound message whose id is the `wamid`, so Meta's retries are recognised.
-Delivery statuses of our own replies need nothing; any other kind of message (image, audio,
-location, ...) gets a short "text only, please" reply through the same outbound delivery.
+Text becomes an inbound message whose id is the `wamid`, so Meta's retries are recognised; so do
+a tap on one of our reply buttons (its title is the text), and audio, images and documents (the
+media id goes along, never the bytes: the worker fetches and reads them). Delivery statuses of our
+own replies need nothing; any other kind of message (sticker, location, ...) gets a short
+"cannot read this, please write" reply through the same outbound delivery.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from aiohttp import web
 
 from services.gateway.keys import INTAKE, SETTINGS
 from services.gateway.validation import CONTROL_RE, bad_request, parse_json_object
-from shared.messages import InboundMessage, ReplyContent, ReplyMessage
+from shared.messages import Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
 from shared.web import Problem, json_response
 
 WEBHOOK_MAX_BODY_BYTES = 1024 * 1024  # Meta batches notifications; far above any real one
@@ -29,9 +31,10 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 SILENT_TYPES = frozenset({"reaction", "system", "request_welcome"})
 
 TEXT_ONLY = {
-    "pt": "Desculpe, por enquanto só consigo ler mensagens de texto. Pode escrever sua pergunta?",
-    "en": "Sorry, for now I can only read text messages. Could you type your question?",
+    "pt": "Desculpe, não consigo ler esse tipo de mensagem. Pode escrever sua pergunta?",
+    "en": "Sorry, I cannot read that kind of message. Could you type your question?",
 }
+MEDIA_TYPES: frozenset[MediaKind] = frozenset({"audio", "image", "document"})
 
 
 def text_only_reply(message: InboundMessage, *, language: str = "pt") -> ReplyMessage:
@@ -117,9 +120,37 @@ def _item(
         metadata={"phone_number_id": phone_number_id, "to": sender},
         gateway_id=gateway_id,
     )
-    if kind != "text":
-        return text_only_reply(inbound)
-    return dataclasses.replace(inbound, text=_text(_object(message, "text", f"{path}.text"), "body", f"{path}.text"))
+    if kind == "text":
+        return dataclasses.replace(
+            inbound, text=_text(_object(message, "text", f"{path}.text"), "body", f"{path}.text")
+        )
+    if kind == "interactive":  # a tap on a reply button (or a list row) we sent: its title is the text
+        interactive = _object(message, "interactive", f"{path}.interactive")
+        choice = interactive.get("type")
+        if choice in ("button_reply", "list_reply"):
+            tapped = _object(interactive, choice, f"{path}.interactive.{choice}")
+            return dataclasses.replace(inbound, text=_text(tapped, "title", f"{path}.interactive.{choice}"))
+    if kind == "button":  # a template's quick-reply button
+        return dataclasses.replace(inbound, text=_text(_object(message, "button", f"{path}.button"), "text", path))
+    for media in MEDIA_TYPES:
+        if kind == media:
+            return dataclasses.replace(inbound, **_media(message, media, f"{path}.{media}"))
+    return text_only_reply(inbound)
+
+
+def _media(message: dict[str, Any], kind: MediaKind, path: str) -> dict[str, Any]:
+    """The attachment (and caption) of an audio, image or document message."""
+    content = _object(message, kind, path)
+    caption = content.get("caption")
+    filename = content.get("filename")
+    attachment = Attachment(
+        kind=kind,
+        media_id=_text(content, "id", path),
+        mime_type=str(content.get("mime_type") or ""),
+        voice=content.get("voice") is True,
+        filename=filename if isinstance(filename, str) else "",
+    )
+    return {"attachment": attachment, "text": caption if isinstance(caption, str) else ""}
 
 
 def _objects(data: dict[str, Any], name: str, path: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@
   let humanTookOver = false;
   const pending = new Map(); // message_id -> timer: sent, no reply shown yet
   const shown = new Set();
+  const drafts = new Map(); // message_id -> the bubble of a reply still being generated (SSE delta)
 
   function remembered(storage, name, make) {
     let value = storage.getItem(name);
@@ -54,6 +55,39 @@
     item.textContent = text;
     els.list.appendChild(item);
     item.scrollIntoView({ block: "end", behavior: "smooth" });
+    return item;
+  }
+
+  // Quick replies: a tap sends the label, as if typed. Only the latest reply's stay.
+  function showChips(labels) {
+    const row = document.createElement("li");
+    row.className = "chips";
+    for (const label of labels) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "chip";
+      chip.textContent = label;
+      chip.addEventListener("click", () => send(label));
+      row.appendChild(chip);
+    }
+    els.list.appendChild(row);
+    row.scrollIntoView({ block: "end", behavior: "smooth" });
+  }
+
+  function clearChips() {
+    els.list.querySelectorAll(".chips").forEach((row) => row.remove());
+  }
+
+  // An LLM reply as it is generated: one bubble, its text growing; the reply event completes it.
+  function showDelta(data) {
+    if (shown.has(data.message_id)) return;
+    let bubble = drafts.get(data.message_id);
+    if (!bubble) {
+      bubble = add("", "bot");
+      bubble.classList.add("msg--draft");
+      drafts.set(data.message_id, bubble);
+    }
+    bubble.textContent = data.text;
   }
 
   function setStatus(state, text) {
@@ -76,7 +110,15 @@
     settle(data.message_id);
     if (shown.has(data.message_id)) return; // the same reply from the stream and from a fetch
     shown.add(data.message_id);
-    add(data.reply.text, "bot");
+    const draft = drafts.get(data.message_id);
+    drafts.delete(data.message_id);
+    if (draft) {
+      draft.textContent = data.reply.text;
+      draft.classList.remove("msg--draft");
+    } else {
+      add(data.reply.text, "bot");
+    }
+    if (data.reply.buttons && data.reply.buttons.length) showChips(data.reply.buttons);
     if (data.reply.handoff && !humanTookOver) {
       humanTookOver = true;
       add("Um atendente humano vai continuar esta conversa.", "note");
@@ -196,6 +238,7 @@
       else if (field === "data") data.push(value);
     }
     if (event === "reply" && data.length) showReply(JSON.parse(data.join("\n")));
+    else if (event === "delta" && data.length) showDelta(JSON.parse(data.join("\n")));
   }
 
   // After a reconnect: replies that came while the stream was down are stored; ask for them.
@@ -218,6 +261,7 @@
   // --- sending -----------------------------------------------------------------------------
   async function send(text) {
     const messageId = newId();
+    clearChips();
     add(text, "me");
     pending.set(messageId, setTimeout(() => settle(messageId), PENDING_MS));
     updateTyping();

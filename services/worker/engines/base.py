@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -17,10 +18,25 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class Document:
+    """The text read from a document the customer sent (services/worker/media)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class EngineRequest:
     text: str
     conversation_id: str
     history: tuple[Turn, ...] = ()
+    # Media the customer sent, resolved by the worker (services/worker/media): images as data:
+    # URLs, documents as their text. Only an engine that reads them (the LLM) uses them.
+    images: tuple[str, ...] = ()
+    documents: tuple[Document, ...] = ()
+    # Called with the reply's text so far, each time more of it is generated, by engines that
+    # stream (the web chat shows it live); the reply returned is still the whole, final text.
+    on_delta: Callable[[str], Awaitable[None]] | None = None
 
 
 class ReplyEngine(Protocol):

@@ -78,7 +78,11 @@ class KbEngine:
             best = matches[0]
             entry = self.kb.entries[best.entry]
             return ReplyContent(
-                text=entry.answer, engine=self.name, confidence=round(best.confidence, 4), sources=(entry.id,)
+                text=entry.answer,
+                engine=self.name,
+                confidence=round(best.confidence, 4),
+                sources=(entry.id,),
+                buttons=entry.buttons,
             )
         closest = matches[0].confidence if matches else 0.0
         confidence = round(min(closest, FALLBACK_CONFIDENCE_CAP), 4)

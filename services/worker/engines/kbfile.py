@@ -18,7 +18,12 @@ import yaml
 from .text import LANGUAGES, Language
 
 _TOP_KEYS = frozenset({"language", "fallback", "entries"})
-_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags"})
+_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags", "buttons"})
+# WhatsApp's reply buttons: at most 3, titles of at most 20 characters; Telegram's callback data
+# (which carries the label back) holds at most 64 bytes.
+MAX_BUTTONS = 3
+MAX_BUTTON_CHARS = 20
+MAX_BUTTON_BYTES = 64
 
 
 class KnowledgeBaseError(ValueError):
@@ -33,6 +38,8 @@ class Entry:
     questions: tuple[str, ...]
     answer: str
     tags: tuple[str, ...] = ()
+    # Quick replies offered with the answer; a tap comes back as a message with the label.
+    buttons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +120,20 @@ def _entry(item: object, index: int, source: str) -> Entry:
         questions=_strings(data.get("questions"), "questions", where, required=True),
         answer=_answer(data.get("answer"), where),
         tags=_strings(data.get("tags"), "tags", where, required=False),
+        buttons=_buttons(data.get("buttons"), where),
     )
+
+
+def _buttons(value: object, where: str) -> tuple[str, ...]:
+    buttons = _strings(value, "buttons", where, required=False)
+    if len(buttons) > MAX_BUTTONS:
+        raise KnowledgeBaseError(f"{where}: 'buttons' has {len(buttons)} labels, at most {MAX_BUTTONS} are allowed")
+    for label in buttons:
+        if len(label) > MAX_BUTTON_CHARS or len(label.encode()) > MAX_BUTTON_BYTES:
+            raise KnowledgeBaseError(f"{where}: 'buttons' label {label!r} is longer than {MAX_BUTTON_CHARS} characters")
+    if len(set(buttons)) < len(buttons):
+        raise KnowledgeBaseError(f"{where}: 'buttons' has the same label twice")
+    return buttons
 
 
 def _answer(value: object, where: str) -> str:

@@ -6,7 +6,11 @@ Each reply is one `POST {OPENAI_BASE_URL}/chat/completions` carrying
      the only information the model may answer from; it is asked to say it does not know
      otherwise and to end with a `Fontes: ids` line, which is removed from the text and becomes
      the reply's `sources` (without one: the entries scoring as an answer would),
-  3. the conversation's recent turns from memory, then the customer's message.
+  3. the conversation's recent turns from memory, then the customer's message: with the text of
+     any document they sent, and any image as an `image_url` content part (a data: URL), so a
+     vision model sees it.
+With `EngineRequest.on_delta` (web chat) the completion is streamed (`stream: true`) and the text
+so far is handed over as it grows, without the citation line; the reply is the same either way.
 
 The provider is never trusted to be up. Everything an LLM reply may take, retries and their waits
 included, fits in OPENAI_TIMEOUT_SECONDS (connects in OPENAI_CONNECT_TIMEOUT_SECONDS). Timeouts,
@@ -26,11 +30,12 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
+import orjson
 
 from shared.messages import ReplyContent, Usage
 from shared.settings import Settings
@@ -40,6 +45,7 @@ from .base import EngineRequest, Turn
 from .kb import Entry, KbEngine
 
 log = logging.getLogger(__name__)
+OnDelta = Callable[[str], Awaitable[None]]
 
 DEFAULT_SYSTEM_PROMPT = (
     "Você é o assistente virtual de atendimento ao cliente da empresa. Atenda como um bom atendente humano"
@@ -63,6 +69,12 @@ NO_GROUNDING = (
 )
 # The citation line the grounding asks for: "Fontes: frete, prazo-entrega" (or "Sources: ...").
 _CITATION = re.compile(r"\n?[ \t]*\**(?:fontes?|sources?)\**[ \t]*:[ \t]*([^\n]*)\s*\Z", re.IGNORECASE)
+# A last line that is, or may still grow into, that citation: held back from the streamed text.
+_CITATION_SO_FAR = re.compile(
+    r"\n[ \t]*\**(?:f(?:o(?:n(?:t(?:e(?:s)?)?)?)?)?|s(?:o(?:u(?:r(?:c(?:e(?:s)?)?)?)?)?)?)\**[ \t]*(?::[^\n]*)?\Z",
+    re.IGNORECASE,
+)
+DOCUMENT_HEADER = "Documento enviado pelo cliente:"
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 4.0
 
@@ -171,7 +183,7 @@ class OpenAiEngine:
         if not self.breaker.allow():
             return self._fallback(request)
         try:
-            text, usage = await self._complete(self._messages(request, grounding))
+            text, usage = await self._complete(self._messages(request, grounding), request.on_delta)
         except ProviderError as exc:
             self.breaker.failed()
             log.warning("LLM reply failed, the knowledge base answers: %s", exc)
@@ -209,13 +221,13 @@ class OpenAiEngine:
             found = [(e, s) for e, s in self.kb.search(f"{previous}\n{request.text}", limit) if s >= floor]
         return found
 
-    def _messages(self, request: EngineRequest, grounding: Sequence[tuple[Entry, float]]) -> list[dict[str, str]]:
-        messages = [
+    def _messages(self, request: EngineRequest, grounding: Sequence[tuple[Entry, float]]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = [
             {"role": "system", "content": self.config.system_prompt},
             {"role": "system", "content": _grounding_text(grounding)},
         ]
         messages += [_message(turn) for turn in request.history]
-        messages.append({"role": "user", "content": request.text})
+        messages.append({"role": "user", "content": _user_content(request)})
         return messages
 
     def _fallback(self, request: EngineRequest) -> ReplyContent:
@@ -223,7 +235,7 @@ class OpenAiEngine:
 
     # -- the call ---------------------------------------------------------------------------
 
-    async def _complete(self, messages: list[dict[str, str]]) -> tuple[str, Usage]:
+    async def _complete(self, messages: list[dict[str, Any]], on_delta: OnDelta | None) -> tuple[str, Usage]:
         """One reply, retried within the time budget; raises ProviderError."""
         config = self.config
         loop = asyncio.get_running_loop()
@@ -233,7 +245,7 @@ class OpenAiEngine:
             while True:
                 remaining = deadline - loop.time()
                 try:
-                    data = await self._post(messages, remaining)
+                    data = await self._post(messages, remaining, on_delta)
                     text, usage, model, finish = _parse_completion(data)
                 except ProviderError as exc:
                     wait = exc.retry_after_s if exc.retry_after_s is not None else _backoff(attempt)
@@ -252,22 +264,28 @@ class OpenAiEngine:
                 )
                 return text, usage
 
-    async def _post(self, messages: list[dict[str, str]], budget_s: float) -> dict[str, Any]:
+    async def _post(
+        self, messages: list[dict[str, Any]], budget_s: float, on_delta: OnDelta | None = None
+    ) -> dict[str, Any]:
         if budget_s <= 0:
             raise ProviderError("no time left for the call", retriable=False)
         config = self.config
-        body = {
+        body: dict[str, Any] = {
             "model": config.model,
             "messages": messages,
             "temperature": config.temperature,
             "max_tokens": config.max_tokens,
         }
+        if on_delta is not None:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         timeout = aiohttp.ClientTimeout(total=budget_s, sock_connect=min(config.connect_timeout_s, budget_s))
         try:
             async with self._client().post(self._url, json=body, headers=headers, timeout=timeout) as response:
                 if response.status != 200:
                     raise _status_error(response.status, response.headers, await response.text())
+                if on_delta is not None and response.content_type == "text/event-stream":
+                    return await _read_stream(response, on_delta)
                 payload = await response.json(content_type=None)
         except TimeoutError:
             raise ProviderError(f"no answer within {budget_s:.1f}s", retriable=True) from None
@@ -287,6 +305,54 @@ class OpenAiEngine:
                 connector=aiohttp.TCPConnector(limit=0), trace_configs=[client_trace_config("openai")]
             )
         return self._session
+
+
+async def _read_stream(response: aiohttp.ClientResponse, on_delta: OnDelta) -> dict[str, Any]:
+    """A streamed completion (server-sent `data:` chunks until `[DONE]`), gathered into the shape
+    of a plain one; `on_delta` gets the text so far after each chunk that adds to it."""
+    text, finish, model, usage = "", None, None, None
+    async for raw in response.content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ProviderError("unreadable stream chunk", retriable=False) from None
+        model = chunk.get("model") or model
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or ():
+            piece = (choice.get("delta") or {}).get("content")
+            finish = choice.get("finish_reason") or finish
+            if isinstance(piece, str) and piece:
+                text += piece
+                await on_delta(_shown(text))
+    return {
+        "choices": [{"message": {"content": text}, "finish_reason": finish}],
+        "usage": usage,
+        "model": model,
+    }
+
+
+def _shown(text: str) -> str:
+    """The streamed text without the citation line the reply will lose (see _cited)."""
+    match = _CITATION_SO_FAR.search(text)
+    return text[: match.start()] if match else text
+
+
+def _user_content(request: EngineRequest) -> str | list[dict[str, Any]]:
+    """The customer's message: its text, the documents they sent, and images as content parts."""
+    text = request.text
+    for document in request.documents:
+        text += f"\n\n{DOCUMENT_HEADER} {document.name}\n{document.text}"
+    if not request.images:
+        return text.strip()
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text.strip()}] if text.strip() else []
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in request.images]
+    return parts
 
 
 def _grounding_text(grounding: Sequence[tuple[Entry, float]]) -> str:

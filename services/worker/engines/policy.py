@@ -69,12 +69,15 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "handoff": "Certo! Vou chamar um atendente humano: uma pessoa vai continuar esta conversa por aqui em breve.",
         "escalation": "Desculpe, não estou conseguindo ajudar com isso. Vou chamar um atendente humano: uma pessoa"
         " vai continuar esta conversa por aqui em breve.",
+        # The button of the handoff offer ("Quer falar com um atendente?"): its tap is a request.
+        "offer": "Falar com atendente",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
         "handoff": "Sure! I am calling a human agent: a person will take over this conversation here shortly.",
         "escalation": "Sorry, I am not managing to help with that. I am calling a human agent: a person will take"
         " over this conversation here shortly.",
+        "offer": "Talk to an agent",
     },
 }
 
@@ -98,15 +101,17 @@ class ReplyPolicy:
         self.name = engine.name
         self.uses_history = engine.uses_history
         self._replies = _REPLIES[language]
-        self._language = language
+        self.language = language
         self._escalate = escalate
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         if is_reset(request.text):
             return ReplyContent(text=self._replies["reset"], engine="command", confidence=1.0, reset=True)
-        if asks_for_human(request.text, self._language):
+        if asks_for_human(request.text, self.language):
             return ReplyContent(text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True)
         content = await self.engine.reply(request)
+        if content.fallback and not content.buttons:
+            content = replace(content, buttons=(self._replies["offer"],))  # the offer, as a button
         if content.fallback and self._escalate:
             escalation = ReplyContent(
                 text=self._replies["escalation"], engine="handoff", confidence=content.confidence, handoff=True
