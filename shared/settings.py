@@ -120,6 +120,10 @@ class Settings:
     # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, so it is read and validated here; every other OTEL_*
     # variable (endpoint, headers, timeout, sampler, resource, OTEL_SDK_DISABLED) is the SDK's own.
     otel_exporter_protocol: str = "grpc"
+    # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp, or an OTLP endpoint
+    # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
+    # localhost:4317, would fill the logs with failed exports.
+    otel_traces_exporter: str = "none"
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -205,6 +209,13 @@ class Settings:
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                 read.choice("OTEL_EXPORTER_OTLP_PROTOCOL", defaults.otel_exporter_protocol, OTLP_PROTOCOLS),
                 OTLP_PROTOCOLS,
+            ),
+            otel_traces_exporter=read.choice(
+                "OTEL_TRACES_EXPORTER",
+                "otlp"
+                if read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+                else defaults.otel_traces_exporter,
+                ("otlp", "none"),
             ),
         )
         if settings.reply_engine == "openai" and not settings.openai_model:

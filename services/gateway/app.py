@@ -14,12 +14,13 @@ from services.gateway.auth import API_PREFIX, api_key_middleware
 from services.gateway.delivery import running_delivery
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
-from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, RATE_LIMITER, ROUTER, SETTINGS, STORE
+from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, METRICS, RATE_LIMITER, ROUTER, SETTINGS, STORE
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.metrics import GatewayMetrics
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store, redis_check
 from shared.telemetry import server_span_middleware
@@ -29,10 +30,13 @@ SERVICE = "gateway"
 
 
 def create_app(settings: Settings) -> web.Application:
+    registry = new_metrics_registry()
+    metrics = GatewayMetrics.create(registry)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             server_span_middleware,
+            metrics.middleware(),
             problem_middleware,
             api_key_middleware(settings.gateway_api_keys),
             ip_limit_middleware(RATE_LIMITER, settings.trusted_proxies),
@@ -41,7 +45,8 @@ def create_app(settings: Settings) -> web.Application:
     install_security_headers(app)
     app.on_response_prepare.append(_count_server_errors)
     app[SETTINGS] = settings
-    Probes(lambda: _health(app), new_metrics_registry()).install(app)
+    app[METRICS] = metrics
+    Probes(lambda: _health(app), registry).install(app)
     app.cleanup_ctx.extend([_resources, _background, _delivery])
     app.on_shutdown.append(_drain)
     _add_routes(app)
@@ -91,7 +96,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[BROKER] = broker
         limiter = RateLimiter.create(redis, connections.names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
         app[RATE_LIMITER] = limiter
-        app[INTAKE] = Intake(store, broker, limiter)
+        app[INTAKE] = Intake(store, broker, limiter, app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
         yield
 
@@ -123,7 +128,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def _delivery(app: web.Application) -> AsyncIterator[None]:
     """WhatsApp and Telegram replies out through the channels' APIs (for the configured ones)."""
-    async with running_delivery(app[SETTINGS], app[BROKER], app[STORE], app[PROBES].registry) as consumers:
+    async with running_delivery(app[SETTINGS], app[BROKER], app[STORE], app[METRICS].delivery) as consumers:
         app[DELIVERY] = consumers
         yield
 
@@ -132,6 +137,7 @@ async def _count_server_errors(request: web.Request, response: web.StreamRespons
     """Every 5xx answer counts as an error of kind "5xx" in the stats."""
     if response.status >= 500 and ERRORS in request.app:
         request.app[ERRORS].record("5xx")
+        request.app[METRICS].errors.labels("5xx").inc()
 
 
 async def _drain(app: web.Application) -> None:

@@ -9,6 +9,7 @@ from services.gateway.intake import Intake
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
 from shared.broker import Broker
+from shared.metrics import GatewayMetrics
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store
 
@@ -20,3 +21,4 @@ BROKER = web.AppKey("broker", Broker)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
 ERRORS = web.AppKey("errors", BackgroundErrors)
+METRICS = web.AppKey("metrics", GatewayMetrics)

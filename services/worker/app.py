@@ -19,6 +19,7 @@ from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.metrics import WorkerMetrics
 from shared.settings import ConfigError, Settings
 from shared.store import Store, redis_check
 from shared.web import PROBES, Probes, new_metrics_registry, problem_middleware
@@ -34,6 +35,7 @@ ENGINE = web.AppKey("engine", ReplyEngine)
 BROKER = web.AppKey("broker", Broker)
 STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
+METRICS = web.AppKey("metrics", WorkerMetrics)
 
 
 def build_engine(settings: Settings) -> ReplyEngine:
@@ -69,7 +71,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[SETTINGS] = settings
     app[ENGINE] = build_engine(settings)
-    Probes(lambda: _health(app), new_metrics_registry()).install(app)
+    registry = new_metrics_registry()
+    app[METRICS] = WorkerMetrics.create(registry)
+    Probes(lambda: _health(app), registry).install(app)
     app.cleanup_ctx.extend([_resources, _consuming])
     return app
 
@@ -93,7 +97,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[STORE]
-    processor = Processor(store, app[BROKER], app[ENGINE], settings.max_attempts, settings.debounce_ms)
+    processor = Processor(
+        store, app[BROKER], app[ENGINE], settings.max_attempts, metrics=app[METRICS], debounce_ms=settings.debounce_ms
+    )
     consumer = ShardConsumer(app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s)
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)

@@ -35,6 +35,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
 from shared.broker import Broker
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
+from shared.metrics import WorkerMetrics
 from shared.store import REDIS_ERRORS, SILENT_REPLY, Commit, Store, Timings
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
@@ -71,6 +72,7 @@ class Processor:
     broker: Broker
     engine: ReplyEngine
     max_attempts: int
+    metrics: WorkerMetrics
     debounce_ms: int = 0
 
     @property
@@ -192,6 +194,7 @@ class Processor:
         for item, reply in zip(ready, replies, strict=True):
             if item.commit is not None:
                 timings = item.commit.timings
+                self.metrics.reply_committed(reply, timings, item.commit.reply.reply.usage)
                 with spans.activate(reply.message_id):
                     log.info(
                         "message processed",
@@ -224,6 +227,7 @@ class Processor:
     async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str) -> None:
         mark_current_failed(kind)
         await delivery.reject(requeue=False)
+        self.metrics.errors.labels(kind).inc()
         try:
             await self.store.record_error(kind)
         except REDIS_ERRORS as exc:

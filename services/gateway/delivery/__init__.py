@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-from prometheus_client import CollectorRegistry
 
 from services.gateway.delivery.clients import ChannelClient, TelegramClient, WhatsAppClient
-from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryMetrics, Policy
+from services.gateway.delivery.consumer import DeliveryConsumer, Policy
 from shared.broker import Broker
+from shared.metrics import DeliveryMetrics
 from shared.settings import Settings
 from shared.store import Store
 from shared.telemetry import client_trace_config
@@ -47,13 +47,12 @@ async def channel_clients(settings: Settings, stack: contextlib.AsyncExitStack) 
 
 @contextlib.asynccontextmanager
 async def running_delivery(
-    settings: Settings, broker: Broker, store: Store, registry: CollectorRegistry
+    settings: Settings, broker: Broker, store: Store, metrics: DeliveryMetrics
 ) -> AsyncIterator[list[DeliveryConsumer]]:
     """The configured channels' consumers, subscribed in the background (the broker may not be
     up yet); on exit they finish what they hold, within the shutdown grace period."""
     async with contextlib.AsyncExitStack() as stack:
         policy = Policy(settings.delivery_timeout_s, settings.delivery_max_attempts)
-        metrics = DeliveryMetrics.create(registry)
         consumers = [
             DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics)
             for client in await channel_clients(settings, stack)
