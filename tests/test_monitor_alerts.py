@@ -256,9 +256,11 @@ def test_the_start_up_minute_fires_nothing_a_restart_does() -> None:
         "uptime_seconds": 3.0,
         "checks": {"redis": {"status": "up"}, "workers": {"alive": 1}, "rabbitmq": {"dead_letters": 0}},
     }
-    fresh = [{"name": name, "instance": "1", "uptime_seconds": 2.0} for name in ("gateway", "worker", "monitor")]
+    fresh: list[dict[str, Any]] = [
+        {"name": name, "instance": "1", "uptime_seconds": 2.0} for name in ("gateway", "worker", "monitor")
+    ]
     assert evaluate(health, None, fresh) == []
     running = [{**service, "uptime_seconds": 900.0} for service in fresh]
-    restarted = [*running, {"name": "worker", "instance": "2", "uptime_seconds": 2.0}]
+    restarted: list[dict[str, Any]] = [*running, {"name": "worker", "instance": "2", "uptime_seconds": 2.0}]
     fired = {(alert.name, alert.subject) for alert in evaluate(health, None, restarted)}
     assert fired == {("AtendimentoServiceJustStarted", "worker 2"), ("AtendimentoServiceRecentlyStarted", "worker 2")}
