@@ -681,7 +681,17 @@ def test_compose_file_validates_against_the_compose_specification() -> None:
 
 def test_compose_stack_comes_up_in_order() -> None:
     services = compose()["services"]
-    assert set(services) == {"rabbitmq", "redis", "jaeger", "gateway", "worker", "monitor", "nginx"}
+    assert set(services) == {
+        "rabbitmq",
+        "redis",
+        "jaeger",
+        "prometheus",
+        "grafana",
+        "gateway",
+        "worker",
+        "monitor",
+        "nginx",
+    }
     assert "management" in services["rabbitmq"]["image"]
     assert services["worker"]["deploy"]["replicas"] == 2
     for name, service in services.items():
