@@ -88,6 +88,8 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Browser origins allowed to call /v1/* cross-site (CORS); empty: same origin only.
     cors_allowed_origins: tuple[str, ...] = ()
+    # Sites that may embed the chat page (GET /widget.js opens it in an iframe there).
+    chat_embed_origins: tuple[str, ...] = ()
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
@@ -184,6 +186,7 @@ class Settings:
             rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),
             trusted_proxies=read.networks("TRUSTED_PROXIES"),
             cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
+            chat_embed_origins=read.origins("CHAT_EMBED_ORIGINS"),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),

@@ -65,6 +65,7 @@ def _add_routes(app: web.Application) -> None:
     if settings.telegram_enabled:
         app.router.add_post("/webhooks/telegram", telegram.receive)
     app.router.add_get("/", page.chat_page)
+    app.router.add_get("/widget.js", page.widget)
     app.router.add_static("/static", page.STATIC_DIR, append_version=False)
     app.router.add_get("/openapi.json", page.openapi_document)
 
