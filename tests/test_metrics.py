@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Service, Stack, eventually, get_json, post_message
+from tests.test_monitor_health import publish_raw
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -60,17 +61,28 @@ async def test_counters_and_histograms_read_back_from_every_service(stack: Stack
         answered += 1
     status, body = await post_message(http, gateway, {"user_id": "", "text": "x"})
     assert status == 400, body  # a refusal is a request too, by its route and status
+    # A customer asking for a person: a handoff. Bytes that are no message: an error of its kind.
+    human = {"user_id": "rui", "text": "quero falar com um atendente"}
+    status, body = await post_message(http, gateway, human, wait=10)
+    assert status == 200 and body["reply"]["handoff"], body
+    answered += 1
+    await publish_raw(stack.namespace, "0", b"not a message", message_id="garbage")
 
     # The gateway: requests by route pattern and status, messages accepted by channel.
     text, samples = await scrape(http, gateway)
     promtool_check(text, "gateway")
-    assert value(samples, "atendimento_http_requests_total", route="/v1/messages", method="POST", status="200") == 3
+    assert value(samples, "atendimento_http_requests_total", route="/v1/messages", method="POST", status="200") == 4
     assert value(samples, "atendimento_http_requests_total", route="/v1/messages", method="POST", status="400") == 1
-    assert value(samples, "atendimento_messages_accepted_total", channel="web") == 3
-    assert value(samples, "atendimento_http_request_duration_seconds_count", route="/v1/messages") == 4
+    assert value(samples, "atendimento_messages_accepted_total", channel="web") == 4
+    assert value(samples, "atendimento_http_request_duration_seconds_count", route="/v1/messages") == 5
     assert value(samples, "process_resident_memory_bytes") > 0
 
-    # The worker: replies by engine and channel, the end-to-end histogram's buckets.
+    # The worker: replies by engine and channel, the end-to-end histogram's buckets, handoffs, errors.
+    async def malformed_counted() -> Samples | None:
+        _, found = await scrape(http, worker)
+        return found if value(found, "atendimento_errors_total", kind="malformed") == 1 else None
+
+    await eventually(malformed_counted, what="the malformed message counted")
     text, samples = await scrape(http, worker)
     promtool_check(text, "worker")
     replies = sum(
@@ -89,6 +101,8 @@ async def test_counters_and_histograms_read_back_from_every_service(stack: Stack
         assert value(samples, f"{histogram}_bucket", le="+Inf") == value(samples, f"{histogram}_count")
         assert value(samples, f"{histogram}_bucket", le="300.0") == answered  # every reply under 5 minutes
     assert value(samples, "atendimento_reply_latency_seconds_sum") > 0
+    assert value(samples, "atendimento_replies_total", engine="handoff", channel="web") == 1
+    assert value(samples, "atendimento_handoffs_total", channel="web") == 1
     assert value(samples, "process_start_time_seconds") > 0
 
     # The monitor: system state only it sees, and no precomputed window any more.
