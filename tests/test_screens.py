@@ -46,6 +46,7 @@ async def context_for(browser: Browser, locale: str, width: int) -> BrowserConte
 
 async def shoot(page: Page, path: Path) -> None:
     await page.screenshot(path=str(path), full_page=True)
+    await page.screenshot(path=str(path.with_suffix(".top.png")))  # what the screen shows first
     assert await page.evaluate(NO_SIDEWAYS_SCROLL), f"{path.name}: the page scrolls sideways"
 
 
