@@ -99,3 +99,13 @@ async def test_a_fresh_run_is_quiet(tmp_path: Path, http: aiohttp.ClientSession)
     assert "settings: " in output and "message processed" in output, output[-3000:]
     noise = [line for line in output.splitlines() if any(marker in line for marker in EXPORT_NOISE)]
     assert not noise, "\n".join(noise[:10])
+
+
+def test_make_run_installs_only_what_running_needs() -> None:
+    """`make run` installs the project without its dev extra (no test tools, Playwright, schemas)."""
+    plan = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    installs = [line for line in plan.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+    assert installs and all("[dev]" not in line for line in installs), plan
+    assert "scripts/run-all.sh" in plan
+    test_plan = subprocess.run(["make", "-n", "-B", "pytest"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "'.[dev]'" in test_plan.stdout
