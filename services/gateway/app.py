@@ -135,8 +135,9 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _count_server_errors(request: web.Request, response: web.StreamResponse) -> None:
-    """Every 5xx answer counts as an error of kind "5xx" in the stats."""
-    if response.status >= 500 and ERRORS in request.app:
+    """Every 5xx answer to a request that carries work counts as an error of kind "5xx" in the stats
+    and the metrics; a probe's 503 (draining, a dependency down) is an answer, not an error."""
+    if response.status >= 500 and ERRORS in request.app and not request.path.startswith("/monitoring/"):
         request.app[ERRORS].record("5xx")
         request.app[METRICS].errors.labels("5xx").inc()
 
