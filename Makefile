@@ -3,21 +3,32 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Running needs only the runtime dependencies; the dev extra (tests, linters, Playwright, the
+# Kubernetes schemas) is for test, lint, typecheck and bench. A dev install satisfies both.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
-.PHONY: install services run test lint typecheck pytest bench bench-llm soak eval embeddings clean
+.PHONY: install install-runtime services run test lint typecheck pytest bench bench-llm soak eval embeddings clean
+
+$(RUNTIME_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@touch $(RUNTIME_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUNTIME_STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+install-runtime: $(RUNTIME_STAMP)  ## create .venv with what running needs only
 
 services:  ## make sure Redis and RabbitMQ answer (start or install them locally if needed)
 	@scripts/ensure-services.sh
 
-run: install services  ## run gateway, one worker and monitor in the foreground (Ctrl-C stops all)
+run: install-runtime services  ## run gateway, one worker and monitor in the foreground (reads .env when present)
 	@scripts/run-all.sh
 
 lint: install

@@ -5,6 +5,25 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 pids=()
 
+# .env (or ENV_FILE), when present, as docker compose reads it: KEY=VALUE lines, no shell
+# expansion, and a variable already in the environment wins. Empty values mean "the default", so
+# they are skipped.
+env_file=${ENV_FILE:-.env}
+if [[ -f $env_file ]]; then
+  while IFS= read -r line || [[ -n $line ]]; do
+    [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+    if [[ ! $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
+      echo "run-all: $env_file: not a KEY=VALUE line: $line" >&2
+      exit 2
+    fi
+    name=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+    if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then value=${BASH_REMATCH[1]}; fi
+    [[ -z $value || -v $name ]] && continue
+    export "$name=$value"
+  done < "$env_file"
+  echo "settings: $env_file (variables already set in the environment win)"
+fi
+
 start() {
   "$PY" -m "services.$1" > >(sed -u "s/^/[$1] /") 2>&1 &
   pids+=($!)

@@ -35,6 +35,8 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # How long the completion took, retries included (the worker's LLM latency histogram).
+    call_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,8 @@ class Settings:
     # CONVERSATION_TOKEN_SECRET: secrets of the web conversations' tokens, the first signs, all are
     # accepted (rotation); empty: one generated in Redis on first use, shared by every gateway.
     conversation_token_secrets: tuple[str, ...] = ()
+    # Sites that may embed the chat page (GET /widget.js opens it in an iframe there).
+    chat_embed_origins: tuple[str, ...] = ()
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
@@ -139,6 +141,10 @@ class Settings:
     # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, so it is read and validated here; every other OTEL_*
     # variable (endpoint, headers, timeout, sampler, resource, OTEL_SDK_DISABLED) is the SDK's own.
     otel_exporter_protocol: str = "grpc"
+    # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp, or an OTLP endpoint
+    # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
+    # localhost:4317, would fill the logs with failed exports.
+    otel_traces_exporter: str = "none"
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -211,6 +217,7 @@ class Settings:
             trusted_proxies=read.networks("TRUSTED_PROXIES"),
             cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
             conversation_token_secrets=read.secrets("CONVERSATION_TOKEN_SECRET"),
+            chat_embed_origins=read.origins("CHAT_EMBED_ORIGINS"),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),
@@ -246,6 +253,13 @@ class Settings:
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                 read.choice("OTEL_EXPORTER_OTLP_PROTOCOL", defaults.otel_exporter_protocol, OTLP_PROTOCOLS),
                 OTLP_PROTOCOLS,
+            ),
+            otel_traces_exporter=read.choice(
+                "OTEL_TRACES_EXPORTER",
+                "otlp"
+                if read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+                else defaults.otel_traces_exporter,
+                ("otlp", "none"),
             ),
         )
         if settings.reply_engine == "openai" and not settings.openai_model:

@@ -4,7 +4,9 @@ message's story (HTTP in, publish, consume, Redis, engine, LLM, reply hand-back,
 Configuration is the SDK's own: `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`,
 `..._HEADERS`, `..._TIMEOUT`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_RESOURCE_ATTRIBUTES`,
 `OTEL_SERVICE_NAME`, `OTEL_BSP_*`, `OTEL_PROPAGATORS` are read by the SDK as it documents them;
-only the protocol (grpc or http/protobuf), which picks the exporter class, comes from Settings.
+only the protocol (grpc or http/protobuf), which picks the exporter class, and whether spans are
+exported at all come from Settings: OTEL_TRACES_EXPORTER (`otlp` or `none`), by default `otlp`
+when an OTLP endpoint is set and `none` otherwise, so a first run without a collector is quiet.
 
 The tracer provider is installed process-wide (`trace.set_tracer_provider`): the OpenTelemetry
 API is built around that one global, like logging's root logger, and the helpers below reach it
@@ -79,13 +81,16 @@ def build_resource(service: str, settings: Settings) -> Resource:
 
 def create_tracer_provider(service: str, settings: Settings) -> TracerProvider | None:
     """A provider with a batch processor and the OTLP exporter; None when OTEL_SDK_DISABLED=true.
+    Without an exporter (OTEL_TRACES_EXPORTER unset and no OTLP endpoint) the provider still makes
+    spans, so logs and replies carry trace ids and `traceparent` is continued, but sends none.
 
     The sampler is the SDK's reading of OTEL_TRACES_SAMPLER(_ARG) (default parentbased_always_on,
     so an incoming sampled `traceparent` is always continued)."""
     provider = TracerProvider(resource=build_resource(service, settings), shutdown_on_exit=False)
     if isinstance(provider.get_tracer(TRACER_NAME), NoOpTracer):  # the SDK's own OTEL_SDK_DISABLED check
         return None
-    provider.add_span_processor(BatchSpanProcessor(_exporter(settings.otel_exporter_protocol)))
+    if settings.otel_traces_exporter == "otlp":
+        provider.add_span_processor(BatchSpanProcessor(_exporter(settings.otel_exporter_protocol)))
     return provider
 
 
@@ -108,7 +113,8 @@ def tracing_context(service: str, settings: Settings) -> Callable[[web.Applicati
         provider = create_tracer_provider(service, settings)
         if provider is not None:
             trace.set_tracer_provider(provider)
-            log.info("tracing to OTLP over %s", settings.otel_exporter_protocol)
+            if settings.otel_traces_exporter == "otlp":
+                log.info("tracing to OTLP over %s", settings.otel_exporter_protocol)
         yield
         if provider is not None:
             shutdown_in_background(provider, SHUTDOWN_FLUSH_S)

@@ -23,16 +23,26 @@ PROBLEM_TYPE = "about:blank"
 PROBE_PATHS = frozenset({"/monitoring/live", "/monitoring/health", "/metrics"})
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors {ancestors}; base-uri 'none'; form-action 'self'"
+)
 SECURITY_HEADERS: Mapping[str, str] = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY.format(ancestors="'none'"),
 }
+
+
+def framable_by(origins: tuple[str, ...]) -> dict[str, str]:
+    """Headers for a page that the listed sites may show in a frame (none listed: nobody may).
+    X-Frame-Options has no way to list sites, so it is left out when some are: frame-ancestors
+    is what browsers obey."""
+    if not origins:
+        return {}
+    return {"Content-Security-Policy": CONTENT_SECURITY_POLICY.format(ancestors=" ".join(origins))}
 
 
 class Problem(Exception):
@@ -124,7 +134,10 @@ async def problem_middleware(
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    framable = "frame-ancestors 'none'" not in response.headers.get("Content-Security-Policy", "frame-ancestors 'none'")
     for name, value in SECURITY_HEADERS.items():
+        if name == "X-Frame-Options" and framable:
+            continue  # the handler named who may frame it (framable_by)
         response.headers.setdefault(name, value)
 
 

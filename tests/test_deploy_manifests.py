@@ -69,11 +69,11 @@ POD_VARIABLES = {"INSTANCE_ID", "AMQP_URL", "OTEL_SERVICE_NAME"}
 EXPORTED_METRICS = {
     "up",
     "process_resident_memory_bytes",
+    "process_start_time_seconds",
     "atendimento_system_status",
-    "atendimento_errors_5m",
-    "atendimento_latency_p95_seconds",
+    "atendimento_errors_total",
+    "atendimento_reply_latency_seconds_bucket",
     "atendimento_redis_up",
-    "atendimento_service_uptime_seconds",
     "atendimento_service_memory_ratio",
     "atendimento_queue_depth",
     "atendimento_dead_letters",
@@ -683,7 +683,17 @@ def test_compose_file_validates_against_the_compose_specification() -> None:
 
 def test_compose_stack_comes_up_in_order() -> None:
     services = compose()["services"]
-    assert set(services) == {"rabbitmq", "redis", "jaeger", "gateway", "worker", "monitor", "nginx"}
+    assert set(services) == {
+        "rabbitmq",
+        "redis",
+        "jaeger",
+        "prometheus",
+        "grafana",
+        "gateway",
+        "worker",
+        "monitor",
+        "nginx",
+    }
     assert "management" in services["rabbitmq"]["image"]
     assert services["worker"]["deploy"]["replicas"] == 2
     for name, service in services.items():
@@ -865,24 +875,31 @@ def test_alert_rules_parse_and_name_only_exported_metrics() -> None:
 def test_alert_thresholds_are_the_specs() -> None:
     found: set[tuple[str, str, str, float]] = set()
     for rule in alert_rules():
-        expression = promql_parser.parse(rule["expr"])
-        if not isinstance(expression, promql_parser.BinaryExpr):
-            continue
-        if not isinstance(expression.rhs, promql_parser.NumberLiteral):
-            continue
-        (metric,) = metric_names(rule["expr"])
-        found.add((rule["labels"]["severity"], metric, str(expression.op), expression.rhs.val))
+        # Every comparison with a number, the operands of `and` included (the restart rules).
+        comparisons: list[promql_parser.BinaryExpr] = []
+
+        def visit(node: promql_parser.Expr, found_here: list[promql_parser.BinaryExpr] = comparisons) -> None:
+            if isinstance(node, promql_parser.BinaryExpr) and isinstance(node.rhs, promql_parser.NumberLiteral):
+                found_here.append(node)
+
+        promql_parser.walk(promql_parser.parse(rule["expr"]), visit)
+        for comparison in comparisons:
+            if str(comparison.op) not in ("<", ">", "=="):
+                continue
+            for metric in metric_names(str(comparison.lhs)):
+                assert isinstance(comparison.rhs, promql_parser.NumberLiteral)
+                found.add((rule["labels"]["severity"], metric, str(comparison.op), comparison.rhs.val))
     expected = {
         ("critical", "up", "==", 0.0),
         ("critical", "atendimento_system_status", ">", 0.0),
-        ("critical", "atendimento_service_uptime_seconds", "<", 60.0),
-        ("critical", "atendimento_errors_5m", ">", 10.0),
+        ("critical", "process_start_time_seconds", "<", 60.0),
+        ("critical", "atendimento_errors_total", ">", 10.0),
         ("critical", "atendimento_service_memory_ratio", ">", 0.9),
         ("critical", "atendimento_redis_up", "==", 0.0),
-        ("warning", "atendimento_service_uptime_seconds", "<", 300.0),
-        ("warning", "atendimento_errors_5m", ">", 5.0),
+        ("warning", "process_start_time_seconds", "<", 300.0),
+        ("warning", "atendimento_errors_total", ">", 5.0),
         ("warning", "atendimento_service_memory_ratio", ">", 0.8),
-        ("warning", "atendimento_latency_p95_seconds", ">", 5.0),
+        ("warning", "atendimento_reply_latency_seconds_bucket", ">", 5.0),
     }
     assert expected <= found, f"missing: {expected - found}"
     service_down = next(r for r in alert_rules() if r["alert"] == "ServiceDown")

@@ -32,6 +32,7 @@ from services.worker.engines.openai import (
 )
 from shared.settings import Settings
 from tests.support import Stack, eventually, free_port, get_json, post_message
+from tests.test_metrics import scrape, value
 from tests.test_pipeline import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +209,7 @@ async def test_the_request_carries_the_prompt_the_grounding_and_the_previous_tur
     stack: Stack, http: aiohttp.ClientSession, llm: FakeLlm
 ) -> None:
     gateway = await stack.start("gateway")
-    await stack.start(
+    worker = await stack.start(
         "worker",
         REPLY_ENGINE="openai",
         OPENAI_BASE_URL=llm.url,
@@ -261,6 +262,12 @@ async def test_the_request_carries_the_prompt_the_grounding_and_the_previous_tur
         return bool(stats["tokens_24h"] == {"prompt": 126, "completion": 21})
 
     await eventually(tokens_counted, timeout=5, what="the tokens in /monitoring/stats")
+    # And in the worker's Prometheus metrics, with one completion latency per LLM reply.
+    _, samples = await scrape(http, worker)
+    assert value(samples, "atendimento_llm_tokens_total", kind="prompt") == 126
+    assert value(samples, "atendimento_llm_tokens_total", kind="completion") == 21
+    assert value(samples, "atendimento_llm_request_duration_seconds_count") == 3
+    assert value(samples, "atendimento_replies_total", engine="openai", channel="web") == 3
 
     # A provider that hangs past OPENAI_TIMEOUT_SECONDS: the knowledge base answers instead.
     llm.script.append("hang")

@@ -245,3 +245,22 @@ async def _exercise(
     first = next(body for body in hook.bodies if body["alert"]["name"] == "AtendimentoErrorsCritical")
     assert first["version"] == "4" and first["alerts"][0]["labels"]["severity"] == "critical"
     assert first["alert"]["value"] == 11 and first["alert"]["threshold"] == 10
+
+
+def test_the_start_up_minute_fires_nothing_a_restart_does() -> None:
+    """The guide's uptime alerts are about restarts: a system starting together is quiet."""
+    from services.monitor.alerts import evaluate
+
+    health = {
+        "status": "healthy",
+        "uptime_seconds": 3.0,
+        "checks": {"redis": {"status": "up"}, "workers": {"alive": 1}, "rabbitmq": {"dead_letters": 0}},
+    }
+    fresh: list[dict[str, Any]] = [
+        {"name": name, "instance": "1", "uptime_seconds": 2.0} for name in ("gateway", "worker", "monitor")
+    ]
+    assert evaluate(health, None, fresh) == []
+    running = [{**service, "uptime_seconds": 900.0} for service in fresh]
+    restarted: list[dict[str, Any]] = [*running, {"name": "worker", "instance": "2", "uptime_seconds": 2.0}]
+    fired = {(alert.name, alert.subject) for alert in evaluate(health, None, restarted)}
+    assert fired == {("AtendimentoServiceJustStarted", "worker 2"), ("AtendimentoServiceRecentlyStarted", "worker 2")}

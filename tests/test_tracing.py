@@ -325,7 +325,11 @@ def test_the_standard_otel_variables_configure_the_provider(monkeypatch: pytest.
 
     for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER"):
         monkeypatch.delenv(name, raising=False)
-    settings = Settings.from_env({"ATENDIMENTO_NAMESPACE": "ns-a", "INSTANCE_ID": "w-1"})
+    quiet = create_tracer_provider("worker", Settings.from_env({}))
+    assert quiet is not None and not quiet._active_span_processor._span_processors, "no collector, no exporter"
+    settings = Settings.from_env(
+        {"ATENDIMENTO_NAMESPACE": "ns-a", "INSTANCE_ID": "w-1", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
+    )
     provider = create_tracer_provider("worker", settings)
     assert provider is not None
     assert provider.resource.attributes["service.name"] == "atendimento-worker"
@@ -340,7 +344,7 @@ def test_the_standard_otel_variables_configure_the_provider(monkeypatch: pytest.
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
-    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_EXPORTER": "otlp"})
     provider = create_tracer_provider("worker", settings)
     assert provider is not None
     assert provider.resource.attributes["service.name"] == "bot-worker-eu"

@@ -15,12 +15,24 @@ from services.gateway.conversations import TOKEN_HEADER, ConversationTokens
 from services.gateway.delivery import running_delivery
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
-from services.gateway.keys import BROKER, DELIVERY, ERRORS, INTAKE, RATE_LIMITER, ROUTER, SETTINGS, STORE, TOKENS
+from services.gateway.keys import (
+    BROKER,
+    DELIVERY,
+    ERRORS,
+    INTAKE,
+    METRICS,
+    RATE_LIMITER,
+    ROUTER,
+    SETTINGS,
+    STORE,
+    TOKENS,
+)
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.metrics import GatewayMetrics
 from shared.service import supervised
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store, redis_check
@@ -31,10 +43,13 @@ SERVICE = "gateway"
 
 
 def create_app(settings: Settings) -> web.Application:
+    registry = new_metrics_registry()
+    metrics = GatewayMetrics.create(registry)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             server_span_middleware,
+            metrics.middleware(),
             problem_middleware,
             api_key_middleware(settings.gateway_api_keys),
             ip_limit_middleware(RATE_LIMITER, settings.trusted_proxies),
@@ -43,7 +58,8 @@ def create_app(settings: Settings) -> web.Application:
     install_security_headers(app)
     app.on_response_prepare.append(_count_server_errors)
     app[SETTINGS] = settings
-    Probes(lambda: _health(app), new_metrics_registry()).install(app)
+    app[METRICS] = metrics
+    Probes(lambda: _health(app), registry).install(app)
     app.cleanup_ctx.extend([_resources, _background, _delivery])
     app.on_shutdown.append(_drain)
     _add_routes(app)
@@ -62,6 +78,7 @@ def _add_routes(app: web.Application) -> None:
     if settings.telegram_enabled:
         app.router.add_post("/webhooks/telegram", telegram.receive)
     app.router.add_get("/", page.chat_page)
+    app.router.add_get("/widget.js", page.widget)
     app.router.add_static("/static", page.STATIC_DIR, append_version=False)
     app.router.add_get("/openapi.json", page.openapi_document)
 
@@ -93,7 +110,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[BROKER] = broker
         limiter = RateLimiter.create(redis, connections.names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
         app[RATE_LIMITER] = limiter
-        app[INTAKE] = Intake(store, broker, limiter)
+        app[INTAKE] = Intake(store, broker, limiter, app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
         app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
         yield
@@ -126,7 +143,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def _delivery(app: web.Application) -> AsyncIterator[None]:
     """WhatsApp and Telegram replies out through the channels' APIs (for the configured ones)."""
-    async with running_delivery(app[SETTINGS], app[BROKER], app[STORE], app[PROBES].registry) as consumers:
+    async with running_delivery(app[SETTINGS], app[BROKER], app[STORE], app[METRICS].delivery) as consumers:
         app[DELIVERY] = consumers
         yield
 
@@ -136,6 +153,7 @@ async def _count_server_errors(request: web.Request, response: web.StreamRespons
     section 5); a probe's 503 is the probe's answer, not an error."""
     if response.status >= 500 and ERRORS in request.app and request.path not in PROBE_PATHS:
         request.app[ERRORS].record("5xx")
+        request.app[METRICS].errors.labels("5xx").inc()
 
 
 async def _drain(app: web.Application) -> None:

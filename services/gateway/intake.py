@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from services.gateway.ratelimit import RateLimiter
 from shared.broker import BROKER_ERRORS, COPY_HEADER, Broker
 from shared.messages import InboundMessage, ReplyMessage
+from shared.metrics import GatewayMetrics
 from shared.store import PROVISIONAL_CLAIM_MS, REDIS_ERRORS, Claim, Store, claimed_conversation
 from shared.web import Problem
 
@@ -43,11 +44,12 @@ class Intake:
     broker: Broker
     # Per sender (channel and user id), for every channel alike: webhooks included.
     limiter: RateLimiter
+    metrics: GatewayMetrics
 
     async def accept(self, message: InboundMessage) -> Outcome:
         """Claim and publish with confirm; only a returned Outcome means the message is safe."""
         names = self.broker.names
-        return await self._claim_and_publish(
+        outcome = await self._claim_and_publish(
             message.message_id,
             message.conversation_id,
             (message.channel, message.user_id),
@@ -55,6 +57,9 @@ class Intake:
             str(names.shard_of(message.conversation_id)),
             message.to_bytes(),
         )
+        if not outcome.duplicate:
+            self.metrics.accepted.labels(message.channel).inc()
+        return outcome
 
     async def answer_directly(self, reply: ReplyMessage) -> Outcome:
         """A reply the gateway gives itself to a channel message (e.g. "text only, please"):

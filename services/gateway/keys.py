@@ -10,6 +10,7 @@ from services.gateway.intake import Intake
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
 from shared.broker import Broker
+from shared.metrics import GatewayMetrics
 from shared.settings import Settings
 from shared.store import BackgroundErrors, Store
 
@@ -22,3 +23,4 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
 ERRORS = web.AppKey("errors", BackgroundErrors)
 TOKENS = web.AppKey("tokens", ConversationTokens)
+METRICS = web.AppKey("metrics", GatewayMetrics)

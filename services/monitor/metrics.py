@@ -1,7 +1,9 @@
 """System gauges for Prometheus, from the evaluator's latest observation.
 
-The monitor speaks for the whole system: these are what deploy/prometheus/alerts.yml alerts on
-(a test checks that every metric the rules name is exported here). A collector, not module-level
+Only the state that the monitor alone sees: the system's status, Redis and RabbitMQ as it reaches
+them, queue depth, dead letters, live processes by heartbeat and each one's memory against its
+limit. Traffic, errors and latency are the other services' counters and histograms
+(shared.metrics), windowed in PromQL by deploy/prometheus/alerts.yml. A collector, not module-level
 gauges: each scrape yields the families anew, so a service that left disappears from the labels
 instead of lingering with its last value.
 """
@@ -50,19 +52,6 @@ class SystemCollector(Collector):
         for name, check in (("workers", checks["workers"]), ("gateways", checks["gateway"])):
             if check["alive"] is not None:
                 yield _gauge(f"atendimento_{name}_alive", f"Live {name} (by heartbeat)", check["alive"])
-        if observation.summary is not None:
-            summary = observation.summary
-            yield _gauge("atendimento_errors_5m", "Errors in the last 5 minutes", summary["errors"]["last_5_minutes"])
-            yield _gauge(
-                "atendimento_messages_5m",
-                "Messages answered in the last 5 minutes",
-                summary["messages"]["last_5_minutes"],
-            )
-            yield _gauge(
-                "atendimento_latency_p95_seconds",
-                "p95 end-to-end latency (gateway acceptance to reply ready), last 5 minutes",
-                summary["latency_ms"]["p95"] / 1000,
-            )
         yield from self._services(observation)
         firing = GaugeMetricFamily(
             "atendimento_alerts_firing", "Alerts the monitor evaluates as firing", labels=["alertname", "severity"]
@@ -75,17 +64,13 @@ class SystemCollector(Collector):
         yield firing
 
     def _services(self, observation: Observation) -> Iterator[GaugeMetricFamily]:
-        labels = ["service", "instance"]
-        uptime = GaugeMetricFamily("atendimento_service_uptime_seconds", "Uptime of each live service", labels=labels)
         ratio = GaugeMetricFamily(
-            "atendimento_service_memory_ratio", "Resident memory over the memory limit (0-1)", labels=labels
-        )
-        rss = GaugeMetricFamily(
-            "atendimento_service_memory_rss_bytes", "Resident memory of each service", labels=labels
+            "atendimento_service_memory_ratio",
+            "Resident memory over the memory limit (0-1), by heartbeat",
+            labels=["service", "instance"],
         )
         for service in observation.services or ():
-            key = [str(service["name"]), str(service["instance"])]
-            uptime.add_metric(key, float(service.get("uptime_seconds") or 0))
-            ratio.add_metric(key, float(service.get("memory_percent") or 0) / 100)
-            rss.add_metric(key, float(service.get("memory_rss_bytes") or 0))
-        yield from (uptime, ratio, rss)
+            ratio.add_metric(
+                [str(service["name"]), str(service["instance"])], float(service.get("memory_percent") or 0) / 100
+            )
+        yield ratio

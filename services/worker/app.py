@@ -23,6 +23,7 @@ from services.worker.processor import Processor
 from shared.broker import Broker
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.metrics import WorkerMetrics
 from shared.service import supervised
 from shared.settings import ConfigError, Settings
 from shared.store import Store, redis_check
@@ -40,6 +41,7 @@ BROKER = web.AppKey("broker", Broker)
 STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
 MEDIA = web.AppKey("media", MediaResolver)
+METRICS = web.AppKey("metrics", WorkerMetrics)
 
 
 def build_engine(settings: Settings) -> LiveEngine:
@@ -82,7 +84,9 @@ def create_app(settings: Settings) -> web.Application:
     engine = build_engine(settings)
     app[ENGINE] = engine
     app[MEDIA] = MediaResolver(settings, engine.language, reads_media=settings.reply_engine == "openai")
-    Probes(lambda: _health(app), new_metrics_registry()).install(app)
+    registry = new_metrics_registry()
+    app[METRICS] = WorkerMetrics.create(registry)
+    Probes(lambda: _health(app), registry).install(app)
     app.cleanup_ctx.extend([_resources, _consuming])
     return app
 
@@ -108,7 +112,14 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
     )
     committer = Committer(store.redis, store.names, policy)
     processor = Processor(
-        store, committer, app[BROKER], app[ENGINE], settings.max_attempts, app[MEDIA], debounce_ms=settings.debounce_ms
+        store=store,
+        committer=committer,
+        broker=app[BROKER],
+        engine=app[ENGINE],
+        max_attempts=settings.max_attempts,
+        media=app[MEDIA],
+        metrics=app[METRICS],
+        debounce_ms=settings.debounce_ms,
     )
     consumer = ShardConsumer(
         app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s, settings.worker_concurrency

@@ -36,6 +36,7 @@ from services.worker.streaming import delta_publisher
 from shared import unanswered
 from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, MessageFormatError, ReplyContent, ReplyMessage, now_ms
+from shared.metrics import WorkerMetrics
 from shared.store import REDIS_ERRORS, Store
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
@@ -87,6 +88,7 @@ class Processor:
     engine: ReplyEngine
     max_attempts: int
     media: MediaResolver
+    metrics: WorkerMetrics
     debounce_ms: int = 0
 
     def debounce_delay(self, delivery: AbstractIncomingMessage) -> float:
@@ -225,6 +227,7 @@ class Processor:
     def _committed(self, commit: Commit, reply: ReplyMessage) -> None:
         """A freshly generated reply stands (`reply`: possibly silenced, or the escalation)."""
         timings = commit.timings
+        self.metrics.reply_committed(reply, timings, commit.reply.reply.usage)
         log.info(
             "message processed",
             extra={
@@ -261,6 +264,7 @@ class Processor:
             await delivery.reject(requeue=False)
         except BROKER_ERRORS as exc:
             raise Abandoned from exc
+        self.metrics.errors.labels(kind).inc()
         try:
             await self.store.record_error(kind)
         except REDIS_ERRORS as exc:

@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-from prometheus_client import CollectorRegistry
 
 from services.gateway.delivery.clients import ChannelClient, TelegramClient, WhatsAppClient
-from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryMetrics, Policy
+from services.gateway.delivery.consumer import DeliveryConsumer, Policy
 from shared.broker import Broker
+from shared.metrics import DeliveryMetrics
 from shared.service import supervised
 from shared.settings import Settings
 from shared.speech import SpeechConfig, synthesise
@@ -63,13 +63,12 @@ async def _speaker(settings: Settings, stack: contextlib.AsyncExitStack) -> Call
 
 @contextlib.asynccontextmanager
 async def running_delivery(
-    settings: Settings, broker: Broker, store: Store, registry: CollectorRegistry
+    settings: Settings, broker: Broker, store: Store, metrics: DeliveryMetrics
 ) -> AsyncIterator[list[DeliveryConsumer]]:
     """The configured channels' consumers, subscribed in the background (the broker may not be
     up yet); on exit they finish what they hold, within the shutdown grace period."""
     async with contextlib.AsyncExitStack() as stack:
         policy = Policy(settings.delivery_timeout_s, settings.delivery_max_attempts)
-        metrics = DeliveryMetrics.create(registry)
         speak = await _speaker(settings, stack)
         consumers = [
             DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics, speak)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
-from prometheus_client import CollectorRegistry, Counter
 
 from services.gateway.delivery.clients import ChannelClient, MissingAddress, SendFailed
 from services.gateway.delivery.ledger import Ledger
@@ -37,6 +36,7 @@ from services.gateway.ratelimit import TokenBuckets
 from shared.broker import BROKER_ERRORS, Broker, work_queue_arguments
 from shared.logs import mask_pii
 from shared.messages import MessageFormatError, ReplyMessage
+from shared.metrics import DeliveryMetrics
 from shared.speech import SpeechError
 from shared.store import REDIS_ERRORS, Store
 from shared.telemetry import ConsumerSpans
@@ -75,29 +75,6 @@ Part = TextPart | VoicePart
 
 class LeaseLost(Exception):
     """Another consumer took this reply over (ours stalled past the lease); it finishes the job."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryMetrics:
-    outcomes: Counter
-    retries: Counter
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> DeliveryMetrics:
-        return cls(
-            Counter(
-                "atendimento_channel_deliveries",
-                "Replies handled by the channel delivery consumers, by outcome",
-                ["channel", "outcome"],
-                registry=registry,
-            ),
-            Counter(
-                "atendimento_channel_send_retries",
-                "Channel API sends retried after a transient failure",
-                ["channel"],
-                registry=registry,
-            ),
-        )
 
 
 class KeyedLocks:
@@ -349,6 +326,7 @@ class DeliveryConsumer:
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage) -> None:
         await delivery.reject(requeue=False)
+        self._metrics.errors.labels("delivery").inc()
         try:
             await self._store.record_error("delivery")
         except REDIS_ERRORS as exc:

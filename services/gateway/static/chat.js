@@ -6,6 +6,7 @@
 (function () {
   const STALL_MS = 45000; // the server sends a keep-alive every 15 s; silence this long is a dead link
   const PENDING_MS = 120000; // stop showing "typing" for a message nobody answers (e.g. a human took over)
+  const T = window.chatText; // the texts in the browser's language (chat-i18n.js)
 
   const els = {
     list: document.getElementById("messages"),
@@ -52,6 +53,7 @@
   function add(text, kind) {
     const item = document.createElement("li");
     item.className = "msg msg--" + kind;
+    if (kind === "agent") item.dataset.who = T("agent"); // a person, not the bot, wrote it
     item.textContent = text;
     els.list.appendChild(item);
     item.scrollIntoView({ block: "end", behavior: "smooth" });
@@ -116,12 +118,12 @@
       draft.textContent = data.reply.text;
       draft.classList.remove("msg--draft");
     } else {
-      add(data.reply.text, "bot");
+      add(data.reply.text, data.reply.engine === "agent" ? "agent" : "bot");
     }
     if (data.reply.buttons && data.reply.buttons.length) showChips(data.reply.buttons);
     if (data.reply.handoff && !humanTookOver) {
       humanTookOver = true;
-      add("Um atendente humano vai continuar esta conversa.", "note");
+      add(T("handoff"), "note");
     }
   }
 
@@ -180,7 +182,7 @@
         });
         if (response.status === 401) {
           clearTimeout(watchdog);
-          setStatus("offline", "chave de acesso necessária");
+          setStatus("offline", T("key_status"));
           await keyNeeded();
           continue;
         }
@@ -195,7 +197,7 @@
           continue;
         }
         if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
-        setStatus("online", "online");
+        setStatus("online", T("online"));
         delay = 500;
         recoverReplies();
         await readEvents(response.body, alive);
@@ -204,7 +206,7 @@
       } finally {
         clearTimeout(watchdog);
       }
-      setStatus("connecting", "reconectando…");
+      setStatus("connecting", T("reconnecting"));
       await sleep(delay);
       delay = Math.min(delay * 2, 8000);
     }
@@ -276,7 +278,7 @@
           body,
         });
       } catch (error) {
-        if (attempt >= 4) return fail(messageId, "Sem conexão. Tente novamente em instantes.");
+        if (attempt >= 4) return fail(messageId, T("offline"));
         await sleep(1000 * attempt);
         continue;
       }
@@ -290,14 +292,14 @@
       }
       const problem = await response.json().catch(() => ({}));
       if (response.status === 429) {
-        const wait = response.headers.get("Retry-After") || "alguns";
-        return fail(messageId, "Muitas mensagens seguidas. Aguarde " + wait + " segundos e tente de novo.");
+        const wait = response.headers.get("Retry-After") || T("some");
+        return fail(messageId, T("too_many", { wait }));
       }
       if (response.status === 503 && attempt < 4) {
         await sleep(1000 * attempt);
         continue;
       }
-      return fail(messageId, "Não foi possível enviar: " + (problem.detail || response.statusText));
+      return fail(messageId, T("not_sent", { detail: problem.detail || response.statusText }));
     }
   }
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.monitor.admin import auth, operations
+from services.monitor.admin import auth, conversations, operations
 from services.monitor.admin.pages import BEARER_CHALLENGE, bearer_actor, current_session
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, AUTH
@@ -54,6 +54,12 @@ async def overview(request: web.Request) -> web.Response:
 async def conversation(request: web.Request) -> web.Response:
     actor = await actor_of(request)
     return json_response(await operations.conversation(request.app, actor, request.query.get("id", "")))
+
+
+async def conversation_list(request: web.Request) -> web.Response:
+    await actor_of(request)
+    query, number = conversations.parse_request(request.query.get("q", ""), request.query.get("page", ""))
+    return json_response((await conversations.checked_page(request.app, query, number)).to_dict())
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@ from typing import Any
 
 WIDTH = 720
 HEIGHT = 220
-LEFT = 56
+LEFT = 64  # room for the y labels, which a phone's stylesheet draws twice as large
 RIGHT = 12
 TOP = 12
 BOTTOM = 26
@@ -92,7 +92,8 @@ def _frame(series: Sequence[dict[str, Any]], top: float, number: Callable[[float
     decimals = 1 if top / divisions < 1 else 0
     for index in range(divisions + 1):
         value = top * index / divisions
-        chart.y_ticks.append(Tick(chart.bottom_edge - plot_height * index / divisions, number(value, decimals)))
+        label = f"{value / 1000:g}k" if value >= 1000 else number(value, decimals)  # short: "5k", not "5.000"
+        chart.y_ticks.append(Tick(chart.bottom_edge - plot_height * index / divisions, label))
     slot = _slot(series)
     for index, point in enumerate(series):
         start = datetime.fromisoformat(point["start"].replace("Z", "+00:00"))

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.monitor.alerts import Alert
+
 LANGUAGES = ("pt-BR", "en")
 DEFAULT = "en"
 
@@ -126,6 +128,43 @@ TEXTS: dict[str, dict[str, str]] = {
         "legend_messages": "messages",
         "legend_errors": "errors",
         "tokens": "LLM tokens, 24 h",
+        "figure_total": "total",
+        "figure_active": "active, 24 h",
+        "all_conversations": "All conversations, search",
+        "conversations_title": "Conversations",
+        "search": "Search",
+        "search_hint": "Conversation or user id",
+        "preview": "Last message",
+        "state": "Status",
+        "with_human": "with a person",
+        "with_bot": "with the bot",
+        "previous": "Newer",
+        "next": "Older",
+        "page_n": "Page {page}",
+        "no_match": "No conversation matches.",
+        "alert_AtendimentoSystemNotHealthy": "system status is {value}",
+        "alert_AtendimentoRedisDisconnected": "Redis is unreachable",
+        "alert_AtendimentoNoWorkers": "no live worker: messages are queued but nobody answers them",
+        "alert_AtendimentoDeadLetters": "{value} message(s) in the dead-letter queue",
+        "alert_AtendimentoErrorsCritical": "{value} errors in the last 5 minutes (over {threshold})",
+        "alert_AtendimentoErrorsWarning": "{value} errors in the last 5 minutes (over {threshold})",
+        "alert_AtendimentoLatencyHigh": "p95 end-to-end latency {value} s is over {threshold} s",
+        "alert_AtendimentoServiceJustStarted": "{subject} restarted {value} s ago",
+        "alert_AtendimentoServiceRecentlyStarted": "{subject} restarted {value} s ago",
+        "alert_AtendimentoMemoryCritical": "{subject} uses {value}% of its memory",
+        "alert_AtendimentoMemoryWarning": "{subject} uses {value}% of its memory",
+        "action_login": "signed in",
+        "action_logout": "signed out",
+        "action_api_auth": "API authentication",
+        "action_view_conversation": "viewed a conversation",
+        "action_replay_dead_letter": "replayed a dead letter",
+        "action_reply_as_agent": "replied as agent",
+        "action_release_to_bot": "released to the bot",
+        "outcome_ok": "ok",
+        "outcome_refused": "refused",
+        "outcome_failed": "failed",
+        "outcome_locked_out": "locked out",
+        "outcome_wrong_token": "wrong token",
     },
     "pt-BR": {
         "title": "Atendimento: administração",
@@ -239,6 +278,43 @@ TEXTS: dict[str, dict[str, str]] = {
         "legend_messages": "mensagens",
         "legend_errors": "erros",
         "tokens": "Tokens do LLM, 24 h",
+        "figure_total": "total",
+        "figure_active": "ativos, 24 h",
+        "all_conversations": "Todas as conversas, busca",
+        "conversations_title": "Conversas",
+        "search": "Buscar",
+        "search_hint": "Id da conversa ou do usuário",
+        "preview": "Última mensagem",
+        "state": "Situação",
+        "with_human": "com uma pessoa",
+        "with_bot": "com o bot",
+        "previous": "Mais recentes",
+        "next": "Mais antigas",
+        "page_n": "Página {page}",
+        "no_match": "Nenhuma conversa encontrada.",
+        "alert_AtendimentoSystemNotHealthy": "o status do sistema é {value}",
+        "alert_AtendimentoRedisDisconnected": "o Redis não responde",
+        "alert_AtendimentoNoWorkers": "nenhum worker ativo: as mensagens esperam na fila sem resposta",
+        "alert_AtendimentoDeadLetters": "{value} mensagem(ns) na fila de dead letters",
+        "alert_AtendimentoErrorsCritical": "{value} erros nos últimos 5 minutos (acima de {threshold})",
+        "alert_AtendimentoErrorsWarning": "{value} erros nos últimos 5 minutos (acima de {threshold})",
+        "alert_AtendimentoLatencyHigh": "latência p95 de ponta a ponta de {value} s, acima de {threshold} s",
+        "alert_AtendimentoServiceJustStarted": "{subject} reiniciou há {value} s",
+        "alert_AtendimentoServiceRecentlyStarted": "{subject} reiniciou há {value} s",
+        "alert_AtendimentoMemoryCritical": "{subject} usa {value}% da memória",
+        "alert_AtendimentoMemoryWarning": "{subject} usa {value}% da memória",
+        "action_login": "entrou",
+        "action_logout": "saiu",
+        "action_api_auth": "autenticação na API",
+        "action_view_conversation": "abriu uma conversa",
+        "action_replay_dead_letter": "reenviou uma dead letter",
+        "action_reply_as_agent": "respondeu como atendente",
+        "action_release_to_bot": "devolveu ao bot",
+        "outcome_ok": "ok",
+        "outcome_refused": "recusado",
+        "outcome_failed": "falhou",
+        "outcome_locked_out": "bloqueado",
+        "outcome_wrong_token": "token errado",
     },
 }
 
@@ -274,6 +350,27 @@ class Locale:
     def t(self, key: str, **values: object) -> str:
         text = TEXTS[self.language].get(key) or TEXTS[DEFAULT][key]
         return text.format(**values) if values else text
+
+    def code(self, prefix: str, value: str) -> str:
+        """A code (an audit action or outcome) in words; one we have no words for, as it is."""
+        return TEXTS[self.language].get(f"{prefix}_{value}") or TEXTS[DEFAULT].get(f"{prefix}_{value}") or value
+
+    def alert(self, alert: Alert) -> str:
+        """An alert's message in this language, from its rule, value, threshold and subject."""
+        key = f"alert_{alert.name}"
+        if key not in TEXTS[DEFAULT]:
+            return alert.message
+        value, threshold = alert.value, alert.threshold
+        if alert.name == "AtendimentoLatencyHigh":  # milliseconds, said in seconds
+            value, threshold = float(value) / 1000, float(threshold) / 1000
+        return self.t(
+            key,
+            value=self.t(value).lower()
+            if isinstance(value, str)
+            else self.number(value, 0 if "Started" in alert.name or not value % 1 else 1),
+            threshold=threshold if isinstance(threshold, str) else self.number(threshold, 1 if threshold % 1 else 0),
+            subject=alert.subject,
+        )
 
     def number(self, value: float | int | None, decimals: int = 0) -> str:
         if value is None:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from services.monitor.admin.conversations import conversation_page
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, ReplayError
 from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
@@ -30,7 +31,6 @@ T = TypeVar("T")
 
 TEXT_MAX = 4096
 ID_MAX = 256
-RECENT_CONVERSATIONS = 20
 RECENT_AUDIT = 20
 HANDOFFS_PER_PAGE = 25
 UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
@@ -104,9 +104,8 @@ def overview_json(data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _recent_conversations(app: web.Application) -> list[dict[str, Any]]:
-    store = app[STORE]
-    members = await store.redis.zrevrange(store.names.conversations_key, 0, RECENT_CONVERSATIONS - 1, withscores=True)
-    return [{"conversation_id": str(member[0]), "last_activity": float(member[1])} for member in members]
+    """The first page of the conversations list (admin/conversations.py), for the dashboard."""
+    return (await conversation_page(app, "", 1)).items
 
 
 async def conversation(app: web.Application, actor: Actor, conversation_id: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from services.monitor.admin import auth, charts, operations
+from services.monitor.admin import auth, charts, conversations, operations
 from services.monitor.admin.auth import LockedOut, Session
 from services.monitor.admin.i18n import Locale, negotiate
 from services.monitor.audit import Actor
@@ -217,6 +217,13 @@ async def conversation_page(request: web.Request) -> web.Response:
     notice = request.query.get("notice", "")
     text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
     return render(request, "conversation.html", session=session, notice=text, **data)
+
+
+async def conversations_page(request: web.Request) -> web.Response:
+    session = await _session_or_login(request)
+    query, number = conversations.parse_request(request.query.get("q", ""), request.query.get("page", ""))
+    page = await conversations.checked_page(request.app, query, number)
+    return render(request, "conversations.html", session=session, page=page)
 
 
 # Actions ---------------------------------------------------------------------------------------

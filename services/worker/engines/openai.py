@@ -239,7 +239,8 @@ class OpenAiEngine:
         """One reply, retried within the time budget; raises ProviderError."""
         config = self.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.timeout_s
+        started = loop.time()
+        deadline = started + config.timeout_s
         with llm_span(config.model) as span:
             attempt = 0
             while True:
@@ -262,7 +263,7 @@ class OpenAiEngine:
                     response_model=model,
                     finish_reasons=finish,
                 )
-                return text, usage
+                return text, replace(usage, call_ms=(loop.time() - started) * 1000)
 
     async def _post(
         self, messages: list[dict[str, Any]], budget_s: float, on_delta: OnDelta | None = None
