@@ -26,6 +26,8 @@ from shared.names import Names
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
+REDIS_PORT = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
 TEST_SHARDS = 4  # fewer quorum queues per test namespace: the broker is shared by the whole suite
 
 T = TypeVar("T")

@@ -28,7 +28,9 @@ from shared.service import supervised
 from tests.faultproxy import UP, FaultProxy
 from tests.servers import PrivateRabbit, PrivateRedis, have, wait_closed
 from tests.support import (
+    AMQP_PORT,
     AMQP_URL,
+    REDIS_PORT,
     REDIS_URL,
     TEST_SHARDS,
     Service,
@@ -40,9 +42,6 @@ from tests.support import (
     web_id,
 )
 from tests.test_pipeline import PRAZO, wait_ready
-
-AMQP_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
-REDIS_PORT = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
 
 
 @pytest.fixture
