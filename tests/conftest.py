@@ -5,9 +5,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from tests.channel_fakes import FakeChannelApi
-from tests.support import Stack, new_namespace, purge_namespace
+from tests.support import REDIS_URL, Stack, new_namespace, purge_namespace
+from tests.test_llm_engine import FakeLlm
 
 
 @pytest.fixture
@@ -32,6 +34,26 @@ async def api() -> AsyncIterator[FakeChannelApi]:
         yield fake
     finally:
         await fake.close()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A client of the shared Redis, for tests that look at what the services stored."""
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLlm]:
+    """A local OpenAI-compatible server (chat completions, audio) with a scriptable behaviour."""
+    server = await FakeLlm().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

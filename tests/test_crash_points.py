@@ -31,7 +31,6 @@ from tests.support import (
     AMQP_PORT,
     AMQP_URL,
     REDIS_PORT,
-    REDIS_URL,
     TEST_SHARDS,
     Service,
     Stack,
@@ -42,15 +41,6 @@ from tests.support import (
     web_id,
 )
 from tests.test_pipeline import PRAZO, wait_ready
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

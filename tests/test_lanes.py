@@ -11,7 +11,6 @@ import shutil
 import signal
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,15 +21,6 @@ from shared.names import Names
 from tests.support import AMQP_URL, TEST_SHARDS, Stack, TcpProxy, eventually, get_json, post_message, web_id
 from tests.test_llm_engine import FakeLlm
 from tests.test_pipeline import read_events, wait_ready
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLlm]:
-    server = await FakeLlm().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def llm_env(llm: FakeLlm, **overrides: str) -> dict[str, str]:

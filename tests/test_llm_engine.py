@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,15 +180,6 @@ class FakeLlm:
     async def _speech(self, request: web.Request) -> web.Response:
         self.speeches.append(await request.json())
         return web.Response(body=SPEECH_AUDIO, content_type="audio/ogg")
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLlm]:
-    server = await FakeLlm().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture(scope="module")

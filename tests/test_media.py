@@ -54,15 +54,6 @@ MEDIA_MAX_BYTES = 64 * 1024
 polite = POLITE["pt"]
 
 
-@pytest.fixture
-async def llm() -> Any:
-    server = await FakeLlm().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 @pytest.fixture(scope="module")
 def voice_note(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The question spoken, as an Ogg/Opus voice note."""

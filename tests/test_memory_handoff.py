@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,22 +24,13 @@ from shared.handoff import HandoffInfo, Handoffs
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
 from shared.store import Store
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, post_message, web_id
+from tests.support import TEST_SHARDS, Stack, eventually, post_message, web_id
 from tests.test_llm_engine import ROOT, SAMPLE_PT
 from tests.test_pipeline import read_events, wait_ready
 
 HUMAN = "quero falar com um atendente"
 PRAZO = "Qual o prazo de entrega?"
 OFF_TOPIC = ["qual a capital da australia?", "me conta uma piada", "como faço bolo de cenoura"]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def logged(redis: Redis, names: Names, conversation: str) -> list[dict[str, Any]]:
