@@ -34,6 +34,7 @@ from tests.support import (
     TEST_SHARDS,
     Service,
     Stack,
+    conversation_token,
     eventually,
     free_port,
     get_json,
@@ -262,12 +263,15 @@ async def test_no_errors_counted_for_probes_at_start_nor_for_closed_event_stream
     monitor = await stack.start("monitor")
     await wait_ready(stack)
     conversation = f"tabs-{uuid.uuid4().hex[:8]}"
+    body = message(conversation_id=conversation)
+    token = await conversation_token(stack.namespace, body["user_id"], conversation)
     for _ in range(20):
-        async with http.get(f"{gateway.url}/v1/conversations/{conversation}/events") as response:
+        url = f"{gateway.url}/v1/conversations/{conversation}/events?token={token}"
+        async with http.get(url) as response:
             assert response.status == 200
             await response.content.readline()  # subscribed; then the browser tab is closed
     # A reply for the conversation makes the server write to whatever streams it still holds.
-    status, _ = await post_message(http, gateway, message(conversation_id=conversation), wait=10)
+    status, _ = await post_message(http, gateway, body, wait=10)
     assert status == 200
     names = Names(stack.namespace, TEST_SHARDS)
 

@@ -42,7 +42,7 @@ from tests.channel_fakes import (
     whatsapp_tap,
     whatsapp_text,
 )
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, post_message
+from tests.support import REDIS_URL, TEST_SHARDS, Stack, conversation_token, eventually, post_message
 from tests.test_llm_engine import LLM_TEXT, PRAZO, SPEECH_AUDIO, FakeLlm
 from tests.test_pipeline import wait_ready
 
@@ -294,7 +294,8 @@ async def test_the_llm_sees_images_and_documents_and_the_web_stream_shows_it_typ
     # The web stream: the reply's text grows in `delta` events, then the `reply` event as before.
     conversation = f"web-stream-{uuid.uuid4().hex}"
     connected = asyncio.Event()
-    events = asyncio.create_task(all_events(http, gateway.url, conversation, connected))
+    token = await conversation_token(gateway.env["ATENDIMENTO_NAMESPACE"], "ana", conversation)
+    events = asyncio.create_task(all_events(http, gateway.url, conversation, token, connected))
     await asyncio.wait_for(connected.wait(), 10)
     status, body = await post_message(http, gateway, {"user_id": "ana", "conversation_id": conversation, "text": PRAZO})
     assert status == 202, body
@@ -303,15 +304,17 @@ async def test_the_llm_sees_images_and_documents_and_the_web_stream_shows_it_typ
     assert len(deltas) >= 2 and deltas[-1] == LLM_TEXT
     assert all(LLM_TEXT.startswith(text) for text in deltas)  # each is the text so far
     assert seen[-1][0] == "reply" and seen[-1][1]["reply"]["text"] == LLM_TEXT
-    assert set(seen[-1][1]) == {"message_id", "conversation_id", "status", "reply", "latency_ms"}
+    assert set(seen[-1][1]) == {"message_id", "conversation_id", "status", "reply", "latency_ms", "conversation_token"}
+    assert seen[-1][1]["conversation_id"] == conversation  # the caller's own id, as in every answer
 
 
 async def all_events(
-    http: aiohttp.ClientSession, base: str, conversation_id: str, connected: asyncio.Event
+    http: aiohttp.ClientSession, base: str, conversation_id: str, token: str, connected: asyncio.Event
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every event of the stream up to and including the first `reply`."""
     seen: list[tuple[str, dict[str, Any]]] = []
-    async with asyncio.timeout(20), http.get(f"{base}/v1/conversations/{conversation_id}/events") as response:
+    url = f"{base}/v1/conversations/{conversation_id}/events"
+    async with asyncio.timeout(20), http.get(url, headers={"X-Conversation-Token": token}) as response:
         event, data = "", b""
         async for raw in response.content:
             line = raw.rstrip(b"\r\n")

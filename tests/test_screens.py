@@ -19,7 +19,17 @@ from redis.asyncio import Redis
 
 from shared.handoff import HandoffInfo, Handoffs
 from shared.names import Names
-from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, free_port, get_json, post_message
+from tests.support import (
+    REDIS_URL,
+    TEST_SHARDS,
+    Service,
+    Stack,
+    eventually,
+    free_port,
+    get_json,
+    post_message,
+    web_id,
+)
 from tests.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_pipeline import PRAZO, wait_ready
 
@@ -78,7 +88,7 @@ async def test_admin_on_desktop_and_phone_in_both_languages(
     try:
         names = Names(stack.namespace, TEST_SHARDS)
         await Handoffs(redis, names).start(
-            "user:cliente-03", HandoffInfo(channel="web", user_id="cliente-03", reason="x")
+            web_id("cliente-03", "user:cliente-03"), HandoffInfo(channel="web", user_id="cliente-03", reason="x")
         )
     finally:
         await redis.aclose()
@@ -90,7 +100,7 @@ async def test_admin_on_desktop_and_phone_in_both_languages(
             await sign_in(page, monitor)
             await expect(page.locator("#latency-label")).to_have_text("p95")
             await expect(page.locator("#conversations tr[data-conversation]")).to_have_count(20)
-            human = page.locator('#conversations tr[data-conversation="user:cliente-03"]')
+            human = page.locator(f'#conversations tr[data-conversation="{web_id("cliente-03", "user:cliente-03")}"]')
             await expect(human).to_contain_text("com uma pessoa" if language == "pt" else "with a person")
             await expect(page.locator("#conversations .preview").first).not_to_be_empty()
             # Audit codes in words: the sign-in just made.
@@ -120,7 +130,7 @@ async def test_admin_on_desktop_and_phone_in_both_languages(
         monitor.url + "/admin/api/conversations", params={"q": long_id[:20], "page": "1"}, headers=_bearer()
     ) as response:
         body = await response.json()
-    assert response.status == 200 and [item["conversation_id"] for item in body["items"]] == [long_id]
+    assert response.status == 200 and [item["conversation_id"] for item in body["items"]] == [web_id("longo", long_id)]
     assert body["items"][0]["preview"].endswith("…") and body["items"][0]["channel"] == "web"
     async with http.get(monitor.url + "/admin/api/conversations?page=0", headers=_bearer()) as response:
         assert response.status == 400 and "page" in (await response.json())["detail"]
@@ -171,14 +181,15 @@ async def test_chat_page_languages_agent_replies_and_phone(
     page = await context.new_page()
     await page.goto(gateway.url + "/")
     await expect(page.locator("#status")).to_have_attribute("data-state", "online")
-    conversation = "web:" + str(await page.evaluate("localStorage.getItem('atendimento.user')"))
+    user = str(await page.evaluate("localStorage.getItem('atendimento.user')"))
+    conversation = web_id(user, "web:" + user)  # the page's conversation, as the system names it
     await page.locator("#text").fill("quero falar com uma pessoa")
     await page.locator("#text").press("Enter")
     await expect(page.locator(".msg--bot")).to_have_count(2)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         names = Names(stack.namespace, TEST_SHARDS)
-        info = HandoffInfo(channel="web", user_id=conversation.removeprefix("web:"), reason="pessoa")
+        info = HandoffInfo(channel="web", user_id=user, reason="pessoa")
         await Handoffs(redis, names).start(conversation, info)
     finally:
         await redis.aclose()
