@@ -11,7 +11,8 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
 
 from tests.channel_fakes import kb_answer
-from tests.support import Stack, TcpProxy
+from tests.faultproxy import FaultProxy
+from tests.support import Stack
 from tests.test_llm_engine import LLM_TEXT, FakeLlm
 from tests.test_pipeline import wait_ready
 
@@ -43,8 +44,8 @@ async def test_chat_page_answers_live_and_reconnects(stack: Stack, browser: Brow
     gateway = await stack.start("gateway")
     await wait_ready(stack)
     # The browser reaches the gateway through a proxy the test can cut, like a flaky network.
-    proxy = TcpProxy("127.0.0.1", gateway.port)
-    await proxy.up()
+    proxy = FaultProxy(gateway.port)
+    await proxy.start()
     context = await browser.new_context(viewport=PHONE_VIEWPORT, is_mobile=True, has_touch=True, locale="pt-BR")
     page = await context.new_page()
     problems: list[str] = []
@@ -63,9 +64,9 @@ async def test_chat_page_answers_live_and_reconnects(stack: Stack, browser: Brow
         await expect(page.locator("#typing")).to_be_hidden()
 
         # The connection drops and comes back: the page says so and reconnects by itself.
-        await proxy.down()
+        await proxy.close()
         await expect(status).to_have_attribute("data-state", "connecting")
-        await proxy.up()
+        await proxy.start()
         await expect(status).to_have_attribute("data-state", "online", timeout=15_000)
         await ask(page, "Quais as formas de pagamento?")
         await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("formas-pagamento"))
@@ -101,7 +102,7 @@ async def test_chat_page_answers_live_and_reconnects(stack: Stack, browser: Brow
         assert problems == []  # no script errors, no Content-Security-Policy violations
     finally:
         await context.close()
-        await proxy.down()
+        await proxy.close()
 
 
 def _keep_errors(message: ConsoleMessage, problems: list[str]) -> None:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.faultproxy import FaultProxy
-from tests.support import AMQP_PORT, Stack, TcpProxy, eventually, get_json, post_message
+from tests.support import AMQP_PORT, Stack, eventually, get_json, post_message
 from tests.test_pipeline import PRAZO, read_events, start_stack, wait_ready
 
 
@@ -91,7 +91,7 @@ async def test_all_broker_connections_dropped_services_recover(stack: Stack, htt
 async def test_gateway_without_broker_answers_503_then_serves_when_it_is_back(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5672)
+    proxy = FaultProxy(AMQP_PORT)
     gateway = await stack.start("gateway", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
     await stack.start("worker")
     status, problem = await post_message(http, gateway, {"user_id": "gil", "text": PRAZO})
@@ -109,7 +109,7 @@ async def test_gateway_without_broker_answers_503_then_serves_when_it_is_back(
 
     await eventually(counted_as_5xx, what="the 503 answers counted as 5xx errors")
 
-    await proxy.up()
+    await proxy.start()
     try:
 
         async def serving() -> bool:
@@ -120,4 +120,4 @@ async def test_gateway_without_broker_answers_503_then_serves_when_it_is_back(
         status, health = await get_json(http, gateway.url + "/monitoring/health")
         assert status == 200, health
     finally:
-        await proxy.down()
+        await proxy.close()

@@ -18,7 +18,8 @@ import pytest
 
 from services.worker.ownership import owned_shards
 from shared.names import Names
-from tests.support import AMQP_URL, TEST_SHARDS, Stack, TcpProxy, eventually, get_json, post_message, web_id
+from tests.faultproxy import FaultProxy
+from tests.support import AMQP_PORT, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
 from tests.test_llm_engine import FakeLlm
 from tests.test_pipeline import read_events, wait_ready
 
@@ -181,8 +182,8 @@ async def test_conversations_resume_in_order_after_the_worker_loses_its_work(
     await stack.start("gateway")
     await stack.start("monitor")
     sent, readers = await queue_conversations(http, stack, 20, 50)
-    proxy = TcpProxy("127.0.0.1", int(AMQP_URL.rsplit(":", 1)[1].split("/")[0]))
-    await proxy.up()
+    proxy = FaultProxy(AMQP_PORT)
+    await proxy.start()
     worker = await stack.start("worker", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
 
     async def some_answered() -> bool:
@@ -193,12 +194,12 @@ async def test_conversations_resume_in_order_after_the_worker_loses_its_work(
         worker.kill(signal.SIGKILL)
         await stack.start("worker")
     else:
-        await proxy.down()
-        await proxy.up()
+        await proxy.close()
+        await proxy.start()
     try:
         await assert_each_answered_once_in_order(http, stack, sent, readers)
     finally:
-        await proxy.down()
+        await proxy.close()
     calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
     assert set(calls) == {f"msg {i} of {c}" for c, ids in sent.items() for i in range(len(ids))}
     # Only the calls in flight when the work was lost (WORKER_CONCURRENCY) are made again: they

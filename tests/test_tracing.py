@@ -10,15 +10,15 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
+from tests.faultproxy import FaultProxy
 from tests.otlp import Collector, ReceivedSpan, tracing_env
-from tests.support import REDIS_URL, Service, Stack, TcpProxy, eventually, free_port, web_id
+from tests.support import REDIS_PORT, REDIS_URL, Service, Stack, eventually, free_port, web_id
 from tests.test_pipeline import PRAZO, wait_ready
 
 
@@ -165,14 +165,14 @@ async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
     stack: Stack, http: aiohttp.ClientSession, collector: Collector
 ) -> None:
     stack.extra_env.update(tracing_env(await collector.http()))
-    redis = TcpProxy("127.0.0.1", urlsplit(REDIS_URL).port or 6379)
-    await redis.up()
+    redis = FaultProxy(REDIS_PORT)
+    await redis.start()
     try:
         gateway = await stack.start("gateway")
         doomed = await stack.start("worker", REDIS_URL=REDIS_URL.replace(f":{redis.target[1]}", f":{redis.port}"))
         await wait_ready(stack)
         # Cut the worker's Redis: it takes the message, generates, then holds it unacked at the commit.
-        await redis.down()
+        await redis.close()
         traceparent, trace_id, _ = new_traceparent()
         message_id = f"m-{uuid.uuid4().hex}"
         body = {"user_id": "bia", "message_id": message_id, "text": PRAZO}
@@ -188,7 +188,7 @@ async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
         doomed.kill()
         assert doomed.process is not None and doomed.process.wait(10) == -9
     finally:
-        await redis.down()
+        await redis.close()
 
     await stack.start("worker")
     status, answer = await post_traced(http, gateway.url, body, traceparent, wait=15)
