@@ -8,7 +8,8 @@ a test asks it to:
     connection before the server's answer comes back (a reply lost on the wire);
   * `cut_after(UP, n)`: cut once `n` more bytes went up;
   * `drop()`: cut every open connection (new ones are accepted);
-  * `resume()`: forward everything again (connections cut stay cut).
+  * `resume()`: forward everything again (connections cut stay cut);
+  * `close()` / `start()` again: the server unreachable (connections refused), then back.
 The servers themselves are never touched: other clients of the shared ones see nothing.
 """
 
