@@ -277,7 +277,7 @@ def test_the_development_set_meets_the_targets() -> None:
 # Regression floors a little under what the engine reaches today on every bundled set but the
 # development set (see `python -m eval --all`).
 FLOORS = {
-    "sample-pt": (0.92, 0.85),
+    "sample-pt": (0.92, 0.9),
     "sample-en": (0.88, 0.95),
     "gym-pt": (0.95, 0.95),
     "shop-en": (0.92, 0.85),

@@ -85,13 +85,13 @@ class Tuning:
     # matches it at most this much: "aceita pix?" when only the answer names Pix.
     described_match: float = 0.3
     threshold: float = 0.31
-    # A guess: a short question (at most `guess_terms` terms) with a word the base never uses
+    # A guess: a short question (at most `guess_terms` terms, question words included) with a word the base never uses
     # and a single word it knows, held by one entry well ahead of the next (whose score is at
     # most `guess_rival` of the winner's). "vcs vendem celular?" in a shop that sells to
     # companies, "do you sell furniture?", "quem descobriu o brasil?". Such a match answers only
     # from `guess_answers` (its confidence is scaled down to put that at the threshold): the word
     # the base lacks is as likely the topic of the question as a detail of it.
-    guess_terms: int = 3
+    guess_terms: int = 4
     guess_rival: float = 0.4
     guess_answers: float = 0.45
 

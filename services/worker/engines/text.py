@@ -338,6 +338,7 @@ SYNONYMS: Mapping[Language, tuple[frozenset[str], ...]] = {
 PHRASES: Mapping[Language, Mapping[tuple[str, str], str]] = {
     "pt": {
         ("dinheiro", "volta"): "reembolso",
+        ("quanto", "tempo"): "prazo",
         ("mandar", "volta"): "devolver",
         ("enviar", "volta"): "devolver",
     },
