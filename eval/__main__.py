@@ -38,6 +38,9 @@ BUNDLED = (
     ("dev-pt", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev.yaml"),
     ("gym-pt", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym.yaml"),
     ("shop-en", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en.yaml"),
+    # Off-topic questions only, each sharing a strong word with an entry: refusal's hard case.
+    ("gym-pt-off", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym-offtopic.yaml"),
+    ("shop-en-off", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en-offtopic.yaml"),
     ("vet-pt", HELD_OUT, EVAL / "holdout" / "kb-vet.yaml", EVAL / "holdout" / "questions-vet.yaml"),
     ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
     ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
@@ -98,7 +101,14 @@ def _encoder() -> SentenceEncoder:
 
 
 def _cell(share: tuple[int, int]) -> str:
+    if not share[1]:
+        return f"{'-':>16s}"  # nothing of that kind in the set
     return f"{rate(share):6.3f} ({share[0]:3d}/{share[1]:3d})"
+
+
+def _mean(column: Sequence[float | None]) -> str:
+    present = [value for value in column if value is not None]
+    return f" {statistics.fmean(present):6.3f}{'':9s}" if present else f" {'-':>6s}{'':9s}"
 
 
 def _print_all(encoder: SentenceEncoder | None) -> float:
@@ -107,18 +117,18 @@ def _print_all(encoder: SentenceEncoder | None) -> float:
     print(f"{'set':13s} {'role':9s} {'lang':4s} {'top-1':>16s} {'refusal':>16s} {'recall@3':>16s}")
     worst = 1.0
     for role in (TUNED, HELD_OUT):
-        rates: list[tuple[float, float, float]] = []
+        rates: list[list[float | None]] = []
         for name, set_role, kb_path, questions_path in BUNDLED:
             if set_role != role:
                 continue
             kb = KnowledgeBase.load(kb_path)
             report = evaluate(KbEngine(kb, encoder=encoder), load_questions(questions_path))
             answered, refused, recalled = report.answered, report.refused, report.recall3
-            rates.append((rate(answered), rate(refused), rate(recalled)))
+            rates.append([rate(share) if share[1] else None for share in (answered, refused, recalled)])
             worst = min(worst, rate(answered), rate(refused))
             print(f"{name:13s} {role:9s} {kb.language:4s} {_cell(answered)} {_cell(refused)} {_cell(recalled)}")
-        means = [statistics.fmean(column) for column in zip(*rates, strict=True)]
-        print(f"{'mean':13s} {role:9s} {'':4s}" + "".join(f" {m:6.3f}{'':9s}" for m in means) + "\n")
+        means = [_mean(column) for column in zip(*rates, strict=True)]
+        print(f"{'mean':13s} {role:9s} {'':4s}" + "".join(means) + "\n")
     return worst
 
 

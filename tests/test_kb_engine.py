@@ -150,6 +150,24 @@ def test_a_question_no_entry_answers_gets_the_fallback_with_low_confidence(pt_en
 
 
 @pytest.mark.parametrize(
+    ("text", "answered"),
+    [
+        ("vocês vendem bitcoin?", None),  # one known word, and the topic is a word the base lacks
+        ("vcs vendem celular?", None),
+        ("qual a cor do céu?", None),
+        ("vocês vendem para empresa?", "compra-empresa"),  # the same verb, with the entry's topic
+        ("vendem no atacado?", "compra-empresa"),
+    ],
+)
+def test_a_guess_on_one_shared_word_falls_back_while_the_entrys_topic_answers(
+    pt_engine: KbEngine, text: str, answered: str | None
+) -> None:
+    reply = pt_engine.answer(text)
+    assert reply.sources == ((answered,) if answered else ()), reply
+    assert reply.fallback is (answered is None)
+
+
+@pytest.mark.parametrize(
     ("text", "reply"),
     [
         ("oi", "Olá! Como posso ajudar?"),
@@ -277,10 +295,10 @@ def test_the_development_set_meets_the_targets() -> None:
 # Regression floors a little under what the engine reaches today on every bundled set but the
 # development set (see `python -m eval --all`).
 FLOORS = {
-    "sample-pt": (0.92, 0.5),
+    "sample-pt": (0.92, 0.9),
     "sample-en": (0.88, 0.95),
     "gym-pt": (0.95, 0.95),
-    "shop-en": (0.94, 0.85),
+    "shop-en": (0.92, 0.85),
     "vet-pt": (0.8, 0.6),
     "courses-en": (0.82, 0.95),
 }

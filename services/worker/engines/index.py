@@ -27,11 +27,14 @@ An entry's score, in 0..1, is the mean of two views that must both be high to an
     An entry whose id, tags or answer hold the query's words matches a little even when no
     example question does ("aceita pix?" where only the answer names Pix): `described_match`
     times the share of the query's known information they hold.
-Below `threshold` the engine answers with the base's fallback.
+Below `threshold` the engine answers with the base's fallback. A guess (a short question with a
+word the base never uses, held by one entry through a single known word: `Tuning.guess_answers`)
+needs a higher score: its confidence is scaled down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import math
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 
 from .kbfile import Entry, KnowledgeBase
 from .stemmer import STEMMERS
-from .text import PHRASES, QUESTION_WORDS, SYNONYMS, Language, is_content, join_phrases, words_of
+from .text import NUMBER_WORDS, PHRASES, QUESTION_WORDS, SYNONYMS, Language, is_content, join_phrases, words_of
 
 _PREFIX = 4  # stems shorter than this only match exactly
 _GRAM = 3
@@ -82,6 +85,15 @@ class Tuning:
     # matches it at most this much: "aceita pix?" when only the answer names Pix.
     described_match: float = 0.3
     threshold: float = 0.31
+    # A guess: a short question (at most `guess_terms` terms, question words included) with a word the base never uses
+    # and a single word it knows, held by one entry well ahead of the next (whose score is at
+    # most `guess_rival` of the winner's). "vcs vendem celular?" in a shop that sells to
+    # companies, "do you sell furniture?", "quem descobriu o brasil?". Such a match answers only
+    # from `guess_answers` (its confidence is scaled down to put that at the threshold): the word
+    # the base lacks is as likely the topic of the question as a detail of it.
+    guess_terms: int = 4
+    guess_rival: float = 0.4
+    guess_answers: float = 0.45
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +102,7 @@ class Hit:
     score: float
     coverage: float
     question_match: float
+    confidence: float  # the score, scaled down for a guess (Tuning.guess_answers); vs threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,7 @@ class _Term:
 
     found: dict[str, float]
     weight: float
+    question_word: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +128,7 @@ class Analyzer:
         self.language = language
         self.stem = functools.lru_cache(maxsize=_STEM_CACHE)(STEMMERS[language])
         self.question_words = QUESTION_WORDS[language]
+        self.number_words = NUMBER_WORDS[language]
         self.synonyms = SYNONYMS[language]
 
     def words(self, text: str) -> list[str]:
@@ -285,8 +300,23 @@ class KbIndex:
         hits = []
         for entry, held in coverage.items():
             covered, matched = held / information, question_match.get(entry, 0.0)
-            hits.append(Hit(entry, share * covered + (1.0 - share) * matched, covered, matched))
-        return heapq.nsmallest(limit, hits, key=lambda h: (-h.score, -h.question_match, h.entry))
+            score = share * covered + (1.0 - share) * matched
+            hits.append(Hit(entry, score, covered, matched, score))
+        best = heapq.nsmallest(max(limit, 2), hits, key=lambda h: (-h.score, -h.question_match, h.entry))
+        if self._is_guess(terms, best):
+            t = self._tuning
+            best[0] = dataclasses.replace(best[0], confidence=best[0].score * t.threshold / t.guess_answers)
+        return best[:limit]
+
+    def _is_guess(self, terms: list[_Term], best: list[Hit]) -> bool:
+        """Whether the best hit is a guess (Tuning.guess_answers)."""
+        t = self._tuning
+        if len(terms) > t.guess_terms or all(term.found for term in terms):
+            return False
+        if sum(1 for term in terms if term.found and not term.question_word) > 1:
+            return False
+        rival = best[1].score if len(best) > 1 else 0.0
+        return rival <= t.guess_rival * best[0].score
 
     def _terms(self, words: Sequence[str]) -> list[_Term]:
         terms: dict[str, _Term] = {}  # one term per stem: "entrega entregar" counts once
@@ -297,9 +327,10 @@ class KbIndex:
             found = self.expand(word)
             # A number the base never mentions (an age, a date, an order number) is a detail of
             # the customer's case, not a topic the base lacks; so is a question word.
-            unknown = 0.0 if word.isdigit() or word in self._analyzer.question_words else self._unknown_idf
+            detail = word.isdigit() or word in self._analyzer.number_words or word in self._analyzer.question_words
+            unknown = 0.0 if detail else self._unknown_idf
             weight = max((s * self._idf[f] for f, s in found.items()), default=unknown)
-            terms[stem] = _Term(found, weight)
+            terms[stem] = _Term(found, weight, word in self._analyzer.question_words)
         return list(terms.values())
 
     def _coverage(self, terms: list[_Term]) -> dict[int, float]:

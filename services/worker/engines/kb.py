@@ -96,7 +96,7 @@ class KbEngine:
     def _matches(self, text: str, scan: SmallTalk, limit: int) -> list[Match]:
         if self._semantic is None:
             return [
-                Match(h.entry, h.score, h.score, h.score >= self.tuning.threshold)
+                Match(h.entry, h.score, h.confidence, h.confidence >= self.tuning.threshold)
                 for h in self._index.rank(scan.rest, limit=limit)
             ]
         if not any(self._analyzer.is_term(word) for word in scan.rest):

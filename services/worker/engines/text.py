@@ -262,7 +262,7 @@ STOP_WORDS: Mapping[Language, frozenset[str]] = {
         querer quero quer queria queremos gostaria gostariamos desejo
         precisar preciso precisa precisamos precisava necessito
         saber sei sabe saberia conseguir consigo consegue conseguem
-        dar da dou deu vou vai vamos vao ir indo fica ficar
+        dar da dou deu vou vai vamos vao ir indo fica ficar vir vem vim veio vieram
         favor ok okay sim nao ne neh tal oi ola hein ue uai opa ah oh eh hm hmm
         certo beleza entendi obrigado obrigada valeu
         """
@@ -298,6 +298,14 @@ QUESTION_WORDS: Mapping[Language, frozenset[str]] = {
 }
 
 
+# Numbers written as words: like a number in digits, a detail of the customer's case ("dois
+# cupons", "two rooms"), not a topic the base lacks. "um"/"one" are stop words already.
+NUMBER_WORDS: Mapping[Language, frozenset[str]] = {
+    "pt": _word_set("dois duas tres quatro cinco seis sete oito nove dez"),
+    "en": _word_set("two three four five six seven eight nine ten"),
+}
+
+
 # Paraphrases customers of any business use for the same request. A query word the base never
 # uses stands for the words of its group that the base does use ("reach us" -> "contact"), a little
 # below the word itself (index.Tuning.synonym_similarity). Only generic service vocabulary belongs
@@ -307,6 +315,7 @@ SYNONYMS: Mapping[Language, tuple[frozenset[str], ...]] = {
     "pt": (
         _word_set("contato contatar telefone ligar"),
         _word_set("custa custo preco cobra cobram cobrar cobranca taxa"),
+        _word_set("prazo demora demoram demorar"),
         _word_set("regiao area bairro vizinhanca localidade"),
         _word_set("reembolso estorno ressarcimento"),
         _word_set("entrar logar login acessar"),
@@ -329,6 +338,7 @@ SYNONYMS: Mapping[Language, tuple[frozenset[str], ...]] = {
 PHRASES: Mapping[Language, Mapping[tuple[str, str], str]] = {
     "pt": {
         ("dinheiro", "volta"): "reembolso",
+        ("quanto", "tempo"): "prazo",
         ("mandar", "volta"): "devolver",
         ("enviar", "volta"): "devolver",
     },
