@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser, async_playwright
 from redis.asyncio import Redis
 
 from tests.channel_fakes import FakeChannelApi
-from tests.support import REDIS_URL, Stack, new_namespace, purge_namespace
+from tests.support import CHROMIUM, CHROMIUM_ARGS, REDIS_URL, Stack, new_namespace, purge_namespace
 from tests.test_llm_engine import FakeLlm
 
 
@@ -54,6 +56,19 @@ async def llm() -> AsyncIterator[FakeLlm]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium driven by Playwright's own driver: nothing is downloaded."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
 
 
 @pytest.fixture

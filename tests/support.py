@@ -28,7 +28,15 @@ AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
 REDIS_PORT = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
-TEST_SHARDS = 4  # fewer quorum queues per test namespace: the broker is shared by the whole suite
+TEST_SHARDS = 4
+CHROMIUM = "/usr/bin/chromium"  # Debian's (scripts/ensure-test-tools.sh), for the browser tests
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]  # fewer quorum queues per test namespace: the broker is shared by the whole suite
 
 T = TypeVar("T")
 

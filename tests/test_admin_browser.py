@@ -5,16 +5,13 @@ end (replay a dead letter, reply as agent, release to the bot), each landing in 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 from redis.asyncio import Redis
 
 from shared.handoff import HandoffInfo, Handoffs
@@ -27,30 +24,12 @@ from tests.test_pipeline import PRAZO, read_events, wait_ready
 # The conversation "conv-humano" of web user maria, as the admin area (which sees internal ids) names it.
 HUMAN_CONVERSATION = web_id("maria", "conv-humano")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "admin-" + uuid.uuid4().hex
 HIDE = """(hidden) => {
   Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
   Object.defineProperty(document, "visibilityState", {configurable: true, get: () => hidden ? "hidden" : "visible"});
   document.dispatchEvent(new Event("visibilitychange"));
 }"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail("Debian's chromium is needed at /usr/bin/chromium: run scripts/ensure-test-tools.sh")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 async def metric(page: Page, name: str) -> str:

@@ -4,11 +4,9 @@ reconnects after its connection drops. Chromium is Debian's (`scripts/ensure-tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, expect
 
 from tests.channel_fakes import kb_answer
 from tests.faultproxy import FaultProxy
@@ -16,22 +14,7 @@ from tests.support import Stack
 from tests.test_llm_engine import LLM_TEXT, FakeLlm
 from tests.test_pipeline import wait_ready
 
-CHROMIUM = "/usr/bin/chromium"
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
 PHONE_VIEWPORT: ViewportSize = {"width": 390, "height": 780}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not HAVE_CHROMIUM:
-        pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
-    async with async_playwright() as playwright:
-        # Playwright's own driver, with the system's browser: nothing is downloaded.
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def ask(page: Page, question: str) -> None:

@@ -6,15 +6,12 @@ embeddable widget shown on an allowed site and refused on another."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from redis.asyncio import Redis
 
 from shared.handoff import HandoffInfo, Handoffs
@@ -30,24 +27,11 @@ from tests.support import (
     post_message,
     web_id,
 )
-from tests.test_admin_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_pipeline import PRAZO, wait_ready
 
 TOKEN = "admin-" + uuid.uuid4().hex
 WIDTHS = (1280, 400)
 NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= window.innerWidth"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh")
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def context_for(browser: Browser, locale: str, width: int) -> BrowserContext:
