@@ -214,7 +214,7 @@ async def test_the_failing_conversation_does_not_delay_the_others(
     its budget (then the knowledge base answers), holding only its own conversation; the others,
     in the same shards, are answered meanwhile."""
     llm.delay_s, llm.failing_text = 0.2, "vai falhar"
-    stack.extra_env.update(llm_env(llm, OPENAI_TIMEOUT_SECONDS="20", OPENAI_MAX_RETRIES="8"))
+    stack.extra_env.update(llm_env(llm, OPENAI_TIMEOUT_SECONDS="8", OPENAI_MAX_RETRIES="5"))
     await stack.start("gateway")
     await stack.start("worker")
     await wait_ready(stack)
