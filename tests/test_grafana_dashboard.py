@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import promql_parser
 import pytest
 import yaml
 
 from tests.support import ROOT
+from tests.test_deploy_manifests import metric_names
 
 DASHBOARD = ROOT / "deploy" / "k8s" / "base" / "grafana" / "ia-atendimento-bot.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -44,17 +44,6 @@ def substitute(query: str) -> str:
     for name, value in VARIABLES.items():
         query = query.replace(name, value)
     return query
-
-
-def metric_names(expression: str) -> set[str]:
-    names: set[str] = set()
-
-    def visit(node: promql_parser.Expr) -> None:
-        if isinstance(node, promql_parser.VectorSelector) and node.name:
-            names.add(node.name)
-
-    promql_parser.walk(promql_parser.parse(expression), visit)
-    return names
 
 
 def exported_families() -> set[str]:
