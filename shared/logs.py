@@ -62,7 +62,9 @@ _SECRET_ASSIGNMENT = re.compile(
 _SECRET_SAID = re.compile(r"(?i)\b((?:senha|password|passwd)\s+(?:é|e|eh|is|was|era)\s+)(\S+)")
 _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),  # HTTP authorization schemes
-    re.compile(r"(?<!\d)\d{6,12}:[\w-]{30,}"),  # Telegram bot token (also inside /bot<token>/ URLs)
+    # Telegram bot token, alone or inside /bot<token>/ URLs; never the digits ending an id's part
+    # ("web:<scope>:<id>", whose scope is hex).
+    re.compile(r"(?:(?<=/bot)|(?<![\w:]))\d{6,12}:[\w-]{30,}"),
     re.compile(r"\bsk-[\w-]{16,}"),  # OpenAI-style API keys
     re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"),  # JWTs
     re.compile(r"(?i)\bsha256=[0-9a-f]{16,}"),  # webhook signatures

@@ -187,6 +187,8 @@ def test_mask_pii_masks_phones_emails_cpfs_and_secrets(text: str, masked: str) -
         "uuid 550e8400-e29b-41d4-a716-446655440000 trace 4bf92f3577b34da6a3ce929d0e0e4736",
         "RabbitMQ at 192.168.100.200:5672, version 1.45.2, shards [0, 1, 2, 3]",
         "message m-1234567890123456abcdef on shard 3",
+        # A web id: its hex scope may end in digits, and what follows is no Telegram token.
+        "web:77796d66c3ea187e40527727:m-61cf73c605ac4aff9b80a4a03121914e",
     ],
 )
 def test_mask_pii_leaves_ids_dates_and_addresses_alone(text: str) -> None:
