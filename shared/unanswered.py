@@ -106,26 +106,26 @@ def examples_key(names: Names, hour: int) -> str:
 
 
 async def record(redis: Redis, names: Names, replies: Sequence[Answered], now: float | None = None) -> None:
-    """The entry point for the worker: call once per committed batch; one round trip."""
+    """The entry point for the worker: call once per committed batch; one round trip, and none at
+    all (nor any other work) for the common batch whose replies all answered."""
+    entries = []
+    for answered in replies:
+        kind = kind_of(answered)
+        question = normalise(answered.question) if kind is not None else ""
+        if question:
+            entries.append((f"{question}{_SEPARATOR}{kind}", answered.question.strip(), f"{OTHER}{_SEPARATOR}{kind}"))
+    if not entries:
+        return
     hour = int((time.time() if now is None else now) // HOUR_S)
     keys = [counts_key(names, hour), examples_key(names, hour)]
     script = redis.register_script(_RECORD)
     pipe = redis.pipeline(transaction=False)
-    queued = 0
-    for answered in replies:
-        kind = kind_of(answered)
-        question = normalise(answered.question)
-        if kind is None or not question:
-            continue
-        key, example, other = f"{question}{_SEPARATOR}{kind}", answered.question.strip(), f"{OTHER}{_SEPARATOR}{kind}"
+    for key, example, other in entries:
         await script(keys=keys, args=[key, example[:EXAMPLE_MAX], TTL_S, MAX_QUESTIONS_PER_HOUR, other], client=pipe)
-        queued += 1
-    if not queued:
-        return
     try:
         await pipe.execute()
     except (*REDIS_ERRORS, RedisError) as exc:  # after the reply went out: nothing to undo or retry
-        log.warning("unanswered questions not recorded (%d): %s", queued, exc)
+        log.warning("unanswered questions not recorded (%d): %s", len(entries), exc)
 
 
 async def report(redis: Redis, names: Names, now: float | None = None, limit: int = 200) -> list[Row]:

@@ -28,20 +28,20 @@ async def _token(request: web.Request, conversation: str) -> str:
         raise unavailable("Redis") from None
 
 
-async def _queued(request: web.Request, message: InboundMessage, conversation: str, duplicate: bool) -> web.Response:
+def _queued(message: InboundMessage, conversation: str, token: str, duplicate: bool) -> web.Response:
     body: dict[str, Any] = {
         "message_id": public_id(message.message_id),
         "conversation_id": public_id(conversation),
         "status": "queued",
-        "conversation_token": await _token(request, conversation),
+        "conversation_token": token,
     }
     if duplicate:
         body["duplicate"] = True
     return json_response(body, status=202)
 
 
-async def _answered(request: web.Request, reply: ReplyMessage, duplicate: bool) -> web.Response:
-    body = public_answer(reply, await _token(request, reply.conversation_id))
+def _answered(reply: ReplyMessage, token: str, duplicate: bool) -> web.Response:
+    body = public_answer(reply, token)
     if duplicate:
         body["duplicate"] = True
     return json_response(body, status=200)
@@ -68,7 +68,7 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
 async def post_message(request: web.Request) -> web.Response:
     message, wait = await _read_message(request)
     # Known before anything is accepted: an accepted message is always answered with its token.
-    await _token(request, message.conversation_id)
+    token = await _token(request, message.conversation_id)
     router = request.app[ROUTER]
     # The waiter exists before the publish, so a reply faster than this handler is not missed.
     with router.waiter(message.message_id) as future:
@@ -76,14 +76,14 @@ async def post_message(request: web.Request) -> web.Response:
         if outcome.duplicate_of is not None:
             return await _answer_duplicate(request, message, outcome.duplicate_of, wait, future)
         if wait == 0:
-            return await _queued(request, message, message.conversation_id, duplicate=False)
+            return _queued(message, message.conversation_id, token, duplicate=False)
         reply = await _wait(future, wait)
         if reply is None:
             reply = await _stored_reply(request, message.message_id)
     if reply is None or reply.silenced:
         # Not answered yet; or never by the bot: a human has the conversation and answers it.
-        return await _queued(request, message, message.conversation_id, duplicate=False)
-    return await _answered(request, reply, duplicate=False)
+        return _queued(message, message.conversation_id, token, duplicate=False)
+    return _answered(reply, token, duplicate=False)
 
 
 async def _answer_duplicate(
@@ -102,9 +102,11 @@ async def _answer_duplicate(
                 reply = await _stored_reply(request, message.message_id) or await _wait(future, wait)
         except BROKER_ERRORS:
             raise unavailable("the message broker") from None
+    # The token of the conversation the original was accepted for.
+    token = await _token(request, conversation_id)
     if reply is None or reply.silenced:
-        return await _queued(request, message, conversation_id, duplicate=True)
-    return await _answered(request, reply, duplicate=True)
+        return _queued(message, conversation_id, token, duplicate=True)
+    return _answered(reply, token, duplicate=True)
 
 
 async def _wait(future: asyncio.Future[ReplyMessage], seconds: float) -> ReplyMessage | None:
