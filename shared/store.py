@@ -1,8 +1,9 @@
 """Redis: the client and the few operations the services perform on it.
 
 Every operation is one round trip (a pipeline or a Lua script), so the hot path pays a fixed,
-small number of them per message: one claim in the gateway, one read in the worker (the worker's
-commit is its own: services/worker/commit.py).
+small number of them per message: a claim and an accept in the gateway, one read in the worker
+(the worker's commit is its own: services/worker/commit.py). The gateway's claims and accepts go
+through one `AutoPipeline`: those of all the requests in flight share each round trip.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import stats
 from shared.messages import InboundMessage, ReplyMessage
 from shared.names import Names
+from shared.pipelining import AutoPipeline, Script
 from shared.telemetry import redis_span, traced_redis
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -171,13 +173,16 @@ class Store:
     names: Names
     # Turns of memory the worker reads before generating (its commit writes them).
     memory_turns: int = 10
-    _claim: AsyncScript = field(init=False)
+    # Shared with the gateway's rate limiter: its takes ride in the same round trips.
+    pipeline: AutoPipeline = field(init=False)
+    _claim: Script = field(init=False)
     _release: AsyncScript = field(init=False)
     _record_failure: AsyncScript = field(init=False)
 
     def __post_init__(self) -> None:
         # Registered scripts run by EVALSHA: the script text crosses the wire once, not per message.
-        self._claim = self.redis.register_script(_CLAIM)
+        self.pipeline = AutoPipeline(self.redis)
+        self._claim = Script.of(self.redis, _CLAIM)
         self._release = self.redis.register_script(_RELEASE)
         self._record_failure = self.redis.register_script(_RECORD_FAILURE)
 
@@ -188,8 +193,10 @@ class Store:
         is queued. The token makes the claim safe to resend: redis-py repeats a command whose reply
         was lost, and the repeat must find its own claim, not a 'duplicate'."""
         token = token or uuid.uuid4().hex
-        result = await self._claim(
-            [self.names.claim_key(message_id)], [token, conversation_id, PROVISIONAL_CLAIM_MS, IDEMPOTENCY_TTL_SECONDS]
+        result = await self.pipeline.run(
+            self._claim,
+            [self.names.claim_key(message_id)],
+            [token, conversation_id, PROVISIONAL_CLAIM_MS, IDEMPOTENCY_TTL_SECONDS],
         )
         outcome = int(result[0])
         if outcome == 1:
@@ -201,7 +208,9 @@ class Store:
     @traced_redis("accept")
     async def accept(self, message_id: str, conversation_id: str) -> None:
         """The message is queued (confirmed): its claim is final for the idempotency TTL."""
-        await self.redis.set(self.names.claim_key(message_id), f"a:{conversation_id}", ex=IDEMPOTENCY_TTL_SECONDS)
+        await self.pipeline.execute(
+            "SET", self.names.claim_key(message_id), f"a:{conversation_id}", "EX", IDEMPOTENCY_TTL_SECONDS
+        )
 
     @traced_redis("release")
     async def release(self, message_id: str, token: str) -> None:

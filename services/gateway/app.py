@@ -108,7 +108,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store
         app[ERRORS] = BackgroundErrors(store)
         app[BROKER] = broker
-        limiter = RateLimiter.create(redis, connections.names, settings.rate_limit_per_user, settings.rate_limit_per_ip)
+        limiter = RateLimiter.create(
+            store.pipeline, connections.names, settings.rate_limit_per_user, settings.rate_limit_per_ip
+        )
         app[RATE_LIMITER] = limiter
         app[INTAKE] = Intake(store, broker, limiter, app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)

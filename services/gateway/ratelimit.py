@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from shared.names import Names, route_token
+from shared.pipelining import AutoPipeline, Script
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, client_address
 
@@ -85,14 +84,15 @@ class Limit:
 
 @dataclass(slots=True)
 class TokenBuckets:
-    """Named buckets under one prefix; `take` answers how long to wait (0: go ahead)."""
+    """Named buckets under one prefix; `take` answers how long to wait (0: go ahead). Takes go
+    through the gateway's `AutoPipeline`, with the claims of the same requests."""
 
-    redis: Redis
+    pipeline: AutoPipeline
     prefix: str
-    _take: AsyncScript = field(init=False)
+    _take: Script = field(init=False)
 
     def __post_init__(self) -> None:
-        self._take = self.redis.register_script(_TAKE)  # EVALSHA: the script is not resent per call
+        self._take = Script.of(self.pipeline.redis, _TAKE)
 
     def key(self, scope: str, subject: str) -> str:
         # Hashed: keys stay short and carry no phone number or address in clear.
@@ -106,7 +106,7 @@ class TokenBuckets:
         for _, limit in active:
             args += [limit.rate, max(limit.burst, cost)]
         args.append(uuid.uuid4().hex)
-        allowed, wait_ms = await self._take([key for key, _ in active], args)
+        allowed, wait_ms = await self.pipeline.run(self._take, [key for key, _ in active], args)
         return 0.0 if allowed else int(wait_ms) / 1000
 
 
@@ -130,8 +130,9 @@ class RateLimiter:
     per_ip: Limit
 
     @classmethod
-    def create(cls, redis: Redis, names: Names, per_user: float, per_ip: float) -> RateLimiter:
-        return cls(TokenBuckets(redis, names.rate_limit_prefix), Limit.per_second(per_user), Limit.per_second(per_ip))
+    def create(cls, pipeline: AutoPipeline, names: Names, per_user: float, per_ip: float) -> RateLimiter:
+        buckets = TokenBuckets(pipeline, names.rate_limit_prefix)
+        return cls(buckets, Limit.per_second(per_user), Limit.per_second(per_ip))
 
     async def check_user(self, channel: str, user_id: str) -> None:
         await self._check(self.buckets.key("user", f"{channel}:{user_id}"), self.per_user, "user_id")

@@ -2,8 +2,9 @@
 
 Shards give each conversation one owner (single-active-consumer queues); they do not bound how
 many replies are generated at once. Inside a shard, each delivery goes to its conversation's lane:
-a lane handles its messages one after another and acks each before the next, so what is settled
-of a conversation is always a prefix of it, and a redelivery resumes it in order. Lanes of all
+a lane handles its messages one after another and settles each before the next, so what is
+settled of a conversation is always a prefix of it, and a redelivery resumes it in order (the acks
+of all lanes leave together, in tag order: services/worker/acks.py). Lanes of all
 conversations and shards run at once, at most WORKER_CONCURRENCY of them generating.
 
 Prefetch: each shard channel may hold WORKER_CONCURRENCY unacked deliveries, enough to feed every
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from services.worker.acks import ChannelAcks
 from services.worker.ownership import owned_shards
 from services.worker.processor import MAX_BACKOFF_S, Abandoned, Processor, still_held
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
@@ -79,6 +81,7 @@ class ShardSubscription:
         self._lanes: dict[str, deque[AbstractIncomingMessage]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
+        self._acks = ChannelAcks()
         self._stopping = False
 
     @property
@@ -130,7 +133,7 @@ class ShardSubscription:
                 async with self._capacity.slot():
                     if self._stopping:
                         return  # the shard was given up while this waited; its channel returns it
-                    pause = await self._processor.handle(unit)
+                    pause = await self._processor.handle(unit, self._acks)
             except Abandoned as exc:
                 log.warning("shard %d: deliveries given back, they will be redelivered: %r", self.shard, exc)
                 return
@@ -159,6 +162,7 @@ class ShardSubscription:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+        await self._acks.flush()
         if self._channel is not None:
             with contextlib.suppress(*BROKER_ERRORS):
                 await self._channel.close()

@@ -29,6 +29,7 @@ from typing import TypeVar
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
+from services.worker.acks import ChannelAcks
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
 from services.worker.media import MediaResolver
@@ -109,25 +110,25 @@ class Processor:
             return 1
         return len(bursts([_parse(delivery) for delivery in waiting], self.debounce_ms)[0])
 
-    async def handle(self, unit: Sequence[AbstractIncomingMessage]) -> float | None:
+    async def handle(self, unit: Sequence[AbstractIncomingMessage], acks: ChannelAcks) -> float | None:
         """Process one unit of one conversation, start to finish. Returns None when every delivery
         is settled, or the back-off in seconds when the engine failed: the caller retries the same
         unit in place after the pause (the conversation waits, the others do not). Raises
         Abandoned when the deliveries stopped being ours mid-way."""
         with ConsumerSpans(unit) as spans:
             with spans.activate(unit[-1].message_id):
-                outcome = await self._prepare([_parse(delivery) for delivery in unit])
+                outcome = await self._prepare([_parse(delivery) for delivery in unit], acks)
             if isinstance(outcome, EngineFailed):
                 return backoff(outcome.failures)
-            await self._finish(outcome, spans)
+            await self._finish(outcome, spans, acks)
         return None
 
-    async def _prepare(self, unit: Sequence[Parsed]) -> list[Ready] | EngineFailed:
+    async def _prepare(self, unit: Sequence[Parsed], acks: ChannelAcks) -> list[Ready] | EngineFailed:
         """Steps 1 and 2 for one unit (a message, or a burst answered by its last message's reply).
         Nothing ready: the delivery was settled here (dead-lettered)."""
         delivery, message = unit[-1]
         if message is None:
-            await self._dead_letter(delivery, "malformed")
+            await self._dead_letter(delivery, "malformed", acks)
             return []
         messages = [m for _, m in unit if m is not None]
         text = "\n".join(m.text for m in messages)
@@ -141,7 +142,7 @@ class Processor:
         if state.stored_reply is not None:
             return [Ready(delivery, message, state.stored_reply)]
         if state.attempt > self.max_attempts:  # failed before and then its worker crashed
-            await self._dead_letter(delivery, "dead_lettered")
+            await self._dead_letter(delivery, "dead_lettered", acks)
             return []
         if state.handed_off:
             content = SILENT_REPLY  # a human has the conversation: generating would only cost
@@ -169,7 +170,7 @@ class Processor:
                     return EngineFailed(failures)
                 log.error("message %s failed %d times; dead-lettered", message.message_id, failures)
                 for item_delivery, _ in unit:  # a burst's merged messages go with it
-                    await self._dead_letter(item_delivery, "dead_lettered")
+                    await self._dead_letter(item_delivery, "dead_lettered", acks)
                 return []
         finished = now_ms()
         ready = []
@@ -202,8 +203,9 @@ class Processor:
             describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
         return content
 
-    async def _finish(self, ready: list[Ready], spans: ConsumerSpans) -> None:
-        """Steps 3 to 5 for a unit: commit, publish in order, ack each in order."""
+    async def _finish(self, ready: list[Ready], spans: ConsumerSpans, acks: ChannelAcks) -> None:
+        """Steps 3 to 5 for a unit: commit, publish in order, ack each in order (the acks of
+        every lane leave together: services/worker/acks.py)."""
         if not ready:
             return
         fresh = [item.commit for item in ready if item.commit is not None]
@@ -218,7 +220,7 @@ class Processor:
                 if outgoing is not None:
                     await self._publish(outgoing, item.delivery)
         for item in ready:
-            await _ack(item.delivery)
+            acks.ack(item.delivery)
         await unanswered.record(self.store.redis, self.store.names, [
             unanswered.Answered(item.commit.user_text, item.commit.reply.reply, reply.reply, reply.silenced)
             for item, reply in zip(ready, replies, strict=True) if item.commit is not None
@@ -258,10 +260,10 @@ class Processor:
                 log.warning("reply %s not confirmed (attempt %d), publishing again: %r", reply.message_id, attempt, exc)
                 await asyncio.sleep(backoff(attempt))
 
-    async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str) -> None:
+    async def _dead_letter(self, delivery: AbstractIncomingMessage, kind: str, acks: ChannelAcks) -> None:
         mark_current_failed(kind)
         try:
-            await delivery.reject(requeue=False)
+            await acks.reject(delivery)
         except BROKER_ERRORS as exc:
             raise Abandoned from exc
         self.metrics.errors.labels(kind).inc()
@@ -282,13 +284,6 @@ class Processor:
                     log.warning("Redis unavailable, holding the messages until it answers: %s", exc)
                 attempt += 1
                 await asyncio.sleep(backoff(attempt))
-
-
-async def _ack(delivery: AbstractIncomingMessage) -> None:
-    try:
-        await delivery.ack()
-    except BROKER_ERRORS as exc:
-        raise Abandoned from exc
 
 
 def _parse(delivery: AbstractIncomingMessage) -> Parsed:

@@ -127,7 +127,7 @@ class DeliveryConsumer:
         self._instance_id = instance_id
         self._metrics = metrics
         self._ledger = Ledger(store.redis, broker.names)
-        self._pacing = TokenBuckets(store.redis, broker.names.pacing_prefix(client.channel))
+        self._pacing = TokenBuckets(store.pipeline, broker.names.pacing_prefix(client.channel))
         self._order = KeyedLocks()
         self._outbound = OutboundOrder(store.redis, broker.names)
         self._inflight: set[asyncio.Task[object]] = set()

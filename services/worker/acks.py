@@ -1,0 +1,85 @@
+"""Settling one shard channel's deliveries: acks sent together, as few frames as the order allows.
+
+Lanes settle their deliveries one by one, but many lanes settle in the same moment (their commits
+shared one round trip). Acks asked for while the event loop is busy go out together, as one
+`multiple` ack for every tag below the first unsettled one, then single acks for the settled tags
+above it, in tag order. So a conversation's settled messages stay a prefix of it even if the
+connection drops half-way through the frames, and a slow conversation never holds another's ack.
+
+A tag is acked once: a `multiple` ack names a tag not acked before (one below it may have been;
+the broker skips those), since naming one already acked would be an error that closes the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.broker import BROKER_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ChannelAcks:
+    """One per shard channel (its delivery tags count from 1)."""
+
+    _low: int = 1  # every tag below it is settled
+    _settled: set[int] = field(default_factory=set)  # settled tags from _low up
+    _unsent: dict[int, AbstractIncomingMessage] = field(default_factory=dict)
+    _sending: asyncio.Task[None] | None = None
+
+    def ack(self, delivery: AbstractIncomingMessage) -> None:
+        """Settle a delivery; its ack leaves with the others asked for meanwhile. A channel that
+        closes first makes it moot: the broker redelivers, and the stored reply answers it."""
+        tag = _tag(delivery)
+        self._settle(tag)
+        self._unsent[tag] = delivery
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send(), name="acks")
+
+    async def reject(self, delivery: AbstractIncomingMessage) -> None:
+        """Dead-letter a delivery now, after the acks before it. Raises BROKER_ERRORS."""
+        await self.flush()
+        await delivery.reject(requeue=False)
+        self._settle(_tag(delivery))
+
+    async def flush(self) -> None:
+        """Send every ack asked for so far (before the channel is closed, or a reject)."""
+        while self._sending is not None:
+            await asyncio.shield(self._sending)
+
+    def _settle(self, tag: int) -> None:
+        self._settled.add(tag)
+        while self._low in self._settled:
+            self._settled.discard(self._low)
+            self._low += 1
+
+    async def _send(self) -> None:
+        try:
+            while self._unsent:
+                await self._send_batch()
+        finally:
+            self._sending = None
+
+    async def _send_batch(self) -> None:
+        below = [tag for tag in self._unsent if tag < self._low]
+        above = sorted(tag for tag in self._unsent if tag >= self._low)
+        batch = [(self._unsent.pop(max(below)), True)] if below else []
+        for tag in below:
+            self._unsent.pop(tag, None)
+        batch += [(self._unsent.pop(tag), False) for tag in above]
+        try:
+            for delivery, multiple in batch:
+                await delivery.ack(multiple=multiple)
+        except BROKER_ERRORS as exc:
+            log.debug("acks not sent, the channel is gone (the broker redelivers): %r", exc)
+
+
+def _tag(delivery: AbstractIncomingMessage) -> int:
+    if delivery.delivery_tag is None:  # only a no-ack consumer's deliveries have none
+        raise ValueError("a delivery to settle has a delivery tag")
+    return delivery.delivery_tag
