@@ -13,6 +13,7 @@ above) and `audit.log` (the `atendimento.audit` logger: admin actions), each rot
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -80,14 +81,33 @@ _CPF = re.compile(r"(?<![\w.])\d{3}\.\d{3}\.\d{3}-?\d{2}(?![\w])")
 _PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ -]?){0,3}(?:\d{4,5}|\d[ .]\d{4})[ .-]?\d{4}(?![\w@/]|[.-]\d)")
 _DIGIT = re.compile(r"\d")
 # What every form above needs somewhere: a run of 6+ digits (with separators), an "@", or one of the
-# secret markers. Most logged values (ids, names, short texts) have none and skip the full masking.
-_MAY_HOLD_PII = re.compile(rf"\d[\d .()-]{{4,}}\d|@|(?i:bearer|basic|sk-|eyJ|sha256=|{_SECRET})")
+# secret markers (a superset of _SECRET's words and the secret patterns' prefixes, lower-cased).
+# Most logged values (ids, names, short texts) have none and skip the full masking; substring tests
+# are several times cheaper than one case-insensitive alternation tried at every position.
+_DIGIT_RUN = re.compile(r"\d[\d .()-]{4,}\d")
+_SECRET_MARKERS = (
+    "bearer", "basic", "sk-", "eyj", "sha256=", "authorization", "api", "token", "secret", "passw", "senha",
+    "signature",
+)  # fmt: skip
+
+
+def _may_hold_pii(text: str) -> bool:
+    if "@" in text or _DIGIT_RUN.search(text):
+        return True
+    lowered = text.lower()
+    return any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether a field's name names a secret (the same few names come back on every line)."""
+    return _SECRET_KEY.search(key) is not None
 
 
 def mask_pii(text: str) -> str:
     """Mask phone numbers (all but the last 4 digits), e-mail addresses (all but the first letter
     and the domain), CPF numbers (whole) and tokens/secrets (whole) in free text."""
-    if not text or not _MAY_HOLD_PII.search(text):
+    if not text or not _may_hold_pii(text):
         return text
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(_mask_secret, text)
@@ -137,7 +157,7 @@ def _is_cpf(digits: str) -> bool:
 def _masked(value: Any, key: str = "") -> Any:
     """Strings masked wherever they sit in the structure; a string under a secret-named key whole."""
     if isinstance(value, str):
-        return "***" if key and _SECRET_KEY.search(key) else mask_pii(value)
+        return "***" if key and _secret_key(key) else mask_pii(value)
     if isinstance(value, Mapping):
         return {k: _masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
