@@ -205,10 +205,11 @@ class Store:
             return Claim(token, won=False, retry_in_s=int(result[1]) / 1000)
         return Claim(token, won=True, copy=outcome == 3)
 
-    @traced_redis("accept")
-    async def accept(self, message_id: str, conversation_id: str) -> None:
-        """The message is queued (confirmed): its claim is final for the idempotency TTL."""
-        await self.pipeline.execute(
+    def accept(self, message_id: str, conversation_id: str) -> None:
+        """The message is queued (confirmed): its claim becomes final for the idempotency TTL, with
+        the next round trip. Nobody waits for it: until it lands (or if it never does) the claim is
+        a provisional one, which a retry waits out or, once stale, takes over with a marked copy."""
+        self.pipeline.later(
             "SET", self.names.claim_key(message_id), f"a:{conversation_id}", "EX", IDEMPOTENCY_TTL_SECONDS
         )
 

@@ -150,3 +150,29 @@ async def test_concurrent_commands_share_round_trips_and_each_gets_its_own_reply
         keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
         if keys:
             await redis.delete(*keys)
+
+
+async def test_a_command_nobody_waits_for_rides_along_or_leaves_within_the_linger(redis: Redis) -> None:
+    prefix = new_namespace()
+    pipeline = _CountingPipeline(redis)
+    try:
+        pipeline.later("SET", f"{prefix}:accepted", "a:conversation")
+        # A claim issued next finds it: the command issued first goes first in the shared trip.
+        assert await pipeline.execute("GET", f"{prefix}:accepted") == "a:conversation"
+        assert pipeline.sent == 1
+
+        pipeline.later("SET", f"{prefix}:alone", "1")  # no company: it leaves on its own, soon
+
+        async def landed() -> bool:
+            return await redis.get(f"{prefix}:alone") == "1"
+
+        await eventually(landed, timeout=5, what="the lingering command")
+        assert pipeline.sent == 2
+
+        pipeline.later("SET", f"{prefix}:at-stop", "1")
+        await pipeline.drain()  # at shutdown: sent at once, not lost
+        assert await redis.get(f"{prefix}:at-stop") == "1"
+    finally:
+        keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
+        if keys:
+            await redis.delete(*keys)

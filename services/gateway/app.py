@@ -116,6 +116,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
         app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
         yield
+        await store.pipeline.drain()  # the last accepts, while Redis is still connected
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

@@ -150,11 +150,7 @@ class Intake:
             except REDIS_ERRORS:
                 log.error("claim of %s not released; a retry takes it over once it is stale", message_id)
             raise unavailable("the message broker") from None
-        try:
-            await self.store.accept(message_id, conversation_id)
-        except REDIS_ERRORS as exc:
-            # Queued all the same: a retry would find the claim stale and publish a marked copy.
-            log.warning("claim of %s not made final (it is queued): %s", message_id, exc)
+        self.store.accept(message_id, conversation_id)
         return Outcome()
 
     async def _claim(self, message_id: str, conversation_id: str) -> Claim:

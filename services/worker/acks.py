@@ -1,10 +1,14 @@
 """Settling one shard channel's deliveries: acks sent together, as few frames as the order allows.
 
-Lanes settle their deliveries one by one, but many lanes settle in the same moment (their commits
-shared one round trip). Acks asked for while the event loop is busy go out together, as one
-`multiple` ack for every tag below the first unsettled one, then single acks for the settled tags
-above it, in tag order. So a conversation's settled messages stay a prefix of it even if the
-connection drops half-way through the frames, and a slow conversation never holds another's ack.
+Lanes settle their deliveries one by one, each at its own moment. An ack waits up to ACK_LINGER_S
+for company, then the acks asked for meanwhile go out together, as one `multiple` ack for every
+tag below the first unsettled one, then single acks for the settled tags above it, in tag order.
+So a conversation's settled messages stay a prefix of it even if the connection drops half-way
+through the frames, and a slow conversation never holds another's ack.
+
+The linger costs nothing a customer sees (the reply is out before its delivery is settled): a
+worker killed within it has those few deliveries redelivered, and their stored replies are sent
+again, which every outlet already recognises (the delivery ledger, the streams' recent replies).
 
 A tag is acked once: a `multiple` ack names a tag not acked before (one below it may have been;
 the broker skips those), since naming one already acked would be an error that closes the channel.
@@ -21,6 +25,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from shared.broker import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
+
+# Under load, tens of acks share one frame; idle, an ack is 10 ms late.
+ACK_LINGER_S = 0.01
 
 
 @dataclass(slots=True)
@@ -61,6 +68,7 @@ class ChannelAcks:
     async def _send(self) -> None:
         try:
             while self._unsent:
+                await asyncio.sleep(ACK_LINGER_S)
                 await self._send_batch()
         finally:
             self._sending = None
