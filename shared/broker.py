@@ -14,15 +14,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
     DeliveryMode,
 )
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
 from shared.messages import CHANNELS, ReplyMessage
 from shared.names import Names
@@ -62,7 +62,7 @@ def work_queue_arguments(names: Names, *, single_active_consumer: bool) -> dict[
     return arguments
 
 
-async def declare_topology(channel: AbstractChannel, names: Names) -> dict[str, AbstractExchange]:
+async def declare_topology(channel: AbstractChannel, names: Names) -> None:
     """Declare every exchange and durable queue; idempotent, done by every service at connect."""
     inbound = await channel.declare_exchange(names.inbound_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     replies = await channel.declare_exchange(names.replies_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
@@ -84,7 +84,6 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> dict[str, 
             arguments=work_queue_arguments(names, single_active_consumer=False),
         )
         await queue.bind(replies, routing_key=f"{channel_name}.#")
-    return {names.inbound_exchange: inbound, names.replies_exchange: replies, names.dead_letter_exchange: dead}
 
 
 async def declare_shard_queue(channel: AbstractChannel, names: Names, shard: int) -> AbstractQueue:
@@ -101,7 +100,7 @@ class Broker:
         self._names = names
         self._connection_name = connection_name
         self._connection: AbstractRobustConnection | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._channel: AbstractChannel | None = None  # the publisher's, with confirms
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -161,12 +160,13 @@ class Broker:
         )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchanges = await declare_topology(channel, self._names)
+            await declare_topology(channel, self._names)
         except BaseException:
             with contextlib.suppress(*BROKER_ERRORS):
                 await connection.close()
             raise
         self._connection = connection
+        self._channel = channel
         self._ready.set()
 
     async def publish_reply(self, reply: ReplyMessage) -> None:
@@ -203,14 +203,24 @@ class Broker:
         with producer_span(exchange, routing_key, amqp_headers, message_id=message_id, conversation_id=conversation_id):
             if not self.connected:
                 raise ConnectionError("RabbitMQ is not connected")
-            message = aio_pika.Message(
-                body,
+            # Straight to aiormq with the frame's properties: an aio_pika.Message would only be
+            # built to be read back into them (tens of guarded attribute writes per message).
+            properties = aiormq.spec.Basic.Properties(
                 content_type="application/json",
                 message_id=message_id,
                 correlation_id=conversation_id,
                 headers=amqp_headers,
-                delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+                delivery_mode=(DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT).value,
             )
-            await self._exchanges[exchange].publish(
-                message, routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT_S
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                raise ChannelInvalidStateError(f"{channel!r} closed")
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=mandatory,
+                timeout=PUBLISH_TIMEOUT_S,
             )

@@ -61,6 +61,12 @@ def _tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME, __version__)
 
 
+def _tracing() -> bool:
+    """Whether a tracer provider is installed. Without one every span is a no-op, and the hot
+    paths skip making them: building a no-op span and its attributes costs about 10 µs a time."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 # Set-up ------------------------------------------------------------------------------------------
 def service_name(service: str) -> str:
     return f"atendimento-{service}"
@@ -139,7 +145,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def server_span_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A SERVER span per request, continuing an incoming W3C `traceparent` (SPEC section 4).
     Put it first: the status it records is the one problem_middleware made of any error."""
-    if request.path in UNTRACED_PATHS:
+    if request.path in UNTRACED_PATHS or not _tracing():
         return await handler(request)
     route = request.match_info.route.resource
     template = route.canonical if route is not None else None
@@ -265,6 +271,9 @@ def producer_span(
 ) -> Iterator[Span]:
     """A PRODUCER span around a publish; its context is injected into `headers` (the AMQP headers
     of the message), so the consumer continues this trace."""
+    if not _tracing():
+        yield INVALID_SPAN
+        return
     attributes = _messaging_attributes("publish", "send", exchange, routing_key, message_id, conversation_id)
     with _tracer().start_as_current_span(f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
         propagate.inject(headers)
@@ -308,6 +317,8 @@ class ConsumerSpans:
 
     @staticmethod
     def _start(delivery: AbstractIncomingMessage) -> Span:
+        if not _tracing():
+            return INVALID_SPAN
         attributes = _messaging_attributes(
             "process",
             "process",
@@ -349,6 +360,9 @@ class ConsumerSpans:
 def engine_span(engine: str) -> Iterator[Span]:
     """Generating a reply (knowledge-base ranking, or the LLM engine with its grounding). An
     exception leaving the block marks the span failed and is recorded on it."""
+    if not _tracing():
+        yield INVALID_SPAN
+        return
     with _tracer().start_as_current_span(f"engine {engine}", attributes={"atendimento.engine": engine}) as span:
         yield span
 
