@@ -4,7 +4,7 @@ Prints top-1 accuracy on answerable questions, the correct-fallback rate on unan
 every wrong reply, the time per reply, and the time per reply on a synthetic 1,000-entry base.
 `--all` prints, for every bundled question set, top-1 accuracy, the correct-fallback (refusal)
 rate and retrieval recall@3: first the sets the defaults were tuned on (eval/tuning and the
-samples), then the held-out sets never tuned on (eval/holdout), each group with its mean.
+samples), then the held-out sets never tuned on (eval/holdout and eval/fresh), each group with its mean.
 `--embeddings` ranks with the optional sentence-embedding model too (KB_EMBEDDINGS=on).
 Exits 1 when a rate is under --fail-under (default 0: report only).
 """
@@ -45,6 +45,9 @@ BUNDLED = (
     ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
     ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
     ("carrental-en", HELD_OUT, EVAL / "holdout" / "kb-carrental.yaml", EVAL / "holdout" / "questions-carrental.yaml"),
+    # Fresh held-out sets, written blind to the engine's code for issue 13.
+    ("dental-pt", HELD_OUT, EVAL / "fresh" / "kb-dental.yaml", EVAL / "fresh" / "questions-dental.yaml"),
+    ("isp-en", HELD_OUT, EVAL / "fresh" / "kb-isp.yaml", EVAL / "fresh" / "questions-isp.yaml"),
 )
 
 
