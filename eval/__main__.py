@@ -41,6 +41,9 @@ BUNDLED = (
     # Off-topic questions only, each sharing a strong word with an entry: refusal's hard case.
     ("gym-pt-off", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym-offtopic.yaml"),
     ("shop-en-off", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en-offtopic.yaml"),
+    ("sample-pt-off", TUNED, DEFAULT_KB, EVAL / "tuning" / "questions-sample-offtopic.yaml"),
+    ("sample-en-off", TUNED, ROOT / "shared" / "data" / "kb-sample-en.yaml", EVAL / "tuning" / "questions-sample-en-offtopic.yaml"),
+    ("dev-pt-off", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev-offtopic.yaml"),
     ("vet-pt", HELD_OUT, EVAL / "holdout" / "kb-vet.yaml", EVAL / "holdout" / "questions-vet.yaml"),
     ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
     ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
