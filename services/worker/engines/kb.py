@@ -10,6 +10,15 @@ u charge for delivery" asks "How much is shipping?"), and an entry answers when 
 or its word score passes the threshold. Both were set on the English bases of `python -m eval
 --all`, as the choice that answered more of their questions without wrongly answering any
 off-topic one more.
+
+With KB_EMBEDDINGS=multilingual (either language), multilingual-e5 embeddings (e5.py) weigh in
+only where words may be wrong: a question whose every word the base knows and whose best entry's
+word score reaches MULTILINGUAL_TRUSTED is answered by words alone; any other is ranked by
+MULTILINGUAL_SHARE of the cosine to each entry (the rest: the word score) and answered when that
+reaches MULTILINGUAL_ANSWERS. The model tells "how long does it take to cook pasta" from "How
+long does shipping take?", which share every word the base knows. Set on the tuned-on sets of
+`python -m eval --all --multilingual`, off-topic ones included; a question with no word the base
+knows still gets the fallback without asking the model.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from typing import TYPE_CHECKING
 from shared.messages import ReplyContent
 
 from .base import EngineRequest
-from .index import Analyzer, KbIndex, Tuning
+from .index import Analyzer, Hit, KbIndex, Tuning
 from .kbfile import Entry, KnowledgeBase, KnowledgeBaseError
 from .smalltalk import SmallTalk, SmallTalkDetector
 
 if TYPE_CHECKING:
+    from .e5 import E5Model, PassageIndex
     from .embeddings import SemanticIndex, SentenceEncoder
 
 __all__ = ["Entry", "KbEngine", "KnowledgeBase", "KnowledgeBaseError", "Tuning"]
@@ -36,6 +46,12 @@ SMALL_TALK_CONFIDENCE = 0.95
 # the best entry's cosine reaches EMBEDDING_ANSWERS (or its word score the threshold).
 EMBEDDING_SHARE = 0.9
 EMBEDDING_ANSWERS = 0.5
+# Multilingual embeddings: trust words alone at this word score when the base knows every word;
+# otherwise rank by this share of the cosine and answer from this blended score. e5's cosines of
+# related texts sit in 0.75..0.95, hence the high bar.
+MULTILINGUAL_TRUSTED = 0.7
+MULTILINGUAL_SHARE = 0.9
+MULTILINGUAL_ANSWERS = 0.81
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +68,13 @@ class KbEngine:
     name = "kb"
     uses_history = False
 
-    def __init__(self, kb: KnowledgeBase, tuning: Tuning | None = None, encoder: SentenceEncoder | None = None) -> None:
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        tuning: Tuning | None = None,
+        encoder: SentenceEncoder | None = None,
+        multilingual: E5Model | None = None,
+    ) -> None:
         self.kb = kb
         self.tuning = tuning or Tuning()
         self._analyzer = Analyzer(kb.language)
@@ -63,11 +85,27 @@ class KbEngine:
             from .embeddings import SemanticIndex
 
             self._semantic = SemanticIndex([entry.questions for entry in kb.entries], encoder)
+        self._passages: PassageIndex | None = None
+        if multilingual is not None:
+            from .e5 import PassageIndex
+
+            self._passages = PassageIndex(kb.entries, multilingual)
 
     @property
     def semantic(self) -> bool:
         """Whether embeddings rank the entries."""
-        return self._semantic is not None
+        return self._semantic is not None or self._passages is not None
+
+    def needs_model(self, text: str) -> bool:
+        """Whether a question takes the multilingual model's (slow) path."""
+        scan = self._small_talk.scan(self._analyzer.words(text))
+        if self._passages is None or scan.only_small_talk:
+            return False
+        hits = self._index.rank(scan.rest, limit=1)
+        return bool(hits) and not self._trusted(hits[0])
+
+    def _trusted(self, hit: Hit) -> bool:
+        return hit.known >= 1.0 and hit.confidence >= MULTILINGUAL_TRUSTED
 
     def answer(self, text: str) -> ReplyContent:
         scan = self._small_talk.scan(self._analyzer.words(text))
@@ -94,6 +132,8 @@ class KbEngine:
         return [(self.kb.entries[m.entry], round(m.score, 4)) for m in self._matches(text, scan, limit)]
 
     def _matches(self, text: str, scan: SmallTalk, limit: int) -> list[Match]:
+        if self._passages is not None:
+            return self._multilingual_matches(text, scan, self._passages, limit)
         if self._semantic is None:
             return [
                 Match(h.entry, h.score, h.confidence, h.confidence >= self.tuning.threshold)
@@ -109,6 +149,19 @@ class KbEngine:
             score = EMBEDDING_SHARE * max(cosine, 0.0) + (1.0 - EMBEDDING_SHARE) * word_score
             answers = cosine >= EMBEDDING_ANSWERS or word_score >= self.tuning.threshold
             matches.append(Match(entry, score, max(cosine, word_score, 0.0), answers))
+        matches.sort(key=lambda m: (-m.score, m.entry))
+        return matches[:limit]
+
+    def _multilingual_matches(self, text: str, scan: SmallTalk, passages: PassageIndex, limit: int) -> list[Match]:
+        hits = self._index.rank(scan.rest, limit=len(self.kb.entries))
+        if not hits or self._trusted(hits[0]):
+            # No word the base knows (the fallback), or words alone are sure: no need to ask the model.
+            return [Match(h.entry, h.score, h.confidence, h.confidence >= self.tuning.threshold) for h in hits[:limit]]
+        words = {h.entry: h.confidence for h in hits}
+        matches = []
+        for entry, cosine in enumerate(passages.cosines(text).tolist()):
+            score = MULTILINGUAL_SHARE * cosine + (1.0 - MULTILINGUAL_SHARE) * words.get(entry, 0.0)
+            matches.append(Match(entry, score, score, score >= MULTILINGUAL_ANSWERS))
         matches.sort(key=lambda m: (-m.score, m.entry))
         return matches[:limit]
 
