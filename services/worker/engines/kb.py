@@ -23,6 +23,7 @@ knows still gets the fallback without asking the model.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -166,6 +167,10 @@ class KbEngine:
         return matches[:limit]
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
+        if self._passages is not None:
+            # Tens of milliseconds in the model's C code (which lets go of the GIL): in a thread,
+            # so the other conversations' lanes keep running meanwhile.
+            return await asyncio.to_thread(self.answer, request.text)
         return self.answer(request.text)
 
     async def close(self) -> None:
