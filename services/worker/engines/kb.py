@@ -24,8 +24,10 @@ knows still gets the fallback without asking the model.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from shared.messages import ReplyContent
 
@@ -37,6 +39,8 @@ from .smalltalk import SmallTalk, SmallTalkDetector
 if TYPE_CHECKING:
     from .e5 import E5Model, PassageIndex
     from .embeddings import SemanticIndex, SentenceEncoder
+
+T = TypeVar("T")
 
 __all__ = ["Entry", "KbEngine", "KnowledgeBase", "KnowledgeBaseError", "Tuning"]
 
@@ -167,11 +171,18 @@ class KbEngine:
         return matches[:limit]
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
+        return await self._off_the_loop(self.answer, request.text)
+
+    async def lookup(self, text: str, limit: int = 3) -> list[tuple[Entry, float]]:
+        """`search` for a caller on the event loop (the LLM engine's grounding)."""
+        return await self._off_the_loop(functools.partial(self.search, limit=limit), text)
+
+    async def _off_the_loop(self, work: Callable[[str], T], text: str) -> T:
         if self._passages is not None:
             # Tens of milliseconds in the model's C code (which lets go of the GIL): in a thread,
             # so the other conversations' lanes keep running meanwhile.
-            return await asyncio.to_thread(self.answer, request.text)
-        return self.answer(request.text)
+            return await asyncio.to_thread(work, text)
+        return work(text)
 
     async def close(self) -> None:
         """Nothing to release: the index lives in memory."""

@@ -179,15 +179,15 @@ class OpenAiEngine:
         self._session: aiohttp.ClientSession | None = None
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
-        grounding = self._grounding(request)
+        grounding = await self._grounding(request)
         if not self.breaker.allow():
-            return self._fallback(request)
+            return await self._fallback(request)
         try:
             text, usage = await self._complete(self._messages(request, grounding), request.on_delta)
         except ProviderError as exc:
             self.breaker.failed()
             log.warning("LLM reply failed, the knowledge base answers: %s", exc)
-            return self._fallback(request)
+            return await self._fallback(request)
         except BaseException:
             self.breaker.abandoned()  # cancelled (shutdown) or a bug: the call proved nothing
             raise
@@ -208,17 +208,17 @@ class OpenAiEngine:
 
     # -- the request ------------------------------------------------------------------------
 
-    def _grounding(self, request: EngineRequest) -> list[tuple[Entry, float]]:
+    async def _grounding(self, request: EngineRequest) -> list[tuple[Entry, float]]:
         """The entries closest to the message; for a follow-up ("e pro Rio?") that alone matches
         nothing, the closest to it read with the customer's previous message."""
         limit = self.config.grounding_entries
         if limit == 0:
             return []
         floor = self.kb.tuning.threshold / 2  # below this an entry only shares a stray word
-        found = [(e, s) for e, s in self.kb.search(request.text, limit) if s >= floor]
+        found = [(e, s) for e, s in await self.kb.lookup(request.text, limit) if s >= floor]
         previous = next((t.text for t in reversed(request.history) if t.role == "user"), None)
         if not found and previous:
-            found = [(e, s) for e, s in self.kb.search(f"{previous}\n{request.text}", limit) if s >= floor]
+            found = [(e, s) for e, s in await self.kb.lookup(f"{previous}\n{request.text}", limit) if s >= floor]
         return found
 
     def _messages(self, request: EngineRequest, grounding: Sequence[tuple[Entry, float]]) -> list[dict[str, Any]]:
@@ -230,8 +230,8 @@ class OpenAiEngine:
         messages.append({"role": "user", "content": _user_content(request)})
         return messages
 
-    def _fallback(self, request: EngineRequest) -> ReplyContent:
-        return replace(self.kb.answer(request.text), engine="kb-fallback")
+    async def _fallback(self, request: EngineRequest) -> ReplyContent:
+        return replace(await self.kb.reply(request), engine="kb-fallback")
 
     # -- the call ---------------------------------------------------------------------------
 
