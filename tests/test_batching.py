@@ -9,13 +9,15 @@ replies gives one request another's answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -61,7 +63,7 @@ async def _fill(channel: AbstractChannel, name: str) -> None:
         await channel.default_exchange.publish(aio_pika.Message(str(number).encode()), routing_key=name)
 
 
-async def _left_in(connection: aio_pika.abc.AbstractConnection, name: str) -> list[str]:
+async def _left_in(connection: AbstractConnection, name: str) -> list[str]:
     """What the queue gives a new consumer: the deliveries that were never acked."""
     channel = await connection.channel()
     queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
@@ -71,13 +73,33 @@ async def _left_in(connection: aio_pika.abc.AbstractConnection, name: str) -> li
     return bodies
 
 
-async def test_acks_in_any_order_settle_exactly_the_deliveries_acked(queue_name: str) -> None:
+@dataclass
+class _Held:
+    connection: AbstractConnection
+    channel: AbstractChannel
+    deliveries: list[AbstractIncomingMessage]  # unacked, in delivery-tag order
+
+
+@contextlib.asynccontextmanager
+async def _held(name: str) -> AsyncIterator[_Held]:
+    """MESSAGES deliveries of a queue in hand on one channel, none settled yet."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
-        await _fill(await connection.channel(), queue_name)
+        await _fill(await connection.channel(), name)
         channel = await connection.channel()
-        _, deliveries = await _deliveries(channel, queue_name)
-        acks = ChannelAcks()
+        _, deliveries = await _deliveries(channel, name)
+        yield _Held(connection, channel, deliveries)
+
+
+async def _still_open(held: _Held, name: str) -> None:
+    await held.channel.declare_queue(name, passive=True)  # a round trip: the broker did not close it
+    assert not held.channel.is_closed
+    await held.channel.close()
+
+
+async def test_acks_in_any_order_settle_exactly_the_deliveries_acked(queue_name: str) -> None:
+    async with _held(queue_name) as held:
+        deliveries, acks = held.deliveries, ChannelAcks()
         still_working = {deliveries[2].body.decode(), deliveries[7].body.decode()}
         order = [d for d in deliveries if d.body.decode() not in still_working]
         random.Random(7).shuffle(order)
@@ -87,29 +109,21 @@ async def test_acks_in_any_order_settle_exactly_the_deliveries_acked(queue_name:
             for delivery in burst:
                 acks.ack(delivery)
             await acks.flush()
-        await channel.declare_queue(queue_name, passive=True)  # a round trip: the channel is still open
-        assert not channel.is_closed
-        await channel.close()
-        assert sorted(await _left_in(connection, queue_name)) == sorted(still_working)
+        await _still_open(held, queue_name)
+        assert sorted(await _left_in(held.connection, queue_name)) == sorted(still_working)
 
 
 async def test_a_reject_goes_out_after_the_acks_before_it_and_the_channel_stays_open(queue_name: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        await _fill(await connection.channel(), queue_name)
-        channel = await connection.channel()
-        _, deliveries = await _deliveries(channel, queue_name)
-        acks = ChannelAcks()
+    async with _held(queue_name) as held:
+        deliveries, acks = held.deliveries, ChannelAcks()
         for delivery in deliveries[:5]:
             acks.ack(delivery)
         await acks.reject(deliveries[5])  # no dead-letter exchange on this queue: dropped
         for delivery in deliveries[6:-1]:
             acks.ack(delivery)
         await acks.flush()
-        await channel.declare_queue(queue_name, passive=True)
-        assert not channel.is_closed
-        await channel.close()
-        assert await _left_in(connection, queue_name) == [deliveries[-1].body.decode()]
+        await _still_open(held, queue_name)
+        assert await _left_in(held.connection, queue_name) == [deliveries[-1].body.decode()]
 
 
 class _CountingPipeline(AutoPipeline):
