@@ -126,6 +126,27 @@ async def test_a_reject_goes_out_after_the_acks_before_it_and_the_channel_stays_
         assert await _left_in(held.connection, queue_name) == [deliveries[-1].body.decode()]
 
 
+async def test_a_new_channel_starts_its_tags_afresh(queue_name: str) -> None:
+    """After a dropped connection the shard's robust channel comes back with tags from 1: what was
+    settled on the old channel must not make a `multiple` ack on the new one cover deliveries still
+    being worked on."""
+    acks = ChannelAcks()
+    async with _held(queue_name) as old:
+        for delivery in old.deliveries:
+            acks.ack(delivery)
+        await acks.flush()
+        await old.channel.close()
+        acks.ack(old.deliveries[0])  # a late settle of the old channel: nothing to send
+        await _fill(await old.connection.channel(), queue_name)
+        new = _Held(old.connection, channel := await old.connection.channel(), [])
+        _, new.deliveries = await _deliveries(channel, queue_name)  # every old one was acked
+        acks.ack(new.deliveries[4])  # tag 5 of the new channel; 1-4 and 6-12 are still in hand
+        await acks.flush()
+        await _still_open(new, queue_name)
+        left = await _left_in(new.connection, queue_name)
+        assert sorted(left) == sorted(d.body.decode() for n, d in enumerate(new.deliveries) if n != 4)
+
+
 class _CountingPipeline(AutoPipeline):
     """Counts the round trips (pipelines sent)."""
 

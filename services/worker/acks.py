@@ -12,6 +12,11 @@ again, which every outlet already recognises (the delivery ledger, the streams' 
 
 A tag is acked once: a `multiple` ack names a tag not acked before (one below it may have been;
 the broker skips those), since naming one already acked would be an error that closes the channel.
+
+The shard's channel is robust: after a dropped connection it comes back as a new channel whose tags
+count from 1 again. Acks are kept for the channel the deliveries came on, and start afresh with the
+first delivery of the new one; a delivery of the old channel is not acked at all (it cannot be:
+the broker took it back when the connection dropped, and brings it again).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from shared.broker import BROKER_ERRORS
 
@@ -32,8 +38,9 @@ ACK_LINGER_S = 0.01
 
 @dataclass(slots=True)
 class ChannelAcks:
-    """One per shard channel (its delivery tags count from 1)."""
+    """One per shard subscription: the acks of its channel, as the channel is now."""
 
+    _channel: object = None  # the (underlying) channel the tags below belong to
     _low: int = 1  # every tag below it is settled
     _settled: set[int] = field(default_factory=set)  # settled tags from _low up
     _unsent: dict[int, AbstractIncomingMessage] = field(default_factory=dict)
@@ -42,6 +49,8 @@ class ChannelAcks:
     def ack(self, delivery: AbstractIncomingMessage) -> None:
         """Settle a delivery; its ack leaves with the others asked for meanwhile. A channel that
         closes first makes it moot: the broker redelivers, and the stored reply answers it."""
+        if not self._holds(delivery):
+            return
         tag = _tag(delivery)
         self._settle(tag)
         self._unsent[tag] = delivery
@@ -52,7 +61,18 @@ class ChannelAcks:
         """Dead-letter a delivery now, after the acks before it. Raises BROKER_ERRORS."""
         await self.flush()
         await delivery.reject(requeue=False)
-        self._settle(_tag(delivery))
+        if self._holds(delivery):
+            self._settle(_tag(delivery))
+
+    def _holds(self, delivery: AbstractIncomingMessage) -> bool:
+        """Whether the delivery's channel is the live one; the first delivery of a new channel
+        (the robust channel restored after a drop) starts its tags afresh."""
+        if not still_held(delivery):
+            return False
+        channel = delivery.channel
+        if channel is not self._channel:
+            self._channel, self._low, self._settled, self._unsent = channel, 1, set(), {}
+        return True
 
     async def flush(self) -> None:
         """Send every ack asked for so far (before the channel is closed, or a reject)."""
@@ -85,6 +105,15 @@ class ChannelAcks:
                 await delivery.ack(multiple=multiple)
         except BROKER_ERRORS as exc:
             log.debug("acks not sent, the channel is gone (the broker redelivers): %r", exc)
+
+
+def still_held(delivery: AbstractIncomingMessage) -> bool:
+    """False for a delivery whose channel was closed (the connection dropped, or the shard was
+    given up): the broker has requeued it already, and it can no longer be acked."""
+    try:
+        return not delivery.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
 
 
 def _tag(delivery: AbstractIncomingMessage) -> int:

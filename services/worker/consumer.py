@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from services.worker.acks import ChannelAcks
+from services.worker.acks import ChannelAcks, still_held
 from services.worker.ownership import owned_shards
-from services.worker.processor import MAX_BACKOFF_S, Abandoned, Processor, still_held
+from services.worker.processor import MAX_BACKOFF_S, Abandoned, Processor
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
 from shared.messages import InboundMessage, MessageFormatError
 from shared.store import REDIS_ERRORS, Store

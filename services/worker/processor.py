@@ -27,9 +27,8 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import ChannelInvalidStateError
 
-from services.worker.acks import ChannelAcks
+from services.worker.acks import ChannelAcks, still_held
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
 from services.worker.media import MediaResolver
@@ -51,15 +50,6 @@ Parsed = tuple[AbstractIncomingMessage, InboundMessage | None]
 
 def backoff(attempt: int) -> float:
     return float(min(MAX_BACKOFF_S, 0.1 * 2**attempt))
-
-
-def still_held(delivery: AbstractIncomingMessage) -> bool:
-    """False for a delivery whose channel was closed (the connection dropped, or the shard was
-    given up): the broker has requeued it already, and it can no longer be acked."""
-    try:
-        return not delivery.channel.is_closed
-    except ChannelInvalidStateError:
-        return False
 
 
 class Abandoned(Exception):
