@@ -119,7 +119,8 @@ class AutoPipeline:
 def _answer(command: Command, future: asyncio.Future[Any] | None, reply: Any) -> None:
     if future is None:
         if isinstance(reply, Exception):
-            log.warning("Redis command %s not applied: %r", command[0], reply)
+            # For the gateway's accepts: the claim stays provisional, which a retry copes with.
+            log.warning("Redis command %s not applied: %r", " ".join(map(str, command[:2])), reply)
     elif future.done():
         pass  # its caller gave up (cancelled)
     elif isinstance(reply, Exception):
