@@ -48,6 +48,10 @@ BUNDLED = (
     ("sample-pt-off", TUNED, DEFAULT_KB, EVAL / "tuning" / "questions-sample-offtopic.yaml"),
     ("sample-en-off", TUNED, SAMPLE_EN_KB, EVAL / "tuning" / "questions-sample-en-offtopic.yaml"),
     ("dev-pt-off", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev-offtopic.yaml"),
+    # Written blind to the engine, in trades it had not seen, then tuned on.
+    ("pizzaria-pt", TUNED, EVAL / "tuning" / "kb-restaurante.yaml", EVAL / "tuning" / "questions-restaurante.yaml"),
+    ("pharmacy-pt", TUNED, EVAL / "tuning" / "kb-farmacia.yaml", EVAL / "tuning" / "questions-farmacia.yaml"),
+    ("fintech-en", TUNED, EVAL / "tuning" / "kb-fintech.yaml", EVAL / "tuning" / "questions-fintech.yaml"),
     ("vet-pt", HELD_OUT, EVAL / "holdout" / "kb-vet.yaml", EVAL / "holdout" / "questions-vet.yaml"),
     ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
     ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
@@ -55,6 +59,9 @@ BUNDLED = (
     # Fresh held-out sets, written blind to the engine's code for issue 13.
     ("dental-pt", HELD_OUT, EVAL / "fresh" / "kb-dental.yaml", EVAL / "fresh" / "questions-dental.yaml"),
     ("isp-en", HELD_OUT, EVAL / "fresh" / "kb-isp.yaml", EVAL / "fresh" / "questions-isp.yaml"),
+    # Written blind the same way, before this round's engine changes.
+    ("driving-pt", HELD_OUT, EVAL / "fresh" / "kb-autoescola.yaml", EVAL / "fresh" / "questions-autoescola.yaml"),
+    ("solar-en", HELD_OUT, EVAL / "fresh" / "kb-solar.yaml", EVAL / "fresh" / "questions-solar.yaml"),
 )
 
 

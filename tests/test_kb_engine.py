@@ -247,6 +247,24 @@ def test_a_word_the_base_lacks_stands_for_its_paraphrases(tmp_path: Path) -> Non
     assert engine.answer("quando vou ter meu dinheiro de volta?").sources == ("reembolso",)
 
 
+def test_service_paraphrases_of_any_trade_reach_the_bases_word(tmp_path: Path) -> None:
+    path = write_kb(
+        tmp_path,
+        kb_text(
+            '{id: register, questions: ["How do I register?"], answer: "In the app."}',
+            '{id: activate, questions: ["How do I activate my card?"], answer: "Tap Activate."}',
+            '{id: limits, questions: ["How much can I withdraw at an ATM?"], answer: "$500 a day."}',
+            '{id: contact, questions: ["How can I contact you?"], answer: "By chat."}',
+            language="en",
+        ),
+    )
+    engine = KbEngine(KnowledgeBase.load(path))
+    assert engine.answer("hey how do i sign up").sources == ("register",)
+    assert engine.answer("got my card, how do i turn it on").sources == ("activate",)
+    assert engine.answer("how much cash can i pull out of an atm").sources == ("limits",)
+    assert engine.answer("how do i talk to someone").sources == ("contact",)
+
+
 def test_a_paraphrase_is_rewritten_only_into_a_word_the_base_uses() -> None:
     table = {("send", "back"): "return"}
     assert join_phrases(["can", "i", "send", "it", "back"], table) == ["can", "i", "return", "it"]
@@ -306,6 +324,9 @@ FLOORS = {
     "shop-en": (0.92, 0.85),
     "vet-pt": (0.8, 0.6),
     "courses-en": (0.82, 0.95),
+    "pizzaria-pt": (0.5, 0.6),
+    "pharmacy-pt": (0.54, 0.55),
+    "fintech-en": (0.58, 0.5),
 }
 
 
