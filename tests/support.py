@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +49,25 @@ def free_port() -> int:
 
 def new_namespace() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def sse_events(
+    response: aiohttp.ClientResponse, connected: asyncio.Event | None = None
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) for each event of a server-sent stream; `connected` is set at the
+    stream's first comment line (the gateway has subscribed it)."""
+    event, data = "", b""
+    async for raw in response.content:
+        line = raw.rstrip(b"\r\n")
+        if line.startswith(b": connected") and connected is not None:
+            connected.set()
+        elif line.startswith(b"event: "):
+            event = line[7:].decode()
+        elif line.startswith(b"data: "):
+            data = line[6:]
+        elif not line and data:
+            yield event, orjson.loads(data)
+            event, data = "", b""
 
 
 async def eventually(

@@ -42,7 +42,7 @@ from tests.channel_fakes import (
     whatsapp_tap,
     whatsapp_text,
 )
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, conversation_token, eventually, post_message
+from tests.support import REDIS_URL, TEST_SHARDS, Stack, conversation_token, eventually, post_message, sse_events
 from tests.test_llm_engine import LLM_TEXT, PRAZO, SPEECH_AUDIO, FakeLlm
 from tests.test_pipeline import wait_ready
 
@@ -315,20 +315,10 @@ async def all_events(
     seen: list[tuple[str, dict[str, Any]]] = []
     url = f"{base}/v1/conversations/{conversation_id}/events"
     async with asyncio.timeout(20), http.get(url, headers={"X-Conversation-Token": token}) as response:
-        event, data = "", b""
-        async for raw in response.content:
-            line = raw.rstrip(b"\r\n")
-            if line.startswith(b": connected"):
-                connected.set()
-            elif line.startswith(b"event: "):
-                event = line[7:].decode()
-            elif line.startswith(b"data: "):
-                data = line[6:]
-            elif not line and data:
-                seen.append((event, orjson.loads(data)))
-                if event == "reply":
-                    return seen
-                event, data = "", b""
+        async for event, data in sse_events(response, connected):
+            seen.append((event, data))
+            if event == "reply":
+                return seen
     return seen
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.support import Service, Stack, conversation_token, eventually, get_json, post_message, web_id
+from tests.support import Service, Stack, conversation_token, eventually, get_json, post_message, sse_events, web_id
 
 PRAZO = "Qual o prazo de entrega?"
 
@@ -53,21 +53,11 @@ async def read_events(
     async with asyncio.timeout(timeout), http.get(url, headers={"X-Conversation-Token": token}) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
-        event, data = "", b""
-        async for raw in response.content:
-            line = raw.rstrip(b"\r\n")
-            if line.startswith(b": connected") and connected is not None:
-                connected.set()
-            elif line.startswith(b"event: "):
-                event = line[7:].decode()
-            elif line.startswith(b"data: "):
-                data = line[6:]
-            elif not line and data:
-                if event == "reply":
-                    events.append(orjson.loads(data))
-                    if len(events) >= count:
-                        return events
-                event, data = "", b""
+        async for event, data in sse_events(response, connected):
+            if event == "reply":
+                events.append(data)
+                if len(events) >= count:
+                    return events
     return events
 
 
