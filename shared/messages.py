@@ -18,6 +18,12 @@ Channel = Literal["web", "whatsapp", "telegram"]
 CHANNELS: tuple[Channel, ...] = ("web", "whatsapp", "telegram")
 MediaKind = Literal["audio", "image", "document"]
 MEDIA_KINDS: tuple[MediaKind, ...] = ("audio", "image", "document")
+# What a reply is (SPEC section 6): an entry's answer, a question back with candidate entries, the
+# base's "not found", a greeting or thanks, a hand-over to a person, or a person's own reply.
+ReplyKind = Literal["answer", "clarify", "fallback", "smalltalk", "handoff", "agent"]
+REPLY_KINDS: tuple[ReplyKind, ...] = ("answer", "clarify", "fallback", "smalltalk", "handoff", "agent")
+# The option that hands the conversation to a person, offered with every question back and fallback.
+HANDOFF_OPTION = "handoff"
 
 
 class MessageFormatError(ValueError):
@@ -40,6 +46,29 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Option:
+    """A choice offered with a reply: a candidate entry (its id and title), the hand-over
+    (`HANDOFF_OPTION`), or an entry's own button (its label is its id). Chosen, it comes back as
+    the `id` (`InboundMessage.option`)."""
+
+    id: str
+    label: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Option:
+        if not isinstance(data, dict):
+            raise ValueError(f"an option must be an object, got {data!r}")
+        return cls(id=str(data["id"]), label=str(data["label"]))
+
+    @classmethod
+    def button(cls, label: str) -> Option:
+        return cls(id=label, label=label)
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyContent:
     """What an engine produced; the `reply` object of the public API."""
 
@@ -57,9 +86,11 @@ class ReplyContent:
     usage: Usage | None = None
     # and, for a fallback, the reply sent instead when it is one too many in a row (a handoff).
     escalation: ReplyContent | None = None
-    # Quick replies offered with the text (at most 3 short labels); a tap comes back as the label.
-    # In the public JSON and on the wire only when there are some.
-    buttons: tuple[str, ...] = ()
+    # SPEC section 6: answer, clarify, fallback, smalltalk, handoff or agent.
+    kind: ReplyKind = "answer"
+    # What the customer may choose from (empty when nothing): the candidates of a question back,
+    # the hand-over, or an entry's own buttons.
+    options: tuple[Option, ...] = ()
     # It answers a voice note: with VOICE_REPLIES=on the channel delivery also speaks it (the audio
     # is made at send time, so no audio bytes ever sit in a queue or in Redis). On the wire only.
     voice: bool = False
@@ -71,9 +102,9 @@ class ReplyContent:
             "confidence": round(self.confidence, 4),
             "handoff": self.handoff,
             "sources": list(self.sources),
+            "kind": self.kind,
+            "options": [option.to_dict() for option in self.options],
         }
-        if self.buttons:
-            body["buttons"] = list(self.buttons)
         return body
 
     def to_wire(self) -> dict[str, Any]:
@@ -90,7 +121,10 @@ class ReplyContent:
             confidence=float(data["confidence"]),
             handoff=bool(data.get("handoff", False)),
             sources=tuple(str(s) for s in data.get("sources", ())),
-            buttons=tuple(str(b) for b in data.get("buttons", ())),
+            kind=_kind(data.get("kind", "answer")),
+            # `buttons`: a reply queued by a version before options (labels only).
+            options=tuple(Option.from_dict(o) for o in data.get("options", ()))
+            or tuple(Option.button(str(b)) for b in data.get("buttons", ())),
             voice=bool(data.get("voice", False)),
         )
 
@@ -151,6 +185,9 @@ class InboundMessage:
     # A voice note, image or document (`text` is then its caption, maybe empty). Only present on
     # the wire when set: readers of schema 1 without it see a text message.
     attachment: Attachment | None = None
+    # The `id` of an option the customer chose (a tap, or `option` on the API); `text` is then its
+    # label. On the wire only when set.
+    option: str = ""
 
     def to_bytes(self) -> bytes:
         body: dict[str, Any] = {
@@ -166,6 +203,8 @@ class InboundMessage:
         }
         if self.attachment is not None:
             body["attachment"] = self.attachment.to_dict()
+        if self.option:
+            body["option"] = self.option
         return orjson.dumps(body)
 
     @classmethod
@@ -182,6 +221,7 @@ class InboundMessage:
                 accepted_at_ms=float(data["accepted_at_ms"]),
                 gateway_id=str(data.get("gateway_id", "")),
                 attachment=Attachment.from_dict(data["attachment"]) if data.get("attachment") else None,
+                option=str(data.get("option") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageFormatError(f"inbound message: {exc!r}") from exc
@@ -300,6 +340,13 @@ def _load(body: bytes | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MessageFormatError("not a JSON object")
     return data
+
+
+def _kind(value: Any) -> ReplyKind:
+    for kind in REPLY_KINDS:
+        if value == kind:
+            return kind
+    raise ValueError(f"unknown reply kind {value!r}")
 
 
 def _channel(value: Any) -> Channel:

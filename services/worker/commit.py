@@ -41,7 +41,7 @@ CONVERSATION_LOG_ENTRIES = 200
 CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
 # What the bot says while a human has the conversation: nothing. It stands in for the reply that
 # was not sent wherever one is stored, logged or announced, so that text never leaks.
-SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True)
+SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True, kind="handoff")
 
 SENT, STORED, SILENCED, ESCALATED = 0, 1, 2, 3
 # Long enough for the effects right behind the decision in the same pipeline, or a retry of both.

@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 
 from services.gateway.ratelimit import Limit
 from shared.logs import mask_pii
-from shared.messages import Channel, ReplyMessage
+from shared.messages import Channel, Option, ReplyMessage
 from shared.speech import SPEECH_MIME
 
 # Graph API error codes that mean "slow down" or "our side, try again", even when the HTTP status
@@ -65,15 +65,15 @@ class ChannelClient(Protocol):
         ...
 
     @property
-    def buttons_text_limit(self) -> int:
-        """The most UTF-16 units of the text that carries buttons."""
+    def options_text_limit(self) -> int:
+        """The most UTF-16 units of the text that carries options."""
         ...
 
     def pace(self, reply: ReplyMessage) -> Limit:
         """How fast the platform lets us write to this addressee."""
         ...
 
-    async def send(self, reply: ReplyMessage, text: str, buttons: tuple[str, ...] = ()) -> None: ...
+    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None: ...
 
     async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
         """Ogg/Opus audio as a voice message."""
@@ -89,7 +89,7 @@ class WhatsAppClient:
     access_token: str
     channel: Channel = "whatsapp"
     text_limit: int = 4096
-    buttons_text_limit: int = 1024  # the body of an interactive message
+    options_text_limit: int = 1024  # the body of an interactive message
 
     def recipient(self, reply: ReplyMessage) -> str:
         phone_number_id, to = _required(reply, "phone_number_id"), _required(reply, "to")
@@ -98,10 +98,10 @@ class WhatsAppClient:
     def pace(self, reply: ReplyMessage) -> Limit:
         return WHATSAPP_PACE
 
-    async def send(self, reply: ReplyMessage, text: str, buttons: tuple[str, ...] = ()) -> None:
+    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None:
         body: dict[str, Any] = {"type": "text", "text": {"body": text}}
-        if buttons:
-            choices = [{"type": "reply", "reply": {"id": label, "title": label}} for label in buttons]
+        if options:
+            choices = [{"type": "reply", "reply": {"id": o.id, "title": o.label}} for o in options]
             body = {
                 "type": "interactive",
                 "interactive": {"type": "button", "body": {"text": text}, "action": {"buttons": choices}},
@@ -150,7 +150,7 @@ class TelegramClient:
     bot_token: str
     channel: Channel = "telegram"
     text_limit: int = 4096
-    buttons_text_limit: int = 4096
+    options_text_limit: int = 4096
 
     def recipient(self, reply: ReplyMessage) -> str:
         return str(_required(reply, "chat_id"))
@@ -160,10 +160,10 @@ class TelegramClient:
         group = str(reply.metadata.get("chat_id", "")).startswith("-")
         return TELEGRAM_GROUP_PACE if group else TELEGRAM_PRIVATE_PACE
 
-    async def send(self, reply: ReplyMessage, text: str, buttons: tuple[str, ...] = ()) -> None:
+    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None:
         body: dict[str, Any] = {"chat_id": _required(reply, "chat_id"), "text": text}
-        if buttons:  # one button a row; a tap sends back its label as callback data
-            body["reply_markup"] = {"inline_keyboard": [[{"text": label, "callback_data": label}] for label in buttons]}
+        if options:  # one button a row; a tap sends back the option's id as callback data
+            body["reply_markup"] = {"inline_keyboard": [[{"text": o.label, "callback_data": o.id}] for o in options]}
         await self._call("sendMessage", body)
 
     async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:

@@ -35,7 +35,7 @@ from services.gateway.delivery.split import split_text
 from services.gateway.ratelimit import TokenBuckets
 from shared.broker import BROKER_ERRORS, Broker, work_queue_arguments
 from shared.logs import mask_pii
-from shared.messages import MessageFormatError, ReplyMessage
+from shared.messages import MessageFormatError, Option, ReplyMessage
 from shared.metrics import DeliveryMetrics
 from shared.speech import SpeechError
 from shared.store import REDIS_ERRORS, Store
@@ -62,7 +62,7 @@ def backoff(attempt: int) -> float:
 @dataclass(frozen=True, slots=True)
 class TextPart:
     text: str
-    buttons: tuple[str, ...] = ()
+    options: tuple[Option, ...] = ()
 
 
 class VoicePart:
@@ -229,10 +229,10 @@ class DeliveryConsumer:
 
     async def _deliver(self, reply: ReplyMessage, recipient: str) -> Outcome:
         owner = f"{self._instance_id}:{uuid.uuid4().hex[:8]}"
-        buttons = reply.reply.buttons
-        limit = self._client.buttons_text_limit if buttons else self._client.text_limit
+        options = reply.reply.options
+        limit = self._client.options_text_limit if options else self._client.text_limit
         texts = split_text(reply.reply.text, limit)
-        parts: list[Part] = [TextPart(text, buttons if n == len(texts) - 1 else ()) for n, text in enumerate(texts)]
+        parts: list[Part] = [TextPart(text, options if n == len(texts) - 1 else ()) for n, text in enumerate(texts)]
         if parts and reply.reply.voice and self._speak is not None:
             parts.append(VOICE)
         sent = await self._claim(reply.message_id, owner)
@@ -285,7 +285,7 @@ class DeliveryConsumer:
             await self._pace(reply, recipient, owner, sent)
             try:
                 if isinstance(part, TextPart):
-                    await self._client.send(reply, part.text, part.buttons)
+                    await self._client.send(reply, part.text, part.options)
                 else:
                     await self._client.send_voice(reply, audio)
                 return

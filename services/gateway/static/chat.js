@@ -61,15 +61,15 @@
   }
 
   // Quick replies: a tap sends the label, as if typed. Only the latest reply's stay.
-  function showChips(labels) {
+  function showChips(options) {
     const row = document.createElement("li");
     row.className = "chips";
-    for (const label of labels) {
+    for (const option of options) {
       const chip = document.createElement("button");
       chip.type = "button";
       chip.className = "chip";
-      chip.textContent = label;
-      chip.addEventListener("click", () => send(label));
+      chip.textContent = option.label;
+      chip.addEventListener("click", () => send(option.label, option.id));
       row.appendChild(chip);
     }
     els.list.appendChild(row);
@@ -120,7 +120,7 @@
     } else {
       add(data.reply.text, data.reply.engine === "agent" ? "agent" : "bot");
     }
-    if (data.reply.buttons && data.reply.buttons.length) showChips(data.reply.buttons);
+    if (data.reply.options && data.reply.options.length) showChips(data.reply.options);
     if (data.reply.handoff && !humanTookOver) {
       humanTookOver = true;
       add(T("handoff"), "note");
@@ -261,13 +261,16 @@
   }
 
   // --- sending -----------------------------------------------------------------------------
-  async function send(text) {
+  // `option`: the id of a chip tapped (the gateway then knows which offered choice it was).
+  async function send(text, option) {
     const messageId = newId();
     clearChips();
     add(text, "me");
     pending.set(messageId, setTimeout(() => settle(messageId), PENDING_MS));
     updateTyping();
-    const body = JSON.stringify({ user_id: userId, conversation_id: conversationId, message_id: messageId, text });
+    const message = { user_id: userId, conversation_id: conversationId, message_id: messageId, text };
+    if (option) message.option = option;
+    const body = JSON.stringify(message);
     // The message id makes a retry safe: the gateway accepts it once, whatever happens to the answer.
     for (let attempt = 1; ; attempt++) {
       let response;

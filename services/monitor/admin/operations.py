@@ -206,7 +206,7 @@ def _agent_reply(conversation_id: str, info: HandoffInfo, text: str) -> ReplyMes
         conversation_id=conversation_id,
         user_id=info.user_id,
         channel=info.channel,
-        reply=ReplyContent(text=text, engine="agent", confidence=1.0, handoff=True),
+        reply=ReplyContent(text=text, engine="agent", confidence=1.0, handoff=True, kind="agent"),
         latency_ms=0.0,
         gateway_id=info.gateway_id,
         metadata=info.metadata,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from shared.messages import ReplyContent
+from shared.messages import Option, ReplyContent
 
 from .base import EngineRequest
 from .index import Analyzer, Hit, KbIndex, Tuning
@@ -115,7 +115,9 @@ class KbEngine:
     def answer(self, text: str) -> ReplyContent:
         scan = self._small_talk.scan(self._analyzer.words(text))
         if scan.only_small_talk:
-            return ReplyContent(text=scan.reply(), engine=self.name, confidence=SMALL_TALK_CONFIDENCE)
+            return ReplyContent(
+                text=scan.reply(), engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk"
+            )
         matches = self._matches(text, scan, limit=1)
         if matches and matches[0].answers:
             best = matches[0]
@@ -125,11 +127,13 @@ class KbEngine:
                 engine=self.name,
                 confidence=round(best.confidence, 4),
                 sources=(entry.id,),
-                buttons=entry.buttons,
+                options=tuple(Option.button(label) for label in entry.buttons),
             )
         closest = matches[0].confidence if matches else 0.0
         confidence = round(min(closest, FALLBACK_CONFIDENCE_CAP), 4)
-        return ReplyContent(text=self.kb.fallback, engine=self.name, confidence=confidence, fallback=True)
+        return ReplyContent(
+            text=self.kb.fallback, engine=self.name, confidence=confidence, fallback=True, kind="fallback"
+        )
 
     def search(self, text: str, limit: int = 3) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, with their 0..1 score (LLM grounding)."""

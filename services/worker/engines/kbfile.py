@@ -18,12 +18,16 @@ import yaml
 from .text import LANGUAGES, Language
 
 _TOP_KEYS = frozenset({"language", "fallback", "entries"})
-_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags", "buttons"})
+_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags", "buttons", "title"})
 # WhatsApp's reply buttons: at most 3, titles of at most 20 characters; Telegram's callback data
 # (which carries the label back) holds at most 64 bytes.
 MAX_BUTTONS = 3
 MAX_BUTTON_CHARS = 20
 MAX_BUTTON_BYTES = 64
+# An entry offered as an option shows its title: WhatsApp list rows hold 24 characters. Its id comes
+# back as Telegram callback data (64 bytes at most).
+MAX_TITLE_CHARS = 24
+MAX_ID_BYTES = 64
 
 
 class KnowledgeBaseError(ValueError):
@@ -40,6 +44,12 @@ class Entry:
     tags: tuple[str, ...] = ()
     # Quick replies offered with the answer; a tap comes back as a message with the label.
     buttons: tuple[str, ...] = ()
+    # Its label when offered as an option (SPEC section 6); "" in the file: its first question, shortened.
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.title or shorten(self.questions[0], MAX_TITLE_CHARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,8 @@ def _entry(item: object, index: int, source: str) -> Entry:
         raise KnowledgeBaseError(f"{where}: 'id' must be a non-empty string")
     entry_id = str(raw_id).strip()
     where = f"{where} (id {entry_id!r})"
+    if len(entry_id.encode()) > MAX_ID_BYTES:
+        raise KnowledgeBaseError(f"{where}: 'id' is longer than {MAX_ID_BYTES} bytes")
     _reject_unknown_keys(data, _ENTRY_KEYS, where)
     return Entry(
         id=entry_id,
@@ -121,7 +133,27 @@ def _entry(item: object, index: int, source: str) -> Entry:
         answer=_answer(data.get("answer"), where),
         tags=_strings(data.get("tags"), "tags", where, required=False),
         buttons=_buttons(data.get("buttons"), where),
+        title=_title(data.get("title"), where),
     )
+
+
+def _title(value: object, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_TITLE_CHARS:
+        raise KnowledgeBaseError(f"{where}: 'title' must be a non-empty string of at most {MAX_TITLE_CHARS} characters")
+    return value.strip()
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut at a word to at most `limit` characters, an ellipsis marking the cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.?!") + "…"
 
 
 def _buttons(value: object, where: str) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
-from shared.messages import ReplyContent
+from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
 from .text import Language, fold
@@ -106,15 +106,23 @@ class ReplyPolicy:
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         if is_reset(request.text):
-            return ReplyContent(text=self._replies["reset"], engine="command", confidence=1.0, reset=True)
+            return ReplyContent(
+                text=self._replies["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
+            )
         if asks_for_human(request.text, self.language):
-            return ReplyContent(text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True)
+            return ReplyContent(
+                text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff"
+            )
         content = await self.engine.reply(request)
-        if content.fallback and not content.buttons:
-            content = replace(content, buttons=(self._replies["offer"],))  # the offer, as a button
+        if content.fallback and not content.options:
+            content = replace(content, options=(Option(HANDOFF_OPTION, self._replies["offer"]),))
         if content.fallback and self._escalate:
             escalation = ReplyContent(
-                text=self._replies["escalation"], engine="handoff", confidence=content.confidence, handoff=True
+                text=self._replies["escalation"],
+                engine="handoff",
+                confidence=content.confidence,
+                handoff=True,
+                kind="handoff",
             )
             content = replace(content, escalation=escalation)
         return content
