@@ -91,6 +91,9 @@ class ReplyContent:
     # What the customer may choose from (empty when nothing): the candidates of a question back,
     # the hand-over, or an entry's own buttons.
     options: tuple[Option, ...] = ()
+    # An answer the customer chose from a question back: their question that it answers (a phrasing
+    # the operators may add to the entry). Worker only.
+    resolves: str = ""
     # It answers a voice note: with VOICE_REPLIES=on the channel delivery also speaks it (the audio
     # is made at send time, so no audio bytes ever sit in a queue or in Redis). On the wire only.
     voice: bool = False

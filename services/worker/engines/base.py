@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from shared.messages import ReplyContent
+from shared.messages import Option, ReplyContent
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,10 @@ class EngineRequest:
     # Called with the reply's text so far, each time more of it is generated, by engines that
     # stream (the web chat shows it live); the reply returned is still the whole, final text.
     on_delta: Callable[[str], Awaitable[None]] | None = None
+    # The id of the option the customer chose (a tap, or `option` on the API), and the options the
+    # conversation's last reply offered (read only when the message may be a choice).
+    option: str = ""
+    offered: tuple[Option, ...] = ()
 
 
 class ReplyEngine(Protocol):

@@ -135,6 +135,20 @@ class KbEngine:
             text=self.kb.fallback, engine=self.name, confidence=confidence, fallback=True, kind="fallback"
         )
 
+    def entry_reply(self, entry_id: str) -> ReplyContent | None:
+        """The answer of the entry `entry_id` (an option the customer chose); None when the base
+        has no such entry."""
+        for entry in self.kb.entries:
+            if entry.id == entry_id:
+                return ReplyContent(
+                    text=entry.answer,
+                    engine=self.name,
+                    confidence=1.0,
+                    sources=(entry.id,),
+                    options=tuple(Option.button(label) for label in entry.buttons),
+                )
+        return None
+
     def search(self, text: str, limit: int = 3) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, with their 0..1 score (LLM grounding)."""
         scan = self._small_talk.scan(self._analyzer.words(text))
