@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,13 +81,28 @@ class Received:
         return str(self.body.get("text", {}).get("body"))
 
     @property
-    def buttons(self) -> list[str]:
-        """The labels of the reply buttons (WhatsApp) or inline keyboard (Telegram) it carried."""
+    def interactive(self) -> str | None:
+        """WhatsApp's kind of interactive message (`button` or `list`), None for anything else."""
+        return str(self.body["interactive"]["type"]) if self.body.get("type") == "interactive" else None
+
+    @property
+    def options(self) -> list[tuple[str, str]]:
+        """The (id, shown text) of every choice it carried: WhatsApp reply buttons or list rows
+        (a row's title), or a Telegram inline keyboard (its callback data and text)."""
         if "reply_markup" in self.body:
-            return [row[0]["callback_data"] for row in self.body["reply_markup"]["inline_keyboard"]]
-        if self.body.get("type") == "interactive":
-            return [b["reply"]["title"] for b in self.body["interactive"]["action"]["buttons"]]
+            rows = self.body["reply_markup"]["inline_keyboard"]
+            assert all(len(row) == 1 for row in rows), "one button a row"
+            return [(row[0]["callback_data"], row[0]["text"]) for row in rows]
+        if self.interactive == "button":
+            return [(b["reply"]["id"], b["reply"]["title"]) for b in self.body["interactive"]["action"]["buttons"]]
+        if self.interactive == "list":
+            [section] = self.body["interactive"]["action"]["sections"]
+            return [(row["id"], row["title"]) for row in section["rows"]]
         return []
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for _, label in self.options]
 
     @property
     def is_voice(self) -> bool:
@@ -390,23 +406,28 @@ def telegram_media(update_id: int, chat_id: int, field: str, content: Any, capti
     return update
 
 
-def telegram_tap(update_id: int, chat_id: int, data: str) -> dict[str, Any]:
-    """A tap on an inline-keyboard button of one of the bot's messages (a callback_query)."""
+def telegram_tap(update_id: int, chat_id: int, data: str, keyboard: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """A tap on an inline-keyboard button of one of the bot's messages (a callback_query). The
+    bot's message comes with the `keyboard` it shows, (callback data, text) a row, when given."""
     sent = telegram_text(update_id, chat_id, "a message of the bot")["message"]
+    message = {**sent, "from": {"id": 1, "is_bot": True, "first_name": "Bot"}}
+    if keyboard:
+        message["reply_markup"] = {
+            "inline_keyboard": [[{"text": text, "callback_data": callback}] for callback, text in keyboard]
+        }
     return {
         "update_id": update_id,
         "callback_query": {
             "id": f"cbq-{update_id}",
             "from": sent["from"],
-            "message": {**sent, "from": {"id": 1, "is_bot": True, "first_name": "Bot"}},
+            "message": message,
             "chat_instance": "-1234",
             "data": data,
         },
     }
 
 
-def whatsapp_tap(wamid: str, sender: str, title: str) -> dict[str, Any]:
-    """A tap on one of our reply buttons, as Meta posts it."""
-    return whatsapp_message(
-        wamid, sender, "interactive", {"type": "button_reply", "button_reply": {"id": title, "title": title}}
-    )
+def whatsapp_tap(wamid: str, sender: str, option_id: str, title: str, *, row: bool = False) -> dict[str, Any]:
+    """A tap on one of our reply buttons (or, `row`, a row of our list message), as Meta posts it."""
+    kind = "list_reply" if row else "button_reply"
+    return whatsapp_message(wamid, sender, "interactive", {"type": kind, kind: {"id": option_id, "title": title}})

@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 import aio_pika
 import aiohttp
 import orjson
+from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
 from services.gateway.conversations import ConversationTokens, scoped, user_scope
+from shared.messages import InboundMessage
 from shared.names import Names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,3 +271,27 @@ async def stored_reply(namespace: str, message_id: str) -> dict[str, Any] | None
     finally:
         await redis.aclose()
     return None if raw is None else dict(orjson.loads(raw))
+
+
+async def queued_inbound(namespace: str, count: int) -> list[InboundMessage]:
+    """The first `count` messages the gateways of `namespace` queued for the workers (run none),
+    taken off the inbound queues: what a worker would receive, as it would receive it."""
+    queued: list[InboundMessage] = []
+
+    async def take(delivery: AbstractIncomingMessage) -> None:
+        queued.append(InboundMessage.from_bytes(delivery.body))
+
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for shard in range(TEST_SHARDS):
+            queue = await channel.declare_queue(f"{namespace}.inbound.{shard}", passive=True)
+            await queue.consume(take, no_ack=True)
+
+        async def all_taken() -> bool:
+            return len(queued) >= count
+
+        await eventually(all_taken, what=f"{count} queued messages")
+    finally:
+        await connection.close()
+    return queued

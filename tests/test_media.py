@@ -49,7 +49,9 @@ from tests.test_pipeline import wait_ready
 ROOT = Path(__file__).resolve().parent.parent
 PRAZO_ANSWER = kb_answer("prazo-entrega")
 PAYMENT = "Quais as formas de pagamento?"
-PAYMENT_BUTTONS = ["Posso parcelar?", "Boleto vencido"]
+# An entry's own buttons: options whose id is their label.
+PAYMENT_OPTIONS = [("Posso parcelar?", "Posso parcelar?"), ("Boleto vencido", "Boleto vencido")]
+HANDOFF = ("handoff", "Falar com atendente")
 MEDIA_MAX_BYTES = 64 * 1024
 polite = POLITE["pt"]
 
@@ -168,19 +170,21 @@ async def test_voice_buttons_and_polite_replies_with_the_knowledge_base(
     assert text.text == PRAZO_ANSWER and voice.is_voice and voice.file == ("audio/ogg", SPEECH_AUDIO)
     assert llm.transcriptions[1]["file"] == voice_note
 
-    # Buttons out on both channels, and a tap answered like the label typed.
+    # Buttons out on both channels as options, and a tap answered like the label typed.
     sender = "5511900000002"
     await post_whatsapp(http, gateway, whatsapp_text("wamid.pay-1", sender, PAYMENT))
     [offer] = await delivered(api, sender, 1)
-    assert offer.text == kb_answer("formas-pagamento") and offer.buttons == PAYMENT_BUTTONS
-    await post_whatsapp(http, gateway, whatsapp_tap("wamid.tap-1", sender, "Posso parcelar?"))
+    assert offer.text == kb_answer("formas-pagamento")
+    assert offer.interactive == "button" and offer.options == PAYMENT_OPTIONS
+    await post_whatsapp(http, gateway, whatsapp_tap("wamid.tap-1", sender, *PAYMENT_OPTIONS[0]))
     assert (await delivered(api, sender, 2))[1].text == kb_answer("parcelamento")
 
     chat = 700_100_002
     await post_telegram(http, gateway, telegram_text(910_000_010, chat, PAYMENT))
     [offer] = await delivered(api, chat, 1)
-    assert offer.buttons == PAYMENT_BUTTONS
-    status, body = await post_telegram(http, gateway, telegram_tap(910_000_011, chat, "Posso parcelar?"))
+    assert offer.options == PAYMENT_OPTIONS
+    tap = telegram_tap(910_000_011, chat, "Posso parcelar?", keyboard=offer.options)
+    status, body = await post_telegram(http, gateway, tap)
     assert status == 200
     assert body == {
         "accepted": 1,
@@ -190,12 +194,12 @@ async def test_voice_buttons_and_polite_replies_with_the_knowledge_base(
     }
     assert (await delivered(api, chat, 2))[1].text == kb_answer("parcelamento")
 
-    # The handoff offer of the fallback is a button; tapping it asks for a human.
+    # The handoff offer of the fallback is an option; tapping it asks for a human.
     sender = "5511900000003"
     await post_whatsapp(http, gateway, whatsapp_text("wamid.unknown-1", sender, "qual a capital da mongólia?"))
     [fallback] = await delivered(api, sender, 1)
-    assert fallback.buttons == ["Falar com atendente"]
-    await post_whatsapp(http, gateway, whatsapp_tap("wamid.tap-2", sender, "Falar com atendente"))
+    assert fallback.interactive == "button" and fallback.options == [HANDOFF]
+    await post_whatsapp(http, gateway, whatsapp_tap("wamid.tap-2", sender, *HANDOFF))
     assert "atendente humano" in (await delivered(api, sender, 2))[1].text
 
     # The knowledge base answers an image's caption, and says politely that it cannot see one alone.

@@ -4,27 +4,31 @@ and unsupported types, replies out through a local stand-in of the Graph API."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
-import aio_pika
 import aiohttp
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
-from shared.messages import InboundMessage
+from services.gateway.delivery.clients import WHATSAPP_LIST_BUTTON, whatsapp_interactive
+from services.gateway.delivery.split import units
+from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 from tests.channel_fakes import (
     GRAPH_VERSION,
     PHONE_NUMBER_ID,
     WHATSAPP_ENV,
     FakeChannelApi,
+    Received,
     kb_answer,
     post_whatsapp,
     whatsapp_message,
     whatsapp_status,
+    whatsapp_tap,
     whatsapp_text,
 )
-from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, stored_reply
+from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
+from tests.test_delivery import Replies, reply
 from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
@@ -184,22 +188,148 @@ async def test_one_notifications_messages_are_queued_in_the_order_they_came(
         messages.append({**messages[0], "id": f"wamid.batch-{uuid.uuid4().hex}-{i}", "text": {"body": f"linha {i}"}})
     status, body = await post_whatsapp(http, gateway, payload)
     assert status == 200 and body["accepted"] == 15
-    queued: list[str] = []
+    queued = await queued_inbound(stack.namespace, 15)
+    assert [message.text for message in queued] == [f"linha {i}" for i in range(15)]
 
-    async def take(delivery: AbstractIncomingMessage) -> None:
-        queued.append(InboundMessage.from_bytes(delivery.body).text)
 
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        for shard in range(TEST_SHARDS):
-            queue = await channel.declare_queue(f"{stack.namespace}.inbound.{shard}", passive=True)
-            await queue.consume(take, no_ack=True)
+HANDOFF = Option(HANDOFF_OPTION, "Falar com atendente")
+# A question back: candidate entries (id and title) and the hand-over.
+CANDIDATES = (
+    Option("prazo-entrega", "Prazo de entrega"),
+    Option("frete", "Valor do frete"),
+    Option("troca-devolucao", "Trocas e devoluções"),
+    HANDOFF,
+)
+LONG_LABEL = "Quanto tempo demora a entrega para o interior do estado?"  # 56 characters
 
-        async def all_taken() -> bool:
-            return len(queued) >= 15
 
-        await eventually(all_taken, what="the 15 queued messages")
-    finally:
-        await connection.close()
-    assert queued == [f"linha {i}" for i in range(15)]
+def test_options_fit_reply_buttons_or_become_a_list() -> None:
+    """Reply buttons only when Graph takes them (at most 3, distinct titles of at most 20
+    characters); a list message otherwise, each row's title within 24 characters and the whole
+    label, when cut, as its description."""
+    three = whatsapp_interactive("Como posso ajudar?", CANDIDATES[1:])
+    assert three == {
+        "type": "button",
+        "body": {"text": "Como posso ajudar?"},
+        "action": {
+            "buttons": [
+                {"type": "reply", "reply": {"id": "frete", "title": "Valor do frete"}},
+                {"type": "reply", "reply": {"id": "troca-devolucao", "title": "Trocas e devoluções"}},
+                {"type": "reply", "reply": {"id": "handoff", "title": "Falar com atendente"}},
+            ]
+        },
+    }
+    four = whatsapp_interactive("Você quis dizer...?", CANDIDATES)
+    assert four == {
+        "type": "list",
+        "body": {"text": "Você quis dizer...?"},
+        "action": {
+            "button": WHATSAPP_LIST_BUTTON,
+            "sections": [{"rows": [{"id": o.id, "title": o.label} for o in CANDIDATES]}],
+        },
+    }
+    assert 0 < units(WHATSAPP_LIST_BUTTON) <= 20
+
+    # One label over 20 characters: never a button title, so a list; cut to 24 with its description.
+    long = whatsapp_interactive("Qual delas?", (Option("prazo-interior", LONG_LABEL), HANDOFF))
+    assert long["type"] == "list"
+    [row, handoff] = long["action"]["sections"][0]["rows"]
+    assert row["id"] == "prazo-interior" and units(row["title"]) <= 24 and row["title"].endswith("…")
+    assert LONG_LABEL.startswith(row["title"].removesuffix("…")) and row["description"] == LONG_LABEL
+    assert handoff == {"id": "handoff", "title": "Falar com atendente"}  # not cut: no description
+    # 21 to 24 characters: a list row as is.
+    fits_row = whatsapp_interactive("Qual?", (Option("a", "Trocas, devoluções e +"),))
+    assert fits_row["action"]["sections"][0]["rows"] == [{"id": "a", "title": "Trocas, devoluções e +"}]
+    # The same title twice is refused as buttons; more than 10 options, the first 10 rows.
+    twice = whatsapp_interactive("Qual?", (Option("a", "Frete"), Option("b", "Frete")))
+    assert twice["type"] == "list"
+    many = whatsapp_interactive("Qual?", tuple(Option(f"e{n}", f"Entrada {n}") for n in range(12)))
+    assert [r["id"] for r in many["action"]["sections"][0]["rows"]] == [f"e{n}" for n in range(10)]
+    # An emoji counts double where Graph may: 19 characters with one is 20 units, still a button.
+    assert whatsapp_interactive("?", (Option("x", "Falar com humano 🙂"),))["type"] == "button"
+    assert whatsapp_interactive("?", (Option("x", "Falar com o humano 🙂"),))["type"] == "list"
+
+
+def with_options(recipient: str, text: str, options: tuple[Option, ...]) -> ReplyContent:
+    content = reply("whatsapp", recipient, text).reply
+    return dataclasses.replace(content, kind="clarify", options=options)
+
+
+async def deliveries(graph: FakeChannelApi, sender: str, count: int) -> list[Received]:
+    async def arrived() -> list[Received] | None:
+        got = graph.delivered_to(sender)
+        return got if len(got) >= count else None
+
+    return await eventually(arrived, what=f"{count} WhatsApp deliveries to {sender}")
+
+
+async def test_options_go_out_interactive_and_taps_come_back_as_options(
+    stack: Stack, http: aiohttp.ClientSession, graph: FakeChannelApi
+) -> None:
+    """Replies with options, published as the worker publishes them, leave through the gateway's
+    real Graph client; taps on buttons and list rows reach the queue (no worker: read as is) with
+    the option's id, and a template's quick-reply button still arrives as its text."""
+    await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+    await wait_ready(stack)
+    buttons, listed, cut, split = "5511966660001", "5511966660002", "5511966660003", "5511966660004"
+    long_question = "Você quis dizer uma destas? " + "Escolha a que mais se parece com a sua pergunta. " * 40
+    async with Replies(stack.namespace) as replies:
+        for recipient, text, options in (
+            (buttons, "Posso ajudar com algo mais?", CANDIDATES[1:]),
+            (listed, "Você quis dizer...?", CANDIDATES),
+            (cut, "Qual delas?", (Option("prazo-interior", LONG_LABEL), HANDOFF)),
+            (split, long_question, CANDIDATES),
+        ):
+            message = reply("whatsapp", recipient, text)
+            await replies.publish(dataclasses.replace(message, reply=with_options(recipient, text, options)))
+
+        [sent] = await deliveries(graph, buttons, 1)
+        assert sent.interactive == "button" and sent.options == [(o.id, o.label) for o in CANDIDATES[1:]]
+        [sent] = await deliveries(graph, listed, 1)
+        assert sent.body == {
+            "messaging_product": "whatsapp",
+            "to": listed,
+            "type": "interactive",
+            "interactive": {
+                "type": "list",
+                "body": {"text": "Você quis dizer...?"},
+                "action": {
+                    "button": WHATSAPP_LIST_BUTTON,
+                    "sections": [{"rows": [{"id": o.id, "title": o.label} for o in CANDIDATES]}],
+                },
+            },
+        }
+        [sent] = await deliveries(graph, cut, 1)
+        assert sent.interactive == "list" and [i for i, _ in sent.options] == ["prazo-interior", "handoff"]
+        assert all(units(label) <= 24 for label in sent.labels)
+        # A question longer than an interactive body (1024): text first, the options with the last part.
+        parts = await deliveries(graph, split, 2)
+        assert [p.interactive for p in parts] == [None, "list"] and units(parts[1].text) <= 1024
+        assert all(p.options == [] for p in parts[:-1])
+        # Nothing anywhere carried a reply button titled over 20 characters.
+        assert all(units(label) <= 20 for r in graph.delivered if r.interactive == "button" for label in r.labels)
+
+    taps = [
+        whatsapp_tap("wamid.tap-button", listed, "handoff", "Falar com atendente"),
+        whatsapp_tap("wamid.tap-row", listed, "prazo-entrega", "Prazo de entrega", row=True),
+        whatsapp_message("wamid.tap-template", listed, "button", {"payload": "PARAR", "text": "Parar promoções"}),
+    ]
+    for tap in taps:
+        status, body = await post_whatsapp(http, stack.gateway, tap)
+        assert (status, body) == (200, {"accepted": 1, "duplicates": 0})
+    queued = await queued_inbound(stack.namespace, 3)
+    assert [(m.message_id, m.option, m.text) for m in queued] == [
+        ("wamid.tap-button", "handoff", "Falar com atendente"),
+        ("wamid.tap-row", "prazo-entrega", "Prazo de entrega"),
+        ("wamid.tap-template", "", "Parar promoções"),
+    ]
+    assert {m.conversation_id for m in queued} == {f"whatsapp:{PHONE_NUMBER_ID}:{listed}"}
+
+    # A tap without the id it must carry is refused, naming the field.
+    bad = whatsapp_message("wamid.tap-bad", listed, "interactive", {"type": "list_reply", "list_reply": {"title": "x"}})
+    status, problem = await post_whatsapp(http, stack.gateway, bad)
+    assert status == 400
+    assert (
+        problem["detail"]
+        == "entry[0].changes[0].value.messages[0].interactive.list_reply.id: must be a non-empty string"
+    )

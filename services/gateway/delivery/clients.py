@@ -1,8 +1,9 @@
 """Clients of the channels' send APIs: the WhatsApp Cloud API (Graph) and the Telegram Bot API.
 
 Each knows its wire format, its text limit, how fast one recipient may be written to, and which
-answers are worth retrying. A reply's buttons go out with its last part (WhatsApp reply buttons,
-a Telegram inline keyboard whose callback data is the label); a voice reply is Ogg/Opus audio,
+answers are worth retrying. A reply's options go out with its last part (a WhatsApp interactive
+message, reply buttons or a list; a Telegram inline keyboard), each carrying the option's id, which
+a tap sends back (SPEC 4 and 6); a voice reply is Ogg/Opus audio,
 uploaded to WhatsApp's media endpoint and sent as an `audio` message, or sent with Telegram's
 `sendVoice` (multipart). A send either returns (the platform took the message) or raises
 `SendFailed`, saying whether to retry and after how long the platform asked us to wait.
@@ -19,6 +20,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
+from services.gateway.delivery.split import units
 from services.gateway.ratelimit import Limit
 from shared.logs import mask_pii
 from shared.messages import Channel, Option, ReplyMessage
@@ -35,6 +37,18 @@ WHATSAPP_PACE = Limit(rate=1 / 6, burst=10)
 TELEGRAM_PRIVATE_PACE = Limit(rate=1.0, burst=3)
 TELEGRAM_GROUP_PACE = Limit(rate=20 / 60, burst=3)
 MAX_ERROR_DETAIL = 200
+# Graph's limits for interactive messages: at most 3 reply buttons, with distinct titles of at most
+# 20 characters (anything else is refused); a list message holds at most 10 rows, each with a title
+# of at most 24 characters and a description of at most 72.
+WHATSAPP_MAX_BUTTONS = 3
+WHATSAPP_BUTTON_TITLE = 20
+WHATSAPP_MAX_ROWS = 10
+WHATSAPP_ROW_TITLE = 24
+WHATSAPP_ROW_DESCRIPTION = 72
+# The button that opens a list (at most 20 characters). The gateway cannot know the reply's language
+# (WhatsApp's webhook does not say the customer's, and the base's stays with the worker), so it
+# reads in both of the bot's languages.
+WHATSAPP_LIST_BUTTON = "Opções · Options"
 
 
 class SendFailed(Exception):
@@ -101,11 +115,7 @@ class WhatsAppClient:
     async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None:
         body: dict[str, Any] = {"type": "text", "text": {"body": text}}
         if options:
-            choices = [{"type": "reply", "reply": {"id": o.id, "title": o.label}} for o in options]
-            body = {
-                "type": "interactive",
-                "interactive": {"type": "button", "body": {"text": text}, "action": {"buttons": choices}},
-            }
+            body = {"type": "interactive", "interactive": whatsapp_interactive(text, options)}
         await self._message(reply, body)
 
     async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
@@ -141,6 +151,43 @@ class WhatsAppClient:
         return SendFailed(_clip(detail), retriable=retriable, retry_after=retry_after_of(headers))
 
 
+def whatsapp_interactive(text: str, options: tuple[Option, ...]) -> dict[str, Any]:
+    """The `interactive` object carrying `options`: reply buttons when every option fits one,
+    else a list message of one section with a row per option."""
+    labels = [option.label for option in options]
+    fits_buttons = len(options) <= WHATSAPP_MAX_BUTTONS and len(set(labels)) == len(labels)
+    if fits_buttons and all(units(label) <= WHATSAPP_BUTTON_TITLE for label in labels):
+        buttons = [{"type": "reply", "reply": {"id": option.id, "title": option.label}} for option in options]
+        return {"type": "button", "body": {"text": text}, "action": {"buttons": buttons}}
+    rows = [_list_row(option) for option in options[:WHATSAPP_MAX_ROWS]]
+    return {
+        "type": "list",
+        "body": {"text": text},
+        "action": {"button": WHATSAPP_LIST_BUTTON, "sections": [{"rows": rows}]},
+    }
+
+
+def _list_row(option: Option) -> dict[str, str]:
+    row = {"id": option.id, "title": fit(option.label, WHATSAPP_ROW_TITLE)}
+    if units(option.label) > WHATSAPP_ROW_TITLE:  # its title is cut: the whole label shows under it
+        row["description"] = fit(option.label, WHATSAPP_ROW_DESCRIPTION)
+    return row
+
+
+def fit(label: str, limit: int) -> str:
+    """`label` in at most `limit` UTF-16 units (never less than the platform counts), cut at a word
+    when one ends in time, an ellipsis marking the cut."""
+    label = " ".join(label.split())
+    if units(label) <= limit:
+        return label
+    cut = label[: limit - 1]
+    while units(cut) > limit - 1:
+        cut = cut[:-1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.?!") + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class TelegramClient:
     """`POST {base}/bot{token}/sendMessage` with `{"chat_id", "text"}` (SPEC 4)."""
@@ -162,7 +209,7 @@ class TelegramClient:
 
     async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None:
         body: dict[str, Any] = {"chat_id": _required(reply, "chat_id"), "text": text}
-        if options:  # one button a row; a tap sends back the option's id as callback data
+        if options:  # one button a row; a tap sends back the option's id (at most 64 bytes) as callback data
             body["reply_markup"] = {"inline_keyboard": [[{"text": o.label, "callback_data": o.id}] for o in options]}
         await self._call("sendMessage", body)
 

@@ -4,7 +4,8 @@ notifications that carry customers' messages.
 A notification is answered as soon as its messages are durably queued: Meta retries a slow or
 failed webhook for days, so the answer must be quick, and a 503 (broker down) makes it retry.
 Text becomes an inbound message whose id is the `wamid`, so Meta's retries are recognised; so do
-a tap on one of our reply buttons (its title is the text), and audio, images and documents (the
+a tap on one of our reply buttons or list rows (the option's id, and its title as the text), a
+template's quick-reply button (its text), and audio, images and documents (the
 media id goes along, never the bytes: the worker fetches and reads them). Delivery statuses of our
 own replies need nothing; any other kind of message (sticker, location, ...) gets a short
 "cannot read this, please write" reply through the same outbound delivery.
@@ -124,13 +125,14 @@ def _item(
         return dataclasses.replace(
             inbound, text=_text(_object(message, "text", f"{path}.text"), "body", f"{path}.text")
         )
-    if kind == "interactive":  # a tap on a reply button (or a list row) we sent: its title is the text
+    if kind == "interactive":  # a tap on a reply button or a list row we sent: the option's id and title
         interactive = _object(message, "interactive", f"{path}.interactive")
         choice = interactive.get("type")
         if choice in ("button_reply", "list_reply"):
-            tapped = _object(interactive, choice, f"{path}.interactive.{choice}")
-            return dataclasses.replace(inbound, text=_text(tapped, "title", f"{path}.interactive.{choice}"))
-    if kind == "button":  # a template's quick-reply button
+            where = f"{path}.interactive.{choice}"
+            tapped = _object(interactive, choice, where)
+            return dataclasses.replace(inbound, option=_id(tapped, "id", where), text=_text(tapped, "title", where))
+    if kind == "button":  # a template's quick-reply button: no option of ours, its text is the message
         return dataclasses.replace(inbound, text=_text(_object(message, "button", f"{path}.button"), "text", path))
     for media in MEDIA_TYPES:
         if kind == media:
