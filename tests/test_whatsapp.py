@@ -328,8 +328,5 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
     # A tap without the id it must carry is refused, naming the field.
     bad = whatsapp_message("wamid.tap-bad", listed, "interactive", {"type": "list_reply", "list_reply": {"title": "x"}})
     status, problem = await post_whatsapp(http, stack.gateway, bad)
-    assert status == 400
-    assert (
-        problem["detail"]
-        == "entry[0].changes[0].value.messages[0].interactive.list_reply.id: must be a non-empty string"
-    )
+    field = "entry[0].changes[0].value.messages[0].interactive.list_reply.id"
+    assert (status, problem["detail"]) == (400, f"{field}: must be a non-empty string")
