@@ -4,20 +4,24 @@ private and group chats, replies out through a local stand-in of the Bot API."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from shared.messages import HANDOFF_OPTION, Option
 from tests.channel_fakes import (
     TELEGRAM_ENV,
     FakeChannelApi,
     kb_answer,
     post_telegram,
+    telegram_tap,
     telegram_text,
 )
-from tests.support import Service, Stack, eventually, stored_reply
+from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
+from tests.test_delivery import Replies, reply
 from tests.test_pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
@@ -136,3 +140,72 @@ async def check_other_updates_are_acknowledged(
     assert TEXT_ONLY in replies[0]
     assert replies[1] == PRAZO_ANSWER
     assert bot_api.delivered_to(group) == []
+
+
+# A question back: candidate entries (id and title), one with a long title, and the hand-over.
+CANDIDATES = (
+    Option("prazo-entrega", "Prazo de entrega"),
+    Option("prazo-interior", "Quanto tempo demora a entrega para o interior do estado?"),
+    Option("frete", "Valor do frete"),
+    Option(HANDOFF_OPTION, "Falar com atendente"),
+)
+
+
+async def test_options_go_out_as_an_inline_keyboard_and_taps_come_back_as_options(
+    stack: Stack, http: aiohttp.ClientSession, bot_api: FakeChannelApi
+) -> None:
+    """A reply with options, published as the worker publishes it, leaves through the gateway's
+    real Bot API client as one inline button a row, each carrying the option's id; taps reach the
+    queue (no worker: read as is) with that id, their text the button's label when the update shows
+    the keyboard, else the id, and each is answered with answerCallbackQuery."""
+    await stack.start("gateway", **TELEGRAM_ENV, **bot_api.env())
+    await wait_ready(stack)
+    chat = 700_200_001
+    message = reply("telegram", chat, "Você quis dizer...?")
+    content = dataclasses.replace(message.reply, kind="clarify", options=CANDIDATES)
+    async with Replies(stack.namespace) as replies:
+        await replies.publish(dataclasses.replace(message, reply=content))
+
+        async def sent_one() -> bool:
+            return len(bot_api.delivered_to(chat)) == 1
+
+        await eventually(sent_one, what="the reply with options")
+    [sent] = bot_api.delivered_to(chat)
+    assert sent.body == {
+        "chat_id": chat,
+        "text": "Você quis dizer...?",
+        "reply_markup": {"inline_keyboard": [[{"text": o.label, "callback_data": o.id}] for o in CANDIDATES]},
+    }
+
+    taps = [
+        telegram_tap(920_000_001, chat, "prazo-interior", keyboard=sent.options),
+        telegram_tap(920_000_002, chat, HANDOFF_OPTION),  # the update does not show the keyboard
+        telegram_tap(920_000_003, chat, "frete", keyboard=[("outra", "Outra coisa")]),  # a keyboard since changed
+    ]
+    for tap in taps:
+        status, body = await post_telegram(http, stack.gateway, tap)
+        assert (status, body) == (
+            200,
+            {
+                "accepted": 1,
+                "duplicates": 0,
+                "method": "answerCallbackQuery",
+                "callback_query_id": tap["callback_query"]["id"],
+            },
+        )
+    queued = await queued_inbound(stack.namespace, 3)
+    assert [(m.message_id, m.option, m.text) for m in queued] == [
+        ("telegram:920000001", "prazo-interior", CANDIDATES[1].label),
+        ("telegram:920000002", HANDOFF_OPTION, HANDOFF_OPTION),
+        ("telegram:920000003", "frete", "frete"),
+    ]
+    assert {m.conversation_id for m in queued} == {f"telegram:{chat}"}
+
+    # A keyboard that is not the Bot API's shape is refused, naming the field.
+    bad = telegram_tap(920_000_004, chat, "frete", keyboard=sent.options)
+    bad["callback_query"]["message"]["reply_markup"]["inline_keyboard"][1][0]["text"] = 7
+    status, problem = await post_telegram(http, stack.gateway, bad)
+    assert (status, problem["detail"]) == (
+        400,
+        "callback_query.message.reply_markup.inline_keyboard[1][0].text: must be a string",
+    )

@@ -6,7 +6,9 @@ the `update_id` (Telegram re-sends an update until it gets a 2xx, always with th
 conversation per chat, private or group. A voice note, audio file, photo or document goes along as
 an attachment (its `file_id`, never the bytes: the worker fetches and reads them), with its
 caption as the text; a tap on an inline-keyboard button we sent (`callback_query`) becomes a
-message with the button's label, and the webhook's answer carries the `answerCallbackQuery` that
+message whose option is the button's callback data (the option's id) and whose text is the button's
+label (or that id, when the update no longer shows the keyboard), and the webhook's answer carries
+the `answerCallbackQuery` that
 stops the button's spinner. Other updates (edits, joins, ...) are acknowledged; a private chat's
 other messages (stickers, locations, ...) get a short "cannot read this, please write" reply.
 """
@@ -56,19 +58,21 @@ def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) 
     update_id = _required(update, "update_id", int, "update_id")
     message = _message(update, "message", media_max_bytes) if "message" in update else None
     tap: str | None = None
+    label = ""
     if "callback_query" in update:
         query = _required(update, "callback_query", dict, "callback_query")
         _required(query, "id", str, "callback_query.id")
         tap = _optional(query, "data", str, "callback_query.data") or ""
         sender_id, language = _sender(query, "callback_query.from")
         message = None
-        if "message" in query:  # the bot's own message, that carried the button: only its chat matters
+        if "message" in query:  # the bot's own message, that carried the button: its chat and keyboard
             tapped = _required(query, "message", dict, "callback_query.message")
             chat_id, chat_type = _chat(tapped, "callback_query.message")
             message = _Message(chat_id, chat_type, sender_id, language, "", "", None)
+            label = _label(tapped, tap, "callback_query.message")
     if message is None:
         return None  # edits, channel posts, member changes, inline-mode buttons: nothing to answer
-    text = tap if tap is not None else message.text
+    text = (label or tap) if tap is not None else message.text
     inbound = InboundMessage(
         message_id=f"telegram:{update_id}",
         conversation_id=f"telegram:{message.chat_id}",
@@ -77,6 +81,7 @@ def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) 
         channel="telegram",
         metadata={"chat_id": message.chat_id},
         gateway_id=gateway_id,
+        option=tap or "",
     )
     if text.strip():
         return inbound
@@ -111,6 +116,29 @@ def _message(parent: dict[str, Any], path: str, media_max_bytes: int) -> _Messag
         caption=_optional(message, "caption", str, f"{path}.caption") or "",
         attachment=_attachment(message, path, media_max_bytes),
     )
+
+
+def _label(message: dict[str, Any], data: str, path: str) -> str:
+    """The text of the inline button whose callback data was tapped, when the bot's message still
+    shows it (Telegram sends the message with its keyboard as it is now); else empty. The whole
+    keyboard is checked, whichever button matches."""
+    if "reply_markup" not in message:
+        return ""
+    markup = _required(message, "reply_markup", dict, f"{path}.reply_markup")
+    keyboard = _optional(markup, "inline_keyboard", list, f"{path}.reply_markup.inline_keyboard") or []
+    found = ""
+    for r, row in enumerate(keyboard):
+        if not isinstance(row, list):
+            raise bad_request(f"{path}.reply_markup.inline_keyboard[{r}]: must be an array")
+        for b, button in enumerate(row):
+            where = f"{path}.reply_markup.inline_keyboard[{r}][{b}]"
+            if not isinstance(button, dict):
+                raise bad_request(f"{where}: must be an object")
+            text = _required(button, "text", str, f"{where}.text")
+            callback_data = _optional(button, "callback_data", str, f"{where}.callback_data")
+            if data and callback_data == data and not found:
+                found = text
+    return found
 
 
 def _chat(message: dict[str, Any], path: str) -> tuple[int, str | None]:
@@ -169,7 +197,7 @@ def _required(data: dict[str, Any], name: str, kind: type[T], path: str) -> T:
     value = data.get(name)
     # bool is an int to Python, never to JSON; Telegram's ids fit in 52 bits.
     if not isinstance(value, kind) or _out_of_range(value):
-        article = {dict: "an object", int: "an integer of at most 53 bits", str: "a string"}[kind]
+        article = {dict: "an object", list: "an array", int: "an integer of at most 53 bits", str: "a string"}[kind]
         raise bad_request(f"{path}: must be {article}")
     return value
 
