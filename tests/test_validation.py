@@ -7,7 +7,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.support import Stack
+from tests.support import Stack, post_message, queued_inbound
+from tests.test_pipeline import wait_ready
 
 OK = {"user_id": "u1", "text": "Qual o prazo de entrega?"}
 
@@ -41,6 +42,13 @@ CASES: list[tuple[str, dict[str, str], str, bytes, int, str]] = [
         "metadata",
     ),
     ("unknown field", {}, "application/json", orjson.dumps({**OK, "colour": "blue"}), 400, "colour"),
+    ("option not a string", {}, "application/json", orjson.dumps({**OK, "option": 3}), 400, "option"),
+    ("option empty", {}, "application/json", orjson.dumps({**OK, "option": ""}), 400, "option"),
+    ("option blank", {}, "application/json", orjson.dumps({**OK, "option": "  "}), 400, "option"),
+    ("option too long", {}, "application/json", orjson.dumps({**OK, "option": "o" * 129}), 400, "option"),
+    ("option with a line break", {}, "application/json", orjson.dumps({**OK, "option": "a\nb"}), 400, "option"),
+    ("option with a C1 control", {}, "application/json", orjson.dumps({**OK, "option": "a\x85b"}), 400, "option"),
+    ("option without text", {}, "application/json", orjson.dumps({"user_id": "u", "option": "frete"}), 400, "text"),
     ("70 KiB body", {}, "application/json", orjson.dumps({**OK, "metadata": {"k": "x" * 70_000}}), 413, "body"),
     ("wrong content type", {}, "text/plain", orjson.dumps(OK), 415, "Content-Type"),
     ("wait above 30", {"wait": "31"}, "application/json", orjson.dumps(OK), 400, "wait"),
@@ -81,6 +89,21 @@ async def test_unknown_paths_and_methods_are_problems_too(stack: Stack, http: ai
         assert (await response.json(content_type=None))["status"] == 405
 
 
+async def test_a_chosen_option_travels_with_the_message(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """`option` on POST /v1/messages reaches the worker's queue (no worker: read as is) with the
+    text, which may be the option's label; a message without it carries none."""
+    gateway = await stack.start("gateway")
+    await wait_ready(stack)
+    chosen = {"user_id": "u-option", "message_id": "m-1", "text": "Falar com atendente", "option": "handoff"}
+    typed = {"user_id": "u-option", "message_id": "m-2", "text": "Qual o prazo de entrega?"}
+    for body in (chosen, typed):
+        status, answer = await post_message(http, gateway, body)
+        assert status == 202, answer
+    [first, second] = await queued_inbound(stack.namespace, 2)
+    assert (first.text, first.option) == ("Falar com atendente", "handoff")
+    assert (second.text, second.option) == ("Qual o prazo de entrega?", "")
+
+
 async def test_openapi_document_and_chat_page_are_served(stack: Stack, http: aiohttp.ClientSession) -> None:
     gateway = await stack.start("gateway")
     async with http.get(f"{gateway.url}/openapi.json") as response:
@@ -88,6 +111,14 @@ async def test_openapi_document_and_chat_page_are_served(stack: Stack, http: aio
         assert document["openapi"].startswith("3.")
         assert "/v1/messages" in document["paths"]
         assert "/v1/conversations/{conversation_id}/events" in document["paths"]
+        schemas = document["components"]["schemas"]
+        option = schemas["MessageIn"]["properties"]["option"]
+        assert (option["type"], option["minLength"], option["maxLength"]) == ("string", 1, 128)
+        reply = schemas["Reply"]
+        assert {"kind", "options"} <= set(reply["required"]) and "buttons" not in reply["properties"]
+        assert reply["properties"]["kind"]["enum"] == ["answer", "clarify", "fallback", "smalltalk", "handoff", "agent"]
+        assert reply["properties"]["options"]["items"] == {"$ref": "#/components/schemas/Option"}
+        assert schemas["Option"]["required"] == ["id", "label"]
     async with http.get(f"{gateway.url}/") as response:
         assert response.status == 200
         page = await response.text()

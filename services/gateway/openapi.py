@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from services.gateway.validation import MAX_ID, MAX_TEXT
+from shared.messages import REPLY_KINDS
 
 # "Not blank" as the gateway checks it (Python's str.strip): the document's regex dialect (ECMA)
 # counts U+FEFF as white space and U+001C-U+001F, U+0085 as not, Python the other way round.
@@ -299,7 +300,7 @@ DOCUMENT: dict[str, Any] = {
                         "required": ["id"],
                         "properties": {
                             "id": {"type": "string"},
-                            "data": {"type": "string", "description": "the label of the button tapped"},
+                            "data": {"type": "string", "description": "the id of the option tapped"},
                             "from": {
                                 "type": "object",
                                 "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
@@ -308,10 +309,31 @@ DOCUMENT: dict[str, Any] = {
                                 "type": "object",
                                 "description": "the bot's message that carried the button",
                                 "required": ["chat"],
-                                "properties": {"chat": {"$ref": "#/components/schemas/TelegramChat"}},
+                                "properties": {
+                                    "chat": {"$ref": "#/components/schemas/TelegramChat"},
+                                    "reply_markup": {"$ref": "#/components/schemas/TelegramInlineKeyboard"},
+                                },
                             },
                         },
                     },
+                },
+            },
+            "TelegramInlineKeyboard": {
+                "type": "object",
+                "description": "the keyboard the bot's message shows: the tapped button's text becomes the"
+                " message's text",
+                "properties": {
+                    "inline_keyboard": {
+                        "type": "array",
+                        "items": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["text"],
+                                "properties": {"text": {"type": "string"}, "callback_data": {"type": "string"}},
+                            },
+                        },
+                    }
                 },
             },
             "TelegramChat": {
@@ -363,24 +385,43 @@ DOCUMENT: dict[str, Any] = {
                     "conversation_id": _ID,
                     "message_id": _ID,
                     "metadata": {"type": "object", "description": "at most 4 KiB serialised"},
+                    "option": {
+                        **_ID,
+                        "description": "the `id` of one of the `options` the last reply in this conversation"
+                        " offered, when the customer chose it (`text` may then be its label)",
+                    },
                 },
             },
             "Reply": {
                 "type": "object",
-                "required": ["text", "engine", "confidence", "handoff", "sources"],
+                "required": ["text", "engine", "confidence", "handoff", "sources", "kind", "options"],
                 "properties": {
                     "text": {"type": "string"},
                     "engine": {"type": "string"},
                     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                     "handoff": {"type": "boolean"},
                     "sources": {"type": "array", "items": {"type": "string"}},
-                    "buttons": {
-                        "type": "array",
-                        "maxItems": 3,
-                        "items": {"type": "string", "maxLength": 20},
-                        "description": "quick replies offered with the text (present only when there are some);"
-                        " sending a label as a message is a tap",
+                    "kind": {
+                        "type": "string",
+                        "enum": list(REPLY_KINDS),
+                        "description": "an entry's answer, a question back (clarify), the base's fallback,"
+                        " smalltalk, a hand-over to a person, or a person's (agent's) own reply",
                     },
+                    "options": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Option"},
+                        "description": "what the customer may choose from (empty when nothing): the candidate"
+                        " entries of a question back, `handoff` (talk to a person), an entry's own buttons;"
+                        " choosing one is a message with its `id` as `option`",
+                    },
+                },
+            },
+            "Option": {
+                "type": "object",
+                "required": ["id", "label"],
+                "properties": {
+                    "id": {"type": "string", "description": "sent back as `option` when chosen"},
+                    "label": {"type": "string", "description": "what the customer sees"},
                 },
             },
             "Answered": {

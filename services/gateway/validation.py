@@ -18,7 +18,7 @@ MAX_METADATA_BYTES = 4096
 # Far below the JSON encoder's own limit (254), which the metadata meets again nested in messages.
 MAX_METADATA_DEPTH = 32
 MAX_WAIT_SECONDS = 30.0
-FIELDS = frozenset({"user_id", "text", "conversation_id", "message_id", "metadata"})
+FIELDS = frozenset({"user_id", "text", "conversation_id", "message_id", "metadata", "option"})
 # C0, DEL, C1 and the Unicode line breaks: never in an id (they would split an SSE line or a log line).
 CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -30,6 +30,8 @@ class MessageRequest:
     conversation_id: str
     message_id: str
     metadata: dict[str, Any]
+    # The id of an option the last reply offered, chosen ("" when the text was typed).
+    option: str
 
 
 def bad_request(detail: str) -> Problem:
@@ -62,7 +64,7 @@ def _string(data: dict[str, Any], name: str, max_length: int, *, required: bool)
 
 
 def check_id(name: str, value: str) -> str:
-    """An id (user, conversation, message): 1-128 characters, not blank, no control characters."""
+    """An id (user, conversation, message, option): 1-128 characters, not blank, no control characters."""
     if not value.strip() or len(value) > MAX_ID:
         raise bad_request(f"{name}: must be 1-{MAX_ID} characters, not blank")
     if CONTROL_RE.search(value):
@@ -82,6 +84,8 @@ def parse_message(data: dict[str, Any]) -> MessageRequest:
     message_id = _string(data, "message_id", MAX_ID, required=False)
     conversation_id = check_id("conversation_id", conversation_id) if conversation_id else f"user:{user_id}"
     message_id = check_id("message_id", message_id) if message_id else uuid.uuid4().hex
+    option = _string(data, "option", MAX_ID, required=False)
+    option = check_id("option", option) if option is not None else ""
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
         raise bad_request("metadata: must be a JSON object")
@@ -90,7 +94,7 @@ def parse_message(data: dict[str, Any]) -> MessageRequest:
     size = len(orjson.dumps(metadata))
     if size > MAX_METADATA_BYTES:
         raise bad_request(f"metadata: must be at most {MAX_METADATA_BYTES} bytes serialised (got {size})")
-    return MessageRequest(user_id, text, conversation_id, message_id, metadata)
+    return MessageRequest(user_id, text, conversation_id, message_id, metadata, option)
 
 
 def _too_deep(value: Any, limit: int) -> bool:

@@ -61,6 +61,7 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
         channel="web",
         metadata=fields.metadata,
         gateway_id=request.app[SETTINGS].instance_id,
+        option=fields.option,
     )
     return inbound, wait
 
