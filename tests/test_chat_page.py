@@ -5,8 +5,9 @@ reconnects after its connection drops. Chromium is Debian's (`scripts/ensure-tes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, ViewportSize, expect
 
 from tests.channel_fakes import kb_answer
 from tests.faultproxy import FaultProxy
@@ -97,8 +98,9 @@ def _keep_errors(message: ConsoleMessage, problems: list[str]) -> None:
 async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_written(
     stack: Stack, browser: Browser
 ) -> None:
-    """Chips for a reply's buttons (a tap asks the label), and an LLM reply growing in one bubble
-    from the stream's `delta` events before its `reply` event completes it."""
+    """Chips for a reply's options (a tap sends the label as text and the option's id as
+    `option`), the hand-over among them, and an LLM reply growing in one bubble from the stream's
+    `delta` events before its `reply` event completes it."""
     llm = await FakeLlm().start()
     context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
     try:
@@ -106,16 +108,24 @@ async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_wr
         worker = await stack.start("worker")
         await wait_ready(stack)
         page = await context.new_page()
+        posted = posts_of(page)
         await page.goto(f"{gateway.url}/")
         await expect(page.locator("#status")).to_have_attribute("data-state", "online")
 
         await ask(page, "Quais as formas de pagamento?")
         chips = page.locator(".chips .chip")
         await expect(chips).to_have_text(["Posso parcelar?", "Boleto vencido"])
+        await expect(page.locator(".chips")).to_have_attribute("role", "group")
+        for box in [await chip.bounding_box() for chip in await chips.all()]:
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE_VIEWPORT["width"]
         await chips.first.click()
         await expect(page.locator(".msg--me").last).to_have_text("Posso parcelar?")
         await expect(page.locator(".msg--bot").last).to_have_text(kb_answer("parcelamento"))
         await expect(page.locator(".chips")).to_have_count(0)  # spent: the next reply has none
+        assert "option" not in posted[0] and posted[1]["option"] == "Posso parcelar?"
+        assert posted[1]["text"] == "Posso parcelar?"
+
+        await check_handoff_chip(browser, gateway.url)
 
         # The LLM engine, streaming: record every text the reply's bubble shows on the way.
         worker.stop()
@@ -141,3 +151,47 @@ async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_wr
     finally:
         await context.close()
         await llm.stop()
+
+
+def posts_of(page: Page) -> list[dict[str, Any]]:
+    """The bodies the page posts to /v1/messages, as they are sent (filled in as it goes)."""
+    bodies: list[dict[str, Any]] = []
+
+    def record(request: Request) -> None:
+        if request.method == "POST" and request.url.endswith("/v1/messages"):
+            body = request.post_data_json
+            assert isinstance(body, dict)
+            bodies.append(body)
+
+    page.on("request", record)
+    return bodies
+
+
+async def check_handoff_chip(browser: Browser, url: str) -> None:
+    """The fallback's hand-over option is a chip labelled by the reply; it fits and shows its
+    keyboard focus on a 390 px screen; a tap posts its id and the conversation goes to a person.
+    A customer of their own (a new browser context), whose conversation the hand-over silences."""
+    context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
+    page = await context.new_page()
+    posted = posts_of(page)
+    await page.goto(f"{url}/")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    await ask(page, "qual a capital da mongólia?")
+    chip = page.locator(".chips .chip")
+    await expect(chip).to_have_text(["Falar com atendente"])
+
+    # Keyboard focus (Shift+Tab from the composer reaches the chip) is drawn, not only recoloured.
+    await page.locator("#text").focus()
+    await page.keyboard.press("Shift+Tab")
+    await expect(chip).to_be_focused()
+    outline = await chip.evaluate(
+        "c => [getComputedStyle(c).outlineStyle, parseFloat(getComputedStyle(c).outlineWidth)]"
+    )
+    assert outline[0] != "none" and outline[1] >= 2, outline
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+    await page.keyboard.press("Enter")
+    await expect(page.locator(".msg--me").last).to_have_text("Falar com atendente")
+    await expect(page.locator(".msg--note").last).to_have_text("Um atendente humano vai continuar esta conversa.")
+    assert posted[-1]["option"] == "handoff" and posted[-1]["text"] == "Falar com atendente"
+    await context.close()

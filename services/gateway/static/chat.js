@@ -60,10 +60,13 @@
     return item;
   }
 
-  // Quick replies: a tap sends the label, as if typed. Only the latest reply's stay.
+  // A reply's options (entries of a question back, the hand-over, an entry's own buttons): a tap
+  // sends the label as the text and the option's id as `option`. Only the latest reply's stay.
   function showChips(options) {
     const row = document.createElement("li");
     row.className = "chips";
+    row.setAttribute("role", "group");
+    row.setAttribute("aria-label", T("options"));
     for (const option of options) {
       const chip = document.createElement("button");
       chip.type = "button";
