@@ -1,6 +1,6 @@
 """The consumer of one channel's durable delivery queue: replies out through the channel's API.
 
-For each reply: split it into parts the channel accepts (its buttons go with the last), take the
+For each reply: split it into parts the channel accepts (its options go with the last), take the
 reply's lease in the ledger, then send the parts not yet confirmed (with VOICE_REPLIES=on, the
 answer to a voice note has one more part: its text spoken, synthesised right then, so the audio
 never waits in a queue), one after another, each paced per recipient and retried
