@@ -168,13 +168,13 @@ def whatsapp_interactive(text: str, options: tuple[Option, ...]) -> dict[str, An
 
 
 def _list_row(option: Option) -> dict[str, str]:
-    row = {"id": option.id, "title": fit(option.label, WHATSAPP_ROW_TITLE)}
+    row = {"id": option.id, "title": _fit(option.label, WHATSAPP_ROW_TITLE)}
     if units(option.label) > WHATSAPP_ROW_TITLE:  # its title is cut: the whole label shows under it
-        row["description"] = fit(option.label, WHATSAPP_ROW_DESCRIPTION)
+        row["description"] = _fit(option.label, WHATSAPP_ROW_DESCRIPTION)
     return row
 
 
-def fit(label: str, limit: int) -> str:
+def _fit(label: str, limit: int) -> str:
     """`label` in at most `limit` UTF-16 units (never less than the platform counts), cut at a word
     when one ends in time, an ellipsis marking the cut."""
     label = " ".join(label.split())
