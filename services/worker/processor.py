@@ -124,9 +124,14 @@ class Processor:
         text = "\n".join(m.text for m in messages)
         started = now_ms()
         accepted = message
+        # The options offered are read only when they may matter: the fast path reads nothing.
+        may_choose = bool(message.option)
         state = await self._until_redis_answers(
             lambda: self.store.begin(
-                accepted, redelivered=may_be_a_copy(delivery), with_history=self.engine.uses_history
+                accepted,
+                redelivered=may_be_a_copy(delivery),
+                with_history=self.engine.uses_history,
+                with_offered=may_choose,
             )
         )
         if state.stored_reply is not None:
@@ -150,6 +155,9 @@ class Processor:
                     images=media.images,
                     documents=media.documents,
                     on_delta=delta_publisher(self.broker, message),
+                    option=message.option,
+                    offered=state.offered.options,
+                    offered_for=state.offered.question,
                 )
                 content = replace(media.unhandled or await self._generate(message, request), voice=media.voice)
             except Exception:

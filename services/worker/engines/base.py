@@ -41,6 +41,8 @@ class EngineRequest:
     # conversation's last reply offered (read only when the message may be a choice).
     option: str = ""
     offered: tuple[Option, ...] = ()
+    # The customer's question that led to the options offered (what a chosen entry answers).
+    offered_for: str = ""
 
 
 class ReplyEngine(Protocol):
@@ -55,3 +57,4 @@ class ReplyEngine(Protocol):
     async def close(self) -> None:
         """Release connections and other resources at shutdown."""
         ...
+
