@@ -30,7 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.worker.acks import ChannelAcks, still_held
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
-from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
+from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
 from services.worker.media import MediaResolver
 from services.worker.streaming import delta_publisher
 from shared import unanswered
@@ -76,7 +76,7 @@ class Processor:
     store: Store
     committer: Committer
     broker: Broker
-    engine: ReplyEngine
+    engine: ChoosingEngine
     max_attempts: int
     media: MediaResolver
     metrics: WorkerMetrics
@@ -125,7 +125,7 @@ class Processor:
         started = now_ms()
         accepted = message
         # The options offered are read only when they may matter: the fast path reads nothing.
-        may_choose = bool(message.option)
+        may_choose = bool(message.option) or self.engine.may_be_choice(text)
         state = await self._until_redis_answers(
             lambda: self.store.begin(
                 accepted,

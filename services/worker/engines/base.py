@@ -58,3 +58,11 @@ class ReplyEngine(Protocol):
         """Release connections and other resources at shutdown."""
         ...
 
+
+class ChoosingEngine(ReplyEngine, Protocol):
+    """The engine the worker runs (the reply policy around the configured one), which also says
+    which texts may choose an option offered: only for those are the options read from Redis."""
+
+    def may_be_choice(self, text: str) -> bool:
+        """Whether `text` may choose an option (its number or label), whatever was offered."""
+        ...
