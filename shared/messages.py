@@ -94,6 +94,9 @@ class ReplyContent:
     # An answer the customer chose from a question back: their question that it answers (a phrasing
     # the operators may add to the entry). Worker only.
     resolves: str = ""
+    # Options offered again (a stale choice): the customer's question that led to them, which the
+    # worker keeps with them instead of this message's text. Worker only.
+    question: str = ""
     # It answers a voice note: with VOICE_REPLIES=on the channel delivery also speaks it (the audio
     # is made at send time, so no audio bytes ever sit in a queue or in Redis). On the wire only.
     voice: bool = False

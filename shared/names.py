@@ -119,6 +119,11 @@ class Names:
         """How many fallback replies in a row the conversation has had (handoff after a few)."""
         return f"{self.namespace}:fallback-streak:{conversation_id}"
 
+    def offered_key(self, conversation_id: str) -> str:
+        """The options the conversation's last reply offered (shared.store.Offered), while they
+        may still be chosen."""
+        return f"{self.namespace}:offered:{conversation_id}"
+
     def conversation_log_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:conversation-log:{conversation_id}"
 

@@ -1,9 +1,9 @@
 """Redis: the client and the few operations the services perform on it.
 
 Every operation is one round trip (a pipeline or a Lua script), so the hot path pays a fixed,
-small number of them per message: a claim and an accept in the gateway, one read in the worker
-(the worker's commit is its own: services/worker/commit.py). The gateway's claims and accepts go
-through one `AutoPipeline`: those of all the requests in flight share each round trip.
+small number of them per message: a claim and an accept in the gateway, at most one read in the
+worker (the worker's commit is its own: services/worker/commit.py). The gateway's claims and
+accepts go through one `AutoPipeline`: those of all the requests in flight share each round trip.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import stats
-from shared.messages import InboundMessage, ReplyMessage
+from shared.messages import InboundMessage, Option, ReplyMessage
 from shared.names import Names
 from shared.pipelining import AutoPipeline, Script
 from shared.telemetry import redis_span, traced_redis
@@ -36,6 +36,9 @@ USERS_KEEP_SECONDS = 25 * 3600
 INSTANCES_KEEP_SECONDS = 3600
 CONVERSATION_LOG_ENTRIES = 200
 CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
+# How long the options a reply offered may still be chosen: time enough to read and tap, not so
+# long that a tap on an old message is taken for an answer to a question long left behind.
+OFFERED_TTL_SECONDS = 30 * 60
 
 # A message's claim: provisional while its publish waits for the broker's confirm, accepted after.
 #   p:<token>:<since ms>:<conversation>   (token: the claiming request's, so a resent command
@@ -157,6 +160,24 @@ def claimed_conversation(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Offered:
+    """The options the conversation's last reply offered (written by the worker's commit, for
+    OFFERED_TTL_SECONDS), and the customer's question that led to them: what an entry chosen
+    from them answers."""
+
+    options: tuple[Option, ...] = ()
+    question: str = ""
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"options": [option.to_dict() for option in self.options], "question": self.question})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Offered:
+        data = orjson.loads(raw)
+        return cls(tuple(Option.from_dict(option) for option in data["options"]), str(data["question"]))
+
+
+@dataclass(frozen=True, slots=True)
 class WorkState:
     """What the worker needs to know before it generates a reply."""
 
@@ -165,6 +186,8 @@ class WorkState:
     history: list[dict[str, str]]
     # The conversation is with a human (only read along with the memory: for an engine that costs).
     handed_off: bool = False
+    # What the last reply offered (only read for a message that may choose one of them).
+    offered: Offered = field(default_factory=Offered)
 
 
 @dataclass(slots=True)
@@ -228,28 +251,37 @@ class Store:
         return None if reply is None or (reply.silenced and not silenced) else reply
 
     # Worker --------------------------------------------------------------------------------
-    async def begin(self, message: InboundMessage, *, redelivered: bool, with_history: bool) -> WorkState:
-        """Read what the worker must know first. A first delivery cannot have a stored reply or
-        earlier failures, so the common case reads only the memory, and only for engines using it
-        (they also learn whether the conversation is with a human, and skip generating then)."""
-        if not redelivered and not with_history:
+    async def begin(
+        self, message: InboundMessage, *, redelivered: bool, with_history: bool, with_offered: bool
+    ) -> WorkState:
+        """Read what the worker must know first, in one round trip. A first delivery cannot have a
+        stored reply or earlier failures, so the common case reads only the memory, and only for
+        engines using it (they also learn whether the conversation is with a human, and skip
+        generating then), and the options offered only for a message that may choose one: plain
+        text on the knowledge-base engine reads nothing."""
+        if not (redelivered or with_history or with_offered):
             return WorkState(stored_reply=None, attempt=1, history=[])
+        conversation = message.conversation_id
         async with self.redis.pipeline(transaction=False) as pipe:
             if redelivered:
                 pipe.get(self.names.reply_key(message.message_id))
                 pipe.get(self.names.attempts_key(message.message_id))
             if with_history:
-                pipe.lrange(self.names.memory_key(message.conversation_id), -2 * self.memory_turns, -1)
-                pipe.exists(self.names.handoff_key(message.conversation_id))
+                pipe.lrange(self.names.memory_key(conversation), -2 * self.memory_turns, -1)
+                pipe.exists(self.names.handoff_key(conversation))
+            if with_offered:
+                pipe.get(self.names.offered_key(conversation))
             with redis_span("begin"):
-                results = await pipe.execute()
-        stored, attempt = (results[0], int(results[1] or 0) + 1) if redelivered else (None, 1)
-        memory, handed_off = (results[-2], bool(results[-1])) if with_history else ([], False)
+                results = iter(await pipe.execute())
+        stored, attempt = (next(results), int(next(results) or 0) + 1) if redelivered else (None, 1)
+        memory, handed_off = (next(results), bool(next(results))) if with_history else ([], False)
+        offered = next(results) if with_offered else None
         return WorkState(
             stored_reply=ReplyMessage.from_bytes(stored) if stored else None,
             attempt=attempt,
             history=[orjson.loads(item) for item in memory],
             handed_off=handed_off,
+            offered=Offered.from_bytes(offered) if offered else Offered(),
         )
 
     @traced_redis("record_failure")

@@ -191,11 +191,13 @@ def test_questions_that_mention_people_are_not_requests_for_one(text: str, langu
 
 
 async def test_the_policy_answers_in_the_base_language() -> None:
-    english = ReplyPolicy(KbEngine(KnowledgeBase.load(ROOT / "shared" / "data" / "kb-sample-en.yaml")), "en")
+    english_kb = KbEngine(KnowledgeBase.load(ROOT / "shared" / "data" / "kb-sample-en.yaml"))
+    english = ReplyPolicy(english_kb, "en", catalog=english_kb)
     handoff = await english.reply(_request("I want to talk to a human"))
     assert handoff.handoff and handoff.text.startswith("Sure! I am calling a human agent")
     assert (await english.reply(_request("/reset"))).reset
-    portuguese = ReplyPolicy(KbEngine(KnowledgeBase.load(SAMPLE_PT)), "pt")
+    portuguese_kb = KbEngine(KnowledgeBase.load(SAMPLE_PT))
+    portuguese = ReplyPolicy(portuguese_kb, "pt", catalog=portuguese_kb)
     fallback = await portuguese.reply(_request(OFF_TOPIC[0]))
     assert fallback.fallback and fallback.escalation is not None and fallback.escalation.handoff
     answer = await portuguese.reply(_request(PRAZO))

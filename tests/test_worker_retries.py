@@ -38,6 +38,9 @@ class FlakyEngine:
             raise RuntimeError(f"engine failure for {request.text!r}")
         return ReplyContent(text=f"ok: {request.text}", engine=self.name, confidence=1.0)
 
+    def may_be_choice(self, text: str) -> bool:
+        return False
+
     async def close(self) -> None:
         return None
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from services.worker import kbreload
 from services.worker.commit import Committer, Policy
 from services.worker.consumer import ShardConsumer
-from services.worker.engines.base import ReplyEngine
+from services.worker.engines.base import ChoosingEngine, ReplyEngine
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "worker"
 SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", ReplyEngine)
+ENGINE = web.AppKey("engine", ChoosingEngine)
 BROKER = web.AppKey("broker", Broker)
 STORE = web.AppKey("store", Store)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
@@ -55,8 +55,9 @@ def build_engine(settings: Settings) -> LiveEngine:
     return LiveEngine(loaded)
 
 
-def engine_for(settings: Settings, knowledge: KnowledgeBase) -> ReplyEngine:
-    """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps either."""
+def engine_for(settings: Settings, knowledge: KnowledgeBase) -> ReplyPolicy:
+    """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps
+    either, and answers the entries chosen from a question back from that same base."""
     kb = KbEngine(
         knowledge,
         encoder=_encoder() if settings.kb_embeddings else None,
@@ -70,7 +71,7 @@ def engine_for(settings: Settings, knowledge: KnowledgeBase) -> ReplyEngine:
     engine: ReplyEngine = kb
     if settings.reply_engine == "openai":
         engine = OpenAiEngine(OpenAiConfig.from_settings(settings), kb)
-    return ReplyPolicy(engine, knowledge.language, escalate=settings.handoff_after_fallbacks > 0)
+    return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=settings.handoff_after_fallbacks > 0)
 
 
 def _encoder() -> SentenceEncoder:

@@ -6,13 +6,15 @@ back to back and a worker dying after sending leaves nothing half done:
 
 1. `_DECIDE` takes only what must be decided atomically: a reply already stored (a redelivery, or
    a race: the first writer wins and the others get its reply), a conversation with a human (the
-   reply is stored silenced, never sent), the fallback streak that escalates to a human, and
+   reply is stored silenced, never sent), the fallback streak that escalates to a human (a question
+   back neither counts in it nor ends it: it is not a failure, and not an answer yet), and
    starting that handoff. It stores the reply that stands and leaves a marker with the outcome.
    Its input is one JSON payload with named fields (`_payload`), plus the keys it touches.
 2. `_EFFECTS` applies, under that marker only (so never twice), what the winning commit adds: the
-   stats writes `shared.stats.reply_writes` names, the memory, the operators' conversation log,
-   the users seen and the reply's place in the outbound order. Then the started handoffs are
-   indexed for the admin area (`shared.handoff.queue_index`).
+   stats writes `shared.stats.reply_writes` names, the memory, the options the reply offers (the
+   only ones a next message may choose: a reply without options clears them), the operators'
+   conversation log, the users seen and the reply's place in the outbound order. Then the started
+   handoffs are indexed for the admin area (`shared.handoff.queue_index`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from shared import handoff, stats
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
-from shared.store import IDEMPOTENCY_TTL_SECONDS, USERS_KEEP_SECONDS
+from shared.store import IDEMPOTENCY_TTL_SECONDS, OFFERED_TTL_SECONDS, USERS_KEEP_SECONDS, Offered
 from shared.telemetry import redis_span
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ elseif p.fallback then
   if p.fallbacks_before_handoff > 0 and streak >= p.fallbacks_before_handoff then
     outcome, reply = 3, p.escalation
   end
-elseif not p.merged then
+elseif not p.merged and not p.asks_back then
   redis.call('DEL', KEYS[3])
 end
 redis.call('SET', KEYS[1], reply, 'EX', p.reply_ttl)
@@ -82,10 +84,12 @@ return {outcome}
 # The effects of the commit `_DECIDE` just won (its marker says with which outcome; none: the reply
 # was stored before, nothing to do), applied as named in the payload (`_effects`, one variant per
 # possible outcome): the stats slice writes that shared.stats.reply_writes lists, the users seen,
-# the memory and the operators' conversation log. One command per message instead of some thirty.
+# the memory, the options offered and the operators' conversation log. One command per message
+# instead of some thirty.
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
 #       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
-#       queue of replies to send: services/gateway/delivery/order.py).
+#       queue of replies to send: services/gateway/delivery/order.py), 9 the commit's marker,
+#       10 the options offered (shared.store.Offered).
 _EFFECTS = """#!lua
 local outcome = redis.call('GET', KEYS[9])
 if not outcome then
@@ -115,6 +119,11 @@ elseif v.memory == 'append' then
   redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn)
   redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
   redis.call('EXPIRE', KEYS[5], p.memory_ttl)
+end
+if v.offered == 'set' then
+  redis.call('SET', KEYS[10], v.offered_state, 'EX', p.offered_ttl)
+elseif v.offered == 'clear' then
+  redis.call('DEL', KEYS[10])
 end
 redis.call('RPUSH', KEYS[6], v.log_entry)
 redis.call('LTRIM', KEYS[6], -p.log_length, -1)
@@ -285,6 +294,7 @@ class Committer:
             "merged": item.merged,
             "handoff": reply.reply.handoff and not item.merged,
             "fallback": escalation is not None and not item.merged,
+            "asks_back": reply.reply.kind == "clarify",
             "fallbacks_before_handoff": self.policy.handoff_after_fallbacks,
             "streak_ttl": self.policy.memory_ttl_s,
             "handoff_info": info.to_bytes().decode(),
@@ -311,6 +321,7 @@ class Committer:
             "user_turn": _turn("user", item.user_text).decode(),
             "memory_length": 2 * self.policy.memory_turns,
             "memory_ttl": self.policy.memory_ttl_s,
+            "offered_ttl": OFFERED_TTL_SECONDS,
             "log_length": CONVERSATION_LOG_ENTRIES,
             "log_ttl": CONVERSATION_LOG_TTL_SECONDS,
             "conversation": conversation,
@@ -327,6 +338,7 @@ class Committer:
             names.conversations_key,
             names.outbound_order_key(conversation),
             names.commit_marker_key(message.message_id),
+            names.offered_key(conversation),
         ]
         return keys, orjson.dumps(payload)
 
@@ -347,12 +359,15 @@ class Committer:
                 merged=item.merged,
             )
         )
-        memory = "keep"
+        memory, offered = "keep", "keep"
         if not reply.silenced and not item.merged:
             memory = "reset" if content.reset else "append" if self.policy.memory_turns > 0 else "keep"
+            offered = "set" if content.options else "clear"
         return {
             "stats": writes,
             "memory": memory,
+            "offered": offered,
+            "offered_state": _offered(item, content).to_bytes().decode() if offered == "set" else "",
             "assistant_turn": _turn("assistant", content.text).decode(),
             "log_entry": orjson.dumps(_log_entry(item, reply, now)).decode(),
             # A reply the delivery consumers will send (not the web's, not one held back).
@@ -373,6 +388,11 @@ def _standing(item: Commit, decision: list[Any]) -> ReplyMessage:
     if outcome == ESCALATED and item.escalation is not None:
         return item.escalation
     return item.reply
+
+
+def _offered(item: Commit, content: ReplyContent) -> Offered:
+    """What a reply with options leaves for the next message to choose from."""
+    return Offered(content.options, content.question or item.user_text)
 
 
 def _turn(role: str, text: str) -> bytes:

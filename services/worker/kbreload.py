@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.worker.engines.base import EngineRequest, ReplyEngine
+from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KnowledgeBase, KnowledgeBaseError
+from services.worker.engines.policy import ReplyPolicy
 from services.worker.engines.text import Language
 from shared import kbstate
 from shared.messages import ReplyContent
@@ -29,12 +30,14 @@ from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
-Build = Callable[[KnowledgeBase], ReplyEngine]
+# The reply policy and its engine, with the base they answer from: swapped as one, so an option
+# offered by a base is resolved by that same base.
+Build = Callable[[KnowledgeBase], ReplyPolicy]
 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    engine: ReplyEngine
+    engine: ReplyPolicy
     entries: int
     language: Language
     fingerprint: str
@@ -60,7 +63,7 @@ def load(path: Path, build: Build) -> Loaded:
 
 
 class LiveEngine:
-    """A ReplyEngine whose underlying engine can be replaced while the worker runs."""
+    """A ChoosingEngine whose underlying engine can be replaced while the worker runs."""
 
     def __init__(self, loaded: Loaded) -> None:
         self.loaded = loaded
@@ -71,6 +74,9 @@ class LiveEngine:
     @property
     def language(self) -> Language:
         return self.loaded.language
+
+    def may_be_choice(self, text: str) -> bool:
+        return self.loaded.engine.may_be_choice(text)
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         return await self.loaded.engine.reply(request)
@@ -83,7 +89,7 @@ class LiveEngine:
         task.add_done_callback(self._retired.discard)
 
     @staticmethod
-    async def _close_later(engine: ReplyEngine, grace_s: float) -> None:
+    async def _close_later(engine: ReplyPolicy, grace_s: float) -> None:
         await asyncio.sleep(grace_s)
         await engine.close()
 

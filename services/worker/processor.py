@@ -30,7 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.worker.acks import ChannelAcks, still_held
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
-from services.worker.engines.base import EngineRequest, ReplyEngine, Turn
+from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
 from services.worker.media import MediaResolver
 from services.worker.streaming import delta_publisher
 from shared import unanswered
@@ -76,7 +76,7 @@ class Processor:
     store: Store
     committer: Committer
     broker: Broker
-    engine: ReplyEngine
+    engine: ChoosingEngine
     max_attempts: int
     media: MediaResolver
     metrics: WorkerMetrics
@@ -124,9 +124,14 @@ class Processor:
         text = "\n".join(m.text for m in messages)
         started = now_ms()
         accepted = message
+        # The options offered are read only when they may matter: the fast path reads nothing.
+        may_choose = bool(message.option) or self.engine.may_be_choice(text)
         state = await self._until_redis_answers(
             lambda: self.store.begin(
-                accepted, redelivered=may_be_a_copy(delivery), with_history=self.engine.uses_history
+                accepted,
+                redelivered=may_be_a_copy(delivery),
+                with_history=self.engine.uses_history,
+                with_offered=may_choose,
             )
         )
         if state.stored_reply is not None:
@@ -150,6 +155,9 @@ class Processor:
                     images=media.images,
                     documents=media.documents,
                     on_delta=delta_publisher(self.broker, message),
+                    option=message.option,
+                    offered=state.offered.options,
+                    offered_for=state.offered.question,
                 )
                 content = replace(media.unhandled or await self._generate(message, request), voice=media.voice)
             except Exception:

@@ -41,6 +41,8 @@ class EngineRequest:
     # conversation's last reply offered (read only when the message may be a choice).
     option: str = ""
     offered: tuple[Option, ...] = ()
+    # The customer's question that led to the options offered (what a chosen entry answers).
+    offered_for: str = ""
 
 
 class ReplyEngine(Protocol):
@@ -54,4 +56,13 @@ class ReplyEngine(Protocol):
 
     async def close(self) -> None:
         """Release connections and other resources at shutdown."""
+        ...
+
+
+class ChoosingEngine(ReplyEngine, Protocol):
+    """The engine the worker runs (the reply policy around the configured one), which also says
+    which texts may choose an option offered: only for those are the options read from Redis."""
+
+    def may_be_choice(self, text: str) -> bool:
+        """Whether `text` may choose an option (its number or label), whatever was offered."""
         ...

@@ -6,7 +6,13 @@
     `handoff: true` and a reply saying a person will take over; the commit starts the handoff, and
     the bot stays silent in that conversation until an agent releases it or it expires;
   * a fallback reply carries the escalation to send instead when it is one fallback too many in a
-    row (the commit counts them, HANDOFF_AFTER_FALLBACKS).
+    row (the commit counts them, HANDOFF_AFTER_FALLBACKS), and offers the hand-over;
+  * a question back (`clarify`: the engine's candidate entries, no text) gets the hand-over as its
+    last option and a text listing them all, numbered, so that typing a number works everywhere;
+  * choosing one of the options the last reply offered (`EngineRequest.option`, or typing its
+    number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
+    button is answered as if its label were typed. A choice of something not offered (expired,
+    the conversation moved on, or never offered) gets "please choose again", never an answer.
 The replies are in the knowledge base's language.
 """
 
@@ -19,6 +25,7 @@ from dataclasses import replace
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
+from .kb import KbEngine, KnowledgeBase
 from .text import Language, fold
 
 RESET_COMMAND = "/reset"
@@ -71,6 +78,12 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         " vai continuar esta conversa por aqui em breve.",
         # The button of the handoff offer ("Quer falar com um atendente?"): its tap is a request.
         "offer": "Falar com atendente",
+        # A question back lists its options, numbered, between these two lines.
+        "clarify": "Não tenho certeza se entendi. Você quis dizer:",
+        "pick": "Toque numa opção ou responda com o número.",
+        # A choice of something not offered (any more): the options in force again, or none.
+        "stale": "Essa opção não está mais disponível. Por favor, escolha de novo:",
+        "ask": "Essa opção não está mais disponível. Por favor, escreva sua pergunta.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -78,6 +91,10 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "escalation": "Sorry, I am not managing to help with that. I am calling a human agent: a person will take"
         " over this conversation here shortly.",
         "offer": "Talk to an agent",
+        "clarify": "I am not sure I understood. Did you mean:",
+        "pick": "Tap an option or reply with its number.",
+        "stale": "That option is no longer available. Please choose again:",
+        "ask": "That option is no longer available. Please write your question.",
     },
 }
 
@@ -93,29 +110,86 @@ def is_reset(text: str) -> bool:
     return text.strip().casefold() == RESET_COMMAND
 
 
-class ReplyPolicy:
-    """A ReplyEngine around another one; see the module's docstring."""
+# Typed choices: "2", "2.", or a label however it is cased, accented or punctuated.
+_NUMBERS = frozenset("123456789")
 
-    def __init__(self, engine: ReplyEngine, language: Language, *, escalate: bool = True) -> None:
+
+def choice_key(text: str) -> str:
+    """A typed text as it is compared with option numbers and labels ("Posso parcelar?" -> "posso parcelar")."""
+    return " ".join(_WORDS.findall(fold(text)))
+
+
+def typed_choice(text: str, offered: tuple[Option, ...]) -> Option | None:
+    """The offered option that `text` names by its number (1 is the first) or its label."""
+    key = choice_key(text)
+    if key in _NUMBERS:
+        return offered[int(key) - 1] if int(key) <= len(offered) else None
+    return next((option for option in offered if choice_key(option.label) == key), None)
+
+
+def _labels(kb: KnowledgeBase, handoff_label: str) -> frozenset[str]:
+    """Every label an option may carry with this base: entries, their buttons, the hand-over."""
+    labels = [handoff_label, *(entry.label for entry in kb.entries)]
+    labels += [button for entry in kb.entries for button in entry.buttons]
+    return frozenset(choice_key(label) for label in labels)
+
+
+class ReplyPolicy:
+    """A ReplyEngine around another one; see the module's docstring. `catalog` is the knowledge
+    base the engine answers from (an entry chosen by its id gets its answer from there)."""
+
+    def __init__(self, engine: ReplyEngine, language: Language, *, catalog: KbEngine, escalate: bool = True) -> None:
         self.engine = engine
         self.name = engine.name
         self.uses_history = engine.uses_history
         self._replies = _REPLIES[language]
         self.language = language
+        self._catalog = catalog
         self._escalate = escalate
+        self._handoff_option = Option(HANDOFF_OPTION, self._replies["offer"])
+        self._labels = _labels(catalog.kb, self._handoff_option.label)
+
+    def may_be_choice(self, text: str) -> bool:
+        key = choice_key(text)
+        return key in _NUMBERS or key in self._labels
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         if is_reset(request.text):
             return ReplyContent(
                 text=self._replies["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
             )
+        if request.option:
+            chosen = next((option for option in request.offered if option.id == request.option), None)
+            if chosen is not None:
+                return await self._resolve(chosen, request)
+            # Asking for a person is never out of date, offered or not.
+            return self._handoff() if request.option == HANDOFF_OPTION else self._choose_again(request)
+        typed = typed_choice(request.text, request.offered)
+        if typed is not None:
+            return await self._resolve(typed, request)
         if asks_for_human(request.text, self.language):
-            return ReplyContent(
-                text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff"
-            )
-        content = await self.engine.reply(request)
+            return self._handoff()
+        return self._offering(await self.engine.reply(request))
+
+    async def _resolve(self, chosen: Option, request: EngineRequest) -> ReplyContent:
+        """The reply to an option the last reply offered."""
+        if chosen.id == HANDOFF_OPTION:
+            return self._handoff()
+        if chosen.id == chosen.label:  # an entry's own button: as if the customer typed it
+            return await self.reply(replace(request, text=chosen.label, option="", offered=(), offered_for=""))
+        answer = self._catalog.entry_reply(chosen.id)
+        if answer is None:  # the base was reloaded without that entry since it was offered
+            return self._choose_again(request)
+        return replace(answer, kind="answer", resolves=request.offered_for)
+
+    def _offering(self, content: ReplyContent) -> ReplyContent:
+        """The engine's reply with what the policy adds: a question back's text and the hand-over,
+        a fallback's hand-over and escalation."""
+        if content.kind == "clarify":
+            options = (*(o for o in content.options if o.id != HANDOFF_OPTION), self._handoff_option)
+            return replace(content, options=options, text=content.text or self._numbered("clarify", options))
         if content.fallback and not content.options:
-            content = replace(content, options=(Option(HANDOFF_OPTION, self._replies["offer"]),))
+            content = replace(content, options=(self._handoff_option,))
         if content.fallback and self._escalate:
             escalation = ReplyContent(
                 text=self._replies["escalation"],
@@ -126,6 +200,26 @@ class ReplyPolicy:
             )
             content = replace(content, escalation=escalation)
         return content
+
+    def _choose_again(self, request: EngineRequest) -> ReplyContent:
+        """A choice of something not offered: the options in force again (for the same question),
+        or, with none, a request to write the question, and the hand-over."""
+        if request.offered:
+            text, options = self._numbered("stale", request.offered), request.offered
+        else:
+            text, options = self._replies["ask"], (self._handoff_option,)
+        return ReplyContent(
+            text=text, engine="choice", confidence=1.0, kind="clarify", options=options, question=request.offered_for
+        )
+
+    def _numbered(self, lead: str, options: tuple[Option, ...]) -> str:
+        listed = (f"{number}. {option.label}" for number, option in enumerate(options, start=1))
+        return "\n".join((self._replies[lead], *listed, self._replies["pick"]))
+
+    def _handoff(self) -> ReplyContent:
+        return ReplyContent(
+            text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff"
+        )
 
     async def close(self) -> None:
         await self.engine.close()
