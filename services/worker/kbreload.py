@@ -146,32 +146,38 @@ class KbReloader:
             version = self.version if self.version is not None else 0
             taught = self.live.loaded.overlay_version
         asked = (self.version is not None and version != self.version) or taught != self.live.loaded.overlay_version
-        self.version = version
+        previous, self.version = self.version, version
         try:
             stat = _stat(self.path)
         except OSError as exc:
             self._refuse(f"{self.path}: cannot read the file: {exc}", None)
         else:
             changed = stat != self.live.loaded.stat and stat != self._refused
-            if asked or changed:
-                await self._reload(stat, asked)
+            if (asked or changed) and not await self._reload(stat, asked):
+                self.version = previous  # the request still stands: the next round acts on it
         await self._publish()
 
-    async def _reload(self, stat: tuple[int, int], asked: bool) -> None:
+    async def _reload(self, stat: tuple[int, int], asked: bool) -> bool:
+        """False when it could not be tried for want of the taught phrasings (Redis unreachable)."""
         try:
             if not asked and fingerprint(self.path.read_bytes()) == self.live.loaded.fingerprint:
                 self.live.loaded = _restamped(self.live.loaded, stat)  # touched, not changed
                 self._refused, self.error, self.error_at = None, "", 0.0
-                return
+                return True
+        except OSError as exc:
+            self._refuse(str(exc), stat)
+            return True
+        try:
             overlay = await phrasings.read(self.store.redis, self.store.names)
+        except REDIS_ERRORS as exc:
+            log.warning("knowledge base: taught phrasings unreadable, not reloaded yet: %s", exc)
+            return False
+        try:
             # Indexing a large base takes a second or two: off the event loop, replies go on meanwhile.
             loaded = await asyncio.to_thread(load, self.path, self.build, overlay)
-        except REDIS_ERRORS as exc:  # nothing is refused: the next round tries again
-            log.warning("knowledge base: taught phrasings unreadable, not reloaded yet: %s", exc)
-            return
         except (KnowledgeBaseError, OSError, ValueError) as exc:
             self._refuse(str(exc), stat)
-            return
+            return True
         if loaded.ignored:
             log.warning(
                 "knowledge base: taught phrasings of entries the file does not have are ignored: %s",
@@ -188,6 +194,7 @@ class KbReloader:
                 "taught_phrasings": loaded.phrasings,
             },
         )
+        return True
 
     async def _versions(self) -> tuple[int, int]:
         """The reload version and the taught phrasings' version, in one round trip."""
