@@ -3,7 +3,8 @@
 * a reload version: the admin's "reload" raises it; each worker watches it and reloads its own
   copy of the file (KB_PATH is on each worker's disk or ConfigMap) when it changes,
 * each worker's status: the base it serves (entries, when loaded, the file's fingerprint) and,
-  when the last reload was refused, why. It expires unless refreshed, so a gone worker leaves.
+  when the last reload was refused, why, and the taught phrasings applied on top of the file
+  (shared/phrasings.py). It expires unless refreshed, so a gone worker leaves.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class KbStatus:
     fingerprint: str  # sha256 of the served file's bytes, first 12 hex digits
     error: str = ""  # why the last reload attempt was refused ("" when it was not)
     error_at: float = 0.0
+    phrasings: int = 0  # taught phrasings (shared/phrasings.py) applied on top of the file
+    ignored: tuple[str, ...] = ()  # entry ids of taught phrasings the file lacks
 
 
 def version_key(names: Names) -> str:

@@ -185,3 +185,32 @@ class Names:
     def audit_key(self) -> str:
         """The admin audit log, newest first; kept apart from the application logs."""
         return f"{self.namespace}:audit"
+
+    # What operators teach the knowledge base (shared/phrasings.py, shared/unanswered.py) -------
+    @property
+    def kb_phrasings_key(self) -> str:
+        """The overlay of taught phrasings: entry id -> JSON list of extra questions."""
+        return f"{self.namespace}:kb:phrasings"
+
+    @property
+    def kb_phrasings_version_key(self) -> str:
+        """Raised with every change of the overlay; each worker rebuilds its engine when it moves."""
+        return f"{self.namespace}:kb:phrasings-version"
+
+    @property
+    def kb_suggestions_key(self) -> str:
+        """Sorted set of suggested phrasings (`entry id, question`) by when a customer last made one."""
+        return f"{self.namespace}:kb:suggestions"
+
+    @property
+    def kb_suggestion_examples_key(self) -> str:
+        return f"{self.namespace}:kb:suggestions:examples"
+
+    @property
+    def kb_suggestion_counts_key(self) -> str:
+        return f"{self.namespace}:kb:suggestions:counts"
+
+    @property
+    def unanswered_handled_key(self) -> str:
+        """Sorted set of the questions and suggestions an operator acted on, by when: not listed again."""
+        return f"{self.namespace}:unanswered:handled"

@@ -103,7 +103,9 @@ async def test_unanswered_questions_are_listed_and_exported_and_the_base_reloads
         kb_file.write_text(good.replace("  - id: bitcoin\n", "  - id: frete\n"), encoding="utf-8")
 
         async def refused() -> bool:
-            return (await _knowledge_page(browser, monitor)).count("duplicate id") == 2
+            page = await _knowledge_page(browser, monitor)
+            # Each worker's row says why; so does the monitor, which reads the same file for its forms.
+            return page.count('<tr class="refused">') == 2 and page.count("duplicate id") == 3
 
         await eventually(refused, what="both workers refusing the bad file")
         assert (await _ask(http, stack, "gabi", BITCOIN))["sources"] == ["bitcoin"]

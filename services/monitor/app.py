@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.monitor.admin import pages
 from services.monitor.admin.auth import AdminAuth, token_checks_counter
+from services.monitor.admin.basefile import BaseFile
 from services.monitor.admin.routes import add_routes as add_admin_routes
 from services.monitor.admin.routes import no_store
 from services.monitor.alerts import WebhookNotifier
@@ -20,6 +21,7 @@ from services.monitor.evaluator import Evaluator
 from services.monitor.keys import (
     AUDIT,
     AUTH,
+    BASE,
     BROKER,
     DEAD_LETTERS,
     EVALUATOR,
@@ -57,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     install_security_headers(app)
     app[SETTINGS] = settings
     app[TEMPLATES] = pages.templates()
+    app[BASE] = BaseFile(settings.kb_path)
     registry = new_metrics_registry()
     app[TOKEN_CHECKS] = token_checks_counter(registry)
     registry.register(SystemCollector(lambda: app[EVALUATOR].latest if EVALUATOR in app else None))

@@ -7,6 +7,7 @@ from jinja2 import Environment
 from prometheus_client import Counter
 
 from services.monitor.admin.auth import AdminAuth
+from services.monitor.admin.basefile import BaseFile
 from services.monitor.audit import AuditLog
 from services.monitor.deadletters import DeadLetters
 from services.monitor.evaluator import Evaluator
@@ -27,3 +28,4 @@ AUDIT = web.AppKey("audit", AuditLog)
 AUTH = web.AppKey("auth", AdminAuth)
 TEMPLATES = web.AppKey("templates", Environment)
 TOKEN_CHECKS = web.AppKey("token_checks", Counter)
+BASE = web.AppKey("base", BaseFile)

@@ -7,6 +7,11 @@ and the reload version in Redis (shared/kbstate.py: the admin's button raises it
 replica sees it). A new file is validated by building the whole engine from it first: a bad file
 keeps the old base, logs why, and publishes the reason in this worker's status, which the admin
 area shows. The status is published every round, so the admin sees every live replica.
+
+The phrasings operators taught in the admin area (shared/phrasings.py, an overlay in Redis) are
+applied on top of the file at every load; its version is watched like the reload version, so a
+taught phrasing reaches every worker within one interval. Phrasings of an entry the file no longer
+has are left out, logged, and named in the status.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.policy import ReplyPolicy
 from services.worker.engines.text import Language
-from shared import kbstate
+from shared import kbstate, phrasings
 from shared.messages import ReplyContent
 from shared.store import REDIS_ERRORS, Store
 
@@ -43,6 +48,9 @@ class Loaded:
     fingerprint: str
     stat: tuple[int, int]  # (size, mtime_ns) of the file when it was read
     at: float
+    overlay_version: int = 0  # of the taught phrasings applied (0: none)
+    phrasings: int = 0  # taught phrasings applied
+    ignored: tuple[str, ...] = ()  # entry ids of taught phrasings the file does not have
 
 
 def fingerprint(data: bytes) -> str:
@@ -54,12 +62,28 @@ def _stat(path: Path) -> tuple[int, int]:
     return info.st_size, info.st_mtime_ns
 
 
-def load(path: Path, build: Build) -> Loaded:
-    """Read, validate and index the base; raises KnowledgeBaseError (or OSError) naming the problem."""
+NOTHING_TAUGHT = phrasings.Overlay(0, {})
+
+
+def load(path: Path, build: Build, overlay: phrasings.Overlay = NOTHING_TAUGHT) -> Loaded:
+    """Read, validate and index the base, with the taught phrasings of `overlay` on top; raises
+    KnowledgeBaseError (or OSError) naming the problem."""
     stat = _stat(path)
     data = path.read_bytes()
     knowledge = KnowledgeBase.load(path)
-    return Loaded(build(knowledge), len(knowledge.entries), knowledge.language, fingerprint(data), stat, time.time())
+    ignored = knowledge.unknown(overlay.phrasings)
+    applied = sum(len(questions) for entry_id, questions in overlay.phrasings.items() if entry_id not in ignored)
+    return Loaded(
+        build(knowledge.with_phrasings(overlay.phrasings)),
+        len(knowledge.entries),
+        knowledge.language,
+        fingerprint(data),
+        stat,
+        time.time(),
+        overlay.version,
+        applied,
+        tuple(ignored),
+    )
 
 
 class LiveEngine:
@@ -122,39 +146,68 @@ class KbReloader:
     async def check(self) -> None:
         """One round: reload when asked or when the file changed, then publish this worker's status."""
         try:
-            version = await kbstate.reload_version(self.store.redis, self.store.names)
+            version, taught = await self._versions()
         except REDIS_ERRORS as exc:
             log.warning("knowledge base: reload version unreadable: %s", exc)
             version = self.version if self.version is not None else 0
-        asked = self.version is not None and version != self.version
-        self.version = version
+            taught = self.live.loaded.overlay_version
+        asked = (self.version is not None and version != self.version) or taught != self.live.loaded.overlay_version
+        previous, self.version = self.version, version
         try:
             stat = _stat(self.path)
         except OSError as exc:
             self._refuse(f"{self.path}: cannot read the file: {exc}", None)
         else:
             changed = stat != self.live.loaded.stat and stat != self._refused
-            if asked or changed:
-                await self._reload(stat, asked)
+            if (asked or changed) and not await self._reload(stat, asked):
+                self.version = previous  # the request still stands: the next round acts on it
         await self._publish()
 
-    async def _reload(self, stat: tuple[int, int], asked: bool) -> None:
+    async def _reload(self, stat: tuple[int, int], asked: bool) -> bool:
+        """False when it could not be tried for want of the taught phrasings (Redis unreachable)."""
         try:
             if not asked and fingerprint(self.path.read_bytes()) == self.live.loaded.fingerprint:
                 self.live.loaded = _restamped(self.live.loaded, stat)  # touched, not changed
                 self._refused, self.error, self.error_at = None, "", 0.0
-                return
+                return True
+        except OSError as exc:
+            self._refuse(str(exc), stat)
+            return True
+        try:
+            overlay = await phrasings.read(self.store.redis, self.store.names)
+        except REDIS_ERRORS as exc:
+            log.warning("knowledge base: taught phrasings unreadable, not reloaded yet: %s", exc)
+            return False
+        try:
             # Indexing a large base takes a second or two: off the event loop, replies go on meanwhile.
-            loaded = await asyncio.to_thread(load, self.path, self.build)
+            loaded = await asyncio.to_thread(load, self.path, self.build, overlay)
         except (KnowledgeBaseError, OSError, ValueError) as exc:
             self._refuse(str(exc), stat)
-            return
+            return True
+        if loaded.ignored:
+            log.warning(
+                "knowledge base: taught phrasings of entries the file does not have are ignored: %s",
+                ", ".join(loaded.ignored),
+            )
         self._refused, self.error, self.error_at = None, "", 0.0
         self.live.swap(loaded, self.grace_s)
         log.info(
             "knowledge base reloaded",
-            extra={"kb_path": str(self.path), "entries": loaded.entries, "fingerprint": loaded.fingerprint},
+            extra={
+                "kb_path": str(self.path),
+                "entries": loaded.entries,
+                "fingerprint": loaded.fingerprint,
+                "taught_phrasings": loaded.phrasings,
+            },
         )
+        return True
+
+    async def _versions(self) -> tuple[int, int]:
+        """The reload version and the taught phrasings' version, in one round trip."""
+        names = self.store.names
+        values = await self.store.redis.mget([kbstate.version_key(names), names.kb_phrasings_version_key])
+        reload_version, taught = (int(value) if value is not None else 0 for value in values)
+        return reload_version, taught
 
     def _refuse(self, reason: str, stat: tuple[int, int] | None) -> None:
         if reason != self.error:
@@ -164,7 +217,15 @@ class KbReloader:
     async def _publish(self) -> None:
         loaded = self.live.loaded
         status = kbstate.KbStatus(
-            self.instance, str(self.path), loaded.entries, loaded.at, loaded.fingerprint, self.error, self.error_at
+            self.instance,
+            str(self.path),
+            loaded.entries,
+            loaded.at,
+            loaded.fingerprint,
+            self.error,
+            self.error_at,
+            loaded.phrasings,
+            loaded.ignored,
         )
         try:
             await kbstate.publish_status(self.store.redis, self.store.names, status, time.time())
@@ -173,4 +234,4 @@ class KbReloader:
 
 
 def _restamped(current: Loaded, stat: tuple[int, int]) -> Loaded:
-    return Loaded(current.engine, current.entries, current.language, current.fingerprint, stat, current.at)
+    return replace(current, stat=stat)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.monitor.admin import auth, conversations, operations
+from services.monitor.admin import auth, conversations, knowledge, operations, teaching
 from services.monitor.admin.pages import BEARER_CHALLENGE, bearer_actor, current_session
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, AUTH
@@ -90,3 +90,49 @@ async def release(request: web.Request) -> web.Response:
     body = await _body(request)
     await operations.release(request.app, actor, body.get("conversation_id"))
     return json_response({"released": body["conversation_id"]})
+
+
+async def knowledge_view(request: web.Request) -> web.Response:
+    """The unanswered questions, suggested phrasings, taught phrasings and the base's entries."""
+    await actor_of(request)
+    return json_response((await teaching.view(request.app)).to_dict())
+
+
+async def phrasings_yaml(request: web.Request) -> web.Response:
+    await actor_of(request)
+    return knowledge.yaml_download(await teaching.export(request.app))
+
+
+async def attach(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    phrasing = await teaching.attach(request.app, actor, body.get("question"), body.get("entry_id"))
+    return json_response({"taught": {"entry_id": body["entry_id"], "phrasing": phrasing}})
+
+
+async def dismiss(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    await teaching.dismiss(request.app, actor, body.get("question"))
+    return json_response({"dismissed": body["question"]})
+
+
+async def accept(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    phrasing = await teaching.accept(request.app, actor, body.get("entry_id"), body.get("question"))
+    return json_response({"taught": {"entry_id": body["entry_id"], "phrasing": phrasing}})
+
+
+async def dismiss_suggestion(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    await teaching.dismiss_suggestion(request.app, actor, body.get("entry_id"), body.get("question"))
+    return json_response({"dismissed": {"entry_id": body["entry_id"], "question": body["question"]}})
+
+
+async def remove_phrasing(request: web.Request) -> web.Response:
+    actor = await actor_of(request)
+    body = await _body(request)
+    await teaching.remove(request.app, actor, body.get("entry_id"), body.get("phrasing"))
+    return json_response({"removed": {"entry_id": body["entry_id"], "phrasing": body["phrasing"]}})

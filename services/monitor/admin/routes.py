@@ -24,6 +24,12 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/admin/knowledge", knowledge.page)
     router.add_get("/admin/knowledge/unanswered.csv", knowledge.csv_export)
     router.add_post("/admin/knowledge/reload", knowledge.reload_form)
+    router.add_get("/admin/knowledge/phrasings.yaml", knowledge.yaml_export)
+    router.add_post("/admin/knowledge/attach", knowledge.attach_form)
+    router.add_post("/admin/knowledge/dismiss", knowledge.dismiss_form)
+    router.add_post("/admin/knowledge/suggestions/accept", knowledge.accept_form)
+    router.add_post("/admin/knowledge/suggestions/dismiss", knowledge.dismiss_suggestion_form)
+    router.add_post("/admin/knowledge/phrasings/remove", knowledge.remove_form)
     router.add_static("/admin/static", pages.STATIC_DIR, name=pages.STATIC_ROUTE, append_version=True)
     router.add_get("/admin/api/overview", api.overview)
     router.add_get("/admin/api/conversation", api.conversation)
@@ -32,6 +38,13 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/admin/api/dead-letters/replay", api.replay)
     router.add_post("/admin/api/handoffs/reply", api.reply)
     router.add_post("/admin/api/handoffs/release", api.release)
+    router.add_get("/admin/api/knowledge", api.knowledge_view)
+    router.add_get("/admin/api/knowledge/phrasings.yaml", api.phrasings_yaml)
+    router.add_post("/admin/api/knowledge/attach", api.attach)
+    router.add_post("/admin/api/knowledge/dismiss", api.dismiss)
+    router.add_post("/admin/api/knowledge/suggestions/accept", api.accept)
+    router.add_post("/admin/api/knowledge/suggestions/dismiss", api.dismiss_suggestion)
+    router.add_post("/admin/api/knowledge/phrasings/remove", api.remove_phrasing)
 
 
 @web.middleware

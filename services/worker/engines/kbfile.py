@@ -8,8 +8,8 @@ position and, when known, its id) and what is wrong, in one line an operator can
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,6 +62,31 @@ class KnowledgeBase:
     def load(cls, path: Path) -> KnowledgeBase:
         """Read and validate a base; raises KnowledgeBaseError naming file, entry and problem."""
         return parse(_read_yaml(path), str(path))
+
+    def with_phrasings(self, overlay: Mapping[str, Sequence[str]]) -> KnowledgeBase:
+        """This base with the operators' taught phrasings (shared/phrasings.py) appended to each
+        entry's questions; one the entry already asks (ignoring case and spacing) is not repeated,
+        and phrasings of an entry this base does not have are left out (see `unknown`)."""
+        return replace(self, entries=tuple(_taught(entry, overlay.get(entry.id, ())) for entry in self.entries))
+
+    def unknown(self, entry_ids: Iterable[str]) -> list[str]:
+        """Which of `entry_ids` this base has no entry for, sorted."""
+        known = {entry.id for entry in self.entries}
+        return sorted(set(entry_ids) - known)
+
+
+def _taught(entry: Entry, phrasings: Sequence[str]) -> Entry:
+    seen = {_folded(question) for question in entry.questions}
+    extra: list[str] = []
+    for phrasing in phrasings:
+        if phrasing.strip() and _folded(phrasing) not in seen:
+            seen.add(_folded(phrasing))
+            extra.append(phrasing.strip())
+    return replace(entry, questions=entry.questions + tuple(extra)) if extra else entry
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 def _read_yaml(path: Path) -> object:
