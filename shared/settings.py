@@ -73,6 +73,9 @@ class Settings:
     openai_max_retries: int = 2
     openai_temperature: float = 0.2
     openai_max_tokens: int = 400
+    # Ask the model for `response_format: json_object`; off for servers that refuse the parameter
+    # (the reply format is asked in the prompt either way).
+    openai_json_mode: bool = True
     # Knowledge-base entries given to the model as the company's information.
     openai_grounding_entries: int = 3
     # After this many failed replies in a row the provider is skipped (the knowledge base answers
@@ -206,6 +209,7 @@ class Settings:
             openai_max_retries=read.integer("OPENAI_MAX_RETRIES", defaults.openai_max_retries, 0, 10),
             openai_temperature=read.number("OPENAI_TEMPERATURE", defaults.openai_temperature, 0, 2),
             openai_max_tokens=read.integer("OPENAI_MAX_TOKENS", defaults.openai_max_tokens, 1, 100_000),
+            openai_json_mode=read.choice("OPENAI_JSON_MODE", "on", ("on", "off")) == "on",
             openai_grounding_entries=read.integer("OPENAI_GROUNDING_ENTRIES", defaults.openai_grounding_entries, 0, 20),
             openai_breaker_failures=read.integer("OPENAI_BREAKER_FAILURES", defaults.openai_breaker_failures, 1, 1000),
             openai_breaker_cooldown_s=read.number(

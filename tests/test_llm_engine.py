@@ -8,6 +8,7 @@ and in this process for the failure cases, where the time a reply takes is what 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -23,12 +24,16 @@ from services.worker.engines.base import EngineRequest, Turn
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.openai import (
     DEFAULT_SYSTEM_PROMPT,
+    GROUNDING_HEADER,
+    NO_GROUNDING,
+    REPLY_FORMAT,
     CircuitBreaker,
     OpenAiConfig,
     OpenAiEngine,
-    _cited,
+    _answer_so_far,
     _grounding_text,
 )
+from shared.messages import Option, ReplyContent
 from shared.settings import Settings
 from tests.support import Stack, eventually, free_port, get_json, post_message
 from tests.test_metrics import scrape, value
@@ -54,6 +59,28 @@ AUDIO_MAGIC = (
 SPEECH_AUDIO = b"OggS\x00\x02" + bytes(20) + b"OpusHead\x01\x01" + bytes(64)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A script step: the model's output, exactly (streamed word by word when asked to stream)."""
+
+    content: str
+
+
+def says(kind: str, text: str, sources: list[str] | None = None, options: list[str] | None = None) -> Completion:
+    """A script step: the model keeping to the engine's reply format (openai.REPLY_FORMAT)."""
+    reply = {"kind": kind, "text": text, "sources": sources or [], "options": options or []}
+    return Completion(orjson.dumps(reply).decode())
+
+
+def candidates(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries a recorded request gave the model: the JSON after GROUNDING_HEADER."""
+    grounding = body["messages"][1]["content"]
+    if not grounding.startswith(GROUNDING_HEADER):
+        return []
+    listed = grounding.removeprefix(GROUNDING_HEADER).removesuffix(REPLY_FORMAT).strip()
+    return list(orjson.loads(listed))
+
+
 @dataclass
 class FakeLlm:
     """An OpenAI-compatible server: chat completions (plain, or streamed as server-sent chunks when
@@ -61,8 +88,10 @@ class FakeLlm:
     that is no audio container it knows, as OpenAI does, else answers
     `transcript`, recording what it got) and `/audio/speech` (answers `SPEECH_AUDIO`, Ogg/Opus).
     `script` holds what the next completion requests get, first to last ("ok" once it is empty):
-    "ok", an HTTP status such as 500 or 400, ("429", seconds) for a 429 with Retry-After, or "hang"
-    (never answers); `audio_script` likewise for transcriptions ("ok" or a status)."""
+    "ok" (an answer saying LLM_TEXT, citing `prazo-entrega` when that entry was given), a
+    `Completion` (that output), an HTTP status such as 500 or 400, ("429", seconds) for a 429 with
+    Retry-After, or "hang" (never answers); `audio_script` likewise for transcriptions ("ok" or a
+    status)."""
 
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -122,8 +151,13 @@ class FakeLlm:
             )
         if isinstance(step, int):
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=step)
+        if isinstance(step, Completion):
+            content = step.content
+        else:
+            cited = [entry["id"] for entry in candidates(body) if entry["id"] == "prazo-entrega"]
+            content = says("answer", LLM_TEXT, sources=cited).content
         if body.get("stream"):
-            return await self._stream(request, body["model"])
+            return await self._stream(request, body["model"], content)
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -131,18 +165,18 @@ class FakeLlm:
                 "created": int(time.time()),
                 "model": body["model"],
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": LLM_TEXT}, "finish_reason": "stop"}
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 ],
                 "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
             }
         )
 
-    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
-        """The reply word by word, then the usage (stream_options.include_usage), then [DONE]."""
+    async def _stream(self, request: web.Request, model: str, content: str) -> web.StreamResponse:
+        """The output word by word, then the usage (stream_options.include_usage), then [DONE]."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk", "model": model}
-        words = LLM_TEXT.split(" ")
+        words = content.split(" ")
         for index, word in enumerate(words):
             piece = word if index == 0 else " " + word
             last = index == len(words) - 1
@@ -224,17 +258,26 @@ async def test_the_request_carries_the_prompt_the_grounding_and_the_previous_tur
         "engine": "openai",
         "confidence": first["reply"]["confidence"],
         "handoff": False,
-        "sources": first["reply"]["sources"],
+        "sources": ["prazo-entrega"],
+        "kind": "answer",
+        "options": [],
     }
-    assert first["reply"]["sources"][0] == "prazo-entrega"
     sent = llm.requests[0]
     assert sent["authorization"] == "Bearer sk-test" and sent["body"]["model"] == "tiny"
+    assert sent["body"]["response_format"] == {"type": "json_object"}
     system = [m["content"] for m in sent["body"]["messages"] if m["role"] == "system"]
-    assert system[0] == DEFAULT_SYSTEM_PROMPT
-    # The grounding is the entries named in `sources`, with their answers.
-    entries = {e.id: e for e in KnowledgeBase.load(SAMPLE_PT).entries}
-    assert "[prazo-entrega]" in system[1] and entries["prazo-entrega"].answer in system[1]
-    assert all(f"[{source}]" in system[1] for source in first["reply"]["sources"])
+    assert system[0] == DEFAULT_SYSTEM_PROMPT and system[1].endswith(REPLY_FORMAT)
+    # The candidates, each with its id, title, questions, answer and score; the cited one among them.
+    entry = {e.id: e for e in KnowledgeBase.load(SAMPLE_PT).entries}["prazo-entrega"]
+    given = {candidate["id"]: candidate for candidate in candidates(sent["body"])}
+    assert given["prazo-entrega"] == {
+        "id": entry.id,
+        "title": entry.label,
+        "questions": list(entry.questions),
+        "answer": entry.answer,
+        "score": given["prazo-entrega"]["score"],
+    }
+    assert abs(first["reply"]["confidence"] - given["prazo-entrega"]["score"]) < 0.01
     assert user_turns(sent) == [("user", PRAZO)]
 
     await ask("e pro interior?")
@@ -372,19 +415,184 @@ def test_the_circuit_breaker_opens_lets_one_trial_through_and_closes() -> None:
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
 
 
-def test_sources_are_the_entries_the_model_cites_and_the_citation_line_is_removed() -> None:
-    kb = KnowledgeBase.load(Path(__file__).resolve().parent.parent / "shared" / "data" / "kb-sample.yaml")
-    engine = KbEngine(kb)
-    grounding = engine.search("quanto custa o frete e qual o prazo de entrega", limit=3)
-    offered = [entry.id for entry, _ in grounding]
-    assert "frete" in offered and "prazo-entrega" in offered
-    text, sources = _cited("O frete sai grátis acima de R$ 299.\nFontes: frete, inventada", grounding, 0.31)
-    assert (text, sources) == ("O frete sai grátis acima de R$ 299.", ("frete",))  # invented ids dropped
-    assert _cited("Não tenho essa informação.\n**Fontes:** nenhuma", grounding, 0.31) == (
-        "Não tenho essa informação.",
-        (),
+def test_the_candidates_carry_id_title_questions_answer_and_score(kb: KbEngine) -> None:
+    grounding = kb.search("quanto custa o frete e qual o prazo de entrega", limit=3)
+    text = _grounding_text(grounding)
+    assert text.startswith(GROUNDING_HEADER)
+    listed = orjson.loads(text.removeprefix(GROUNDING_HEADER))
+    assert listed == [
+        {
+            "id": entry.id,
+            "title": entry.label,
+            "questions": list(entry.questions),
+            "answer": entry.answer,
+            "score": round(score, 2),
+        }
+        for entry, score in grounding
+    ]
+    assert {"frete", "prazo-entrega"} <= {candidate["id"] for candidate in listed}
+    assert _grounding_text([]) == NO_GROUNDING
+
+
+# -- what the model says: the three kinds of SPEC section 6, read as untrusted ----------------
+
+
+async def model_says(llm: FakeLlm, kb: KbEngine, step: Any, text: str = PRAZO, **overrides: Any) -> ReplyContent:
+    """The engine's reply to `text` when the model's output is `step` (a Completion)."""
+    llm.script.append(step)
+    engine = engine_for(llm.url, kb, **overrides)
+    try:
+        return await engine.reply(EngineRequest(text, "c-1"))
+    finally:
+        await engine.close()
+
+
+async def test_an_answer_keeps_only_the_sources_that_were_among_the_candidates(llm: FakeLlm, kb: KbEngine) -> None:
+    said = "O frete é grátis acima de R$ 299 e a entrega leva até 5 dias úteis."
+    # Cited by id, by title (as models do), and an id never given.
+    cited = ["frete", "Qual o prazo de entrega?", "inventada"]
+    content = await model_says(llm, kb, says("answer", said, sources=cited), "quanto custa o frete e qual o prazo?")
+    assert (content.kind, content.text, content.engine) == ("answer", said, "openai")
+    assert content.sources == ("frete", "prazo-entrega")
+    assert content.options == () and not content.fallback
+    assert content.usage is not None and content.usage.prompt_tokens == 42
+
+
+async def test_an_answer_resting_only_on_invented_entries_is_the_bases_fallback(llm: FakeLlm, kb: KbEngine) -> None:
+    invented = says("answer", "Entregamos em 2 horas por drone.", sources=["entrega-por-drone"])
+    content = await model_says(llm, kb, invented)
+    assert (content.kind, content.text, content.sources) == ("fallback", kb.kb.fallback, ())
+    assert content.fallback and content.engine == "openai" and content.confidence <= 0.25
+
+
+async def test_an_answer_citing_no_entry_is_kept_without_sources(llm: FakeLlm, kb: KbEngine) -> None:
+    """What the customer's own document, or the conversation, says cites no entry (module docstring)."""
+    said = "Pelo documento que você enviou, o total da fatura é R$ 123,45."
+    content = await model_says(llm, kb, says("answer", said), "o total da minha fatura está certo?")
+    assert (content.kind, content.text, content.sources, content.fallback) == ("answer", said, (), False)
+
+
+async def test_a_question_back_offers_the_candidates_it_names_with_their_titles(llm: FakeLlm, kb: KbEngine) -> None:
+    entries = {entry.id: entry for entry, _ in kb.search("entrega", limit=3)}
+    assert {"prazo-entrega", "entrega-atrasada"} <= set(entries)
+    question = "Você quis dizer o prazo de entrega ou um pedido atrasado?"
+    step = says("clarify", question, options=["prazo-entrega", "inventada", "entrega-atrasada", "prazo-entrega"])
+    content = await model_says(llm, kb, step, "entrega")
+    assert (content.kind, content.text, content.engine, content.sources) == ("clarify", question, "openai", ())
+    # The invented id is dropped, the repeated one offered once; the policy adds the hand-over.
+    assert content.options == (
+        Option("prazo-entrega", entries["prazo-entrega"].label),
+        Option("entrega-atrasada", entries["entrega-atrasada"].label),
     )
-    # No citation line: the grounding entries that score as an answer would.
-    _, uncited = _cited("O frete é calculado pelo CEP.", grounding, 0.31)
-    assert uncited == tuple(entry.id for entry, score in grounding if score >= 0.31) and uncited
-    assert "relevância" in _grounding_text(grounding) and "Fontes:" in _grounding_text(grounding)
+    assert not content.fallback
+
+
+async def test_a_question_back_offering_no_candidate_is_the_bases_fallback(llm: FakeLlm, kb: KbEngine) -> None:
+    content = await model_says(llm, kb, says("clarify", "Você quis dizer X ou Y?", options=["x", "y"]), "entrega")
+    assert (content.kind, content.text, content.options) == ("fallback", kb.kb.fallback, ())
+    assert content.fallback and content.engine == "openai"
+
+
+async def test_not_knowing_is_a_fallback_in_the_models_words(llm: FakeLlm, kb: KbEngine) -> None:
+    said = "Não tenho essa informação. Quer falar com um atendente?"
+    content = await model_says(llm, kb, says("unknown", said, sources=["troca"]), "qual a cor do céu?")
+    assert (content.kind, content.text, content.sources, content.options) == ("fallback", said, (), ())
+    assert content.fallback and content.engine == "openai" and content.confidence <= 0.25
+
+
+async def test_a_greeting_is_smalltalk_without_sources(llm: FakeLlm, kb: KbEngine) -> None:
+    content = await model_says(llm, kb, says("smalltalk", "Olá! Como posso ajudar?", sources=["frete"]), "oi")
+    assert (content.kind, content.text, content.sources, content.fallback) == (
+        "smalltalk",
+        "Olá! Como posso ajudar?",
+        (),
+        False,
+    )
+    sent = llm.requests[-1]["body"]
+    assert sent["messages"][1]["content"] == NO_GROUNDING + "\n\n" + REPLY_FORMAT
+
+
+async def test_a_reply_object_wrapped_in_a_fence_and_prose_is_read(llm: FakeLlm, kb: KbEngine) -> None:
+    """Without JSON mode (OPENAI_JSON_MODE=off) models wrap the object; the parameter is not sent."""
+    wrapped = Completion(f"Claro!\n```json\n{says('answer', LLM_TEXT, sources=['prazo-entrega']).content}\n```")
+    content = await model_says(llm, kb, wrapped, json_mode=False)
+    assert (content.kind, content.text, content.sources, content.engine) == (
+        "answer",
+        LLM_TEXT,
+        ("prazo-entrega",),
+        "openai",
+    )
+    assert "response_format" not in llm.requests[-1]["body"]
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        LLM_TEXT,  # plain text: could say anything
+        '{"kind": "answer", "text": "Entregamos em até 5 dias',  # cut short (max_tokens)
+        '{"kind": "maybe", "text": "Talvez.", "sources": ["prazo-entrega"]}',  # a kind it was not given
+        '{"kind": "answer", "text": "", "sources": ["prazo-entrega"]}',  # no text
+        '["answer", "Entregamos em até 5 dias úteis."]',  # JSON, not the object
+    ],
+)
+async def test_unreadable_model_output_is_never_shown_the_knowledge_base_answers(
+    llm: FakeLlm, kb: KbEngine, output: str
+) -> None:
+    llm.script.append(Completion(output))
+    engine = engine_for(llm.url, kb, breaker_failures=1)
+    try:
+        content = await engine.reply(EngineRequest(PRAZO, "c-1"))
+        # It counts as a failed reply: a model that cannot keep to the format is not asked again and again.
+        assert engine.breaker.state == "open"
+    finally:
+        await engine.close()
+    assert replace(content, engine="kb") == await kb.reply(EngineRequest(PRAZO, "c-1"))
+    assert content.engine == "kb-fallback" and len(llm.requests) == 1  # not retried
+
+
+# -- streaming: an answer's text as it grows ----------------------------------------------------
+
+
+async def streamed(llm: FakeLlm, kb: KbEngine, step: Completion, text: str = PRAZO) -> tuple[ReplyContent, list[str]]:
+    deltas: list[str] = []
+
+    async def on_delta(so_far: str) -> None:
+        deltas.append(so_far)
+
+    llm.script.append(step)
+    engine = engine_for(llm.url, kb)
+    try:
+        content = await engine.reply(EngineRequest(text, "c-1", on_delta=on_delta))
+    finally:
+        await engine.close()
+    assert llm.requests[-1]["body"]["stream"] is True
+    return content, deltas
+
+
+async def test_an_answer_streams_its_text_only_each_delta_the_text_so_far(llm: FakeLlm, kb: KbEngine) -> None:
+    said = 'Entregamos em até 5 dias úteis nas capitais.\nNo interior, "até 10" 😀 \\ fim.'
+    content, deltas = await streamed(llm, kb, says("answer", said, sources=["prazo-entrega"]))
+    assert (content.kind, content.text, content.sources) == ("answer", said, ("prazo-entrega",))
+    assert len(deltas) >= 5 and deltas[-1] == said  # never a piece of JSON, only the text
+    assert all(said.startswith(delta) for delta in deltas)
+    assert all(len(a) < len(b) for a, b in itertools.pairwise(deltas))  # each grows
+
+
+async def test_a_question_back_is_not_streamed_but_arrives_whole(llm: FakeLlm, kb: KbEngine) -> None:
+    step = says("clarify", "Você quis dizer o prazo de entrega?", options=["prazo-entrega"])
+    content, deltas = await streamed(llm, kb, step, "entrega")
+    assert content.kind == "clarify" and [option.id for option in content.options] == ["prazo-entrega"]
+    assert deltas == []
+
+
+def test_the_streamed_text_is_decoded_whatever_the_cut() -> None:
+    """Chunks end anywhere: inside an escape, half a surrogate pair, before the text has started."""
+    said = 'Até 5 "dias"\núteis 😀 \\ é fim'
+    raw = orjson.dumps({"kind": "answer", "text": said, "sources": []}).decode().replace("😀", "\\ud83d\\ude00")
+    raw = raw.replace("é fim", "\\u00e9 fim")
+    shown = [_answer_so_far(raw[:cut]) for cut in range(len(raw) + 1)]
+    assert all(said.startswith(text) for text in shown)
+    assert shown[-1] == said
+    assert _answer_so_far('```json\n{"kind": "answer", "text": "Olá') == "Olá"
+    assert _answer_so_far('{"kind": "clarify", "text": "Você quis') == ""
+    assert _answer_so_far('{"text": "Olá", "kind": "answer"}') == ""  # text first: shown when whole

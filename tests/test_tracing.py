@@ -282,6 +282,10 @@ class _FakeLlm:
         await self.runner.cleanup()
 
 
+# A model's answer in the engine's reply format (services/worker/engines/openai.py REPLY_FORMAT).
+ANSWER = '{"kind": "answer", "text": "Até 5 dias úteis.", "sources": ["prazo-entrega"], "options": []}'
+
+
 async def _fake_openai() -> _FakeLlm:
     """An OpenAI-compatible /chat/completions that fails (HTTP 500) when the user's text says FALHE."""
 
@@ -297,7 +301,7 @@ async def _fake_openai() -> _FakeLlm:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "Até 5 dias úteis."},
+                        "message": {"role": "assistant", "content": ANSWER},
                         "finish_reason": "stop",
                     }
                 ],
