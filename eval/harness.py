@@ -9,13 +9,14 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import yaml
 
+from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase
 
 FALLBACK = "fallback"
@@ -30,50 +31,84 @@ class Question:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     question: Question
-    got: str  # the entry id answered, or FALLBACK
+    kind: str  # the reply's kind: answer, clarify, fallback, smalltalk
+    got: str  # the entry id answered directly, or FALLBACK when none was
+    offered: tuple[str, ...]  # the entries a question back offered
+    ranked: tuple[str, ...]  # the three best-ranked entries: what the LLM engine is given
     score: float  # the reply's confidence
-    best: str  # the best-ranked entry, even when the engine fell back ("" when none)
-    best_score: float
     ms: float
-    top3: tuple[str, ...] = ()  # the three best-ranked entries: what the LLM engine is given
+    used_model: bool  # the multilingual model was asked
 
     @property
-    def recalled(self) -> bool:
-        """Whether the expected entry is among the top three retrieved (answerable questions)."""
-        return self.question.expect in self.top3
+    def answerable(self) -> bool:
+        return self.question.expect != FALLBACK
 
     @property
     def correct(self) -> bool:
+        """Answered right directly, or (out of scope) not answered with an entry."""
         return self.got == self.question.expect
+
+    @property
+    def resolved(self) -> bool:
+        """An answerable question answered right directly, or by one tap on the options."""
+        return self.correct or (self.kind == "clarify" and self.question.expect in self.offered)
+
+    @property
+    def confidently_wrong(self) -> bool:
+        """Answered directly with an entry that is not the one meant (or any, out of scope)."""
+        return self.got != FALLBACK and self.got != self.question.expect
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
     outcomes: tuple[Outcome, ...]
 
-    def _share(self, answerable: bool) -> tuple[int, int]:
-        picked = [o for o in self.outcomes if (o.question.expect != FALLBACK) == answerable]
-        return sum(o.correct for o in picked), len(picked)
+    def _count(self, answerable: bool, test: Callable[[Outcome], bool]) -> tuple[int, int]:
+        picked = [o for o in self.outcomes if o.answerable == answerable]
+        return sum(test(o) for o in picked), len(picked)
 
     @property
     def answered(self) -> tuple[int, int]:
-        """(correct, total) over questions an entry answers: top-1 accuracy."""
-        return self._share(answerable=True)
+        """(answered right directly, total) over questions an entry answers."""
+        return self._count(True, lambda o: o.correct)
+
+    @property
+    def resolved(self) -> tuple[int, int]:
+        """(resolved in one step: directly or by one tap, total) over answerable questions."""
+        return self._count(True, lambda o: o.resolved)
+
+    @property
+    def wrong(self) -> tuple[int, int]:
+        """(answered directly with another entry, total) over answerable questions."""
+        return self._count(True, lambda o: o.confidently_wrong)
 
     @property
     def refused(self) -> tuple[int, int]:
-        """(correct, total) over questions no entry answers: correct-fallback rate."""
-        return self._share(answerable=False)
+        """(not answered with an entry, total) over questions no entry answers."""
+        return self._count(False, lambda o: o.correct)
 
     @property
-    def recall3(self) -> tuple[int, int]:
-        """(recalled, total) over answerable questions: retrieval recall@3."""
-        picked = [o for o in self.outcomes if o.question.expect != FALLBACK]
-        return sum(o.recalled for o in picked), len(picked)
+    def out_of_scope_answered(self) -> tuple[int, int]:
+        return self._count(False, lambda o: o.kind == "answer")
 
     @property
-    def wrong(self) -> list[Outcome]:
-        return [o for o in self.outcomes if not o.correct]
+    def out_of_scope_asked(self) -> tuple[int, int]:
+        """(asked back, total) over questions no entry answers: a tap away from a person."""
+        return self._count(False, lambda o: o.kind == "clarify")
+
+    def recall(self, k: int) -> tuple[int, int]:
+        """(the entry meant among the k best-ranked, total) over answerable questions."""
+        return self._count(True, lambda o: o.question.expect in o.ranked[:k])
+
+    @property
+    def model_share(self) -> tuple[int, int]:
+        """(questions the multilingual model was asked for, questions)."""
+        return sum(o.used_model for o in self.outcomes), len(self.outcomes)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        """Answerable questions not resolved, and out-of-scope ones answered with an entry."""
+        return [o for o in self.outcomes if (not o.resolved if o.answerable else o.kind == "answer")]
 
     @property
     def ms(self) -> list[float]:
@@ -114,24 +149,43 @@ def evaluate(engine: KbEngine, questions: Sequence[Question]) -> Report:
     outcomes = []
     for question in questions:
         started = time.perf_counter()
-        reply = engine.answer(question.text)
+        reply, ranking = engine.explain(question.text)
         ms = (time.perf_counter() - started) * 1000.0
-        got = reply.sources[0] if reply.sources else FALLBACK
-        top = engine.search(question.text, limit=3)
-        best, best_score = (top[0][0].id, top[0][1]) if top else ("", 0.0)
-        top3 = tuple(entry.id for entry, _ in top)
-        outcomes.append(Outcome(question, got, reply.confidence, best, best_score, ms, top3))
+        ranked = tuple(engine.kb.entries[candidate.entry].id for candidate in ranking.candidates)
+        outcomes.append(
+            Outcome(
+                question=question,
+                kind=reply.kind,
+                got=reply.sources[0] if reply.kind == "answer" and reply.sources else FALLBACK,
+                offered=tuple(option.id for option in reply.options) if reply.kind == "clarify" else (),
+                ranked=ranked,
+                score=reply.confidence,
+                ms=ms,
+                used_model=ranking.semantic,
+            )
+        )
     return Report(tuple(outcomes))
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    count: int
+    p50_ms: float
+    p95_ms: float
+
+    @classmethod
+    def of(cls, ms: Sequence[float]) -> Latency:
+        if len(ms) < 2:
+            return cls(len(ms), ms[0] if ms else 0.0, ms[0] if ms else 0.0)
+        return cls(len(ms), statistics.median(ms), statistics.quantiles(ms, n=20)[-1])
 
 
 @dataclass(frozen=True, slots=True)
 class Timing:
     entries: int
     build_ms: float
-    mean_ms: float
-    p95_ms: float
-    max_ms: float
-    replies: int
+    words: Latency  # replies words alone were sure of
+    model: Latency  # replies that asked the multilingual model
 
 
 def synthetic_base(entries: int, seed: int = 7) -> KnowledgeBase:
@@ -165,19 +219,24 @@ def synthetic_base(entries: int, seed: int = 7) -> KnowledgeBase:
     )
 
 
-def time_synthetic(entries: int = 1000, replies: int = 500, seed: int = 7) -> Timing:
-    """Index build time and per-reply latency on a synthetic base; queries reuse and mangle its words."""
+def time_synthetic(entries: int = 1000, replies: int = 500, seed: int = 7, model: E5Model | None = None) -> Timing:
+    """Index build time and per-reply latency on a synthetic base, apart for replies that words
+    alone were sure of and replies that asked the model; queries reuse and mangle the base's words."""
     kb = synthetic_base(entries, seed)
     started = time.perf_counter()
-    engine = KbEngine(kb)
+    engine = KbEngine(kb, model=model)
     build_ms = (time.perf_counter() - started) * 1000.0
     rng = random.Random(seed + 1)
-    ms = []
+    words_ms: list[float] = []
+    model_ms: list[float] = []
     for _ in range(replies):
         words = rng.choice(rng.choice(kb.entries).questions).split()
         words.append("".join(rng.sample("abcdefghij", 6)))  # a word the base does not know
+        if rng.random() < 0.5:
+            rng.shuffle(words)  # less like the entry: words alone are less often sure
+        text = " ".join(words)
         started = time.perf_counter()
-        engine.answer(" ".join(words))
-        ms.append((time.perf_counter() - started) * 1000.0)
-    p95 = statistics.quantiles(ms, n=20)[-1]
-    return Timing(entries, build_ms, statistics.fmean(ms), p95, max(ms), replies)
+        _, ranking = engine.explain(text)
+        ms = (time.perf_counter() - started) * 1000.0
+        (model_ms if ranking.semantic else words_ms).append(ms)
+    return Timing(entries, build_ms, Latency.of(words_ms), Latency.of(model_ms))

@@ -55,10 +55,9 @@ class Settings:
     # Replies
     reply_engine: str = "kb"
     kb_path: Path = BUNDLED_KB
-    # Rank English bases with the optional sentence-embedding model too (the `embeddings` extra).
-    kb_embeddings: bool = False
-    # Ask the optional multilingual model (the `multilingual` extra) where words may be wrong.
-    kb_multilingual: bool = False
+    # KB_EMBEDDINGS=multilingual: rank with the multilingual model too where words alone are not
+    # sure (services/worker/engines/kb.py); off: by words alone (less CPU, fewer right answers).
+    kb_multilingual: bool = True
     # How often each worker checks KB_PATH and the admin's reload request (0: never, reload on restart).
     kb_reload_interval_s: float = 2.0
     openai_base_url: str = "https://api.openai.com/v1"
@@ -178,7 +177,7 @@ class Settings:
         source = os.environ if env is None else env
         read = _Reader(source)
         defaults = cls()
-        embeddings = read.choice("KB_EMBEDDINGS", "off", ("on", "multilingual", "off"))
+        embeddings = read.choice("KB_EMBEDDINGS", "multilingual", ("multilingual", "off"))
         settings = cls(
             amqp_url=read.url("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
             redis_url=read.url("REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
@@ -195,7 +194,6 @@ class Settings:
             drain_s=read.number("DRAIN_SECONDS", defaults.drain_s, 0, 120),
             reply_engine=read.choice("REPLY_ENGINE", defaults.reply_engine, ("kb", "openai")),
             kb_path=read.path("KB_PATH", defaults.kb_path),
-            kb_embeddings=embeddings == "on",
             kb_multilingual=embeddings == "multilingual",
             kb_reload_interval_s=read.number("KB_RELOAD_INTERVAL_SECONDS", defaults.kb_reload_interval_s, 0, 3600),
             openai_base_url=read.url("OPENAI_BASE_URL", defaults.openai_base_url, ("http", "https")),

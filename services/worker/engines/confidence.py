@@ -1,0 +1,188 @@
+"""How sure the knowledge-base engine is, in a way that means the same on every base.
+
+A raw match score does not: on one base 0.4 is a sure answer, on another a stray shared word.
+So the engine describes its best candidates by a few features that travel between bases (how far
+the best entry stands above the base's other entries, its margin over the runner-up, how much of
+the question's information it holds, how similar the model finds them, ...) and two logistic
+models read them as probabilities:
+
+  * `answer`: that the best-ranked entry is the one the customer means;
+  * `offer`:  that the entry the customer means is among the three best (so a question back with
+    them as options resolves the question in one tap).
+
+Both were fitted on the tuned-on question sets of `python -m eval` (`python -m eval.calibrate`
+prints them again) and checked on held-out sets never fitted on. There is one pair of models for
+ranking by words alone and one for words and the multilingual model together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .index import Hit
+
+
+@dataclass(frozen=True, slots=True)
+class Logistic:
+    """P = 1 / (1 + exp(-(bias + sum(weight_i * (x_i - mean_i) / scale_i))))."""
+
+    weights: tuple[float, ...]
+    bias: float
+    means: tuple[float, ...]
+    scales: tuple[float, ...]
+
+    def probability(self, features: Sequence[float]) -> float:
+        z = self.bias
+        for weight, x, mean, scale in zip(self.weights, features, self.means, self.scales, strict=True):
+            z += weight * (x - mean) / scale
+        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    answer: Logistic
+    offer: Logistic
+    # Answer when P(answer) reaches this, ask back when P(offer) does, else fall back.
+    answer_at: float
+    offer_at: float
+    # Words alone: at this P(answer) the model is not asked at all.
+    sure: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    entry: int  # position in KnowledgeBase.entries
+    score: float  # what ranks the candidates (not comparable between bases)
+
+
+def ambiguous(hits: Sequence[Hit]) -> bool:
+    """A topic rather than a question: "e o pagamento?", "quero saber do meu pedido". Another
+    entry holds nearly as much of it as the best one, and it matches none of the best one's example
+    questions closely. The calibration data has few such questions, so this is said outright."""
+    if len(hits) < 2:
+        return False
+    best, rival = hits[0], hits[1]
+    return rival.coverage >= AMBIGUOUS_RIVAL * best.coverage and best.question_match < AMBIGUOUS_MATCH
+
+
+# A rival holding this share of what the best holds, while the best matches its example questions
+# under AMBIGUOUS_MATCH, makes a question ambiguous.
+AMBIGUOUS_RIVAL = 0.9
+AMBIGUOUS_MATCH = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """The best entries for a question, best first, with the calibrated probabilities."""
+
+    candidates: tuple[Candidate, ...]
+    features: tuple[float, ...]
+    answer: float  # P(the first candidate is the one meant)
+    offer: float  # P(the one meant is among the first three)
+    semantic: bool  # the multilingual model weighed in
+
+    @classmethod
+    def empty(cls) -> Ranking:
+        return cls((), (), 0.0, 0.0, semantic=False)
+
+
+# Features of ranking by words alone, for the best hit and the runner-up: "e o pagamento?" is
+# covered as well by two entries, neither of which the question matches closely.
+WORD_FEATURES = ("score", "coverage", "question_match", "known", "margin", "terms", "rival_coverage", "rival_match")
+
+
+def word_features(hits: Sequence[Hit], terms: int) -> tuple[float, ...]:
+    best = hits[0]
+    rival = hits[1] if len(hits) > 1 else None
+    return (
+        best.confidence,
+        best.coverage,
+        best.question_match,
+        best.known,
+        best.score - (rival.score if rival else 0.0),
+        float(terms),
+        rival.coverage if rival else 0.0,
+        rival.question_match if rival else 0.0,
+    )
+
+
+# Features of words and the model together: the fused score's lead over the base (z-score) and
+# the runner-up, the model's similarity and its margin, and the word view of the best entry.
+SEMANTIC_FEATURES = (
+    "lead",
+    "lead_margin",
+    "similarity",
+    "similarity_margin",
+    "word_score",
+    "coverage",
+    "known",
+    "words_answer",
+    "agree",
+)
+
+
+def semantic_features(
+    lead: Sequence[float],
+    similarity: Sequence[float],
+    order: Sequence[int],
+    best_hit: Hit | None,
+    known: float,
+    words: Ranking | None,
+) -> tuple[float, ...]:
+    """`words`: the ranking by words alone, whose confidence and agreement on the first entry
+    say much (two views that agree are rarely both wrong)."""
+    first, second = order[0], order[1] if len(order) > 1 else order[0]
+    agree = words is not None and bool(words.candidates) and words.candidates[0].entry == first
+    return (
+        lead[first],
+        lead[first] - lead[second],
+        similarity[first],
+        similarity[first] - similarity[second],
+        best_hit.confidence if best_hit else 0.0,
+        best_hit.coverage if best_hit else 0.0,
+        known,
+        words.answer if words is not None else 0.0,
+        1.0 if agree else 0.0,
+    )
+
+
+# Fitted by `python -m eval.calibrate` on the tuned-on sets. Its tables (left-one-set-out: what an
+# unseen base sees) chose the thresholds: with the model, about 1 % confidently wrong and 9 % of
+# out-of-scope questions answered, 48 % answered directly and 90 % resolved in one step; words
+# alone (KB_EMBEDDINGS=off) 2 %, 8 %, 38 % and 78 %. At 0.9, words alone answer without asking the
+# model (left-one-set-out: under 1 % wrong, 3 % of out-of-scope questions answered).
+WORDS = Calibration(
+    answer=Logistic(
+        weights=(0.6521, 1.7489, -0.8813, 0.1156, 0.5083, 0.1066, -0.4083, 0.2288),
+        bias=0.7565,
+        means=(0.4722, 0.3899, 0.5764, 0.6246, 0.2833, 4.0109, 0.1569, 0.2429),
+        scales=(0.2386, 0.2667, 0.2657, 0.3021, 0.2450, 1.7461, 0.1377, 0.1724),
+    ),
+    offer=Logistic(
+        weights=(0.1299, 1.6255, -0.5931, 0.1883, 0.3813, 0.3161, 0.5109, 0.1087),
+        bias=1.3188,
+        means=(0.4722, 0.3899, 0.5764, 0.6246, 0.2833, 4.0109, 0.1569, 0.2429),
+        scales=(0.2386, 0.2667, 0.2657, 0.3021, 0.2450, 1.7461, 0.1377, 0.1724),
+    ),
+    answer_at=0.75,
+    offer_at=0.4,
+    sure=0.9,
+)
+SEMANTIC = Calibration(
+    answer=Logistic(
+        weights=(1.0794, -0.6389, 1.1973, 0.2634, -1.3924, 1.3683, 0.0493, 0.6064, 0.0131),
+        bias=0.6218,
+        means=(3.8824, 2.1093, 0.8697, 0.0221, 0.4289, 0.3588, 0.5853, 0.5289, 0.7585),
+        scales=(1.0909, 1.4630, 0.0326, 0.0218, 0.2691, 0.2794, 0.3294, 0.3195, 0.4280),
+    ),
+    offer=Logistic(
+        weights=(0.9045, -0.7515, 1.2588, -0.1534, -1.0681, 1.4136, 0.5597, 0.1738, -0.0389),
+        bias=1.1522,
+        means=(3.8824, 2.1093, 0.8697, 0.0221, 0.4289, 0.3588, 0.5853, 0.5289, 0.7585),
+        scales=(1.0909, 1.4630, 0.0326, 0.0218, 0.2691, 0.2794, 0.3294, 0.3195, 0.4280),
+    ),
+    answer_at=0.8,
+    offer_at=0.25,
+)
