@@ -24,8 +24,8 @@ import aio_pika
 import aiohttp
 import psutil
 
-from tests.otlp import collector_process, tracing_env
 from tests.support import ROOT, Service, Stack, eventually, free_port, purge_namespace
+from tests.support.otlp import collector_process, tracing_env
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
 

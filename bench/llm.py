@@ -21,7 +21,7 @@ import aiohttp
 
 from bench.__main__ import RssSampler, _pid
 from tests.support import Stack, eventually, get_json, purge_namespace
-from tests.test_llm_engine import FakeLlm
+from tests.support.fake_llm import FakeLlm
 
 SHARDS = 16
 

@@ -34,8 +34,8 @@ import orjson
 from redis.asyncio import Redis
 
 from shared.names import Names
-from tests.servers import PrivateRedis
 from tests.support import Service, Stack, eventually, purge_namespace, web_id
+from tests.support.servers import PrivateRedis
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
 SHARDS = 8

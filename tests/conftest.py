@@ -9,9 +9,9 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 from redis.asyncio import Redis
 
-from tests.channel_fakes import FakeChannelApi
 from tests.support import CHROMIUM, CHROMIUM_ARGS, REDIS_URL, Stack, new_namespace, purge_namespace
-from tests.test_llm_engine import FakeLlm
+from tests.support.channel_fakes import FakeChannelApi
+from tests.support.fake_llm import FakeLlm
 
 
 @pytest.fixture

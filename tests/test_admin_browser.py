@@ -17,9 +17,19 @@ from redis.asyncio import Redis
 from shared.handoff import HandoffInfo, Handoffs
 from shared.messages import InboundMessage
 from shared.names import Names
-from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, get_json, post_message, web_id
-from tests.test_monitor_health import publish_raw
-from tests.test_pipeline import PRAZO, read_events, wait_ready
+from tests.support import (
+    PRAZO,
+    REDIS_URL,
+    TEST_SHARDS,
+    Service,
+    Stack,
+    eventually,
+    get_json,
+    post_message,
+    publish_raw,
+    web_id,
+)
+from tests.support.pipeline import read_events, wait_ready
 
 # The conversation "conv-humano" of web user maria, as the admin area (which sees internal ids) names it.
 HUMAN_CONVERSATION = web_id("maria", "conv-humano")

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from shared.handoff import HandoffInfo, Handoffs
 from shared.names import Names
 from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, post_message
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
 
 TOKEN = "admin-" + uuid.uuid4().hex
 LIMIT = 40

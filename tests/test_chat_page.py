@@ -9,11 +9,11 @@ from typing import Any
 
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, ViewportSize, expect
 
-from tests.channel_fakes import kb_answer
-from tests.faultproxy import FaultProxy
 from tests.support import Stack
-from tests.test_llm_engine import LLM_TEXT, FakeLlm
-from tests.test_pipeline import wait_ready
+from tests.support.channel_fakes import kb_answer
+from tests.support.fake_llm import LLM_TEXT, FakeLlm
+from tests.support.faultproxy import FaultProxy
+from tests.support.pipeline import wait_ready
 
 PHONE_VIEWPORT: ViewportSize = {"width": 390, "height": 780}
 

@@ -34,10 +34,20 @@ from shared.messages import HANDOFF_OPTION, InboundMessage, Option, ReplyContent
 from shared.names import Names
 from shared.settings import Settings
 from shared.store import OFFERED_TTL_SECONDS, Offered, Store
-from tests.support import AMQP_URL, REDIS_URL, TEST_SHARDS, Stack, eventually, post_message, stored_reply, web_id
-from tests.test_llm_engine import ROOT, SAMPLE_PT
-from tests.test_memory_handoff import commit_of, message
-from tests.test_pipeline import wait_ready
+from tests.support import (
+    AMQP_URL,
+    REDIS_URL,
+    ROOT,
+    SAMPLE_PT,
+    TEST_SHARDS,
+    Stack,
+    eventually,
+    post_message,
+    stored_reply,
+    web_id,
+)
+from tests.support.commits import commit_of, message
+from tests.support.pipeline import wait_ready
 
 CATALOG = KbEngine(KnowledgeBase.load(SAMPLE_PT))
 ENGLISH = KbEngine(KnowledgeBase.load(ROOT / "shared" / "data" / "kb-sample-en.yaml"))

@@ -1,5 +1,5 @@
-"""Each crash point does real harm and the test asserts what survives (tests/faultproxy.py puts a
-TCP proxy between one service and Redis or RabbitMQ; tests/servers.py starts private servers for
+"""Each crash point does real harm and the test asserts what survives (tests/support/faultproxy.py puts a
+TCP proxy between one service and Redis or RabbitMQ; tests/support/servers.py starts private servers for
 faults that would harm the shared ones)."""
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from shared.broker import COPY_HEADER
 from shared.messages import InboundMessage
 from shared.names import Names
 from shared.service import supervised
-from tests.faultproxy import UP, FaultProxy
-from tests.servers import PrivateRabbit, PrivateRedis, have, wait_closed
 from tests.support import (
     AMQP_PORT,
     AMQP_URL,
+    PRAZO,
     REDIS_PORT,
     TEST_SHARDS,
     Service,
@@ -41,7 +40,9 @@ from tests.support import (
     post_message,
     web_id,
 )
-from tests.test_pipeline import PRAZO, wait_ready
+from tests.support.faultproxy import UP, FaultProxy
+from tests.support.pipeline import wait_ready
+from tests.support.servers import PrivateRabbit, PrivateRedis, have, wait_closed
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from shared.names import Names
 from tests.support import REDIS_URL, TEST_SHARDS, Stack, post_message, web_id
-from tests.test_pipeline import read_events, wait_ready
+from tests.support.pipeline import read_events, wait_ready
 
 BURST = ["oi", "qual o prazo", "de entrega pro rio?"]
 

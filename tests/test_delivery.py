@@ -10,14 +10,11 @@ import re
 import uuid
 from typing import Any
 
-import aio_pika
 import aiohttp
 
 from services.gateway.delivery.split import split_text, units
-from shared.messages import Channel, ReplyContent, ReplyMessage
-from shared.names import Names
-from tests.channel_fakes import (
-    PHONE_NUMBER_ID,
+from tests.support import Service, Stack, eventually, get_json
+from tests.support.channel_fakes import (
     TELEGRAM_ENV,
     WHATSAPP_ENV,
     Answer,
@@ -26,63 +23,12 @@ from tests.channel_fakes import (
     kb_answer,
     whatsapp_text,
 )
-from tests.channel_fakes import post_whatsapp as send_whatsapp
-from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, get_json
-from tests.test_pipeline import wait_ready
+from tests.support.channel_fakes import post_whatsapp as send_whatsapp
+from tests.support.pipeline import wait_ready
+from tests.support.replies import Replies, reply
 
 CHANNELS_ENV = {**WHATSAPP_ENV, **TELEGRAM_ENV, "DELIVERY_MAX_ATTEMPTS": "3", "DELIVERY_TIMEOUT_SECONDS": "2"}
 SENTENCE = "Esta é uma frase de exemplo para a resposta longa, com algumas palavras a mais. "
-
-
-class Replies:
-    """Publishes replies the way the worker does: persistent, to the replies exchange."""
-
-    def __init__(self, namespace: str) -> None:
-        self.names = Names(namespace, TEST_SHARDS)
-        self._connection: aio_pika.abc.AbstractConnection | None = None
-
-    async def __aenter__(self) -> Replies:
-        self._connection = await aio_pika.connect(AMQP_URL)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._connection is not None
-        await self._connection.close()
-
-    async def dead_letters(self) -> int:
-        assert self._connection is not None
-        channel = await self._connection.channel()
-        queue = await channel.declare_queue(self.names.dead_letter_queue, passive=True)
-        await channel.close()
-        return queue.declaration_result.message_count or 0
-
-    async def publish(self, reply: ReplyMessage) -> None:
-        assert self._connection is not None
-        channel = await self._connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(self.names.replies_exchange)
-        key = self.names.reply_routing_key(reply.channel, "test", reply.conversation_id)
-        await exchange.publish(
-            aio_pika.Message(
-                reply.to_bytes(), message_id=reply.message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-            ),
-            key,
-        )
-        await channel.close()
-
-
-def reply(channel: Channel, recipient: str | int, text: str, message_id: str | None = None) -> ReplyMessage:
-    metadata: dict[str, Any] = (
-        {"phone_number_id": PHONE_NUMBER_ID, "to": recipient} if channel == "whatsapp" else {"chat_id": recipient}
-    )
-    return ReplyMessage(
-        message_id=message_id or f"m-{uuid.uuid4().hex}",
-        conversation_id=f"{channel}:{recipient}",
-        user_id=str(recipient),
-        channel=channel,
-        reply=ReplyContent(text=text, engine="kb", confidence=0.9),
-        latency_ms=1.0,
-        metadata=metadata,
-    )
 
 
 async def delivered(api: FakeChannelApi, recipient: str | int, count: int) -> list[str]:

@@ -39,6 +39,8 @@ import promql_parser
 import pytest
 import yaml
 
+from tests.support.metrics import metric_names
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 SETTINGS_PY = ROOT / "shared" / "settings.py"
@@ -843,17 +845,6 @@ def alert_rules() -> list[Obj]:
     (group,) = data["groups"]
     assert group["name"] == "ia-atendimento-bot"
     return list(group["rules"])
-
-
-def metric_names(expression: str) -> set[str]:
-    names: set[str] = set()
-
-    def visit(node: promql_parser.Expr) -> None:
-        if isinstance(node, promql_parser.VectorSelector) and node.name:
-            names.add(node.name)
-
-    promql_parser.walk(promql_parser.parse(expression), visit)
-    return names
 
 
 def test_alert_rules_parse_and_name_only_exported_metrics() -> None:

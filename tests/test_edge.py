@@ -12,7 +12,8 @@ import aiohttp
 from aiohttp.test_utils import make_mocked_request
 
 from shared.web import client_address
-from tests.channel_fakes import (
+from tests.support import Service, Stack, eventually, free_port
+from tests.support.channel_fakes import (
     TELEGRAM_ENV,
     WHATSAPP_ENV,
     Answer,
@@ -22,8 +23,7 @@ from tests.channel_fakes import (
     telegram_text,
     whatsapp_text,
 )
-from tests.support import Service, Stack, eventually, free_port
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
 
 KEYS = ("key-one-0123456789abcdef", "key-two-fedcba9876543210")
 ORIGIN = "https://loja.example.com"

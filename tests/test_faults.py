@@ -11,9 +11,9 @@ from collections.abc import Awaitable
 import aiohttp
 import pytest
 
-from tests.faultproxy import FaultProxy
-from tests.support import AMQP_PORT, Stack, eventually, get_json, post_message
-from tests.test_pipeline import PRAZO, read_events, start_stack, wait_ready
+from tests.support import AMQP_PORT, PRAZO, Stack, eventually, get_json, post_message
+from tests.support.faultproxy import FaultProxy
+from tests.support.pipeline import read_events, start_stack, wait_ready
 
 
 @pytest.mark.parametrize(

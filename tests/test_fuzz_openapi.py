@@ -14,9 +14,9 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.channel_fakes import TELEGRAM_ENV, WHATSAPP_ENV, FakeChannelApi
 from tests.support import ROOT, Stack, eventually, get_json, stored_reply
-from tests.test_pipeline import wait_ready
+from tests.support.channel_fakes import TELEGRAM_ENV, WHATSAPP_ENV, FakeChannelApi
+from tests.support.pipeline import wait_ready
 
 KEY = "fuzz-key-0123456789abcdef"
 MIN_REQUESTS = 500

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.support import ROOT
-from tests.test_deploy_manifests import metric_names
+from tests.support.metrics import metric_names
 
 DASHBOARD = ROOT / "deploy" / "k8s" / "base" / "grafana" / "ia-atendimento-bot.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"

@@ -19,7 +19,7 @@ from shared import unanswered
 from shared.messages import ReplyContent
 from shared.names import Names
 from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, post_message
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
 
 TOKEN = "admin-" + uuid.uuid4().hex
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "data" / "kb-sample.yaml"

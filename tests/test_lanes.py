@@ -18,10 +18,10 @@ import pytest
 
 from services.worker.ownership import owned_shards
 from shared.names import Names
-from tests.faultproxy import FaultProxy
 from tests.support import AMQP_PORT, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
-from tests.test_llm_engine import FakeLlm
-from tests.test_pipeline import read_events, wait_ready
+from tests.support.fake_llm import FakeLlm
+from tests.support.faultproxy import FaultProxy
+from tests.support.pipeline import read_events, wait_ready
 
 
 def llm_env(llm: FakeLlm, **overrides: str) -> dict[str, str]:

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from shared.logs import AUDIT_LOGGER, mask_pii, setup_logging
-from tests.otlp import Collector, tracing_env
 from tests.support import AMQP_URL, Stack, eventually, web_id
-from tests.test_pipeline import wait_ready
-from tests.test_tracing import new_traceparent, post_traced, spans_of
+from tests.support.otlp import Collector, tracing_env
+from tests.support.pipeline import wait_ready
+from tests.support.tracing import new_traceparent, post_traced, spans_of
 
 PHONE, EMAIL, CPF = "+55 11 98765-4321", "maria.souza@example.com", "123.456.789-09"
 # What must never reach a log file: each piece of PII in any of the ways it could be written.

@@ -1,8 +1,8 @@
 """Media and buttons (SPEC 4 "Media"): voice notes, images and documents on WhatsApp and Telegram,
 reply buttons and their taps, voice replies, and a polite reply whenever media cannot be handled.
 
-The Graph API, the Bot API (tests/channel_fakes.py) and the OpenAI API, chat and audio
-(tests/test_llm_engine.py's FakeLlm), are local stand-ins; the project's real clients call them.
+The Graph API, the Bot API (tests/support/channel_fakes.py) and the OpenAI API, chat and audio
+(tests/support/fake_llm.py), are local stand-ins; the project's real clients call them.
 The voice note is real speech: espeak-ng speaks the question, ffmpeg makes it Ogg/Opus (what
 WhatsApp and Telegram voice notes are), and the transcription stand-in checks that format.
 """
@@ -26,7 +26,8 @@ from services.worker.engines.kbfile import KnowledgeBaseError, parse
 from services.worker.media import POLITE
 from shared.names import Names
 from shared.settings import ConfigError, Settings
-from tests.channel_fakes import (
+from tests.support import PRAZO, REDIS_URL, TEST_SHARDS, Stack, conversation_token, eventually, post_message, sse_events
+from tests.support.channel_fakes import (
     PHONE_NUMBER_ID,
     TELEGRAM_ENV,
     WHATSAPP_ENV,
@@ -42,9 +43,8 @@ from tests.channel_fakes import (
     whatsapp_tap,
     whatsapp_text,
 )
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, conversation_token, eventually, post_message, sse_events
-from tests.test_llm_engine import LLM_TEXT, PRAZO, SPEECH_AUDIO, FakeLlm
-from tests.test_pipeline import wait_ready
+from tests.support.fake_llm import LLM_TEXT, SPEECH_AUDIO, FakeLlm
+from tests.support.pipeline import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 PRAZO_ANSWER = kb_answer("prazo-entrega")

@@ -16,17 +16,17 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.worker.commit import SILENT_REPLY, Commit, Committer, Policy, Timings
+from services.worker.commit import SILENT_REPLY, Committer, Policy
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy, asks_for_human
 from shared.handoff import HandoffInfo, Handoffs
-from shared.messages import InboundMessage, ReplyContent, ReplyMessage
+from shared.messages import ReplyContent
 from shared.names import Names
 from shared.store import Store
-from tests.support import TEST_SHARDS, Stack, eventually, post_message, web_id
-from tests.test_llm_engine import ROOT, SAMPLE_PT
-from tests.test_pipeline import read_events, wait_ready
+from tests.support import ROOT, SAMPLE_PT, TEST_SHARDS, Stack, eventually, post_message, web_id
+from tests.support.commits import commit_of, message
+from tests.support.pipeline import read_events, wait_ready
 
 HUMAN = "quero falar com um atendente"
 PRAZO = "Qual o prazo de entrega?"
@@ -101,15 +101,6 @@ async def test_memory_reset_and_handoff_end_to_end(stack: Stack, http: aiohttp.C
     assert replies[0]["sources"] == [] and "atendente humano" in replies[2]["text"]
     assert await handoffs.active(web_id("rui", lost))
     assert (await ask(lost, PRAZO, wait=1))[0] == 202
-
-
-def message(conversation: str, text: str = PRAZO) -> InboundMessage:
-    return InboundMessage(f"m-{uuid.uuid4().hex}", conversation, "ana", text)
-
-
-def commit_of(item: InboundMessage, content: ReplyContent) -> Commit:
-    reply = ReplyMessage(item.message_id, item.conversation_id, item.user_id, item.channel, content, 12.0)
-    return Commit(item, reply, Timings(1.0, 2.0, 12.0), user_text=item.text)
 
 
 ANSWER = ReplyContent(text="Cinco dias.", engine="kb", confidence=0.9, sources=("prazo",))

@@ -9,27 +9,9 @@ import subprocess
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Service, Stack, eventually, get_json, post_message
-from tests.test_monitor_health import publish_raw
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(http: aiohttp.ClientSession, service: Service) -> tuple[str, Samples]:
-    async with http.get(service.url + "/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return text, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.support import Stack, eventually, get_json, post_message, publish_raw
+from tests.support.metrics import Samples, scrape, value
 
 
 def promtool_check(text: str, service: str) -> None:

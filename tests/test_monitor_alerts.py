@@ -28,7 +28,7 @@ from shared import stats
 from shared.names import Names
 from shared.store import REDIS_ERRORS, Store
 from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, free_port, get_json
-from tests.test_monitor_health import LocalRedis
+from tests.support.servers import LocalRedis
 
 Key = tuple[str, str]
 

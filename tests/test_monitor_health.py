@@ -5,101 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import aio_pika
 import aiohttp
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from shared.names import Names
-from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, free_port, get_json
-from tests.test_pipeline import wait_ready
-
-
-class LocalRedis:
-    """A redis-server of the test's own on a spare port, to stop and start at will: the shared
-    Redis is never touched."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self._spawn()
-        await self._answers()
-
-    def _spawn(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def _answers(self) -> None:
-        client = Redis.from_url(self.url)
-
-        async def answers() -> bool:
-            try:
-                return bool(await client.ping())
-            except RedisError:
-                return False
-
-        try:
-            await eventually(answers, timeout=10, what=f"redis-server on port {self.port}")
-        finally:
-            await client.aclose()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    async def __aenter__(self) -> LocalRedis:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
+from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, publish_raw
+from tests.support.pipeline import wait_ready
+from tests.support.servers import LocalRedis
 
 
 async def health(http: aiohttp.ClientSession, monitor: Service) -> tuple[int, dict[str, Any]]:
     return await get_json(http, monitor.url + "/monitoring/health")
-
-
-async def publish_raw(namespace: str, routing_key: str, body: bytes, **properties: Any) -> None:
-    """Put bytes on the inbound exchange as a client of the broker would (not through the gateway)."""
-    names = Names(namespace, TEST_SHARDS)
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(names.inbound_exchange)
-        await exchange.publish(aio_pika.Message(body, **properties), routing_key)
-    finally:
-        await connection.close()
 
 
 async def test_redis_stopped_is_unhealthy_with_a_critical_alert_and_recovers_by_itself(

@@ -21,9 +21,9 @@ from shared import stats
 from shared.messages import InboundMessage
 from shared.names import Names
 from shared.store import Store
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
-from tests.test_monitor_health import LocalRedis, publish_raw
-from tests.test_pipeline import PRAZO, start_stack
+from tests.support import PRAZO, REDIS_URL, TEST_SHARDS, Stack, eventually, get_json, post_message, publish_raw, web_id
+from tests.support.pipeline import start_stack
+from tests.support.servers import LocalRedis
 
 BUCKET_RATIO = 2 ** (1 / stats.BUCKETS_PER_DOUBLING)  # a bucket's upper bound over its lower one
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from shared.handoff import HandoffInfo, Handoffs
 from shared.names import Names
 from tests.support import (
+    PRAZO,
     REDIS_URL,
     TEST_SHARDS,
     Service,
@@ -27,7 +28,7 @@ from tests.support import (
     post_message,
     web_id,
 )
-from tests.test_pipeline import PRAZO, wait_ready
+from tests.support.pipeline import wait_ready
 
 TOKEN = "admin-" + uuid.uuid4().hex
 WIDTHS = (1280, 400)

@@ -9,8 +9,8 @@ import uuid
 import aiohttp
 
 from shared import stats
-from tests.support import Stack, get_json, post_message, purge_namespace
-from tests.test_pipeline import PRAZO, start_stack
+from tests.support import PRAZO, Stack, get_json, post_message, purge_namespace
+from tests.support.pipeline import start_stack
 
 
 async def test_after_n_messages_stats_count_exactly_n(stack: Stack, http: aiohttp.ClientSession) -> None:

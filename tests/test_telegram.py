@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from shared.messages import HANDOFF_OPTION, Option
-from tests.channel_fakes import (
+from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
+from tests.support.channel_fakes import (
     TELEGRAM_ENV,
     FakeChannelApi,
     kb_answer,
@@ -20,9 +21,8 @@ from tests.channel_fakes import (
     telegram_tap,
     telegram_text,
 )
-from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
-from tests.test_delivery import Replies, reply
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
+from tests.support.replies import Replies, reply
 
 PRAZO = "Qual o prazo de entrega?"
 PRAZO_ANSWER = kb_answer("prazo-entrega")

@@ -1,12 +1,11 @@
 """One OpenTelemetry trace per message, across gateway, RabbitMQ and worker (issue 6, SPEC 2 and 4).
 
-The services export to a collector of our own (tests/otlp.py) over OTLP/HTTP and OTLP/gRPC.
+The services export to a collector of our own (tests/support/otlp.py) over OTLP/HTTP and OTLP/gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +15,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.faultproxy import FaultProxy
-from tests.otlp import Collector, ReceivedSpan, tracing_env
-from tests.support import REDIS_PORT, REDIS_URL, Service, Stack, eventually, free_port, web_id
-from tests.test_pipeline import PRAZO, wait_ready
+from tests.support import PRAZO, REDIS_PORT, REDIS_URL, Service, Stack, eventually, free_port, web_id
+from tests.support.faultproxy import FaultProxy
+from tests.support.otlp import Collector, ReceivedSpan, tracing_env
+from tests.support.pipeline import wait_ready
+from tests.support.tracing import new_traceparent, post_traced, spans_of
 
 
 @pytest.fixture
@@ -29,20 +29,6 @@ async def collector() -> AsyncIterator[Collector]:
         yield collector
     finally:
         await collector.stop()
-
-
-def new_traceparent() -> tuple[str, str, str]:
-    """A sampled W3C traceparent from an imaginary caller: (header, trace id, caller's span id)."""
-    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
-
-
-async def post_traced(
-    http: aiohttp.ClientSession, url: str, body: dict[str, Any], traceparent: str, wait: float = 10
-) -> tuple[int, dict[str, Any]]:
-    headers = {"traceparent": traceparent, "tracestate": "caller=probe-6"}
-    async with http.post(f"{url}/v1/messages", params={"wait": str(wait)}, json=body, headers=headers) as response:
-        return response.status, await response.json(content_type=None)
 
 
 def by_name(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
@@ -60,17 +46,6 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
         chain.append(parent)
         parent = index[parent].parent_id if parent in index else ""
     return chain
-
-
-async def spans_of(collector: Collector, trace_id: str, *wanted: tuple[str, str]) -> list[ReceivedSpan]:
-    """Wait until the trace holds a span of each (service, name) in `wanted`."""
-
-    async def complete() -> list[ReceivedSpan] | None:
-        spans = collector.in_trace(trace_id)
-        have = {(span.service, span.name) for span in spans}
-        return spans if set(wanted) <= have else None
-
-    return await eventually(complete, what=f"spans {wanted} in trace {trace_id}")
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])

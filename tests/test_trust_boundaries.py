@@ -26,7 +26,8 @@ from services.gateway.handlers.sse import encode_event
 from shared.messages import ReplyContent, ReplyMessage
 from shared.names import Names
 from shared.settings import ConfigError, Settings
-from tests.channel_fakes import (
+from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, web_id
+from tests.support.channel_fakes import (
     PHONE_NUMBER_ID,
     TELEGRAM_ENV,
     WHATSAPP_ENV,
@@ -37,8 +38,7 @@ from tests.channel_fakes import (
     telegram_text,
     whatsapp_text,
 )
-from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, web_id
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
 
 KEY = "trust-key-0123456789abcdef"
 PRAZO = "Qual o prazo de entrega?"

@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from tests.support import Stack, post_message, queued_inbound
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
 
 OK = {"user_id": "u1", "text": "Qual o prazo de entrega?"}
 

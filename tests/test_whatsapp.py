@@ -14,7 +14,8 @@ import pytest
 from services.gateway.delivery.clients import WHATSAPP_LIST_BUTTON, whatsapp_interactive
 from services.gateway.delivery.split import units
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
-from tests.channel_fakes import (
+from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
+from tests.support.channel_fakes import (
     GRAPH_VERSION,
     PHONE_NUMBER_ID,
     WHATSAPP_ENV,
@@ -27,9 +28,8 @@ from tests.channel_fakes import (
     whatsapp_tap,
     whatsapp_text,
 )
-from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
-from tests.test_delivery import Replies, reply
-from tests.test_pipeline import wait_ready
+from tests.support.pipeline import wait_ready
+from tests.support.replies import Replies, reply
 
 PRAZO = "Qual o prazo de entrega?"
 PRAZO_ANSWER = kb_answer("prazo-entrega")

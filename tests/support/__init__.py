@@ -1,4 +1,7 @@
-"""Test support: real service processes on free ports, each test in a namespace of its own."""
+"""Test support: real service processes on free ports, each test in a namespace of its own.
+
+Helpers shared by several test modules live in this package (tests/test_layout.py checks that no
+test module imports another)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from services.gateway.conversations import ConversationTokens, scoped, user_scop
 from shared.messages import InboundMessage
 from shared.names import Names
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
+PRAZO = "Qual o prazo de entrega?"  # a question the sample base answers
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
@@ -295,3 +300,15 @@ async def queued_inbound(namespace: str, count: int) -> list[InboundMessage]:
     finally:
         await connection.close()
     return queued
+
+
+async def publish_raw(namespace: str, routing_key: str, body: bytes, **properties: Any) -> None:
+    """Put bytes on the inbound exchange as a client of the broker would (not through the gateway)."""
+    names = Names(namespace, TEST_SHARDS)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(names.inbound_exchange)
+        await exchange.publish(aio_pika.Message(body, **properties), routing_key)
+    finally:
+        await connection.close()

@@ -12,10 +12,12 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import aio_pika
 import psutil
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tests.support import eventually, free_port
 
@@ -178,3 +180,68 @@ async def wait_closed(process: subprocess.Popen[bytes], timeout: float) -> int |
         return await asyncio.to_thread(process.wait, timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+class LocalRedis:
+    """A redis-server of the test's own on a spare port, to stop and start at will: the shared
+    Redis is never touched."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._spawn()
+        await self._answers()
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def _answers(self) -> None:
+        client = Redis.from_url(self.url)
+
+        async def answers() -> bool:
+            try:
+                return bool(await client.ping())
+            except RedisError:
+                return False
+
+        try:
+            await eventually(answers, timeout=10, what=f"redis-server on port {self.port}")
+        finally:
+            await client.aclose()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    async def __aenter__(self) -> LocalRedis:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
