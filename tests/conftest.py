@@ -13,6 +13,15 @@ from tests.support import CHROMIUM, CHROMIUM_ARGS, REDIS_URL, Stack, new_namespa
 from tests.support.channel_fakes import FakeChannelApi
 from tests.support.fake_llm import FakeLlm
 
+# A test using one of these starts services, talks to the shared servers or drives Chromium: it is
+# marked `integration` here, so that `pytest -m "not integration"` (the unit tier) needs none of them.
+# Tests that reach a server otherwise carry the mark themselves.
+INTEGRATION_FIXTURES = frozenset({"stack", "redis", "browser"})
+# Loading the multilingual model and embedding with it takes seconds to minutes on a busy machine:
+# tests using it (test_kb_engine's `model` fixture) are marked `model`, and every `model` test counts
+# as `integration` too, so the unit tier stays fast; `pytest -m model` runs them alone.
+MODEL_FIXTURES = frozenset({"model"})
+
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
@@ -75,6 +84,16 @@ async def browser() -> AsyncIterator[Browser]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if MODEL_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.model)
+        if INTEGRATION_FIXTURES.intersection(fixtures) or item.get_closest_marker("model"):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

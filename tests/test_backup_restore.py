@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import redis
 
+pytestmark = pytest.mark.integration  # the scripts run against the shared Redis
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKUP_SH = ROOT / "scripts" / "backup.sh"
 RESTORE_SH = ROOT / "scripts" / "restore.sh"

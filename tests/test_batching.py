@@ -25,6 +25,8 @@ from services.worker.acks import ChannelAcks
 from shared.pipelining import AutoPipeline, Script
 from tests.support import AMQP_URL, eventually, new_namespace
 
+pytestmark = pytest.mark.integration  # acks on the shared RabbitMQ, pipelines on the shared Redis
+
 MESSAGES = 12
 
 

@@ -351,6 +351,7 @@ def test_the_bundled_question_sets_do_not_regress(
     assert rate(report.out_of_scope_answered) <= out_of_scope, failures
 
 
+@pytest.mark.integration  # the worker's process
 def test_a_malformed_base_stops_the_worker_at_start_naming_file_entry_and_problem(tmp_path: Path) -> None:
     path = write_kb(tmp_path, kb_text(GOOD_ENTRY, '{id: frete, questions: ["Tem frete?"], answer: ""}'))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ATENDIMENTO_", "OTEL_"))}
@@ -420,6 +421,7 @@ class _CountingModel(E5Model):
         return super().queries(texts)
 
 
+@pytest.mark.model  # a model of its own
 async def test_questions_in_flight_are_embedded_together_off_the_event_loop() -> None:
     model = _CountingModel(threading.get_ident())
     engine = KbEngine(KnowledgeBase.load(SAMPLE_PT), model=model)

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from shared import unanswered
@@ -160,6 +161,7 @@ def test_which_replies_count_as_unanswered() -> None:
     assert unanswered.normalise("  Vocês vendem   BITCOIN?? ") == "voces vendem bitcoin"
 
 
+@pytest.mark.integration  # the shared Redis
 async def test_memory_is_bounded_and_expires() -> None:
     names = Names(f"test-{uuid.uuid4().hex[:8]}", TEST_SHARDS)
     redis = Redis.from_url(REDIS_URL)

@@ -77,6 +77,7 @@ def test_taught_phrasings_are_appended_to_their_entries_and_unknown_entries_are_
     assert KbEngine(taught).answer("Cadê o balcão de vocês?").sources == (ENTRY,)
 
 
+@pytest.mark.integration  # the shared Redis
 async def test_the_reloader_applies_the_overlay_when_it_changes_and_reports_unknown_entries(
     names: tuple[Redis, Names], tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ async def test_the_reloader_applies_the_overlay_when_it_changes_and_reports_unkn
     await live.close()
 
 
+@pytest.mark.integration  # the shared Redis
 async def test_a_suggested_phrasing_is_recorded_from_a_resolved_question_back_and_accepted_by_a_person(
     names: tuple[Redis, Names],
 ) -> None:
@@ -167,6 +169,7 @@ async def test_a_suggested_phrasing_is_recorded_from_a_resolved_question_back_an
     assert all(asked not in str(entry) for entry in await app[AUDIT].recent())  # no customer words
 
 
+@pytest.mark.integration  # the shared Redis
 async def test_suggestions_are_bounded() -> None:
     redis = Redis.from_url(REDIS_URL)
     ns = Names(f"test-{uuid.uuid4().hex[:8]}", TEST_SHARDS)

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from services.monitor.stats import read_raw, summarize
@@ -149,6 +150,7 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.integration  # a private redis-server
 async def test_reading_stats_costs_the_same_whatever_the_traffic(tmp_path: Path) -> None:
     """Count the commands Redis executes for one read, before and after 5000 messages' worth of
     counters (a Redis of the test's own, so nothing else is counted)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.support import (
     AMQP_URL,
@@ -39,6 +40,7 @@ def interrupt(run: subprocess.Popen[bytes]) -> None:
     run.wait(timeout=60)
 
 
+@pytest.mark.integration  # scripts/run-all.sh starts the three services
 async def test_a_fresh_run_is_quiet(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     namespace = new_namespace()
     ports = {"GATEWAY_PORT": free_port(), "WORKER_PORT": free_port(), "MONITOR_PORT": free_port()}
