@@ -99,8 +99,8 @@ async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_wr
     stack: Stack, browser: Browser
 ) -> None:
     """Chips for a reply's options (a tap sends the label as text and the option's id as
-    `option`), the hand-over among them, and an LLM reply growing in one bubble from the stream's
-    `delta` events before its `reply` event completes it."""
+    `option`; the hand-over chip has a test of its own below), and an LLM reply growing in one
+    bubble from the stream's `delta` events before its `reply` event completes it."""
     llm = await FakeLlm().start()
     context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
     try:
@@ -124,8 +124,6 @@ async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_wr
         await expect(page.locator(".chips")).to_have_count(0)  # spent: the next reply has none
         assert "option" not in posted[0] and posted[1]["option"] == "Posso parcelar?"
         assert posted[1]["text"] == "Posso parcelar?"
-
-        await check_handoff_chip(browser, gateway.url)
 
         # The LLM engine, streaming: record every text the reply's bubble shows on the way.
         worker.stop()
@@ -167,10 +165,14 @@ def posts_of(page: Page) -> list[dict[str, Any]]:
     return bodies
 
 
-async def check_handoff_chip(browser: Browser, url: str) -> None:
+async def test_the_handoff_chip_fits_shows_its_focus_and_hands_over(stack: Stack, browser: Browser) -> None:
     """The fallback's hand-over option is a chip labelled by the reply; it fits and shows its
     keyboard focus on a 390 px screen; a tap posts its id and the conversation goes to a person.
     A customer of their own (a new browser context), whose conversation the hand-over silences."""
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)
+    url = gateway.url
     context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
     page = await context.new_page()
     posted = posts_of(page)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from services.gateway.delivery.split import split_text, units
 from tests.support import Service, Stack, eventually, get_json
@@ -39,22 +41,22 @@ async def delivered(api: FakeChannelApi, recipient: str | int, count: int) -> li
     return await eventually(arrived, what=f"{count} deliveries to {recipient}")
 
 
-async def test_retries_splitting_pacing_and_dead_letters(
-    stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi
-) -> None:
-    """One gateway with both channels and a monitor; the checks run one after another (the fake
-    API's script is shared), each with recipients of its own."""
+@pytest.fixture
+async def monitor(stack: Stack, api: FakeChannelApi) -> Service:
+    """One gateway with both channels, and a monitor (for the dead letters)."""
     await stack.start("gateway", **CHANNELS_ENV, **api.env())
-    await stack.start("monitor")
+    monitor = await stack.start("monitor")
     await wait_ready(stack)
+    return monitor
+
+
+@pytest.fixture
+async def replies(stack: Stack, monitor: Service) -> AsyncIterator[Replies]:
     async with Replies(stack.namespace) as replies:
-        await check_retries_honour_retry_after(replies, api)
-        await check_long_reply_is_split_at_sentences_and_paced(replies, api)
-        await check_a_repeated_reply_goes_out_once(replies, api)
-        await check_what_keeps_failing_is_dead_lettered(replies, api, stack.monitor, http)
+        yield replies
 
 
-async def check_retries_honour_retry_after(replies: Replies, api: FakeChannelApi) -> None:
+async def test_retries_honour_retry_after(replies: Replies, api: FakeChannelApi) -> None:
     # WhatsApp: 500, then 429 with a Retry-After header, then the normal 200.
     api.script[:] = [Answer(500), Answer(429, {"Retry-After": "1"})]
     await replies.publish(reply("whatsapp", "5511900000001", "Olá! Seu pedido saiu para entrega."))
@@ -74,7 +76,7 @@ async def check_retries_honour_retry_after(replies: Replies, api: FakeChannelApi
     assert attempts[1].at - attempts[0].at >= 1.0
 
 
-async def check_long_reply_is_split_at_sentences_and_paced(replies: Replies, api: FakeChannelApi) -> None:
+async def test_long_reply_is_split_at_sentences_and_paced(replies: Replies, api: FakeChannelApi) -> None:
     long_text = (SENTENCE * 250).strip()  # about 20,000 characters: five messages of at most 4096
     await replies.publish(reply("telegram", 700_100_002, long_text))
     parts = await delivered(api, 700_100_002, 5)
@@ -87,7 +89,7 @@ async def check_long_reply_is_split_at_sentences_and_paced(replies: Replies, api
     assert times[4] - times[0] >= 1.5
 
 
-async def check_a_repeated_reply_goes_out_once(replies: Replies, api: FakeChannelApi) -> None:
+async def test_a_repeated_reply_goes_out_once(replies: Replies, api: FakeChannelApi) -> None:
     # The worker re-publishes a stored reply when a message is redelivered after its crash.
     first = reply("whatsapp", "5511900000003", "Primeira resposta.")
     await replies.publish(first)
@@ -97,7 +99,7 @@ async def check_a_repeated_reply_goes_out_once(replies: Replies, api: FakeChanne
     assert texts == ["Primeira resposta.", "Segunda resposta."]
 
 
-async def check_what_keeps_failing_is_dead_lettered(
+async def test_what_keeps_failing_is_dead_lettered(
     replies: Replies, api: FakeChannelApi, monitor: Service, http: aiohttp.ClientSession
 ) -> None:
     async def dead_letters(count: int) -> bool:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from shared.web import client_address
@@ -45,9 +46,8 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def test_keys_headers_cors_limits_and_masked_logs(
-    stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi
-) -> None:
+@pytest.fixture
+async def gateway(stack: Stack, api: FakeChannelApi) -> Service:
     """One gateway with every edge setting and both channels, plus a worker (for the logs)."""
     env = {
         **WHATSAPP_ENV,
@@ -59,14 +59,10 @@ async def test_keys_headers_cors_limits_and_masked_logs(
     gateway = await stack.start("gateway", **env)
     await stack.start("worker")
     await wait_ready(stack)
-    await check_api_keys(gateway, http)
-    await check_security_headers_everywhere(gateway, http)
-    await check_cors(gateway, http)
-    await check_request_size_limits(gateway, http)
-    await check_logs_mask_phones_and_secrets(stack, http, api)
+    return gateway
 
 
-async def check_api_keys(gateway: Service, http: aiohttp.ClientSession) -> None:
+async def test_api_keys(gateway: Service, http: aiohttp.ClientSession) -> None:
     url = f"{gateway.url}/v1/messages"
     body = {"user_id": "edge-keys", "text": "Qual o prazo de entrega?"}
     for headers, detail in (({}, "required"), (bearer("wrong-key"), "not valid"), ({"Authorization": KEYS[0]}, "")):
@@ -90,7 +86,7 @@ async def check_api_keys(gateway: Service, http: aiohttp.ClientSession) -> None:
             assert response.status == 200, public
 
 
-async def check_security_headers_everywhere(gateway: Service, http: aiohttp.ClientSession) -> None:
+async def test_security_headers_everywhere(gateway: Service, http: aiohttp.ClientSession) -> None:
     requests: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/", {}),
         ("GET", "/static/chat.js", {}),
@@ -124,7 +120,7 @@ def _assert_security_headers(response: aiohttp.ClientResponse, what: str) -> Non
         assert value in response.headers.get(name, ""), f"{what}: {name} missing"
 
 
-async def check_cors(gateway: Service, http: aiohttp.ClientSession) -> None:
+async def test_cors(gateway: Service, http: aiohttp.ClientSession) -> None:
     url = f"{gateway.url}/v1/messages"
     preflight = {
         "Access-Control-Request-Method": "POST",
@@ -147,7 +143,7 @@ async def check_cors(gateway: Service, http: aiohttp.ClientSession) -> None:
         assert "Access-Control-Allow-Origin" not in response.headers
 
 
-async def check_request_size_limits(gateway: Service, http: aiohttp.ClientSession) -> None:
+async def test_request_size_limits(gateway: Service, http: aiohttp.ClientSession) -> None:
     huge_api = b'{"user_id": "x", "text": "' + b"a" * (65 * 1024) + b'"}'
     async with http.post(
         f"{gateway.url}/v1/messages", data=huge_api, headers={"Content-Type": "application/json", **bearer(KEYS[0])}
@@ -164,7 +160,8 @@ async def check_request_size_limits(gateway: Service, http: aiohttp.ClientSessio
         assert response.content_type == "application/problem+json"
 
 
-async def check_logs_mask_phones_and_secrets(stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi) -> None:
+@pytest.mark.usefixtures("gateway")
+async def test_logs_mask_phones_and_secrets(stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi) -> None:
     """A customer's number (in the sender and in the text) and every secret the services hold
     must never be written whole; the number may appear as its last 4 digits."""
     text = f"Meu número é {PHONE}, qual o prazo de entrega?"

@@ -46,18 +46,16 @@ async def replies_to(bot_api: FakeChannelApi, chat_id: int, count: int) -> list[
     return await eventually(arrived, what=f"{count} Telegram replies to chat {chat_id}")
 
 
-async def test_telegram_channel(stack: Stack, http: aiohttp.ClientSession, bot_api: FakeChannelApi) -> None:
-    """One stack for every check: each uses chats of its own."""
+@pytest.fixture
+async def gateway(stack: Stack, bot_api: FakeChannelApi) -> Service:
+    """A gateway with the Telegram channel and a worker; each test uses chats of its own."""
     await stack.start("gateway", **TELEGRAM_ENV, **bot_api.env())
     await stack.start("worker")
     await wait_ready(stack)
-    await check_secret_token_and_reply(stack.gateway, http, bot_api)
-    await check_same_update_three_times_gets_one_reply(stack.gateway, http, bot_api)
-    await check_group_chat_is_one_conversation(stack.gateway, http, bot_api)
-    await check_other_updates_are_acknowledged(stack.gateway, http, bot_api)
+    return stack.gateway
 
 
-async def check_secret_token_and_reply(gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi) -> None:
+async def test_secret_token_and_reply(gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi) -> None:
     chat_id = 700_000_001
     update = telegram_text(900_000_001, chat_id, PRAZO)
     for secret in (None, "wrong-secret"):
@@ -75,7 +73,7 @@ async def check_secret_token_and_reply(gateway: Service, http: aiohttp.ClientSes
     assert reply == PRAZO_ANSWER
 
 
-async def check_same_update_three_times_gets_one_reply(
+async def test_same_update_three_times_gets_one_reply(
     gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
 ) -> None:
     one, two = 700_000_002, 700_000_003
@@ -99,7 +97,7 @@ async def check_same_update_three_times_gets_one_reply(
         assert len(bot_api.delivered_to(chat_id)) == 2
 
 
-async def check_group_chat_is_one_conversation(
+async def test_group_chat_is_one_conversation(
     gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
 ) -> None:
     group = -1_001_234_567_890
@@ -114,7 +112,7 @@ async def check_group_chat_is_one_conversation(
         assert stored is not None and stored["conversation_id"] == f"telegram:{group}"
 
 
-async def check_other_updates_are_acknowledged(
+async def test_other_updates_are_acknowledged(
     gateway: Service, http: aiohttp.ClientSession, bot_api: FakeChannelApi
 ) -> None:
     private, group = 700_000_020, -1_009_999_000_001

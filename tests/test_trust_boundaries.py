@@ -14,6 +14,7 @@ both channels configured, must fail (SPEC 4: conversations belong to their chann
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -58,23 +59,37 @@ async def status_of(http: aiohttp.ClientSession, url: str, **options: Any) -> in
         return response.status  # the body is not read: a stream opened by mistake never ends
 
 
-async def test_a_web_caller_reaches_only_its_own_conversations(stack: Stack, api: FakeChannelApi) -> None:
+@pytest.fixture
+async def first(stack: Stack, api: FakeChannelApi) -> Service:
+    """Two gateway replicas with API keys and both channels, and a worker: the first replica."""
     env = {**TELEGRAM_ENV, **WHATSAPP_ENV, **api.env(), "GATEWAY_API_KEYS": KEY}
     first = await stack.start("gateway", **env)
-    second = await stack.start("gateway", **env)
+    await stack.start("gateway", **env)
     await stack.start("worker", MEMORY_TURNS="5")
     await wait_ready(stack)
-    redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    names = Names(stack.namespace, TEST_SHARDS)
-    try:
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
-            await check_channel_conversations_are_out_of_reach(http, first, api, redis, names)
-            await check_another_web_user_gets_a_conversation_of_its_own(http, first, redis, names)
-            await check_reading_needs_the_conversation_token(http, first, second)
-            await check_control_characters_are_refused(http, first)
-            await check_a_web_id_does_not_preclaim_a_telegram_update(http, first, api)
-    finally:
-        await redis.aclose()
+    return first
+
+
+@pytest.fixture
+def second(stack: Stack, first: Service) -> Service:
+    return stack.of("gateway")[1]
+
+
+@pytest.fixture
+def gateway(first: Service) -> Service:
+    return first
+
+
+@pytest.fixture
+def names(stack: Stack) -> Names:
+    return Names(stack.namespace, TEST_SHARDS)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A caller holding an API key (conftest's `http` holds none)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+        yield session
 
 
 async def _replies_to(api: FakeChannelApi, chat_id: int, count: int) -> list[str]:
@@ -85,7 +100,7 @@ async def _replies_to(api: FakeChannelApi, chat_id: int, count: int) -> list[str
     return await eventually(arrived, what=f"{count} Telegram replies to chat {chat_id}")
 
 
-async def check_channel_conversations_are_out_of_reach(
+async def test_channel_conversations_are_out_of_reach(
     http: aiohttp.ClientSession, gateway: Service, api: FakeChannelApi, redis: Redis, names: Names
 ) -> None:
     chat = 731_000_001
@@ -119,7 +134,7 @@ async def check_channel_conversations_are_out_of_reach(
     assert len(api.delivered_to(chat)) == 2
 
 
-async def check_another_web_user_gets_a_conversation_of_its_own(
+async def test_another_web_user_gets_a_conversation_of_its_own(
     http: aiohttp.ClientSession, gateway: Service, redis: Redis, names: Names
 ) -> None:
     mine = {"user_id": "ana", "conversation_id": "pedido-1"}
@@ -139,7 +154,7 @@ async def check_another_web_user_gets_a_conversation_of_its_own(
     assert again["conversation_token"] == first["conversation_token"]
 
 
-async def check_reading_needs_the_conversation_token(
+async def test_reading_needs_the_conversation_token(
     http: aiohttp.ClientSession, first: Service, second: Service
 ) -> None:
     status, victim = await post(http, first, {"user_id": "bruna", "conversation_id": "suporte", "text": PRAZO})
@@ -183,7 +198,7 @@ async def check_reading_needs_the_conversation_token(
         assert (await response.content.readline()).startswith(b"retry:")
 
 
-async def check_control_characters_are_refused(http: aiohttp.ClientSession, gateway: Service) -> None:
+async def test_control_characters_are_refused(http: aiohttp.ClientSession, gateway: Service) -> None:
     forged = "x\nevent: reply\ndata: {}\n\nid: y"
     for field in ("message_id", "conversation_id", "user_id"):
         for bad in (forged, "a\rb", "a\x00b", "tab\there", "a\u2028b", "a\x85b"):
@@ -215,7 +230,7 @@ async def check_control_characters_are_refused(http: aiohttp.ClientSession, gate
     assert lines[0] == b"event: reply" and lines[1].startswith(b"data: {") and lines[2:] == [b"", b""]
 
 
-async def check_a_web_id_does_not_preclaim_a_telegram_update(
+async def test_a_web_id_does_not_preclaim_a_telegram_update(
     http: aiohttp.ClientSession, gateway: Service, api: FakeChannelApi
 ) -> None:
     chat, update_id = 731_000_002, 931_000_010

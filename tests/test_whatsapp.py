@@ -53,19 +53,16 @@ async def replies_to(graph: FakeChannelApi, sender: str, count: int) -> list[str
     return await eventually(arrived, what=f"{count} WhatsApp replies to {sender}")
 
 
-async def test_whatsapp_channel(stack: Stack, http: aiohttp.ClientSession, graph: FakeChannelApi) -> None:
-    """One stack for every check: each uses senders of its own, so none sees another's replies."""
+@pytest.fixture
+async def gateway(stack: Stack, graph: FakeChannelApi) -> Service:
+    """A gateway with the WhatsApp channel and a worker; each test uses senders of its own."""
     await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
     await stack.start("worker")
     await wait_ready(stack)
-    await check_verification_handshake(stack.gateway, http)
-    await check_signed_text_message_is_answered_through_the_graph_api(stack.gateway, http, graph)
-    await check_same_wamid_three_times_gets_one_reply(stack.gateway, http, graph)
-    await check_statuses_and_unsupported_types_get_no_knowledge_reply(stack.gateway, http, graph)
-    await check_malformed_signed_notification_names_the_field(stack.gateway, http)
+    return stack.gateway
 
 
-async def check_verification_handshake(gateway: Service, http: aiohttp.ClientSession) -> None:
+async def test_verification_handshake(gateway: Service, http: aiohttp.ClientSession) -> None:
     url = f"{gateway.url}/webhooks/whatsapp"
     right = {
         "hub.mode": "subscribe",
@@ -83,7 +80,7 @@ async def check_verification_handshake(gateway: Service, http: aiohttp.ClientSes
             assert (await response.json())["detail"].startswith("hub.")
 
 
-async def check_signed_text_message_is_answered_through_the_graph_api(
+async def test_signed_text_message_is_answered_through_the_graph_api(
     gateway: Service, http: aiohttp.ClientSession, graph: FakeChannelApi
 ) -> None:
     sender = "5511987650001"
@@ -112,7 +109,7 @@ async def check_signed_text_message_is_answered_through_the_graph_api(
     assert stored is not None and stored["conversation_id"] == f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
 
 
-async def check_same_wamid_three_times_gets_one_reply(
+async def test_same_wamid_three_times_gets_one_reply(
     gateway: Service, http: aiohttp.ClientSession, graph: FakeChannelApi
 ) -> None:
     one, two = "5511987650002", "5511987650003"
@@ -138,7 +135,7 @@ async def check_same_wamid_three_times_gets_one_reply(
         assert len(graph.delivered_to(sender)) == 2
 
 
-async def check_statuses_and_unsupported_types_get_no_knowledge_reply(
+async def test_statuses_and_unsupported_types_get_no_knowledge_reply(
     gateway: Service, http: aiohttp.ClientSession, graph: FakeChannelApi
 ) -> None:
     sender = "5511987650004"
@@ -167,7 +164,7 @@ async def check_statuses_and_unsupported_types_get_no_knowledge_reply(
     assert len(graph.delivered_to(sender)) == 2
 
 
-async def check_malformed_signed_notification_names_the_field(gateway: Service, http: aiohttp.ClientSession) -> None:
+async def test_malformed_signed_notification_names_the_field(gateway: Service, http: aiohttp.ClientSession) -> None:
     payload = whatsapp_text("wamid.bad", "5511987650005", PRAZO)
     del payload["entry"][0]["changes"][0]["value"]["messages"][0]["from"]
     status, problem = await post_whatsapp(http, gateway, payload)
