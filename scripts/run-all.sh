@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run gateway, one worker and the monitor in the foreground with prefixed logs; Ctrl-C stops all.
+# Run gateway, one worker and the monitor in the foreground with prefixed logs; Ctrl-C (SIGINT) or
+# SIGTERM stops all three. Launched in the background, a shell starts with SIGINT ignored and cannot
+# trap it: stop it with SIGTERM then (`kill <pid>`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -28,10 +28,23 @@ from tests.support import (
 EXPORT_NOISE = ("Failed to export", "Transient error", "StatusCode.UNAVAILABLE", "localhost:4317", "tracing to OTLP")
 
 
+def default_sigint() -> None:
+    """Run in the child before bash starts. A suite launched in the background (`make test &`,
+    nohup, a CI runner's script) starts with SIGINT ignored and its children inherit that; bash can
+    neither trap nor reset a signal ignored on entry, so the Ctrl-C below would never reach
+    run-all.sh's trap. The default disposition makes the trap possible again."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run_all(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            ["bash", str(ROOT / "scripts" / "run-all.sh")], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            ["bash", str(ROOT / "scripts" / "run-all.sh")],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
         )
 
 
