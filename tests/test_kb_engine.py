@@ -498,3 +498,27 @@ def test_an_entrys_label_is_its_title_or_its_first_question_shortened(tmp_path: 
 def test_a_bad_title_or_a_too_long_id_is_named(tmp_path: Path, entry: str, expected: str) -> None:
     with pytest.raises(KnowledgeBaseError, match=expected):
         KnowledgeBase.load(write_kb(tmp_path, kb_text(entry)))
+
+
+def test_with_kb_cache_dir_a_restarted_worker_embeds_nothing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = KnowledgeBase.load(SAMPLE_PT)
+    first = E5Model(cache=tmp_path)
+    KbEngine(kb, model=first)
+    passages = {" ".join((*e.questions, e.answer)) for e in kb.entries} | {q for e in kb.entries for q in e.questions}
+    assert len(list(tmp_path.glob("e5-*.npy"))) == len(passages)
+    restarted = E5Model(cache=tmp_path)
+    embedded: list[str] = []
+    real = restarted._embed
+
+    def counting(texts: Sequence[str], *, query: bool) -> Any:
+        embedded.extend(texts)
+        return real(texts, query=query)
+
+    monkeypatch.setattr(restarted, "_embed", counting)
+    engine = KbEngine(kb, model=restarted)
+    assert embedded == ["warm-up"]  # the question the engine warms the model with, nothing else
+    assert engine.answer("da pra pagar no pix?").sources == ("formas-pagamento",)
+    next(tmp_path.glob("e5-*.npy")).write_bytes(b"torn")  # a damaged file is embedded again
+    assert KbEngine(kb, model=E5Model(cache=tmp_path)).answer("da pra pagar no pix?").sources == ("formas-pagamento",)

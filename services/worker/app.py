@@ -56,7 +56,7 @@ class EngineFactory:
         if not settings.kb_multilingual:
             return cls(settings, None)
         try:
-            return cls(settings, E5Model())
+            return cls(settings, E5Model(cache=settings.kb_cache_dir))
         except (OSError, RuntimeError) as exc:
             raise ConfigError(f"KB_EMBEDDINGS=multilingual: the model cannot be loaded: {exc}") from None
 
