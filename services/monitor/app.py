@@ -19,6 +19,7 @@ from services.monitor.alerts import WebhookNotifier
 from services.monitor.audit import AuditLog
 from services.monitor.deadletters import DeadLetters
 from services.monitor.evaluator import Evaluator
+from services.monitor.health import health_json
 from services.monitor.keys import (
     AUDIT,
     AUTH,
@@ -124,8 +125,9 @@ async def system_health(request: web.Request) -> web.Response:
     # Probed often: dependencies and heartbeats only, none of the statistics.
     view = request.app[VIEW]
     health = await view.health(await view.services())
-    health["timestamp"] = iso(health["timestamp"])
-    return json_response(health, status=503 if health["status"] == "unhealthy" else 200)
+    return json_response(
+        health_json(health, iso(health["timestamp"])), status=503 if health["status"] == "unhealthy" else 200
+    )
 
 
 async def system_stats(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from aiohttp import web
 from services.monitor.admin.conversations import conversation_page
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, ReplayError
+from services.monitor.health import health_json
 from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
 from services.monitor.problems import unreachable
@@ -94,7 +95,7 @@ def overview_json(data: dict[str, Any]) -> dict[str, Any]:
     letters: list[DeadLetter] | None = data["dead_letters"]
     return {
         "stats": data["stats"],
-        "health": data["observation"].health | {"timestamp": data["stats"]["timestamp"]},
+        "health": health_json(data["observation"].health, data["stats"]["timestamp"]),
         "last_24h": data["day"],
         "dead_letters": None if letters is None else [letter.to_dict() for letter in letters],
         "handoffs": data["handoffs"],
