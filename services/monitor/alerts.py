@@ -107,26 +107,33 @@ class Alert:
 
 def evaluate(health: Health, summary: Summary | None, services: list[ServiceInfo] | None) -> list[Alert]:
     """The alerts firing for one observation; `summary` and `services` are None when Redis is down."""
-    alerts: list[Alert] = []
+    alerts = list(_health_alerts(health))
+    if summary is not None:
+        alerts.extend(_traffic_alerts(summary))
+    alerts.extend(_services_alerts(services or [], health["uptime_seconds"]))
+    return alerts
+
+
+def _health_alerts(health: Health) -> Iterable[Alert]:
     checks = health["checks"]
     status = health["status"]
     if status != "healthy":
-        alerts.append(Alert.of(NOT_HEALTHY, status, f"system status is {status}"))
+        yield Alert.of(NOT_HEALTHY, status, f"system status is {status}")
     if checks["redis"]["status"] != "up":
-        alerts.append(Alert.of(REDIS_DOWN, "down", "Redis is unreachable"))
+        yield Alert.of(REDIS_DOWN, "down", "Redis is unreachable")
     if checks["workers"]["alive"] == 0:
-        alerts.append(Alert.of(NO_WORKERS, 0, "no live worker: messages are queued but nobody answers them"))
+        yield Alert.of(NO_WORKERS, 0, "no live worker: messages are queued but nobody answers them")
     dead = checks["rabbitmq"].get("dead_letters") or 0
     if dead > 0:
-        alerts.append(Alert.of(DEAD_LETTERS, dead, f"{dead} message(s) in the dead-letter queue"))
-    if summary is not None:
-        alerts.extend(_traffic_alerts(summary))
+        yield Alert.of(DEAD_LETTERS, dead, f"{dead} message(s) in the dead-letter queue")
+
+
+def _services_alerts(services: list[ServiceInfo], monitor_uptime: float) -> Iterable[Alert]:
     # The system's age: its oldest process (the monitor's own uptime is in its health).
-    oldest = max((float(s["uptime_seconds"] or 0) for s in services or ()), default=0.0)
-    system_age = max(oldest, float(health["uptime_seconds"] or 0))
-    for service in services or ():
-        alerts.extend(_service_alerts(service, system_age))
-    return alerts
+    oldest = max((float(s["uptime_seconds"] or 0) for s in services), default=0.0)
+    system_age = max(oldest, monitor_uptime)
+    for service in services:
+        yield from _service_alerts(service, system_age)
 
 
 def _traffic_alerts(summary: Summary) -> Iterable[Alert]:
