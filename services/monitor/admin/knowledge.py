@@ -19,7 +19,7 @@ from services.monitor.problems import unreachable
 from shared import kbstate, unanswered
 from shared.store import REDIS_ERRORS
 
-CSV_COLUMNS = ("question", "example", "last_24h", "last_7d", "fallback", "low_confidence", "handoff", "last_seen")
+CSV_COLUMNS = ("question", "example", "last_24h", "last_7d", "fallback", "clarify", "handoff", "last_seen")
 # The page's own words (kept here rather than in i18n.py: this page is all about one concern).
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -39,7 +39,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "example": "As written",
         "last_24h": "24 h",
         "last_7d": "7 days",
-        "kinds": "Fallback / low confidence / handoff",
+        "kinds": "Fallback / asked back / handoff",
         "last_seen": "Last seen",
         "no_questions": "Nothing in the last 7 days.",
         "csv": "Download CSV",
@@ -93,7 +93,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "example": "Como foi escrita",
         "last_24h": "24 h",
         "last_7d": "7 dias",
-        "kinds": "Sem resposta / baixa confiança / transferida",
+        "kinds": "Sem resposta / perguntou de volta / transferida",
         "last_seen": "Visto por último",
         "no_questions": "Nada nos últimos 7 dias.",
         "csv": "Baixar CSV",
