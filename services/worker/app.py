@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from services.worker import kbreload
-from services.worker.commit import Committer, Policy
+from services.worker.commit import CommitSettings, Committer
 from services.worker.consumer import ShardConsumer
 from services.worker.engines.base import ChoosingEngine, ReplyEngine
 from services.worker.engines.e5 import E5Model
@@ -112,13 +112,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[STORE]
-    policy = Policy(
+    commit_settings = CommitSettings(
         memory_turns=settings.memory_turns,
         memory_ttl_s=settings.memory_ttl_s,
         handoff_ttl_s=settings.handoff_ttl_s,
         handoff_after_fallbacks=settings.handoff_after_fallbacks,
     )
-    committer = Committer(store.redis, store.names, policy)
+    committer = Committer(store.redis, store.names, settings=commit_settings)
     processor = Processor(
         store=store,
         committer=committer,
