@@ -138,6 +138,8 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
         first, second = await committer.commit_all([commit_of(asking, HANDOFF), commit_of(following, ANSWER)])
         assert (first.silenced, first.reply.handoff, second.silenced) == (False, True, True)
         assert await store.stored_reply(asking.message_id) == first
+        # Listed for the admin area by the same atomic step that started it.
+        assert await redis.zscore(names.handoffs_key, "c-batch") is not None
 
         # The handoff the worker started expires by itself (HANDOFF_TTL_SECONDS; 1 s here).
         handoffs = Handoffs(redis, names)
