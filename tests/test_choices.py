@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from services.worker.app import ENGINE, create_app
-from services.worker.commit import Commit, Committer, Policy
+from services.worker.commit import Commit, CommitSettings, Committer
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy
@@ -223,7 +223,7 @@ async def test_the_commit_keeps_the_options_of_the_last_reply_only(redis: Redis,
 
 
 async def test_a_question_back_neither_counts_as_a_fallback_nor_ends_the_streak(redis: Redis, names: Names) -> None:
-    committer = Committer(redis, names, Policy(handoff_after_fallbacks=2))
+    committer = Committer(redis, names, settings=CommitSettings(handoff_after_fallbacks=2))
     escalation = ReplyContent(text="Um atendente.", engine="handoff", confidence=0.1, handoff=True, kind="handoff")
     fallback = ReplyContent(
         text="Não sei.", engine="kb", confidence=0.1, fallback=True, kind="fallback", options=(HANDOFF,)
