@@ -159,7 +159,7 @@ async def test_an_option_not_offered_gets_please_choose_again_never_an_answer() 
 
 async def test_a_number_or_label_naming_nothing_offered_is_an_ordinary_message() -> None:
     chooser, engine = policy()
-    assert (await chooser.reply(request("5", "", OFFERED))).fallback
+    assert (await chooser.reply(request("5", "", OFFERED))).kind != "answer"
     assert (await chooser.reply(request("Qual o prazo de entrega?"))).sources == ("prazo-entrega",)
     assert engine.texts == ["5", "Qual o prazo de entrega?"]
 

@@ -30,7 +30,7 @@ from tests.test_pipeline import read_events, wait_ready
 
 HUMAN = "quero falar com um atendente"
 PRAZO = "Qual o prazo de entrega?"
-OFF_TOPIC = ["qual a capital da australia?", "me conta uma piada", "como faço bolo de cenoura"]
+OFF_TOPIC = ["qual a capital da australia?", "quem ganhou a copa de 2002?", "como faço bolo de cenoura"]
 
 
 async def logged(redis: Redis, names: Names, conversation: str) -> list[dict[str, Any]]:

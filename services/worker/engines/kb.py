@@ -200,7 +200,9 @@ class KbEngine:
         unsure = bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
         if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
             return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
-        if ranking.candidates and ranking.offer >= calibration.offer_at:
+        # A question back needs a word the base knows: options for "me conta uma piada", however
+        # the model ranks the entries, would only puzzle the customer.
+        if ranking.candidates and ranking.offer >= calibration.offer_at and lexical.hits:
             entries = [self.kb.entries[candidate.entry] for candidate in ranking.candidates[:OPTIONS]]
             return ReplyContent(
                 text="",  # the reply policy writes the question back, with the options numbered
