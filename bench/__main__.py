@@ -2,7 +2,10 @@
 
 Both systems run as separate processes on this machine and are driven the same way: C concurrent
 clients posting `POST /v1/messages?wait=10` for D seconds. Prints messages/s, end-to-end
-p50/p95/p99 (client side), the ratio of the two throughputs, and each service's peak RSS.
+p50/p95/p99 (client side), the ratio of the two throughputs, each service's peak RSS, and where
+the time goes: CPU per message of each process (services, RabbitMQ, Redis), the Redis commands per
+message (`INFO commandstats`, scripts' inner calls included) and the AMQP packets per message
+(`rabbitmqctl list_connections recv_cnt send_cnt` on each side's own connections).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 import aio_pika
 import aiohttp
 import psutil
+from redis.asyncio import Redis
 
-from tests.support import ROOT, Service, Stack, eventually, free_port, purge_namespace
+from tests.support import AMQP_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
 from tests.support.otlp import collector_process, tracing_env
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
@@ -113,6 +117,100 @@ class ServerCpu:
         )
 
 
+class RedisCommands:
+    """Commands Redis executes, from `INFO commandstats`: a script's inner calls count as commands
+    of their own, which is the work Redis does. The bare round trip uses no Redis, so what runs
+    meanwhile is the project's (and whatever else shares this Redis)."""
+
+    TOP = 8
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    @staticmethod
+    async def _now() -> dict[str, int]:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            info = await redis.info("commandstats")
+        finally:
+            await redis.aclose()
+        return {name.removeprefix("cmdstat_").upper(): int(stats["calls"]) for name, stats in info.items()}
+
+    @contextlib.asynccontextmanager
+    async def counting(self) -> AsyncIterator[None]:
+        before = await self._now()
+        yield
+        after = await self._now()
+        self.calls = {name: calls - before.get(name, 0) for name, calls in after.items() if calls > before.get(name, 0)}
+        self.calls.pop("INFO", None)  # our own reading
+
+    def per_message(self, messages: int) -> str:
+        per = {name: calls / max(messages, 1) for name, calls in self.calls.items()}
+        top = sorted(per.items(), key=lambda item: -item[1])[: self.TOP]
+        return f"{sum(per.values()):.1f} commands/msg (" + ", ".join(f"{name} {n:.1f}" for name, n in top) + ")"
+
+
+class AmqpPackets:
+    """What the broker read from and wrote to each side's own connections (`rabbitmqctl
+    list_connections recv_cnt send_cnt`: socket packets, without the management plugin). A packet
+    carries one AMQP frame or more (the broker reads what has arrived and coalesces its writes),
+    so this counts the wire operations a message costs, a lower bound on its frames."""
+
+    def __init__(self, sides: dict[str, list[int]]) -> None:
+        self.sides = sides  # side: its processes' pids
+        self.packets: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def _client_ports(pids: list[int]) -> set[int]:
+        ports = set()
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                for connection in psutil.Process(pid).net_connections(kind="tcp"):
+                    if connection.raddr and connection.raddr.port == AMQP_PORT:
+                        ports.add(connection.laddr.port)
+        return ports
+
+    @staticmethod
+    def _by_port() -> dict[int, tuple[int, int]] | None:
+        """recv_cnt and send_cnt of every connection, by its client port; None without rabbitmqctl."""
+        command = ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "name", "recv_cnt", "send_cnt"]
+        try:
+            lines = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        counts = {}
+        for line in lines.splitlines():
+            name, recv, sent = line.rsplit("\t", 2)
+            counts[int(name.split(" -> ")[0].rsplit(":", 1)[1])] = (int(recv), int(sent))
+        return counts
+
+    def _now(self) -> dict[str, tuple[int, int]] | None:
+        counts = self._by_port()
+        if counts is None:
+            return None
+        totals = {}
+        for side, pids in self.sides.items():
+            mine = [counts[port] for port in self._client_ports(pids) if port in counts]
+            totals[side] = (sum(recv for recv, _ in mine), sum(sent for _, sent in mine))
+        return totals
+
+    @contextlib.asynccontextmanager
+    async def counting(self) -> AsyncIterator[None]:
+        before = await asyncio.to_thread(self._now)
+        yield
+        after = await asyncio.to_thread(self._now)
+        if before is not None and after is not None:
+            self.packets = {
+                side: (after[side][0] - before[side][0], after[side][1] - before[side][1]) for side in after
+            }
+
+    def per_message(self, side: str, messages: int) -> str:
+        if side not in self.packets:
+            return "n/a (rabbitmqctl unavailable)"
+        recv, sent = (count / max(messages, 1) for count in self.packets[side])
+        return f"{recv + sent:.1f} packets/msg (broker read {recv:.1f}, wrote {sent:.1f})"
+
+
 async def drive(name: str, url: str, clients: int, seconds: float) -> Result:
     result = Result(name, seconds)
     deadline = time.monotonic() + seconds
@@ -165,13 +263,14 @@ def baseline_processes(port: int, queue: str) -> Iterator[list[subprocess.Popen[
 
 
 @contextlib.asynccontextmanager
-async def bare_system() -> AsyncIterator[str]:
+async def bare_system() -> AsyncIterator[tuple[str, list[int]]]:
+    """The bare round trip's URL, and its processes' pids."""
     port, queue = free_port(), f"bench-baseline-{uuid.uuid4().hex[:8]}"
     try:
-        with baseline_processes(port, queue):
+        with baseline_processes(port, queue) as processes:
             url = f"http://127.0.0.1:{port}/v1/messages"
             await warm_up(url)
-            yield url
+            yield url, [process.pid for process in processes]
     finally:
         await _delete_queue(queue)
 
@@ -239,18 +338,14 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
         f"{args.clients} clients, {args.seconds:.0f} s each in {args.rounds} alternating rounds, "
         "POST /v1/messages?wait=10" + (f", env {env}" if env else "")
     )
-    round_s = args.seconds / args.rounds
     bare, project = Result("bare", 0.0), Result("project", 0.0)
-    async with bare_system() as bare_url, project_system(env, tmp) as (project_url, stack):
+    async with bare_system() as (bare_url, bare_pids), project_system(env, tmp) as (project_url, stack):
         sampler = RssSampler({service.name: _pid(service) for service in stack.services})
         sampling = asyncio.create_task(sampler.run())
-        # Alternating rounds: a change in the machine's background load hits both sides alike.
-        servers = ServerCpu()
-        for _ in range(args.rounds):
-            with servers.counting("bare"):
-                bare.add(await drive("bare", bare_url, args.clients, round_s))
-            with servers.counting("project"):
-                project.add(await drive("project", project_url, args.clients, round_s))
+        servers, redis = ServerCpu(), RedisCommands()
+        amqp = AmqpPackets({"bare": bare_pids, "project": [_pid(service) for service in stack.services]})
+        async with amqp.counting(), redis.counting():
+            await alternate(args, {"bare": (bare_url, bare), "project": (project_url, project)}, servers)
         sampling.cancel()
         cpu = sampler.cpu_seconds()
     print(bare.line())
@@ -259,7 +354,20 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     print("CPU ms/msg " + "   ".join(f"{name} {1000 * cpu[name] / len(project.latencies_ms):.2f}" for name in cpu))
     for side, result in (("bare", bare), ("project", project)):
         print(f"servers    {side}: " + servers.per_message(side, len(result.latencies_ms)))
+    # Every client of this Redis is counted: on a shared machine, other users' commands too.
+    print("Redis      project: " + redis.per_message(len(project.latencies_ms)))
+    for side, result in (("bare", bare), ("project", project)):
+        print(f"AMQP       {side}: " + amqp.per_message(side, len(result.latencies_ms)))
     print("peak RSS   " + "   ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in sampler.peaks.items()))
+
+
+async def alternate(args: argparse.Namespace, sides: dict[str, tuple[str, Result]], servers: ServerCpu) -> None:
+    """Alternating rounds: a change in the machine's background load hits both sides alike."""
+    round_s = args.seconds / args.rounds
+    for _ in range(args.rounds):
+        for side, (url, result) in sides.items():
+            with servers.counting(side):
+                result.add(await drive(side, url, args.clients, round_s))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Conversations handed to a human agent: the state the worker and the admin area share.
 
 - The worker's commit (services/worker/commit.py) starts one when a customer asks for a human (its
-  key set in the commit script, then `queue_index`), and silences its replies while one lives.
+  key set and listed in the commit script, with the writes `queue_index` names), and silences its
+  replies while one lives.
 - The admin area lists them (`list_active()`), replies as an agent to the address `get()` returns,
   and gives the conversation back to the bot with `release()`.
 - A handoff expires by itself after `ttl_s` (HANDOFF_TTL_SECONDS), so a conversation nobody picked
@@ -139,8 +140,8 @@ class Handoffs:
 
 
 def queue_index(pipe: Pipeline, names: Names, conversation_id: str, started_at: float, ttl_s: int) -> None:
-    """List a started handoff for the admin area (the worker's commit sets its key atomically
-    with the decision to hand over, then indexes it with its other writes)."""
+    """List a started handoff for the admin area. (The worker's commit script makes the same two
+    writes itself, atomically with the decision to hand over: services/worker/commit.py.)"""
     pipe.zadd(names.handoffs_key, {conversation_id: started_at})
     pipe.zremrangebyscore(names.handoffs_key, "-inf", time.time() - ttl_s)
 

@@ -1,8 +1,8 @@
 """Automatic pipelining: Redis commands issued while a round trip is on the wire share the next one.
 
-Under load the gateway issues the same few commands (a claim, an accept, a rate-limit take) for
-many requests at once. Sent one by one, each costs a write, a read and a wake-up on both sides;
-here the commands of every request that is waiting go out together in one pipeline, so the cost
+Under load the gateway issues the same few commands (a message's rate limits and claim in one
+script call, its accept) for many requests at once. Sent one by one, each costs a write, a read and
+a wake-up on both sides; here the commands of every request that is waiting go out together in one pipeline, so the cost
 per command falls as the load rises, and an idle service pays one tick of the event loop at most.
 
 Commands nobody waits for (`later`: the accept that makes a queued message's claim final) ride in

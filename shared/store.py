@@ -1,9 +1,10 @@
 """Redis: the client and the few operations the services perform on it.
 
 Every operation is one round trip (a pipeline or a Lua script), so the hot path pays a fixed,
-small number of them per message: a claim and an accept in the gateway, at most one read in the
-worker (the worker's commit is its own: services/worker/commit.py). The gateway's claims and
-accepts go through one `AutoPipeline`: those of all the requests in flight share each round trip.
+small number of them per message: one script call (rate limits and claim, in
+services/gateway/admission.py) and an accept in the gateway, at most one read in the worker (the
+worker's commit is its own: services/worker/commit.py). The gateway's script calls and accepts go
+through one `AutoPipeline`: those of all the requests in flight share each round trip.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import stats
 from shared.messages import InboundMessage, Option, ReplyMessage
 from shared.names import Names
-from shared.pipelining import AutoPipeline, Script
+from shared.pipelining import AutoPipeline
 from shared.telemetry import redis_span, traced_redis
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -44,33 +45,36 @@ OFFERED_TTL_SECONDS = 30 * 60
 #   p:<token>:<since ms>:<conversation>   (token: the claiming request's, so a resent command
 #                                          recognises its own write)
 #   a:<conversation>
-# KEYS: 1 claim. ARGV: 1 token, 2 conversation, 3 ms after which an unconfirmed claim is stale,
-# 4 claim ttl. Returns {0} won, {1, conversation} accepted before, {2, ms} another request's claim
-# is still being published (ask again within ms), {3} won over a stale claim: the message may be
-# queued already (its gateway died after the confirm), so this copy is marked as one.
-_CLAIM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mine = 'p:' .. ARGV[1] .. ':' .. now .. ':' .. ARGV[2]
-local current = redis.call('GET', KEYS[1])
-if not current then
-  redis.call('SET', KEYS[1], mine, 'EX', ARGV[4])
-  return {0}
+# A Lua function, run by the gateway's admission script with the message's rate limits
+# (services/gateway/admission.py). key: the claim. token: the claiming request's. conversation.
+# stale_ms: ms after which an unconfirmed claim is stale. ttl: the claim's. t: Redis's TIME.
+# Returns {0} won, {1, conversation} accepted before, {2, ms} another request's claim is still
+# being published (ask again within ms), {3} won over a stale claim: the message may be queued
+# already (its gateway died after the confirm), so this copy is marked as one.
+CLAIM_FUNCTION = """
+local function claim(key, token, conversation, stale_ms, ttl, t)
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local mine = 'p:' .. token .. ':' .. now .. ':' .. conversation
+  local current = redis.call('GET', key)
+  if not current then
+    redis.call('SET', key, mine, 'EX', ttl)
+    return {0}
+  end
+  if string.sub(current, 1, 2) ~= 'p:' then
+    return {1, string.sub(current, 1, 2) == 'a:' and string.sub(current, 3) or current}
+  end
+  local token_end = string.find(current, ':', 3, true)
+  if string.sub(current, 3, token_end - 1) == token then
+    return {0}
+  end
+  local since_end = string.find(current, ':', token_end + 1, true)
+  local age = now - tonumber(string.sub(current, token_end + 1, since_end - 1))
+  if age < stale_ms then
+    return {2, stale_ms - age}
+  end
+  redis.call('SET', key, mine, 'EX', ttl)
+  return {3}
 end
-if string.sub(current, 1, 2) ~= 'p:' then
-  return {1, string.sub(current, 1, 2) == 'a:' and string.sub(current, 3) or current}
-end
-local token_end = string.find(current, ':', 3, true)
-if string.sub(current, 3, token_end - 1) == ARGV[1] then
-  return {0}
-end
-local since_end = string.find(current, ':', token_end + 1, true)
-local age = now - tonumber(string.sub(current, token_end + 1, since_end - 1))
-if age < tonumber(ARGV[3]) then
-  return {2, tonumber(ARGV[3]) - age}
-end
-redis.call('SET', KEYS[1], mine, 'EX', ARGV[4])
-return {3}
 """
 
 # KEYS: 1 claim. ARGV: 1 token. Gives a provisional claim back, only if it is still this request's.
@@ -149,6 +153,16 @@ class Claim:
     duplicate_of: str | None = None
     retry_in_s: float = 0.0
 
+    @classmethod
+    def from_reply(cls, token: str, reply: list[Any]) -> Claim:
+        """The claim that `claim` (CLAIM_FUNCTION) answered."""
+        outcome = int(reply[0])
+        if outcome == 1:
+            return cls(token, won=False, duplicate_of=str(reply[1]))
+        if outcome == 2:
+            return cls(token, won=False, retry_in_s=int(reply[1]) / 1000)
+        return cls(token, won=True, copy=outcome == 3)
+
 
 def claimed_conversation(value: str) -> str:
     """The conversation a claim key's value names (provisional or accepted)."""
@@ -196,38 +210,18 @@ class Store:
     names: Names
     # Turns of memory the worker reads before generating (its commit writes them).
     memory_turns: int = 10
-    # Shared with the gateway's rate limiter: its takes ride in the same round trips.
+    # The gateway's: its admissions (rate limits and claims) and accepts share round trips.
     pipeline: AutoPipeline = field(init=False)
-    _claim: Script = field(init=False)
     _release: AsyncScript = field(init=False)
     _record_failure: AsyncScript = field(init=False)
 
     def __post_init__(self) -> None:
         # Registered scripts run by EVALSHA: the script text crosses the wire once, not per message.
         self.pipeline = AutoPipeline(self.redis)
-        self._claim = Script.of(self.redis, _CLAIM)
         self._release = self.redis.register_script(_RELEASE)
         self._record_failure = self.redis.register_script(_RECORD_FAILURE)
 
     # Gateway -------------------------------------------------------------------------------
-    @traced_redis("claim")
-    async def claim(self, message_id: str, conversation_id: str, token: str | None = None) -> Claim:
-        """Claim a message id, provisionally (see _CLAIM): `accept` makes it final once the message
-        is queued. The token makes the claim safe to resend: redis-py repeats a command whose reply
-        was lost, and the repeat must find its own claim, not a 'duplicate'."""
-        token = token or uuid.uuid4().hex
-        result = await self.pipeline.run(
-            self._claim,
-            [self.names.claim_key(message_id)],
-            [token, conversation_id, PROVISIONAL_CLAIM_MS, IDEMPOTENCY_TTL_SECONDS],
-        )
-        outcome = int(result[0])
-        if outcome == 1:
-            return Claim(token, won=False, duplicate_of=str(result[1]))
-        if outcome == 2:
-            return Claim(token, won=False, retry_in_s=int(result[1]) / 1000)
-        return Claim(token, won=True, copy=outcome == 3)
-
     def accept(self, message_id: str, conversation_id: str) -> None:
         """The message is queued (confirmed): its claim becomes final for the idempotency TTL, with
         the next round trip. Nobody waits for it: until it lands (or if it never does) the claim is

@@ -2,7 +2,7 @@
 
 The worker records, after a reply is committed, every question whose reply was
   * `fallback`:        the base's "not found" reply,
-  * `low_confidence`:  an answer from an entry scoring under LOW_CONFIDENCE,
+  * `clarify`:         a question back: the bot was not sure which entry was meant,
   * `handoff`:         a fallback one too many in a row, so the conversation went to a human.
 The admin area reads them back over the last 24 hours and 7 days, grouped by the normalised
 question ("Vocês vendem Bitcoin??" and "voces vendem bitcoin" are one row) with counts and an
@@ -42,9 +42,7 @@ from shared.store import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("fallback", "low_confidence", "handoff")
-# An answer under this confidence is worth a look (the kb engine answers from 0.31 up).
-LOW_CONFIDENCE = 0.45
+KINDS = ("fallback", "clarify", "handoff")
 HOUR_S = 3600
 DAY_HOURS = 24
 WEEK_HOURS = 7 * 24
@@ -132,8 +130,9 @@ def kind_of(answered: Answered) -> str | None:
         return None
     if answered.generated.fallback:
         return "handoff" if answered.sent.handoff else "fallback"
-    if answered.generated.sources and answered.generated.confidence < LOW_CONFIDENCE:
-        return "low_confidence"
+    # A question back the engine asked ("please choose again" after a stale choice is the policy's).
+    if answered.generated.kind == "clarify" and answered.generated.engine != "choice":
+        return "clarify"
     return None
 
 

@@ -11,8 +11,6 @@ gateway would.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -25,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from services.worker.app import ENGINE, create_app
-from services.worker.commit import Commit, Committer, Policy
+from services.worker.commit import Commit, CommitSettings, Committer
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy
@@ -36,7 +34,6 @@ from shared.settings import Settings
 from shared.store import OFFERED_TTL_SECONDS, Offered, Store
 from tests.support import (
     AMQP_URL,
-    REDIS_URL,
     ROOT,
     SAMPLE_PT,
     TEST_SHARDS,
@@ -48,6 +45,7 @@ from tests.support import (
 )
 from tests.support.commits import commit_of, message
 from tests.support.pipeline import wait_ready
+from tests.support.redis_monitor import monitoring
 
 CATALOG = KbEngine(KnowledgeBase.load(SAMPLE_PT))
 ENGLISH = KbEngine(KnowledgeBase.load(ROOT / "shared" / "data" / "kb-sample-en.yaml"))
@@ -169,7 +167,7 @@ async def test_an_option_not_offered_gets_please_choose_again_never_an_answer() 
 
 async def test_a_number_or_label_naming_nothing_offered_is_an_ordinary_message() -> None:
     chooser, engine = policy()
-    assert (await chooser.reply(request("5", "", OFFERED))).fallback
+    assert (await chooser.reply(request("5", "", OFFERED))).kind != "answer"
     assert (await chooser.reply(request("Qual o prazo de entrega?"))).sources == ("prazo-entrega",)
     assert engine.texts == ["5", "Qual o prazo de entrega?"]
 
@@ -233,7 +231,7 @@ async def test_the_commit_keeps_the_options_of_the_last_reply_only(redis: Redis,
 
 
 async def test_a_question_back_neither_counts_as_a_fallback_nor_ends_the_streak(redis: Redis, names: Names) -> None:
-    committer = Committer(redis, names, Policy(handoff_after_fallbacks=2))
+    committer = Committer(redis, names, settings=CommitSettings(handoff_after_fallbacks=2))
     escalation = ReplyContent(text="Um atendente.", engine="handoff", confidence=0.1, handoff=True, kind="handoff")
     fallback = ReplyContent(
         text="Não sei.", engine="kb", confidence=0.1, fallback=True, kind="fallback", options=(HANDOFF,)
@@ -282,43 +280,6 @@ async def reply_to(namespace: str, message_id: str) -> dict[str, Any]:
         return await stored_reply(namespace, message_id)
 
     return dict((await eventually(stored, what=f"the reply to {message_id}"))["reply"])
-
-
-class Commands:
-    """The commands Redis runs for one namespace (MONITOR), as "GET key" strings, Lua's aside."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.seen: list[str] = []
-        self.ready = asyncio.Event()
-
-    async def watch(self) -> None:
-        client = Redis.from_url(REDIS_URL, decode_responses=True)
-        try:
-            async with client.monitor() as monitor:
-                self.ready.set()
-                while True:
-                    info = await monitor.next_command()
-                    if self.namespace in info["command"] and info.get("client_type") != "lua":
-                        self.seen.append(info["command"])
-        finally:
-            await client.aclose()
-
-    def reads_of(self, key: str) -> list[str]:
-        return [c for c in self.seen if c.split(" ")[0] in {"GET", "LRANGE", "EXISTS"} and key in c]
-
-
-@contextlib.asynccontextmanager
-async def monitoring(namespace: str) -> AsyncIterator[Commands]:
-    commands = Commands(namespace)
-    task = asyncio.create_task(commands.watch())
-    try:
-        await asyncio.wait_for(commands.ready.wait(), 5)
-        yield commands
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_offered_options_are_chosen_end_to_end(stack: Stack, http: aiohttp.ClientSession, redis: Redis) -> None:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.gateway.ratelimit import _TAKE
+from services.gateway.admission import _ADMIT
 from shared.broker import COPY_HEADER
 from shared.messages import InboundMessage
 from shared.names import Names
@@ -309,9 +309,9 @@ async def test_a_rate_limit_take_whose_reply_is_lost_is_taken_once(
     await stack.start("worker")
     await wait_ready(stack)
     first = message()
-    status, _ = await post_message(http, gateway, first)  # the take script is loaded now
+    status, _ = await post_message(http, gateway, first)  # the admission script is loaded now
     assert status == 202
-    cut = redis_proxy.cut_after_sent(hashlib.sha1(_TAKE.encode()).hexdigest().encode())
+    cut = redis_proxy.cut_after_sent(hashlib.sha1(_ADMIT.encode()).hexdigest().encode())
     status, answer = await post_message(http, gateway, message(user_id=first["user_id"]))
     assert cut.is_set()
     assert status == 202, answer

@@ -20,7 +20,7 @@ from shared.names import Names
 from tests.support import REDIS_URL, TEST_SHARDS, Stack, post_message, web_id
 from tests.support.pipeline import read_events, wait_ready
 
-BURST = ["oi", "qual o prazo", "de entrega pro rio?"]
+BURST = ["oi", "qual o prazo", "de entrega pra curitiba?"]
 
 
 async def test_a_burst_is_answered_once_and_every_message_is_settled(stack: Stack, http: aiohttp.ClientSession) -> None:
@@ -45,7 +45,7 @@ async def test_a_burst_is_answered_once_and_every_message_is_settled(stack: Stac
     waiting = asyncio.create_task(post(conversation, BURST[0], ids[0], wait=10))
     status, last = await post(conversation, BURST[2], ids[2], wait=10)
 
-    # One reply, to the joined text ("de entrega pro rio?" alone is not the delivery-time entry).
+    # One reply, to the joined text ("de entrega pra curitiba?" alone is asked back on).
     assert status == 200 and "merged_into" not in last, last
     assert last["reply"]["sources"] == ["prazo-entrega"]
     status, first = await waiting

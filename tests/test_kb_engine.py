@@ -391,7 +391,7 @@ def test_the_model_is_asked_only_where_words_alone_are_not_sure(semantic_pt: KbE
     assert not semantic_pt.needs_model("Qual o prazo de entrega?")  # an entry's own question
     assert not semantic_pt.needs_model("obrigado!")  # small talk
     assert not semantic_pt.needs_model("ok")  # no word that could say what is asked
-    assert semantic_pt.needs_model("da pra pagar no pix?")
+    assert semantic_pt.needs_model("minha encomenda sumiu")  # words alone are not sure of it
 
 
 def test_without_the_model_package_the_worker_stops_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -425,8 +425,14 @@ class _CountingModel(E5Model):
 async def test_questions_in_flight_are_embedded_together_off_the_event_loop() -> None:
     model = _CountingModel(threading.get_ident())
     engine = KbEngine(KnowledgeBase.load(SAMPLE_PT), model=model)
-    model.batches.clear()  # the warm-up at load
-    questions = ["da pra pagar no pix?", "meu pedido veio quebrado", "quero mudar minha senha", "tem loja em bh?"]
+    model.batches.clear()  # the warm-up at load, on this thread
+    model.on_loop = 0
+    questions = [
+        "minha encomenda sumiu",
+        "posso pagar com vale refeição?",
+        "quero mudar minha senha",
+        "tem loja em bh?",
+    ]
     assert all(engine.needs_model(q) for q in questions)
     ticks = 0
 
@@ -441,9 +447,9 @@ async def test_questions_in_flight_are_embedded_together_off_the_event_loop() ->
         replies = await asyncio.gather(*(engine.reply(EngineRequest(q, f"c{i}")) for i, q in enumerate(questions)))
     finally:
         running.cancel()
-    assert [reply.kind for reply in replies] == [engine.answer(q).kind for q in questions]
     assert sum(model.batches) == len(questions) and len(model.batches) < len(questions), model.batches
     assert model.on_loop == 0 and ticks >= 5
+    assert [reply.kind for reply in replies] == [engine.answer(q).kind for q in questions]
 
 
 def test_a_rebuilt_base_embeds_only_what_it_did_not_have(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,3 +506,27 @@ def test_an_entrys_label_is_its_title_or_its_first_question_shortened(tmp_path: 
 def test_a_bad_title_or_a_too_long_id_is_named(tmp_path: Path, entry: str, expected: str) -> None:
     with pytest.raises(KnowledgeBaseError, match=expected):
         KnowledgeBase.load(write_kb(tmp_path, kb_text(entry)))
+
+
+def test_with_kb_cache_dir_a_restarted_worker_embeds_nothing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = KnowledgeBase.load(SAMPLE_PT)
+    first = E5Model(cache=tmp_path)
+    KbEngine(kb, model=first)
+    passages = {" ".join((*e.questions, e.answer)) for e in kb.entries} | {q for e in kb.entries for q in e.questions}
+    assert len(list(tmp_path.glob("e5-*.npy"))) == len(passages)
+    restarted = E5Model(cache=tmp_path)
+    embedded: list[str] = []
+    real = restarted._embed
+
+    def counting(texts: Sequence[str], *, query: bool) -> Any:
+        embedded.extend(texts)
+        return real(texts, query=query)
+
+    monkeypatch.setattr(restarted, "_embed", counting)
+    engine = KbEngine(kb, model=restarted)
+    assert embedded == ["warm-up"]  # the question the engine warms the model with, nothing else
+    assert engine.answer("da pra pagar no pix?").sources == ("formas-pagamento",)
+    next(tmp_path.glob("e5-*.npy")).write_bytes(b"torn")  # a damaged file is embedded again
+    assert KbEngine(kb, model=E5Model(cache=tmp_path)).answer("da pra pagar no pix?").sources == ("formas-pagamento",)

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import unanswered
-from shared.messages import ReplyContent
+from shared.messages import Option, ReplyContent
 from shared.names import Names
 from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, post_message
 from tests.support.pipeline import wait_ready
@@ -143,7 +143,8 @@ async def _no_refusal(browser: aiohttp.ClientSession, monitor: Service) -> bool:
 def test_which_replies_count_as_unanswered() -> None:
     fallback = ReplyContent(text="?", engine="kb", confidence=0.2, fallback=True)
     handoff = ReplyContent(text="!", engine="kb", confidence=0.2, handoff=True)
-    weak = ReplyContent(text="a", engine="kb", confidence=0.35, sources=("frete",))
+    asked = ReplyContent(text="", engine="kb", confidence=0.5, kind="clarify", options=(Option("frete", "Frete"),))
+    again = ReplyContent(text="?", engine="choice", confidence=1.0, kind="clarify")
     sure = ReplyContent(text="a", engine="kb", confidence=0.8, sources=("frete",))
     small_talk = ReplyContent(text="Olá!", engine="kb", confidence=0.95)
     kinds = [
@@ -151,12 +152,13 @@ def test_which_replies_count_as_unanswered() -> None:
         for generated, sent in (
             (fallback, fallback),
             (fallback, handoff),
-            (weak, weak),
+            (asked, asked),
             (sure, sure),
             (small_talk, small_talk),
+            (again, again),
         )
     ]
-    assert kinds == ["fallback", "handoff", "low_confidence", None, None]
+    assert kinds == ["fallback", "handoff", "clarify", None, None, None]
     assert unanswered.kind_of(unanswered.Answered("q", fallback, fallback, silenced=True)) is None
     assert unanswered.normalise("  Vocês vendem   BITCOIN?? ") == "voces vendem bitcoin"
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.worker.commit import SILENT_REPLY, Committer, Policy
+from services.worker.commit import SILENT_REPLY, CommitSettings, Committer
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy, asks_for_human
@@ -30,7 +30,7 @@ from tests.support.pipeline import read_events, wait_ready
 
 HUMAN = "quero falar com um atendente"
 PRAZO = "Qual o prazo de entrega?"
-OFF_TOPIC = ["qual a capital da australia?", "me conta uma piada", "como faço bolo de cenoura"]
+OFF_TOPIC = ["qual a capital da australia?", "quem ganhou a copa de 2002?", "como faço bolo de cenoura"]
 
 
 async def logged(redis: Redis, names: Names, conversation: str) -> list[dict[str, Any]]:
@@ -113,7 +113,7 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
     leaves the bot's memory alone. In one batch, a handoff also silences the replies after it."""
     names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
     store = Store(redis, names)
-    committer = Committer(redis, names, Policy(handoff_ttl_s=1))
+    committer = Committer(redis, names, settings=CommitSettings(handoff_ttl_s=1))
     try:
         taken = message("c-taken")
         await Handoffs(redis, names).start("c-taken", HandoffInfo(channel="web", user_id="ana"))
@@ -129,6 +129,8 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
         first, second = await committer.commit_all([commit_of(asking, HANDOFF), commit_of(following, ANSWER)])
         assert (first.silenced, first.reply.handoff, second.silenced) == (False, True, True)
         assert await store.stored_reply(asking.message_id) == first
+        # Listed for the admin area by the same atomic step that started it.
+        assert await redis.zscore(names.handoffs_key, "c-batch") is not None
 
         # The handoff the worker started expires by itself (HANDOFF_TTL_SECONDS; 1 s here).
         handoffs = Handoffs(redis, names)

@@ -250,17 +250,34 @@ async def _exercise(
 def test_the_start_up_minute_fires_nothing_a_restart_does() -> None:
     """The guide's uptime alerts are about restarts: a system starting together is quiet."""
     from services.monitor.alerts import evaluate
+    from services.monitor.health import Health, ServiceInfo
 
-    health = {
+    health: Health = {
         "status": "healthy",
+        "version": "test",
         "uptime_seconds": 3.0,
-        "checks": {"redis": {"status": "up"}, "workers": {"alive": 1}, "rabbitmq": {"dead_letters": 0}},
+        "timestamp": time.time(),
+        "checks": {
+            "redis": {"status": "up"},
+            "rabbitmq": {"status": "up", "dead_letters": 0},
+            "workers": {"status": "up", "alive": 1},
+            "gateway": {"status": "up", "alive": 1},
+        },
     }
-    fresh: list[dict[str, Any]] = [
-        {"name": name, "instance": "1", "uptime_seconds": 2.0} for name in ("gateway", "worker", "monitor")
-    ]
+
+    def service(name: str, instance: str, uptime: float) -> ServiceInfo:
+        return {
+            "name": name,
+            "instance": instance,
+            "uptime_seconds": uptime,
+            "memory_rss_bytes": None,
+            "memory_percent": None,
+            "version": None,
+        }
+
+    fresh = [service(name, "1", 2.0) for name in ("gateway", "worker", "monitor")]
     assert evaluate(health, None, fresh) == []
-    running = [{**service, "uptime_seconds": 900.0} for service in fresh]
-    restarted: list[dict[str, Any]] = [*running, {"name": "worker", "instance": "2", "uptime_seconds": 2.0}]
+    running = [service(name, "1", 900.0) for name in ("gateway", "worker", "monitor")]
+    restarted = [*running, service("worker", "2", 2.0)]
     fired = {(alert.name, alert.subject) for alert in evaluate(health, None, restarted)}
     assert fired == {("AtendimentoServiceJustStarted", "worker 2"), ("AtendimentoServiceRecentlyStarted", "worker 2")}

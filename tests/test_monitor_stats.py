@@ -10,14 +10,13 @@ import random
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.monitor.stats import read_raw, summarize
+from services.monitor.stats import Summary, read_raw, summarize
 from shared import stats
 from shared.messages import InboundMessage
 from shared.names import Names
@@ -159,7 +158,7 @@ async def test_reading_stats_costs_the_same_whatever_the_traffic(tmp_path: Path)
         try:
             store = Store(redis, Names("cost", TEST_SHARDS))
 
-            async def commands_for_one_read() -> tuple[int, dict[str, Any]]:
+            async def commands_for_one_read() -> tuple[int, Summary]:
                 await redis.config_resetstat()
                 raw = await read_raw(store)
                 info = await redis.info("commandstats")

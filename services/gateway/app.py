@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
+from services.gateway.admission import Admission
 from services.gateway.auth import API_PREFIX, api_key_middleware
 from services.gateway.conversations import TOKEN_HEADER, ConversationTokens
 from services.gateway.delivery import running_delivery
@@ -112,7 +113,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             store.pipeline, connections.names, settings.rate_limit_per_user, settings.rate_limit_per_ip
         )
         app[RATE_LIMITER] = limiter
-        app[INTAKE] = Intake(store, broker, limiter, app[METRICS])
+        admission = Admission(store.pipeline, connections.names)
+        app[INTAKE] = Intake(store=store, broker=broker, limiter=limiter, admission=admission, metrics=app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
         app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
         yield

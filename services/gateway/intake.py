@@ -1,14 +1,17 @@
-"""Accepting a message: claim its id once, then queue it durably. Shared by every channel."""
+"""Accepting a message: take its rate limits and claim its id once, then queue it durably. Shared by
+every channel."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.admission import Admission, Refused
+from services.gateway.ratelimit import AddressCharge, RateLimiter, too_many
 from shared.broker import BROKER_ERRORS, COPY_HEADER, Broker
 from shared.messages import InboundMessage, ReplyMessage
 from shared.metrics import GatewayMetrics
@@ -44,10 +47,12 @@ class Intake:
     broker: Broker
     # Per sender (channel and user id), for every channel alike: webhooks included.
     limiter: RateLimiter
+    admission: Admission
     metrics: GatewayMetrics
 
-    async def accept(self, message: InboundMessage) -> Outcome:
-        """Claim and publish with confirm; only a returned Outcome means the message is safe."""
+    async def accept(self, message: InboundMessage, address: AddressCharge | None = None) -> Outcome:
+        """Claim and publish with confirm; only a returned Outcome means the message is safe.
+        `address`: the API request's client address, limited along with the sender."""
         names = self.broker.names
         outcome = await self._claim_and_publish(
             message.message_id,
@@ -56,6 +61,7 @@ class Intake:
             names.inbound_exchange,
             str(names.shard_of(message.conversation_id)),
             message.to_bytes(),
+            address=address,
         )
         if not outcome.duplicate:
             self.metrics.accepted.labels(message.channel).inc()
@@ -127,11 +133,12 @@ class Intake:
         exchange: str,
         routing_key: str,
         body: bytes,
+        *,
+        address: AddressCharge | None = None,
     ) -> Outcome:
         if not self.broker.connected:
             raise unavailable("the message broker")
-        await self.limiter.check_user(*sender)
-        claim = await self._claim(message_id, conversation_id)
+        claim = await self._claim(message_id, conversation_id, sender, address)
         if not claim.won:
             return Outcome(duplicate_of=claim.duplicate_of)
         try:
@@ -153,19 +160,27 @@ class Intake:
         self.store.accept(message_id, conversation_id)
         return Outcome()
 
-    async def _claim(self, message_id: str, conversation_id: str) -> Claim:
-        """Claim the id; while another request's claim of it waits for its confirm, wait for that
-        to end (accepted: a duplicate; given back or stale: ours), within the publish window."""
+    async def _claim(
+        self, message_id: str, conversation_id: str, sender: tuple[str, str], address: AddressCharge | None
+    ) -> Claim:
+        """Take the rate limits and claim the id; while another request's claim of it waits for its
+        confirm, wait for that to end (accepted: a duplicate; given back or stale: ours), within
+        the publish window. The limits are taken by the first call only: the waits are one message."""
         deadline = time.monotonic() + 2 * PROVISIONAL_CLAIM_MS / 1000
-        token = None
+        token = uuid.uuid4().hex
+        buckets = self.limiter.buckets_of(sender, None if address is None else address.address)
         while True:
             try:
-                claim = await self.store.claim(message_id, conversation_id, token)
+                admitted = await self.admission.admit(message_id, conversation_id, token, buckets)
             except REDIS_ERRORS:
                 raise unavailable("Redis") from None
-            token = claim.token
-            if claim.won or claim.duplicate_of is not None:
-                return claim
+            if address is not None:
+                address.charged = True  # taken (or refused) here: the middleware need not
+            if isinstance(admitted, Refused):
+                raise too_many(admitted.wait_s, admitted.who)
+            if admitted.won or admitted.duplicate_of is not None:
+                return admitted
             if time.monotonic() >= deadline:
                 raise unavailable("the message broker")
-            await asyncio.sleep(min(CLAIM_POLL_S, claim.retry_in_s))
+            buckets = []
+            await asyncio.sleep(min(CLAIM_POLL_S, admitted.retry_in_s))

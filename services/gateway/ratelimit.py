@@ -5,6 +5,8 @@ The clock is Redis's own (`TIME`), so replicas with skewed clocks still share on
 SPEC: `RATE_LIMIT_PER_USER` and `RATE_LIMIT_PER_IP` are sustained messages per second with bursts
 of twice that; 0 turns a limit off. Users are limited per channel and sender (`whatsapp:5511...`),
 so a platform that posts every customer's webhook from one IP is never limited as one client.
+A message's limits are taken in the same script call as the claim of its id
+(services/gateway/admission.py): one command per message, not one per limit and one for the claim.
 """
 
 from __future__ import annotations
@@ -26,44 +28,54 @@ from shared.web import Problem, client_address
 
 log = logging.getLogger(__name__)
 
-# KEYS: one bucket per limit. ARGV: cost, then rate and burst for each key, then the request's token.
-# Tokens are taken only when every bucket has enough, so a request refused by one limit does not
-# spend the others. Returns {1, 0} when allowed, else {0, milliseconds until it would be}. The
-# token makes a resent call (redis-py repeats one whose reply was lost) find its own take.
-_TAKE = """
-local token = ARGV[#ARGV]
-if redis.call('HGET', KEYS[1], 'req') == token then
-  return {1, 0}
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local cost = tonumber(ARGV[1])
-local levels = {}
-local wait = 0
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local state = redis.call('HMGET', key, 'tokens', 'at')
-  local tokens = tonumber(state[1]) or burst
-  local at = tonumber(state[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-  levels[i] = tokens
-  if tokens < cost then
-    wait = math.max(wait, (cost - tokens) / rate)
+# A Lua function, shared with the gateway's admission script (services/gateway/admission.py).
+# keys: one bucket per limit. argv: cost, then rate and burst for each key, then the request's
+# token. t: Redis's TIME. Tokens are taken only when every bucket has enough, so a request refused
+# by one limit does not spend the others. Returns {1, 0, 0} when allowed, else {0, milliseconds
+# until it would be, the first bucket refusing}. The token makes a resent call (redis-py repeats
+# one whose reply was lost) find its own take.
+TAKE_FUNCTION = """
+local function take(keys, argv, t)
+  local token = argv[#argv]
+  if redis.call('HGET', keys[1], 'req') == token then
+    return {1, 0, 0}
   end
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local cost = tonumber(argv[1])
+  local levels = {}
+  local wait = 0
+  local refused = 0
+  for i, key in ipairs(keys) do
+    local rate = tonumber(argv[2 * i])
+    local burst = tonumber(argv[2 * i + 1])
+    local state = redis.call('HMGET', key, 'tokens', 'at')
+    local tokens = tonumber(state[1]) or burst
+    local at = tonumber(state[2]) or now
+    tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+    levels[i] = tokens
+    if tokens < cost then
+      wait = math.max(wait, (cost - tokens) / rate)
+      if refused == 0 then
+        refused = i
+      end
+    end
+  end
+  if wait > 0 then
+    return {0, math.ceil(wait * 1000), refused}
+  end
+  for i, key in ipairs(keys) do
+    local rate = tonumber(argv[2 * i])
+    local burst = tonumber(argv[2 * i + 1])
+    redis.call('HSET', key, 'tokens', levels[i] - cost, 'at', now, 'req', token)
+    -- A bucket left alone refills completely in burst/rate seconds; after that it need not exist.
+    redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  end
+  return {1, 0, 0}
 end
-if wait > 0 then
-  return {0, math.ceil(wait * 1000)}
-end
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  redis.call('HSET', key, 'tokens', levels[i] - cost, 'at', now, 'req', token)
-  -- A bucket left alone refills completely in burst/rate seconds; after that it need not exist.
-  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
-end
-return {1, 0}
 """
+
+# KEYS and ARGV: those of `take`.
+_TAKE = TAKE_FUNCTION + "return take(KEYS, ARGV, redis.call('TIME'))\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +114,30 @@ class TokenBuckets:
         active = [(key, limit) for key, limit in buckets if limit.enabled]
         if not active:
             return 0.0
-        args: list[float | str] = [cost]
-        for _, limit in active:
-            args += [limit.rate, max(limit.burst, cost)]
-        args.append(uuid.uuid4().hex)
-        allowed, wait_ms = await self.pipeline.run(self._take, [key for key, _ in active], args)
+        args = [*take_arguments([limit for _, limit in active], cost), uuid.uuid4().hex]
+        allowed, wait_ms, _ = await self.pipeline.run(self._take, [key for key, _ in active], args)
         return 0.0 if allowed else int(wait_ms) / 1000
+
+
+def take_arguments(limits: Sequence[Limit], cost: float = 1.0) -> list[float | str]:
+    """`take`'s argv for these limits, all enabled, less the request's token."""
+    args: list[float | str] = [cost]
+    for limit in limits:
+        args += [limit.rate, max(limit.burst, cost)]
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One enabled limit on one subject; `who` names the subject in a 429's detail."""
+
+    key: str
+    limit: Limit
+    who: str
+
+
+USER_WHO = "user_id"
+ADDRESS_WHO = "client address"
 
 
 def too_many(wait_s: float, who: str) -> Problem:
@@ -122,8 +152,9 @@ def too_many(wait_s: float, who: str) -> Problem:
 
 @dataclass(frozen=True, slots=True)
 class RateLimiter:
-    """The gateway's two limits of SPEC section 2. Redis down fails open: a message that cannot be
-    counted is still better accepted (Intake answers 503 anyway when Redis is really gone)."""
+    """The gateway's two limits of SPEC section 2. Taken with a message's claim, they share its
+    fate: Redis down is a 503. Taken alone (`check_ip`), Redis down fails open: the request is
+    still better handled (Intake answers 503 anyway when Redis is really gone)."""
 
     buckets: TokenBuckets
     per_user: Limit
@@ -134,11 +165,18 @@ class RateLimiter:
         buckets = TokenBuckets(pipeline, names.rate_limit_prefix)
         return cls(buckets, Limit.per_second(per_user), Limit.per_second(per_ip))
 
-    async def check_user(self, channel: str, user_id: str) -> None:
-        await self._check(self.buckets.key("user", f"{channel}:{user_id}"), self.per_user, "user_id")
+    def buckets_of(self, sender: tuple[str, str], address: str | None) -> list[Bucket]:
+        """The enabled limits a message is taken from: its client address's first (API requests
+        only), then its sender's (channel and user id)."""
+        buckets = []
+        if address is not None and self.per_ip.enabled:
+            buckets.append(Bucket(self.buckets.key("ip", address), self.per_ip, ADDRESS_WHO))
+        if self.per_user.enabled:
+            buckets.append(Bucket(self.buckets.key("user", ":".join(sender)), self.per_user, USER_WHO))
+        return buckets
 
     async def check_ip(self, address: str) -> None:
-        await self._check(self.buckets.key("ip", address), self.per_ip, "client address")
+        await self._check(self.buckets.key("ip", address), self.per_ip, ADDRESS_WHO)
 
     async def _check(self, key: str, limit: Limit, who: str) -> None:
         if not limit.enabled:
@@ -152,6 +190,19 @@ class RateLimiter:
             raise too_many(wait, who)
 
 
+@dataclass(slots=True)
+class AddressCharge:
+    """The client address a `POST /v1/*` request is limited by. The intake takes its token in the
+    same script call as the message's claim, and marks it `charged`; a request that never gets that
+    far (a bad body, the broker down) is charged by the middleware once its handler is done."""
+
+    address: str
+    charged: bool = False
+
+
+ADDRESS_CHARGE = web.RequestKey("address_charge", AddressCharge)
+
+
 def ip_limit_middleware(
     limiter: web.AppKey[RateLimiter],
     trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
@@ -163,8 +214,15 @@ def ip_limit_middleware(
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.method == "POST" and request.path.startswith("/v1/"):
-            await request.app[limiter].check_ip(client_address(request, trusted))
-        return await handler(request)
+        if request.method != "POST" or not request.path.startswith("/v1/"):
+            return await handler(request)
+        charge = request[ADDRESS_CHARGE] = AddressCharge(client_address(request, trusted))
+        try:
+            return await handler(request)
+        finally:
+            if not charge.charged:
+                # Over the limit, the 429 replaces whatever the handler answered: a request is
+                # refused for its address whether or not it would have failed otherwise.
+                await request.app[limiter].check_ip(charge.address)
 
     return middleware

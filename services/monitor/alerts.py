@@ -28,7 +28,8 @@ from typing import Any
 
 import aiohttp
 
-from services.monitor.stats import iso
+from services.monitor.health import Health, ServiceInfo
+from services.monitor.stats import Summary, iso
 
 log = logging.getLogger(__name__)
 
@@ -104,33 +105,38 @@ class Alert:
         }
 
 
-def evaluate(
-    health: dict[str, Any], summary: dict[str, Any] | None, services: list[dict[str, Any]] | None
-) -> list[Alert]:
+def evaluate(health: Health, summary: Summary | None, services: list[ServiceInfo] | None) -> list[Alert]:
     """The alerts firing for one observation; `summary` and `services` are None when Redis is down."""
-    alerts: list[Alert] = []
-    checks = health["checks"]
-    status = health["status"]
-    if status != "healthy":
-        alerts.append(Alert.of(NOT_HEALTHY, status, f"system status is {status}"))
-    if checks["redis"]["status"] != "up":
-        alerts.append(Alert.of(REDIS_DOWN, "down", "Redis is unreachable"))
-    if checks["workers"]["alive"] == 0:
-        alerts.append(Alert.of(NO_WORKERS, 0, "no live worker: messages are queued but nobody answers them"))
-    dead = checks["rabbitmq"].get("dead_letters") or 0
-    if dead > 0:
-        alerts.append(Alert.of(DEAD_LETTERS, dead, f"{dead} message(s) in the dead-letter queue"))
+    alerts = list(_health_alerts(health))
     if summary is not None:
         alerts.extend(_traffic_alerts(summary))
-    # The system's age: its oldest process (the monitor's own uptime is in its health).
-    oldest = max((float(s.get("uptime_seconds") or 0) for s in services or ()), default=0.0)
-    system_age = max(oldest, float(health.get("uptime_seconds") or 0))
-    for service in services or ():
-        alerts.extend(_service_alerts(service, system_age))
+    alerts.extend(_services_alerts(services or [], health["uptime_seconds"]))
     return alerts
 
 
-def _traffic_alerts(summary: dict[str, Any]) -> Iterable[Alert]:
+def _health_alerts(health: Health) -> Iterable[Alert]:
+    checks = health["checks"]
+    status = health["status"]
+    if status != "healthy":
+        yield Alert.of(NOT_HEALTHY, status, f"system status is {status}")
+    if checks["redis"]["status"] != "up":
+        yield Alert.of(REDIS_DOWN, "down", "Redis is unreachable")
+    if checks["workers"]["alive"] == 0:
+        yield Alert.of(NO_WORKERS, 0, "no live worker: messages are queued but nobody answers them")
+    dead = checks["rabbitmq"].get("dead_letters") or 0
+    if dead > 0:
+        yield Alert.of(DEAD_LETTERS, dead, f"{dead} message(s) in the dead-letter queue")
+
+
+def _services_alerts(services: list[ServiceInfo], monitor_uptime: float) -> Iterable[Alert]:
+    # The system's age: its oldest process (the monitor's own uptime is in its health).
+    oldest = max((float(s["uptime_seconds"] or 0) for s in services), default=0.0)
+    system_age = max(oldest, monitor_uptime)
+    for service in services:
+        yield from _service_alerts(service, system_age)
+
+
+def _traffic_alerts(summary: Summary) -> Iterable[Alert]:
     errors = summary["errors"]["last_5_minutes"]
     for rule in (ERRORS_CRITICAL, ERRORS_WARNING):
         if errors > float(rule.threshold):
@@ -140,14 +146,14 @@ def _traffic_alerts(summary: dict[str, Any]) -> Iterable[Alert]:
         yield Alert.of(LATENCY_HIGH, p95, f"p95 end-to-end latency {p95 / 1000:.1f} s is over 5 s")
 
 
-def _service_alerts(service: dict[str, Any], system_age: float) -> Iterable[Alert]:
+def _service_alerts(service: ServiceInfo, system_age: float) -> Iterable[Alert]:
     who = f"{service['name']} {service['instance']}"
-    uptime = float(service.get("uptime_seconds") or 0)
+    uptime = float(service["uptime_seconds"] or 0)
     restarted = system_age - uptime > RESTART_AFTER_S
     for rule in (JUST_STARTED, RECENTLY_STARTED):
         if restarted and uptime < float(rule.threshold):
             yield Alert.of(rule, uptime, f"{who} restarted {uptime:.0f} s ago", who)
-    memory = float(service.get("memory_percent") or 0)
+    memory = float(service["memory_percent"] or 0)
     for rule in (MEMORY_CRITICAL, MEMORY_WARNING):
         if memory > float(rule.threshold):
             yield Alert.of(rule, memory, f"{who} uses {memory:.0f}% of its memory", who)

@@ -12,12 +12,14 @@ from aiohttp import web
 from services.monitor.admin import pages
 from services.monitor.admin.auth import AdminAuth, token_checks_counter
 from services.monitor.admin.basefile import BaseFile
+from services.monitor.admin.guard import admin_guard
 from services.monitor.admin.routes import add_routes as add_admin_routes
 from services.monitor.admin.routes import no_store
 from services.monitor.alerts import WebhookNotifier
 from services.monitor.audit import AuditLog
 from services.monitor.deadletters import DeadLetters
 from services.monitor.evaluator import Evaluator
+from services.monitor.health import health_json
 from services.monitor.keys import (
     AUDIT,
     AUTH,
@@ -34,6 +36,7 @@ from services.monitor.keys import (
 )
 from services.monitor.metrics import SystemCollector
 from services.monitor.observation import observe, stats_body
+from services.monitor.problems import unreachable
 from services.monitor.stats import iso, last_24h, read_raw
 from services.monitor.system import SystemView
 from shared.connections import open_connections
@@ -44,7 +47,6 @@ from shared.settings import Settings
 from shared.store import REDIS_ERRORS, Store
 from shared.web import (
     Probes,
-    Problem,
     install_security_headers,
     json_response,
     new_metrics_registry,
@@ -55,7 +57,7 @@ SERVICE = "monitor"
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, no_store])
+    app = web.Application(middlewares=[problem_middleware, no_store, admin_guard])
     install_security_headers(app)
     app[SETTINGS] = settings
     app[TEMPLATES] = pages.templates()
@@ -123,8 +125,9 @@ async def system_health(request: web.Request) -> web.Response:
     # Probed often: dependencies and heartbeats only, none of the statistics.
     view = request.app[VIEW]
     health = await view.health(await view.services())
-    health["timestamp"] = iso(health["timestamp"])
-    return json_response(health, status=503 if health["status"] == "unhealthy" else 200)
+    return json_response(
+        health_json(health, iso(health["timestamp"])), status=503 if health["status"] == "unhealthy" else 200
+    )
 
 
 async def system_stats(request: web.Request) -> web.Response:
@@ -136,5 +139,5 @@ async def system_stats_24h(request: web.Request) -> web.Response:
     try:
         raw = await read_raw(request.app[STORE])
     except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; statistics cannot be read", headers={"Retry-After": "5"}) from None
+        raise unreachable("Redis", "statistics cannot be read") from None
     return json_response(last_24h(raw))

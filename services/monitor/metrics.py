@@ -71,6 +71,6 @@ class SystemCollector(Collector):
         )
         for service in observation.services or ():
             ratio.add_metric(
-                [str(service["name"]), str(service["instance"])], float(service.get("memory_percent") or 0) / 100
+                [str(service["name"]), str(service["instance"])], float(service["memory_percent"] or 0) / 100
             )
         yield ratio

@@ -11,11 +11,23 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from services.monitor import alerts
 from services.monitor.alerts import Alert
-from services.monitor.stats import Raw, iso, read_raw, summarize
+from services.monitor.health import Health, ServiceInfo, SystemStatus
+from services.monitor.stats import (
+    ErrorCounts,
+    Latency,
+    LatencyBreakdown,
+    MessageCounts,
+    Raw,
+    Summary,
+    UserCounts,
+    iso,
+    read_raw,
+    summarize,
+)
 from services.monitor.system import SystemView
 from shared.store import REDIS_ERRORS, Store
 
@@ -23,15 +35,39 @@ from shared.store import REDIS_ERRORS, Store
 @dataclass(frozen=True, slots=True)
 class Observation:
     timestamp: float
-    health: dict[str, Any]
-    services: list[dict[str, Any]] | None
+    health: Health
+    services: list[ServiceInfo] | None
     raw: Raw | None
-    summary: dict[str, Any] | None
+    summary: Summary | None
     alerts: list[Alert]
 
     @property
-    def status(self) -> str:
-        return str(self.health["status"])
+    def status(self) -> SystemStatus:
+        return self.health["status"]
+
+
+class QueueCounts(TypedDict):
+    depth: int | None
+    consumers: int | None
+    dead_letters: int | None
+
+
+class StatsBody(TypedDict):
+    """/monitoring/stats (SPEC section 5): the counters are null while Redis cannot be read."""
+
+    timestamp: str
+    uptime_seconds: float
+    status: SystemStatus
+    messages: MessageCounts | None
+    errors: ErrorCounts | None
+    users: UserCounts | None
+    latency_ms: Latency | None
+    latency_breakdown_ms: LatencyBreakdown | None
+    tokens_24h: dict[str, int] | None
+    queue: QueueCounts
+    services: list[ServiceInfo] | None
+    alerts: list[dict[str, Any]]
+    unavailable: list[str]
 
 
 async def _read_stats(store: Store) -> Raw | None:
@@ -55,22 +91,20 @@ async def observe(view: SystemView) -> Observation:
     )
 
 
-def stats_body(observation: Observation, started_at: float) -> dict[str, Any]:
+def stats_body(observation: Observation, started_at: float) -> StatsBody:
     """/monitoring/stats (SPEC section 5). Counters are null while Redis cannot be read."""
     rabbitmq = observation.health["checks"]["rabbitmq"]
-    summary = observation.summary or {
-        "messages": None,
-        "errors": None,
-        "users": None,
-        "latency_ms": None,
-        "latency_breakdown_ms": None,
-        "tokens_24h": None,
-    }
+    summary = observation.summary
     return {
         "timestamp": iso(observation.timestamp),
         "uptime_seconds": round(observation.timestamp - started_at, 1),
         "status": observation.status,
-        **summary,
+        "messages": summary["messages"] if summary else None,
+        "errors": summary["errors"] if summary else None,
+        "users": summary["users"] if summary else None,
+        "latency_ms": summary["latency_ms"] if summary else None,
+        "latency_breakdown_ms": summary["latency_breakdown_ms"] if summary else None,
+        "tokens_24h": summary["tokens_24h"] if summary else None,
         "queue": {
             "depth": rabbitmq.get("queue_depth"),
             "consumers": rabbitmq.get("consumers"),

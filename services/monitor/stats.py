@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from shared import stats
 from shared.stats import Histogram, Window
@@ -24,6 +24,81 @@ FIVE_MINUTES = 300
 ONE_MINUTE = 60
 DAY = 86_400
 DAY_HOURS = 24
+
+
+class MessageCounts(TypedDict):
+    total: int
+    today: int
+    last_24h: int
+    last_minute: int
+    last_5_minutes: int
+    by_channel_24h: dict[str, int]
+
+
+class ErrorCounts(TypedDict):
+    total: int
+    today: int
+    last_24h: int
+    last_5_minutes: int
+    by_kind_5_minutes: dict[str, int]
+    by_kind_24h: dict[str, int]
+
+
+class UserCounts(TypedDict):
+    active_24h: int
+    today: int
+
+
+class Percentiles(TypedDict):
+    p50: float
+    p95: float
+    p99: float
+
+
+class Latency(Percentiles):
+    avg: float
+    max: float
+    count: int
+
+
+class LatencyBreakdown(TypedDict):
+    queue_wait: Percentiles
+    processing: Percentiles
+
+
+class Summary(TypedDict):
+    """The counters and latency part of /monitoring/stats (SPEC section 5)."""
+
+    messages: MessageCounts
+    errors: ErrorCounts
+    users: UserCounts
+    latency_ms: Latency
+    latency_breakdown_ms: LatencyBreakdown
+    tokens_24h: dict[str, int]
+
+
+class Totals(TypedDict):
+    messages: int
+    errors: int
+    users: int
+
+
+class HourPoint(Percentiles):
+    start: str
+    messages: int
+    errors: int
+
+
+class Day(TypedDict):
+    """/monitoring/stats/24h (SPEC section 5)."""
+
+    period: str
+    start: str
+    end: str
+    bucket_seconds: int
+    totals: Totals
+    latency_ms: Percentiles
+    series: list[HourPoint]
 
 
 def iso(timestamp: float) -> str:
@@ -84,11 +159,15 @@ def _since(slices: dict[int, dict[str, str]], since: float) -> Window:
     return Window.of(fields for start, fields in slices.items() if start >= first)
 
 
-def _percentiles(histogram: Histogram) -> dict[str, float]:
-    return {name: round(histogram.percentile(q), 2) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+def _percentiles(histogram: Histogram) -> Percentiles:
+    return {
+        "p50": round(histogram.percentile(0.5), 2),
+        "p95": round(histogram.percentile(0.95), 2),
+        "p99": round(histogram.percentile(0.99), 2),
+    }
 
 
-def summarize(raw: Raw) -> dict[str, Any]:
+def summarize(raw: Raw) -> Summary:
     """The counters and latency part of /monitoring/stats."""
     last_5 = _since(raw.fine, raw.now - FIVE_MINUTES)
     last_1 = _since(raw.fine, raw.now - ONE_MINUTE)
@@ -113,7 +192,8 @@ def summarize(raw: Raw) -> dict[str, Any]:
             "by_kind_24h": dict(day.errors_by_kind),
         },
         "users": {"active_24h": raw.users_24h, "today": raw.users_today},
-        "latency_ms": last_5.latency.summary(),
+        # shared.stats.Histogram.summary() writes exactly the keys of Latency.
+        "latency_ms": cast(Latency, last_5.latency.summary()),
         # Where the end-to-end time went in the same window: queue wait, then the worker.
         "latency_breakdown_ms": {
             "queue_wait": _percentiles(last_5.queue_wait),
@@ -123,16 +203,14 @@ def summarize(raw: Raw) -> dict[str, Any]:
     }
 
 
-def last_24h(raw: Raw) -> dict[str, Any]:
+def last_24h(raw: Raw) -> Day:
     """/monitoring/stats/24h: one point per hour, oldest first, the current (partial) hour last."""
-    series = []
+    series: list[HourPoint] = []
     everything = Window()
     for start in sorted(raw.hours):
         hour = Window.of([raw.hours[start]])
         everything.add_slice(raw.hours[start])
-        series.append(
-            {"start": iso(start), "messages": hour.messages, "errors": hour.errors} | _percentiles(hour.latency)
-        )
+        series.append(_hour_point(start, hour))
     return {
         "period": "last_24h",
         "start": iso(min(raw.hours)),
@@ -141,4 +219,16 @@ def last_24h(raw: Raw) -> dict[str, Any]:
         "totals": {"messages": everything.messages, "errors": everything.errors, "users": raw.users_24h},
         "latency_ms": _percentiles(everything.latency),
         "series": series,
+    }
+
+
+def _hour_point(start: int, hour: Window) -> HourPoint:
+    point = _percentiles(hour.latency)
+    return {
+        "start": iso(start),
+        "messages": hour.messages,
+        "errors": hour.errors,
+        "p50": point["p50"],
+        "p95": point["p95"],
+        "p99": point["p99"],
     }

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aio_pika.abc import AbstractRobustChannel
 
+from services.monitor.health import Checks, Health, Liveness, RabbitCheck, RedisCheck, ServiceInfo, SystemStatus
 from shared import __version__
 from shared.broker import BROKER_ERRORS, Broker
 from shared.store import REDIS_ERRORS, Store, redis_check
@@ -55,18 +56,17 @@ class SystemView:
                 self._channel = await self.broker.connection.channel(publisher_confirms=False)
             return self._channel
 
-    async def services(self) -> list[dict[str, Any]] | None:
+    async def services(self) -> list[ServiceInfo] | None:
         try:
             beats = await self.store.live_instances(self.heartbeat_ttl_s)
         except REDIS_ERRORS:
             return None
-        keys = ("name", "instance", "uptime_seconds", "memory_rss_bytes", "memory_percent", "version")
-        return sorted(({k: beat.get(k) for k in keys} for beat in beats), key=lambda s: (s["name"], s["instance"]))
+        return sorted((_service_info(beat) for beat in beats), key=lambda s: (s["name"], s["instance"]))
 
-    async def health(self, services: list[dict[str, Any]] | None) -> dict[str, Any]:
+    async def health(self, services: list[ServiceInfo] | None) -> Health:
         """The system's health, given the live services (None when they could not be read)."""
         redis, queues = await asyncio.gather(redis_check(self.store.redis), self.queues())
-        rabbitmq: dict[str, Any] = {"status": "down"}
+        rabbitmq: RabbitCheck = {"status": "down"}
         if queues is not None:
             rabbitmq = {
                 "status": "up",
@@ -74,8 +74,9 @@ class SystemView:
                 "consumers": queues.consumers,
                 "dead_letters": queues.dead_letters,
             }
-        checks = {
-            "redis": redis,
+        checks: Checks = {
+            # shared.store.redis_check answers for every service in this very shape (RedisCheck).
+            "redis": cast(RedisCheck, redis),
             "rabbitmq": rabbitmq,
             "workers": _liveness(services, "worker"),
             "gateway": _liveness(services, "gateway"),
@@ -89,7 +90,19 @@ class SystemView:
         }
 
 
-def _liveness(services: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:
+def _service_info(beat: dict[str, Any]) -> ServiceInfo:
+    """What the monitor shows of a heartbeat (every heartbeat names its service and instance)."""
+    return {
+        "name": beat["name"],
+        "instance": beat["instance"],
+        "uptime_seconds": beat.get("uptime_seconds"),
+        "memory_rss_bytes": beat.get("memory_rss_bytes"),
+        "memory_percent": beat.get("memory_percent"),
+        "version": beat.get("version"),
+    }
+
+
+def _liveness(services: list[ServiceInfo] | None, name: str) -> Liveness:
     """Heartbeats live in Redis: without Redis nobody can tell who is alive."""
     if services is None:
         return {"status": "unknown", "alive": None}
@@ -97,9 +110,9 @@ def _liveness(services: list[dict[str, Any]] | None, name: str) -> dict[str, Any
     return {"status": "up" if alive else "down", "alive": alive}
 
 
-def overall_status(checks: dict[str, Any]) -> str:
+def overall_status(checks: Checks) -> SystemStatus:
     """Unhealthy when no message can be answered; degraded when some are at risk or need a human."""
-    if any(checks[name]["status"] != "up" for name in ("redis", "rabbitmq", "workers")):
+    if any(check["status"] != "up" for check in (checks["redis"], checks["rabbitmq"], checks["workers"])):
         return "unhealthy"
     if checks["gateway"]["status"] != "up" or checks["rabbitmq"].get("dead_letters", 0) > 0:
         return "degraded"

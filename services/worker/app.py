@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from services.worker import kbreload
-from services.worker.commit import Committer, Policy
+from services.worker.commit import CommitSettings, Committer
 from services.worker.consumer import ShardConsumer
 from services.worker.engines.base import ChoosingEngine, ReplyEngine
 from services.worker.engines.e5 import E5Model
@@ -56,7 +56,7 @@ class EngineFactory:
         if not settings.kb_multilingual:
             return cls(settings, None)
         try:
-            return cls(settings, E5Model())
+            return cls(settings, E5Model(cache=settings.kb_cache_dir))
         except (OSError, RuntimeError) as exc:
             raise ConfigError(f"KB_EMBEDDINGS=multilingual: the model cannot be loaded: {exc}") from None
 
@@ -109,19 +109,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await app[MEDIA].close()
 
 
-async def _consuming(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    store = app[STORE]
-    policy = Policy(
+def _shard_consumer(app: web.Application) -> ShardConsumer:
+    """The worker's path: shard lanes (consumer.py) -> processor -> commit."""
+    settings, store = app[SETTINGS], app[STORE]
+    commit_settings = CommitSettings(
         memory_turns=settings.memory_turns,
         memory_ttl_s=settings.memory_ttl_s,
         handoff_ttl_s=settings.handoff_ttl_s,
         handoff_after_fallbacks=settings.handoff_after_fallbacks,
     )
-    committer = Committer(store.redis, store.names, policy)
     processor = Processor(
         store=store,
-        committer=committer,
+        committer=Committer(store.redis, store.names, settings=commit_settings),
         broker=app[BROKER],
         engine=app[ENGINE],
         max_attempts=settings.max_attempts,
@@ -129,9 +128,19 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         debounce_ms=settings.debounce_ms,
     )
-    consumer = ShardConsumer(
-        app[BROKER], store, processor, settings.instance_id, settings.heartbeat_ttl_s, settings.worker_concurrency
+    return ShardConsumer(
+        broker=app[BROKER],
+        store=store,
+        processor=processor,
+        instance_id=settings.instance_id,
+        heartbeat_ttl_s=settings.heartbeat_ttl_s,
+        concurrency=settings.worker_concurrency,
     )
+
+
+async def _consuming(app: web.Application) -> AsyncIterator[None]:
+    settings, store = app[SETTINGS], app[STORE]
+    consumer = _shard_consumer(app)
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)
     heartbeat = supervised(

@@ -6,15 +6,19 @@ back to back and a worker dying after sending leaves nothing half done:
 
 1. `_DECIDE` takes only what must be decided atomically: a reply already stored (a redelivery, or
    a race: the first writer wins and the others get its reply), a conversation with a human (the
-   reply is stored silenced, never sent), the fallback streak that escalates to a human (a question
-   back neither counts in it nor ends it: it is not a failure, and not an answer yet), and
-   starting that handoff. It stores the reply that stands and leaves a marker with the outcome.
-   Its input is one JSON payload with named fields (`_payload`), plus the keys it touches.
+   reply is stored silenced, never sent), the fallback streak that escalates to a human (what a
+   reply does to it is `Commit.streak`), and starting that handoff, listed for the admin area in
+   the same step (`shared.handoff`), so no crash leaves a handoff running unlisted. It stores the
+   reply that stands and leaves a marker with the outcome (`CommitOutcome`, by name). Its input is
+   one JSON payload with named fields (`_payload`), plus the keys it touches.
 2. `_EFFECTS` applies, under that marker only (so never twice), what the winning commit adds: the
    stats writes `shared.stats.reply_writes` names, the memory, the options the reply offers (the
    only ones a next message may choose: a reply without options clears them), the operators'
-   conversation log, the users seen and the reply's place in the outbound order. Then the started
-   handoffs are indexed for the admin area (`shared.handoff.queue_index`).
+   conversation log, the users seen and the reply's place in the outbound order.
+
+What the reply is (an answer, a question back, a fallback with its escalation, a hand-over, a reset)
+is decided before, by the reply policy (services/worker/engines/policy.py); the commit only makes
+atomic what must be.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -45,36 +50,51 @@ CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
 # was not sent wherever one is stored, logged or announced, so that text never leaks.
 SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True, kind="handoff")
 
-SENT, STORED, SILENCED, ESCALATED = 0, 1, 2, 3
+
+class CommitOutcome(StrEnum):
+    """What `_DECIDE` decided, by name: what it returns, and what its marker keeps for `_EFFECTS`."""
+
+    SENT = "sent"  # the reply given stands
+    STORED = "stored"  # a reply was stored before (a redelivery, or another delivery won): it stands
+    SILENCED = "silenced"  # a human has the conversation: the reply is stored silenced, never sent
+    ESCALATED = "escalated"  # one fallback too many in a row: the escalation stands, a handoff starts
+
+
+# What a reply does to its conversation's fallback streak (`Commit.streak`).
+StreakStep = Literal["count", "keep", "end"]
+
 # Long enough for the effects right behind the decision in the same pipeline, or a retry of both.
 MARKER_TTL_SECONDS = 300
 # KEYS: 1 the reply, 2 the conversation's handoff, 3 its fallback streak, 4 the message's attempts,
-#       5 the commit's marker (the outcome, for `_EFFECTS` right after it in the same pipeline).
-# Returns {SENT}, {STORED, the stored reply}, {SILENCED} or {ESCALATED}.
+#       5 the commit's marker (the outcome, for `_EFFECTS` right after it in the same pipeline),
+#       6 the handoffs listed for the admin area (shared.handoff; the same writes as `queue_index`).
+# Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome).
 # The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
 # without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
 _DECIDE = """#!lua
 local stored = redis.call('GET', KEYS[1])
 if stored then
-  return {1, stored}
+  return {'stored', stored}
 end
 local p = cjson.decode(ARGV[1])
-local outcome, reply = 0, p.reply
+local outcome, reply = 'sent', p.reply
 if p.silenced or redis.call('EXISTS', KEYS[2]) == 1 then
-  outcome, reply = 2, p.silenced_reply
-elseif p.fallback then
+  outcome, reply = 'silenced', p.silenced_reply
+elseif p.streak == 'count' then
   local streak = redis.call('INCR', KEYS[3])
   redis.call('EXPIRE', KEYS[3], p.streak_ttl)
   if p.fallbacks_before_handoff > 0 and streak >= p.fallbacks_before_handoff then
-    outcome, reply = 3, p.escalation
+    outcome, reply = 'escalated', p.escalation
   end
-elseif not p.merged and not p.asks_back then
+elseif p.streak == 'end' then
   redis.call('DEL', KEYS[3])
 end
 redis.call('SET', KEYS[1], reply, 'EX', p.reply_ttl)
-if outcome == 3 or (outcome == 0 and p.handoff) then
+if outcome == 'escalated' or (outcome == 'sent' and p.handoff) then
   redis.call('SET', KEYS[2], p.handoff_info, 'EX', p.handoff_ttl)
   redis.call('DEL', KEYS[3])
+  redis.call('ZADD', KEYS[6], p.now, p.conversation)
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', p.now - p.handoff_ttl)
 end
 redis.call('DEL', KEYS[4])
 redis.call('SET', KEYS[5], outcome, 'EX', p.marker_ttl)
@@ -166,9 +186,23 @@ class Commit:
         count) belong to that one."""
         return bool(self.reply.merged_into)
 
+    @property
+    def streak(self) -> StreakStep:
+        """What this reply does to its conversation's fallback streak, which hands over to a human
+        at HANDOFF_AFTER_FALLBACKS: a fallback that may escalate counts in it; a question back
+        neither counts in it nor ends it (it is not a failure, and not an answer yet); any other
+        reply ends it."""
+        if self.merged:
+            return "keep"
+        if self.escalation is not None:
+            return "count"
+        return "keep" if self.reply.reply.kind == "clarify" else "end"
+
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class CommitSettings:
+    """How much the commit remembers and for how long, and when a fallback streak hands over."""
+
     memory_turns: int = 10
     memory_ttl_s: int = 86_400
     handoff_ttl_s: int = handoff.DEFAULT_TTL_SECONDS
@@ -182,7 +216,7 @@ class Committer:
 
     redis: Redis
     names: Names
-    policy: Policy = field(default_factory=Policy)
+    settings: CommitSettings = field(default_factory=CommitSettings)
     _pending: list[tuple[Commit, asyncio.Future[ReplyMessage]]] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
     _decide_sha: str = ""
@@ -240,16 +274,7 @@ class Committer:
             await self.redis.script_load(_DECIDE)
             await self.redis.script_load(_EFFECTS)
             results = await self._run(calls)
-        decisions = results[0::2]
-        standing = [_standing(item, decision) for item, decision in zip(items, decisions, strict=True)]
-        started = [
-            item.message.conversation_id
-            for item, reply, decision in zip(items, standing, decisions, strict=True)
-            if decision[0] != STORED and reply.reply.handoff and not reply.silenced and not item.merged
-        ]
-        if started:
-            await self._index_handoffs(started, now)
-        return standing
+        return [_standing(item, decision) for item, decision in zip(items, results[0::2], strict=True)]
 
     async def _run(self, calls: list[tuple[str, list[str], bytes]]) -> list[Any]:
         # Plain EVALSHA: redis-py's pipelined Script objects would first ask SCRIPT EXISTS.
@@ -257,13 +282,6 @@ class Committer:
             for sha, keys, payload in calls:
                 pipe.evalsha(sha, len(keys), *keys, payload)
             return await pipe.execute()
-
-    async def _index_handoffs(self, conversations: list[str], now: float) -> None:
-        """List the handoffs just started for the admin area (their keys are set already)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for conversation in conversations:
-                handoff.queue_index(pipe, self.names, conversation, now, self.policy.handoff_ttl_s)
-            await pipe.execute()
 
     def _keys(self, item: Commit) -> list[str]:
         message = item.message
@@ -273,6 +291,7 @@ class Committer:
             self.names.fallback_streak_key(message.conversation_id),
             self.names.attempts_key(message.message_id),
             self.names.commit_marker_key(message.message_id),
+            self.names.handoffs_key,
         ]
 
     def _payload(self, item: Commit, now: float) -> dict[str, Any]:
@@ -291,14 +310,14 @@ class Committer:
             "escalation": escalation.to_bytes().decode() if escalation else "",
             "reply_ttl": IDEMPOTENCY_TTL_SECONDS,
             "silenced": item.silenced,
-            "merged": item.merged,
             "handoff": reply.reply.handoff and not item.merged,
-            "fallback": escalation is not None and not item.merged,
-            "asks_back": reply.reply.kind == "clarify",
-            "fallbacks_before_handoff": self.policy.handoff_after_fallbacks,
-            "streak_ttl": self.policy.memory_ttl_s,
+            "streak": item.streak,
+            "fallbacks_before_handoff": self.settings.handoff_after_fallbacks,
+            "streak_ttl": self.settings.memory_ttl_s,
             "handoff_info": info.to_bytes().decode(),
-            "handoff_ttl": self.policy.handoff_ttl_s,
+            "handoff_ttl": self.settings.handoff_ttl_s,
+            "conversation": message.conversation_id,
+            "now": now,
             "marker_ttl": MARKER_TTL_SECONDS,
         }
 
@@ -307,11 +326,11 @@ class Committer:
         conversation = message.conversation_id
         (fine, fine_ttl), (hour, hour_ttl) = stats.slice_keys(names, now)
         variants = {
-            str(SENT): self._variant(item, item.reply, now),
-            str(SILENCED): self._variant(item, silenced(item.reply), now),
+            CommitOutcome.SENT.value: self._variant(item, item.reply, now),
+            CommitOutcome.SILENCED.value: self._variant(item, silenced(item.reply), now),
         }
         if item.escalation is not None:
-            variants[str(ESCALATED)] = self._variant(item, item.escalation, now)
+            variants[CommitOutcome.ESCALATED.value] = self._variant(item, item.escalation, now)
         payload = {
             "variants": variants,
             "slice_ttls": [fine_ttl, hour_ttl],
@@ -319,8 +338,8 @@ class Committer:
             "user": f"{message.channel}:{message.user_id}",
             "users_keep": USERS_KEEP_SECONDS,
             "user_turn": _turn("user", item.user_text).decode(),
-            "memory_length": 2 * self.policy.memory_turns,
-            "memory_ttl": self.policy.memory_ttl_s,
+            "memory_length": 2 * self.settings.memory_turns,
+            "memory_ttl": self.settings.memory_ttl_s,
             "offered_ttl": OFFERED_TTL_SECONDS,
             "log_length": CONVERSATION_LOG_ENTRIES,
             "log_ttl": CONVERSATION_LOG_TTL_SECONDS,
@@ -344,35 +363,44 @@ class Committer:
 
     def _variant(self, item: Commit, reply: ReplyMessage, now: float) -> dict[str, Any]:
         """The effects that depend on which reply stands."""
-        message, timings, content = item.message, item.timings, reply.reply
-        usage = item.reply.reply.usage  # the tokens the generated reply cost, whatever stands
-        writes = stats.reply_writes(
-            stats.ReplyCounts(
-                channel=message.channel,
-                end_to_end_ms=timings.end_to_end_ms,
-                queue_wait_ms=timings.queue_wait_ms,
-                processing_ms=timings.processing_ms,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                silenced=reply.silenced,
-                handoff=content.handoff and not reply.silenced and not item.merged,
-                merged=item.merged,
-            )
-        )
-        memory, offered = "keep", "keep"
-        if not reply.silenced and not item.merged:
-            memory = "reset" if content.reset else "append" if self.policy.memory_turns > 0 else "keep"
-            offered = "set" if content.options else "clear"
+        content = reply.reply
+        memory, offered = self._carried(item, reply)
         return {
-            "stats": writes,
+            "stats": stats.reply_writes(_counts(item, reply)),
             "memory": memory,
             "offered": offered,
             "offered_state": _offered(item, content).to_bytes().decode() if offered == "set" else "",
             "assistant_turn": _turn("assistant", content.text).decode(),
             "log_entry": orjson.dumps(_log_entry(item, reply, now)).decode(),
             # A reply the delivery consumers will send (not the web's, not one held back).
-            "outbound": message.channel != "web" and not reply.silenced and not item.merged,
+            "outbound": item.message.channel != "web" and not reply.silenced and not item.merged,
         }
+
+    def _carried(self, item: Commit, reply: ReplyMessage) -> tuple[str, str]:
+        """What the standing reply does to the memory and to the options offered: a silenced or
+        merged one leaves both alone (a merged message's belong to the reply it was merged into)."""
+        if reply.silenced or item.merged:
+            return "keep", "keep"
+        content = reply.reply
+        memory = "reset" if content.reset else "append" if self.settings.memory_turns > 0 else "keep"
+        return memory, "set" if content.options else "clear"
+
+
+def _counts(item: Commit, reply: ReplyMessage) -> stats.ReplyCounts:
+    """What the statistics count of a standing reply."""
+    timings = item.timings
+    usage = item.reply.reply.usage  # the tokens the generated reply cost, whatever stands
+    return stats.ReplyCounts(
+        channel=item.message.channel,
+        end_to_end_ms=timings.end_to_end_ms,
+        queue_wait_ms=timings.queue_wait_ms,
+        processing_ms=timings.processing_ms,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        silenced=reply.silenced,
+        handoff=reply.reply.handoff and not reply.silenced and not item.merged,
+        merged=item.merged,
+    )
 
 
 def silenced(reply: ReplyMessage) -> ReplyMessage:
@@ -380,14 +408,16 @@ def silenced(reply: ReplyMessage) -> ReplyMessage:
 
 
 def _standing(item: Commit, decision: list[Any]) -> ReplyMessage:
-    outcome = int(decision[0])
-    if outcome == STORED:
-        return ReplyMessage.from_bytes(decision[1])
-    if outcome == SILENCED:
-        return silenced(item.reply)
-    if outcome == ESCALATED and item.escalation is not None:
-        return item.escalation
-    return item.reply
+    """The reply that stands after `_DECIDE` returned `decision`."""
+    match CommitOutcome(decision[0]):
+        case CommitOutcome.STORED:
+            return ReplyMessage.from_bytes(decision[1])
+        case CommitOutcome.SILENCED:
+            return silenced(item.reply)
+        case CommitOutcome.ESCALATED if item.escalation is not None:
+            return item.escalation
+        case _:
+            return item.reply
 
 
 def _offered(item: Commit, content: ReplyContent) -> Offered:

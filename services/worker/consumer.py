@@ -11,6 +11,8 @@ Prefetch: each shard channel may hold WORKER_CONCURRENCY unacked deliveries, eno
 slot from one shard; the worker never holds more than shards owned x WORKER_CONCURRENCY.
 
 A failing message holds only its lane: it is retried in place after a back-off, then dead-lettered.
+Each delivery is parsed once, as it arrives; what becomes of a unit is the processor's outcome,
+carried out by the lane's settlement (settle.py).
 Giving a shard up (rebalance, shutdown) lets the lanes finish the unit in hand, then closes the
 channel: the broker returns the rest, in order, and drops the consumer in the same step, so the
 next owner starts with them. A dropped broker connection makes the old channel's deliveries
@@ -31,9 +33,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from services.worker.acks import ChannelAcks, still_held
 from services.worker.ownership import owned_shards
-from services.worker.processor import MAX_BACKOFF_S, Abandoned, Processor
+from services.worker.processor import MAX_BACKOFF_S, Processor
+from services.worker.settle import Received, RetryAfter, Settlement
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
-from shared.messages import InboundMessage, MessageFormatError
 from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
@@ -60,28 +62,17 @@ class Capacity:
                 self.in_flight -= 1
 
 
-def _lane_of(delivery: AbstractIncomingMessage) -> str:
-    """The delivery's conversation: the gateway sends it as the correlation id; otherwise (a
-    replayed dead letter) it is read from the body. A malformed message gets a lane of its own,
-    where it is dead-lettered."""
-    if delivery.correlation_id:
-        return delivery.correlation_id
-    try:
-        return InboundMessage.from_bytes(delivery.body).conversation_id
-    except MessageFormatError:
-        return f"?{delivery.delivery_tag}"
-
-
 class ShardSubscription:
     def __init__(self, shard: int, broker: Broker, processor: Processor, capacity: Capacity) -> None:
         self.shard = shard
         self._broker = broker
         self._processor = processor
         self._capacity = capacity
-        self._lanes: dict[str, deque[AbstractIncomingMessage]] = {}
+        self._lanes: dict[str, deque[Received]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
         self._acks = ChannelAcks()
+        self._settlement = Settlement(shard=shard, acks=self._acks, store=processor.store, metrics=processor.metrics)
         self._stopping = False
 
     @property
@@ -97,12 +88,13 @@ class ShardSubscription:
 
     async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:
         # No await before the append: callbacks start in delivery order, so each lane keeps it.
-        key = _lane_of(delivery)
+        received = Received.parse(delivery)
+        key = received.lane
         lane = self._lanes.get(key)
         if lane is not None:
-            lane.append(delivery)
+            lane.append(received)
             return
-        self._lanes[key] = deque([delivery])
+        self._lanes[key] = deque([received])
         if not self._stopping:
             task = asyncio.create_task(self._run_lane(key), name=f"shard-{self.shard}-lane")
             self._tasks.add(task)
@@ -112,7 +104,7 @@ class ShardSubscription:
         lane = self._lanes[key]
         try:
             while lane and not self._stopping:
-                if not still_held(lane[0]):
+                if not still_held(lane[0].delivery):
                     lane.popleft()  # its channel is gone; the broker brings it again
                     continue
                 delay = self._processor.debounce_delay(lane[0])
@@ -126,25 +118,27 @@ class ShardSubscription:
             if not self._stopping:
                 self._lanes.pop(key, None)
 
-    async def _settle(self, unit: list[AbstractIncomingMessage]) -> None:
-        """Run one unit until it is settled, retrying in place; abandoned when it stops being ours."""
+    async def _settle(self, unit: list[Received]) -> None:
+        """Run one unit until the settlement is done with it, retrying in place after each pause."""
         while not self._stopping:
-            try:
-                async with self._capacity.slot():
-                    if self._stopping:
-                        return  # the shard was given up while this waited; its channel returns it
-                    pause = await self._processor.handle(unit, self._acks)
-            except Abandoned as exc:
-                log.warning("shard %d: deliveries given back, they will be redelivered: %r", self.shard, exc)
-                return
-            except Exception:
-                # A bug must not stall the conversation for good: try again after a pause (the
-                # queue's delivery limit dead-letters a message that keeps failing this way).
-                log.exception("shard %d: unexpected error; retrying the message", self.shard)
-                pause = MAX_BACKOFF_S
+            pause = await self._attempt(unit)
             if pause is None:
                 return
             await asyncio.sleep(pause)
+
+    async def _attempt(self, unit: list[Received]) -> float | None:
+        """Run the unit once and carry its outcome out: the pause before running it again, or None."""
+        try:
+            async with self._capacity.slot():
+                if self._stopping:
+                    return None  # the shard was given up while this waited; its channel returns it
+                outcome = await self._processor.handle(unit)
+                return await self._settlement.apply(outcome)
+        except Exception:
+            # A bug must not stall the conversation for good: try again after a pause (the
+            # queue's delivery limit dead-letters a message that keeps failing this way).
+            log.exception("shard %d: unexpected error; retrying the message", self.shard)
+            return await self._settlement.apply(RetryAfter(MAX_BACKOFF_S))
 
     async def stop(self, grace_s: float) -> None:
         """Let the lanes finish the unit in hand (within the grace), then close the channel: the

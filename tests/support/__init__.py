@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -31,6 +32,7 @@ from shared.names import Names
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
 PRAZO = "Qual o prazo de entrega?"  # a question the sample base answers
+VECTOR_CACHE = Path(tempfile.gettempdir()) / "atendimento-test-vectors"
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
@@ -173,6 +175,8 @@ class Stack:
                 "RATE_LIMIT_PER_IP": "0",
                 "DRAIN_SECONDS": "0",
                 "OTEL_SDK_DISABLED": "true",
+                # Every test's worker embeds the same bases: once for the whole run.
+                "KB_CACHE_DIR": str(VECTOR_CACHE),
                 "LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
             }

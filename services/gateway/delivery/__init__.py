@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 
 from services.gateway.delivery.clients import ChannelClient, TelegramClient, WhatsAppClient
-from services.gateway.delivery.consumer import DeliveryConsumer, Policy
+from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryRetryPolicy
 from shared.broker import Broker
 from shared.metrics import DeliveryMetrics
 from shared.service import supervised
@@ -68,7 +68,7 @@ async def running_delivery(
     """The configured channels' consumers, subscribed in the background (the broker may not be
     up yet); on exit they finish what they hold, within the shutdown grace period."""
     async with contextlib.AsyncExitStack() as stack:
-        policy = Policy(settings.delivery_timeout_s, settings.delivery_max_attempts)
+        policy = DeliveryRetryPolicy(timeout_s=settings.delivery_timeout_s, max_attempts=settings.delivery_max_attempts)
         speak = await _speaker(settings, stack)
         consumers = [
             DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics, speak)

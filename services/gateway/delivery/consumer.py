@@ -99,7 +99,9 @@ class KeyedLocks:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class DeliveryRetryPolicy:
+    """How long one request to a channel may take (a reply's lease outlives it), and how many tries a send gets."""
+
     timeout_s: float
     max_attempts: int
 
@@ -114,7 +116,7 @@ class DeliveryConsumer:
         broker: Broker,
         store: Store,
         client: ChannelClient,
-        policy: Policy,
+        policy: DeliveryRetryPolicy,
         instance_id: str,
         metrics: DeliveryMetrics,
         speak: Callable[[str], Awaitable[bytes]] | None = None,

@@ -14,6 +14,7 @@ from aiohttp import web
 from services.gateway.conversations import public_answer, public_id, scoped, user_scope
 from services.gateway.intake import unavailable
 from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE, TOKENS
+from services.gateway.ratelimit import ADDRESS_CHARGE
 from services.gateway.validation import parse_json_object, parse_message, parse_wait
 from shared.broker import BROKER_ERRORS
 from shared.messages import InboundMessage, ReplyMessage
@@ -73,7 +74,8 @@ async def post_message(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     # The waiter exists before the publish, so a reply faster than this handler is not missed.
     with router.waiter(message.message_id) as future:
-        outcome = await request.app[INTAKE].accept(message)
+        # The client address's rate limit is taken with the claim (the middleware left it to us).
+        outcome = await request.app[INTAKE].accept(message, address=request.get(ADDRESS_CHARGE))
         if outcome.duplicate_of is not None:
             return await _answer_duplicate(request, message, outcome.duplicate_of, wait, future)
         if wait == 0:

@@ -1,6 +1,6 @@
 """The admin area's JSON API, for scripts (`Authorization: Bearer <ADMIN_TOKEN>`) and for the
 dashboard's own session (then with the `X-CSRF-Token` header on anything that changes state).
-Without either: 401 problem+json."""
+Without either: 401 problem+json, from the guard (guard.py) before any handler here runs."""
 
 from __future__ import annotations
 
@@ -9,28 +9,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.monitor.admin import auth, conversations, knowledge, operations, teaching
-from services.monitor.admin.pages import BEARER_CHALLENGE, bearer_actor, current_session
-from services.monitor.audit import Actor
-from services.monitor.keys import AUDIT, AUTH
+from services.monitor.admin import conversations, knowledge, operations, teaching
+from services.monitor.admin.guard import ACTOR
+from services.monitor.keys import AUDIT
+from services.monitor.problems import unreachable
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
-
-
-async def actor_of(request: web.Request) -> Actor:
-    if not request.app[AUTH].enabled:
-        raise Problem(503, "ADMIN_TOKEN is not set: the admin area is disabled")
-    actor = await bearer_actor(request)
-    if actor is not None:
-        return actor
-    session = await current_session(request)
-    if session is None:
-        raise Problem(401, "Authorization: a bearer token or an admin session is required", headers=BEARER_CHALLENGE)
-    if request.method not in ("GET", "HEAD") and not (
-        auth.same_origin(request) and auth.csrf_ok(session, request.headers.get("X-CSRF-Token"))
-    ):
-        raise Problem(403, "X-CSRF-Token: missing or wrong for this session")
-    return session.actor
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -46,47 +30,44 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def overview(request: web.Request) -> web.Response:
-    await actor_of(request)
     page = operations.handoffs_page(request.query.get("handoffs_page"))
     return json_response(operations.overview_json(await operations.overview(request.app, page)))
 
 
 async def conversation(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     return json_response(await operations.conversation(request.app, actor, request.query.get("id", "")))
 
 
 async def conversation_list(request: web.Request) -> web.Response:
-    await actor_of(request)
     query, number = conversations.parse_request(request.query.get("q", ""), request.query.get("page", ""))
     return json_response((await conversations.checked_page(request.app, query, number)).to_dict())
 
 
 async def audit(request: web.Request) -> web.Response:
-    await actor_of(request)
     try:
         entries = await request.app[AUDIT].recent(200)
     except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; the audit log cannot be read", headers={"Retry-After": "5"}) from None
+        raise unreachable("Redis", "the audit log cannot be read") from None
     return json_response({"entries": entries})
 
 
 async def replay(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     letter = await operations.replay(request.app, actor, body.get("message_id"))
     return json_response({"replayed": letter.to_dict()})
 
 
 async def reply(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     sent = await operations.reply_as_agent(request.app, actor, body.get("conversation_id"), body.get("text"))
     return json_response({"sent": sent.public_dict()})
 
 
 async def release(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     await operations.release(request.app, actor, body.get("conversation_id"))
     return json_response({"released": body["conversation_id"]})
@@ -94,45 +75,43 @@ async def release(request: web.Request) -> web.Response:
 
 async def knowledge_view(request: web.Request) -> web.Response:
     """The unanswered questions, suggested phrasings, taught phrasings and the base's entries."""
-    await actor_of(request)
     return json_response((await teaching.view(request.app)).to_dict())
 
 
 async def phrasings_yaml(request: web.Request) -> web.Response:
-    await actor_of(request)
     return knowledge.yaml_download(await teaching.export(request.app))
 
 
 async def attach(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     phrasing = await teaching.attach(request.app, actor, body.get("question"), body.get("entry_id"))
     return json_response({"taught": {"entry_id": body["entry_id"], "phrasing": phrasing}})
 
 
 async def dismiss(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     await teaching.dismiss(request.app, actor, body.get("question"))
     return json_response({"dismissed": body["question"]})
 
 
 async def accept(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     phrasing = await teaching.accept(request.app, actor, body.get("entry_id"), body.get("question"))
     return json_response({"taught": {"entry_id": body["entry_id"], "phrasing": phrasing}})
 
 
 async def dismiss_suggestion(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     await teaching.dismiss_suggestion(request.app, actor, body.get("entry_id"), body.get("question"))
     return json_response({"dismissed": {"entry_id": body["entry_id"], "question": body["question"]}})
 
 
 async def remove_phrasing(request: web.Request) -> web.Response:
-    actor = await actor_of(request)
+    actor = request[ACTOR]
     body = await _body(request)
     await teaching.remove(request.app, actor, body.get("entry_id"), body.get("phrasing"))
     return json_response({"removed": {"entry_id": body["entry_id"], "phrasing": body["phrasing"]}})

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from services.monitor.keys import STORE
+from services.monitor.problems import unreachable
 from shared.store import REDIS_ERRORS
 from shared.web import Problem
 
@@ -52,9 +53,7 @@ async def checked_page(app: web.Application, query: str, page: int) -> Conversat
     try:
         return await conversation_page(app, query, page)
     except REDIS_ERRORS:
-        raise Problem(
-            503, "Redis is unreachable; conversations cannot be listed", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("Redis", "conversations cannot be listed") from None
 
 
 async def conversation_page(app: web.Application, query: str, page: int) -> ConversationPage:

@@ -13,12 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from services.monitor.admin import pages, teaching
+from services.monitor.admin.guard import SESSION
 from services.monitor.keys import AUDIT, STORE
+from services.monitor.problems import unreachable
 from shared import kbstate, unanswered
 from shared.store import REDIS_ERRORS
-from shared.web import Problem
 
-CSV_COLUMNS = ("question", "example", "last_24h", "last_7d", "fallback", "low_confidence", "handoff", "last_seen")
+CSV_COLUMNS = ("question", "example", "last_24h", "last_7d", "fallback", "clarify", "handoff", "last_seen")
 # The page's own words (kept here rather than in i18n.py: this page is all about one concern).
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
@@ -38,7 +39,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "example": "As written",
         "last_24h": "24 h",
         "last_7d": "7 days",
-        "kinds": "Fallback / low confidence / handoff",
+        "kinds": "Fallback / asked back / handoff",
         "last_seen": "Last seen",
         "no_questions": "Nothing in the last 7 days.",
         "csv": "Download CSV",
@@ -92,7 +93,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "example": "Como foi escrita",
         "last_24h": "24 h",
         "last_7d": "7 dias",
-        "kinds": "Sem resposta / baixa confiança / transferida",
+        "kinds": "Sem resposta / perguntou de volta / transferida",
         "last_seen": "Visto por último",
         "no_questions": "Nada nos últimos 7 dias.",
         "csv": "Baixar CSV",
@@ -136,15 +137,13 @@ NOTICES = ("taught", "dismissed", "accepted", "suggestion_dismissed", "removed")
 
 
 async def page(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     store = request.app[STORE]
     now = time.time()
     try:
         workers = await kbstate.statuses(store.redis, store.names, now)
     except REDIS_ERRORS:
-        raise Problem(
-            503, "Redis is unreachable; the knowledge-base page cannot be read", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("Redis", "the knowledge-base page cannot be read") from None
     taught = await teaching.view(request.app, now)
     locale = pages._locale(request)
     words = TEXTS.get(locale.language, TEXTS["en"])
@@ -163,12 +162,11 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def csv_export(request: web.Request) -> web.Response:
-    await pages._session_or_login(request)
     store = request.app[STORE]
     try:
         rows = await unanswered.report(store.redis, store.names, limit=10_000)
     except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; the questions cannot be read", headers={"Retry-After": "5"}) from None
+        raise unreachable("Redis", "the questions cannot be read") from None
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
@@ -180,21 +178,18 @@ async def csv_export(request: web.Request) -> web.Response:
 
 
 async def reload_form(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     await pages._checked_form(request, session)
     store = request.app[STORE]
     try:
         version = await kbstate.request_reload(store.redis, store.names)
     except REDIS_ERRORS:
-        raise Problem(
-            503, "Redis is unreachable; the reload cannot be requested", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("Redis", "the reload cannot be requested") from None
     await request.app[AUDIT].record(session.actor, "reload_knowledge_base", detail=f"version {version}")
     raise web.HTTPSeeOther("/admin/knowledge?notice=reloaded")
 
 
 async def yaml_export(request: web.Request) -> web.Response:
-    await pages._session_or_login(request)
     return yaml_download(await teaching.export(request.app))
 
 
@@ -205,35 +200,35 @@ def yaml_download(text: str) -> web.Response:
 
 
 async def attach_form(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     form = await pages._checked_form(request, session)
     await teaching.attach(request.app, session.actor, form.get("question"), form.get("entry_id"))
     raise _back("taught", "unanswered")
 
 
 async def dismiss_form(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     form = await pages._checked_form(request, session)
     await teaching.dismiss(request.app, session.actor, form.get("question"))
     raise _back("dismissed", "unanswered")
 
 
 async def accept_form(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     form = await pages._checked_form(request, session)
     await teaching.accept(request.app, session.actor, form.get("entry_id"), form.get("question"))
     raise _back("accepted", "suggestions")
 
 
 async def dismiss_suggestion_form(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     form = await pages._checked_form(request, session)
     await teaching.dismiss_suggestion(request.app, session.actor, form.get("entry_id"), form.get("question"))
     raise _back("suggestion_dismissed", "suggestions")
 
 
 async def remove_form(request: web.Request) -> web.Response:
-    session = await pages._session_or_login(request)
+    session = request[SESSION]
     form = await pages._checked_form(request, session)
     await teaching.remove(request.app, session.actor, form.get("entry_id"), form.get("phrasing"))
     raise _back("removed", "taught")

@@ -18,8 +18,10 @@ from aiohttp import web
 from services.monitor.admin.conversations import conversation_page
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, ReplayError
+from services.monitor.health import health_json
 from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
+from services.monitor.problems import unreachable
 from services.monitor.stats import last_24h
 from shared.broker import BROKER_ERRORS
 from shared.handoff import HandoffInfo
@@ -93,7 +95,7 @@ def overview_json(data: dict[str, Any]) -> dict[str, Any]:
     letters: list[DeadLetter] | None = data["dead_letters"]
     return {
         "stats": data["stats"],
-        "health": data["observation"].health | {"timestamp": data["stats"]["timestamp"]},
+        "health": health_json(data["observation"].health, data["stats"]["timestamp"]),
         "last_24h": data["day"],
         "dead_letters": None if letters is None else [letter.to_dict() for letter in letters],
         "handoffs": data["handoffs"],
@@ -117,9 +119,7 @@ async def conversation(app: web.Application, actor: Actor, conversation_id: str)
             app[HANDOFFS].get(conversation_id),
         )
     except REDIS_ERRORS:
-        raise Problem(
-            503, "Redis is unreachable; the conversation cannot be read", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("Redis", "the conversation cannot be read") from None
     if not raw_entries and info is None:
         raise Problem(404, f"conversation_id: no conversation {conversation_id!r} is logged")
     # Reading a customer's conversation is access to personal data: it is audited like an action.
@@ -141,9 +141,7 @@ async def replay(app: web.Application, actor: Actor, message_id: Any) -> DeadLet
         raise Problem(404, str(exc)) from None
     except UNAVAILABLE as exc:
         await audit.record(actor, "replay_dead_letter", message_id, "failed", str(exc) or type(exc).__name__)
-        raise Problem(
-            503, "RabbitMQ or Redis is unreachable; nothing was replayed", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("RabbitMQ or Redis", "nothing was replayed") from None
     await audit.record(actor, "replay_dead_letter", message_id, "ok", f"from {letter.queue} ({letter.reason})")
     return letter
 
@@ -169,9 +167,7 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         await handoffs.start(conversation_id, info)
     except UNAVAILABLE as exc:
         await audit.record(actor, "reply_as_agent", conversation_id, "failed", str(exc) or type(exc).__name__)
-        raise Problem(
-            503, "RabbitMQ or Redis is unreachable; the reply was not sent", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("RabbitMQ or Redis", "the reply was not sent") from None
     # Which reply and how long, never its words: those are the customer's business, kept in the
     # conversation log (with its TTL), not in an audit trail that is kept and shipped for years.
     await audit.record(actor, "reply_as_agent", conversation_id, "ok", f"{reply.message_id}: {len(text.strip())} chars")
@@ -185,7 +181,7 @@ async def release(app: web.Application, actor: Actor, conversation_id: Any) -> N
         released = await app[HANDOFFS].release(conversation_id)
     except REDIS_ERRORS as exc:
         await audit.record(actor, "release_to_bot", conversation_id, "failed", str(exc) or type(exc).__name__)
-        raise Problem(503, "Redis is unreachable; nothing was released", headers={"Retry-After": "5"}) from None
+        raise unreachable("Redis", "nothing was released") from None
     if not released:
         await audit.record(actor, "release_to_bot", conversation_id, "refused", "not handed to a human")
         raise Problem(404, f"conversation_id: {conversation_id!r} is not handed to a human")

@@ -4,8 +4,6 @@ action)."""
 
 from __future__ import annotations
 
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -15,16 +13,17 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from services.monitor.admin import auth, charts, conversations, operations
 from services.monitor.admin.auth import LockedOut, Session
+from services.monitor.admin.guard import SESSION, STATIC_ROUTE, audit_failure, current_session
 from services.monitor.admin.i18n import Locale, negotiate
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, AUTH, SETTINGS, TEMPLATES
+from services.monitor.problems import unreachable
 from shared.store import REDIS_ERRORS
 from shared.web import Problem
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
-STATIC_ROUTE = "admin-static"
 NOTICES = ("replayed", "replied", "released", "signed_out")
 
 
@@ -49,65 +48,6 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     response = web.Response(text=html, status=status, content_type="text/html")
     response.headers["Vary"] = "Accept-Language, Cookie"
     return response
-
-
-async def current_session(request: web.Request) -> Session | None:
-    try:
-        return await request.app[AUTH].session(request.cookies.get(auth.COOKIE, ""))
-    except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; sessions cannot be checked", headers={"Retry-After": "5"}) from None
-
-
-async def _session_or_login(request: web.Request) -> Session:
-    """The cookie's session; or, for `Authorization: Bearer <ADMIN_TOKEN>` (SPEC 5), a view-only one
-    (its CSRF token is known to nobody: the forms need a signed-in session)."""
-    actor = await bearer_actor(request)
-    if actor is not None:
-        return Session("", actor.name, actor.client, secrets.token_urlsafe(32), time.time())
-    session = await current_session(request)
-    if session is None:
-        raise web.HTTPSeeOther("/admin/login")
-    return session
-
-
-BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="atendimento-admin"'}
-
-
-async def bearer_actor(request: web.Request) -> Actor | None:
-    """The script behind `Authorization: Bearer <ADMIN_TOKEN>`; None without that header."""
-    token = auth.bearer_of(request)
-    if token is None:
-        return None
-    admin = request.app[AUTH]
-    if not admin.enabled:
-        raise Problem(503, "ADMIN_TOKEN is not set: the admin area is disabled")
-    actor = Actor("api", auth.client_of(request, request.app[SETTINGS].trusted_proxies))
-    try:
-        accepted = await admin.check_token(actor.client, token)
-    except LockedOut as locked:
-        if locked.audit:
-            await audit_failure(request, actor, "api_auth", "locked_out")
-        raise Problem(
-            429,
-            "Authorization: too many wrong tokens from this client",
-            headers={"Retry-After": str(locked.retry_after)},
-        ) from None
-    except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; tokens cannot be checked", headers={"Retry-After": "5"}) from None
-    if not accepted:
-        await audit_failure(request, actor, "api_auth", "wrong_token")
-        raise Problem(401, "Authorization: wrong bearer token", headers=BEARER_CHALLENGE)
-    return actor
-
-
-async def audit_failure(request: web.Request, actor: Actor, action: str, outcome: str) -> None:
-    """A failed sign-in, audited within the flood guard (see services/monitor/admin/auth.py)."""
-    try:
-        allowed = await request.app[AUTH].audit_failure_allowed()
-    except REDIS_ERRORS:
-        allowed = True  # the entry still reaches the audit log file
-    if allowed:
-        await request.app[AUDIT].record(actor, action, outcome=outcome)
 
 
 def _disabled(request: web.Request) -> web.Response:
@@ -153,7 +93,7 @@ async def login(request: web.Request) -> web.Response:
         retry = str(locked.retry_after)
         return again(429, locale.t("locked", seconds=retry), {"Retry-After": retry})
     except REDIS_ERRORS:
-        raise Problem(503, "Redis is unreachable; nobody can sign in now", headers={"Retry-After": "5"}) from None
+        raise unreachable("Redis", "nobody can sign in now") from None
     if not accepted:
         await audit_failure(request, actor, "login", "wrong_token")
         return again(401, locale.t("wrong_token"))
@@ -167,7 +107,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     await _checked_form(request, session)
     await request.app[AUTH].close_session(session.id)
     await request.app[AUDIT].record(session.actor, "logout")
@@ -178,7 +118,7 @@ async def logout(request: web.Request) -> web.Response:
 
 # Dashboard -------------------------------------------------------------------------------------
 async def dashboard(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     notice = request.query.get("notice", "")
     context = await _dashboard_context(request, session)
     text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
@@ -186,11 +126,8 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def fragment(request: web.Request) -> web.Response:
-    """The refreshable part of the dashboard, for its script; 401 once the session is gone."""
-    session = await current_session(request)
-    if session is None:
-        raise Problem(401, "admin session: missing or expired; sign in again")
-    return render(request, "_dashboard.html", **await _dashboard_context(request, session))
+    """The refreshable part of the dashboard, for its script; 401 once the session is gone (guard.py)."""
+    return render(request, "_dashboard.html", **await _dashboard_context(request, request[SESSION]))
 
 
 async def _dashboard_context(request: web.Request, session: Session) -> dict[str, Any]:
@@ -212,7 +149,7 @@ async def _dashboard_context(request: web.Request, session: Session) -> dict[str
 
 
 async def conversation_page(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     data = await operations.conversation(request.app, session.actor, request.query.get("id", ""))
     notice = request.query.get("notice", "")
     text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
@@ -220,7 +157,7 @@ async def conversation_page(request: web.Request) -> web.Response:
 
 
 async def conversations_page(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     query, number = conversations.parse_request(request.query.get("q", ""), request.query.get("page", ""))
     page = await conversations.checked_page(request.app, query, number)
     return render(request, "conversations.html", session=session, page=page)
@@ -228,21 +165,21 @@ async def conversations_page(request: web.Request) -> web.Response:
 
 # Actions ---------------------------------------------------------------------------------------
 async def replay_form(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     form = await _checked_form(request, session)
     await operations.replay(request.app, session.actor, form.get("message_id"))
     raise _back(form, "replayed", "dead-letters")
 
 
 async def reply_form(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     form = await _checked_form(request, session)
     await operations.reply_as_agent(request.app, session.actor, form.get("conversation_id"), form.get("text"))
     raise _back(form, "replied", "handoffs")
 
 
 async def release_form(request: web.Request) -> web.Response:
-    session = await _session_or_login(request)
+    session = request[SESSION]
     form = await _checked_form(request, session)
     await operations.release(request.app, session.actor, form.get("conversation_id"))
     raise _back(form, "released", "handoffs")

@@ -6,14 +6,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.monitor.admin import api, knowledge, pages
+from services.monitor.admin import api, guard, knowledge, pages
 
 
 def add_routes(app: web.Application) -> None:
+    """Every route here but those guard.PUBLIC names needs an operator (guard.admin_guard)."""
     router = app.router
     router.add_get("/admin", pages.dashboard)
-    router.add_get("/admin/login", pages.login_page)
-    router.add_post("/admin/login", pages.login)
+    router.add_get("/admin/login", pages.login_page, name=guard.LOGIN_ROUTE)
+    router.add_post("/admin/login", pages.login, name=guard.LOGIN_ROUTE)
     router.add_post("/admin/logout", pages.logout)
     router.add_get("/admin/fragment", pages.fragment)
     router.add_get("/admin/conversation", pages.conversation_page)
@@ -30,7 +31,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/admin/knowledge/suggestions/accept", knowledge.accept_form)
     router.add_post("/admin/knowledge/suggestions/dismiss", knowledge.dismiss_suggestion_form)
     router.add_post("/admin/knowledge/phrasings/remove", knowledge.remove_form)
-    router.add_static("/admin/static", pages.STATIC_DIR, name=pages.STATIC_ROUTE, append_version=True)
+    router.add_static("/admin/static", pages.STATIC_DIR, name=guard.STATIC_ROUTE, append_version=True)
     router.add_get("/admin/api/overview", api.overview)
     router.add_get("/admin/api/conversation", api.conversation)
     router.add_get("/admin/api/conversations", api.conversation_list)

