@@ -508,6 +508,7 @@ def test_a_bad_title_or_a_too_long_id_is_named(tmp_path: Path, entry: str, expec
         KnowledgeBase.load(write_kb(tmp_path, kb_text(entry)))
 
 
+@pytest.mark.model  # the real model, loaded three times
 def test_with_kb_cache_dir_a_restarted_worker_embeds_nothing_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
