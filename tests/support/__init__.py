@@ -118,7 +118,9 @@ class Service:
                 stderr=subprocess.STDOUT,
             )
 
-    async def wait_live(self, timeout: float = 20.0) -> None:
+    async def wait_live(self, timeout: float = 60.0) -> None:
+        """A worker embeds its base at start (the multilingual model): on a busy machine that takes
+        a while the first time; the vectors are then shared by every test (KB_CACHE_DIR)."""
         async with aiohttp.ClientSession() as http:
 
             async def live() -> bool:
