@@ -452,9 +452,8 @@ async def test_questions_in_flight_are_embedded_together_off_the_event_loop() ->
     assert [reply.kind for reply in replies] == [engine.answer(q).kind for q in questions]
 
 
-def test_a_rebuilt_base_embeds_only_what_it_did_not_have(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> None:
-    kb = KnowledgeBase.load(SAMPLE_PT)
-    KbEngine(kb, model=model)
+def texts_embedded_by(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts `model` embeds from now on (the list grows as it does)."""
     embedded: list[str] = []
     real = model._embed
 
@@ -463,6 +462,13 @@ def test_a_rebuilt_base_embeds_only_what_it_did_not_have(model: E5Model, monkeyp
         return real(texts, query=query)
 
     monkeypatch.setattr(model, "_embed", counting)
+    return embedded
+
+
+def test_a_rebuilt_base_embeds_only_what_it_did_not_have(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb = KnowledgeBase.load(SAMPLE_PT)
+    KbEngine(kb, model=model)
+    embedded = texts_embedded_by(model, monkeypatch)
     taught = kb.with_phrasings({"prazo-entrega": ("em quantos dias chega aqui em manaus",)})
     engine = KbEngine(taught, model=model)
     prazo = next(e for e in taught.entries if e.id == "prazo-entrega")
@@ -518,14 +524,7 @@ def test_with_kb_cache_dir_a_restarted_worker_embeds_nothing_again(
     passages = {" ".join((*e.questions, e.answer)) for e in kb.entries} | {q for e in kb.entries for q in e.questions}
     assert len(list(tmp_path.glob("e5-*.npy"))) == len(passages)
     restarted = E5Model(cache=tmp_path)
-    embedded: list[str] = []
-    real = restarted._embed
-
-    def counting(texts: Sequence[str], *, query: bool) -> Any:
-        embedded.extend(texts)
-        return real(texts, query=query)
-
-    monkeypatch.setattr(restarted, "_embed", counting)
+    embedded = texts_embedded_by(restarted, monkeypatch)
     engine = KbEngine(kb, model=restarted)
     assert embedded == ["warm-up"]  # the question the engine warms the model with, nothing else
     assert engine.answer("da pra pagar no pix?").sources == ("formas-pagamento",)

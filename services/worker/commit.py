@@ -35,6 +35,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from services.worker.coalesce import Coalescer
 from shared import handoff, stats
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
@@ -217,46 +218,28 @@ class Committer:
     redis: Redis
     names: Names
     settings: CommitSettings = field(default_factory=CommitSettings)
-    _pending: list[tuple[Commit, asyncio.Future[ReplyMessage]]] = field(default_factory=list)
-    _flushing: asyncio.Task[None] | None = None
+    _batches: Coalescer[Commit, ReplyMessage] = field(init=False)
     _decide_sha: str = ""
     _effects_sha: str = ""
 
     def __post_init__(self) -> None:
         self._decide_sha = self.redis.register_script(_DECIDE).sha
         self._effects_sha = self.redis.register_script(_EFFECTS).sha
+        self._batches = Coalescer(self._commit_batch, name="commit")
 
     async def commit(self, item: Commit) -> ReplyMessage:
         """Store the reply once; returns the reply that stands: the one given, the escalation sent
         instead, a copy marked `silenced` (not to be sent), or the reply another delivery of the
         same message committed first. Raises REDIS_ERRORS (nothing decided then)."""
-        future: asyncio.Future[ReplyMessage] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name="commit")
-        return await future
+        return await self._batches.submit(item)
 
     async def commit_all(self, items: Sequence[Commit]) -> list[ReplyMessage]:
         """Several commits in order (a burst, or a test's batch), in one round trip."""
         return list(await asyncio.gather(*(self.commit(item) for item in items)))
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    with redis_span("commit", **{"atendimento.commit.batch": len(batch)}):
-                        standing = await self._commit([item for item, _ in batch])
-                except Exception as exc:  # every waiter learns it (Redis errors, and bugs alike)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), reply in zip(batch, standing, strict=True):
-                    if not future.done():
-                        future.set_result(reply)
-        finally:
-            self._flushing = None
+    async def _commit_batch(self, items: list[Commit]) -> list[ReplyMessage]:
+        with redis_span("commit", **{"atendimento.commit.batch": len(items)}):
+            return await self._commit(items)
 
     async def _commit(self, items: list[Commit]) -> list[ReplyMessage]:
         """Decide and apply the effects in one pipeline: Redis runs both scripts of a message

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from services.worker.coalesce import Coalescer
+
 from .kbfile import Entry
 
 log = logging.getLogger(__name__)
@@ -157,30 +159,11 @@ class QueryBatcher:
     arrives while a batch is in the model goes in the next one."""
 
     def __init__(self, model: E5Model) -> None:
+        self._batches: Coalescer[str, Vectors] = Coalescer(self._embed, name="embed")
         self._model = model
-        self._waiting: list[tuple[str, asyncio.Future[Vectors]]] = []
-        self._running: asyncio.Task[None] | None = None
 
     async def query(self, text: str) -> Vectors:
-        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        self._waiting.append((text, future))
-        if self._running is None:
-            self._running = asyncio.create_task(self._drain(), name="embed")
-        return await future
+        return await self._batches.submit(text)
 
-    async def _drain(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    vectors = await asyncio.to_thread(self._model.queries, [text for text, _ in batch])
-                except Exception as exc:  # every waiter learns it
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), vector in zip(batch, vectors, strict=True):
-                    if not future.done():
-                        future.set_result(vector)
-        finally:
-            self._running = None
+    async def _embed(self, texts: list[str]) -> Sequence[Vectors]:
+        return list(await asyncio.to_thread(self._model.queries, texts))
