@@ -21,8 +21,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.gateway.pipelining import AutoPipeline, Script
 from services.worker.acks import ChannelAcks
-from shared.pipelining import AutoPipeline, Script
 from tests.support import AMQP_URL, eventually, new_namespace
 
 pytestmark = pytest.mark.integration  # acks on the shared RabbitMQ, pipelines on the shared Redis
