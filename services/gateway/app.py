@@ -11,9 +11,8 @@ import aiohttp_cors
 from aiohttp import web
 
 from services.gateway.admission import Admission
-from services.gateway.auth import API_PREFIX, api_key_middleware
+from services.gateway.api_keys import API_PREFIX, api_key_middleware
 from services.gateway.claims import GatewayStore
-from services.gateway.conversations import TOKEN_HEADER, ConversationTokens
 from services.gateway.delivery import running_delivery
 from services.gateway.error_counts import BackgroundErrors
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
@@ -33,6 +32,7 @@ from services.gateway.keys import (
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
+from services.gateway.web_conversations import TOKEN_HEADER, ConversationTokens
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import GatewayMetrics

@@ -266,12 +266,12 @@ class DeliveryConsumer:
     async def _claim(self, message_id: str, owner: str) -> int | None:
         """Wait for any other consumer's lease on this reply; None when it is delivered already."""
         while True:
-            claim = await self._redis(lambda: self._ledger.acquire(message_id, owner, self._policy.lease_s))
-            if claim.done:
+            lease = await self._redis(lambda: self._ledger.acquire(message_id, owner, self._policy.lease_s))
+            if lease.done:
                 return None
-            if not claim.wait_s:
-                return claim.sent
-            await asyncio.sleep(min(claim.wait_s, LEASE_POLL_S))
+            if not lease.wait_s:
+                return lease.sent
+            await asyncio.sleep(min(lease.wait_s, LEASE_POLL_S))
 
     async def _send_part(self, reply: ReplyMessage, recipient: str, part: Part, owner: str, sent: int) -> None:
         """One part, retried; raises SendFailed once it is not worth trying again."""
