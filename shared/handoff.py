@@ -22,7 +22,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.messages import CHANNELS, Channel, MessageFormatError
+from shared.messages import Channel, MessageFormatError, parse_channel
 from shared.names import Names
 
 DEFAULT_TTL_SECONDS = 4 * 3600
@@ -58,7 +58,7 @@ class HandoffInfo:
         try:
             data = orjson.loads(raw)
             return cls(
-                channel=_channel(data["channel"]),
+                channel=parse_channel(data["channel"]),
                 user_id=str(data["user_id"]),
                 gateway_id=str(data.get("gateway_id", "")),
                 metadata=dict(data.get("metadata") or {}),
@@ -144,10 +144,3 @@ def queue_index(pipe: Pipeline, names: Names, conversation_id: str, started_at: 
     writes itself, atomically with the decision to hand over: services/worker/commit.py.)"""
     pipe.zadd(names.handoffs_key, {conversation_id: started_at})
     pipe.zremrangebyscore(names.handoffs_key, "-inf", time.time() - ttl_s)
-
-
-def _channel(value: Any) -> Channel:
-    for channel in CHANNELS:
-        if value == channel:
-            return channel
-    raise ValueError(f"unknown channel {value!r}")

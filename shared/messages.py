@@ -222,7 +222,7 @@ class InboundMessage:
                 conversation_id=str(data["conversation_id"]),
                 user_id=str(data["user_id"]),
                 text=str(data["text"]),
-                channel=_channel(data.get("channel", "web")),
+                channel=parse_channel(data.get("channel", "web")),
                 metadata=dict(data.get("metadata") or {}),
                 accepted_at_ms=float(data["accepted_at_ms"]),
                 gateway_id=str(data.get("gateway_id", "")),
@@ -291,7 +291,7 @@ class ReplyMessage:
                 message_id=str(data["message_id"]),
                 conversation_id=str(data["conversation_id"]),
                 user_id=str(data["user_id"]),
-                channel=_channel(data["channel"]),
+                channel=parse_channel(data["channel"]),
                 reply=ReplyContent.from_dict(data["reply"]),
                 latency_ms=float(data["latency_ms"]),
                 gateway_id=str(data.get("gateway_id", "")),
@@ -355,7 +355,8 @@ def _kind(value: Any) -> ReplyKind:
     raise ValueError(f"unknown reply kind {value!r}")
 
 
-def _channel(value: Any) -> Channel:
+def parse_channel(value: Any) -> Channel:
+    """A channel read from the wire (a message, a handoff); ValueError for one we do not serve."""
     for channel in CHANNELS:
         if value == channel:
             return channel

@@ -5,7 +5,7 @@ and computes any window (`increase(...[5m])`, `histogram_quantile`), which preco
 cannot give it. Each service builds its set on the registry of its own application factory
 (`shared.web.new_metrics_registry`), so nothing here is process-wide state. The monitor's gauges
 for system state that only it sees (queue depth, dead letters, workers alive) are its collector,
-`services.monitor.metrics`.
+`services.monitor.gauges`.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ class Names:
         return f"{self.namespace}:fallback-streak:{conversation_id}"
 
     def offered_key(self, conversation_id: str) -> str:
-        """The options the conversation's last reply offered (shared.store.Offered), while they
+        """The options the conversation's last reply offered (services/worker/state.py `Offered`), while they
         may still be chosen."""
         return f"{self.namespace}:offered:{conversation_id}"
 

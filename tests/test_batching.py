@@ -1,5 +1,5 @@
 """What is sent together is still settled one by one: the worker's batched acks
-(services/worker/acks.py) and the gateway's automatic Redis pipelining (shared/pipelining.py).
+(services/worker/acks.py) and the gateway's automatic Redis pipelining (services/gateway/pipelining.py).
 
 Real RabbitMQ and Redis: a wrong `multiple` ack acks a delivery still being worked on (it would be
 lost on a crash) or names a tag twice (the broker closes the channel); a batch that mixes up its
@@ -21,8 +21,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.gateway.pipelining import AutoPipeline, Script
 from services.worker.acks import ChannelAcks
-from shared.pipelining import AutoPipeline, Script
 from tests.support import AMQP_URL, eventually, new_namespace
 
 pytestmark = pytest.mark.integration  # acks on the shared RabbitMQ, pipelines on the shared Redis

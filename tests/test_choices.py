@@ -28,10 +28,10 @@ from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy
 from services.worker.engines.text import Language
+from services.worker.state import OFFERED_TTL_SECONDS, Offered, WorkerStore
 from shared.messages import HANDOFF_OPTION, InboundMessage, Option, ReplyContent
 from shared.names import Names
 from shared.settings import Settings
-from shared.store import OFFERED_TTL_SECONDS, Offered, Store
 from tests.support import (
     AMQP_URL,
     ROOT,
@@ -206,7 +206,7 @@ def clarify(options: tuple[Option, ...] = OFFERED, question: str = "") -> ReplyC
 
 
 async def test_the_commit_keeps_the_options_of_the_last_reply_only(redis: Redis, names: Names) -> None:
-    store, committer = Store(redis, names), Committer(redis, names)
+    store, committer = WorkerStore(redis, names), Committer(redis, names)
     key = names.offered_key("c-1")
 
     async def offered(text: str) -> Offered:
@@ -251,7 +251,7 @@ async def test_a_question_back_neither_counts_as_a_fallback_nor_ends_the_streak(
 
 
 async def test_the_first_read_reads_nothing_unless_asked(redis: Redis, names: Names) -> None:
-    store = Store(redis, names)
+    store = WorkerStore(redis, names)
     await redis.set(names.offered_key("c-3"), Offered(OFFERED, AMBIGUOUS).to_bytes())
     plain = await store.begin(message("c-3"), redelivered=False, with_history=False, with_offered=False)
     assert plain.offered == Offered() and plain.attempt == 1 and plain.stored_reply is None

@@ -49,7 +49,7 @@ def substitute(query: str) -> str:
 def exported_families() -> set[str]:
     """Every metric name our code defines (shared/metrics.py, the monitor's collector) or that
     prometheus_client's process collector exports."""
-    sources = [ROOT / "shared" / "metrics.py", ROOT / "services" / "monitor" / "metrics.py"]
+    sources = [ROOT / "shared" / "metrics.py", ROOT / "services" / "monitor" / "gauges.py"]
     names = {m for path in sources for m in re.findall(r'"(atendimento_[a-z0-9_]+)"', path.read_text())}
     names |= {
         m.replace("{name}", kind)

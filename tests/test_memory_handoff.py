@@ -16,6 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.gateway.claims import GatewayStore
 from services.worker.commit import SILENT_REPLY, CommitSettings, Committer
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
@@ -23,7 +24,6 @@ from services.worker.engines.policy import ReplyPolicy, asks_for_human
 from shared.handoff import HandoffInfo, Handoffs
 from shared.messages import ReplyContent
 from shared.names import Names
-from shared.store import Store
 from tests.support import ROOT, SAMPLE_PT, TEST_SHARDS, Stack, eventually, post_message, web_id
 from tests.support.commits import commit_of, message
 from tests.support.pipeline import read_events, wait_ready
@@ -112,7 +112,7 @@ async def test_a_reply_committed_after_the_handoff_began_is_silenced(redis: Redi
     reply is stored silenced (never sent, not shown as the answer), logged for the agent, and it
     leaves the bot's memory alone. In one batch, a handoff also silences the replies after it."""
     names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
-    store = Store(redis, names)
+    store = GatewayStore(redis, names)
     committer = Committer(redis, names, settings=CommitSettings(handoff_ttl_s=1))
     try:
         taken = message("c-taken")

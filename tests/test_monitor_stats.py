@@ -16,7 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.monitor.stats import Summary, read_raw, summarize
+from services.monitor.stats_reader import Summary, read_raw, summarize
 from shared import stats
 from shared.messages import InboundMessage
 from shared.names import Names

@@ -22,8 +22,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from services.gateway.conversations import ConversationTokens
 from services.gateway.handlers.sse import encode_event
+from services.gateway.web_conversations import ConversationTokens
 from shared.messages import ReplyContent, ReplyMessage
 from shared.names import Names
 from shared.settings import ConfigError, Settings

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from services.gateway.claims import CLAIM_FUNCTION, PROVISIONAL_CLAIM_MS, Claim
+from services.gateway.pipelining import AutoPipeline, Script
 from services.gateway.ratelimit import TAKE_FUNCTION, Bucket, take_arguments
 from shared.names import Names
-from shared.pipelining import AutoPipeline, Script
-from shared.store import CLAIM_FUNCTION, IDEMPOTENCY_TTL_SECONDS, PROVISIONAL_CLAIM_MS, Claim
+from shared.store import IDEMPOTENCY_TTL_SECONDS
 from shared.telemetry import traced_redis
 
 # KEYS: 1 the claim, then a bucket per rate limit. ARGV: 1 the request's token, 2 conversation,

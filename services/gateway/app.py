@@ -11,9 +11,10 @@ import aiohttp_cors
 from aiohttp import web
 
 from services.gateway.admission import Admission
-from services.gateway.auth import API_PREFIX, api_key_middleware
-from services.gateway.conversations import TOKEN_HEADER, ConversationTokens
+from services.gateway.api_keys import API_PREFIX, api_key_middleware
+from services.gateway.claims import GatewayStore
 from services.gateway.delivery import running_delivery
+from services.gateway.error_counts import BackgroundErrors
 from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
 from services.gateway.keys import (
@@ -31,12 +32,13 @@ from services.gateway.keys import (
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
 from services.gateway.validation import MAX_BODY_BYTES
+from services.gateway.web_conversations import TOKEN_HEADER, ConversationTokens
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import GatewayMetrics
 from shared.service import supervised
 from shared.settings import Settings
-from shared.store import BackgroundErrors, Store, redis_check
+from shared.store import redis_check
 from shared.telemetry import server_span_middleware
 from shared.web import PROBE_PATHS, PROBES, Probes, install_security_headers, new_metrics_registry, problem_middleware
 
@@ -105,7 +107,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with open_connections(settings, SERVICE) as connections:
         redis, broker = connections.redis, connections.broker
-        store = Store(redis, connections.names)
+        store = GatewayStore(redis, connections.names)
         app[STORE] = store
         app[ERRORS] = BackgroundErrors(store)
         app[BROKER] = broker

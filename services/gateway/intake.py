@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.gateway.admission import Admission, Refused
+from services.gateway.claims import PROVISIONAL_CLAIM_MS, Claim, GatewayStore, claimed_conversation
 from services.gateway.ratelimit import AddressCharge, RateLimiter, too_many
 from shared.broker import BROKER_ERRORS, COPY_HEADER, Broker
 from shared.messages import InboundMessage, ReplyMessage
 from shared.metrics import GatewayMetrics
-from shared.store import PROVISIONAL_CLAIM_MS, REDIS_ERRORS, Claim, Store, claimed_conversation
+from shared.store import REDIS_ERRORS
 from shared.web import Problem
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Intake:
-    store: Store
+    store: GatewayStore
     broker: Broker
     # Per sender (channel and user id), for every channel alike: webhooks included.
     limiter: RateLimiter

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.conversations import ConversationTokens
-from services.gateway.delivery.consumer import DeliveryConsumer
+from services.gateway.claims import GatewayStore
+from services.gateway.delivery.sender import DeliveryConsumer
+from services.gateway.error_counts import BackgroundErrors
 from services.gateway.intake import Intake
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
+from services.gateway.web_conversations import ConversationTokens
 from shared.broker import Broker
 from shared.metrics import GatewayMetrics
 from shared.settings import Settings
-from shared.store import BackgroundErrors, Store
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", GatewayStore)
 INTAKE = web.AppKey("intake", Intake)
 ROUTER = web.AppKey("router", ReplyRouter)
 BROKER = web.AppKey("broker", Broker)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from services.gateway.pipelining import AutoPipeline, Script
 from shared.names import Names, route_token
-from shared.pipelining import AutoPipeline, Script
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, client_address
 

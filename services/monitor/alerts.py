@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from services.monitor.health import Health, ServiceInfo
-from services.monitor.stats import Summary, iso
+from services.monitor.stats_reader import Summary, iso
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from services.monitor.alerts import WebhookNotifier
 from services.monitor.audit import AuditLog
 from services.monitor.deadletters import DeadLetters
 from services.monitor.evaluator import Evaluator
+from services.monitor.gauges import SystemCollector
 from services.monitor.health import health_json
 from services.monitor.keys import (
     AUDIT,
@@ -34,10 +35,9 @@ from services.monitor.keys import (
     TOKEN_CHECKS,
     VIEW,
 )
-from services.monitor.metrics import SystemCollector
 from services.monitor.observation import observe, stats_body
 from services.monitor.problems import unreachable
-from services.monitor.stats import iso, last_24h, read_raw
+from services.monitor.stats_reader import iso, last_24h, read_raw
 from services.monitor.system import SystemView
 from shared.connections import open_connections
 from shared.handoff import Handoffs

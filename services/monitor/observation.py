@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 from services.monitor import alerts
 from services.monitor.alerts import Alert
 from services.monitor.health import Health, ServiceInfo, SystemStatus
-from services.monitor.stats import (
+from services.monitor.stats_reader import (
     ErrorCounts,
     Latency,
     LatencyBreakdown,

@@ -22,13 +22,14 @@ from services.worker.engines.policy import ReplyPolicy
 from services.worker.kbreload import KbReloader, LiveEngine
 from services.worker.media import MediaResolver
 from services.worker.processor import Processor
+from services.worker.state import WorkerStore
 from shared.broker import Broker
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import WorkerMetrics
 from shared.service import supervised
 from shared.settings import ConfigError, Settings
-from shared.store import Store, redis_check
+from shared.store import redis_check
 from shared.web import PROBES, Probes, new_metrics_registry, problem_middleware
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ SERVICE = "worker"
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", ChoosingEngine)
 BROKER = web.AppKey("broker", Broker)
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", WorkerStore)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
 MEDIA = web.AppKey("media", MediaResolver)
 METRICS = web.AppKey("metrics", WorkerMetrics)
@@ -103,7 +104,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with open_connections(settings, SERVICE) as connections:
         app[BROKER] = connections.broker
-        app[STORE] = Store(connections.redis, connections.names, settings.memory_turns)
+        app[STORE] = WorkerStore(connections.redis, connections.names, memory_turns=settings.memory_turns)
         yield
         await app[ENGINE].close()
         await app[MEDIA].close()

@@ -36,17 +36,18 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from services.worker.coalesce import Coalescer
+from services.worker.state import OFFERED_TTL_SECONDS, Offered
 from shared import handoff, stats
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
-from shared.store import IDEMPOTENCY_TTL_SECONDS, OFFERED_TTL_SECONDS, USERS_KEEP_SECONDS, Offered
+from shared.store import CONVERSATION_LOG_ENTRIES, CONVERSATION_LOG_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS
 from shared.telemetry import redis_span
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_LOG_ENTRIES = 200
-CONVERSATION_LOG_TTL_SECONDS = 7 * 24 * 3600
+# How long a user seen stays listed: the monitor counts the users of the last day, and an hour's margin.
+USERS_KEEP_SECONDS = 25 * 3600
 # What the bot says while a human has the conversation: nothing. It stands in for the reply that
 # was not sent wherever one is stored, logged or announced, so that text never leaks.
 SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=True, kind="handoff")
@@ -110,7 +111,7 @@ return {outcome}
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
 #       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
 #       queue of replies to send: services/gateway/delivery/order.py), 9 the commit's marker,
-#       10 the options offered (shared.store.Offered).
+#       10 the options offered (services/worker/state.py `Offered`).
 _EFFECTS = """#!lua
 local outcome = redis.call('GET', KEYS[9])
 if not outcome then

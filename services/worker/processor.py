@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -35,16 +34,16 @@ from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
 from services.worker.media import MediaResolver
 from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outcome, Received, RetryAfter, Settled
+from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
 from shared import unanswered
 from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage, now_ms
 from shared.metrics import WorkerMetrics
-from shared.store import REDIS_ERRORS, Store, WorkState
+from shared.store import until_redis_answers
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_BACKOFF_S = 5.0
 
@@ -84,7 +83,7 @@ class Generated:
 
 @dataclass(frozen=True, slots=True)
 class Processor:
-    store: Store
+    store: WorkerStore
     committer: Committer
     broker: Broker
     engine: ChoosingEngine
@@ -140,13 +139,14 @@ class Processor:
         started = now_ms()
         # The options offered are read only when they may matter: the fast path reads nothing.
         may_choose = bool(message.option) or self.engine.may_be_choice("\n".join(m.text for _, m in pairs))
-        state = await self._until_redis_answers(
+        state = await until_redis_answers(
             lambda: self.store.begin(
                 message,
                 redelivered=may_be_a_copy(last.delivery),
                 with_history=self.engine.uses_history,
                 with_offered=may_choose,
-            )
+            ),
+            holding="the messages",
         )
         if state.stored_reply is not None:
             return [Ready(last.delivery, message, state.stored_reply)]
@@ -191,7 +191,7 @@ class Processor:
     async def _engine_failed(self, taken: Taken) -> RetryAfter | DeadLettered:
         message_id = taken.messages[-1].message_id
         mark_current_failed("engine failed")
-        failures = await self._until_redis_answers(lambda: self.store.record_failure(message_id))
+        failures = await until_redis_answers(lambda: self.store.record_failure(message_id), holding="the messages")
         if failures < self.max_attempts:
             return RetryAfter(backoff(failures))
         log.error("message %s failed %d times; dead-lettered", message_id, failures)
@@ -238,7 +238,7 @@ class Processor:
         """The replies that stand, in order: the fresh ones as committed, the stored ones as they were."""
         fresh = [item.commit for item in ready if item.commit is not None]
         with spans.activate(ready[-1].message.message_id):
-            standing = iter(await self._until_redis_answers(lambda: self.committer.commit_all(fresh)))
+            standing = iter(await until_redis_answers(lambda: self.committer.commit_all(fresh), holding="the messages"))
         return [next(standing) if item.commit is not None else item.reply for item in ready]
 
     def _committed(self, commit: Commit, reply: ReplyMessage) -> None:
@@ -279,19 +279,6 @@ class Processor:
     def _dead_letter(deliveries: Sequence[AbstractIncomingMessage], kind: DeadLetterKind) -> DeadLettered:
         mark_current_failed(kind)  # the message's span; the settlement rejects the deliveries
         return DeadLettered(tuple(deliveries), kind)
-
-    async def _until_redis_answers(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Redis down is not the message's fault: wait in place (keeping order and the delivery)
-        rather than spend one of its attempts."""
-        attempt = 0
-        while True:
-            try:
-                return await operation()
-            except REDIS_ERRORS as exc:
-                if attempt == 0:
-                    log.warning("Redis unavailable, holding the messages until it answers: %s", exc)
-                attempt += 1
-                await asyncio.sleep(backoff(attempt))
 
 
 def bursts(received: Sequence[Received], window_ms: float) -> list[list[Received]]:

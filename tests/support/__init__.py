@@ -25,7 +25,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
-from services.gateway.conversations import ConversationTokens, scoped, user_scope
+from services.gateway.web_conversations import ConversationTokens, scoped, user_scope
 from shared.messages import InboundMessage
 from shared.names import Names
 

@@ -1,7 +1,7 @@
 """Outbound delivery of WhatsApp and Telegram replies (SPEC section 4).
 
 The worker publishes a channel's replies, persistent, to the durable queue `{ns}.delivery.{channel}`;
-every gateway with that channel configured consumes it as a competing consumer (`consumer.py`),
+every gateway with that channel configured consumes it as a competing consumer (`sender.py`),
 sending through the channel's API client (`clients.py`), splitting long text (`split.py`) and
 recording what went out in Redis (`ledger.py`) so a reply is sent once.
 """
@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
+from services.gateway.claims import GatewayStore
 from services.gateway.delivery.clients import ChannelClient, TelegramClient, WhatsAppClient
-from services.gateway.delivery.consumer import DeliveryConsumer, DeliveryRetryPolicy
+from services.gateway.delivery.sender import DeliveryConsumer, DeliveryRetryPolicy
 from shared.broker import Broker
 from shared.metrics import DeliveryMetrics
 from shared.service import supervised
 from shared.settings import Settings
 from shared.speech import SpeechConfig, synthesise
-from shared.store import Store
 from shared.telemetry import client_trace_config
 
 
@@ -63,7 +63,7 @@ async def _speaker(settings: Settings, stack: contextlib.AsyncExitStack) -> Call
 
 @contextlib.asynccontextmanager
 async def running_delivery(
-    settings: Settings, broker: Broker, store: Store, metrics: DeliveryMetrics
+    settings: Settings, broker: Broker, store: GatewayStore, metrics: DeliveryMetrics
 ) -> AsyncIterator[list[DeliveryConsumer]]:
     """The configured channels' consumers, subscribed in the background (the broker may not be
     up yet); on exit they finish what they hold, within the shutdown grace period."""

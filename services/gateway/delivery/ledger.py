@@ -64,8 +64,8 @@ return 1
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """The outcome of `acquire`: done, busy for `wait_s`, or ours from part `sent` on."""
+class Lease:
+    """What taking a reply's lease (`acquire`) found: done, busy for `wait_s`, or ours from part `sent` on."""
 
     done: bool = False
     wait_s: float = 0.0
@@ -77,14 +77,14 @@ class Ledger:
     redis: Redis
     names: Names
 
-    async def acquire(self, message_id: str, owner: str, lease_s: float) -> Claim:
+    async def acquire(self, message_id: str, owner: str, lease_s: float) -> Lease:
         key = self.names.delivered_key(message_id)
         state, wait_ms = await self.redis.eval(_ACQUIRE, 1, key, owner, int(lease_s * 1000), IDEMPOTENCY_TTL_SECONDS)
         if state == -1:
-            return Claim(done=True)
+            return Lease(done=True)
         if state == -2:
-            return Claim(wait_s=int(wait_ms) / 1000)
-        return Claim(sent=int(state))
+            return Lease(wait_s=int(wait_ms) / 1000)
+        return Lease(sent=int(state))
 
     async def renew(self, message_id: str, owner: str, lease_s: float, sent: int) -> bool:
         """Keep the lease for `lease_s` more and record `sent` confirmed parts; False if lost."""

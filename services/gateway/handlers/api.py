@@ -1,6 +1,6 @@
 """`POST /v1/messages`: the web and server-to-server channel.
 
-The caller's ids are scoped to its user inside the system (services/gateway/conversations.py);
+The caller's ids are scoped to its user inside the system (services/gateway/web_conversations.py);
 answers show them as sent, with the conversation's token.
 """
 
@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway.conversations import public_answer, public_id, scoped, user_scope
 from services.gateway.intake import unavailable
 from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE, TOKENS
 from services.gateway.ratelimit import ADDRESS_CHARGE
 from services.gateway.validation import parse_json_object, parse_message, parse_wait
+from services.gateway.web_conversations import public_answer, public_id, scoped, user_scope
 from shared.broker import BROKER_ERRORS
 from shared.messages import InboundMessage, ReplyMessage
 from shared.store import REDIS_ERRORS

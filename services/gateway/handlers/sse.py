@@ -13,11 +13,11 @@ import contextlib
 import orjson
 from aiohttp import web
 
-from services.gateway.conversations import forbidden, presented_token, public_answer, public_id
 from services.gateway.intake import unavailable
 from services.gateway.keys import ROUTER, TOKENS
 from services.gateway.replies import Streamed
 from services.gateway.validation import parse_conversation_id
+from services.gateway.web_conversations import forbidden, presented_token, public_answer, public_id
 from shared.broker import BROKER_ERRORS
 from shared.messages import ReplyDelta, ReplyMessage
 from shared.store import REDIS_ERRORS

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.conversations import SCOPE_RE, forbidden, presented_token, public_answer, public_id, scoped
 from services.gateway.intake import unavailable
 from services.gateway.keys import INTAKE, TOKENS
 from services.gateway.validation import check_id
+from services.gateway.web_conversations import SCOPE_RE, forbidden, presented_token, public_answer, public_id, scoped
 from shared.messages import ReplyMessage
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response

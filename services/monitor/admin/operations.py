@@ -22,7 +22,7 @@ from services.monitor.health import health_json
 from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
 from services.monitor.problems import unreachable
-from services.monitor.stats import last_24h
+from services.monitor.stats_reader import last_24h
 from shared.broker import BROKER_ERRORS
 from shared.handoff import HandoffInfo
 from shared.messages import ReplyContent, ReplyMessage

@@ -28,6 +28,7 @@ from typing import Literal, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
+from services.gateway.claims import GatewayStore
 from services.gateway.delivery.clients import ChannelClient, MissingAddress, SendFailed
 from services.gateway.delivery.ledger import Ledger
 from services.gateway.delivery.order import OutboundOrder
@@ -38,7 +39,7 @@ from shared.logs import mask_pii
 from shared.messages import MessageFormatError, Option, ReplyMessage
 from shared.metrics import DeliveryMetrics
 from shared.speech import SpeechError
-from shared.store import REDIS_ERRORS, Store
+from shared.store import REDIS_ERRORS, until_redis_answers
 from shared.telemetry import ConsumerSpans
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class DeliveryConsumer:
     def __init__(
         self,
         broker: Broker,
-        store: Store,
+        store: GatewayStore,
         client: ChannelClient,
         policy: DeliveryRetryPolicy,
         instance_id: str,
@@ -265,12 +266,12 @@ class DeliveryConsumer:
     async def _claim(self, message_id: str, owner: str) -> int | None:
         """Wait for any other consumer's lease on this reply; None when it is delivered already."""
         while True:
-            claim = await self._redis(lambda: self._ledger.acquire(message_id, owner, self._policy.lease_s))
-            if claim.done:
+            lease = await self._redis(lambda: self._ledger.acquire(message_id, owner, self._policy.lease_s))
+            if lease.done:
                 return None
-            if not claim.wait_s:
-                return claim.sent
-            await asyncio.sleep(min(claim.wait_s, LEASE_POLL_S))
+            if not lease.wait_s:
+                return lease.sent
+            await asyncio.sleep(min(lease.wait_s, LEASE_POLL_S))
 
     async def _send_part(self, reply: ReplyMessage, recipient: str, part: Part, owner: str, sent: int) -> None:
         """One part, retried; raises SendFailed once it is not worth trying again."""
@@ -336,12 +337,4 @@ class DeliveryConsumer:
 
     async def _redis(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Redis down is not the reply's fault: hold it in place until Redis answers."""
-        attempt = 0
-        while True:
-            try:
-                return await operation()
-            except REDIS_ERRORS as exc:
-                attempt += 1
-                if attempt == 1:
-                    log.warning("Redis unavailable, holding channel replies until it answers: %s", exc)
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        return await until_redis_answers(operation, holding="channel replies")

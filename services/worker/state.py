@@ -1,0 +1,116 @@
+"""The worker's own Redis reads and writes before a reply is committed: what it must know first
+(`WorkerStore.begin`: a stored reply, earlier failures, the memory, the options offered) and the
+count of failed attempts at a message. The commit is services/worker/commit.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+from redis.commands.core import AsyncScript
+
+from shared.messages import InboundMessage, Option, ReplyMessage
+from shared.store import IDEMPOTENCY_TTL_SECONDS, Store
+from shared.telemetry import redis_span, traced_redis
+
+# How long the options a reply offered may still be chosen: time enough to read and tap, not so
+# long that a tap on an old message is taken for an answer to a question long left behind.
+OFFERED_TTL_SECONDS = 30 * 60
+
+# KEYS: 1 attempts, 2 the last failure counted. ARGV: 1 token, 2 ttl. Counts one failure once: a
+# command resent after its reply was lost finds its token and does not count it again.
+_RECORD_FAILURE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+local failures = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', 300)
+return failures
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """The options the conversation's last reply offered (written by the worker's commit, for
+    OFFERED_TTL_SECONDS), and the customer's question that led to them: what an entry chosen
+    from them answers."""
+
+    options: tuple[Option, ...] = ()
+    question: str = ""
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"options": [option.to_dict() for option in self.options], "question": self.question})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Offered:
+        data = orjson.loads(raw)
+        return cls(tuple(Option.from_dict(option) for option in data["options"]), str(data["question"]))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkState:
+    """What the worker needs to know before it generates a reply."""
+
+    stored_reply: ReplyMessage | None
+    attempt: int  # 1 + the failures recorded so far
+    history: list[dict[str, str]]
+    # The conversation is with a human (only read along with the memory: for an engine that costs).
+    handed_off: bool = False
+    # What the last reply offered (only read for a message that may choose one of them).
+    offered: Offered = field(default_factory=Offered)
+
+
+@dataclass(slots=True)
+class WorkerStore(Store):
+    """The shared operations, and the worker's first read and failure count."""
+
+    # Turns of memory the worker reads before generating (its commit writes them).
+    memory_turns: int = 10
+    _record_failure: AsyncScript = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A registered script runs by EVALSHA: its text crosses the wire once, not per message.
+        self._record_failure = self.redis.register_script(_RECORD_FAILURE)
+
+    async def begin(
+        self, message: InboundMessage, *, redelivered: bool, with_history: bool, with_offered: bool
+    ) -> WorkState:
+        """Read what the worker must know first, in one round trip. A first delivery cannot have a
+        stored reply or earlier failures, so the common case reads only the memory, and only for
+        engines using it (they also learn whether the conversation is with a human, and skip
+        generating then), and the options offered only for a message that may choose one: plain
+        text on the knowledge-base engine reads nothing."""
+        if not (redelivered or with_history or with_offered):
+            return WorkState(stored_reply=None, attempt=1, history=[])
+        conversation = message.conversation_id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if redelivered:
+                pipe.get(self.names.reply_key(message.message_id))
+                pipe.get(self.names.attempts_key(message.message_id))
+            if with_history:
+                pipe.lrange(self.names.memory_key(conversation), -2 * self.memory_turns, -1)
+                pipe.exists(self.names.handoff_key(conversation))
+            if with_offered:
+                pipe.get(self.names.offered_key(conversation))
+            with redis_span("begin"):
+                results = iter(await pipe.execute())
+        stored, attempt = (next(results), int(next(results) or 0) + 1) if redelivered else (None, 1)
+        memory, handed_off = (next(results), bool(next(results))) if with_history else ([], False)
+        offered = next(results) if with_offered else None
+        return WorkState(
+            stored_reply=ReplyMessage.from_bytes(stored) if stored else None,
+            attempt=attempt,
+            history=[orjson.loads(item) for item in memory],
+            handed_off=handed_off,
+            offered=Offered.from_bytes(offered) if offered else Offered(),
+        )
+
+    @traced_redis("record_failure")
+    async def record_failure(self, message_id: str) -> int:
+        """Count a failed attempt at a message; returns how many there have been."""
+        key = self.names.attempts_key(message_id)
+        failures = await self._record_failure([key, f"{key}:last"], [uuid.uuid4().hex, IDEMPOTENCY_TTL_SECONDS])
+        return int(failures)
