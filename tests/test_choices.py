@@ -19,10 +19,8 @@ from typing import Any
 import aio_pika
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from services.worker.app import ENGINE, create_app
 from services.worker.commit import Commit, CommitSettings, Committer
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
@@ -31,7 +29,6 @@ from services.worker.engines.text import Language
 from services.worker.state import OFFERED_TTL_SECONDS, Offered, WorkerStore
 from shared.messages import HANDOFF_OPTION, InboundMessage, Option, ReplyContent
 from shared.names import Names
-from shared.settings import Settings
 from tests.support import (
     AMQP_URL,
     ROOT,
@@ -44,7 +41,7 @@ from tests.support import (
     web_id,
 )
 from tests.support.commits import commit_of, message
-from tests.support.pipeline import wait_ready
+from tests.support.pipeline import wait_ready, worker_in_process
 from tests.support.redis_monitor import monitoring
 
 CATALOG = KbEngine(KnowledgeBase.load(SAMPLE_PT))
@@ -343,15 +340,9 @@ async def test_offered_options_are_chosen_end_to_end(stack: Stack, http: aiohttp
 @pytest.fixture
 async def asking_worker(stack: Stack) -> AsyncIterator[AskingBack]:
     """The real worker in this process, its engine asking back on AMBIGUOUS."""
-    app = create_app(Settings.from_env(stack.env()))
     chooser, engine = policy()
-    app[ENGINE] = chooser
-    server = TestServer(app)
-    await server.start_server()
-    try:
+    async with worker_in_process(stack.env(), chooser):
         yield engine
-    finally:
-        await server.close()
 
 
 async def test_a_question_back_is_answered_by_number_or_label_end_to_end(

@@ -27,7 +27,7 @@ from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.stemmer import stem_en, stem_pt
 from services.worker.engines.text import join_phrases, words_of
-from tests.support import free_port
+from tests.support import VECTOR_CACHE, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PT = ROOT / "shared" / "data" / "kb-sample.yaml"
@@ -61,7 +61,8 @@ def en_engine() -> KbEngine:
 
 @pytest.fixture(scope="module")
 def model() -> E5Model:
-    return E5Model()
+    VECTOR_CACHE.mkdir(exist_ok=True)
+    return E5Model(cache=VECTOR_CACHE)  # the bases' vectors, shared with every test's worker
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,11 @@ from typing import Any
 import aio_pika
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from services.worker.app import ENGINE, create_app
 from services.worker.engines.base import EngineRequest
 from shared.messages import ReplyContent
-from shared.settings import Settings
 from tests.support import AMQP_URL, Stack, eventually, get_json, post_message
+from tests.support.pipeline import worker_in_process
 
 ALWAYS = "this always fails"
 TWICE = "this fails twice"
@@ -47,16 +45,9 @@ class FlakyEngine:
 
 @pytest.fixture
 async def flaky_worker(stack: Stack) -> AsyncIterator[FlakyEngine]:
-    env = stack.env(MAX_ATTEMPTS="3")
-    app = create_app(Settings.from_env(env))
     engine = FlakyEngine()
-    app[ENGINE] = engine
-    server = TestServer(app)
-    await server.start_server()
-    try:
+    async with worker_in_process(stack.env(MAX_ATTEMPTS="3"), engine):
         yield engine
-    finally:
-        await server.close()
 
 
 async def test_failing_message_is_retried_then_dead_lettered_and_the_conversation_goes_on(

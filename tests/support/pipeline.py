@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from aiohttp.test_utils import TestServer
 
+from services.worker.app import ENGINE, create_app
+from services.worker.engines.base import ChoosingEngine
+from shared.settings import Settings
 from tests.support import Service, Stack, conversation_token, eventually, get_json, sse_events
 
 
@@ -55,3 +61,16 @@ async def read_events(
                 if len(events) >= count:
                     return events
     return events
+
+
+@contextlib.asynccontextmanager
+async def worker_in_process(env: dict[str, str], engine: ChoosingEngine) -> AsyncIterator[None]:
+    """The real worker app in the test's own process, answering with `engine` (a test's stand-in)."""
+    app = create_app(Settings.from_env(env))
+    app[ENGINE] = engine
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield
+    finally:
+        await server.close()
