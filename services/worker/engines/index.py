@@ -27,9 +27,10 @@ An entry's score, in 0..1, is the mean of two views that must both be high to an
     An entry whose id, tags or answer hold the query's words matches a little even when no
     example question does ("aceita pix?" where only the answer names Pix): `described_match`
     times the share of the query's known information they hold.
-Below `threshold` the engine answers with the base's fallback. A guess (a short question with a
-word the base never uses, held by one entry through a single known word: `Tuning.guess_answers`)
-needs a higher score: its confidence is scaled down.
+What the engine makes of these scores (answer, ask back, fall back) is decided from calibrated
+probabilities (confidence.py). A guess (a short question with a word the base never uses, held by
+one entry through a single known word: `Tuning.guess_answers`) is flagged and its confidence
+scaled down: the engine asks back on it rather than answer.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ class Tuning:
     The defaults were chosen on five bases at once (two Portuguese shops, a Portuguese gym, an
     English shop and an English internet provider: `python -m eval --all`), keeping only changes
     that helped on all of them, then checked on two bases written for that and never tuned on
-    (eval/holdout). The weights are flat: moving one by 0.1 changes a question or two. The
-    threshold is what matters: it sits between the weakest right answers of those bases (about
-    0.31) and their off-topic questions that share no more than a stray word with an entry.
+    (eval/holdout). The weights are flat: moving one by 0.1 changes a question or two.
+    `threshold` and `guess_answers` only scale a guess's confidence now (one of the features the
+    confidence models were fitted on): change them and run `python -m eval.calibrate` again.
     """
 
     question_weight: float = 0.8
@@ -88,9 +89,9 @@ class Tuning:
     # A guess: a short question (at most `guess_terms` terms, question words included) with a word the base never uses
     # and a single word it knows, held by one entry well ahead of the next (whose score is at
     # most `guess_rival` of the winner's). "vcs vendem celular?" in a shop that sells to
-    # companies, "do you sell furniture?", "quem descobriu o brasil?". Such a match answers only
-    # from `guess_answers` (its confidence is scaled down to put that at the threshold): the word
-    # the base lacks is as likely the topic of the question as a detail of it.
+    # companies, "do you sell furniture?", "quem descobriu o brasil?". Such a match is flagged
+    # (`Hit.guess`) and its confidence scaled down by threshold / guess_answers: the word the base
+    # lacks is as likely the topic of the question as a detail of it.
     guess_terms: int = 4
     guess_rival: float = 0.4
     guess_answers: float = 0.45
@@ -102,7 +103,7 @@ class Hit:
     score: float
     coverage: float
     question_match: float
-    confidence: float  # the score, scaled down for a guess (Tuning.guess_answers); vs threshold
+    confidence: float  # the score, scaled down for a guess (Tuning.guess_answers)
     # The share of the query's information the base knows at all (1: every word is the base's).
     known: float = 1.0
     # A guess (Tuning.guess_answers): the word the base lacks may well be the question's topic.
