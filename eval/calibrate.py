@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from services.worker.engines.confidence import SEMANTIC_FEATURES, WORD_FEATURES, Ranking
 from services.worker.engines.e5 import E5Model
-from services.worker.engines.kb import KbEngine, KnowledgeBase
+from services.worker.engines.kb import OPTIONS, KbEngine, KnowledgeBase
 
 from .__main__ import BUNDLED, TUNED
 from .harness import FALLBACK, load_questions
@@ -60,7 +60,7 @@ def samples(model: E5Model) -> tuple[list[Sample], list[Sample]]:
 
 
 def _sample(group: str, expect: str, ranking: Ranking, ids: Sequence[str]) -> Sample:
-    ranked = [ids[candidate.entry] for candidate in ranking.candidates]
+    ranked = [ids[candidate.entry] for candidate in ranking.candidates[:OPTIONS]]
     in_scope = expect != FALLBACK
     return Sample(group, in_scope, ranking.features, in_scope and ranked[0] == expect, in_scope and expect in ranked)
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 import yaml
 
 from services.worker.engines.e5 import E5Model
-from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase
+from services.worker.engines.kb import OPTIONS, Entry, KbEngine, KnowledgeBase
 
 FALLBACK = "fallback"
 
@@ -151,7 +151,7 @@ def evaluate(engine: KbEngine, questions: Sequence[Question]) -> Report:
         started = time.perf_counter()
         reply, ranking = engine.explain(question.text)
         ms = (time.perf_counter() - started) * 1000.0
-        ranked = tuple(engine.kb.entries[candidate.entry].id for candidate in ranking.candidates)
+        ranked = tuple(engine.kb.entries[candidate.entry].id for candidate in ranking.candidates[:OPTIONS])
         outcomes.append(
             Outcome(
                 question=question,

@@ -57,6 +57,7 @@ class Lexical:
     scan: SmallTalk
     hits: tuple[Hit, ...]  # every entry sharing a word with the question, best first
     terms: int  # content words and question words of the question
+    words: Ranking | None  # the ranking by words alone (None: no entry shares a word)
 
     @property
     def has_terms(self) -> bool:
@@ -89,8 +90,7 @@ class KbEngine:
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         lexical = self._lexical(request.text)
-        vector = await self._batcher.query(request.text) if self._batcher and self._needs_model(lexical) else None
-        return self._decide(lexical, self._rank(lexical, vector))
+        return self._decide(lexical, self._rank(lexical, await self._query(lexical)))
 
     def answer(self, text: str) -> ReplyContent:
         """`reply` for a caller off the event loop (evaluation, tests): the model runs inline."""
@@ -117,8 +117,7 @@ class KbEngine:
     def rank(self, text: str, lexical: Lexical | None = None) -> Ranking:
         """The best entries for `text` with the calibrated probabilities (the model runs inline)."""
         lexical = lexical or self._lexical(text)
-        vector = self._vectors.model.query(text) if self._vectors and self._needs_model(lexical) else None
-        return self._rank(lexical, vector)
+        return self._rank(lexical, self._query_inline(lexical))
 
     def rankings(self, text: str) -> tuple[Ranking | None, Ranking | None]:
         """Both rankings of `text`, words alone and with the model, whatever the engine would ask
@@ -126,22 +125,19 @@ class KbEngine:
         lexical = self._lexical(text)
         if lexical.scan.only_small_talk:
             return None, None
-        words = self._words_ranking(lexical) if lexical.hits else None
         semantic = self._rank(lexical, self._vectors.model.query(text)) if self._vectors and lexical.has_terms else None
-        return words, semantic
+        return lexical.words, semantic
 
     async def lookup(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, each with the probability that it is the one
         meant (the LLM engine's grounding); none when no entry is close enough to offer."""
         lexical = self._lexical(text)
-        vector = await self._batcher.query(text) if self._batcher and self._needs_model(lexical) else None
-        return self._scored(self._rank(lexical, vector, depth=limit), limit)
+        return self._scored(self._rank(lexical, await self._query(lexical), depth=limit), limit)
 
     def search(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """`lookup` for a caller off the event loop."""
         lexical = self._lexical(text)
-        vector = self._vectors.model.query(text) if self._vectors and self._needs_model(lexical) else None
-        return self._scored(self._rank(lexical, vector, depth=limit), limit)
+        return self._scored(self._rank(lexical, self._query_inline(lexical), depth=limit), limit)
 
     async def close(self) -> None:
         """Nothing to release: the indexes live in memory."""
@@ -152,17 +148,25 @@ class KbEngine:
         scan = self._small_talk.scan(self._analyzer.words(text))
         terms = len({self._analyzer.stem(word) for word in scan.rest if self._analyzer.is_term(word)})
         hits = () if scan.only_small_talk else tuple(self._index.rank(scan.rest, limit=len(self.kb.entries)))
-        return Lexical(text, scan, hits, terms)
+        return Lexical(text, scan, hits, terms, _words_ranking(hits, terms) if hits else None)
 
     def _needs_model(self, lexical: Lexical) -> bool:
         if self._vectors is None or lexical.scan.only_small_talk or not lexical.has_terms:
             return False
-        return not lexical.hits or self._words_ranking(lexical).answer < WORDS.sure
+        return lexical.words is None or lexical.words.answer < WORDS.sure
+
+    async def _query(self, lexical: Lexical) -> Vectors | None:
+        """The question's vector, from the batch of every lane in flight, where the model is needed."""
+        return await self._batcher.query(lexical.text) if self._batcher and self._needs_model(lexical) else None
+
+    def _query_inline(self, lexical: Lexical) -> Vectors | None:
+        """`_query` for a caller off the event loop."""
+        return self._vectors.model.query(lexical.text) if self._vectors and self._needs_model(lexical) else None
 
     def _rank(self, lexical: Lexical, vector: Vectors | None, depth: int = OPTIONS) -> Ranking:
         """The ranking of `depth` candidates (at least the two the features read)."""
         if vector is None or self._vectors is None:
-            return self._words_ranking(lexical, depth) if lexical.hits else Ranking.empty()
+            return lexical.words or Ranking.empty()
         similarity = self._vectors.similarities(vector).combined
         words = np.zeros(len(self.kb.entries), dtype=np.float32)
         for hit in lexical.hits:
@@ -171,8 +175,7 @@ class KbEngine:
         order = [int(i) for i in np.argsort(-lead, kind="stable")[: max(2, depth)]]
         best_hit = next((hit for hit in lexical.hits if hit.entry == order[0]), None)
         known = lexical.hits[0].known if lexical.hits else 0.0
-        words_alone = self._words_ranking(lexical) if lexical.hits else None
-        features = semantic_features(lead.tolist(), similarity.tolist(), order, best_hit, known, words_alone)
+        features = semantic_features(lead.tolist(), similarity.tolist(), order, best_hit, known, lexical.words)
         candidates = tuple(Candidate(entry, float(lead[entry])) for entry in order)
         return Ranking(
             candidates,
@@ -180,13 +183,6 @@ class KbEngine:
             SEMANTIC.answer.probability(features),
             SEMANTIC.offer.probability(features),
             semantic=True,
-        )
-
-    def _words_ranking(self, lexical: Lexical, depth: int = OPTIONS) -> Ranking:
-        features = word_features(lexical.hits, lexical.terms)
-        candidates = tuple(Candidate(hit.entry, hit.score) for hit in lexical.hits[: max(2, depth)])
-        return Ranking(
-            candidates, features, WORDS.answer.probability(features), WORDS.offer.probability(features), semantic=False
         )
 
     def _decide(self, lexical: Lexical, ranking: Ranking) -> ReplyContent:
@@ -237,6 +233,16 @@ class KbEngine:
             (self.kb.entries[candidate.entry], round(ranking.answer if place == 0 else rest, 4))
             for place, candidate in enumerate(candidates)
         ]
+
+
+def _words_ranking(hits: tuple[Hit, ...], terms: int) -> Ranking:
+    """The ranking by words alone: every entry sharing a word, best first (callers take the few
+    they need)."""
+    features = word_features(hits, terms)
+    candidates = tuple(Candidate(hit.entry, hit.score) for hit in hits)
+    return Ranking(
+        candidates, features, WORDS.answer.probability(features), WORDS.offer.probability(features), semantic=False
+    )
 
 
 def _z(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
