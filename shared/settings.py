@@ -24,6 +24,7 @@ T = TypeVar("T")
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+HOST_PATTERN_RE = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
 class ConfigError(ValueError):
@@ -138,6 +139,15 @@ class Settings:
     media_max_bytes: int = 16 * 2**20
     # Fetching one media file, one transcription or one speech synthesis ends within this.
     media_timeout_s: float = 20.0
+    # Media within bounds (services/worker/media/): a document's text kept, the PDF reader child's
+    # memory ceiling and CPU seconds, and how many media files one worker handles at once.
+    media_max_text_chars: int = 20_000
+    media_extract_memory_bytes: int = 256 * 2**20
+    media_extract_cpu_seconds: int = 10
+    media_concurrency: int = 2
+    # Where media may be downloaded from besides the API bases' own hosts: HTTPS only, and a
+    # leading dot takes the domain's subdomains (services/worker/media/hosts.py).
+    media_allowed_hosts: tuple[str, ...] = (".fbsbx.com", ".fbcdn.net", ".whatsapp.net", ".telegram.org")
 
     log_level: str = "INFO"
     # Optional log files (combined.log, error.log, audit.log) beside stdout, rotated by size.
@@ -255,6 +265,15 @@ class Settings:
             tts_voice=read.text("TTS_VOICE", defaults.tts_voice),
             media_max_bytes=read.integer("MEDIA_MAX_BYTES", defaults.media_max_bytes, 1024, 2**31),
             media_timeout_s=read.number("MEDIA_TIMEOUT_SECONDS", defaults.media_timeout_s, 1, 600),
+            media_max_text_chars=read.integer("MEDIA_MAX_TEXT_CHARS", defaults.media_max_text_chars, 100, 1_000_000),
+            media_extract_memory_bytes=read.integer(
+                "MEDIA_EXTRACT_MEMORY_BYTES", defaults.media_extract_memory_bytes, 64 * 2**20, 2**34
+            ),
+            media_extract_cpu_seconds=read.integer(
+                "MEDIA_EXTRACT_CPU_SECONDS", defaults.media_extract_cpu_seconds, 1, 600
+            ),
+            media_concurrency=read.integer("MEDIA_CONCURRENCY", defaults.media_concurrency, 1, 64),
+            media_allowed_hosts=read.hosts("MEDIA_ALLOWED_HOSTS", defaults.media_allowed_hosts),
             log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_dir=read.directory("LOG_DIR"),
             log_file_max_bytes=read.integer("LOG_FILE_MAX_BYTES", defaults.log_file_max_bytes, 1024, 2**40),
@@ -399,3 +418,14 @@ class _Reader:
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""
         return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+    def hosts(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Host names, comma-separated, lower-cased; `.example.com` stands for its subdomains."""
+
+        def parse(raw: str) -> tuple[str, ...]:
+            hosts = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+            if not all(HOST_PATTERN_RE.match(host) for host in hosts):
+                raise ValueError(raw)
+            return hosts
+
+        return self._parse(name, default, parse, "comma-separated host names (a leading dot: its subdomains)")
