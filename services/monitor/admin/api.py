@@ -59,6 +59,13 @@ async def replay(request: web.Request) -> web.Response:
     return json_response({"replayed": letter.to_dict()})
 
 
+async def discard(request: web.Request) -> web.Response:
+    actor = request[ACTOR]
+    body = await _body(request)
+    letter = await operations.discard(request.app, actor, body.get("message_id"))
+    return json_response({"discarded": letter.to_dict()})
+
+
 async def reply(request: web.Request) -> web.Response:
     actor = request[ACTOR]
     body = await _body(request)

@@ -1,6 +1,6 @@
 """What the admin area reads and does, shared by its HTML pages and its JSON API.
 
-Every action (replay a dead letter, reply as agent, release to the bot) is written to the audit
+Every action (replay or discard a dead letter, reply as agent, release to the bot) is written to the audit
 log with its outcome, whether it succeeded or not.
 """
 
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from services.monitor.admin.conversations import conversation_page
 from services.monitor.audit import Actor
-from services.monitor.deadletters import DeadLetter, ReplayError
+from services.monitor.deadletters import DeadLetter, NotFound, ReplayError
 from services.monitor.health import health_json
 from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
@@ -132,17 +132,31 @@ async def conversation(app: web.Application, actor: Actor, conversation_id: str)
 
 
 async def replay(app: web.Application, actor: Actor, message_id: Any) -> DeadLetter:
+    """Send a dead letter back where it came from (its `id`, named `message_id` in the forms)."""
+    return await _dead_letter_action(app, actor, "replay_dead_letter", message_id)
+
+
+async def discard(app: web.Application, actor: Actor, message_id: Any) -> DeadLetter:
+    """Remove a dead letter for good (a poison message nobody can process)."""
+    return await _dead_letter_action(app, actor, "discard_dead_letter", message_id)
+
+
+async def _dead_letter_action(app: web.Application, actor: Actor, action: str, message_id: Any) -> DeadLetter:
     message_id = _identifier("message_id", message_id)
-    audit = app[AUDIT]
+    audit, letters = app[AUDIT], app[DEAD_LETTERS]
     try:
-        letter = await app[DEAD_LETTERS].replay(message_id)
+        if action == "replay_dead_letter":
+            letter = await letters.replay(message_id)
+        else:
+            letter = await letters.discard(message_id)
     except ReplayError as exc:
-        await audit.record(actor, "replay_dead_letter", message_id, "refused", str(exc))
-        raise Problem(404, str(exc)) from None
+        await audit.record(actor, action, message_id, "refused", str(exc))
+        raise Problem(404 if isinstance(exc, NotFound) else 409, str(exc)) from None
     except UNAVAILABLE as exc:
-        await audit.record(actor, "replay_dead_letter", message_id, "failed", str(exc) or type(exc).__name__)
-        raise unreachable("RabbitMQ or Redis", "nothing was replayed") from None
-    await audit.record(actor, "replay_dead_letter", message_id, "ok", f"from {letter.queue} ({letter.reason})")
+        await audit.record(actor, action, message_id, "failed", str(exc) or type(exc).__name__)
+        raise unreachable("RabbitMQ or Redis", "the dead letter was left as it was") from None
+    why = letter.problem or letter.reason
+    await audit.record(actor, action, message_id, "ok", f"{letter.kind} from {letter.queue or 'unknown'} ({why})")
     return letter
 
 

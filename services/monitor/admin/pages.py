@@ -24,7 +24,7 @@ from shared.web import Problem
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
-NOTICES = ("replayed", "replied", "released", "signed_out")
+NOTICES = ("replayed", "discarded", "replied", "released", "signed_out")
 
 
 def templates() -> Environment:
@@ -169,6 +169,13 @@ async def replay_form(request: web.Request) -> web.Response:
     form = await _checked_form(request, session)
     await operations.replay(request.app, session.actor, form.get("message_id"))
     raise _back(form, "replayed", "dead-letters")
+
+
+async def discard_form(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    form = await _checked_form(request, session)
+    await operations.discard(request.app, session.actor, form.get("message_id"))
+    raise _back(form, "discarded", "dead-letters")
 
 
 async def reply_form(request: web.Request) -> web.Response:
