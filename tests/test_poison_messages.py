@@ -188,6 +188,7 @@ def test_a_letter_without_message_id_is_named_by_its_body_and_says_what_is_wrong
     letter = describe(cast(AbstractIncomingMessage, Letter(RAW, None, {"x-death": [death]})), names)
     assert letter.id == f"body-{hashlib.sha256(RAW).hexdigest()[:16]}" and letter.message_id == ""
     assert letter.kind == "unreadable" and letter.problem.startswith("not JSON")
+    assert letter.text == "\ufffd\ufffd not JSON at all, from something with broker access"  # printable only
     assert letter.destination == ("", names.shard_queue(3))
     orphan = describe(cast(AbstractIncomingMessage, Letter(b"{}", "x", {})), names)
     assert orphan.destination is None and orphan.problem.startswith("inbound message: KeyError")

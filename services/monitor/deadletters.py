@@ -152,7 +152,8 @@ def _contents(body: bytes) -> dict[str, Any]:
             "user_id": reply.user_id,
             "text": reply.reply.text[:TEXT_PREVIEW],
         }
-    preview = body[:TEXT_PREVIEW].decode(errors="replace")
+    # Whatever it is, shown as printable text (no control characters reach the page).
+    preview = "".join(c if c.isprintable() else "\ufffd" for c in body[:TEXT_PREVIEW].decode(errors="replace"))
     return {
         "kind": "unreadable",
         "conversation_id": "",
