@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from services.worker.media import POLITE
-from services.worker.media.documents import MAX_STREAM_BYTES, TooLargeDocument, pdf_text
+from services.worker.media.documents import MAX_STREAM_BYTES, TooLargeDocument, Unreadable, pdf_text
 from services.worker.media.fetch import TELEGRAM_PATH_RE
 from services.worker.media.hosts import ForbiddenAddress, GuardedResolver, MediaHosts, NotAllowed, is_public
 from services.worker.media.pdfchild import Limits
@@ -63,6 +63,19 @@ async def test_a_bomb_past_the_inflation_cap_still_stops_at_the_memory_ceiling()
     uncapped = Limits(20_000, 20, max_stream_bytes=2**31, memory_bytes=160 * 2**20, cpu_seconds=30)
     with pytest.raises(TooLargeDocument):
         await pdf_text(pdf_bomb(200 * 2**20), uncapped, 60)
+
+
+async def test_a_bomb_past_the_inflation_cap_stops_at_the_cpu_limit() -> None:
+    # Room enough in memory, but one CPU second: the kernel stops the child (SIGXCPU/SIGKILL).
+    slow = Limits(20_000, 20, max_stream_bytes=2**31, memory_bytes=2**31, cpu_seconds=1)
+    with pytest.raises(TooLargeDocument, match="signal"):
+        await pdf_text(pdf_bomb(), slow, 60)
+
+
+async def test_a_damaged_pdf_is_unreadable_not_too_large() -> None:
+    for damaged in (b"%PDF-1.4 this is not really a PDF", tiny_pdf("x")[:200], b""):
+        with pytest.raises(Unreadable):
+            await pdf_text(damaged, LIMITS, 30)
 
 
 async def test_the_text_kept_is_capped() -> None:

@@ -69,9 +69,11 @@ async def pdf_text(data: bytes, limits: Limits, timeout_s: float) -> str:
 
 
 def _answer(out: bytes, returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        # Killed by a signal: its CPU limit (SIGXCPU, then SIGKILL) or the kernel's OOM killer.
+        raise TooLargeDocument(f"the PDF reader stopped at its limits (signal {-returncode})")
     if returncode != 0:
-        # Killed by its CPU limit (SIGKILL/SIGXCPU) or out of memory before it could say so.
-        raise TooLargeDocument(f"the PDF reader stopped at its limits (exit {returncode})")
+        raise Unreadable(f"the PDF reader failed (exit {returncode})")
     try:
         answer = json.loads(out)
     except ValueError:
