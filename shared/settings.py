@@ -142,9 +142,9 @@ class Settings:
     # Media within bounds (services/worker/media/): a document's text kept, the PDF reader child's
     # memory ceiling and CPU seconds, and how many media files one worker handles at once.
     media_max_text_chars: int = 20_000
-    media_extract_memory_bytes: int = 256 * 2**20
+    media_extract_memory_bytes: int = 192 * 2**20
     media_extract_cpu_seconds: int = 10
-    media_concurrency: int = 2
+    media_concurrency: int = 4
     # Where media may be downloaded from besides the API bases' own hosts: HTTPS only, and a
     # leading dot takes the domain's subdomains (services/worker/media/hosts.py).
     media_allowed_hosts: tuple[str, ...] = (".fbsbx.com", ".fbcdn.net", ".whatsapp.net", ".telegram.org")
