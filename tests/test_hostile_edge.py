@@ -23,7 +23,7 @@ ABORTS = 6  # of each kind, on each route: twelve made the "errors in 5 minutes"
 async def _aborted_upload(gateway: Service, path: str, headers: dict[str, str], *, reset: bool) -> None:
     """The head and part of a body, then the connection reset (a closed laptop) or closed."""
     body = b'{"update_id": 1, "message": {"text": "' + b"a" * 6000 + b'"}}'
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     head = f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     writer.write(head.encode() + body[:3000])
