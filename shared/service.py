@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from aiohttp import web
 
+from shared.edge import ConnectionCounts, GuardedSite, server_options
 from shared.logs import setup_logging
 from shared.settings import ConfigError, Settings
 from shared.telemetry import tracing_context
@@ -64,10 +65,17 @@ def run_service(
 async def serve(app: web.Application, port: int, settings: Settings) -> None:
     """Serve until a stop signal, then drain: readiness off, keep serving, close, clean up."""
     # The drain of in-flight work happens in the apps' cleanup contexts; give them the grace period.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_grace_s,
+        **server_options(settings.http_header_timeout_s),
+    )
     await runner.setup()
     try:
-        await web.TCPSite(runner, port=port).start()
+        counts = ConnectionCounts(settings.max_connections_per_ip, settings.trusted_proxies)
+        await GuardedSite(runner, port, counts).start()
         _settle_garbage_collector()
         signals = _StopSignals()
         await signals.first.wait()

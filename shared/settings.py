@@ -104,6 +104,15 @@ class Settings:
     conversation_token_secrets: tuple[str, ...] = ()
     # Sites that may embed the chat page (GET /widget.js opens it in an iframe there).
     chat_embed_origins: tuple[str, ...] = ()
+    # CONVERSATION_TOKEN_TTL_SECONDS: a conversation token opens its conversation this long.
+    conversation_token_ttl_s: int = 30 * 86_400
+    # Slow and greedy clients (shared/edge.py): a connection's request head must arrive within
+    # this (also the idle time allowed between requests), a body within that; per client address
+    # and process, this many connections (trusted proxies exempt) and event streams (0: no cap).
+    http_header_timeout_s: float = 15.0
+    http_body_timeout_s: float = 30.0
+    max_connections_per_ip: int = 256
+    max_streams_per_ip: int = 32
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
@@ -228,6 +237,13 @@ class Settings:
             cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
             conversation_token_secrets=read.secrets("CONVERSATION_TOKEN_SECRET"),
             chat_embed_origins=read.origins("CHAT_EMBED_ORIGINS"),
+            conversation_token_ttl_s=read.integer(
+                "CONVERSATION_TOKEN_TTL_SECONDS", defaults.conversation_token_ttl_s, 60, 366 * 86_400
+            ),
+            http_header_timeout_s=read.number("HTTP_HEADER_TIMEOUT_SECONDS", defaults.http_header_timeout_s, 1, 600),
+            http_body_timeout_s=read.number("HTTP_BODY_TIMEOUT_SECONDS", defaults.http_body_timeout_s, 1, 600),
+            max_connections_per_ip=read.integer("MAX_CONNECTIONS_PER_IP", defaults.max_connections_per_ip, 0, 10**6),
+            max_streams_per_ip=read.integer("MAX_STREAMS_PER_IP", defaults.max_streams_per_ip, 0, 10**6),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),

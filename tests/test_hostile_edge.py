@@ -4,15 +4,23 @@ errors, slow and greedy clients are bounded, tokens expire and rotate, exports a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import socket
+import statistics
 import struct
+import time
+from typing import Any, cast
 
 import aiohttp
+import psutil
 from redis.asyncio import Redis
 
+from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.names import Names
 from shared.stats import ERRORS
-from tests.support import TEST_SHARDS, Service, Stack, eventually
+from shared.store import Store
+from tests.support import TEST_SHARDS, Service, Stack, eventually, new_namespace, purge_namespace
 from tests.support.channel_fakes import TELEGRAM_ENV, WHATSAPP_ENV, sign
 from tests.support.metrics import scrape, value
 from tests.support.pipeline import wait_ready
@@ -60,3 +68,159 @@ async def test_aborted_uploads_are_not_errors(stack: Stack, http: aiohttp.Client
     assert 'status="500"' not in text
     assert await redis.hget(Names(gateway.env["ATENDIMENTO_NAMESPACE"], TEST_SHARDS).stats_total_key, ERRORS) is None
     assert '"level":"ERROR"' not in gateway.logs()
+
+
+IDLE = 2000
+CAP = 50
+RESET = b"reset"
+ATTACKER = "127.0.0.2"  # the loopback network is all ours: the attacker gets an address of its own
+
+
+async def _connect_from(address: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+
+
+async def _outcome(reader: asyncio.StreamReader) -> bytes:
+    """What the server said before closing (b"" for a plain close, RESET when the close reset the
+    connection: a refused client that had sent something unread); waits for the close."""
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return RESET
+
+
+async def _normal_latencies(http: aiohttp.ClientSession, gateway: Service, count: int) -> list[float]:
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        async with http.post(f"{gateway.url}/v1/messages", json={"user_id": f"calm-{i}", "text": "oi"}) as response:
+            assert response.status == 202, await response.text()
+        latencies.append(1000 * (time.perf_counter() - started))
+    return latencies
+
+
+def _summary(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    return f"p50 {statistics.median(ordered):.1f} ms, p95 {ordered[int(0.95 * len(ordered)) - 1]:.1f} ms"
+
+
+async def test_idle_connections_are_capped_per_address(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """2,000 idle and half-sent connections from one address against a cap of 50: the rest are
+    answered 429 and closed at once, the 50 are closed at the head deadline, and everyone else
+    is served meanwhile with the gateway's file handles bounded."""
+    gateway = await stack.start(
+        "gateway", MAX_CONNECTIONS_PER_IP=str(CAP), HTTP_HEADER_TIMEOUT_SECONDS="3", TRUSTED_PROXIES=""
+    )
+    await wait_ready(stack)
+    assert gateway.process is not None
+    process = psutil.Process(gateway.process.pid)
+    before = await _normal_latencies(http, gateway, 100)
+    handles_before = process.num_fds()
+
+    connections = []
+    for batch in range(IDLE // 100):
+        opened = await asyncio.gather(*(_connect_from(ATTACKER, gateway.port) for _ in range(100)))
+        for i, (_, writer) in enumerate(opened):
+            if (batch + i) % 2:  # half of them a slow head, never finished
+                writer.write(b"GET / HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+        connections += opened
+    outcomes = asyncio.gather(*(_outcome(reader) for reader, _ in connections))
+    handles_held = process.num_fds()
+    during = await _normal_latencies(http, gateway, 100)
+    said = await outcomes  # every one of them ends: refused at once, or at the head deadline
+    refused = [answer for answer in said if answer.startswith(b"HTTP/1.1 429 ")]
+    assert len(refused) + said.count(RESET) == IDLE - CAP, {answer[:40] for answer in said}
+    assert b"MAX_CONNECTIONS_PER_IP" in refused[0]
+    assert sum(answer == b"" for answer in said) == CAP  # the admitted ones: closed, unanswered
+    print(
+        f"\ngateway file handles: {handles_before} before, {handles_held} with {IDLE} idle connections "
+        f"held (cap {CAP}), {process.num_fds()} after; normal requests before: {_summary(before)}, "
+        f"during: {_summary(during)}"
+    )
+    assert handles_held <= handles_before + CAP + 20  # the cap, not the 2,000
+    for _, writer in connections:
+        writer.close()
+    async with http.get(f"{gateway.url}/monitoring/live") as response:
+        assert response.status == 200
+    assert '"level":"ERROR"' not in gateway.logs()
+
+
+async def _raw(gateway: Service, request: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(request)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_greedy_and_slow_bodies(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """A 128 MiB Content-Length with no body is refused from the header alone and the connection
+    closed; a body that never finishes gets a 408 at the body deadline."""
+    gateway = await stack.start("gateway", **WHATSAPP_ENV, HTTP_BODY_TIMEOUT_SECONDS="1")
+    await wait_ready(stack)
+    for path in ("/v1/messages", "/webhooks/whatsapp"):
+        head = f"POST {path} HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n"
+        reader, writer = await _raw(gateway, f"{head}Content-Length: {128 * 2**20}\r\n\r\n".encode())
+        async with asyncio.timeout(20):  # a deadline: the old gateway waited for the body forever
+            answer = await reader.read()  # the answer, then the close
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+        assert b"application/problem+json" in answer and b"Content-Length: 134217728 bytes" in answer
+    slow = b"POST /v1/messages HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    reader, writer = await _raw(gateway, slow + b'{"user_id": ')
+    async with asyncio.timeout(20):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b"HTTP_BODY_TIMEOUT_SECONDS" in answer
+    _, samples = await scrape(http, gateway)
+    assert value(samples, "atendimento_errors_total", kind="5xx") == 0
+
+
+async def test_event_streams_are_capped_per_address(stack: Stack, http: aiohttp.ClientSession) -> None:
+    gateway = await stack.start("gateway", MAX_STREAMS_PER_IP="3")
+    await wait_ready(stack)
+    async with http.post(f"{gateway.url}/v1/messages", json={"user_id": "streams", "text": "oi"}) as response:
+        token = (await response.json())["conversation_token"]
+    url = f"{gateway.url}/v1/conversations/user:streams/events"
+    headers = {"X-Conversation-Token": token}
+    async with contextlib.AsyncExitStack() as streams:
+        for _ in range(3):
+            response = await streams.enter_async_context(http.get(url, headers=headers))
+            assert response.status == 200
+        async with http.get(url, headers=headers) as refused:
+            assert refused.status == 429
+            assert refused.headers["Retry-After"]
+            problem = await refused.json(content_type="application/problem+json")
+            assert "MAX_STREAMS_PER_IP" in problem["detail"]
+    # The three closed: their slots are free again.
+
+    async def stream_opens() -> bool:
+        async with http.get(url, headers=headers) as response:
+            return response.status == 200
+
+    await eventually(stream_opens, what="a stream slot freed by a closed stream")
+
+
+class _OutOfFileHandles:
+    """A process whose /proc files cannot be opened, as under `Too many open files`."""
+
+    def memory_info(self) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+async def test_heartbeat_outlives_running_out_of_file_handles(redis: Redis) -> None:
+    names = Names(new_namespace(), TEST_SHARDS)
+    info = ProcessInfo("gateway", "emfile", process=cast(psutil.Process, _OutOfFileHandles()))
+    beating = asyncio.create_task(heartbeat_loop(Store(redis, names), info, 0.05, 5.0))
+    try:
+
+        async def beat() -> bool:
+            return bool(await redis.get(names.heartbeat_key("gateway", "emfile")))
+
+        await eventually(beat, what="a heartbeat written although memory cannot be read")
+        assert not beating.done()
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        await purge_namespace(names.namespace)

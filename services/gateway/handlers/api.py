@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.gateway.bodies import read_body
 from services.gateway.intake import unavailable
 from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE, TOKENS
 from services.gateway.ratelimit import ADDRESS_CHARGE
@@ -52,7 +53,7 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
     if request.content_type != "application/json":
         raise Problem(415, f"Content-Type: must be application/json (got {request.content_type or 'none'})")
     wait = parse_wait(request.query.get("wait"))
-    fields = parse_message(parse_json_object(await request.read()))
+    fields = parse_message(parse_json_object(await read_body(request)))
     scope = user_scope(fields.user_id)
     inbound = InboundMessage(
         message_id=scoped(scope, fields.message_id),

@@ -14,13 +14,14 @@ import orjson
 from aiohttp import web
 
 from services.gateway.intake import unavailable
-from services.gateway.keys import ROUTER, TOKENS
+from services.gateway.keys import ROUTER, SETTINGS, STREAM_SLOTS, TOKENS
 from services.gateway.replies import Streamed
 from services.gateway.validation import parse_conversation_id
 from services.gateway.web_conversations import forbidden, presented_token, public_answer, public_id
 from shared.broker import BROKER_ERRORS
 from shared.messages import ReplyDelta, ReplyMessage
 from shared.store import REDIS_ERRORS
+from shared.web import client_address
 
 KEEPALIVE_SECONDS = 15.0  # below the idle timeouts of common proxies (nginx: 60 s)
 
@@ -43,7 +44,9 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
         raise unavailable("Redis") from None
     if conversation is None or token is None:
         raise forbidden()
+    address = client_address(request, request.app[SETTINGS].trusted_proxies)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(request.app[STREAM_SLOTS].hold(address))
         try:
             queue = await stack.enter_async_context(request.app[ROUTER].stream(conversation))
         except BROKER_ERRORS:
