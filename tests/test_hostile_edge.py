@@ -19,6 +19,7 @@ import orjson
 import psutil
 from redis.asyncio import Redis
 
+from services.gateway.web_conversations import ConversationTokens, scoped, user_scope
 from shared import unanswered
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.messages import ReplyContent
@@ -310,3 +311,76 @@ async def test_start_line_request_lines_and_malformed_http(stack: Stack, http: a
     [warning] = await eventually(warned, what="the malformed request logged")
     assert warning["level"] == "WARNING" and "exception" not in warning
     assert not [line for line in _lines(gateway) if line["level"] == "ERROR"]
+
+
+async def test_tokens_expire_and_end_at_reset(redis: Redis) -> None:
+    """The token's clock is injected: a token opens its conversation until the TTL has passed."""
+    names = Names(new_namespace(), TEST_SHARDS)
+    now = [1_800_000_000.0]
+    tokens = ConversationTokens(redis, names, ("token-secret-0123456789",), ttl_s=60, clock=lambda: now[0])
+    conversation = scoped(user_scope("ana"), "pedido-1")
+    try:
+        token = await tokens.issue(conversation)
+        now[0] += 59
+        assert await tokens.verify(conversation, token)
+        now[0] += 2  # 61 s after it was issued
+        assert not await tokens.verify(conversation, token)
+        assert await tokens.open("pedido-1", token) is None
+        fresh = await tokens.issue(conversation)
+        assert await tokens.verify(conversation, fresh)
+        # Issued to one API key, it opens nothing for another.
+        keyed = await tokens.issue(conversation, key="key-a")
+        assert await tokens.verify(conversation, keyed, key="key-a")
+        assert not await tokens.verify(conversation, keyed, key="key-b")
+        assert not await tokens.verify(conversation, keyed)
+        # /reset ends every token issued before it; those issued after open it.
+        now[0] += 1
+        await tokens.end_all(conversation)
+        assert not await tokens.verify(conversation, fresh)
+        now[0] += 0.001
+        assert await tokens.verify(conversation, await tokens.issue(conversation))
+    finally:
+        await purge_namespace(names.namespace)
+
+
+def _forged(token: str) -> str:
+    scope, issued, _ = token.split(".")
+    return f"{scope}.{issued}.AAAAAAAAAAAAAAAAAAAAAA"
+
+
+async def test_message_tokens_at_the_gateway(stack: Stack, http: aiohttp.ClientSession) -> None:
+    keys = ("key-one-0123456789abcdef", "key-two-fedcba9876543210")
+    gateway = await stack.start("gateway", GATEWAY_API_KEYS=",".join(keys))
+    await wait_ready(stack)
+    one, two = ({"Authorization": f"Bearer {key}"} for key in keys)
+
+    async def post(headers: dict[str, str], text: str) -> dict[str, Any]:
+        body = {"user_id": "ana", "conversation_id": "pedido-1", "text": text}
+        async with http.post(f"{gateway.url}/v1/messages", json=body, headers=headers) as response:
+            assert response.status == 202, await response.text()
+            return dict(await response.json())
+
+    async def status(message_id: str, token: str, headers: dict[str, str]) -> tuple[int, str]:
+        url = f"{gateway.url}/v1/messages/{message_id}"
+        async with http.get(url, headers={**headers, "X-Conversation-Token": token}) as response:
+            return response.status, await response.text()
+
+    first = await post(one, "Qual o prazo de entrega?")
+    token = first["conversation_token"]
+    assert (await status(first["message_id"], token, one))[0] == 200
+    # An existing id and an unknown one answer alike to a token that does not open them.
+    known = await status(first["message_id"], _forged(token), one)
+    unknown = await status("no-such-message", _forged(token), one)
+    assert known == unknown and known[0] == 403
+    # Another key posting as the same user gets a token of its own; the first opens nothing for it.
+    other = await post(two, "oi")
+    assert other["conversation_token"] != token
+    assert (await status(first["message_id"], token, two))[0] == 403
+    assert (await status(first["message_id"], other["conversation_token"], two))[0] == 200
+    # /reset: every earlier token ends; the answer to it brings one that opens the conversation.
+    reset = await post(one, "/reset")
+    assert (await status(first["message_id"], token, one))[0] == 403
+    assert (await status(first["message_id"], reset["conversation_token"], one))[0] == 200
+    url = f"{gateway.url}/v1/conversations/pedido-1/events"
+    async with http.get(url, headers={**one, "X-Conversation-Token": token}) as response:
+        assert response.status == 403

@@ -125,7 +125,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         admission = Admission(store.pipeline, connections.names)
         app[INTAKE] = Intake(store=store, broker=broker, limiter=limiter, admission=admission, metrics=app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
-        app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
+        app[TOKENS] = ConversationTokens(
+            redis, connections.names, settings.conversation_token_secrets, settings.conversation_token_ttl_s
+        )
         yield
         await store.pipeline.drain()  # the last accepts, while Redis is still connected
 

@@ -13,6 +13,7 @@ import contextlib
 import orjson
 from aiohttp import web
 
+from services.gateway.api_keys import caller_key
 from services.gateway.intake import unavailable
 from services.gateway.keys import ROUTER, SETTINGS, STREAM_SLOTS, TOKENS
 from services.gateway.replies import Streamed
@@ -39,7 +40,7 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
     public_conversation = parse_conversation_id(request.match_info["conversation_id"])
     token = presented_token(request)
     try:
-        conversation = await request.app[TOKENS].open(public_conversation, token)
+        conversation = await request.app[TOKENS].open(public_conversation, token, caller_key(request))
     except REDIS_ERRORS:
         raise unavailable("Redis") from None
     if conversation is None or token is None:
