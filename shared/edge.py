@@ -6,9 +6,8 @@ all (`Too many open files`, and then nothing works, heartbeats included). `Guard
 site whose connections are counted per peer address: one over `MAX_CONNECTIONS_PER_IP` is
 answered a 429 at once and closed, before aiohttp sees it. Trusted proxies (`TRUSTED_PROXIES`) are
 exempt: every client behind them shares their address, and the proxy caps its own clients
-(deploy/nginx). The request-head deadline is aiohttp's keep-alive timeout, which closes a
-connection that has not completed a request head in time, the first one included
-(`server_options`); body deadlines are the handlers' (services/gateway/bodies.py).
+(deploy/nginx). Each admitted connection gets the request-head deadline (`EdgeLimits`); body
+deadlines are the handlers' (services/gateway/bodies.py).
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ import asyncio
 import ipaddress
 import logging
 import resource
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import orjson
 from aiohttp import web
@@ -29,6 +28,8 @@ Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
 # After an early answer (a 413 from Content-Length), how long the rest of an unread body is drained
 # so the client reads the answer rather than a reset (aiohttp's default, 10 s, holds the handle).
 LINGER_S = 2.0
+# How long a trusted proxy's idle connection stays open: longer than the proxies keep theirs to us.
+PROXY_IDLE_S = 75.0
 TOO_MANY_DETAIL = "client address: too many open connections from this address (MAX_CONNECTIONS_PER_IP)"
 
 
@@ -57,24 +58,24 @@ def raise_file_limit() -> int:
     return soft
 
 
-def server_options(header_timeout_s: float) -> dict[str, Any]:
-    """aiohttp's server settings for hostile clients: a connection with no complete request head
-    within the deadline (idle, or sending it byte by byte) is closed; an unread body is drained
-    briefly after an early answer."""
-    return {"keepalive_timeout": header_timeout_s, "lingering_time": LINGER_S}
-
-
 @dataclass(slots=True)
 class ConnectionCounts:
-    """Open connections per peer address, against a cap (0: no cap)."""
+    """Open connections per peer address, against a cap (0: no cap); trusted proxies uncounted."""
 
     cap: int
     trusted: Networks = ()
     open: dict[str, int] = field(default_factory=dict)
     refused: int = 0
 
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
     def admit(self, address: str) -> bool:
-        if not self.cap or _is_trusted(address, self.trusted):
+        if not self.cap or self.trusts(address):
             return True
         count = self.open.get(address, 0)
         if count >= self.cap:
@@ -91,65 +92,81 @@ class ConnectionCounts:
             self.open.pop(address, None)
 
 
-def _is_trusted(address: str, trusted: Networks) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    counts: ConnectionCounts
+    # A request head must arrive within this, the first one and each one after (between them the
+    # connection is idle). aiohttp's keep-alive timeout does exactly that: it closes a connection
+    # that has not completed a head in time, the first one included.
+    header_timeout_s: float
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's protocol behind a door: a connection over its address's cap never reaches it."""
+    """aiohttp's protocol behind a door: a connection over its address's cap never reaches it;
+    the others get the head deadline, except a trusted proxy's, which pools its connections to us
+    idle for up to a minute (nginx and ingress-nginx: 60 s) and must find them open."""
 
-    def __init__(self, inner: asyncio.Protocol, counts: ConnectionCounts) -> None:
-        self._inner = inner
-        self._counts = counts
-        self._address: str | None = None
+    def __init__(self, server: web.Server, limits: EdgeLimits, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._limits = limits
+        self._loop = loop
+        self._address = ""
+        self._inner: web.RequestHandler | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        if not self._counts.admit(address):
+        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        counts = self._limits.counts
+        if not counts.admit(self._address):
             writer = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
             writer.write(TOO_MANY_CONNECTIONS)
             writer.close()  # after the answer is flushed
             return
-        self._address = address
+        deadline = PROXY_IDLE_S if counts.trusts(self._address) else self._limits.header_timeout_s
+        self._inner = web.RequestHandler(
+            self._server,
+            loop=self._loop,
+            access_log=None,  # type: ignore[arg-type]  # aiohttp's documented "no access log"
+            keepalive_timeout=deadline,
+            lingering_time=LINGER_S,
+        )
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._address is not None:
-            self._counts.release(self._address)
-            self._address = None
-            self._inner.connection_lost(exc)
+        if self._inner is not None:
+            self._limits.counts.release(self._address)
+            inner, self._inner = self._inner, None
+            inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._address is not None:
+        if self._inner is not None:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._address is not None else None
+        if self._inner is not None:
+            self._inner.eof_received()
+        return None
 
     def pause_writing(self) -> None:
-        if self._address is not None:
+        if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._address is not None:
+        if self._inner is not None:
             self._inner.resume_writing()
 
 
 class GuardedSite(web.BaseSite):
-    """aiohttp's TCP site, with each connection counted against its address's cap."""
+    """aiohttp's TCP site, with each connection counted against its address's cap and given the
+    head deadline."""
 
-    __slots__ = ("_counts", "_host", "_port")
+    __slots__ = ("_host", "_limits", "_port")
 
-    def __init__(self, runner: web.BaseRunner, port: int, counts: ConnectionCounts, host: str | None = None) -> None:
+    def __init__(self, runner: web.BaseRunner, port: int, limits: EdgeLimits, host: str | None = None) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
-        self._counts = counts
+        self._limits = limits
 
     @property
     def name(self) -> str:
@@ -159,8 +176,8 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        factory: Callable[[], asyncio.Protocol] = lambda: _Counted(server(), self._counts)  # noqa: E731
-        self._server = await asyncio.get_running_loop().create_server(factory, self._host, self._port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Counted(server, self._limits, loop), self._host, self._port)
 
 
 class MalformedRequests(logging.Filter):

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from aiohttp import web
 
-from shared.edge import ConnectionCounts, GuardedSite, quiet_malformed_requests, raise_file_limit, server_options
+from shared.edge import ConnectionCounts, EdgeLimits, GuardedSite, quiet_malformed_requests, raise_file_limit
 from shared.logs import setup_logging
 from shared.settings import ConfigError, Settings
 from shared.startup import log_start
@@ -68,17 +68,11 @@ async def serve(service: str, app: web.Application, port: int, settings: Setting
     """Serve until a stop signal, then drain: readiness off, keep serving, close, clean up."""
     open_files = raise_file_limit()
     # The drain of in-flight work happens in the apps' cleanup contexts; give them the grace period.
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=settings.shutdown_grace_s,
-        **server_options(settings.http_header_timeout_s),
-    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     try:
         counts = ConnectionCounts(settings.max_connections_per_ip, settings.trusted_proxies)
-        await GuardedSite(runner, port, counts).start()
+        await GuardedSite(runner, port, EdgeLimits(counts, settings.http_header_timeout_s)).start()
         log_start(service, settings, port, open_files)
         _settle_garbage_collector()
         signals = _StopSignals()

@@ -8,6 +8,7 @@ import contextlib
 import csv
 import errno
 import io
+import ipaddress
 import socket
 import statistics
 import struct
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 
 from services.gateway.web_conversations import ConversationTokens, scoped, user_scope
 from shared import unanswered
+from shared.edge import ConnectionCounts
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.messages import ReplyContent
 from shared.names import Names
@@ -170,7 +172,7 @@ async def test_greedy_and_slow_bodies(stack: Stack, http: aiohttp.ClientSession)
             answer = await reader.read()  # the answer, then the close
         writer.close()
         assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
-        assert b"application/problem+json" in answer and b"Content-Length: 134217728 bytes" in answer
+        assert b"application/problem+json" in answer and b"(Content-Length: 134217728)" in answer
     slow = b"POST /v1/messages HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
     reader, writer = await _raw(gateway, slow + b'{"user_id": ')
     async with asyncio.timeout(20):
@@ -385,3 +387,15 @@ async def test_message_tokens_at_the_gateway(stack: Stack, http: aiohttp.ClientS
     url = f"{gateway.url}/v1/conversations/pedido-1/events"
     async with http.get(url, headers={**one, "X-Conversation-Token": token}) as response:
         assert response.status == 403
+
+
+def test_connection_counts_exempt_trusted_proxies_and_free_closed_slots() -> None:
+    counts = ConnectionCounts(cap=2, trusted=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert counts.admit("203.0.113.5") and counts.admit("203.0.113.5")
+    assert not counts.admit("203.0.113.5")  # the third from one address
+    assert counts.admit("203.0.113.6")  # another address has its own
+    assert all(counts.admit("10.1.2.3") for _ in range(10))  # the ingress: its clients are many
+    counts.release("203.0.113.5")
+    assert counts.admit("203.0.113.5")
+    assert counts.refused == 1
+    assert ConnectionCounts(cap=0).admit("203.0.113.5")  # 0: no cap

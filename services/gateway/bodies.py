@@ -31,7 +31,7 @@ async def early_size_middleware(
     declared = request.content_length
     limit = body_limit(request.path)
     if declared is not None and declared > limit:
-        raise Problem(413, f"Content-Length: {declared} bytes is over this endpoint's limit of {limit}")
+        raise Problem(413, f"body: larger than this endpoint's limit of {limit} bytes (Content-Length: {declared})")
     return await handler(request)
 
 
