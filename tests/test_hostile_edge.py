@@ -28,7 +28,15 @@ from shared.messages import ReplyContent
 from shared.names import Names
 from shared.stats import ERRORS
 from shared.store import Store
-from tests.support import TEST_SHARDS, Service, Stack, eventually, new_namespace, purge_namespace
+from tests.support import (
+    TEST_SHARDS,
+    Service,
+    Stack,
+    eventually,
+    new_namespace,
+    purge_namespace,
+    sse_events,
+)
 from tests.support.channel_fakes import TELEGRAM_ENV, WHATSAPP_ENV, sign
 from tests.support.metrics import scrape, value
 from tests.support.pipeline import wait_ready
@@ -399,3 +407,30 @@ def test_connection_counts_exempt_trusted_proxies_and_free_closed_slots() -> Non
     assert counts.admit("203.0.113.5")
     assert counts.refused == 1
     assert ConnectionCounts(cap=0).admit("203.0.113.5")  # 0: no cap
+
+
+async def test_reset_closes_the_streams_its_tokens_opened(stack: Stack, http: aiohttp.ClientSession) -> None:
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)
+    body = {"user_id": "rita", "conversation_id": "pedido-9"}
+    async with http.post(f"{gateway.url}/v1/messages", json={**body, "text": "oi"}) as response:
+        old = (await response.json())["conversation_token"]
+    url = f"{gateway.url}/v1/conversations/pedido-9/events"
+    connected = asyncio.Event()
+    async with asyncio.timeout(30), http.get(url, headers={"X-Conversation-Token": old}) as stream:
+        assert stream.status == 200
+        events = asyncio.create_task(_all_events(stream, connected))
+        await connected.wait()
+        async with http.post(f"{gateway.url}/v1/messages", json={**body, "text": "/reset"}) as response:
+            fresh = (await response.json())["conversation_token"]
+        seen = await events  # the stream ends after the reset's reply
+    assert seen[-1]["reply"]["text"] and seen[-1]["conversation_token"] == old
+    async with http.get(url, headers={"X-Conversation-Token": old}) as response:
+        assert response.status == 403
+    async with asyncio.timeout(10), http.get(url, headers={"X-Conversation-Token": fresh}) as response:
+        assert response.status == 200
+
+
+async def _all_events(response: aiohttp.ClientResponse, connected: asyncio.Event) -> list[dict[str, Any]]:
+    return [data async for event, data in sse_events(response, connected) if event == "reply"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -20,6 +21,7 @@ from services.gateway.replies import Streamed
 from services.gateway.validation import parse_conversation_id
 from services.gateway.web_conversations import forbidden, presented_token, public_answer, public_id
 from shared.broker import BROKER_ERRORS
+from shared.commands import COMMAND_ENGINE
 from shared.messages import ReplyDelta, ReplyMessage
 from shared.store import REDIS_ERRORS
 from shared.web import client_address
@@ -52,10 +54,30 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
             queue = await stack.enter_async_context(request.app[ROUTER].stream(conversation))
         except BROKER_ERRORS:
             raise unavailable("the message broker") from None
-        return await _pump(request, queue, token)
+        return await _pump(request, queue, token, _Opener(request, conversation, token))
 
 
-async def _pump(request: web.Request, queue: asyncio.Queue[Streamed], token: str) -> web.StreamResponse:
+@dataclass(frozen=True, slots=True)
+class _Opener:
+    """Whether the stream's token still opens its conversation: asked after a command's reply
+    only (a `/reset` ends the tokens; Redis is not asked for every reply)."""
+
+    request: web.Request
+    conversation: str
+    token: str
+
+    async def still_opens(self, reply: Streamed) -> bool:
+        if not isinstance(reply, ReplyMessage) or reply.reply.engine != COMMAND_ENGINE:
+            return True
+        try:
+            return await self.request.app[TOKENS].verify(self.conversation, self.token, caller_key(self.request))
+        except REDIS_ERRORS:
+            return True  # unknown: the stream goes on, as it would have
+
+
+async def _pump(
+    request: web.Request, queue: asyncio.Queue[Streamed], token: str, opener: _Opener
+) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -75,5 +97,9 @@ async def _pump(request: web.Request, queue: asyncio.Queue[Streamed], token: str
             if reply is None:  # the server is shutting down
                 return response
             await response.write(encode_event(reply, token))
+            if not await opener.still_opens(reply):
+                # `/reset` ended the token this stream was opened with: the holder of the fresh
+                # one (the answer to the /reset brought it) opens the stream again.
+                return response
     except ConnectionResetError:
         return response  # the browser closed the stream: the normal end of one, not an error
