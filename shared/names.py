@@ -97,6 +97,10 @@ class Names:
         """The web conversation tokens' secret when CONVERSATION_TOKEN_SECRET is unset."""
         return f"{self.namespace}:conversation-token-secret"
 
+    def conversation_token_reset_key(self, conversation_id: str) -> str:
+        """When `/reset` last ended a web conversation's tokens (ms since the epoch)."""
+        return f"{self.namespace}:conversation-token-reset:{conversation_id}"
+
     def attempts_key(self, message_id: str) -> str:
         return f"{self.namespace}:attempts:{message_id}"
 

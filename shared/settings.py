@@ -105,6 +105,15 @@ class Settings:
     conversation_token_secrets: tuple[str, ...] = ()
     # Sites that may embed the chat page (GET /widget.js opens it in an iframe there).
     chat_embed_origins: tuple[str, ...] = ()
+    # CONVERSATION_TOKEN_TTL_SECONDS: a conversation token opens its conversation this long.
+    conversation_token_ttl_s: int = 30 * 86_400
+    # Slow and greedy clients (shared/edge.py): a connection's request head must arrive within
+    # this (also the idle time allowed between requests), a body within that; per client address
+    # and process, this many connections (trusted proxies exempt) and event streams (0: no cap).
+    http_header_timeout_s: float = 15.0
+    http_body_timeout_s: float = 30.0
+    max_connections_per_ip: int = 256
+    max_streams_per_ip: int = 32
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
@@ -162,6 +171,9 @@ class Settings:
     # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
     # localhost:4317, would fill the logs with failed exports.
     otel_traces_exporter: str = "none"
+    # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
+    # the start line only: the SDK reads the variable itself.
+    otel_endpoint: str = ""
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -191,6 +203,8 @@ class Settings:
         read = _Reader(source)
         defaults = cls()
         embeddings = read.choice("KB_EMBEDDINGS", "multilingual", ("multilingual", "off"))
+        otel_endpoint = read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+        otel_endpoint = otel_endpoint or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         settings = cls(
             amqp_url=read.url("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
             redis_url=read.url("REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
@@ -238,6 +252,13 @@ class Settings:
             cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
             conversation_token_secrets=read.secrets("CONVERSATION_TOKEN_SECRET"),
             chat_embed_origins=read.origins("CHAT_EMBED_ORIGINS"),
+            conversation_token_ttl_s=read.integer(
+                "CONVERSATION_TOKEN_TTL_SECONDS", defaults.conversation_token_ttl_s, 60, 366 * 86_400
+            ),
+            http_header_timeout_s=read.number("HTTP_HEADER_TIMEOUT_SECONDS", defaults.http_header_timeout_s, 1, 600),
+            http_body_timeout_s=read.number("HTTP_BODY_TIMEOUT_SECONDS", defaults.http_body_timeout_s, 1, 600),
+            max_connections_per_ip=read.integer("MAX_CONNECTIONS_PER_IP", defaults.max_connections_per_ip, 0, 10**6),
+            max_streams_per_ip=read.integer("MAX_STREAMS_PER_IP", defaults.max_streams_per_ip, 0, 10**6),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),
@@ -284,12 +305,9 @@ class Settings:
                 OTLP_PROTOCOLS,
             ),
             otel_traces_exporter=read.choice(
-                "OTEL_TRACES_EXPORTER",
-                "otlp"
-                if read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-                else defaults.otel_traces_exporter,
-                ("otlp", "none"),
+                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter, ("otlp", "none")
             ),
+            otel_endpoint=otel_endpoint,
         )
         if settings.reply_engine == "openai" and not settings.openai_model:
             raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")

@@ -10,8 +10,10 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
+from services.gateway.access_log import access_log_middleware
 from services.gateway.admission import Admission
 from services.gateway.api_keys import API_PREFIX, api_key_middleware
+from services.gateway.bodies import early_size_middleware
 from services.gateway.claims import GatewayStore
 from services.gateway.delivery import running_delivery
 from services.gateway.error_counts import BackgroundErrors
@@ -27,10 +29,12 @@ from services.gateway.keys import (
     ROUTER,
     SETTINGS,
     STORE,
+    STREAM_SLOTS,
     TOKENS,
 )
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
+from services.gateway.stream_slots import StreamSlots
 from services.gateway.validation import MAX_BODY_BYTES
 from services.gateway.web_conversations import TOKEN_HEADER, ConversationTokens
 from shared.connections import open_connections
@@ -52,8 +56,10 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             server_span_middleware,
+            access_log_middleware,
             metrics.middleware(),
             problem_middleware,
+            early_size_middleware,
             api_key_middleware(settings.gateway_api_keys),
             ip_limit_middleware(RATE_LIMITER, settings.trusted_proxies),
         ],
@@ -62,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_count_server_errors)
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[STREAM_SLOTS] = StreamSlots(settings.max_streams_per_ip)
     Probes(lambda: _health(app), registry).install(app)
     app.cleanup_ctx.extend([_resources, _background, _delivery])
     app.on_shutdown.append(_drain)
@@ -118,7 +125,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         admission = Admission(store.pipeline, connections.names)
         app[INTAKE] = Intake(store=store, broker=broker, limiter=limiter, admission=admission, metrics=app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
-        app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
+        app[TOKENS] = ConversationTokens(
+            redis, connections.names, settings.conversation_token_secrets, settings.conversation_token_ttl_s
+        )
         yield
         await store.pipeline.drain()  # the last accepts, while Redis is still connected
 

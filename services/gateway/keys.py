@@ -10,6 +10,7 @@ from services.gateway.error_counts import BackgroundErrors
 from services.gateway.intake import Intake
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
+from services.gateway.stream_slots import StreamSlots
 from services.gateway.web_conversations import ConversationTokens
 from shared.broker import Broker
 from shared.metrics import GatewayMetrics
@@ -25,3 +26,4 @@ DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
 ERRORS = web.AppKey("errors", BackgroundErrors)
 TOKENS = web.AppKey("tokens", ConversationTokens)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)

@@ -38,7 +38,10 @@ _TOKEN_PARAMETERS = [
 ]
 _TOKEN_PROPERTY = {
     "type": "string",
-    "description": "opens the conversation for reading (events, message status); valid on every gateway",
+    "description": (
+        "opens the conversation for reading (events, message status) on every gateway, for the API key it"
+        " was issued to, for CONVERSATION_TOKEN_TTL_SECONDS or until a /reset in the conversation"
+    ),
 }
 # Telegram's ids fit in 52 bits; JSON numbers beyond 2^53 are not integers to every parser.
 _TELEGRAM_ID = {"type": "integer", "minimum": -(2**53), "maximum": 2**53}
@@ -162,8 +165,10 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad message id"),
                     "401": _problem("missing or wrong API key"),
-                    "403": _problem("no conversation token, or not the token of this message's conversation"),
-                    "404": _problem("no accepted message of the token's user has this id (or it is older than 24 h)"),
+                    "403": _problem(
+                        "no conversation token, or none that opens a message of this id (not the token of its"
+                        " conversation, expired, ended by /reset; unknown ids and those older than 24 h answer alike)"
+                    ),
                     "503": _problem("Redis unreachable", retry_after=True),
                 },
             }

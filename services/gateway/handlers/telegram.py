@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from services.gateway.handlers.whatsapp import read_webhook_body, text_only_reply
+from services.gateway.bodies import read_body
+from services.gateway.handlers.whatsapp import text_only_reply
 from services.gateway.keys import INTAKE, SETTINGS
 from services.gateway.validation import bad_request, parse_json_object
 from shared.messages import Attachment, InboundMessage, MediaKind, ReplyMessage
@@ -40,7 +41,7 @@ async def receive(request: web.Request) -> web.Response:
         raise Problem(401, f"{SECRET_HEADER}: header is required")
     if not hmac.compare_digest(presented.encode(), settings.telegram_secret_token.encode()):
         raise Problem(401, f"{SECRET_HEADER}: does not match TELEGRAM_SECRET_TOKEN")
-    update = parse_json_object(await read_webhook_body(request))
+    update = parse_json_object(await read_body(request))
     item = parse_update(update, settings.instance_id, settings.media_max_bytes)
     if item is None:
         return json_response({"accepted": 0, "duplicates": 0})

@@ -20,12 +20,12 @@ from typing import Any
 
 from aiohttp import web
 
+from services.gateway.bodies import read_body
 from services.gateway.keys import INTAKE, SETTINGS
 from services.gateway.validation import CONTROL_RE, bad_request, parse_json_object
 from shared.messages import Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
 from shared.web import Problem, json_response
 
-WEBHOOK_MAX_BODY_BYTES = 1024 * 1024  # Meta batches notifications; far above any real one
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # Kinds that need no answer at all: a reaction to a message, a system notice (number changed),
 # the first opening of a chat.
@@ -52,11 +52,6 @@ def text_only_reply(message: InboundMessage, *, language: str = "pt") -> ReplyMe
     )
 
 
-async def read_webhook_body(request: web.Request) -> bytes:
-    """The raw body (signatures are over the exact bytes), with the webhooks' own size limit."""
-    return await request.clone(client_max_size=WEBHOOK_MAX_BODY_BYTES).read()
-
-
 async def verify(request: web.Request) -> web.Response:
     """`GET /webhooks/whatsapp`: echo `hub.challenge` when Meta presents our verify token."""
     expected = request.app[SETTINGS].whatsapp_verify_token
@@ -80,7 +75,7 @@ def check_signature(header: str | None, body: bytes, secret: str) -> None:
 async def receive(request: web.Request) -> web.Response:
     """`POST /webhooks/whatsapp`: signature first, then every message of the notification."""
     settings = request.app[SETTINGS]
-    body = await read_webhook_body(request)
+    body = await read_body(request)
     check_signature(request.headers.get(SIGNATURE_HEADER), body, settings.whatsapp_app_secret)
     items = parse_notification(parse_json_object(body), settings.instance_id)
     outcomes = await request.app[INTAKE].accept_all(items)

@@ -22,13 +22,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
+from shared.commands import is_reset
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
 from .kb import KbEngine, KnowledgeBase
 from .text import Language, fold
-
-RESET_COMMAND = "/reset"
 
 
 # Matched against the folded message ("Não" -> "nao"), words separated by single spaces.
@@ -104,10 +103,6 @@ def asks_for_human(text: str, language: Language) -> bool:
     customers of Brazilian shops write "human agent" too)."""
     words = " ".join(_WORDS.findall(fold(text)))
     return any(_HUMAN_REQUEST[lang].search(words) for lang in {language, "en"})
-
-
-def is_reset(text: str) -> bool:
-    return text.strip().casefold() == RESET_COMMAND
 
 
 # Typed choices: "2", "2.", or a label however it is cased, accented or punctuated.
