@@ -112,7 +112,7 @@ class Settings:
     admin_refresh_s: int = 30
     # The chat page's look (CHAT_*): empty title and greeting keep the page's own, in its language.
     chat_title: str = ""
-    chat_color: str = "#2b6cb0"
+    chat_color: str = "#0b7a5c"
     chat_greeting: str = ""
     chat_avatar_url: str = ""
 

@@ -5,7 +5,9 @@
   through the Graph API stand-in), another agent's answer is refused, and the agent releases it;
 - every admin page at 390 and 1280 px, in pt-BR and English, has no sideways scroll;
 - an English visitor of the chat page gets the bot's own texts in English, and the page asks for
-  nothing before it has its conversation's token.
+  nothing before it has its conversation's token;
+- the widget: an SVG launcher in CHAT_COLOR, CHAT_TITLE on the chat, a close button, and a badge
+  counting the replies that arrived while the chat was closed.
 
 Screenshots go to tmp_path, or to SCREENS_DIR when set (to look at them after a run).
 """
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.support import Service, Stack, eventually, post_message, web_id
+from tests.support import Service, Stack, eventually, free_port, post_message, web_id
 from tests.support.channel_fakes import WHATSAPP_ENV, FakeChannelApi, post_whatsapp, whatsapp_text
 from tests.support.pipeline import wait_ready
 
@@ -206,3 +209,79 @@ async def test_an_english_visitor_gets_english_system_texts(stack: Stack, browse
     await page.screenshot(path=str(screens(tmp_path) / "chat-en-390.png"), full_page=True)
     assert refused == [], "the page asked for something before it had its token"
     await context.close()
+
+
+async def test_the_widget_launcher_closes_and_counts_unread_replies(
+    stack: Stack, http: aiohttp.ClientSession, browser: Browser, tmp_path: Path
+) -> None:
+    site_port = free_port()
+    site = f"http://127.0.0.1:{site_port}"
+    gateway = await stack.start("gateway", CHAT_EMBED_ORIGINS=site, CHAT_TITLE="Loja Azul", CHAT_COLOR="#1a4fa0")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
+    await wait_ready(stack)
+    runner = await _host_page(gateway, site_port)
+    folder = screens(tmp_path)
+    try:
+        for locale, language in LOCALES:
+            for width in WIDTHS:
+                context = await context_for(browser, locale, width)
+                page = await context.new_page()
+                await page.goto(site + "/")
+                button = page.locator("#atendimento-widget-button")
+                await expect(button.locator("svg")).to_have_count(1)  # drawn, not an emoji
+                await button.click()
+                frame = page.frame_locator("#atendimento-widget-frame")
+                await expect(frame.locator("#title")).to_have_text("Loja Azul")
+                await expect(frame.locator("#status")).to_have_attribute("data-state", "online")
+                assert await page.evaluate(NO_SIDEWAYS_SCROLL)
+                await page.screenshot(path=str(folder / f"widget-{language}-{width}.png"))
+                await page.locator("#atendimento-widget-close").click()
+                await expect(page.locator("#atendimento-widget-frame")).to_be_hidden()
+                await context.close()
+
+        # A reply that arrives while the chat is closed is counted on the launcher.
+        context = await context_for(browser, "en-US", 390)
+        page = await context.new_page()
+        await page.goto(site + "/")
+        await page.locator("#atendimento-widget-button").click()
+        frame = page.frame_locator("#atendimento-widget-frame")
+        await frame.locator("#text").fill("I want to talk to a human agent")
+        await frame.locator("#text").press("Enter")
+        await expect(frame.locator(".msg--bot")).to_have_count(2)
+        await page.locator("#atendimento-widget-close").click()
+        badge = page.locator("#atendimento-widget-badge")
+        await expect(badge).to_be_hidden()
+        user = str(await frame.locator("html").evaluate("() => localStorage.getItem('atendimento.user')"))
+        async with http.post(
+            monitor.url + "/admin/api/handoffs/reply",
+            json={"conversation_id": web_id(user, "web:" + user), "text": "Hi, Ana here."},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as response:
+            assert response.status < 300, await response.text()
+        await expect(badge).to_have_text("1")
+        await page.screenshot(path=str(folder / "widget-badge-en-390.png"))
+        await page.locator("#atendimento-widget-button").click()
+        await expect(badge).to_be_hidden()
+        await expect(frame.locator(".msg--agent")).to_have_text("Hi, Ana here.")
+        await context.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _host_page(gateway: Service, port: int) -> web.AppRunner:
+    """A company's site with the widget's script tag."""
+    html = (
+        "<!doctype html><html><head><title>Loja</title>"
+        f'<script src="{gateway.url}/widget.js" defer></script></head><body><h1>Loja</h1></body></html>'
+    )
+
+    async def host_page(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", host_page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner

@@ -96,4 +96,25 @@
   for (const element of document.querySelectorAll("[data-i18n-label]")) {
     element.setAttribute("aria-label", texts[element.dataset.i18nLabel]);
   }
+
+  // The operator's look (CHAT_TITLE, CHAT_COLOR, CHAT_GREETING, CHAT_AVATAR_URL), written into
+  // <body data-*> by the gateway: it replaces the defaults above, in every language.
+  const look = document.body.dataset;
+  if (look.color) {
+    document.documentElement.style.setProperty("--accent", look.color);
+    document.querySelector('meta[name="theme-color"]').setAttribute("content", look.color);
+  }
+  if (look.title) {
+    document.title = look.title;
+    document.getElementById("title").textContent = look.title;
+  }
+  if (look.greeting) document.querySelector('[data-i18n="greeting"]').textContent = look.greeting;
+  if (look.avatar) {
+    const image = document.createElement("img");
+    image.src = look.avatar;
+    image.alt = "";
+    const avatar = document.querySelector(".chat__avatar");
+    avatar.textContent = "";
+    avatar.appendChild(image);
+  }
 })();

@@ -124,6 +124,8 @@
       add(data.reply.text, data.reply.engine === "agent" ? "agent" : "bot");
     }
     if (data.reply.options && data.reply.options.length) showChips(data.reply.options);
+    // In the widget's frame: the site's page counts it as unread while the chat is closed.
+    if (window.parent !== window) window.parent.postMessage({ type: "atendimento:reply" }, "*");
     if (data.reply.handoff && !humanTookOver) {
       humanTookOver = true;
       add(T("handoff"), "note");
