@@ -88,9 +88,9 @@ NO_GROUNDING = (
 # The reply format `_model_reply` reads; "JSON" must appear in the messages for OpenAI's JSON mode.
 # The customer's language (EngineRequest.language), said to the model in its own words.
 CUSTOMER_LANGUAGE = {
-    "pt": "O cliente escreve em português: escreva \"text\" em português do Brasil.",
-    "en": "The customer writes in English: write \"text\" in English.",
-    "es": "El cliente escribe en español: escribe \"text\" en español.",
+    "pt": 'O cliente escreve em português: escreva "text" em português do Brasil.',
+    "en": 'The customer writes in English: write "text" in English.',
+    "es": 'El cliente escribe en español: escribe "text" en español.',
 }
 REPLY_FORMAT = """Responda sempre com um único objeto JSON, sem texto antes ou depois, com estas chaves nesta ordem:
 {"kind": "answer" | "clarify" | "unknown" | "smalltalk", "text": "...", "sources": ["id"], "options": ["id"]}
