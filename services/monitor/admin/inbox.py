@@ -121,7 +121,10 @@ async def take(app: web.Application, actor: Actor, conversation_id: str) -> str:
     key = store.names.handoff_assignee_key(conversation_id)
     if await store.redis.set(key, actor.name, nx=True, ex=ttl):
         return actor.name
-    return await assignee(app, conversation_id)
+    holder = await assignee(app, conversation_id)
+    if holder == actor.name:  # still theirs while they answer: it lasts as long as the handoff
+        await store.redis.expire(key, ttl)
+    return holder
 
 
 async def assign(app: web.Application, actor: Actor, conversation_id: str) -> None:
