@@ -7,6 +7,7 @@ pt-BR, "1,234.5" in English). Times are shown in BUSINESS_TIMEZONE, with the zon
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 from services.monitor.alerts import Alert
 
 LANGUAGES = ("pt-BR", "en")
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
 DEFAULT = "en"
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -520,11 +522,12 @@ class Locale:
         action, outcome = str(entry.get("action", "")), str(entry.get("outcome", "ok"))
         values = {"actor": entry.get("actor") or "?", "target": entry.get("target") or ""}
         if outcome == "ok":
-            did = self.code("did", action)
-            return self.t("sentence", action=did, **values).strip() + "."
-        detail = self.code("outcome", outcome) + (f" ({entry['detail']})" if entry.get("detail") else "")
-        key = "sentence_failed" if outcome == "failed" else "sentence_refused"
-        return self.t(key, action=self.code("do", action), detail=detail, **values).replace("  ", " ") + "."
+            text = self.t("sentence", action=self.code("did", action), **values)
+        else:
+            detail = self.code("outcome", outcome) + (f" ({entry['detail']})" if entry.get("detail") else "")
+            key = "sentence_failed" if outcome == "failed" else "sentence_refused"
+            text = self.t(key, action=self.code("do", action), detail=detail, **values)
+        return _SPACE_BEFORE_COMMA.sub(",", " ".join(text.split())) + "."
 
     @staticmethod
     def hour(timestamp: float) -> str:
