@@ -107,6 +107,7 @@
   if (look.title) {
     document.title = look.title;
     document.getElementById("title").textContent = look.title;
+    document.querySelector(".chat__avatar").textContent = look.title.trim().charAt(0).toUpperCase();
   }
   if (look.greeting) document.querySelector('[data-i18n="greeting"]').textContent = look.greeting;
   if (look.avatar) {
