@@ -89,7 +89,7 @@ def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) 
         return dataclasses.replace(inbound, text=message.caption, attachment=message.attachment)
     if message.chat_type != "private":
         return None  # in a group, the bot stays quiet about stickers and the like
-    return text_only_reply(inbound, language="en" if message.language.startswith("en") else "pt")
+    return text_only_reply(inbound, language=message.language.lower()[:2])
 
 
 def _metadata(message: _Message) -> dict[str, Any]:

@@ -34,6 +34,7 @@ SILENT_TYPES = frozenset({"reaction", "system", "request_welcome"})
 TEXT_ONLY = {
     "pt": "Desculpe, não consigo ler esse tipo de mensagem. Pode escrever sua pergunta?",
     "en": "Sorry, I cannot read that kind of message. Could you type your question?",
+    "es": "Lo siento, no puedo leer ese tipo de mensaje. ¿Puedes escribir tu pregunta?",
 }
 MEDIA_TYPES: frozenset[MediaKind] = frozenset({"audio", "image", "document"})
 
