@@ -90,6 +90,14 @@ async def test_an_english_customer_of_a_portuguese_base_gets_english_system_text
     assert [option.label for option in portuguese.options] == ["Falar com atendente"]
 
 
+async def test_small_talk_follows_the_customer_s_language() -> None:
+    policy = policy_for(KnowledgeBase.load(SAMPLE))
+    english = await policy.reply(ask("hello", language="en"))
+    portuguese = await policy.reply(ask("olá"))
+    assert english.kind == portuguese.kind == "smalltalk"
+    assert english.text != portuguese.text and english.text.startswith("Hello")
+
+
 async def test_a_spanish_customer_gets_spanish_system_texts_and_may_ask_for_a_person_in_spanish() -> None:
     policy = policy_for(KnowledgeBase.load(SAMPLE))
     handoff = await policy.reply(ask("quiero hablar con un agente", language="es"))

@@ -28,7 +28,8 @@ from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 from .base import EngineRequest, ReplyEngine
 from .kb import KbEngine, KnowledgeBase
 from .languages import REPLY_LANGUAGES, ReplyLanguage, parse_language
-from .text import Language, fold
+from .smalltalk import SmallTalkDetector
+from .text import LANGUAGES, Language, fold, words_of
 
 RESET_COMMAND = "/reset"
 
@@ -126,6 +127,9 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "fallback": "Lo siento, no encontré esa información. ¿Quieres hablar con un agente?",
     },
 }
+
+
+_SMALL_TALK: Mapping[Language, SmallTalkDetector] = {language: SmallTalkDetector(language) for language in LANGUAGES}
 
 
 def asks_for_human(text: str, language: ReplyLanguage) -> bool:
@@ -245,7 +249,7 @@ class ReplyPolicy:
             return await self._resolve(voice, typed, request)
         if asks_for_human(request.text, self.language) or asks_for_human(request.text, voice.language):
             return self._handoff(voice)
-        return self._offering(voice, await voice.engine.reply(request))
+        return self._offering(voice, self._greeted(voice, request, await voice.engine.reply(request)))
 
     async def _resolve(self, voice: Voice, chosen: Option, request: EngineRequest) -> ReplyContent:
         """The reply to an option the last reply offered."""
@@ -257,6 +261,16 @@ class ReplyPolicy:
         if answer is None:  # the base was reloaded without that entry since it was offered
             return self._choose_again(voice, request)
         return replace(answer, kind="answer", resolves=request.offered_for)
+
+    @staticmethod
+    def _greeted(voice: Voice, request: EngineRequest, content: ReplyContent) -> ReplyContent:
+        """Small talk in the customer's language when the base speaks another ("hello" to a
+        Portuguese base gets "Hello!"), where that language has small talk of its own."""
+        language = next((known for known in LANGUAGES if known == voice.language), None)
+        if content.kind != "smalltalk" or voice.translated or language is None:
+            return content
+        scan = _SMALL_TALK[language].scan(words_of(request.text, language))
+        return replace(content, text=scan.reply()) if scan.only_small_talk else content
 
     def _offering(self, voice: Voice, content: ReplyContent) -> ReplyContent:
         """The engine's reply with what the policy adds: a question back's text and the hand-over,
