@@ -166,6 +166,10 @@ class Names:
         return f"{self.namespace}:heartbeat:{service}:{instance_id}"
 
     # Operators (monitor and admin) ------------------------------------------------------------
+    def handoff_assignee_key(self, conversation_id: str) -> str:
+        """The agent who took the handed-off conversation ("assign to me" in the admin inbox)."""
+        return f"{self.namespace}:handoff-assignee:{conversation_id}"
+
     def handoff_key(self, conversation_id: str) -> str:
         """A conversation handed to a human: the bot stays silent while this key lives."""
         return f"{self.namespace}:handoff:{conversation_id}"

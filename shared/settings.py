@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 T = TypeVar("T")
 
@@ -119,11 +120,18 @@ class Settings:
     admin_max_failures: int = 5
     admin_lockout_s: int = 900
     admin_refresh_s: int = 30
+    # The chat page's look (CHAT_*): empty title and greeting keep the page's own, in its language.
+    chat_title: str = ""
+    chat_color: str = "#0b7a5c"
+    chat_greeting: str = ""
+    chat_avatar_url: str = ""
 
     # Monitor
     alert_webhook_url: str = ""
     alert_interval_s: float = 15.0
     handoff_ttl_s: int = 4 * 3600
+    # The zone the admin area shows times in (and business hours are read in).
+    business_timezone: str = "America/Sao_Paulo"
 
     # Channels
     whatsapp_verify_token: str = ""
@@ -267,6 +275,11 @@ class Settings:
             alert_webhook_url=read.url("ALERT_WEBHOOK_URL", "", ("http", "https")),
             alert_interval_s=read.number("ALERT_INTERVAL_SECONDS", defaults.alert_interval_s, 0.1, 3600),
             handoff_ttl_s=read.integer("HANDOFF_TTL_SECONDS", defaults.handoff_ttl_s, 60, 30 * 86_400),
+            business_timezone=read.timezone("BUSINESS_TIMEZONE", defaults.business_timezone),
+            chat_title=read.text("CHAT_TITLE", "")[:60],
+            chat_color=read.color("CHAT_COLOR", defaults.chat_color),
+            chat_greeting=read.text("CHAT_GREETING", "")[:500],
+            chat_avatar_url=read.url("CHAT_AVATAR_URL", "", ("http", "https")),
             whatsapp_verify_token=read.text("WHATSAPP_VERIFY_TOKEN", ""),
             whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
             whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),
@@ -353,6 +366,24 @@ class _Reader:
             return value
 
         return self._parse(name, default, parse, f"a number from {low:g} to {high:g}")
+
+    def timezone(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            try:
+                ZoneInfo(raw)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError from None
+            return raw
+
+        return self._parse(name, default, parse, "an IANA time zone such as America/Sao_Paulo")
+
+    def color(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not re.fullmatch(r"#[0-9a-fA-F]{6}", raw):
+                raise ValueError
+            return raw.lower()
+
+        return self._parse(name, default, parse, "a colour as #rrggbb")
 
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, 1, 65_535)

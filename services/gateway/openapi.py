@@ -45,6 +45,7 @@ _TOKEN_PROPERTY = {
 }
 # Telegram's ids fit in 52 bits; JSON numbers beyond 2^53 are not integers to every parser.
 _TELEGRAM_ID = {"type": "integer", "minimum": -(2**53), "maximum": 2**53}
+_TELEGRAM_SENDER = {"id": _TELEGRAM_ID, "language_code": {"type": "string"}, "first_name": {"type": "string"}}
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -308,7 +309,7 @@ DOCUMENT: dict[str, Any] = {
                             "data": {"type": "string", "description": "the id of the option tapped"},
                             "from": {
                                 "type": "object",
-                                "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
+                                "properties": _TELEGRAM_SENDER,
                             },
                             "message": {
                                 "type": "object",
@@ -364,7 +365,7 @@ DOCUMENT: dict[str, Any] = {
                     "chat": {"$ref": "#/components/schemas/TelegramChat"},
                     "from": {
                         "type": "object",
-                        "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
+                        "properties": _TELEGRAM_SENDER,
                     },
                     "text": {"type": "string"},
                     "caption": {"type": "string"},

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from services.gateway.bodies import read_body
 from services.gateway.keys import INTAKE, SETTINGS
-from services.gateway.validation import CONTROL_RE, bad_request, parse_json_object
+from services.gateway.validation import CONTROL_RE, bad_request, display_name, parse_json_object
 from shared.messages import Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
 from shared.web import Problem, json_response
 
@@ -34,6 +34,7 @@ SILENT_TYPES = frozenset({"reaction", "system", "request_welcome"})
 TEXT_ONLY = {
     "pt": "Desculpe, não consigo ler esse tipo de mensagem. Pode escrever sua pergunta?",
     "en": "Sorry, I cannot read that kind of message. Could you type your question?",
+    "es": "Lo siento, no puedo leer ese tipo de mensaje. ¿Puedes escribir tu pregunta?",
 }
 MEDIA_TYPES: frozenset[MediaKind] = frozenset({"audio", "image", "document"})
 
@@ -93,11 +94,26 @@ def parse_notification(payload: dict[str, Any], gateway_id: str) -> list[Inbound
             if change.get("field") != "messages" or not value.get("messages"):
                 continue
             phone_number_id = _id(_object(value, "metadata", f"{path}.value.metadata"), "phone_number_id", path)
+            names = _profile_names(value)
             for m, message in enumerate(_objects(value, "messages", f"{path}.value.messages")):
                 item = _item(message, f"{path}.value.messages[{m}]", phone_number_id, gateway_id)
+                if isinstance(item, InboundMessage) and names.get(item.user_id):
+                    item = dataclasses.replace(item, metadata={**item.metadata, "name": names[item.user_id]})
                 if item is not None:
                     items.append(item)
     return items
+
+
+def _profile_names(value: dict[str, Any]) -> dict[str, str]:
+    """The senders' WhatsApp profile names (`value.contacts[].profile.name` by `wa_id`), shown to
+    agents in the admin inbox. Only a display aid: a contact of an unexpected shape is skipped."""
+    names: dict[str, str] = {}
+    for contact in value.get("contacts") or ():
+        profile = contact.get("profile") if isinstance(contact, dict) else None
+        name = profile.get("name") if isinstance(profile, dict) else None
+        if isinstance(name, str) and isinstance(contact.get("wa_id"), str):
+            names[contact["wa_id"]] = display_name(name)
+    return names
 
 
 def _item(

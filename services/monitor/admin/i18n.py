@@ -1,18 +1,24 @@
 """The admin area in Brazilian Portuguese and English, chosen by the browser's Accept-Language.
 
 Texts, numbers, durations and sizes are written the way each language writes them ("1.234,5" in
-pt-BR, "1,234.5" in English). Times are shown in UTC, with the zone named, in both.
+pt-BR, "1,234.5" in English). Times are shown in BUSINESS_TIMEZONE, with the zone named, and as
+"3 min ago" where an agent reads them at a glance.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from services.monitor.alerts import Alert
 
 LANGUAGES = ("pt-BR", "en")
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
 DEFAULT = "en"
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -156,6 +162,45 @@ TEXTS: dict[str, dict[str, str]] = {
         "alert_AtendimentoServiceRecentlyStarted": "{subject} restarted {value} s ago",
         "alert_AtendimentoMemoryCritical": "{subject} uses {value}% of its memory",
         "alert_AtendimentoMemoryWarning": "{subject} uses {value}% of its memory",
+        "inbox": "Inbox",
+        "dashboard": "Dashboard",
+        "dead_letter_one": "Dead letter",
+        "inbox_title": "Waiting for a person",
+        "inbox_empty": "Nobody is waiting for a person.",
+        "waiting_for": "waiting {duration}",
+        "assigned_to": "with {name}",
+        "unassigned": "not taken",
+        "assign_to_me": "Assign to me",
+        "notify": "Notify me",
+        "notify_on": "Notifications on",
+        "new_handoff": "A customer is waiting for a person",
+        "answer": "Answer",
+        "kind": "Kind",
+        "why": "Why",
+        "silenced_note": "The bot stayed silent: a person has this conversation.",
+        "ago_now": "just now",
+        "ago": "{duration} ago",
+        "sentence": "{actor} {action} {target}",
+        "sentence_refused": "{actor} tried to {action} {target}, refused: {detail}",
+        "sentence_failed": "{actor} tried to {action} {target}, failed: {detail}",
+        "do_login": "sign in",
+        "do_logout": "sign out",
+        "do_api_auth": "use the API",
+        "do_view_conversation": "view",
+        "do_replay_dead_letter": "replay dead letter",
+        "do_reply_as_agent": "reply in",
+        "do_release_to_bot": "give back to the bot",
+        "do_assign": "take",
+        "action_assign": "took",
+        "did_login": "signed in",
+        "did_logout": "signed out",
+        "did_api_auth": "authenticated on the API",
+        "did_view_conversation": "viewed",
+        "did_replay_dead_letter": "replayed dead letter",
+        "did_reply_as_agent": "replied in",
+        "did_release_to_bot": "gave back to the bot",
+        "did_assign": "took",
+        "notice_assigned": "The conversation is yours.",
         "action_login": "signed in",
         "action_logout": "signed out",
         "action_api_auth": "API authentication",
@@ -316,6 +361,45 @@ TEXTS: dict[str, dict[str, str]] = {
         "alert_AtendimentoServiceRecentlyStarted": "{subject} reiniciou há {value} s",
         "alert_AtendimentoMemoryCritical": "{subject} usa {value}% da memória",
         "alert_AtendimentoMemoryWarning": "{subject} usa {value}% da memória",
+        "inbox": "Caixa de entrada",
+        "dashboard": "Painel",
+        "dead_letter_one": "Mensagem morta",
+        "inbox_title": "Aguardando uma pessoa",
+        "inbox_empty": "Ninguém está aguardando uma pessoa.",
+        "waiting_for": "esperando há {duration}",
+        "assigned_to": "com {name}",
+        "unassigned": "ninguém pegou",
+        "assign_to_me": "Atribuir a mim",
+        "notify": "Avisar-me",
+        "notify_on": "Avisos ligados",
+        "new_handoff": "Um cliente está aguardando uma pessoa",
+        "answer": "Resposta",
+        "kind": "Tipo",
+        "why": "Por quê",
+        "silenced_note": "O bot ficou em silêncio: uma pessoa está com esta conversa.",
+        "ago_now": "agora",
+        "ago": "há {duration}",
+        "sentence": "{actor} {action} {target}",
+        "sentence_refused": "{actor} tentou {action} {target}, recusado: {detail}",
+        "sentence_failed": "{actor} tentou {action} {target}, falhou: {detail}",
+        "do_login": "entrar",
+        "do_logout": "sair",
+        "do_api_auth": "usar a API",
+        "do_view_conversation": "abrir",
+        "do_replay_dead_letter": "reenviar a dead letter",
+        "do_reply_as_agent": "responder em",
+        "do_release_to_bot": "devolver ao bot",
+        "do_assign": "pegar",
+        "action_assign": "pegou",
+        "did_login": "entrou",
+        "did_logout": "saiu",
+        "did_api_auth": "autenticou-se na API",
+        "did_view_conversation": "abriu",
+        "did_replay_dead_letter": "reenviou a dead letter",
+        "did_reply_as_agent": "respondeu em",
+        "did_release_to_bot": "devolveu ao bot",
+        "did_assign": "pegou",
+        "notice_assigned": "A conversa é sua.",
         "action_login": "entrou",
         "action_logout": "saiu",
         "action_api_auth": "autenticação na API",
@@ -362,6 +446,9 @@ class Locale:
     """What the templates use to write in one language."""
 
     language: str
+    zone: str = "UTC"
+    # "now" for relative times, fixed once per page so that one page reads consistently.
+    now: float = 0.0
 
     @property
     def _separators(self) -> tuple[str, str]:
@@ -419,11 +506,36 @@ class Locale:
             size /= 1024
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def when(timestamp: float | None) -> str:
+    def when(self, timestamp: float | None) -> str:
         if not timestamp:
             return "—"
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+        moment = datetime.fromtimestamp(timestamp, ZoneInfo(self.zone))
+        shown = moment.strftime("%d/%m/%Y %H:%M:%S" if self.language == "pt-BR" else "%Y-%m-%d %H:%M:%S")
+        return f"{shown} {moment.tzname()}"
+
+    def ago(self, timestamp: float | None) -> str:
+        """How long before this page's `now`: "3 min ago", "há 2 h 5 min"."""
+        if not timestamp:
+            return "—"
+        elapsed = max(0.0, (self.now or time.time()) - timestamp)
+        if elapsed < 60:
+            return self.t("ago_now")
+        return self.t("ago", duration=self.duration(elapsed - elapsed % 60))
+
+    def waiting(self, timestamp: float) -> str:
+        return self.t("waiting_for", duration=self.duration(max(60.0, (self.now or time.time()) - timestamp)))
+
+    def sentence(self, entry: dict[str, Any]) -> str:
+        """An audit entry as a sentence: "Ana replied in web:…", "Ana tried to take …, refused: …"."""
+        action, outcome = str(entry.get("action", "")), str(entry.get("outcome", "ok"))
+        values = {"actor": entry.get("actor") or "?", "target": entry.get("target") or ""}
+        if outcome == "ok":
+            text = self.t("sentence", action=self.code("did", action), **values)
+        else:
+            detail = self.code("outcome", outcome) + (f" ({entry['detail']})" if entry.get("detail") else "")
+            key = "sentence_failed" if outcome == "failed" else "sentence_refused"
+            text = self.t(key, action=self.code("do", action), detail=detail, **values)
+        return _SPACE_BEFORE_COMMA.sub(",", " ".join(text.split())) + "."
 
     @staticmethod
     def hour(timestamp: float) -> str:

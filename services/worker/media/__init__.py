@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from services.worker.engines.base import Document
+from services.worker.engines.languages import ReplyLanguage, customer_language
 from services.worker.engines.text import Language
 from shared.messages import Attachment, InboundMessage, ReplyContent
 from shared.settings import Settings
@@ -48,7 +49,7 @@ IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 AUDIO_TYPES = frozenset({"application/ogg", "video/ogg", "video/mp4", "video/webm"})  # and audio/*
 PDF = "application/pdf"
 
-POLITE: dict[Language, dict[str, str]] = {
+POLITE: dict[ReplyLanguage, dict[str, str]] = {
     "pt": {
         "no_transcription": "Desculpe, por aqui ainda não consigo ouvir mensagens de voz. Pode escrever sua pergunta?",
         "audio_failed": "Desculpe, não consegui entender o áudio. Pode escrever sua pergunta?",
@@ -70,6 +71,17 @@ POLITE: dict[Language, dict[str, str]] = {
         "document_not_read": "Sorry, I can only read PDF documents. Could you type your question?",
         "document_unreadable": "Sorry, I could not read that document. Could you type your question?",
         "documents_not_read": "Sorry, I cannot read documents here. Could you type your question?",
+    },
+    "es": {
+        "no_transcription": "Lo siento, aquí todavía no puedo escuchar mensajes de voz. ¿Puedes escribir tu pregunta?",
+        "audio_failed": "Lo siento, no pude entender el audio. ¿Puedes escribir tu pregunta?",
+        "too_large": "Lo siento, ese archivo es demasiado grande para abrirlo. ¿Puedes escribir tu pregunta?",
+        "unavailable": "Lo siento, no pude abrir ese archivo. ¿Puedes escribir tu pregunta?",
+        "wrong_type": "Lo siento, no puedo abrir ese tipo de archivo. ¿Puedes escribir tu pregunta?",
+        "image_not_read": "Lo siento, aquí no puedo ver imágenes. ¿Puedes describir por escrito lo que necesitas?",
+        "document_not_read": "Lo siento, solo puedo leer documentos PDF. ¿Puedes escribir tu pregunta?",
+        "document_unreadable": "Lo siento, no pude leer ese documento. ¿Puedes escribir tu pregunta?",
+        "documents_not_read": "Lo siento, aquí no puedo leer documentos. ¿Puedes escribir tu pregunta?",
     },
 }
 
@@ -121,7 +133,7 @@ class MediaResolver:
 
     def __init__(self, settings: Settings, language: Language, *, reads_media: bool) -> None:
         self._settings = settings
-        self._polite = POLITE[language]
+        self._language = language
         self._reads_media = reads_media
         self._speech = SpeechConfig.from_settings(settings)
         self._hosts = MediaHosts.from_settings(settings)
@@ -135,8 +147,10 @@ class MediaResolver:
         understood = [await self._understand(message) for message in messages]
         problem = next((u.problem for u in understood if u.problem), None)
         combined = _combined(understood)
-        if problem is not None:  # the polite reply instead of the engine's
-            return dataclasses.replace(combined, unhandled=ReplyContent(self._polite[problem], "media", 1.0))
+        if problem is not None:  # the polite reply instead of the engine's, in the customer's language
+            last = messages[-1]
+            polite = POLITE[customer_language(last.metadata, last.text) or self._language]
+            return dataclasses.replace(combined, unhandled=ReplyContent(polite[problem], "media", 1.0))
         return dataclasses.replace(combined, voice=any(_is_voice(message) for message in messages))
 
     async def close(self) -> None:
