@@ -11,8 +11,9 @@ opt-out command is newer than their latest other message ("any later message opt
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -59,6 +60,16 @@ def address_of(message: InboundMessage) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class Clock:
+    """The wall clock of the 24-hour window; tests move it (`offset_s`) instead of waiting a day."""
+
+    offset_s: float = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset_s
+
+
 @dataclass(frozen=True, slots=True)
 class Contact:
     last_in_ms: float = 0.0
@@ -74,6 +85,12 @@ class Contact:
 class ContactBook:
     redis: Redis
     names: Names
+    clock: Clock = field(default_factory=Clock)
+
+    async def seen_all(self, messages: list[InboundMessage]) -> None:
+        """Record customers' messages as accepted now (raises REDIS_ERRORS)."""
+        for message in messages:
+            await self.seen(message, self.clock.now())
 
     async def seen(self, message: InboundMessage, at_s: float) -> None:
         """Record a customer's message, accepted at `at_s` (raises REDIS_ERRORS)."""

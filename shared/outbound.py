@@ -69,7 +69,7 @@ def parse_outbound(data: dict[str, Any]) -> OutboundRequest:
         raise invalid(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(FIELDS))})")
     channel = data.get("channel")
     if channel not in CHANNELS:
-        raise invalid("channel: must be \"whatsapp\" or \"telegram\"")
+        raise invalid('channel: must be "whatsapp" or "telegram"')
     to = _to(channel, data.get("to"))
     if ("text" in data) == ("template" in data):
         raise invalid("text, template: exactly one of them is required")
@@ -113,7 +113,7 @@ def _template(value: Any) -> Template:
     if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
         raise invalid("template.name: required, the approved template's name (a-z, 0-9 and _)")
     if not isinstance(language, str) or not _LANGUAGE.match(language):
-        raise invalid("template.language: required, the template's language code, like \"pt_BR\" or \"en\"")
+        raise invalid('template.language: required, the template\'s language code, like "pt_BR" or "en"')
     components = value.get("components", [])
     if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
         raise invalid("template.components: must be an array of objects (the Graph API's components)")
@@ -131,7 +131,7 @@ def check_sendable(request: OutboundRequest, contact: Contact, settings: Setting
     if contact.opted_out:
         raise refused(
             "to: this customer opted out of proactive messages (they wrote an opt-out command such as"
-            " \"parar\" or \"stop\"); nothing is sent until they write again"
+            ' "parar" or "stop"); nothing is sent until they write again'
         )
     if request.channel != "whatsapp":
         return

@@ -12,12 +12,14 @@ A proactive message's hash also holds where it went (`channel`, `to`, `conversat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.messages import ReplyMessage
 from shared.names import Names
 from shared.store import CONVERSATION_LOG_TTL_SECONDS
 
@@ -93,6 +95,22 @@ class Receipts:
             await pipe.execute()
         await self.record(message_id, StatusUpdate("accepted", at_s))
 
+    async def addressed(self, reply: ReplyMessage) -> None:
+        """A proactive message was queued: where it goes (raises REDIS_ERRORS)."""
+        key = self.names.receipt_key(reply.message_id)
+        fields = ["channel", reply.channel, "to", reply.user_id, "conversation_id", reply.conversation_id]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, items=fields)
+            pipe.expire(key, RECEIPT_TTL_S)
+            await pipe.execute()
+
+    async def proactive(self, message_id: str) -> dict[str, Any] | None:
+        """A proactive message as `GET /v1/messages/{id}` shows it, None when there is none."""
+        raw = await self.redis.hgetall(self.names.receipt_key(message_id))
+        if "channel" not in raw:
+            return None
+        return {"channel": raw["channel"], "to": raw["to"], "delivery": delivery_view(raw)}
+
     async def message_of(self, wamid: str) -> str | None:
         value = await self.redis.get(self.names.wamid_key(wamid))
         return None if value is None else str(value)
@@ -110,7 +128,7 @@ class Receipts:
         return {message_id: view for message_id, view in views.items() if view is not None}
 
 
-def delivery_view(raw: dict[str, Any]) -> dict[str, Any] | None:
+def delivery_view(raw: Mapping[Any, Any]) -> dict[str, Any] | None:
     """`{"status", "updated_at", "history": {status: time}, "error"}` with ISO 8601 UTC times."""
     status = raw.get("status")
     if not status:
@@ -118,7 +136,8 @@ def delivery_view(raw: dict[str, Any]) -> dict[str, Any] | None:
     history = {name: _iso(float(raw[f"{name}_at"])) for name in STATUSES if f"{name}_at" in raw}
     error = None
     if status == "failed":
-        error = Failure(int(raw.get("error_code", 0)), str(raw.get("error_title", "")), str(raw.get("error_detail", "")))
+        code, title, detail = raw.get("error_code", 0), raw.get("error_title", ""), raw.get("error_detail", "")
+        error = Failure(int(code), str(title), str(detail))
     return {
         "status": str(status),
         "updated_at": history.get(str(status)),

@@ -12,7 +12,9 @@ from services.gateway.ratelimit import RateLimiter
 from services.gateway.replies import ReplyRouter
 from services.gateway.web_conversations import ConversationTokens
 from shared.broker import Broker
+from shared.contacts import Clock, ContactBook
 from shared.metrics import GatewayMetrics
+from shared.receipts import Receipts
 from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,3 +27,7 @@ DELIVERY = web.AppKey("delivery", list[DeliveryConsumer])
 ERRORS = web.AppKey("errors", BackgroundErrors)
 TOKENS = web.AppKey("tokens", ConversationTokens)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+# Proactive messages: the customers' 24-hour windows and opt-outs, and what became of each send.
+CLOCK = web.AppKey("clock", Clock)
+CONTACTS = web.AppKey("contacts", ContactBook)
+RECEIPTS = web.AppKey("receipts", Receipts)

@@ -1,16 +1,19 @@
 """`GET /v1/messages/{message_id}`: where an accepted message stands, for clients that posted it
-with `wait=0` (or lost their event stream) and want its reply without re-posting it. Only web
-messages, and only with the token of the conversation the message belongs to."""
+with `wait=0` (or lost their event stream) and want its reply without re-posting it. Web messages
+only with the token of the conversation the message belongs to; a proactive message
+(`POST /v1/outbound`, whose sender holds an API key, not a conversation) without one, with its
+`delivery` (shared/receipts.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from services.gateway.intake import unavailable
-from services.gateway.keys import INTAKE, TOKENS
+from services.gateway.keys import INTAKE, RECEIPTS, TOKENS
 from services.gateway.validation import check_id
 from services.gateway.web_conversations import SCOPE_RE, forbidden, presented_token, public_answer, public_id, scoped
 from shared.messages import ReplyMessage
+from shared.outbound import ID_PREFIX
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
@@ -18,6 +21,8 @@ from shared.web import Problem, json_response
 async def message_status(request: web.Request) -> web.Response:
     message_id = check_id("message_id", request.match_info["message_id"])
     token = presented_token(request)
+    if token is None:
+        return await _proactive(request, message_id)
     scope, _, _ = (token or "").partition(".")
     if token is None or not SCOPE_RE.match(scope):
         raise forbidden()
@@ -50,3 +55,15 @@ async def message_status(request: web.Request) -> web.Response:
             "conversation_token": token,
         }
     )
+
+
+async def _proactive(request: web.Request, message_id: str) -> web.Response:
+    try:
+        found = await request.app[RECEIPTS].proactive(ID_PREFIX + message_id)
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+    if found is None:
+        raise forbidden()  # a web message's state is its conversation's business
+    delivery = found["delivery"]
+    status = "queued" if delivery is None else delivery["status"]
+    return json_response({"message_id": message_id, **found, "status": status})

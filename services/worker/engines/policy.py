@@ -2,6 +2,8 @@
 
 `ReplyPolicy` wraps the configured engine (knowledge base or LLM):
   * `/reset` clears the conversation's memory and says so (the worker's commit does the clearing);
+  * on WhatsApp and Telegram, an opt-out command ("parar", "sair", "stop", "unsubscribe", or an
+    opt-out button) is confirmed briefly (the gateway records it: shared/contacts.py);
   * a customer asking for a person ("quero falar com um atendente", "can I talk to a human?") gets
     `handoff: true` and a reply saying a person will take over; the commit starts the handoff, and
     the bot stays silent in that conversation until an agent releases it or it expires;
@@ -22,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
+from shared.contacts import is_opt_out
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
@@ -29,6 +32,8 @@ from .kb import KbEngine, KnowledgeBase
 from .text import Language, fold
 
 RESET_COMMAND = "/reset"
+# Web conversations (services/gateway/web_conversations.py) get no proactive messages to opt out of.
+WEB_PREFIX = "web:"
 
 
 # Matched against the folded message ("Não" -> "nao"), words separated by single spaces.
@@ -84,6 +89,9 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         # A choice of something not offered (any more): the options in force again, or none.
         "stale": "Essa opção não está mais disponível. Por favor, escolha de novo:",
         "ask": "Essa opção não está mais disponível. Por favor, escreva sua pergunta.",
+        # An opt-out of proactive messages; any later message opts back in.
+        "opt_out": "Pronto, você não vai mais receber nossas mensagens automáticas. Se mudar de ideia, é só"
+        " nos escrever.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -95,6 +103,7 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "pick": "Tap an option or reply with its number.",
         "stale": "That option is no longer available. Please choose again:",
         "ask": "That option is no longer available. Please write your question.",
+        "opt_out": "Done, you will not get our automatic messages any more. If you change your mind, just write to us.",
     },
 }
 
@@ -158,6 +167,8 @@ class ReplyPolicy:
             return ReplyContent(
                 text=self._replies["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
             )
+        if not request.conversation_id.startswith(WEB_PREFIX) and is_opt_out(request.text, request.option):
+            return ReplyContent(text=self._replies["opt_out"], engine="command", confidence=1.0, kind="smalltalk")
         if request.option:
             chosen = next((option for option in request.offered if option.id == request.option), None)
             if chosen is not None:
