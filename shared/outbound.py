@@ -34,11 +34,18 @@ MAX_COMPONENTS_BYTES = 8192
 # Internal ids of proactive messages live apart from every channel's own (no wamid, no update).
 ID_PREFIX = "outbound:"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_WHATSAPP_TO = re.compile(r"^\+?[0-9]{6,20}$")
-_TELEGRAM_TO = re.compile(r"^-?[0-9]{1,20}$")
+# Also the OpenAPI document's patterns (services/gateway/openapi_outbound.py): checked with
+# `fullmatch`, so they mean what they mean in the document's (ECMA) dialect.
+WHATSAPP_TO_PATTERN = r"^\+?[0-9]{6,20}$"
+TELEGRAM_TO_PATTERN = r"^-?[0-9]{1,20}$"
 # Meta's template names: lower-case letters, digits and underscores; languages like "pt_BR", "en".
-_TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(?:_[A-Za-z]{2,4})?$")
+TEMPLATE_NAME_PATTERN = r"^[a-z0-9_]{1,512}$"
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(?:_[A-Za-z]{2,4})?$"
+TELEGRAM_MAX_ID = 2**53
+_WHATSAPP_TO = re.compile(WHATSAPP_TO_PATTERN)
+_TELEGRAM_TO = re.compile(TELEGRAM_TO_PATTERN)
+_TEMPLATE_NAME = re.compile(TEMPLATE_NAME_PATTERN)
+_LANGUAGE = re.compile(LANGUAGE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +93,15 @@ def parse_outbound(data: dict[str, Any]) -> OutboundRequest:
 
 
 def _to(channel: Channel, value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and channel == "telegram":
-        value = str(value)
+    if channel == "telegram" and isinstance(value, int | float) and not isinstance(value, bool):
+        if not (float(value).is_integer() and abs(value) <= TELEGRAM_MAX_ID):
+            raise invalid(f"to: a chat id must be a whole number within ±{TELEGRAM_MAX_ID}")
+        value = str(int(value))
     pattern = _WHATSAPP_TO if channel == "whatsapp" else _TELEGRAM_TO
-    if not isinstance(value, str) or not pattern.match(value.strip()):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         what = "the customer's phone number, digits with the country code" if channel == "whatsapp" else "a chat id"
         raise invalid(f"to: required, {what}")
-    return value.strip().lstrip("+")
+    return value.lstrip("+")
 
 
 def _text(value: Any) -> str:
@@ -110,9 +119,9 @@ def _template(value: Any) -> Template:
     if unknown:
         raise invalid(f"template.{unknown[0]}: unknown field (allowed: {', '.join(sorted(TEMPLATE_FIELDS))})")
     name, language = value.get("name"), value.get("language")
-    if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
+    if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
         raise invalid("template.name: required, the approved template's name (a-z, 0-9 and _)")
-    if not isinstance(language, str) or not _LANGUAGE.match(language):
+    if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
         raise invalid('template.language: required, the template\'s language code, like "pt_BR" or "en"')
     components = value.get("components", [])
     if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
