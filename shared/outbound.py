@@ -37,7 +37,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Also the OpenAPI document's patterns (services/gateway/openapi_outbound.py): checked with
 # `fullmatch`, so they mean what they mean in the document's (ECMA) dialect.
 WHATSAPP_TO_PATTERN = r"^\+?[0-9]{6,20}$"
-TELEGRAM_TO_PATTERN = r"^-?[0-9]{1,20}$"
+TELEGRAM_TO_PATTERN = r"^-?[0-9]{1,16}$"  # Telegram ids have at most 52 bits
 # Meta's template names: lower-case letters, digits and underscores; languages like "pt_BR", "en".
 TEMPLATE_NAME_PATTERN = r"^[a-z0-9_]{1,512}$"
 LANGUAGE_PATTERN = r"^[a-z]{2,3}(?:_[A-Za-z]{2,4})?$"

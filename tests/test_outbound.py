@@ -349,3 +349,71 @@ async def test_bad_requests_name_the_field(gateway: Gateway) -> None:
         assert problem["detail"].startswith(f"{field}: "), (request, problem)
     status, problem = await gateway.send({"channel": "whatsapp", "to": sender, "text": "x"}, headers={})
     assert status == 401 and problem["detail"].startswith("Authorization")
+
+
+ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
+
+
+async def test_the_admin_form_sends_one_audited_and_the_conversation_shows_its_delivery(
+    stack: Stack, gateway: Gateway, api: FakeChannelApi
+) -> None:
+    monitor = await stack.start(
+        "monitor", ADMIN_TOKEN=ADMIN_TOKEN, WHATSAPP_PHONE_NUMBER_ID=PHONE_NUMBER_ID, **WHATSAPP_ENV, **api.env()
+    )
+    sender = customer()
+    await customer_writes(gateway, api, sender, "Qual o prazo de entrega?")
+    conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+    pt = {"Accept-Language": "pt-BR,pt;q=0.9"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        login = {"operator": "Ana", "token": ADMIN_TOKEN}
+        async with browser.post(monitor.url + "/admin/login", data=login) as response:
+            assert response.status == 200
+        query = {"channel": "whatsapp", "to": sender}
+        async with browser.get(monitor.url + "/admin/outbound", params=query, headers=pt) as response:
+            page = await response.text()
+            assert response.status == 200 and "Enviar uma mensagem ativa" in page and f'value="{sender}"' in page
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+        form = {"csrf": csrf, "channel": "whatsapp", "to": sender, "text": "Seu pedido chegou?"}
+        async with browser.post(monitor.url + "/admin/outbound", data=form, headers=pt) as response:
+            page = await response.text()
+            assert response.status == 200 and str(response.url.path) == "/admin/conversation", page[:500]
+            assert "A mensagem entrou na fila de envio." in page and "Mensagem ativa" in page
+        sent = (await arrived(api, sender, 2))[-1]
+        assert sent.text == "Seu pedido chegou?"
+
+        # Refused by the same rules as the API: the form again, saying why, and nothing sent.
+        stranger = customer()
+        refused = {"csrf": csrf, "channel": "whatsapp", "to": stranger, "text": "Oi!"}
+        async with browser.post(monitor.url + "/admin/outbound", data=refused) as response:
+            page = await response.text()
+            assert response.status == 422 and "24 hours" in page and f'value="{stranger}"' in page
+
+        # The channel says it failed: the conversation view shows the code and title.
+        wamid = sent.answer["messages"][0]["id"]
+        failed = whatsapp_status(wamid, sender, "failed")
+        failed["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = [
+            {"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message"}
+        ]
+        status, _ = await post_whatsapp(gateway.http, gateway.service, failed)
+        assert status == 200
+
+        async def shows_failure() -> str | None:
+            async with browser.get(monitor.url + "/admin/conversation", params={"id": conversation}) as response:
+                text = await response.text()
+                return text if "131047 Re-engagement message" in text else None
+
+        page = await eventually(shows_failure, what="the failure in the conversation view")
+        assert 'data-status="failed"' in page
+
+    # Scripts use the JSON API with the token; every send is audited with its outcome.
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    template = {"channel": "whatsapp", "to": stranger, "template": {"name": "hello", "language": "en"}}
+    async with gateway.http.post(monitor.url + "/admin/api/outbound", json=template, headers=bearer) as response:
+        assert response.status == 200, await response.text()
+    assert (await arrived(api, stranger, 1))[0].body["type"] == "template"
+    async with gateway.http.get(monitor.url + "/admin/api/audit", headers=bearer) as response:
+        entries = (await response.json())["entries"]
+    sends = [(e["actor"], e["outcome"]) for e in entries if e["action"] == "send_outbound"]
+    assert ("Ana", "ok") in sends and ("Ana", "refused") in sends
+    assert [outcome for _, outcome in sends].count("ok") == 2

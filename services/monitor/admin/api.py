@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.monitor.admin import conversations, knowledge, operations, teaching
+from services.monitor.admin import conversations, knowledge, operations, outbound, teaching
 from services.monitor.admin.guard import ACTOR
 from services.monitor.keys import AUDIT
 from services.monitor.problems import unreachable
@@ -64,6 +64,14 @@ async def reply(request: web.Request) -> web.Response:
     body = await _body(request)
     sent = await operations.reply_as_agent(request.app, actor, body.get("conversation_id"), body.get("text"))
     return json_response({"sent": sent.public_dict()})
+
+
+async def send_outbound(request: web.Request) -> web.Response:
+    """A proactive message: the body of `POST /v1/outbound` (the id is the admin area's own)."""
+    body = await _body(request)
+    body.pop("message_id", None)
+    sent = await outbound.send(request.app, request[ACTOR], body)
+    return json_response({"sent": {"message_id": sent.message_id, "conversation_id": sent.conversation_id}})
 
 
 async def release(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from services.monitor.admin.conversations import conversation_page
+from services.monitor.admin.outbound import deliveries
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, ReplayError
 from services.monitor.health import health_json
@@ -124,10 +125,13 @@ async def conversation(app: web.Application, actor: Actor, conversation_id: str)
         raise Problem(404, f"conversation_id: no conversation {conversation_id!r} is logged")
     # Reading a customer's conversation is access to personal data: it is audited like an action.
     await app[AUDIT].record(actor, "view_conversation", conversation_id)
+    entries = [orjson.loads(raw) for raw in raw_entries]
     return {
         "conversation_id": conversation_id,
         "handoff": handoff_dict(conversation_id, info) if info else None,
-        "entries": [orjson.loads(raw) for raw in raw_entries],
+        "entries": entries,
+        # What the channel reported of each message sent (shared/receipts.py), by message id.
+        "deliveries": await deliveries(app, entries),
     }
 
 
