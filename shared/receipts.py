@@ -89,10 +89,8 @@ class Receipts:
 
     async def accepted(self, message_id: str, at_s: float, wamids: tuple[str, ...] = ()) -> None:
         """The platform took the message (its parts' wamids, for WhatsApp)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for wamid in wamids:
-                pipe.set(self.names.wamid_key(wamid), message_id, ex=RECEIPT_TTL_S)
-            await pipe.execute()
+        for wamid in wamids:
+            await self.redis.set(self.names.wamid_key(wamid), message_id, ex=RECEIPT_TTL_S)
         await self.record(message_id, StatusUpdate("accepted", at_s))
 
     async def addressed(self, reply: ReplyMessage) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from services.gateway.intake import unavailable
 from services.gateway.keys import CONTACTS, INTAKE, RECEIPTS, SETTINGS, STORE
+from services.gateway.ratelimit import ADDRESS_CHARGE
 from services.gateway.validation import parse_json_object
 from shared.outbound import check_sendable, log_entry, outbound_reply, parse_outbound
 from shared.store import REDIS_ERRORS
@@ -34,7 +35,8 @@ async def post_outbound(request: web.Request) -> web.Response:
         raise unavailable("Redis") from None
     check_sendable(outbound, contact, settings, contacts.clock.now())
     reply = outbound_reply(outbound, contact, settings, settings.instance_id)
-    outcome = await request.app[INTAKE].answer_directly(reply)
+    # The client address's rate limit is taken with the claim: a 429 means nothing was queued.
+    outcome = await request.app[INTAKE].answer_directly(reply, address=request.get(ADDRESS_CHARGE))
     body = {"message_id": outbound.message_id, "status": "queued"}
     if outcome.duplicate:
         return json_response({**body, "duplicate": True}, status=202)
