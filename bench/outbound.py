@@ -4,8 +4,9 @@ One gateway (a process of its own, on the shared RabbitMQ and Redis, a namespace
 after) with WhatsApp configured against a local stand-in of the Graph API (tests/support), which
 answers at once. C concurrent clients post N WhatsApp templates, each to a customer of its own (the
 per-recipient pacing never waits). Prints two rates: accepted (202 answers per second at the API)
-and delivered (messages the stand-in received per second, from the first POST to the last arrival).
-The clients and the stand-in share this process; the gateway has its own.
+and delivered (messages the stand-in received per second, from the first POST to the last arrival),
+and the gateway's CPU time per message. The clients and the stand-in share this process; the
+gateway has its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from tests.support import Stack, eventually, get_json, new_namespace, purge_namespace
 from tests.support.channel_fakes import PHONE_NUMBER_ID, WHATSAPP_ENV, FakeChannelApi
@@ -55,6 +57,9 @@ async def run(messages: int, concurrency: int) -> None:
                 return status == 200
 
             await eventually(ready, timeout=60, what="the gateway ready")
+        assert gateway.process is not None
+        cpu = psutil.Process(gateway.process.pid)
+        cpu_before = sum(cpu.cpu_times()[:2])
         started = time.perf_counter()
         accept_s, refused = await _clients(f"{gateway.url}/v1/outbound", messages, concurrency)
 
@@ -63,9 +68,11 @@ async def run(messages: int, concurrency: int) -> None:
 
         await eventually(all_arrived, timeout=600, interval=0.01, what="every message at the stand-in")
         deliver_s = time.perf_counter() - started
+        cpu_ms = (sum(cpu.cpu_times()[:2]) - cpu_before) * 1000 / messages
         print(f"{messages} proactive messages, {concurrency} concurrent clients, {refused} refused")
         print(f"accepted  {messages / accept_s:8.1f} msg/s  (202 answers, {accept_s:.2f} s)")
         print(f"delivered {len(api.delivered) / deliver_s:8.1f} msg/s  (at the Graph API stand-in, {deliver_s:.2f} s)")
+        print(f"gateway CPU {cpu_ms:.2f} ms per message (API, queueing and delivery)")
     finally:
         stack.stop_all()
         await purge_namespace(stack.namespace)

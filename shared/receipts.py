@@ -30,8 +30,12 @@ STATUSES = tuple(RANKS)
 RECEIPT_TTL_S = CONVERSATION_LOG_TTL_SECONDS
 MAX_ERROR_TEXT = 300
 
-# KEYS[1] the receipt; ARGV: status, rank, at (s), ttl, error code, title, detail.
+# KEYS[1] the receipt, KEYS[2] (optional) a wamid that names it; ARGV: status, rank, at (s), ttl,
+# error code, title, detail, and the message id (with KEYS[2]).
 _RECORD = """
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[8], 'EX', ARGV[4])
+end
 redis.call('HSET', KEYS[1], ARGV[1] .. '_at', ARGV[3])
 if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'rank') or '0') then
   redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', ARGV[2])
@@ -71,13 +75,14 @@ class Receipts:
     redis: Redis
     names: Names
 
-    async def record(self, message_id: str, update: StatusUpdate) -> None:
-        """Raises REDIS_ERRORS."""
+    async def record(self, message_id: str, update: StatusUpdate, wamid: str = "") -> None:
+        """Raises REDIS_ERRORS. `wamid`: the platform's id of the message, which its statuses name."""
         failure = update.failure or Failure(0, "")
+        keys = [self.names.receipt_key(message_id), *([self.names.wamid_key(wamid)] if wamid else [])]
         await self.redis.eval(
             _RECORD,
-            1,
-            self.names.receipt_key(message_id),
+            len(keys),
+            *keys,
             update.status,
             RANKS[update.status],
             round(update.at_s, 3),
@@ -85,13 +90,12 @@ class Receipts:
             failure.code,
             failure.title[:MAX_ERROR_TEXT],
             failure.detail[:MAX_ERROR_TEXT],
+            message_id,
         )
 
-    async def accepted(self, message_id: str, at_s: float, wamids: tuple[str, ...] = ()) -> None:
-        """The platform took the message (its parts' wamids, for WhatsApp)."""
-        for wamid in wamids:
-            await self.redis.set(self.names.wamid_key(wamid), message_id, ex=RECEIPT_TTL_S)
-        await self.record(message_id, StatusUpdate("accepted", at_s))
+    async def accepted(self, message_id: str, at_s: float, wamid: str = "") -> None:
+        """The platform took (a part of) the message; `wamid` is its id, for WhatsApp."""
+        await self.record(message_id, StatusUpdate("accepted", at_s), wamid)
 
     async def addressed(self, reply: ReplyMessage) -> None:
         """A proactive message was queued: where it goes (raises REDIS_ERRORS)."""

@@ -346,8 +346,8 @@ class DeliveryConsumer:
 
     async def _accepted(self, message_id: str, platform_id: str) -> None:
         """The platform took a part: its receipt, and the wamid its statuses will name."""
-        wamids = (platform_id,) if platform_id and self._client.channel == "whatsapp" else ()
-        await self._redis(lambda: self._receipts.accepted(message_id, time.time(), wamids))
+        wamid = platform_id if self._client.channel == "whatsapp" else ""
+        await self._redis(lambda: self._receipts.accepted(message_id, time.time(), wamid))
 
     async def _failed(self, message_id: str, exc: SendFailed) -> None:
         failure = Failure(exc.code, "not delivered", str(exc))

@@ -9,6 +9,7 @@ once. Recorded in the customer's conversation log and in its receipt (where it w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -41,8 +42,10 @@ async def post_outbound(request: web.Request) -> web.Response:
     if outcome.duplicate:
         return json_response({**body, "duplicate": True}, status=202)
     try:
-        await request.app[RECEIPTS].addressed(reply)
-        await request.app[STORE].log_conversation(reply.conversation_id, log_entry(reply, "api"))
+        await asyncio.gather(
+            request.app[RECEIPTS].addressed(reply),
+            request.app[STORE].log_conversation(reply.conversation_id, log_entry(reply, "api")),
+        )
     except REDIS_ERRORS as exc:
         # Queued already, so it goes out; only its record in the operators' views is missing.
         log.error("outbound %s queued but not recorded: %s", reply.message_id, exc)
