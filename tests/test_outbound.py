@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
@@ -417,3 +418,42 @@ async def test_the_admin_form_sends_one_audited_and_the_conversation_shows_its_d
     sends = [(e["actor"], e["outcome"]) for e in entries if e["action"] == "send_outbound"]
     assert ("Ana", "ok") in sends and ("Ana", "refused") in sends
     assert [outcome for _, outcome in sends].count("ok") == 2
+
+
+async def test_the_admin_views_on_desktop_and_phone(
+    stack: Stack, gateway: Gateway, api: FakeChannelApi, browser: Browser, tmp_path: Path
+) -> None:
+    """The send form and a conversation with a proactive message's delivery and a failure, at 1280
+    and 390 px in both languages: nothing scrolls sideways (screenshots in tmp_path)."""
+    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, **WHATSAPP_ENV, **api.env())
+    sender = customer()
+    await customer_writes(gateway, api, sender, "Qual o prazo de entrega?")
+    status, _ = await gateway.send({"channel": "whatsapp", "to": sender, "text": "Seu pedido saiu para entrega."})
+    assert status == 202
+    wamid = (await arrived(api, sender, 2))[-1].answer["messages"][0]["id"]
+    failed = whatsapp_status(wamid, sender, "failed")
+    failed["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = [
+        {"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message"}
+    ]
+    assert (await post_whatsapp(gateway.http, gateway.service, failed))[0] == 200
+    conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+    for language, width in [(lang, w) for lang in ("pt-BR", "en") for w in (1280, 390)]:
+        context = await browser.new_context(locale=language, viewport={"width": width, "height": 900})
+        page = await context.new_page()
+        try:
+            await page.goto(monitor.url + "/admin")
+            await page.fill('input[name="operator"]', "Ana")
+            await page.fill('input[name="token"]', ADMIN_TOKEN)
+            async with page.expect_navigation():
+                await page.click('#login-form button[type="submit"]')
+            await page.goto(f"{monitor.url}/admin/conversation?id={conversation}")
+            await expect(page.locator(".delivery-failed")).to_contain_text("131047")
+            await page.click(".outbound-link")
+            await expect(page.locator('input[name="to"]')).to_have_value(sender)
+            await page.screenshot(path=str(tmp_path / f"outbound-{language}-{width}.png"), full_page=True)
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            await page.go_back()
+            await page.screenshot(path=str(tmp_path / f"conversation-{language}-{width}.png"), full_page=True)
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        finally:
+            await context.close()
