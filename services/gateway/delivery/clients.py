@@ -263,7 +263,13 @@ class TelegramClient:
         wait = _object(payload, "parameters").get("retry_after")
         retry_after = float(wait) if isinstance(wait, int | float) else retry_after_of(headers)
         detail = f"Telegram answered {status}: {payload.get('description', '')}"
-        raise SendFailed(_clip(detail), retriable=status == 429 or status >= 500, retry_after=retry_after)
+        code = payload.get("error_code")
+        raise SendFailed(
+            _clip(detail),
+            retriable=status == 429 or status >= 500,
+            retry_after=retry_after,
+            code=code if isinstance(code, int) and not isinstance(code, bool) else 0,
+        )
 
 
 def _required(reply: ReplyMessage, name: str) -> Any:
