@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.messages import OPT_OUT_OPTION, Channel, InboundMessage
+from shared.messages import OPT_OUT_OPTION, Channel, InboundMessage, ReplyMessage
 from shared.names import Names
 
 # Whole-message commands (folded: case and accents ignored, punctuation around them too).
@@ -51,7 +51,7 @@ def is_opt_out(text: str, option: str = "") -> bool:
     return _EDGES.sub("", folded.strip()) in OPT_OUT_WORDS
 
 
-def address_of(message: InboundMessage) -> str | None:
+def address_of(message: InboundMessage | ReplyMessage) -> str | None:
     """Where a proactive message to this customer goes (the `to` of the API), None for the web."""
     if message.channel == "whatsapp":
         return str(message.metadata.get("to") or "") or None
@@ -87,12 +87,13 @@ class ContactBook:
     names: Names
     clock: Clock = field(default_factory=Clock)
 
-    async def seen_all(self, messages: list[InboundMessage]) -> None:
-        """Record customers' messages as accepted now (raises REDIS_ERRORS)."""
+    async def seen_all(self, messages: list[InboundMessage | ReplyMessage]) -> None:
+        """Record customers' messages as accepted now (raises REDIS_ERRORS). A ReplyMessage is the
+        gateway's own answer to one it cannot read (a sticker): the customer wrote all the same."""
         for message in messages:
             await self.seen(message, self.clock.now())
 
-    async def seen(self, message: InboundMessage, at_s: float) -> None:
+    async def seen(self, message: InboundMessage | ReplyMessage, at_s: float) -> None:
         """Record a customer's message, accepted at `at_s` (raises REDIS_ERRORS)."""
         address = address_of(message)
         if address is None:
@@ -100,7 +101,7 @@ class ContactBook:
         extra: list[Any] = []
         if message.channel == "whatsapp" and message.metadata.get("phone_number_id"):
             extra = ["phone_number_id", str(message.metadata["phone_number_id"])]
-        opt_out = "1" if is_opt_out(message.text, message.option) else "0"
+        opt_out = "1" if isinstance(message, InboundMessage) and is_opt_out(message.text, message.option) else "0"
         key = self.names.contact_key(message.channel, address)
         await self.redis.eval(_SEEN, 1, key, int(at_s * 1000), opt_out, CONTACT_TTL_S, *extra)
 

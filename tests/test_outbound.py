@@ -200,6 +200,15 @@ async def test_the_24_hour_window_both_ways(gateway: Gateway, api: FakeChannelAp
     await customer_writes(gateway, api, sender, "obrigado")
     status, body = await gateway.send({"channel": "whatsapp", "to": sender, "text": "De nada!"})
     assert status == 202, body
+    # So does a message the bot cannot read (a sticker): the customer wrote all the same.
+    gateway.clock.offset_s = 50 * HOUR
+    status, _ = await gateway.send({"channel": "whatsapp", "to": sender, "text": "Oi?"})
+    assert status == 422
+    sticker = whatsapp_message(f"wamid.{uuid.uuid4().hex}", sender, "sticker", {"id": "sticker-1"})
+    assert (await post_whatsapp(gateway.http, gateway.service, sticker))[0] == 200
+    await arrived(api, sender, 6)  # the "please write" answer
+    status, body = await gateway.send({"channel": "whatsapp", "to": sender, "text": "Oi!"})
+    assert status == 202, body
 
 
 async def test_a_repeated_message_id_is_sent_once(gateway: Gateway, api: FakeChannelApi) -> None:

@@ -47,11 +47,10 @@ async def receive(request: web.Request) -> web.Response:
     if item is None:
         return json_response({"accepted": 0, "duplicates": 0})
     [outcome] = await request.app[INTAKE].accept_all([item])
-    if isinstance(item, InboundMessage):
-        try:  # the customer's opt-out or opt-in, for proactive messages (shared/contacts.py)
-            await request.app[CONTACTS].seen_all([item])
-        except REDIS_ERRORS:
-            raise unavailable("Redis") from None
+    try:  # the customer's opt-out or opt-in, for proactive messages (shared/contacts.py)
+        await request.app[CONTACTS].seen_all([item])
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
     body: dict[str, Any] = {"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)}
     if "callback_query" in update:
         # A Bot API call in the webhook's answer: Telegram makes it, and the button stops spinning.

@@ -94,7 +94,7 @@ async def receive(request: web.Request) -> web.Response:
     outcomes = await request.app[INTAKE].accept_all(items)
     try:
         # After queueing: a failure here makes Meta retry, and the retry records what this missed.
-        await request.app[CONTACTS].seen_all([item for item in items if isinstance(item, InboundMessage)])
+        await request.app[CONTACTS].seen_all(items)
     except REDIS_ERRORS:
         raise unavailable("Redis") from None
     await record_statuses(request.app, payload)
