@@ -43,6 +43,9 @@ class DeliveryMetrics:
     outcomes: Counter
     retries: Counter
     errors: Counter
+    # What the platform said became of each message (WhatsApp `statuses`), and why it failed.
+    statuses: Counter
+    failures: Counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,19 @@ class GatewayMetrics:
                     registry=registry,
                 ),
                 errors=errors,
+                statuses=Counter(
+                    "atendimento_delivery_statuses",
+                    "Delivery statuses the channel reported for our messages (sent, delivered, read, failed)",
+                    ["channel", "status"],
+                    registry=registry,
+                ),
+                failures=Counter(
+                    "atendimento_delivery_failures",
+                    "Messages the channel reported as not delivered, by the platform's error code"
+                    " (e.g. 131047: outside the 24-hour window)",
+                    ["channel", "code"],
+                    registry=registry,
+                ),
             ),
         )
 

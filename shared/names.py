@@ -131,6 +131,19 @@ class Names:
     def conversation_log_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:conversation-log:{conversation_id}"
 
+    def contact_key(self, channel: str, address: str) -> str:
+        """A channel customer's last message and opt-out (shared/contacts.py)."""
+        return f"{self.namespace}:contact:{channel}:{address}"
+
+    def receipt_key(self, message_id: str) -> str:
+        """What became of a message sent on a channel (a reply or a proactive message): the
+        platform's delivery statuses, and for a proactive one where it went (shared/receipts.py)."""
+        return f"{self.namespace}:receipt:{message_id}"
+
+    def wamid_key(self, wamid: str) -> str:
+        """The message a WhatsApp message id (`wamid`) the Graph API returned belongs to."""
+        return f"{self.namespace}:wamid:{wamid}"
+
     @property
     def conversations_key(self) -> str:
         """Sorted set of conversation ids by last activity, for the operators' views."""

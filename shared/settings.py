@@ -138,6 +138,8 @@ class Settings:
     whatsapp_app_secret: str = ""
     whatsapp_access_token: str = ""
     whatsapp_api_base: str = "https://graph.facebook.com/v19.0"
+    # The business number a proactive message to a customer who never wrote goes out from.
+    whatsapp_phone_number_id: str = ""
     telegram_bot_token: str = ""
     telegram_secret_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
@@ -284,6 +286,7 @@ class Settings:
             whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
             whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),
             whatsapp_api_base=read.url("WHATSAPP_API_BASE", defaults.whatsapp_api_base, ("http", "https")),
+            whatsapp_phone_number_id=read.text("WHATSAPP_PHONE_NUMBER_ID", ""),
             telegram_bot_token=read.text("TELEGRAM_BOT_TOKEN", ""),
             telegram_secret_token=read.text("TELEGRAM_SECRET_TOKEN", ""),
             telegram_api_base=read.url("TELEGRAM_API_BASE", defaults.telegram_api_base, ("http", "https")),

@@ -71,6 +71,8 @@ class Received:
     status: int | None = None  # what the fake answered; None: held and dropped
     # The file of a multipart request (sendVoice, a media upload): (content type, bytes).
     file: tuple[str, bytes] | None = None
+    # What the fake answered (its JSON body): a WhatsApp send's wamid is `answer["messages"][0]["id"]`.
+    answer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -297,6 +299,7 @@ class FakeChannelApi:
         async with self.changed:
             self.changed.notify_all()
         body = step.body if step.body is not None else (success if step.status < 300 else {"error": "scripted"})
+        record.answer = body
         return web.Response(
             body=orjson.dumps(body), status=step.status, headers=step.headers, content_type="application/json"
         )

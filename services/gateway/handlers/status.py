@@ -1,6 +1,8 @@
 """`GET /v1/messages/{message_id}`: where an accepted message stands, for clients that posted it
-with `wait=0` (or lost their event stream) and want its reply without re-posting it. Only web
-messages, and only with the token of the conversation the message belongs to."""
+with `wait=0` (or lost their event stream) and want its reply without re-posting it. Web messages
+only with the token of the conversation the message belongs to; a proactive message
+(`POST /v1/outbound`, whose sender holds an API key, not a conversation) without one, with its
+`delivery` (shared/receipts.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from aiohttp import web
 
 from services.gateway.api_keys import caller_key
 from services.gateway.intake import unavailable
-from services.gateway.keys import INTAKE, TOKENS
+from services.gateway.keys import INTAKE, RECEIPTS, TOKENS
 from services.gateway.validation import check_id
 from services.gateway.web_conversations import (
     SCOPE_RE,
@@ -20,6 +22,7 @@ from services.gateway.web_conversations import (
     scoped,
 )
 from shared.messages import ReplyMessage
+from shared.outbound import ID_PREFIX
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
@@ -37,6 +40,8 @@ def not_open() -> Problem:
 async def message_status(request: web.Request) -> web.Response:
     message_id = check_id("message_id", request.match_info["message_id"])
     token = presented_token(request)
+    if token is None:
+        return await _proactive(request, message_id)
     scope, _, _ = (token or "").partition(".")
     if token is None or not SCOPE_RE.match(scope):
         raise forbidden()
@@ -74,3 +79,15 @@ async def message_status(request: web.Request) -> web.Response:
 
 def _conversation_of(found: ReplyMessage | str) -> str:
     return found.conversation_id if isinstance(found, ReplyMessage) else found
+
+
+async def _proactive(request: web.Request, message_id: str) -> web.Response:
+    try:
+        found = await request.app[RECEIPTS].proactive(ID_PREFIX + message_id)
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+    if found is None:
+        raise not_open()  # a web message's state is its conversation's business
+    delivery = found["delivery"]
+    status = "queued" if delivery is None else delivery["status"]
+    return json_response({"message_id": message_id, **found, "status": status})

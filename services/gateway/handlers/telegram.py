@@ -24,9 +24,11 @@ from aiohttp import web
 
 from services.gateway.bodies import read_body
 from services.gateway.handlers.whatsapp import text_only_reply
-from services.gateway.keys import INTAKE, SETTINGS
+from services.gateway.intake import unavailable
+from services.gateway.keys import CONTACTS, INTAKE, SETTINGS
 from services.gateway.validation import bad_request, display_name, parse_json_object
 from shared.messages import Attachment, InboundMessage, MediaKind, ReplyMessage
+from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -46,6 +48,10 @@ async def receive(request: web.Request) -> web.Response:
     if item is None:
         return json_response({"accepted": 0, "duplicates": 0})
     [outcome] = await request.app[INTAKE].accept_all([item])
+    try:  # the customer's opt-out or opt-in, for proactive messages (shared/contacts.py)
+        await request.app[CONTACTS].seen_all([item])
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
     body: dict[str, Any] = {"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)}
     if "callback_query" in update:
         # A Bot API call in the webhook's answer: Telegram makes it, and the button stops spinning.

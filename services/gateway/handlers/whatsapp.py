@@ -7,8 +7,11 @@ Text becomes an inbound message whose id is the `wamid`, so Meta's retries are r
 a tap on one of our reply buttons or list rows (the option's id, and its title as the text), a
 template's quick-reply button (its text), and audio, images and documents (the
 media id goes along, never the bytes: the worker fetches and reads them). Delivery statuses of our
-own replies need nothing; any other kind of message (sticker, location, ...) gets a short
-"cannot read this, please write" reply through the same outbound delivery.
+own messages (sent, delivered, read, failed with its error code) are recorded against the message
+whose send returned their wamid (services/gateway/statuses.py); any other kind of message
+(sticker, location, ...) gets a short "cannot read this, please write" reply through the same
+outbound delivery. A template's opt-out quick-reply button (payload `opt_out` or an opt-out
+word) comes as the opt-out option (shared/contacts.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.bodies import read_body
-from services.gateway.keys import INTAKE, SETTINGS
+from services.gateway.intake import unavailable
+from services.gateway.keys import CONTACTS, INTAKE, SETTINGS
+from services.gateway.statuses import record_statuses
 from services.gateway.validation import CONTROL_RE, bad_request, display_name, parse_json_object
-from shared.messages import Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
+from shared.contacts import is_opt_out
+from shared.messages import OPT_OUT_OPTION, Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
+from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -78,8 +85,15 @@ async def receive(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = await read_body(request)
     check_signature(request.headers.get(SIGNATURE_HEADER), body, settings.whatsapp_app_secret)
-    items = parse_notification(parse_json_object(body), settings.instance_id)
+    payload = parse_json_object(body)
+    items = parse_notification(payload, settings.instance_id)
     outcomes = await request.app[INTAKE].accept_all(items)
+    try:
+        # After queueing: a failure here makes Meta retry, and the retry records what this missed.
+        await request.app[CONTACTS].seen_all(items)
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+    await record_statuses(request.app, payload)
     duplicates = sum(outcome.duplicate for outcome in outcomes)
     return json_response({"accepted": len(outcomes) - duplicates, "duplicates": duplicates})
 
@@ -144,7 +158,10 @@ def _item(
             tapped = _object(interactive, choice, where)
             return dataclasses.replace(inbound, option=_id(tapped, "id", where), text=_text(tapped, "title", where))
     if kind == "button":  # a template's quick-reply button: no option of ours, its text is the message
-        return dataclasses.replace(inbound, text=_text(_object(message, "button", f"{path}.button"), "text", path))
+        button = _object(message, "button", f"{path}.button")
+        payload = button.get("payload")
+        opt_out = isinstance(payload, str) and (payload.casefold() == OPT_OUT_OPTION or is_opt_out(payload))
+        return dataclasses.replace(inbound, text=_text(button, "text", path), option=OPT_OUT_OPTION if opt_out else "")
     for media in MEDIA_TYPES:
         if kind == media:
             return dataclasses.replace(inbound, **_media(message, media, f"{path}.{media}"))

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from services.monitor.admin import inbox
 from services.monitor.admin.conversations import conversation_page
+from services.monitor.admin.outbound import deliveries
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, NotFound, ReplayError
 from services.monitor.health import health_json
@@ -133,6 +134,8 @@ async def conversation(app: web.Application, actor: Actor, conversation_id: str)
         "handoff": handoff_dict(conversation_id, info) if info else None,
         "assignee": await _or_none(inbox.assignee(app, conversation_id)) if info else None,
         "entries": entries,
+        # What the channel reported of each message sent (shared/receipts.py), by message id.
+        "deliveries": await deliveries(app, entries),
     }
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from services.monitor.admin import auth, charts, conversations, inbox, operations
+from services.monitor.admin import auth, charts, conversations, inbox, operations, outbound
 from services.monitor.admin.auth import LockedOut, Session
 from services.monitor.admin.guard import SESSION, STATIC_ROUTE, audit_failure, current_session
 from services.monitor.admin.i18n import Locale, negotiate
@@ -25,7 +25,7 @@ from shared.web import Problem
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
-NOTICES = ("replayed", "discarded", "replied", "released", "signed_out", "assigned")
+NOTICES = ("replayed", "discarded", "replied", "released", "signed_out", "assigned", "outbound_sent")
 
 
 def templates() -> Environment:
@@ -236,3 +236,28 @@ def _back(form: dict[str, str], notice: str, anchor: str) -> web.HTTPSeeOther:
     if target == "inbox":
         return web.HTTPSeeOther(f"/admin/inbox?notice={notice}")
     return web.HTTPSeeOther(f"/admin?notice={notice}#{anchor}")
+
+
+# Proactive messages ----------------------------------------------------------------------------
+OUTBOUND_FIELDS = ("channel", "to", "text", "template_name", "template_language", "template_components")
+
+
+async def outbound_page(request: web.Request) -> web.Response:
+    """The form, prefilled from the query (the conversation view links here with channel and to)."""
+    form = {name: request.query[name] for name in OUTBOUND_FIELDS[:2] if name in request.query}
+    return render(request, "outbound.html", session=request[SESSION], form=form, error="")
+
+
+async def outbound_form(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    form = await _checked_form(request, session)
+    try:
+        reply = await outbound.send(request.app, session.actor, outbound.request_of(form))
+    except Problem as problem:
+        if problem.status >= 500:
+            raise
+        # Refused (a field, the 24-hour window, an opt-out): the form again, as filled, saying why.
+        kept = {name: form[name] for name in OUTBOUND_FIELDS if name in form}
+        return render(request, "outbound.html", status=problem.status, session=session, form=kept, error=problem.detail)
+    target = urlencode({"id": reply.conversation_id, "notice": "outbound_sent"})
+    raise web.HTTPSeeOther(f"/admin/conversation?{target}")

@@ -2,6 +2,8 @@
 
 `ReplyPolicy` wraps the configured engine (knowledge base or LLM):
   * `/reset` clears the conversation's memory and says so (the worker's commit does the clearing);
+  * on WhatsApp and Telegram, an opt-out command ("parar", "sair", "stop", "unsubscribe", or an
+    opt-out button) is confirmed briefly (the gateway records it: shared/contacts.py);
   * a customer asking for a person ("quero falar com um atendente", "can I talk to a human?") gets
     `handoff: true` and a reply saying a person will take over; the commit starts the handoff, and
     the bot stays silent in that conversation until an agent releases it or it expires;
@@ -24,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from shared.commands import is_reset
+from shared.contacts import is_opt_out
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
@@ -31,6 +34,9 @@ from .kb import KbEngine, KnowledgeBase
 from .languages import REPLY_LANGUAGES, ReplyLanguage, parse_language
 from .smalltalk import SmallTalkDetector
 from .text import LANGUAGES, Language, fold, words_of
+
+# Web conversations (services/gateway/web_conversations.py) get no proactive messages to opt out of.
+WEB_PREFIX = "web:"
 
 
 # Matched against the folded message ("Não" -> "nao"), words separated by single spaces.
@@ -100,6 +106,9 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "ask": "Essa opção não está mais disponível. Por favor, escreva sua pergunta.",
         # The base's "not found" for a customer in a language the base is not translated into.
         "fallback": "Desculpe, não encontrei essa informação. Quer falar com um atendente?",
+        # An opt-out of proactive messages; any later message opts back in.
+        "opt_out": "Pronto, você não vai mais receber nossas mensagens automáticas. Se mudar de ideia, é só"
+        " nos escrever.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -111,6 +120,7 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "pick": "Tap an option or reply with its number.",
         "stale": "That option is no longer available. Please choose again:",
         "ask": "That option is no longer available. Please write your question.",
+        "opt_out": "Done, you will not get our automatic messages any more. If you change your mind, just write to us.",
         "fallback": "Sorry, I could not find that information. Would you like to talk to an agent?",
     },
     "es": {
@@ -123,6 +133,7 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "pick": "Toca una opción o responde con el número.",
         "stale": "Esa opción ya no está disponible. Por favor, elige de nuevo:",
         "ask": "Esa opción ya no está disponible. Por favor, escribe tu pregunta.",
+        "opt_out": "Listo, ya no recibirás nuestros mensajes automáticos. Si cambias de idea, solo escríbenos.",
         "fallback": "Lo siento, no encontré esa información. ¿Quieres hablar con un agente?",
     },
 }
@@ -233,6 +244,8 @@ class ReplyPolicy:
             return ReplyContent(
                 text=voice.texts["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
             )
+        if not request.conversation_id.startswith(WEB_PREFIX) and is_opt_out(request.text, request.option):
+            return ReplyContent(text=voice.texts["opt_out"], engine="command", confidence=1.0, kind="smalltalk")
         if request.option:
             chosen = next((option for option in request.offered if option.id == request.option), None)
             if chosen is not None:
