@@ -114,6 +114,8 @@ class Settings:
     alert_webhook_url: str = ""
     alert_interval_s: float = 15.0
     handoff_ttl_s: int = 4 * 3600
+    # What customers wrote (conversation logs, unanswered questions, dead letters) is kept no longer.
+    retention_days: int = 90
 
     # Channels
     whatsapp_verify_token: str = ""
@@ -236,6 +238,7 @@ class Settings:
             alert_webhook_url=read.url("ALERT_WEBHOOK_URL", "", ("http", "https")),
             alert_interval_s=read.number("ALERT_INTERVAL_SECONDS", defaults.alert_interval_s, 0.1, 3600),
             handoff_ttl_s=read.integer("HANDOFF_TTL_SECONDS", defaults.handoff_ttl_s, 60, 30 * 86_400),
+            retention_days=read.integer("RETENTION_DAYS", defaults.retention_days, 1, 3650),
             whatsapp_verify_token=read.text("WHATSAPP_VERIFY_TOKEN", ""),
             whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
             whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),

@@ -33,6 +33,7 @@ from services.worker.acks import still_held
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
 from services.worker.media import MediaResolver
+from services.worker.privacy import CustomerRequests
 from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outcome, Received, RetryAfter, Settled
 from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
@@ -91,6 +92,8 @@ class Processor:
     media: MediaResolver
     metrics: WorkerMetrics
     debounce_ms: int = 0
+    # A customer's erasure or request for a copy, acted on once its reply is out (None: not here).
+    privacy: CustomerRequests | None = None
 
     def debounce_delay(self, first: Received) -> float:
         """Seconds to wait, before taking a unit that starts with `first`, for the rest of its
@@ -232,6 +235,8 @@ class Processor:
             unanswered.Answered(item.commit.user_text, item.commit.reply.reply, reply.reply, reply.silenced)
             for item, reply in zip(ready, replies, strict=True) if item.commit is not None
         ])  # fmt: skip
+        if self.privacy is not None:
+            await self.privacy.settle([(item.message, reply) for item, reply in zip(ready, replies, strict=True)])
         return Settled(tuple(item.delivery for item in ready))
 
     async def _commit(self, ready: list[Ready], spans: ConsumerSpans) -> list[ReplyMessage]:

@@ -13,6 +13,8 @@
     number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
     button is answered as if its label were typed. A choice of something not offered (expired,
     the conversation moved on, or never offered) gets "please choose again", never an answer.
+  * a customer asking to erase their data, or for a copy of it, is answered by engines/privacy.py's
+    rules: an erasure is confirmed with two options first.
 The replies are in the knowledge base's language.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import replace
 
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
+from . import privacy
 from .base import EngineRequest, ReplyEngine
 from .kb import KbEngine, KnowledgeBase
 from .text import Language, fold
@@ -84,6 +87,14 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         # A choice of something not offered (any more): the options in force again, or none.
         "stale": "Essa opção não está mais disponível. Por favor, escolha de novo:",
         "ask": "Essa opção não está mais disponível. Por favor, escreva sua pergunta.",
+        # The customer's data (engines/privacy.py): erasure asked, confirmed or not, a copy asked.
+        "privacy_confirm": "Você quer que eu apague todos os seus dados (mensagens, histórico e pedidos)?"
+        " Isso não pode ser desfeito.",
+        "privacy_yes": "Sim, apagar meus dados",
+        "privacy_no": "Não, manter",
+        "privacy_erased": "Pronto: apaguei todos os seus dados. Se escrever de novo, começamos uma conversa nova.",
+        "privacy_kept": "Tudo bem, não apaguei nada.",
+        "privacy_export": "Anotei seu pedido de uma cópia dos seus dados: nossa equipe vai enviá-la em até 15 dias.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -95,6 +106,13 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "pick": "Tap an option or reply with its number.",
         "stale": "That option is no longer available. Please choose again:",
         "ask": "That option is no longer available. Please write your question.",
+        "privacy_confirm": "Do you want me to delete all your data (messages, history and requests)? This cannot be"
+        " undone.",
+        "privacy_yes": "Yes, delete my data",
+        "privacy_no": "No, keep it",
+        "privacy_erased": "Done: I have deleted all your data. If you write again, we start a new conversation.",
+        "privacy_kept": "All right, nothing was deleted.",
+        "privacy_export": "I have recorded your request for a copy of your data: our team will send it within 15 days.",
     },
 }
 
@@ -147,7 +165,12 @@ class ReplyPolicy:
         self._catalog = catalog
         self._escalate = escalate
         self._handoff_option = Option(HANDOFF_OPTION, self._replies["offer"])
-        self._labels = _labels(catalog.kb, self._handoff_option.label)
+        self._privacy_options = (
+            Option(privacy.ERASE_OPTION, self._replies["privacy_yes"]),
+            Option(privacy.KEEP_OPTION, self._replies["privacy_no"]),
+        )
+        privacy_labels = frozenset(choice_key(option.label) for option in self._privacy_options)
+        self._labels = _labels(catalog.kb, self._handoff_option.label) | privacy_labels
 
     def may_be_choice(self, text: str) -> bool:
         key = choice_key(text)
@@ -169,12 +192,17 @@ class ReplyPolicy:
             return await self._resolve(typed, request)
         if asks_for_human(request.text, self.language):
             return self._handoff()
+        asked = privacy.asked(request.text)
+        if asked is not None:
+            return self._privacy_asked(asked)
         return self._offering(await self.engine.reply(request))
 
     async def _resolve(self, chosen: Option, request: EngineRequest) -> ReplyContent:
         """The reply to an option the last reply offered."""
         if chosen.id == HANDOFF_OPTION:
             return self._handoff()
+        if chosen.id in privacy.OPTIONS:
+            return self._privacy_chosen(chosen.id)
         if chosen.id == chosen.label:  # an entry's own button: as if the customer typed it
             return await self.reply(replace(request, text=chosen.label, option="", offered=(), offered_for=""))
         answer = self._catalog.entry_reply(chosen.id)
@@ -215,6 +243,19 @@ class ReplyPolicy:
     def _numbered(self, lead: str, options: tuple[Option, ...]) -> str:
         listed = (f"{number}. {option.label}" for number, option in enumerate(options, start=1))
         return "\n".join((self._replies[lead], *listed, self._replies["pick"]))
+
+    def _privacy_asked(self, asked: privacy.Asked) -> ReplyContent:
+        """A request for a copy is recorded (the worker, by the engine's name); an erasure is confirmed first."""
+        if asked == "export":
+            return ReplyContent(text=self._replies["privacy_export"], engine=privacy.EXPORT, confidence=1.0)
+        options = self._privacy_options
+        text = self._numbered("privacy_confirm", options)
+        return ReplyContent(text=text, engine=privacy.ASKED, confidence=1.0, options=options)
+
+    def _privacy_chosen(self, option: str) -> ReplyContent:
+        if option == privacy.ERASE_OPTION:  # the worker erases once this reply is out
+            return ReplyContent(text=self._replies["privacy_erased"], engine=privacy.ERASED, confidence=1.0, reset=True)
+        return ReplyContent(text=self._replies["privacy_kept"], engine=privacy.ASKED, confidence=1.0)
 
     def _handoff(self) -> ReplyContent:
         return ReplyContent(

@@ -1,0 +1,131 @@
+"""Dead letters that hold a customer's data, and dead letters past the retention period, taken out of
+the dead-letter queue without losing anyone else's.
+
+RabbitMQ cannot delete one message from a queue. `sweep` takes every message that is there when it
+starts (`basic.get`, one at a time), acks away those `drop` picks and republishes each other one to
+the same queue, with its headers, waiting for the broker's confirm before acking the original: a crash
+in between leaves a copy in both places, never in neither. A republished letter keeps when it died
+in `DIED_AT_HEADER` (RabbitMQ keeps `x-death` for itself), so retention ages it the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.broker import BROKER_ERRORS, Broker
+from shared.messages import InboundMessage, MessageFormatError, ReplyMessage
+
+DIED_AT_HEADER = "x-atendimento-died-at"
+GET_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """What a dead letter says about whose it is and when it died."""
+
+    message_id: str
+    kind: str  # "inbound", "reply" or "unreadable"
+    conversation_id: str
+    user_id: str
+    text: str
+    died_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "kind": self.kind,
+            "conversation_id": self.conversation_id,
+            "user_id": self.user_id,
+            "text": self.text,
+            "died_at": self.died_at,
+        }
+
+
+def read(message: AbstractIncomingMessage) -> Letter:
+    conversation, user, text, kind = "", "", "", "unreadable"
+    try:
+        inbound = InboundMessage.from_bytes(message.body)
+        conversation, user, text, kind = inbound.conversation_id, inbound.user_id, inbound.text, "inbound"
+    except MessageFormatError:
+        with contextlib.suppress(MessageFormatError):
+            reply = ReplyMessage.from_bytes(message.body)
+            conversation, user, text, kind = reply.conversation_id, reply.user_id, reply.reply.text, "reply"
+    return Letter(message.message_id or "", kind, conversation, user, text, _died_at(message.headers))
+
+
+def _died_at(headers: dict[str, Any]) -> float | None:
+    kept = headers.get(DIED_AT_HEADER)
+    if isinstance(kept, int | float):
+        return float(kept)
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        died = deaths[0].get("time")
+        if isinstance(died, datetime):
+            return died.timestamp()
+    return None
+
+
+async def sweep(broker: Broker, drop: Callable[[Letter], bool]) -> list[Letter]:
+    """Take out of the dead-letter queue every letter `drop` picks; return them. Raises BROKER_ERRORS
+    (what was done stays done; a letter being moved is then in the queue twice at worst)."""
+    queue_name = broker.names.dead_letter_queue
+    channel = await broker.connection.channel(publisher_confirms=False)
+    dropped: list[Letter] = []
+    try:
+        queue = await channel.declare_queue(queue_name, passive=True, robust=False)
+        waiting = queue.declaration_result.message_count or 0
+        for _ in range(waiting):
+            message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT_S)
+            if message is None:  # another consumer holds the rest (a monitor looking): they stay
+                break
+            letter = read(message)
+            if drop(letter):
+                dropped.append(letter)
+            else:
+                await _keep(broker, queue_name, message, letter)
+            await message.ack()
+    finally:
+        with contextlib.suppress(*BROKER_ERRORS):
+            await channel.close()  # returns anything unacked after an error
+    return dropped
+
+
+async def _keep(broker: Broker, queue_name: str, message: AbstractIncomingMessage, letter: Letter) -> None:
+    headers = dict(message.headers)
+    if letter.died_at is not None:
+        headers[DIED_AT_HEADER] = letter.died_at
+    await broker.publish(
+        "",
+        queue_name,
+        message.body,
+        message_id=letter.message_id,
+        conversation_id=letter.conversation_id or None,
+        headers=headers,
+    )
+
+
+LOOK_LIMIT = 10_000
+
+
+async def look(broker: Broker, limit: int = LOOK_LIMIT) -> list[Letter]:
+    """The letters in the dead-letter queue, left there: each is held unacknowledged while the next is
+    got, then all are given back at once by closing the channel (as the monitor's peek does)."""
+    channel = await broker.connection.channel(publisher_confirms=False)
+    letters: list[Letter] = []
+    try:
+        queue = await channel.declare_queue(broker.names.dead_letter_queue, passive=True, robust=False)
+        while len(letters) < limit:
+            message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT_S)
+            if message is None:
+                break
+            letters.append(read(message))
+    finally:
+        with contextlib.suppress(*BROKER_ERRORS):
+            await channel.close()
+    return letters
