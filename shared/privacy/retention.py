@@ -146,6 +146,8 @@ class Retention:
 
 async def run(retention: Retention, interval_s: float = SWEEP_INTERVAL_S) -> None:
     """The monitor's loop (shared.service.supervised restarts it after an error)."""
+    if retention.broker is not None:
+        await retention.broker.wait_ready()
     while True:
         removed = await retention.sweep()
         if removed:

@@ -90,7 +90,7 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         # The customer's data (engines/privacy.py): erasure asked, confirmed or not, a copy asked.
         "privacy_confirm": "Você quer que eu apague todos os seus dados (mensagens, histórico e pedidos)?"
         " Isso não pode ser desfeito.",
-        "privacy_yes": "Sim, apagar meus dados",
+        "privacy_yes": "Sim, apagar",
         "privacy_no": "Não, manter",
         "privacy_erased": "Pronto: apaguei todos os seus dados. Se escrever de novo, começamos uma conversa nova.",
         "privacy_kept": "Tudo bem, não apaguei nada.",
@@ -108,7 +108,7 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "ask": "That option is no longer available. Please write your question.",
         "privacy_confirm": "Do you want me to delete all your data (messages, history and requests)? This cannot be"
         " undone.",
-        "privacy_yes": "Yes, delete my data",
+        "privacy_yes": "Yes, delete",
         "privacy_no": "No, keep it",
         "privacy_erased": "Done: I have deleted all your data. If you write again, we start a new conversation.",
         "privacy_kept": "All right, nothing was deleted.",

@@ -1,0 +1,185 @@
+"""Customers' data (issue 23): find, export and erase one customer from the admin area, the customer's
+own erasure (with its confirmation) and request for a copy, on the web and WhatsApp."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+
+from services.worker.engines import privacy
+from shared.broker import COPY_HEADER
+from shared.messages import InboundMessage
+from shared.names import Names
+from shared.privacy.customer import Customer, user_scope
+from tests.support import TEST_SHARDS, Service, Stack, eventually, post_message, publish_raw, web_id
+from tests.support.pipeline import wait_ready
+from tests.support.privacy import queue_bodies, redis_dump
+
+TOKEN = "admin-" + uuid.uuid4().hex
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+MARKER = "Zqx7731"  # in every text the customer writes: nothing else in the system says it
+FAST = {"KB_EMBEDDINGS": "off", "HANDOFF_AFTER_FALLBACKS": "0"}
+
+
+async def start(stack: Stack, **env: str) -> None:
+    await stack.start("gateway", **env)
+    await stack.start("worker", **FAST)
+    await stack.start("monitor", ADMIN_TOKEN=TOKEN)
+    await wait_ready(stack)
+
+
+async def say(http: aiohttp.ClientSession, gateway: Service, user: str, message_id: str, text: str) -> dict[str, Any]:
+    body = {"user_id": user, "conversation_id": "chat", "message_id": message_id, "text": text}
+    status, answer = await post_message(http, gateway, body, wait=10)
+    assert status == 200, answer
+    return answer
+
+
+async def dead_letter(namespace: str, redis: Redis, user: str, message_id: str, text: str) -> None:
+    """A message of theirs the worker dead-letters: a copy of one that already failed too often."""
+    names = Names(namespace, TEST_SHARDS)
+    message = InboundMessage(web_id(user, message_id), web_id(user, "chat"), user, text)
+    await redis.set(names.attempts_key(message.message_id), 99)
+    shard = str(names.shard_of(message.conversation_id))
+    await publish_raw(namespace, shard, message.to_bytes(), message_id=message.message_id, headers={COPY_HEADER: True})
+
+
+async def admin(http: aiohttp.ClientSession, monitor: Service, method: str, path: str, **kwargs: Any) -> Any:
+    async with http.request(method, monitor.url + path, headers=BEARER, **kwargs) as response:
+        body = await response.json(content_type=None)
+        assert response.status == 200, body
+        return body
+
+
+async def test_export_holds_everything_and_erasure_leaves_nothing(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis
+) -> None:
+    await start(stack)
+    ns, gateway, monitor = stack.namespace, stack.gateway, stack.monitor
+    user, other = f"ana-{MARKER}", "bruno"
+    await say(http, gateway, user, "m1", f"{MARKER} qual o prazo de entrega?")
+    await say(http, gateway, user, "m2", f"{MARKER} xyzzy plugh frobnicate")  # not in the base: unanswered
+    await say(http, gateway, user, "m3", f"{MARKER} quero falar com um atendente")  # a handoff
+    await say(http, gateway, other, "o1", "qual o prazo de entrega?")
+    await dead_letter(ns, redis, user, "m4", f"{MARKER} this one died")
+    await dead_letter(ns, redis, other, "o2", "bruno's dead letter")
+    query = {"channel": "web", "id": user}
+
+    async def both_dead() -> bool:
+        return len((await queue_bodies(ns))[Names(ns, TEST_SHARDS).dead_letter_queue]) == 2
+
+    await eventually(both_dead, what="two dead letters")
+
+    found = await admin(http, monitor, "GET", "/admin/api/customers", params=query)
+    assert found["found"] and found["conversations"] == [web_id(user, "chat")] and found["dead_letters"] == 1
+    exported = await admin(http, monitor, "GET", "/admin/api/customers/export", params=query)
+    [log] = exported["conversations"].values()
+    assert [entry["text"] for entry in log] == [
+        f"{MARKER} qual o prazo de entrega?",
+        f"{MARKER} xyzzy plugh frobnicate",
+        f"{MARKER} quero falar com um atendente",
+    ]
+    [memory] = exported["memory"].values()
+    assert any(MARKER in turn["text"] for turn in memory["turns"])
+    [handoff] = exported["handoffs"].values()
+    assert handoff["user_id"] == user and MARKER in handoff["reason"]
+    assert any(row.get("example") == f"{MARKER} xyzzy plugh frobnicate" for row in exported["unanswered_questions"])
+    [letter] = exported["dead_letters"]
+    assert letter["text"] == f"{MARKER} this one died" and letter["message_id"] == web_id(user, "m4")
+    assert exported["users_seen"] == {f"web:{user}": exported["users_seen"][f"web:{user}"]}
+    assert {web_id(user, m) for m in ("m1", "m2", "m3", "m4")} <= set(exported["messages"])
+
+    erased = await admin(http, monitor, "POST", "/admin/api/customers/erase", json=query)
+    assert erased["erased"]["dead_letters"] == 1 and erased["erased"]["conversations"] == 1
+
+    # Nothing of theirs in Redis nor in any queue: no id, no scope, no word.
+    dump = await redis_dump(redis, ns)
+    for trace in (MARKER.lower(), user_scope(user)):
+        assert trace not in dump.lower(), dump
+    queues = await queue_bodies(ns)
+    everything = b"".join(body for bodies in queues.values() for body in bodies).lower()
+    assert MARKER.lower().encode() not in everything and user_scope(user).encode() not in everything
+    [kept] = queues[Names(ns, TEST_SHARDS).dead_letter_queue]  # the other customer's, safe
+    assert InboundMessage.from_bytes(kept).text == "bruno's dead letter"
+    assert "bruno" in dump  # the other customer is untouched
+
+    # The audit says who erased whom and when, by pseudonym, without their id or words.
+    entries = (await admin(http, monitor, "GET", "/admin/api/audit"))["entries"]
+    [entry] = [e for e in entries if e["action"] == "erase_customer"]
+    assert entry["actor"] == "api" and entry["target"] == Customer("web", user).pseudonym(ns)
+    assert entry["ts"] <= time.time() and MARKER.lower() not in orjson.dumps(entry).decode().lower()
+
+    # The admin shows nothing of them; their next message starts a new conversation.
+    found = await admin(http, monitor, "GET", "/admin/api/customers", params=query)
+    assert not found["found"]
+    listed = await admin(http, monitor, "GET", "/admin/api/conversations")
+    assert MARKER.lower() not in orjson.dumps(listed).decode().lower()
+    again = await say(http, gateway, user, "m5", "qual o prazo de entrega?")
+    assert again["reply"]["kind"] != "handoff" and again["reply"]["text"]
+    exported = await admin(http, monitor, "GET", "/admin/api/customers/export", params=query)
+    [log] = exported["conversations"].values()
+    assert [entry["text"] for entry in log] == ["qual o prazo de entrega?"]
+
+
+async def test_web_customer_erases_their_data_after_confirming(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis
+) -> None:
+    await start(stack)
+    gateway, ns = stack.gateway, stack.namespace
+    user = "carla"
+    await say(http, gateway, user, "w1", f"{MARKER} qual o prazo de entrega?")
+    asked = await say(http, gateway, user, "w2", "quero apagar meus dados")
+    options = asked["reply"]["options"]
+    assert [o["id"] for o in options] == [privacy.ERASE_OPTION, privacy.KEEP_OPTION]
+    assert "apague todos os seus dados" in asked["reply"]["text"]
+
+    # A forged confirmation (not offered in this conversation) erases nothing.
+    forged = {"user_id": "someone", "conversation_id": "chat", "message_id": "f1", "text": "x"}
+    status, answer = await post_message(http, gateway, {**forged, "option": privacy.ERASE_OPTION}, wait=10)
+    assert status == 200 and answer["reply"]["engine"] == "choice"
+    assert MARKER.lower() in (await redis_dump(redis, ns)).lower()
+
+    body = {"user_id": user, "conversation_id": "chat", "message_id": "w3", "text": "Sim, apagar"}
+    status, done = await post_message(http, gateway, {**body, "option": privacy.ERASE_OPTION}, wait=10)
+    assert status == 200 and done["reply"]["text"].startswith("Pronto: apaguei todos os seus dados")
+
+    async def erased() -> bool:
+        return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
+
+    await eventually(erased, what="the customer's words gone")
+    # What stays is the confirmation's own records (the reply being sent), which expire in a day.
+    dump = await redis_dump(redis, ns)
+    leftover = {line.split(" ")[0] for line in dump.splitlines() if user_scope(user) in line}
+    assert all(web_id(user, "w3") in key for key in leftover), leftover
+
+
+async def test_a_request_for_a_copy_is_listed_for_the_operators(stack: Stack, http: aiohttp.ClientSession) -> None:
+    await start(stack)
+    answer = await say(http, stack.gateway, "dora", "r1", "meus dados")
+    assert answer["reply"]["engine"] == privacy.EXPORT and "15 dias" in answer["reply"]["text"]
+    listed = await admin(http, stack.monitor, "GET", "/admin/api/privacy/requests")
+    [request] = listed["pending"]
+    assert request["channel"] == "web" and request["id"] == "dora" and request["kind"] == "export"
+    assert 0 <= request["age_days"] < 1 and 14 < request["due_in_days"] <= 15
+    async with http.get(stack.monitor.url + "/admin/privacy", headers=BEARER) as response:
+        page = await response.text()
+        assert response.status == 200 and "dora" in page and "90" in page
+    await admin(
+        http, stack.monitor, "POST", "/admin/api/privacy/requests/answer", json={"channel": "web", "id": "dora"}
+    )
+    assert (await admin(http, stack.monitor, "GET", "/admin/api/privacy/requests"))["pending"] == []
+
+
+async def test_bad_input_is_refused_naming_the_field(stack: Stack, http: aiohttp.ClientSession) -> None:
+    await stack.start("monitor", ADMIN_TOKEN=TOKEN)
+    for query, field in (({"channel": "fax", "id": "1"}, "channel"), ({"channel": "whatsapp", "id": "abc"}, "id")):
+        async with http.get(stack.monitor.url + "/admin/api/customers", params=query, headers=BEARER) as response:
+            assert response.status == 400 and response.content_type == "application/problem+json"
+            assert (await response.json())["detail"].startswith(f"{field}:")
+    async with http.post(stack.monitor.url + "/admin/api/customers/erase", json={"channel": "web", "id": "x"}) as r:
+        assert r.status == 401  # admin only
