@@ -17,6 +17,14 @@ from shared.messages import InboundMessage
 from shared.names import Names
 from shared.privacy.customer import Customer, user_scope
 from tests.support import TEST_SHARDS, Service, Stack, eventually, post_message, publish_raw, web_id
+from tests.support.channel_fakes import (
+    WHATSAPP_ENV,
+    FakeChannelApi,
+    Received,
+    post_whatsapp,
+    whatsapp_tap,
+    whatsapp_text,
+)
 from tests.support.pipeline import wait_ready
 from tests.support.privacy import queue_bodies, redis_dump
 
@@ -183,3 +191,44 @@ async def test_bad_input_is_refused_naming_the_field(stack: Stack, http: aiohttp
             assert (await response.json())["detail"].startswith(f"{field}:")
     async with http.post(stack.monitor.url + "/admin/api/customers/erase", json={"channel": "web", "id": "x"}) as r:
         assert r.status == 401  # admin only
+
+
+async def test_whatsapp_customer_erases_their_data_with_the_buttons(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis, api: FakeChannelApi
+) -> None:
+    await start(stack, **WHATSAPP_ENV, **api.env())
+    gateway, ns, sender = stack.gateway, stack.namespace, "5511987657731"
+
+    async def replies(count: int) -> list[Received]:
+        async def arrived() -> list[Received] | None:
+            sent = api.delivered_to(sender)
+            return sent if len(sent) >= count else None
+
+        return await eventually(arrived, what=f"{count} replies on WhatsApp")
+
+    for wamid, payload in (
+        ("wamid.p1", whatsapp_text("wamid.p1", sender, f"{MARKER} qual o prazo de entrega?")),
+        ("wamid.p2", whatsapp_text("wamid.p2", sender, "Quero apagar meus dados")),
+    ):
+        status, body = await post_whatsapp(http, gateway, payload)
+        assert status == 200 and body["accepted"] == 1, (wamid, body)
+        await replies(int(wamid[-1]))
+    confirm = (await replies(2))[1]
+    assert confirm.interactive == "button"
+    assert confirm.options == [(privacy.ERASE_OPTION, "Sim, apagar"), (privacy.KEEP_OPTION, "Não, manter")]
+    assert MARKER.lower() in (await redis_dump(redis, ns)).lower()
+
+    status, _ = await post_whatsapp(
+        http, gateway, whatsapp_tap("wamid.p3", sender, privacy.ERASE_OPTION, "Sim, apagar")
+    )
+    assert status == 200
+    done = (await replies(3))[2]
+    assert done.text.startswith("Pronto: apaguei todos os seus dados")
+
+    async def erased() -> bool:
+        return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
+
+    await eventually(erased, what="the customer's words gone")
+    # Only the confirmation's own records name them (its claim and stored reply, until they expire).
+    leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if sender in line]
+    assert sorted(leftover) == [f"{ns}:msg:wamid.p3", f"{ns}:reply:wamid.p3"]
