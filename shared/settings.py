@@ -142,6 +142,8 @@ class Settings:
     media_timeout_s: float = 20.0
 
     log_level: str = "INFO"
+    # The customer's words in the worker's DEBUG line (masked); off: only their length.
+    log_message_text: bool = False
     # Optional log files (combined.log, error.log, audit.log) beside stdout, rotated by size.
     log_dir: Path | None = None
     log_file_max_bytes: int = 10 * 2**20
@@ -259,6 +261,7 @@ class Settings:
             media_max_bytes=read.integer("MEDIA_MAX_BYTES", defaults.media_max_bytes, 1024, 2**31),
             media_timeout_s=read.number("MEDIA_TIMEOUT_SECONDS", defaults.media_timeout_s, 1, 600),
             log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_message_text=read.choice("LOG_MESSAGE_TEXT", "off", ("on", "off")) == "on",
             log_dir=read.directory("LOG_DIR"),
             log_file_max_bytes=read.integer("LOG_FILE_MAX_BYTES", defaults.log_file_max_bytes, 1024, 2**40),
             log_file_backups=read.integer("LOG_FILE_BACKUPS", defaults.log_file_backups, 1, 1000),

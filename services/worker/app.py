@@ -130,6 +130,7 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
         media=app[MEDIA],
         metrics=app[METRICS],
         debounce_ms=settings.debounce_ms,
+        log_text=settings.log_message_text,
         privacy=CustomerRequests(CustomerData(store.redis, store.names, app[BROKER])),
     )
     return ShardConsumer(

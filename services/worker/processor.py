@@ -94,6 +94,8 @@ class Processor:
     debounce_ms: int = 0
     # A customer's erasure or request for a copy, acted on once its reply is out (None: not here).
     privacy: CustomerRequests | None = None
+    # LOG_MESSAGE_TEXT: the message's text in the DEBUG line (off: its length only).
+    log_text: bool = False
 
     def debounce_delay(self, first: Received) -> float:
         """Seconds to wait, before taking a unit that starts with `first`, for the rest of its
@@ -213,8 +215,10 @@ class Processor:
 
     async def _generate(self, message: InboundMessage, request: EngineRequest) -> ReplyContent:
         """A reply is about to be generated for `message` (the engine's call, in its span)."""
-        # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
-        log.debug("generating a reply", extra={"channel": message.channel, "text": request.text})
+        if log.isEnabledFor(logging.DEBUG):
+            # The customer's words only with LOG_MESSAGE_TEXT=on, masked like every log line.
+            fields = {"channel": message.channel, "chars": len(request.text)}
+            log.debug("generating a reply", extra=fields | ({"text": request.text} if self.log_text else {}))
         with engine_span(self.engine.name) as span:
             content = await self.engine.reply(request)
             describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
