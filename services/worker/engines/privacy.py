@@ -26,7 +26,8 @@ EXPORT = "privacy-export"
 Asked = Literal["erase", "export"]
 
 _VERB_PT = (
-    r"(?:apagar|apague|apaga|excluir|exclua|exclui|deletar|delete|deleta|remover|remova|remove|eliminar"
+    r"(?:apagar|apague|apaguem|apaga|excluir|exclua|excluam|exclui|deletar|delete|deletem|deleta|remover|remova"
+    r"|removam|remove|eliminar"
     r"|elimine|limpar|limpe|esquecer|esqueca|esquece|destruir)"
 )
 _VERB_EN = r"(?:delete|erase|remove|wipe|forget|destroy|purge)"
