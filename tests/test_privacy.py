@@ -3,6 +3,7 @@ own erasure (with its confirmation) and request for a copy, on the web and Whats
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -232,3 +233,40 @@ async def test_whatsapp_customer_erases_their_data_with_the_buttons(
     # Only the confirmation's own records name them (its claim and stored reply, until they expire).
     leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if sender in line]
     assert sorted(leftover) == [f"{ns}:msg:wamid.p3", f"{ns}:reply:wamid.p3"]
+
+
+async def test_erasing_a_customer_with_1000_messages(stack: Stack, http: aiohttp.ClientSession, redis: Redis) -> None:
+    """The measurement of issue 23 (printed; no threshold): 1,000 messages of one web customer in five
+    conversations (a log keeps 200 entries each) among another customer's, through the whole path."""
+    await start(stack)
+    gateway, ns, user = stack.gateway, stack.namespace, "heavy"
+    names = Names(ns, TEST_SHARDS)
+    posts = asyncio.Semaphore(16)
+
+    async def post(user_id: str, n: int) -> None:
+        body = {"user_id": user_id, "conversation_id": f"c{n % 5}", "message_id": f"h{n}", "text": f"{MARKER} {n}"}
+        async with posts:
+            status, answer = await post_message(http, gateway, body)
+            assert status in (200, 202), answer
+
+    await asyncio.gather(*(post(user, n) for n in range(1000)), *(post("light", n) for n in range(50)))
+
+    async def all_logged() -> bool:
+        lengths = [await redis.llen(names.conversation_log_key(web_id(user, f"c{c}"))) for c in range(5)]
+        return sum(lengths) == 1000
+
+    await eventually(all_logged, timeout=300, what="1,000 messages answered and logged")
+    customer = {"channel": "web", "id": user}
+    started = time.perf_counter()
+    exported = await admin(http, stack.monitor, "GET", "/admin/api/customers/export", params=customer)
+    export_s = time.perf_counter() - started
+    assert len(exported["messages"]) == 1000
+    started = time.perf_counter()
+    erased = await admin(http, stack.monitor, "POST", "/admin/api/customers/erase", json=customer)
+    erase_s = time.perf_counter() - started
+    keys = len([k async for k in redis.scan_iter(match=f"{ns}:*", count=1000)])
+    print(
+        f"\nexport of 1,000 messages: {export_s:.2f} s; erasure: {erase_s:.2f} s ({erased['erased']}); {keys} keys left"
+    )
+    assert erased["erased"]["conversations"] == 5
+    assert user_scope(user) not in await redis_dump(redis, ns)
