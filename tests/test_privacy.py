@@ -161,6 +161,9 @@ async def test_web_customer_erases_their_data_after_confirming(
         return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
 
     await eventually(erased, what="the customer's words gone")
+    [audited] = [orjson.loads(raw) for raw in await redis.lrange(Names(ns, TEST_SHARDS).audit_key, 0, -1)]
+    assert (audited["actor"], audited["action"]) == ("customer", "erase_customer")
+    assert audited["target"] == Customer("web", user).pseudonym(ns) and user not in orjson.dumps(audited).decode()
     # What stays is the confirmation's own records (the reply being sent), which expire in a day.
     dump = await redis_dump(redis, ns)
     leftover = {line.split(" ")[0] for line in dump.splitlines() if user_scope(user) in line}
@@ -177,7 +180,11 @@ async def test_a_request_for_a_copy_is_listed_for_the_operators(stack: Stack, ht
     assert 0 <= request["age_days"] < 1 and 14 < request["due_in_days"] <= 15
     async with http.get(stack.monitor.url + "/admin/privacy", headers=BEARER) as response:
         page = await response.text()
-        assert response.status == 200 and "dora" in page and "90" in page
+        assert response.status == 200 and "dora" in page and "90 days" in page
+    found = {"channel": "web", "id": "dora"}
+    async with http.get(stack.monitor.url + "/admin/privacy", params=found, headers=BEARER) as response:
+        page = await response.text()
+        assert response.status == 200 and 'id="export"' in page and 'id="erase"' in page
     await admin(
         http, stack.monitor, "POST", "/admin/api/privacy/requests/answer", json={"channel": "web", "id": "dora"}
     )

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from services.worker.engines import privacy
+from shared.audit import Actor, AuditLog
 from shared.broker import BROKER_ERRORS
 from shared.messages import InboundMessage, ReplyMessage
 from shared.privacy.customer import Customer
@@ -27,6 +28,8 @@ from shared.store import REDIS_ERRORS
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 5.0
+# The customer themself, on their channel (the audit log's actor of an erasure they asked for).
+AUDIT_ACTOR = Actor("customer", "channel")
 UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
 
 
@@ -46,9 +49,12 @@ class CustomerRequests:
                 await self._until_done(functools.partial(self._record, message))
 
     async def _erase(self, message: InboundMessage, keep: Sequence[str]) -> None:
-        erased = await self.data.erase(Customer.of_message(message), keep)
-        # Counts only: who it was is not logged (the customer asked to be forgotten).
-        log.info("customer data erased at their request", extra={"erased": erased})
+        customer = Customer.of_message(message)
+        erased = await self.data.erase(customer, keep)
+        # Who, by pseudonym, and counts only: the customer asked to be forgotten.
+        audit = AuditLog(self.data.redis, self.data.names)
+        detail = " ".join(f"{k}={v}" for k, v in erased.items())
+        await audit.record(AUDIT_ACTOR, "erase_customer", customer.pseudonym(self.data.names.namespace), detail=detail)
 
     async def _record(self, message: InboundMessage) -> None:
         requests = PrivacyRequests(self.data.redis, self.data.names)
