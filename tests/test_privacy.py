@@ -174,8 +174,11 @@ async def test_a_request_for_a_copy_is_listed_for_the_operators(stack: Stack, ht
     await start(stack)
     answer = await say(http, stack.gateway, "dora", "r1", "meus dados")
     assert answer["reply"]["engine"] == privacy.EXPORT and "15 dias" in answer["reply"]["text"]
-    listed = await admin(http, stack.monitor, "GET", "/admin/api/privacy/requests")
-    [request] = listed["pending"]
+
+    async def listed() -> list[dict[str, Any]]:  # recorded once the reply is out
+        return list((await admin(http, stack.monitor, "GET", "/admin/api/privacy/requests"))["pending"])
+
+    [request] = await eventually(listed, what="the request listed")
     assert request["channel"] == "web" and request["id"] == "dora" and request["kind"] == "export"
     assert 0 <= request["age_days"] < 1 and 14 < request["due_in_days"] <= 15
     async with http.get(stack.monitor.url + "/admin/privacy", headers=BEARER) as response:
