@@ -4,6 +4,7 @@ own erasure (with its confirmation) and request for a copy, on the web and Whats
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from typing import Any
@@ -280,3 +281,38 @@ async def test_erasing_a_customer_with_1000_messages(stack: Stack, http: aiohttp
     )
     assert erased["erased"]["conversations"] == 5
     assert user_scope(user) not in await redis_dump(redis, ns)
+
+
+async def test_an_operator_erases_from_the_page_after_ticking_the_box(stack: Stack, redis: Redis) -> None:
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
+    names = Names(stack.namespace, TEST_SHARDS)
+    conversation = "telegram:777001"
+    entry = orjson.dumps({"text": MARKER, "replied_at": time.time()})
+    await redis.rpush(names.conversation_log_key(conversation), entry)
+    await redis.zadd(names.conversations_key, {conversation: time.time()})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        login = {"operator": "Ana", "token": TOKEN}
+        async with browser.post(monitor.url + "/admin/login", data=login) as response:
+            assert response.status == 200
+
+        async def customer_page() -> str | None:  # 503 until the monitor has connected to RabbitMQ
+            async with browser.get(monitor.url + "/admin/privacy", params={"channel": "telegram", "id": "777001"}) as r:
+                return await r.text() if r.status == 200 else None
+
+        page = await eventually(customer_page, what="the customer's page")
+        assert "telegram:777001" in page and 'name="confirm"' in page
+        found = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert found is not None
+        form = {"csrf": found.group(1), "channel": "telegram", "id": "777001"}
+        async with browser.post(monitor.url + "/admin/privacy/erase", data=form) as response:
+            assert response.status == 400 and (await response.json())["detail"].startswith("confirm:")
+        assert await redis.exists(names.conversation_log_key(conversation))
+        async with browser.post(monitor.url + "/admin/privacy/erase", data={**form, "confirm": "on"}) as response:
+            assert response.status == 200 and "Erased." in await response.text()
+    assert not await redis.exists(names.conversation_log_key(conversation))
+    [entry] = [e for e in (await admin_audit(redis, names)) if e["action"] == "erase_customer"]
+    assert entry["actor"] == "Ana" and entry["target"] == Customer("telegram", "777001").pseudonym(stack.namespace)
+
+
+async def admin_audit(redis: Redis, names: Names) -> list[dict[str, Any]]:
+    return [orjson.loads(raw) for raw in await redis.lrange(names.audit_key, 0, -1)]

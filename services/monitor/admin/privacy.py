@@ -46,7 +46,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "dead_letters": "Dead letters",
         "export": "Export everything (JSON)",
         "erase": "Erase everything held about this customer",
-        "erase_confirm": "This cannot be undone. Erase?",
+        "erase_confirm": "I understand this cannot be undone",
         "requests": "Pending requests from customers",
         "requests_note": (
             "The law gives 15 days to answer. Export the customer's data, send it to them, then mark it answered."
@@ -78,7 +78,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "dead_letters": "Mensagens mortas",
         "export": "Exportar tudo (JSON)",
         "erase": "Apagar tudo o que há sobre este cliente",
-        "erase_confirm": "Isto não pode ser desfeito. Apagar?",
+        "erase_confirm": "Entendo que isto não pode ser desfeito",
         "requests": "Pedidos pendentes de clientes",
         "requests_note": (
             "A lei dá 15 dias para responder. Exporte os dados do cliente, envie a ele e marque como respondido."
@@ -276,7 +276,10 @@ async def export_download(request: web.Request) -> web.Response:
 async def erase_form(request: web.Request) -> web.Response:
     session = request[SESSION]
     form = await pages._checked_form(request, session)
-    await erase(request.app, session.actor, _customer(form.get("channel"), form.get("id")))
+    customer = _customer(form.get("channel"), form.get("id"))
+    if form.get("confirm") != "on":  # the page's box: an erasure cannot be undone
+        raise Problem(400, "confirm: tick the box to erase")
+    await erase(request.app, session.actor, customer)
     raise web.HTTPSeeOther("/admin/privacy?notice=erased")
 
 
