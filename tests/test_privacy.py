@@ -287,8 +287,8 @@ async def test_an_operator_erases_from_the_page_after_ticking_the_box(stack: Sta
     monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     names = Names(stack.namespace, TEST_SHARDS)
     conversation = "telegram:777001"
-    entry = orjson.dumps({"text": MARKER, "replied_at": time.time()})
-    await redis.rpush(names.conversation_log_key(conversation), entry)
+    logged = orjson.dumps({"text": MARKER, "replied_at": time.time()})
+    await redis.rpush(names.conversation_log_key(conversation), logged)
     await redis.zadd(names.conversations_key, {conversation: time.time()})
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         login = {"operator": "Ana", "token": TOKEN}
