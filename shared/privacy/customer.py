@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ _PHONE = re.compile(r"^\d{6,20}$")
 _CHAT = re.compile(r"^-?\d{1,20}$")
 
 
+@functools.lru_cache(maxsize=4096)
 def user_scope(user_id: str) -> str:
-    """The space a web caller's ids live in (services/gateway/web_conversations.py)."""
+    """The space a web caller's ids live in (services/gateway/web_conversations.py); cached, as an
+    erasure's scan asks it for every key and the gateway for every request."""
     return hashlib.blake2b(user_id.encode(), digest_size=SCOPE_BYTES, person=b"atd-web-user").hexdigest()
 
 
