@@ -5,7 +5,8 @@ RabbitMQ cannot delete one message from a queue. `sweep` takes every message tha
 starts (`basic.get`, one at a time), acks away those `drop` picks and republishes each other one to
 the same queue, with its headers, waiting for the broker's confirm before acking the original: a crash
 in between leaves a copy in both places, never in neither. A republished letter keeps when it died
-in `DIED_AT_HEADER` (RabbitMQ keeps `x-death` for itself), so retention ages it the same.
+in `DIED_AT_HEADER` (RabbitMQ keeps `x-death` for itself), so retention ages it the same. `look`
+reads them all the same way, so looking never counts towards a quorum queue's delivery limit.
 """
 
 from __future__ import annotations
@@ -110,22 +111,16 @@ async def _keep(broker: Broker, queue_name: str, message: AbstractIncomingMessag
     )
 
 
-LOOK_LIMIT = 10_000
+async def look(broker: Broker) -> list[Letter]:
+    """The letters in the dead-letter queue, left there. Each is moved like a sweep keeps it
+    (republished, then acked) rather than held and handed back: on quorum queues a message handed
+    back counts towards the delivery limit (20 by default since RabbitMQ 4.0), and a customer looked
+    up twenty times must not cost anyone their dead letters."""
+    seen: list[Letter] = []
 
+    def keep(letter: Letter) -> bool:
+        seen.append(letter)
+        return False
 
-async def look(broker: Broker, limit: int = LOOK_LIMIT) -> list[Letter]:
-    """The letters in the dead-letter queue, left there: each is held unacknowledged while the next is
-    got, then all are given back at once by closing the channel (as the monitor's peek does)."""
-    channel = await broker.connection.channel(publisher_confirms=False)
-    letters: list[Letter] = []
-    try:
-        queue = await channel.declare_queue(broker.names.dead_letter_queue, passive=True, robust=False)
-        while len(letters) < limit:
-            message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT_S)
-            if message is None:
-                break
-            letters.append(read(message))
-    finally:
-        with contextlib.suppress(*BROKER_ERRORS):
-            await channel.close()
-    return letters
+    await sweep(broker, keep)
+    return seen
