@@ -20,10 +20,14 @@ from shared.names import Names
 from shared.privacy.customer import Customer, user_scope
 from tests.support import TEST_SHARDS, Service, Stack, eventually, post_message, publish_raw, web_id
 from tests.support.channel_fakes import (
+    TELEGRAM_ENV,
     WHATSAPP_ENV,
     FakeChannelApi,
     Received,
+    post_telegram,
     post_whatsapp,
+    telegram_tap,
+    telegram_text,
     whatsapp_tap,
     whatsapp_text,
 )
@@ -244,6 +248,45 @@ async def test_whatsapp_customer_erases_their_data_with_the_buttons(
     # Only the confirmation's own records name them (its claim and stored reply, until they expire).
     leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if sender in line]
     assert sorted(leftover) == [f"{ns}:msg:wamid.p3", f"{ns}:reply:wamid.p3"]
+
+    # Their next message starts a new conversation: answered, and the only one logged.
+    status, _ = await post_whatsapp(http, gateway, whatsapp_text("wamid.p4", sender, "qual o prazo de entrega?"))
+    assert status == 200 and (await replies(4))[3].text
+    exported = await admin(
+        http, stack.monitor, "GET", "/admin/api/customers/export", params={"channel": "whatsapp", "id": sender}
+    )
+    [log] = exported["conversations"].values()
+    assert [entry["message_id"] for entry in log] == ["wamid.p4"]
+
+
+async def test_telegram_customer_asks_in_english_and_erases_with_the_keyboard(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis, api: FakeChannelApi
+) -> None:
+    await start(stack, **TELEGRAM_ENV, **api.env())
+    gateway, ns, chat = stack.gateway, stack.namespace, 884407731
+
+    async def replies(count: int) -> list[Received]:
+        async def arrived() -> list[Received] | None:
+            sent = api.delivered_to(chat)
+            return sent if len(sent) >= count else None
+
+        return await eventually(arrived, what=f"{count} replies on Telegram")
+
+    for update_id, text in ((1, f"{MARKER} qual o prazo de entrega?"), (2, "please delete my data")):
+        status, _ = await post_telegram(http, gateway, telegram_text(update_id, chat, text))
+        assert status == 200
+        await replies(update_id)
+    confirm = (await replies(2))[1]
+    assert confirm.options == [(privacy.ERASE_OPTION, "Sim, apagar"), (privacy.KEEP_OPTION, "Não, manter")]
+    status, _ = await post_telegram(http, gateway, telegram_tap(3, chat, privacy.ERASE_OPTION, confirm.options))
+    assert status == 200 and (await replies(3))[2].text.startswith("Pronto: apaguei")
+
+    async def erased() -> bool:
+        return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
+
+    await eventually(erased, what="the customer's words gone")
+    leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if str(chat) in line]
+    assert sorted(leftover) == [f"{ns}:msg:telegram:3", f"{ns}:reply:telegram:3"]
 
 
 async def test_erasing_a_customer_with_1000_messages(stack: Stack, http: aiohttp.ClientSession, redis: Redis) -> None:
