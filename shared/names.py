@@ -225,3 +225,8 @@ class Names:
     def retention_lock_key(self) -> str:
         """Held by the one monitor sweeping what is older than RETENTION_DAYS."""
         return f"{self.namespace}:privacy:retention-lock"
+
+    @property
+    def dead_letters_lock_key(self) -> str:
+        """Held by the one pass over the dead-letter queue that takes letters out (shared/privacy)."""
+        return f"{self.namespace}:privacy:dead-letters-lock"

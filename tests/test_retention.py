@@ -82,11 +82,11 @@ async def test_retention_sweeps_what_is_older_than_the_period(broker: Broker, re
     assert [row.question for row in rows] == ["new question"]
     assert await redis.zrange(names.unanswered_handled_key, 0, -1) == ["q\x1fnew handled"]
     assert await redis.hgetall(names.kb_suggestion_examples_key) == {"e1\x1fnew": "y"}
-    assert [letter.message_id for letter in await deadletters.look(broker)] == ["dead-new"]
+    assert [letter.message_id for letter in await deadletters.look(broker, redis)] == ["dead-new"]
     assert await redis.hget(names.stats_total_key, "messages") == "42"  # statistics stay
 
     # A day later the young dead letter is old too; the lock was released after the first sweep.
     clock[0] = NOW + 2.5 * DAY
     again = await monitors[0].sweep()
     assert again is not None and again["dead_letters"] == 1 and again["conversation_logs"] == 1
-    assert await deadletters.look(broker) == []
+    assert await deadletters.look(broker, redis) == []

@@ -22,6 +22,7 @@ from shared.broker import BROKER_ERRORS
 from shared.messages import InboundMessage, ReplyMessage
 from shared.privacy.customer import Customer
 from shared.privacy.erasure import CustomerData
+from shared.privacy.lock import LockBusy
 from shared.privacy.requests import PrivacyRequests
 from shared.store import REDIS_ERRORS
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_WAIT_S = 5.0
 # The customer themself, on their channel (the audit log's actor of an erasure they asked for).
 AUDIT_ACTOR = Actor("customer", "channel")
-UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
+UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS, LockBusy)
 
 
 @dataclass(frozen=True, slots=True)

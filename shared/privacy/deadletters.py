@@ -18,12 +18,18 @@ from datetime import datetime
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
+from redis.asyncio import Redis
 
 from shared.broker import BROKER_ERRORS, Broker
 from shared.messages import InboundMessage, MessageFormatError, ReplyMessage
+from shared.privacy import lock
 
 DIED_AT_HEADER = "x-atendimento-died-at"
 GET_TIMEOUT_S = 5.0
+# A pass over the queue holds the lock at most this long (a holder that died frees it), and one
+# waits this long for another's pass to end.
+LOCK_S = 300
+LOCK_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +78,16 @@ def _died_at(headers: dict[str, Any]) -> float | None:
     return None
 
 
-async def sweep(broker: Broker, drop: Callable[[Letter], bool]) -> list[Letter]:
-    """Take out of the dead-letter queue every letter `drop` picks; return them. Raises BROKER_ERRORS
-    (what was done stays done; a letter being moved is then in the queue twice at worst)."""
+async def sweep(broker: Broker, redis: Redis, drop: Callable[[Letter], bool]) -> list[Letter]:
+    """Take out of the dead-letter queue every letter `drop` picks; return them. One pass at a time in
+    the whole deployment (a lock in Redis): two at once would each miss the letters the other holds.
+    Raises BROKER_ERRORS or REDIS_ERRORS (what was done stays done; a letter being moved is then in
+    the queue twice at worst), LockBusy when another pass takes too long."""
+    async with lock.held(redis, broker.names.dead_letters_lock_key, LOCK_S, LOCK_WAIT_S):
+        return await _sweep(broker, drop)
+
+
+async def _sweep(broker: Broker, drop: Callable[[Letter], bool]) -> list[Letter]:
     queue_name = broker.names.dead_letter_queue
     channel = await broker.connection.channel(publisher_confirms=False)
     dropped: list[Letter] = []
@@ -111,7 +124,7 @@ async def _keep(broker: Broker, queue_name: str, message: AbstractIncomingMessag
     )
 
 
-async def look(broker: Broker) -> list[Letter]:
+async def look(broker: Broker, redis: Redis) -> list[Letter]:
     """The letters in the dead-letter queue, left there. Each is moved like a sweep keeps it
     (republished, then acked) rather than held and handed back: on quorum queues a message handed
     back counts towards the delivery limit (20 by default since RabbitMQ 4.0), and a customer looked
@@ -122,5 +135,5 @@ async def look(broker: Broker) -> list[Letter]:
         seen.append(letter)
         return False
 
-    await sweep(broker, keep)
+    await sweep(broker, redis, keep)
     return seen

@@ -40,7 +40,7 @@ class CustomerData:
 
     async def find(self, customer: Customer) -> Holdings:
         """Raises REDIS_ERRORS or BROKER_ERRORS."""
-        letters = await deadletters.look(self.broker) if self.broker is not None else []
+        letters = await deadletters.look(self.broker, self.redis) if self.broker is not None else []
         return await discover(self.redis, self.names, customer, letters)
 
     async def export(self, customer: Customer, now: float | None = None) -> dict[str, Any]:
@@ -62,7 +62,9 @@ class CustomerData:
         whose records stay (the confirmation being sent to them; they expire within a day)."""
         letters: list[deadletters.Letter] = []
         if self.broker is not None:
-            letters = await deadletters.sweep(self.broker, lambda letter: customer.owns(letter.conversation_id))
+            letters = await deadletters.sweep(
+                self.broker, self.redis, lambda letter: customer.owns(letter.conversation_id)
+            )
         found = await discover(self.redis, self.names, customer, letters)
         found.message_ids.difference_update(keep)
         erased = {"dead_letters": len(letters)}

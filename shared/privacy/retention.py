@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from redis.asyncio import Redis
 from shared import unanswered
 from shared.broker import Broker
 from shared.names import Names
-from shared.privacy import deadletters
+from shared.privacy import deadletters, lock
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +52,6 @@ end
 return dropped
 """
 
-# KEYS: the lock. ARGV: its holder. Releases it only if still held by the one releasing it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Retention:
@@ -78,8 +71,8 @@ class Retention:
 
     async def sweep(self) -> dict[str, int] | None:
         """One sweep of everything; None when another monitor holds the lock."""
-        holder = secrets.token_hex(8)
-        if not await self.redis.set(self.names.retention_lock_key, holder, nx=True, ex=LOCK_S):
+        holder = await lock.try_lock(self.redis, self.names.retention_lock_key, LOCK_S)
+        if holder is None:
             return None
         try:
             cutoff = self.cutoff()
@@ -88,7 +81,7 @@ class Retention:
                 removed[name] = await sweep(cutoff)
             return removed
         finally:
-            await self.redis.eval(_RELEASE, 1, self.names.retention_lock_key, holder)
+            await lock.release(self.redis, self.names.retention_lock_key, holder)
 
     def _sweeps(self) -> tuple[tuple[str, Sweep], ...]:
         sweeps: tuple[tuple[str, Sweep], ...] = (
@@ -138,10 +131,11 @@ class Retention:
 
     async def dead_letters(self, cutoff: float) -> int:
         assert self.broker is not None
-        old = await deadletters.sweep(
-            self.broker, lambda letter: letter.died_at is not None and letter.died_at < cutoff
-        )
-        return len(old)
+
+        def old(letter: deadletters.Letter) -> bool:
+            return letter.died_at is not None and letter.died_at < cutoff
+
+        return len(await deadletters.sweep(self.broker, self.redis, old))
 
 
 async def run(retention: Retention, interval_s: float = SWEEP_INTERVAL_S) -> None:

@@ -24,11 +24,13 @@ from shared import unanswered
 from shared.broker import BROKER_ERRORS
 from shared.privacy.customer import Customer
 from shared.privacy.erasure import summary
+from shared.privacy.lock import LockBusy
 from shared.privacy.requests import DEADLINE_DAYS, PrivacyRequests
 from shared.store import CONVERSATION_LOG_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, REDIS_ERRORS
 from shared.web import Problem, json_response
 
-UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
+# LockBusy: another pass over the dead-letter queue took too long.
+UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS, LockBusy)
 DAY_S = 86_400
 NOTICES = ("erased", "answered")
 
