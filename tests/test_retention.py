@@ -90,3 +90,23 @@ async def test_retention_sweeps_what_is_older_than_the_period(broker: Broker, re
     again = await monitors[0].sweep()
     assert again is not None and again["dead_letters"] == 1 and again["conversation_logs"] == 1
     assert await deadletters.look(broker, redis) == []
+
+
+async def test_passes_over_the_dead_letters_take_turns(broker: Broker, redis: Redis) -> None:
+    """An erasure, a look and a retention sweep at once: each sees the whole queue, one after the other."""
+    names = broker.names
+    for n in range(20):
+        headers = {deadletters.DIED_AT_HEADER: NOW - (5 if n % 2 else 1) * DAY}
+        await broker.publish("", names.dead_letter_queue, b"{}", message_id=f"d{n}", headers=headers)
+
+    def odd(letter: deadletters.Letter) -> bool:
+        return int(letter.message_id[1:]) % 2 == 1
+
+    looked, swept, again = await asyncio.gather(
+        deadletters.look(broker, redis), deadletters.sweep(broker, redis, odd), deadletters.look(broker, redis)
+    )
+    assert sorted(letter.message_id for letter in swept) == sorted(f"d{n}" for n in range(1, 20, 2))
+    for seen in (looked, again):  # before the sweep, or after it: never half of it
+        assert len(seen) in (10, 20)
+    left = await deadletters.look(broker, redis)
+    assert sorted(letter.message_id for letter in left) == sorted(f"d{n}" for n in range(0, 20, 2))
