@@ -18,7 +18,7 @@ from shared.broker import COPY_HEADER
 from shared.messages import InboundMessage
 from shared.names import Names
 from shared.privacy.customer import Customer, user_scope
-from tests.support import TEST_SHARDS, Service, Stack, eventually, post_message, publish_raw, web_id
+from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, post_message, publish_raw, web_id
 from tests.support.channel_fakes import (
     TELEGRAM_ENV,
     WHATSAPP_ENV,
@@ -207,6 +207,12 @@ async def test_bad_input_is_refused_naming_the_field(stack: Stack, http: aiohttp
             assert (await response.json())["detail"].startswith(f"{field}:")
     async with http.post(stack.monitor.url + "/admin/api/customers/erase", json={"channel": "web", "id": "x"}) as r:
         assert r.status == 401  # admin only
+
+    async def broker_up() -> bool:  # a monitor stopped before it connects takes its whole grace to stop
+        _, health = await get_json(http, stack.monitor.url + "/monitoring/health")
+        return bool(health["checks"]["rabbitmq"]["status"] == "up")
+
+    await eventually(broker_up, what="the monitor connected to RabbitMQ")
 
 
 async def test_whatsapp_customer_erases_their_data_with_the_buttons(
