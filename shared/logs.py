@@ -60,7 +60,10 @@ _SECRET_ASSIGNMENT = re.compile(
     rf"(?i)\b([\w.-]*?{_SECRET}[\w-]*[\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic) \*)([^\s\"',;&]+)"
 )
 # In a sentence: "minha senha é hunter2", "my password is hunter2".
-_SECRET_SAID = re.compile(r"(?i)\b((?:senha|password|passwd)\s+(?:é|e|eh|is|was|era)\s+)(\S+)")
+_SECRET_SAID = re.compile(r"(?i)\b((?:senha|password|passwd|token)\s+(?:é|e|eh|is|was|era)\s+)(\S+)")
+# Just followed by it: "senha 123456", "token abc123XYZ"; a value has a digit or a symbol, so words
+# ("senha forte", "token de acesso") stay.
+_SECRET_FOLLOWED = re.compile(r"(?i)\b((?:senha|password|passwd|token)\s+)(?=\S*[\d_!#$%&*])(\S{4,})")
 _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),  # HTTP authorization schemes
     # Telegram bot token, alone or inside /bot<token>/ URLs; never the digits ending an id's part
@@ -75,10 +78,16 @@ _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[
 # CPF written with its punctuation (000.000.000-00); an unpunctuated 11-digit CPF is caught by the
 # phone pattern below, and then masked whole once its check digits show it is a CPF.
 _CPF = re.compile(r"(?<![\w.])\d{3}\.\d{3}\.\d{3}-?\d{2}(?![\w])")
+# CNPJ (00.000.000/0000-00), punctuated or not: masked whole (a bare one once its check digits agree).
+_CNPJ = re.compile(r"(?<![\w./-])\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2}(?![\w/])")
+# A card number: 13-19 digits, maybe in groups split by spaces or dashes; masked but the last 4
+# when its Luhn check digit agrees.
+_CARD = re.compile(r"(?<![\w./-])\d(?:[ -]?\d){12,18}(?![\w/]|[.-]\d)")
 # Phone-like: optional +country, up to three groups (area code possibly in parentheses), then the
-# subscriber number 4-5 + 4 digits. The look-arounds keep it off dates, versions, uuids and hex ids.
-# The subscriber number may be dotted too, the mobile's leading 9 apart: "+55 (11) 9.8888.7777".
-_PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ -]?){0,3}(?:\d{4,5}|\d[ .]\d{4})[ .-]?\d{4}(?![\w@/]|[.-]\d)")
+# subscriber number 4-5 + 4 digits, split by spaces, dashes or dots ("11.98765.4321"). The
+# look-arounds keep it off dates, versions, uuids and hex ids. The subscriber number may be dotted
+# too, the mobile's leading 9 apart: "+55 (11) 9.8888.7777".
+_PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ .-]?){0,3}(?:\d{4,5}|\d[ .]\d{4})[ .-]?\d{4}(?![\w@/]|[.-]\d)")
 _DIGIT = re.compile(r"\d")
 # What every form above needs somewhere: a run of 6+ digits (with separators), an "@", or one of the
 # secret markers (a superset of _SECRET's words and the secret patterns' prefixes, lower-cased).
@@ -105,17 +114,20 @@ def _secret_key(key: str) -> bool:
 
 
 def mask_pii(text: str) -> str:
-    """Mask phone numbers (all but the last 4 digits), e-mail addresses (all but the first letter
-    and the domain), CPF numbers (whole) and tokens/secrets (whole) in free text."""
+    """Mask phone and card numbers (all but the last 4 digits), e-mail addresses (all but the first
+    letter and the domain), CPF and CNPJ numbers (whole) and tokens/secrets (whole) in free text."""
     if not text or not _may_hold_pii(text):
         return text
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(_mask_secret, text)
     text = _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + "***", text)
     text = _SECRET_SAID.sub(lambda m: m.group(1) + "***", text)
+    text = _SECRET_FOLLOWED.sub(lambda m: m.group(1) + "***", text)
     if "@" in text:
         text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
     text = _CPF.sub("***.***.***-**", text)
+    text = _CNPJ.sub(_mask_cnpj, text)
+    text = _CARD.sub(_mask_card, text)
     return _PHONE.sub(_mask_phone, text)
 
 
@@ -140,6 +152,49 @@ def _mask_phone(match: re.Match[str]) -> str:
         else:
             masked.append(char)
     return "".join(masked)
+
+
+def _mask_cnpj(match: re.Match[str]) -> str:
+    found = match.group(0)
+    if found.isdigit() and not _is_cnpj(found):
+        return found  # 14 bare digits that are no CNPJ: the phone or card rules decide
+    return _DIGIT.sub("*", found)
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    found = match.group(0)
+    if not _luhn("".join(_DIGIT.findall(found))):
+        return found
+    keep = len(_DIGIT.findall(found)) - 4
+    masked: list[str] = []
+    for char in found:
+        if char.isdigit() and keep > 0:
+            masked.append("*")
+            keep -= 1
+        else:
+            masked.append(char)
+    return "".join(masked)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        n = int(digit) * (2 if position % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def _is_cnpj(digits: str) -> bool:
+    """The two check digits of a CNPJ (mod 11 over weights 5..2,9..2, then 6..2,9..2)."""
+    if len(set(digits)) == 1:
+        return False
+    numbers = [int(d) for d in digits]
+    for size in (12, 13):
+        weights = [*range(size - 7, 1, -1), *range(9, 1, -1)]
+        remainder = sum(n * w for n, w in zip(numbers[:size], weights, strict=True)) % 11
+        if (0 if remainder < 2 else 11 - remainder) != numbers[size]:
+            return False
+    return True
 
 
 def _is_cpf(digits: str) -> bool:

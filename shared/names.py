@@ -235,3 +235,19 @@ class Names:
     def unanswered_handled_key(self) -> str:
         """Sorted set of the questions and suggestions an operator acted on, by when: not listed again."""
         return f"{self.namespace}:unanswered:handled"
+
+    # Customers' data (shared/privacy/) --------------------------------------------------------------
+    @property
+    def privacy_requests_key(self) -> str:
+        """Hash of the customers' pending requests about their data (an export), by customer."""
+        return f"{self.namespace}:privacy:requests"
+
+    @property
+    def retention_lock_key(self) -> str:
+        """Held by the one monitor sweeping what is older than RETENTION_DAYS."""
+        return f"{self.namespace}:privacy:retention-lock"
+
+    @property
+    def dead_letters_lock_key(self) -> str:
+        """Held by the one pass over the dead-letter queue that takes letters out (shared/privacy)."""
+        return f"{self.namespace}:privacy:dead-letters-lock"

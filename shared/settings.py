@@ -132,6 +132,8 @@ class Settings:
     handoff_ttl_s: int = 4 * 3600
     # The zone the admin area shows times in (and business hours are read in).
     business_timezone: str = "America/Sao_Paulo"
+    # What customers wrote (conversation logs, unanswered questions, dead letters) is kept no longer.
+    retention_days: int = 90
 
     # Channels
     whatsapp_verify_token: str = ""
@@ -169,6 +171,8 @@ class Settings:
     media_allowed_hosts: tuple[str, ...] = (".fbsbx.com", ".fbcdn.net", ".whatsapp.net", ".telegram.org")
 
     log_level: str = "INFO"
+    # The customer's words in the worker's DEBUG line (masked); off: only their length.
+    log_message_text: bool = False
     # Optional log files (combined.log, error.log, audit.log) beside stdout, rotated by size.
     log_dir: Path | None = None
     log_file_max_bytes: int = 10 * 2**20
@@ -282,6 +286,7 @@ class Settings:
             chat_color=read.color("CHAT_COLOR", defaults.chat_color),
             chat_greeting=read.text("CHAT_GREETING", "")[:500],
             chat_avatar_url=read.url("CHAT_AVATAR_URL", "", ("http", "https")),
+            retention_days=read.integer("RETENTION_DAYS", defaults.retention_days, 1, 3650),
             whatsapp_verify_token=read.text("WHATSAPP_VERIFY_TOKEN", ""),
             whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
             whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),
@@ -312,6 +317,7 @@ class Settings:
             media_concurrency=read.integer("MEDIA_CONCURRENCY", defaults.media_concurrency, 1, 64),
             media_allowed_hosts=read.hosts("MEDIA_ALLOWED_HOSTS", defaults.media_allowed_hosts),
             log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_message_text=read.choice("LOG_MESSAGE_TEXT", "off", ("on", "off")) == "on",
             log_dir=read.directory("LOG_DIR"),
             log_file_max_bytes=read.integer("LOG_FILE_MAX_BYTES", defaults.log_file_max_bytes, 1024, 2**40),
             log_file_backups=read.integer("LOG_FILE_BACKUPS", defaults.log_file_backups, 1, 1000),

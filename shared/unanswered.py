@@ -54,7 +54,9 @@ OTHER = "\u2026"  # the row counting what an hour's cap left out
 MAX_SUGGESTIONS = 1000
 MAX_HANDLED = 10_000
 HANDLED_KEEP_S = 90 * 86_400
-_SEPARATOR = "\x1f"
+# Between a question and its kind (and an entry id and a question): shared/privacy/owners.py reads it too.
+SEPARATOR = "\x1f"
+_SEPARATOR = SEPARATOR
 # Handled marks: a listed question, or a suggestion (its field).
 _QUESTION = "q" + _SEPARATOR
 _SUGGESTED = "s" + _SEPARATOR

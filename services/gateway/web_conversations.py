@@ -40,19 +40,15 @@ from redis.asyncio import Redis
 
 from shared.messages import ReplyMessage
 from shared.names import Names
+from shared.privacy.customer import SCOPE_BYTES, WEB_PREFIX
+from shared.privacy.customer import user_scope as user_scope  # the web API and tests import it from here
 from shared.web import Problem
 
-WEB_PREFIX = "web:"
-SCOPE_BYTES = 12  # 96 bits: no one finds a user id sharing another one's scope
 MAC_BYTES = 16
 SCOPE_RE = re.compile(rf"^[0-9a-f]{{{2 * SCOPE_BYTES}}}$")
 ISSUED_RE = re.compile(r"^[0-9a-z]{1,12}$")
 TOKEN_HEADER = "X-Conversation-Token"
 TOKEN_QUERY = "token"
-
-
-def user_scope(user_id: str) -> str:
-    return hashlib.blake2b(user_id.encode(), digest_size=SCOPE_BYTES, person=b"atd-web-user").hexdigest()
 
 
 def scoped(scope: str, public_id: str) -> str:

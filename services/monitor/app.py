@@ -26,9 +26,11 @@ from services.monitor.keys import (
     AUTH,
     BASE,
     BROKER,
+    CUSTOMER_DATA,
     DEAD_LETTERS,
     EVALUATOR,
     HANDOFFS,
+    RETENTION,
     SETTINGS,
     STORE,
     TEMPLATES,
@@ -42,6 +44,8 @@ from services.monitor.system import SystemView
 from shared.connections import open_connections
 from shared.handoff import Handoffs
 from shared.heartbeat import ProcessInfo, heartbeat_loop
+from shared.privacy import retention
+from shared.privacy.erasure import CustomerData
 from shared.service import supervised
 from shared.settings import Settings
 from shared.store import REDIS_ERRORS, Store
@@ -86,6 +90,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[DEAD_LETTERS] = DeadLetters(broker, redis)
         app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
         app[AUDIT] = AuditLog(redis, names)
+        app[CUSTOMER_DATA] = CustomerData(redis, names, broker)
+        app[RETENTION] = retention.Retention(redis, names, broker, settings.retention_days)
         app[AUTH] = AdminAuth(
             redis,
             names,
@@ -111,6 +117,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             lambda: heartbeat_loop(app[STORE], info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s),
         ),
     ]
+    tasks.append(supervised("retention", lambda: retention.run(app[RETENTION])))
     if notifier is not None:
         tasks.append(supervised("alert-webhook", notifier.run))
     yield

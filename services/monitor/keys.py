@@ -14,6 +14,8 @@ from services.monitor.evaluator import Evaluator
 from services.monitor.system import SystemView
 from shared.broker import Broker
 from shared.handoff import Handoffs
+from shared.privacy.erasure import CustomerData
+from shared.privacy.retention import Retention
 from shared.settings import Settings
 from shared.store import Store
 
@@ -29,3 +31,5 @@ AUTH = web.AppKey("auth", AdminAuth)
 TEMPLATES = web.AppKey("templates", Environment)
 TOKEN_CHECKS = web.AppKey("token_checks", Counter)
 BASE = web.AppKey("base", BaseFile)
+CUSTOMER_DATA = web.AppKey("customer_data", CustomerData)
+RETENTION = web.AppKey("retention", Retention)

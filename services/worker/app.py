@@ -21,12 +21,14 @@ from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
 from services.worker.kbreload import KbReloader, LiveEngine
 from services.worker.media import MediaResolver
+from services.worker.privacy import CustomerRequests
 from services.worker.processor import Processor
 from services.worker.state import WorkerStore
 from shared.broker import Broker
 from shared.connections import open_connections
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import WorkerMetrics
+from shared.privacy.erasure import CustomerData
 from shared.service import supervised
 from shared.settings import ConfigError, Settings
 from shared.store import redis_check
@@ -133,6 +135,8 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
         media=app[MEDIA],
         metrics=app[METRICS],
         debounce_ms=settings.debounce_ms,
+        log_text=settings.log_message_text,
+        privacy=CustomerRequests(CustomerData(store.redis, store.names, app[BROKER])),
     )
     return ShardConsumer(
         broker=app[BROKER],

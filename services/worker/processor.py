@@ -34,6 +34,7 @@ from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
 from services.worker.engines.languages import customer_language
 from services.worker.media import MediaResolver
+from services.worker.privacy import CustomerRequests
 from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outcome, Received, RetryAfter, Settled
 from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
@@ -92,6 +93,10 @@ class Processor:
     media: MediaResolver
     metrics: WorkerMetrics
     debounce_ms: int = 0
+    # A customer's erasure or request for a copy, acted on once its reply is out (None: not here).
+    privacy: CustomerRequests | None = None
+    # LOG_MESSAGE_TEXT: the message's text in the DEBUG line (off: its length only).
+    log_text: bool = False
 
     def debounce_delay(self, first: Received) -> float:
         """Seconds to wait, before taking a unit that starts with `first`, for the rest of its
@@ -212,8 +217,10 @@ class Processor:
 
     async def _generate(self, message: InboundMessage, request: EngineRequest) -> ReplyContent:
         """A reply is about to be generated for `message` (the engine's call, in its span)."""
-        # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
-        log.debug("generating a reply", extra={"channel": message.channel, "text": request.text})
+        if log.isEnabledFor(logging.DEBUG):
+            # The customer's words only with LOG_MESSAGE_TEXT=on, masked like every log line.
+            fields = {"channel": message.channel, "chars": len(request.text)}
+            log.debug("generating a reply", extra=fields | ({"text": request.text} if self.log_text else {}))
         with engine_span(self.engine.name) as span:
             content = await self.engine.reply(request)
             describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
@@ -234,6 +241,8 @@ class Processor:
             unanswered.Answered(item.commit.user_text, item.commit.reply.reply, reply.reply, reply.silenced)
             for item, reply in zip(ready, replies, strict=True) if item.commit is not None
         ])  # fmt: skip
+        if self.privacy is not None:
+            await self.privacy.settle([(item.message, reply) for item, reply in zip(ready, replies, strict=True)])
         return Settled(tuple(item.delivery for item in ready))
 
     async def _commit(self, ready: list[Ready], spans: ConsumerSpans) -> list[ReplyMessage]:

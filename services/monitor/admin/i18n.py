@@ -25,6 +25,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "title": "Atendimento admin",
         "knowledge_base": "Knowledge base",
+        "customers_data": "Customers' data",
         "sign_in_title": "Sign in to the admin area",
         "operator": "Your name",
         "operator_hint": "Shown in the audit log and to nobody else",
@@ -244,6 +245,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "pt-BR": {
         "title": "Atendimento: administração",
         "knowledge_base": "Base de conhecimento",
+        "customers_data": "Dados de clientes",
         "sign_in_title": "Entrar na área administrativa",
         "operator": "Seu nome",
         "operator_hint": "Aparece no registro de auditoria e em nenhum outro lugar",

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.monitor.admin import api, guard, inbox, knowledge, pages
+from services.monitor.admin import api, guard, inbox, knowledge, pages, privacy
 
 
 def add_routes(app: web.Application) -> None:
@@ -58,6 +58,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/admin/api/knowledge/suggestions/accept", api.accept)
     router.add_post("/admin/api/knowledge/suggestions/dismiss", api.dismiss_suggestion)
     router.add_post("/admin/api/knowledge/phrasings/remove", api.remove_phrasing)
+    privacy.add_routes(router)
 
 
 @web.middleware

@@ -15,6 +15,8 @@
     number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
     button is answered as if its label were typed. A choice of something not offered (expired,
     the conversation moved on, or never offered) gets "please choose again", never an answer.
+  * a customer asking to erase their data, or for a copy of it, is answered by engines/privacy.py's
+    rules: an erasure is confirmed with two options first.
 The replies are in the customer's language (EngineRequest.language: pt, en or es; languages.py),
 else the knowledge base's; a base translated into that language answers from its translation.
 """
@@ -29,6 +31,7 @@ from shared.commands import is_reset
 from shared.contacts import is_opt_out
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
+from . import privacy
 from .base import EngineRequest, ReplyEngine
 from .kb import KbEngine, KnowledgeBase
 from .languages import REPLY_LANGUAGES, ReplyLanguage, parse_language
@@ -109,6 +112,14 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         # An opt-out of proactive messages; any later message opts back in.
         "opt_out": "Pronto, você não vai mais receber nossas mensagens automáticas. Se mudar de ideia, é só"
         " nos escrever.",
+        # The customer's data (engines/privacy.py): erasure asked, confirmed or not, a copy asked.
+        "privacy_confirm": "Você quer que eu apague todos os seus dados (mensagens, histórico e pedidos)?"
+        " Isso não pode ser desfeito.",
+        "privacy_yes": "Sim, apagar",
+        "privacy_no": "Não, manter",
+        "privacy_erased": "Pronto: apaguei todos os seus dados. Se escrever de novo, começamos uma conversa nova.",
+        "privacy_kept": "Tudo bem, não apaguei nada.",
+        "privacy_export": "Anotei seu pedido de uma cópia dos seus dados: nossa equipe vai enviá-la em até 15 dias.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -120,6 +131,13 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "pick": "Tap an option or reply with its number.",
         "stale": "That option is no longer available. Please choose again:",
         "ask": "That option is no longer available. Please write your question.",
+        "privacy_confirm": "Do you want me to delete all your data (messages, history and requests)? This cannot be"
+        " undone.",
+        "privacy_yes": "Yes, delete",
+        "privacy_no": "No, keep it",
+        "privacy_erased": "Done: I have deleted all your data. If you write again, we start a new conversation.",
+        "privacy_kept": "All right, nothing was deleted.",
+        "privacy_export": "I have recorded your request for a copy of your data: our team will send it within 15 days.",
         "opt_out": "Done, you will not get our automatic messages any more. If you change your mind, just write to us.",
         "fallback": "Sorry, I could not find that information. Would you like to talk to an agent?",
     },
@@ -135,6 +153,14 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "ask": "Esa opción ya no está disponible. Por favor, escribe tu pregunta.",
         "opt_out": "Listo, ya no recibirás nuestros mensajes automáticos. Si cambias de idea, solo escríbenos.",
         "fallback": "Lo siento, no encontré esa información. ¿Quieres hablar con un agente?",
+        "privacy_confirm": "¿Quieres que borre todos tus datos (mensajes, historial y solicitudes)? No se puede"
+        " deshacer.",
+        "privacy_yes": "Sí, borrar",
+        "privacy_no": "No, mantener",
+        "privacy_erased": "Listo: borré todos tus datos. Si vuelves a escribir, empezamos una conversación nueva.",
+        "privacy_kept": "De acuerdo, no borré nada.",
+        "privacy_export": "Anoté tu solicitud de una copia de tus datos: nuestro equipo la enviará en un plazo de"
+        " 15 días.",
     },
 }
 
@@ -167,9 +193,9 @@ def typed_choice(text: str, offered: tuple[Option, ...]) -> Option | None:
 
 
 def _labels(kbs: Iterable[KnowledgeBase]) -> frozenset[str]:
-    """Every label an option may carry with these bases: entries, their buttons, the hand-over in
-    every language."""
-    labels = [texts["offer"] for texts in _REPLIES.values()]
+    """Every label an option may carry with these bases: entries, their buttons, the hand-over and
+    the erasure's confirmation in every language."""
+    labels = [texts[key] for texts in _REPLIES.values() for key in ("offer", "privacy_yes", "privacy_no")]
     for kb in kbs:
         labels += [entry.label for entry in kb.entries]
         labels += [button for entry in kb.entries for button in entry.buttons]
@@ -192,6 +218,14 @@ class Voice:
     @property
     def handoff_option(self) -> Option:
         return Option(HANDOFF_OPTION, self.texts["offer"])
+
+    @property
+    def privacy_options(self) -> tuple[Option, Option]:
+        """The confirmation of an erasure the customer asked for (engines/privacy.py)."""
+        return (
+            Option(privacy.ERASE_OPTION, self.texts["privacy_yes"]),
+            Option(privacy.KEEP_OPTION, self.texts["privacy_no"]),
+        )
 
     @property
     def translated(self) -> bool:
@@ -257,12 +291,17 @@ class ReplyPolicy:
             return await self._resolve(voice, typed, request)
         if asks_for_human(request.text, self.language) or asks_for_human(request.text, voice.language):
             return self._handoff(voice)
+        asked = privacy.asked(request.text)
+        if asked is not None:
+            return self._privacy_asked(voice, asked)
         return self._offering(voice, self._greeted(voice, request, await voice.engine.reply(request)))
 
     async def _resolve(self, voice: Voice, chosen: Option, request: EngineRequest) -> ReplyContent:
         """The reply to an option the last reply offered."""
         if chosen.id == HANDOFF_OPTION:
             return self._handoff(voice)
+        if chosen.id in privacy.OPTIONS:
+            return self._privacy_chosen(voice, chosen.id)
         if chosen.id == chosen.label:  # an entry's own button: as if the customer typed it
             return await self.reply(replace(request, text=chosen.label, option="", offered=(), offered_for=""))
         answer = voice.catalog.entry_reply(chosen.id)
@@ -320,6 +359,20 @@ class ReplyPolicy:
     @staticmethod
     def _handoff(voice: Voice) -> ReplyContent:
         return ReplyContent(text=voice.texts["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff")
+
+    def _privacy_asked(self, voice: Voice, asked: privacy.Asked) -> ReplyContent:
+        """A request for a copy is recorded (the worker, by the engine's name); an erasure is confirmed first."""
+        if asked == "export":
+            return ReplyContent(text=voice.texts["privacy_export"], engine=privacy.EXPORT, confidence=1.0)
+        options = voice.privacy_options
+        text = self._numbered(voice, "privacy_confirm", options)
+        return ReplyContent(text=text, engine=privacy.ASKED, confidence=1.0, options=options)
+
+    @staticmethod
+    def _privacy_chosen(voice: Voice, option: str) -> ReplyContent:
+        if option == privacy.ERASE_OPTION:  # the worker erases once this reply is out
+            return ReplyContent(text=voice.texts["privacy_erased"], engine=privacy.ERASED, confidence=1.0, reset=True)
+        return ReplyContent(text=voice.texts["privacy_kept"], engine=privacy.ASKED, confidence=1.0)
 
     async def close(self) -> None:
         for engine in {id(voice.engine): voice.engine for voice in self._voices.values()}.values():

@@ -1,0 +1,323 @@
+"""Each owner of a customer's data exports and erases its own part (shared/privacy/erasure.py runs
+them all). A feature that stores something about a customer adds its owner to `owners()`; the test
+of erasure (tests/test_privacy.py) then proves a scan of the namespace finds nothing of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from shared import unanswered
+from shared.names import Names
+from shared.privacy.holdings import Holdings, message_keys
+from shared.privacy.requests import PrivacyRequests
+
+HOUR_S = 3600
+
+
+class Owner(Protocol):
+    """One kind of record about customers: `name` is its part of the export."""
+
+    name: str
+
+    async def collect(self, found: Holdings) -> Any: ...
+
+    async def erase(self, found: Holdings) -> int:
+        """Remove the customer's records; how many keys or entries went."""
+        ...
+
+
+def _loads(raw: Any) -> Any:
+    return orjson.loads(raw) if raw else None
+
+
+class ConversationLogs:
+    """The operators' conversation log (worker commit, agent replies) and its index."""
+
+    name = "conversations"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    async def collect(self, found: Holdings) -> dict[str, list[Any]]:
+        conversations = sorted(found.conversations)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation in conversations:
+                pipe.lrange(self.names.conversation_log_key(conversation), 0, -1)
+            logs = await pipe.execute()
+        return {c: [orjson.loads(e) for e in log] for c, log in zip(conversations, logs, strict=True)}
+
+    async def erase(self, found: Holdings) -> int:
+        if not found.conversations:
+            return 0
+        conversations = list(found.conversations)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*(self.names.conversation_log_key(c) for c in conversations))
+            pipe.zrem(self.names.conversations_key, *conversations)
+            deleted, _ = await pipe.execute()
+        return int(deleted)
+
+
+class Memory:
+    """What the bot remembers of a conversation, the options it offered, its fallback streak."""
+
+    name = "memory"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    def _keys(self, conversation: str) -> tuple[str, str, str]:
+        names = self.names
+        return names.memory_key(conversation), names.offered_key(conversation), names.fallback_streak_key(conversation)
+
+    async def collect(self, found: Holdings) -> dict[str, Any]:
+        conversations = sorted(found.conversations)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conversation in conversations:
+                memory, offered, streak = self._keys(conversation)
+                pipe.lrange(memory, 0, -1)
+                pipe.get(offered)
+                pipe.get(streak)
+            raw = await pipe.execute()
+        held = {}
+        for i, conversation in enumerate(conversations):
+            turns, offered, streak = raw[3 * i : 3 * i + 3]
+            if turns or offered or streak:
+                held[conversation] = {
+                    "turns": [orjson.loads(t) for t in turns],
+                    "offered": _loads(offered),
+                    "fallback_streak": int(streak or 0),
+                }
+        return held
+
+    async def erase(self, found: Holdings) -> int:
+        keys = [key for c in found.conversations for key in self._keys(c)]
+        return int(await self.redis.delete(*keys)) if keys else 0
+
+
+class Handoffs:
+    """Conversations handed to a person (shared/handoff.py) and their index."""
+
+    name = "handoffs"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    async def collect(self, found: Holdings) -> dict[str, Any]:
+        conversations = sorted(found.conversations)
+        if not conversations:
+            return {}
+        raws = await self.redis.mget([self.names.handoff_key(c) for c in conversations])
+        return {c: orjson.loads(raw) for c, raw in zip(conversations, raws, strict=True) if raw}
+
+    async def erase(self, found: Holdings) -> int:
+        if not found.conversations:
+            return 0
+        conversations = list(found.conversations)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*(self.names.handoff_key(c) for c in conversations))
+            pipe.zrem(self.names.handoffs_key, *conversations)
+            deleted, _ = await pipe.execute()
+        return int(deleted)
+
+
+class Messages:
+    """Per-message records: claims, stored replies, attempts, delivery ledgers, commit markers, and
+    each conversation's queue of replies to send."""
+
+    name = "messages"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    async def collect(self, found: Holdings) -> dict[str, Any]:
+        ids = sorted(found.message_ids)
+        replies = await self.redis.mget([self.names.reply_key(m) for m in ids]) if ids else []
+        return {m: {"stored_reply": _loads(reply)} for m, reply in zip(ids, replies, strict=True)}
+
+    async def erase(self, found: Holdings) -> int:
+        keys = [key(m) for m in found.message_ids for key in message_keys(self.names)]
+        keys += [self.names.outbound_order_key(c) for c in found.conversations]
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            deleted += int(await self.redis.delete(*keys[start : start + 1000]))
+        return deleted
+
+
+class Users:
+    """The users seen (the monitor counts them per day)."""
+
+    name = "users_seen"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    def _members(self, found: Holdings) -> list[str]:
+        return [f"{found.customer.channel}:{user}" for user in sorted(found.user_ids)]
+
+    async def collect(self, found: Holdings) -> dict[str, float]:
+        members = self._members(found)
+        scores = await self.redis.zmscore(self.names.users_key, members)
+        return {m: float(s) for m, s in zip(members, scores, strict=True) if s is not None}
+
+    async def erase(self, found: Holdings) -> int:
+        return int(await self.redis.zrem(self.names.users_key, *self._members(found)))
+
+
+class Unanswered:
+    """Questions the bot could not answer (shared/unanswered.py): kept by their normalised words, so
+    the customer's are those matching what they wrote; also suggestions and operators' marks."""
+
+    name = "unanswered_questions"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    def _hours(self) -> list[int]:
+        current = int(time.time() // HOUR_S)
+        return [current - back for back in range(unanswered.TTL_S // HOUR_S + 1)]
+
+    async def _found(self, found: Holdings) -> tuple[list[tuple[int, str, str, int]], list[str], list[str]]:
+        """(hour, field, example, count) rows, suggestion fields and handled marks that are theirs."""
+        questions = {unanswered.normalise(text) for text in found.texts} - {""}
+        if not questions:
+            return [], [], []
+        hours = self._hours()
+        names = self.names
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(unanswered.counts_key(names, hour))
+                pipe.hgetall(unanswered.examples_key(names, hour))
+            pipe.zrange(names.kb_suggestions_key, 0, -1)
+            pipe.zrange(names.unanswered_handled_key, 0, -1)
+            *hourly, suggested, handled = await pipe.execute()
+        rows = []
+        for i, hour in enumerate(hours):
+            counts, examples = hourly[2 * i], hourly[2 * i + 1]
+            for field, count in counts.items():
+                if str(field).partition(unanswered.SEPARATOR)[0] in questions:
+                    rows.append((hour, str(field), str(examples.get(field, "")), int(count)))
+        theirs = [str(s) for s in suggested if str(s).rpartition(unanswered.SEPARATOR)[2] in questions]
+        marks = [str(m) for m in handled if str(m).rpartition(unanswered.SEPARATOR)[2] in questions]
+        return rows, theirs, marks
+
+    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
+        rows, suggested, _ = await self._found(found)
+        listed: list[dict[str, Any]] = []
+        for hour, field, example, count in rows:
+            question, _, kind = field.partition(unanswered.SEPARATOR)
+            row = {"hour": hour * HOUR_S, "question": question, "kind": kind, "example": example, "count": count}
+            listed.append(row)
+        for suggestion in suggested:
+            entry_id, _, question = suggestion.rpartition(unanswered.SEPARATOR)
+            listed.append({"suggested_for": entry_id, "question": question})
+        return listed
+
+    async def erase(self, found: Holdings) -> int:
+        rows, suggested, marks = await self._found(found)
+        names = self.names
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for hour, field, _, _ in rows:
+                pipe.hdel(unanswered.counts_key(names, hour), field)
+                pipe.hdel(unanswered.examples_key(names, hour), field)
+            if suggested:
+                pipe.zrem(names.kb_suggestions_key, *suggested)
+                pipe.hdel(names.kb_suggestion_examples_key, *suggested)
+                pipe.hdel(names.kb_suggestion_counts_key, *suggested)
+            if marks:
+                pipe.zrem(names.unanswered_handled_key, *marks)
+            await pipe.execute()
+        return len(rows) + len(suggested) + len(marks)
+
+
+class Requests:
+    """The customer's own requests about their data (shared/privacy/requests.py)."""
+
+    name = "privacy_requests"
+
+    def __init__(self, requests: PrivacyRequests) -> None:
+        self.requests = requests
+
+    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in await self.requests.pending() if r.customer == found.customer.ref]
+
+    async def erase(self, found: Holdings) -> int:
+        return int(await self.requests.forget(found.customer))
+
+
+# The audit log's entries keep who acted on which conversation; an erased customer's conversation
+# ids are replaced there by their pseudonym (the entries themselves, who did what when, stay).
+# KEYS: the audit list. ARGV: the pseudonym, then the conversation ids.
+_PSEUDONYMISE = """
+local ids = {}
+for i = 2, #ARGV do ids[ARGV[i]] = true end
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local changed = 0
+for i, raw in ipairs(entries) do
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and ids[entry.target] then
+    entry.target = ARGV[1]
+    redis.call('LSET', KEYS[1], i - 1, cjson.encode(entry))
+    changed = changed + 1
+  end
+end
+return changed
+"""
+
+
+class AuditTargets:
+    """Admin actions on the customer's conversations (services/monitor/audit.py)."""
+
+    name = "admin_actions"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
+        entries = [orjson.loads(raw) for raw in await self.redis.lrange(self.names.audit_key, 0, -1)]
+        return [e for e in entries if isinstance(e, dict) and e.get("target") in found.conversations]
+
+    async def erase(self, found: Holdings) -> int:
+        if not found.conversations:
+            return 0
+        pseudonym = found.customer.pseudonym(self.names.namespace)
+        args = [pseudonym, *sorted(found.conversations)]
+        return int(await self.redis.eval(_PSEUDONYMISE, 1, self.names.audit_key, *args))
+
+
+class Contacts:
+    """A channel customer's last message time and opt-out of proactive messages (shared/contacts.py)."""
+
+    name = "contact"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    def _key(self, found: Holdings) -> str:
+        return self.names.contact_key(found.customer.channel, found.customer.id)
+
+    async def collect(self, found: Holdings) -> dict[str, Any]:
+        raw = await self.redis.hgetall(self._key(found))
+        return {str(field): str(value) for field, value in raw.items()}
+
+    async def erase(self, found: Holdings) -> int:
+        return int(await self.redis.delete(self._key(found)))
+
+
+def owners(redis: Redis, names: Names) -> tuple[Owner, ...]:
+    """Every owner of customer data in Redis, in the order an export lists them."""
+    return (
+        ConversationLogs(redis, names),
+        Memory(redis, names),
+        Handoffs(redis, names),
+        Unanswered(redis, names),
+        Messages(redis, names),
+        Users(redis, names),
+        Contacts(redis, names),
+        Requests(PrivacyRequests(redis, names)),
+        AuditTargets(redis, names),
+    )
