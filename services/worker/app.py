@@ -69,7 +69,9 @@ class EngineFactory:
         if self.settings.reply_engine == "openai":
             engine = OpenAiEngine(OpenAiConfig.from_settings(self.settings), kb)
         escalate = self.settings.handoff_after_fallbacks > 0
-        return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=escalate)
+        return ReplyPolicy(
+            engine, knowledge.language, catalog=kb, escalate=escalate, hours=self.settings.business_hours
+        )
 
 
 FACTORY = web.AppKey("factory", EngineFactory)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
@@ -80,7 +80,14 @@ if stored then
 end
 local p = cjson.decode(ARGV[1])
 local outcome, reply = 'sent', p.reply
-if p.silenced or redis.call('EXISTS', KEYS[2]) == 1 then
+-- A person has the conversation, unless it was handed over outside business hours and they are
+-- not back yet (shared.handoff HandoffInfo.with_person): then the bot keeps answering.
+local held = redis.call('GET', KEYS[2])
+if held then
+  local away = cjson.decode(held).away_until
+  held = not away or tonumber(away) <= p.now
+end
+if p.silenced or held then
   outcome, reply = 'silenced', p.silenced_reply
 elseif p.streak == 'count' then
   local streak = redis.call('INCR', KEYS[3])
@@ -219,6 +226,8 @@ class Committer:
     redis: Redis
     names: Names
     settings: CommitSettings = field(default_factory=CommitSettings)
+    # Epoch seconds now (a test's clock decides, e.g., whether people are back from an away handoff).
+    clock: Callable[[], float] = time.time
     _batches: Coalescer[Commit, ReplyMessage] = field(init=False)
     _decide_sha: str = ""
     _effects_sha: str = ""
@@ -245,7 +254,7 @@ class Committer:
     async def _commit(self, items: list[Commit]) -> list[ReplyMessage]:
         """Decide and apply the effects in one pipeline: Redis runs both scripts of a message
         back to back, so a worker dying after sending leaves nothing half done."""
-        now = time.time()
+        now = self.clock()
         calls: list[tuple[str, list[str], bytes]] = []
         for item in items:
             calls.append((self._decide_sha, self._keys(item), orjson.dumps(self._payload(item, now))))
@@ -287,6 +296,7 @@ class Committer:
             metadata=message.metadata,
             reason=item.user_text,
             started_at=now,
+            away_until=max(reply.reply.away_until, escalation.reply.away_until if escalation else 0.0),
         )
         return {
             "reply": reply.to_bytes().decode(),

@@ -13,15 +13,23 @@
     number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
     button is answered as if its label were typed. A choice of something not offered (expired,
     the conversation moved on, or never offered) gets "please choose again", never an answer.
+  * outside business hours (BUSINESS_HOURS) a request for a person, or an escalation, says when
+    people are back (`away_until`): the handoff is recorded and waits in the agents' queue, and the
+    bot keeps answering until then;
+  * a satisfaction rating (a `csat:N` option, services/worker/csat.py asks for it) is thanked for,
+    and the commit records it (`ReplyContent.csat`).
 The replies are in the knowledge base's language.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 
+from shared.hours import BusinessHours
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
@@ -29,6 +37,9 @@ from .kb import KbEngine, KnowledgeBase
 from .text import Language, fold
 
 RESET_COMMAND = "/reset"
+# A satisfaction rating's option id: `csat:1` .. `csat:5`.
+CSAT_PREFIX = "csat:"
+CSAT_SCORES = range(1, 6)
 
 
 # Matched against the folded message ("Não" -> "nao"), words separated by single spaces.
@@ -84,6 +95,16 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         # A choice of something not offered (any more): the options in force again, or none.
         "stale": "Essa opção não está mais disponível. Por favor, escolha de novo:",
         "ask": "Essa opção não está mais disponível. Por favor, escreva sua pergunta.",
+        # Outside BUSINESS_HOURS: `{when}` is one of the three `when_*` below.
+        "away": "Nosso time está fora do horário de atendimento agora. Deixei sua conversa na fila: uma pessoa"
+        " vai continuar por aqui {when}. Enquanto isso, posso tentar ajudar com suas dúvidas.",
+        "when_today": "hoje às {time}",
+        "when_tomorrow": "amanhã às {time}",
+        "when_day": "{weekday}, {day:02d}/{month:02d}, às {time}",
+        "weekdays": "segunda-feira,terça-feira,quarta-feira,quinta-feira,sexta-feira,sábado,domingo",
+        "months": "janeiro,fevereiro,março,abril,maio,junho,julho,agosto,setembro,outubro,novembro,dezembro",
+        "csat_ask": "Como você avalia este atendimento? Toque numa nota de 1 (ruim) a 5 (ótimo).",
+        "csat_thanks": "Obrigado pela avaliação! Se quiser, escreva um comentário sobre o atendimento.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -95,6 +116,15 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "pick": "Tap an option or reply with its number.",
         "stale": "That option is no longer available. Please choose again:",
         "ask": "That option is no longer available. Please write your question.",
+        "away": "Our team is outside business hours right now. I have put your conversation in the queue: a"
+        " person will continue here {when}. Meanwhile, I can try to help with your questions.",
+        "when_today": "today at {time}",
+        "when_tomorrow": "tomorrow at {time}",
+        "when_day": "on {weekday}, {month_name} {day}, at {time}",
+        "weekdays": "Monday,Tuesday,Wednesday,Thursday,Friday,Saturday,Sunday",
+        "months": "January,February,March,April,May,June,July,August,September,October,November,December",
+        "csat_ask": "How would you rate this conversation? Tap a score from 1 (poor) to 5 (great).",
+        "csat_thanks": "Thank you for your rating! If you like, write a comment about the service.",
     },
 }
 
@@ -138,7 +168,16 @@ class ReplyPolicy:
     """A ReplyEngine around another one; see the module's docstring. `catalog` is the knowledge
     base the engine answers from (an entry chosen by its id gets its answer from there)."""
 
-    def __init__(self, engine: ReplyEngine, language: Language, *, catalog: KbEngine, escalate: bool = True) -> None:
+    def __init__(
+        self,
+        engine: ReplyEngine,
+        language: Language,
+        *,
+        catalog: KbEngine,
+        escalate: bool = True,
+        hours: BusinessHours | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.engine = engine
         self.name = engine.name
         self.uses_history = engine.uses_history
@@ -148,6 +187,8 @@ class ReplyPolicy:
         self._escalate = escalate
         self._handoff_option = Option(HANDOFF_OPTION, self._replies["offer"])
         self._labels = _labels(catalog.kb, self._handoff_option.label)
+        self._hours = hours or BusinessHours()
+        self._clock = clock
 
     def may_be_choice(self, text: str) -> bool:
         key = choice_key(text)
@@ -158,6 +199,8 @@ class ReplyPolicy:
             return ReplyContent(
                 text=self._replies["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
             )
+        if request.option.startswith(CSAT_PREFIX):
+            return self._rated(request.option, request)
         if request.option:
             chosen = next((option for option in request.offered if option.id == request.option), None)
             if chosen is not None:
@@ -175,6 +218,8 @@ class ReplyPolicy:
         """The reply to an option the last reply offered."""
         if chosen.id == HANDOFF_OPTION:
             return self._handoff()
+        if chosen.id.startswith(CSAT_PREFIX):
+            return self._rated(chosen.id, request)
         if chosen.id == chosen.label:  # an entry's own button: as if the customer typed it
             return await self.reply(replace(request, text=chosen.label, option="", offered=(), offered_for=""))
         answer = self._catalog.entry_reply(chosen.id)
@@ -191,13 +236,7 @@ class ReplyPolicy:
         if content.fallback and not content.options:
             content = replace(content, options=(self._handoff_option,))
         if content.fallback and self._escalate:
-            escalation = ReplyContent(
-                text=self._replies["escalation"],
-                engine="handoff",
-                confidence=content.confidence,
-                handoff=True,
-                kind="handoff",
-            )
+            escalation = replace(self._handoff("escalation"), confidence=content.confidence)
             content = replace(content, escalation=escalation)
         return content
 
@@ -216,9 +255,45 @@ class ReplyPolicy:
         listed = (f"{number}. {option.label}" for number, option in enumerate(options, start=1))
         return "\n".join((self._replies[lead], *listed, self._replies["pick"]))
 
-    def _handoff(self) -> ReplyContent:
+    def _handoff(self, text: str = "handoff") -> ReplyContent:
+        """A hand-over to a person: at once inside business hours, else an away message naming the
+        next opening (the handoff waits for it, and the bot keeps answering meanwhile)."""
+        now = self._clock()
+        opening = self._hours.next_opening(now)
+        content = ReplyContent(text=self._replies[text], engine="handoff", confidence=1.0, handoff=True, kind="handoff")
+        if opening is None:
+            return content
+        when = self._when(opening, datetime.fromtimestamp(now, opening.tzinfo))
+        return replace(content, text=self._replies["away"].format(when=when), away_until=opening.timestamp())
+
+    def _when(self, opening: datetime, now: datetime) -> str:
+        """The next opening as the customer reads it: today, tomorrow, or the weekday and date."""
+        time_text = opening.strftime("%H:%M")
+        days = (opening.date() - now.date()).days
+        if days < 2:
+            return self._replies["when_today" if days == 0 else "when_tomorrow"].format(time=time_text)
+        return self._replies["when_day"].format(
+            weekday=self._replies["weekdays"].split(",")[opening.weekday()],
+            day=opening.day,
+            month=opening.month,
+            month_name=self._replies["months"].split(",")[opening.month - 1],
+            time=time_text,
+        )
+
+    def csat_request(self) -> ReplyContent:
+        """The question asking for a 1-5 rating, its scores as options (services/worker/csat.py)."""
+        options = tuple(Option(f"{CSAT_PREFIX}{score}", str(score)) for score in CSAT_SCORES)
         return ReplyContent(
-            text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff"
+            text=self._replies["csat_ask"], engine="csat", confidence=1.0, kind="smalltalk", options=options
+        )
+
+    def _rated(self, option: str, request: EngineRequest) -> ReplyContent:
+        """A rating tapped or typed; the commit records it once, if one was asked for."""
+        score = option.removeprefix(CSAT_PREFIX)
+        if not score.isdigit() or int(score) not in CSAT_SCORES:
+            return self._choose_again(request)
+        return ReplyContent(
+            text=self._replies["csat_thanks"], engine="csat", confidence=1.0, kind="smalltalk", csat=int(score)
         )
 
     async def close(self) -> None:
