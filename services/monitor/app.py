@@ -26,6 +26,7 @@ from services.monitor.keys import (
     AUTH,
     BASE,
     BROKER,
+    CONVERSATIONS,
     DEAD_LETTERS,
     EVALUATOR,
     HANDOFFS,
@@ -40,6 +41,7 @@ from services.monitor.problems import unreachable
 from services.monitor.stats_reader import iso, last_24h, read_raw
 from services.monitor.system import SystemView
 from shared.connections import open_connections
+from shared.conversations import Conversations, ConversationSettings
 from shared.handoff import Handoffs
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.service import supervised
@@ -85,6 +87,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time())
         app[DEAD_LETTERS] = DeadLetters(broker, redis)
         app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
+        app[CONVERSATIONS] = Conversations(redis, names, ConversationSettings.from_settings(settings))
         app[AUDIT] = AuditLog(redis, names)
         app[AUTH] = AdminAuth(
             redis,

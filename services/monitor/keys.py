@@ -13,6 +13,7 @@ from services.monitor.deadletters import DeadLetters
 from services.monitor.evaluator import Evaluator
 from services.monitor.system import SystemView
 from shared.broker import Broker
+from shared.conversations import Conversations
 from shared.handoff import Handoffs
 from shared.settings import Settings
 from shared.store import Store
@@ -24,6 +25,7 @@ BROKER = web.AppKey("broker", Broker)
 EVALUATOR = web.AppKey("evaluator", Evaluator)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 HANDOFFS = web.AppKey("handoffs", Handoffs)
+CONVERSATIONS = web.AppKey("conversations", Conversations)
 AUDIT = web.AppKey("audit", AuditLog)
 AUTH = web.AppKey("auth", AdminAuth)
 TEMPLATES = web.AppKey("templates", Environment)

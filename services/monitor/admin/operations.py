@@ -19,7 +19,7 @@ from services.monitor.admin.conversations import conversation_page
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, ReplayError
 from services.monitor.health import health_json
-from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
+from services.monitor.keys import AUDIT, BROKER, CONVERSATIONS, DEAD_LETTERS, HANDOFFS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
 from services.monitor.problems import unreachable
 from services.monitor.stats_reader import last_24h
@@ -165,6 +165,9 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         await store.log_conversation(conversation_id, _agent_entry(reply, actor))
         # A conversation the agent is answering is not abandoned: renew the handoff's expiry.
         await handoffs.start(conversation_id, info)
+        # The first reply after the handoff: how long the customer waited for a person (counted
+        # from the next opening when it was asked for outside business hours).
+        await app[CONVERSATIONS].agent_replied(conversation_id, max(info.started_at, info.away_until))
     except UNAVAILABLE as exc:
         await audit.record(actor, "reply_as_agent", conversation_id, "failed", str(exc) or type(exc).__name__)
         raise unreachable("RabbitMQ or Redis", "the reply was not sent") from None
@@ -179,6 +182,8 @@ async def release(app: web.Application, actor: Actor, conversation_id: Any) -> N
     audit = app[AUDIT]
     try:
         released = await app[HANDOFFS].release(conversation_id)
+        if released:  # the conversation ends: the customer is asked to rate the agent's work
+            await app[CONVERSATIONS].released(conversation_id)
     except REDIS_ERRORS as exc:
         await audit.record(actor, "release_to_bot", conversation_id, "failed", str(exc) or type(exc).__name__)
         raise unreachable("Redis", "nothing was released") from None

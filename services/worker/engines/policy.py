@@ -136,6 +136,14 @@ def asks_for_human(text: str, language: Language) -> bool:
     return any(_HUMAN_REQUEST[lang].search(words) for lang in {language, "en"})
 
 
+def csat_request(language: Language) -> ReplyContent:
+    """The question asking for a 1-5 rating, the scores as options (services/worker/csat.py)."""
+    options = tuple(Option(f"{CSAT_PREFIX}{score}", str(score)) for score in CSAT_SCORES)
+    return ReplyContent(
+        text=_REPLIES[language]["csat_ask"], engine="csat", confidence=1.0, kind="smalltalk", options=options
+    )
+
+
 def is_reset(text: str) -> bool:
     return text.strip().casefold() == RESET_COMMAND
 
@@ -278,13 +286,6 @@ class ReplyPolicy:
             month=opening.month,
             month_name=self._replies["months"].split(",")[opening.month - 1],
             time=time_text,
-        )
-
-    def csat_request(self) -> ReplyContent:
-        """The question asking for a 1-5 rating, its scores as options (services/worker/csat.py)."""
-        options = tuple(Option(f"{CSAT_PREFIX}{score}", str(score)) for score in CSAT_SCORES)
-        return ReplyContent(
-            text=self._replies["csat_ask"], engine="csat", confidence=1.0, kind="smalltalk", options=options
         )
 
     def _rated(self, option: str, request: EngineRequest) -> ReplyContent:

@@ -1,0 +1,159 @@
+"""Satisfaction ratings (CSAT, SPEC section 2) and conversation outcomes, end to end: a gateway with
+the Telegram channel (the Bot API as a local stand-in), a worker, real RabbitMQ and Redis. The
+quiet timer is swept here by the workers' own sweeper with a clock the test moves; nothing sleeps.
+
+- the bot answered and the customer was quiet CSAT_AFTER_MINUTES: asked once, with the scores as
+  an inline keyboard; a tap is recorded with who handled the conversation, the next message is
+  its comment; the conversation's outcome is counted;
+- an agent released the conversation: asked at once, recorded for the agent; never while the
+  person has it;
+- never twice within 24 hours, and a rating nobody asked for is not recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from services.worker.csat import RatingSweeper
+from shared.connections import Connections, open_connections
+from shared.conversations import Conversations, ConversationSettings, Keys, Summary, summarise
+from shared.handoff import Handoffs
+from shared.names import Names
+from shared.settings import Settings
+from tests.support import TEST_SHARDS, Service, Stack, eventually
+from tests.support.channel_fakes import TELEGRAM_ENV, FakeChannelApi, post_telegram, telegram_tap, telegram_text
+from tests.support.pipeline import wait_ready
+
+PRAZO = "Qual o prazo de entrega?"
+SCORES = [(f"csat:{n}", str(n)) for n in range(1, 6)]
+MINUTE = 60.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def gateway(stack: Stack, api: FakeChannelApi) -> Service:
+    await stack.start("gateway", **TELEGRAM_ENV, **api.env())
+    await stack.start("worker", CSAT_AFTER_MINUTES="30")
+    await wait_ready(stack)
+    return stack.gateway
+
+
+@pytest.fixture
+async def connections(stack: Stack) -> AsyncIterator[Connections]:
+    settings = Settings.from_env({"ATENDIMENTO_NAMESPACE": stack.namespace, "ATENDIMENTO_SHARDS": str(TEST_SHARDS)})
+    async with open_connections(settings, "test") as opened:
+
+        async def connected() -> bool:
+            return opened.broker.connected
+
+        await eventually(connected, what="the test's broker connection")
+        yield opened
+
+
+class Chat:
+    """One Telegram chat of the test: what it sends and what the bot sent to it."""
+
+    update_ids = iter(range(910_000_000, 920_000_000))
+
+    def __init__(self, http: aiohttp.ClientSession, gateway: Service, api: FakeChannelApi, chat_id: int) -> None:
+        self.http, self.gateway, self.api, self.chat_id = http, gateway, api, chat_id
+
+    async def send(self, update: dict[str, Any]) -> None:
+        status, body = await post_telegram(self.http, self.gateway, update)
+        assert status == 200, body
+
+    async def write(self, text: str) -> None:
+        await self.send(telegram_text(next(self.update_ids), self.chat_id, text))
+
+    async def tap(self, data: str) -> None:
+        await self.send(telegram_tap(next(self.update_ids), self.chat_id, data))
+
+    async def received(self, count: int) -> list[Any]:
+        async def arrived() -> list[Any] | None:
+            sent = self.api.delivered_to(self.chat_id)
+            return sent if len(sent) >= count else None
+
+        return await eventually(arrived, what=f"{count} messages to chat {self.chat_id}")
+
+
+async def counted(conversations: Conversations) -> Summary:
+    # Two days: the test's clock may have moved past midnight while the worker counted on today.
+    return summarise([counts for _, counts in await conversations.read_days(2)])
+
+
+async def test_ratings_after_quiet_and_after_release_recorded_once(
+    gateway: Service, http: aiohttp.ClientSession, api: FakeChannelApi, connections: Connections, redis: Redis
+) -> None:
+    names = Names(connections.names.namespace, TEST_SHARDS)
+    clock = Clock()
+    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
+    sweeper = RatingSweeper(conversations, connections.broker, "pt")
+    keys = Keys(names)
+
+    # The bot answers; nothing is asked before the customer was quiet for 30 minutes.
+    quiet = Chat(http, gateway, api, 710_000_001)
+    await quiet.write(PRAZO)
+    await quiet.received(1)
+    assert await sweeper.sweep_once() == []
+    clock.now += 29 * MINUTE
+    assert await sweeper.sweep_once() == []
+    clock.now += 2 * MINUTE
+    (question,) = await sweeper.sweep_once()
+    assert question.conversation_id == "telegram:710000001"
+    asked = (await quiet.received(2))[1]
+    assert asked.options == SCORES and "1 (ruim) a 5 (ótimo)" in asked.text
+    assert (await counted(conversations)).contained == 1
+
+    # A tap is recorded with who handled the conversation; the next message is its comment.
+    await quiet.tap("csat:4")
+    thanks = (await quiet.received(3))[2]
+    assert thanks.text.startswith("Obrigado pela avaliação!")
+    totals = await conversations.read_totals()
+    assert totals.get("csat:4:bot") == 1 and totals.get("outcome:resolved:telegram") == 1
+    assert (await counted(conversations)).csat[4] == 1
+    await quiet.write("Muito rápido, obrigado")
+    await quiet.received(4)
+    (comment,) = [orjson.loads(raw) for raw in await redis.lrange(keys.comments, 0, -1)]
+    assert (comment["score"], comment["handled_by"], comment["text"]) == (4, "bot", "Muito rápido, obrigado")
+
+    # Never twice within 24 hours: the next quiet conversation is counted, nobody is asked; a
+    # rating nobody asked for is thanked for and not recorded.
+    await quiet.write(PRAZO)
+    await quiet.received(5)
+    clock.now += 31 * MINUTE
+    assert await sweeper.sweep_once() == []
+    assert (await counted(conversations)).contained == 2
+    await quiet.tap("csat:1")
+    await quiet.received(6)
+    assert (await counted(conversations)).csat == {1: 0, 2: 0, 3: 0, 4: 1, 5: 0}
+
+    # Handed to a person: never asked while the person has it, at once when released.
+    human = Chat(http, gateway, api, 710_000_002)
+    await human.write("quero falar com um atendente")
+    await human.received(1)
+    assert (await counted(conversations)).handed_off == 1
+    clock.now += 3 * 60 * MINUTE
+    assert await sweeper.sweep_once() == []
+    assert await Handoffs(redis, names).release("telegram:710000002")
+    assert await conversations.released("telegram:710000002")
+    (question,) = await sweeper.sweep_once()
+    assert (await human.received(2))[1].options == SCORES
+    await human.tap("csat:5")
+    await human.received(3)
+    assert (await conversations.read_totals()).get("csat:5:agent") == 1
+    summary = await counted(conversations)
+    assert (summary.csat_responses, summary.csat_avg) == (2, 4.5)
