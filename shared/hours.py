@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
@@ -54,6 +55,16 @@ class BusinessHours:
         return local.date() not in self.holidays and any(
             w.weekday == local.weekday() and w.start <= minute < w.end for w in self.windows
         )
+
+    def describe(self, at: float) -> dict[str, Any]:
+        """Open or closed at `at`, for the admin area: the next opening (local ISO time) when closed."""
+        opening = self.next_opening(at)
+        return {
+            "always_open": self.always_open,
+            "open": opening is None,
+            "next_opening": opening.isoformat() if opening else None,
+            "timezone": self.timezone.key,
+        }
 
     def next_opening(self, at: float) -> datetime | None:
         """The next moment (local time) people answer after `at`; None when open now."""

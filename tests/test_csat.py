@@ -1,20 +1,26 @@
 """Satisfaction ratings (CSAT, SPEC section 2) and conversation outcomes, end to end: a gateway with
-the Telegram channel (the Bot API as a local stand-in), a worker, real RabbitMQ and Redis. The
-quiet timer is swept here by the workers' own sweeper with a clock the test moves; nothing sleeps.
+the Telegram channel (the Bot API as a local stand-in), a worker, the monitor, real RabbitMQ and
+Redis. The quiet timer is swept here by the workers' own sweeper with a clock the test moves;
+nothing sleeps.
 
 - the bot answered and the customer was quiet CSAT_AFTER_MINUTES: asked once, with the scores as
   an inline keyboard; a tap is recorded with who handled the conversation, the next message is
   its comment; the conversation's outcome is counted;
 - an agent released the conversation: asked at once, recorded for the agent; never while the
   person has it;
-- never twice within 24 hours, and a rating nobody asked for is not recorded.
+- never twice within 24 hours, and a rating nobody asked for is not recorded;
+- the numbers reach /monitoring/stats, the admin area and /metrics (`promtool check metrics`).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import orjson
@@ -24,11 +30,11 @@ from redis.asyncio import Redis
 from services.worker.csat import RatingSweeper
 from shared.connections import Connections, open_connections
 from shared.conversations import Conversations, ConversationSettings, Keys, Summary, summarise
-from shared.handoff import Handoffs
 from shared.names import Names
 from shared.settings import Settings
-from tests.support import TEST_SHARDS, Service, Stack, eventually
+from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json
 from tests.support.channel_fakes import TELEGRAM_ENV, FakeChannelApi, post_telegram, telegram_tap, telegram_text
+from tests.support.metrics import Samples, scrape, value
 from tests.support.pipeline import wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
@@ -44,10 +50,20 @@ class Clock:
         return self.now
 
 
+ADMIN = {"Authorization": "Bearer csat-test-admin-token"}
+
+
+def closed_today() -> dict[str, str]:
+    """Business hours for the monitor that make it closed now, whatever the hour: today is a holiday."""
+    today = datetime.now(ZoneInfo("America/Sao_Paulo")).date()
+    return {"BUSINESS_HOURS": "mon-sun 00:00-24:00", "BUSINESS_HOLIDAYS": today.isoformat()}
+
+
 @pytest.fixture
 async def gateway(stack: Stack, api: FakeChannelApi) -> Service:
     await stack.start("gateway", **TELEGRAM_ENV, **api.env())
     await stack.start("worker", CSAT_AFTER_MINUTES="30")
+    await stack.start("monitor", ADMIN_TOKEN=ADMIN["Authorization"][7:], ALERT_INTERVAL_SECONDS="0.2", **closed_today())
     await wait_ready(stack)
     return stack.gateway
 
@@ -96,7 +112,12 @@ async def counted(conversations: Conversations) -> Summary:
 
 
 async def test_ratings_after_quiet_and_after_release_recorded_once(
-    gateway: Service, http: aiohttp.ClientSession, api: FakeChannelApi, connections: Connections, redis: Redis
+    stack: Stack,
+    gateway: Service,
+    http: aiohttp.ClientSession,
+    api: FakeChannelApi,
+    connections: Connections,
+    redis: Redis,
 ) -> None:
     names = Names(connections.names.namespace, TEST_SHARDS)
     clock = Clock()
@@ -141,19 +162,62 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     await quiet.received(6)
     assert (await counted(conversations)).csat == {1: 0, 2: 0, 3: 0, 4: 1, 5: 0}
 
-    # Handed to a person: never asked while the person has it, at once when released.
+    # Handed to a person: never asked while the person has it; the agent answers from the admin
+    # area, releases it, and the customer is asked at once (whichever worker sweeps first).
     human = Chat(http, gateway, api, 710_000_002)
     await human.write("quero falar com um atendente")
     await human.received(1)
     assert (await counted(conversations)).handed_off == 1
     clock.now += 3 * 60 * MINUTE
     assert await sweeper.sweep_once() == []
-    assert await Handoffs(redis, names).release("telegram:710000002")
-    assert await conversations.released("telegram:710000002")
-    (question,) = await sweeper.sweep_once()
-    assert (await human.received(2))[1].options == SCORES
+    monitor = stack.monitor
+    for action, body in (("reply", {"text": "Olá, sou a Ana."}), ("release", {})):
+        url = f"{monitor.url}/admin/api/handoffs/{action}"
+        async with http.post(url, json={"conversation_id": "telegram:710000002", **body}, headers=ADMIN) as answer:
+            assert answer.status == 200, await answer.text()
+    await sweeper.sweep_once()
+    assert (await human.received(3))[2].options == SCORES
     await human.tap("csat:5")
-    await human.received(3)
+    await human.received(4)
     assert (await conversations.read_totals()).get("csat:5:agent") == 1
     summary = await counted(conversations)
-    assert (summary.csat_responses, summary.csat_avg) == (2, 4.5)
+    assert (summary.csat_responses, summary.csat_avg, summary.first_responses) == (2, 4.5, 1)
+    await numbers_shown(http, monitor)
+
+
+async def numbers_shown(http: aiohttp.ClientSession, monitor: Service) -> None:
+    """What the worker counted on today's clock, as the monitor shows it."""
+    status, stats = await get_json(http, f"{monitor.url}/monitoring/stats")
+    assert status == 200
+    shown = stats["conversations"]
+    assert (shown["started_24h"], shown["handed_off_24h"]) == (3, 1)
+    assert (shown["csat_responses_7d"], shown["csat_avg_7d"]) == (2, 4.5)
+    async with http.get(f"{monitor.url}/admin/api/outcomes", headers=ADMIN) as answer:
+        week = (await answer.json())["last_7_days"]
+    assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (3, 1, 1)
+    assert week["first_response_avg_s"] is not None and week["fallback_rate"] == 0
+    async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
+        business = (await answer.json())["business"]
+    assert business["open"] is False and business["next_opening"].endswith("T00:00:00-03:00")
+    async with http.get(f"{monitor.url}/admin/outcomes", headers=ADMIN) as answer:
+        assert answer.status == 200 and 'data-metric="last_7_days.csat_avg" data-value="4.5"' in await answer.text()
+
+    async def counters() -> Samples | None:
+        _, samples = await scrape(http, monitor)
+        return samples if value(samples, "atendimento_csat_responses_total", score="5", handled_by="agent") else None
+
+    samples = await eventually(counters, what="the rating counters on the monitor's /metrics")
+    assert value(samples, "atendimento_conversations_total", outcome="resolved", channel="telegram") == 2
+    assert value(samples, "atendimento_conversations_total", outcome="handed_off", channel="telegram") == 1
+    assert value(samples, "atendimento_csat_responses_total", score="4", handled_by="bot") == 1
+    text, _ = await scrape(http, monitor)
+    promtool_check(text)
+
+
+def promtool_check(text: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (scripts/ensure-test-tools.sh installs it)")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    # promtool prints lint findings and exits 1 on any; a clean text gives no output at all.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr

@@ -30,6 +30,7 @@ from services.monitor.keys import (
     DEAD_LETTERS,
     EVALUATOR,
     HANDOFFS,
+    OUTCOME_COUNTERS,
     SETTINGS,
     STORE,
     TEMPLATES,
@@ -37,6 +38,7 @@ from services.monitor.keys import (
     VIEW,
 )
 from services.monitor.observation import observe, stats_body
+from services.monitor.outcomes import OutcomeCollector, stats_block
 from services.monitor.problems import unreachable
 from services.monitor.stats_reader import iso, last_24h, read_raw
 from services.monitor.system import SystemView
@@ -67,6 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     registry = new_metrics_registry()
     app[TOKEN_CHECKS] = token_checks_counter(registry)
     registry.register(SystemCollector(lambda: app[EVALUATOR].latest if EVALUATOR in app else None))
+    app[OUTCOME_COUNTERS] = OutcomeCollector()
+    registry.register(app[OUTCOME_COUNTERS])
     # The monitor's /monitoring/health is the whole system's (SPEC section 5), routed below.
     Probes(None, registry).install(app)
     app.router.add_get("/monitoring/health", system_health)
@@ -113,6 +117,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             "heartbeat",
             lambda: heartbeat_loop(app[STORE], info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s),
         ),
+        supervised(
+            "outcome-counters", lambda: app[OUTCOME_COUNTERS].run(app[CONVERSATIONS], settings.alert_interval_s)
+        ),
     ]
     if notifier is not None:
         tasks.append(supervised("alert-webhook", notifier.run))
@@ -134,8 +141,10 @@ async def system_health(request: web.Request) -> web.Response:
 
 
 async def system_stats(request: web.Request) -> web.Response:
-    observation = await observe(request.app[VIEW])
-    return json_response(stats_body(observation, request.app[VIEW].started_at))
+    observation, conversations = await asyncio.gather(
+        observe(request.app[VIEW]), stats_block(request.app[CONVERSATIONS])
+    )
+    return json_response(stats_body(observation, request.app[VIEW].started_at, conversations))
 
 
 async def system_stats_24h(request: web.Request) -> web.Response:

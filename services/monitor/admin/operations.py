@@ -19,8 +19,9 @@ from services.monitor.admin.conversations import conversation_page
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, ReplayError
 from services.monitor.health import health_json
-from services.monitor.keys import AUDIT, BROKER, CONVERSATIONS, DEAD_LETTERS, HANDOFFS, STORE, VIEW
+from services.monitor.keys import AUDIT, BROKER, CONVERSATIONS, DEAD_LETTERS, HANDOFFS, SETTINGS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
+from services.monitor.outcomes import stats_block
 from services.monitor.problems import unreachable
 from services.monitor.stats_reader import last_24h
 from shared.broker import BROKER_ERRORS
@@ -71,15 +72,17 @@ async def overview(app: web.Application, page: int = 1) -> dict[str, Any]:
     """Everything the dashboard shows, in one consistent read; `page` of the handoffs."""
     observation = await observe(app[VIEW])
     depth = observation.health["checks"]["rabbitmq"].get("dead_letters")
-    letters, handoffs, conversations, audit = await asyncio.gather(
+    letters, handoffs, conversations, audit, outcomes = await asyncio.gather(
         _or_none(app[DEAD_LETTERS].peek(depth)),
         _or_none(app[HANDOFFS].page((page - 1) * HANDOFFS_PER_PAGE, HANDOFFS_PER_PAGE)),
         _or_none(_recent_conversations(app)),
         _or_none(app[AUDIT].recent(RECENT_AUDIT)),
+        stats_block(app[CONVERSATIONS]),
     )
     return {
         "observation": observation,
-        "stats": stats_body(observation, app[VIEW].started_at),
+        "stats": stats_body(observation, app[VIEW].started_at, outcomes),
+        "business": app[SETTINGS].business_hours.describe(observation.timestamp),
         "day": last_24h(observation.raw) if observation.raw is not None else None,
         "dead_letters": letters,
         "handoffs": None if handoffs is None else [handoff_dict(cid, info) for cid, info in handoffs.items.items()],
@@ -102,6 +105,7 @@ def overview_json(data: dict[str, Any]) -> dict[str, Any]:
         "handoffs_paging": data["handoffs_paging"],
         "conversations": data["conversations"],
         "audit": data["audit"],
+        "business": data["business"],
     }
 
 
