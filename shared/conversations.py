@@ -6,9 +6,10 @@ outcome (`OUTCOMES`): the bot answered (`resolved`), answered after a question b
 customer left without an answer (`abandoned`). Who writes what:
 
 - the worker's commit (services/worker/commit.py) runs `TRACK_LUA` inside its effects script, so a
-  message costs no extra round trip: the conversation's state (one field of the open hash), its
-  due time in the sorted set of quiet timers, the day's reply and fallback counts, a handoff, a
-  rating (`csat:N`, recorded only when one was asked for), and a comment after the rating;
+  message costs no extra round trip and, mostly, two commands: the conversation's state (one
+  field of the open hash: its replies, fallbacks, whether it asked back, answered or handed
+  over), its quiet timer in a sorted set, a handoff, a rating (`csat:N`, recorded only when one
+  was asked for) and the comment after it;
 - the worker's sweeper (services/worker/csat.py) runs `_SWEEP`: it claims the conversations
   whose timer is due atomically (ZREM under a script: any number of workers), counts their outcome
   and, once in 24 hours, asks for a rating (CSAT_AFTER_MINUTES after the bot's last reply, or at
@@ -121,10 +122,6 @@ class Keys:
         """`{prefix}{conversation}`: a rating was asked, whoever handled it (bot or agent)."""
         return f"{self.prefix}:csat:open:"
 
-    @property
-    def comment_prefix(self) -> str:
-        return f"{self.prefix}:csat:comment:"
-
     def tracked(self, conversation: str, at: float, day: str) -> list[str]:
         """The keys `TRACK_LUA` takes, in its order."""
         return [
@@ -134,66 +131,70 @@ class Keys:
             self.hour(at),
             self.totals,
             self.rating_prefix + conversation,
-            self.comment_prefix + conversation,
             self.comments,
         ]
 
 
 # `track(K, c, t)`, run by the commit's effects for a standing reply that is not merged:
 # K the keys of `Keys.tracked`; c what is the same whatever reply stands (`tracking`); t what the
-# standing reply is (`reply_tracking`). A rating closes its request; the message after it is its
-# comment; anything else updates the open conversation (started when there was none) and its timer.
+# standing reply is (`reply_tracking`). Kept to two commands for most messages (read and write the
+# conversation's state): a conversation's start adds its count and its quiet timer, which the
+# sweep moves on while the conversation is not quiet yet (`last`), and its replies and fallbacks
+# are counted once, when it ends. A rating closes its request and leaves a state waiting for the
+# comment; the message after it is that comment.
 TRACK_LUA = """
-local function hincr(keys, name)
+local function hincr(keys, name, ttl)
   for _, k in ipairs(keys) do
     redis.call('HINCRBY', k, name, 1)
+    redis.call('EXPIRE', k, ttl)
+  end
+end
+local function rated(K, c, t)
+  local by = redis.call('GET', K[6])
+  if not by then
+    return
+  end
+  redis.call('DEL', K[6])
+  redis.call('HINCRBY', K[3], 'csat:' .. t.csat, 1)
+  hincr({K[3]}, 'csat:' .. t.csat .. ':' .. by, c.day_ttl)
+  redis.call('HINCRBY', K[5], 'csat:' .. t.csat .. ':' .. by, 1)
+  if redis.call('HSETNX', K[1], c.id, cjson.encode({rated = {score = t.csat, by = by}})) == 1 then
+    redis.call('ZADD', K[2], c.now + c.comment_ttl, c.id)
   end
 end
 local function track(K, c, t)
   if t.csat > 0 then
-    local by = redis.call('GET', K[6])
-    if by then
-      redis.call('DEL', K[6])
-      hincr({K[3]}, 'csat:' .. t.csat)
-      hincr({K[3], K[5]}, 'csat:' .. t.csat .. ':' .. by)
-      redis.call('EXPIRE', K[3], c.day_ttl)
-      redis.call('SET', K[7], cjson.encode({score = t.csat, by = by}), 'EX', c.comment_ttl)
-    end
-    return
+    return rated(K, c, t)
   end
   if t.silenced then
     return
   end
-  local rated = redis.call('GET', K[7])
-  if rated then
-    redis.call('DEL', K[7])
-    local r = cjson.decode(rated)
-    redis.call('LPUSH', K[8], cjson.encode({conversation = c.id, score = r.score, handled_by = r.by,
-      text = c.text, at = c.now}))
-    redis.call('LTRIM', K[8], 0, c.comments_kept - 1)
+  local raw = redis.call('HGET', K[1], c.id)
+  local st = raw and cjson.decode(raw)
+  if st and st.rated then
+    redis.call('LPUSH', K[7], cjson.encode({conversation = c.id, score = st.rated.score,
+      handled_by = st.rated.by, text = c.text, at = c.now}))
+    redis.call('LTRIM', K[7], 0, c.comments_kept - 1)
+    redis.call('HDEL', K[1], c.id)
     return
   end
-  local raw = redis.call('HGET', K[1], c.id)
-  local st = raw and cjson.decode(raw) or {ch = c.channel}
-  if not raw then
-    hincr({K[3], K[4]}, 'started')
-    redis.call('EXPIRE', K[4], c.hour_ttl)
-  end
-  hincr({K[3]}, 'replies')
-  if t.kind == 'fallback' then hincr({K[3]}, 'fallbacks') end
-  if t.kind == 'clarify' then st.clar = 1 end
-  if t.kind == 'answer' then st.ans = 1 end
-  st.addr = c.addr
-  if t.handoff and not st.handed then
-    st.handed, st.handoff_at = 1, c.now
-    hincr({K[3], K[4]}, 'outcome:handed_off')
-    hincr({K[5]}, 'outcome:handed_off:' .. st.ch)
-    redis.call('EXPIRE', K[4], c.hour_ttl)
-    redis.call('ZADD', K[2], c.now + c.handoff_ttl, c.id)
-  elseif not st.handed then
+  if not st then
+    st = {ch = c.channel, n = 0, fb = 0}
+    hincr({K[3]}, 'started', c.day_ttl)
+    hincr({K[4]}, 'started', c.hour_ttl)
     redis.call('ZADD', K[2], c.now + c.quiet, c.id)
   end
-  redis.call('EXPIRE', K[3], c.day_ttl)
+  st.n, st.last, st.addr = st.n + 1, c.now, c.addr
+  if t.kind == 'fallback' then st.fb = st.fb + 1 end
+  if t.kind == 'clarify' then st.clar = 1 end
+  if t.kind == 'answer' then st.ans = 1 end
+  if t.handoff and not st.handed then
+    st.handed = 1
+    hincr({K[3]}, 'outcome:handed_off', c.day_ttl)
+    hincr({K[4]}, 'outcome:handed_off', c.hour_ttl)
+    redis.call('HINCRBY', K[5], 'outcome:handed_off:' .. st.ch, 1)
+    redis.call('ZADD', K[2], c.now + c.handoff_ttl, c.id)
+  end
   redis.call('HSET', K[1], c.id, cjson.encode(st))
 end
 """
@@ -208,31 +209,42 @@ end
 # Sentinel's), never a cluster, so keys need not be declared to route.
 _SWEEP = """
 local a = cjson.decode(ARGV[1])
+local function add(name, n)
+  redis.call('HINCRBY', KEYS[3], name, n)
+  redis.call('HINCRBY', KEYS[4], name, n)
+end
+local function ended(id, st)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HINCRBY', KEYS[3], 'replies', st.n)
+  redis.call('HINCRBY', KEYS[3], 'fallbacks', st.fb)
+  if st.handed then
+    return st.released and 'agent'
+  end
+  local outcome = 'abandoned'
+  if st.ans then
+    outcome = st.clar and 'resolved_after_clarify' or 'resolved'
+    add('contained', 1)
+  end
+  add('outcome:' .. outcome, 1)
+  redis.call('HINCRBY', KEYS[5], 'outcome:' .. outcome .. ':' .. st.ch, 1)
+  return st.ans and 'bot'
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', a.now, 'LIMIT', 0, a.limit)
 local asks = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
   local raw = redis.call('HGET', KEYS[2], id)
-  if raw and redis.call('EXISTS', a.handoff_prefix .. id) == 1 then
-    redis.call('ZADD', KEYS[1], a.now + a.quiet, id)
-  elseif raw then
+  local st = raw and cjson.decode(raw)
+  if not st then
+    -- ended already (a copy of its timer)
+  elseif st.rated then
     redis.call('HDEL', KEYS[2], id)
-    local st = cjson.decode(raw)
-    local by = false
-    if st.handed then
-      if st.released then by = 'agent' end
-    else
-      local outcome = 'abandoned'
-      if st.ans then
-        outcome = st.clar and 'resolved_after_clarify' or 'resolved'
-        by = 'bot'
-        redis.call('HINCRBY', KEYS[3], 'contained', 1)
-        redis.call('HINCRBY', KEYS[4], 'contained', 1)
-      end
-      redis.call('HINCRBY', KEYS[3], 'outcome:' .. outcome, 1)
-      redis.call('HINCRBY', KEYS[4], 'outcome:' .. outcome, 1)
-      redis.call('HINCRBY', KEYS[5], 'outcome:' .. outcome .. ':' .. st.ch, 1)
-    end
+  elseif redis.call('EXISTS', a.handoff_prefix .. id) == 1 then
+    redis.call('ZADD', KEYS[1], a.now + a.quiet, id)
+  elseif not st.handed and st.last + a.quiet > a.now then
+    redis.call('ZADD', KEYS[1], st.last + a.quiet, id)
+  else
+    local by = ended(id, st)
     if by and a.csat and redis.call('SET', a.asked_prefix .. id, '1', 'NX', 'EX', a.asked_ttl) then
       redis.call('SET', a.rating_prefix .. id, by, 'EX', a.asked_ttl)
       table.insert(asks, {id, by, cjson.encode(st.addr)})

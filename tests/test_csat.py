@@ -14,9 +14,11 @@ nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -27,13 +29,16 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.worker.commit import Committer
 from services.worker.csat import RatingSweeper
 from shared.connections import Connections, open_connections
 from shared.conversations import Conversations, ConversationSettings, Keys, Summary, summarise
+from shared.messages import ReplyContent
 from shared.names import Names
 from shared.settings import Settings
 from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json
 from tests.support.channel_fakes import TELEGRAM_ENV, FakeChannelApi, post_telegram, telegram_tap, telegram_text
+from tests.support.commits import commit_of, message
 from tests.support.metrics import Samples, scrape, value
 from tests.support.pipeline import wait_ready
 
@@ -182,6 +187,8 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     assert (await conversations.read_totals()).get("csat:5:agent") == 1
     summary = await counted(conversations)
     assert (summary.csat_responses, summary.csat_avg, summary.first_responses) == (2, 4.5, 1)
+    # Replies and fallbacks are counted when each conversation ends: three, none a fallback.
+    assert (summary.replies, summary.fallback_rate) == (3, 0)
     await numbers_shown(http, monitor)
 
 
@@ -195,7 +202,7 @@ async def numbers_shown(http: aiohttp.ClientSession, monitor: Service) -> None:
     async with http.get(f"{monitor.url}/admin/api/outcomes", headers=ADMIN) as answer:
         week = (await answer.json())["last_7_days"]
     assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (3, 1, 1)
-    assert week["first_response_avg_s"] is not None and week["fallback_rate"] == 0
+    assert week["first_response_avg_s"] is not None
     async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
         business = (await answer.json())["business"]
     assert business["open"] is False and business["next_opening"].endswith("T00:00:00-03:00")
@@ -221,3 +228,40 @@ def promtool_check(text: str) -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     # promtool prints lint findings and exits 1 on any; a clean text gives no output at all.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+ANSWER = ReplyContent(text="Cinco dias.", engine="kb", confidence=0.9, sources=("prazo",))
+CLARIFY = ReplyContent(text="Você quis dizer:", engine="kb", confidence=0.4, kind="clarify")
+FALLBACK = ReplyContent(text="Não encontrei.", engine="kb", confidence=0.1, kind="fallback", fallback=True)
+
+
+async def test_several_sweepers_end_each_conversation_once(redis: Redis) -> None:
+    """The quiet timer with any number of workers: claimed atomically, each conversation is ended
+    (and asked) once; one still talking is not ended; the outcomes are told apart."""
+    names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
+    clock = Clock()
+    committer = Committer(redis, names, clock=clock)
+    settings = ConversationSettings(csat_after_s=1800)
+    sweepers = [Conversations(redis, names, settings, clock=clock) for _ in range(3)]
+    try:
+        answered = [f"c-{n}" for n in range(30)]
+        await committer.commit_all([commit_of(message(c), ANSWER) for c in answered])
+        await committer.commit_all([commit_of(message("c-asked-back"), CLARIFY)])
+        await committer.commit_all([commit_of(message("c-asked-back"), ANSWER)])
+        await committer.commit_all([commit_of(message("c-lost"), FALLBACK)])
+        clock.now += 20 * MINUTE
+        await committer.commit_all([commit_of(message("c-0"), ANSWER)])  # still talking
+        clock.now += 11 * MINUTE
+        claimed = await asyncio.gather(*(sweeper.sweep(limit=7) for sweeper in sweepers for _ in range(3)))
+        asked = [ask.conversation_id for asks in claimed for ask in asks]
+        assert sorted(asked) == sorted([*answered[1:], "c-asked-back"])  # once each; not c-0, not c-lost
+        assert all(ask.handled_by == "bot" for asks in claimed for ask in asks)
+        counts = summarise([c for _, c in await sweepers[0].read_days(2)])
+        assert (counts.conversations, counts.contained, counts.abandoned) == (32, 30, 1)
+        assert (counts.resolved_after_clarify, counts.replies, counts.fallbacks) == (1, 32, 1)
+        clock.now += 20 * MINUTE  # c-0 is quiet now
+        (last,) = await sweepers[1].sweep()
+        assert last.conversation_id == "c-0" and last.address["channel"] == "web"
+    finally:
+        async for key in redis.scan_iter(match=f"{names.namespace}:*"):
+            await redis.delete(key)

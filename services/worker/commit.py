@@ -118,7 +118,7 @@ return {outcome}
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
 #       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
 #       queue of replies to send: services/gateway/delivery/order.py), 9 the commit's marker,
-#       10 the options offered (services/worker/state.py `Offered`), 11-18 the conversation's
+#       10 the options offered (services/worker/state.py `Offered`), 11-17 the conversation's
 #       outcome, quiet timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
 _EFFECTS = (
     "#!lua\n"
@@ -168,7 +168,7 @@ if v.outbound then
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
 end
 if v.track then
-  track({KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]}, p.track, v.track)
+  track({KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]}, p.track, v.track)
 end
 return 1
 """
