@@ -142,6 +142,10 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     assert question.conversation_id == "telegram:710000001"
     asked = (await quiet.received(2))[1]
     assert asked.options == SCORES and "1 (ruim) a 5 (ótimo)" in asked.text
+    last_logged = await redis.lindex(names.conversation_log_key(question.conversation_id), -1)
+    assert last_logged is not None
+    logged = orjson.loads(last_logged)
+    assert (logged["kind"], logged["handled_by"], logged["reply"]["text"]) == ("csat", "bot", asked.text)
     assert (await counted(conversations)).contained == 1
 
     # A tap is recorded with who handled the conversation; the next message is its comment.

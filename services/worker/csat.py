@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from services.worker.engines.policy import csat_request
 from services.worker.engines.text import Language
@@ -22,7 +24,7 @@ from services.worker.state import OFFERED_TTL_SECONDS, Offered
 from shared.broker import BROKER_ERRORS, Broker
 from shared.conversations import Conversations, RatingAsk
 from shared.messages import ReplyMessage, parse_channel
-from shared.store import REDIS_ERRORS
+from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class RatingSweeper:
                 # Claimed and not sent: this conversation goes unrated rather than asked twice.
                 log.warning("rating question for %s not published: %r", ask.conversation_id, exc)
                 continue
+            await Store(self.conversations.redis, self.conversations.names).log_conversation(
+                ask.conversation_id, _log_entry(question, ask.handled_by)
+            )
             sent.append(question)
         return sent
 
@@ -78,3 +83,22 @@ class RatingSweeper:
         await self.conversations.redis.set(
             names.offered_key(question.conversation_id), offered.to_bytes(), ex=OFFERED_TTL_SECONDS
         )
+
+
+def _log_entry(question: ReplyMessage, handled_by: str) -> dict[str, Any]:
+    """The question in the operators' conversation log (as a reply with no customer message)."""
+    now = time.time()
+    return {
+        "message_id": question.message_id,
+        "kind": "csat",
+        "handled_by": handled_by,
+        "channel": question.channel,
+        "user_id": question.user_id,
+        "text": "",
+        "accepted_at": now,
+        "replied_at": now,
+        "reply": question.reply.to_dict(),
+        "latency_ms": None,
+        "queue_wait_ms": None,
+        "processing_ms": None,
+    }

@@ -191,6 +191,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "day": "Day",
         "fallback_rate": "fallback rate",
         "first_response": "agents' first response",
+        "promised_for": "out of hours: a person promised for",
     },
     "pt-BR": {
         "title": "Atendimento: administração",
@@ -367,6 +368,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "day": "Dia",
         "fallback_rate": "taxa de não encontrado",
         "first_response": "primeira resposta dos atendentes",
+        "promised_for": "fora do horário: atendente prometido para",
     },
 }
 

@@ -54,6 +54,8 @@ def handoff_dict(conversation_id: str, info: HandoffInfo) -> dict[str, Any]:
         "user_id": info.user_id,
         "reason": info.reason,
         "started_at": info.started_at,
+        # Asked for outside business hours: the customer was promised a person from then on.
+        "away_until": info.away_until or None,
     }
 
 
