@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -169,8 +170,9 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         # The same path as the bot's replies: delivery queues for channels, SSE streams for the web.
         await broker.publish_reply(reply)
         await store.log_conversation(conversation_id, _agent_entry(reply, actor))
-        # A conversation the agent is answering is not abandoned: renew the handoff's expiry.
-        await handoffs.start(conversation_id, info)
+        # A conversation the agent is answering is not abandoned: renew the handoff's expiry. A
+        # person has it now, even before the opening promised out of hours: the bot goes silent.
+        await handoffs.start(conversation_id, replace(info, away_until=0.0))
         # The first reply after the handoff: how long the customer waited for a person (counted
         # from the next opening when it was asked for outside business hours).
         await app[CONVERSATIONS].agent_replied(conversation_id, max(info.started_at, info.away_until))
