@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -22,8 +25,9 @@ from shared.hours import BusinessHours, parse_holidays, parse_timezone, parse_wi
 from shared.messages import ReplyContent
 from shared.names import Names
 from shared.settings import ConfigError, Settings
-from tests.support import ROOT, SAMPLE_PT, TEST_SHARDS
+from tests.support import PRAZO, ROOT, SAMPLE_PT, TEST_SHARDS, Stack, eventually, post_message, web_id
 from tests.support.commits import commit_of, message
+from tests.support.pipeline import wait_ready
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 HOURS = "mon-fri 08:00-18:00; sat 08:00-12:00"
@@ -175,3 +179,49 @@ async def test_an_away_handoff_waits_in_the_queue_and_the_bot_keeps_answering(re
     finally:
         async for key in redis.scan_iter(match=f"{names.namespace}:*"):
             await redis.delete(key)
+
+
+# End to end: the services as deployed ----------------------------------------------------------
+ADMIN = {"Authorization": "Bearer hours-test-admin-token"}
+
+
+async def test_out_of_hours_end_to_end_until_an_agent_answers(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis
+) -> None:
+    """Closed all day (today is a holiday): the away message names tomorrow's opening, the handoff
+    is listed for the agents, the bot keeps answering; once an agent answers, it is theirs."""
+    today = datetime.now(SAO_PAULO).date().isoformat()
+    closed = {"BUSINESS_HOURS": "mon-sun 00:00-24:00", "BUSINESS_HOLIDAYS": today}
+    gateway = await stack.start("gateway")
+    await stack.start("worker", **closed)
+    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN["Authorization"][7:], **closed)
+    await wait_ready(stack)
+
+    async def ask(text: str) -> tuple[int, dict[str, Any]]:
+        return await post_message(http, gateway, {"user_id": "rui", "conversation_id": "away", "text": text}, wait=10)
+
+    status, away = await ask("quero falar com um atendente")
+    assert status == 200 and away["reply"]["handoff"] is True
+    assert "amanhã às 00:00" in away["reply"]["text"] and "fila" in away["reply"]["text"]
+    async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
+        overview = await answer.json()
+    (listed,) = overview["handoffs"]
+    assert listed["conversation_id"] == web_id("rui", "away") and listed["away_until"] is not None
+    assert overview["business"]["open"] is False
+    status, meanwhile = await ask(PRAZO)
+    assert status == 200 and meanwhile["reply"]["sources"] == ["prazo-entrega"]
+
+    reply = {"conversation_id": web_id("rui", "away"), "text": "Oi, sou a Ana, estou aqui."}
+    async with http.post(f"{monitor.url}/admin/api/handoffs/reply", json=reply, headers=ADMIN) as answer:
+        assert answer.status == 200, await answer.text()
+    status, silent = await post_message(
+        http, gateway, {"user_id": "rui", "conversation_id": "away", "text": PRAZO}, wait=1
+    )
+    assert status == 202 and silent["status"] == "queued"
+
+    async def silenced() -> bool:
+        log_key = Names(stack.namespace, TEST_SHARDS).conversation_log_key(web_id("rui", "away"))
+        entries = [orjson.loads(raw) for raw in await redis.lrange(log_key, 0, -1)]
+        return any(e.get("silenced") and e["text"] == PRAZO for e in entries)
+
+    await eventually(silenced, what="the message after the agent's reply stored silenced")
