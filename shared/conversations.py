@@ -39,7 +39,6 @@ from shared.names import Names
 from shared.settings import Settings
 
 OUTCOMES = ("resolved", "resolved_after_clarify", "handed_off", "abandoned")
-CONTAINED = ("resolved", "resolved_after_clarify")
 HANDLERS = ("bot", "agent")
 SCORES = range(1, 6)
 DAY_TTL_SECONDS = 32 * 86_400
@@ -398,60 +397,3 @@ class Conversations:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """What the admin area and /monitoring/stats show of a span of days or hours."""
-
-    conversations: int = 0
-    contained: int = 0
-    handed_off: int = 0
-    abandoned: int = 0
-    resolved_after_clarify: int = 0
-    replies: int = 0
-    fallbacks: int = 0
-    csat: dict[int, int] = field(default_factory=dict)
-    first_response_s: float = 0.0
-    first_responses: int = 0
-
-    @property
-    def csat_responses(self) -> int:
-        return sum(self.csat.values())
-
-    @property
-    def csat_avg(self) -> float | None:
-        total = self.csat_responses
-        return round(sum(score * n for score, n in self.csat.items()) / total, 2) if total else None
-
-    @property
-    def fallback_rate(self) -> float | None:
-        return round(self.fallbacks / self.replies, 4) if self.replies else None
-
-    @property
-    def first_response_avg_s(self) -> float | None:
-        return round(self.first_response_s / self.first_responses, 1) if self.first_responses else None
-
-
-def summarise(counts: list[dict[str, float]]) -> Summary:
-    """Counts of several days or hours added up."""
-    added: dict[str, float] = {}
-    for one in counts:
-        for name, value in one.items():
-            added[name] = added.get(name, 0.0) + value
-
-    def whole(name: str) -> int:
-        return int(added.get(name, 0))
-
-    return Summary(
-        conversations=whole("started"),
-        contained=whole("contained"),
-        handed_off=whole("outcome:handed_off"),
-        abandoned=whole("outcome:abandoned"),
-        resolved_after_clarify=whole("outcome:resolved_after_clarify"),
-        replies=whole("replies"),
-        fallbacks=whole("fallbacks"),
-        csat={score: whole(f"csat:{score}") for score in SCORES},
-        first_response_s=added.get("first_response_s", 0.0),
-        first_responses=whole("first_responses"),
-    )

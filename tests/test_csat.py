@@ -29,10 +29,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from services.monitor.outcomes import Summary, summarise
 from services.worker.commit import Committer
 from services.worker.csat import RatingSweeper
 from shared.connections import Connections, open_connections
-from shared.conversations import Conversations, ConversationSettings, Keys, Summary, summarise
+from shared.conversations import Conversations, ConversationSettings, Keys
 from shared.messages import ReplyContent
 from shared.names import Names
 from shared.settings import Settings

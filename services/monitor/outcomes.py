@@ -5,7 +5,7 @@
 - `report`: the admin area's outcomes page, per day for 30 days and over 7 and 30 days;
 - `OutcomeCollector`: the Prometheus counters `atendimento_conversations_total{outcome,channel}`
   and `atendimento_csat_responses_total{score,handled_by}`, from the totals hash, which only
-  grows; `refresh` reads it (a scrape must not wait on Redis), the monitor's loop calls it.
+  grows; `run` reads it every ALERT_INTERVAL_SECONDS (a scrape never waits on Redis).
 """
 
 from __future__ import annotations
@@ -13,18 +13,75 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from services.monitor.problems import unreachable
-from shared.conversations import HANDLERS, OUTCOMES, SCORES, Conversations, Summary, summarise
+from shared.conversations import HANDLERS, OUTCOMES, SCORES, Conversations
 from shared.messages import CHANNELS
 from shared.store import REDIS_ERRORS
 
 REFRESH_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the admin area and /monitoring/stats show of a span of days or hours."""
+
+    conversations: int = 0
+    contained: int = 0
+    handed_off: int = 0
+    abandoned: int = 0
+    resolved_after_clarify: int = 0
+    replies: int = 0
+    fallbacks: int = 0
+    csat: dict[int, int] = field(default_factory=dict)
+    first_response_s: float = 0.0
+    first_responses: int = 0
+
+    @property
+    def csat_responses(self) -> int:
+        return sum(self.csat.values())
+
+    @property
+    def csat_avg(self) -> float | None:
+        total = self.csat_responses
+        return round(sum(score * n for score, n in self.csat.items()) / total, 2) if total else None
+
+    @property
+    def fallback_rate(self) -> float | None:
+        return round(self.fallbacks / self.replies, 4) if self.replies else None
+
+    @property
+    def first_response_avg_s(self) -> float | None:
+        return round(self.first_response_s / self.first_responses, 1) if self.first_responses else None
+
+
+def summarise(counts: list[dict[str, float]]) -> Summary:
+    """Counts of several days or hours added up."""
+    added: dict[str, float] = {}
+    for one in counts:
+        for name, value in one.items():
+            added[name] = added.get(name, 0.0) + value
+
+    def whole(name: str) -> int:
+        return int(added.get(name, 0))
+
+    return Summary(
+        conversations=whole("started"),
+        contained=whole("contained"),
+        handed_off=whole("outcome:handed_off"),
+        abandoned=whole("outcome:abandoned"),
+        resolved_after_clarify=whole("outcome:resolved_after_clarify"),
+        replies=whole("replies"),
+        fallbacks=whole("fallbacks"),
+        csat={score: whole(f"csat:{score}") for score in SCORES},
+        first_response_s=added.get("first_response_s", 0.0),
+        first_responses=whole("first_responses"),
+    )
 
 
 class ConversationStats(TypedDict):
@@ -77,28 +134,10 @@ async def checked_report(conversations: Conversations) -> Report:
 
 async def report(conversations: Conversations) -> Report:
     """Raises REDIS_ERRORS."""
-    days = [(day, summarise([counts])) for day, counts in await conversations.read_days(30)]
-    days.reverse()
-    return Report(
-        days=days,
-        week=summarise_days(days[:7]),
-        month=summarise_days(days),
-    )
-
-
-def summarise_days(days: list[tuple[str, Summary]]) -> Summary:
-    return Summary(
-        conversations=sum(s.conversations for _, s in days),
-        contained=sum(s.contained for _, s in days),
-        handed_off=sum(s.handed_off for _, s in days),
-        abandoned=sum(s.abandoned for _, s in days),
-        resolved_after_clarify=sum(s.resolved_after_clarify for _, s in days),
-        replies=sum(s.replies for _, s in days),
-        fallbacks=sum(s.fallbacks for _, s in days),
-        csat={score: sum(s.csat.get(score, 0) for _, s in days) for score in SCORES},
-        first_response_s=sum(s.first_response_s for _, s in days),
-        first_responses=sum(s.first_responses for _, s in days),
-    )
+    counted = await conversations.read_days(30)  # oldest first
+    days = [(day, summarise([counts])) for day, counts in reversed(counted)]
+    every = [counts for _, counts in counted]
+    return Report(days=days, week=summarise(every[-7:]), month=summarise(every))
 
 
 def _summary_dict(summary: Summary) -> dict[str, Any]:
