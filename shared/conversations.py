@@ -109,7 +109,7 @@ class Keys:
 
     @property
     def comments(self) -> str:
-        """List of the ratings' comments, newest first."""
+        """List of the ratings' comments, newest first (the last COMMENTS_KEPT, gone after 32 quiet days)."""
         return f"{self.prefix}:csat:comments"
 
     @property
@@ -174,6 +174,7 @@ local function track(K, c, t)
     redis.call('LPUSH', K[7], cjson.encode({conversation = c.id, score = st.rated.score,
       handled_by = st.rated.by, text = c.text, at = c.now}))
     redis.call('LTRIM', K[7], 0, c.comments_kept - 1)
+    redis.call('EXPIRE', K[7], c.day_ttl)
     redis.call('HDEL', K[1], c.id)
     return
   end
@@ -383,6 +384,10 @@ class Conversations:
         """The counts of the last `hours` hours (the current one included)."""
         now = self.clock()
         return await self._hashes([self.keys.hour(now - back * 3600) for back in range(hours)])
+
+    async def read_comments(self, limit: int) -> list[dict[str, Any]]:
+        """The latest ratings' comments, newest first: conversation, score, handled_by, text, at."""
+        return [orjson.loads(raw) for raw in await self.redis.lrange(self.keys.comments, 0, limit - 1)]
 
     async def read_totals(self) -> dict[str, float]:
         return (await self._hashes([self.keys.totals]))[0]

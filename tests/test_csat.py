@@ -205,14 +205,19 @@ async def numbers_shown(http: aiohttp.ClientSession, monitor: Service) -> None:
     assert (shown["started_24h"], shown["handed_off_24h"]) == (3, 1)
     assert (shown["csat_responses_7d"], shown["csat_avg_7d"]) == (2, 4.5)
     async with http.get(f"{monitor.url}/admin/api/outcomes", headers=ADMIN) as answer:
-        week = (await answer.json())["last_7_days"]
+        outcomes = await answer.json()
+    week = outcomes["last_7_days"]
+    (comment,) = outcomes["comments"]
+    assert (comment["score"], comment["handled_by"], comment["text"]) == (4, "bot", "Muito rápido, obrigado")
     assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (3, 1, 1)
     assert week["first_response_avg_s"] is not None
     async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
         business = (await answer.json())["business"]
     assert business["open"] is False and business["next_opening"].endswith("T00:00:00-03:00")
     async with http.get(f"{monitor.url}/admin/outcomes", headers=ADMIN) as answer:
-        assert answer.status == 200 and 'data-metric="last_7_days.csat_avg" data-value="4.5"' in await answer.text()
+        page = await answer.text()
+    assert answer.status == 200 and 'data-metric="last_7_days.csat_avg" data-value="4.5"' in page
+    assert "<q>Muito rápido, obrigado</q>" in page
 
     async def counters() -> Samples | None:
         _, samples = await scrape(http, monitor)

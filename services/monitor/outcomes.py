@@ -25,6 +25,7 @@ from shared.messages import CHANNELS
 from shared.store import REDIS_ERRORS
 
 REFRESH_S = 15.0
+COMMENTS_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +116,14 @@ class Report:
     days: list[tuple[str, Summary]]
     week: Summary
     month: Summary
+    comments: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "days": [{"day": day, **_summary_dict(summary)} for day, summary in self.days],
             "last_7_days": _summary_dict(self.week),
             "last_30_days": _summary_dict(self.month),
+            "comments": self.comments,
         }
 
 
@@ -137,7 +140,8 @@ async def report(conversations: Conversations) -> Report:
     counted = await conversations.read_days(30)  # oldest first
     days = [(day, summarise([counts])) for day, counts in reversed(counted)]
     every = [counts for _, counts in counted]
-    return Report(days=days, week=summarise(every[-7:]), month=summarise(every))
+    comments = await conversations.read_comments(COMMENTS_SHOWN)
+    return Report(days=days, week=summarise(every[-7:]), month=summarise(every), comments=comments)
 
 
 def _summary_dict(summary: Summary) -> dict[str, Any]:

@@ -192,6 +192,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "fallback_rate": "fallback rate",
         "first_response": "agents' first response",
         "promised_for": "out of hours: a person promised for",
+        "latest_comments": "Latest comments with a rating",
+        "no_comments": "No comments yet.",
+        "bot": "bot",
     },
     "pt-BR": {
         "title": "Atendimento: administração",
@@ -369,6 +372,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "fallback_rate": "taxa de não encontrado",
         "first_response": "primeira resposta dos atendentes",
         "promised_for": "fora do horário: atendente prometido para",
+        "latest_comments": "Últimos comentários das avaliações",
+        "no_comments": "Nenhum comentário ainda.",
+        "bot": "bot",
     },
 }
 
