@@ -6,7 +6,9 @@ Time comes from a clock the test sets, never from sleeping."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,7 +22,8 @@ from services.worker.commit import Committer
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy
-from shared.handoff import Handoffs
+from services.worker.state import WorkerStore
+from shared.handoff import HandoffInfo, Handoffs
 from shared.hours import BusinessHours, parse_holidays, parse_timezone, parse_windows
 from shared.messages import ReplyContent
 from shared.names import Names
@@ -176,6 +179,24 @@ async def test_an_away_handoff_waits_in_the_queue_and_the_bot_keeps_answering(re
         clock.now = at("2026-12-07 08:01")  # people are back: the conversation is theirs
         (later,) = await committer.commit_all([commit_of(message("c-away"), ANSWER)])
         assert later.silenced
+    finally:
+        async for key in redis.scan_iter(match=f"{names.namespace}:*"):
+            await redis.delete(key)
+
+
+async def test_the_llm_path_generates_while_people_are_away(redis: Redis) -> None:
+    """An engine that reads the memory learns first whether a person has the conversation (and then
+    generates nothing): not while the handoff waits for the next opening."""
+    names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
+    store, handoffs = WorkerStore(redis, names), Handoffs(redis, names)
+    try:
+        away = HandoffInfo(channel="web", user_id="ana", away_until=time.time() + 3600)
+        await handoffs.start("c-away", away)
+        state = await store.begin(message("c-away"), redelivered=False, with_history=True, with_offered=False)
+        assert state.handed_off is False
+        await handoffs.start("c-away", replace(away, away_until=0.0))
+        state = await store.begin(message("c-away"), redelivered=False, with_history=True, with_offered=False)
+        assert state.handed_off is True
     finally:
         async for key in redis.scan_iter(match=f"{names.namespace}:*"):
             await redis.delete(key)
