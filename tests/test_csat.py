@@ -37,11 +37,11 @@ from shared.conversations import Conversations, ConversationSettings, Keys
 from shared.messages import ReplyContent
 from shared.names import Names
 from shared.settings import Settings
-from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json
+from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, post_message
 from tests.support.channel_fakes import TELEGRAM_ENV, FakeChannelApi, post_telegram, telegram_tap, telegram_text
 from tests.support.commits import commit_of, message
 from tests.support.metrics import Samples, scrape, value
-from tests.support.pipeline import wait_ready
+from tests.support.pipeline import read_events, wait_ready
 
 PRAZO = "Qual o prazo de entrega?"
 SCORES = [(f"csat:{n}", str(n)) for n in range(1, 6)]
@@ -238,6 +238,31 @@ def promtool_check(text: str) -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     # promtool prints lint findings and exits 1 on any; a clean text gives no output at all.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+async def test_the_chat_page_gets_the_rating_as_chips_and_a_chip_is_recorded(
+    stack: Stack, gateway: Service, http: aiohttp.ClientSession, connections: Connections
+) -> None:
+    """The web channel: the question arrives on the conversation's event stream with the scores as
+    options (the chat page shows them as chips), and the chosen one comes back as `option`."""
+    names = Names(connections.names.namespace, TEST_SHARDS)
+    clock = Clock()
+    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
+    sweeper = RatingSweeper(conversations, connections.broker, "pt")
+    asked = {"user_id": "lia", "conversation_id": "chat", "text": PRAZO}
+    assert (await post_message(http, gateway, asked, wait=10))[0] == 200
+    connected = asyncio.Event()
+    stream = asyncio.create_task(read_events(http, gateway, "chat", 1, connected, user_id="lia"))
+    await asyncio.wait_for(connected.wait(), 10)
+    clock.now += 31 * MINUTE
+    (question,) = await sweeper.sweep_once()
+    (event,) = await asyncio.wait_for(stream, 20)
+    assert event["message_id"] == question.message_id
+    assert [(o["id"], o["label"]) for o in event["reply"]["options"]] == SCORES
+    chip = {"user_id": "lia", "conversation_id": "chat", "text": "3", "option": "csat:3"}
+    status, thanked = await post_message(http, gateway, chip, wait=10)
+    assert status == 200 and thanked["reply"]["text"].startswith("Obrigado pela avaliação!")
+    assert (await conversations.read_totals()).get("csat:3:bot") == 1
 
 
 ANSWER = ReplyContent(text="Cinco dias.", engine="kb", confidence=0.9, sources=("prazo",))
