@@ -40,6 +40,13 @@ class HandoffInfo:
     # The customer's words that asked for a human, shown to the agent.
     reason: str = ""
     started_at: float = field(default_factory=time.time)
+    # Asked for outside business hours: until this epoch time nobody is there, and the bot keeps
+    # answering while the conversation waits in the queue (0: a person has it now).
+    away_until: float = 0.0
+
+    def with_person(self, now: float) -> bool:
+        """Whether the bot stays silent now (shared with the commit script, services/worker/commit.py)."""
+        return self.away_until <= now
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -50,6 +57,7 @@ class HandoffInfo:
                 "metadata": self.metadata,
                 "reason": self.reason,
                 "started_at": self.started_at,
+                "away_until": self.away_until,
             }
         )
 
@@ -64,6 +72,7 @@ class HandoffInfo:
                 metadata=dict(data.get("metadata") or {}),
                 reason=str(data.get("reason", "")),
                 started_at=float(data["started_at"]),
+                away_until=float(data.get("away_until") or 0.0),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MessageFormatError(f"handoff: {exc!r}") from exc

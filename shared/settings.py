@@ -20,6 +20,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from shared.hours import DEFAULT_TIMEZONE, BusinessHours, parse_holidays, parse_timezone, parse_windows
+
 T = TypeVar("T")
 
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
@@ -92,6 +94,10 @@ class Settings:
     handoff_after_fallbacks: int = 3
     # Messages of one conversation arriving within this window get one reply together (0: off).
     debounce_ms: int = 0
+    # BUSINESS_HOURS, BUSINESS_TIMEZONE, BUSINESS_HOLIDAYS (shared/hours.py); no windows: always open.
+    business_hours: BusinessHours = field(default_factory=BusinessHours)
+    # Quiet minutes after which a finished conversation is asked for a rating (0: no CSAT).
+    csat_after_minutes: int = 30
 
     # Edge
     gateway_api_keys: tuple[str, ...] = ()
@@ -259,6 +265,8 @@ class Settings:
             memory_ttl_s=read.integer("MEMORY_TTL_SECONDS", defaults.memory_ttl_s, 60, 90 * 86_400),
             handoff_after_fallbacks=read.integer("HANDOFF_AFTER_FALLBACKS", defaults.handoff_after_fallbacks, 0, 100),
             debounce_ms=read.integer("DEBOUNCE_MS", defaults.debounce_ms, 0, 60_000),
+            business_hours=read.business_hours(),
+            csat_after_minutes=read.integer("CSAT_AFTER_MINUTES", defaults.csat_after_minutes, 0, 7 * 24 * 60),
             gateway_api_keys=read.csv("GATEWAY_API_KEYS"),
             rate_limit_per_user=read.number("RATE_LIMIT_PER_USER", defaults.rate_limit_per_user, 0, 1e6),
             rate_limit_per_ip=read.number("RATE_LIMIT_PER_IP", defaults.rate_limit_per_ip, 0, 1e6),
@@ -472,6 +480,24 @@ class _Reader:
             return values
 
         return self._parse(name, (), parse, "comma-separated secrets of at least 16 characters each")
+
+    def business_hours(self) -> BusinessHours:
+        """BUSINESS_HOURS, BUSINESS_TIMEZONE and BUSINESS_HOLIDAYS, each error naming its own."""
+        return BusinessHours(
+            self._detailed("BUSINESS_HOURS", (), parse_windows),
+            self._detailed("BUSINESS_TIMEZONE", parse_timezone(DEFAULT_TIMEZONE), parse_timezone),
+            self._detailed("BUSINESS_HOLIDAYS", frozenset(), parse_holidays),
+        )
+
+    def _detailed(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        """Like `_parse`, for formats whose parser says what is wrong in its ValueError."""
+        raw = self._get(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
 
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""

@@ -49,7 +49,11 @@ def substitute(query: str) -> str:
 def exported_families() -> set[str]:
     """Every metric name our code defines (shared/metrics.py, the monitor's collector) or that
     prometheus_client's process collector exports."""
-    sources = [ROOT / "shared" / "metrics.py", ROOT / "services" / "monitor" / "gauges.py"]
+    sources = [
+        ROOT / "shared" / "metrics.py",
+        ROOT / "services" / "monitor" / "gauges.py",
+        ROOT / "services" / "monitor" / "outcomes.py",
+    ]
     names = {m for path in sources for m in re.findall(r'"(atendimento_[a-z0-9_]+)"', path.read_text())}
     names |= {
         m.replace("{name}", kind)
@@ -64,7 +68,7 @@ def test_the_dashboard_loads_and_covers_the_areas() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "ia-atendimento-bot" and dashboard["title"]
     rows = {panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"}
-    assert {"Traffic", "Latency", "Errors", "Queue", "LLM", "Handoffs"} <= rows
+    assert {"Traffic", "Latency", "Errors", "Queue", "LLM", "Handoffs", "Outcomes"} <= rows
     ids = [panel["id"] for panel in panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids are unique"
     for panel in panels(dashboard):
@@ -87,6 +91,14 @@ def test_every_expression_parses_and_names_exported_metrics() -> None:
             assert name in exported or family in exported, f"{name} is not exported: {query}"
         percentiles += "histogram_quantile" in query and "_bucket" in query
     assert percentiles >= 5, "latency percentiles come from the histograms"
+
+
+def test_outcomes_and_ratings_have_their_panels() -> None:
+    """Issue 22: conversations by outcome (and the share the bot contained), ratings by score and
+    their average by who handled the conversation."""
+    named = [metric_names(query) for query in expressions()]
+    assert sum("atendimento_conversations_total" in names for names in named) >= 2
+    assert sum("atendimento_csat_responses_total" in names for names in named) >= 2
 
 
 def test_promtool_parses_every_expression(tmp_path: Path) -> None:

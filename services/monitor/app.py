@@ -26,10 +26,12 @@ from services.monitor.keys import (
     AUTH,
     BASE,
     BROKER,
+    CONVERSATIONS,
     CUSTOMER_DATA,
     DEAD_LETTERS,
     EVALUATOR,
     HANDOFFS,
+    OUTCOME_COUNTERS,
     RETENTION,
     SETTINGS,
     STORE,
@@ -38,10 +40,12 @@ from services.monitor.keys import (
     VIEW,
 )
 from services.monitor.observation import observe, stats_body
+from services.monitor.outcomes import OutcomeCollector, stats_block
 from services.monitor.problems import unreachable
 from services.monitor.stats_reader import iso, last_24h, read_raw
 from services.monitor.system import SystemView
 from shared.connections import open_connections
+from shared.conversations import Conversations, ConversationSettings
 from shared.handoff import Handoffs
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.privacy import retention
@@ -69,6 +73,8 @@ def create_app(settings: Settings) -> web.Application:
     registry = new_metrics_registry()
     app[TOKEN_CHECKS] = token_checks_counter(registry)
     registry.register(SystemCollector(lambda: app[EVALUATOR].latest if EVALUATOR in app else None))
+    app[OUTCOME_COUNTERS] = OutcomeCollector()
+    registry.register(app[OUTCOME_COUNTERS])
     # The monitor's /monitoring/health is the whole system's (SPEC section 5), routed below.
     Probes(None, registry).install(app)
     app.router.add_get("/monitoring/health", system_health)
@@ -89,6 +95,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time())
         app[DEAD_LETTERS] = DeadLetters(broker, redis)
         app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
+        app[CONVERSATIONS] = Conversations(redis, names, ConversationSettings.from_settings(settings))
         app[AUDIT] = AuditLog(redis, names)
         app[CUSTOMER_DATA] = CustomerData(redis, names, broker)
         app[RETENTION] = retention.Retention(redis, names, broker, settings.retention_days)
@@ -116,6 +123,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             "heartbeat",
             lambda: heartbeat_loop(app[STORE], info, settings.heartbeat_interval_s, settings.heartbeat_ttl_s),
         ),
+        supervised(
+            "outcome-counters", lambda: app[OUTCOME_COUNTERS].run(app[CONVERSATIONS], settings.alert_interval_s)
+        ),
     ]
     tasks.append(supervised("retention", lambda: retention.run(app[RETENTION])))
     if notifier is not None:
@@ -138,8 +148,10 @@ async def system_health(request: web.Request) -> web.Response:
 
 
 async def system_stats(request: web.Request) -> web.Response:
-    observation = await observe(request.app[VIEW])
-    return json_response(stats_body(observation, request.app[VIEW].started_at))
+    observation, conversations = await asyncio.gather(
+        observe(request.app[VIEW]), stats_block(request.app[CONVERSATIONS])
+    )
+    return json_response(stats_body(observation, request.app[VIEW].started_at, conversations))
 
 
 async def system_stats_24h(request: web.Request) -> web.Response:

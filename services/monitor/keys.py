@@ -11,8 +11,10 @@ from services.monitor.admin.basefile import BaseFile
 from services.monitor.audit import AuditLog
 from services.monitor.deadletters import DeadLetters
 from services.monitor.evaluator import Evaluator
+from services.monitor.outcomes import OutcomeCollector
 from services.monitor.system import SystemView
 from shared.broker import Broker
+from shared.conversations import Conversations
 from shared.handoff import Handoffs
 from shared.privacy.erasure import CustomerData
 from shared.privacy.retention import Retention
@@ -26,6 +28,8 @@ BROKER = web.AppKey("broker", Broker)
 EVALUATOR = web.AppKey("evaluator", Evaluator)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 HANDOFFS = web.AppKey("handoffs", Handoffs)
+CONVERSATIONS = web.AppKey("conversations", Conversations)
+OUTCOME_COUNTERS = web.AppKey("outcome_counters", OutcomeCollector)
 AUDIT = web.AppKey("audit", AuditLog)
 AUTH = web.AppKey("auth", AdminAuth)
 TEMPLATES = web.AppKey("templates", Environment)

@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 from services.monitor import alerts
 from services.monitor.alerts import Alert
 from services.monitor.health import Health, ServiceInfo, SystemStatus
+from services.monitor.outcomes import ConversationStats
 from services.monitor.stats_reader import (
     ErrorCounts,
     Latency,
@@ -67,6 +68,7 @@ class StatsBody(TypedDict):
     queue: QueueCounts
     services: list[ServiceInfo] | None
     alerts: list[dict[str, Any]]
+    conversations: ConversationStats | None
     unavailable: list[str]
 
 
@@ -91,8 +93,11 @@ async def observe(view: SystemView) -> Observation:
     )
 
 
-def stats_body(observation: Observation, started_at: float) -> StatsBody:
-    """/monitoring/stats (SPEC section 5). Counters are null while Redis cannot be read."""
+def stats_body(
+    observation: Observation, started_at: float, conversations: ConversationStats | None = None
+) -> StatsBody:
+    """/monitoring/stats (SPEC section 5). Counters are null while Redis cannot be read;
+    `conversations` is services/monitor/outcomes.py `stats_block`."""
     rabbitmq = observation.health["checks"]["rabbitmq"]
     summary = observation.summary
     return {
@@ -112,5 +117,6 @@ def stats_body(observation: Observation, started_at: float) -> StatsBody:
         },
         "services": observation.services,
         "alerts": [alert.to_dict() for alert in observation.alerts],
+        "conversations": conversations,
         "unavailable": [] if observation.summary is not None else ["redis"],
     }

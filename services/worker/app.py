@@ -14,11 +14,13 @@ from aiohttp import web
 from services.worker import kbreload
 from services.worker.commit import CommitSettings, Committer
 from services.worker.consumer import ShardConsumer
+from services.worker.csat import RatingSweeper
 from services.worker.engines.base import ChoosingEngine, ReplyEngine
 from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.openai import OpenAiConfig, OpenAiEngine
 from services.worker.engines.policy import ReplyPolicy
+from services.worker.engines.text import Language
 from services.worker.kbreload import KbReloader, LiveEngine
 from services.worker.media import MediaResolver
 from services.worker.privacy import CustomerRequests
@@ -26,6 +28,7 @@ from services.worker.processor import Processor
 from services.worker.state import WorkerStore
 from shared.broker import Broker
 from shared.connections import open_connections
+from shared.conversations import Conversations, ConversationSettings
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import WorkerMetrics
 from shared.privacy.erasure import CustomerData
@@ -44,6 +47,8 @@ STORE = web.AppKey("store", WorkerStore)
 CONSUMER = web.AppKey("consumer", ShardConsumer)
 MEDIA = web.AppKey("media", MediaResolver)
 METRICS = web.AppKey("metrics", WorkerMetrics)
+# The knowledge base's language at start: the rating question is asked in it.
+LANGUAGE: web.AppKey[Language] = web.AppKey("language")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,14 @@ class EngineFactory:
         engine, kb = self._version(knowledge)
         translations = {language: self._version(knowledge.translated(language)) for language in knowledge.translations}
         escalate = self.settings.handoff_after_fallbacks > 0
-        return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=escalate, translations=translations)
+        return ReplyPolicy(
+            engine,
+            knowledge.language,
+            catalog=kb,
+            escalate=escalate,
+            translations=translations,
+            hours=self.settings.business_hours,
+        )
 
     def _version(self, knowledge: KnowledgeBase) -> tuple[ReplyEngine, KbEngine]:
         kb = KbEngine(knowledge, model=self.model)
@@ -99,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     app[FACTORY] = factory
     engine = build_engine(factory)
     app[ENGINE] = engine
+    app[LANGUAGE] = engine.language
     app[MEDIA] = MediaResolver(settings, engine.language, reads_media=settings.reply_engine == "openai")
     registry = new_metrics_registry()
     app[METRICS] = WorkerMetrics.create(registry)
@@ -125,6 +138,7 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
         memory_ttl_s=settings.memory_ttl_s,
         handoff_ttl_s=settings.handoff_ttl_s,
         handoff_after_fallbacks=settings.handoff_after_fallbacks,
+        conversations=ConversationSettings.from_settings(settings),
     )
     processor = Processor(
         store=store,
@@ -160,8 +174,17 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     balancing = supervised("shard-balancer", lambda: consumer.run(settings.heartbeat_interval_s))
+    sweeper = RatingSweeper(
+        Conversations(store.redis, store.names, ConversationSettings.from_settings(settings)),
+        app[BROKER],
+        app[LANGUAGE],
+    )
+    sweeping = supervised("conversation-sweeper", sweeper.run)
     reloading = _reloading(app)
     yield
+    sweeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeping
     if reloading is not None:
         reloading.cancel()
         with contextlib.suppress(asyncio.CancelledError):

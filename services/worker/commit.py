@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from redis.exceptions import NoScriptError
 
 from services.worker.coalesce import Coalescer
 from services.worker.state import OFFERED_TTL_SECONDS, Offered
-from shared import handoff, stats
+from shared import conversations, handoff, stats
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
@@ -80,7 +80,14 @@ if stored then
 end
 local p = cjson.decode(ARGV[1])
 local outcome, reply = 'sent', p.reply
-if p.silenced or redis.call('EXISTS', KEYS[2]) == 1 then
+-- A person has the conversation, unless it was handed over outside business hours and they are
+-- not back yet (shared.handoff HandoffInfo.with_person): then the bot keeps answering.
+local held = redis.call('GET', KEYS[2])
+if held then
+  local away = cjson.decode(held).away_until
+  held = not away or tonumber(away) <= p.now
+end
+if p.silenced or held then
   outcome, reply = 'silenced', p.silenced_reply
 elseif p.streak == 'count' then
   local streak = redis.call('INCR', KEYS[3])
@@ -111,8 +118,12 @@ return {outcome}
 # KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
 #       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
 #       queue of replies to send: services/gateway/delivery/order.py), 9 the commit's marker,
-#       10 the options offered (services/worker/state.py `Offered`).
-_EFFECTS = """#!lua
+#       10 the options offered (services/worker/state.py `Offered`), 11-17 the conversation's
+#       outcome, quiet timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
+_EFFECTS = (
+    "#!lua\n"
+    + conversations.TRACK_LUA
+    + """
 local outcome = redis.call('GET', KEYS[9])
 if not outcome then
   return 0
@@ -156,8 +167,12 @@ if v.outbound then
   redis.call('RPUSH', KEYS[8], p.message_id)
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
 end
+if v.track then
+  track({KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]}, p.track, v.track)
+end
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +224,8 @@ class CommitSettings:
     memory_ttl_s: int = 86_400
     handoff_ttl_s: int = handoff.DEFAULT_TTL_SECONDS
     handoff_after_fallbacks: int = 3
+    # When a conversation ends and is asked for a rating, and the days it is counted in.
+    conversations: conversations.ConversationSettings = field(default_factory=conversations.ConversationSettings)
 
 
 @dataclass(slots=True)
@@ -219,6 +236,8 @@ class Committer:
     redis: Redis
     names: Names
     settings: CommitSettings = field(default_factory=CommitSettings)
+    # Epoch seconds now (a test's clock decides, e.g., whether people are back from an away handoff).
+    clock: Callable[[], float] = time.time
     _batches: Coalescer[Commit, ReplyMessage] = field(init=False)
     _decide_sha: str = ""
     _effects_sha: str = ""
@@ -245,7 +264,7 @@ class Committer:
     async def _commit(self, items: list[Commit]) -> list[ReplyMessage]:
         """Decide and apply the effects in one pipeline: Redis runs both scripts of a message
         back to back, so a worker dying after sending leaves nothing half done."""
-        now = time.time()
+        now = self.clock()
         calls: list[tuple[str, list[str], bytes]] = []
         for item in items:
             calls.append((self._decide_sha, self._keys(item), orjson.dumps(self._payload(item, now))))
@@ -287,6 +306,7 @@ class Committer:
             metadata=message.metadata,
             reason=item.user_text,
             started_at=now,
+            away_until=max(reply.reply.away_until, escalation.reply.away_until if escalation else 0.0),
         )
         return {
             "reply": reply.to_bytes().decode(),
@@ -330,6 +350,9 @@ class Committer:
             "conversation": conversation,
             "message_id": message.message_id,
             "outbound_ttl": IDEMPOTENCY_TTL_SECONDS,
+            "track": conversations.tracking(
+                self.settings.conversations, conversation, _address(message), item.user_text, now
+            ),
         }
         keys = [
             fine,
@@ -342,6 +365,7 @@ class Committer:
             names.outbound_order_key(conversation),
             names.commit_marker_key(message.message_id),
             names.offered_key(conversation),
+            *conversations.Keys(names).tracked(conversation, now, self.settings.conversations.day(now)),
         ]
         return keys, orjson.dumps(payload)
 
@@ -349,7 +373,7 @@ class Committer:
         """The effects that depend on which reply stands."""
         content = reply.reply
         memory, offered = self._carried(item, reply)
-        return {
+        variant = {
             "stats": stats.reply_writes(_counts(item, reply)),
             "memory": memory,
             "offered": offered,
@@ -359,6 +383,11 @@ class Committer:
             # A reply the delivery consumers will send (not the web's, not one held back).
             "outbound": item.message.channel != "web" and not reply.silenced and not item.merged,
         }
+        if not item.merged:  # what the reply does to its conversation's outcome and rating
+            variant["track"] = conversations.reply_tracking(
+                content.kind, handoff=content.handoff, silenced=reply.silenced, csat=content.csat
+            )
+        return variant
 
     def _carried(self, item: Commit, reply: ReplyMessage) -> tuple[str, str]:
         """What the standing reply does to the memory and to the options offered: a silenced or
@@ -385,6 +414,16 @@ def _counts(item: Commit, reply: ReplyMessage) -> stats.ReplyCounts:
         handoff=reply.reply.handoff and not reply.silenced and not item.merged,
         merged=item.merged,
     )
+
+
+def _address(message: InboundMessage) -> dict[str, Any]:
+    """Where a rating's question goes when the conversation ends (the reply's own addressing)."""
+    return {
+        "channel": message.channel,
+        "user_id": message.user_id,
+        "gateway_id": message.gateway_id,
+        "metadata": message.metadata,
+    }
 
 
 def silenced(reply: ReplyMessage) -> ReplyMessage:

@@ -5,12 +5,14 @@ count of failed attempts at a message. The commit is services/worker/commit.py.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import orjson
 from redis.commands.core import AsyncScript
 
+from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, Option, ReplyMessage
 from shared.store import IDEMPOTENCY_TTL_SECONDS, Store
 from shared.telemetry import redis_span, traced_redis
@@ -92,19 +94,19 @@ class WorkerStore(Store):
                 pipe.get(self.names.attempts_key(message.message_id))
             if with_history:
                 pipe.lrange(self.names.memory_key(conversation), -2 * self.memory_turns, -1)
-                pipe.exists(self.names.handoff_key(conversation))
+                pipe.get(self.names.handoff_key(conversation))
             if with_offered:
                 pipe.get(self.names.offered_key(conversation))
             with redis_span("begin"):
                 results = iter(await pipe.execute())
         stored, attempt = (next(results), int(next(results) or 0) + 1) if redelivered else (None, 1)
-        memory, handed_off = (next(results), bool(next(results))) if with_history else ([], False)
+        memory, handoff = (next(results), next(results)) if with_history else ([], None)
         offered = next(results) if with_offered else None
         return WorkState(
             stored_reply=ReplyMessage.from_bytes(stored) if stored else None,
             attempt=attempt,
             history=[orjson.loads(item) for item in memory],
-            handed_off=handed_off,
+            handed_off=handoff is not None and HandoffInfo.from_bytes(handoff).with_person(time.time()),
             offered=Offered.from_bytes(offered) if offered else Offered(),
         )
 

@@ -12,6 +12,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared import unanswered
+from shared.conversations import Keys as ConversationKeys
 from shared.names import Names
 from shared.privacy.holdings import Holdings, message_keys
 from shared.privacy.requests import PrivacyRequests
@@ -308,6 +309,42 @@ class Contacts:
         return int(await self.redis.delete(self._key(found)))
 
 
+class ConversationStates:
+    """Each open conversation's state and quiet timer, the ratings asked and given, and the ratings'
+    comments (shared/conversations.py); the per-day outcome counts hold no one's data and stay."""
+
+    name = "conversation_states"
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.keys = ConversationKeys(names)
+        self.redis = redis
+
+    async def collect(self, found: Holdings) -> dict[str, Any]:
+        ids = sorted(found.conversations)
+        states = await self.redis.hmget(self.keys.open, ids) if ids else []
+        return {
+            "open": {c: _loads(state) for c, state in zip(ids, states, strict=True) if state is not None},
+            "comments": [
+                c for c in map(_loads, await self._comments()) if c.get("conversation") in found.conversations
+            ],
+        }
+
+    async def _comments(self) -> list[str]:
+        return [str(raw) for raw in await self.redis.lrange(self.keys.comments, 0, -1)]
+
+    async def erase(self, found: Holdings) -> int:
+        ids = sorted(found.conversations)
+        if not ids:
+            return 0
+        erased = int(await self.redis.hdel(self.keys.open, *ids)) + int(await self.redis.zrem(self.keys.due, *ids))
+        per_conversation = [prefix + c for c in ids for prefix in (self.keys.asked_prefix, self.keys.rating_prefix)]
+        erased += int(await self.redis.delete(*per_conversation))
+        for raw in await self._comments():
+            if _loads(raw).get("conversation") in found.conversations:
+                erased += int(await self.redis.lrem(self.keys.comments, 0, raw))
+        return erased
+
+
 def owners(redis: Redis, names: Names) -> tuple[Owner, ...]:
     """Every owner of customer data in Redis, in the order an export lists them."""
     return (
@@ -318,6 +355,7 @@ def owners(redis: Redis, names: Names) -> tuple[Owner, ...]:
         Messages(redis, names),
         Users(redis, names),
         Contacts(redis, names),
+        ConversationStates(redis, names),
         Requests(PrivacyRequests(redis, names)),
         AuditTargets(redis, names),
     )

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from services.monitor.admin import conversations, inbox, knowledge, operations, outbound, teaching
 from services.monitor.admin.guard import ACTOR
-from services.monitor.keys import AUDIT
+from services.monitor.keys import AUDIT, CONVERSATIONS
+from services.monitor.outcomes import checked_report
 from services.monitor.problems import unreachable
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
@@ -32,6 +33,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
 async def overview(request: web.Request) -> web.Response:
     page = operations.handoffs_page(request.query.get("handoffs_page"))
     return json_response(operations.overview_json(await operations.overview(request.app, page)))
+
+
+async def outcomes(request: web.Request) -> web.Response:
+    """Conversations, outcomes and ratings per day for 30 days, and over 7 and 30 days."""
+    return json_response((await checked_report(request.app[CONVERSATIONS])).to_dict())
 
 
 async def conversation(request: web.Request) -> web.Response:

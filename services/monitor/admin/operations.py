@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -21,8 +22,9 @@ from services.monitor.admin.outbound import deliveries
 from services.monitor.audit import Actor
 from services.monitor.deadletters import DeadLetter, NotFound, ReplayError
 from services.monitor.health import health_json
-from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
+from services.monitor.keys import AUDIT, BROKER, CONVERSATIONS, DEAD_LETTERS, HANDOFFS, SETTINGS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
+from services.monitor.outcomes import stats_block
 from services.monitor.problems import unreachable
 from services.monitor.stats_reader import last_24h
 from shared.broker import BROKER_ERRORS
@@ -56,6 +58,8 @@ def handoff_dict(conversation_id: str, info: HandoffInfo) -> dict[str, Any]:
         "name": inbox.customer_name(info),
         "reason": info.reason,
         "started_at": info.started_at,
+        # Asked for outside business hours: the customer was promised a person from then on.
+        "away_until": info.away_until or None,
     }
 
 
@@ -74,15 +78,17 @@ async def overview(app: web.Application, page: int = 1) -> dict[str, Any]:
     """Everything the dashboard shows, in one consistent read; `page` of the handoffs."""
     observation = await observe(app[VIEW])
     depth = observation.health["checks"]["rabbitmq"].get("dead_letters")
-    letters, handoffs, conversations, audit = await asyncio.gather(
+    letters, handoffs, conversations, audit, outcomes = await asyncio.gather(
         _or_none(app[DEAD_LETTERS].peek(depth)),
         _or_none(app[HANDOFFS].page((page - 1) * HANDOFFS_PER_PAGE, HANDOFFS_PER_PAGE)),
         _or_none(_recent_conversations(app)),
         _or_none(app[AUDIT].recent(RECENT_AUDIT)),
+        stats_block(app[CONVERSATIONS]),
     )
     return {
         "observation": observation,
-        "stats": stats_body(observation, app[VIEW].started_at),
+        "stats": stats_body(observation, app[VIEW].started_at, outcomes),
+        "business": app[SETTINGS].business_hours.describe(observation.timestamp),
         "day": last_24h(observation.raw) if observation.raw is not None else None,
         "dead_letters": letters,
         "handoffs": None if handoffs is None else [handoff_dict(cid, info) for cid, info in handoffs.items.items()],
@@ -105,6 +111,7 @@ def overview_json(data: dict[str, Any]) -> dict[str, Any]:
         "handoffs_paging": data["handoffs_paging"],
         "conversations": data["conversations"],
         "audit": data["audit"],
+        "business": data["business"],
     }
 
 
@@ -198,8 +205,12 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         # The same path as the bot's replies: delivery queues for channels, SSE streams for the web.
         await broker.publish_reply(reply)
         await store.log_conversation(conversation_id, _agent_entry(reply, actor))
-        # A conversation the agent is answering is not abandoned: renew the handoff's expiry.
-        await handoffs.start(conversation_id, info)
+        # A conversation the agent is answering is not abandoned: renew the handoff's expiry. A
+        # person has it now, even before the opening promised out of hours: the bot goes silent.
+        await handoffs.start(conversation_id, replace(info, away_until=0.0))
+        # The first reply after the handoff: how long the customer waited for a person (counted
+        # from the next opening when it was asked for outside business hours).
+        await app[CONVERSATIONS].agent_replied(conversation_id, max(info.started_at, info.away_until))
     except UNAVAILABLE as exc:
         await audit.record(actor, "reply_as_agent", conversation_id, "failed", str(exc) or type(exc).__name__)
         raise unreachable("RabbitMQ or Redis", "the reply was not sent") from None
@@ -215,6 +226,8 @@ async def release(app: web.Application, actor: Actor, conversation_id: Any) -> N
     try:
         released = await app[HANDOFFS].release(conversation_id)
         await inbox.forget(app, conversation_id)
+        if released:  # the conversation ends: the customer is asked to rate the agent's work
+            await app[CONVERSATIONS].released(conversation_id)
     except REDIS_ERRORS as exc:
         await audit.record(actor, "release_to_bot", conversation_id, "failed", str(exc) or type(exc).__name__)
         raise unreachable("Redis", "nothing was released") from None

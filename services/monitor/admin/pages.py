@@ -17,7 +17,8 @@ from services.monitor.admin.auth import LockedOut, Session
 from services.monitor.admin.guard import SESSION, STATIC_ROUTE, audit_failure, current_session
 from services.monitor.admin.i18n import Locale, negotiate
 from services.monitor.audit import Actor
-from services.monitor.keys import AUDIT, AUTH, SETTINGS, TEMPLATES
+from services.monitor.keys import AUDIT, AUTH, CONVERSATIONS, SETTINGS, TEMPLATES
+from services.monitor.outcomes import checked_report
 from services.monitor.problems import unreachable
 from shared.store import REDIS_ERRORS
 from shared.web import Problem
@@ -156,6 +157,11 @@ async def conversation_page(request: web.Request) -> web.Response:
     notice = request.query.get("notice", "")
     text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
     return render(request, "conversation.html", session=session, notice=text, **data)
+
+
+async def outcomes_page(request: web.Request) -> web.Response:
+    report = await checked_report(request.app[CONVERSATIONS])
+    return render(request, "outcomes.html", session=request[SESSION], report=report.to_dict())
 
 
 async def conversations_page(request: web.Request) -> web.Response:

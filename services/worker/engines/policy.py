@@ -15,6 +15,11 @@
     number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
     button is answered as if its label were typed. A choice of something not offered (expired,
     the conversation moved on, or never offered) gets "please choose again", never an answer.
+  * outside business hours (BUSINESS_HOURS) a request for a person, or an escalation, says when
+    people are back (`away_until`): the handoff is recorded and waits in the agents' queue, and the
+    bot keeps answering until then;
+  * a satisfaction rating (a `csat:N` option, services/worker/csat.py asks for it) is thanked for,
+    and the commit records it (`ReplyContent.csat`).
   * a customer asking to erase their data, or for a copy of it, is answered by engines/privacy.py's
     rules: an erasure is confirmed with two options first.
 The replies are in the customer's language (EngineRequest.language: pt, en or es; languages.py),
@@ -24,11 +29,14 @@ else the knowledge base's; a base translated into that language answers from its
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from shared.commands import is_reset
 from shared.contacts import is_opt_out
+from shared.hours import BusinessHours
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from . import privacy
@@ -40,6 +48,9 @@ from .text import LANGUAGES, Language, fold, words_of
 
 # Web conversations (services/gateway/web_conversations.py) get no proactive messages to opt out of.
 WEB_PREFIX = "web:"
+# A satisfaction rating's option id: `csat:1` .. `csat:5`.
+CSAT_PREFIX = "csat:"
+CSAT_SCORES = range(1, 6)
 
 
 # Matched against the folded message ("Não" -> "nao"), words separated by single spaces.
@@ -120,6 +131,16 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "privacy_erased": "Pronto: apaguei todos os seus dados. Se escrever de novo, começamos uma conversa nova.",
         "privacy_kept": "Tudo bem, não apaguei nada.",
         "privacy_export": "Anotei seu pedido de uma cópia dos seus dados: nossa equipe vai enviá-la em até 15 dias.",
+        # Outside BUSINESS_HOURS: `{when}` is one of the three `when_*` below.
+        "away": "Nosso time está fora do horário de atendimento agora. Deixei sua conversa na fila: uma pessoa"
+        " vai continuar por aqui {when}. Enquanto isso, posso tentar ajudar com suas dúvidas.",
+        "when_today": "hoje às {time}",
+        "when_tomorrow": "amanhã às {time}",
+        "when_day": "{weekday}, {day:02d}/{month:02d}, às {time}",
+        "weekdays": "segunda-feira,terça-feira,quarta-feira,quinta-feira,sexta-feira,sábado,domingo",
+        "months": "janeiro,fevereiro,março,abril,maio,junho,julho,agosto,setembro,outubro,novembro,dezembro",
+        "csat_ask": "Como você avalia este atendimento? Toque numa nota de 1 (ruim) a 5 (ótimo).",
+        "csat_thanks": "Obrigado pela avaliação! Se quiser, escreva um comentário sobre o atendimento.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -140,6 +161,15 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "privacy_export": "I have recorded your request for a copy of your data: our team will send it within 15 days.",
         "opt_out": "Done, you will not get our automatic messages any more. If you change your mind, just write to us.",
         "fallback": "Sorry, I could not find that information. Would you like to talk to an agent?",
+        "away": "Our team is outside business hours right now. I have put your conversation in the queue: a"
+        " person will continue here {when}. Meanwhile, I can try to help with your questions.",
+        "when_today": "today at {time}",
+        "when_tomorrow": "tomorrow at {time}",
+        "when_day": "on {weekday}, {month_name} {day}, at {time}",
+        "weekdays": "Monday,Tuesday,Wednesday,Thursday,Friday,Saturday,Sunday",
+        "months": "January,February,March,April,May,June,July,August,September,October,November,December",
+        "csat_ask": "How would you rate this conversation? Tap a score from 1 (poor) to 5 (great).",
+        "csat_thanks": "Thank you for your rating! If you like, write a comment about the service.",
     },
     "es": {
         "reset": "¡Listo! Olvidé nuestra conversación hasta aquí. ¿En qué puedo ayudar?",
@@ -161,6 +191,15 @@ _REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "privacy_kept": "De acuerdo, no borré nada.",
         "privacy_export": "Anoté tu solicitud de una copia de tus datos: nuestro equipo la enviará en un plazo de"
         " 15 días.",
+        "away": "Nuestro equipo está fuera del horario de atención ahora. Dejé tu conversación en la fila: una"
+        " persona continuará aquí {when}. Mientras tanto, puedo intentar ayudarte con tus dudas.",
+        "when_today": "hoy a las {time}",
+        "when_tomorrow": "mañana a las {time}",
+        "when_day": "el {weekday} {day} de {month_name}, a las {time}",
+        "weekdays": "lunes,martes,miércoles,jueves,viernes,sábado,domingo",
+        "months": "enero,febrero,marzo,abril,mayo,junio,julio,agosto,septiembre,octubre,noviembre,diciembre",
+        "csat_ask": "¿Cómo calificas esta atención? Toca una nota de 1 (mala) a 5 (excelente).",
+        "csat_thanks": "¡Gracias por tu calificación! Si quieres, escribe un comentario sobre la atención.",
     },
 }
 
@@ -173,6 +212,14 @@ def asks_for_human(text: str, language: ReplyLanguage) -> bool:
     customers of Brazilian shops write "human agent" too)."""
     words = " ".join(_WORDS.findall(fold(text)))
     return any(_HUMAN_REQUEST[lang].search(words) for lang in {language, "en"})
+
+
+def csat_request(language: Language) -> ReplyContent:
+    """The question asking for a 1-5 rating, the scores as options (services/worker/csat.py)."""
+    options = tuple(Option(f"{CSAT_PREFIX}{score}", str(score)) for score in CSAT_SCORES)
+    return ReplyContent(
+        text=_REPLIES[language]["csat_ask"], engine="csat", confidence=1.0, kind="smalltalk", options=options
+    )
 
 
 # Typed choices: "2", "2.", or a label however it is cased, accented or punctuated.
@@ -251,6 +298,8 @@ class ReplyPolicy:
         catalog: KbEngine,
         escalate: bool = True,
         translations: Mapping[Language, Version] | None = None,
+        hours: BusinessHours | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.name = engine.name
@@ -263,6 +312,8 @@ class ReplyPolicy:
             versions[other] = version
         self._voices = {lang: Voice(lang, *versions.get(lang, (engine, catalog))) for lang in REPLY_LANGUAGES}
         self._labels = _labels(catalog.kb for _, catalog in versions.values())
+        self._hours = hours or BusinessHours()
+        self._clock = clock
 
     def may_be_choice(self, text: str) -> bool:
         key = choice_key(text)
@@ -280,6 +331,8 @@ class ReplyPolicy:
             )
         if not request.conversation_id.startswith(WEB_PREFIX) and is_opt_out(request.text, request.option):
             return ReplyContent(text=voice.texts["opt_out"], engine="command", confidence=1.0, kind="smalltalk")
+        if request.option.startswith(CSAT_PREFIX):
+            return self._rated(voice, request.option, request)
         if request.option:
             chosen = next((option for option in request.offered if option.id == request.option), None)
             if chosen is not None:
@@ -302,6 +355,8 @@ class ReplyPolicy:
             return self._handoff(voice)
         if chosen.id in privacy.OPTIONS:
             return self._privacy_chosen(voice, chosen.id)
+        if chosen.id.startswith(CSAT_PREFIX):
+            return self._rated(voice, chosen.id, request)
         if chosen.id == chosen.label:  # an entry's own button: as if the customer typed it
             return await self.reply(replace(request, text=chosen.label, option="", offered=(), offered_for=""))
         answer = voice.catalog.entry_reply(chosen.id)
@@ -330,13 +385,7 @@ class ReplyPolicy:
         if content.fallback and not voice.translated:
             content = replace(content, text=voice.texts["fallback"])
         if content.fallback and self._escalate:
-            escalation = ReplyContent(
-                text=voice.texts["escalation"],
-                engine="handoff",
-                confidence=content.confidence,
-                handoff=True,
-                kind="handoff",
-            )
+            escalation = replace(self._handoff(voice, "escalation"), confidence=content.confidence)
             content = replace(content, escalation=escalation)
         return content
 
@@ -356,9 +405,40 @@ class ReplyPolicy:
         listed = (f"{number}. {option.label}" for number, option in enumerate(options, start=1))
         return "\n".join((voice.texts[lead], *listed, voice.texts["pick"]))
 
+    def _handoff(self, voice: Voice, text: str = "handoff") -> ReplyContent:
+        """A hand-over to a person: at once inside business hours, else an away message naming the
+        next opening (the handoff waits for it, and the bot keeps answering meanwhile)."""
+        now = self._clock()
+        opening = self._hours.next_opening(now)
+        content = ReplyContent(text=voice.texts[text], engine="handoff", confidence=1.0, handoff=True, kind="handoff")
+        if opening is None:
+            return content
+        when = self._when(voice, opening, datetime.fromtimestamp(now, opening.tzinfo))
+        return replace(content, text=voice.texts["away"].format(when=when), away_until=opening.timestamp())
+
     @staticmethod
-    def _handoff(voice: Voice) -> ReplyContent:
-        return ReplyContent(text=voice.texts["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff")
+    def _when(voice: Voice, opening: datetime, now: datetime) -> str:
+        """The next opening as the customer reads it: today, tomorrow, or the weekday and date."""
+        time_text = opening.strftime("%H:%M")
+        days = (opening.date() - now.date()).days
+        if days < 2:
+            return voice.texts["when_today" if days == 0 else "when_tomorrow"].format(time=time_text)
+        return voice.texts["when_day"].format(
+            weekday=voice.texts["weekdays"].split(",")[opening.weekday()],
+            day=opening.day,
+            month=opening.month,
+            month_name=voice.texts["months"].split(",")[opening.month - 1],
+            time=time_text,
+        )
+
+    def _rated(self, voice: Voice, option: str, request: EngineRequest) -> ReplyContent:
+        """A rating tapped or typed; the commit records it once, if one was asked for."""
+        score = option.removeprefix(CSAT_PREFIX)
+        if not score.isdigit() or int(score) not in CSAT_SCORES:
+            return self._choose_again(voice, request)
+        return ReplyContent(
+            text=voice.texts["csat_thanks"], engine="csat", confidence=1.0, kind="smalltalk", csat=int(score)
+        )
 
     def _privacy_asked(self, voice: Voice, asked: privacy.Asked) -> ReplyContent:
         """A request for a copy is recorded (the worker, by the engine's name); an erasure is confirmed first."""
