@@ -132,12 +132,12 @@ class KbEngine:
         """The entries closest to `text`, best first, each with the probability that it is the one
         meant (the LLM engine's grounding); none when no entry is close enough to offer."""
         lexical = self._lexical(text)
-        return self._scored(lexical, self._rank(lexical, await self._query(lexical), depth=limit), limit)
+        return self._scored(self._rank(lexical, await self._query(lexical), depth=limit), limit)
 
     def search(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """`lookup` for a caller off the event loop."""
         lexical = self._lexical(text)
-        return self._scored(lexical, self._rank(lexical, self._query_inline(lexical), depth=limit), limit)
+        return self._scored(self._rank(lexical, self._query_inline(lexical), depth=limit), limit)
 
     async def close(self) -> None:
         """Nothing to release: the indexes live in memory."""
@@ -196,7 +196,7 @@ class KbEngine:
         unsure = bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
         if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
             return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
-        if ranking.candidates and ranking.offer >= _offer_at(lexical, ranking):
+        if ranking.candidates and ranking.offer >= calibration.offer_at:
             entries = [self.kb.entries[candidate.entry] for candidate in ranking.candidates[:OPTIONS]]
             return ReplyContent(
                 text="",  # the reply policy writes the question back, with the options numbered
@@ -219,10 +219,10 @@ class KbEngine:
             options=tuple(Option.button(label) for label in entry.buttons),
         )
 
-    def _scored(self, lexical: Lexical, ranking: Ranking, limit: int) -> list[tuple[Entry, float]]:
+    def _scored(self, ranking: Ranking, limit: int) -> list[tuple[Entry, float]]:
         """Each candidate with its share of the probability: the first the answer's, the others an
         equal part of what the offer adds to it. None when the engine itself would fall back."""
-        if ranking.offer < _offer_at(lexical, ranking):
+        if ranking.offer < (SEMANTIC if ranking.semantic else WORDS).offer_at:
             return []
         candidates = ranking.candidates[:limit]
         rest = max(0.0, ranking.offer - ranking.answer) / max(1, len(candidates) - 1)
@@ -230,15 +230,6 @@ class KbEngine:
             (self.kb.entries[candidate.entry], round(ranking.answer if place == 0 else rest, 4))
             for place, candidate in enumerate(candidates)
         ]
-
-
-def _offer_at(lexical: Lexical, ranking: Ranking) -> float:
-    """The P(offer) from which a question back is worth asking. Where no entry shares a word with
-    the question, the model's closeness alone must be surer: options for "me conta uma piada"
-    would only puzzle the customer, while "can i come in sunday night?" (opening hours, in other
-    words) is what the model is there for."""
-    calibration = SEMANTIC if ranking.semantic else WORDS
-    return calibration.offer_at if lexical.hits else calibration.offer_unmatched_at
 
 
 def _words_ranking(hits: tuple[Hit, ...], terms: int) -> Ranking:
