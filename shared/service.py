@@ -57,8 +57,12 @@ def run_service(
         print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(app, port_of(settings), settings))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(app, port_of(settings), settings))
+    except ConfigError as exc:  # found while connecting: a TLS server the configured CA does not sign
+        print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def serve(app: web.Application, port: int, settings: Settings) -> None:

@@ -111,9 +111,15 @@ def _liveness(services: list[ServiceInfo] | None, name: str) -> Liveness:
 
 
 def overall_status(checks: Checks) -> SystemStatus:
-    """Unhealthy when no message can be answered; degraded when some are at risk or need a human."""
-    if any(check["status"] != "up" for check in (checks["redis"], checks["rabbitmq"], checks["workers"])):
+    """Unhealthy when no message can be answered; degraded when some are at risk or need a human,
+    or while Sentinel fails Redis over (the services hold their work until the new primary answers)."""
+    redis_failing_over = checks["redis"].get("failover", False)
+    if checks["rabbitmq"]["status"] != "up" or (checks["redis"]["status"] != "up" and not redis_failing_over):
         return "unhealthy"
-    if checks["gateway"]["status"] != "up" or checks["rabbitmq"].get("dead_letters", 0) > 0:
+    # Heartbeats live in Redis: while a new primary is elected nobody can tell who is alive.
+    workers = checks["workers"]["status"]
+    if workers != "up" and not (redis_failing_over and workers == "unknown"):
+        return "unhealthy"
+    if redis_failing_over or checks["gateway"]["status"] != "up" or checks["rabbitmq"].get("dead_letters", 0) > 0:
         return "degraded"
     return "healthy"
