@@ -1,0 +1,138 @@
+"""Losing one server: a RabbitMQ cluster node, then the Redis primary (issue 28).
+
+Real servers of the test's own (tests/support/ha.py): three rabbitmq-server nodes joined in one
+cluster, and a Redis primary with two replicas behind three sentinels. Two gateways and two
+workers run on them with AMQP_URL listing every node and REDIS_SENTINELS naming the sentinels.
+Under load (20 conversations x 10 messages, clients retrying with the same message_id) the node
+holding most shard-queue leaders is killed, then the Redis primary is SIGKILLed and Sentinel
+promotes a replica. Each time every accepted message is answered exactly once, in its
+conversation's order, and the system answers new messages again within 30 seconds.
+
+About three minutes on two cores (mostly starting Erlang): marked `ha`, run with `make test-ha`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+
+from shared.names import Names
+from tests.support import TEST_SHARDS, Stack, eventually, get_json
+from tests.support.ha import SERVICE, RabbitCluster, SentinelRedis
+from tests.support.load import Load, seconds_to_answer_again
+
+pytestmark = [pytest.mark.ha, pytest.mark.integration, pytest.mark.timeout(600)]
+
+RECOVERY_LIMIT_S = 30.0
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[RabbitCluster]:
+    cluster = RabbitCluster(tmp_path / "rabbitmq")
+    try:
+        yield await cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelRedis]:
+    servers = SentinelRedis(tmp_path / "redis")
+    try:
+        yield await servers.start()
+    finally:
+        servers.stop()
+
+
+async def test_one_server_lost_every_accepted_message_answered_once_in_order(
+    stack: Stack, cluster: RabbitCluster, sentinels: SentinelRedis, http: aiohttp.ClientSession
+) -> None:
+    stack.extra_env.update(
+        {
+            "AMQP_URL": cluster.amqp_url,
+            "REDIS_URL": "redis://127.0.0.1/0",  # the database; the primary is asked of the sentinels
+            "REDIS_SENTINELS": sentinels.sentinel_setting,
+            "KB_EMBEDDINGS": "off",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    for name in ("gateway", "gateway", "worker", "worker", "monitor"):
+        await stack.start(name)
+    names = Names(stack.namespace, TEST_SHARDS)
+    primary = Sentinel([("127.0.0.1", s.port) for s in sentinels.sentinels]).master_for(SERVICE, decode_responses=True)
+    table: list[tuple[str, int, int, int, float]] = []
+    try:
+
+        async def kill_rabbit_leader() -> None:
+            leaders = await cluster.leaders(cluster.nodes[0], names.shard_queues)
+            assert len(leaders) == TEST_SHARDS, leaders
+            node, held = Counter(leaders.values()).most_common(1)[0]
+            clients = await cluster.connections_on(cluster.nodes[0], node)
+            print(f"\nkilling {node}: leader of {held}/{TEST_SHARDS} shard queues, {clients} service connections")
+            cluster.of(node).stop()  # the Erlang VM killed: its connections and queue replicas vanish
+            survivor = next(n for n in cluster.nodes if n.node != node)
+
+            async def leaders_moved() -> bool:
+                now = await cluster.leaders(survivor, names.shard_queues)
+                return len(now) == TEST_SHARDS and node not in now.values()
+
+            await eventually(leaders_moved, timeout=30, what="new leaders elected on the surviving nodes")
+
+        async def kill_redis_primary() -> None:
+            sentinels.server_on(await sentinels.primary_port()).kill()
+
+        faults = (
+            ("RabbitMQ node with the shard leaders killed", kill_rabbit_leader),
+            ("Redis primary SIGKILLed, Sentinel promotes", kill_redis_primary),
+        )
+        for fault, inject in faults:
+            table.append(await _under_load(stack, http, primary, names, fault, inject))
+        await _health_names_the_new_primary(http, stack, sentinels)
+    finally:
+        await primary.aclose()
+        print("\nfault | lost | doubled | reordered | seconds to answer again")
+        for row in table:
+            print("{} | {} | {} | {} | {:.1f}".format(*row))
+    for fault, lost, doubled, reordered, recovered in table:
+        assert (lost, doubled, reordered) == (0, 0, 0), fault
+        assert recovered < RECOVERY_LIMIT_S, fault
+
+
+Fault = Callable[[], Awaitable[None]]
+
+
+async def _under_load(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis, names: Names, fault: str, inject: Fault
+) -> tuple[str, int, int, int, float]:
+    load = Load(stack)
+    running = asyncio.create_task(load.run(http))
+
+    async def a_fifth_accepted() -> bool:
+        assert not running.done() or running.exception() is None
+        return load.accepted >= load.conversations * load.messages // 5
+
+    await eventually(a_fifth_accepted, timeout=60, what="load flowing before the fault")
+    await inject()
+    injected = time.monotonic()
+    recovered = await seconds_to_answer_again(http, stack, injected, RECOVERY_LIMIT_S)
+    await asyncio.wait_for(running, 180)
+    lost, doubled, reordered = await load.verdict(redis, names, timeout_s=60)
+    return fault, lost, doubled, reordered, recovered
+
+
+async def _health_names_the_new_primary(http: aiohttp.ClientSession, stack: Stack, sentinels: SentinelRedis) -> None:
+    port = await sentinels.primary_port()
+
+    async def healthy_on_new_primary() -> bool:
+        _, health = await get_json(http, stack.monitor.url + "/monitoring/health")
+        return bool(health["checks"]["redis"].get("primary") == f"127.0.0.1:{port}")
+
+    await eventually(healthy_on_new_primary, timeout=30, what="the monitor's health naming the new primary")
