@@ -120,8 +120,8 @@ async def _under_load(
         return load.accepted >= load.conversations * load.messages // 5
 
     await eventually(a_fifth_accepted, timeout=60, what="load flowing before the fault")
-    await inject()
     injected = time.monotonic()
+    await inject()
     recovered = await seconds_to_answer_again(http, stack, injected, RECOVERY_LIMIT_S)
     await asyncio.wait_for(running, 180)
     lost, doubled, reordered = await load.verdict(redis, names, timeout_s=60)
