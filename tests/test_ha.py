@@ -76,7 +76,10 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
             assert len(leaders) == TEST_SHARDS, leaders
             node, held = Counter(leaders.values()).most_common(1)[0]
             clients = await cluster.connections_on(cluster.nodes[0], node)
+            members = await cluster.members(cluster.nodes[0], names.shard_queues)
+            assert set(members.values()) == {3}, f"every shard queue replicated on the 3 nodes: {members}"
             print(f"\nkilling {node}: leader of {held}/{TEST_SHARDS} shard queues, {clients} service connections")
+            assert clients > 0, "the services' failover is exercised"
             cluster.of(node).stop()  # the Erlang VM killed: its connections and queue replicas vanish
             survivor = next(n for n in cluster.nodes if n.node != node)
 

@@ -74,6 +74,12 @@ class RabbitCluster:
         found = dict(line.split("\t")[:2] for line in table.splitlines() if "\t" in line)
         return {queue: found[queue] for queue in queues if queue in found}
 
+    async def members(self, alive: PrivateRabbit, queues: list[str]) -> dict[str, int]:
+        """queue -> how many nodes hold a replica of it."""
+        table = await self.ctl(alive, "list_queues", "name", "members", "--quiet", "--no-table-headers")
+        found = {line.split("\t")[0]: line.split("\t")[1].count("@") for line in table.splitlines() if "\t" in line}
+        return {queue: found[queue] for queue in queues if queue in found}
+
     async def connections_on(self, alive: PrivateRabbit, node_name: str) -> int:
         """How many client connections the node `node_name` holds (asked of a live node)."""
         table = await self.ctl(alive, "list_connections", "node", "--quiet", "--no-table-headers")
