@@ -122,11 +122,14 @@ async def _under_load(
         assert not running.done() or running.exception() is None
         return load.accepted >= load.conversations * load.messages // 5
 
-    await eventually(a_fifth_accepted, timeout=60, what="load flowing before the fault")
-    injected = time.monotonic()
-    await inject()
-    recovered = await seconds_to_answer_again(http, stack, injected, RECOVERY_LIMIT_S)
-    await asyncio.wait_for(running, 180)
+    try:
+        await eventually(a_fifth_accepted, timeout=60, what="load flowing before the fault")
+        injected = time.monotonic()
+        await inject()
+        recovered = await seconds_to_answer_again(http, stack, injected, RECOVERY_LIMIT_S)
+        await asyncio.wait_for(running, 180)
+    finally:
+        running.cancel()
     lost, doubled, reordered = await load.verdict(redis, names, timeout_s=60)
     return fault, lost, doubled, reordered, recovered
 

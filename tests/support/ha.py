@@ -82,8 +82,9 @@ class RabbitCluster:
 
     async def connections_on(self, alive: PrivateRabbit, node_name: str) -> int:
         """How many client connections the node `node_name` holds (asked of a live node)."""
-        table = await self.ctl(alive, "list_connections", "node", "--quiet", "--no-table-headers")
-        return sum(1 for line in table.splitlines() if line.strip() == node_name)
+        # A connection's process id names its node: <rabbit@host.1700000000.1234.0>.
+        table = await self.ctl(alive, "list_connections", "pid", "--quiet", "--no-table-headers")
+        return sum(1 for line in table.splitlines() if line.strip().startswith(f"<{node_name}."))
 
     def of(self, node_name: str) -> PrivateRabbit:
         return next(node for node in self.nodes if node.node == node_name)
