@@ -68,7 +68,7 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
         await stack.start(name)
     names = Names(stack.namespace, TEST_SHARDS)
     primary = Sentinel([("127.0.0.1", s.port) for s in sentinels.sentinels]).master_for(SERVICE, decode_responses=True)
-    table: list[tuple[str, int, int, int, float]] = []
+    table: list[tuple[str, int, int, int, float, int]] = []
     try:
 
         async def kill_rabbit_leader() -> None:
@@ -101,10 +101,10 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
         await _health_names_the_new_primary(http, stack, sentinels)
     finally:
         await primary.aclose()
-        print("\nfault | lost | doubled | reordered | seconds to answer again")
+        print("\nfault | lost | doubled | reordered | seconds to answer again | client retries")
         for row in table:
-            print("{} | {} | {} | {} | {:.1f}".format(*row))
-    for fault, lost, doubled, reordered, recovered in table:
+            print("{} | {} | {} | {} | {:.1f} | {}".format(*row))
+    for fault, lost, doubled, reordered, recovered, _ in table:
         assert (lost, doubled, reordered) == (0, 0, 0), fault
         assert recovered < RECOVERY_LIMIT_S, fault
 
@@ -114,7 +114,7 @@ Fault = Callable[[], Awaitable[None]]
 
 async def _under_load(
     stack: Stack, http: aiohttp.ClientSession, redis: Redis, names: Names, fault: str, inject: Fault
-) -> tuple[str, int, int, int, float]:
+) -> tuple[str, int, int, int, float, int]:
     load = Load(stack)
     running = asyncio.create_task(load.run(http))
 
@@ -131,7 +131,7 @@ async def _under_load(
     finally:
         running.cancel()
     lost, doubled, reordered = await load.verdict(redis, names, timeout_s=60)
-    return fault, lost, doubled, reordered, recovered
+    return fault, lost, doubled, reordered, recovered, load.retries
 
 
 async def _health_names_the_new_primary(http: aiohttp.ClientSession, stack: Stack, sentinels: SentinelRedis) -> None:
