@@ -68,37 +68,14 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
         await stack.start(name)
     names = Names(stack.namespace, TEST_SHARDS)
     primary = Sentinel([("127.0.0.1", s.port) for s in sentinels.sentinels]).master_for(SERVICE, decode_responses=True)
+    faults: tuple[tuple[str, Fault], ...] = (
+        ("RabbitMQ node with the shard leaders killed", lambda: _kill_the_leaders_node(cluster, names)),
+        ("Redis primary SIGKILLed, Sentinel promotes", lambda: _kill_the_redis_primary(sentinels, http, stack)),
+    )
     table: list[tuple[str, int, int, int, float, int]] = []
     try:
-
-        async def kill_rabbit_leader() -> None:
-            leaders = await cluster.leaders(cluster.nodes[0], names.shard_queues)
-            assert len(leaders) == TEST_SHARDS, leaders
-            node, held = Counter(leaders.values()).most_common(1)[0]
-            clients = await cluster.connections_on(cluster.nodes[0], node)
-            members = await cluster.members(cluster.nodes[0], names.shard_queues)
-            assert set(members.values()) == {3}, f"every shard queue replicated on the 3 nodes: {members}"
-            print(f"\nkilling {node}: leader of {held}/{TEST_SHARDS} shard queues, {clients} service connections")
-            assert clients > 0, "the services' failover is exercised"
-            cluster.of(node).stop()  # the Erlang VM killed: its connections and queue replicas vanish
-            survivor = next(n for n in cluster.nodes if n.node != node)
-
-            async def leaders_moved() -> bool:
-                now = await cluster.leaders(survivor, names.shard_queues)
-                return len(now) == TEST_SHARDS and node not in now.values()
-
-            await eventually(leaders_moved, timeout=30, what="new leaders elected on the surviving nodes")
-
-        async def kill_redis_primary() -> None:
-            sentinels.server_on(await sentinels.primary_port()).kill()
-
-        faults = (
-            ("RabbitMQ node with the shard leaders killed", kill_rabbit_leader),
-            ("Redis primary SIGKILLed, Sentinel promotes", kill_redis_primary),
-        )
         for fault, inject in faults:
             table.append(await _under_load(stack, http, primary, names, fault, inject))
-        await _health_names_the_new_primary(http, stack, sentinels)
     finally:
         await primary.aclose()
         print("\nfault | lost | doubled | reordered | seconds to answer again | client retries")
@@ -109,7 +86,9 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
         assert recovered < RECOVERY_LIMIT_S, fault
 
 
-Fault = Callable[[], Awaitable[None]]
+# A fault: injects itself and returns the check of what must hold once the load is answered.
+Check = Callable[[], Awaitable[None]]
+Fault = Callable[[], Awaitable[Check]]
 
 
 async def _under_load(
@@ -125,13 +104,56 @@ async def _under_load(
     try:
         await eventually(a_fifth_accepted, timeout=60, what="load flowing before the fault")
         injected = time.monotonic()
-        await inject()
+        check = await inject()
         recovered = await seconds_to_answer_again(http, stack, injected, RECOVERY_LIMIT_S)
         await asyncio.wait_for(running, 180)
     finally:
         running.cancel()
     lost, doubled, reordered = await load.verdict(redis, names, timeout_s=60)
+    await check()
     return fault, lost, doubled, reordered, recovered, load.retries
+
+
+async def _kill_the_leaders_node(cluster: RabbitCluster, names: Names) -> Check:
+    """Kill the node that leads most shard queues (and holds service connections)."""
+    leaders = await cluster.leaders(cluster.nodes[0], names.shard_queues)
+    assert len(leaders) == TEST_SHARDS, leaders
+    node, held = Counter(leaders.values()).most_common(1)[0]
+    connections = await cluster.connections(cluster.nodes[0])
+    members = await cluster.members(cluster.nodes[0], names.shard_queues)
+    assert set(members.values()) == {3}, f"every shard queue replicated on the 3 nodes: {members}"
+    on_node = connections.count(node)
+    print(f"\nkilling {node}: leader of {held}/{TEST_SHARDS} shard queues, {on_node} service connections")
+    assert node in connections, "the services' failover is exercised"
+    cluster.of(node).stop()  # the Erlang VM killed: its connections and queue replicas vanish
+    survivor = next(n for n in cluster.nodes if n.node != node)
+
+    async def moved() -> bool:
+        leaders_now = await cluster.leaders(survivor, names.shard_queues)
+        connections_now = await cluster.connections(survivor)
+        return (
+            len(leaders_now) == TEST_SHARDS
+            and node not in leaders_now.values()
+            and len(connections_now) == len(connections)  # every service connected again
+            and node not in connections_now
+        )
+
+    async def check() -> None:
+        await eventually(moved, timeout=30, what="leaders and service connections on the surviving nodes")
+
+    return check
+
+
+async def _kill_the_redis_primary(sentinels: SentinelRedis, http: aiohttp.ClientSession, stack: Stack) -> Check:
+    old = await sentinels.primary_port()
+    sentinels.server_on(old).kill()
+
+    async def check() -> None:
+        new = await sentinels.primary_port()
+        assert new != old, "Sentinel promoted a replica"
+        await _health_names_the_new_primary(http, stack, sentinels)
+
+    return check
 
 
 async def _health_names_the_new_primary(http: aiohttp.ClientSession, stack: Stack, sentinels: SentinelRedis) -> None:

@@ -80,11 +80,11 @@ class RabbitCluster:
         found = {line.split("\t")[0]: line.split("\t")[1].count("@") for line in table.splitlines() if "\t" in line}
         return {queue: found[queue] for queue in queues if queue in found}
 
-    async def connections_on(self, alive: PrivateRabbit, node_name: str) -> int:
-        """How many client connections the node `node_name` holds (asked of a live node)."""
+    async def connections(self, alive: PrivateRabbit) -> list[str]:
+        """The node of every client connection in the cluster (asked of a live node)."""
         # A connection's process id names its node: <rabbit@host.1700000000.1234.0>.
         table = await self.ctl(alive, "list_connections", "pid", "--quiet", "--no-table-headers")
-        return sum(1 for line in table.splitlines() if line.strip().startswith(f"<{node_name}."))
+        return [line.strip()[1:].rsplit(".", 3)[0] for line in table.splitlines() if line.strip().startswith("<")]
 
     def of(self, node_name: str) -> PrivateRabbit:
         return next(node for node in self.nodes if node.node == node_name)
