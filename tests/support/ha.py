@@ -3,8 +3,8 @@
 5672 and 6379 are never touched).
 
 The RabbitMQ nodes share an Erlang cookie and join the first with `rabbitmqctl join_cluster`; the
-sentinels watch the primary under the service name `mymaster` and fail it over one second after it
-stops answering.
+sentinels watch the primary under the service name `mymaster` and fail it over once it has not
+answered for 3 seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from tests.support.servers import PrivateRabbit
 
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 SERVICE = "mymaster"
+# As the runbook recommends: a primary takes writes only while a replica follows it closely, so a
+# primary cut off (or promoted and at once demoted again) cannot take writes that are then lost.
+SAFE_WRITES = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "5")
+# Quick, but not so quick that a busy two-core machine's slow PING starts a second failover.
+DOWN_AFTER_MS = 3000
 
 
 @dataclass
@@ -143,9 +148,9 @@ class SentinelRedis:
         return ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
 
     async def start(self) -> SentinelRedis:
-        primary = RedisNode(self.workdir / "redis-0", [])
+        primary = RedisNode(self.workdir / "redis-0", list(SAFE_WRITES))
         primary.start()
-        follow = ["--replicaof", "127.0.0.1", str(primary.port)]
+        follow = ["--replicaof", "127.0.0.1", str(primary.port), *SAFE_WRITES]
         replicas = [RedisNode(self.workdir / f"redis-{i}", follow) for i in (1, 2)]
         for replica in replicas:
             replica.start()
@@ -154,7 +159,7 @@ class SentinelRedis:
             await eventually(server.answers, timeout=20, what=f"redis-server on {server.port}")
         watch = [
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2",
-            f"sentinel down-after-milliseconds {SERVICE} 1000",
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
             f"sentinel failover-timeout {SERVICE} 10000",
             f"sentinel parallel-syncs {SERVICE} 1",
         ]
