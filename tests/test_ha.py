@@ -148,6 +148,13 @@ async def _kill_the_redis_primary(sentinels: SentinelRedis, http: aiohttp.Client
     old = await sentinels.primary_port()
     sentinels.server_on(old).kill()
 
+    async def degraded_not_dead() -> bool:
+        status, health = await get_json(http, stack.monitor.url + "/monitoring/health")
+        return status == 200 and health["status"] == "degraded" and health["checks"]["redis"].get("failover") is True
+
+    # Until Sentinel has promoted a replica (3 s at least), the monitor degrades and says why.
+    await eventually(degraded_not_dead, timeout=10, interval=0.1, what="the monitor degraded during the failover")
+
     async def check() -> None:
         new = await sentinels.primary_port()
         assert new != old, "Sentinel promoted a replica"

@@ -97,14 +97,16 @@ async def post(
 
 
 async def seconds_to_answer_again(http: aiohttp.ClientSession, stack: Stack, since: float, limit_s: float) -> float:
-    """Seconds from `since` (a monotonic time) until a new message is answered, probing with fresh
-    messages of a conversation of their own; `limit_s` plus a margin at most."""
+    """Seconds from `since` (a monotonic time) until a new message is answered; `limit_s` plus a
+    margin at most. One probe message, posted again and again with its id (a repeat answers as the
+    original did: 200 with the reply once there is one), so a reply that went to a gateway's waiter
+    queue while that was being re-made still counts when it is stored."""
     probe = f"probe-{uuid.uuid4().hex[:8]}"
+    body = {"user_id": probe, "conversation_id": probe, "message_id": uuid.uuid4().hex, "text": PRAZO}
     deadline = since + limit_s + 30
     while time.monotonic() < deadline:
-        body = {"user_id": probe, "conversation_id": probe, "message_id": uuid.uuid4().hex, "text": PRAZO}
-        answer = await post(http, stack, body, wait=5)
+        answer = await post(http, stack, body, wait=1)
         if answer is not None and answer.get("status") == "answered":
             return time.monotonic() - since
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
     return float("inf")
