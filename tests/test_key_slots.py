@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -25,7 +27,17 @@ from redis.asyncio import Redis
 from shared import kbstate, stats, unanswered
 from shared.handoff import Handoffs
 from shared.names import Names
-from tests.support import PRAZO, REDIS_URL, TEST_SHARDS, Stack, post_message, web_id
+from tests.support import (
+    PRAZO,
+    REDIS_URL,
+    ROOT,
+    TEST_SHARDS,
+    Stack,
+    new_namespace,
+    post_message,
+    purge_namespace,
+    web_id,
+)
 from tests.support.pipeline import start_stack
 from tests.support.slots import command_keys, crc16, key_slot
 
@@ -83,6 +95,30 @@ def test_every_key_of_a_namespace_is_in_its_one_slot(namespace: str) -> None:
 
 def test_namespaces_get_slots_of_their_own() -> None:
     assert len({key_slot(Names(f"shop-{i}", 16).reply_key("m")) for i in range(20)}) > 15
+
+
+async def test_keys_made_before_the_hash_tag_are_moved_under_it(redis: Redis) -> None:
+    namespace = new_namespace()
+    names = Names(namespace, TEST_SHARDS)
+    await redis.set(f"{namespace}:reply:m-1", "answered", ex=600)
+    await redis.hset(f"{namespace}:stats:total", "n", 7)
+    await redis.set(f"{namespace}x:reply:m-1", "another deployment")
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(ROOT / "deploy" / "backup" / "redis_keys.py"), "hash-tag", "--redis-url", REDIS_URL,
+             "--namespace", namespace],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "2 keys" in result.stderr
+        assert await redis.get(names.reply_key("m-1")) == "answered"
+        assert 0 < await redis.ttl(names.reply_key("m-1")) <= 600
+        assert await redis.hget(names.stats_total_key, "n") == "7"
+        assert await redis.get(f"{namespace}x:reply:m-1") == "another deployment"
+    finally:
+        await redis.delete(f"{namespace}x:reply:m-1")
+        await purge_namespace(namespace)
 
 
 # -------------------------------------------------------------------------------------------------
