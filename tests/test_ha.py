@@ -86,9 +86,10 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
         assert recovered < RECOVERY_LIMIT_S, fault
 
 
-# A fault: injects itself and returns the check of what must hold once the load is answered.
+# A fault: injects itself and returns when it struck (time.monotonic) and the check of what must
+# hold once the load is answered.
 Check = Callable[[], Awaitable[None]]
-Fault = Callable[[], Awaitable[Check]]
+Fault = Callable[[], Awaitable[tuple[float, Check]]]
 
 
 async def _under_load(
@@ -103,8 +104,7 @@ async def _under_load(
 
     try:
         await eventually(a_fifth_accepted, timeout=60, what="load flowing before the fault")
-        injected = time.monotonic()
-        check = await inject()
+        injected, check = await inject()
         recovered = await seconds_to_answer_again(http, stack, injected, RECOVERY_LIMIT_S)
         await asyncio.wait_for(running, 180)
     finally:
@@ -114,7 +114,7 @@ async def _under_load(
     return fault, lost, doubled, reordered, recovered, load.retries
 
 
-async def _kill_the_leaders_node(cluster: RabbitCluster, names: Names) -> Check:
+async def _kill_the_leaders_node(cluster: RabbitCluster, names: Names) -> tuple[float, Check]:
     """Kill the node that leads most shard queues (and holds service connections)."""
     leaders = await cluster.leaders(cluster.nodes[0], names.shard_queues)
     assert len(leaders) == TEST_SHARDS, leaders
@@ -126,6 +126,7 @@ async def _kill_the_leaders_node(cluster: RabbitCluster, names: Names) -> Check:
     print(f"\nkilling {node}: leader of {held}/{TEST_SHARDS} shard queues, {on_node} service connections")
     assert node in connections, "the services' failover is exercised"
     cluster.of(node).stop()  # the Erlang VM killed: its connections and queue replicas vanish
+    struck = time.monotonic()
     survivor = next(n for n in cluster.nodes if n.node != node)
 
     async def moved() -> bool:
@@ -141,12 +142,15 @@ async def _kill_the_leaders_node(cluster: RabbitCluster, names: Names) -> Check:
     async def check() -> None:
         await eventually(moved, timeout=30, what="leaders and service connections on the surviving nodes")
 
-    return check
+    return struck, check
 
 
-async def _kill_the_redis_primary(sentinels: SentinelRedis, http: aiohttp.ClientSession, stack: Stack) -> Check:
+async def _kill_the_redis_primary(
+    sentinels: SentinelRedis, http: aiohttp.ClientSession, stack: Stack
+) -> tuple[float, Check]:
     old = await sentinels.primary_port()
     sentinels.server_on(old).kill()
+    struck = time.monotonic()
 
     async def degraded_not_dead() -> bool:
         status, health = await get_json(http, stack.monitor.url + "/monitoring/health")
@@ -160,7 +164,7 @@ async def _kill_the_redis_primary(sentinels: SentinelRedis, http: aiohttp.Client
         assert new != old, "Sentinel promoted a replica"
         await _health_names_the_new_primary(http, stack, sentinels)
 
-    return check
+    return struck, check
 
 
 async def _health_names_the_new_primary(http: aiohttp.ClientSession, stack: Stack, sentinels: SentinelRedis) -> None:
