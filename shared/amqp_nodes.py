@@ -21,12 +21,17 @@ from aio_pika.abc import AbstractRobustConnection, TimeoutType
 from yarl import URL
 
 RECONNECT_INTERVAL_S = 1.0
+# Every connection attempt of aio-pika's robust connection (10.2 and later) passes through this.
+ATTEMPT_HOOK = "_RobustConnection__connect_transport"
 
 
 class ClusterConnection(RobustConnection):
     """A `RobustConnection` whose every connection attempt moves on to the next node."""
 
     def __init__(self, nodes: Sequence[URL], first: int, **kwargs: Any) -> None:
+        if not hasattr(RobustConnection, ATTEMPT_HOOK):
+            # Without it every reconnection would go to the first node only: refuse rather than pretend.
+            raise RuntimeError("AMQP_URL lists several nodes: that needs aio-pika 10.2 or later")
         self._nodes = tuple(nodes)
         self._next = first % len(self._nodes)
         super().__init__(self._nodes[self._next], **kwargs)

@@ -6,14 +6,17 @@ in tests/test_ha.py, TLS against real servers in tests/test_tls.py."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
 import pytest
+from aio_pika import RobustConnection
 
 from services.monitor.health import Checks
 from services.monitor.system import overall_status
+from shared.amqp_nodes import ATTEMPT_HOOK, ClusterConnection
 from shared.broker import QUORUM_GROUP_SIZE_ARGUMENT, Broker, work_queue_arguments
 from shared.names import Names
 from shared.settings import ConfigError, Settings
@@ -28,6 +31,13 @@ def test_amqp_url_lists_the_nodes_of_a_cluster() -> None:
     for wrong in ("amqp://a/,http://b/", "amqp://a/,amqps://b/", ",", "amqp://a/,rmq-1:5672"):
         with pytest.raises(ConfigError, match=r"^AMQP_URL="):
             Settings.from_env({"AMQP_URL": wrong})
+
+
+def test_the_robust_connection_still_has_the_hook_each_attempt_passes_through() -> None:
+    """shared/amqp_nodes.py overrides it by name: an aio-pika that renames it must fail here."""
+    assert inspect.iscoroutinefunction(getattr(RobustConnection, ATTEMPT_HOOK))
+    assert inspect.iscoroutinefunction(getattr(ClusterConnection, ATTEMPT_HOOK))
+    assert getattr(ClusterConnection, ATTEMPT_HOOK) is not getattr(RobustConnection, ATTEMPT_HOOK)
 
 
 def test_redis_sentinels_and_tls_files(tmp_path: Path) -> None:
