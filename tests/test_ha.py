@@ -8,7 +8,8 @@ holding most shard-queue leaders is killed, then the Redis primary is SIGKILLed 
 promotes a replica. Each time every accepted message is answered exactly once, in its
 conversation's order, and the system answers new messages again within 30 seconds.
 
-About three minutes on two cores (mostly starting Erlang): marked `ha`, run with `make test-ha`.
+70-150 s on two cores (mostly starting Erlang): marked `ha`, left out of `make test`, run with
+`make test-ha`.
 """
 
 from __future__ import annotations
