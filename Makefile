@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Kubernetes schemas) is for test, lint, typecheck and bench. A dev install satisfies both.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
-.PHONY: install install-runtime services run test lint typecheck pytest bench bench-llm soak eval clean
+.PHONY: install install-runtime services run test test-ha lint typecheck pytest bench bench-llm soak eval clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ pytest: install services
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: install services lint typecheck pytest  ## everything CI runs
+
+test-ha: install  ## only the failover tests: a private 3-node RabbitMQ cluster and Redis Sentinel, a server lost under load
+	$(VENV)/bin/pytest -m ha -s $(PYTEST_ARGS)
 
 bench: install services  ## throughput and latency against a bare aiohttp+RabbitMQ round trip
 	$(PY) -m bench $(BENCH_ARGS)

@@ -2,7 +2,8 @@
 
 `connect_robust` restores channels, queues, bindings and consumers after a drop, but it does not
 retry the very first connection; `Broker` keeps trying in the background, so a service starts
-(and answers 503 where it needs the broker) while RabbitMQ is still unreachable.
+(and answers 503 where it needs the broker) while RabbitMQ is still unreachable. With several
+nodes in AMQP_URL each attempt goes to the next one (shared/amqp_nodes.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import random
+import ssl
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -24,6 +27,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
+from shared.amqp_nodes import connect_cluster
 from shared.messages import CHANNELS, ReplyMessage
 from shared.names import Names
 from shared.telemetry import producer_span
@@ -37,6 +41,11 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, asynci
 # re-declaration with different arguments, and it is generous because quorum queues also count the
 # returns of a clean shutdown or a rebalance.
 DELIVERY_LIMIT = 50
+# Quorum queues' replication factor: all nodes, at most three (RabbitMQ takes every node of a
+# smaller cluster). Fixed for the same reason as DELIVERY_LIMIT; queues made before it was declared
+# keep the members they have (`Broker.queue_arguments`).
+QUORUM_GROUP_SIZE = 3
+QUORUM_GROUP_SIZE_ARGUMENT = "x-quorum-initial-group-size"
 PUBLISH_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 2.0
 # A message the gateway published again over a claim whose first publish it could not see confirmed
@@ -49,9 +58,13 @@ def may_be_a_copy(delivery: AbstractIncomingMessage) -> bool:
     return delivery.redelivered is True or bool((delivery.headers or {}).get(COPY_HEADER))
 
 
+def quorum_arguments() -> dict[str, Any]:
+    return {"x-queue-type": "quorum", QUORUM_GROUP_SIZE_ARGUMENT: QUORUM_GROUP_SIZE}
+
+
 def work_queue_arguments(names: Names, *, single_active_consumer: bool) -> dict[str, Any]:
     arguments: dict[str, Any] = {
-        "x-queue-type": "quorum",
+        **quorum_arguments(),
         "x-dead-letter-exchange": names.dead_letter_exchange,
         "x-delivery-limit": DELIVERY_LIMIT,
     }
@@ -62,43 +75,76 @@ def work_queue_arguments(names: Names, *, single_active_consumer: bool) -> dict[
     return arguments
 
 
-async def declare_topology(channel: AbstractChannel, names: Names) -> None:
+def durable_queues(names: Names) -> dict[str, dict[str, Any]]:
+    """Every durable (quorum) queue of the namespace and its arguments."""
+    queues = {names.dead_letter_queue: quorum_arguments()}
+    for shard in range(names.shards):
+        queues[names.shard_queue(shard)] = work_queue_arguments(names, single_active_consumer=True)
+    for channel_name in CHANNELS:
+        if channel_name != "web":
+            queues[names.delivery_queue(channel_name)] = work_queue_arguments(names, single_active_consumer=False)
+    return queues
+
+
+async def declare_topology(channel: AbstractChannel, broker: Broker) -> None:
     """Declare every exchange and durable queue; idempotent, done by every service at connect."""
+    names = broker.names
     inbound = await channel.declare_exchange(names.inbound_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     replies = await channel.declare_exchange(names.replies_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
 
-    dead_letters = await channel.declare_queue(
-        names.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dead_letters = await broker.declare_durable_queue(channel, names.dead_letter_queue)
     await dead_letters.bind(dead, routing_key="")
     for shard in range(names.shards):
-        queue = await declare_shard_queue(channel, names, shard)
+        queue = await declare_shard_queue(channel, broker, shard)
         await queue.bind(inbound, routing_key=str(shard))
     for channel_name in CHANNELS:
         if channel_name == "web":
             continue
-        queue = await channel.declare_queue(
-            names.delivery_queue(channel_name),
-            durable=True,
-            arguments=work_queue_arguments(names, single_active_consumer=False),
-        )
+        queue = await broker.declare_durable_queue(channel, names.delivery_queue(channel_name))
         await queue.bind(replies, routing_key=f"{channel_name}.#")
 
 
-async def declare_shard_queue(channel: AbstractChannel, names: Names, shard: int) -> AbstractQueue:
-    return await channel.declare_queue(
-        names.shard_queue(shard), durable=True, arguments=work_queue_arguments(names, single_active_consumer=True)
-    )
+async def declare_shard_queue(channel: AbstractChannel, broker: Broker, shard: int) -> AbstractQueue:
+    return await broker.declare_durable_queue(channel, broker.names.shard_queue(shard))
+
+
+async def made_before_sizing(connection: AbstractRobustConnection, queues: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The queues that exist without a replication factor (made before it was declared): RabbitMQ
+    refuses to re-declare them with one. Tried on a plain channel of their own, which such a
+    refusal closes, so that no robust channel remembers a declaration that cannot succeed."""
+    made_before: set[str] = set()
+    underlay = connection.transport
+    if underlay is None:
+        raise ConnectionError("not connected to RabbitMQ")
+    channel = await underlay.connection.channel()
+    try:
+        for name, arguments in queues.items():
+            try:
+                await channel.queue_declare(name, durable=True, arguments=dict(arguments))
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                made_before.add(name)
+                channel = await underlay.connection.channel()
+    finally:
+        with contextlib.suppress(*BROKER_ERRORS, aiormq.exceptions.AMQPError):
+            await channel.close()
+    return made_before
 
 
 class Broker:
     """A process's connection to RabbitMQ and its confirming publisher channel."""
 
-    def __init__(self, url: str, names: Names, connection_name: str) -> None:
-        self._url = url
+    def __init__(
+        self, urls: Sequence[str], names: Names, connection_name: str, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self._urls = tuple(urls)
         self._names = names
         self._connection_name = connection_name
+        self._ssl_context = ssl_context
+        # Processes spread over the nodes of a cluster; each failed attempt tries the next one.
+        self._attempts = random.randrange(len(self._urls))
+        self._queues = durable_queues(names)
+        self._made_before_sizing: set[str] = set()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None  # the publisher's, with confirms
         self._ready = asyncio.Event()
@@ -152,15 +198,34 @@ class Broker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def queue_arguments(self, queue: str) -> dict[str, Any]:
+        """A durable queue's arguments, as it was made (see `made_before_sizing`)."""
+        arguments = dict(self._queues[queue])
+        if queue in self._made_before_sizing:
+            del arguments[QUORUM_GROUP_SIZE_ARGUMENT]
+        return arguments
+
+    async def declare_durable_queue(self, channel: AbstractChannel, queue: str) -> AbstractQueue:
+        return await channel.declare_queue(queue, durable=True, arguments=self.queue_arguments(queue))
+
     async def _connect_once(self) -> None:
-        connection = await aio_pika.connect_robust(
-            self._url,
-            reconnect_interval=1,
+        self._attempts += 1
+        connection = await connect_cluster(
+            self._urls,
+            first=self._attempts,
+            ssl_context=self._ssl_context,
             client_properties={"connection_name": self._connection_name},
         )
         try:
+            self._made_before_sizing = await made_before_sizing(connection, self._queues)
+            if self._made_before_sizing:
+                log.info(
+                    "%d queues were made before their replication factor was declared; they keep their "
+                    "members (rabbitmq-queues grow adds nodes)",
+                    len(self._made_before_sizing),
+                )
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await declare_topology(channel, self._names)
+            await declare_topology(channel, self)
         except BaseException:
             with contextlib.suppress(*BROKER_ERRORS):
                 await connection.close()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
 from shared.broker import Broker
 from shared.names import Names
-from shared.settings import Settings
-from shared.store import create_redis
+from shared.redis_client import build_redis, uses_tls
+from shared.settings import Settings, TlsFiles
+from shared.tls import check_server_certificate, client_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +27,27 @@ class Connections:
 @contextlib.asynccontextmanager
 async def open_connections(settings: Settings, service: str) -> AsyncIterator[Connections]:
     """Redis answers lazily and the broker connects in the background, so a service starts (and
-    says what it misses in its health) even while either is unreachable."""
+    says what it misses in its health) even while either is unreachable. A TLS server whose
+    certificate the configured CA does not sign stops the start instead (ConfigError)."""
     names = Names(settings.namespace, settings.shards)
-    redis = create_redis(settings.redis_url)
-    broker = Broker(settings.amqp_url, names, f"atendimento-{service} {settings.instance_id}")
+    amqp_context = await _checked_context(settings.amqp_urls, settings.amqp_tls, 5671)
+    if uses_tls(settings) and not settings.redis_sentinels:
+        await _checked_context((settings.redis_url,), settings.redis_tls, 6379)
+    redis = build_redis(settings)
+    broker = Broker(settings.amqp_urls, names, f"atendimento-{service} {settings.instance_id}", amqp_context)
     broker.start()
     try:
         yield Connections(names, redis, broker)
     finally:
         await broker.close()
         await redis.aclose()
+
+
+async def _checked_context(urls: tuple[str, ...], files: TlsFiles, default_port: int) -> ssl.SSLContext | None:
+    """The TLS context for these URLs (None without TLS), its CA checked against the first of them."""
+    first = urlsplit(urls[0])
+    if first.scheme not in ("amqps", "rediss"):
+        return None
+    context = client_context(files)
+    await check_server_certificate(first.hostname or "localhost", first.port or default_port, context, files)
+    return context

@@ -85,7 +85,7 @@ class Keys:
 
     @property
     def prefix(self) -> str:
-        return f"{self.names.namespace}:conv"
+        return f"{self.names.key_prefix}:conv"
 
     @property
     def open(self) -> str:

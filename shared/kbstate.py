@@ -33,11 +33,11 @@ class KbStatus:
 
 
 def version_key(names: Names) -> str:
-    return f"{names.namespace}:kb:reload-version"
+    return f"{names.key_prefix}:kb:reload-version"
 
 
 def status_key(names: Names) -> str:
-    return f"{names.namespace}:kb:status"
+    return f"{names.key_prefix}:kb:status"
 
 
 async def request_reload(redis: Redis, names: Names) -> int:

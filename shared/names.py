@@ -86,168 +86,175 @@ class Names:
         return f"web.*.{route_token(conversation_id)}"
 
     # Redis ---------------------------------------------------------------------------------
+    @property
+    def key_prefix(self) -> str:
+        """`{namespace}:{{namespace}}`: every key starts with the namespace and carries it as a Redis
+        Cluster hash tag, so all keys of a deployment share one hash slot and every Lua script and
+        multi-key command stays valid on a cluster (tests/test_key_slots.py checks each of them)."""
+        return f"{self.namespace}:{{{self.namespace}}}"
+
     def claim_key(self, message_id: str) -> str:
-        return f"{self.namespace}:msg:{message_id}"
+        return f"{self.key_prefix}:msg:{message_id}"
 
     def reply_key(self, message_id: str) -> str:
-        return f"{self.namespace}:reply:{message_id}"
+        return f"{self.key_prefix}:reply:{message_id}"
 
     @property
     def conversation_token_secret_key(self) -> str:
         """The web conversation tokens' secret when CONVERSATION_TOKEN_SECRET is unset."""
-        return f"{self.namespace}:conversation-token-secret"
+        return f"{self.key_prefix}:conversation-token-secret"
 
     def conversation_token_reset_key(self, conversation_id: str) -> str:
         """When `/reset` last ended a web conversation's tokens (ms since the epoch)."""
-        return f"{self.namespace}:conversation-token-reset:{conversation_id}"
+        return f"{self.key_prefix}:conversation-token-reset:{conversation_id}"
 
     def attempts_key(self, message_id: str) -> str:
-        return f"{self.namespace}:attempts:{message_id}"
+        return f"{self.key_prefix}:attempts:{message_id}"
 
     def delivered_key(self, message_id: str) -> str:
-        return f"{self.namespace}:delivered:{message_id}"
+        return f"{self.key_prefix}:delivered:{message_id}"
 
     def commit_marker_key(self, message_id: str) -> str:
         """Set by the worker's commit decision for the effects that follow it (short-lived)."""
-        return f"{self.namespace}:committed:{message_id}"
+        return f"{self.key_prefix}:committed:{message_id}"
 
     def outbound_order_key(self, conversation_id: str) -> str:
         """The conversation's channel replies not yet delivered, oldest first (the worker appends
         as it commits; gateways send only the head, so several of them keep the order)."""
-        return f"{self.namespace}:outbound:{conversation_id}"
+        return f"{self.key_prefix}:outbound:{conversation_id}"
 
     def memory_key(self, conversation_id: str) -> str:
-        return f"{self.namespace}:memory:{conversation_id}"
+        return f"{self.key_prefix}:memory:{conversation_id}"
 
     def fallback_streak_key(self, conversation_id: str) -> str:
         """How many fallback replies in a row the conversation has had (handoff after a few)."""
-        return f"{self.namespace}:fallback-streak:{conversation_id}"
+        return f"{self.key_prefix}:fallback-streak:{conversation_id}"
 
     def offered_key(self, conversation_id: str) -> str:
         """The options the conversation's last reply offered (services/worker/state.py `Offered`), while they
         may still be chosen."""
-        return f"{self.namespace}:offered:{conversation_id}"
+        return f"{self.key_prefix}:offered:{conversation_id}"
 
     def conversation_log_key(self, conversation_id: str) -> str:
-        return f"{self.namespace}:conversation-log:{conversation_id}"
+        return f"{self.key_prefix}:conversation-log:{conversation_id}"
 
     def contact_key(self, channel: str, address: str) -> str:
         """A channel customer's last message and opt-out (shared/contacts.py)."""
-        return f"{self.namespace}:contact:{channel}:{address}"
+        return f"{self.key_prefix}:contact:{channel}:{address}"
 
     def receipt_key(self, message_id: str) -> str:
         """What became of a message sent on a channel (a reply or a proactive message): the
         platform's delivery statuses, and for a proactive one where it went (shared/receipts.py)."""
-        return f"{self.namespace}:receipt:{message_id}"
+        return f"{self.key_prefix}:receipt:{message_id}"
 
     def wamid_key(self, wamid: str) -> str:
         """The message a WhatsApp message id (`wamid`) the Graph API returned belongs to."""
-        return f"{self.namespace}:wamid:{wamid}"
+        return f"{self.key_prefix}:wamid:{wamid}"
 
     @property
     def conversations_key(self) -> str:
         """Sorted set of conversation ids by last activity, for the operators' views."""
-        return f"{self.namespace}:conversations"
+        return f"{self.key_prefix}:conversations"
 
     @property
     def rate_limit_prefix(self) -> str:
-        return f"{self.namespace}:ratelimit"
+        return f"{self.key_prefix}:ratelimit"
 
     def pacing_prefix(self, channel: str) -> str:
         """Outbound pacing buckets of one channel, shared by every gateway's delivery consumer."""
-        return f"{self.namespace}:pace:{channel}"
+        return f"{self.key_prefix}:pace:{channel}"
 
     def stats_fine_key(self, bucket_start: int) -> str:
-        return f"{self.namespace}:stats:10s:{bucket_start}"
+        return f"{self.key_prefix}:stats:10s:{bucket_start}"
 
     def stats_hour_key(self, bucket_start: int) -> str:
-        return f"{self.namespace}:stats:1h:{bucket_start}"
+        return f"{self.key_prefix}:stats:1h:{bucket_start}"
 
     @property
     def stats_total_key(self) -> str:
-        return f"{self.namespace}:stats:total"
+        return f"{self.key_prefix}:stats:total"
 
     @property
     def users_key(self) -> str:
-        return f"{self.namespace}:users:last-seen"
+        return f"{self.key_prefix}:users:last-seen"
 
     @property
     def instances_key(self) -> str:
-        return f"{self.namespace}:instances"
+        return f"{self.key_prefix}:instances"
 
     def heartbeat_key(self, service: str, instance_id: str) -> str:
-        return f"{self.namespace}:heartbeat:{service}:{instance_id}"
+        return f"{self.key_prefix}:heartbeat:{service}:{instance_id}"
 
     # Operators (monitor and admin) ------------------------------------------------------------
     def handoff_assignee_key(self, conversation_id: str) -> str:
         """The agent who took the handed-off conversation ("assign to me" in the admin inbox)."""
-        return f"{self.namespace}:handoff-assignee:{conversation_id}"
+        return f"{self.key_prefix}:handoff-assignee:{conversation_id}"
 
     def handoff_key(self, conversation_id: str) -> str:
         """A conversation handed to a human: the bot stays silent while this key lives."""
-        return f"{self.namespace}:handoff:{conversation_id}"
+        return f"{self.key_prefix}:handoff:{conversation_id}"
 
     @property
     def handoffs_key(self) -> str:
         """Sorted set of handed-off conversation ids by start time, to list them."""
-        return f"{self.namespace}:handoffs"
+        return f"{self.key_prefix}:handoffs"
 
     def admin_session_key(self, session_id: str) -> str:
-        return f"{self.namespace}:admin:session:{session_id}"
+        return f"{self.key_prefix}:admin:session:{session_id}"
 
     def admin_failures_key(self, client: str) -> str:
-        return f"{self.namespace}:admin:login-failures:{client}"
+        return f"{self.key_prefix}:admin:login-failures:{client}"
 
     def admin_failed_audit_key(self, minute: int) -> str:
         """Failed logins audited in one minute, all clients together (the audit log's flood guard)."""
-        return f"{self.namespace}:admin:failed-audit:{minute}"
+        return f"{self.key_prefix}:admin:failed-audit:{minute}"
 
     @property
     def audit_key(self) -> str:
         """The admin audit log, newest first; kept apart from the application logs."""
-        return f"{self.namespace}:audit"
+        return f"{self.key_prefix}:audit"
 
     # What operators teach the knowledge base (shared/phrasings.py, shared/unanswered.py) -------
     @property
     def kb_phrasings_key(self) -> str:
         """The overlay of taught phrasings: entry id -> JSON list of extra questions."""
-        return f"{self.namespace}:kb:phrasings"
+        return f"{self.key_prefix}:kb:phrasings"
 
     @property
     def kb_phrasings_version_key(self) -> str:
         """Raised with every change of the overlay; each worker rebuilds its engine when it moves."""
-        return f"{self.namespace}:kb:phrasings-version"
+        return f"{self.key_prefix}:kb:phrasings-version"
 
     @property
     def kb_suggestions_key(self) -> str:
         """Sorted set of suggested phrasings (`entry id, question`) by when a customer last made one."""
-        return f"{self.namespace}:kb:suggestions"
+        return f"{self.key_prefix}:kb:suggestions"
 
     @property
     def kb_suggestion_examples_key(self) -> str:
-        return f"{self.namespace}:kb:suggestions:examples"
+        return f"{self.key_prefix}:kb:suggestions:examples"
 
     @property
     def kb_suggestion_counts_key(self) -> str:
-        return f"{self.namespace}:kb:suggestions:counts"
+        return f"{self.key_prefix}:kb:suggestions:counts"
 
     @property
     def unanswered_handled_key(self) -> str:
         """Sorted set of the questions and suggestions an operator acted on, by when: not listed again."""
-        return f"{self.namespace}:unanswered:handled"
+        return f"{self.key_prefix}:unanswered:handled"
 
     # Customers' data (shared/privacy/) --------------------------------------------------------------
     @property
     def privacy_requests_key(self) -> str:
         """Hash of the customers' pending requests about their data (an export), by customer."""
-        return f"{self.namespace}:privacy:requests"
+        return f"{self.key_prefix}:privacy:requests"
 
     @property
     def retention_lock_key(self) -> str:
         """Held by the one monitor sweeping what is older than RETENTION_DAYS."""
-        return f"{self.namespace}:privacy:retention-lock"
+        return f"{self.key_prefix}:privacy:retention-lock"
 
     @property
     def dead_letters_lock_key(self) -> str:
         """Held by the one pass over the dead-letter queue that takes letters out (shared/privacy)."""
-        return f"{self.namespace}:privacy:dead-letters-lock"
+        return f"{self.key_prefix}:privacy:dead-letters-lock"

@@ -60,8 +60,12 @@ def run_service(
         print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(service, app, port_of(settings), settings))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(service, app, port_of(settings), settings))
+    except ConfigError as exc:  # found while connecting: a TLS server the configured CA does not sign
+        print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def serve(service: str, app: web.Application, port: int, settings: Settings) -> None:

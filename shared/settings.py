@@ -35,9 +35,27 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """`{prefix}_CA_FILE`, `{prefix}_CERT_FILE`, `{prefix}_KEY_FILE` (shared/tls.py reads them)."""
+
+    prefix: str
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
+    # AMQP_URL: one URL, or the nodes of one cluster comma-separated (shared/amqp_nodes.py).
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     redis_url: str = "redis://localhost:6379/0"
+    # REDIS_SENTINELS: when set, the primary is asked of these (shared/redis_client.py); REDIS_URL
+    # then gives only the password, the database and the scheme (rediss: TLS).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_service: str = "mymaster"
+    # CA bundles (system CAs when unset) and client certificates for rediss:// and amqps://.
+    redis_tls: TlsFiles = field(default_factory=lambda: TlsFiles("REDIS"))
+    amqp_tls: TlsFiles = field(default_factory=lambda: TlsFiles("AMQP"))
     namespace: str = "atendimento"
     gateway_port: int = 8080
     worker_port: int = 8081
@@ -196,6 +214,11 @@ class Settings:
     otel_endpoint: str = ""
 
     @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The RabbitMQ nodes AMQP_URL lists (one, or the nodes of a cluster)."""
+        return tuple(self.amqp_url.split(","))
+
+    @property
     def heartbeat_ttl_s(self) -> float:
         """A process missing three beats in a row is taken for dead."""
         return self.heartbeat_interval_s * 3
@@ -226,8 +249,16 @@ class Settings:
         otel_endpoint = read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
         otel_endpoint = otel_endpoint or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         settings = cls(
-            amqp_url=read.url("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
+            amqp_url=read.urls("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
             redis_url=read.url("REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
+            redis_sentinels=read.host_ports("REDIS_SENTINELS"),
+            redis_sentinel_service=read.text("REDIS_SENTINEL_SERVICE", defaults.redis_sentinel_service),
+            redis_tls=read.paired(
+                TlsFiles("REDIS", read.file("REDIS_CA_FILE"), read.file("REDIS_CERT_FILE"), read.file("REDIS_KEY_FILE"))
+            ),
+            amqp_tls=read.paired(
+                TlsFiles("AMQP", read.file("AMQP_CA_FILE"), read.file("AMQP_CERT_FILE"), read.file("AMQP_KEY_FILE"))
+            ),
             namespace=read.namespace("ATENDIMENTO_NAMESPACE", defaults.namespace),
             gateway_port=read.port("GATEWAY_PORT", defaults.gateway_port),
             worker_port=read.port("WORKER_PORT", defaults.worker_port),
@@ -422,6 +453,49 @@ class _Reader:
             return raw
 
         return self._parse(name, default, parse, "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
+
+    def urls(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        """One URL or several comma-separated (the nodes of one cluster), all of one scheme."""
+
+        def parse(raw: str) -> str:
+            urls = [item.strip() for item in raw.split(",") if item.strip()]
+            for url in urls:
+                parts = urlsplit(url)
+                if parts.scheme not in schemes or not parts.netloc:
+                    raise ValueError
+            if not urls or len({urlsplit(url).scheme for url in urls}) > 1:
+                raise ValueError
+            return ",".join(urls)
+
+        expected = "URLs starting with " + " or ".join(f"{s}://" for s in schemes) + ", comma-separated, one scheme"
+        return self._parse(name, default, parse, expected)
+
+    def host_ports(self, name: str) -> tuple[tuple[str, int], ...]:
+        def parse(raw: str) -> tuple[tuple[str, int], ...]:
+            pairs = []
+            for item in self.csv(name):
+                host, _, port = item.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                    raise ValueError
+                pairs.append((host.strip("[]"), int(port)))
+            return tuple(pairs)
+
+        return self._parse(name, (), parse, "comma-separated host:port pairs (sentinel-0:26379,sentinel-1:26379)")
+
+    def file(self, name: str) -> Path | None:
+        def parse(raw: str) -> Path | None:
+            path = Path(raw)
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ValueError
+            return path
+
+        return self._parse(name, None, parse, "the path of a readable file")
+
+    @staticmethod
+    def paired(files: TlsFiles) -> TlsFiles:
+        if (files.cert_file is None) != (files.key_file is None):
+            raise ConfigError(f"{files.prefix}_CERT_FILE and {files.prefix}_KEY_FILE go together: set both or neither")
+        return files
 
     def namespace(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:

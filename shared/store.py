@@ -19,6 +19,7 @@ import orjson
 from redis._parsers import _AsyncRESP3Parser
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
@@ -61,21 +62,25 @@ REDIS_POOL_SIZE = 100
 REDIS_POOL_WAIT_S = 5.0
 
 
-def create_redis(url: str) -> Redis:
+def client_options() -> dict[str, Any]:
+    """How every connection to Redis behaves, to one server or to the primary Sentinel names."""
+    return {
+        "parser_class": _Parser,
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def create_redis(url: str, **tls: Any) -> Redis:
     # A short retry rides over a dropped connection; longer outages surface as errors that the
     # callers turn into 503s (gateway) or an in-place wait (worker). The pool blocks: a burst of
-    # requests waits for a free connection instead of failing.
+    # requests waits for a free connection instead of failing. `tls`: shared/redis_client.py.
     pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_POOL_SIZE,
-        timeout=REDIS_POOL_WAIT_S,
-        parser_class=_Parser,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, **client_options(), **tls
     )
     return Redis.from_pool(pool)
 
@@ -155,10 +160,41 @@ async def until_redis_answers(operation: Callable[[], Awaitable[T]], *, holding:
 
 
 async def redis_check(redis: Redis) -> dict[str, Any]:
-    """A health check entry: up with the ping's latency, or down with the reason."""
+    """A health check entry: up with the ping's latency, or down with the reason. Behind Sentinel
+    also the primary in use, and `failover: true` while the sentinels answer but no primary does
+    (a failover running: the system is degraded, not dead)."""
     started = time.perf_counter()
     try:
         await redis.ping()
     except REDIS_ERRORS as exc:
-        return {"status": "down", "error": str(exc) or type(exc).__name__}
-    return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        down: dict[str, Any] = {"status": "down", "error": str(exc) or type(exc).__name__}
+        return down | await _sentinel_view(redis, failing=True)
+    up = {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return up | await _sentinel_view(redis, failing=False)
+
+
+async def _sentinel_view(redis: Redis, *, failing: bool) -> dict[str, Any]:
+    pool = redis.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return {}
+    if not failing and pool.master_address is not None:
+        host, port = pool.master_address
+        return {"primary": f"{host}:{port}"}
+    try:
+        host, port = await pool.sentinel_manager.discover_master(pool.service_name)
+    except MasterNotFoundError:
+        # No sentinel names a primary: reachable sentinels mean one is being elected.
+        return {"failover": await _sentinels_answer(pool)}
+    except REDIS_ERRORS:
+        return {}
+    return {"primary": f"{host}:{port}", "failover": failing}
+
+
+async def _sentinels_answer(pool: SentinelConnectionPool) -> bool:
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            await sentinel.ping()
+            return True
+        except REDIS_ERRORS:
+            continue
+    return False

@@ -146,11 +146,11 @@ def normalise(text: str) -> str:
 
 
 def counts_key(names: Names, hour: int) -> str:
-    return f"{names.namespace}:unanswered:{hour}:counts"
+    return f"{names.key_prefix}:unanswered:{hour}:counts"
 
 
 def examples_key(names: Names, hour: int) -> str:
-    return f"{names.namespace}:unanswered:{hour}:examples"
+    return f"{names.key_prefix}:unanswered:{hour}:examples"
 
 
 def suggestion_of(answered: Answered) -> tuple[str, str] | None:

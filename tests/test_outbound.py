@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 from services.gateway.app import create_app
 from services.gateway.keys import CLOCK
 from shared.contacts import Clock
+from shared.names import Names
 from shared.settings import Settings
-from tests.support import Service, Stack, eventually, free_port, get_json
+from tests.support import TEST_SHARDS, Service, Stack, eventually, free_port, get_json
 from tests.support.channel_fakes import (
     PHONE_NUMBER_ID,
     TELEGRAM_ENV,
@@ -51,6 +52,10 @@ class Gateway:
     clock: Clock
     http: aiohttp.ClientSession
     namespace: str
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace, TEST_SHARDS)
 
     async def send(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         url = f"{self.service.url}/v1/outbound"
@@ -154,7 +159,7 @@ async def test_text_and_template_reach_the_graph_api_in_its_documented_shape(
     }
 
     # Recorded in the customer's conversation, as the admin area shows it.
-    log = await redis.lrange(f"{gateway.namespace}:conversation-log:whatsapp:{PHONE_NUMBER_ID}:{stranger}", 0, -1)
+    log = await redis.lrange(gateway.names.conversation_log_key(f"whatsapp:{PHONE_NUMBER_ID}:{stranger}"), 0, -1)
     [entry] = [orjson.loads(raw) for raw in log]
     assert entry["kind"] == "outbound" and entry["template"]["name"] == "order_shipped"
     status, found = await gateway.status(body["message_id"])
@@ -323,9 +328,9 @@ async def test_statuses_update_the_message_and_a_failure_shows_its_code(
     reply_wamid = reply.answer["messages"][0]["id"]
     status, _ = await post_whatsapp(gateway.http, gateway.service, whatsapp_status(reply_wamid, sender, "delivered"))
     assert status == 200
-    message_id = str(await redis.get(f"{gateway.namespace}:wamid:{reply_wamid}"))
+    message_id = str(await redis.get(gateway.names.wamid_key(reply_wamid)))
     assert message_id.startswith("wamid.")
-    assert await redis.hget(f"{gateway.namespace}:receipt:{message_id}", "status") == "delivered"
+    assert await redis.hget(gateway.names.receipt_key(message_id), "status") == "delivered"
 
 
 async def test_bad_requests_name_the_field(gateway: Gateway) -> None:

@@ -8,7 +8,8 @@ import uuid
 import aiohttp
 import orjson
 
-from tests.support import PRAZO, Stack, eventually, get_json, post_message, web_id
+from shared.names import Names
+from tests.support import PRAZO, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
 from tests.support.pipeline import read_events, start_stack
 
 
@@ -93,7 +94,7 @@ async def _memory(stack: Stack, conversation: str, length: int) -> list[dict[str
 
         async def full() -> list[bytes] | None:
             items: list[bytes] = await redis.lrange(  # type: ignore[assignment]
-                f"{stack.namespace}:memory:{conversation}", 0, -1
+                Names(stack.namespace, TEST_SHARDS).memory_key(conversation), 0, -1
             )
             return items if len(items) >= length else None
 

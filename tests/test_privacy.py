@@ -253,7 +253,8 @@ async def test_whatsapp_customer_erases_their_data_with_the_buttons(
     await eventually(erased, what="the customer's words gone")
     # Only the confirmation's own records name them (its claim and stored reply, until they expire).
     leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if sender in line]
-    assert sorted(leftover) == [f"{ns}:msg:wamid.p3", f"{ns}:reply:wamid.p3"]
+    names = Names(ns, TEST_SHARDS)
+    assert sorted(leftover) == [names.claim_key("wamid.p3"), names.reply_key("wamid.p3")]
 
     # Their next message starts a new conversation: answered, and the only one logged.
     status, _ = await post_whatsapp(http, gateway, whatsapp_text("wamid.p4", sender, "qual o prazo de entrega?"))
@@ -292,7 +293,8 @@ async def test_telegram_customer_asks_in_english_and_erases_with_the_keyboard(
 
     await eventually(erased, what="the customer's words gone")
     leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if str(chat) in line]
-    assert sorted(leftover) == [f"{ns}:msg:telegram:3", f"{ns}:reply:telegram:3"]
+    names = Names(ns, TEST_SHARDS)
+    assert sorted(leftover) == [names.claim_key("telegram:3"), names.reply_key("telegram:3")]
 
 
 async def test_erasing_a_customer_with_1000_messages(stack: Stack, http: aiohttp.ClientSession, redis: Redis) -> None:

@@ -5,6 +5,11 @@ and scripts/restore.sh).
     python redis_keys.py restore [--redis-url URL] [--namespace NS] [--no-replace]
                                  [--ttl-mode absolute|relative]                < keys.jsonl
     python redis_keys.py k8s-clean < kubectl-get-output.json > applyable.json
+    python redis_keys.py hash-tag [--redis-url URL] [--namespace NS]
+
+`hash-tag` moves the keys of a deployment made before keys carried their namespace as a Redis
+Cluster hash tag (`NS:x` becomes `NS:{NS}:x`, TTLs kept; run it once, with the services stopped,
+after upgrading; a backup taken before the upgrade restores the old names, run it after that too).
 
 Key names are never hard-coded: `dump` walks `{namespace}:*` with SCAN and saves each key's
 DUMP payload (Redis' own serialisation: lists, hashes, sorted sets... all the same) with its
@@ -217,6 +222,19 @@ def k8s_clean(stream: TextIO, out: TextIO) -> int:
     return 0
 
 
+def hash_tag(url: str, namespace: str) -> int:
+    """Rename `NS:x` to `NS:{NS}:x` for every key of the namespace not tagged yet."""
+    client = _redis(url)
+    tagged = f"{namespace}:{{{namespace}}}:".encode()
+    moved = 0
+    for key in list(client.scan_iter(match=_escape_glob(namespace) + ":*", count=BATCH)):
+        if not key.startswith(tagged):
+            client.rename(key, tagged + key[len(namespace) + 1 :])
+            moved += 1
+    print(f"redis_keys: {moved} keys of {namespace} moved under the hash tag {{{namespace}}}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="redis_keys", description="Back up and restore the Redis keys of one ATENDIMENTO_NAMESPACE."
@@ -243,11 +261,17 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("k8s-clean", help="make `kubectl get -o json` output re-appliable")
 
+    p_tag = commands.add_parser("hash-tag", help="move keys made before the namespace hash tag under it")
+    p_tag.add_argument("--redis-url", default=default_url)
+    p_tag.add_argument("--namespace", default=default_ns)
+
     args = parser.parse_args(argv)
     if args.command == "dump":
         return dump(args.redis_url, args.namespace, sys.stdout)
     if args.command == "restore":
         return restore(args.redis_url, args.namespace, not args.no_replace, args.ttl_mode, sys.stdin)
+    if args.command == "hash-tag":
+        return hash_tag(args.redis_url, args.namespace)
     return k8s_clean(sys.stdin, sys.stdout)
 
 

@@ -17,6 +17,8 @@ class RedisCheck(TypedDict):
     status: UpDown
     latency_ms: NotRequired[float]  # when up: the ping's round trip
     error: NotRequired[str]  # when down: why
+    primary: NotRequired[str]  # behind Sentinel: the primary's host:port
+    failover: NotRequired[bool]  # behind Sentinel: down, but the sentinels answer (a failover runs)
 
 
 class RabbitCheck(TypedDict):

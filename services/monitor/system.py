@@ -114,23 +114,36 @@ def _liveness(services: list[ServiceInfo] | None, name: str) -> Liveness:
 
 
 def overall_status(checks: Checks) -> tuple[SystemStatus, list[str]]:
-    """Unhealthy when no message can be answered; degraded when some cannot reach the system;
+    """Unhealthy when no message can be answered; degraded when some cannot reach the system, or
+    while Sentinel fails Redis over (the services hold their work until the new primary answers);
     with the reasons, one line per check at fault. Dead letters are no degradation: each is one
     message an operator should look at (a warning), not a system that fails its customers."""
+    failing_over = bool(checks["redis"].get("failover", False))
+    workers = checks["workers"]
     unhealthy = [
         reason
-        for check, reason in (
-            (checks["redis"], "redis: " + checks["redis"].get("error", "down")),
-            (checks["rabbitmq"], "rabbitmq: down"),
-            (checks["workers"], "workers: no live worker" if checks["workers"]["alive"] == 0 else "workers: unknown"),
+        for failing, reason in (
+            (checks["redis"]["status"] != "up" and not failing_over, "redis: " + checks["redis"].get("error", "down")),
+            (checks["rabbitmq"]["status"] != "up", "rabbitmq: down"),
+            # Heartbeats live in Redis: while a new primary is elected nobody can tell who is alive.
+            (
+                workers["status"] != "up" and not (failing_over and workers["status"] == "unknown"),
+                "workers: no live worker" if workers["alive"] == 0 else "workers: unknown",
+            ),
         )
-        if check["status"] != "up"
+        if failing
     ]
     if unhealthy:
         return "unhealthy", unhealthy
-    if checks["gateway"]["status"] != "up":
-        return "degraded", ["gateway: no live gateway, no channel can hand in messages"]
-    return "healthy", []
+    degraded = [
+        reason
+        for failing, reason in (
+            (failing_over, "redis: failing over to a new primary"),
+            (checks["gateway"]["status"] != "up", "gateway: no live gateway, no channel can hand in messages"),
+        )
+        if failing
+    ]
+    return ("degraded", degraded) if degraded else ("healthy", [])
 
 
 def warnings(checks: Checks) -> list[str]:

@@ -82,7 +82,7 @@ class ShardSubscription:
     async def start(self) -> None:
         channel = await self._broker.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._capacity.limit)
-        queue = await declare_shard_queue(channel, self._broker.names, self.shard)
+        queue = await declare_shard_queue(channel, self._broker, self.shard)
         self._channel = channel
         await queue.consume(self._on_delivery)
 

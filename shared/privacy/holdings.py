@@ -67,7 +67,7 @@ async def discover(redis: Redis, names: Names, customer: Customer, letters: Iter
     prefixes = [key("") for key in conversation_keys(names)]
     valued = (names.claim_key(""), names.reply_key(""))
     candidates: list[str] = []
-    async for raw in redis.scan_iter(match=f"{names.namespace}:*", count=SCAN_COUNT):
+    async for raw in redis.scan_iter(match=f"{names.key_prefix}:*", count=SCAN_COUNT):
         key = str(raw)
         for prefix in prefixes:
             if key.startswith(prefix) and customer.owns(key[len(prefix) :]):

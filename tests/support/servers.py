@@ -95,6 +95,9 @@ class PrivateRabbit:
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     node: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}@localhost")
+    # More rabbitmq.conf lines (a TLS listener), and the Erlang cookie nodes of one cluster share.
+    extra_config: str = ""
+    cookie: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,7 +107,12 @@ class PrivateRabbit:
     def env(self) -> dict[str, str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "rabbitmq.conf"
-        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n{self.extra_config}")
+        if self.cookie is not None:
+            cookie = self.workdir / ".erlang.cookie"
+            if not cookie.exists():
+                cookie.write_text(self.cookie)
+                cookie.chmod(0o400)
         plugins = self.workdir / "enabled_plugins"
         plugins.write_text("[].\n")
         env_file = self.workdir / "rabbitmq-env.conf"

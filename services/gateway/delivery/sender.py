@@ -38,7 +38,7 @@ from services.gateway.delivery.ledger import Ledger
 from services.gateway.delivery.order import OutboundOrder
 from services.gateway.delivery.split import split_text
 from services.gateway.ratelimit import TokenBuckets
-from shared.broker import BROKER_ERRORS, Broker, work_queue_arguments
+from shared.broker import BROKER_ERRORS, Broker
 from shared.logs import mask_pii
 from shared.messages import MessageFormatError, Option, ReplyMessage, Template
 from shared.metrics import DeliveryMetrics
@@ -172,11 +172,7 @@ class DeliveryConsumer:
         names = self._broker.names
         channel = await self._broker.connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await channel.declare_queue(
-            names.delivery_queue(self._client.channel),
-            durable=True,
-            arguments=work_queue_arguments(names, single_active_consumer=False),
-        )
+        queue = await self._broker.declare_durable_queue(channel, names.delivery_queue(self._client.channel))
         tag = await queue.consume(self._on_delivery)
         self._subscription = (channel, queue, tag)
 
