@@ -20,10 +20,11 @@ from pathlib import Path
 import aiohttp
 
 from bench.__main__ import RssSampler, _pid
+from shared.settings import DEFAULT_SHARDS
 from tests.support import Stack, eventually, get_json, purge_namespace
 from tests.support.fake_llm import FakeLlm
 
-SHARDS = 16
+SHARDS = DEFAULT_SHARDS  # the product's default
 
 
 async def ask_all(url: str, conversations: int) -> list[float]:

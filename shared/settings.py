@@ -24,6 +24,8 @@ T = TypeVar("T")
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+# Shard queues: 24 split evenly over 2, 3, 4, 6, 8 and 12 workers (README: Scaling).
+DEFAULT_SHARDS = 24
 
 
 class ConfigError(ValueError):
@@ -42,7 +44,7 @@ class Settings:
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
 
     # Pipeline shape
-    shards: int = 16
+    shards: int = DEFAULT_SHARDS
     max_attempts: int = 5
     # Replies one worker generates at once (LLM calls in flight), across conversations.
     worker_concurrency: int = 64
