@@ -24,8 +24,9 @@ T = TypeVar("T")
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
-# Shard queues: 24 split evenly over 2, 3, 4, 6, 8 and 12 workers (README: Scaling).
-DEFAULT_SHARDS = 24
+# Shard queues: 16 split evenly over 2, 4, 8 and 16 workers, over 3 and 5 within one shard each, and
+# cost no migration to deployments already running 16 (README: Scaling).
+DEFAULT_SHARDS = 16
 
 
 class ConfigError(ValueError):
