@@ -42,13 +42,17 @@ class ProcessInfo:
     started_at: float = field(default_factory=time.time)
     memory_limit: int = field(default_factory=memory_limit_bytes)
     process: psutil.Process = field(default_factory=psutil.Process)
+    rss: int = 0  # the last reading, kept when one fails
 
     @property
     def uptime_seconds(self) -> float:
         return time.time() - self.started_at
 
     def snapshot(self) -> dict[str, Any]:
-        rss = int(self.process.memory_info().rss)
+        # /proc unreadable (out of file handles, say): the last reading stands, the beat goes on.
+        with contextlib.suppress(OSError, psutil.Error):
+            self.rss = int(self.process.memory_info().rss)
+        rss = self.rss
         return {
             "name": self.service,
             "instance": self.instance_id,
@@ -68,17 +72,19 @@ async def heartbeat_loop(
     ttl_s: float,
     extra: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Beat until cancelled; a Redis outage is logged once per outage and does not stop the loop."""
+    """Beat until cancelled. A failed beat (Redis down, the process out of file handles) is logged
+    once per run of failures and never ends the loop: a process that stops beating is taken for
+    dead, and the workers divide the shards without it."""
     failing = False
     try:
         while True:
-            state = info.snapshot() | (extra() if extra else {})
             try:
+                state = info.snapshot() | (extra() if extra else {})
                 await store.beat(info.service, info.instance_id, state, ttl_s)
                 failing = False
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # whatever failed, the next beat may not: nothing ends the loop
                 if not failing:
-                    log.warning("heartbeat not written: %s", exc)
+                    log.warning("heartbeat not written: %r", exc)
                 failing = True
             await asyncio.sleep(interval_s)
     finally:

@@ -24,6 +24,8 @@ ReplyKind = Literal["answer", "clarify", "fallback", "smalltalk", "handoff", "ag
 REPLY_KINDS: tuple[ReplyKind, ...] = ("answer", "clarify", "fallback", "smalltalk", "handoff", "agent")
 # The option that hands the conversation to a person, offered with every question back and fallback.
 HANDOFF_OPTION = "handoff"
+# A tap on an opt-out button (a template's quick reply): no more proactive messages (shared/contacts.py).
+OPT_OUT_OPTION = "opt_out"
 
 
 class MessageFormatError(ValueError):
@@ -69,6 +71,29 @@ class Option:
 
 
 @dataclass(frozen=True, slots=True)
+class Template:
+    """An approved WhatsApp message template (a proactive message outside the 24-hour window):
+    its name, language code and the Graph API's `components` (parameters), sent as they are."""
+
+    name: str
+    language: str
+    components: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": self.name, "language": self.language}
+        if self.components:
+            body["components"] = list(self.components)
+        return body
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Template:
+        if not isinstance(data, dict):
+            raise ValueError(f"a template must be an object, got {data!r}")
+        components = data.get("components") or ()
+        return cls(str(data["name"]), str(data["language"]), tuple(dict(c) for c in components))
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyContent:
     """What an engine produced; the `reply` object of the public API."""
 
@@ -100,6 +125,8 @@ class ReplyContent:
     # It answers a voice note: with VOICE_REPLIES=on the channel delivery also speaks it (the audio
     # is made at send time, so no audio bytes ever sit in a queue or in Redis). On the wire only.
     voice: bool = False
+    # A proactive WhatsApp message sent as a template (`text` is then empty). On the wire only.
+    template: Template | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -117,6 +144,8 @@ class ReplyContent:
         body = self.to_dict()
         if self.voice:
             body["voice"] = True
+        if self.template is not None:
+            body["template"] = self.template.to_dict()
         return body
 
     @classmethod
@@ -132,6 +161,7 @@ class ReplyContent:
             options=tuple(Option.from_dict(o) for o in data.get("options", ()))
             or tuple(Option.button(str(b)) for b in data.get("buttons", ())),
             voice=bool(data.get("voice", False)),
+            template=Template.from_dict(data["template"]) if data.get("template") else None,
         )
 
 

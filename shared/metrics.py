@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.messages import ReplyMessage, Usage
 
-# Seconds. 5 is the latency alert's threshold (SPEC section 5): the p95 read from these buckets
-# is exact at it. The top buckets catch replies held back by a slow LLM or a backlog.
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Seconds, from 1 ms (a knowledge-base reply takes a few) to 60 s. 5 is the latency alert's
+# threshold (SPEC section 5): the p95 read from these buckets is exact at it. The top buckets
+# catch replies held back by a slow LLM or a backlog.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED_ROUTE = "unmatched"  # 404s: one label value, not one per path a scanner tries
 
@@ -42,6 +43,9 @@ class DeliveryMetrics:
     outcomes: Counter
     retries: Counter
     errors: Counter
+    # What the platform said became of each message (WhatsApp `statuses`), and why it failed.
+    statuses: Counter
+    failures: Counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,19 @@ class GatewayMetrics:
                     registry=registry,
                 ),
                 errors=errors,
+                statuses=Counter(
+                    "atendimento_delivery_statuses",
+                    "Delivery statuses the channel reported for our messages (sent, delivered, read, failed)",
+                    ["channel", "status"],
+                    registry=registry,
+                ),
+                failures=Counter(
+                    "atendimento_delivery_failures",
+                    "Messages the channel reported as not delivered, by the platform's error code"
+                    " (e.g. 131047: outside the 24-hour window)",
+                    ["channel", "code"],
+                    registry=registry,
+                ),
             ),
         )
 
@@ -144,6 +161,7 @@ class WorkerMetrics:
     llm_latency: Histogram
     llm_tokens: Counter
     handoffs: Counter
+    silenced: Counter
     errors: Counter
 
     @classmethod
@@ -154,7 +172,7 @@ class WorkerMetrics:
         return cls(
             replies=Counter(
                 "atendimento_replies",
-                "Replies committed, by engine and channel (silenced and merged ones included)",
+                "Replies committed, by engine and channel (merged ones included; silenced messages apart)",
                 ["engine", "channel"],
                 registry=registry,
             ),
@@ -178,6 +196,12 @@ class WorkerMetrics:
                 ["channel"],
                 registry=registry,
             ),
+            silenced=Counter(
+                "atendimento_silenced_messages",
+                "Messages the bot stayed silent on because a person has the conversation, by channel",
+                ["channel"],
+                registry=registry,
+            ),
             errors=_errors(registry),
         )
 
@@ -185,7 +209,10 @@ class WorkerMetrics:
         """The worker's one hook, once a reply is committed: `reply` as it stands after the commit,
         `usage` the LLM's for the generated content (the standing copy does not carry it)."""
         content = reply.reply
-        self.replies.labels(content.engine, reply.channel).inc()
+        if reply.silenced:  # no reply went out: counted apart, never as an engine's reply
+            self.silenced.labels(reply.channel).inc()
+        else:
+            self.replies.labels(content.engine, reply.channel).inc()
         # Clamped: the gateway's clock may be ahead of the worker's.
         self.reply_latency.observe(max(0.0, timings.end_to_end_ms) / 1000)
         self.queue_wait.observe(max(0.0, timings.queue_wait_ms) / 1000)

@@ -97,6 +97,10 @@ class Names:
         """The web conversation tokens' secret when CONVERSATION_TOKEN_SECRET is unset."""
         return f"{self.namespace}:conversation-token-secret"
 
+    def conversation_token_reset_key(self, conversation_id: str) -> str:
+        """When `/reset` last ended a web conversation's tokens (ms since the epoch)."""
+        return f"{self.namespace}:conversation-token-reset:{conversation_id}"
+
     def attempts_key(self, message_id: str) -> str:
         return f"{self.namespace}:attempts:{message_id}"
 
@@ -126,6 +130,19 @@ class Names:
 
     def conversation_log_key(self, conversation_id: str) -> str:
         return f"{self.namespace}:conversation-log:{conversation_id}"
+
+    def contact_key(self, channel: str, address: str) -> str:
+        """A channel customer's last message and opt-out (shared/contacts.py)."""
+        return f"{self.namespace}:contact:{channel}:{address}"
+
+    def receipt_key(self, message_id: str) -> str:
+        """What became of a message sent on a channel (a reply or a proactive message): the
+        platform's delivery statuses, and for a proactive one where it went (shared/receipts.py)."""
+        return f"{self.namespace}:receipt:{message_id}"
+
+    def wamid_key(self, wamid: str) -> str:
+        """The message a WhatsApp message id (`wamid`) the Graph API returned belongs to."""
+        return f"{self.namespace}:wamid:{wamid}"
 
     @property
     def conversations_key(self) -> str:
@@ -162,6 +179,10 @@ class Names:
         return f"{self.namespace}:heartbeat:{service}:{instance_id}"
 
     # Operators (monitor and admin) ------------------------------------------------------------
+    def handoff_assignee_key(self, conversation_id: str) -> str:
+        """The agent who took the handed-off conversation ("assign to me" in the admin inbox)."""
+        return f"{self.namespace}:handoff-assignee:{conversation_id}"
+
     def handoff_key(self, conversation_id: str) -> str:
         """A conversation handed to a human: the bot stays silent while this key lives."""
         return f"{self.namespace}:handoff:{conversation_id}"

@@ -25,8 +25,10 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from aiohttp import web
 
+from shared.edge import ConnectionCounts, EdgeLimits, GuardedSite, quiet_malformed_requests, raise_file_limit
 from shared.logs import setup_logging
 from shared.settings import ConfigError, Settings
+from shared.startup import log_start
 from shared.telemetry import tracing_context
 from shared.web import PROBES
 
@@ -50,6 +52,7 @@ def run_service(
             max_bytes=settings.log_file_max_bytes,
             backups=settings.log_file_backups,
         )
+        quiet_malformed_requests()
         app = create_app(settings)
         # First in, last out: spans are flushed after every other context has drained its work.
         app.cleanup_ctx.insert(0, tracing_context(service, settings))
@@ -58,16 +61,19 @@ def run_service(
         raise SystemExit(2) from None
     # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(app, port_of(settings), settings))
+        runner.run(serve(service, app, port_of(settings), settings))
 
 
-async def serve(app: web.Application, port: int, settings: Settings) -> None:
+async def serve(service: str, app: web.Application, port: int, settings: Settings) -> None:
     """Serve until a stop signal, then drain: readiness off, keep serving, close, clean up."""
+    open_files = raise_file_limit()
     # The drain of in-flight work happens in the apps' cleanup contexts; give them the grace period.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     try:
-        await web.TCPSite(runner, port=port).start()
+        counts = ConnectionCounts(settings.max_connections_per_ip, settings.trusted_proxies)
+        await GuardedSite(runner, port, EdgeLimits(counts, settings.http_header_timeout_s)).start()
+        log_start(service, settings, port, open_files)
         _settle_garbage_collector()
         signals = _StopSignals()
         await signals.first.wait()

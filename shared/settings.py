@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 T = TypeVar("T")
 
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+HOST_PATTERN_RE = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 # Shard queues: 16 split evenly over 2, 4, 8 and 16 workers, over 3 and 5 within one shard each, and
 # cost no migration to deployments already running 16 (README: Scaling).
 DEFAULT_SHARDS = 16
@@ -107,22 +109,40 @@ class Settings:
     conversation_token_secrets: tuple[str, ...] = ()
     # Sites that may embed the chat page (GET /widget.js opens it in an iframe there).
     chat_embed_origins: tuple[str, ...] = ()
+    # CONVERSATION_TOKEN_TTL_SECONDS: a conversation token opens its conversation this long.
+    conversation_token_ttl_s: int = 30 * 86_400
+    # Slow and greedy clients (shared/edge.py): a connection's request head must arrive within
+    # this (also the idle time allowed between requests), a body within that; per client address
+    # and process, this many connections (trusted proxies exempt) and event streams (0: no cap).
+    http_header_timeout_s: float = 15.0
+    http_body_timeout_s: float = 30.0
+    max_connections_per_ip: int = 256
+    max_streams_per_ip: int = 32
     admin_token: str = ""
     admin_session_s: int = 8 * 3600
     admin_max_failures: int = 5
     admin_lockout_s: int = 900
     admin_refresh_s: int = 30
+    # The chat page's look (CHAT_*): empty title and greeting keep the page's own, in its language.
+    chat_title: str = ""
+    chat_color: str = "#0b7a5c"
+    chat_greeting: str = ""
+    chat_avatar_url: str = ""
 
     # Monitor
     alert_webhook_url: str = ""
     alert_interval_s: float = 15.0
     handoff_ttl_s: int = 4 * 3600
+    # The zone the admin area shows times in (and business hours are read in).
+    business_timezone: str = "America/Sao_Paulo"
 
     # Channels
     whatsapp_verify_token: str = ""
     whatsapp_app_secret: str = ""
     whatsapp_access_token: str = ""
     whatsapp_api_base: str = "https://graph.facebook.com/v19.0"
+    # The business number a proactive message to a customer who never wrote goes out from.
+    whatsapp_phone_number_id: str = ""
     telegram_bot_token: str = ""
     telegram_secret_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
@@ -141,6 +161,15 @@ class Settings:
     media_max_bytes: int = 16 * 2**20
     # Fetching one media file, one transcription or one speech synthesis ends within this.
     media_timeout_s: float = 20.0
+    # Media within bounds (services/worker/media/): a document's text kept, the PDF reader child's
+    # memory ceiling and CPU seconds, and how many media files one worker handles at once.
+    media_max_text_chars: int = 20_000
+    media_extract_memory_bytes: int = 192 * 2**20
+    media_extract_cpu_seconds: int = 10
+    media_concurrency: int = 4
+    # Where media may be downloaded from besides the API bases' own hosts: HTTPS only, and a
+    # leading dot takes the domain's subdomains (services/worker/media/hosts.py).
+    media_allowed_hosts: tuple[str, ...] = (".fbsbx.com", ".fbcdn.net", ".whatsapp.net", ".telegram.org")
 
     log_level: str = "INFO"
     # Optional log files (combined.log, error.log, audit.log) beside stdout, rotated by size.
@@ -155,6 +184,9 @@ class Settings:
     # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
     # localhost:4317, would fill the logs with failed exports.
     otel_traces_exporter: str = "none"
+    # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
+    # the start line only: the SDK reads the variable itself.
+    otel_endpoint: str = ""
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -184,6 +216,8 @@ class Settings:
         read = _Reader(source)
         defaults = cls()
         embeddings = read.choice("KB_EMBEDDINGS", "multilingual", ("multilingual", "off"))
+        otel_endpoint = read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+        otel_endpoint = otel_endpoint or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         settings = cls(
             amqp_url=read.url("AMQP_URL", defaults.amqp_url, ("amqp", "amqps")),
             redis_url=read.url("REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
@@ -231,6 +265,13 @@ class Settings:
             cors_allowed_origins=read.origins("CORS_ALLOWED_ORIGINS"),
             conversation_token_secrets=read.secrets("CONVERSATION_TOKEN_SECRET"),
             chat_embed_origins=read.origins("CHAT_EMBED_ORIGINS"),
+            conversation_token_ttl_s=read.integer(
+                "CONVERSATION_TOKEN_TTL_SECONDS", defaults.conversation_token_ttl_s, 60, 366 * 86_400
+            ),
+            http_header_timeout_s=read.number("HTTP_HEADER_TIMEOUT_SECONDS", defaults.http_header_timeout_s, 1, 600),
+            http_body_timeout_s=read.number("HTTP_BODY_TIMEOUT_SECONDS", defaults.http_body_timeout_s, 1, 600),
+            max_connections_per_ip=read.integer("MAX_CONNECTIONS_PER_IP", defaults.max_connections_per_ip, 0, 10**6),
+            max_streams_per_ip=read.integer("MAX_STREAMS_PER_IP", defaults.max_streams_per_ip, 0, 10**6),
             admin_token=read.text("ADMIN_TOKEN", ""),
             admin_session_s=read.integer("ADMIN_SESSION_SECONDS", defaults.admin_session_s, 60, 7 * 86_400),
             admin_max_failures=read.integer("ADMIN_MAX_FAILURES", defaults.admin_max_failures, 1, 1000),
@@ -239,10 +280,16 @@ class Settings:
             alert_webhook_url=read.url("ALERT_WEBHOOK_URL", "", ("http", "https")),
             alert_interval_s=read.number("ALERT_INTERVAL_SECONDS", defaults.alert_interval_s, 0.1, 3600),
             handoff_ttl_s=read.integer("HANDOFF_TTL_SECONDS", defaults.handoff_ttl_s, 60, 30 * 86_400),
+            business_timezone=read.timezone("BUSINESS_TIMEZONE", defaults.business_timezone),
+            chat_title=read.text("CHAT_TITLE", "")[:60],
+            chat_color=read.color("CHAT_COLOR", defaults.chat_color),
+            chat_greeting=read.text("CHAT_GREETING", "")[:500],
+            chat_avatar_url=read.url("CHAT_AVATAR_URL", "", ("http", "https")),
             whatsapp_verify_token=read.text("WHATSAPP_VERIFY_TOKEN", ""),
             whatsapp_app_secret=read.text("WHATSAPP_APP_SECRET", ""),
             whatsapp_access_token=read.text("WHATSAPP_ACCESS_TOKEN", ""),
             whatsapp_api_base=read.url("WHATSAPP_API_BASE", defaults.whatsapp_api_base, ("http", "https")),
+            whatsapp_phone_number_id=read.text("WHATSAPP_PHONE_NUMBER_ID", ""),
             telegram_bot_token=read.text("TELEGRAM_BOT_TOKEN", ""),
             telegram_secret_token=read.text("TELEGRAM_SECRET_TOKEN", ""),
             telegram_api_base=read.url("TELEGRAM_API_BASE", defaults.telegram_api_base, ("http", "https")),
@@ -258,6 +305,15 @@ class Settings:
             tts_voice=read.text("TTS_VOICE", defaults.tts_voice),
             media_max_bytes=read.integer("MEDIA_MAX_BYTES", defaults.media_max_bytes, 1024, 2**31),
             media_timeout_s=read.number("MEDIA_TIMEOUT_SECONDS", defaults.media_timeout_s, 1, 600),
+            media_max_text_chars=read.integer("MEDIA_MAX_TEXT_CHARS", defaults.media_max_text_chars, 100, 1_000_000),
+            media_extract_memory_bytes=read.integer(
+                "MEDIA_EXTRACT_MEMORY_BYTES", defaults.media_extract_memory_bytes, 64 * 2**20, 2**34
+            ),
+            media_extract_cpu_seconds=read.integer(
+                "MEDIA_EXTRACT_CPU_SECONDS", defaults.media_extract_cpu_seconds, 1, 600
+            ),
+            media_concurrency=read.integer("MEDIA_CONCURRENCY", defaults.media_concurrency, 1, 64),
+            media_allowed_hosts=read.hosts("MEDIA_ALLOWED_HOSTS", defaults.media_allowed_hosts),
             log_level=read.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_dir=read.directory("LOG_DIR"),
             log_file_max_bytes=read.integer("LOG_FILE_MAX_BYTES", defaults.log_file_max_bytes, 1024, 2**40),
@@ -268,12 +324,9 @@ class Settings:
                 OTLP_PROTOCOLS,
             ),
             otel_traces_exporter=read.choice(
-                "OTEL_TRACES_EXPORTER",
-                "otlp"
-                if read.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or read.text("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-                else defaults.otel_traces_exporter,
-                ("otlp", "none"),
+                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter, ("otlp", "none")
             ),
+            otel_endpoint=otel_endpoint,
         )
         if settings.reply_engine == "openai" and not settings.openai_model:
             raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")
@@ -319,6 +372,24 @@ class _Reader:
             return value
 
         return self._parse(name, default, parse, f"a number from {low:g} to {high:g}")
+
+    def timezone(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            try:
+                ZoneInfo(raw)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError from None
+            return raw
+
+        return self._parse(name, default, parse, "an IANA time zone such as America/Sao_Paulo")
+
+    def color(self, name: str, default: str) -> str:
+        def parse(raw: str) -> str:
+            if not re.fullmatch(r"#[0-9a-fA-F]{6}", raw):
+                raise ValueError
+            return raw.lower()
+
+        return self._parse(name, default, parse, "a colour as #rrggbb")
 
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, 1, 65_535)
@@ -402,3 +473,14 @@ class _Reader:
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""
         return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+    def hosts(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Host names, comma-separated, lower-cased; `.example.com` stands for its subdomains."""
+
+        def parse(raw: str) -> tuple[str, ...]:
+            hosts = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+            if not all(HOST_PATTERN_RE.match(host) for host in hosts):
+                raise ValueError(raw)
+            return hosts
+
+        return self._parse(name, default, parse, "comma-separated host names (a leading dot: its subdomains)")

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -99,6 +100,15 @@ def problem_response(problem: Problem) -> web.Response:
     )
 
 
+# nginx's code for "client closed request": what the metrics and the span record when nobody was
+# left to answer. It never reaches a client.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
 _HTTP_DETAILS = {
     404: "no resource at this path",
     405: "method not allowed on this path",
@@ -121,11 +131,14 @@ async def problem_middleware(
         detail = _HTTP_DETAILS.get(exc.status) or exc.text or exc.reason
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
         return problem_response(Problem(exc.status, detail, headers=headers))
-    except ConnectionResetError:
-        if request.transport is None or request.transport.is_closing():
-            # The client went away mid-answer (a closed tab, say): nothing to answer and nothing
-            # went wrong; aiohttp drops the connection quietly.
-            raise
+    except (ConnectionError, HttpProcessingError) as exc:
+        if client_gone(request):
+            # The client went away (a closed tab, an upload aborted mid-body): nothing to answer
+            # and nothing went wrong here, so no 5xx and no error count (SPEC section 5).
+            log.debug("client went away during %s %s: %r", request.method, request.path, exc)
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
+        if isinstance(exc, HttpProcessingError):  # a body that breaks its own framing
+            return problem_response(Problem(400, f"body: malformed ({exc.message})"))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "internal error; it was logged"))
     except Exception:

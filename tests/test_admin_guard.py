@@ -9,7 +9,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from services.monitor.admin.guard import API_PREFIX, FRAGMENT, PUBLIC
+from services.monitor.admin.guard import API_PREFIX, FRAGMENTS, PUBLIC
 from services.monitor.app import create_app
 from shared.settings import Settings
 from tests.support import Stack
@@ -73,7 +73,7 @@ def _refused_as(response: aiohttp.ClientResponse) -> str:
 
 def refusal(path: str) -> tuple[int, str]:
     """Scripts are told 401 in problem+json; people are sent to the login page."""
-    if path.startswith(API_PREFIX) or path == FRAGMENT:
+    if path.startswith(API_PREFIX) or path in FRAGMENTS:
         return 401, "application/problem+json"
     return 303, "/admin/login"
 

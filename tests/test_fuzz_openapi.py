@@ -39,6 +39,7 @@ async def test_generated_requests_find_no_errors_and_lose_nothing(
     har = tmp_path / "schemathesis.har"
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
+        f"--config-file={ROOT / 'tests' / 'support' / 'schemathesis.toml'}",
         "run",
         f"{gateway.url}/openapi.json",
         "--checks=all",

@@ -419,3 +419,14 @@ def test_the_streamed_text_is_decoded_whatever_the_cut() -> None:
     assert _answer_so_far('```json\n{"kind": "answer", "text": "Olá') == "Olá"
     assert _answer_so_far('{"kind": "clarify", "text": "Você quis') == ""
     assert _answer_so_far('{"text": "Olá", "kind": "answer"}') == ""  # text first: shown when whole
+
+
+async def test_the_model_is_told_the_customer_s_language(llm: FakeLlm, kb: KbEngine) -> None:
+    llm.script.append(says("smalltalk", "Hello! How can I help?"))
+    engine = engine_for(llm.url, kb)
+    try:
+        await engine.reply(EngineRequest("hello there", "c-1", language="en"))
+    finally:
+        await engine.close()
+    system = [m["content"] for m in llm.requests[-1]["body"]["messages"] if m["role"] == "system"]
+    assert system[-1] == 'The customer writes in English: write "text" in English.'

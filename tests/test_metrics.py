@@ -48,23 +48,28 @@ async def test_counters_and_histograms_read_back_from_every_service(stack: Stack
     status, body = await post_message(http, gateway, human, wait=10)
     assert status == 200 and body["reply"]["handoff"], body
     answered += 1
+    # Rui's next message, while a person has the conversation: the bot stays silent.
+    status, body = await post_message(http, gateway, {"user_id": "rui", "text": "oi?"})
+    assert status == 202, body
     await publish_raw(stack.namespace, "0", b"not a message", message_id="garbage")
 
     # The gateway: requests by route pattern and status, messages accepted by channel.
     text, samples = await scrape(http, gateway)
     promtool_check(text, "gateway")
     assert value(samples, "atendimento_http_requests_total", route="/v1/messages", method="POST", status="200") == 4
+    assert value(samples, "atendimento_http_requests_total", route="/v1/messages", method="POST", status="202") == 1
     assert value(samples, "atendimento_http_requests_total", route="/v1/messages", method="POST", status="400") == 1
-    assert value(samples, "atendimento_messages_accepted_total", channel="web") == 4
-    assert value(samples, "atendimento_http_request_duration_seconds_count", route="/v1/messages") == 5
+    assert value(samples, "atendimento_messages_accepted_total", channel="web") == 5
+    assert value(samples, "atendimento_http_request_duration_seconds_count", route="/v1/messages") == 6
     assert value(samples, "process_resident_memory_bytes") > 0
 
     # The worker: replies by engine and channel, the end-to-end histogram's buckets, handoffs, errors.
     async def malformed_counted() -> Samples | None:
         _, found = await scrape(http, worker)
-        return found if value(found, "atendimento_errors_total", kind="malformed") == 1 else None
+        silenced = value(found, "atendimento_silenced_messages_total", channel="web") == 1
+        return found if value(found, "atendimento_errors_total", kind="malformed") == 1 and silenced else None
 
-    await eventually(malformed_counted, what="the malformed message counted")
+    await eventually(malformed_counted, what="the malformed message and the silenced one counted")
     text, samples = await scrape(http, worker)
     promtool_check(text, "worker")
     replies = sum(
@@ -72,16 +77,19 @@ async def test_counters_and_histograms_read_back_from_every_service(stack: Stack
         for (name, labels), count in samples.items()
         if name == "atendimento_replies_total" and ("channel", "web") in labels
     )
-    assert replies == answered
-    assert all(dict(labels)["engine"] for (name, labels) in samples if name == "atendimento_replies_total")
+    assert replies == answered  # the silenced message is no reply
+    engines = {dict(labels)["engine"] for (name, labels) in samples if name == "atendimento_replies_total"}
+    assert all(engines) and "silenced" not in engines
     for histogram in (
         "atendimento_reply_latency_seconds",
         "atendimento_queue_wait_seconds",
         "atendimento_processing_seconds",
     ):
-        assert value(samples, f"{histogram}_count") - value(before, f"{histogram}_count") == answered, histogram
+        handled = answered + 1  # the silenced message was handled too
+        assert value(samples, f"{histogram}_count") - value(before, f"{histogram}_count") == handled, histogram
         assert value(samples, f"{histogram}_bucket", le="+Inf") == value(samples, f"{histogram}_count")
-        assert value(samples, f"{histogram}_bucket", le="300.0") == answered  # every reply under 5 minutes
+        assert value(samples, f"{histogram}_bucket", le="60.0") == handled  # every one under a minute
+        assert (f"{histogram}_bucket", frozenset({("le", "0.001")})) in samples  # the lowest bucket: 1 ms
     assert value(samples, "atendimento_reply_latency_seconds_sum") > 0
     assert value(samples, "atendimento_replies_total", engine="handoff", channel="web") == 1
     assert value(samples, "atendimento_handoffs_total", channel="web") == 1

@@ -60,7 +60,7 @@ async def _status_is(
     return answer if answer[0] == code and answer[1]["status"] == status else None
 
 
-async def test_dead_letters_degrade_and_no_live_worker_is_unhealthy_within_the_heartbeat_ttl(
+async def test_dead_letters_warn_and_no_live_worker_is_unhealthy_within_the_heartbeat_ttl(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     await stack.start("gateway")
@@ -73,9 +73,15 @@ async def test_dead_letters_degrade_and_no_live_worker_is_unhealthy_within_the_h
     assert body["checks"]["redis"]["latency_ms"] >= 0
     assert body["checks"]["rabbitmq"]["consumers"] == TEST_SHARDS
 
-    # A message no worker can read is dead-lettered by the worker: degraded, still 200.
+    # A message no worker can read is dead-lettered by the worker: a warning, the system healthy.
     await publish_raw(stack.namespace, "0", b"not a message", message_id="garbage-1")
-    _, body = await eventually(lambda: _status_is(http, monitor, 200, "degraded"), what="degraded")
+
+    async def warned() -> dict[str, Any] | None:
+        _, body = await health(http, monitor)
+        return body if body["warnings"] else None
+
+    body = await eventually(warned, what="the dead letter's warning")
+    assert body["status"] == "healthy" and body["reasons"] == []
     assert body["checks"]["rabbitmq"]["dead_letters"] == 1
     _, stats = await get_json(http, monitor.url + "/monitoring/stats")
     assert stats["queue"]["dead_letters"] == 1
@@ -88,6 +94,7 @@ async def test_dead_letters_degrade_and_no_live_worker_is_unhealthy_within_the_h
         lambda: _status_is(http, monitor, 503, "unhealthy"), timeout=1.5 + 2, what="unhealthy within the TTL"
     )
     assert body["checks"]["workers"] == {"status": "down", "alive": 0}
+    assert body["reasons"] == ["workers: no live worker"]
 
 
 async def test_sigterm_turns_readiness_off_first_and_keeps_serving_while_draining(

@@ -122,7 +122,7 @@ async def test_channel_conversations_are_out_of_reach(
             # Nor can the caller read the customer's messages: Telegram update ids are sequential.
             url = f"{gateway.url}/v1/messages/telegram:931000001"
             async with http.get(url, headers={"X-Conversation-Token": answer["conversation_token"]}) as response:
-                assert response.status == 404, await response.text()
+                assert response.status == 403, await response.text()  # as any unknown id
     assert await redis.lrange(names.memory_key(victim), 0, -1) == memory
     for conversation in (victim, whatsapp):
         assert not await redis.exists(names.handoff_key(conversation))
@@ -151,7 +151,10 @@ async def test_another_web_user_gets_a_conversation_of_its_own(
     assert not await redis.exists(names.handoff_key(web_id("ana", "pedido-1")))
     status, again = await post(http, gateway, {**mine, "text": PRAZO})
     assert status == 200 and again["reply"]["engine"] == "kb" and not again["reply"]["handoff"]
-    assert again["conversation_token"] == first["conversation_token"]
+    # Each answer brings a fresh token; the first one still opens the conversation.
+    url = f"{gateway.url}/v1/messages/{again['message_id']}"
+    async with http.get(url, params={"token": first["conversation_token"]}) as response:
+        assert response.status == 200
 
 
 async def test_reading_needs_the_conversation_token(
@@ -172,14 +175,16 @@ async def test_reading_needs_the_conversation_token(
         assert await status_of(http, events, headers=headers) == 403, candidate
         assert await status_of(http, events, params={"token": candidate or ""}) == 403, candidate
         assert await status_of(http, message, headers=headers) == 403, candidate
-    # Another user's token finds no message of that id among its own user's.
-    assert await status_of(http, message, headers={"X-Conversation-Token": other["conversation_token"]}) == 404
+    # Another user's token finds no message of that id among its own user's: answered as any
+    # token that does not open it is (an unknown id and a known one must look alike).
+    assert await status_of(http, message, headers={"X-Conversation-Token": other["conversation_token"]}) == 403
 
     # A repeated message_id answers as the original, token included; the same id from another
     # user is that user's own message, never a way to fetch this one's reply.
     repeat = {"user_id": "bruna", "conversation_id": "suporte", "text": PRAZO, "message_id": victim["message_id"]}
     status, again = await post(http, second, repeat)
-    assert status == 200 and again["duplicate"] is True and again["conversation_token"] == token
+    assert status == 200 and again["duplicate"] is True
+    assert await status_of(http, message, headers={"X-Conversation-Token": again["conversation_token"]}) == 200
     status, foreign = await post(http, first, {**repeat, "user_id": "mallory", "text": "oi"}, wait=0)
     assert status == 202 and "duplicate" not in foreign and foreign["conversation_token"] != token
 

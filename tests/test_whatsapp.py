@@ -318,7 +318,8 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
     assert [(m.message_id, m.option, m.text) for m in queued] == [
         ("wamid.tap-button", "handoff", "Falar com atendente"),
         ("wamid.tap-row", "prazo-entrega", "Prazo de entrega"),
-        ("wamid.tap-template", "", "Parar promoções"),
+        # A template's quick reply is no option of ours; this one, an opt-out, is the opt-out option.
+        ("wamid.tap-template", "opt_out", "Parar promoções"),
     ]
     assert {m.conversation_id for m in queued} == {f"whatsapp:{PHONE_NUMBER_ID}:{listed}"}
 

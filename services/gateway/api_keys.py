@@ -7,6 +7,7 @@ credentials by design and pass through to the CORS handling.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -17,6 +18,19 @@ from shared.web import Problem
 
 API_PREFIX = "/v1/"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Which configured key the caller presented, as a short digest (never the key itself): conversation
+# tokens are issued to, and open conversations for, that key only. Unset without keys.
+API_KEY_ID = web.RequestKey("api_key_id", str)
+
+
+def key_id(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=12, person=b"atd-api-key").hexdigest()
+
+
+def caller_key(request: web.Request) -> str:
+    """The presented key's id ("" when no keys are configured)."""
+    key: str = request.get(API_KEY_ID, "")
+    return key
 
 
 def key_matches(presented: str, keys: Sequence[bytes]) -> bool:
@@ -44,6 +58,7 @@ def api_key_middleware(keys: Sequence[str]) -> Middleware:
                 raise unauthorized("Authorization: a Bearer API key is required")
             if not key_matches(token.strip(), encoded):
                 raise unauthorized("Authorization: the API key is not valid")
+            request[API_KEY_ID] = key_id(token.strip())
         return await handler(request)
 
     return middleware

@@ -10,32 +10,41 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
+from services.gateway.access_log import access_log_middleware
 from services.gateway.admission import Admission
 from services.gateway.api_keys import API_PREFIX, api_key_middleware
+from services.gateway.bodies import early_size_middleware
 from services.gateway.claims import GatewayStore
 from services.gateway.delivery import running_delivery
 from services.gateway.error_counts import BackgroundErrors
-from services.gateway.handlers import api, page, sse, status, telegram, whatsapp
+from services.gateway.handlers import api, outbound, page, sse, status, telegram, whatsapp
 from services.gateway.intake import Intake
 from services.gateway.keys import (
     BROKER,
+    CLOCK,
+    CONTACTS,
     DELIVERY,
     ERRORS,
     INTAKE,
     METRICS,
     RATE_LIMITER,
+    RECEIPTS,
     ROUTER,
     SETTINGS,
     STORE,
+    STREAM_SLOTS,
     TOKENS,
 )
 from services.gateway.ratelimit import RateLimiter, ip_limit_middleware
 from services.gateway.replies import ReplyRouter
+from services.gateway.stream_slots import StreamSlots
 from services.gateway.validation import MAX_BODY_BYTES
 from services.gateway.web_conversations import TOKEN_HEADER, ConversationTokens
 from shared.connections import open_connections
+from shared.contacts import Clock, ContactBook
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import GatewayMetrics
+from shared.receipts import Receipts
 from shared.service import supervised
 from shared.settings import Settings
 from shared.store import redis_check
@@ -52,8 +61,10 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
             server_span_middleware,
+            access_log_middleware,
             metrics.middleware(),
             problem_middleware,
+            early_size_middleware,
             api_key_middleware(settings.gateway_api_keys),
             ip_limit_middleware(RATE_LIMITER, settings.trusted_proxies),
         ],
@@ -62,6 +73,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(_count_server_errors)
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[STREAM_SLOTS] = StreamSlots(settings.max_streams_per_ip)
+    app[CLOCK] = Clock()
     Probes(lambda: _health(app), registry).install(app)
     app.cleanup_ctx.extend([_resources, _background, _delivery])
     app.on_shutdown.append(_drain)
@@ -72,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
 
 def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", api.post_message)
+    app.router.add_post("/v1/outbound", outbound.post_outbound)
     app.router.add_get("/v1/messages/{message_id}", status.message_status)
     app.router.add_get("/v1/conversations/{conversation_id}/events", sse.conversation_events)
     settings = app[SETTINGS]
@@ -118,7 +132,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         admission = Admission(store.pipeline, connections.names)
         app[INTAKE] = Intake(store=store, broker=broker, limiter=limiter, admission=admission, metrics=app[METRICS])
         app[ROUTER] = ReplyRouter(broker, settings.instance_id)
-        app[TOKENS] = ConversationTokens(redis, connections.names, settings.conversation_token_secrets)
+        app[TOKENS] = ConversationTokens(
+            redis, connections.names, settings.conversation_token_secrets, settings.conversation_token_ttl_s
+        )
+        app[CONTACTS] = ContactBook(redis, connections.names, app[CLOCK])
+        app[RECEIPTS] = Receipts(redis, connections.names)
         yield
         await store.pipeline.drain()  # the last accepts, while Redis is still connected
 

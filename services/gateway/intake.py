@@ -68,9 +68,10 @@ class Intake:
             self.metrics.accepted.labels(message.channel).inc()
         return outcome
 
-    async def answer_directly(self, reply: ReplyMessage) -> Outcome:
-        """A reply the gateway gives itself to a channel message (e.g. "text only, please"):
-        claimed under the message's id like any message, then queued for outbound delivery."""
+    async def answer_directly(self, reply: ReplyMessage, address: AddressCharge | None = None) -> Outcome:
+        """A reply the gateway gives itself to a channel message (e.g. "text only, please"), or a
+        proactive message (`address`: the API request's, limited with the claim): claimed under
+        the message's id like any message, then queued for outbound delivery."""
         names = self.broker.names
         return await self._claim_and_publish(
             reply.message_id,
@@ -79,6 +80,7 @@ class Intake:
             names.replies_exchange,
             names.route_of(reply),
             reply.to_bytes(),
+            address=address,
         )
 
     async def accept_all(self, items: Sequence[InboundMessage | ReplyMessage]) -> list[Outcome]:

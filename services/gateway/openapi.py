@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from services.gateway.openapi_outbound import outbound_schemas
 from services.gateway.validation import MAX_ID, MAX_TEXT
 from shared.messages import REPLY_KINDS
 
@@ -38,10 +39,14 @@ _TOKEN_PARAMETERS = [
 ]
 _TOKEN_PROPERTY = {
     "type": "string",
-    "description": "opens the conversation for reading (events, message status); valid on every gateway",
+    "description": (
+        "opens the conversation for reading (events, message status) on every gateway, for the API key it"
+        " was issued to, for CONVERSATION_TOKEN_TTL_SECONDS or until a /reset in the conversation"
+    ),
 }
 # Telegram's ids fit in 52 bits; JSON numbers beyond 2^53 are not integers to every parser.
 _TELEGRAM_ID = {"type": "integer", "minimum": -(2**53), "maximum": 2**53}
+_TELEGRAM_SENDER = {"id": _TELEGRAM_ID, "language_code": {"type": "string"}, "first_name": {"type": "string"}}
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -137,10 +142,47 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/v1/outbound": {
+            "post": {
+                "operationId": "postOutbound",
+                "summary": "Send a proactive message to a WhatsApp or Telegram customer",
+                "description": "Queued durably and delivered like a reply (retried, split, dead-lettered), once per"
+                " `message_id`. WhatsApp free text only within 24 hours of the customer's last message;"
+                " outside it, an approved `template`. Its delivery shows at GET /v1/messages/{message_id}"
+                " (no conversation token: the API key is the proof).",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OutboundIn"}}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "durably queued (or, `duplicate`, queued before under this message_id)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OutboundQueued"}}},
+                        "links": {
+                            "GetOutbound": {
+                                "operationId": "getMessage",
+                                "parameters": {"message_id": "$response.body#/message_id"},
+                            }
+                        },
+                    },
+                    "400": _problem("bad JSON or field (the detail names it)"),
+                    "401": _problem("missing or wrong API key"),
+                    "413": _problem("body over 64 KiB"),
+                    "415": _problem("not application/json"),
+                    "422": _problem(
+                        "not sendable: WhatsApp free text outside the 24-hour window (send a template), a"
+                        " customer who opted out, or a channel not configured; the detail says which"
+                    ),
+                    "429": _problem("rate limited", retry_after=True),
+                    "503": _problem("broker or Redis unreachable; nothing queued", retry_after=True),
+                },
+            }
+        },
         "/v1/messages/{message_id}": {
             "get": {
                 "operationId": "getMessage",
-                "summary": "Where an accepted message stands: its reply once answered, else queued",
+                "summary": "Where an accepted message stands: its reply once answered, else queued; a proactive"
+                " message's delivery",
                 "parameters": [
                     {"name": "message_id", "in": "path", "required": True, "schema": _ID},
                     *_TOKEN_PARAMETERS,
@@ -155,6 +197,7 @@ DOCUMENT: dict[str, Any] = {
                                         {"$ref": "#/components/schemas/Answered"},
                                         {"$ref": "#/components/schemas/Queued"},
                                         {"$ref": "#/components/schemas/HandedOff"},
+                                        {"$ref": "#/components/schemas/OutboundStatus"},
                                     ]
                                 }
                             }
@@ -162,8 +205,11 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad message id"),
                     "401": _problem("missing or wrong API key"),
-                    "403": _problem("no conversation token, or not the token of this message's conversation"),
-                    "404": _problem("no accepted message of the token's user has this id (or it is older than 24 h)"),
+                    "403": _problem(
+                        "no conversation token (and no proactive message has this id), or none that opens a message"
+                        " of this id (not the token of its conversation, expired, ended by /reset; unknown ids and"
+                        " those older than 24 h answer alike)"
+                    ),
                     "503": _problem("Redis unreachable", retry_after=True),
                 },
             }
@@ -303,7 +349,7 @@ DOCUMENT: dict[str, Any] = {
                             "data": {"type": "string", "description": "the id of the option tapped"},
                             "from": {
                                 "type": "object",
-                                "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
+                                "properties": _TELEGRAM_SENDER,
                             },
                             "message": {
                                 "type": "object",
@@ -359,7 +405,7 @@ DOCUMENT: dict[str, Any] = {
                     "chat": {"$ref": "#/components/schemas/TelegramChat"},
                     "from": {
                         "type": "object",
-                        "properties": {"id": _TELEGRAM_ID, "language_code": {"type": "string"}},
+                        "properties": _TELEGRAM_SENDER,
                     },
                     "text": {"type": "string"},
                     "caption": {"type": "string"},
@@ -453,6 +499,7 @@ DOCUMENT: dict[str, Any] = {
                     "duplicate": {"type": "boolean"},
                 },
             },
+            **outbound_schemas(_ID, _NOT_BLANK),
             "Problem": {
                 "type": "object",
                 "required": ["type", "title", "status", "detail"],

@@ -123,3 +123,12 @@ def parse_wait(raw: str | None) -> float:
 
 def parse_conversation_id(raw: str) -> str:
     return check_id("conversation_id", raw)
+
+
+NAME_MAX_CHARS = 64
+
+
+def display_name(name: str) -> str:
+    """A customer's name as a channel gave it (WhatsApp profile, Telegram first name), fit to be
+    shown to agents: control characters out, spaces collapsed, at most NAME_MAX_CHARS."""
+    return " ".join(CONTROL_RE.sub(" ", name).split())[:NAME_MAX_CHARS]

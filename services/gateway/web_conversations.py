@@ -7,11 +7,17 @@
   WhatsApp wamid, and another `user_id` posting into the same `conversation_id` gets a
   conversation of its own: it can neither read nor change this one. Answers show the caller its
   own ids; operators (admin area, logs) see the internal ones.
-- Reading a conversation needs its `conversation_token`, `{scope}.{mac}`: the scope names the
-  user's space (the events path carries only the conversation id), the mac is an HMAC-SHA256 over
-  the namespace and the internal conversation id, with a secret every gateway replica shares.
-  It is compared in constant time with the mac of every configured secret, so a rotation (a new
-  secret first, the old one after it until clients have fresh tokens) logs nobody out.
+- Reading a conversation needs its `conversation_token`, `{scope}.{issued}.{mac}`: the scope names
+  the user's space (the events path carries only the conversation id), `issued` when it was made
+  (ms, base 36), the mac is an HMAC-SHA256 over the namespace, the internal conversation id, the
+  issue time and the API key it was issued to (when keys are configured: another key posting as
+  the same user gets a token of its own, and this one opens nothing with that key), with a secret
+  every gateway replica shares. It is compared in constant time with the mac of every configured
+  secret, so a rotation (a new secret first, the old one after it until clients have fresh
+  tokens) logs nobody out.
+- A token opens its conversation for CONVERSATION_TOKEN_TTL_SECONDS after it was issued; `/reset`
+  in the conversation ends every token issued before it (the answer to the `/reset` brings a
+  fresh one). Every answer carries a freshly issued token.
 - The secret is CONVERSATION_TOKEN_SECRET; unset, the first gateway to need one generates it in
   Redis (SET NX) and every replica reads that one, so a fresh `make run` needs nothing.
 """
@@ -24,7 +30,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +46,7 @@ WEB_PREFIX = "web:"
 SCOPE_BYTES = 12  # 96 bits: no one finds a user id sharing another one's scope
 MAC_BYTES = 16
 SCOPE_RE = re.compile(rf"^[0-9a-f]{{{2 * SCOPE_BYTES}}}$")
+ISSUED_RE = re.compile(r"^[0-9a-z]{1,12}$")
 TOKEN_HEADER = "X-Conversation-Token"
 TOKEN_QUERY = "token"
 
@@ -91,34 +99,49 @@ class ConversationTokens:
     names: Names
     # CONVERSATION_TOKEN_SECRET: the first signs, all are accepted. Empty: one generated in Redis.
     configured: Sequence[str] = ()
+    ttl_s: float = 30 * 86_400.0
+    clock: Callable[[], float] = time.time
     _secrets: tuple[bytes, ...] = field(default=(), init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
-    async def issue(self, conversation: str) -> str:
-        """The token of an internal web conversation id (raises REDIS_ERRORS while the secret is unknown)."""
+    async def issue(self, conversation: str, key: str = "") -> str:
+        """A token of an internal web conversation id for the caller with API key id `key` (""
+        without keys); raises REDIS_ERRORS while the secret is unknown."""
         keys = await self._keys()
-        return f"{scope_of(conversation)}.{self._mac(keys[0], conversation)}"
+        issued = _base36(int(self.clock() * 1000))
+        return f"{scope_of(conversation)}.{issued}.{self._mac(keys[0], conversation, issued, key)}"
 
-    async def open(self, public_conversation: str, token: str | None) -> str | None:
+    async def open(self, public_conversation: str, token: str | None, key: str = "") -> str | None:
         """The internal conversation that `token` opens under the caller's id, or None."""
-        scope, _, presented = (token or "").partition(".")
-        if not SCOPE_RE.match(scope) or not presented:
+        scope, _, _ = (token or "").partition(".")
+        if not SCOPE_RE.match(scope):
             return None
         conversation = scoped(scope, public_conversation)
-        return conversation if await self.verify(conversation, token or "") else None
+        return conversation if await self.verify(conversation, token or "", key) else None
 
-    async def verify(self, conversation: str, token: str) -> bool:
-        scope, _, presented = token.partition(".")
-        if scope != scope_of(conversation):
+    async def verify(self, conversation: str, token: str, key: str = "") -> bool:
+        """Whether `token` opens `conversation` for API key id `key`: made by us for them, not
+        expired, not ended by a `/reset`. Redis is asked only about a token that is ours."""
+        scope, issued, presented = _parts(token)
+        if scope != scope_of(conversation) or issued is None:
             return False
         matched = False
-        for key in await self._keys():  # every key, so the timing does not tell which matched
-            matched |= hmac.compare_digest(self._mac(key, conversation).encode(), presented.encode())
-        return matched
+        for secret in await self._keys():  # every secret, so the timing does not tell which matched
+            expected = self._mac(secret, conversation, _base36(issued), key)
+            matched |= hmac.compare_digest(expected.encode(), presented.encode())
+        if not matched or self.clock() * 1000 - issued > self.ttl_s * 1000:
+            return False
+        reset = await self.redis.get(self.names.conversation_token_reset_key(conversation))
+        return reset is None or issued >= int(reset)
 
-    def _mac(self, key: bytes, conversation: str) -> str:
-        message = f"conversation-token\x00{self.names.namespace}\x00{conversation}".encode()
-        digest = hmac.new(key, message, hashlib.sha256).digest()[:MAC_BYTES]
+    async def end_all(self, conversation: str) -> None:
+        """`/reset`: every token of the conversation issued until now opens it no more."""
+        now_ms = int(self.clock() * 1000)
+        await self.redis.set(self.names.conversation_token_reset_key(conversation), now_ms, px=int(self.ttl_s * 1000))
+
+    def _mac(self, secret: bytes, conversation: str, issued: str, key: str) -> str:
+        message = f"conversation-token\x00{self.names.namespace}\x00{conversation}\x00{issued}\x00{key}".encode()
+        digest = hmac.new(secret, message, hashlib.sha256).digest()[:MAC_BYTES]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     async def _keys(self) -> tuple[bytes, ...]:
@@ -133,3 +156,22 @@ class ConversationTokens:
         await self.redis.set(key, secrets.token_urlsafe(32), nx=True)
         value = await self.redis.get(key)
         return str(value).encode()
+
+
+def _parts(token: str) -> tuple[str, int | None, str]:
+    """(scope, issue time in ms or None when malformed, mac) of a token."""
+    scope, _, rest = token.partition(".")
+    issued, _, mac = rest.partition(".")
+    if not ISSUED_RE.match(issued) or not mac:
+        return scope, None, mac
+    return scope, int(issued, 36), mac
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, digit = divmod(number, 36)
+        out = digits[digit] + out
+        if not number:
+            return out

@@ -118,7 +118,8 @@ def _health_alerts(health: Health) -> Iterable[Alert]:
     checks = health["checks"]
     status = health["status"]
     if status != "healthy":
-        yield Alert.of(NOT_HEALTHY, status, f"system status is {status}")
+        why = "; ".join(health.get("reasons", []))
+        yield Alert.of(NOT_HEALTHY, status, f"system status is {status}" + (f": {why}" if why else ""))
     if checks["redis"]["status"] != "up":
         yield Alert.of(REDIS_DOWN, "down", "Redis is unreachable")
     if checks["workers"]["alive"] == 0:

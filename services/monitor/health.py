@@ -47,6 +47,10 @@ class Health(TypedDict):
     uptime_seconds: float
     timestamp: float  # seconds since the epoch; the JSON says it in ISO 8601 (HealthJson)
     checks: Checks
+    # Why the status is not healthy, one line per check at fault (empty when healthy); and what
+    # an operator should look at although every message can be answered (dead letters).
+    reasons: NotRequired[list[str]]
+    warnings: NotRequired[list[str]]
 
 
 class HealthJson(TypedDict):
@@ -57,6 +61,8 @@ class HealthJson(TypedDict):
     uptime_seconds: float
     timestamp: str
     checks: Checks
+    reasons: list[str]
+    warnings: list[str]
 
 
 class ServiceInfo(TypedDict):
@@ -77,4 +83,6 @@ def health_json(health: Health, timestamp: str) -> HealthJson:
         "uptime_seconds": health["uptime_seconds"],
         "timestamp": timestamp,
         "checks": health["checks"],
+        "reasons": health.get("reasons", []),
+        "warnings": health.get("warnings", []),
     }

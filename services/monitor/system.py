@@ -81,12 +81,15 @@ class SystemView:
             "workers": _liveness(services, "worker"),
             "gateway": _liveness(services, "gateway"),
         }
+        status, reasons = overall_status(checks)
         return {
-            "status": overall_status(checks),
+            "status": status,
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "timestamp": time.time(),
             "checks": checks,
+            "reasons": reasons,
+            "warnings": warnings(checks),
         }
 
 
@@ -110,10 +113,26 @@ def _liveness(services: list[ServiceInfo] | None, name: str) -> Liveness:
     return {"status": "up" if alive else "down", "alive": alive}
 
 
-def overall_status(checks: Checks) -> SystemStatus:
-    """Unhealthy when no message can be answered; degraded when some are at risk or need a human."""
-    if any(check["status"] != "up" for check in (checks["redis"], checks["rabbitmq"], checks["workers"])):
-        return "unhealthy"
-    if checks["gateway"]["status"] != "up" or checks["rabbitmq"].get("dead_letters", 0) > 0:
-        return "degraded"
-    return "healthy"
+def overall_status(checks: Checks) -> tuple[SystemStatus, list[str]]:
+    """Unhealthy when no message can be answered; degraded when some cannot reach the system;
+    with the reasons, one line per check at fault. Dead letters are no degradation: each is one
+    message an operator should look at (a warning), not a system that fails its customers."""
+    unhealthy = [
+        reason
+        for check, reason in (
+            (checks["redis"], "redis: " + checks["redis"].get("error", "down")),
+            (checks["rabbitmq"], "rabbitmq: down"),
+            (checks["workers"], "workers: no live worker" if checks["workers"]["alive"] == 0 else "workers: unknown"),
+        )
+        if check["status"] != "up"
+    ]
+    if unhealthy:
+        return "unhealthy", unhealthy
+    if checks["gateway"]["status"] != "up":
+        return "degraded", ["gateway: no live gateway, no channel can hand in messages"]
+    return "healthy", []
+
+
+def warnings(checks: Checks) -> list[str]:
+    dead = checks["rabbitmq"].get("dead_letters") or 0
+    return [f"dead_letters: {dead} message(s) in the dead-letter queue, see /admin"] if dead else []

@@ -63,13 +63,18 @@ class EngineFactory:
 
     def build(self, knowledge: KnowledgeBase) -> ReplyPolicy:
         """The LLM engine answers from the base too (grounding, and fallback); the reply policy wraps
-        either, and answers the entries chosen from a question back from that same base."""
-        kb = KbEngine(knowledge, model=self.model)
-        engine: ReplyEngine = kb
-        if self.settings.reply_engine == "openai":
-            engine = OpenAiEngine(OpenAiConfig.from_settings(self.settings), kb)
+        either, and answers the entries chosen from a question back from that same base. A base
+        translated into other languages gets one engine per language."""
+        engine, kb = self._version(knowledge)
+        translations = {language: self._version(knowledge.translated(language)) for language in knowledge.translations}
         escalate = self.settings.handoff_after_fallbacks > 0
-        return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=escalate)
+        return ReplyPolicy(engine, knowledge.language, catalog=kb, escalate=escalate, translations=translations)
+
+    def _version(self, knowledge: KnowledgeBase) -> tuple[ReplyEngine, KbEngine]:
+        kb = KbEngine(knowledge, model=self.model)
+        if self.settings.reply_engine == "openai":
+            return OpenAiEngine(OpenAiConfig.from_settings(self.settings), kb), kb
+        return kb, kb
 
 
 FACTORY = web.AppKey("factory", EngineFactory)

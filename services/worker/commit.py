@@ -426,6 +426,8 @@ def _log_entry(item: Commit, reply: ReplyMessage, now: float) -> dict[str, Any]:
         "queue_wait_ms": round(timings.queue_wait_ms, 2),
         "processing_ms": round(timings.processing_ms, 2),
     }
+    if message.metadata.get("name"):  # the customer's name as the channel gave it (admin inbox)
+        entry["name"] = str(message.metadata["name"])
     if item.merged:
         entry["merged_into"] = reply.merged_into
     if reply.silenced:

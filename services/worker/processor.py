@@ -32,6 +32,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from services.worker.acks import still_held
 from services.worker.commit import SILENT_REPLY, Commit, Committer, Timings
 from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
+from services.worker.engines.languages import customer_language
 from services.worker.media import MediaResolver
 from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outcome, Received, RetryAfter, Settled
 from services.worker.state import WorkerStore, WorkState
@@ -185,6 +186,7 @@ class Processor:
             option=message.option,
             offered=offered.options,
             offered_for=offered.question,
+            language=customer_language(message.metadata, media.text) or "",
         )
         try:
             content = media.unhandled or await self._generate(message, request)

@@ -71,6 +71,8 @@ class Received:
     status: int | None = None  # what the fake answered; None: held and dropped
     # The file of a multipart request (sendVoice, a media upload): (content type, bytes).
     file: tuple[str, bytes] | None = None
+    # What the fake answered (its JSON body): a WhatsApp send's wamid is `answer["messages"][0]["id"]`.
+    answer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -117,6 +119,10 @@ class MediaFile:
     # limit is also enforced while the bytes stream.
     declared_size: int | None = None
     fetches: int = 0
+    # What the media info / getFile answers instead of this server's own download address: a
+    # hostile platform answer (another host, a path climbing out), for the SSRF tests.
+    url: str | None = None
+    file_path: str | None = None
 
 
 class FakeChannelApi:
@@ -172,8 +178,17 @@ class FakeChannelApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def add_media(self, media_id: str, data: bytes, mime_type: str, declared_size: int | None = None) -> None:
-        self.media[media_id] = MediaFile(data, mime_type, declared_size)
+    def add_media(
+        self,
+        media_id: str,
+        data: bytes,
+        mime_type: str,
+        declared_size: int | None = None,
+        *,
+        url: str | None = None,
+        file_path: str | None = None,
+    ) -> None:
+        self.media[media_id] = MediaFile(data, mime_type, declared_size, url=url, file_path=file_path)
 
     def _size(self, media: MediaFile) -> int:
         return len(media.data) if media.declared_size is None else media.declared_size
@@ -189,7 +204,7 @@ class FakeChannelApi:
         return web.json_response(
             {
                 "messaging_product": "whatsapp",
-                "url": f"{self.url}/graph-files/{media_id}",
+                "url": media.url or f"{self.url}/graph-files/{media_id}",
                 "mime_type": media.mime_type,
                 "sha256": hashlib.sha256(media.data).hexdigest(),
                 "file_size": self._size(media),
@@ -206,7 +221,7 @@ class FakeChannelApi:
         if media is None:
             return web.json_response({"ok": False, "error_code": 400, "description": "Bad Request: invalid file_id"})
         result = {"file_id": file_id, "file_unique_id": "u" + file_id, "file_size": self._size(media)}
-        return web.json_response({"ok": True, "result": {**result, "file_path": f"media/{file_id}"}})
+        return web.json_response({"ok": True, "result": {**result, "file_path": media.file_path or f"media/{file_id}"}})
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         """The file itself: Graph's URL needs the token; Telegram's carries it in the path and serves
@@ -284,6 +299,7 @@ class FakeChannelApi:
         async with self.changed:
             self.changed.notify_all()
         body = step.body if step.body is not None else (success if step.status < 300 else {"error": "scripted"})
+        record.answer = body
         return web.Response(
             body=orjson.dumps(body), status=step.status, headers=step.headers, content_type="application/json"
         )

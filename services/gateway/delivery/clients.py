@@ -5,8 +5,10 @@ answers are worth retrying. A reply's options go out with its last part (a Whats
 message, reply buttons or a list; a Telegram inline keyboard), each carrying the option's id, which
 a tap sends back (SPEC 4 and 6); a voice reply is Ogg/Opus audio,
 uploaded to WhatsApp's media endpoint and sent as an `audio` message, or sent with Telegram's
-`sendVoice` (multipart). A send either returns (the platform took the message) or raises
-`SendFailed`, saying whether to retry and after how long the platform asked us to wait.
+`sendVoice` (multipart); a proactive WhatsApp template goes in the Graph API's `type: "template"`
+shape. A send either returns the platform's id of the message (WhatsApp's `wamid`, which its
+delivery statuses name) or raises `SendFailed`, saying whether to retry, after how long the
+platform asked us to wait, and the platform's error code.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from multidict import CIMultiDictProxy
 from services.gateway.delivery.split import units
 from services.gateway.ratelimit import Limit
 from shared.logs import mask_pii
-from shared.messages import Channel, Option, ReplyMessage
+from shared.messages import Channel, Option, ReplyMessage, Template
 from shared.speech import SPEECH_MIME
 
 # Graph API error codes that mean "slow down" or "our side, try again", even when the HTTP status
@@ -55,10 +57,11 @@ class SendFailed(Exception):
     """The platform did not take the message. `retriable` failures may succeed later; the
     platform's own `Retry-After`, when it gave one, is in `retry_after` (seconds)."""
 
-    def __init__(self, detail: str, *, retriable: bool, retry_after: float | None = None) -> None:
+    def __init__(self, detail: str, *, retriable: bool, retry_after: float | None = None, code: int = 0) -> None:
         super().__init__(detail)
         self.retriable = retriable
         self.retry_after = retry_after
+        self.code = code  # the platform's error code (Graph API), 0 when none
 
 
 class MissingAddress(ValueError):
@@ -87,10 +90,16 @@ class ChannelClient(Protocol):
         """How fast the platform lets us write to this addressee."""
         ...
 
-    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None: ...
+    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> str:
+        """The platform's id of the message sent ("" when it gave none)."""
+        ...
 
-    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
+    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> str:
         """Ogg/Opus audio as a voice message."""
+        ...
+
+    async def send_template(self, reply: ReplyMessage, template: Template) -> str:
+        """An approved message template (WhatsApp's; other channels refuse it for good)."""
         ...
 
 
@@ -112,13 +121,16 @@ class WhatsAppClient:
     def pace(self, reply: ReplyMessage) -> Limit:
         return WHATSAPP_PACE
 
-    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None:
+    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> str:
         body: dict[str, Any] = {"type": "text", "text": {"body": text}}
         if options:
             body = {"type": "interactive", "interactive": whatsapp_interactive(text, options)}
-        await self._message(reply, body)
+        return await self._message(reply, body)
 
-    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
+    async def send_template(self, reply: ReplyMessage, template: Template) -> str:
+        return await self._message(reply, {"type": "template", "template": whatsapp_template(template)})
+
+    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> str:
         """Upload (`POST /{phone_number_id}/media`), then send the media id as an audio message."""
         form = aiohttp.FormData()
         form.add_field("messaging_product", "whatsapp")
@@ -129,18 +141,22 @@ class WhatsAppClient:
         media_id = payload.get("id")
         if not 200 <= status < 300 or not isinstance(media_id, str):
             raise self._failure(status, headers, payload)
-        await self._message(reply, {"type": "audio", "audio": {"id": media_id}})
+        return await self._message(reply, {"type": "audio", "audio": {"id": media_id}})
 
     @property
     def _authorization(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"}
 
-    async def _message(self, reply: ReplyMessage, content: dict[str, Any]) -> None:
+    async def _message(self, reply: ReplyMessage, content: dict[str, Any]) -> str:
+        """Sends; the wamid of the message (`messages[0].id` of the answer)."""
         url = f"{self.api_base.rstrip('/')}/{_required(reply, 'phone_number_id')}/messages"
         body = {"messaging_product": "whatsapp", "to": _required(reply, "to"), **content}
         status, headers, payload = await _post(self.session, url, body, self._authorization)
         if not 200 <= status < 300:
             raise self._failure(status, headers, payload)
+        messages = payload.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
+        return str(first.get("id") or "")
 
     @staticmethod
     def _failure(status: int, headers: CIMultiDictProxy[str], payload: dict[str, Any]) -> SendFailed:
@@ -148,7 +164,23 @@ class WhatsAppClient:
         code = error.get("code")
         retriable = status == 429 or status >= 500 or code in WHATSAPP_RETRIABLE_CODES
         detail = f"WhatsApp answered {status} (code {code}): {error.get('message', '')}"
-        return SendFailed(_clip(detail), retriable=retriable, retry_after=retry_after_of(headers))
+        return SendFailed(
+            _clip(detail),
+            retriable=retriable,
+            retry_after=retry_after_of(headers),
+            code=code if isinstance(code, int) and not isinstance(code, bool) else 0,
+        )
+
+
+def whatsapp_template(template: Template) -> dict[str, Any]:
+    """The Graph API's `template` object: name, language as `{"code", "policy"}`, components as given."""
+    body: dict[str, Any] = {
+        "name": template.name,
+        "language": {"policy": "deterministic", "code": template.language},
+    }
+    if template.components:
+        body["components"] = list(template.components)
+    return body
 
 
 def whatsapp_interactive(text: str, options: tuple[Option, ...]) -> dict[str, Any]:
@@ -207,28 +239,37 @@ class TelegramClient:
         group = str(reply.metadata.get("chat_id", "")).startswith("-")
         return TELEGRAM_GROUP_PACE if group else TELEGRAM_PRIVATE_PACE
 
-    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> None:
+    async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> str:
         body: dict[str, Any] = {"chat_id": _required(reply, "chat_id"), "text": text}
         if options:  # one button a row; a tap sends back the option's id (at most 64 bytes) as callback data
             body["reply_markup"] = {"inline_keyboard": [[{"text": o.label, "callback_data": o.id}] for o in options]}
-        await self._call("sendMessage", body)
+        return await self._call("sendMessage", body)
 
-    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> None:
+    async def send_voice(self, reply: ReplyMessage, audio: bytes) -> str:
         form = aiohttp.FormData()
         form.add_field("chat_id", str(_required(reply, "chat_id")))
         form.add_field("voice", audio, filename="reply.ogg", content_type=SPEECH_MIME)
-        await self._call("sendVoice", form)
+        return await self._call("sendVoice", form)
 
-    async def _call(self, method: str, body: dict[str, Any] | aiohttp.FormData) -> None:
+    async def send_template(self, reply: ReplyMessage, template: Template) -> str:
+        raise SendFailed("Telegram has no message templates", retriable=False)
+
+    async def _call(self, method: str, body: dict[str, Any] | aiohttp.FormData) -> str:
         # The token is part of the path: this URL must never reach a log line.
         url = f"{self.api_base.rstrip('/')}/bot{self.bot_token}/{method}"
         status, headers, payload = await _post(self.session, url, body)
         if 200 <= status < 300 and payload.get("ok", True):
-            return
+            return str(_object(payload, "result").get("message_id") or "")
         wait = _object(payload, "parameters").get("retry_after")
         retry_after = float(wait) if isinstance(wait, int | float) else retry_after_of(headers)
         detail = f"Telegram answered {status}: {payload.get('description', '')}"
-        raise SendFailed(_clip(detail), retriable=status == 429 or status >= 500, retry_after=retry_after)
+        code = payload.get("error_code")
+        raise SendFailed(
+            _clip(detail),
+            retriable=status == 429 or status >= 500,
+            retry_after=retry_after,
+            code=code if isinstance(code, int) and not isinstance(code, bool) else 0,
+        )
 
 
 def _required(reply: ReplyMessage, name: str) -> Any:

@@ -6,6 +6,9 @@ answer to a voice note has one more part: its text spoken, synthesised right the
 never waits in a queue), one after another, each paced per recipient and retried
 with backoff (honouring `Retry-After`) on network errors, 5xx and 429. Only after the ledger says
 `done` is the delivery acked; a reply that still fails is dead-lettered and counted as an error.
+A proactive template (shared/outbound.py) is one part of its own. Each part the platform took is
+recorded in the message's receipt with the platform's id (shared/receipts.py), which WhatsApp's
+delivery statuses name; a dead-lettered one is recorded failed, with the platform's error code.
 
 The crash-mid-send window: a part whose request was on the wire when its consumer died has an
 unknown fate (none of the platforms takes an idempotency key). Its copy is redelivered, waits out
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,8 +40,9 @@ from services.gateway.delivery.split import split_text
 from services.gateway.ratelimit import TokenBuckets
 from shared.broker import BROKER_ERRORS, Broker, work_queue_arguments
 from shared.logs import mask_pii
-from shared.messages import MessageFormatError, Option, ReplyMessage
+from shared.messages import MessageFormatError, Option, ReplyMessage, Template
 from shared.metrics import DeliveryMetrics
+from shared.receipts import Failure, Receipts, StatusUpdate
 from shared.speech import SpeechError
 from shared.store import REDIS_ERRORS, until_redis_answers
 from shared.telemetry import ConsumerSpans
@@ -70,8 +75,13 @@ class VoicePart:
     """The reply's text, spoken (VOICE_REPLIES=on); its audio is made when it is sent."""
 
 
+@dataclass(frozen=True, slots=True)
+class TemplatePart:
+    template: Template
+
+
 VOICE = VoicePart()
-Part = TextPart | VoicePart
+Part = TextPart | VoicePart | TemplatePart
 
 
 class LeaseLost(Exception):
@@ -130,6 +140,7 @@ class DeliveryConsumer:
         self._instance_id = instance_id
         self._metrics = metrics
         self._ledger = Ledger(store.redis, broker.names)
+        self._receipts = Receipts(store.redis, broker.names)
         self._pacing = TokenBuckets(store.pipeline, broker.names.pacing_prefix(client.channel))
         self._order = KeyedLocks()
         self._outbound = OutboundOrder(store.redis, broker.names)
@@ -238,6 +249,8 @@ class DeliveryConsumer:
         parts: list[Part] = [TextPart(text, options if n == len(texts) - 1 else ()) for n, text in enumerate(texts)]
         if parts and reply.reply.voice and self._speak is not None:
             parts.append(VOICE)
+        if reply.reply.template is not None:
+            parts = [TemplatePart(reply.reply.template)]
         sent = await self._claim(reply.message_id, owner)
         if sent is None:
             return "duplicate"
@@ -257,6 +270,7 @@ class DeliveryConsumer:
                 exc,
             )
             await self._redis(lambda: self._ledger.release(reply.message_id, owner))
+            await self._failed(reply.message_id, exc)
             return "dead_lettered"
         await self._redis(lambda: self._ledger.finish(reply.message_id, owner))
         if len(parts) > 1:
@@ -288,9 +302,12 @@ class DeliveryConsumer:
             await self._pace(reply, recipient, owner, sent)
             try:
                 if isinstance(part, TextPart):
-                    await self._client.send(reply, part.text, part.options)
+                    platform_id = await self._client.send(reply, part.text, part.options)
+                elif isinstance(part, TemplatePart):
+                    platform_id = await self._client.send_template(reply, part.template)
                 else:
-                    await self._client.send_voice(reply, audio)
+                    platform_id = await self._client.send_voice(reply, audio)
+                await self._accepted(reply.message_id, platform_id)
                 return
             except SendFailed as exc:
                 if not exc.retriable or attempt == self._policy.max_attempts:
@@ -326,6 +343,16 @@ class DeliveryConsumer:
             raise LeaseLost
         if seconds > 0:
             await asyncio.sleep(seconds)
+
+    async def _accepted(self, message_id: str, platform_id: str) -> None:
+        """The platform took a part: its receipt, and the wamid its statuses will name."""
+        wamid = platform_id if self._client.channel == "whatsapp" else ""
+        await self._redis(lambda: self._receipts.accepted(message_id, time.time(), wamid))
+
+    async def _failed(self, message_id: str, exc: SendFailed) -> None:
+        failure = Failure(exc.code, "not delivered", str(exc))
+        await self._redis(lambda: self._receipts.record(message_id, StatusUpdate("failed", time.time(), failure)))
+        self._metrics.failures.labels(self._client.channel, str(exc.code)).inc()
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage) -> None:
         await delivery.reject(requeue=False)

@@ -11,20 +11,27 @@ from typing import Any
 
 from aiohttp import web
 
+from services.gateway.api_keys import caller_key
+from services.gateway.bodies import read_body
 from services.gateway.intake import unavailable
 from services.gateway.keys import INTAKE, ROUTER, SETTINGS, STORE, TOKENS
 from services.gateway.ratelimit import ADDRESS_CHARGE
 from services.gateway.validation import parse_json_object, parse_message, parse_wait
 from services.gateway.web_conversations import public_answer, public_id, scoped, user_scope
 from shared.broker import BROKER_ERRORS
+from shared.commands import is_reset
 from shared.messages import InboundMessage, ReplyMessage
 from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 
-async def _token(request: web.Request, conversation: str) -> str:
+async def _token(request: web.Request, conversation: str, *, reset: bool = False) -> str:
+    """A fresh token of the conversation for this caller's key; `reset`: ending every earlier one."""
+    tokens = request.app[TOKENS]
     try:
-        return await request.app[TOKENS].issue(conversation)
+        if reset:
+            await tokens.end_all(conversation)
+        return await tokens.issue(conversation, caller_key(request))
     except REDIS_ERRORS:
         raise unavailable("Redis") from None
 
@@ -52,7 +59,7 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
     if request.content_type != "application/json":
         raise Problem(415, f"Content-Type: must be application/json (got {request.content_type or 'none'})")
     wait = parse_wait(request.query.get("wait"))
-    fields = parse_message(parse_json_object(await request.read()))
+    fields = parse_message(parse_json_object(await read_body(request)))
     scope = user_scope(fields.user_id)
     inbound = InboundMessage(
         message_id=scoped(scope, fields.message_id),
@@ -70,7 +77,7 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
 async def post_message(request: web.Request) -> web.Response:
     message, wait = await _read_message(request)
     # Known before anything is accepted: an accepted message is always answered with its token.
-    token = await _token(request, message.conversation_id)
+    token = await _token(request, message.conversation_id, reset=is_reset(message.text))
     router = request.app[ROUTER]
     # The waiter exists before the publish, so a reply faster than this handler is not missed.
     with router.waiter(message.message_id) as future:

@@ -22,10 +22,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from services.gateway.handlers.whatsapp import read_webhook_body, text_only_reply
-from services.gateway.keys import INTAKE, SETTINGS
-from services.gateway.validation import bad_request, parse_json_object
+from services.gateway.bodies import read_body
+from services.gateway.handlers.whatsapp import text_only_reply
+from services.gateway.intake import unavailable
+from services.gateway.keys import CONTACTS, INTAKE, SETTINGS
+from services.gateway.validation import bad_request, display_name, parse_json_object
 from shared.messages import Attachment, InboundMessage, MediaKind, ReplyMessage
+from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -40,11 +43,15 @@ async def receive(request: web.Request) -> web.Response:
         raise Problem(401, f"{SECRET_HEADER}: header is required")
     if not hmac.compare_digest(presented.encode(), settings.telegram_secret_token.encode()):
         raise Problem(401, f"{SECRET_HEADER}: does not match TELEGRAM_SECRET_TOKEN")
-    update = parse_json_object(await read_webhook_body(request))
+    update = parse_json_object(await read_body(request))
     item = parse_update(update, settings.instance_id, settings.media_max_bytes)
     if item is None:
         return json_response({"accepted": 0, "duplicates": 0})
     [outcome] = await request.app[INTAKE].accept_all([item])
+    try:  # the customer's opt-out or opt-in, for proactive messages (shared/contacts.py)
+        await request.app[CONTACTS].seen_all([item])
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
     body: dict[str, Any] = {"accepted": int(not outcome.duplicate), "duplicates": int(outcome.duplicate)}
     if "callback_query" in update:
         # A Bot API call in the webhook's answer: Telegram makes it, and the button stops spinning.
@@ -63,12 +70,12 @@ def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) 
         query = _required(update, "callback_query", dict, "callback_query")
         _required(query, "id", str, "callback_query.id")
         tap = _optional(query, "data", str, "callback_query.data") or ""
-        sender_id, language = _sender(query, "callback_query.from")
+        sender_id, language, name = _sender(query, "callback_query.from")
         message = None
         if "message" in query:  # the bot's own message, that carried the button: its chat and keyboard
             tapped = _required(query, "message", dict, "callback_query.message")
             chat_id, chat_type = _chat(tapped, "callback_query.message")
-            message = _Message(chat_id, chat_type, sender_id, language, "", "", None)
+            message = _Message(chat_id, chat_type, sender_id, language, name, "", "", None)
             label = _label(tapped, tap, "callback_query.message")
     if message is None:
         return None  # edits, channel posts, member changes, inline-mode buttons: nothing to answer
@@ -79,7 +86,7 @@ def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) 
         user_id=str(message.chat_id if message.sender_id is None else message.sender_id),
         text=text,
         channel="telegram",
-        metadata={"chat_id": message.chat_id},
+        metadata=_metadata(message),
         gateway_id=gateway_id,
         option=tap or "",
     )
@@ -89,7 +96,17 @@ def parse_update(update: dict[str, Any], gateway_id: str, media_max_bytes: int) 
         return dataclasses.replace(inbound, text=message.caption, attachment=message.attachment)
     if message.chat_type != "private":
         return None  # in a group, the bot stays quiet about stickers and the like
-    return text_only_reply(inbound, language="en" if message.language.startswith("en") else "pt")
+    return text_only_reply(inbound, language=message.language.lower()[:2])
+
+
+def _metadata(message: _Message) -> dict[str, Any]:
+    """The chat to answer, and for the bot and the agents the sender's language and first name."""
+    metadata: dict[str, Any] = {"chat_id": message.chat_id}
+    if message.language:
+        metadata["language"] = message.language
+    if message.name:
+        metadata["name"] = display_name(message.name)
+    return metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +115,7 @@ class _Message:
     chat_type: str | None
     sender_id: int | None
     language: str
+    name: str
     text: str
     caption: str
     attachment: Attachment | None
@@ -106,12 +124,13 @@ class _Message:
 def _message(parent: dict[str, Any], path: str, media_max_bytes: int) -> _Message:
     message = _required(parent, path, dict, path)
     chat_id, chat_type = _chat(message, path)
-    sender_id, language = _sender(message, f"{path}.from")
+    sender_id, language, name = _sender(message, f"{path}.from")
     return _Message(
         chat_id=chat_id,
         chat_type=chat_type,
         sender_id=sender_id,
         language=language,
+        name=name,
         text=_optional(message, "text", str, f"{path}.text") or "",
         caption=_optional(message, "caption", str, f"{path}.caption") or "",
         attachment=_attachment(message, path, media_max_bytes),
@@ -146,10 +165,12 @@ def _chat(message: dict[str, Any], path: str) -> tuple[int, str | None]:
     return _required(chat, "id", int, f"{path}.chat.id"), _optional(chat, "type", str, f"{path}.chat.type")
 
 
-def _sender(parent: dict[str, Any], path: str) -> tuple[int | None, str]:
+def _sender(parent: dict[str, Any], path: str) -> tuple[int | None, str, str]:
+    """The sender's id, language code and first name (each may be missing)."""
     sender = _optional(parent, "from", dict, path) or {}
     language = _optional(sender, "language_code", str, f"{path}.language_code") or ""
-    return _optional(sender, "id", int, f"{path}.id"), language
+    name = _optional(sender, "first_name", str, f"{path}.first_name") or ""
+    return _optional(sender, "id", int, f"{path}.id"), language, name
 
 
 def _attachment(message: dict[str, Any], where: str, max_bytes: int) -> Attachment | None:

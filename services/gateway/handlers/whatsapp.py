@@ -7,8 +7,11 @@ Text becomes an inbound message whose id is the `wamid`, so Meta's retries are r
 a tap on one of our reply buttons or list rows (the option's id, and its title as the text), a
 template's quick-reply button (its text), and audio, images and documents (the
 media id goes along, never the bytes: the worker fetches and reads them). Delivery statuses of our
-own replies need nothing; any other kind of message (sticker, location, ...) gets a short
-"cannot read this, please write" reply through the same outbound delivery.
+own messages (sent, delivered, read, failed with its error code) are recorded against the message
+whose send returned their wamid (services/gateway/statuses.py); any other kind of message
+(sticker, location, ...) gets a short "cannot read this, please write" reply through the same
+outbound delivery. A template's opt-out quick-reply button (payload `opt_out` or an opt-out
+word) comes as the opt-out option (shared/contacts.py).
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway.keys import INTAKE, SETTINGS
-from services.gateway.validation import CONTROL_RE, bad_request, parse_json_object
-from shared.messages import Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
+from services.gateway.bodies import read_body
+from services.gateway.intake import unavailable
+from services.gateway.keys import CONTACTS, INTAKE, SETTINGS
+from services.gateway.statuses import record_statuses
+from services.gateway.validation import CONTROL_RE, bad_request, display_name, parse_json_object
+from shared.contacts import is_opt_out
+from shared.messages import OPT_OUT_OPTION, Attachment, InboundMessage, MediaKind, ReplyContent, ReplyMessage
+from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
-WEBHOOK_MAX_BODY_BYTES = 1024 * 1024  # Meta batches notifications; far above any real one
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # Kinds that need no answer at all: a reaction to a message, a system notice (number changed),
 # the first opening of a chat.
@@ -34,6 +41,7 @@ SILENT_TYPES = frozenset({"reaction", "system", "request_welcome"})
 TEXT_ONLY = {
     "pt": "Desculpe, não consigo ler esse tipo de mensagem. Pode escrever sua pergunta?",
     "en": "Sorry, I cannot read that kind of message. Could you type your question?",
+    "es": "Lo siento, no puedo leer ese tipo de mensaje. ¿Puedes escribir tu pregunta?",
 }
 MEDIA_TYPES: frozenset[MediaKind] = frozenset({"audio", "image", "document"})
 
@@ -50,11 +58,6 @@ def text_only_reply(message: InboundMessage, *, language: str = "pt") -> ReplyMe
         gateway_id=message.gateway_id,
         metadata=message.metadata,
     )
-
-
-async def read_webhook_body(request: web.Request) -> bytes:
-    """The raw body (signatures are over the exact bytes), with the webhooks' own size limit."""
-    return await request.clone(client_max_size=WEBHOOK_MAX_BODY_BYTES).read()
 
 
 async def verify(request: web.Request) -> web.Response:
@@ -80,10 +83,17 @@ def check_signature(header: str | None, body: bytes, secret: str) -> None:
 async def receive(request: web.Request) -> web.Response:
     """`POST /webhooks/whatsapp`: signature first, then every message of the notification."""
     settings = request.app[SETTINGS]
-    body = await read_webhook_body(request)
+    body = await read_body(request)
     check_signature(request.headers.get(SIGNATURE_HEADER), body, settings.whatsapp_app_secret)
-    items = parse_notification(parse_json_object(body), settings.instance_id)
+    payload = parse_json_object(body)
+    items = parse_notification(payload, settings.instance_id)
     outcomes = await request.app[INTAKE].accept_all(items)
+    try:
+        # After queueing: a failure here makes Meta retry, and the retry records what this missed.
+        await request.app[CONTACTS].seen_all(items)
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+    await record_statuses(request.app, payload)
     duplicates = sum(outcome.duplicate for outcome in outcomes)
     return json_response({"accepted": len(outcomes) - duplicates, "duplicates": duplicates})
 
@@ -98,11 +108,26 @@ def parse_notification(payload: dict[str, Any], gateway_id: str) -> list[Inbound
             if change.get("field") != "messages" or not value.get("messages"):
                 continue
             phone_number_id = _id(_object(value, "metadata", f"{path}.value.metadata"), "phone_number_id", path)
+            names = _profile_names(value)
             for m, message in enumerate(_objects(value, "messages", f"{path}.value.messages")):
                 item = _item(message, f"{path}.value.messages[{m}]", phone_number_id, gateway_id)
+                if isinstance(item, InboundMessage) and names.get(item.user_id):
+                    item = dataclasses.replace(item, metadata={**item.metadata, "name": names[item.user_id]})
                 if item is not None:
                     items.append(item)
     return items
+
+
+def _profile_names(value: dict[str, Any]) -> dict[str, str]:
+    """The senders' WhatsApp profile names (`value.contacts[].profile.name` by `wa_id`), shown to
+    agents in the admin inbox. Only a display aid: a contact of an unexpected shape is skipped."""
+    names: dict[str, str] = {}
+    for contact in value.get("contacts") or ():
+        profile = contact.get("profile") if isinstance(contact, dict) else None
+        name = profile.get("name") if isinstance(profile, dict) else None
+        if isinstance(name, str) and isinstance(contact.get("wa_id"), str):
+            names[contact["wa_id"]] = display_name(name)
+    return names
 
 
 def _item(
@@ -133,7 +158,10 @@ def _item(
             tapped = _object(interactive, choice, where)
             return dataclasses.replace(inbound, option=_id(tapped, "id", where), text=_text(tapped, "title", where))
     if kind == "button":  # a template's quick-reply button: no option of ours, its text is the message
-        return dataclasses.replace(inbound, text=_text(_object(message, "button", f"{path}.button"), "text", path))
+        button = _object(message, "button", f"{path}.button")
+        payload = button.get("payload")
+        opt_out = isinstance(payload, str) and (payload.casefold() == OPT_OUT_OPTION or is_opt_out(payload))
+        return dataclasses.replace(inbound, text=_text(button, "text", path), option=OPT_OUT_OPTION if opt_out else "")
     for media in MEDIA_TYPES:
         if kind == media:
             return dataclasses.replace(inbound, **_media(message, media, f"{path}.{media}"))

@@ -1,6 +1,6 @@
 "use strict";
-// The chat page's texts in Brazilian Portuguese and English, chosen from the browser's languages
-// (the first Portuguese or English one; anything else gets pt-BR). Runs before chat.js, which
+// The chat page's texts in Brazilian Portuguese, English and Spanish, chosen from the browser's
+// languages (the first Portuguese, English or Spanish one; anything else gets pt-BR). Runs before chat.js, which
 // reads them through window.chatText; the page's own elements name their text in data-i18n*.
 (function () {
   const TEXTS = {
@@ -48,6 +48,28 @@
       some: "a few",
       not_sent: "Could not send: {detail}",
     },
+    es: {
+      title: "Atención",
+      conversation: "Conversación",
+      connecting: "conectando…",
+      online: "en línea",
+      reconnecting: "reconectando…",
+      key_status: "se necesita una clave de acceso",
+      greeting: "¡Hola! Soy el asistente virtual. ¿En qué puedo ayudar?",
+      typing: "escribiendo…",
+      key_label: "Este servicio pide una clave de acceso",
+      key_enter: "Entrar",
+      message: "Mensaje",
+      placeholder: "Escribe tu pregunta",
+      send: "Enviar",
+      handoff: "Un agente humano continuará esta conversación.",
+      agent: "Agente",
+      options: "Opciones",
+      offline: "Sin conexión. Inténtalo de nuevo en un momento.",
+      too_many: "Demasiados mensajes seguidos. Espera {wait} segundos y vuelve a intentarlo.",
+      some: "unos",
+      not_sent: "No se pudo enviar: {detail}",
+    },
   };
 
   function pick(tags) {
@@ -55,6 +77,7 @@
       const primary = String(tag).toLowerCase().split("-")[0];
       if (primary === "pt") return "pt-BR";
       if (primary === "en") return "en";
+      if (primary === "es") return "es";
     }
     return "pt-BR";
   }
@@ -72,5 +95,27 @@
   }
   for (const element of document.querySelectorAll("[data-i18n-label]")) {
     element.setAttribute("aria-label", texts[element.dataset.i18nLabel]);
+  }
+
+  // The operator's look (CHAT_TITLE, CHAT_COLOR, CHAT_GREETING, CHAT_AVATAR_URL), written into
+  // <body data-*> by the gateway: it replaces the defaults above, in every language.
+  const look = document.body.dataset;
+  if (look.color) {
+    document.documentElement.style.setProperty("--accent", look.color);
+    document.querySelector('meta[name="theme-color"]').setAttribute("content", look.color);
+  }
+  if (look.title) {
+    document.title = look.title;
+    document.getElementById("title").textContent = look.title;
+    document.querySelector(".chat__avatar").textContent = look.title.trim().charAt(0).toUpperCase();
+  }
+  if (look.greeting) document.querySelector('[data-i18n="greeting"]').textContent = look.greeting;
+  if (look.avatar) {
+    const image = document.createElement("img");
+    image.src = look.avatar;
+    image.alt = "";
+    const avatar = document.querySelector(".chat__avatar");
+    avatar.textContent = "";
+    avatar.appendChild(image);
   }
 })();

@@ -124,6 +124,8 @@
       add(data.reply.text, data.reply.engine === "agent" ? "agent" : "bot");
     }
     if (data.reply.options && data.reply.options.length) showChips(data.reply.options);
+    // In the widget's frame: the site's page counts it as unread while the chat is closed.
+    if (window.parent !== window) window.parent.postMessage({ type: "atendimento:reply" }, "*");
     if (data.reply.handoff && !humanTookOver) {
       humanTookOver = true;
       add(T("handoff"), "note");
@@ -171,6 +173,12 @@
     const url = "/v1/conversations/" + encodeURIComponent(conversationId) + "/events";
     let delay = 500;
     for (;;) {
+      // A new conversation has no token until its first message is answered: asking before
+      // that would only be refused (403), so the stream opens once there is one.
+      if (!conversationToken) {
+        setStatus("online", T("online"));
+        await tokenKnown();
+      }
       const stop = new AbortController();
       let watchdog = setTimeout(() => stop.abort(), STALL_MS);
       const alive = () => {
@@ -195,7 +203,7 @@
           clearTimeout(watchdog);
           conversationToken = "";
           localStorage.removeItem("atendimento.token");
-          setStatus("online", "online");
+          setStatus("online", T("online"));
           await tokenKnown();
           continue;
         }
@@ -273,6 +281,8 @@
     updateTyping();
     const message = { user_id: userId, conversation_id: conversationId, message_id: messageId, text };
     if (option) message.option = option;
+    // The page's language: the bot's own texts (fallback, hand-over, options) follow it.
+    message.metadata = { language: document.documentElement.lang };
     const body = JSON.stringify(message);
     // The message id makes a retry safe: the gateway accepts it once, whatever happens to the answer.
     for (let attempt = 1; ; attempt++) {

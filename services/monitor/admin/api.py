@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.monitor.admin import conversations, knowledge, operations, teaching
+from services.monitor.admin import conversations, inbox, knowledge, operations, outbound, teaching
 from services.monitor.admin.guard import ACTOR
 from services.monitor.keys import AUDIT
 from services.monitor.problems import unreachable
@@ -59,11 +59,38 @@ async def replay(request: web.Request) -> web.Response:
     return json_response({"replayed": letter.to_dict()})
 
 
+async def discard(request: web.Request) -> web.Response:
+    actor = request[ACTOR]
+    body = await _body(request)
+    letter = await operations.discard(request.app, actor, body.get("message_id"))
+    return json_response({"discarded": letter.to_dict()})
+
+
 async def reply(request: web.Request) -> web.Response:
     actor = request[ACTOR]
     body = await _body(request)
     sent = await operations.reply_as_agent(request.app, actor, body.get("conversation_id"), body.get("text"))
     return json_response({"sent": sent.public_dict()})
+
+
+async def assign(request: web.Request) -> web.Response:
+    actor = request[ACTOR]
+    body = await _body(request)
+    conversation_id = operations.identifier("conversation_id", body.get("conversation_id"))
+    await inbox.assign(request.app, actor, conversation_id)
+    return json_response({"assigned": conversation_id, "to": actor.name})
+
+
+async def inbox_queue(request: web.Request) -> web.Response:
+    return json_response({"waiting": [item.to_dict() for item in await inbox.checked_queue(request.app)]})
+
+
+async def send_outbound(request: web.Request) -> web.Response:
+    """A proactive message: the body of `POST /v1/outbound` (the id is the admin area's own)."""
+    body = await _body(request)
+    body.pop("message_id", None)
+    sent = await outbound.send(request.app, request[ACTOR], body)
+    return json_response({"sent": {"message_id": sent.message_id, "conversation_id": sent.conversation_id}})
 
 
 async def release(request: web.Request) -> web.Response:

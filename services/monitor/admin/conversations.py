@@ -98,6 +98,7 @@ def _item(conversation_id: str, last_activity: float, raw: str | bytes | None, h
         "conversation_id": conversation_id,
         "last_activity": last_activity,
         "channel": entry.get("channel"),
+        "name": entry.get("name") or entry.get("user_id") or "",
         "preview": text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…",
         "handed_off": handed_off,
     }

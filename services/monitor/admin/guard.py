@@ -35,7 +35,8 @@ STATIC_ROUTE = "admin-static"
 PUBLIC = frozenset({LOGIN_ROUTE, STATIC_ROUTE})
 AREA = "/admin"
 API_PREFIX = "/admin/api/"
-FRAGMENT = "/admin/fragment"
+# Read by the pages' scripts: a lost session is a 401 they act on, never a redirect to follow.
+FRAGMENTS = frozenset({"/admin/fragment", "/admin/inbox/fragment", "/admin/events"})
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="atendimento-admin"'}
 
 SESSION = web.RequestKey("admin_session", Session)
@@ -50,7 +51,7 @@ async def admin_guard(
     if resource is not None:
         if resource.canonical.startswith(API_PREFIX):
             request[ACTOR] = await _api_actor(request)
-        elif resource.canonical == FRAGMENT:
+        elif resource.canonical in FRAGMENTS:
             request[SESSION] = await _fragment_session(request)
         else:
             request[SESSION] = await _page_session(request)

@@ -1,18 +1,24 @@
 """The admin area in Brazilian Portuguese and English, chosen by the browser's Accept-Language.
 
 Texts, numbers, durations and sizes are written the way each language writes them ("1.234,5" in
-pt-BR, "1,234.5" in English). Times are shown in UTC, with the zone named, in both.
+pt-BR, "1,234.5" in English). Times are shown in BUSINESS_TIMEZONE, with the zone named, and as
+"3 min ago" where an agent reads them at a glance.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from services.monitor.alerts import Alert
 
 LANGUAGES = ("pt-BR", "en")
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
 DEFAULT = "en"
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -81,6 +87,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "reason": "Reason",
         "message": "Message",
         "replay": "Replay",
+        "discard": "Discard",
+        "not_our_message": "not a message of this system",
         "handoffs": "Conversations with a human",
         "no_handoffs": "No conversation is waiting for a human.",
         "newer": "← Newer",
@@ -122,6 +130,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "agent": "agent",
         "no_messages": "No message is logged for this conversation.",
         "notice_replayed": "The message was sent back for processing.",
+        "notice_discarded": "The dead letter was discarded.",
         "notice_replied": "Your reply was sent.",
         "notice_released": "The conversation is back with the bot.",
         "notice_signed_out": "Signed out.",
@@ -153,11 +162,51 @@ TEXTS: dict[str, dict[str, str]] = {
         "alert_AtendimentoServiceRecentlyStarted": "{subject} restarted {value} s ago",
         "alert_AtendimentoMemoryCritical": "{subject} uses {value}% of its memory",
         "alert_AtendimentoMemoryWarning": "{subject} uses {value}% of its memory",
+        "inbox": "Inbox",
+        "dashboard": "Dashboard",
+        "dead_letter_one": "Dead letter",
+        "inbox_title": "Waiting for a person",
+        "inbox_empty": "Nobody is waiting for a person.",
+        "waiting_for": "waiting {duration}",
+        "assigned_to": "with {name}",
+        "unassigned": "not taken",
+        "assign_to_me": "Assign to me",
+        "notify": "Notify me",
+        "notify_on": "Notifications on",
+        "new_handoff": "A customer is waiting for a person",
+        "answer": "Answer",
+        "kind": "Kind",
+        "why": "Why",
+        "silenced_note": "The bot stayed silent: a person has this conversation.",
+        "ago_now": "just now",
+        "ago": "{duration} ago",
+        "sentence": "{actor} {action} {target}",
+        "sentence_refused": "{actor} tried to {action} {target}, refused: {detail}",
+        "sentence_failed": "{actor} tried to {action} {target}, failed: {detail}",
+        "do_login": "sign in",
+        "do_logout": "sign out",
+        "do_api_auth": "use the API",
+        "do_view_conversation": "view",
+        "do_replay_dead_letter": "replay dead letter",
+        "do_reply_as_agent": "reply in",
+        "do_release_to_bot": "give back to the bot",
+        "do_assign": "take",
+        "action_assign": "took",
+        "did_login": "signed in",
+        "did_logout": "signed out",
+        "did_api_auth": "authenticated on the API",
+        "did_view_conversation": "viewed",
+        "did_replay_dead_letter": "replayed dead letter",
+        "did_reply_as_agent": "replied in",
+        "did_release_to_bot": "gave back to the bot",
+        "did_assign": "took",
+        "notice_assigned": "The conversation is yours.",
         "action_login": "signed in",
         "action_logout": "signed out",
         "action_api_auth": "API authentication",
         "action_view_conversation": "viewed a conversation",
         "action_replay_dead_letter": "replayed a dead letter",
+        "action_discard_dead_letter": "discarded a dead letter",
         "action_reply_as_agent": "replied as agent",
         "action_release_to_bot": "released to the bot",
         "action_reload_knowledge_base": "asked every worker to reload the knowledge base",
@@ -166,6 +215,26 @@ TEXTS: dict[str, dict[str, str]] = {
         "action_accept_phrasing": "accepted a suggested phrasing",
         "action_dismiss_suggestion": "dismissed a suggested phrasing",
         "action_remove_phrasing": "removed a taught phrasing",
+        "action_send_outbound": "sent a proactive message",
+        "outbound_title": "Send a proactive message",
+        "outbound_link": "Send a proactive message",
+        "outbound_hint": "WhatsApp takes free text only within 24 hours of the customer's last message; after"
+        " that, an approved template. Customers who opted out get nothing until they write again.",
+        "outbound_to": "To (phone number with country code, or Telegram chat id)",
+        "outbound_text": "Text",
+        "outbound_or_template": "Or an approved WhatsApp template",
+        "outbound_template_name": "Template name",
+        "outbound_template_language": "Language (e.g. pt_BR)",
+        "outbound_template_components": "Components (the Graph API's JSON, optional)",
+        "outbound_not_sent": "Not sent",
+        "notice_outbound_sent": "The message was queued for delivery.",
+        "proactive": "Proactive message",
+        "delivery": "Delivery",
+        "delivery_accepted": "accepted by the channel",
+        "delivery_sent": "sent",
+        "delivery_delivered": "delivered",
+        "delivery_read": "read",
+        "delivery_failed": "failed",
         "outcome_ok": "ok",
         "outcome_refused": "refused",
         "outcome_failed": "failed",
@@ -237,6 +306,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "reason": "Motivo",
         "message": "Mensagem",
         "replay": "Reprocessar",
+        "discard": "Descartar",
+        "not_our_message": "não é uma mensagem deste sistema",
         "handoffs": "Conversas com um atendente",
         "no_handoffs": "Nenhuma conversa aguardando atendente.",
         "newer": "← Mais recentes",
@@ -278,6 +349,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "agent": "atendente",
         "no_messages": "Nenhuma mensagem registrada para esta conversa.",
         "notice_replayed": "A mensagem foi reenviada para processamento.",
+        "notice_discarded": "A mensagem morta foi descartada.",
         "notice_replied": "Sua resposta foi enviada.",
         "notice_released": "A conversa voltou para o bot.",
         "notice_signed_out": "Você saiu.",
@@ -309,12 +381,72 @@ TEXTS: dict[str, dict[str, str]] = {
         "alert_AtendimentoServiceRecentlyStarted": "{subject} reiniciou há {value} s",
         "alert_AtendimentoMemoryCritical": "{subject} usa {value}% da memória",
         "alert_AtendimentoMemoryWarning": "{subject} usa {value}% da memória",
+        "inbox": "Caixa de entrada",
+        "dashboard": "Painel",
+        "dead_letter_one": "Mensagem morta",
+        "inbox_title": "Aguardando uma pessoa",
+        "inbox_empty": "Ninguém está aguardando uma pessoa.",
+        "waiting_for": "esperando há {duration}",
+        "assigned_to": "com {name}",
+        "unassigned": "ninguém pegou",
+        "assign_to_me": "Atribuir a mim",
+        "notify": "Avisar-me",
+        "notify_on": "Avisos ligados",
+        "new_handoff": "Um cliente está aguardando uma pessoa",
+        "answer": "Resposta",
+        "kind": "Tipo",
+        "why": "Por quê",
+        "silenced_note": "O bot ficou em silêncio: uma pessoa está com esta conversa.",
+        "ago_now": "agora",
+        "ago": "há {duration}",
+        "sentence": "{actor} {action} {target}",
+        "sentence_refused": "{actor} tentou {action} {target}, recusado: {detail}",
+        "sentence_failed": "{actor} tentou {action} {target}, falhou: {detail}",
+        "do_login": "entrar",
+        "do_logout": "sair",
+        "do_api_auth": "usar a API",
+        "do_view_conversation": "abrir",
+        "do_replay_dead_letter": "reenviar a dead letter",
+        "do_reply_as_agent": "responder em",
+        "do_release_to_bot": "devolver ao bot",
+        "do_assign": "pegar",
+        "action_assign": "pegou",
+        "did_login": "entrou",
+        "did_logout": "saiu",
+        "did_api_auth": "autenticou-se na API",
+        "did_view_conversation": "abriu",
+        "did_replay_dead_letter": "reenviou a dead letter",
+        "did_reply_as_agent": "respondeu em",
+        "did_release_to_bot": "devolveu ao bot",
+        "did_assign": "pegou",
+        "notice_assigned": "A conversa é sua.",
         "action_login": "entrou",
         "action_logout": "saiu",
         "action_api_auth": "autenticação na API",
         "action_view_conversation": "abriu uma conversa",
         "action_replay_dead_letter": "reenviou uma dead letter",
+        "action_discard_dead_letter": "descartou uma dead letter",
         "action_reply_as_agent": "respondeu como atendente",
+        "action_send_outbound": "enviou uma mensagem ativa",
+        "outbound_title": "Enviar uma mensagem ativa",
+        "outbound_link": "Enviar uma mensagem ativa",
+        "outbound_hint": "No WhatsApp, texto livre só até 24 horas depois da última mensagem do cliente; depois"
+        " disso, um modelo (template) aprovado. Quem pediu para sair não recebe nada até escrever de novo.",
+        "outbound_to": "Para (telefone com DDI, ou id do chat no Telegram)",
+        "outbound_text": "Texto",
+        "outbound_or_template": "Ou um modelo (template) aprovado do WhatsApp",
+        "outbound_template_name": "Nome do modelo",
+        "outbound_template_language": "Idioma (ex.: pt_BR)",
+        "outbound_template_components": "Componentes (o JSON da Graph API, opcional)",
+        "outbound_not_sent": "Não enviada",
+        "notice_outbound_sent": "A mensagem entrou na fila de envio.",
+        "proactive": "Mensagem ativa",
+        "delivery": "Entrega",
+        "delivery_accepted": "aceita pelo canal",
+        "delivery_sent": "enviada",
+        "delivery_delivered": "entregue",
+        "delivery_read": "lida",
+        "delivery_failed": "falhou",
         "action_release_to_bot": "devolveu ao bot",
         "action_reload_knowledge_base": "pediu a todos os workers que recarregassem a base",
         "action_teach_phrasing": "ensinou uma formulação (era uma entrada)",
@@ -354,6 +486,9 @@ class Locale:
     """What the templates use to write in one language."""
 
     language: str
+    zone: str = "UTC"
+    # "now" for relative times, fixed once per page so that one page reads consistently.
+    now: float = 0.0
 
     @property
     def _separators(self) -> tuple[str, str]:
@@ -411,11 +546,36 @@ class Locale:
             size /= 1024
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def when(timestamp: float | None) -> str:
+    def when(self, timestamp: float | None) -> str:
         if not timestamp:
             return "—"
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+        moment = datetime.fromtimestamp(timestamp, ZoneInfo(self.zone))
+        shown = moment.strftime("%d/%m/%Y %H:%M:%S" if self.language == "pt-BR" else "%Y-%m-%d %H:%M:%S")
+        return f"{shown} {moment.tzname()}"
+
+    def ago(self, timestamp: float | None) -> str:
+        """How long before this page's `now`: "3 min ago", "há 2 h 5 min"."""
+        if not timestamp:
+            return "—"
+        elapsed = max(0.0, (self.now or time.time()) - timestamp)
+        if elapsed < 60:
+            return self.t("ago_now")
+        return self.t("ago", duration=self.duration(elapsed - elapsed % 60))
+
+    def waiting(self, timestamp: float) -> str:
+        return self.t("waiting_for", duration=self.duration(max(60.0, (self.now or time.time()) - timestamp)))
+
+    def sentence(self, entry: dict[str, Any]) -> str:
+        """An audit entry as a sentence: "Ana replied in web:…", "Ana tried to take …, refused: …"."""
+        action, outcome = str(entry.get("action", "")), str(entry.get("outcome", "ok"))
+        values = {"actor": entry.get("actor") or "?", "target": entry.get("target") or ""}
+        if outcome == "ok":
+            text = self.t("sentence", action=self.code("did", action), **values)
+        else:
+            detail = self.code("outcome", outcome) + (f" ({entry['detail']})" if entry.get("detail") else "")
+            key = "sentence_failed" if outcome == "failed" else "sentence_refused"
+            text = self.t(key, action=self.code("do", action), detail=detail, **values)
+        return _SPACE_BEFORE_COMMA.sub(",", " ".join(text.split())) + "."
 
     @staticmethod
     def hour(timestamp: float) -> str:

@@ -17,6 +17,7 @@ from services.monitor.admin.guard import SESSION
 from services.monitor.keys import AUDIT, STORE
 from services.monitor.problems import unreachable
 from shared import kbstate, unanswered
+from shared.logs import mask_pii
 from shared.store import REDIS_ERRORS
 
 CSV_COLUMNS = ("question", "example", "last_24h", "last_7d", "fallback", "clarify", "handoff", "last_seen")
@@ -241,11 +242,23 @@ def _back(notice: str, anchor: str) -> web.HTTPSeeOther:
 def _values(row: unanswered.Row) -> list[Any]:
     seen = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(row.last_seen))
     kinds = [row.kinds.get(kind, 0) for kind in unanswered.KINDS]
-    return [row.question, row.example, row.last_24h, row.last_7d, *kinds, seen]
+    # The question is the example normalised; normalised, a CPF or a "senha: ..." has lost the
+    # punctuation the masker knows it by, so it is masked first and normalised after.
+    question = unanswered.normalise(mask_pii(row.example)) if row.example else row.question
+    return [question, row.example, row.last_24h, row.last_7d, *kinds, seen]
+
+
+# What starts a formula in a spreadsheet (the full-width equals sign too: some convert it), also
+# after leading spaces, which some of them skip.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d")
 
 
 def _cell(value: Any) -> Any:
-    """A text starting like a formula is quoted, so a spreadsheet shows it rather than runs it."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A customer's text leaves as the logs show it: personal data masked (shared/logs.py), and
+    quoted when it starts like a formula, so a spreadsheet shows it rather than runs it."""
+    if not isinstance(value, str):
+        return value
+    value = mask_pii(value)
+    if value.lstrip(" ")[:1] in FORMULA_STARTS:
         return "'" + value
     return value

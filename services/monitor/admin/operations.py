@@ -1,6 +1,6 @@
 """What the admin area reads and does, shared by its HTML pages and its JSON API.
 
-Every action (replay a dead letter, reply as agent, release to the bot) is written to the audit
+Every action (replay or discard a dead letter, reply as agent, release to the bot) is written to the audit
 log with its outcome, whether it succeeded or not.
 """
 
@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from services.monitor.admin import inbox
 from services.monitor.admin.conversations import conversation_page
+from services.monitor.admin.outbound import deliveries
 from services.monitor.audit import Actor
-from services.monitor.deadletters import DeadLetter, ReplayError
+from services.monitor.deadletters import DeadLetter, NotFound, ReplayError
 from services.monitor.health import health_json
 from services.monitor.keys import AUDIT, BROKER, DEAD_LETTERS, HANDOFFS, STORE, VIEW
 from services.monitor.observation import observe, stats_body
@@ -51,6 +53,7 @@ def handoff_dict(conversation_id: str, info: HandoffInfo) -> dict[str, Any]:
         "conversation_id": conversation_id,
         "channel": info.channel,
         "user_id": info.user_id,
+        "name": inbox.customer_name(info),
         "reason": info.reason,
         "started_at": info.started_at,
     }
@@ -111,7 +114,7 @@ async def _recent_conversations(app: web.Application) -> list[dict[str, Any]]:
 
 
 async def conversation(app: web.Application, actor: Actor, conversation_id: str) -> dict[str, Any]:
-    conversation_id = _identifier("conversation_id", conversation_id)
+    conversation_id = identifier("conversation_id", conversation_id)
     store = app[STORE]
     try:
         raw_entries, info = await asyncio.gather(
@@ -124,31 +127,58 @@ async def conversation(app: web.Application, actor: Actor, conversation_id: str)
         raise Problem(404, f"conversation_id: no conversation {conversation_id!r} is logged")
     # Reading a customer's conversation is access to personal data: it is audited like an action.
     await app[AUDIT].record(actor, "view_conversation", conversation_id)
+    entries = [orjson.loads(raw) for raw in raw_entries]
     return {
         "conversation_id": conversation_id,
+        "name": inbox.customer_name(info) if info else _logged_name(entries),
         "handoff": handoff_dict(conversation_id, info) if info else None,
-        "entries": [orjson.loads(raw) for raw in raw_entries],
+        "assignee": await _or_none(inbox.assignee(app, conversation_id)) if info else None,
+        "entries": entries,
+        # What the channel reported of each message sent (shared/receipts.py), by message id.
+        "deliveries": await deliveries(app, entries),
     }
 
 
+def _logged_name(entries: list[dict[str, Any]]) -> str:
+    """The customer's name as the latest logged message gave it, else their id."""
+    for entry in reversed(entries):
+        if entry.get("name"):
+            return str(entry["name"])
+    return next((str(entry["user_id"]) for entry in entries if entry.get("user_id")), "")
+
+
 async def replay(app: web.Application, actor: Actor, message_id: Any) -> DeadLetter:
-    message_id = _identifier("message_id", message_id)
-    audit = app[AUDIT]
+    """Send a dead letter back where it came from (its `id`, named `message_id` in the forms)."""
+    return await _dead_letter_action(app, actor, "replay_dead_letter", message_id)
+
+
+async def discard(app: web.Application, actor: Actor, message_id: Any) -> DeadLetter:
+    """Remove a dead letter for good (a poison message nobody can process)."""
+    return await _dead_letter_action(app, actor, "discard_dead_letter", message_id)
+
+
+async def _dead_letter_action(app: web.Application, actor: Actor, action: str, message_id: Any) -> DeadLetter:
+    message_id = identifier("message_id", message_id)
+    audit, letters = app[AUDIT], app[DEAD_LETTERS]
     try:
-        letter = await app[DEAD_LETTERS].replay(message_id)
+        if action == "replay_dead_letter":
+            letter = await letters.replay(message_id)
+        else:
+            letter = await letters.discard(message_id)
     except ReplayError as exc:
-        await audit.record(actor, "replay_dead_letter", message_id, "refused", str(exc))
-        raise Problem(404, str(exc)) from None
+        await audit.record(actor, action, message_id, "refused", str(exc))
+        raise Problem(404 if isinstance(exc, NotFound) else 409, str(exc)) from None
     except UNAVAILABLE as exc:
-        await audit.record(actor, "replay_dead_letter", message_id, "failed", str(exc) or type(exc).__name__)
-        raise unreachable("RabbitMQ or Redis", "nothing was replayed") from None
-    await audit.record(actor, "replay_dead_letter", message_id, "ok", f"from {letter.queue} ({letter.reason})")
+        await audit.record(actor, action, message_id, "failed", str(exc) or type(exc).__name__)
+        raise unreachable("RabbitMQ or Redis", "the dead letter was left as it was") from None
+    why = letter.problem or letter.reason
+    await audit.record(actor, action, message_id, "ok", f"{letter.kind} from {letter.queue or 'unknown'} ({why})")
     return letter
 
 
 async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: Any, text: Any) -> ReplyMessage:
     """Send an agent's words to the customer through the same path as the bot's replies."""
-    conversation_id = _identifier("conversation_id", conversation_id)
+    conversation_id = identifier("conversation_id", conversation_id)
     if not isinstance(text, str) or not text.strip():
         raise Problem(400, "text: required, a non-blank string")
     if len(text) > TEXT_MAX:
@@ -159,6 +189,11 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         if info is None:
             await audit.record(actor, "reply_as_agent", conversation_id, "refused", "not handed to a human")
             raise Problem(409, f"conversation_id: {conversation_id!r} is not handed to a human")
+        # The first agent to reply takes the conversation; another one's reply is refused.
+        holder = await inbox.take(app, actor, conversation_id)
+        if holder != actor.name:
+            await audit.record(actor, "reply_as_agent", conversation_id, "refused", f"assigned to {holder}")
+            raise Problem(409, f"conversation_id: {conversation_id!r} is assigned to {holder}")
         reply = _agent_reply(conversation_id, info, text.strip())
         # The same path as the bot's replies: delivery queues for channels, SSE streams for the web.
         await broker.publish_reply(reply)
@@ -175,10 +210,11 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
 
 
 async def release(app: web.Application, actor: Actor, conversation_id: Any) -> None:
-    conversation_id = _identifier("conversation_id", conversation_id)
+    conversation_id = identifier("conversation_id", conversation_id)
     audit = app[AUDIT]
     try:
         released = await app[HANDOFFS].release(conversation_id)
+        await inbox.forget(app, conversation_id)
     except REDIS_ERRORS as exc:
         await audit.record(actor, "release_to_bot", conversation_id, "failed", str(exc) or type(exc).__name__)
         raise unreachable("Redis", "nothing was released") from None
@@ -188,7 +224,7 @@ async def release(app: web.Application, actor: Actor, conversation_id: Any) -> N
     await audit.record(actor, "release_to_bot", conversation_id)
 
 
-def _identifier(field: str, value: Any) -> str:
+def identifier(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Problem(400, f"{field}: required, a non-blank string")
     if len(value) > ID_MAX:

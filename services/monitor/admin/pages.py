@@ -4,6 +4,7 @@ action)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -11,7 +12,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from services.monitor.admin import auth, charts, conversations, operations
+from services.monitor.admin import auth, charts, conversations, inbox, operations, outbound
 from services.monitor.admin.auth import LockedOut, Session
 from services.monitor.admin.guard import SESSION, STATIC_ROUTE, audit_failure, current_session
 from services.monitor.admin.i18n import Locale, negotiate
@@ -24,7 +25,7 @@ from shared.web import Problem
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
-NOTICES = ("replayed", "replied", "released", "signed_out")
+NOTICES = ("replayed", "discarded", "replied", "released", "signed_out", "assigned", "outbound_sent")
 
 
 def templates() -> Environment:
@@ -34,7 +35,8 @@ def templates() -> Environment:
 
 
 def _locale(request: web.Request) -> Locale:
-    return Locale(negotiate(request.headers.get("Accept-Language")))
+    zone = request.app[SETTINGS].business_timezone
+    return Locale(negotiate(request.headers.get("Accept-Language")), zone=zone, now=time.time())
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -163,12 +165,41 @@ async def conversations_page(request: web.Request) -> web.Response:
     return render(request, "conversations.html", session=session, page=page)
 
 
+async def inbox_page(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    notice = request.query.get("notice", "")
+    text = _locale(request).t(f"notice_{notice}") if notice in NOTICES else ""
+    waiting = await inbox.checked_queue(request.app)
+    return render(request, "inbox.html", session=session, notice=text, waiting=waiting)
+
+
+async def inbox_fragment(request: web.Request) -> web.Response:
+    """The queue alone, for the inbox page's script to swap in when the stream says it changed."""
+    waiting = await inbox.checked_queue(request.app)
+    return render(request, "_inbox.html", session=request[SESSION], waiting=waiting)
+
+
 # Actions ---------------------------------------------------------------------------------------
+async def assign_form(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    form = await _checked_form(request, session)
+    conversation_id = operations.identifier("conversation_id", form.get("conversation_id"))
+    await inbox.assign(request.app, session.actor, conversation_id)
+    raise _back(form, "assigned", "handoffs")
+
+
 async def replay_form(request: web.Request) -> web.Response:
     session = request[SESSION]
     form = await _checked_form(request, session)
     await operations.replay(request.app, session.actor, form.get("message_id"))
     raise _back(form, "replayed", "dead-letters")
+
+
+async def discard_form(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    form = await _checked_form(request, session)
+    await operations.discard(request.app, session.actor, form.get("message_id"))
+    raise _back(form, "discarded", "dead-letters")
 
 
 async def reply_form(request: web.Request) -> web.Response:
@@ -202,4 +233,31 @@ def _back(form: dict[str, str], notice: str, anchor: str) -> web.HTTPSeeOther:
     conversation = form.get("conversation_id", "")
     if target == "conversation" and conversation:
         return web.HTTPSeeOther(f"/admin/conversation?{urlencode({'id': conversation, 'notice': notice})}")
+    if target == "inbox":
+        return web.HTTPSeeOther(f"/admin/inbox?notice={notice}")
     return web.HTTPSeeOther(f"/admin?notice={notice}#{anchor}")
+
+
+# Proactive messages ----------------------------------------------------------------------------
+OUTBOUND_FIELDS = ("channel", "to", "text", "template_name", "template_language", "template_components")
+
+
+async def outbound_page(request: web.Request) -> web.Response:
+    """The form, prefilled from the query (the conversation view links here with channel and to)."""
+    form = {name: request.query[name] for name in OUTBOUND_FIELDS[:2] if name in request.query}
+    return render(request, "outbound.html", session=request[SESSION], form=form, error="")
+
+
+async def outbound_form(request: web.Request) -> web.Response:
+    session = request[SESSION]
+    form = await _checked_form(request, session)
+    try:
+        reply = await outbound.send(request.app, session.actor, outbound.request_of(form))
+    except Problem as problem:
+        if problem.status >= 500:
+            raise
+        # Refused (a field, the 24-hour window, an opt-out): the form again, as filled, saying why.
+        kept = {name: form[name] for name in OUTBOUND_FIELDS if name in form}
+        return render(request, "outbound.html", status=problem.status, session=session, form=kept, error=problem.detail)
+    target = urlencode({"id": reply.conversation_id, "notice": "outbound_sent"})
+    raise web.HTTPSeeOther(f"/admin/conversation?{target}")

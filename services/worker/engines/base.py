@@ -43,6 +43,9 @@ class EngineRequest:
     offered: tuple[Option, ...] = ()
     # The customer's question that led to the options offered (what a chosen entry answers).
     offered_for: str = ""
+    # The customer's language ("en", "pt", "es"; languages.customer_language), "" when unknown:
+    # the reply policy's texts and a translated base answer in it.
+    language: str = ""
 
 
 class ReplyEngine(Protocol):

@@ -9,7 +9,7 @@ position and, when known, its id) and what is wrong, in one line an operator can
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,8 +17,12 @@ import yaml
 
 from .text import LANGUAGES, Language
 
-_TOP_KEYS = frozenset({"language", "fallback", "entries"})
-_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags", "buttons", "title"})
+_TOP_KEYS = frozenset({"language", "fallback", "entries", "translations"})
+_ENTRY_KEYS = frozenset({"id", "questions", "answer", "tags", "buttons", "title", "translations"})
+# A translation of the base (`translations: {en: {fallback}}`) or of an entry
+# (`translations: {en: {questions, answer, title?, buttons?}}`): see `KnowledgeBase.translated`.
+_TOP_TRANSLATION_KEYS = frozenset({"fallback"})
+_ENTRY_TRANSLATION_KEYS = frozenset({"questions", "answer", "title", "buttons"})
 # WhatsApp's reply buttons: at most 3, titles of at most 20 characters; Telegram's callback data
 # (which carries the label back) holds at most 64 bytes.
 MAX_BUTTONS = 3
@@ -46,6 +50,8 @@ class Entry:
     buttons: tuple[str, ...] = ()
     # Its label when offered as an option (SPEC section 6); "" in the file: its first question, shortened.
     title: str = ""
+    # The entry in other languages (the same id, tags; its own questions, answer, title, buttons).
+    translations: Mapping[Language, Entry] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -57,6 +63,19 @@ class KnowledgeBase:
     language: Language
     fallback: str
     entries: tuple[Entry, ...]
+    # The base's fallback in each language it is translated into (`translations` in the file).
+    fallbacks: Mapping[Language, str] = field(default_factory=dict)
+
+    @property
+    def translations(self) -> tuple[Language, ...]:
+        """The other languages this base answers in."""
+        return tuple(language for language in LANGUAGES if language in self.fallbacks)
+
+    def translated(self, language: Language) -> KnowledgeBase:
+        """This base in `language`: every entry's translation where it has one, else the entry as
+        written (so the same ids answer in every language)."""
+        entries = tuple(entry.translations.get(language, entry) for entry in self.entries)
+        return KnowledgeBase(language, self.fallbacks[language], entries)
 
     @classmethod
     def load(cls, path: Path) -> KnowledgeBase:
@@ -116,9 +135,57 @@ def parse(data: object, source: str) -> KnowledgeBase:
     entries_data = top.get("entries")
     if not isinstance(entries_data, list) or not entries_data:
         raise KnowledgeBaseError(f"{source}: 'entries' must be a non-empty list")
-    entries = tuple(_entry(item, index, source) for index, item in enumerate(entries_data, start=1))
+    fallbacks = _top_translations(top.get("translations"), language, source)
+    entries = tuple(_entry(item, index, source, fallbacks) for index, item in enumerate(entries_data, start=1))
     _reject_duplicate_ids(entries, source)
-    return KnowledgeBase(language, fallback, entries)
+    return KnowledgeBase(language, fallback, entries, fallbacks)
+
+
+def _top_translations(value: object, language: Language, source: str) -> dict[Language, str]:
+    """The base's `translations`: for each other language, its fallback."""
+    if value is None:
+        return {}
+    where = f"{source}: 'translations'"
+    if not isinstance(value, Mapping):
+        raise KnowledgeBaseError(f"{where} must map a language to its 'fallback'")
+    fallbacks: dict[Language, str] = {}
+    for code, data in cast(Mapping[str, Any], value).items():
+        other = _language(code, where)
+        if other == language:
+            raise KnowledgeBaseError(f"{where}: {code!r} is the base's own language")
+        if not isinstance(data, Mapping):
+            raise KnowledgeBaseError(f"{where}: {code!r} must be a mapping with 'fallback'")
+        _reject_unknown_keys(cast(Mapping[str, Any], data), _TOP_TRANSLATION_KEYS, f"{where}: {code!r}")
+        fallbacks[other] = _fallback(cast(Mapping[str, Any], data), f"{where}: {code!r}")
+    return fallbacks
+
+
+def _entry_translations(
+    value: object, base: Entry, fallbacks: Mapping[Language, str], where: str
+) -> dict[Language, Entry]:
+    """An entry's `translations`, each a language the base's `translations` declares."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise KnowledgeBaseError(f"{where}: 'translations' must map a language to 'questions' and 'answer'")
+    translated: dict[Language, Entry] = {}
+    for code, data in cast(Mapping[str, Any], value).items():
+        language = _language(code, f"{where}: 'translations'")
+        here = f"{where}: translation {code!r}"
+        if language not in fallbacks:
+            raise KnowledgeBaseError(f"{here}: the base has no 'translations: {{{code}: {{fallback: ...}}}}'")
+        if not isinstance(data, Mapping):
+            raise KnowledgeBaseError(f"{here}: must be a mapping with 'questions' and 'answer'")
+        fields = cast(Mapping[str, Any], data)
+        _reject_unknown_keys(fields, _ENTRY_TRANSLATION_KEYS, here)
+        translated[language] = replace(
+            base,
+            questions=_strings(fields.get("questions"), "questions", here, required=True),
+            answer=_answer(fields.get("answer"), here),
+            buttons=_buttons(fields.get("buttons"), here),
+            title=_title(fields.get("title"), here),
+        )
+    return translated
 
 
 def _language(value: object, source: str) -> Language:
@@ -137,7 +204,7 @@ def _fallback(top: Mapping[str, Any], source: str) -> str:
     return value.strip()
 
 
-def _entry(item: object, index: int, source: str) -> Entry:
+def _entry(item: object, index: int, source: str, fallbacks: Mapping[Language, str]) -> Entry:
     where = f"{source}: entry {index}"
     if not isinstance(item, Mapping):
         raise KnowledgeBaseError(f"{where}: must be a mapping with 'id', 'questions' and 'answer'")
@@ -152,7 +219,7 @@ def _entry(item: object, index: int, source: str) -> Entry:
     if len(entry_id.encode()) > MAX_ID_BYTES:
         raise KnowledgeBaseError(f"{where}: 'id' is longer than {MAX_ID_BYTES} bytes")
     _reject_unknown_keys(data, _ENTRY_KEYS, where)
-    return Entry(
+    entry = Entry(
         id=entry_id,
         questions=_strings(data.get("questions"), "questions", where, required=True),
         answer=_answer(data.get("answer"), where),
@@ -160,6 +227,7 @@ def _entry(item: object, index: int, source: str) -> Entry:
         buttons=_buttons(data.get("buttons"), where),
         title=_title(data.get("title"), where),
     )
+    return replace(entry, translations=_entry_translations(data.get("translations"), entry, fallbacks, where))
 
 
 def _title(value: object, where: str) -> str:

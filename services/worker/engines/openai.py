@@ -86,6 +86,12 @@ NO_GROUNDING = (
     ' "kind": "unknown".'
 )
 # The reply format `_model_reply` reads; "JSON" must appear in the messages for OpenAI's JSON mode.
+# The customer's language (EngineRequest.language), said to the model in its own words.
+CUSTOMER_LANGUAGE = {
+    "pt": 'O cliente escreve em português: escreva "text" em português do Brasil.',
+    "en": 'The customer writes in English: write "text" in English.',
+    "es": 'El cliente escribe en español: escribe "text" en español.',
+}
 REPLY_FORMAT = """Responda sempre com um único objeto JSON, sem texto antes ou depois, com estas chaves nesta ordem:
 {"kind": "answer" | "clarify" | "unknown" | "smalltalk", "text": "...", "sources": ["id"], "options": ["id"]}
 - "answer": uma ou mais entradas respondem à mensagem. "text" é a resposta, somente com o que essas entradas \
@@ -277,6 +283,8 @@ class OpenAiEngine:
             {"role": "system", "content": self.config.system_prompt},
             {"role": "system", "content": _grounding_text(grounding) + "\n\n" + REPLY_FORMAT},
         ]
+        if request.language in CUSTOMER_LANGUAGE:  # the chat page's or the message's, when known
+            messages.append({"role": "system", "content": CUSTOMER_LANGUAGE[request.language]})
         messages += [_message(turn) for turn in request.history]
         messages.append({"role": "user", "content": _user_content(request)})
         return messages

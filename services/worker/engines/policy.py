@@ -2,6 +2,8 @@
 
 `ReplyPolicy` wraps the configured engine (knowledge base or LLM):
   * `/reset` clears the conversation's memory and says so (the worker's commit does the clearing);
+  * on WhatsApp and Telegram, an opt-out command ("parar", "sair", "stop", "unsubscribe", or an
+    opt-out button) is confirmed briefly (the gateway records it: shared/contacts.py);
   * a customer asking for a person ("quero falar com um atendente", "can I talk to a human?") gets
     `handoff: true` and a reply saying a person will take over; the commit starts the handoff, and
     the bot stays silent in that conversation until an agent releases it or it expires;
@@ -13,22 +15,28 @@
     number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
     button is answered as if its label were typed. A choice of something not offered (expired,
     the conversation moved on, or never offered) gets "please choose again", never an answer.
-The replies are in the knowledge base's language.
+The replies are in the customer's language (EngineRequest.language: pt, en or es; languages.py),
+else the knowledge base's; a base translated into that language answers from its translation.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
+from shared.commands import is_reset
+from shared.contacts import is_opt_out
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
 from .base import EngineRequest, ReplyEngine
 from .kb import KbEngine, KnowledgeBase
-from .text import Language, fold
+from .languages import REPLY_LANGUAGES, ReplyLanguage, parse_language
+from .smalltalk import SmallTalkDetector
+from .text import LANGUAGES, Language, fold, words_of
 
-RESET_COMMAND = "/reset"
+# Web conversations (services/gateway/web_conversations.py) get no proactive messages to opt out of.
+WEB_PREFIX = "web:"
 
 
 # Matched against the folded message ("Não" -> "nao"), words separated by single spaces.
@@ -53,7 +61,13 @@ _EN_PERSON = _alternatives(
 )
 _EN_ANYONE = _alternatives("person|someone|somebody|anyone|anybody|people")
 
-_HUMAN_REQUEST: Mapping[Language, re.Pattern[str]] = {
+_ES_ARTICLES = r"(?:(?:un|una|el|la|los|las|con|de|para|por|me|a) )*"
+_ES_PERSON = _alternatives(
+    "agente|agentes|humano|humana|operador|operadora|ser humano|persona real|asesor|asesora|encargado|gerente"
+)
+_ES_ANYONE = _alternatives("persona|alguien")
+
+_HUMAN_REQUEST: Mapping[ReplyLanguage, re.Pattern[str]] = {
     "pt": re.compile(
         rf"\b(?:falar|fala|falo|conversar|converso) {_PT_ARTICLES}(?:{_PT_PERSON}|{_PT_ANYONE})\b"
         rf"|\b(?:chamar|chama|chame|passar|passa|passe|transferir|transfere|transfira|coloca|coloque"
@@ -67,10 +81,16 @@ _HUMAN_REQUEST: Mapping[Language, re.Pattern[str]] = {
         r"|\b(?:human|live|real) (?:agent|support|person|being|representative|operator)\b"
         rf"|^{_EN_ARTICLES}{_EN_PERSON}(?: please)?$"
     ),
+    "es": re.compile(
+        rf"\b(?:hablar|habla|hablo|conversar) {_ES_ARTICLES}(?:{_ES_PERSON}|{_ES_ANYONE})\b"
+        rf"|\b(?:quiero|quisiera|necesito|llamar|llama|pasame|paseme|transferir) {_ES_ARTICLES}{_ES_PERSON}\b"
+        r"|\batencion (?:humana|personal)\b"
+        rf"|^{_ES_ARTICLES}{_ES_PERSON}(?: por favor)?$"
+    ),
 }
 _WORDS = re.compile(r"[a-z0-9]+")
 
-_REPLIES: Mapping[Language, Mapping[str, str]] = {
+_REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
     "pt": {
         "reset": "Pronto! Esqueci nossa conversa até aqui. Como posso ajudar?",
         "handoff": "Certo! Vou chamar um atendente humano: uma pessoa vai continuar esta conversa por aqui em breve.",
@@ -84,6 +104,11 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         # A choice of something not offered (any more): the options in force again, or none.
         "stale": "Essa opção não está mais disponível. Por favor, escolha de novo:",
         "ask": "Essa opção não está mais disponível. Por favor, escreva sua pergunta.",
+        # The base's "not found" for a customer in a language the base is not translated into.
+        "fallback": "Desculpe, não encontrei essa informação. Quer falar com um atendente?",
+        # An opt-out of proactive messages; any later message opts back in.
+        "opt_out": "Pronto, você não vai mais receber nossas mensagens automáticas. Se mudar de ideia, é só"
+        " nos escrever.",
     },
     "en": {
         "reset": "Done! I have forgotten our conversation so far. How can I help?",
@@ -95,19 +120,33 @@ _REPLIES: Mapping[Language, Mapping[str, str]] = {
         "pick": "Tap an option or reply with its number.",
         "stale": "That option is no longer available. Please choose again:",
         "ask": "That option is no longer available. Please write your question.",
+        "opt_out": "Done, you will not get our automatic messages any more. If you change your mind, just write to us.",
+        "fallback": "Sorry, I could not find that information. Would you like to talk to an agent?",
+    },
+    "es": {
+        "reset": "¡Listo! Olvidé nuestra conversación hasta aquí. ¿En qué puedo ayudar?",
+        "handoff": "¡Claro! Voy a llamar a un agente humano: una persona continuará esta conversación aquí en breve.",
+        "escalation": "Lo siento, no estoy logrando ayudar con eso. Voy a llamar a un agente humano: una persona"
+        " continuará esta conversación aquí en breve.",
+        "offer": "Hablar con un agente",
+        "clarify": "No estoy seguro de haber entendido. ¿Quisiste decir:",
+        "pick": "Toca una opción o responde con el número.",
+        "stale": "Esa opción ya no está disponible. Por favor, elige de nuevo:",
+        "ask": "Esa opción ya no está disponible. Por favor, escribe tu pregunta.",
+        "opt_out": "Listo, ya no recibirás nuestros mensajes automáticos. Si cambias de idea, solo escríbenos.",
+        "fallback": "Lo siento, no encontré esa información. ¿Quieres hablar con un agente?",
     },
 }
 
 
-def asks_for_human(text: str, language: Language) -> bool:
+_SMALL_TALK: Mapping[Language, SmallTalkDetector] = {language: SmallTalkDetector(language) for language in LANGUAGES}
+
+
+def asks_for_human(text: str, language: ReplyLanguage) -> bool:
     """Whether the message asks to talk to a person (in `language`, and in English everywhere:
     customers of Brazilian shops write "human agent" too)."""
     words = " ".join(_WORDS.findall(fold(text)))
     return any(_HUMAN_REQUEST[lang].search(words) for lang in {language, "en"})
-
-
-def is_reset(text: str) -> bool:
-    return text.strip().casefold() == RESET_COMMAND
 
 
 # Typed choices: "2", "2.", or a label however it is cased, accented or punctuated.
@@ -127,72 +166,133 @@ def typed_choice(text: str, offered: tuple[Option, ...]) -> Option | None:
     return next((option for option in offered if choice_key(option.label) == key), None)
 
 
-def _labels(kb: KnowledgeBase, handoff_label: str) -> frozenset[str]:
-    """Every label an option may carry with this base: entries, their buttons, the hand-over."""
-    labels = [handoff_label, *(entry.label for entry in kb.entries)]
-    labels += [button for entry in kb.entries for button in entry.buttons]
+def _labels(kbs: Iterable[KnowledgeBase]) -> frozenset[str]:
+    """Every label an option may carry with these bases: entries, their buttons, the hand-over in
+    every language."""
+    labels = [texts["offer"] for texts in _REPLIES.values()]
+    for kb in kbs:
+        labels += [entry.label for entry in kb.entries]
+        labels += [button for entry in kb.entries for button in entry.buttons]
     return frozenset(choice_key(label) for label in labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """How the policy answers a customer of one language: the system texts, and the engine and
+    base of that language (the base's own when it is not translated into it)."""
+
+    language: ReplyLanguage
+    engine: ReplyEngine
+    catalog: KbEngine
+
+    @property
+    def texts(self) -> Mapping[str, str]:
+        return _REPLIES[self.language]
+
+    @property
+    def handoff_option(self) -> Option:
+        return Option(HANDOFF_OPTION, self.texts["offer"])
+
+    @property
+    def translated(self) -> bool:
+        """Whether the base speaks this language (else its fallback is replaced by ours)."""
+        return self.catalog.kb.language == self.language
+
+
+# The engine and base answering in one language a base is translated into (EngineFactory.build).
+Version = tuple[ReplyEngine, KbEngine]
 
 
 class ReplyPolicy:
     """A ReplyEngine around another one; see the module's docstring. `catalog` is the knowledge
-    base the engine answers from (an entry chosen by its id gets its answer from there)."""
+    base the engine answers from (an entry chosen by its id gets its answer from there);
+    `translations` the engine and base of each language the base is translated into. The reply
+    is in the customer's language (`EngineRequest.language`), else the base's."""
 
-    def __init__(self, engine: ReplyEngine, language: Language, *, catalog: KbEngine, escalate: bool = True) -> None:
+    def __init__(
+        self,
+        engine: ReplyEngine,
+        language: Language,
+        *,
+        catalog: KbEngine,
+        escalate: bool = True,
+        translations: Mapping[Language, Version] | None = None,
+    ) -> None:
         self.engine = engine
         self.name = engine.name
         self.uses_history = engine.uses_history
-        self._replies = _REPLIES[language]
         self.language = language
         self._catalog = catalog
         self._escalate = escalate
-        self._handoff_option = Option(HANDOFF_OPTION, self._replies["offer"])
-        self._labels = _labels(catalog.kb, self._handoff_option.label)
+        versions: dict[ReplyLanguage, Version] = {language: (engine, catalog)}
+        for other, version in (translations or {}).items():
+            versions[other] = version
+        self._voices = {lang: Voice(lang, *versions.get(lang, (engine, catalog))) for lang in REPLY_LANGUAGES}
+        self._labels = _labels(catalog.kb for _, catalog in versions.values())
 
     def may_be_choice(self, text: str) -> bool:
         key = choice_key(text)
         return key in _NUMBERS or key in self._labels
 
+    def voice(self, request: EngineRequest) -> Voice:
+        """The customer's language's voice (the base's when the request names none of ours)."""
+        return self._voices[parse_language(request.language) or self.language]
+
     async def reply(self, request: EngineRequest) -> ReplyContent:
+        voice = self.voice(request)
         if is_reset(request.text):
             return ReplyContent(
-                text=self._replies["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
+                text=voice.texts["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
             )
+        if not request.conversation_id.startswith(WEB_PREFIX) and is_opt_out(request.text, request.option):
+            return ReplyContent(text=voice.texts["opt_out"], engine="command", confidence=1.0, kind="smalltalk")
         if request.option:
             chosen = next((option for option in request.offered if option.id == request.option), None)
             if chosen is not None:
-                return await self._resolve(chosen, request)
+                return await self._resolve(voice, chosen, request)
             # Asking for a person is never out of date, offered or not.
-            return self._handoff() if request.option == HANDOFF_OPTION else self._choose_again(request)
+            return self._handoff(voice) if request.option == HANDOFF_OPTION else self._choose_again(voice, request)
         typed = typed_choice(request.text, request.offered)
         if typed is not None:
-            return await self._resolve(typed, request)
-        if asks_for_human(request.text, self.language):
-            return self._handoff()
-        return self._offering(await self.engine.reply(request))
+            return await self._resolve(voice, typed, request)
+        if asks_for_human(request.text, self.language) or asks_for_human(request.text, voice.language):
+            return self._handoff(voice)
+        return self._offering(voice, self._greeted(voice, request, await voice.engine.reply(request)))
 
-    async def _resolve(self, chosen: Option, request: EngineRequest) -> ReplyContent:
+    async def _resolve(self, voice: Voice, chosen: Option, request: EngineRequest) -> ReplyContent:
         """The reply to an option the last reply offered."""
         if chosen.id == HANDOFF_OPTION:
-            return self._handoff()
+            return self._handoff(voice)
         if chosen.id == chosen.label:  # an entry's own button: as if the customer typed it
             return await self.reply(replace(request, text=chosen.label, option="", offered=(), offered_for=""))
-        answer = self._catalog.entry_reply(chosen.id)
+        answer = voice.catalog.entry_reply(chosen.id)
         if answer is None:  # the base was reloaded without that entry since it was offered
-            return self._choose_again(request)
+            return self._choose_again(voice, request)
         return replace(answer, kind="answer", resolves=request.offered_for)
 
-    def _offering(self, content: ReplyContent) -> ReplyContent:
+    @staticmethod
+    def _greeted(voice: Voice, request: EngineRequest, content: ReplyContent) -> ReplyContent:
+        """Small talk in the customer's language when the base speaks another ("hello" to a
+        Portuguese base gets "Hello!"), where that language has small talk of its own."""
+        language = next((known for known in LANGUAGES if known == voice.language), None)
+        if content.kind != "smalltalk" or voice.translated or language is None:
+            return content
+        scan = _SMALL_TALK[language].scan(words_of(request.text, language))
+        return replace(content, text=scan.reply()) if scan.only_small_talk else content
+
+    def _offering(self, voice: Voice, content: ReplyContent) -> ReplyContent:
         """The engine's reply with what the policy adds: a question back's text and the hand-over,
-        a fallback's hand-over and escalation."""
+        a fallback's hand-over, text in the customer's language, and escalation."""
         if content.kind == "clarify":
-            options = (*(o for o in content.options if o.id != HANDOFF_OPTION), self._handoff_option)
-            return replace(content, options=options, text=content.text or self._numbered("clarify", options))
+            options = (*(o for o in content.options if o.id != HANDOFF_OPTION), voice.handoff_option)
+            return replace(content, options=options, text=content.text or self._numbered(voice, "clarify", options))
         if content.fallback and not content.options:
-            content = replace(content, options=(self._handoff_option,))
+            content = replace(content, options=(voice.handoff_option,))
+        if content.fallback and not voice.translated:
+            content = replace(content, text=voice.texts["fallback"])
         if content.fallback and self._escalate:
             escalation = ReplyContent(
-                text=self._replies["escalation"],
+                text=voice.texts["escalation"],
                 engine="handoff",
                 confidence=content.confidence,
                 handoff=True,
@@ -201,25 +301,26 @@ class ReplyPolicy:
             content = replace(content, escalation=escalation)
         return content
 
-    def _choose_again(self, request: EngineRequest) -> ReplyContent:
+    def _choose_again(self, voice: Voice, request: EngineRequest) -> ReplyContent:
         """A choice of something not offered: the options in force again (for the same question),
         or, with none, a request to write the question, and the hand-over."""
         if request.offered:
-            text, options = self._numbered("stale", request.offered), request.offered
+            text, options = self._numbered(voice, "stale", request.offered), request.offered
         else:
-            text, options = self._replies["ask"], (self._handoff_option,)
+            text, options = voice.texts["ask"], (voice.handoff_option,)
         return ReplyContent(
             text=text, engine="choice", confidence=1.0, kind="clarify", options=options, question=request.offered_for
         )
 
-    def _numbered(self, lead: str, options: tuple[Option, ...]) -> str:
+    @staticmethod
+    def _numbered(voice: Voice, lead: str, options: tuple[Option, ...]) -> str:
         listed = (f"{number}. {option.label}" for number, option in enumerate(options, start=1))
-        return "\n".join((self._replies[lead], *listed, self._replies["pick"]))
+        return "\n".join((voice.texts[lead], *listed, voice.texts["pick"]))
 
-    def _handoff(self) -> ReplyContent:
-        return ReplyContent(
-            text=self._replies["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff"
-        )
+    @staticmethod
+    def _handoff(voice: Voice) -> ReplyContent:
+        return ReplyContent(text=voice.texts["handoff"], engine="handoff", confidence=1.0, handoff=True, kind="handoff")
 
     async def close(self) -> None:
-        await self.engine.close()
+        for engine in {id(voice.engine): voice.engine for voice in self._voices.values()}.values():
+            await engine.close()

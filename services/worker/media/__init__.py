@@ -9,6 +9,10 @@ knowledge-base engine, a file over MEDIA_MAX_BYTES or of the wrong type, a downl
 transcription that fails) becomes `unhandled`: a short polite reply given instead of the engine's,
 committed like any reply, so there is never silence nor an error loop. The bytes are dropped when
 the reply is generated; they are never logged, queued or stored.
+
+Hostile media stays within bounds: files come only from where the platform serves them
+(fetch.py, hosts.py), a PDF is read in a child process with its own memory and CPU limits
+(documents.py), and at most MEDIA_CONCURRENCY media messages are handled at once per worker.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from dataclasses import dataclass
 import aiohttp
 
 from services.worker.engines.base import Document
+from services.worker.engines.languages import ReplyLanguage, customer_language
 from services.worker.engines.text import Language
 from shared.messages import Attachment, InboundMessage, ReplyContent
 from shared.settings import Settings
 from shared.speech import SpeechConfig, SpeechError, transcribe
 from shared.telemetry import client_trace_config
 
-from .documents import Unreadable, pdf_text
+from .documents import TooLargeDocument, Unreadable, limits_of, pdf_text
 from .fetch import MediaError, MediaFetcher
+from .hosts import MediaHosts, download_session
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 AUDIO_TYPES = frozenset({"application/ogg", "video/ogg", "video/mp4", "video/webm"})  # and audio/*
 PDF = "application/pdf"
 
-POLITE: dict[Language, dict[str, str]] = {
+POLITE: dict[ReplyLanguage, dict[str, str]] = {
     "pt": {
         "no_transcription": "Desculpe, por aqui ainda não consigo ouvir mensagens de voz. Pode escrever sua pergunta?",
         "audio_failed": "Desculpe, não consegui entender o áudio. Pode escrever sua pergunta?",
@@ -65,6 +71,17 @@ POLITE: dict[Language, dict[str, str]] = {
         "document_not_read": "Sorry, I can only read PDF documents. Could you type your question?",
         "document_unreadable": "Sorry, I could not read that document. Could you type your question?",
         "documents_not_read": "Sorry, I cannot read documents here. Could you type your question?",
+    },
+    "es": {
+        "no_transcription": "Lo siento, aquí todavía no puedo escuchar mensajes de voz. ¿Puedes escribir tu pregunta?",
+        "audio_failed": "Lo siento, no pude entender el audio. ¿Puedes escribir tu pregunta?",
+        "too_large": "Lo siento, ese archivo es demasiado grande para abrirlo. ¿Puedes escribir tu pregunta?",
+        "unavailable": "Lo siento, no pude abrir ese archivo. ¿Puedes escribir tu pregunta?",
+        "wrong_type": "Lo siento, no puedo abrir ese tipo de archivo. ¿Puedes escribir tu pregunta?",
+        "image_not_read": "Lo siento, aquí no puedo ver imágenes. ¿Puedes describir por escrito lo que necesitas?",
+        "document_not_read": "Lo siento, solo puedo leer documentos PDF. ¿Puedes escribir tu pregunta?",
+        "document_unreadable": "Lo siento, no pude leer ese documento. ¿Puedes escribir tu pregunta?",
+        "documents_not_read": "Lo siento, aquí no puedo leer documentos. ¿Puedes escribir tu pregunta?",
     },
 }
 
@@ -116,10 +133,13 @@ class MediaResolver:
 
     def __init__(self, settings: Settings, language: Language, *, reads_media: bool) -> None:
         self._settings = settings
-        self._polite = POLITE[language]
+        self._language = language
         self._reads_media = reads_media
         self._speech = SpeechConfig.from_settings(settings)
+        self._hosts = MediaHosts.from_settings(settings)
+        self._slots = asyncio.Semaphore(settings.media_concurrency)
         self._session: aiohttp.ClientSession | None = None
+        self._downloads: aiohttp.ClientSession | None = None
 
     async def resolve(self, messages: Sequence[InboundMessage]) -> ResolvedInput:
         if all(message.attachment is None for message in messages):  # the common case: text only
@@ -127,13 +147,16 @@ class MediaResolver:
         understood = [await self._understand(message) for message in messages]
         problem = next((u.problem for u in understood if u.problem), None)
         combined = _combined(understood)
-        if problem is not None:  # the polite reply instead of the engine's
-            return dataclasses.replace(combined, unhandled=ReplyContent(self._polite[problem], "media", 1.0))
+        if problem is not None:  # the polite reply instead of the engine's, in the customer's language
+            last = messages[-1]
+            polite = POLITE[customer_language(last.metadata, last.text) or self._language]
+            return dataclasses.replace(combined, unhandled=ReplyContent(polite[problem], "media", 1.0))
         return dataclasses.replace(combined, voice=any(_is_voice(message) for message in messages))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._downloads):
+            if session is not None:
+                await session.close()
 
     async def _understand(self, message: InboundMessage) -> _Understood:
         attachment = message.attachment
@@ -141,17 +164,20 @@ class MediaResolver:
         if attachment is None:
             return _Understood(message, caption)
         try:
-            if attachment.kind == "audio":
-                return await self._audio(message, attachment)
-            if attachment.kind == "image":
-                return await self._image(message, attachment, caption)
-            return await self._document(message, attachment, caption)
+            async with self._slots:  # MEDIA_CONCURRENCY: files in memory and PDF readers at once
+                if attachment.kind == "audio":
+                    return await self._audio(message, attachment)
+                if attachment.kind == "image":
+                    return await self._image(message, attachment, caption)
+                return await self._document(message, attachment, caption)
         except MediaError as exc:
             problem, detail = exc.reason, str(exc)
         except SpeechError as exc:
             problem, detail = "audio_failed", str(exc)
         except Unreadable as exc:
             problem, detail = "document_unreadable", str(exc)
+        except TooLargeDocument as exc:
+            problem, detail = "too_large", str(exc)
         log.warning(
             "media of message %s not handled (%s): %s",
             message.message_id,
@@ -164,7 +190,7 @@ class MediaResolver:
     async def _audio(self, message: InboundMessage, attachment: Attachment) -> _Understood:
         if not self._settings.transcription_enabled:
             raise MediaError("no_transcription", "no transcription configured (OPENAI_API_KEY, TRANSCRIPTION_BASE_URL)")
-        fetched = await MediaFetcher(self._client(), self._settings).fetch(message, attachment)
+        fetched = await self._fetcher().fetch(message, attachment)
         if not (fetched.mime_type.startswith("audio/") or fetched.mime_type in AUDIO_TYPES):
             raise MediaError("wrong_type", f"a voice message of type {fetched.mime_type!r}")
         transcript = await transcribe(
@@ -180,7 +206,7 @@ class MediaResolver:
             if caption:
                 return _Understood(marked, caption)  # the knowledge base answers the caption alone
             raise MediaError("image_not_read", "the knowledge-base engine does not read images")
-        fetched = await MediaFetcher(self._client(), self._settings).fetch(message, attachment)
+        fetched = await self._fetcher().fetch(message, attachment)
         if fetched.mime_type not in IMAGE_TYPES:
             raise MediaError("wrong_type", f"an image of type {fetched.mime_type!r}")
         data_url = f"data:{fetched.mime_type};base64,{base64.b64encode(fetched.data).decode()}"
@@ -196,11 +222,16 @@ class MediaResolver:
             if caption:
                 return _Understood(marked, caption)
             raise MediaError("documents_not_read", "the knowledge-base engine does not read documents")
-        fetched = await MediaFetcher(self._client(), self._settings).fetch(message, attachment)
+        fetched = await self._fetcher().fetch(message, attachment)
         if fetched.mime_type != PDF:
             raise MediaError("wrong_type", f"a document served as {fetched.mime_type!r}")
-        text = await asyncio.to_thread(pdf_text, fetched.data)
+        text = await pdf_text(fetched.data, limits_of(self._settings), self._settings.media_timeout_s)
         return _Understood(marked, caption, document=Document(name, text))
+
+    def _fetcher(self) -> MediaFetcher:
+        if self._downloads is None or self._downloads.closed:
+            self._downloads = download_session(self._hosts, trace_configs=[client_trace_config("media")])
+        return MediaFetcher(self._downloads, self._settings, self._hosts)
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running loop the worker serves on.

@@ -4,6 +4,11 @@
   and type), then `GET url`; both with the access token.
 - Telegram: `getFile` gives the `file_path`, then `GET {TELEGRAM_API_BASE}/file/bot<token>/<path>`.
 
+Only where the platform serves media (hosts.py): the WhatsApp `url` must be on the API base's
+origin or HTTPS on an allowed host with public addresses, and gets the token only when it is
+Meta's; a Telegram `file_path` is a relative path of plain segments (no `..`, no scheme, no
+query). Redirects are never followed: a 3xx is a failed download.
+
 The size is checked against what the platform declares and again while the bytes stream in, so a
 file that lies about its size is cut at the limit. The bytes live in memory until the reply is
 generated; the URLs (Telegram's carries the bot token) are never logged.
@@ -12,6 +17,7 @@ generated; the URLs (Telegram's carries the bot token) are never logged.
 from __future__ import annotations
 
 import mimetypes
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +26,11 @@ import aiohttp
 from shared.messages import Attachment, InboundMessage
 from shared.settings import Settings
 
+from .hosts import ForbiddenAddress, MediaHosts, NotAllowed
+
 CHUNK_BYTES = 64 * 1024
+# What Telegram's file paths look like ("voice/file_12.oga"): plain segments, nothing to climb with.
+TELEGRAM_PATH_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}){0,7}$")
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 
@@ -45,8 +55,9 @@ class Fetched:
 
 @dataclass(frozen=True, slots=True)
 class MediaFetcher:
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # hosts.download_session: its resolver refuses non-public addresses
     settings: Settings
+    hosts: MediaHosts
 
     async def fetch(self, message: InboundMessage, attachment: Attachment) -> Fetched:
         limit = self.settings.media_max_bytes
@@ -58,7 +69,9 @@ class MediaFetcher:
                 return await self._whatsapp(attachment, limit, timeout)
             if message.channel == "telegram":
                 return await self._telegram(attachment, limit, timeout)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except NotAllowed as exc:
+            raise MediaError("unavailable", str(exc)) from None
+        except (aiohttp.ClientError, TimeoutError, ForbiddenAddress) as exc:
             raise MediaError("unavailable", f"media download failed: {type(exc).__name__}") from None
         raise MediaError("unavailable", f"no media download on the {message.channel} channel")
 
@@ -66,14 +79,16 @@ class MediaFetcher:
         settings = self.settings
         auth = {"Authorization": f"Bearer {settings.whatsapp_access_token}"}
         info_url = f"{settings.whatsapp_api_base.rstrip('/')}/{attachment.media_id}"
-        async with self.session.get(info_url, headers=auth, timeout=timeout) as response:
+        async with self.session.get(info_url, headers=auth, timeout=timeout, allow_redirects=False) as response:
             info = await _json(response, "WhatsApp media info")
-        url = info.get("url")
-        if not isinstance(url, str) or not url:
+        raw = info.get("url")
+        if not isinstance(raw, str) or not raw:
             raise MediaError("unavailable", "WhatsApp media info has no url")
+        url = self.hosts.check(raw)
         _check_declared(info.get("file_size"), limit)
         declared = str(info.get("mime_type") or attachment.mime_type)
-        async with self.session.get(url, headers=auth, timeout=timeout) as response:
+        headers = auth if self.hosts.gets_token(url) else {}
+        async with self.session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as response:
             data = await _read(response, limit, "WhatsApp media")
             return Fetched(data, _type_of(response.headers.get("Content-Type", ""), declared, ""))
 
@@ -81,15 +96,21 @@ class MediaFetcher:
         base = self.settings.telegram_api_base.rstrip("/")
         token = self.settings.telegram_bot_token
         async with self.session.get(
-            f"{base}/bot{token}/getFile", params={"file_id": attachment.media_id}, timeout=timeout
+            f"{base}/bot{token}/getFile",
+            params={"file_id": attachment.media_id},
+            timeout=timeout,
+            allow_redirects=False,
         ) as response:
             payload = await _json(response, "Telegram getFile")
         result = payload.get("result") if payload.get("ok") else None
         path = result.get("file_path") if isinstance(result, dict) else None
         if not isinstance(path, str) or not path:
             raise MediaError("unavailable", "Telegram getFile has no file_path")
+        if not TELEGRAM_PATH_RE.match(path):
+            raise MediaError("unavailable", "Telegram getFile gave a file_path that is not a plain relative path")
         _check_declared(result.get("file_size") if isinstance(result, dict) else None, limit)
-        async with self.session.get(f"{base}/file/bot{token}/{path}", timeout=timeout) as response:
+        url = self.hosts.check(f"{base}/file/bot{token}/{path}")
+        async with self.session.get(url, timeout=timeout, allow_redirects=False) as response:
             data = await _read(response, limit, "Telegram file")
             return Fetched(data, _type_of(response.headers.get("Content-Type", ""), attachment.mime_type, path))
 
