@@ -26,12 +26,15 @@ TOTAL = 300
 
 
 @pytest.fixture
-async def wide_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def wide_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     stack = Stack(new_namespace(), tmp_path, extra_env={"ATENDIMENTO_SHARDS": str(DEFAULT_SHARDS)})
     try:
         yield stack
     finally:
         stack.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(stack.logs())
         await purge_namespace(stack.namespace, shards=DEFAULT_SHARDS)
 
 
