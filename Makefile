@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Kubernetes schemas) is for test, lint, typecheck and bench. A dev install satisfies both.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
-.PHONY: install install-runtime services run test test-ha lint typecheck pytest bench bench-llm soak eval clean
+.PHONY: install install-runtime services run test test-ha lint typecheck pytest bench bench-llm soak eval image-test clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ bench: install services  ## throughput and latency against a bare aiohttp+Rabbit
 
 bench-llm: install services  ## N conversations at once against a slow OpenAI-compatible stand-in, 1 and 2 workers
 	$(PY) -m bench.llm $(BENCH_LLM_ARGS)
+
+image-test: install services  ## build the Dockerfile with podman and run gateway, worker and monitor from it, read-only, no capabilities
+	PY=$(PY) scripts/image-test.sh
 
 soak: install services  ## messages while workers, then gateways, are SIGKILLed and Redis restarts: lost/doubled/reordered
 	$(PY) -m bench.soak $(SOAK_ARGS)

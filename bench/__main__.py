@@ -28,6 +28,7 @@ import aiohttp
 import psutil
 from redis.asyncio import Redis
 
+from shared.settings import DEFAULT_SHARDS
 from tests.support import AMQP_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
 from tests.support.otlp import collector_process, tracing_env
 
@@ -284,8 +285,8 @@ async def _delete_queue(name: str) -> None:
 
 @contextlib.asynccontextmanager
 async def project_system(env: dict[str, str], tmp: Path) -> AsyncIterator[tuple[str, Stack]]:
-    # The product's defaults (16 shards, INFO logs), not the test suite's.
-    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"ATENDIMENTO_SHARDS": "16", **env})
+    # The product's defaults (its shard count, INFO logs), not the test suite's.
+    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"ATENDIMENTO_SHARDS": str(DEFAULT_SHARDS), **env})
     try:
         gateway = await stack.start("gateway")
         await stack.start("worker")

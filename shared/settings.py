@@ -28,6 +28,9 @@ BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 HOST_PATTERN_RE = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+# Shard queues: 16 split evenly over 2, 4, 8 and 16 workers, over 3 and 5 within one shard each, and
+# cost no migration to deployments already running 16 (README: Scaling).
+DEFAULT_SHARDS = 16
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ class Settings:
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
 
     # Pipeline shape
-    shards: int = 16
+    shards: int = DEFAULT_SHARDS
     max_attempts: int = 5
     # Replies one worker generates at once (LLM calls in flight), across conversations.
     worker_concurrency: int = 64

@@ -433,7 +433,10 @@ def test_every_variable_is_set_in_configmap_secret_or_pod(name: str) -> None:
     env = expand_pod_env(container, {**config, **dict.fromkeys(secret, "")})
     settings = settings_module().Settings.from_env(env)
     assert getattr(settings, f"{name}_port") == DEFAULT_PORT[name]
-    assert settings.amqp_url.startswith("amqp://s3cretvalue:s3cretvalue@atendimento-rabbitmq:5672/")
+    assert settings.amqp_url.split(",") == [
+        f"amqp://s3cretvalue:s3cretvalue@atendimento-rabbitmq-server-{i}.atendimento-rabbitmq-nodes:5672/"
+        for i in range(3)
+    ]
     assert settings.instance_id == "pod-abc"
     assert env["OTEL_SERVICE_NAME"] == f"atendimento-{name}"
 
@@ -454,9 +457,12 @@ def test_configmap_points_at_the_in_cluster_services() -> None:
     assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{jaeger_service['metadata']['name']}:4317"
     assert config["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     rabbit = one("RabbitmqCluster", "atendimento-rabbitmq")
+    nodes = [f"{rabbit['metadata']['name']}-server-{i}.{rabbit['metadata']['name']}-nodes" for i in range(3)]
+    assert rabbit["spec"]["replicas"] == len(nodes)
     for name in BOT:
         env = {item["name"]: item for item in container_of(bot_deployment(name))["env"]}
-        assert f"@{rabbit['metadata']['name']}:5672/" in env["AMQP_URL"]["value"]
+        urls = env["AMQP_URL"]["value"].split(",")
+        assert [url.rsplit("@", 1)[1] for url in urls] == [f"{node}:5672/" for node in nodes], "every node, in order"
         for variable in ("RABBITMQ_USERNAME", "RABBITMQ_PASSWORD"):
             ref = env[variable]["valueFrom"]["secretKeyRef"]
             assert ref["name"] == f"{rabbit['metadata']['name']}-default-user", "the operator's Secret"
@@ -662,6 +668,42 @@ def test_redis_config_follows_the_guide_without_evicting_bot_keys() -> None:
     assert int(limit.removesuffix("Mi")) > 256, "room above maxmemory"
 
 
+def anti_affine(workload: Obj) -> bool:
+    """The pods prefer (or require) nodes without another pod of the same workload."""
+    terms = workload["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    preferred = [t["podAffinityTerm"] for t in terms.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+    required = terms.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    return any(
+        term["topologyKey"] == "kubernetes.io/hostname" and selects(term["labelSelector"], pod_labels(workload))
+        for term in preferred + required
+    )
+
+
+def test_redis_runs_a_primary_with_replicas_behind_three_sentinels() -> None:
+    redis, sentinels = one("StatefulSet", "atendimento-redis"), one("StatefulSet", "atendimento-redis-sentinel")
+    assert redis["spec"]["replicas"] >= 3 and sentinels["spec"]["replicas"] == 3
+    assert anti_affine(redis) and anti_affine(sentinels)
+    config = config_map()
+    service = sentinels["spec"]["serviceName"]
+    assert one("Service", service)["spec"]["publishNotReadyAddresses"] is True, "names resolve before ready"
+    listed = config["REDIS_SENTINELS"].split(",")
+    assert listed == [f"{sentinels['metadata']['name']}-{i}.{service}:26379" for i in range(3)]
+    env = {item["name"]: item.get("value") for item in container_of(sentinels)["env"]}
+    assert env["MASTER_NAME"] == config["REDIS_SENTINEL_SERVICE"] and int(env["QUORUM"]) == 2
+    assert env["SENTINEL_HOSTS"].split() == [entry.rsplit(":", 1)[0] for entry in listed]
+    redis_env = {item["name"]: item.get("value") for item in container_of(redis)["env"]}
+    assert redis_env["SENTINEL_HOSTS"] == env["SENTINEL_HOSTS"] and redis_env["PRIMARY_HOST"] == env["PRIMARY_HOST"]
+    assert redis_env["PRIMARY_HOST"] == f"{redis['metadata']['name']}-0.{redis['spec']['serviceName']}"
+    for script in ("start-redis.sh", "start-sentinel.sh"):
+        k8s_copy = (K8S / "base" / "redis" / script).read_text()
+        assert k8s_copy == (ROOT / "deploy" / "redis" / script).read_text(), "one script for compose and Kubernetes"
+        subprocess.run(["sh", "-n", str(ROOT / "deploy" / "redis" / script)], check=True)
+    for name in ("atendimento-redis", "atendimento-redis-sentinel"):
+        budget = one("PodDisruptionBudget", name)
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert selects(budget["spec"]["selector"], pod_labels(one("StatefulSet", name)))
+
+
 # ---------------------------------------------------------------------------------------------
 # docker compose and the image
 # ---------------------------------------------------------------------------------------------
@@ -684,7 +726,7 @@ def test_compose_file_validates_against_the_compose_specification() -> None:
 
 
 def test_compose_stack_comes_up_in_order() -> None:
-    services = compose()["services"]
+    services = {name: s for name, s in compose()["services"].items() if "profiles" not in s}
     assert set(services) == {
         "rabbitmq",
         "redis",
@@ -710,6 +752,38 @@ def test_compose_stack_comes_up_in_order() -> None:
     jaeger_ports = " ".join(services["jaeger"]["ports"])
     for port in ("16686", "4317", "4318"):
         assert port in jaeger_ports
+
+
+def test_compose_ha_profile_adds_two_rabbitmq_nodes_a_redis_replica_and_three_sentinels() -> None:
+    services = compose()["services"]
+    ha = {name for name, s in services.items() if "ha" in s.get("profiles", [])}
+    sentinels = ["redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3"]
+    assert ha == {"rabbitmq-2", "rabbitmq-3", "redis-replica", *sentinels}
+    cluster = (ROOT / "deploy" / "rabbitmq" / "20-cluster.conf").read_text()
+    nodes = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = rabbit@(\S+)$", cluster, re.M)
+    assert nodes == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    cookie = services["rabbitmq"]["environment"]["RABBITMQ_ERLANG_COOKIE"]
+    for node in nodes:
+        assert services[node]["hostname"] == node, "the node name rabbit@<hostname> is the one listed"
+        assert services[node]["environment"]["RABBITMQ_ERLANG_COOKIE"] == cookie, "one cookie, one cluster"
+        assert (
+            "./deploy/rabbitmq/10-atendimento.conf:/etc/rabbitmq/conf.d/10-atendimento.conf:ro"
+            in services[node]["volumes"]
+        )
+    for node in nodes[1:]:
+        assert "./deploy/rabbitmq/20-cluster.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro" in services[node]["volumes"]
+    replica = services["redis-replica"]["environment"]
+    assert replica["PRIMARY_HOST"] == "redis" and replica["SENTINEL_HOSTS"].split() == sentinels
+    for name in sentinels:
+        sentinel = services[name]
+        assert sentinel["environment"]["SELF_HOST"] == name and int(sentinel["environment"]["QUORUM"]) == 2
+        assert sentinel["read_only"] is True and sentinel["cap_drop"] == ["ALL"]
+    environment = services["gateway"]["environment"]
+    assert environment["AMQP_URL"].startswith("${COMPOSE_AMQP_URL:-amqp://")
+    assert environment["REDIS_SENTINELS"] == "${COMPOSE_REDIS_SENTINELS:-}"
+    example = (ROOT / ".env.example").read_text()
+    assert "# COMPOSE_REDIS_SENTINELS=" + ",".join(f"{s}:26379" for s in sentinels) in example
+    assert all(f"@{node}:5672/" in example for node in nodes)
 
 
 @pytest.mark.parametrize("name", BOT)

@@ -16,12 +16,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from services.worker.ownership import owned_shards
 from shared.names import Names
 from tests.support import AMQP_PORT, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
 from tests.support.fake_llm import FakeLlm
 from tests.support.faultproxy import FaultProxy
-from tests.support.pipeline import read_events, wait_ready
+from tests.support.pipeline import (
+    answered,
+    assert_each_answered_once_in_order,
+    queue_conversations,
+    read_events,
+    wait_ready,
+)
 
 
 def llm_env(llm: FakeLlm, **overrides: str) -> dict[str, str]:
@@ -33,17 +38,6 @@ def llm_env(llm: FakeLlm, **overrides: str) -> dict[str, str]:
         "OPENAI_BREAKER_FAILURES": "1000",
         **overrides,
     }
-
-
-def split_instances(workers: int) -> list[str]:
-    """Worker ids that share the test namespace's shards evenly (rendezvous hashing is
-    deterministic, so a test can pick ids for which no worker is left without work)."""
-    share = TEST_SHARDS // workers
-    for attempt in range(1000):
-        ids = [f"lanes-{attempt}-{i}" for i in range(workers)]
-        if all(len(owned_shards(me, ids, TEST_SHARDS)) == share for me in ids):
-            return ids
-    raise AssertionError("no even split found")
 
 
 async def ask_all(http: aiohttp.ClientSession, stack: Stack, conversations: int) -> list[dict[str, Any]]:
@@ -77,8 +71,8 @@ async def test_two_workers_each_generate_worker_concurrency_replies_at_once(
     llm.delay_s = 2.0
     stack.extra_env.update(llm_env(llm, WORKER_CONCURRENCY="40"))
     await stack.start("gateway")
-    for instance in split_instances(2):
-        await stack.start("worker", INSTANCE_ID=instance)
+    for _ in range(2):
+        await stack.start("worker")
     await wait_ready(stack)
 
     async def split() -> bool:
@@ -97,8 +91,8 @@ async def test_one_conversation_is_answered_in_order_by_two_workers(
     llm.delay_s = 0.5
     stack.extra_env.update(llm_env(llm))
     await stack.start("gateway")
-    for instance in split_instances(2):
-        await stack.start("worker", INSTANCE_ID=instance)
+    for _ in range(2):
+        await stack.start("worker")
     await wait_ready(stack)
     conversation = f"order-{uuid.uuid4().hex}"
     connected = asyncio.Event()
@@ -118,56 +112,6 @@ async def test_one_conversation_is_answered_in_order_by_two_workers(
     # One at a time: each call saw the previous turn in the memory.
     asked = [turn["content"] for turn in llm.requests[-1]["body"]["messages"] if turn["role"] == "user"]
     assert asked[-1] == "pergunta 9" and "pergunta 8" in asked
-
-
-async def queue_conversations(
-    http: aiohttp.ClientSession, stack: Stack, conversations: int, messages: int
-) -> tuple[dict[str, list[str]], list[asyncio.Task[list[dict[str, Any]]]]]:
-    """Open each conversation's event stream, then queue `messages` spread over them, round robin;
-    returns what was sent to each, in order."""
-    names = [f"k-{uuid.uuid4().hex[:10]}-{c}" for c in range(conversations)]
-    plan = [names[i % conversations] for i in range(messages)]
-    sent: dict[str, list[str]] = {name: [] for name in names}
-    readers = []
-    for conversation in names:
-        connected = asyncio.Event()
-        count = plan.count(conversation)
-        readers.append(
-            asyncio.create_task(
-                read_events(http, stack.gateway, conversation, count, connected, timeout=90, user_id="eva")
-            )
-        )
-        await asyncio.wait_for(connected.wait(), 10)
-    for conversation in plan:
-        text = f"msg {len(sent[conversation])} of {conversation}"
-        status, body = await post_message(
-            http, stack.gateway, {"user_id": "eva", "conversation_id": conversation, "text": text}
-        )
-        assert status == 202
-        sent[conversation].append(body["message_id"])
-    return sent, readers
-
-
-async def answered(http: aiohttp.ClientSession, stack: Stack) -> int:
-    _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
-    return int(stats["messages"]["total"])
-
-
-async def assert_each_answered_once_in_order(
-    http: aiohttp.ClientSession,
-    stack: Stack,
-    sent: dict[str, list[str]],
-    readers: list[asyncio.Task[list[dict[str, Any]]]],
-) -> None:
-    for (conversation, ids), reader in zip(sent.items(), readers, strict=True):
-        events = await reader
-        assert [event["message_id"] for event in events] == ids, conversation
-    total = sum(len(ids) for ids in sent.values())
-
-    async def counted_once() -> bool:
-        return await answered(http, stack) == total
-
-    await eventually(counted_once, what="every message counted once")
 
 
 @pytest.mark.parametrize("harm", ["sigkill", "connection-drop"])

@@ -40,6 +40,9 @@ from shared.store import REDIS_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
+# How long a shard given up to another worker may take to finish the units in hand.
+HANDOVER_GRACE_S = 30.0
+
 
 @dataclass(slots=True)
 class Capacity:
@@ -182,6 +185,9 @@ class ShardConsumer:
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self.capacity = Capacity(concurrency)
         self._subscriptions: dict[int, ShardSubscription] = {}
+        # Shards being given up: a stop of the worker meanwhile waits for them too, so no unit
+        # in hand is dropped half-way (it would be generated again by the next owner).
+        self._handovers: set[asyncio.Future[list[None]]] = set()
 
     @property
     def shards(self) -> list[int]:
@@ -211,14 +217,32 @@ class ShardConsumer:
         if wanted == set(self._subscriptions):
             return
         leaving = [self._subscriptions.pop(shard) for shard in sorted(set(self._subscriptions) - wanted)]
-        await asyncio.gather(*(subscription.stop(grace_s=30.0) for subscription in leaving))
+        if leaving:
+            await self._hand_over(leaving)
         for shard in sorted(wanted - set(self._subscriptions)):
-            subscription = ShardSubscription(shard, self._broker, self._processor, self.capacity)
-            await subscription.start()
-            self._subscriptions[shard] = subscription
+            await self._take(shard)
         log.info("consuming shards %s", self.shards, extra={"workers": len(set(workers) | {self._instance_id})})
+
+    async def _hand_over(self, leaving: list[ShardSubscription]) -> None:
+        """Give shards up: their lanes finish the unit in hand, then their channels close. Shielded:
+        a stop of the worker arriving meanwhile (which cancels the rebalance) waits for it instead."""
+        handover = asyncio.gather(*(subscription.stop(grace_s=HANDOVER_GRACE_S) for subscription in leaving))
+        self._handovers.add(handover)
+        handover.add_done_callback(self._handovers.discard)
+        await asyncio.shield(handover)
+
+    async def _take(self, shard: int) -> None:
+        subscription = ShardSubscription(shard, self._broker, self._processor, self.capacity)
+        # Listed before it starts, so a stop arriving mid-start reaches it too.
+        self._subscriptions[shard] = subscription
+        try:
+            await subscription.start()
+        except BROKER_ERRORS:
+            del self._subscriptions[shard]  # the next rebalance tries again
+            await subscription.stop(grace_s=0)
+            raise
 
     async def stop(self, grace_s: float) -> None:
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
-        await asyncio.gather(*(subscription.stop(grace_s) for subscription in subscriptions))
+        await asyncio.gather(*self._handovers, *(subscription.stop(grace_s) for subscription in subscriptions))

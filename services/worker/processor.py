@@ -180,19 +180,24 @@ class Processor:
         """Media (voice, images, documents) -> what the engine reads; memory keeps the transcript."""
         media = await self.media.resolve(taken.messages)
         message, offered = media.messages[-1], taken.state.offered
+        deltas = delta_publisher(self.broker, message)
         request = EngineRequest(
             media.text,
             message.conversation_id,
             history,
             images=media.images,
             documents=media.documents,
-            on_delta=delta_publisher(self.broker, message),
+            on_delta=deltas,
             option=message.option,
             offered=offered.options,
             offered_for=offered.question,
             language=customer_language(message.metadata, media.text) or "",
         )
-        content = media.unhandled or await self._generate(message, request)
+        try:
+            content = media.unhandled or await self._generate(message, request)
+        finally:
+            if deltas is not None:
+                await deltas.finished()
         return Generated(replace(content, voice=media.voice), media.messages, media.memory_text)
 
     async def _engine_failed(self, taken: Taken) -> RetryAfter | DeadLettered:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from services.worker.app import ENGINE, create_app
 from services.worker.engines.base import ChoosingEngine
 from shared.settings import Settings
-from tests.support import Service, Stack, conversation_token, eventually, get_json, sse_events
+from tests.support import Service, Stack, conversation_token, eventually, get_json, post_message, sse_events
 
 
 async def start_stack(stack: Stack, workers: int = 1) -> None:
@@ -61,6 +62,56 @@ async def read_events(
                 if len(events) >= count:
                     return events
     return events
+
+
+async def queue_conversations(
+    http: aiohttp.ClientSession, stack: Stack, conversations: int, messages: int
+) -> tuple[dict[str, list[str]], list[asyncio.Task[list[dict[str, Any]]]]]:
+    """Open each conversation's event stream, then queue `messages` spread over them, round robin;
+    returns what was sent to each, in order."""
+    names = [f"k-{uuid.uuid4().hex[:10]}-{c}" for c in range(conversations)]
+    plan = [names[i % conversations] for i in range(messages)]
+    sent: dict[str, list[str]] = {name: [] for name in names}
+    readers = []
+    for conversation in names:
+        connected = asyncio.Event()
+        count = plan.count(conversation)
+        readers.append(
+            asyncio.create_task(
+                read_events(http, stack.gateway, conversation, count, connected, timeout=90, user_id="eva")
+            )
+        )
+        await asyncio.wait_for(connected.wait(), 10)
+    for conversation in plan:
+        text = f"msg {len(sent[conversation])} of {conversation}"
+        status, body = await post_message(
+            http, stack.gateway, {"user_id": "eva", "conversation_id": conversation, "text": text}
+        )
+        assert status == 202
+        sent[conversation].append(body["message_id"])
+    return sent, readers
+
+
+async def answered(http: aiohttp.ClientSession, stack: Stack) -> int:
+    _, stats = await get_json(http, stack.monitor.url + "/monitoring/stats")
+    return int(stats["messages"]["total"])
+
+
+async def assert_each_answered_once_in_order(
+    http: aiohttp.ClientSession,
+    stack: Stack,
+    sent: dict[str, list[str]],
+    readers: list[asyncio.Task[list[dict[str, Any]]]],
+) -> None:
+    for (conversation, ids), reader in zip(sent.items(), readers, strict=True):
+        events = await reader
+        assert [event["message_id"] for event in events] == ids, conversation
+    total = sum(len(ids) for ids in sent.values())
+
+    async def counted_once() -> bool:
+        return await answered(http, stack) == total
+
+    await eventually(counted_once, what="every message counted once")
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,113 @@
+"""Workers share the shards evenly and hand them over safely (services/worker/ownership.py).
+
+Real gateway, worker and monitor processes on the shared RabbitMQ and Redis, with the product's
+default shard count (so the namespace's queues are purged for that count afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shared.settings import DEFAULT_SHARDS
+from tests.support import Service, Stack, eventually, get_json, new_namespace, purge_namespace
+from tests.support.fake_llm import FakeLlm
+from tests.support.pipeline import answered, assert_each_answered_once_in_order, queue_conversations
+
+pytestmark = pytest.mark.integration
+
+TOTAL = 300
+
+
+@pytest.fixture
+async def wide_stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    stack = Stack(new_namespace(), tmp_path, extra_env={"ATENDIMENTO_SHARDS": str(DEFAULT_SHARDS)})
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(stack.logs())
+        await purge_namespace(stack.namespace, shards=DEFAULT_SHARDS)
+
+
+async def owned(http: aiohttp.ClientSession, workers: list[Service]) -> list[list[int]]:
+    """The shards each worker says it consumes (its health check)."""
+    return [(await get_json(http, w.url + "/monitoring/health"))[1]["checks"]["consumer"]["shards"] for w in workers]
+
+
+async def wait_even(http: aiohttp.ClientSession, workers: list[Service]) -> float:
+    """Poll until the workers own every shard once and evenly; returns how long that took."""
+    started = time.monotonic()
+
+    async def even() -> bool:
+        shards = await owned(http, workers)
+        counts = [len(s) for s in shards]
+        every_once = sorted(shard for s in shards for shard in s) == list(range(DEFAULT_SHARDS))
+        return every_once and max(counts) == -(-DEFAULT_SHARDS // len(workers)) and min(counts) > 0
+
+    await eventually(even, timeout=30, what=f"the shards split evenly over {len(workers)} workers")
+    return time.monotonic() - started
+
+
+async def test_two_three_and_five_workers_share_the_default_shards_evenly(
+    wide_stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    wide_stack.extra_env["KB_EMBEDDINGS"] = "off"  # five workers: the words-only engine is enough
+    for count in (2, 3, 5):
+        while len(wide_stack.of("worker")) < count:
+            await wide_stack.start("worker")
+        took = await wait_even(http, wide_stack.of("worker"))
+        counts = [len(s) for s in await owned(http, wide_stack.of("worker"))]
+        print(f"{count} workers: shards {counts}, even {took:.1f} s after the last one was live")
+        assert max(counts) - min(counts) <= 1
+
+
+async def test_a_worker_joining_and_one_leaving_keep_order_and_answer_once(
+    wide_stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    """300 messages of 20 conversations: a second worker joins while the first works through
+    them, then the first stops (SIGTERM) and a third joins. Shards move both times; every
+    message is answered once, each conversation in order, and no reply is generated twice."""
+    llm.delay_s = 0.25
+    wide_stack.extra_env.update(
+        {
+            "REPLY_ENGINE": "openai",
+            "OPENAI_BASE_URL": llm.url,
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_TIMEOUT_SECONDS": "30",
+            "WORKER_CONCURRENCY": "4",
+        }
+    )
+    await wide_stack.start("gateway")
+    await wide_stack.start("monitor")
+    sent, readers = await queue_conversations(http, wide_stack, 20, TOTAL)
+    first = await wide_stack.start("worker")
+
+    async def answered_at_least(count: int) -> bool:
+        return await answered(http, wide_stack) >= count
+
+    await eventually(lambda: answered_at_least(20), what="the first replies")
+    await wide_stack.start("worker")
+    joined = await wait_even(http, wide_stack.of("worker"))
+    before_leave = await answered(http, wide_stack)
+    assert before_leave < TOTAL, "everything was answered before the second worker took its shards"
+    await asyncio.to_thread(first.stop)
+    assert await answered(http, wide_stack) < TOTAL, "everything was answered before the first worker left"
+    staying = [w for w in wide_stack.of("worker") if w is not first]
+    left = await wait_even(http, staying)
+    await wide_stack.start("worker")
+    rejoined = await wait_even(http, [w for w in wide_stack.of("worker") if w is not first])
+    print(f"shards even again: {joined:.1f} s after a join, {left:.1f} s after a leave, {rejoined:.1f} s after a join")
+
+    await assert_each_answered_once_in_order(http, wide_stack, sent, readers)
+    # Shards are handed over between units: what one worker generated, no other generates again.
+    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
+    assert len(calls) == TOTAL and set(calls.values()) == {1}
