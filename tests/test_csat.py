@@ -153,6 +153,8 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     await quiet.tap("csat:4")
     thanks = (await quiet.received(3))[2]
     assert thanks.text.startswith("Obrigado pela avaliação!")
+    rated_entry = await redis.lindex(names.conversation_log_key(question.conversation_id), -1)
+    assert rated_entry is not None and orjson.loads(rated_entry)["csat"] == 4  # shown in its conversation
     totals = await conversations.read_totals()
     assert totals.get("csat:4:bot") == 1 and totals.get("outcome:resolved:telegram") == 1
     assert (await counted(conversations)).csat[4] == 1
@@ -218,6 +220,9 @@ async def numbers_shown(http: aiohttp.ClientSession, monitor: Service) -> None:
         page = await answer.text()
     assert answer.status == 200 and 'data-metric="last_7_days.csat_avg" data-value="4.5"' in page
     assert "<q>Muito rápido, obrigado</q>" in page
+    async with http.get(f"{monitor.url}/admin/conversation?id=telegram:710000001", headers=ADMIN) as answer:
+        page = await answer.text()
+    assert answer.status == 200 and 'data-csat="4"' in page
 
     async def counters() -> Samples | None:
         _, samples = await scrape(http, monitor)

@@ -471,5 +471,7 @@ def _log_entry(item: Commit, reply: ReplyMessage, now: float) -> dict[str, Any]:
         entry["merged_into"] = reply.merged_into
     if reply.silenced:
         entry["silenced"] = True
+    if reply.reply.csat:  # the customer's rating, shown beside the conversation (admin)
+        entry["csat"] = reply.reply.csat
     entry["reply"] = reply.reply.to_dict()
     return entry
