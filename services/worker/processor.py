@@ -211,7 +211,9 @@ class Processor:
     async def _generate(self, message: InboundMessage, request: EngineRequest) -> ReplyContent:
         """A reply is about to be generated for `message` (the engine's call, in its span)."""
         # The text as received, for debugging; masked like every log line (shared.logs.mask_pii).
-        log.debug("generating a reply", extra={"channel": message.channel, "text": request.text})
+        # Its fields are built only when the line is written: per message, this is on the hot path.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("generating a reply", extra={"channel": message.channel, "text": request.text})
         with engine_span(self.engine.name) as span:
             content = await self.engine.reply(request)
             describe_reply(span, content.engine, content.confidence, content.handoff, content.sources)
@@ -245,6 +247,8 @@ class Processor:
         """A freshly generated reply stands (`reply`: possibly silenced, or the escalation)."""
         timings = commit.timings
         self.metrics.reply_committed(reply, timings, commit.reply.reply.usage)
+        if not log.isEnabledFor(logging.INFO):  # one line per message: its fields only when written
+            return
         log.info(
             "message processed",
             extra={
