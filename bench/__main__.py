@@ -285,7 +285,11 @@ async def _delete_queue(name: str) -> None:
 @contextlib.asynccontextmanager
 async def project_system(env: dict[str, str], tmp: Path) -> AsyncIterator[tuple[str, Stack]]:
     # The product's defaults (16 shards, INFO logs), not the test suite's.
-    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"ATENDIMENTO_SHARDS": "16", **env})
+    stack = Stack(
+        f"bench{uuid.uuid4().hex[:8]}",
+        tmp,
+        extra_env={"ATENDIMENTO_SHARDS": "16", "STATS_FLUSH_INTERVAL_SECONDS": "1", **env},
+    )
     try:
         gateway = await stack.start("gateway")
         await stack.start("worker")

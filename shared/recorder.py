@@ -25,6 +25,7 @@ merges every field of a slice).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # Long enough that no resend of a flush comes after its token expired.
 FLUSH_TOKEN_TTL_SECONDS = 600
 DEFAULT_INTERVAL_S = 1.0
+FINAL_FLUSH_TIMEOUT_S = 5.0
 
 # KEYS: 1 the flush's token, then the keys the payload names by index (1-based, after the token).
 # ARGV: 1 the payload: {"hashes": [{"k", "ttl", "add", "sum", "max"}], "seen": [{"k", "members",
@@ -236,4 +238,7 @@ class Recorder:
                 await asyncio.sleep(interval_s)
                 await self.flush()
         finally:
-            await self.flush()
+            # Bounded: a stop must not wait out Redis's retries when it is gone.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FINAL_FLUSH_TIMEOUT_S):
+                    await self.flush()
