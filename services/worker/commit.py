@@ -75,7 +75,7 @@ StreakStep = Literal["count", "keep", "end"]
 # The decision first, then the effects of the variant (`_effects`, one per possible outcome) of the
 # reply that stands. Keys to clear are deleted by one DEL at the end. The conversation log is
 # trimmed only once it holds twice its length (its readers read its newest entries): one LTRIM in
-# many RPUSHes. The memory is kept to its exact bound (MEMORY_TURNS), as promised.
+# many RPUSHes. The memory is kept to its exact bound (MEMORY_TURNS), trimmed only once it is over.
 # The failed attempts' count is left to expire: a message with a stored reply never reads it.
 # The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
 # without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
@@ -109,8 +109,9 @@ local v = p.variants[outcome]
 if v.memory == 'reset' then
   clear[#clear + 1] = KEYS[5]
 elseif v.memory == 'append' then
-  redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn)
-  redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
+  if redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn) > p.memory_length then
+    redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
+  end
   redis.call('EXPIRE', KEYS[5], p.memory_ttl)
 end
 if v.offered == 'set' then
