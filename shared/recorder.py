@@ -196,10 +196,8 @@ class Recorder:
             self._batch.seen[key] = _Seen(keep_s)
 
     def reply(self, counts: stats.ReplyCounts) -> None:
-        """What one committed reply counts (the fields shared.stats.reply_writes names)."""
-        writes = stats.reply_writes(counts)
-        added: dict[str, int] = writes["add"]  # type: ignore[assignment]
-        for name, n in added.items():
+        """What one committed reply counts (the fields shared.stats.reply_counters names)."""
+        for name, n in stats.reply_counters(counts).items():
             self.count(name, n, total=name == stats.MESSAGES)
         self.add_float(stats.LATENCY_SUM, counts.end_to_end_ms, keep_max=stats.LATENCY_MAX)
 
