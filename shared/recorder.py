@@ -160,20 +160,22 @@ class Recorder:
         self._sha = self.redis.register_script(_FLUSH).sha
 
     # Recording (no I/O) ------------------------------------------------------------------------
-    def _slices(self) -> list[_Hash]:
-        """The 10-second and the hourly slice of now."""
-        return [self._batch.hash(key, ttl) for key, ttl in stats.slice_keys(self.names, self.clock())]
+    def _slices(self, *, hourly: bool = True) -> list[_Hash]:
+        """The 10-second and (`hourly`) the hourly slice of now."""
+        fine, hour = stats.slice_keys(self.names, self.clock())
+        return [self._batch.hash(key, ttl) for key, ttl in ((fine, hour) if hourly else (fine,))]
 
-    def count(self, name: str, n: int = 1, *, total: bool = False) -> None:
-        """Add `n` to the field `name` of the current slices (and of the all-time totals)."""
-        for h in self._slices():
+    def count(self, name: str, n: int = 1, *, total: bool = False, hourly: bool = True) -> None:
+        """Add `n` to the field `name` of the current 10-second slice, of the hourly one (unless
+        not `hourly`: a field read only over short windows) and of the all-time totals (`total`)."""
+        for h in self._slices(hourly=hourly):
             h.add[name] += n
         if total:
             self._batch.hash(self.names.stats_total_key, 0).add[name] += n
 
-    def observe(self, histogram: str, ms: float) -> None:
+    def observe(self, histogram: str, ms: float, *, hourly: bool = True) -> None:
         """File a latency under its bucket of the histogram `histogram` (shared.stats)."""
-        self.count(f"{histogram}:{stats.bucket_of(ms)}")
+        self.count(f"{histogram}:{stats.bucket_of(ms)}", hourly=hourly)
 
     def add_float(self, name: str, value: float, *, keep_max: str = "") -> None:
         """Add `value` to the float field `name` of the current slices, and keep it in the field
@@ -198,7 +200,8 @@ class Recorder:
     def reply(self, counts: stats.ReplyCounts) -> None:
         """What one committed reply counts (the fields shared.stats.reply_counters names)."""
         for name, n in stats.reply_counters(counts).items():
-            self.count(name, n, total=name == stats.MESSAGES)
+            hourly = name.partition(":")[0] not in stats.FINE_ONLY
+            self.count(name, n, total=name == stats.MESSAGES, hourly=hourly)
         self.add_float(stats.LATENCY_SUM, counts.end_to_end_ms, keep_max=stats.LATENCY_MAX)
 
     # Flushing ----------------------------------------------------------------------------------

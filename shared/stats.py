@@ -36,6 +36,9 @@ LATENCY_MAX = "e2e_max"
 E2E = "e2e"  # end to end: gateway acceptance to reply ready
 QUEUE_WAIT = "wait"  # gateway acceptance to worker start
 PROCESSING = "proc"  # worker start to reply ready
+# Read back only over the last 5 minutes (services/monitor/stats_reader.py `latency_breakdown_ms`):
+# kept in the 10-second slices alone, which spares the hourly ones a field per bucket.
+FINE_ONLY = frozenset({QUEUE_WAIT, PROCESSING})
 
 
 def bucket_of(ms: float) -> int:

@@ -65,6 +65,13 @@ async def test_what_is_recorded_reaches_the_monitor_with_one_flush(redis: Redis,
     latency = summary["latency_ms"]
     assert latency["count"] == 3 and latency["max"] == 80.25
     assert latency["avg"] == round(sum(latencies) / 3, 2)
+    assert summary["latency_breakdown_ms"]["processing"]["p50"] > 0  # from the 10-second slices
+    (fine, _), (hour, _) = stats.slice_keys(names, NOW)
+    # The breakdown is read over 5 minutes only: the hourly slices do without its buckets.
+    fine_fields = [str(name) for name in await redis.hkeys(fine)]
+    hour_fields = [str(name) for name in await redis.hkeys(hour)]
+    assert any(name.startswith(stats.QUEUE_WAIT + ":") for name in fine_fields)
+    assert not [name for name in hour_fields if name.partition(":")[0] in stats.FINE_ONLY]
     assert await recorder.flush()  # nothing new: nothing more counted
     assert summarize(await read_raw(Store(redis, names), now=NOW + 1))["messages"]["total"] == 3
 
