@@ -285,8 +285,12 @@ async def _delete_queue(name: str) -> None:
 
 @contextlib.asynccontextmanager
 async def project_system(env: dict[str, str], tmp: Path) -> AsyncIterator[tuple[str, Stack]]:
-    # The product's defaults (its shard count, INFO logs), not the test suite's.
-    stack = Stack(f"bench{uuid.uuid4().hex[:8]}", tmp, extra_env={"ATENDIMENTO_SHARDS": str(DEFAULT_SHARDS), **env})
+    # The product's defaults (its shard count, INFO logs, a flush a second), not the test suite's.
+    stack = Stack(
+        f"bench{uuid.uuid4().hex[:8]}",
+        tmp,
+        extra_env={"ATENDIMENTO_SHARDS": str(DEFAULT_SHARDS), "STATS_FLUSH_INTERVAL_SECONDS": "1", **env},
+    )
     try:
         gateway = await stack.start("gateway")
         await stack.start("worker")

@@ -127,6 +127,13 @@ async def check(redis: Redis, names: Names, tally: Tally, timeout_s: float) -> t
         position = {message_id: i for i, message_id in enumerate(sent)}
         order = [position[message_id] for message_id in dict.fromkeys(logged) if message_id in position]
         reordered += sum(1 for before, after in itertools.pairwise(order) if after < before)
+
+    async def counted_all() -> bool:
+        return int(await redis.hget(names.stats_total_key, "n") or 0) >= len(ids) - lost
+
+    # Statistics land with each process's next flush (a SIGKILLed one's last second never does).
+    with contextlib.suppress(AssertionError):
+        await eventually(counted_all, timeout=10, interval=0.2, what="the statistics flushed")
     counted = int(await redis.hget(names.stats_total_key, "n") or 0)
     doubled += max(0, counted - (len(ids) - lost))
     return lost, doubled, reordered

@@ -114,10 +114,6 @@ class Names:
     def delivered_key(self, message_id: str) -> str:
         return f"{self.key_prefix}:delivered:{message_id}"
 
-    def commit_marker_key(self, message_id: str) -> str:
-        """Set by the worker's commit decision for the effects that follow it (short-lived)."""
-        return f"{self.key_prefix}:committed:{message_id}"
-
     def outbound_order_key(self, conversation_id: str) -> str:
         """The conversation's channel replies not yet delivered, oldest first (the worker appends
         as it commits; gateways send only the head, so several of them keep the order)."""
@@ -169,6 +165,10 @@ class Names:
 
     def stats_hour_key(self, bucket_start: int) -> str:
         return f"{self.key_prefix}:stats:1h:{bucket_start}"
+
+    def stats_flush_key(self, token: str) -> str:
+        """A statistics flush applied (shared/recorder.py): a resent flush is not counted twice."""
+        return f"{self.key_prefix}:stats:flush:{token}"
 
     @property
     def stats_total_key(self) -> str:

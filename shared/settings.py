@@ -72,6 +72,9 @@ class Settings:
     # Replies one worker generates at once (LLM calls in flight), across conversations.
     worker_concurrency: int = 64
     heartbeat_interval_s: float = 2.0
+    # How often each process sends the statistics it counted to Redis (shared/recorder.py); a
+    # SIGKILL loses at most this much of them.
+    stats_flush_interval_s: float = 1.0
     shutdown_grace_s: float = 20.0
     # After SIGTERM, readiness answers 503 for this long while everything else is still served, so
     # load balancers stop sending work before the listener closes.
@@ -271,6 +274,9 @@ class Settings:
             max_attempts=read.integer("MAX_ATTEMPTS", defaults.max_attempts, 1, 100),
             worker_concurrency=read.integer("WORKER_CONCURRENCY", defaults.worker_concurrency, 1, 10_000),
             heartbeat_interval_s=read.number("HEARTBEAT_INTERVAL_SECONDS", defaults.heartbeat_interval_s, 0.1, 60),
+            stats_flush_interval_s=read.number(
+                "STATS_FLUSH_INTERVAL_SECONDS", defaults.stats_flush_interval_s, 0.05, 60
+            ),
             shutdown_grace_s=read.number("SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_s, 0, 600),
             drain_s=read.number("DRAIN_SECONDS", defaults.drain_s, 0, 120),
             reply_engine=read.choice("REPLY_ENGINE", defaults.reply_engine, ("kb", "openai")),

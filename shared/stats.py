@@ -1,7 +1,8 @@
 """Latency histograms and windowed counters: the maths, and what one reply writes (by name).
 
 A latency is filed under a log-scale bucket (eight buckets per doubling, so a bucket spans about
-9 % of its value). Workers add one to a bucket's counter in Redis per message; any number of
+9 % of its value). Each process counts its messages per bucket in memory and adds the counts to
+the buckets' counters in Redis with each flush (shared/recorder.py); any number of
 buckets from any number of time slices merge by addition, and a percentile is read back by
 interpolating inside the bucket that holds it. The cost of a read therefore depends on the
 window (how many slices), never on how many messages there were.
@@ -35,6 +36,9 @@ LATENCY_MAX = "e2e_max"
 E2E = "e2e"  # end to end: gateway acceptance to reply ready
 QUEUE_WAIT = "wait"  # gateway acceptance to worker start
 PROCESSING = "proc"  # worker start to reply ready
+# Read back only over the last 5 minutes (services/monitor/stats_reader.py `latency_breakdown_ms`):
+# kept in the 10-second slices alone, which spares the hourly ones a field per bucket.
+FINE_ONLY = frozenset({QUEUE_WAIT, PROCESSING})
 
 
 def bucket_of(ms: float) -> int:
@@ -140,7 +144,7 @@ class Window:
         return window
 
 
-# Writing (the worker's commit) ---------------------------------------------------------------------
+# Writing (the worker's recorder, for each reply its commit made stand) ---------------------------
 @dataclass(frozen=True, slots=True)
 class ReplyCounts:
     """What one committed reply adds to the slices."""
@@ -164,10 +168,9 @@ def slice_keys(names: Names, now: float) -> tuple[tuple[str, int], tuple[str, in
     )
 
 
-def reply_writes(counts: ReplyCounts) -> dict[str, object]:
-    """The slice writes for one reply, by name, for the commit script to apply to each slice:
-    counters to add (`add`), the latency sum (`sum`) and the latency kept if it is the largest
-    (`max`), both as text so no precision is lost on the way."""
+def reply_counters(counts: ReplyCounts) -> dict[str, int]:
+    """The counters one reply adds to each slice, by field (shared/recorder.py `Recorder.reply`
+    adds them, with the latency to LATENCY_SUM and, if it is the largest, to LATENCY_MAX)."""
     add = {
         MESSAGES: 1,
         f"{E2E}:{bucket_of(counts.end_to_end_ms)}": 1,
@@ -184,5 +187,4 @@ def reply_writes(counts: ReplyCounts) -> dict[str, object]:
         add["outcome:handoff"] = 1
     if counts.merged:
         add["outcome:merged"] = 1
-    latency = repr(counts.end_to_end_ms)
-    return {"add": add, "sum_field": LATENCY_SUM, "max_field": LATENCY_MAX, "latency": latency, "total": MESSAGES}
+    return add

@@ -27,6 +27,7 @@ from tests.support import (
     get_json,
     post_message,
     publish_raw,
+    stats_when,
     web_id,
 )
 from tests.support.pipeline import read_events, wait_ready
@@ -130,7 +131,7 @@ async def _login(page: Page, monitor: Service) -> None:
 
 
 async def _numbers_and_charts(page: Page, http: aiohttp.ClientSession, monitor: Service, tmp_path: Path) -> None:
-    _, api = await get_json(http, monitor.url + "/monitoring/stats")
+    api = await stats_when(http, monitor, lambda body: body["messages"]["total"] >= 7)
     assert api["messages"]["total"] == 7 and api["queue"]["dead_letters"] == 1
     shown = {
         name: await metric(page, name)

@@ -17,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared.names import Names
-from tests.support import REDIS_URL, TEST_SHARDS, Stack, post_message, web_id
+from tests.support import REDIS_URL, TEST_SHARDS, Stack, eventually, post_message, web_id
 from tests.support.pipeline import read_events, wait_ready
 
 BURST = ["oi", "qual o prazo", "de entrega pra curitiba?"]
@@ -66,6 +66,11 @@ async def test_a_burst_is_answered_once_and_every_message_is_settled(stack: Stac
     names = Names(stack.namespace, TEST_SHARDS)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
     try:
+
+        async def counted() -> bool:
+            return int(await redis.hget(names.stats_total_key, "n") or 0) >= 5
+
+        await eventually(counted, what="the five messages counted")  # with the worker's next flush
         assert await redis.hget(names.stats_total_key, "n") == "5"
         log = [
             orjson.loads(raw)

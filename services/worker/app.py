@@ -32,6 +32,7 @@ from shared.conversations import Conversations, ConversationSettings
 from shared.heartbeat import ProcessInfo, heartbeat_loop
 from shared.metrics import WorkerMetrics
 from shared.privacy.erasure import CustomerData
+from shared.recorder import Recorder
 from shared.service import supervised
 from shared.settings import ConfigError, Settings
 from shared.store import redis_check
@@ -49,6 +50,7 @@ MEDIA = web.AppKey("media", MediaResolver)
 METRICS = web.AppKey("metrics", WorkerMetrics)
 # The knowledge base's language at start: the rating question is asked in it.
 LANGUAGE: web.AppKey[Language] = web.AppKey("language")
+RECORDER = web.AppKey("recorder", Recorder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ def create_app(settings: Settings) -> web.Application:
     registry = new_metrics_registry()
     app[METRICS] = WorkerMetrics.create(registry)
     Probes(lambda: _health(app), registry).install(app)
-    app.cleanup_ctx.extend([_resources, _consuming])
+    app.cleanup_ctx.extend([_resources, _recording, _consuming])
     return app
 
 
@@ -128,6 +130,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         yield
         await app[ENGINE].close()
         await app[MEDIA].close()
+
+
+async def _recording(app: web.Application) -> AsyncIterator[None]:
+    """The statistics recorder's flushes; the last one after the consumer stopped (cleanup runs in
+    reverse), so a clean stop leaves nothing uncounted."""
+    store = app[STORE]
+    recorder = app[RECORDER] = Recorder(store.redis, store.names)
+    flushing = supervised("stats-flush", lambda: recorder.run(app[SETTINGS].stats_flush_interval_s))
+    yield
+    flushing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flushing
 
 
 def _shard_consumer(app: web.Application) -> ShardConsumer:
@@ -142,7 +156,7 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
     )
     processor = Processor(
         store=store,
-        committer=Committer(store.redis, store.names, settings=commit_settings),
+        committer=Committer(store.redis, store.names, settings=commit_settings, recorder=app[RECORDER]),
         broker=app[BROKER],
         engine=app[ENGINE],
         max_attempts=settings.max_attempts,

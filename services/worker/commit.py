@@ -1,20 +1,20 @@
 """Committing a generated reply, once: the worker's only write path for a message it answered.
 
-Two Lua scripts per message, sent together in one pipeline for every lane that is waiting (what
-arrives while a batch is on the wire goes in the next one), so Redis runs each message's pair
-back to back and a worker dying after sending leaves nothing half done:
+One Lua script per message (`_COMMIT`), the calls of every lane that is waiting sent together in
+one pipeline (what arrives while a batch is on the wire goes in the next one); Redis runs each
+script whole, so a worker dying after sending leaves nothing half done. It first decides what must
+be decided atomically: a reply already stored (a redelivery, or a race: the first writer wins and
+the others get its reply), a conversation with a human (the reply is stored silenced, never sent),
+the fallback streak that escalates to a human (what a reply does to it is `Commit.streak`), and
+starting that handoff, listed for the admin area in the same step (`shared.handoff`), so no crash
+leaves a handoff running unlisted. It stores the reply that stands and then applies what that
+reply adds: the memory, the options the reply offers (the only ones a next message may choose: a
+reply without options clears them), the operators' conversation log and the reply's place in the
+outbound order. Its input is one JSON payload with named fields, plus the keys it touches.
 
-1. `_DECIDE` takes only what must be decided atomically: a reply already stored (a redelivery, or
-   a race: the first writer wins and the others get its reply), a conversation with a human (the
-   reply is stored silenced, never sent), the fallback streak that escalates to a human (what a
-   reply does to it is `Commit.streak`), and starting that handoff, listed for the admin area in
-   the same step (`shared.handoff`), so no crash leaves a handoff running unlisted. It stores the
-   reply that stands and leaves a marker with the outcome (`CommitOutcome`, by name). Its input is
-   one JSON payload with named fields (`_payload`), plus the keys it touches.
-2. `_EFFECTS` applies, under that marker only (so never twice), what the winning commit adds: the
-   stats writes `shared.stats.reply_writes` names, the memory, the options the reply offers (the
-   only ones a next message may choose: a reply without options clears them), the operators'
-   conversation log, the users seen and the reply's place in the outbound order.
+The statistics of a reply that stands (counts, latency histograms, users seen) are recorded in
+the worker's `shared.recorder.Recorder` once the script says it stood, and reach Redis with the
+recorder's next flush, about a second later: no statistics command runs per message.
 
 What the reply is (an answer, a question back, a fallback with its escalation, a hand-over, a reset)
 is decided before, by the reply policy (services/worker/engines/policy.py); the commit only makes
@@ -41,6 +41,7 @@ from shared import conversations, handoff, stats
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage
 from shared.names import Names
+from shared.recorder import Recorder
 from shared.store import CONVERSATION_LOG_ENTRIES, CONVERSATION_LOG_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS
 from shared.telemetry import redis_span
 
@@ -54,7 +55,7 @@ SILENT_REPLY = ReplyContent(text="", engine="silenced", confidence=0.0, handoff=
 
 
 class CommitOutcome(StrEnum):
-    """What `_DECIDE` decided, by name: what it returns, and what its marker keeps for `_EFFECTS`."""
+    """What `_COMMIT` decided, by name."""
 
     SENT = "sent"  # the reply given stands
     STORED = "stored"  # a reply was stored before (a redelivery, or another delivery won): it stands
@@ -65,20 +66,30 @@ class CommitOutcome(StrEnum):
 # What a reply does to its conversation's fallback streak (`Commit.streak`).
 StreakStep = Literal["count", "keep", "end"]
 
-# Long enough for the effects right behind the decision in the same pipeline, or a retry of both.
-MARKER_TTL_SECONDS = 300
-# KEYS: 1 the reply, 2 the conversation's handoff, 3 its fallback streak, 4 the message's attempts,
-#       5 the commit's marker (the outcome, for `_EFFECTS` right after it in the same pipeline),
-#       6 the handoffs listed for the admin area (shared.handoff; the same writes as `queue_index`).
+# KEYS: 1 the reply, 2 the conversation's handoff, 3 its fallback streak, 4 the handoffs listed for
+#       the admin area (shared.handoff; the same writes as `queue_index`), 5 the memory, 6 the
+#       conversation log, 7 the conversations index, 8 the outbound order (a channel reply's place in
+#       its conversation's queue of replies to send: services/gateway/delivery/order.py), 9 the
+#       options offered (services/worker/state.py `Offered`), 10-16 the conversation's outcome, quiet
+#       timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
 # Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome).
+# The decision first, then the effects of the variant (`_effects`, one per possible outcome) of the
+# reply that stands. Keys to clear are deleted by one DEL at the end. The conversation log is
+# trimmed only once it holds twice its length (its readers read its newest entries): one LTRIM in
+# many RPUSHes. The memory is kept to its exact bound (MEMORY_TURNS), trimmed only once it is over.
+# The failed attempts' count is left to expire: a message with a stored reply never reads it.
 # The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
 # without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
-_DECIDE = """#!lua
+_COMMIT = (
+    "#!lua\n"
+    + conversations.TRACK_LUA
+    + """
 local stored = redis.call('GET', KEYS[1])
 if stored then
   return {'stored', stored}
 end
 local p = cjson.decode(ARGV[1])
+local clear = {}
 local outcome, reply = 'sent', p.reply
 -- A person has the conversation, unless it was handed over outside business hours and they are
 -- not back yet (shared.handoff HandoffInfo.with_person): then the bot keeps answering.
@@ -96,81 +107,45 @@ elseif p.streak == 'count' then
     outcome, reply = 'escalated', p.escalation
   end
 elseif p.streak == 'end' then
-  redis.call('DEL', KEYS[3])
+  clear[#clear + 1] = KEYS[3]
 end
 redis.call('SET', KEYS[1], reply, 'EX', p.reply_ttl)
 if outcome == 'escalated' or (outcome == 'sent' and p.handoff) then
   redis.call('SET', KEYS[2], p.handoff_info, 'EX', p.handoff_ttl)
-  redis.call('DEL', KEYS[3])
-  redis.call('ZADD', KEYS[6], p.now, p.conversation)
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', p.now - p.handoff_ttl)
+  clear[#clear + 1] = KEYS[3]
+  redis.call('ZADD', KEYS[4], p.now, p.conversation)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.now - p.handoff_ttl)
 end
-redis.call('DEL', KEYS[4])
-redis.call('SET', KEYS[5], outcome, 'EX', p.marker_ttl)
-return {outcome}
-"""
-
-# The effects of the commit `_DECIDE` just won (its marker says with which outcome; none: the reply
-# was stored before, nothing to do), applied as named in the payload (`_effects`, one variant per
-# possible outcome): the stats slice writes that shared.stats.reply_writes lists, the users seen,
-# the memory, the options offered and the operators' conversation log. One command per message
-# instead of some thirty.
-# KEYS: 1 fine slice, 2 hour slice, 3 total stats, 4 users, 5 memory, 6 conversation log,
-#       7 conversations index, 8 outbound order (a channel reply's place in its conversation's
-#       queue of replies to send: services/gateway/delivery/order.py), 9 the commit's marker,
-#       10 the options offered (services/worker/state.py `Offered`), 11-17 the conversation's
-#       outcome, quiet timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
-_EFFECTS = (
-    "#!lua\n"
-    + conversations.TRACK_LUA
-    + """
-local outcome = redis.call('GET', KEYS[9])
-if not outcome then
-  return 0
-end
-redis.call('DEL', KEYS[9])
-local p = cjson.decode(ARGV[1])
 local v = p.variants[outcome]
-local stats = v.stats
-for i = 1, 2 do
-  local k = KEYS[i]
-  for name, n in pairs(stats.add) do
-    redis.call('HINCRBY', k, name, n)
-  end
-  redis.call('HINCRBYFLOAT', k, stats.sum_field, stats.latency)
-  if tonumber(stats.latency) > tonumber(redis.call('HGET', k, stats.max_field) or '0') then
-    redis.call('HSET', k, stats.max_field, stats.latency)
-  end
-  redis.call('EXPIRE', k, p.slice_ttls[i])
-end
-redis.call('HINCRBY', KEYS[3], stats.total, 1)
-redis.call('ZADD', KEYS[4], p.now, p.user)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.now - p.users_keep)
 if v.memory == 'reset' then
-  redis.call('DEL', KEYS[5])
+  clear[#clear + 1] = KEYS[5]
 elseif v.memory == 'append' then
-  redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn)
-  redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
+  if redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn) > p.memory_length then
+    redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
+  end
   redis.call('EXPIRE', KEYS[5], p.memory_ttl)
 end
 if v.offered == 'set' then
-  redis.call('SET', KEYS[10], v.offered_state, 'EX', p.offered_ttl)
+  redis.call('SET', KEYS[9], v.offered_state, 'EX', p.offered_ttl)
 elseif v.offered == 'clear' then
-  redis.call('DEL', KEYS[10])
+  clear[#clear + 1] = KEYS[9]
 end
-redis.call('RPUSH', KEYS[6], v.log_entry)
-redis.call('LTRIM', KEYS[6], -p.log_length, -1)
+if redis.call('RPUSH', KEYS[6], v.log_entry) > 2 * p.log_length then
+  redis.call('LTRIM', KEYS[6], -p.log_length, -1)
+end
 redis.call('EXPIRE', KEYS[6], p.log_ttl)
 redis.call('ZADD', KEYS[7], p.now, p.conversation)
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', p.now - p.log_ttl)
 if v.outbound then
   redis.call('RPUSH', KEYS[8], p.message_id)
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
 end
 if v.track then
-  track({KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]}, p.track, v.track)
+  track({KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]}, p.track, v.track)
 end
-return 1
+if #clear > 0 then
+  redis.call('DEL', unpack(clear))
+end
+return {outcome}
 """
 )
 
@@ -236,15 +211,15 @@ class Committer:
     redis: Redis
     names: Names
     settings: CommitSettings = field(default_factory=CommitSettings)
+    # Where the statistics of the replies that stand are counted (None: not counted, a test's).
+    recorder: Recorder | None = None
     # Epoch seconds now (a test's clock decides, e.g., whether people are back from an away handoff).
     clock: Callable[[], float] = time.time
     _batches: Coalescer[Commit, ReplyMessage] = field(init=False)
-    _decide_sha: str = ""
-    _effects_sha: str = ""
+    _sha: str = ""
 
     def __post_init__(self) -> None:
-        self._decide_sha = self.redis.register_script(_DECIDE).sha
-        self._effects_sha = self.redis.register_script(_EFFECTS).sha
+        self._sha = self.redis.register_script(_COMMIT).sha
         self._batches = Coalescer(self._commit_batch, name="commit")
 
     async def commit(self, item: Commit) -> ReplyMessage:
@@ -262,43 +237,66 @@ class Committer:
             return await self._commit(items)
 
     async def _commit(self, items: list[Commit]) -> list[ReplyMessage]:
-        """Decide and apply the effects in one pipeline: Redis runs both scripts of a message
-        back to back, so a worker dying after sending leaves nothing half done."""
+        """One script call per message, all in one pipeline; then the statistics of those that stood."""
         now = self.clock()
-        calls: list[tuple[str, list[str], bytes]] = []
-        for item in items:
-            calls.append((self._decide_sha, self._keys(item), orjson.dumps(self._payload(item, now))))
-            calls.append((self._effects_sha, *self._effects(item, now)))
+        calls = [self._call(item, now) for item in items]
         try:
             results = await self._run(calls)
         except NoScriptError:
-            # Redis restarted or flushed its scripts. Running again is safe: a stored reply wins,
-            # and effects apply only under the marker of a decision just won.
-            await self.redis.script_load(_DECIDE)
-            await self.redis.script_load(_EFFECTS)
+            # Redis restarted or flushed its scripts. Running again is safe: a stored reply wins.
+            await self.redis.script_load(_COMMIT)
             results = await self._run(calls)
-        return [_standing(item, decision) for item, decision in zip(items, results[0::2], strict=True)]
+        standing = []
+        for item, (_, _, candidates), decision in zip(items, calls, results, strict=True):
+            outcome, reply = _standing(item, decision, candidates)
+            if outcome is not CommitOutcome.STORED:
+                self._count(item, reply)
+            standing.append(reply)
+        return standing
 
-    async def _run(self, calls: list[tuple[str, list[str], bytes]]) -> list[Any]:
+    async def _run(self, calls: list[tuple[list[str], bytes, _Candidates]]) -> list[Any]:
         # Plain EVALSHA: redis-py's pipelined Script objects would first ask SCRIPT EXISTS.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for sha, keys, payload in calls:
-                pipe.evalsha(sha, len(keys), *keys, payload)
+            for keys, payload, _ in calls:
+                pipe.evalsha(self._sha, len(keys), *keys, payload)
             return await pipe.execute()
 
-    def _keys(self, item: Commit) -> list[str]:
+    def _count(self, item: Commit, reply: ReplyMessage) -> None:
+        if self.recorder is None:
+            return
         message = item.message
-        return [
-            self.names.reply_key(message.message_id),
-            self.names.handoff_key(message.conversation_id),
-            self.names.fallback_streak_key(message.conversation_id),
-            self.names.attempts_key(message.message_id),
-            self.names.commit_marker_key(message.message_id),
-            self.names.handoffs_key,
-        ]
+        self.recorder.reply(_counts(item, reply))
+        self.recorder.seen(self.names.users_key, f"{message.channel}:{message.user_id}", USERS_KEEP_SECONDS)
+        # The index keeps the conversations of the log's lifetime: trimmed once per flush, not per message.
+        self.recorder.trim(self.names.conversations_key, CONVERSATION_LOG_TTL_SECONDS)
 
-    def _payload(self, item: Commit, now: float) -> dict[str, Any]:
+    def _call(self, item: Commit, now: float) -> tuple[list[str], bytes, _Candidates]:
+        """The keys and payload of one message's script call, and the replies it may store."""
         message, reply, escalation = item.message, item.reply, item.escalation
+        conversation = message.conversation_id
+        candidates = _Candidates(
+            reply=reply.to_bytes().decode(),
+            silenced=silenced(reply).to_bytes().decode(),
+            escalation=escalation.to_bytes().decode() if escalation else "",
+        )
+        keys = [
+            self.names.reply_key(message.message_id),
+            self.names.handoff_key(conversation),
+            self.names.fallback_streak_key(conversation),
+            self.names.handoffs_key,
+            self.names.memory_key(conversation),
+            self.names.conversation_log_key(conversation),
+            self.names.conversations_key,
+            self.names.outbound_order_key(conversation),
+            self.names.offered_key(conversation),
+            *conversations.Keys(self.names).tracked(conversation, now, self.settings.conversations.day(now)),
+        ]
+        payload = {**self._decision(item, candidates, now), **self._effects(item, now)}
+        return keys, orjson.dumps(payload), candidates
+
+    def _decision(self, item: Commit, candidates: _Candidates, now: float) -> dict[str, Any]:
+        """What the script's decision reads."""
+        message, escalation = item.message, item.escalation
         info = HandoffInfo(
             channel=message.channel,
             user_id=message.user_id,
@@ -306,15 +304,15 @@ class Committer:
             metadata=message.metadata,
             reason=item.user_text,
             started_at=now,
-            away_until=max(reply.reply.away_until, escalation.reply.away_until if escalation else 0.0),
+            away_until=max(item.reply.reply.away_until, escalation.reply.away_until if escalation else 0.0),
         )
         return {
-            "reply": reply.to_bytes().decode(),
-            "silenced_reply": silenced(reply).to_bytes().decode(),
-            "escalation": escalation.to_bytes().decode() if escalation else "",
+            "reply": candidates.reply,
+            "silenced_reply": candidates.silenced,
+            "escalation": candidates.escalation,
             "reply_ttl": IDEMPOTENCY_TTL_SECONDS,
             "silenced": item.silenced,
-            "handoff": reply.reply.handoff and not item.merged,
+            "handoff": item.reply.reply.handoff and not item.merged,
             "streak": item.streak,
             "fallbacks_before_handoff": self.settings.handoff_after_fallbacks,
             "streak_ttl": self.settings.memory_ttl_s,
@@ -322,59 +320,40 @@ class Committer:
             "handoff_ttl": self.settings.handoff_ttl_s,
             "conversation": message.conversation_id,
             "now": now,
-            "marker_ttl": MARKER_TTL_SECONDS,
         }
 
-    def _effects(self, item: Commit, now: float) -> tuple[list[str], bytes]:
-        names, message = self.names, item.message
-        conversation = message.conversation_id
-        (fine, fine_ttl), (hour, hour_ttl) = stats.slice_keys(names, now)
+    def _effects(self, item: Commit, now: float) -> dict[str, Any]:
+        """What the script's effects read: one variant per reply that may stand, and the rest."""
         variants = {
             CommitOutcome.SENT.value: self._variant(item, item.reply, now),
             CommitOutcome.SILENCED.value: self._variant(item, silenced(item.reply), now),
         }
         if item.escalation is not None:
             variants[CommitOutcome.ESCALATED.value] = self._variant(item, item.escalation, now)
-        payload = {
+        return {
             "variants": variants,
-            "slice_ttls": [fine_ttl, hour_ttl],
-            "now": now,
-            "user": f"{message.channel}:{message.user_id}",
-            "users_keep": USERS_KEEP_SECONDS,
             "user_turn": _turn("user", item.user_text).decode(),
             "memory_length": 2 * self.settings.memory_turns,
             "memory_ttl": self.settings.memory_ttl_s,
             "offered_ttl": OFFERED_TTL_SECONDS,
             "log_length": CONVERSATION_LOG_ENTRIES,
             "log_ttl": CONVERSATION_LOG_TTL_SECONDS,
-            "conversation": conversation,
-            "message_id": message.message_id,
+            "message_id": item.message.message_id,
             "outbound_ttl": IDEMPOTENCY_TTL_SECONDS,
             "track": conversations.tracking(
-                self.settings.conversations, conversation, _address(message), item.user_text, now
+                self.settings.conversations,
+                item.message.conversation_id,
+                _address(item.message),
+                item.user_text,
+                now,
             ),
         }
-        keys = [
-            fine,
-            hour,
-            names.stats_total_key,
-            names.users_key,
-            names.memory_key(conversation),
-            names.conversation_log_key(conversation),
-            names.conversations_key,
-            names.outbound_order_key(conversation),
-            names.commit_marker_key(message.message_id),
-            names.offered_key(conversation),
-            *conversations.Keys(names).tracked(conversation, now, self.settings.conversations.day(now)),
-        ]
-        return keys, orjson.dumps(payload)
 
     def _variant(self, item: Commit, reply: ReplyMessage, now: float) -> dict[str, Any]:
         """The effects that depend on which reply stands."""
         content = reply.reply
         memory, offered = self._carried(item, reply)
         variant = {
-            "stats": stats.reply_writes(_counts(item, reply)),
             "memory": memory,
             "offered": offered,
             "offered_state": _offered(item, content).to_bytes().decode() if offered == "set" else "",
@@ -430,17 +409,35 @@ def silenced(reply: ReplyMessage) -> ReplyMessage:
     return replace(reply, reply=SILENT_REPLY, silenced=True)
 
 
-def _standing(item: Commit, decision: list[Any]) -> ReplyMessage:
-    """The reply that stands after `_DECIDE` returned `decision`."""
-    match CommitOutcome(decision[0]):
-        case CommitOutcome.STORED:
-            return ReplyMessage.from_bytes(decision[1])
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """The replies a commit may store, as the script stores them."""
+
+    reply: str
+    silenced: str
+    escalation: str
+
+
+def _standing(item: Commit, decision: list[Any], candidates: _Candidates) -> tuple[CommitOutcome, ReplyMessage]:
+    """What `_COMMIT` decided and the reply that stands. A stored reply that is one this commit
+    would store is this commit's own, from a call whose answer was lost (a dropped connection and
+    the retry): it stood with this commit, which then counts it."""
+    outcome = CommitOutcome(decision[0])
+    if outcome is CommitOutcome.STORED:
+        stored = decision[1]
+        mine = {candidates.reply: CommitOutcome.SENT, candidates.silenced: CommitOutcome.SILENCED}
+        if candidates.escalation:
+            mine[candidates.escalation] = CommitOutcome.ESCALATED
+        outcome = mine.get(stored, CommitOutcome.STORED)
+        if outcome is CommitOutcome.STORED:
+            return outcome, ReplyMessage.from_bytes(stored)
+    match outcome:
         case CommitOutcome.SILENCED:
-            return silenced(item.reply)
+            return outcome, silenced(item.reply)
         case CommitOutcome.ESCALATED if item.escalation is not None:
-            return item.escalation
+            return outcome, item.escalation
         case _:
-            return item.reply
+            return outcome, item.reply
 
 
 def _offered(item: Commit, content: ReplyContent) -> Offered:

@@ -261,6 +261,8 @@ class Processor:
         """A freshly generated reply stands (`reply`: possibly silenced, or the escalation)."""
         timings = commit.timings
         self.metrics.reply_committed(reply, timings, commit.reply.reply.usage)
+        if not log.isEnabledFor(logging.INFO):  # one line per message: its fields only when written
+            return
         log.info(
             "message processed",
             extra={

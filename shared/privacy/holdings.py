@@ -44,7 +44,6 @@ def message_keys(names: Names) -> tuple[Callable[[str], str], ...]:
         names.reply_key,
         names.attempts_key,
         names.delivered_key,
-        names.commit_marker_key,
         names.receipt_key,
     )
 

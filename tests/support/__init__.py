@@ -172,6 +172,8 @@ class Stack:
                 "ATENDIMENTO_NAMESPACE": self.namespace,
                 "ATENDIMENTO_SHARDS": str(TEST_SHARDS),
                 "HEARTBEAT_INTERVAL_SECONDS": "0.5",
+                # Statistics land within this; tests that read them poll (`eventually`).
+                "STATS_FLUSH_INTERVAL_SECONDS": "0.1",
                 # Tests flood single users on purpose; the rate-limit tests turn the limits on.
                 "RATE_LIMIT_PER_USER": "0",
                 "RATE_LIMIT_PER_IP": "0",
@@ -257,6 +259,19 @@ async def post_message(
 async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
     async with http.get(url) as response:
         return response.status, await response.json(content_type=None)
+
+
+async def stats_when(
+    http: aiohttp.ClientSession, monitor: Service, ready: Callable[[dict[str, Any]], bool], *, path: str = ""
+) -> dict[str, Any]:
+    """/monitoring/stats (or `path` under it, "/24h") once `ready` holds: statistics reach Redis
+    with each process's next flush (STATS_FLUSH_INTERVAL_SECONDS), so they are polled, not read once."""
+
+    async def probe() -> dict[str, Any] | None:
+        _, body = await get_json(http, f"{monitor.url}/monitoring/stats{path}")
+        return body if ready(body) else None
+
+    return await eventually(probe, timeout=20, what=f"/monitoring/stats{path} to show the counts")
 
 
 def web_id(user_id: str, public_id: str) -> str:

@@ -30,7 +30,7 @@ from services.monitor.stats_reader import last_24h
 from shared.broker import BROKER_ERRORS
 from shared.handoff import HandoffInfo
 from shared.messages import ReplyContent, ReplyMessage
-from shared.store import REDIS_ERRORS
+from shared.store import CONVERSATION_LOG_ENTRIES, REDIS_ERRORS
 from shared.web import Problem
 
 T = TypeVar("T")
@@ -125,7 +125,8 @@ async def conversation(app: web.Application, actor: Actor, conversation_id: str)
     store = app[STORE]
     try:
         raw_entries, info = await asyncio.gather(
-            store.redis.lrange(store.names.conversation_log_key(conversation_id), 0, -1),
+            # The newest entries: the list is trimmed only once it holds twice as many (worker/commit.py).
+            store.redis.lrange(store.names.conversation_log_key(conversation_id), -CONVERSATION_LOG_ENTRIES, -1),
             app[HANDOFFS].get(conversation_id),
         )
     except REDIS_ERRORS:
