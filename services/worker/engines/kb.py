@@ -196,7 +196,7 @@ class KbEngine:
         unsure = bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
         if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
             return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
-        if ranking.candidates and ranking.offer >= calibration.offer_at:
+        if ranking.candidates and ranking.offer >= _offer_at(lexical, ranking):
             entries = [self.kb.entries[candidate.entry] for candidate in ranking.candidates[:OPTIONS]]
             return ReplyContent(
                 text="",  # the reply policy writes the question back, with the options numbered
@@ -223,13 +223,22 @@ class KbEngine:
         """Each candidate with its share of the probability: the first the answer's, the others an
         equal part of what the offer adds to it. None when the engine itself would fall back."""
         if ranking.offer < (SEMANTIC if ranking.semantic else WORDS).offer_at:
-            return []
+            return []  # (the LLM is given the candidates whether or not they share a word)
         candidates = ranking.candidates[:limit]
         rest = max(0.0, ranking.offer - ranking.answer) / max(1, len(candidates) - 1)
         return [
             (self.kb.entries[candidate.entry], round(ranking.answer if place == 0 else rest, 4))
             for place, candidate in enumerate(candidates)
         ]
+
+
+def _offer_at(lexical: Lexical, ranking: Ranking) -> float:
+    """The P(offer) from which a question back is worth asking. Where no entry shares a word with
+    the question the model's closeness alone must be surer: "can i come in sunday night?" (the
+    opening hours, in other words) is what the model is there for, "como faço bolo de cenoura"
+    is not."""
+    calibration = SEMANTIC if ranking.semantic else WORDS
+    return calibration.offer_at if lexical.hits else calibration.offer_unmatched_at
 
 
 def _words_ranking(hits: tuple[Hit, ...], terms: int) -> Ranking:
