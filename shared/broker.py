@@ -137,6 +137,8 @@ class Broker:
     def __init__(
         self, urls: Sequence[str], names: Names, connection_name: str, ssl_context: ssl.SSLContext | None = None
     ) -> None:
+        if isinstance(urls, str):  # a str is a Sequence[str] too: one URL, not its characters
+            raise TypeError("urls: a sequence of AMQP URLs, not one string")
         self._urls = tuple(urls)
         self._names = names
         self._connection_name = connection_name

@@ -77,17 +77,20 @@ async def test_generated_requests_find_no_errors_and_lose_nothing(
     headers = {"Authorization": f"Bearer {KEY}"}
 
     async def all_answered() -> bool:
+        # Each wait names the message it is still waiting for (the deadline's message says which).
         for message_id, token in sorted(accepted, key=str):
             if token is None:  # a Telegram update: not the web API's to read, its reply is stored
-                if await stored_reply(stack.namespace, message_id) is None:
-                    return False
+                assert await stored_reply(stack.namespace, message_id) is not None, (
+                    f"no reply stored for {message_id!r}"
+                )
                 continue
             url = f"{gateway.url}/v1/messages/{_quote(message_id)}"
             async with http.get(url, headers={**headers, "X-Conversation-Token": token}) as response:
                 body = await response.json(content_type=None)
                 # A conversation handed to a human (after repeated fallbacks) is the agent's to answer.
-                if response.status != 200 or body["status"] not in ("answered", "handed_off"):
-                    return False
+                assert response.status == 200 and body["status"] in ("answered", "handed_off"), (
+                    f"{message_id!r}: {response.status} {body}"
+                )
         return True
 
     await eventually(all_answered, timeout=60, what="every accepted message answered or with an agent")

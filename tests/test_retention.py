@@ -24,7 +24,7 @@ NOW = 1_900_000_000.0  # the injected clock's "now"
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:
     names = Names(new_namespace(), TEST_SHARDS)
-    broker = Broker(AMQP_URL, names, "test-retention")
+    broker = Broker((AMQP_URL,), names, "test-retention")
     broker.start()
     try:
         await asyncio.wait_for(broker.wait_ready(), 30)

@@ -164,7 +164,7 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
         metrics=app[METRICS],
         debounce_ms=settings.debounce_ms,
         log_text=settings.log_message_text,
-        privacy=CustomerRequests(CustomerData(store.redis, store.names, app[BROKER])),
+        privacy=CustomerRequests(CustomerData(store.redis, store.names, app[BROKER]), flush=app[RECORDER].flush),
     )
     return ShardConsumer(
         broker=app[BROKER],

@@ -37,6 +37,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS, L
 @dataclass(frozen=True, slots=True)
 class CustomerRequests:
     data: CustomerData
+    # The worker's statistics flush (shared/recorder.py): what it holds (the customer among the users
+    # seen) reaches Redis before an erasure, or a later flush would write them back.
+    flush: Callable[[], Awaitable[bool]] | None = None
 
     async def settle(self, answered: Sequence[tuple[InboundMessage, ReplyMessage]]) -> None:
         """Act on the replies of one unit that are the policy's privacy replies (cheap otherwise)."""
@@ -50,6 +53,8 @@ class CustomerRequests:
                 await self._until_done(functools.partial(self._record, message))
 
     async def _erase(self, message: InboundMessage, keep: Sequence[str]) -> None:
+        if self.flush is not None:
+            await self.flush()
         customer = Customer.of_message(message)
         erased = await self.data.erase(customer, keep)
         # Who, by pseudonym, and counts only: the customer asked to be forgotten.
