@@ -143,7 +143,12 @@ def _mask_phone(match: re.Match[str]) -> str:
         return found
     if len(digits) == 11 and _is_cpf("".join(digits)):
         return "*" * len(found)
-    keep = len(digits) - 4
+    return _all_but_last_four(found, len(digits))
+
+
+def _all_but_last_four(found: str, digits: int) -> str:
+    """`found` with every digit but its last four starred, the punctuation kept."""
+    keep = digits - 4
     masked: list[str] = []
     for char in found:
         if char.isdigit() and keep > 0:
@@ -163,17 +168,10 @@ def _mask_cnpj(match: re.Match[str]) -> str:
 
 def _mask_card(match: re.Match[str]) -> str:
     found = match.group(0)
-    if not _luhn("".join(_DIGIT.findall(found))):
+    digits = _DIGIT.findall(found)
+    if not _luhn("".join(digits)):
         return found
-    keep = len(_DIGIT.findall(found)) - 4
-    masked: list[str] = []
-    for char in found:
-        if char.isdigit() and keep > 0:
-            masked.append("*")
-            keep -= 1
-        else:
-            masked.append(char)
-    return "".join(masked)
+    return _all_but_last_four(found, len(digits))
 
 
 def _luhn(digits: str) -> bool:

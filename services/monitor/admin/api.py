@@ -18,7 +18,8 @@ from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object an admin API call sends, or a problem naming what is wrong with it."""
     if request.content_type != "application/json":
         raise Problem(415, "Content-Type: must be application/json")
     try:
@@ -60,28 +61,28 @@ async def audit(request: web.Request) -> web.Response:
 
 async def replay(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     letter = await operations.replay(request.app, actor, body.get("message_id"))
     return json_response({"replayed": letter.to_dict()})
 
 
 async def discard(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     letter = await operations.discard(request.app, actor, body.get("message_id"))
     return json_response({"discarded": letter.to_dict()})
 
 
 async def reply(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     sent = await operations.reply_as_agent(request.app, actor, body.get("conversation_id"), body.get("text"))
     return json_response({"sent": sent.public_dict()})
 
 
 async def assign(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     conversation_id = operations.identifier("conversation_id", body.get("conversation_id"))
     await inbox.assign(request.app, actor, conversation_id)
     return json_response({"assigned": conversation_id, "to": actor.name})
@@ -93,7 +94,7 @@ async def inbox_queue(request: web.Request) -> web.Response:
 
 async def send_outbound(request: web.Request) -> web.Response:
     """A proactive message: the body of `POST /v1/outbound` (the id is the admin area's own)."""
-    body = await _body(request)
+    body = await json_body(request)
     body.pop("message_id", None)
     sent = await outbound.send(request.app, request[ACTOR], body)
     return json_response({"sent": {"message_id": sent.message_id, "conversation_id": sent.conversation_id}})
@@ -101,7 +102,7 @@ async def send_outbound(request: web.Request) -> web.Response:
 
 async def release(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     await operations.release(request.app, actor, body.get("conversation_id"))
     return json_response({"released": body["conversation_id"]})
 
@@ -117,34 +118,34 @@ async def phrasings_yaml(request: web.Request) -> web.Response:
 
 async def attach(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     phrasing = await teaching.attach(request.app, actor, body.get("question"), body.get("entry_id"))
     return json_response({"taught": {"entry_id": body["entry_id"], "phrasing": phrasing}})
 
 
 async def dismiss(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     await teaching.dismiss(request.app, actor, body.get("question"))
     return json_response({"dismissed": body["question"]})
 
 
 async def accept(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     phrasing = await teaching.accept(request.app, actor, body.get("entry_id"), body.get("question"))
     return json_response({"taught": {"entry_id": body["entry_id"], "phrasing": phrasing}})
 
 
 async def dismiss_suggestion(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     await teaching.dismiss_suggestion(request.app, actor, body.get("entry_id"), body.get("question"))
     return json_response({"dismissed": {"entry_id": body["entry_id"], "question": body["question"]}})
 
 
 async def remove_phrasing(request: web.Request) -> web.Response:
     actor = request[ACTOR]
-    body = await _body(request)
+    body = await json_body(request)
     await teaching.remove(request.app, actor, body.get("entry_id"), body.get("phrasing"))
     return json_response({"removed": {"entry_id": body["entry_id"], "phrasing": body["phrasing"]}})

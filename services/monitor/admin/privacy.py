@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.monitor.admin import pages
+from services.monitor.admin import api, pages
 from services.monitor.admin.guard import ACTOR, SESSION
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, CUSTOMER_DATA, SETTINGS, STORE
@@ -206,18 +206,6 @@ async def answer(app: web.Application, actor: Actor, customer: Customer) -> None
 
 
 # API -------------------------------------------------------------------------------------------------
-async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise Problem(415, "Content-Type: must be application/json")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise Problem(400, "body: not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "body: must be a JSON object")
-    return body
-
-
 async def api_find(request: web.Request) -> web.Response:
     customer = _customer(request.query.get("channel"), request.query.get("id"))
     return json_response(await find(request.app, customer))
@@ -229,7 +217,7 @@ async def api_export(request: web.Request) -> web.Response:
 
 
 async def api_erase(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await api.json_body(request)
     customer = _customer(body.get("channel"), body.get("id"))
     return json_response({"erased": await erase(request.app, request[ACTOR], customer)})
 
@@ -239,7 +227,7 @@ async def api_requests(request: web.Request) -> web.Response:
 
 
 async def api_answer(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await api.json_body(request)
     customer = _customer(body.get("channel"), body.get("id"))
     await answer(request.app, request[ACTOR], customer)
     return json_response({"answered": {"channel": customer.channel, "id": customer.id}})
