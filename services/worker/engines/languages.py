@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from .text import fold
 
-# The languages the bot's system texts are written in (policy._REPLIES). A knowledge base may be
+# The languages the bot's system texts are written in (texts.py). A knowledge base may be
 # normalised in fewer (text.LANGUAGES); a customer writing in another one still gets these texts.
 ReplyLanguage = Literal["pt", "en", "es"]
 REPLY_LANGUAGES: tuple[ReplyLanguage, ...] = ("pt", "en", "es")
