@@ -23,6 +23,7 @@ from shared.store import REDIS_ERRORS, Store
 log = logging.getLogger(__name__)
 
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+FORGET_TIMEOUT_S = 2.0
 
 
 def memory_limit_bytes() -> int:
@@ -88,5 +89,7 @@ async def heartbeat_loop(
                 failing = True
             await asyncio.sleep(interval_s)
     finally:
-        with contextlib.suppress(*REDIS_ERRORS):
-            await asyncio.shield(store.forget(info.service, info.instance_id))
+        # Leaving at once is a courtesy (the key expires anyway): a Redis that does not answer must
+        # not hold a stopping process up.
+        with contextlib.suppress(TimeoutError, *REDIS_ERRORS):
+            await asyncio.wait_for(asyncio.shield(store.forget(info.service, info.instance_id)), FORGET_TIMEOUT_S)

@@ -238,7 +238,7 @@ async def test_heartbeat_outlives_running_out_of_file_handles(redis: Redis) -> N
     finally:
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await beating
+            await asyncio.wait_for(beating, 10)  # the loop leaves within its forget's bound
         await purge_namespace(names.namespace)
 
 
