@@ -9,8 +9,9 @@ the fallback streak that escalates to a human (what a reply does to it is `Commi
 starting that handoff, listed for the admin area in the same step (`shared.handoff`), so no crash
 leaves a handoff running unlisted. It stores the reply that stands and then applies what that
 reply adds: the memory, the options the reply offers (the only ones a next message may choose: a
-reply without options clears them), the operators' conversation log and the reply's place in the
-outbound order. Its input is one JSON payload with named fields, plus the keys it touches.
+reply without options clears them), the operators' conversation log, the reply's place in the
+outbound order, and what the reply does to its conversation's outcome and rating (shared/
+conversations.py: counted when the conversation ends). Its input is one JSON payload with named fields, plus the keys it touches.
 
 The statistics of a reply that stands (counts, latency histograms, users seen) are recorded in
 the worker's `shared.recorder.Recorder` once the script says it stood, and reach Redis with the
