@@ -11,7 +11,8 @@ leaves a handoff running unlisted. It stores the reply that stands and then appl
 reply adds: the memory, the options the reply offers (the only ones a next message may choose: a
 reply without options clears them), the operators' conversation log, the reply's place in the
 outbound order, and what the reply does to its conversation's outcome and rating (shared/
-conversations.py: counted when the conversation ends). Its input is one JSON payload with named fields, plus the keys it touches.
+conversations.py: counted when the conversation ends). Its input is one JSON payload with named
+fields, plus the keys it touches.
 
 The statistics of a reply that stands (counts, latency histograms, users seen) are recorded in
 the worker's `shared.recorder.Recorder` once the script says it stood, and reach Redis with the
