@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import random
 import signal
 import sys
@@ -30,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import orjson
 from redis.asyncio import Redis
 
 from shared.names import Names
 from tests.support import Service, Stack, eventually, purge_namespace, web_id
+from tests.support.load import verdict
 from tests.support.servers import PrivateRedis
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
@@ -110,23 +109,7 @@ async def chaos(
 
 async def check(redis: Redis, names: Names, tally: Tally, timeout_s: float) -> tuple[int, int, int]:
     ids = [message_id for ids in tally.sent.values() for message_id in ids]
-
-    async def answered() -> bool:
-        stored = await redis.mget([names.reply_key(message_id) for message_id in ids])
-        return all(stored)
-
-    with contextlib.suppress(AssertionError):
-        await eventually(answered, timeout=timeout_s, interval=0.5, what="every message answered")
-    stored = await redis.mget([names.reply_key(message_id) for message_id in ids])
-    lost = sum(1 for value in stored if not value)
-    doubled = reordered = 0
-    for name, sent in tally.sent.items():
-        entries = await redis.lrange(names.conversation_log_key(web_id(name, name)), 0, -1)
-        logged = [orjson.loads(entry)["message_id"] for entry in entries]
-        doubled += sum(count - 1 for count in Counter(logged).values())
-        position = {message_id: i for i, message_id in enumerate(sent)}
-        order = [position[message_id] for message_id in dict.fromkeys(logged) if message_id in position]
-        reordered += sum(1 for before, after in itertools.pairwise(order) if after < before)
+    lost, doubled, reordered = await verdict(redis, names, tally.sent, timeout_s)
 
     async def counted_all() -> bool:
         return int(await redis.hget(names.stats_total_key, "n") or 0) >= len(ids) - lost

@@ -44,6 +44,7 @@ from tests.support.channel_fakes import (
     whatsapp_text,
 )
 from tests.support.fake_llm import LLM_TEXT, SPEECH_AUDIO, FakeLlm
+from tests.support.pdfs import tiny_pdf
 from tests.support.pipeline import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,29 +76,6 @@ def voice_note(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def is_ogg_opus(data: bytes) -> bool:
     """An Ogg stream whose first page is an Opus identification header."""
     return data[:4] == b"OggS" and b"OpusHead" in data[:64]
-
-
-def tiny_pdf(text: str) -> bytes:
-    """A one-page PDF showing `text`, written by hand (offsets and all)."""
-    content = f"BT /F1 12 Tf 20 100 Td ({text}) Tj ET".encode("latin-1")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 400 144] /Contents 4 0 R"
-        b" /Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
 
 
 async def delivered(api: FakeChannelApi, recipient: str | int, count: int) -> list[Received]:

@@ -59,24 +59,30 @@ class Load:
 
     async def verdict(self, redis: Redis, names: Names, timeout_s: float) -> tuple[int, int, int]:
         """(lost, doubled, reordered) once every accepted message is answered or the time is up."""
-        ids = [message_id for ids in self.sent.values() for message_id in ids]
+        return await verdict(redis, names, self.sent, timeout_s)
 
-        async def answered() -> bool:
-            return all(await redis.mget([names.reply_key(message_id) for message_id in ids]))
 
-        with contextlib.suppress(AssertionError):  # what is still unanswered is counted as lost below
-            await eventually(answered, timeout=timeout_s, interval=0.5, what="every accepted message answered")
-        stored = await redis.mget([names.reply_key(message_id) for message_id in ids])
-        lost = sum(1 for value in stored if not value)
-        doubled = reordered = 0
-        for name, sent in self.sent.items():
-            entries = await redis.lrange(names.conversation_log_key(web_id(name, name)), 0, -1)
-            logged = [orjson.loads(entry)["message_id"] for entry in entries]
-            doubled += sum(count - 1 for count in Counter(logged).values())
-            position = {message_id: i for i, message_id in enumerate(sent)}
-            order = [position[message_id] for message_id in dict.fromkeys(logged) if message_id in position]
-            reordered += sum(1 for before, after in itertools.pairwise(order) if after < before)
-        return lost, doubled, reordered
+async def verdict(redis: Redis, names: Names, sent_by: dict[str, list[str]], timeout_s: float) -> tuple[int, int, int]:
+    """(lost, doubled, reordered) of the web conversations `sent_by` names (each its accepted ids,
+    in order), once every one is answered or the time is up; what is still unanswered is lost."""
+    ids = [message_id for ids in sent_by.values() for message_id in ids]
+
+    async def answered() -> bool:
+        return all(await redis.mget([names.reply_key(message_id) for message_id in ids]))
+
+    with contextlib.suppress(AssertionError):  # what is still unanswered is counted as lost below
+        await eventually(answered, timeout=timeout_s, interval=0.5, what="every accepted message answered")
+    stored = await redis.mget([names.reply_key(message_id) for message_id in ids])
+    lost = sum(1 for value in stored if not value)
+    doubled = reordered = 0
+    for name, sent in sent_by.items():
+        entries = await redis.lrange(names.conversation_log_key(web_id(name, name)), 0, -1)
+        logged = [orjson.loads(entry)["message_id"] for entry in entries]
+        doubled += sum(count - 1 for count in Counter(logged).values())
+        position = {message_id: i for i, message_id in enumerate(sent)}
+        order = [position[message_id] for message_id in dict.fromkeys(logged) if message_id in position]
+        reordered += sum(1 for before, after in itertools.pairwise(order) if after < before)
+    return lost, doubled, reordered
 
 
 async def post(
