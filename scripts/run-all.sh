@@ -8,9 +8,11 @@ PY=.venv/bin/python
 pids=()
 
 # .env (or ENV_FILE), when present, as docker compose reads it: KEY=VALUE lines, no shell
-# expansion, and a variable already in the environment wins. Empty values mean "the default", so
-# they are skipped.
+# expansion, an unquoted value ending at " #" (a comment), a later line for a name replacing an
+# earlier one (a block appended to a copied .env.example wins), and a variable already in the
+# environment winning over the file. Empty values mean "the default", so they set nothing.
 env_file=${ENV_FILE:-.env}
+declare -A from_file=()
 if [[ -f $env_file ]]; then
   while IFS= read -r line || [[ -n $line ]]; do
     [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
@@ -19,8 +21,19 @@ if [[ -f $env_file ]]; then
       exit 2
     fi
     name=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
-    if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then value=${BASH_REMATCH[1]}; fi
-    [[ -z $value || -v $name ]] && continue
+    if [[ $value =~ ^(\"[^\"]*\"|\'[^\']*\')[[:space:]]+# ]]; then value=${BASH_REMATCH[1]}; fi
+    if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
+      value=${BASH_REMATCH[1]}
+    else
+      value=${value%%" #"*}
+      value=${value%"${value##*[![:space:]]}"}  # the spaces before the comment
+    fi
+    [[ -v $name && -z ${from_file[$name]:-} ]] && continue  # set in the environment: it wins
+    if [[ -z $value ]]; then
+      [[ -n ${from_file[$name]:-} ]] && unset "$name"  # back to the default, as compose reads it
+      continue
+    fi
+    from_file[$name]=1
     export "$name=$value"
   done < "$env_file"
   echo "settings: $env_file (variables already set in the environment win)"

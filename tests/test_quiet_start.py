@@ -57,13 +57,17 @@ def interrupt(run: subprocess.Popen[bytes]) -> None:
 async def test_a_fresh_run_is_quiet(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     namespace = new_namespace()
     ports = {"GATEWAY_PORT": free_port(), "WORKER_PORT": free_port(), "MONITOR_PORT": free_port()}
+    copied = {name: free_port() for name in ports}  # what the copied .env.example said
     env_file = tmp_path / ".env"
-    # What a copied .env.example looks like: comments, empty values (the defaults), quotes.
+    # What a copied .env.example looks like: comments, empty values (the defaults), quotes; then a
+    # block appended to it as the README's guides show, with comments after the values. As docker
+    # compose reads it, the appended lines win and a value ends before its " #".
     env_file.write_text(
         "# local settings\n"
-        f'ATENDIMENTO_NAMESPACE="{namespace}"\n'
-        + "".join(f"{name}={port}\n" for name, port in ports.items())
+        f'ATENDIMENTO_NAMESPACE="{namespace}"  # quoted, then a comment\n'
+        + "".join(f"{name}={port}\n" for name, port in copied.items())
         + "OTEL_EXPORTER_OTLP_ENDPOINT=\nOTEL_TRACES_EXPORTER=\n"
+        + "".join(f"{name}={port}        # appended: this one is used\n" for name, port in ports.items())
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATENDIMENTO_", "OTEL_")) and k not in ports}
     env.update(
@@ -92,7 +96,8 @@ async def test_a_fresh_run_is_quiet(tmp_path: Path, http: aiohttp.ClientSession)
             except aiohttp.ClientError:
                 return False
 
-        # The ports came from the .env file: the stack answering on them is the proof it was read.
+        # The ports came from the .env file's last lines: the stack answering on them is the proof
+        # it was read as compose reads it.
         await eventually(answered, timeout=60, what="the stack answering on the .env ports")
 
         async def services_seen() -> dict[str, Any] | None:
