@@ -55,6 +55,8 @@ async def _gate(monitor: Service, browser: aiohttp.ClientSession) -> None:
         page = await response.text()
         assert response.status == 200 and 'name="token"' in page and "data-metric" not in page
         assert "Entrar na área administrativa" in page
+        # The name is not private: the inbox shows it to the other agents ("com Ana").
+        assert "mostrado aos outros atendentes" in page
     async with browser.get(monitor.url + "/admin/api/overview") as response:
         assert response.status == 401 and response.content_type == "application/problem+json"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
