@@ -23,10 +23,10 @@ import pytest
 from eval.__main__ import BUNDLED
 from eval.harness import evaluate, load_questions, rate, synthetic_base, unknown_expectations
 from services.worker.engines.base import EngineRequest, Turn
-from services.worker.engines.e5 import E5Model
+from services.worker.engines.e5 import E5Model, sentences
 from services.worker.engines.kb import Entry, KbEngine, KnowledgeBase, KnowledgeBaseError
 from services.worker.engines.stemmer import stem_en, stem_pt
-from services.worker.engines.text import join_phrases, words_of
+from services.worker.engines.text import join_phrases, spelled_out, words_of
 from tests.support import VECTOR_CACHE, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -524,7 +524,8 @@ def test_with_kb_cache_dir_a_restarted_worker_embeds_nothing_again(
     kb = KnowledgeBase.load(SAMPLE_PT)
     first = E5Model(cache=tmp_path)
     KbEngine(kb, model=first)
-    passages = {" ".join((*e.questions, e.answer)) for e in kb.entries} | {q for e in kb.entries for q in e.questions}
+    passages = {" ".join((*e.questions, e.answer)) for e in kb.entries}
+    passages |= {q for e in kb.entries for q in e.questions} | {s for e in kb.entries for s in sentences(e.answer)}
     assert len(list(tmp_path.glob("e5-*.npy"))) == len(passages)
     restarted = E5Model(cache=tmp_path)
     embedded = texts_embedded_by(restarted, monkeypatch)
@@ -533,3 +534,17 @@ def test_with_kb_cache_dir_a_restarted_worker_embeds_nothing_again(
     assert engine.answer("da pra pagar no pix?").sources == ("formas-pagamento",)
     next(tmp_path.glob("e5-*.npy")).write_bytes(b"torn")  # a damaged file is embedded again
     assert KbEngine(kb, model=E5Model(cache=tmp_path)).answer("da pra pagar no pix?").sources == ("formas-pagamento",)
+
+
+def test_an_answer_is_cut_into_its_sentences_and_a_short_one_stays_whole() -> None:
+    answer = "Sim. Temos estacionamento gratuito para clientes! Há dois carregadores para carros elétricos?"
+    assert sentences(answer) == [
+        "Temos estacionamento gratuito para clientes!",
+        "Há dois carregadores para carros elétricos?",
+    ]
+    assert sentences("Sim.") == ["Sim."]
+
+
+def test_chat_abbreviations_are_spelled_out_for_the_model_with_accents_kept() -> None:
+    assert spelled_out("Qto custa p/ vcs? Não sei", "pt") == "quanto custa p/ voces? Não sei"
+    assert spelled_out("can u come tmrw?", "en") == "can you come tomorrow?"

@@ -38,6 +38,7 @@ from .e5 import E5Model, EntryVectors, QueryBatcher, Vectors
 from .index import Analyzer, Hit, KbIndex, Tuning
 from .kbfile import Entry, KnowledgeBase, KnowledgeBaseError
 from .smalltalk import SmallTalk, SmallTalkDetector
+from .text import spelled_out
 
 __all__ = ["Entry", "KbEngine", "KnowledgeBase", "KnowledgeBaseError", "Tuning"]
 
@@ -46,7 +47,7 @@ FALLBACK_CONFIDENCE_CAP = 0.25
 SMALL_TALK_CONFIDENCE = 0.95
 OPTIONS = 3  # candidates offered by a question back
 # The share of the word score's z-score in the fused ranking (the model's similarity weighs 1).
-WORD_SHARE = 0.4
+WORD_SHARE = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Lexical:
     """The first stage: small talk and the word ranking of a question."""
 
     text: str
+    model_text: str  # what the multilingual model reads (see _model_text)
     scan: SmallTalk
     hits: tuple[Hit, ...]  # every entry sharing a word with the question, best first
     terms: int  # content words and question words of the question
@@ -125,8 +127,9 @@ class KbEngine:
         lexical = self._lexical(text)
         if lexical.scan.only_small_talk:
             return None, None
-        semantic = self._rank(lexical, self._vectors.model.query(text)) if self._vectors and lexical.has_terms else None
-        return lexical.words, semantic
+        if self._vectors is None or not lexical.has_terms:
+            return lexical.words, None
+        return lexical.words, self._rank(lexical, self._vectors.model.query(lexical.model_text))
 
     async def lookup(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, each with the probability that it is the one
@@ -148,7 +151,14 @@ class KbEngine:
         scan = self._small_talk.scan(self._analyzer.words(text))
         terms = len({self._analyzer.stem(word) for word in scan.rest if self._analyzer.is_term(word)})
         hits = () if scan.only_small_talk else tuple(self._index.rank(scan.rest, limit=len(self.kb.entries)))
-        return Lexical(text, scan, hits, terms, _words_ranking(hits, terms) if hits else None)
+        words = _words_ranking(hits, terms) if hits else None
+        return Lexical(text, self._model_text(text, scan), scan, hits, terms, words)
+
+    def _model_text(self, text: str, scan: SmallTalk) -> str:
+        """The question as the model reads it: chat abbreviations written out (it was trained on
+        written language), and a greeting or thanks around the question cut off ("oi, qual o prazo?"
+        is about the delivery time, not about saying hello)."""
+        return " ".join(scan.rest) if scan.kinds else spelled_out(text, self.kb.language)
 
     def _needs_model(self, lexical: Lexical) -> bool:
         if self._vectors is None or lexical.scan.only_small_talk or not lexical.has_terms:
@@ -157,11 +167,11 @@ class KbEngine:
 
     async def _query(self, lexical: Lexical) -> Vectors | None:
         """The question's vector, from the batch of every lane in flight, where the model is needed."""
-        return await self._batcher.query(lexical.text) if self._batcher and self._needs_model(lexical) else None
+        return await self._batcher.query(lexical.model_text) if self._batcher and self._needs_model(lexical) else None
 
     def _query_inline(self, lexical: Lexical) -> Vectors | None:
         """`_query` for a caller off the event loop."""
-        return self._vectors.model.query(lexical.text) if self._vectors and self._needs_model(lexical) else None
+        return self._vectors.model.query(lexical.model_text) if self._vectors and self._needs_model(lexical) else None
 
     def _rank(self, lexical: Lexical, vector: Vectors | None, depth: int = OPTIONS) -> Ranking:
         """The ranking of `depth` candidates (at least the two the features read)."""

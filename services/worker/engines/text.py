@@ -404,6 +404,22 @@ def expand(words: Iterable[str], language: Language) -> list[str]:
     return out
 
 
+_WORD = re.compile(r"\w+")
+
+
+def spelled_out(text: str, language: Language) -> str:
+    """`text` with its chat abbreviations written out ("qto custa p/ vcs" -> "quanto custa p/
+    voces"), accents and punctuation kept: the multilingual model was trained on written language
+    and reads "quanto" far better than "qto"."""
+    table = ABBREVIATIONS[language]
+
+    def written(match: re.Match[str]) -> str:
+        word = match.group()
+        return " ".join(table.get(fold(word), (word,)))
+
+    return _WORD.sub(written, text)
+
+
 def words_of(text: str, language: Language) -> list[str]:
     """Tokenised and expanded words, stop words still in (small talk needs them)."""
     if language == "en":
