@@ -9,7 +9,7 @@ promotes a replica. Each time every accepted message is answered exactly once, i
 conversation's order, and the system answers new messages again within 30 seconds. A second
 test makes RabbitMQ 3.10's nacking channel (rabbitmq-server#9241) happen on purpose.
 
-About 2 minutes on two cores (mostly starting Erlang, once per test): marked `ha`, left out of
+2-3 minutes on two cores (mostly starting Erlang, once per test): marked `ha`, left out of
 `make test`, run with `make test-ha`, a step of CI's own (.ci/run). The servers are stopped and
 their folders removed after each test, their logs printed first when it failed.
 """
