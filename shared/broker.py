@@ -4,7 +4,7 @@
 retry the very first connection; `Broker` keeps trying in the background, so a service starts
 (and answers 503 where it needs the broker) while RabbitMQ is still unreachable. With several
 nodes in AMQP_URL each attempt goes to the next one (shared/amqp_nodes.py). A publish the broker
-nacks renews the publishing channel (`Broker._renew_publisher`, for RabbitMQ before 3.11.23/3.12.4).
+nacks renews the publishing channel (`Broker._renew_publisher`, for RabbitMQ before 3.12.5).
 """
 
 from __future__ import annotations
@@ -254,14 +254,15 @@ class Broker:
     async def _renew_publisher(self, nacked: AbstractChannel, exchange: str, routing_key: str) -> None:
         """Publish on a fresh channel from now on, and close the one whose publish was nacked.
 
-        RabbitMQ before 3.11.23/3.12.4 starts a channel's client of a quorum queue at the leader its
-        queue record names, on the channel's first publish to it. Just after the leader's node died
-        the record still names the dead node; that client then nacks every publish to the queue for
-        as long as the channel lives, long after a new leader is elected and recorded
-        (rabbitmq-server#9241). A fresh channel starts its client again, from the record as it is
-        then. Other nacks (a queue on a node that is down, a full one) cost one channel each, one at
-        a time. Publishes still in flight on the nacked channel fail, and are retried by whoever
-        made them, as after a lost connection."""
+        RabbitMQ before 3.12.5 starts a channel's client of a quorum queue at the leader its queue
+        record names, on the channel's first publish to it, and asks that node alone. Just after
+        the leader's node died the record still names the dead node; that client then nacks every
+        publish to the queue for as long as the channel lives, long after a new leader is elected
+        and recorded (rabbitmq-server#9241 narrowed it in 3.11.23/3.12.4, "QQ: remove machine
+        version 0 check in rabbit_fifo_client" ended it in 3.12.5). A fresh channel starts its
+        client again, from the record as it is then. Other nacks (a queue on a node that is down,
+        a full one) cost one channel each, one at a time. Publishes still in flight on the nacked
+        channel fail, and are retried by whoever made them, as after a lost connection."""
         connection = self._connection
         if self._channel is not nacked or connection is None:
             return  # another nack of the same channel renewed it already

@@ -124,8 +124,8 @@ async def test_queues_made_before_the_replication_factor_keep_working(namespace:
 
 @pytest.mark.integration
 async def test_a_nacked_publish_renews_the_publishing_channel(namespace: str) -> None:
-    """RabbitMQ before 3.11.23 can nack every publish of one channel to a quorum queue whose leader
-    died (rabbitmq-server#9241, tests/test_ha.py has it for real): after a nack, the broker
+    """RabbitMQ before 3.12.5 can nack every publish of one channel to a quorum queue whose leader
+    died (shared/broker.py; tests/test_ha.py makes it happen): after a nack, the broker
     publishes on a fresh channel. A queue that refuses every message stands in for that here."""
     names = Names(namespace, TEST_SHARDS)
     full = f"{namespace}.full"

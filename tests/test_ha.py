@@ -7,7 +7,7 @@ Under load (20 conversations x 10 messages, clients retrying with the same messa
 holding most shard-queue leaders is killed, then the Redis primary is SIGKILLed and Sentinel
 promotes a replica. Each time every accepted message is answered exactly once, in its
 conversation's order, and the system answers new messages again within 30 seconds. A second
-test makes RabbitMQ 3.10's nacking channel (rabbitmq-server#9241) happen on purpose.
+test makes the nacking channel of RabbitMQ before 3.12.5 (shared/broker.py) happen on purpose.
 
 2-3 minutes on two cores (mostly starting Erlang, once per test): marked `ha`, left out of
 `make test`, run with `make test-ha`, a step of CI's own (.ci/run). The servers are stopped and
@@ -98,7 +98,7 @@ async def test_one_server_lost_every_accepted_message_answered_once_in_order(
         print("\nfault | lost | doubled | reordered | seconds to answer again | client retries")
         for row in table:
             print("{} | {} | {} | {} | {:.1f} | {}".format(*row))
-        # A gateway's are rabbitmq-server#9241 (RabbitMQ < 3.11.23): it publishes to quorum queues only.
+        # A gateway's are RabbitMQ's stuck quorum-queue client (before 3.12.5): it publishes to those only.
         print(f"publishing channels renewed after a nack: {_renewals(stack) or 'none'}")
     for fault, lost, doubled, reordered, recovered, _ in table:
         assert (lost, doubled, reordered) == (0, 0, 0), fault
@@ -202,7 +202,7 @@ async def _health_names_the_new_primary(http: aiohttp.ClientSession, stack: Stac
 
 
 async def test_a_channel_started_at_the_dead_leader_is_renewed(cluster: RabbitCluster) -> None:
-    """RabbitMQ before 3.11.23/3.12.4 (rabbitmq-server#9241), made to happen: a channel whose first
+    """RabbitMQ before 3.12.5 (shared/broker.py), made to happen: a channel whose first
     publish to a quorum queue comes just after the leader's node died starts its client of the queue
     at the dead node, and then nacks every publish to the queue for as long as it lives. The broker
     publishes on a fresh channel after a nack (shared/broker.py), so every shard queue takes
@@ -230,7 +230,7 @@ async def test_a_channel_started_at_the_dead_leader_is_renewed(cluster: RabbitCl
     finally:
         await broker.close()
     print(
-        f"\nleader node killed: {sum(nacks)} publishes nacked (rabbitmq-server#9241 on this RabbitMQ), "
+        f"\nleader node killed: {sum(nacks)} publishes nacked (RabbitMQ < 3.12.5's stuck channel), "
         f"every shard queue confirmed a publish {recovered:.1f} s after the kill"
     )
     assert recovered < RECOVERY_LIMIT_S
