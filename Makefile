@@ -43,7 +43,7 @@ pytest: install services
 
 test: install services lint typecheck pytest  ## everything CI runs
 
-test-ha: install  ## only the failover tests: a private 3-node RabbitMQ cluster and Redis Sentinel, a server lost under load
+test-ha: install services  ## only the failover tests: a private 3-node RabbitMQ cluster and Redis Sentinel, a server lost under load
 	$(VENV)/bin/pytest -m ha -s $(PYTEST_ARGS)
 
 bench: install services  ## throughput and latency against a bare aiohttp+RabbitMQ round trip

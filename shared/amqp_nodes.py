@@ -7,7 +7,7 @@ whose node goes away carries on on another one (its quorum queues live on the su
 
 aio-pika has no public hook per attempt (mosquito/aio-pika#141); the robust connection's private
 `__connect_transport` is the one place every attempt passes through, so it is overridden by its
-mangled name, and tests/test_ha_cluster.py proves the failover against a real 3-node cluster.
+mangled name, and tests/test_ha.py proves the failover against a real 3-node cluster.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 `connect_robust` restores channels, queues, bindings and consumers after a drop, but it does not
 retry the very first connection; `Broker` keeps trying in the background, so a service starts
 (and answers 503 where it needs the broker) while RabbitMQ is still unreachable. With several
-nodes in AMQP_URL each attempt goes to the next one (shared/amqp_nodes.py).
+nodes in AMQP_URL each attempt goes to the next one (shared/amqp_nodes.py). A publish the broker
+nacks renews the publishing channel (`Broker._renew_publisher`, for RabbitMQ before 3.12.5).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ CLOSE_TIMEOUT_S = 2.0
 # (that gateway died mid-publish): it may be queued twice, so the worker treats it like a
 # redelivery and looks for a stored reply before generating one.
 COPY_HEADER = "x-atendimento-copy"
+# Logged when a nacked publish renews the publishing channel (`Broker._renew_publisher`).
+RENEWED_AFTER_NACK = "publish nacked"
 
 
 def may_be_a_copy(delivery: AbstractIncomingMessage) -> bool:
@@ -131,6 +134,11 @@ async def made_before_sizing(connection: AbstractRobustConnection, queues: Mappi
     return made_before
 
 
+async def open_publisher(connection: AbstractRobustConnection) -> AbstractChannel:
+    """A channel to publish on: confirms, and an unroutable mandatory message raises."""
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
 class Broker:
     """A process's connection to RabbitMQ and its confirming publisher channel."""
 
@@ -148,6 +156,9 @@ class Broker:
         self._queues = durable_queues(names)
         self._made_before_sizing: set[str] = set()
         self._connection: AbstractRobustConnection | None = None
+        # The channel that declared the topology, held here because the robust connection holds its
+        # channels weakly, and re-declares what they declared when it reconnects.
+        self._topology: AbstractChannel | None = None
         self._channel: AbstractChannel | None = None  # the publisher's, with confirms
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -226,15 +237,47 @@ class Broker:
                     "members (rabbitmq-queues grow adds nodes)",
                     len(self._made_before_sizing),
                 )
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await declare_topology(channel, self)
+            # The topology on a channel of its own, which the robust connection re-declares after a
+            # reconnection: the publisher's may be replaced (`_renew_publisher`).
+            topology = await connection.channel(publisher_confirms=False)
+            await declare_topology(topology, self)
+            channel = await open_publisher(connection)
         except BaseException:
             with contextlib.suppress(*BROKER_ERRORS):
                 await connection.close()
             raise
         self._connection = connection
+        self._topology = topology
         self._channel = channel
         self._ready.set()
+
+    async def _renew_publisher(self, nacked: AbstractChannel, exchange: str, routing_key: str) -> None:
+        """Publish on a fresh channel from now on, and close the one whose publish was nacked.
+
+        RabbitMQ before 3.12.5 starts a channel's client of a quorum queue at the leader its queue
+        record names, on the channel's first publish to it, and asks that node alone. Just after
+        the leader's node died the record still names the dead node; that client then nacks every
+        publish to the queue for as long as the channel lives, long after a new leader is elected
+        and recorded (rabbitmq-server#9241 narrowed it in 3.11.23/3.12.4, "QQ: remove machine
+        version 0 check in rabbit_fifo_client" ended it in 3.12.5). A fresh channel starts its
+        client again, from the record as it is then. Other nacks (a queue on a node that is down,
+        a full one) cost one channel each, one at a time. Publishes still in flight on the nacked
+        channel fail, and are retried by whoever made them, as after a lost connection."""
+        connection = self._connection
+        if self._channel is not nacked or connection is None:
+            return  # another nack of the same channel renewed it already
+        self._channel = None  # meanwhile publishes fail at once (503, retried)
+        fresh: AbstractChannel | None = None
+        try:
+            fresh = await asyncio.wait_for(open_publisher(connection), PUBLISH_TIMEOUT_S)
+        except BROKER_ERRORS as exc:
+            log.warning("publish to %s/%s nacked; no fresh channel yet (next nack): %s", exchange, routing_key, exc)
+        finally:
+            self._channel = fresh or nacked
+        if fresh is not None:
+            log.warning("%s to %s/%s: publishing on a fresh channel", RENEWED_AFTER_NACK, exchange, routing_key)
+            with contextlib.suppress(*BROKER_ERRORS):
+                await asyncio.wait_for(nacked.close(), CLOSE_TIMEOUT_S)
 
     async def publish_reply(self, reply: ReplyMessage) -> None:
         """Hand a reply back (the worker's, or an agent's from the admin area), with confirm."""
@@ -283,11 +326,16 @@ class Broker:
             if channel is None or channel.is_closed:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
             underlay = await channel.get_underlay_channel()
-            await underlay.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=mandatory,
-                timeout=PUBLISH_TIMEOUT_S,
-            )
+            try:
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
+            except aiormq.exceptions.DeliveryError as exc:
+                if isinstance(exc.frame, aiormq.spec.Basic.Nack):  # not a return (PublishError)
+                    await self._renew_publisher(channel, exchange, routing_key)
+                raise

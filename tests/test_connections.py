@@ -9,6 +9,7 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -119,3 +120,32 @@ async def test_queues_made_before_the_replication_factor_keep_working(namespace:
         assert queue.declaration_result.message_count == 1
     finally:
         await broker.close()
+
+
+@pytest.mark.integration
+async def test_a_nacked_publish_renews_the_publishing_channel(namespace: str) -> None:
+    """RabbitMQ before 3.12.5 can nack every publish of one channel to a quorum queue whose leader
+    died (shared/broker.py; tests/test_ha.py makes it happen): after a nack, the broker
+    publishes on a fresh channel. A queue that refuses every message stands in for that here."""
+    names = Names(namespace, TEST_SHARDS)
+    full = f"{namespace}.full"
+    connection = await aio_pika.connect(AMQP_URL)
+    broker = Broker((AMQP_URL,), names, "test nack")
+    broker.start()
+    try:
+        channel = await connection.channel()
+        refusing: dict[str, Any] = {"x-max-length": 0, "x-overflow": "reject-publish"}
+        await channel.declare_queue(full, exclusive=True, arguments=refusing)
+        await asyncio.wait_for(broker.wait_ready(), 30)
+        first = broker._channel
+        with pytest.raises(aio_pika.exceptions.DeliveryError):
+            await broker.publish("", full, b"{}", message_id="m-1")
+        assert first is not None and first.is_closed
+        assert broker._channel is not first and broker._channel is not None and not broker._channel.is_closed
+        await broker.publish(names.inbound_exchange, "0", b"{}", message_id="m-2")  # confirmed on the fresh one
+        with pytest.raises(aio_pika.exceptions.PublishError):  # a return is not a nack: no renewal
+            await broker.publish("", f"{namespace}.nowhere", b"{}", message_id="m-3")
+        assert broker._channel is not None and not broker._channel.is_closed
+    finally:
+        await broker.close()
+        await connection.close()

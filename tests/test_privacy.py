@@ -45,6 +45,18 @@ async def start(stack: Stack, **env: str) -> None:
     await stack.start("worker", **FAST)
     await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     await wait_ready(stack)
+    await monitor_connected(stack)
+
+
+async def monitor_connected(stack: Stack) -> None:
+    """The monitor connects to RabbitMQ after it is live; finding a customer reads the dead letters."""
+    async with aiohttp.ClientSession() as http:
+
+        async def broker_up() -> bool:
+            _, health = await get_json(http, stack.monitor.url + "/monitoring/health")
+            return bool(health["checks"]["rabbitmq"]["status"] == "up")
+
+        await eventually(broker_up, what="the monitor connected to RabbitMQ")
 
 
 async def say(http: aiohttp.ClientSession, gateway: Service, user: str, message_id: str, text: str) -> dict[str, Any]:
@@ -207,12 +219,7 @@ async def test_bad_input_is_refused_naming_the_field(stack: Stack, http: aiohttp
             assert (await response.json())["detail"].startswith(f"{field}:")
     async with http.post(stack.monitor.url + "/admin/api/customers/erase", json={"channel": "web", "id": "x"}) as r:
         assert r.status == 401  # admin only
-
-    async def broker_up() -> bool:  # a monitor stopped before it connects takes its whole grace to stop
-        _, health = await get_json(http, stack.monitor.url + "/monitoring/health")
-        return bool(health["checks"]["rabbitmq"]["status"] == "up")
-
-    await eventually(broker_up, what="the monitor connected to RabbitMQ")
+    await monitor_connected(stack)  # a monitor stopped before it connects takes its whole grace to stop
 
 
 async def test_whatsapp_customer_erases_their_data_with_the_buttons(

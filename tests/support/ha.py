@@ -149,12 +149,11 @@ class SentinelRedis:
 
     async def start(self) -> SentinelRedis:
         primary = RedisNode(self.workdir / "redis-0", list(SAFE_WRITES))
-        primary.start()
         follow = ["--replicaof", "127.0.0.1", str(primary.port), *SAFE_WRITES]
-        replicas = [RedisNode(self.workdir / f"redis-{i}", follow) for i in (1, 2)]
-        for replica in replicas:
-            replica.start()
-        self.servers = [primary, *replicas]
+        # Listed before any starts, so that `stop` finds every one that did.
+        self.servers = [primary, *(RedisNode(self.workdir / f"redis-{i}", follow) for i in (1, 2))]
+        for server in self.servers:
+            server.start()
         for server in self.servers:
             await eventually(server.answers, timeout=20, what=f"redis-server on {server.port}")
         watch = [
