@@ -76,7 +76,9 @@ StreakStep = Literal["count", "keep", "end"]
 #       timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
 # Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome).
 # The decision first, then the effects of the variant (`_effects`, one per possible outcome) of the
-# reply that stands. Keys to clear are deleted by one DEL at the end. The conversation log is
+# reply that stands. What it reads comes in one MGET (the stored reply, the handoff, the fallback
+# streak, the options offered), so a key to clear is deleted only when it is there: by one DEL at
+# the end, which most messages (an answer after an answer) do not need. The conversation log is
 # trimmed only once it holds twice its length (its readers read its newest entries): one LTRIM in
 # many RPUSHes. The memory is kept to its exact bound (MEMORY_TURNS), trimmed only once it is over.
 # The failed attempts' count is left to expire: a message with a stored reply never reads it.
@@ -86,7 +88,8 @@ _COMMIT = (
     "#!lua\n"
     + conversations.TRACK_LUA
     + """
-local stored = redis.call('GET', KEYS[1])
+local found = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[9])
+local stored, held, streak, offered = found[1], found[2], found[3], found[4]
 if stored then
   return {'stored', stored}
 end
@@ -95,7 +98,6 @@ local clear = {}
 local outcome, reply = 'sent', p.reply
 -- A person has the conversation, unless it was handed over outside business hours and they are
 -- not back yet (shared.handoff HandoffInfo.with_person): then the bot keeps answering.
-local held = redis.call('GET', KEYS[2])
 if held then
   local away = cjson.decode(held).away_until
   held = not away or tonumber(away) <= p.now
@@ -103,18 +105,21 @@ end
 if p.silenced or held then
   outcome, reply = 'silenced', p.silenced_reply
 elseif p.streak == 'count' then
-  local streak = redis.call('INCR', KEYS[3])
+  streak = redis.call('INCR', KEYS[3])
   redis.call('EXPIRE', KEYS[3], p.streak_ttl)
   if p.fallbacks_before_handoff > 0 and streak >= p.fallbacks_before_handoff then
     outcome, reply = 'escalated', p.escalation
   end
-elseif p.streak == 'end' then
+elseif p.streak == 'end' and streak then
   clear[#clear + 1] = KEYS[3]
+  streak = false
 end
 redis.call('SET', KEYS[1], reply, 'EX', p.reply_ttl)
 if outcome == 'escalated' or (outcome == 'sent' and p.handoff) then
   redis.call('SET', KEYS[2], p.handoff_info, 'EX', p.handoff_ttl)
-  clear[#clear + 1] = KEYS[3]
+  if streak then
+    clear[#clear + 1] = KEYS[3]
+  end
   redis.call('ZADD', KEYS[4], p.now, p.conversation)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.now - p.handoff_ttl)
 end
@@ -129,7 +134,7 @@ elseif v.memory == 'append' then
 end
 if v.offered == 'set' then
   redis.call('SET', KEYS[9], v.offered_state, 'EX', p.offered_ttl)
-elseif v.offered == 'clear' then
+elseif v.offered == 'clear' and offered then
   clear[#clear + 1] = KEYS[9]
 end
 if redis.call('RPUSH', KEYS[6], v.log_entry) > 2 * p.log_length then
