@@ -80,8 +80,12 @@ StreakStep = Literal["count", "keep", "end"]
 # streak, the options offered), so a key to clear is deleted only when it is there: by one DEL at
 # the end, which most messages (an answer after an answer) do not need. The conversation log is
 # trimmed only once it holds twice its length (its readers read its newest entries): one LTRIM in
-# many RPUSHes. The memory is kept to its exact bound (MEMORY_TURNS), trimmed only once it is over.
-# The failed attempts' count is left to expire: a message with a stored reply never reads it.
+# many RPUSHes. A log's first entry lists its conversation in the index, in the same step, so no log
+# is ever unlisted (the admin area, retention and privacy requests find conversations there); the
+# conversation's later activity moves it up with the recorder's next flush (`_count`), about a
+# second later, as one ZADD for all the conversations of that second. The memory is kept to its
+# exact bound (MEMORY_TURNS), trimmed only once it is over. The failed attempts' count is left to
+# expire: a message with a stored reply never reads it.
 # The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
 # without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
 _COMMIT = (
@@ -137,11 +141,13 @@ if v.offered == 'set' then
 elseif v.offered == 'clear' and offered then
   clear[#clear + 1] = KEYS[9]
 end
-if redis.call('RPUSH', KEYS[6], v.log_entry) > 2 * p.log_length then
+local logged = redis.call('RPUSH', KEYS[6], v.log_entry)
+if logged > 2 * p.log_length then
   redis.call('LTRIM', KEYS[6], -p.log_length, -1)
+elseif logged == 1 then
+  redis.call('ZADD', KEYS[7], p.now, p.conversation)
 end
 redis.call('EXPIRE', KEYS[6], p.log_ttl)
-redis.call('ZADD', KEYS[7], p.now, p.conversation)
 if v.outbound then
   redis.call('RPUSH', KEYS[8], p.message_id)
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
@@ -274,8 +280,9 @@ class Committer:
         message = item.message
         self.recorder.reply(_counts(item, reply))
         self.recorder.seen(self.names.users_key, f"{message.channel}:{message.user_id}", USERS_KEEP_SECONDS)
-        # The index keeps the conversations of the log's lifetime: trimmed once per flush, not per message.
-        self.recorder.trim(self.names.conversations_key, CONVERSATION_LOG_TTL_SECONDS)
+        # The conversation's last activity in the index, which keeps the conversations of the log's
+        # lifetime (trimmed once per flush, not per message).
+        self.recorder.seen(self.names.conversations_key, message.conversation_id, CONVERSATION_LOG_TTL_SECONDS)
 
     def _call(self, item: Commit, now: float) -> tuple[list[str], bytes, _Candidates]:
         """The keys and payload of one message's script call, and the replies it may store."""
