@@ -288,9 +288,10 @@ class Committer:
         """The keys and payload of one message's script call, and the replies it may store."""
         message, reply, escalation = item.message, item.reply, item.escalation
         conversation = message.conversation_id
+        silent = silenced(reply)  # made once: it is stored and logged alike
         candidates = _Candidates(
             reply=reply.to_bytes().decode(),
-            silenced=silenced(reply).to_bytes().decode(),
+            silenced=silent.to_bytes().decode(),
             escalation=escalation.to_bytes().decode() if escalation else "",
         )
         keys = [
@@ -305,7 +306,7 @@ class Committer:
             self.names.offered_key(conversation),
             *conversations.Keys(self.names).tracked(conversation, now, self.settings.conversations.day(now)),
         ]
-        payload = {**self._decision(item, candidates, now), **self._effects(item, now)}
+        payload = {**self._decision(item, candidates, now), **self._effects(item, silent, now)}
         return keys, orjson.dumps(payload), candidates
 
     def _decision(self, item: Commit, candidates: _Candidates, now: float) -> dict[str, Any]:
@@ -336,11 +337,12 @@ class Committer:
             "now": now,
         }
 
-    def _effects(self, item: Commit, now: float) -> dict[str, Any]:
-        """What the script's effects read: one variant per reply that may stand, and the rest."""
+    def _effects(self, item: Commit, silent: ReplyMessage, now: float) -> dict[str, Any]:
+        """What the script's effects read: one variant per reply that may stand (`silent`: the
+        reply silenced), and the rest."""
         variants = {
             CommitOutcome.SENT.value: self._variant(item, item.reply, now),
-            CommitOutcome.SILENCED.value: self._variant(item, silenced(item.reply), now),
+            CommitOutcome.SILENCED.value: self._variant(item, silent, now),
         }
         if item.escalation is not None:
             variants[CommitOutcome.ESCALATED.value] = self._variant(item, item.escalation, now)
