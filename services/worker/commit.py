@@ -84,7 +84,11 @@ StreakStep = Literal["count", "keep", "end"]
 # is ever unlisted (the admin area, retention and privacy requests find conversations there); the
 # conversation's later activity moves it up with the recorder's next flush (`_count`), about a
 # second later, as one ZADD for all the conversations of that second. The memory is kept to its
-# exact bound (MEMORY_TURNS), trimmed only once it is over. The failed attempts' count is left to
+# exact bound (MEMORY_TURNS), trimmed only once it is over. The memory and the log get their time to
+# live when they are made, here (none is ever left without one), and have it renewed by the
+# recorder's flush after each message (`_count`): once a second for all the messages of that second,
+# not once per message. A worker killed within that second leaves the previous renewal standing, so
+# those keys may expire up to the time since it early. The failed attempts' count is left to
 # expire: a message with a stored reply never reads it.
 # The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
 # without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
@@ -131,10 +135,12 @@ local v = p.variants[outcome]
 if v.memory == 'reset' then
   clear[#clear + 1] = KEYS[5]
 elseif v.memory == 'append' then
-  if redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn) > p.memory_length then
+  local remembered = redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn)
+  if remembered > p.memory_length then
     redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
+  elseif remembered == 2 then
+    redis.call('EXPIRE', KEYS[5], p.memory_ttl)
   end
-  redis.call('EXPIRE', KEYS[5], p.memory_ttl)
 end
 if v.offered == 'set' then
   redis.call('SET', KEYS[9], v.offered_state, 'EX', p.offered_ttl)
@@ -146,8 +152,8 @@ if logged > 2 * p.log_length then
   redis.call('LTRIM', KEYS[6], -p.log_length, -1)
 elseif logged == 1 then
   redis.call('ZADD', KEYS[7], p.now, p.conversation)
+  redis.call('EXPIRE', KEYS[6], p.log_ttl)
 end
-redis.call('EXPIRE', KEYS[6], p.log_ttl)
 if v.outbound then
   redis.call('RPUSH', KEYS[8], p.message_id)
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
@@ -224,7 +230,8 @@ class Committer:
     redis: Redis
     names: Names
     settings: CommitSettings = field(default_factory=CommitSettings)
-    # Where the statistics of the replies that stand are counted (None: not counted, a test's).
+    # Where the statistics of the replies that stand are counted, and the time to live of their
+    # memory and log renewed (None: neither, a test's).
     recorder: Recorder | None = None
     # Epoch seconds now (a test's clock decides, e.g., whether people are back from an away handoff).
     clock: Callable[[], float] = time.time
@@ -281,8 +288,13 @@ class Committer:
         self.recorder.reply(_counts(item, reply))
         self.recorder.seen(self.names.users_key, f"{message.channel}:{message.user_id}", USERS_KEEP_SECONDS)
         # The conversation's last activity in the index, which keeps the conversations of the log's
-        # lifetime (trimmed once per flush, not per message).
-        self.recorder.seen(self.names.conversations_key, message.conversation_id, CONVERSATION_LOG_TTL_SECONDS)
+        # lifetime (trimmed once per flush, not per message), and the time to live of its log and
+        # memory, renewed once per flush (the script sets it when it makes them).
+        conversation = message.conversation_id
+        self.recorder.seen(self.names.conversations_key, conversation, CONVERSATION_LOG_TTL_SECONDS)
+        self.recorder.expire(self.names.conversation_log_key(conversation), CONVERSATION_LOG_TTL_SECONDS)
+        if self._carried(item, reply)[0] == "append":
+            self.recorder.expire(self.names.memory_key(conversation), self.settings.memory_ttl_s)
 
     def _call(self, item: Commit, now: float) -> tuple[list[str], bytes, _Candidates]:
         """The keys and payload of one message's script call, and the replies it may store."""
