@@ -30,7 +30,7 @@ import psutil
 from redis.asyncio import Redis
 
 from shared.settings import DEFAULT_SHARDS
-from tests.support import AMQP_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
+from tests.support import AMQP_PORT, REDIS_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
 from tests.support.otlp import collector_process, tracing_env
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
@@ -82,31 +82,27 @@ class RssSampler:
 
 class CpuCounter:
     """CPU each process spends while one side is under load (`counting(side)`): that side's own
-    processes, the shared servers (RabbitMQ, Redis) and this load generator. On two cores the sum
-    is what bounds the messages per second."""
+    processes, the shared servers this bench uses (the RabbitMQ and Redis listening on their ports;
+    other brokers on this machine, such as tests' private ones, are not counted) and this load
+    generator. On two cores the sum is what bounds the messages per second."""
 
-    SERVERS = ("beam.smp", "redis-server")
     LOAD = "load generator"
 
     def __init__(self, sides: dict[str, dict[str, int]]) -> None:
-        servers: dict[str, list[psutil.Process]] = {name: [] for name in self.SERVERS}
-        for process in psutil.process_iter(["name"]):
-            if process.info["name"] in servers:
-                servers[process.info["name"]].append(process)
-        shared = servers | {self.LOAD: [psutil.Process()]}
+        shared = _listeners({"RabbitMQ": AMQP_PORT, "Redis": REDIS_PORT}) | {self.LOAD: psutil.Process()}
         self.sides = {
-            side: {name: [psutil.Process(pid)] for name, pid in pids.items()} | shared for side, pids in sides.items()
+            side: {name: psutil.Process(pid) for name, pid in pids.items()} | shared for side, pids in sides.items()
         }
         self.seconds: dict[str, dict[str, float]] = {side: {} for side in sides}
 
     @staticmethod
-    def _now(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
-        totals = dict.fromkeys(processes, 0.0)
-        for name, group in processes.items():
-            for process in group:
-                with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    totals[name] += times.user + times.system
+    def _now(processes: dict[str, psutil.Process]) -> dict[str, float]:
+        """CPU seconds so far of each process still running."""
+        totals = {}
+        for name, process in processes.items():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                totals[name] = times.user + times.system
         return totals
 
     @contextlib.contextmanager
@@ -115,11 +111,24 @@ class CpuCounter:
         yield
         seconds = self.seconds[side]
         for name, value in self._now(self.sides[side]).items():
-            seconds[name] = seconds.get(name, 0.0) + value - before[name]
+            if name in before:
+                seconds[name] = seconds.get(name, 0.0) + value - before[name]
 
     def per_message(self, side: str, messages: int) -> str:
         per = {name: 1000 * seconds / max(messages, 1) for name, seconds in self.seconds[side].items()}
         return "   ".join(f"{name} {ms:.2f}" for name, ms in per.items()) + f"   total {sum(per.values()):.2f}"
+
+
+def _listeners(ports: dict[str, int]) -> dict[str, psutil.Process]:
+    """The process listening on each port (those this machine's user may see)."""
+    found = {}
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status != psutil.CONN_LISTEN or not connection.laddr or not connection.pid:
+            continue
+        for name, port in ports.items():
+            if connection.laddr.port == port:
+                found[name] = psutil.Process(connection.pid)
+    return found
 
 
 class RedisCommands:
