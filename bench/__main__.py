@@ -354,7 +354,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     tmp.mkdir(parents=True)
     print(
         f"{args.clients} clients, {args.seconds:.0f} s each in {args.rounds} alternating rounds, "
-        "POST /v1/messages?wait=10" + (f", env {env}" if env else "")
+        "POST /v1/messages?wait=10, both sides on uvloop" + (f", env {env}" if env else "")
     )
     bare, project = Result("bare", 0.0), Result("project", 0.0)
     async with bare_system() as (bare_url, bare_pids), project_system(env, tmp) as (project_url, stack):
