@@ -3,9 +3,10 @@
 Both systems run as separate processes on this machine and are driven the same way: C concurrent
 clients posting `POST /v1/messages?wait=10` for D seconds. Prints messages/s, end-to-end
 p50/p95/p99 (client side), the ratio of the two throughputs, each service's peak RSS, and where
-the time goes: CPU per message of each process (services, RabbitMQ, Redis), the Redis commands per
-message (`INFO commandstats`, scripts' inner calls included) and the AMQP packets per message
-(`rabbitmqctl list_connections recv_cnt send_cnt` on each side's own connections).
+the time goes: CPU per message of each process on each side (its own processes, RabbitMQ, Redis and
+this load generator: on two cores the total bounds the rate), the Redis commands per message (`INFO
+commandstats`, scripts' inner calls included) and the AMQP packets per message (`rabbitmqctl
+list_connections recv_cnt send_cnt` on each side's own connections). Both sides run on uvloop.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import psutil
 from redis.asyncio import Redis
 
 from shared.settings import DEFAULT_SHARDS
-from tests.support import AMQP_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
+from tests.support import AMQP_PORT, REDIS_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
 from tests.support.otlp import collector_process, tracing_env
 
 QUESTIONS = ["Qual o prazo de entrega?", "Vocês aceitam Pix?", "Como rastreio meu pedido?", "Posso parcelar?"]
@@ -70,15 +71,6 @@ class RssSampler:
     def __init__(self, processes: dict[str, int]) -> None:
         self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
         self.peaks = dict.fromkeys(processes, 0)
-        self.cpu_start = {name: self._cpu(process) for name, process in self.processes.items()}
-
-    @staticmethod
-    def _cpu(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return float(times.user + times.system)
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {name: self._cpu(process) - self.cpu_start[name] for name, process in self.processes.items()}
 
     async def run(self) -> None:
         while True:
@@ -88,34 +80,55 @@ class RssSampler:
             await asyncio.sleep(0.2)
 
 
-class ServerCpu:
-    """CPU the shared servers (RabbitMQ, Redis) spend for each side: on two cores it is part of the cost."""
+class CpuCounter:
+    """CPU each process spends while one side is under load (`counting(side)`): that side's own
+    processes, the shared servers this bench uses (the RabbitMQ and Redis listening on their ports;
+    other brokers on this machine, such as tests' private ones, are not counted) and this load
+    generator. On two cores the sum is what bounds the messages per second."""
 
-    NAMES = ("beam.smp", "redis-server")
+    LOAD = "load generator"
 
-    def __init__(self) -> None:
-        self.processes = [p for p in psutil.process_iter(["name"]) if p.info["name"] in self.NAMES]
-        self.seconds: dict[tuple[str, str], float] = {}
+    def __init__(self, sides: dict[str, dict[str, int]]) -> None:
+        shared = _listeners({"RabbitMQ": AMQP_PORT, "Redis": REDIS_PORT}) | {self.LOAD: psutil.Process()}
+        self.sides = {
+            side: {name: psutil.Process(pid) for name, pid in pids.items()} | shared for side, pids in sides.items()
+        }
+        self.seconds: dict[str, dict[str, float]] = {side: {} for side in sides}
 
-    def _now(self) -> dict[str, float]:
-        totals: dict[str, float] = dict.fromkeys(self.NAMES, 0.0)
-        for process in self.processes:
+    @staticmethod
+    def _now(processes: dict[str, psutil.Process]) -> dict[str, float]:
+        """CPU seconds so far of each process still running."""
+        totals = {}
+        for name, process in processes.items():
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                totals[process.info["name"]] += times.user + times.system
+                totals[name] = times.user + times.system
         return totals
 
     @contextlib.contextmanager
     def counting(self, side: str) -> Iterator[None]:
-        before = self._now()
+        before = self._now(self.sides[side])
         yield
-        for name, value in self._now().items():
-            self.seconds[side, name] = self.seconds.get((side, name), 0.0) + value - before[name]
+        seconds = self.seconds[side]
+        for name, value in self._now(self.sides[side]).items():
+            if name in before:
+                seconds[name] = seconds.get(name, 0.0) + value - before[name]
 
     def per_message(self, side: str, messages: int) -> str:
-        return "   ".join(
-            f"{name} {1000 * self.seconds.get((side, name), 0.0) / max(messages, 1):.2f} ms/msg" for name in self.NAMES
-        )
+        per = {name: 1000 * seconds / max(messages, 1) for name, seconds in self.seconds[side].items()}
+        return "   ".join(f"{name} {ms:.2f}" for name, ms in per.items()) + f"   total {sum(per.values()):.2f}"
+
+
+def _listeners(ports: dict[str, int]) -> dict[str, psutil.Process]:
+    """The process listening on each port (those this machine's user may see)."""
+    found = {}
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status != psutil.CONN_LISTEN or not connection.laddr or not connection.pid:
+            continue
+        for name, port in ports.items():
+            if connection.laddr.port == port:
+                found[name] = psutil.Process(connection.pid)
+    return found
 
 
 class RedisCommands:
@@ -341,24 +354,25 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     tmp.mkdir(parents=True)
     print(
         f"{args.clients} clients, {args.seconds:.0f} s each in {args.rounds} alternating rounds, "
-        "POST /v1/messages?wait=10" + (f", env {env}" if env else "")
+        "POST /v1/messages?wait=10, both sides on uvloop" + (f", env {env}" if env else "")
     )
     bare, project = Result("bare", 0.0), Result("project", 0.0)
     async with bare_system() as (bare_url, bare_pids), project_system(env, tmp) as (project_url, stack):
-        sampler = RssSampler({service.name: _pid(service) for service in stack.services})
+        services = {service.name: _pid(service) for service in stack.services}
+        sampler = RssSampler(services)
         sampling = asyncio.create_task(sampler.run())
-        servers, redis = ServerCpu(), RedisCommands()
-        amqp = AmqpPackets({"bare": bare_pids, "project": [_pid(service) for service in stack.services]})
+        cpu = CpuCounter({"bare": dict(zip(("server", "consumer"), bare_pids, strict=True)), "project": services})
+        redis = RedisCommands()
+        amqp = AmqpPackets({"bare": bare_pids, "project": list(services.values())})
         async with amqp.counting(), redis.counting():
-            await alternate(args, {"bare": (bare_url, bare), "project": (project_url, project)}, servers)
+            await alternate(args, {"bare": (bare_url, bare), "project": (project_url, project)}, cpu)
         sampling.cancel()
-        cpu = sampler.cpu_seconds()
     print(bare.line())
     print(project.line())
     print(f"ratio      {project.throughput / bare.throughput:.2f} of the bare round trip (floor 0.5; the aim is 1.0)")
-    print("CPU ms/msg " + "   ".join(f"{name} {1000 * cpu[name] / len(project.latencies_ms):.2f}" for name in cpu))
+    print(f"load       {_load_average()} (1, 5, 15 min)")
     for side, result in (("bare", bare), ("project", project)):
-        print(f"servers    {side}: " + servers.per_message(side, len(result.latencies_ms)))
+        print(f"CPU ms/msg {side}: " + cpu.per_message(side, len(result.latencies_ms)))
     # Every client of this Redis is counted: on a shared machine, other users' commands too.
     print("Redis      project: " + redis.per_message(len(project.latencies_ms)))
     for side, result in (("bare", bare), ("project", project)):
@@ -366,12 +380,16 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     print("peak RSS   " + "   ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in sampler.peaks.items()))
 
 
-async def alternate(args: argparse.Namespace, sides: dict[str, tuple[str, Result]], servers: ServerCpu) -> None:
+def _load_average() -> str:
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+async def alternate(args: argparse.Namespace, sides: dict[str, tuple[str, Result]], cpu: CpuCounter) -> None:
     """Alternating rounds: a change in the machine's background load hits both sides alike."""
     round_s = args.seconds / args.rounds
     for _ in range(args.rounds):
         for side, (url, result) in sides.items():
-            with servers.counting(side):
+            with cpu.counting(side):
                 result.add(await drive(side, url, args.clients, round_s))
 
 

@@ -1,6 +1,7 @@
 """The bare round trip the project is measured against: a minimal aiohttp handler that publishes
 to RabbitMQ with confirms (persistent, quorum queue, like the project) and waits for a minimal
-consumer's reply. Nothing else: no validation, no Redis, no stats.
+consumer's reply. Nothing else: no validation, no Redis, no stats. Both processes run on uvloop,
+the services' event loop (shared/service.py), so the floor is measured on the same footing.
 
     python -m bench.baseline server PORT QUEUE
     python -m bench.baseline consumer QUEUE
@@ -13,6 +14,7 @@ import sys
 import uuid
 
 import aio_pika
+import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
@@ -76,7 +78,8 @@ async def consume(queue_name: str) -> None:
 
 if __name__ == "__main__":
     role = sys.argv[1]
-    if role == "server":
-        asyncio.run(serve(int(sys.argv[2]), sys.argv[3]))
-    else:
-        asyncio.run(consume(sys.argv[2]))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if role == "server":
+            runner.run(serve(int(sys.argv[2]), sys.argv[3]))
+        else:
+            runner.run(consume(sys.argv[2]))

@@ -89,14 +89,17 @@ _CARD = re.compile(r"(?<![\w./-])\d(?:[ -]?\d){12,18}(?![\w/]|[.-]\d)")
 # too, the mobile's leading 9 apart: "+55 (11) 9.8888.7777".
 _PHONE = re.compile(r"(?<![\w@./-])\+?(?:\(?\d{1,4}\)?[ .-]?){0,3}(?:\d{4,5}|\d[ .]\d{4})[ .-]?\d{4}(?![\w@/]|[.-]\d)")
 _DIGIT = re.compile(r"\d")
-# What every form above needs somewhere: a run of 6+ digits (with separators), an "@", or one of the
-# secret markers (a superset of _SECRET's words and the secret patterns' prefixes, lower-cased).
-# Most logged values (ids, names, short texts) have none and skip the full masking; substring tests
-# are several times cheaper than one case-insensitive alternation tried at every position.
-_DIGIT_RUN = re.compile(r"\d[\d .()-]{4,}\d")
+# What every form above needs somewhere: a run of 6+ digits (with separators) that no letter or
+# digit comes before (each number pattern's look-behind refuses one; so the digits inside a hex id
+# such as a message id's never send it through the full masking), an "@", or one of the secret
+# markers (a superset of _SECRET's words and the secret patterns' prefixes, lower-cased; "/bot"
+# for a Telegram token inside its URL, where a letter comes before its digits). Most logged values
+# (ids, names, short texts) have none and skip the full masking; substring tests are several times
+# cheaper than one case-insensitive alternation tried at every position.
+_DIGIT_RUN = re.compile(r"\b\d[\d .()-]{4,}\d")
 _SECRET_MARKERS = (
     "bearer", "basic", "sk-", "eyj", "sha256=", "authorization", "api", "token", "secret", "passw", "senha",
-    "signature",
+    "signature", "/bot",
 )  # fmt: skip
 
 

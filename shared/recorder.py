@@ -17,9 +17,10 @@ its token before anything newer; what is recorded meanwhile waits in the next ba
 
 Adding a statistic: call `count(field)` (a counter in the 10-second and hourly slices, `total=True`
 for the all-time hash too), `observe(histogram, ms)` (a latency histogram, shared.stats buckets) or
-`seen(key, member, keep_s)` (a sorted set of members by last time seen) from anywhere that holds the
-process's recorder, then read the field back in services/monitor/stats_reader.py (`Window.add_slice`
-merges every field of a slice).
+`seen(key, member, keep_s)` (a sorted set of members by last time seen) from anywhere that holds
+the process's recorder, then read the field back in services/monitor/stats_reader.py (`Window.add_slice`
+merges every field of a slice). `expire(key, ttl_s)` renews the time to live of a key that many
+messages write (the worker's memory and conversation logs): once a flush, however many there were.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ FINAL_FLUSH_TIMEOUT_S = 5.0
 
 # KEYS: 1 the flush's token, then the keys the payload names by index (1-based, after the token).
 # ARGV: 1 the payload: {"hashes": [{"k", "ttl", "add", "sum", "max"}], "seen": [{"k", "members",
-# "cutoff"}]}, 2 the token's ttl. Members are added 1000 a ZADD (score and member: 2000 arguments),
-# within what Lua's unpack takes. Applies the batch once per token; returns 0 when the token was applied before.
+# "cutoff"}], "expire": [{"k", "ttl"}]}, 2 the token's ttl. Members are added 1000 a ZADD (score
+# and member: 2000 arguments), within what Lua's unpack takes. Applies the batch once per token;
+# returns 0 when the token was applied before.
 _FLUSH = """#!lua
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
   return 0
@@ -82,6 +84,9 @@ for _, s in ipairs(p.seen) do
   end
   redis.call('ZREMRANGEBYSCORE', k, '-inf', s.cutoff)
 end
+for _, e in ipairs(p.expire) do
+  redis.call('EXPIRE', KEYS[e.k + 1], e.ttl)
+end
 return 1
 """
 
@@ -108,9 +113,10 @@ class _Seen:
 class _Batch:
     hashes: dict[str, _Hash] = field(default_factory=dict)
     seen: dict[str, _Seen] = field(default_factory=dict)
+    expires: dict[str, int] = field(default_factory=dict)  # key: its time to live, from the flush
 
     def __bool__(self) -> bool:
-        return bool(self.hashes or self.seen)
+        return bool(self.hashes or self.seen or self.expires)
 
     def hash(self, key: str, ttl: int) -> _Hash:
         found = self.hashes.get(key)
@@ -120,7 +126,7 @@ class _Batch:
 
     def call(self, now: float) -> tuple[list[str], bytes]:
         """The keys and payload of this batch's flush script call (token key first, added by the caller)."""
-        keys = [*self.hashes, *self.seen]
+        keys = [*self.hashes, *self.seen, *self.expires]
         hashes = [
             {
                 "k": index + 1,
@@ -140,7 +146,9 @@ class _Batch:
             }
             for index, s in enumerate(self.seen.values())
         ]
-        return keys, orjson.dumps({"hashes": hashes, "seen": seen})
+        first = len(self.hashes) + len(self.seen) + 1
+        expire = [{"k": first + index, "ttl": ttl} for index, ttl in enumerate(self.expires.values())]
+        return keys, orjson.dumps({"hashes": hashes, "seen": seen, "expire": expire})
 
 
 @dataclass(slots=True)
@@ -191,6 +199,11 @@ class Recorder:
         if entry is None:
             entry = self._batch.seen[key] = _Seen(keep_s)
         entry.members[member] = self.clock()
+
+    def expire(self, key: str, ttl_s: int) -> None:
+        """Set `key` to expire `ttl_s` after the next flush (if it exists then): a key written by
+        many messages of a second has its time to live renewed once for them all."""
+        self._batch.expires[key] = ttl_s
 
     def trim(self, key: str, keep_s: float) -> None:
         """Drop the members of the sorted set `key` older than `keep_s` with the next flush."""

@@ -311,14 +311,13 @@ class ConsumerSpans:
 
     def __init__(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         self._spans: dict[str, tuple[Span, AbstractIncomingMessage]] = {}
+        self._tracing = _tracing()
         for delivery in deliveries:
             key = delivery.message_id or str(delivery.delivery_tag)
-            self._spans[key] = (self._start(delivery), delivery)
+            self._spans[key] = (self._start(delivery) if self._tracing else INVALID_SPAN, delivery)
 
     @staticmethod
     def _start(delivery: AbstractIncomingMessage) -> Span:
-        if not _tracing():
-            return INVALID_SPAN
         attributes = _messaging_attributes(
             "process",
             "process",
@@ -351,6 +350,10 @@ class ConsumerSpans:
         """Make this message's span current (no-op span when unknown); exceptions are recorded."""
         span, delivery = self._spans.get(message_id or "", (INVALID_SPAN, None))
         fields = {"message_id": message_id, "conversation_id": delivery.correlation_id if delivery else None}
+        if not self._tracing:  # no span anywhere: making the no-op one current would change nothing
+            with log_context(**fields):
+                yield span
+            return
         with trace.use_span(span, end_on_exit=False), log_context(**fields):
             yield span
 

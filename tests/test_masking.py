@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.logs import mask_pii
+from shared.logs import _may_hold_pii, mask_pii
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,23 @@ def test_masks(text: str, masked: str) -> None:
 )
 def test_leaves_alone(text: str) -> None:
     assert mask_pii(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A number inside an id is no phone; one after it, with a separator, still is.
+        ("web:5d77af412345f33d08e14bb3:user:11987654321", "web:5d77af412345f33d08e14bb3:user:*******4321"),
+        ("GET /bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/getMe", "GET /bot***/getMe"),
+        ("x.123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw", "x.***"),
+    ],
+)
+def test_masks_beside_ids(text: str, masked: str) -> None:
+    assert mask_pii(text) == masked
+
+
+def test_digits_inside_hex_ids_skip_the_full_masking() -> None:
+    """The digits of a hex id (a message id's, a web scope's) have a letter or digit before them,
+    which every number pattern refuses: such an id costs the quick check only."""
+    assert not _may_hold_pii("web:5d77af412345f33d08e14bb3:d5bbc8343044407da15d5ef4a7b92206")
+    assert _may_hold_pii("web:5d77af412345f33d08e14bb3:user:11987654321")

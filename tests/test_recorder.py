@@ -136,3 +136,22 @@ async def test_the_loop_flushes_on_its_own_and_once_more_when_stopped(redis: Red
     with pytest.raises(asyncio.CancelledError):
         await running
     assert await counted() == "2"
+
+
+async def test_memory_and_log_get_their_ttl_when_made_and_renewed_by_the_flush(redis: Redis, names: Names) -> None:
+    """The commit sets their time to live only when it makes them; the flush after each message
+    renews it, once for all the messages of that second."""
+    recorder = Recorder(redis, names)
+    committer = Committer(redis, names, recorder=recorder)
+    memory, log = names.memory_key("c-ttl"), names.conversation_log_key("c-ttl")
+    await committer.commit_all([commit_of(message("c-ttl"), ANSWER)])
+    made = committer.settings.memory_ttl_s
+    assert 0 < await redis.ttl(memory) <= made and await redis.ttl(log) > made
+    for key in (memory, log):
+        await redis.expire(key, 100)  # as if its last renewal were long ago
+    async with monitoring(names.namespace) as commands:
+        await committer.commit_all([commit_of(message("c-ttl"), ANSWER) for _ in range(3)])
+        assert await redis.ttl(memory) <= 100 and await redis.ttl(log) <= 100  # not renewed per message
+        assert await recorder.flush()
+        assert await redis.ttl(memory) > 100 and await redis.ttl(log) > 100
+    assert not [c for c in commands.seen if c.startswith("EXPIRE")]  # the flush's are inside its script

@@ -23,21 +23,20 @@ from shared.telemetry import traced_redis
 # bucket's rate and burst. The limits are taken first, all or none, and a refused message claims
 # nothing: {4, ms until it would be allowed, the first bucket refusing (1-based)}. Else what
 # `claim` answers. One token serves both: a call resent after its reply was lost finds its own
-# take and its own claim.
+# take and its own claim. Redis's TIME is read only for the limits' buckets (the claim needs none).
 _ADMIT = (
     TAKE_FUNCTION
     + CLAIM_FUNCTION
     + """
-local t = redis.call('TIME')
 if #KEYS > 1 then
   local limits = {unpack(ARGV, 5)}
   limits[#limits + 1] = ARGV[1]
-  local taken = take({unpack(KEYS, 2)}, limits, t)
+  local taken = take({unpack(KEYS, 2)}, limits, redis.call('TIME'))
   if taken[1] == 0 then
     return {4, taken[2], taken[3]}
   end
 end
-return claim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], t)
+return claim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
 """
 )
 _REFUSED = 4

@@ -19,22 +19,26 @@ from shared.store import IDEMPOTENCY_TTL_SECONDS, Store
 from shared.telemetry import traced_redis
 
 # A message's claim: provisional while its publish waits for the broker's confirm, accepted after.
-#   p:<token>:<since ms>:<conversation>   (token: the claiming request's, so a resent command
-#                                          recognises its own write)
+#   p:<token>:<ttl ms>:<conversation>   (token: the claiming request's, so a resent command
+#                                        recognises its own write; ttl ms: the time to live it was
+#                                        written with, so its age is that less what is left of it)
 #   a:<conversation>
 # A Lua function, run by the gateway's admission script with the message's rate limits
 # (services/gateway/admission.py). key: the claim. token: the claiming request's. conversation.
-# stale_ms: ms after which an unconfirmed claim is stale. ttl: the claim's. t: Redis's TIME.
+# stale_ms: ms after which an unconfirmed claim is stale. ttl: the claim's.
 # Returns {0} won, {1, conversation} accepted before, {2, ms} another request's claim is still
 # being published (ask again within ms), {3} won over a stale claim: the message may be queued
 # already (its gateway died after the confirm), so this copy is marked as one.
+# A new id (nearly every message) costs one command: SET NX GET writes the claim and says what was
+# there. A claim's age comes from Redis's own clock (its PTTL), whichever gateway wrote it; a claim
+# written in the older form (`p:<token>:<since ms>:...`) reads as stale, so it is taken over as a
+# marked copy, which the worker recognises.
 CLAIM_FUNCTION = """
-local function claim(key, token, conversation, stale_ms, ttl, t)
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local mine = 'p:' .. token .. ':' .. now .. ':' .. conversation
-  local current = redis.call('GET', key)
+local function claim(key, token, conversation, stale_ms, ttl)
+  local ttl_ms = tonumber(ttl) * 1000
+  local mine = 'p:' .. token .. ':' .. ttl_ms .. ':' .. conversation
+  local current = redis.call('SET', key, mine, 'NX', 'GET', 'EX', ttl)
   if not current then
-    redis.call('SET', key, mine, 'EX', ttl)
     return {0}
   end
   if string.sub(current, 1, 2) ~= 'p:' then
@@ -44,8 +48,8 @@ local function claim(key, token, conversation, stale_ms, ttl, t)
   if string.sub(current, 3, token_end - 1) == token then
     return {0}
   end
-  local since_end = string.find(current, ':', token_end + 1, true)
-  local age = now - tonumber(string.sub(current, token_end + 1, since_end - 1))
+  local written_end = string.find(current, ':', token_end + 1, true)
+  local age = tonumber(string.sub(current, token_end + 1, written_end - 1)) - redis.call('PTTL', key)
   if age < stale_ms then
     return {2, stale_ms - age}
   end

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import re
 import secrets
@@ -137,7 +136,8 @@ class ConversationTokens:
 
     def _mac(self, secret: bytes, conversation: str, issued: str, key: str) -> str:
         message = f"conversation-token\x00{self.names.namespace}\x00{conversation}\x00{issued}\x00{key}".encode()
-        digest = hmac.new(secret, message, hashlib.sha256).digest()[:MAC_BYTES]
+        # The one-shot digest: no HMAC object per token (a token is issued with every answer).
+        digest = hmac.digest(secret, message, "sha256")[:MAC_BYTES]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     async def _keys(self) -> tuple[bytes, ...]:

@@ -76,17 +76,28 @@ StreakStep = Literal["count", "keep", "end"]
 #       timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
 # Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome).
 # The decision first, then the effects of the variant (`_effects`, one per possible outcome) of the
-# reply that stands. Keys to clear are deleted by one DEL at the end. The conversation log is
+# reply that stands. What it reads comes in one MGET (the stored reply, the handoff, the fallback
+# streak, the options offered), so a key to clear is deleted only when it is there: by one DEL at
+# the end, which most messages (an answer after an answer) do not need. The conversation log is
 # trimmed only once it holds twice its length (its readers read its newest entries): one LTRIM in
-# many RPUSHes. The memory is kept to its exact bound (MEMORY_TURNS), trimmed only once it is over.
-# The failed attempts' count is left to expire: a message with a stored reply never reads it.
+# many RPUSHes. A log's first entry lists its conversation in the index, in the same step, so no log
+# is ever unlisted (the admin area, retention and privacy requests find conversations there); the
+# conversation's later activity moves it up with the recorder's next flush (`_count`), about a
+# second later, as one ZADD for all the conversations of that second. The memory is kept to its
+# exact bound (MEMORY_TURNS), trimmed only once it is over. The memory and the log get their time to
+# live when they are made, here (none is ever left without one), and have it renewed by the
+# recorder's flush after each message (`_count`): once a second for all the messages of that second,
+# not once per message. A worker killed within that second leaves the previous renewal standing, so
+# those keys may expire up to the time since it early. The failed attempts' count is left to
+# expire: a message with a stored reply never reads it.
 # The `#!lua` line makes Redis refuse the whole script up front when it is over `maxmemory`:
 # without it, Redis checks memory only at a script's first write, which may be a DEL it allows.
 _COMMIT = (
     "#!lua\n"
     + conversations.TRACK_LUA
     + """
-local stored = redis.call('GET', KEYS[1])
+local found = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[9])
+local stored, held, streak, offered = found[1], found[2], found[3], found[4]
 if stored then
   return {'stored', stored}
 end
@@ -95,7 +106,6 @@ local clear = {}
 local outcome, reply = 'sent', p.reply
 -- A person has the conversation, unless it was handed over outside business hours and they are
 -- not back yet (shared.handoff HandoffInfo.with_person): then the bot keeps answering.
-local held = redis.call('GET', KEYS[2])
 if held then
   local away = cjson.decode(held).away_until
   held = not away or tonumber(away) <= p.now
@@ -103,18 +113,21 @@ end
 if p.silenced or held then
   outcome, reply = 'silenced', p.silenced_reply
 elseif p.streak == 'count' then
-  local streak = redis.call('INCR', KEYS[3])
+  streak = redis.call('INCR', KEYS[3])
   redis.call('EXPIRE', KEYS[3], p.streak_ttl)
   if p.fallbacks_before_handoff > 0 and streak >= p.fallbacks_before_handoff then
     outcome, reply = 'escalated', p.escalation
   end
-elseif p.streak == 'end' then
+elseif p.streak == 'end' and streak then
   clear[#clear + 1] = KEYS[3]
+  streak = false
 end
 redis.call('SET', KEYS[1], reply, 'EX', p.reply_ttl)
 if outcome == 'escalated' or (outcome == 'sent' and p.handoff) then
   redis.call('SET', KEYS[2], p.handoff_info, 'EX', p.handoff_ttl)
-  clear[#clear + 1] = KEYS[3]
+  if streak then
+    clear[#clear + 1] = KEYS[3]
+  end
   redis.call('ZADD', KEYS[4], p.now, p.conversation)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.now - p.handoff_ttl)
 end
@@ -122,21 +135,25 @@ local v = p.variants[outcome]
 if v.memory == 'reset' then
   clear[#clear + 1] = KEYS[5]
 elseif v.memory == 'append' then
-  if redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn) > p.memory_length then
+  local remembered = redis.call('RPUSH', KEYS[5], p.user_turn, v.assistant_turn)
+  if remembered > p.memory_length then
     redis.call('LTRIM', KEYS[5], -p.memory_length, -1)
+  elseif remembered == 2 then
+    redis.call('EXPIRE', KEYS[5], p.memory_ttl)
   end
-  redis.call('EXPIRE', KEYS[5], p.memory_ttl)
 end
 if v.offered == 'set' then
   redis.call('SET', KEYS[9], v.offered_state, 'EX', p.offered_ttl)
-elseif v.offered == 'clear' then
+elseif v.offered == 'clear' and offered then
   clear[#clear + 1] = KEYS[9]
 end
-if redis.call('RPUSH', KEYS[6], v.log_entry) > 2 * p.log_length then
+local logged = redis.call('RPUSH', KEYS[6], v.log_entry)
+if logged > 2 * p.log_length then
   redis.call('LTRIM', KEYS[6], -p.log_length, -1)
+elseif logged == 1 then
+  redis.call('ZADD', KEYS[7], p.now, p.conversation)
+  redis.call('EXPIRE', KEYS[6], p.log_ttl)
 end
-redis.call('EXPIRE', KEYS[6], p.log_ttl)
-redis.call('ZADD', KEYS[7], p.now, p.conversation)
 if v.outbound then
   redis.call('RPUSH', KEYS[8], p.message_id)
   redis.call('EXPIRE', KEYS[8], p.outbound_ttl)
@@ -213,7 +230,8 @@ class Committer:
     redis: Redis
     names: Names
     settings: CommitSettings = field(default_factory=CommitSettings)
-    # Where the statistics of the replies that stand are counted (None: not counted, a test's).
+    # Where the statistics of the replies that stand are counted, and the time to live of their
+    # memory and log renewed (None: neither, a test's).
     recorder: Recorder | None = None
     # Epoch seconds now (a test's clock decides, e.g., whether people are back from an away handoff).
     clock: Callable[[], float] = time.time
@@ -269,16 +287,23 @@ class Committer:
         message = item.message
         self.recorder.reply(_counts(item, reply))
         self.recorder.seen(self.names.users_key, f"{message.channel}:{message.user_id}", USERS_KEEP_SECONDS)
-        # The index keeps the conversations of the log's lifetime: trimmed once per flush, not per message.
-        self.recorder.trim(self.names.conversations_key, CONVERSATION_LOG_TTL_SECONDS)
+        # The conversation's last activity in the index, which keeps the conversations of the log's
+        # lifetime (trimmed once per flush, not per message), and the time to live of its log and
+        # memory, renewed once per flush (the script sets it when it makes them).
+        conversation = message.conversation_id
+        self.recorder.seen(self.names.conversations_key, conversation, CONVERSATION_LOG_TTL_SECONDS)
+        self.recorder.expire(self.names.conversation_log_key(conversation), CONVERSATION_LOG_TTL_SECONDS)
+        if self._carried(item, reply)[0] == "append":
+            self.recorder.expire(self.names.memory_key(conversation), self.settings.memory_ttl_s)
 
     def _call(self, item: Commit, now: float) -> tuple[list[str], bytes, _Candidates]:
         """The keys and payload of one message's script call, and the replies it may store."""
         message, reply, escalation = item.message, item.reply, item.escalation
         conversation = message.conversation_id
+        silent = silenced(reply)  # made once: it is stored and logged alike
         candidates = _Candidates(
             reply=reply.to_bytes().decode(),
-            silenced=silenced(reply).to_bytes().decode(),
+            silenced=silent.to_bytes().decode(),
             escalation=escalation.to_bytes().decode() if escalation else "",
         )
         keys = [
@@ -293,7 +318,7 @@ class Committer:
             self.names.offered_key(conversation),
             *conversations.Keys(self.names).tracked(conversation, now, self.settings.conversations.day(now)),
         ]
-        payload = {**self._decision(item, candidates, now), **self._effects(item, now)}
+        payload = {**self._decision(item, candidates, now), **self._effects(item, silent, now)}
         return keys, orjson.dumps(payload), candidates
 
     def _decision(self, item: Commit, candidates: _Candidates, now: float) -> dict[str, Any]:
@@ -324,11 +349,12 @@ class Committer:
             "now": now,
         }
 
-    def _effects(self, item: Commit, now: float) -> dict[str, Any]:
-        """What the script's effects read: one variant per reply that may stand, and the rest."""
+    def _effects(self, item: Commit, silent: ReplyMessage, now: float) -> dict[str, Any]:
+        """What the script's effects read: one variant per reply that may stand (`silent`: the
+        reply silenced), and the rest."""
         variants = {
             CommitOutcome.SENT.value: self._variant(item, item.reply, now),
-            CommitOutcome.SILENCED.value: self._variant(item, silenced(item.reply), now),
+            CommitOutcome.SILENCED.value: self._variant(item, silent, now),
         }
         if item.escalation is not None:
             variants[CommitOutcome.ESCALATED.value] = self._variant(item, item.escalation, now)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from redis.commands.core import AsyncScript
 
+from services.worker.coalesce import Coalescer
 from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, Option, ReplyMessage
 from shared.store import IDEMPOTENCY_TTL_SECONDS, Store
@@ -65,6 +67,10 @@ class WorkState:
     offered: Offered = field(default_factory=Offered)
 
 
+# One message's first read: the keys to GET or LRANGE, in the order `WorkState` is made from.
+Read = tuple[tuple[str, str], ...]
+
+
 @dataclass(slots=True)
 class WorkerStore(Store):
     """The shared operations, and the worker's first read and failure count."""
@@ -72,33 +78,37 @@ class WorkerStore(Store):
     # Turns of memory the worker reads before generating (its commit writes them).
     memory_turns: int = 10
     _record_failure: AsyncScript = field(init=False)
+    # The first reads of all the lanes waiting share a round trip (see `begin`).
+    _reads: Coalescer[Read, list[Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         # A registered script runs by EVALSHA: its text crosses the wire once, not per message.
         self._record_failure = self.redis.register_script(_RECORD_FAILURE)
+        self._reads = Coalescer(self._read_all, name="begin")
 
     async def begin(
         self, message: InboundMessage, *, redelivered: bool, with_history: bool, with_offered: bool
     ) -> WorkState:
-        """Read what the worker must know first, in one round trip. A first delivery cannot have a
-        stored reply or earlier failures, so the common case reads only the memory, and only for
-        engines using it (they also learn whether the conversation is with a human, and skip
-        generating then), and the options offered only for a message that may choose one: plain
-        text on the knowledge-base engine reads nothing."""
+        """Read what the worker must know first, in one round trip, shared with the other lanes
+        reading meanwhile (a round trip's own cost, not its commands, is most of what a read costs
+        the worker). A first delivery cannot have a stored reply or earlier failures, so the
+        common case reads only the memory, and only for engines using it (they also learn whether
+        the conversation is with a human, and skip generating then), and the options offered only
+        for a message that may choose one: plain text on the knowledge-base engine reads nothing."""
         if not (redelivered or with_history or with_offered):
             return WorkState(stored_reply=None, attempt=1, history=[])
         conversation = message.conversation_id
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if redelivered:
-                pipe.get(self.names.reply_key(message.message_id))
-                pipe.get(self.names.attempts_key(message.message_id))
-            if with_history:
-                pipe.lrange(self.names.memory_key(conversation), -2 * self.memory_turns, -1)
-                pipe.get(self.names.handoff_key(conversation))
-            if with_offered:
-                pipe.get(self.names.offered_key(conversation))
-            with redis_span("begin"):
-                results = iter(await pipe.execute())
+        read: list[tuple[str, str]] = []
+        if redelivered:
+            read += [
+                ("GET", self.names.reply_key(message.message_id)),
+                ("GET", self.names.attempts_key(message.message_id)),
+            ]
+        if with_history:
+            read += [("LRANGE", self.names.memory_key(conversation)), ("GET", self.names.handoff_key(conversation))]
+        if with_offered:
+            read.append(("GET", self.names.offered_key(conversation)))
+        results = iter(await self._reads.submit(tuple(read)))
         stored, attempt = (next(results), int(next(results) or 0) + 1) if redelivered else (None, 1)
         memory, handoff = (next(results), next(results)) if with_history else ([], None)
         offered = next(results) if with_offered else None
@@ -109,6 +119,20 @@ class WorkerStore(Store):
             handed_off=handoff is not None and HandoffInfo.from_bytes(handoff).with_person(time.time()),
             offered=Offered.from_bytes(offered) if offered else Offered(),
         )
+
+    async def _read_all(self, reads: list[Read]) -> list[list[Any]]:
+        """Every lane's first read in one pipeline; each lane gets its own replies, in order. A
+        pipeline that fails fails them all (each lane then waits for Redis: until_redis_answers)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for read in reads:
+                for command, key in read:
+                    if command == "LRANGE":
+                        pipe.lrange(key, -2 * self.memory_turns, -1)
+                    else:
+                        pipe.get(key)
+            with redis_span("begin", **{"atendimento.begin.batch": len(reads)}):
+                replies = iter(await pipe.execute())
+        return [[next(replies) for _ in read] for read in reads]
 
     @traced_redis("record_failure")
     async def record_failure(self, message_id: str) -> int:
