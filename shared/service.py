@@ -8,6 +8,8 @@ SHUTDOWN_GRACE_SECONDS). aiohttp's own `run_app` would stop listening at the sig
 second signal skips what is left of the drain period. The whole stop is bounded: if draining and
 closing take longer than SHUTDOWN_GRACE_SECONDS (a wedged broker never answers a close), the
 process exits anyway; whatever it still held unacked is redelivered by the broker.
+
+A stop is a cancellation of the background loops, so none may be lost: see `keep_cancellations`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import uvloop
 from aiohttp import web
@@ -33,6 +36,8 @@ from shared.telemetry import tracing_context
 from shared.web import PROBES
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
@@ -59,6 +64,7 @@ def run_service(
     except ConfigError as exc:
         print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    keep_cancellations()
     # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -97,6 +103,27 @@ async def serve(service: str, app: web.Application, port: int, settings: Setting
             # Not a normal return: cancelling what is left would wait on the same wedged peer.
             os._exit(0)
         cleanup.result()
+
+
+def keep_cancellations() -> None:
+    """Python 3.11's `asyncio.wait_for` loses a cancellation that lands just as the operation it
+    waits for completes: it returns the result and the cancelled task carries on (CPython gh-86296,
+    fixed in 3.12). redis-py wraps every command it sends in one, and aiormq every AMQP call, so a
+    stop that cancels a background loop in that instant (the heartbeat, beating every few seconds)
+    never ends it: the stop waited out SHUTDOWN_GRACE_SECONDS, then exited without its cleanup.
+    The libraries look `asyncio.wait_for` up at each call: the service gives them 3.12's."""
+    if sys.version_info < (3, 12):
+        # typeshed's signature still admits generator-based coroutines, which Python 3.11 no longer has.
+        asyncio.wait_for = wait_for  # type: ignore[assignment]
+
+
+async def wait_for(operation: Awaitable[T], timeout: float | None) -> T:
+    """CPython 3.12's `asyncio.wait_for`: the operation runs in the caller's task under a timeout,
+    so a cancellation of the caller reaches it, or the caller, always."""
+    if timeout is None or timeout <= 0:  # no waiter to race with: 3.11's own does the same as 3.12's
+        return await asyncio.tasks.wait_for(operation, timeout)
+    async with asyncio.timeout(timeout):
+        return await operation
 
 
 # Young objects collected this often (CPython's default is 700): a message makes a few hundred,
