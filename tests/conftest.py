@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
@@ -30,7 +31,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     try:
         yield stack
     finally:
-        stack.stop_all()
+        # In a thread: the servers this test runs in its own event loop (trace collector, fake LLM,
+        # channel APIs) must keep answering the services while they stop (their last flush).
+        await asyncio.to_thread(stack.stop_all)
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(stack.logs())

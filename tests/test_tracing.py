@@ -24,6 +24,8 @@ from tests.support.tracing import new_traceparent, post_traced, spans_of
 
 @pytest.fixture
 async def collector() -> AsyncIterator[Collector]:
+    """Tests ask for it before `stack`: fixtures are torn down in reverse, and the services flush
+    their last spans to it as they stop (to a collector already gone, each waits out the flush timeout)."""
     collector = Collector()
     try:
         yield collector
@@ -50,7 +52,7 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 async def test_a_message_is_one_trace_from_the_callers_traceparent_to_the_reply(
-    stack: Stack, http: aiohttp.ClientSession, collector: Collector, protocol: str
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession, protocol: str
 ) -> None:
     endpoint = await (collector.http() if protocol == "http/protobuf" else collector.grpc())
     env = tracing_env(endpoint, protocol)
@@ -137,7 +139,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
-    stack: Stack, http: aiohttp.ClientSession, collector: Collector
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     stack.extra_env.update(tracing_env(await collector.http()))
     redis = FaultProxy(REDIS_PORT)
@@ -197,8 +199,11 @@ async def test_tracing_off_or_collector_unreachable_changes_nothing(stack: Stack
             assert status == 200 and answer["status"] == "answered", answer
 
         await asyncio.gather(*(ask(gateway, i) for i in range(20) for gateway in (disabled, grpc_gateway)))
-        for service in (worker, grpc_gateway, disabled):
-            assert service.stop() == 0, service.logs()[-3000:]
+        # Stopped together: the two that export each wait out their flush timeout.
+        stopping = (worker, grpc_gateway, disabled)
+        codes = await asyncio.gather(*(asyncio.to_thread(service.stop) for service in stopping))
+        for service, code in zip(stopping, codes, strict=True):
+            assert code == 0, service.logs()[-3000:]
             assert json_lines(service.logs())  # export failures are logged as JSON lines, like the rest
         assert "tracing to OTLP" not in disabled.logs()
     finally:
@@ -215,7 +220,7 @@ async def _swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 async def test_a_failing_llm_call_is_an_error_span_and_the_fallback_reply_still_arrives(
-    stack: Stack, http: aiohttp.ClientSession, collector: Collector
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     pytest.importorskip("services.worker.engines.openai", reason="the LLM engine (issue 4) is not in the tree yet")
     llm = await _fake_openai()
