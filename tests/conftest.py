@@ -42,7 +42,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeChannelApi]:
-    """Local stand-ins for the WhatsApp Graph API and the Telegram Bot API."""
+    """Local stand-ins for the WhatsApp Graph API and the Telegram Bot API. Asked for before
+    `stack` it outlives the services (fixtures are torn down in reverse): a test whose gateway may
+    still be delivering when it ends needs that, or the stop retries those sends for its whole grace."""
     fake = await FakeChannelApi().start()
     try:
         yield fake
