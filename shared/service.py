@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
+# A supervised loop still running this long after it was cancelled has lost the cancellation: longer
+# than the bounded last work a loop does when stopped (the statistics' final flush, 5 s).
+RECANCEL_S = 6.0
 # Beyond the grace: time for the listener to close and the last log lines to be written.
 STOP_MARGIN_S = 3.0
 
@@ -142,19 +145,24 @@ def _settle_garbage_collector() -> None:
 
 
 def supervised(
-    name: str, loop: Callable[[], Awaitable[None]], *, restart_delay_s: float = RESTART_DELAY_S
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    *,
+    restart_delay_s: float = RESTART_DELAY_S,
+    recancel_s: float = RECANCEL_S,
 ) -> asyncio.Task[None]:
     """Start a background loop that lives as long as the service: a crash is logged and the loop
-    starts again (after a pause that grows while it keeps crashing); returning ends it."""
-    return asyncio.create_task(_supervise(name, loop, restart_delay_s), name=name)
+    starts again (after a pause that grows while it keeps crashing); returning ends it, and so does
+    cancelling the task, even when a library loses the cancellation (see `_to_the_end`)."""
+    return asyncio.create_task(_supervise(name, loop, restart_delay_s, recancel_s), name=name)
 
 
-async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_delay_s: float) -> None:
+async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_delay_s: float, recancel_s: float) -> None:
     delay = restart_delay_s
     while True:
         started = time.monotonic()
         try:
-            await loop()
+            await _to_the_end(asyncio.ensure_future(loop()), recancel_s)
             return
         except Exception:
             log.exception("background loop %s crashed; restarting it in %.0fs", name, delay)
@@ -162,6 +170,20 @@ async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_del
         delay = restart_delay_s if time.monotonic() - started > MAX_RESTART_DELAY_S else delay
         await asyncio.sleep(delay)
         delay = min(2 * delay, MAX_RESTART_DELAY_S)
+
+
+async def _to_the_end(run: asyncio.Future[None], recancel_s: float) -> None:
+    """Await `run`; once cancelled, cancel it again every `recancel_s` until it has ended. Libraries
+    lose cancellations: aiormq turns one that lands while a channel closes into the channel's error,
+    which a loop takes for a broker hiccup before carrying on (seen in the monitor's retention
+    sweep), and the stop waited out its whole grace for it."""
+    try:
+        await asyncio.shield(run)
+    except asyncio.CancelledError:
+        while not run.done():
+            run.cancel()
+            await asyncio.wait({run}, timeout=recancel_s)
+        raise
 
 
 class _StopSignals:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from shared.service import supervised
 from tests.support import ROOT, Service, Stack
 from tests.support.servers import wait_closed
 
@@ -53,6 +54,30 @@ def test_a_cancellation_that_lands_as_a_wait_for_completes_is_not_lost() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "cancelled"
+
+
+async def test_a_supervised_loop_that_loses_its_cancellation_still_ends() -> None:
+    """What aiormq does to a cancellation landing while a channel closes: it becomes the channel's
+    error, which the loop takes for a broker hiccup, and the loop carries on."""
+    running = asyncio.Event()
+    lost: list[bool] = []
+
+    async def loses_the_first_cancellation() -> None:
+        while True:
+            running.set()
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost.append(True)
+
+    task = supervised("careless", loses_the_first_cancellation, recancel_s=0.1)
+    await asyncio.wait_for(running.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done and task.cancelled()
+    assert lost == [True]
 
 
 async def stopped_within(service: Service, seconds: float) -> tuple[str, int | None, float]:
