@@ -12,15 +12,20 @@ mangled name, and tests/test_ha.py proves the failover against a real 3-node clu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any
 
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractRobustConnection, TimeoutType
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
 RECONNECT_INTERVAL_S = 1.0
+# Closing waits for the broker's answer, which one that does not answer never sends.
+ABANDON_TIMEOUT_S = 2.0
 # Every connection attempt of aio-pika's robust connection (10.2 and later) passes through this.
 ATTEMPT_HOOK = "_RobustConnection__connect_transport"
 
@@ -67,5 +72,13 @@ async def connect_cluster(
         connection = RobustConnection(URL(urls[0]), **kwargs)
     else:
         connection = ClusterConnection([URL(url) for url in urls], first, **kwargs)
-    await connection.connect(timeout=timeout)
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        # aio-pika attempts in a task of its own, which a cancelled first attempt (a process stopped
+        # while the broker has not answered yet) leaves running, and which takes any later
+        # cancellation for a failed attempt and tries again: only closing the connection ends it.
+        with contextlib.suppress(asyncio.TimeoutError, *CONNECTION_EXCEPTIONS):
+            await asyncio.wait_for(connection.close(), ABANDON_TIMEOUT_S)
+        raise
     return connection

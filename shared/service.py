@@ -8,6 +8,8 @@ SHUTDOWN_GRACE_SECONDS). aiohttp's own `run_app` would stop listening at the sig
 second signal skips what is left of the drain period. The whole stop is bounded: if draining and
 closing take longer than SHUTDOWN_GRACE_SECONDS (a wedged broker never answers a close), the
 process exits anyway; whatever it still held unacked is redelivered by the broker.
+
+A stop is a cancellation of the background loops, so none may be lost: see `keep_cancellations`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import uvloop
 from aiohttp import web
@@ -34,8 +37,13 @@ from shared.web import PROBES
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
+# A supervised loop still running this long after it was cancelled has lost the cancellation: longer
+# than the bounded last work a loop does when stopped (the statistics' final flush, 5 s).
+RECANCEL_S = 6.0
 # Beyond the grace: time for the listener to close and the last log lines to be written.
 STOP_MARGIN_S = 3.0
 
@@ -59,6 +67,7 @@ def run_service(
     except ConfigError as exc:
         print(f"atendimento-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    keep_cancellations()
     # uvloop: the services are I/O-bound event loops; it cuts their per-message CPU markedly.
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -99,6 +108,27 @@ async def serve(service: str, app: web.Application, port: int, settings: Setting
         cleanup.result()
 
 
+def keep_cancellations() -> None:
+    """Python 3.11's `asyncio.wait_for` loses a cancellation that lands just as the operation it
+    waits for completes: it returns the result and the cancelled task carries on (CPython gh-86296,
+    fixed in 3.12). redis-py wraps every command it sends in one, and aiormq every AMQP call, so a
+    stop that cancels a background loop in that instant (the heartbeat, beating every few seconds)
+    never ends it: the stop waited out SHUTDOWN_GRACE_SECONDS, then exited without its cleanup.
+    The libraries look `asyncio.wait_for` up at each call: the service gives them 3.12's."""
+    if sys.version_info < (3, 12):
+        # typeshed's signature still admits generator-based coroutines, which Python 3.11 no longer has.
+        asyncio.wait_for = wait_for  # type: ignore[assignment]
+
+
+async def wait_for(operation: Awaitable[T], timeout: float | None) -> T:
+    """CPython 3.12's `asyncio.wait_for`: the operation runs in the caller's task under a timeout,
+    so a cancellation of the caller reaches it, or the caller, always."""
+    if timeout is None or timeout <= 0:  # no waiter to race with: 3.11's own does the same as 3.12's
+        return await asyncio.tasks.wait_for(operation, timeout)
+    async with asyncio.timeout(timeout):
+        return await operation
+
+
 # Young objects collected this often (CPython's default is 700): a message makes a few hundred,
 # nearly all freed by reference counting, so the default runs a collection every message or two.
 GC_YOUNG_THRESHOLD = 10_000
@@ -115,19 +145,24 @@ def _settle_garbage_collector() -> None:
 
 
 def supervised(
-    name: str, loop: Callable[[], Awaitable[None]], *, restart_delay_s: float = RESTART_DELAY_S
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    *,
+    restart_delay_s: float = RESTART_DELAY_S,
+    recancel_s: float = RECANCEL_S,
 ) -> asyncio.Task[None]:
     """Start a background loop that lives as long as the service: a crash is logged and the loop
-    starts again (after a pause that grows while it keeps crashing); returning ends it."""
-    return asyncio.create_task(_supervise(name, loop, restart_delay_s), name=name)
+    starts again (after a pause that grows while it keeps crashing); returning ends it, and so does
+    cancelling the task, even when a library loses the cancellation (see `_to_the_end`)."""
+    return asyncio.create_task(_supervise(name, loop, restart_delay_s, recancel_s), name=name)
 
 
-async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_delay_s: float) -> None:
+async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_delay_s: float, recancel_s: float) -> None:
     delay = restart_delay_s
     while True:
         started = time.monotonic()
         try:
-            await loop()
+            await _to_the_end(asyncio.ensure_future(loop()), recancel_s)
             return
         except Exception:
             log.exception("background loop %s crashed; restarting it in %.0fs", name, delay)
@@ -135,6 +170,20 @@ async def _supervise(name: str, loop: Callable[[], Awaitable[None]], restart_del
         delay = restart_delay_s if time.monotonic() - started > MAX_RESTART_DELAY_S else delay
         await asyncio.sleep(delay)
         delay = min(2 * delay, MAX_RESTART_DELAY_S)
+
+
+async def _to_the_end(run: asyncio.Future[None], recancel_s: float) -> None:
+    """Await `run`; once cancelled, cancel it again every `recancel_s` until it has ended. Libraries
+    lose cancellations: aiormq turns one that lands while a channel closes into the channel's error,
+    which a loop takes for a broker hiccup before carrying on (seen in the monitor's retention
+    sweep), and the stop waited out its whole grace for it."""
+    try:
+        await asyncio.shield(run)
+    except asyncio.CancelledError:
+        while not run.done():
+            run.cancel()
+            await asyncio.wait({run}, timeout=recancel_s)
+        raise
 
 
 class _StopSignals:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
@@ -30,7 +31,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     try:
         yield stack
     finally:
-        stack.stop_all()
+        # In a thread: the servers this test runs in its own event loop (trace collector, fake LLM,
+        # channel APIs) must keep answering the services while they stop (their last flush).
+        await asyncio.to_thread(stack.stop_all)
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(stack.logs())
@@ -39,7 +42,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeChannelApi]:
-    """Local stand-ins for the WhatsApp Graph API and the Telegram Bot API."""
+    """Local stand-ins for the WhatsApp Graph API and the Telegram Bot API. Asked for before
+    `stack` it outlives the services (fixtures are torn down in reverse): a test whose gateway may
+    still be delivering when it ends needs that, or the stop retries those sends for its whole grace."""
     fake = await FakeChannelApi().start()
     try:
         yield fake

@@ -56,8 +56,7 @@ async def gateway(stack: Stack, api: FakeChannelApi) -> Service:
         "GATEWAY_API_KEYS": ",".join(KEYS),
         "CORS_ALLOWED_ORIGINS": ORIGIN,
     }
-    gateway = await stack.start("gateway", **env)
-    await stack.start("worker")
+    gateway, _ = await asyncio.gather(stack.start("gateway", **env), stack.start("worker"))
     await wait_ready(stack)
     return gateway
 

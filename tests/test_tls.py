@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from tests.support import PRAZO, Service, Stack, eventually, free_port, get_json, post_message
 from tests.support.ha import RedisNode
@@ -43,8 +44,11 @@ class TlsServers:
         }
 
 
-@pytest.fixture
-async def tls_servers(tmp_path: Path) -> AsyncIterator[TlsServers]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsServers]:
+    """One PKI and pair of servers for the module: each test uses a namespace of its own on them
+    (the stack's), and the refused starts never reach them."""
+    tmp_path = tmp_path_factory.mktemp("tls")
     pki = await asyncio.to_thread(make_test_pki, tmp_path / "pki")
     redis = tls_redis(tmp_path / "redis", pki)
     rabbit, amqps_port = tls_rabbit(tmp_path / "rabbitmq", pki)
@@ -62,9 +66,7 @@ async def test_services_answer_over_tls_with_client_certificates(
     stack: Stack, tls_servers: TlsServers, http: aiohttp.ClientSession
 ) -> None:
     stack.extra_env.update(tls_servers.env())
-    gateway = await stack.start("gateway")
-    await stack.start("worker")
-    monitor = await stack.start("monitor")
+    gateway, _, monitor = await asyncio.gather(stack.start("gateway"), stack.start("worker"), stack.start("monitor"))
     status, answer = await post_message(http, gateway, {"user_id": "tls", "text": PRAZO}, wait=20)
     assert status == 200, answer
     assert answer["reply"]["sources"] == ["prazo-entrega"]

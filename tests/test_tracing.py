@@ -24,6 +24,8 @@ from tests.support.tracing import new_traceparent, post_traced, spans_of
 
 @pytest.fixture
 async def collector() -> AsyncIterator[Collector]:
+    """Tests ask for it before `stack`: fixtures are torn down in reverse, and the services flush
+    their last spans to it as they stop (to a collector already gone, each waits out the flush timeout)."""
     collector = Collector()
     try:
         yield collector
@@ -50,15 +52,14 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 async def test_a_message_is_one_trace_from_the_callers_traceparent_to_the_reply(
-    stack: Stack, http: aiohttp.ClientSession, collector: Collector, protocol: str
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession, protocol: str
 ) -> None:
     endpoint = await (collector.http() if protocol == "http/protobuf" else collector.grpc())
     env = tracing_env(endpoint, protocol)
     if protocol == "grpc":
         del env["OTEL_EXPORTER_OTLP_PROTOCOL"]  # grpc is the default
     stack.extra_env.update(env)
-    gateway = await stack.start("gateway")
-    await stack.start("worker")
+    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
     await wait_ready(stack)  # probes: these requests must leave no span
     for probe in ("/monitoring/live", "/metrics"):
         async with http.get(gateway.url + probe) as response:
@@ -137,14 +138,16 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
-    stack: Stack, http: aiohttp.ClientSession, collector: Collector
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     stack.extra_env.update(tracing_env(await collector.http()))
     redis = FaultProxy(REDIS_PORT)
     await redis.start()
     try:
-        gateway = await stack.start("gateway")
-        doomed = await stack.start("worker", REDIS_URL=REDIS_URL.replace(f":{redis.target[1]}", f":{redis.port}"))
+        gateway, doomed = await asyncio.gather(
+            stack.start("gateway"),
+            stack.start("worker", REDIS_URL=REDIS_URL.replace(f":{redis.target[1]}", f":{redis.port}")),
+        )
         await wait_ready(stack)
         # Cut the worker's Redis: it takes the message, generates, then holds it unacked at the commit.
         await redis.close()
@@ -186,9 +189,11 @@ async def test_tracing_off_or_collector_unreachable_changes_nothing(stack: Stack
     blackhole = await asyncio.start_server(_swallow, "127.0.0.1", 0)
     endpoint = f"http://127.0.0.1:{blackhole.sockets[0].getsockname()[1]}"
     try:
-        disabled = await stack.start("gateway", OTEL_SDK_DISABLED="true")
-        grpc_gateway = await stack.start("gateway", **tracing_env(endpoint, "grpc"))
-        worker = await stack.start("worker", **tracing_env(endpoint, "http/protobuf"))
+        disabled, grpc_gateway, worker = await asyncio.gather(
+            stack.start("gateway", OTEL_SDK_DISABLED="true"),
+            stack.start("gateway", **tracing_env(endpoint, "grpc")),
+            stack.start("worker", **tracing_env(endpoint, "http/protobuf")),
+        )
         await wait_ready(stack)
 
         async def ask(gateway: Service, number: int) -> None:
@@ -197,8 +202,11 @@ async def test_tracing_off_or_collector_unreachable_changes_nothing(stack: Stack
             assert status == 200 and answer["status"] == "answered", answer
 
         await asyncio.gather(*(ask(gateway, i) for i in range(20) for gateway in (disabled, grpc_gateway)))
-        for service in (worker, grpc_gateway, disabled):
-            assert service.stop() == 0, service.logs()[-3000:]
+        # Stopped together: the two that export each wait out their flush timeout.
+        stopping = (worker, grpc_gateway, disabled)
+        codes = await asyncio.gather(*(asyncio.to_thread(service.stop) for service in stopping))
+        for service, code in zip(stopping, codes, strict=True):
+            assert code == 0, service.logs()[-3000:]
             assert json_lines(service.logs())  # export failures are logged as JSON lines, like the rest
         assert "tracing to OTLP" not in disabled.logs()
     finally:
@@ -215,7 +223,7 @@ async def _swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 async def test_a_failing_llm_call_is_an_error_span_and_the_fallback_reply_still_arrives(
-    stack: Stack, http: aiohttp.ClientSession, collector: Collector
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     pytest.importorskip("services.worker.engines.openai", reason="the LLM engine (issue 4) is not in the tree yet")
     llm = await _fake_openai()

@@ -18,10 +18,9 @@ from tests.support import Service, Stack, conversation_token, eventually, get_js
 
 
 async def start_stack(stack: Stack, workers: int = 1) -> None:
-    await stack.start("gateway")
-    for _ in range(workers):
-        await stack.start("worker")
-    await stack.start("monitor")
+    # Started together: each process spends its first second importing, and the machine has cores.
+    names = ["gateway", *["worker"] * workers, "monitor"]
+    await asyncio.gather(*(stack.start(name) for name in names))
     await wait_ready(stack)
 
 
