@@ -15,13 +15,29 @@ TESTS = ROOT / "tests"
 def imported_modules(path: Path) -> set[str]:
     """Every module `path` imports, at any depth (imports inside functions count too)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add("." * node.level + node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
+
+
+def parsed(path: Path) -> ast.Module:
+    """`path`'s syntax tree. CPython 3.11 keeps the AST converter's recursion count per interpreter,
+    not per thread: when another thread of the suite (a stack stopping in the background) runs
+    Python code mid-conversion, the count comes back wrong and `ast.parse` raises SystemError
+    ("AST constructor recursion depth mismatch"); the source is fine, so it is parsed again."""
+    for _ in range(PARSE_ATTEMPTS - 1):
+        try:
+            return ast.parse(path.read_text(), str(path))
+        except SystemError:
+            continue
+    return ast.parse(path.read_text(), str(path))
+
+
+PARSE_ATTEMPTS = 5
 
 
 def is_test_module(name: str) -> bool:

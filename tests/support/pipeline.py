@@ -37,6 +37,10 @@ async def wait_ready(stack: Stack) -> None:
         await eventually(ready, what="gateway and workers ready")
 
 
+# A client retries a 503 (the gateway answers it until it has a broker connection), as any should.
+RETRY_503_S = 0.05
+
+
 async def read_events(
     http: aiohttp.ClientSession,
     gateway: Service,
@@ -52,15 +56,20 @@ async def read_events(
     events: list[dict[str, Any]] = []
     url = f"{gateway.url}/v1/conversations/{conversation_id}/events"
     token = await conversation_token(gateway.env["ATENDIMENTO_NAMESPACE"], user_id, conversation_id)
-    async with asyncio.timeout(timeout), http.get(url, headers={"X-Conversation-Token": token}) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        async for event, data in sse_events(response, connected):
-            if event == "reply":
-                events.append(data)
-                if len(events) >= count:
-                    return events
-    return events
+    async with asyncio.timeout(timeout):
+        while True:
+            async with http.get(url, headers={"X-Conversation-Token": token}) as response:
+                if response.status == 503:  # the gateway is up but not yet connected to RabbitMQ
+                    await asyncio.sleep(RETRY_503_S)
+                    continue
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/event-stream")
+                async for event, data in sse_events(response, connected):
+                    if event == "reply":
+                        events.append(data)
+                        if len(events) >= count:
+                            return events
+                return events
 
 
 async def queue_conversations(
