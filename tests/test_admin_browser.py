@@ -50,9 +50,8 @@ async def metric(page: Page, name: str) -> str:
 async def test_the_admin_dashboard_in_chromium(
     stack: Stack, http: aiohttp.ClientSession, browser: Browser, tmp_path: Path
 ) -> None:
-    gateway, monitor = await asyncio.gather(
-        stack.start("gateway"), stack.start("monitor", ADMIN_TOKEN=TOKEN, ADMIN_REFRESH_SECONDS="1")
-    )
+    gateway = await stack.start("gateway")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, ADMIN_REFRESH_SECONDS="1")
     names = Names(stack.namespace, TEST_SHARDS)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
     try:

@@ -6,7 +6,6 @@ Time comes from a clock the test sets, never from sleeping."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import replace
@@ -214,11 +213,9 @@ async def test_out_of_hours_end_to_end_until_an_agent_answers(
     is listed for the agents, the bot keeps answering; once an agent answers, it is theirs."""
     today = datetime.now(SAO_PAULO).date().isoformat()
     closed = {"BUSINESS_HOURS": "mon-sun 00:00-24:00", "BUSINESS_HOLIDAYS": today}
-    gateway, _, monitor = await asyncio.gather(
-        stack.start("gateway"),
-        stack.start("worker", **closed),
-        stack.start("monitor", ADMIN_TOKEN=ADMIN["Authorization"][7:], **closed),
-    )
+    gateway = await stack.start("gateway")
+    await stack.start("worker", **closed)
+    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN["Authorization"][7:], **closed)
     await wait_ready(stack)
 
     async def ask(text: str) -> tuple[int, dict[str, Any]]:

@@ -4,7 +4,6 @@ reconnects after its connection drops. Chromium is Debian's (`scripts/ensure-tes
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +107,8 @@ async def test_chat_page_offers_quick_replies_and_shows_an_llm_reply_as_it_is_wr
     llm = await FakeLlm().start()
     context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
     try:
-        gateway, worker = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+        gateway = await stack.start("gateway")
+        worker = await stack.start("worker")
         await wait_ready(stack)
         page = await context.new_page()
         posted = posts_of(page)
@@ -172,7 +172,8 @@ async def test_the_handoff_chip_fits_shows_its_focus_and_hands_over(stack: Stack
     """The fallback's hand-over option is a chip labelled by the reply; it fits and shows its
     keyboard focus on a 390 px screen; a tap posts its id and the conversation goes to a person.
     A customer of their own (a new browser context), whose conversation the hand-over silences."""
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     url = gateway.url
     context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")

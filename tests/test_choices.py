@@ -11,7 +11,6 @@ gateway would.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -281,7 +280,8 @@ async def reply_to(namespace: str, message_id: str) -> dict[str, Any]:
 
 
 async def test_offered_options_are_chosen_end_to_end(stack: Stack, http: aiohttp.ClientSession, redis: Redis) -> None:
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     names = Names(stack.namespace, TEST_SHARDS)
 

@@ -71,11 +71,9 @@ def message(text: str = PRAZO, **fields: str) -> dict[str, str]:
 async def test_gateway_killed_while_its_publish_waits_for_the_confirm_the_retry_is_answered(
     stack: Stack, http: aiohttp.ClientSession, redis: Redis, amqp_proxy: FaultProxy
 ) -> None:
-    _, _, doomed = await asyncio.gather(
-        stack.start("worker"),
-        stack.start("monitor"),
-        stack.start("gateway", AMQP_URL=amqp_proxy.url("amqp://guest:guest@", "/")),
-    )
+    await stack.start("worker")
+    await stack.start("monitor")
+    doomed = await stack.start("gateway", AMQP_URL=amqp_proxy.url("amqp://guest:guest@", "/"))
     await wait_ready(stack)
     body = message()
     # Whatever the gateway sends the broker from now on is lost: its publish waits for a confirm.
@@ -103,11 +101,9 @@ async def test_gateway_killed_while_its_publish_waits_for_the_confirm_the_retry_
 async def test_a_claim_whose_reply_is_lost_on_the_wire_is_accepted_not_a_duplicate(
     stack: Stack, http: aiohttp.ClientSession, redis_proxy: FaultProxy
 ) -> None:
-    gateway, _, _ = await asyncio.gather(
-        stack.start("gateway", REDIS_URL=redis_proxy.url("redis://", "/0")),
-        stack.start("worker"),
-        stack.start("monitor"),
-    )
+    gateway = await stack.start("gateway", REDIS_URL=redis_proxy.url("redis://", "/0"))
+    await stack.start("worker")
+    await stack.start("monitor")
     await wait_ready(stack)
     status, _ = await post_message(http, gateway, message(), wait=10)  # the scripts are loaded now
     assert status == 200
@@ -123,7 +119,9 @@ async def test_a_claim_whose_reply_is_lost_on_the_wire_is_accepted_not_a_duplica
 async def test_a_second_copy_of_an_answered_message_gets_the_stored_reply_without_generating(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    gateway, worker, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"), stack.start("monitor"))
+    gateway = await stack.start("gateway")
+    worker = await stack.start("worker")
+    await stack.start("monitor")
     await wait_ready(stack)
     body = message(conversation_id=f"copy-{uuid.uuid4().hex[:8]}")
     status, first = await post_message(http, gateway, body, wait=10)
@@ -168,7 +166,8 @@ async def test_redis_refusing_writes_holds_the_messages_and_nothing_is_dead_lett
     private = await PrivateRedis(tmp_path / "redis").start()
     try:
         stack.extra_env["REDIS_URL"] = private.url
-        gateway, monitor = await asyncio.gather(stack.start("gateway"), stack.start("monitor"))
+        gateway = await stack.start("gateway")
+        monitor = await stack.start("monitor")
         conversation = f"oom-{uuid.uuid4().hex[:8]}"
         ids = []
         for i in range(10):
@@ -226,7 +225,9 @@ async def test_sigterm_with_the_broker_stopped_exits_within_the_grace(
     broker = await PrivateRabbit(tmp_path / "rabbit").start()
     try:
         stack.extra_env.update({"AMQP_URL": broker.url, "SHUTDOWN_GRACE_SECONDS": str(grace)})
-        gateway, _, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"), stack.start("monitor"))
+        gateway = await stack.start("gateway")
+        await stack.start("worker")
+        await stack.start("monitor")
         await wait_ready(stack)
         status, _ = await post_message(http, gateway, message(), wait=10)
         assert status == 200
@@ -259,7 +260,9 @@ async def test_no_errors_counted_for_probes_at_start_nor_for_closed_event_stream
         status, _ = await get_json(http, unready.url + "/monitoring/health")
         assert status == 503
     unready.stop()
-    gateway, _, monitor = await asyncio.gather(stack.start("gateway"), stack.start("worker"), stack.start("monitor"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor")
     await wait_ready(stack)
     conversation = f"tabs-{uuid.uuid4().hex[:8]}"
     body = message(conversation_id=conversation)
@@ -286,7 +289,8 @@ async def test_no_errors_counted_for_probes_at_start_nor_for_closed_event_stream
 
 
 async def test_250_concurrent_status_reads_are_all_answered(stack: Stack, http: aiohttp.ClientSession) -> None:
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     body = message()
     status, answer = await post_message(http, gateway, body, wait=10)
@@ -302,10 +306,8 @@ async def test_a_rate_limit_take_whose_reply_is_lost_is_taken_once(
     stack: Stack, http: aiohttp.ClientSession, redis_proxy: FaultProxy
 ) -> None:
     # One message a second, bursts of two: a take applied twice would refuse the second message.
-    gateway, _ = await asyncio.gather(
-        stack.start("gateway", REDIS_URL=redis_proxy.url("redis://", "/0"), RATE_LIMIT_PER_USER="1"),
-        stack.start("worker"),
-    )
+    gateway = await stack.start("gateway", REDIS_URL=redis_proxy.url("redis://", "/0"), RATE_LIMIT_PER_USER="1")
+    await stack.start("worker")
     await wait_ready(stack)
     first = message()
     status, _ = await post_message(http, gateway, first)  # the admission script is loaded now

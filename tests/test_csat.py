@@ -67,11 +67,9 @@ def closed_today() -> dict[str, str]:
 
 @pytest.fixture
 async def gateway(stack: Stack, api: FakeChannelApi) -> Service:
-    await asyncio.gather(
-        stack.start("gateway", **TELEGRAM_ENV, **api.env()),
-        stack.start("worker", CSAT_AFTER_MINUTES="30"),
-        stack.start("monitor", ADMIN_TOKEN=ADMIN["Authorization"][7:], ALERT_INTERVAL_SECONDS="0.2", **closed_today()),
-    )
+    await stack.start("gateway", **TELEGRAM_ENV, **api.env())
+    await stack.start("worker", CSAT_AFTER_MINUTES="30")
+    await stack.start("monitor", ADMIN_TOKEN=ADMIN["Authorization"][7:], ALERT_INTERVAL_SECONDS="0.2", **closed_today())
     await wait_ready(stack)
     return stack.gateway
 

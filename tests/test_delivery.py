@@ -5,7 +5,6 @@ gateway's delivery consumers send them to a local stand-in of the channels' APIs
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 import uuid
@@ -45,7 +44,8 @@ async def delivered(api: FakeChannelApi, recipient: str | int, count: int) -> li
 @pytest.fixture
 async def monitor(stack: Stack, api: FakeChannelApi) -> Service:
     """One gateway with both channels, and a monitor (for the dead letters)."""
-    _, monitor = await asyncio.gather(stack.start("gateway", **CHANNELS_ENV, **api.env()), stack.start("monitor"))
+    await stack.start("gateway", **CHANNELS_ENV, **api.env())
+    monitor = await stack.start("monitor")
     await wait_ready(stack)
     return monitor
 

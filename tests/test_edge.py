@@ -56,7 +56,8 @@ async def gateway(stack: Stack, api: FakeChannelApi) -> Service:
         "GATEWAY_API_KEYS": ",".join(KEYS),
         "CORS_ALLOWED_ORIGINS": ORIGIN,
     }
-    gateway, _ = await asyncio.gather(stack.start("gateway", **env), stack.start("worker"))
+    gateway = await stack.start("gateway", **env)
+    await stack.start("worker")
     await wait_ready(stack)
     return gateway
 

@@ -29,7 +29,8 @@ from tests.support.pipeline import read_events, start_stack, wait_ready
 async def test_worker_stopped_mid_work_every_message_is_answered_exactly_once(
     stack: Stack, http: aiohttp.ClientSession, stop_signal: signal.Signals, exit_code: int
 ) -> None:
-    _, monitor = await asyncio.gather(stack.start("gateway"), stack.start("monitor"))
+    await stack.start("gateway")
+    monitor = await stack.start("monitor")
     conversation = f"stop-{uuid.uuid4().hex}"
     total = 300
     connected = asyncio.Event()
@@ -109,9 +110,8 @@ async def test_gateway_without_broker_answers_503_then_serves_when_it_is_back(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     proxy = FaultProxy(AMQP_PORT)
-    gateway, _ = await asyncio.gather(
-        stack.start("gateway", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/"), stack.start("worker")
-    )
+    gateway = await stack.start("gateway", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    await stack.start("worker")
     status, problem = await post_message(http, gateway, {"user_id": "gil", "text": PRAZO})
     assert status == 503
     assert problem["status"] == 503 and "broker" in problem["detail"]

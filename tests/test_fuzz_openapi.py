@@ -37,9 +37,8 @@ async def test_generated_requests_find_no_errors_and_lose_nothing(
     # within its grace, which would here be spent pacing sends this test has no interest in.
     env = {"GATEWAY_API_KEYS": KEY, "RATE_LIMIT_PER_USER": "0", "RATE_LIMIT_PER_IP": "0", "SHUTDOWN_GRACE_SECONDS": "1"}
     worker_env = {"HANDOFF_AFTER_FALLBACKS": "0"}
-    gateway, _ = await asyncio.gather(
-        stack.start("gateway", **env, **WHATSAPP_ENV, **TELEGRAM_ENV, **api.env()), stack.start("worker", **worker_env)
-    )
+    gateway = await stack.start("gateway", **env, **WHATSAPP_ENV, **TELEGRAM_ENV, **api.env())
+    await stack.start("worker", **worker_env)
     await wait_ready(stack)
 
     har = tmp_path / "schemathesis.har"

@@ -411,7 +411,8 @@ def test_connection_counts_exempt_trusted_proxies_and_free_closed_slots() -> Non
 
 
 async def test_reset_closes_the_streams_its_tokens_opened(stack: Stack, http: aiohttp.ClientSession) -> None:
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     body = {"user_id": "rita", "conversation_id": "pedido-9"}
     async with http.post(f"{gateway.url}/v1/messages", json={**body, "text": "oi"}) as response:

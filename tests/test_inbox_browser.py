@@ -14,7 +14,6 @@ Screenshots go to tmp_path, or to SCREENS_DIR when set (to look at them after a 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -65,11 +64,9 @@ async def test_a_handoff_appears_live_and_an_agent_answers_it(
 ) -> None:
     graph = await FakeChannelApi().start()
     try:
-        gateway, _, monitor = await asyncio.gather(
-            stack.start("gateway", **WHATSAPP_ENV, **graph.env()),
-            stack.start("worker"),
-            stack.start("monitor", ADMIN_TOKEN=TOKEN),
-        )
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
         await wait_ready(stack)
         context = await context_for(browser, "en-US", 390)
         page = await context.new_page()
@@ -154,11 +151,9 @@ async def _shoot_inbox(browser: Browser, monitor: Service, folder: Path) -> None
 async def test_every_admin_page_fits_a_phone_in_both_languages(
     stack: Stack, http: aiohttp.ClientSession, browser: Browser, tmp_path: Path
 ) -> None:
-    gateway, _, monitor = await asyncio.gather(
-        stack.start("gateway"),
-        stack.start("worker"),
-        stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.3"),
-    )
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.3")
     await wait_ready(stack)
     person = {"user_id": "marta", "text": ASK_FOR_PERSON}
     assert (await post_message(http, gateway, person, wait=10))[0] == 200
@@ -194,7 +189,8 @@ async def test_every_admin_page_fits_a_phone_in_both_languages(
 
 
 async def test_an_english_visitor_gets_english_system_texts(stack: Stack, browser: Browser, tmp_path: Path) -> None:
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     context = await context_for(browser, "en-US", 390)
     page = await context.new_page()
@@ -220,11 +216,9 @@ async def test_the_widget_launcher_closes_and_counts_unread_replies(
 ) -> None:
     site_port = free_port()
     site = f"http://127.0.0.1:{site_port}"
-    gateway, _, monitor = await asyncio.gather(
-        stack.start("gateway", CHAT_EMBED_ORIGINS=site, CHAT_TITLE="Loja Azul", CHAT_COLOR="#1a4fa0"),
-        stack.start("worker"),
-        stack.start("monitor", ADMIN_TOKEN=TOKEN),
-    )
+    gateway = await stack.start("gateway", CHAT_EMBED_ORIGINS=site, CHAT_TITLE="Loja Azul", CHAT_COLOR="#1a4fa0")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     await wait_ready(stack)
     runner = await _host_page(gateway, site_port)
     folder = screens(tmp_path)

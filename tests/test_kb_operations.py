@@ -4,7 +4,6 @@ every worker), a bad file keeping the old base and saying why."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import os
@@ -58,9 +57,10 @@ async def test_unanswered_questions_are_listed_and_exported_and_the_base_reloads
     kb_file = stack.tmp / "kb.yaml"
     shutil.copyfile(SAMPLE, kb_file)
     stack.extra_env.update(KB_PATH=str(kb_file), KB_RELOAD_INTERVAL_SECONDS="0.2", HANDOFF_AFTER_FALLBACKS="2")
-    _, _, _, monitor = await asyncio.gather(
-        stack.start("gateway"), stack.start("worker"), stack.start("worker"), stack.start("monitor", ADMIN_TOKEN=TOKEN)
-    )
+    await stack.start("gateway")
+    await stack.start("worker")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     await wait_ready(stack)
 
     # Two fallbacks in a row in one conversation: the second hands it to a human.

@@ -5,7 +5,6 @@ as a YAML patch."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import uuid
@@ -264,9 +263,9 @@ async def test_an_operator_teaches_a_running_worker_and_dismisses_out_of_scope_q
     kb_file = stack.tmp / "kb.yaml"
     shutil.copyfile(SAMPLE, kb_file)
     stack.extra_env.update(KB_PATH=str(kb_file), KB_RELOAD_INTERVAL_SECONDS="0.2")
-    _, _, monitor = await asyncio.gather(
-        stack.start("gateway"), stack.start("worker"), stack.start("monitor", ADMIN_TOKEN=TOKEN)
-    )
+    await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     await wait_ready(stack)
     await _anonymous_is_refused(monitor)
 

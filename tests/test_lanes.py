@@ -56,7 +56,8 @@ async def test_a_hundred_conversations_are_answered_at_once_by_one_worker(
 ) -> None:
     llm.delay_s = 2.0
     stack.extra_env.update(llm_env(llm, WORKER_CONCURRENCY="128"))
-    await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     started = asyncio.get_running_loop().time()
     await ask_all(http, stack, 100)
@@ -122,7 +123,8 @@ async def test_conversations_resume_in_order_after_the_worker_loses_its_work(
     once, each conversation in order, and no stored reply is generated again."""
     llm.delay_s = 0.2
     stack.extra_env.update(llm_env(llm, WORKER_CONCURRENCY="8"))
-    await asyncio.gather(stack.start("gateway"), stack.start("monitor"))
+    await stack.start("gateway")
+    await stack.start("monitor")
     sent, readers = await queue_conversations(http, stack, 20, 50)
     proxy = FaultProxy(AMQP_PORT)
     await proxy.start()
@@ -157,7 +159,8 @@ async def test_the_failing_conversation_does_not_delay_the_others(
     in the same shards, are answered meanwhile."""
     llm.delay_s, llm.failing_text = 0.2, "vai falhar"
     stack.extra_env.update(llm_env(llm, OPENAI_TIMEOUT_SECONDS="8", OPENAI_MAX_RETRIES="5"))
-    await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)
     failing = asyncio.create_task(
         post_message(http, stack.gateway, {"user_id": "bia", "text": "isto vai falhar"}, wait=30)
@@ -202,7 +205,8 @@ async def test_a_refused_reply_publish_keeps_the_message_until_the_reply_is_out(
         '{"max-length": 0, "overflow": "reject-publish"}',
     )
     try:
-        _, worker = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+        await stack.start("gateway")
+        worker = await stack.start("worker")
         await wait_ready(stack)
         conversation = f"nack-{uuid.uuid4().hex}"
         shard_queue = Names(stack.namespace, TEST_SHARDS).shard_queue(

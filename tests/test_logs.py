@@ -43,7 +43,8 @@ async def test_a_message_with_pii_leaves_json_lines_with_its_trace_id_and_no_pii
     log_dir = tmp_path / "logs"
     try:
         stack.extra_env.update(tracing_env(await collector.http()), LOG_DIR=str(log_dir), LOG_LEVEL="DEBUG")
-        gateway, worker = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+        gateway = await stack.start("gateway")
+        worker = await stack.start("worker")
         await wait_ready(stack)
 
         traceparent, trace_id, _ = new_traceparent()

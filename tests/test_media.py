@@ -111,10 +111,8 @@ async def test_voice_buttons_and_polite_replies_with_the_knowledge_base(
 ) -> None:
     channels = {**WHATSAPP_ENV, **TELEGRAM_ENV, **api.env()}
     audio = {"TRANSCRIPTION_BASE_URL": llm.url, "TRANSCRIPTION_MAX_RETRIES": "1"}
-    gateway, worker = await asyncio.gather(
-        stack.start("gateway", **channels, **audio, VOICE_REPLIES="on"),
-        stack.start("worker", **channels, **audio, MEDIA_MAX_BYTES=str(MEDIA_MAX_BYTES)),
-    )
+    gateway = await stack.start("gateway", **channels, **audio, VOICE_REPLIES="on")
+    worker = await stack.start("worker", **channels, **audio, MEDIA_MAX_BYTES=str(MEDIA_MAX_BYTES))
     await wait_ready(stack)
 
     # A WhatsApp voice note asking a question of the base: its answer, in text and spoken.

@@ -42,10 +42,8 @@ async def memory(redis: Redis, names: Names, conversation: str) -> list[dict[str
 
 
 async def test_memory_reset_and_handoff_end_to_end(stack: Stack, http: aiohttp.ClientSession, redis: Redis) -> None:
-    gateway, _ = await asyncio.gather(
-        stack.start("gateway"),
-        stack.start("worker", MEMORY_TURNS="2", MEMORY_TTL_SECONDS="600", HANDOFF_AFTER_FALLBACKS="3"),
-    )
+    gateway = await stack.start("gateway")
+    await stack.start("worker", MEMORY_TURNS="2", MEMORY_TTL_SECONDS="600", HANDOFF_AFTER_FALLBACKS="3")
     await wait_ready(stack)
     names = Names(stack.namespace, TEST_SHARDS)
     handoffs = Handoffs(redis, names)

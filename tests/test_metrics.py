@@ -4,7 +4,6 @@ stack come back as counters and histogram buckets on each service's /metrics, th
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 
@@ -28,9 +27,9 @@ def promtool_check(text: str, service: str) -> None:
 
 
 async def test_counters_and_histograms_read_back_from_every_service(stack: Stack, http: aiohttp.ClientSession) -> None:
-    gateway, worker, monitor = await asyncio.gather(
-        stack.start("gateway"), stack.start("worker"), stack.start("monitor", ALERT_INTERVAL_SECONDS="0.2")
-    )
+    gateway = await stack.start("gateway")
+    worker = await stack.start("worker")
+    monitor = await stack.start("monitor", ALERT_INTERVAL_SECONDS="0.2")
 
     async def ready() -> bool:
         return all([(await get_json(http, s.url + "/monitoring/health"))[0] == 200 for s in (gateway, worker)])

@@ -25,9 +25,9 @@ async def test_redis_stopped_is_unhealthy_with_a_critical_alert_and_recovers_by_
 ) -> None:
     async with LocalRedis(tmp_path) as redis:
         stack.extra_env["REDIS_URL"] = redis.url
-        _, _, monitor = await asyncio.gather(
-            stack.start("gateway"), stack.start("worker"), stack.start("monitor", ALERT_INTERVAL_SECONDS="0.2")
-        )
+        await stack.start("gateway")
+        await stack.start("worker")
+        monitor = await stack.start("monitor", ALERT_INTERVAL_SECONDS="0.2")
         await wait_ready(stack)
         await eventually(lambda: _status_is(http, monitor, 200, "healthy"), what="healthy at start")
 
@@ -63,7 +63,9 @@ async def _status_is(
 async def test_dead_letters_warn_and_no_live_worker_is_unhealthy_within_the_heartbeat_ttl(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    _, worker, monitor = await asyncio.gather(stack.start("gateway"), stack.start("worker"), stack.start("monitor"))
+    await stack.start("gateway")
+    worker = await stack.start("worker")
+    monitor = await stack.start("monitor")
     await wait_ready(stack)
     _, body = await eventually(lambda: _status_is(http, monitor, 200, "healthy"), what="healthy at start")
     assert body["checks"]["workers"] == {"status": "up", "alive": 1}

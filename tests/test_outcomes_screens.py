@@ -5,7 +5,6 @@ and the 7- and 30-day sums. Screenshots at 1280 and 390 px are kept in pytest's 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +39,8 @@ async def test_open_or_closed_and_the_outcomes_page(
     stack: Stack, http: aiohttp.ClientSession, browser: Browser, tmp_path: Path
 ) -> None:
     today = datetime.now(ZoneInfo("America/Sao_Paulo")).date().isoformat()
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     monitor = await stack.start(
         "monitor", ADMIN_TOKEN=TOKEN, BUSINESS_HOURS="seg-sex 08:00-18:00; sab 08:00-12:00", BUSINESS_HOLIDAYS=today
     )

@@ -5,7 +5,6 @@ every dead letter it lists. Real gateway, worker and monitor over the shared Rab
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any, cast
@@ -66,7 +65,8 @@ async def errors(http: aiohttp.ClientSession, monitor: str) -> dict[str, int]:
 async def test_a_raw_non_json_message_on_a_shard_queue_is_dead_lettered_once_explained_replayed_and_discarded(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    _, worker = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    await stack.start("gateway")
+    worker = await stack.start("worker")
     monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.2")).url
     await wait_ready(stack)
     names = Names(stack.namespace, TEST_SHARDS)
@@ -130,7 +130,8 @@ async def test_a_raw_non_json_message_on_a_shard_queue_is_dead_lettered_once_exp
 async def test_a_letter_with_no_origin_cannot_be_replayed_but_can_be_discarded(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    await stack.start("gateway")
+    await stack.start("worker")
     monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN)).url
     await wait_ready(stack)
     # Published straight into the dead-letter queue: it never died anywhere.

@@ -41,9 +41,9 @@ FAST = {"KB_EMBEDDINGS": "off", "HANDOFF_AFTER_FALLBACKS": "0"}
 
 
 async def start(stack: Stack, **env: str) -> None:
-    await asyncio.gather(
-        stack.start("gateway", **env), stack.start("worker", **FAST), stack.start("monitor", ADMIN_TOKEN=TOKEN)
-    )
+    await stack.start("gateway", **env)
+    await stack.start("worker", **FAST)
+    await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     await wait_ready(stack)
     await monitor_connected(stack)
 

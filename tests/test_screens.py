@@ -6,7 +6,6 @@ embeddable widget shown on an allowed site and refused on another."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
@@ -58,11 +57,9 @@ async def sign_in(page: Page, monitor: Service) -> None:
 async def test_admin_on_desktop_and_phone_in_both_languages(
     stack: Stack, http: aiohttp.ClientSession, browser: Browser, tmp_path: Path
 ) -> None:
-    gateway, _, monitor = await asyncio.gather(
-        stack.start("gateway"),
-        stack.start("worker"),
-        stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.3"),
-    )
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.3")
     await wait_ready(stack)
     # 23 conversations: more than a page of the list (20). One has a long unbroken id and text.
     long_id = "conversa-" + "x" * 80
@@ -130,9 +127,8 @@ def _bearer() -> dict[str, str]:
 
 async def test_alerts_are_translated(stack: Stack, browser: Browser) -> None:
     """No worker at all: the "no live worker" alert, in each language."""
-    _, monitor = await asyncio.gather(
-        stack.start("gateway"), stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.3")
-    )
+    await stack.start("gateway")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.3")
     for locale, text in (("pt-BR", "nenhum worker ativo"), ("en-US", "no live worker")):
         context = await context_for(browser, locale, 400)
         page = await context.new_page()
@@ -144,9 +140,9 @@ async def test_alerts_are_translated(stack: Stack, browser: Browser) -> None:
 async def test_chat_page_languages_agent_replies_and_phone(
     stack: Stack, http: aiohttp.ClientSession, browser: Browser, tmp_path: Path
 ) -> None:
-    gateway, _, monitor = await asyncio.gather(
-        stack.start("gateway"), stack.start("worker"), stack.start("monitor", ADMIN_TOKEN=TOKEN)
-    )
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN)
     await wait_ready(stack)
     for locale, language, placeholder in (
         ("pt-BR", "pt-BR", "Digite sua pergunta"),

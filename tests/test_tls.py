@@ -66,7 +66,9 @@ async def test_services_answer_over_tls_with_client_certificates(
     stack: Stack, tls_servers: TlsServers, http: aiohttp.ClientSession
 ) -> None:
     stack.extra_env.update(tls_servers.env())
-    gateway, _, monitor = await asyncio.gather(stack.start("gateway"), stack.start("worker"), stack.start("monitor"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    monitor = await stack.start("monitor")
     status, answer = await post_message(http, gateway, {"user_id": "tls", "text": PRAZO}, wait=20)
     assert status == 200, answer
     assert answer["reply"]["sources"] == ["prazo-entrega"]

@@ -59,7 +59,8 @@ async def test_a_message_is_one_trace_from_the_callers_traceparent_to_the_reply(
     if protocol == "grpc":
         del env["OTEL_EXPORTER_OTLP_PROTOCOL"]  # grpc is the default
     stack.extra_env.update(env)
-    gateway, _ = await asyncio.gather(stack.start("gateway"), stack.start("worker"))
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
     await wait_ready(stack)  # probes: these requests must leave no span
     for probe in ("/monitoring/live", "/metrics"):
         async with http.get(gateway.url + probe) as response:
@@ -144,10 +145,8 @@ async def test_a_message_redelivered_after_a_worker_crash_stays_in_its_trace(
     redis = FaultProxy(REDIS_PORT)
     await redis.start()
     try:
-        gateway, doomed = await asyncio.gather(
-            stack.start("gateway"),
-            stack.start("worker", REDIS_URL=REDIS_URL.replace(f":{redis.target[1]}", f":{redis.port}")),
-        )
+        gateway = await stack.start("gateway")
+        doomed = await stack.start("worker", REDIS_URL=REDIS_URL.replace(f":{redis.target[1]}", f":{redis.port}"))
         await wait_ready(stack)
         # Cut the worker's Redis: it takes the message, generates, then holds it unacked at the commit.
         await redis.close()
@@ -189,11 +188,9 @@ async def test_tracing_off_or_collector_unreachable_changes_nothing(stack: Stack
     blackhole = await asyncio.start_server(_swallow, "127.0.0.1", 0)
     endpoint = f"http://127.0.0.1:{blackhole.sockets[0].getsockname()[1]}"
     try:
-        disabled, grpc_gateway, worker = await asyncio.gather(
-            stack.start("gateway", OTEL_SDK_DISABLED="true"),
-            stack.start("gateway", **tracing_env(endpoint, "grpc")),
-            stack.start("worker", **tracing_env(endpoint, "http/protobuf")),
-        )
+        disabled = await stack.start("gateway", OTEL_SDK_DISABLED="true")
+        grpc_gateway = await stack.start("gateway", **tracing_env(endpoint, "grpc"))
+        worker = await stack.start("worker", **tracing_env(endpoint, "http/protobuf"))
         await wait_ready(stack)
 
         async def ask(gateway: Service, number: int) -> None:

@@ -6,7 +6,6 @@ Redis); only the reply engine is replaced, by one that fails for chosen texts.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,7 +53,8 @@ async def flaky_worker(stack: Stack) -> AsyncIterator[FlakyEngine]:
 async def test_failing_message_is_retried_then_dead_lettered_and_the_conversation_goes_on(
     stack: Stack, flaky_worker: FlakyEngine, http: aiohttp.ClientSession
 ) -> None:
-    gateway, monitor = await asyncio.gather(stack.start("gateway"), stack.start("monitor"))
+    gateway = await stack.start("gateway")
+    monitor = await stack.start("monitor")
     conversation = "flaky-conversation"
     for text in (ALWAYS, TWICE, "after the failures"):
         status, _ = await post_message(
