@@ -49,7 +49,8 @@ async def replies_to(bot_api: FakeChannelApi, chat_id: int, count: int) -> list[
 @pytest.fixture
 async def gateway(stack: Stack, bot_api: FakeChannelApi) -> Service:
     """A gateway with the Telegram channel and a worker; each test uses chats of its own."""
-    await asyncio.gather(stack.start("gateway", **TELEGRAM_ENV, **bot_api.env()), stack.start("worker"))
+    await stack.start("gateway", **TELEGRAM_ENV, **bot_api.env())
+    await stack.start("worker")
     await wait_ready(stack)
     return stack.gateway
 

@@ -63,9 +63,9 @@ async def status_of(http: aiohttp.ClientSession, url: str, **options: Any) -> in
 async def first(stack: Stack, api: FakeChannelApi) -> Service:
     """Two gateway replicas with API keys and both channels, and a worker: the first replica."""
     env = {**TELEGRAM_ENV, **WHATSAPP_ENV, **api.env(), "GATEWAY_API_KEYS": KEY}
-    first, _, _ = await asyncio.gather(
-        stack.start("gateway", **env), stack.start("gateway", **env), stack.start("worker", MEMORY_TURNS="5")
-    )
+    first = await stack.start("gateway", **env)
+    await stack.start("gateway", **env)
+    await stack.start("worker", MEMORY_TURNS="5")
     await wait_ready(stack)
     return first
 

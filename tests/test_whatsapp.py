@@ -56,7 +56,8 @@ async def replies_to(graph: FakeChannelApi, sender: str, count: int) -> list[str
 @pytest.fixture
 async def gateway(stack: Stack, graph: FakeChannelApi) -> Service:
     """A gateway with the WhatsApp channel and a worker; each test uses senders of its own."""
-    await asyncio.gather(stack.start("gateway", **WHATSAPP_ENV, **graph.env()), stack.start("worker"))
+    await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+    await stack.start("worker")
     await wait_ready(stack)
     return stack.gateway
 

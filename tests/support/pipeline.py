@@ -18,9 +18,10 @@ from tests.support import Service, Stack, conversation_token, eventually, get_js
 
 
 async def start_stack(stack: Stack, workers: int = 1) -> None:
-    # Started together: each process spends its first second importing, and the machine has cores.
-    names = ["gateway", *["worker"] * workers, "monitor"]
-    await asyncio.gather(*(stack.start(name) for name in names))
+    await stack.start("gateway")
+    for _ in range(workers):
+        await stack.start("worker")
+    await stack.start("monitor")
     await wait_ready(stack)
 
 
