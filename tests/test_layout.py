@@ -29,12 +29,13 @@ def parsed(path: Path) -> ast.Module:
     not per thread: when another thread of the suite (a stack stopping in the background) runs
     Python code mid-conversion, the count comes back wrong and `ast.parse` raises SystemError
     ("AST constructor recursion depth mismatch"); the source is fine, so it is parsed again."""
+    source = path.read_text()
     for _ in range(PARSE_ATTEMPTS - 1):
         try:
-            return ast.parse(path.read_text(), str(path))
+            return ast.parse(source, str(path))
         except SystemError:
             continue
-    return ast.parse(path.read_text(), str(path))
+    return ast.parse(source, str(path))
 
 
 PARSE_ATTEMPTS = 5

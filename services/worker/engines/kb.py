@@ -55,7 +55,6 @@ class Lexical:
     """The first stage: small talk and the word ranking of a question."""
 
     text: str
-    model_text: str  # what the multilingual model reads (see _model_text)
     scan: SmallTalk
     hits: tuple[Hit, ...]  # every entry sharing a word with the question, best first
     terms: int  # content words and question words of the question
@@ -129,7 +128,7 @@ class KbEngine:
             return None, None
         if self._vectors is None or not lexical.has_terms:
             return lexical.words, None
-        return lexical.words, self._rank(lexical, self._vectors.model.query(lexical.model_text))
+        return lexical.words, self._rank(lexical, self._vectors.model.query(self._model_text(lexical)))
 
     async def lookup(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """The entries closest to `text`, best first, each with the probability that it is the one
@@ -152,13 +151,14 @@ class KbEngine:
         terms = len({self._analyzer.stem(word) for word in scan.rest if self._analyzer.is_term(word)})
         hits = () if scan.only_small_talk else tuple(self._index.rank(scan.rest, limit=len(self.kb.entries)))
         words = _words_ranking(hits, terms) if hits else None
-        return Lexical(text, self._model_text(text, scan), scan, hits, terms, words)
+        return Lexical(text, scan, hits, terms, words)
 
-    def _model_text(self, text: str, scan: SmallTalk) -> str:
+    def _model_text(self, lexical: Lexical) -> str:
         """The question as the model reads it: chat abbreviations written out (it was trained on
         written language), and a greeting or thanks around the question cut off ("oi, qual o prazo?"
         is about the delivery time, not about saying hello)."""
-        return " ".join(scan.rest) if scan.kinds else spelled_out(text, self.kb.language)
+        scan = lexical.scan
+        return " ".join(scan.rest) if scan.kinds else spelled_out(lexical.text, self.kb.language)
 
     def _needs_model(self, lexical: Lexical) -> bool:
         if self._vectors is None or lexical.scan.only_small_talk or not lexical.has_terms:
@@ -167,11 +167,15 @@ class KbEngine:
 
     async def _query(self, lexical: Lexical) -> Vectors | None:
         """The question's vector, from the batch of every lane in flight, where the model is needed."""
-        return await self._batcher.query(lexical.model_text) if self._batcher and self._needs_model(lexical) else None
+        if self._batcher is None or not self._needs_model(lexical):
+            return None
+        return await self._batcher.query(self._model_text(lexical))
 
     def _query_inline(self, lexical: Lexical) -> Vectors | None:
         """`_query` for a caller off the event loop."""
-        return self._vectors.model.query(lexical.model_text) if self._vectors and self._needs_model(lexical) else None
+        if self._vectors is None or not self._needs_model(lexical):
+            return None
+        return self._vectors.model.query(self._model_text(lexical))
 
     def _rank(self, lexical: Lexical, vector: Vectors | None, depth: int = OPTIONS) -> Ranking:
         """The ranking of `depth` candidates (at least the two the features read)."""
