@@ -246,9 +246,9 @@ class ShardConsumer:
         return sum(subscription.waiting for subscription in self._subscriptions.values())
 
     @property
-    def lent(self) -> dict[int, str]:
+    def lent(self) -> dict[str, str]:
         """Shards moved for their backlog (ownership.py), as of the last rebalance: shard -> taker."""
-        return {shard: move.taker for shard, move in self._moves.items()}
+        return {str(shard): move.taker for shard, move in sorted(self._moves.items())}
 
     async def run(self, interval_s: float) -> None:
         await self._broker.wait_ready()
@@ -288,7 +288,7 @@ class ShardConsumer:
             log.info(
                 "consuming shards %s",
                 self.shards,
-                extra={"workers": len(workers), "lent": {str(s): m.taker for s, m in self._moves.items()}},
+                extra={"workers": len(workers), "lent": self.lent},
             )
 
     async def _read_moves(self) -> dict[int, Move]:
