@@ -230,6 +230,8 @@ class ShardConsumer:
         self._peers: list[str] = []  # the other live workers, as of the last rebalance
         self._owners: dict[int, str] = {}  # the even split, as of the last rebalance
         self._moves: dict[int, Move] = {}  # the moves that held at the last rebalance
+        # This worker's backlog at the last balance tick, and since when it has been that.
+        self._last_waiting, self._steady_since = 0, 0.0
 
     @property
     def shards(self) -> list[int]:
@@ -336,7 +338,13 @@ class ShardConsumer:
         when its backlog is more than a round of its slots. True when a move was written or
         removed (then the rebalance applies it at once)."""
         names, redis, me = self._broker.names, self._store.redis, self._instance_id
-        load = {"waiting": self.waiting, "limit": self.capacity.limit, "shards": self.shards}
+        now, waiting = time.time(), self.waiting
+        if waiting != self._last_waiting:
+            self._last_waiting, self._steady_since = waiting, now
+        # "steady": unchanged for a tick. A burst still landing is not weighed: a peer's record
+        # from before it would show room that is not there.
+        steady = now - self._steady_since >= BALANCE_TICK_S
+        load = {"waiting": waiting, "limit": self.capacity.limit, "shards": self.shards, "at": now, "steady": steady}
         async with redis.pipeline(transaction=False) as pipe:
             pipe.set(names.worker_load_key(me), orjson.dumps(load), px=int(BALANCE_TICK_S * 2000 + 500))
             pipe.mget([names.worker_load_key(peer) for peer in self._peers])
@@ -346,8 +354,13 @@ class ShardConsumer:
         if valid_moves(self._owners, moves) != self._moves:
             return True  # someone lent or gave back a shard: take the new view first
         changed = await self._give_back(moves)
+        if not steady:
+            return changed
         loads = {peer: orjson.loads(raw) for peer, raw in zip(self._peers, peer_loads, strict=True) if raw}
-        return await self._lend(moves, loads) or changed
+        settled = {
+            p: load for p, load in loads.items() if load.get("steady") and load.get("at", 0) >= self._steady_since
+        }
+        return await self._lend(moves, settled) or changed
 
     async def _give_back(self, moves: dict[int, Move]) -> bool:
         """A lent shard goes back to its owner once this worker holds nothing of it (or, with
