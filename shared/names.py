@@ -185,6 +185,15 @@ class Names:
     def heartbeat_key(self, service: str, instance_id: str) -> str:
         return f"{self.key_prefix}:heartbeat:{service}:{instance_id}"
 
+    @property
+    def shard_moves_key(self) -> str:
+        """Shards lent by their owner to a less loaded worker while they have a backlog (hash)."""
+        return f"{self.key_prefix}:shard-moves"
+
+    def worker_load_key(self, instance_id: str) -> str:
+        """A worker's backlog, as the others weigh it before lending it a shard (short-lived)."""
+        return f"{self.key_prefix}:worker-load:{instance_id}"
+
     # Operators (monitor and admin) ------------------------------------------------------------
     def handoff_assignee_key(self, conversation_id: str) -> str:
         """The agent who took the handed-off conversation ("assign to me" in the admin inbox)."""

@@ -1,11 +1,12 @@
 """How the workers divide the shards (services/worker/ownership.py): evenly, every shard owned
-once, the same answer from every worker's view, and little movement when one joins or leaves."""
+once, the same answer from every worker's view, and little movement when one joins or leaves;
+shards lent for a backlog only by their owner, to a live worker, as few messages as cover it."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.worker.ownership import assignment, owned_shards
+from services.worker.ownership import Move, assignment, even_assignment, lend, need, owned_shards, room
 from shared.settings import DEFAULT_SHARDS
 
 
@@ -47,3 +48,38 @@ def test_a_join_or_a_leave_moves_little_more_than_it_must(count: int) -> None:
     must = sum(1 for owner in new.values() if owner == "newcomer")
     # The newcomer's share must move; a few more shift to keep the shares even, never most of them.
     assert must <= moved <= 2 * must + 1
+
+
+def test_a_shard_lent_by_its_owner_to_a_live_worker_moves_and_no_other_does() -> None:
+    workers = ["a", "b"]
+    owners = even_assignment(workers, DEFAULT_SHARDS)
+    a_shard = min(s for s, owner in owners.items() if owner == "a")
+    b_shard = min(s for s, owner in owners.items() if owner == "b")
+    moves = {
+        a_shard: Move(giver="a", taker="b", at=0.0, waiting=5),
+        b_shard: Move(giver="a", taker="b", at=0.0),  # not a's to lend: ignored
+    }
+    lent = assignment(workers, DEFAULT_SHARDS, moves)
+    assert lent == {**owners, a_shard: "b"}
+    assert owned_shards("a", ["b"], DEFAULT_SHARDS, moves) == {s for s, o in owners.items() if o == "a"} - {a_shard}
+    # The taker gone: the shard is its owner's again; with no moves, the even split.
+    assert assignment(["a"], DEFAULT_SHARDS, moves) == even_assignment(["a"], DEFAULT_SHARDS)
+    assert assignment(workers, DEFAULT_SHARDS, {}) == owners
+    assert Move.from_json(moves[a_shard].to_json()) == moves[a_shard]
+    assert Move.from_json(b"{not json") is None
+
+
+def test_what_is_lent_covers_the_backlog_beyond_one_round_with_the_fewest_messages() -> None:
+    # 54 waiting for 40 slots, the peer has room for 14: shards whose backlogs make exactly 14.
+    waiting = {1: 8, 2: 10, 3: 6, 4: 12, 5: 11, 6: 7}
+    wanted, peer_room = need(54, 40), room(40, 26)
+    assert (wanted, peer_room) == (14, 14)
+    chosen = lend(waiting, wanted, peer_room)
+    assert sum(waiting[s] for s in chosen) == 14
+    assert lend(waiting, wanted, peer_room) == chosen  # deterministic
+    # No set fits exactly: the smallest that covers it within the room, else as much as fits.
+    assert lend({1: 9, 2: 9}, 5, 10) == {1}
+    assert lend({1: 9, 2: 9, 3: 4}, 15, 14) == {1, 3}
+    # Nothing to lend within one round, or no room at the peer.
+    assert need(40, 40) == 0 and lend(waiting, 0, 14) == set() and lend(waiting, 5, 0) == set()
+    assert room(40, 30, incoming=12) == 0

@@ -1,4 +1,5 @@
-"""Workers share the shards evenly and hand them over safely (services/worker/ownership.py).
+"""Workers share the shards evenly, lend shards with a backlog to an idle worker, and hand them
+over safely (services/worker/ownership.py).
 
 Real gateway, worker and monitor processes on the shared RabbitMQ and Redis, with the product's
 default shard count (so the namespace's queues are purged for that count afterwards).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shared.names import Names
 from shared.settings import DEFAULT_SHARDS
-from tests.support import Service, Stack, eventually, get_json, new_namespace, purge_namespace
+from tests.support import Service, Stack, eventually, get_json, new_namespace, purge_namespace, web_id
 from tests.support.fake_llm import FakeLlm
 from tests.support.pipeline import answered, assert_each_answered_once_in_order, queue_conversations
 
@@ -111,3 +114,44 @@ async def test_a_worker_joining_and_one_leaving_keep_order_and_answer_once(
     # Shards are handed over between units: what one worker generated, no other generates again.
     calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
     assert len(calls) == TOTAL and set(calls.values()) == {1}
+
+
+async def test_an_idle_worker_takes_over_the_backlog_of_a_busy_one_in_order_and_once(
+    wide_stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    """Every conversation hashes to the first worker's shards (48 messages of 12 conversations, 4
+    slots each): it lends shards with a backlog to the idle second worker, which answers part of
+    them; every message is answered once, each conversation in order, no reply is generated
+    twice, and once the backlog is gone the shards are split evenly again."""
+    llm.delay_s = 0.3
+    wide_stack.extra_env.update(
+        {
+            "REPLY_ENGINE": "openai",
+            "OPENAI_BASE_URL": llm.url,
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_TIMEOUT_SECONDS": "30",
+            "WORKER_CONCURRENCY": "4",
+        }
+    )
+    await wide_stack.start("gateway")
+    await wide_stack.start("monitor")
+    busy, idle = [await wide_stack.start("worker") for _ in range(2)]
+    await wait_even(http, [busy, idle])
+    (busy_shards,) = await owned(http, [busy])
+    names = Names(wide_stack.namespace, DEFAULT_SHARDS)
+    skewed: list[str] = []
+    while len(skewed) < 12:
+        candidate = f"skew-{uuid.uuid4().hex[:10]}"
+        if names.shard_of(web_id("eva", candidate)) in busy_shards:
+            skewed.append(candidate)
+    sent, readers = await queue_conversations(http, wide_stack, len(skewed), 48, names=skewed)
+
+    await assert_each_answered_once_in_order(http, wide_stack, sent, readers)
+    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
+    assert len(calls) == 48 and set(calls.values()) == {1}
+    by_idle = idle.logs().count('"message processed"')
+    print(f"the idle worker answered {by_idle} of 48")
+    assert "lending shards" in busy.logs()
+    assert 0 < by_idle < 48
+    assert busy.logs().count('"message processed"') + by_idle == 48
+    await wait_even(http, [busy, idle])  # the lent shards went back

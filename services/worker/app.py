@@ -240,6 +240,7 @@ async def _health(app: web.Application) -> tuple[bool, dict[str, Any]]:
             "shards": app[CONSUMER].shards,
             "in_flight": app[CONSUMER].capacity.in_flight,
             "held": app[CONSUMER].held,
+            "lent": app[CONSUMER].lent,
         },
     }
     return all(check["status"] == "up" for check in checks.values()), checks

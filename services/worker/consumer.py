@@ -13,9 +13,13 @@ slot from one shard; the worker never holds more than shards owned x WORKER_CONC
 A failing message holds only its lane: it is retried in place after a back-off, then dead-lettered.
 Each delivery is parsed once, as it arrives; what becomes of a unit is the processor's outcome,
 carried out by the lane's settlement (settle.py).
-Giving a shard up (rebalance, shutdown) lets the lanes finish the unit in hand, then closes the
-channel: the broker returns the rest, in order, and drops the consumer in the same step, so the
-next owner starts with them. A dropped broker connection makes the old channel's deliveries
+Giving a shard up (rebalance, lending it, shutdown) lets the lanes finish the unit in hand (the lanes
+only waiting for a slot leave at once), then closes the channel: the broker returns the rest, in
+order, and drops the consumer in the same step, so the next owner starts with them.
+
+With other workers live, a few times a second each worker publishes its backlog and lends shards
+it has too much waiting in to the peer with the most room (ownership.py); a single worker does none
+of this. A dropped broker connection makes the old channel's deliveries
 worthless (unackable, already requeued): lanes skip them, and the restored consumer brings them
 again.
 """
@@ -25,14 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from services.worker.acks import ChannelAcks, still_held
-from services.worker.ownership import owned_shards
+from services.worker.ownership import RETURN_AFTER_S, Move, even_assignment, lend, need, owned_shards, room, valid_moves
 from services.worker.processor import MAX_BACKOFF_S, Processor
 from services.worker.settle import Received, RetryAfter, Settlement
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
@@ -42,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # How long a shard given up to another worker may take to finish the units in hand.
 HANDOVER_GRACE_S = 30.0
+# With peers, how often the backlogs are compared (and a worker's own published, for twice that).
+BALANCE_TICK_S = 0.2
+BALANCE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *BROKER_ERRORS)
 
 
 @dataclass(slots=True)
@@ -77,10 +87,26 @@ class ShardSubscription:
         self._acks = ChannelAcks()
         self._settlement = Settlement(shard=shard, acks=self._acks, store=processor.store, metrics=processor.metrics)
         self._stopping = False
+        self._working: set[asyncio.Task[Any]] = set()  # lanes inside a unit (holding a slot)
+        self._in_unit = 0  # deliveries in those units
+        self._delivered = False  # whether anything came yet
 
     @property
     def held(self) -> int:
         return sum(len(lane) for lane in self._lanes.values())
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries in hand that no unit is working on yet."""
+        return self.held - self._in_unit
+
+    def done_with(self, since: float) -> bool:
+        """Whether a shard lent to this worker at `since` can go back: it brought its backlog and
+        nothing of it is in hand (or, under steady traffic, nothing waits and it has been here
+        RETURN_AFTER_S, which is longer than the giver may take to hand it over)."""
+        if self.waiting:
+            return False
+        return (self._delivered and not self.held) or time.time() - since > RETURN_AFTER_S
 
     async def start(self) -> None:
         channel = await self._broker.connection.channel(publisher_confirms=False)
@@ -92,6 +118,7 @@ class ShardSubscription:
     async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:
         # No await before the append: callbacks start in delivery order, so each lane keeps it.
         received = Received.parse(delivery)
+        self._delivered = True
         key = received.lane
         lane = self._lanes.get(key)
         if lane is not None:
@@ -135,8 +162,16 @@ class ShardSubscription:
             async with self._capacity.slot():
                 if self._stopping:
                     return None  # the shard was given up while this waited; its channel returns it
-                outcome = await self._processor.handle(unit)
-                return await self._settlement.apply(outcome)
+                task = asyncio.current_task()
+                working = {task} if task is not None else set()
+                self._working |= working
+                self._in_unit += len(unit)
+                try:
+                    outcome = await self._processor.handle(unit)
+                    return await self._settlement.apply(outcome)
+                finally:
+                    self._in_unit -= len(unit)
+                    self._working -= working
         except Exception:
             # A bug must not stall the conversation for good: try again after a pause (the
             # queue's delivery limit dead-letters a message that keeps failing this way).
@@ -147,6 +182,8 @@ class ShardSubscription:
         """Let the lanes finish the unit in hand (within the grace), then close the channel: the
         broker requeues whatever was not acked, in order."""
         self._stopping = True
+        for task in self._tasks - self._working:
+            task.cancel()  # waiting for a slot, a pause or the rest of a burst: nothing in hand
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
             if pending:
@@ -167,7 +204,8 @@ class ShardSubscription:
 
 
 class ShardConsumer:
-    """Keeps this worker subscribed to exactly the shards it owns among the live workers."""
+    """Keeps this worker subscribed to exactly the shards it consumes among the live workers: its
+    share of the even split, less the shards it lent, plus the shards lent to it (ownership.py)."""
 
     def __init__(
         self,
@@ -188,6 +226,12 @@ class ShardConsumer:
         # Shards being given up: a stop of the worker meanwhile waits for them too, so no unit
         # in hand is dropped half-way (it would be generated again by the next owner).
         self._handovers: set[asyncio.Future[list[None]]] = set()
+        self._rebalancing = asyncio.Lock()
+        self._peers: list[str] = []  # the other live workers, as of the last rebalance
+        self._owners: dict[int, str] = {}  # the even split, as of the last rebalance
+        self._moves: dict[int, Move] = {}  # the moves that held at the last rebalance
+        # This worker's backlog at the last balance tick, and since when it has been that.
+        self._last_waiting, self._steady_since = 0, 0.0
 
     @property
     def shards(self) -> list[int]:
@@ -198,38 +242,74 @@ class ShardConsumer:
         """Deliveries in hand, waiting or being worked on."""
         return sum(subscription.held for subscription in self._subscriptions.values())
 
+    @property
+    def waiting(self) -> int:
+        """Deliveries in hand that no unit is working on yet."""
+        return sum(subscription.waiting for subscription in self._subscriptions.values())
+
+    @property
+    def lent(self) -> dict[str, str]:
+        """Shards moved for their backlog (ownership.py), as of the last rebalance: shard -> taker."""
+        return {str(shard): move.taker for shard, move in sorted(self._moves.items())}
+
     async def run(self, interval_s: float) -> None:
         await self._broker.wait_ready()
-        while True:
-            try:
-                await self._rebalance()
-            except BROKER_ERRORS as exc:
-                log.warning("rebalance postponed, broker unavailable: %s", exc)
-            await asyncio.sleep(interval_s)
+        balancing = asyncio.create_task(self._balance_loop(), name="backlog-balancer")
+        try:
+            while True:
+                try:
+                    await self._rebalance()
+                except BROKER_ERRORS as exc:
+                    log.warning("rebalance postponed, broker unavailable: %s", exc)
+                await asyncio.sleep(interval_s)
+        finally:
+            balancing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await balancing
 
     async def _rebalance(self) -> None:
-        try:
-            live = await self._store.live_instances(self._heartbeat_ttl_s)
-            workers = [beat["instance"] for beat in live if beat.get("name") == "worker"]
-        except REDIS_ERRORS:
-            return  # keep what we have; with no view of the others, changing would only guess
-        wanted = owned_shards(self._instance_id, workers, self._broker.names.shards)
-        if wanted == set(self._subscriptions):
-            return
-        leaving = [self._subscriptions.pop(shard) for shard in sorted(set(self._subscriptions) - wanted)]
-        if leaving:
-            await self._hand_over(leaving)
-        for shard in sorted(wanted - set(self._subscriptions)):
-            await self._take(shard)
-        log.info("consuming shards %s", self.shards, extra={"workers": len(set(workers) | {self._instance_id})})
+        async with self._rebalancing:
+            try:
+                live = await self._store.live_instances(self._heartbeat_ttl_s)
+                workers = {beat["instance"] for beat in live if beat.get("name") == "worker"} | {self._instance_id}
+                moves = await self._read_moves() if len(workers) > 1 else {}
+            except REDIS_ERRORS:
+                return  # keep what we have; with no view of the others, changing would only guess
+            shards = self._broker.names.shards
+            self._peers = sorted(workers - {self._instance_id})
+            self._owners = even_assignment(workers, shards)
+            self._moves = valid_moves(self._owners, moves)
+            wanted = owned_shards(self._instance_id, workers, shards, self._moves)
+            if wanted == set(self._subscriptions):
+                return
+            leaving = [self._subscriptions.pop(shard) for shard in sorted(set(self._subscriptions) - wanted)]
+            if leaving:
+                self._hand_over(leaving)
+            for shard in sorted(wanted - set(self._subscriptions)):
+                await self._take(shard)
+            log.info(
+                "consuming shards %s",
+                self.shards,
+                extra={"workers": len(workers), "lent": self.lent},
+            )
 
-    async def _hand_over(self, leaving: list[ShardSubscription]) -> None:
-        """Give shards up: their lanes finish the unit in hand, then their channels close. Shielded:
-        a stop of the worker arriving meanwhile (which cancels the rebalance) waits for it instead."""
+    async def _read_moves(self) -> dict[int, Move]:
+        raw = await self._store.redis.hgetall(self._broker.names.shard_moves_key)
+        moves = {}
+        for field_name, value in raw.items():
+            move = Move.from_json(value)
+            if move is not None and str(field_name).isdigit():
+                moves[int(field_name)] = move
+        return moves
+
+    def _hand_over(self, leaving: list[ShardSubscription]) -> None:
+        """Give shards up: their lanes finish the unit in hand, then their channels close. In the
+        background, so a lent shard does not hold up the rebalance; a stop of the worker meanwhile
+        waits for it (and taking a shard back before it is closed is safe: the queue's single
+        active consumer switches only once the old channel is gone)."""
         handover = asyncio.gather(*(subscription.stop(grace_s=HANDOVER_GRACE_S) for subscription in leaving))
         self._handovers.add(handover)
         handover.add_done_callback(self._handovers.discard)
-        await asyncio.shield(handover)
 
     async def _take(self, shard: int) -> None:
         subscription = ShardSubscription(shard, self._broker, self._processor, self.capacity)
@@ -241,6 +321,97 @@ class ShardConsumer:
             del self._subscriptions[shard]  # the next rebalance tries again
             await subscription.stop(grace_s=0)
             raise
+
+    async def _balance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BALANCE_TICK_S)
+            if not self._peers:
+                continue  # alone: nothing to compare, nothing published
+            try:
+                if await self._balance():
+                    await self._rebalance()
+            except BALANCE_ERRORS as exc:
+                log.debug("backlog balance skipped: %r", exc)
+
+    async def _balance(self) -> bool:
+        """Publish this worker's backlog, give back lent shards it is done with, and lend shards
+        when its backlog is more than a round of its slots. True when a move was written or
+        removed (then the rebalance applies it at once)."""
+        names, redis, me = self._broker.names, self._store.redis, self._instance_id
+        now, waiting = time.time(), self.waiting
+        if waiting != self._last_waiting:
+            self._last_waiting, self._steady_since = waiting, now
+        # "steady": unchanged for a tick. A burst still landing is not weighed: a peer's record
+        # from before it would show room that is not there.
+        steady = now - self._steady_since >= BALANCE_TICK_S
+        load = {"waiting": waiting, "limit": self.capacity.limit, "shards": self.shards, "at": now, "steady": steady}
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(names.worker_load_key(me), orjson.dumps(load), px=int(BALANCE_TICK_S * 2000 + 500))
+            pipe.mget([names.worker_load_key(peer) for peer in self._peers])
+            pipe.hgetall(names.shard_moves_key)
+            _, peer_loads, raw_moves = await pipe.execute()
+        moves = {int(k): m for k, v in raw_moves.items() if str(k).isdigit() and (m := Move.from_json(v)) is not None}
+        if valid_moves(self._owners, moves) != self._moves:
+            return True  # someone lent or gave back a shard: take the new view first
+        changed = await self._give_back(moves)
+        if not steady:
+            return changed
+        loads = {peer: orjson.loads(raw) for peer, raw in zip(self._peers, peer_loads, strict=True) if raw}
+        settled = {
+            p: load for p, load in loads.items() if load.get("steady") and load.get("at", 0) >= self._steady_since
+        }
+        return await self._lend(moves, settled) or changed
+
+    async def _give_back(self, moves: dict[int, Move]) -> bool:
+        """A lent shard goes back to its owner once this worker holds nothing of it (or, with
+        traffic, once nothing waits in it and it has been here RETURN_AFTER_S)."""
+        done = [
+            shard
+            for shard, move in self._moves.items()
+            if move.taker == self._instance_id
+            and shard in self._subscriptions
+            and self._subscriptions[shard].done_with(since=move.at)
+        ]
+        # Lent to a worker that is gone: the shard is back here already; the record goes too.
+        stale = [s for s, m in moves.items() if m.giver == self._instance_id and s not in self._moves]
+        if done or stale:
+            await self._store.redis.hdel(self._broker.names.shard_moves_key, *(str(s) for s in done + stale))
+        return bool(done)
+
+    async def _lend(self, moves: dict[int, Move], loads: dict[str, Any]) -> bool:
+        """Lend shards of this worker's own share when it has more waiting than one round of its
+        slots starts, to the peer with the most room for its next round."""
+        wanted = need(self.waiting, self.capacity.limit)
+        if not wanted:
+            return False
+        rooms = {}
+        for peer, load in loads.items():
+            consuming = set(load.get("shards", []))
+            incoming = sum(m.waiting for s, m in self._moves.items() if m.taker == peer and s not in consuming)
+            rooms[peer] = room(int(load.get("limit", 0)), int(load.get("waiting", 0)), incoming)
+        if not rooms:
+            return False
+        taker = max(sorted(rooms), key=lambda peer: rooms[peer])
+        mine = {
+            shard: subscription.waiting
+            for shard, subscription in self._subscriptions.items()
+            if self._owners.get(shard) == self._instance_id and shard not in self._moves
+        }
+        chosen = lend(mine, wanted, rooms[taker])
+        if not chosen:
+            return False
+        now = time.time()
+        await self._store.redis.hset(
+            self._broker.names.shard_moves_key,
+            mapping={str(shard): Move(self._instance_id, taker, now, mine[shard]).to_json() for shard in chosen},
+        )
+        log.info(
+            "lending shards %s to %s for their backlog",
+            sorted(chosen),
+            taker,
+            extra={"waiting": self.waiting, "need": wanted, "room": rooms[taker], "lent": sum(mine[s] for s in chosen)},
+        )
+        return True
 
     async def stop(self, grace_s: float) -> None:
         subscriptions = list(self._subscriptions.values())

@@ -74,11 +74,15 @@ async def read_events(
 
 
 async def queue_conversations(
-    http: aiohttp.ClientSession, stack: Stack, conversations: int, messages: int
+    http: aiohttp.ClientSession,
+    stack: Stack,
+    conversations: int,
+    messages: int,
+    names: list[str] | None = None,
 ) -> tuple[dict[str, list[str]], list[asyncio.Task[list[dict[str, Any]]]]]:
     """Open each conversation's event stream, then queue `messages` spread over them, round robin;
-    returns what was sent to each, in order."""
-    names = [f"k-{uuid.uuid4().hex[:10]}-{c}" for c in range(conversations)]
+    returns what was sent to each, in order. `names`: the conversations' ids (user "eva")."""
+    names = names or [f"k-{uuid.uuid4().hex[:10]}-{c}" for c in range(conversations)]
     plan = [names[i % conversations] for i in range(messages)]
     sent: dict[str, list[str]] = {name: [] for name in names}
     readers = []
