@@ -179,6 +179,12 @@ class Names:
         return f"{self.key_prefix}:users:last-seen"
 
     @property
+    def forgotten_key(self) -> str:
+        """Members of the last-seen sets (users, conversations) erased lately, by the SHA-1 of the
+        member and when: a statistics flush drops them (shared/recorder.py)."""
+        return f"{self.key_prefix}:forgotten"
+
+    @property
     def instances_key(self) -> str:
         return f"{self.key_prefix}:instances"
 

@@ -15,6 +15,13 @@ Counted once: every flush carries a token of its own, and the script applies a t
 next flush after an error) is not counted twice. A flush that fails is kept and sent again with
 its token before anything newer; what is recorded meanwhile waits in the next batch.
 
+Forgotten: an erasure (shared/privacy) runs in another process than the recorders, so a member of a
+last-seen set (the users seen, the conversations' index) recorded just before it could be written
+back by a flush just after. So an erasure also files the SHA-1 of each member it removes in the
+namespace's forgotten set (`forget`), kept FORGET_KEEP_S; a flush drops a member filed there that it
+saw before (or up to FORGET_MARGIN_S after, for clocks apart) the erasure. It costs one EXISTS a
+flush while no erasure is recent.
+
 Adding a statistic: call `count(field)` (a counter in the 10-second and hourly slices, `total=True`
 for the all-time hash too), `observe(histogram, ms)` (a latency histogram, shared.stats buckets) or
 `seen(key, member, keep_s)` (a sorted set of members by last time seen) from anywhere that holds
@@ -27,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,14 +55,18 @@ log = logging.getLogger(__name__)
 
 # Long enough that no resend of a flush comes after its token expired.
 FLUSH_TOKEN_TTL_SECONDS = 600
+# An erased member is dropped from the flushes that come this long after the erasure, when they saw
+# it before the erasure (plus the margin: the processes' clocks may be a little apart).
+FORGET_KEEP_S = 3600
+FORGET_MARGIN_S = 5.0
 DEFAULT_INTERVAL_S = 1.0
 FINAL_FLUSH_TIMEOUT_S = 5.0
 
 # KEYS: 1 the flush's token, then the keys the payload names by index (1-based, after the token).
 # ARGV: 1 the payload: {"hashes": [{"k", "ttl", "add", "sum", "max"}], "seen": [{"k", "members",
-# "cutoff"}], "expire": [{"k", "ttl"}]}, 2 the token's ttl. Members are added 1000 a ZADD (score
-# and member: 2000 arguments), within what Lua's unpack takes. Applies the batch once per token;
-# returns 0 when the token was applied before.
+# "cutoff"}], "expire": [{"k", "ttl"}], "forgotten": k, "margin"}, 2 the token's ttl. Members are
+# added 1000 a ZADD (score and member: 2000 arguments), within what Lua's unpack takes. Applies the
+# batch once per token; returns 0 when the token was applied before.
 _FLUSH = """#!lua
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
   return 0
@@ -77,10 +89,25 @@ for _, h in ipairs(p.hashes) do
     redis.call('EXPIRE', k, h.ttl)
   end
 end
+local forgotten = KEYS[p.forgotten + 1]
+if redis.call('EXISTS', forgotten) == 0 then
+  forgotten = nil
+end
 for _, s in ipairs(p.seen) do
   local k = KEYS[s.k + 1]
-  for i = 1, #s.members, 2000 do
-    redis.call('ZADD', k, unpack(s.members, i, math.min(i + 1999, #s.members)))
+  local members = s.members
+  if forgotten then
+    members = {}
+    for i = 1, #s.members, 2 do
+      local gone = redis.call('ZSCORE', forgotten, redis.sha1hex(s.members[i + 1]))
+      if not gone or tonumber(s.members[i]) > tonumber(gone) + p.margin then
+        members[#members + 1] = s.members[i]
+        members[#members + 1] = s.members[i + 1]
+      end
+    end
+  end
+  for i = 1, #members, 2000 do
+    redis.call('ZADD', k, unpack(members, i, math.min(i + 1999, #members)))
   end
   redis.call('ZREMRANGEBYSCORE', k, '-inf', s.cutoff)
 end
@@ -124,9 +151,9 @@ class _Batch:
             found = self.hashes[key] = _Hash(ttl)
         return found
 
-    def call(self, now: float) -> tuple[list[str], bytes]:
+    def call(self, now: float, forgotten_key: str) -> tuple[list[str], bytes]:
         """The keys and payload of this batch's flush script call (token key first, added by the caller)."""
-        keys = [*self.hashes, *self.seen, *self.expires]
+        keys = [*self.hashes, *self.seen, *self.expires, forgotten_key]
         hashes = [
             {
                 "k": index + 1,
@@ -148,7 +175,8 @@ class _Batch:
         ]
         first = len(self.hashes) + len(self.seen) + 1
         expire = [{"k": first + index, "ttl": ttl} for index, ttl in enumerate(self.expires.values())]
-        return keys, orjson.dumps({"hashes": hashes, "seen": seen, "expire": expire})
+        payload = {"hashes": hashes, "seen": seen, "expire": expire, "forgotten": len(keys), "margin": FORGET_MARGIN_S}
+        return keys, orjson.dumps(payload)
 
 
 @dataclass(slots=True)
@@ -227,7 +255,7 @@ class Recorder:
                     await self._send(*self._pending)
                     self._pending = None
                 if self._batch:
-                    keys, payload = self._batch.call(self.clock())
+                    keys, payload = self._batch.call(self.clock(), self.names.forgotten_key)
                     self._pending = (uuid.uuid4().hex, keys, payload)
                     self._batch = _Batch()
                     await self._send(*self._pending)
@@ -256,3 +284,19 @@ class Recorder:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FINAL_FLUSH_TIMEOUT_S):
                     await self.flush()
+
+
+async def forget(redis: Redis, names: Names, key: str, members: Iterable[str], now: float | None = None) -> int:
+    """Remove `members` from the last-seen set `key` and file them as forgotten (see the module's
+    docstring): a flush that saw them before now does not write them back. How many were removed."""
+    gone = list(members)
+    if not gone:
+        return 0
+    at = time.time() if now is None else now
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(key, *gone)
+        pipe.zadd(names.forgotten_key, {hashlib.sha1(m.encode()).hexdigest(): at for m in gone})
+        pipe.zremrangebyscore(names.forgotten_key, "-inf", at - FORGET_KEEP_S)
+        pipe.expire(names.forgotten_key, FORGET_KEEP_S)
+        removed, *_ = await pipe.execute()
+    return int(removed)

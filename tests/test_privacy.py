@@ -100,6 +100,14 @@ async def test_export_holds_everything_and_erasure_leaves_nothing(
         return len((await queue_bodies(ns))[Names(ns, TEST_SHARDS).dead_letter_queue]) == 2
 
     await eventually(both_dead, what="two dead letters")
+    # The workers count users seen in their statistics flush (about once a second, shared/recorder.py):
+    # an erasure by an operator cannot flush them, so this waits for it before exporting and erasing.
+    users_key = Names(ns, TEST_SHARDS).users_key
+
+    async def user_counted() -> bool:
+        return await redis.zscore(users_key, f"web:{user}") is not None
+
+    await eventually(user_counted, what="the user counted among the users seen")
 
     found = await admin(http, monitor, "GET", "/admin/api/customers", params=query)
     assert found["found"] and found["conversations"] == [web_id(user, "chat")] and found["dead_letters"] == 1

@@ -16,7 +16,7 @@ from services.worker.commit import Committer, Timings
 from shared import stats
 from shared.messages import ReplyContent
 from shared.names import Names
-from shared.recorder import Recorder
+from shared.recorder import _FLUSH, FORGET_KEEP_S, FORGET_MARGIN_S, Recorder, forget
 from shared.store import Store, create_redis
 from tests.support import TEST_SHARDS, eventually, free_port, purge_namespace
 from tests.support.commits import commit_of, message
@@ -41,6 +41,9 @@ def _counts(latency_ms: float, user_channel: str = "web") -> stats.ReplyCounts:
 
 async def test_what_is_recorded_reaches_the_monitor_with_one_flush(redis: Redis, names: Names) -> None:
     recorder = Recorder(redis, names, clock=lambda: NOW)
+    # The first flush into a Redis that never ran the script reloads it (NOSCRIPT, then EVALSHA
+    # again); load it first, so the commands counted below are those of any later flush.
+    await redis.script_load(_FLUSH)
     latencies = [12.5, 80.25, 40.0]
     async with monitoring(names.namespace) as commands:
         for i, ms in enumerate(latencies):
@@ -94,7 +97,7 @@ async def test_a_resent_flush_is_applied_once(redis: Redis, names: Names) -> Non
     """redis-py sends a command again when its answer was lost: the flush's token keeps it once."""
     recorder = Recorder(redis, names, clock=lambda: NOW)
     recorder.count(stats.MESSAGES, total=True)
-    keys, payload = recorder._batch.call(NOW)
+    keys, payload = recorder._batch.call(NOW, names.forgotten_key)
     for _ in range(2):
         await recorder._send("the-same-token", keys, payload)
     assert await redis.hget(names.stats_total_key, stats.MESSAGES) == "1"
@@ -155,3 +158,26 @@ async def test_memory_and_log_get_their_ttl_when_made_and_renewed_by_the_flush(r
         assert await recorder.flush()
         assert await redis.ttl(memory) > 100 and await redis.ttl(log) > 100
     assert not [c for c in commands.seen if c.startswith("EXPIRE")]  # the flush's are inside its script
+
+
+async def test_a_member_erased_before_the_flush_is_not_written_back(redis: Redis, names: Names) -> None:
+    """An operator's erasure runs in the monitor while a worker still holds the customer among the
+    users seen in its next flush: that flush must not bring them back, but a later visit counts."""
+    clock = [NOW]
+    recorder = Recorder(redis, names, clock=lambda: clock[0])
+    recorder.seen(names.users_key, "web:ana", 86400)
+    recorder.seen(names.users_key, "web:bruno", 86400)
+    recorder.seen(names.conversations_key, "web:ana:chat", 86400)
+    assert await forget(redis, names, names.users_key, ["web:ana"], now=NOW + 1) == 0  # not flushed yet
+    await forget(redis, names, names.conversations_key, ["web:ana:chat"], now=NOW + 1)
+    assert await recorder.flush()
+    assert await redis.zrange(names.users_key, 0, -1) == ["web:bruno"]
+    assert await redis.zrange(names.conversations_key, 0, -1) == []
+    dump = str(await redis.zrange(names.forgotten_key, 0, -1)) + str(await redis.keys(f"{names.key_prefix}:*"))
+    assert "ana" not in dump  # only the members' digests are kept, for FORGET_KEEP_S
+    assert 0 < await redis.ttl(names.forgotten_key) <= FORGET_KEEP_S
+
+    clock[0] = NOW + FORGET_MARGIN_S + 2  # the customer comes back after the erasure
+    recorder.seen(names.users_key, "web:ana", 86400)
+    assert await recorder.flush()
+    assert await redis.zrange(names.users_key, 0, -1) == ["web:bruno", "web:ana"]

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
-from shared import unanswered
+from shared import recorder, unanswered
 from shared.conversations import Keys as ConversationKeys
 from shared.names import Names
 from shared.privacy.holdings import Holdings, message_keys
@@ -56,10 +56,8 @@ class ConversationLogs:
         if not found.conversations:
             return 0
         conversations = list(found.conversations)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*(self.names.conversation_log_key(c) for c in conversations))
-            pipe.zrem(self.names.conversations_key, *conversations)
-            deleted, _ = await pipe.execute()
+        deleted = await self.redis.delete(*(self.names.conversation_log_key(c) for c in conversations))
+        await recorder.forget(self.redis, self.names, self.names.conversations_key, conversations)
         return int(deleted)
 
 
@@ -166,7 +164,7 @@ class Users:
         return {m: float(s) for m, s in zip(members, scores, strict=True) if s is not None}
 
     async def erase(self, found: Holdings) -> int:
-        return int(await self.redis.zrem(self.names.users_key, *self._members(found)))
+        return await recorder.forget(self.redis, self.names, self.names.users_key, self._members(found))
 
 
 class Unanswered:
