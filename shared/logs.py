@@ -103,11 +103,15 @@ _SECRET_MARKERS = (
 )  # fmt: skip
 
 
+# The markers as one case-sensitive alternation, searched in the lower-cased text: one pass in C
+# instead of a generator testing each marker in turn (a few microseconds on every logged string).
+_SECRET_MARKER = re.compile("|".join(re.escape(marker) for marker in _SECRET_MARKERS))
+
+
 def _may_hold_pii(text: str) -> bool:
     if "@" in text or _DIGIT_RUN.search(text):
         return True
-    lowered = text.lower()
-    return any(marker in lowered for marker in _SECRET_MARKERS)
+    return _SECRET_MARKER.search(text.lower()) is not None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -214,12 +218,13 @@ def _masked(value: Any, key: str = "") -> Any:
     """Strings masked wherever they sit in the structure; a string under a secret-named key whole."""
     if isinstance(value, str):
         return "***" if key and _secret_key(key) else mask_pii(value)
+    # Numbers, booleans (ints too) and None before the Mapping test, an abstract class's slow check.
+    if value is None or isinstance(value, int | float):
+        return value
     if isinstance(value, Mapping):
         return {k: _masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_masked(item) for item in value]
-    if isinstance(value, int | float | bool) or value is None:
-        return value
     return mask_pii(str(value))
 
 
@@ -228,10 +233,20 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        # The timestamp up to its seconds, made once a second rather than on every line.
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
@@ -256,6 +271,13 @@ def setup_logging(
     max_bytes: int = 10 * 2**20,
     backups: int = 5,
 ) -> None:
+    # A line holds none of the caller's file, line and function, thread, process or
+    # multiprocessing names: the records need not find them (logging's documented switches; the
+    # caller's frame is a walk up the stack on every line). The fields read None then.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     formatter = JsonFormatter(service)
     stdout = logging.StreamHandler(sys.stdout)
     handlers: list[logging.Handler] = [stdout]

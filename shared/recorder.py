@@ -191,6 +191,10 @@ class Recorder:
     _pending: tuple[str, list[str], bytes] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _sha: str = ""
+    # The slices' keys for the 10 seconds of `_slice_at` (a reply counts in them six times; they
+    # change with the 10-second slice only, the hourly slice's boundaries being some of its own).
+    _slice_at: int = -1
+    _slice_keys: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
 
     def __post_init__(self) -> None:
         self._sha = self.redis.register_script(_FLUSH).sha
@@ -198,7 +202,11 @@ class Recorder:
     # Recording (no I/O) ------------------------------------------------------------------------
     def _slices(self, *, hourly: bool = True) -> list[_Hash]:
         """The 10-second and (`hourly`) the hourly slice of now."""
-        fine, hour = stats.slice_keys(self.names, self.clock())
+        now = self.clock()
+        at = int(now // stats.FINE_SECONDS)
+        if at != self._slice_at:
+            self._slice_keys, self._slice_at = stats.slice_keys(self.names, now), at
+        fine, hour = self._slice_keys
         return [self._batch.hash(key, ttl) for key, ttl in ((fine, hour) if hourly else (fine,))]
 
     def count(self, name: str, n: int = 1, *, total: bool = False, hourly: bool = True) -> None:

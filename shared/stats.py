@@ -25,6 +25,8 @@ MAX_BUCKET = 8 * 40  # 0.01 ms * 2**40 is about 127 days: nothing real lands abo
 
 FINE_SECONDS = 10  # short windows (1 and 5 minutes) are read from 10-second slices
 HOUR_SECONDS = 3600  # the 24-hour view and "today" are read from hourly slices
+# An hour starts with a 10-second slice: the recorder makes both keys once per 10-second slice.
+assert HOUR_SECONDS % FINE_SECONDS == 0
 FINE_TTL_SECONDS = 15 * 60
 HOUR_TTL_SECONDS = 49 * HOUR_SECONDS
 

@@ -12,6 +12,7 @@ particular base, so the engine behaves the same on bases it has never seen.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -370,9 +371,16 @@ PHRASES: Mapping[Language, Mapping[tuple[str, str], str]] = {
 _PHRASE_GAP = 2
 
 
+@functools.lru_cache(maxsize=256)
 def fold(text: str) -> str:
-    """Lower-case and strip accents: "Não É" -> "nao e"."""
+    """Lower-case and strip accents: "Não É" -> "nao e".
+
+    Cached: one message's text is folded by several readers in turn (language, the request for a
+    person, a typed choice, the tokens), six times per KB reply. Text without accents (most chat
+    typing) skips the per-character walk: no ASCII character is a combining mark."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
+    if decomposed.isascii():
+        return decomposed
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
