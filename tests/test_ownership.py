@@ -1,12 +1,13 @@
 """How the workers divide the shards (services/worker/ownership.py): evenly, every shard owned
 once, the same answer from every worker's view, and little movement when one joins or leaves;
-shards lent for a backlog only by their owner, to a live worker, as few messages as cover it."""
+shards lent for a backlog only by their owner, to a live worker, as few messages as cover it,
+exchanged for some of the taker's when that makes it exact."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.worker.ownership import Move, assignment, even_assignment, lend, need, owned_shards, room
+from services.worker.ownership import Move, assignment, even_assignment, need, owned_shards, room, swap
 from shared.settings import DEFAULT_SHARDS
 
 
@@ -69,6 +70,13 @@ def test_a_shard_lent_by_its_owner_to_a_live_worker_moves_and_no_other_does() ->
     assert Move.from_json(b"{not json") is None
 
 
+def lend(waiting: dict[int, int], wanted: int, room: int) -> set[int]:
+    """A one-sided lend: an exchange with nothing to take."""
+    given, taken = swap(waiting, {}, wanted, room)
+    assert taken == set()
+    return given
+
+
 def test_what_is_lent_covers_the_backlog_beyond_one_round_with_the_fewest_messages() -> None:
     # 54 waiting for 40 slots, the peer has room for 14: shards whose backlogs make exactly 14.
     waiting = {1: 8, 2: 10, 3: 6, 4: 12, 5: 11, 6: 7}
@@ -83,3 +91,48 @@ def test_what_is_lent_covers_the_backlog_beyond_one_round_with_the_fewest_messag
     # Nothing to lend within one round, or no room at the peer.
     assert need(40, 40) == 0 and lend(waiting, 0, 14) == set() and lend(waiting, 5, 0) == set()
     assert room(40, 30, incoming=12) == 0
+    # An exact one-sided lend is preferred to any exchange (it moves the fewest messages).
+    assert swap(waiting, {7: 1, 8: 2}, wanted, peer_room) == (chosen, set())
+
+
+def moved(mine: dict[int, int], theirs: dict[int, int], chosen: tuple[set[int], set[int]]) -> int:
+    given, taken = chosen
+    assert given <= set(mine) and taken <= set(theirs)
+    return sum(mine[s] for s in given) - sum(theirs[s] for s in taken)
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "wanted"),
+    [
+        # A burst of 160 over 2 x 40 slots: 50 and 30 waiting, the excess 10 is the taker's room too.
+        # No set of the lender's shards makes 10; giving 13 and taking 3 back does.
+        ({1: 6, 2: 7, 3: 13, 4: 12, 5: 12}, {9: 3, 10: 9, 11: 9, 12: 9}, 10),
+        # A small excess, smaller than any shard's backlog: a shard of 6 for one of 5.
+        ({1: 6, 2: 7, 3: 8}, {9: 5, 10: 9}, 1),
+        ({1: 6, 2: 7, 3: 8}, {9: 4, 10: 9}, 3),
+        # Several of each side.
+        ({1: 9, 2: 9, 3: 9}, {9: 4, 10: 4, 11: 20}, 10),
+    ],
+)
+def test_an_exchange_makes_exact_what_a_one_sided_lend_cannot(
+    mine: dict[int, int], theirs: dict[int, int], wanted: int
+) -> None:
+    peer_room = wanted  # the exact case: both next rounds full
+    one_sided = lend(mine, wanted, peer_room)
+    assert moved(mine, {}, (one_sided, set())) != wanted
+    chosen = swap(mine, theirs, wanted, peer_room)
+    assert moved(mine, theirs, chosen) == wanted
+    assert chosen[1], "an exact one-sided lend would have been taken"
+    assert swap(mine, theirs, wanted, peer_room) == chosen  # deterministic
+
+
+def test_an_exchange_prefers_the_fewest_messages_moved_and_stays_within_the_room() -> None:
+    mine, theirs = {1: 6, 2: 20}, {9: 5, 10: 19}
+    # 6 for 5 and 20 for 19 both make 1: the first moves fewer messages.
+    assert swap(mine, theirs, 1, 1) == ({1}, {9})
+    # Nothing exact, not even by an exchange: the smallest difference that covers it within the room...
+    assert moved({1: 9}, {9: 4}, swap({1: 9}, {9: 4}, 3, 6)) == 5
+    # ...else the largest that fits, which may need an exchange when every shard alone is too big.
+    assert swap({1: 9}, {9: 4}, 8, 6) == ({1}, {9})
+    assert swap({1: 9}, {9: 2}, 8, 6) == (set(), set())
+    assert swap({1: 9}, {9: 4}, 0, 6) == (set(), set()) and swap({1: 9}, {9: 4}, 3, 0) == (set(), set())

@@ -1,5 +1,5 @@
-"""Workers share the shards evenly, lend shards with a backlog to an idle worker, and hand them
-over safely (services/worker/ownership.py).
+"""Workers share the shards evenly, lend shards with a backlog to an idle worker (or exchange
+them for some of its own), and hand them over safely (services/worker/ownership.py).
 
 Real gateway, worker and monitor processes on the shared RabbitMQ and Redis, with the product's
 default shard count (so the namespace's queues are purged for that count afterwards).
@@ -19,9 +19,9 @@ import pytest
 
 from shared.names import Names
 from shared.settings import DEFAULT_SHARDS
-from tests.support import Service, Stack, eventually, get_json, new_namespace, purge_namespace, web_id
+from tests.support import Service, Stack, eventually, get_json, new_namespace, post_message, purge_namespace, web_id
 from tests.support.fake_llm import FakeLlm
-from tests.support.pipeline import answered, assert_each_answered_once_in_order, queue_conversations
+from tests.support.pipeline import answered, assert_each_answered_once_in_order, queue_conversations, read_events
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +155,81 @@ async def test_an_idle_worker_takes_over_the_backlog_of_a_busy_one_in_order_and_
     assert 0 < by_idle < 48
     assert busy.logs().count('"message processed"') + by_idle == 48
     await wait_even(http, [busy, idle])  # the lent shards went back
+
+
+def conversations_on(names: Names, shard: int, count: int) -> list[str]:
+    found: list[str] = []
+    while len(found) < count:
+        candidate = f"on{shard}-{uuid.uuid4().hex[:10]}"
+        if names.shard_of(web_id("eva", candidate)) == shard:
+            found.append(candidate)
+    return found
+
+
+async def test_shards_exchanged_to_even_out_a_backlog_exactly_keep_order_and_answer_once(
+    wide_stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession
+) -> None:
+    """4 slots each (and 4 deliveries in hand per shard). The busy worker generates one reply of
+    its shard p, one of q and two of t; then 3 more of p and 3 of q wait: 2 more than its next
+    round. The other worker generates 4 replies of its shards and has 1 more waiting. No shard of
+    the busy one holds exactly 2 waiting, so it lends one of p and q and takes the other's shard
+    with 1 waiting in exchange (3 - 1 = 2), a move written with the other worker as giver. Every
+    message is answered once, each conversation in order, no reply is generated twice, and the
+    shards go back to the even split."""
+    llm.delay_s = 2.5
+    wide_stack.extra_env.update(
+        {
+            "REPLY_ENGINE": "openai",
+            "OPENAI_BASE_URL": llm.url,
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_TIMEOUT_SECONDS": "30",
+            "WORKER_CONCURRENCY": "4",
+        }
+    )
+    await wide_stack.start("gateway")
+    await wide_stack.start("monitor")
+    busy, other = [await wide_stack.start("worker") for _ in range(2)]
+    await wait_even(http, [busy, other])
+    busy_shards, other_shards = await owned(http, [busy, other])
+    names = Names(wide_stack.namespace, DEFAULT_SHARDS)
+    (p, q, t), (r, r2) = busy_shards[:3], other_shards[:2]
+    first = [*conversations_on(names, p, 1), *conversations_on(names, q, 1), *conversations_on(names, t, 2)]
+    rest = [
+        *conversations_on(names, p, 3),
+        *conversations_on(names, q, 3),
+        *conversations_on(names, r, 4),
+        *conversations_on(names, r2, 1),
+    ]
+    readers = []
+    for conversation in first + rest:  # every reply stream open before anything is sent
+        connected = asyncio.Event()
+        reader = read_events(http, wide_stack.gateway, conversation, 1, connected, timeout=90, user_id="eva")
+        readers.append(asyncio.create_task(reader))
+        await asyncio.wait_for(connected.wait(), 10)
+
+    async def send(conversation: str) -> str:
+        body = {"user_id": "eva", "conversation_id": conversation, "text": f"msg 0 of {conversation}"}
+        status, answer = await post_message(http, wide_stack.gateway, body)
+        assert status == 202
+        return str(answer["message_id"])
+
+    sent = {conversation: [await send(conversation)] for conversation in first}
+
+    async def busy_full() -> bool:
+        return llm.in_flight == 4
+
+    await eventually(busy_full, what="the busy worker's slots all generating")
+    # At once, so neither worker weighs the other's backlog half-landed.
+    ids = await asyncio.gather(*(send(conversation) for conversation in rest))
+    sent |= {conversation: [message_id] for conversation, message_id in zip(rest, ids, strict=True)}
+
+    await assert_each_answered_once_in_order(http, wide_stack, sent, readers)
+    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
+    assert len(calls) == len(sent) and set(calls.values()) == {1}
+    lends = [line for line in busy.logs().splitlines() if "lending shards" in line]
+    assert len(lends) == 1 and (f"[{p}]" in lends[0] or f"[{q}]" in lends[0]), lends
+    assert f"taking [{r}]" in lends[0] or f"taking [{r2}]" in lends[0], lends
+    by_other = other.logs().count('"message processed"')
+    print(f"the other worker answered {by_other} of {len(sent)}")
+    assert by_other == 4 + 3  # its 4 in hand, and the 3 of the shard lent; its waiting 1 went over
+    await wait_even(http, [busy, other])  # the exchanged shards went back

@@ -17,9 +17,10 @@ Giving a shard up (rebalance, lending it, shutdown) lets the lanes finish the un
 only waiting for a slot leave at once), then closes the channel: the broker returns the rest, in
 order, and drops the consumer in the same step, so the next owner starts with them.
 
-With other workers live, a few times a second each worker publishes its backlog and lends shards
-it has too much waiting in to the peer with the most room (ownership.py); a single worker does none
-of this. A dropped broker connection makes the old channel's deliveries
+With other workers live, a few times a second each worker publishes its backlog (with what waits
+in each shard of its own share) and lends shards it has too much waiting in to the peer with the
+most room, taking some of the peer's in exchange when that evens them out exactly (ownership.py); a
+single worker does none of this. A dropped broker connection makes the old channel's deliveries
 worthless (unackable, already requeued): lanes skip them, and the restored consumer brings them
 again.
 """
@@ -39,7 +40,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from services.worker.acks import ChannelAcks, still_held
-from services.worker.ownership import RETURN_AFTER_S, Move, even_assignment, lend, need, owned_shards, room, valid_moves
+from services.worker.ownership import RETURN_AFTER_S, Move, even_assignment, need, owned_shards, room, swap, valid_moves
 from services.worker.processor import MAX_BACKOFF_S, Processor
 from services.worker.settle import Received, RetryAfter, Settlement
 from shared.broker import BROKER_ERRORS, Broker, declare_shard_queue
@@ -90,6 +91,10 @@ class ShardSubscription:
         self._working: set[asyncio.Task[Any]] = set()  # lanes inside a unit (holding a slot)
         self._in_unit = 0  # deliveries in those units
         self._delivered = False  # whether anything came yet
+
+    @property
+    def delivered(self) -> bool:
+        return self._delivered
 
     @property
     def held(self) -> int:
@@ -248,6 +253,19 @@ class ShardConsumer:
         return sum(subscription.waiting for subscription in self._subscriptions.values())
 
     @property
+    def backlog(self) -> int:
+        """What waits here, and what waits in the shards lent to this worker that have brought
+        nothing yet (their giver is finishing its units in hand): what the next rounds will start.
+        Without the latter a lender would still see room here and lend the same room twice."""
+        coming = sum(
+            move.waiting
+            for shard, move in self._moves.items()
+            if move.taker == self._instance_id
+            and not (shard in self._subscriptions and self._subscriptions[shard].delivered)
+        )
+        return self.waiting + coming
+
+    @property
     def lent(self) -> dict[str, str]:
         """Shards moved for their backlog (ownership.py), as of the last rebalance: shard -> taker."""
         return {str(shard): move.taker for shard, move in sorted(self._moves.items())}
@@ -338,13 +356,20 @@ class ShardConsumer:
         when its backlog is more than a round of its slots. True when a move was written or
         removed (then the rebalance applies it at once)."""
         names, redis, me = self._broker.names, self._store.redis, self._instance_id
-        now, waiting = time.time(), self.waiting
+        now, waiting = time.time(), self.backlog
         if waiting != self._last_waiting:
             self._last_waiting, self._steady_since = waiting, now
         # "steady": unchanged for a tick. A burst still landing is not weighed: a peer's record
         # from before it would show room that is not there.
         steady = now - self._steady_since >= BALANCE_TICK_S
-        load = {"waiting": waiting, "limit": self.capacity.limit, "shards": self.shards, "at": now, "steady": steady}
+        load = {
+            "waiting": waiting,
+            "limit": self.capacity.limit,
+            "shards": self.shards,
+            "own": {str(shard): count for shard, count in self._own_waiting().items()},  # what a lender may take
+            "at": now,
+            "steady": steady,
+        }
         async with redis.pipeline(transaction=False) as pipe:
             pipe.set(names.worker_load_key(me), orjson.dumps(load), px=int(BALANCE_TICK_S * 2000 + 500))
             pipe.mget([names.worker_load_key(peer) for peer in self._peers])
@@ -378,10 +403,19 @@ class ShardConsumer:
             await self._store.redis.hdel(self._broker.names.shard_moves_key, *(str(s) for s in done + stale))
         return bool(done)
 
+    def _own_waiting(self) -> dict[int, int]:
+        """What waits in each shard of this worker's own share that it consumes (not lent out)."""
+        return {
+            shard: subscription.waiting
+            for shard, subscription in self._subscriptions.items()
+            if self._owners.get(shard) == self._instance_id and shard not in self._moves
+        }
+
     async def _lend(self, moves: dict[int, Move], loads: dict[str, Any]) -> bool:
         """Lend shards of this worker's own share when it has more waiting than one round of its
-        slots starts, to the peer with the most room for its next round."""
-        wanted = need(self.waiting, self.capacity.limit)
+        slots starts, to the peer with the most room for its next round, maybe taking some of the
+        peer's own shards in exchange (ownership.swap)."""
+        wanted = need(self.backlog, self.capacity.limit)
         if not wanted:
             return False
         rooms = {}
@@ -392,24 +426,36 @@ class ShardConsumer:
         if not rooms:
             return False
         taker = max(sorted(rooms), key=lambda peer: rooms[peer])
-        mine = {
-            shard: subscription.waiting
-            for shard, subscription in self._subscriptions.items()
-            if self._owners.get(shard) == self._instance_id and shard not in self._moves
+        mine = self._own_waiting()
+        # The taker's own shards as it published them, if our views of the split and the moves agree.
+        theirs = {
+            int(shard): int(count)
+            for shard, count in loads[taker].get("own", {}).items()
+            if self._owners.get(int(shard)) == taker and int(shard) not in moves
         }
-        chosen = lend(mine, wanted, rooms[taker])
+        chosen, taken = swap(mine, theirs, wanted, rooms[taker])
         if not chosen:
             return False
-        now = time.time()
+        now, me = time.time(), self._instance_id
+        # Both sides in one write. The taker's shards are written with the taker as giver, the
+        # owner under the even split, so they hold like any move it made; the taker hands them
+        # over as it would its own lend (units in hand finish, then its channel closes).
+        written = {str(shard): Move(me, taker, now, mine[shard]) for shard in chosen}
+        written |= {str(shard): Move(taker, me, now, theirs[shard]) for shard in taken}
         await self._store.redis.hset(
-            self._broker.names.shard_moves_key,
-            mapping={str(shard): Move(self._instance_id, taker, now, mine[shard]).to_json() for shard in chosen},
+            self._broker.names.shard_moves_key, mapping={k: m.to_json() for k, m in written.items()}
         )
         log.info(
-            "lending shards %s to %s for their backlog",
+            "lending shards %s to %s for their backlog, taking %s",
             sorted(chosen),
             taker,
-            extra={"waiting": self.waiting, "need": wanted, "room": rooms[taker], "lent": sum(mine[s] for s in chosen)},
+            sorted(taken),
+            extra={
+                "waiting": self.backlog,
+                "need": wanted,
+                "room": rooms[taker],
+                "lent": sum(mine[s] for s in chosen) - sum(theirs[s] for s in taken),
+            },
         )
         return True
 

@@ -15,13 +15,17 @@ Lending. An even split of the shards is not an even split of the messages: conve
 shards, and a burst of 160 conversations over 2 workers often puts 90 or more on one of them, which
 then needs one more round of its WORKER_CONCURRENCY slots while the other idles. So a worker whose
 backlog is more than one round of its slots (`need`) lends some of its own shards with waiting
-messages to the peer with the most room for its next round (`lend`: the fewest messages that cover
-the need, else as many as fit). A lent shard is a `Move` in Redis, written by the shard's owner;
-it holds while the owner is still the shard's owner under the even split and the taker is live.
-The taker gives it back once it holds nothing of it (or, under steady traffic, once nothing waits
-in it and it has had it for `RETURN_AFTER_S`). So the "at most one shard more than an even split"
-property holds in the steady state; only while a backlog is being worked off may a worker consume
-more shards or fewer.
+messages to the peer with the most room for its next round. A burst that fills both workers' next
+rounds exactly needs exactly `need` messages moved, which whole shards seldom make when `need` is
+small, so the lender may also take some of the peer's own shards in exchange (`swap`: the smallest
+difference that covers the need within the room, then the fewest messages moved). A lent shard is
+a `Move` in Redis; it holds while its `giver` is still the shard's owner under the even split and
+the taker is live. The lender writes both sides of an exchange in one step, the peer's shards with
+the peer as giver: the peer hands them over exactly as if it had lent them (below), so who wrote
+a record does not matter to order or to exactly-once. The taker gives a shard back once it holds
+nothing of it (or, under steady traffic, once nothing waits in it and it has had it for
+`RETURN_AFTER_S`). So the "at most one shard more than an even split" property holds in the steady
+state; only while a backlog is being worked off may a worker consume more shards or fewer.
 
 A shard moves the way it does on a join or a leave: the giver starts nothing more of it, lets the
 units in hand finish, then closes its channel, and the broker hands the rest, in order, to the
@@ -31,6 +35,7 @@ views differ for a moment: two workers subscribed to one shard never both consum
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -49,7 +54,8 @@ def _weight(worker: str, shard: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """A shard lent by its owner under the even split (`giver`) to `taker`, at `at` (epoch s)."""
+    """A shard lent by its owner under the even split (`giver`) to `taker`, at `at` (epoch s).
+    Written by the lender, also for the shards it takes in exchange (then `giver` is the peer)."""
 
     giver: str
     taker: str
@@ -123,19 +129,49 @@ def room(limit: int, waiting: int, incoming: int = 0) -> int:
     return max(0, limit - waiting - incoming)
 
 
-def lend(waiting: Mapping[int, int], wanted: int, room: int) -> set[int]:
-    """Which shards to lend, given the messages waiting in each: the fewest messages that cover
-    `wanted` within `room`; when no set of shards does, as many as fit in `room`. Deterministic
-    (a subset-sum over the waiting counts, shards taken in order)."""
-    if wanted <= 0 or room <= 0:
-        return set()
-    best: dict[int, tuple[int, ...]] = {0: ()}
+def _subset_sums(waiting: Mapping[int, int], cap: int) -> dict[int, tuple[int, ...]]:
+    """Every total up to `cap` that some set of the shards' waiting counts makes, with the first
+    such set (shards taken in order, so the answer is deterministic)."""
+    sums: dict[int, tuple[int, ...]] = {0: ()}
     for shard in sorted(waiting):
         count = waiting[shard]
-        if count <= 0 or count > room:
+        if count <= 0 or count > cap:
             continue
-        for total, chosen in list(best.items()):
-            if total + count <= room and total + count not in best:
-                best[total + count] = (*chosen, shard)
-    covering = [total for total in best if total >= wanted]
-    return set(best[min(covering) if covering else max(best)])
+        for total, chosen in list(sums.items()):
+            if total + count <= cap and total + count not in sums:
+                sums[total + count] = (*chosen, shard)
+    return sums
+
+
+def swap(mine: Mapping[int, int], theirs: Mapping[int, int], wanted: int, room: int) -> tuple[set[int], set[int]]:
+    """Which of the lender's shards (`mine`) to lend and which of the taker's own (`theirs`) to take
+    in exchange, given the messages waiting in each: the lender's backlog drops by the difference,
+    which should cover `wanted` within the taker's `room`. A burst that exactly fills the next
+    rounds of both needs the difference to be exactly `wanted` (one message more is a whole extra
+    round), and a one-sided lend rarely hits a small `wanted` exactly with whole shards; an
+    exchange does far more often. Preference: the smallest difference that covers `wanted` (else
+    the largest within `room`), then the fewest messages moved (so a one-sided lend when it is
+    exact). Deterministic."""
+    if wanted <= 0 or room <= 0:
+        return set(), set()
+    given = _subset_sums(mine, room + sum(c for c in theirs.values() if c > 0))
+    totals = sorted(given)
+    taken = _subset_sums(theirs, totals[-1] - 1)  # taking back as much as is given is no exchange
+    best: tuple[tuple[int, int, int], int, int] | None = None  # (rank, given total, taken total)
+    for back in taken:
+        # The smallest total to give that covers `wanted` with this much taken back, within room.
+        i = bisect.bisect_left(totals, back + wanted)
+        if i < len(totals) and totals[i] <= back + room:
+            rank = (0, totals[i] - back, totals[i] + back)
+            out = totals[i]
+        else:  # none covers it: the largest that fits
+            j = bisect.bisect_right(totals, back + room) - 1
+            if totals[j] <= back:
+                continue
+            rank = (1, back - totals[j], totals[j] + back)
+            out = totals[j]
+        if best is None or rank < best[0]:
+            best = (rank, out, back)
+    if best is None:
+        return set(), set()
+    return set(given[best[1]]), set(taken[best[2]])
