@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -50,10 +51,38 @@ CHROMIUM_ARGS = [
 T = TypeVar("T")
 
 
+class _PortBlock:
+    """Ports for the services and servers a test starts. Not the kernel's pick (`bind(0)`): that
+    comes from the ephemeral range, where every outgoing connection takes its own local port too,
+    and the other pytest-xdist process picks from the same range, so a port could be taken between
+    the pick and the service's bind. Instead each test process walks a block of its own below the
+    ephemeral range (Linux's default starts at 32768), skipping ports something holds."""
+
+    FIRST, SIZE, BLOCKS = 20_000, 1_500, 8
+
+    def __init__(self, worker: str) -> None:
+        index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+        self._start = self.FIRST + (index % self.BLOCKS) * self.SIZE
+        self._next = random.randrange(self.SIZE)  # a rerun does not start on ports just let go
+
+    def take(self) -> int:
+        for _ in range(self.SIZE):
+            port = self._start + self._next
+            self._next = (self._next + 1) % self.SIZE
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("0.0.0.0", port))  # what the services bind
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError(f"no free port in {self._start}-{self._start + self.SIZE - 1}")
+
+
+_PORTS = _PortBlock(os.environ.get("PYTEST_XDIST_WORKER", ""))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return _PORTS.take()
 
 
 def new_namespace() -> str:
