@@ -57,11 +57,11 @@ trap cleanup EXIT
 
 need_tools() {
   local missing=()
-  for tool in pm runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] && return
-  [ "$(id -u)" -eq 0 ] || fail "missing ${missing[*]}: apt-get install pm runc debootstrap"
-  say "installing pm runc debootstrap (Debian packages)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pm runc debootstrap >/dev/null
+  [ "$(id -u)" -eq 0 ] || fail "missing ${missing[*]}: apt-get install podman runc debootstrap"
+  say "installing podman runc debootstrap (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends podman runc debootstrap >/dev/null
 }
 
 write_containers_conf() {
@@ -101,7 +101,7 @@ build() {
   say "building $IMAGE"
   pm build --format docker --network host \
     --volume "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
-    --build-arg "PYTHON_IMAGE=$BASE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "pm build"; }
+    --build-arg "PYTHON_IMAGE=$BASE" -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "podman build"; }
   say "built in $((SECONDS - started)) s"
   pm image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q atendimento-healthcheck \
     || fail "the image has no HEALTHCHECK"
