@@ -294,17 +294,30 @@ class Recorder:
                     await self.flush()
 
 
-async def forget(redis: Redis, names: Names, key: str, members: Iterable[str], now: float | None = None) -> int:
+async def forget(
+    redis: Redis,
+    names: Names,
+    key: str,
+    members: Iterable[str],
+    now: float | None = None,
+    *,
+    delete: Iterable[str] = (),
+) -> tuple[int, int]:
     """Remove `members` from the last-seen set `key` and file them as forgotten (see the module's
-    docstring): a flush that saw them before now does not write them back. How many were removed."""
-    gone = list(members)
-    if not gone:
-        return 0
+    docstring): a flush that saw them before now does not write them back. `delete`: keys deleted in
+    the same transaction (a conversation's log with its entry in the index). Returns how many
+    members were removed and how many keys deleted."""
+    gone, doomed = list(members), list(delete)
     at = time.time() if now is None else now
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(key, *gone)
-        pipe.zadd(names.forgotten_key, {hashlib.sha1(m.encode()).hexdigest(): at for m in gone})
-        pipe.zremrangebyscore(names.forgotten_key, "-inf", at - FORGET_KEEP_S)
-        pipe.expire(names.forgotten_key, FORGET_KEEP_S)
-        removed, *_ = await pipe.execute()
-    return int(removed)
+        if doomed:
+            pipe.delete(*doomed)
+        if gone:
+            pipe.zrem(key, *gone)
+            pipe.zadd(names.forgotten_key, {hashlib.sha1(m.encode()).hexdigest(): at for m in gone})
+            pipe.zremrangebyscore(names.forgotten_key, "-inf", at - FORGET_KEEP_S)
+            pipe.expire(names.forgotten_key, FORGET_KEEP_S)
+        results = await pipe.execute() if doomed or gone else []
+    deleted = int(results[0]) if doomed else 0
+    removed = int(results[1 if doomed else 0]) if gone else 0
+    return removed, deleted

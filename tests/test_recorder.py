@@ -168,7 +168,7 @@ async def test_a_member_erased_before_the_flush_is_not_written_back(redis: Redis
     recorder.seen(names.users_key, "web:ana", 86400)
     recorder.seen(names.users_key, "web:bruno", 86400)
     recorder.seen(names.conversations_key, "web:ana:chat", 86400)
-    assert await forget(redis, names, names.users_key, ["web:ana"], now=NOW + 1) == 0  # not flushed yet
+    assert await forget(redis, names, names.users_key, ["web:ana"], now=NOW + 1) == (0, 0)  # not flushed yet
     await forget(redis, names, names.conversations_key, ["web:ana:chat"], now=NOW + 1)
     assert await recorder.flush()
     assert await redis.zrange(names.users_key, 0, -1) == ["web:bruno"]

@@ -56,9 +56,11 @@ class ConversationLogs:
         if not found.conversations:
             return 0
         conversations = list(found.conversations)
-        deleted = await self.redis.delete(*(self.names.conversation_log_key(c) for c in conversations))
-        await recorder.forget(self.redis, self.names, self.names.conversations_key, conversations)
-        return int(deleted)
+        logs = [self.names.conversation_log_key(c) for c in conversations]
+        _, deleted = await recorder.forget(
+            self.redis, self.names, self.names.conversations_key, conversations, delete=logs
+        )
+        return deleted
 
 
 class Memory:
@@ -164,7 +166,8 @@ class Users:
         return {m: float(s) for m, s in zip(members, scores, strict=True) if s is not None}
 
     async def erase(self, found: Holdings) -> int:
-        return await recorder.forget(self.redis, self.names, self.names.users_key, self._members(found))
+        removed, _ = await recorder.forget(self.redis, self.names, self.names.users_key, self._members(found))
+        return removed
 
 
 class Unanswered:
