@@ -60,6 +60,43 @@ async def wait_even(http: aiohttp.ClientSession, workers: list[Service]) -> floa
     return time.monotonic() - started
 
 
+def llm_env(llm: FakeLlm) -> dict[str, str]:
+    """Workers answering with the LLM stand-in, 4 replies at once each: a slow reply keeps a shard busy."""
+    return {
+        "REPLY_ENGINE": "openai",
+        "OPENAI_BASE_URL": llm.url,
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_TIMEOUT_SECONDS": "30",
+        "WORKER_CONCURRENCY": "4",
+    }
+
+
+async def two_llm_workers(stack: Stack, llm: FakeLlm, http: aiohttp.ClientSession) -> tuple[Service, Service]:
+    """Gateway, monitor and two such workers, the shards split evenly between them."""
+    stack.extra_env.update(llm_env(llm))
+    await stack.start("gateway")
+    await stack.start("monitor")
+    first, second = [await stack.start("worker") for _ in range(2)]
+    await wait_even(http, [first, second])
+    return first, second
+
+
+def assert_generated_once(llm: FakeLlm, total: int) -> None:
+    """The stand-in was asked for each of `total` messages once: no reply was generated twice."""
+    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
+    assert len(calls) == total and set(calls.values()) == {1}
+
+
+def conversations_on(names: Names, shards: set[int], count: int) -> list[str]:
+    """`count` conversation ids (of user "eva") that hash to one of `shards`."""
+    found: list[str] = []
+    while len(found) < count:
+        candidate = f"on-{uuid.uuid4().hex[:10]}"
+        if names.shard_of(web_id("eva", candidate)) in shards:
+            found.append(candidate)
+    return found
+
+
 async def test_two_three_and_five_workers_share_the_default_shards_evenly(
     wide_stack: Stack, http: aiohttp.ClientSession
 ) -> None:
@@ -80,15 +117,7 @@ async def test_a_worker_joining_and_one_leaving_keep_order_and_answer_once(
     them, then the first stops (SIGTERM) and a third joins. Shards move both times; every
     message is answered once, each conversation in order, and no reply is generated twice."""
     llm.delay_s = 0.25
-    wide_stack.extra_env.update(
-        {
-            "REPLY_ENGINE": "openai",
-            "OPENAI_BASE_URL": llm.url,
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_TIMEOUT_SECONDS": "30",
-            "WORKER_CONCURRENCY": "4",
-        }
-    )
+    wide_stack.extra_env.update(llm_env(llm))
     await wide_stack.start("gateway")
     await wide_stack.start("monitor")
     sent, readers = await queue_conversations(http, wide_stack, 20, TOTAL)
@@ -112,8 +141,7 @@ async def test_a_worker_joining_and_one_leaving_keep_order_and_answer_once(
 
     await assert_each_answered_once_in_order(http, wide_stack, sent, readers)
     # Shards are handed over between units: what one worker generated, no other generates again.
-    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
-    assert len(calls) == TOTAL and set(calls.values()) == {1}
+    assert_generated_once(llm, TOTAL)
 
 
 async def test_an_idle_worker_takes_over_the_backlog_of_a_busy_one_in_order_and_once(
@@ -124,46 +152,20 @@ async def test_an_idle_worker_takes_over_the_backlog_of_a_busy_one_in_order_and_
     them; every message is answered once, each conversation in order, no reply is generated
     twice, and once the backlog is gone the shards are split evenly again."""
     llm.delay_s = 0.3
-    wide_stack.extra_env.update(
-        {
-            "REPLY_ENGINE": "openai",
-            "OPENAI_BASE_URL": llm.url,
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_TIMEOUT_SECONDS": "30",
-            "WORKER_CONCURRENCY": "4",
-        }
-    )
-    await wide_stack.start("gateway")
-    await wide_stack.start("monitor")
-    busy, idle = [await wide_stack.start("worker") for _ in range(2)]
-    await wait_even(http, [busy, idle])
+    busy, idle = await two_llm_workers(wide_stack, llm, http)
     (busy_shards,) = await owned(http, [busy])
     names = Names(wide_stack.namespace, DEFAULT_SHARDS)
-    skewed: list[str] = []
-    while len(skewed) < 12:
-        candidate = f"skew-{uuid.uuid4().hex[:10]}"
-        if names.shard_of(web_id("eva", candidate)) in busy_shards:
-            skewed.append(candidate)
+    skewed = conversations_on(names, set(busy_shards), 12)
     sent, readers = await queue_conversations(http, wide_stack, len(skewed), 48, names=skewed)
 
     await assert_each_answered_once_in_order(http, wide_stack, sent, readers)
-    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
-    assert len(calls) == 48 and set(calls.values()) == {1}
+    assert_generated_once(llm, 48)
     by_idle = idle.logs().count('"message processed"')
     print(f"the idle worker answered {by_idle} of 48")
     assert "lending shards" in busy.logs()
     assert 0 < by_idle < 48
     assert busy.logs().count('"message processed"') + by_idle == 48
     await wait_even(http, [busy, idle])  # the lent shards went back
-
-
-def conversations_on(names: Names, shard: int, count: int) -> list[str]:
-    found: list[str] = []
-    while len(found) < count:
-        candidate = f"on{shard}-{uuid.uuid4().hex[:10]}"
-        if names.shard_of(web_id("eva", candidate)) == shard:
-            found.append(candidate)
-    return found
 
 
 async def test_shards_exchanged_to_even_out_a_backlog_exactly_keep_order_and_answer_once(
@@ -177,28 +179,16 @@ async def test_shards_exchanged_to_even_out_a_backlog_exactly_keep_order_and_ans
     message is answered once, each conversation in order, no reply is generated twice, and the
     shards go back to the even split."""
     llm.delay_s = 2.5
-    wide_stack.extra_env.update(
-        {
-            "REPLY_ENGINE": "openai",
-            "OPENAI_BASE_URL": llm.url,
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_TIMEOUT_SECONDS": "30",
-            "WORKER_CONCURRENCY": "4",
-        }
-    )
-    await wide_stack.start("gateway")
-    await wide_stack.start("monitor")
-    busy, other = [await wide_stack.start("worker") for _ in range(2)]
-    await wait_even(http, [busy, other])
+    busy, other = await two_llm_workers(wide_stack, llm, http)
     busy_shards, other_shards = await owned(http, [busy, other])
     names = Names(wide_stack.namespace, DEFAULT_SHARDS)
     (p, q, t), (r, r2) = busy_shards[:3], other_shards[:2]
-    first = [*conversations_on(names, p, 1), *conversations_on(names, q, 1), *conversations_on(names, t, 2)]
+    first = [*conversations_on(names, {p}, 1), *conversations_on(names, {q}, 1), *conversations_on(names, {t}, 2)]
     rest = [
-        *conversations_on(names, p, 3),
-        *conversations_on(names, q, 3),
-        *conversations_on(names, r, 4),
-        *conversations_on(names, r2, 1),
+        *conversations_on(names, {p}, 3),
+        *conversations_on(names, {q}, 3),
+        *conversations_on(names, {r}, 4),
+        *conversations_on(names, {r2}, 1),
     ]
     readers = []
     for conversation in first + rest:  # every reply stream open before anything is sent
@@ -224,8 +214,7 @@ async def test_shards_exchanged_to_even_out_a_backlog_exactly_keep_order_and_ans
     sent |= {conversation: [message_id] for conversation, message_id in zip(rest, ids, strict=True)}
 
     await assert_each_answered_once_in_order(http, wide_stack, sent, readers)
-    calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)
-    assert len(calls) == len(sent) and set(calls.values()) == {1}
+    assert_generated_once(llm, len(sent))
     lends = [line for line in busy.logs().splitlines() if "lending shards" in line]
     assert len(lends) == 1 and (f"[{p}]" in lends[0] or f"[{q}]" in lends[0]), lends
     assert f"taking [{r}]" in lends[0] or f"taking [{r2}]" in lends[0], lends

@@ -188,6 +188,7 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     balancing = supervised("shard-balancer", lambda: consumer.run(settings.heartbeat_interval_s))
+    lending = supervised("backlog-balancer", consumer.balance)
     sweeper = RatingSweeper(
         Conversations(store.redis, store.names, ConversationSettings.from_settings(settings)),
         app[BROKER],
@@ -206,9 +207,10 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
     # SIGTERM: stop taking work, finish what is in hand, then leave (the heartbeat goes last, so the
     # others take the shards over only once they are free).
     app[PROBES].draining = True
-    balancing.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await balancing
+    for loop in (lending, balancing):
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
     await consumer.stop(settings.shutdown_grace_s)
     heartbeat.cancel()
     with contextlib.suppress(asyncio.CancelledError):

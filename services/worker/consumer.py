@@ -272,18 +272,12 @@ class ShardConsumer:
 
     async def run(self, interval_s: float) -> None:
         await self._broker.wait_ready()
-        balancing = asyncio.create_task(self._balance_loop(), name="backlog-balancer")
-        try:
-            while True:
-                try:
-                    await self._rebalance()
-                except BROKER_ERRORS as exc:
-                    log.warning("rebalance postponed, broker unavailable: %s", exc)
-                await asyncio.sleep(interval_s)
-        finally:
-            balancing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await balancing
+        while True:
+            try:
+                await self._rebalance()
+            except BROKER_ERRORS as exc:
+                log.warning("rebalance postponed, broker unavailable: %s", exc)
+            await asyncio.sleep(interval_s)
 
     async def _rebalance(self) -> None:
         async with self._rebalancing:
@@ -340,7 +334,9 @@ class ShardConsumer:
             await subscription.stop(grace_s=0)
             raise
 
-    async def _balance_loop(self) -> None:
+    async def balance(self) -> None:
+        """Weigh the backlogs a few times a second (lending, exchanging, giving back); idle until
+        the first rebalance has seen other workers."""
         while True:
             await asyncio.sleep(BALANCE_TICK_S)
             if not self._peers:
