@@ -69,6 +69,11 @@ BUNDLED = (
         EVAL / "blind2" / "kb-plumbing-hvac.yaml",
         EVAL / "blind2" / "questions-plumbing-hvac.yaml",
     ),
+    # Written blind (the writer read only other sets' files for their format) before the round
+    # that added lending shards; held out for that round (optical 0.86, bike shop 0.77 resolved),
+    # then their failures were read and tuned on.
+    ("optical-pt", TUNED, EVAL / "blind3" / "kb-otica.yaml", EVAL / "blind3" / "questions-otica.yaml"),
+    ("bikeshop-en", TUNED, EVAL / "blind3" / "kb-bikeshop.yaml", EVAL / "blind3" / "questions-bikeshop.yaml"),
     ("vet-pt", HELD_OUT, EVAL / "holdout" / "kb-vet.yaml", EVAL / "holdout" / "questions-vet.yaml"),
     ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
     ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
@@ -79,10 +84,15 @@ BUNDLED = (
     # Written blind the same way, before this round's engine changes.
     ("driving-pt", HELD_OUT, EVAL / "fresh" / "kb-autoescola.yaml", EVAL / "fresh" / "questions-autoescola.yaml"),
     ("solar-en", HELD_OUT, EVAL / "fresh" / "kb-solar.yaml", EVAL / "fresh" / "questions-solar.yaml"),
-    # Written blind (the writer read only other sets' files for their format) before the next
+    # Written blind (the writer read only two other sets' files for their format) before this
     # round's engine changes; never tuned on, their failures never read.
-    ("optical-pt", HELD_OUT, EVAL / "blind3" / "kb-otica.yaml", EVAL / "blind3" / "questions-otica.yaml"),
-    ("bikeshop-en", HELD_OUT, EVAL / "blind3" / "kb-bikeshop.yaml", EVAL / "blind3" / "questions-bikeshop.yaml"),
+    ("petshop-pt", HELD_OUT, EVAL / "blind4" / "kb-petshop.yaml", EVAL / "blind4" / "questions-petshop.yaml"),
+    (
+        "climbing-en",
+        HELD_OUT,
+        EVAL / "blind4" / "kb-gym-climbing.yaml",
+        EVAL / "blind4" / "questions-gym-climbing.yaml",
+    ),
 )
 
 
