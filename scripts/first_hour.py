@@ -240,6 +240,9 @@ async def quick_start(walk: Walk) -> None:
     walk.check(
         "without ADMIN_TOKEN /admin refuses and says so", status == 503 and "ADMIN_TOKEN is not set" in body, status
     )
+    await walk.stop()  # Ctrl-C
+    stopped = [service for service in SERVICES if any("closing the listener" in line for line in walk.lines(service))]
+    walk.check("Ctrl-C stops all three, and what they log while stopping is shown", stopped == list(SERVICES), stopped)
 
 
 async def admin(walk: Walk) -> None:
