@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Kubernetes schemas) is for test, lint, typecheck and bench. A dev install satisfies both.
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 
-.PHONY: install install-runtime services run test test-ha lint typecheck pytest bench bench-llm soak eval image-test clean
+.PHONY: install install-runtime services run first-hour test test-ha lint typecheck pytest bench bench-llm soak eval image-test clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ services:  ## make sure Redis and RabbitMQ answer (start or install them locally
 
 run: install-runtime services  ## run gateway, one worker and monitor in the foreground (reads .env when present)
 	@scripts/run-all.sh
+
+# The clone installs its own .venv and starts Redis and RabbitMQ itself (its `make run`); this
+# checkout's .venv only runs the walk-through and the stand-ins (tests/support: runtime imports only).
+first-hour: install-runtime  ## the README's first-hour guides, done in a fresh clone of HEAD against local stand-ins (a few minutes)
+	$(PY) -m scripts.first_hour
 
 lint: install
 	$(VENV)/bin/ruff check .

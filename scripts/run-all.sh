@@ -40,7 +40,9 @@ if [[ -f $env_file ]]; then
 fi
 
 start() {
-  "$PY" -m "services.$1" > >(sed -u "s/^/[$1] /") 2>&1 &
+  # Ctrl-C reaches every process of the job: the prefixer ignores it and ends when its service's
+  # output does, so what a service logs while it stops still reaches the terminal.
+  "$PY" -m "services.$1" > >(trap '' INT; exec sed -u "s/^/[$1] /") 2>&1 &
   pids+=($!)
 }
 

@@ -48,6 +48,6 @@ def is_test_module(name: str) -> bool:
 
 
 def test_no_module_imports_a_test_module() -> None:
-    paths = sorted([*TESTS.rglob("*.py"), *(ROOT / "bench").rglob("*.py"), *(ROOT / "eval").rglob("*.py")])
+    paths = sorted(path for folder in ("tests", "bench", "eval", "scripts") for path in (ROOT / folder).rglob("*.py"))
     offenders = {str(path.relative_to(ROOT)): sorted(filter(is_test_module, imported_modules(path))) for path in paths}
     assert not {path: names for path, names in offenders.items() if names}, "import helpers from tests/support/"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,23 @@ def start_run_all(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=default_sigint,
+            process_group=0,  # a job of its own, as a terminal runs `make run`
         )
 
 
 def interrupt(run: subprocess.Popen[bytes]) -> None:
-    run.send_signal(signal.SIGINT)
+    """Ctrl-C as a terminal sends it: to every process of the job (the services and the prefixers
+    of their lines too, not only run-all.sh), then until all of them are gone."""
+    os.killpg(run.pid, signal.SIGINT)
     run.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(run.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("processes of the job outlived Ctrl-C by 30s")
 
 
 @pytest.mark.integration  # scripts/run-all.sh starts the three services
@@ -117,6 +129,9 @@ async def test_a_fresh_run_is_quiet(tmp_path: Path, http: aiohttp.ClientSession)
         await purge_namespace(namespace)
     output = log.read_text(errors="replace")
     assert "settings: " in output and "message processed" in output, output[-3000:]
+    # What the services log while they stop reaches the terminal (the prefixers outlive Ctrl-C).
+    stopping = {line.split(" ", 1)[0] for line in output.splitlines() if "closing the listener" in line}
+    assert stopping == {"[gateway]", "[worker]", "[monitor]"}, output[-3000:]
     noise = [line for line in output.splitlines() if any(marker in line for marker in EXPORT_NOISE)]
     assert not noise, "\n".join(noise[:10])
 

@@ -5,12 +5,14 @@ command block sets the shell variables it uses. No services: this reads files an
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping
 
 import opentelemetry.sdk.environment_variables as otel_variables
 import pytest
 
+from shared import startup
 from shared.settings import Settings
 from tests.support import ROOT
 
@@ -111,3 +113,72 @@ def test_every_make_target_the_readme_names_exists() -> None:
 def test_every_setting_the_readme_shows_is_accepted(environment: dict[str, str]) -> None:
     read = settings_names()
     Settings.from_env({name: value for name, value in environment.items() if name in read})
+
+
+# The first hour -----------------------------------------------------------------------------------
+# `make first-hour` (scripts/first_hour.py) does the guides for real, in minutes; these check in
+# milliseconds that what they promise to see is what the settings and the code make of their lines.
+FIRST_HOUR = README.split("\n## The first hour\n", 1)[1].split("\n## ", 1)[0]
+# The log lines the first hour quotes (`…` where they vary), with the literal text of the code that
+# prints each: a message reworded in the code fails here until the README quotes the new one.
+QUOTED_LOG_LINES = {
+    "POST /webhooks/whatsapp 401": [("services/gateway/access_log.py", '"%s %s %d"')],
+    "whatsapp reply … not delivered, dead-lettered: WhatsApp answered 401 (code 190)": [
+        ("services/gateway/delivery/sender.py", '"%s reply %s to %s not delivered, dead-lettered: %s"'),
+        ("services/gateway/delivery/clients.py", 'f"WhatsApp answered {status} (code {code}): '),
+    ],
+    "LLM reply failed, the knowledge base answers: HTTP 404: …": [
+        ("services/worker/engines/openai.py", '"LLM reply failed, the knowledge base answers: %s"'),
+        ("services/worker/engines/openai.py", 'f"HTTP {status}: '),
+    ],
+}
+
+
+def guide(number: int) -> str:
+    return FIRST_HOUR.split(f"**{number}. ", 1)[1].split(f"**{number + 1}. ", 1)[0]
+
+
+def guide_block(text: str, first_line: str) -> dict[str, str]:
+    """The guide's `.env` block starting with `first_line`, as `make run` reads it (placeholders filled in)."""
+    [block] = [b for b in re.findall(r"^```\w*\n(.*?)^```", text, re.M | re.S) if b.startswith(first_line)]
+    pairs = [re.fullmatch(rf"({NAME})=(.*)", line) for line in block.splitlines()]
+    return {m[1]: "sk-filled-in" if PLACEHOLDER.search(m[2]) else dotenv_value(m[2]) for m in pairs if m}
+
+
+def set_as_told(text: str, prefix: str) -> dict[str, str]:
+    """Every variable starting with `prefix` that the guide has you set, given a value."""
+    return {name: "first_hour-0123456789" for name in re.findall(rf"`({prefix}[A-Z_]+)`", text)}
+
+
+def first_line(caplog: pytest.LogCaptureFixture, environment: dict[str, str]) -> str:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=startup.__name__):
+        startup.log_start("gateway", Settings.from_env(environment), 8080, 1024)
+    return caplog.records[0].getMessage()
+
+
+def test_the_first_lines_say_what_the_guides_promise(caplog: pytest.LogCaptureFixture) -> None:
+    """Each guide's lines, read by the settings, give the first log line the README quotes for them."""
+    whatsapp, telegram = set_as_told(guide(2), "WHATSAPP_"), set_as_told(guide(3), "TELEGRAM_")
+    assert {"WHATSAPP_APP_SECRET", "WHATSAPP_ACCESS_TOKEN"} <= set(whatsapp), "guide 2 no longer sets them"
+    promised = {
+        "channels web, whatsapp": whatsapp,
+        "channels web, telegram": telegram,
+        "channels web, whatsapp, telegram": whatsapp | telegram,
+        "engine openai (llama3.1:8b)": guide_block(guide(4), "REPLY_ENGINE="),
+    }
+    for phrase, environment in promised.items():
+        assert f"`{phrase}`" in FIRST_HOUR, f"the first hour no longer quotes {phrase!r}"
+        assert phrase in first_line(caplog, environment)
+    hosted = guide_block(guide(5), "REPLY_ENGINE=")
+    assert "engine openai (gpt-4o-mini)" in first_line(caplog, hosted)
+    [quoted] = re.findall(r"`(gateway listening on port 8080: [^`]*)`", README)
+    pattern = ".*".join(re.escape(part) for part in quoted.split("…"))
+    assert re.fullmatch(pattern, first_line(caplog, {})), "the quick start's first line"
+
+
+@pytest.mark.parametrize("quote", QUOTED_LOG_LINES)
+def test_the_log_lines_the_first_hour_quotes_are_printed(quote: str) -> None:
+    assert f"`{quote}`" in re.sub(r"\s+", " ", FIRST_HOUR), "quoted no more: update QUOTED_LOG_LINES"
+    for path, literal in QUOTED_LOG_LINES[quote]:
+        assert literal in (ROOT / path).read_text(), f"{path} prints {quote!r} no more: update the README"

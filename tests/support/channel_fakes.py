@@ -7,6 +7,9 @@ request open until the test releases it (to kill a consumer mid-send); a held re
 never having reached the platform. It also holds the media customers "sent" (`add_media`), served
 as the platforms do: Graph's media info then its URL, Telegram's `getFile` then the file, both
 checking the credentials; uploads (`/media`) and `sendVoice` are recorded with their bytes.
+Telegram's webhook side too: `setWebhook` and `getWebhookInfo` as the Bot API answers them, and
+`send_update` posting an update to the registered URL with the registered secret, noting a refusal
+in `last_error_message` the way Telegram does (unlike Telegram, any http URL is accepted).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import itertools
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,6 +116,18 @@ class Received:
 
 
 @dataclass
+class Webhook:
+    """What `setWebhook` registered, and how its deliveries went (getWebhookInfo's fields)."""
+
+    url: str = ""
+    secret: str = ""
+    allowed_updates: list[str] = field(default_factory=list)
+    pending_update_count: int = 0
+    last_error_date: int | None = None
+    last_error_message: str | None = None
+
+
+@dataclass
 class MediaFile:
     data: bytes
     mime_type: str
@@ -140,6 +156,7 @@ class FakeChannelApi:
         self.media: dict[str, MediaFile] = {}
         self.uploads: list[Received] = []
         self.media_requests: list[str] = []  # paths of the media info and download requests
+        self.webhook = Webhook()
 
     @property
     def url(self) -> str:
@@ -165,7 +182,10 @@ class FakeChannelApi:
         app.router.add_get(r"/bot{token}/getFile", self._telegram_get_file)
         app.router.add_get(r"/file/bot{token}/{path:.+}", self._download)
         app.router.add_get(r"/graph-files/{media_id}", self._download)
-        app.router.add_get(r"/{version}/{media_id}", self._whatsapp_media_info)
+        for method in ("GET", "POST"):  # the Bot API takes either, with query, form or JSON parameters
+            app.router.add_route(method, r"/bot{token}/setWebhook", self._telegram_set_webhook)
+            app.router.add_route(method, r"/bot{token}/getWebhookInfo", self._telegram_webhook_info)
+        app.router.add_get(r"/{version}/{media_id}", self._whatsapp_media_info)  # last: it matches any /a/b
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -211,6 +231,57 @@ class FakeChannelApi:
                 "id": media_id,
             }
         )
+
+    @staticmethod
+    def _unauthorized(request: web.Request) -> web.Response | None:
+        if request.match_info["token"] == TELEGRAM_ENV["TELEGRAM_BOT_TOKEN"]:
+            return None
+        return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+
+    async def _telegram_set_webhook(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        params = dict(request.query)
+        if request.content_type == "application/json":
+            params |= {key: str(value) for key, value in (await request.json()).items()}
+        elif request.method == "POST":
+            params |= {key: str(value) for key, value in (await request.post()).items()}
+        secret = params.get("secret_token", "")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{0,256}", secret):
+            description = "Bad Request: secret token contains unallowed characters"
+            return web.json_response({"ok": False, "error_code": 400, "description": description}, status=400)
+        allowed = orjson.loads(params["allowed_updates"]) if params.get("allowed_updates") else []
+        self.webhook = Webhook(params.get("url", ""), secret, allowed)
+        said = "Webhook was set" if self.webhook.url else "Webhook was deleted"
+        return web.json_response({"ok": True, "result": True, "description": said})
+
+    async def _telegram_webhook_info(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        hook = self.webhook
+        info: dict[str, Any] = {"url": hook.url, "has_custom_certificate": False}
+        info["pending_update_count"] = hook.pending_update_count
+        if hook.last_error_date is not None:
+            info |= {"last_error_date": hook.last_error_date, "last_error_message": hook.last_error_message}
+        if hook.url:
+            info |= {"max_connections": 40, "allowed_updates": hook.allowed_updates or ["message"]}
+        return web.json_response({"ok": True, "result": info})
+
+    async def send_update(self, update: dict[str, Any]) -> int:
+        """Deliver an update to the registered webhook as Telegram does; its HTTP status."""
+        hook = self.webhook
+        headers = {"X-Telegram-Bot-Api-Secret-Token": hook.secret} if hook.secret else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(hook.url, json=update, headers=headers) as response,
+        ):
+            if response.status >= 300:
+                hook.pending_update_count += 1
+                hook.last_error_date = int(time.time())
+                hook.last_error_message = f"Wrong response from the webhook: {response.status} {response.reason}"
+            return response.status
 
     async def _telegram_get_file(self, request: web.Request) -> web.Response:
         self.media_requests.append(request.path)

@@ -64,7 +64,9 @@ class FakeLlm:
     "ok" (an answer saying LLM_TEXT, citing `prazo-entrega` when that entry was given), a
     `Completion` (that output), an HTTP status such as 500 or 400, ("429", seconds) for a 429 with
     Retry-After, or "hang" (never answers); `audio_script` likewise for transcriptions ("ok" or a
-    status)."""
+    status). `models`, when given, are the models it has (Ollama's "pulled"): any other is answered
+    404 as Ollama answers it; `api_keys`, when given, the keys it takes: any other is answered 401 as
+    OpenAI answers it."""
 
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -79,17 +81,19 @@ class FakeLlm:
     audio_script: list[Any] = field(default_factory=list)
     transcriptions: list[dict[str, Any]] = field(default_factory=list)
     speeches: list[dict[str, Any]] = field(default_factory=list)
+    models: set[str] | None = None
+    api_keys: set[str] | None = None
     url: str = ""
     _runner: web.AppRunner | None = None
 
-    async def start(self) -> FakeLlm:
+    async def start(self, port: int | None = None) -> FakeLlm:
         app = web.Application(client_max_size=32 * 2**20)
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/v1/audio/transcriptions", self._transcription)
         app.router.add_post("/v1/audio/speech", self._speech)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        port = free_port()
+        port = port or free_port()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}/v1"
         return self
@@ -101,7 +105,11 @@ class FakeLlm:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         self.arrivals.append(time.monotonic())
         body = await request.json()
-        self.requests.append({"body": body, "authorization": request.headers.get("Authorization")})
+        authorization = request.headers.get("Authorization")
+        self.requests.append({"body": body, "authorization": authorization})
+        refused = self._refusal(authorization, str(body.get("model")))
+        if refused is not None:
+            return refused
         step = self.script.pop(0) if self.script else "ok"
         if self.failing_text and self.failing_text in str(body["messages"][-1].get("content", "")):
             step = 500
@@ -112,6 +120,19 @@ class FakeLlm:
             return await self._answer(request, body, step)
         finally:
             self.in_flight -= 1
+
+    def _refusal(self, authorization: str | None, model: str) -> web.Response | None:
+        """A wrong key (OpenAI's 401) or a model it does not have (Ollama's 404), None when neither."""
+        if self.api_keys is not None and authorization not in {f"Bearer {key}" for key in self.api_keys}:
+            message = (
+                "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+            )
+            error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+            return web.json_response({"error": error}, status=401)
+        if self.models is not None and model not in self.models:
+            message = f'model "{model}" not found, try pulling it first'
+            return web.json_response({"error": {"message": message, "type": "not_found_error"}}, status=404)
+        return None
 
     async def _answer(self, request: web.Request, body: dict[str, Any], step: Any) -> web.StreamResponse:
         if step == "hang":
