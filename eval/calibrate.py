@@ -3,25 +3,30 @@
 For every question of the tuned-on sets (never a held-out one), the engine's two rankings (words
 alone; words and the multilingual model) are described by their features (services/worker/
 engines/confidence.py) and labelled: is the first candidate the entry meant, is it among the
-three offered. A logistic model is fitted to each label, per ranking, and printed as the Python
-constants of confidence.py. Then, leaving one set out at a time (fitted on the others, applied to
-it: what an unseen base would see), it prints what each pair of thresholds would do: answered
-right directly, resolved in one step (directly or by one tap), confidently wrong, out-of-scope
-questions answered and asked back on. The thresholds in confidence.py were chosen from that table:
-the most direct answers with at most 3 % confidently wrong and 6 % of out-of-scope answered.
+three offered. A logistic model is fitted to each label, per ranking: over the features for
+words alone (printed as the Python constants of confidence.py); for words and the model together,
+P(answer) over the features and their pairwise products, P(offer) over the features
+(`--write` stores them in services/worker/engines/semantic-calibration.json). Then, leaving one
+set out at a time (fitted on the others, applied to it: what an unseen base would see), it prints
+what each pair of thresholds would do: answered right directly, resolved in one step (directly or
+by one tap), confidently wrong, out-of-scope questions answered and asked back on. The thresholds
+in confidence.py were chosen from that table: the most direct answers with at most 5 % confidently
+wrong and 10 % of out-of-scope answered on the tuned-on sets written blind.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from services.worker.engines.confidence import SEMANTIC_FEATURES, WORD_FEATURES, Ranking
+from services.worker.engines.confidence import SEMANTIC_FEATURES, SEMANTIC_FILE, WORD_FEATURES, Ranking
 from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import OPTIONS, KbEngine, KnowledgeBase
 
@@ -77,6 +82,14 @@ class Fit:
         p: Matrix = 1.0 / (1.0 + np.exp(-z))
         return p
 
+    def data(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights.tolist(),
+            "bias": self.bias,
+            "means": self.means.tolist(),
+            "scales": self.scales.tolist(),
+        }
+
     def code(self) -> str:
         def floats(values: Matrix) -> str:
             return "(" + ", ".join(f"{v:.4f}" for v in values) + ("," if len(values) == 1 else "") + ")"
@@ -100,6 +113,39 @@ def fit(x: Matrix, y: Matrix, l2: float = 1.0, steps: int = 4000) -> Fit:
 
 
 @dataclass(frozen=True, slots=True)
+class QuadraticFit:
+    """`fit` over the standardised features and their pairwise products (confidence.Quadratic)."""
+
+    means: Matrix
+    scales: Matrix
+    inner: Fit
+
+    def expand(self, x: Matrix) -> Matrix:
+        z = (x - self.means) / self.scales
+        pairs = [z[:, i] * z[:, j] for i in range(z.shape[1]) for j in range(i, z.shape[1])]
+        return np.column_stack([z, *pairs])
+
+    def predict(self, x: Matrix) -> Matrix:
+        return self.inner.predict(self.expand(x))
+
+    def data(self) -> dict[str, Any]:
+        return {"means": self.means.tolist(), "scales": self.scales.tolist(), "logistic": self.inner.data()}
+
+
+# Strong: a pairwise product is a feature of its own, and 800 samples are few for 90 of them.
+QUADRATIC_L2 = 20.0
+
+
+def fit_quadratic(x: Matrix, y: Matrix) -> QuadraticFit:
+    means, scales = x.mean(axis=0), x.std(axis=0) + 1e-9
+    shell = QuadraticFit(means, scales, Fit(np.zeros(0), 0.0, np.zeros(0), np.zeros(0)))
+    return QuadraticFit(means, scales, fit(shell.expand(x), y, l2=QUADRATIC_L2))
+
+
+Fitter = Callable[[Matrix, Matrix], Fit | QuadraticFit]
+
+
+@dataclass(frozen=True, slots=True)
 class Columns:
     groups: npt.NDArray[np.str_]
     x: Matrix
@@ -118,13 +164,13 @@ def columns(data: Sequence[Sample]) -> Columns:
     )
 
 
-def left_out(c: Columns) -> tuple[Matrix, Matrix]:
+def left_out(c: Columns, fitter: Fitter) -> tuple[Matrix, Matrix]:
     """P(answer) and P(offer) of each sample from models fitted without its set."""
     p_answer, p_offer = np.zeros(len(c.first)), np.zeros(len(c.first))
     for group in sorted(set(c.groups.tolist())):
         train = c.groups != group
-        p_answer[~train] = fit(c.x[train], c.first[train]).predict(c.x[~train])
-        p_offer[~train] = fit(c.x[train], c.offered[train]).predict(c.x[~train])
+        p_answer[~train] = fitter(c.x[train], c.first[train]).predict(c.x[~train])
+        p_offer[~train] = fitter(c.x[train], c.offered[train]).predict(c.x[~train])
     return p_answer, p_offer
 
 
@@ -143,25 +189,42 @@ def outcomes(c: Columns, p_answer: Matrix, p_offer: Matrix, answer_at: float, of
     )
 
 
-def report(title: str, names: Sequence[str], data: Sequence[Sample]) -> None:
-    c = columns(data)
-    print(f"\n# {title}: {len(data)} samples ({int(c.in_scope.sum())} in scope)")
-    print(f"answer={fit(c.x, c.first).code()},")
-    print(f"offer={fit(c.x, c.offered).code()},")
-    print(f"# features: {', '.join(names)}")
-    p_answer, p_offer = left_out(c)
-    print("# left-one-set-out: answer_at offer_at | direct resolved wrong | out-of-scope answered asked")
-    for answer_at in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97):
+def report(title: str, c: Columns, p_answer: Matrix, p_offer: Matrix) -> None:
+    print(f"# {title}: left-one-set-out: answer_at offer_at | direct resolved wrong | out-of-scope answered asked")
+    for answer_at in (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.97):
         for offer_at in (0.2, 0.3, 0.4, 0.5, 0.6):
             d, r, w, oa, oq = outcomes(c, p_answer, p_offer, answer_at, offer_at)
             print(f"{answer_at:5.2f} {offer_at:5.2f} | {d:.3f} {r:.3f} {w:.3f} | {oa:.3f} {oq:.3f}")
 
 
+def words_models(data: Sequence[Sample]) -> None:
+    c = columns(data)
+    print(f"\n# WORDS: {len(data)} samples ({int(c.in_scope.sum())} in scope)")
+    print(f"answer={fit(c.x, c.first).code()},")
+    print(f"offer={fit(c.x, c.offered).code()},")
+    print(f"# features: {', '.join(WORD_FEATURES)}")
+    report("WORDS", c, *left_out(c, fit))
+
+
+def semantic_models(data: Sequence[Sample], write: bool) -> None:
+    c = columns(data)
+    print(f"\n# SEMANTIC: {len(data)} samples ({int(c.in_scope.sum())} in scope)")
+    if write:
+        models = {"answer": fit_quadratic(c.x, c.first).data(), "offer": fit(c.x, c.offered).data()}
+        SEMANTIC_FILE.write_text(json.dumps({"features": list(SEMANTIC_FEATURES), **models}, indent=1) + "\n")
+        print(f"# written to {SEMANTIC_FILE}")
+    p_answer, _ = left_out(c, fit_quadratic)
+    _, p_offer = left_out(c, fit)
+    report("SEMANTIC", c, p_answer, p_offer)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m eval.calibrate", description=__doc__.splitlines()[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m eval.calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="store the fitted semantic models for the engine")
+    args = parser.parse_args(argv)
     words, semantic = samples(E5Model())
-    report("WORDS", WORD_FEATURES, words)
-    report("SEMANTIC", SEMANTIC_FEATURES, semantic)
+    words_models(words)
+    semantic_models(semantic, args.write)
     return 0
 
 

@@ -187,9 +187,9 @@ class KbEngine:
             words[hit.entry] = hit.score
         lead = _z(similarity) + WORD_SHARE * _z(words)
         order = [int(i) for i in np.argsort(-lead, kind="stable")[: max(2, depth)]]
-        best_hit = next((hit for hit in lexical.hits if hit.entry == order[0]), None)
-        known = lexical.hits[0].known if lexical.hits else 0.0
-        features = semantic_features(lead.tolist(), similarity.tolist(), order, best_hit, known, lexical.words)
+        features = semantic_features(
+            lead.tolist(), similarity.tolist(), order, lexical.hits, lexical.terms, lexical.words
+        )
         candidates = tuple(Candidate(entry, float(lead[entry])) for entry in order)
         return Ranking(
             candidates,
@@ -204,10 +204,10 @@ class KbEngine:
             text = lexical.scan.reply()
             return ReplyContent(text=text, engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk")
         calibration = SEMANTIC if ranking.semantic else WORDS
-        # Ask back, however close the model finds them, on "vendem bitcoin?" against "Vendemos
-        # para pessoa jurídica" (one shared word and one the base lacks, which may be the very
-        # topic), and on a topic several entries hold alike ("e o pagamento?").
-        unsure = bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
+        # Words alone ask back on "vendem bitcoin?" against "Vendemos para pessoa jurídica" (one
+        # shared word and one the base lacks, which may be the very topic) and on a topic several
+        # entries hold alike ("e o pagamento?"); with the model both are features of its confidence.
+        unsure = not ranking.semantic and bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
         if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
             return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
         if ranking.candidates and ranking.offer >= _offer_at(lexical, ranking):
