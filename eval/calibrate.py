@@ -4,14 +4,13 @@ For every question of the tuned-on sets (never a held-out one), the engine's two
 alone; words and the multilingual model) are described by their features (services/worker/
 engines/confidence.py) and labelled: is the first candidate the entry meant, is it among the
 three offered. A logistic model is fitted to each label, per ranking: over the features for
-words alone (printed as the Python constants of confidence.py); for words and the model together,
-P(answer) over the features and their pairwise products, P(offer) over the features
-(`--write` stores them in services/worker/engines/semantic-calibration.json). Then, leaving one
+words alone and for words and the model together (printed as the Python constants of
+confidence.py), and for the latter a second P(answer) over the features and their pairwise products
+(the pair model: `--write` stores it in services/worker/engines/semantic-pairs.json). Then, leaving one
 set out at a time (fitted on the others, applied to it: what an unseen base would see), it prints
 what each pair of thresholds would do: answered right directly, resolved in one step (directly or
 by one tap), confidently wrong, out-of-scope questions answered and asked back on. The thresholds
-in confidence.py were chosen from that table: the most direct answers with at most 5 % confidently
-wrong and 10 % of out-of-scope answered on the tuned-on sets written blind.
+in confidence.py were chosen from that table.
 """
 
 from __future__ import annotations
@@ -20,13 +19,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from services.worker.engines.confidence import SEMANTIC_FEATURES, SEMANTIC_FILE, WORD_FEATURES, Ranking
+from services.worker.engines.confidence import PAIRS_FILE, SEMANTIC_FEATURES, WORD_FEATURES, Ranking
 from services.worker.engines.e5 import E5Model
 from services.worker.engines.kb import OPTIONS, KbEngine, KnowledgeBase
 
@@ -142,6 +141,9 @@ def fit_quadratic(x: Matrix, y: Matrix) -> QuadraticFit:
     return QuadraticFit(means, scales, fit(shell.expand(x), y, l2=QUADRATIC_L2))
 
 
+# The linear models with the multilingual model read the features it had before the pair model.
+LINEAR_FEATURES = 9
+
 Fitter = Callable[[Matrix, Matrix], Fit | QuadraticFit]
 
 
@@ -207,15 +209,21 @@ def words_models(data: Sequence[Sample]) -> None:
 
 
 def semantic_models(data: Sequence[Sample], write: bool) -> None:
+    """The linear models read the first LINEAR_FEATURES features; the pair model reads them all and
+    answers too where it is sure (confidence.SEMANTIC.pairs)."""
     c = columns(data)
+    linear = replace(c, x=c.x[:, :LINEAR_FEATURES])
     print(f"\n# SEMANTIC: {len(data)} samples ({int(c.in_scope.sum())} in scope)")
+    print(f"answer={fit(linear.x, c.first).code()},")
+    print(f"offer={fit(linear.x, c.offered).code()},")
     if write:
-        models = {"answer": fit_quadratic(c.x, c.first).data(), "offer": fit(c.x, c.offered).data()}
-        SEMANTIC_FILE.write_text(json.dumps({"features": list(SEMANTIC_FEATURES), **models}, indent=1) + "\n")
-        print(f"# written to {SEMANTIC_FILE}")
-    p_answer, _ = left_out(c, fit_quadratic)
-    _, p_offer = left_out(c, fit)
-    report("SEMANTIC", c, p_answer, p_offer)
+        pairs = {"features": list(SEMANTIC_FEATURES), "answer": fit_quadratic(c.x, c.first).data()}
+        PAIRS_FILE.write_text(json.dumps(pairs, indent=1) + "\n")
+        print(f"# pairs written to {PAIRS_FILE}")
+    p_linear, p_offer = left_out(linear, fit)
+    p_pairs, _ = left_out(c, fit_quadratic)
+    unsure = (c.x[:, SEMANTIC_FEATURES.index("guess")] + c.x[:, SEMANTIC_FEATURES.index("ambiguous")]) > 0
+    report("SEMANTIC, either model", c, np.maximum(np.where(unsure, 0.0, p_linear), p_pairs), p_offer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

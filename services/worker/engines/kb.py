@@ -191,23 +191,18 @@ class KbEngine:
             lead.tolist(), similarity.tolist(), order, lexical.hits, lexical.terms, lexical.words
         )
         candidates = tuple(Candidate(entry, float(lead[entry])) for entry in order)
-        return Ranking(
-            candidates,
-            features,
-            SEMANTIC.answer.probability(features),
-            SEMANTIC.offer.probability(features),
-            semantic=True,
-        )
+        # The linear reading does not count on a guess or a shared topic (_unsure); the pair
+        # model reads both as features (confidence.py: either may answer).
+        linear = 0.0 if _unsure(lexical) else SEMANTIC.answer.probability(features)
+        pairs = SEMANTIC.pairs.probability(features) if SEMANTIC.pairs else 0.0
+        return Ranking(candidates, features, max(linear, pairs), SEMANTIC.offer.probability(features), semantic=True)
 
     def _decide(self, lexical: Lexical, ranking: Ranking) -> ReplyContent:
         if lexical.scan.only_small_talk:
             text = lexical.scan.reply()
             return ReplyContent(text=text, engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk")
         calibration = SEMANTIC if ranking.semantic else WORDS
-        # Words alone ask back on "vendem bitcoin?" against "Vendemos para pessoa jurídica" (one
-        # shared word and one the base lacks, which may be the very topic) and on a topic several
-        # entries hold alike ("e o pagamento?"); with the model both are features of its confidence.
-        unsure = not ranking.semantic and bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
+        unsure = not ranking.semantic and _unsure(lexical)  # (with the model, in ranking.answer)
         if ranking.candidates and ranking.answer >= calibration.answer_at and not unsure:
             return self._answer(self.kb.entries[ranking.candidates[0].entry], ranking.answer)
         if ranking.candidates and ranking.offer >= _offer_at(lexical, ranking):
@@ -244,6 +239,13 @@ class KbEngine:
             (self.kb.entries[candidate.entry], round(ranking.answer if place == 0 else rest, 4))
             for place, candidate in enumerate(candidates)
         ]
+
+
+def _unsure(lexical: Lexical) -> bool:
+    """Ask back, however close the entry looks, on "vendem bitcoin?" against "Vendemos para pessoa
+    jurídica" (one shared word and one the base lacks, which may be the very topic), and on a topic
+    several entries hold alike ("e o pagamento?")."""
+    return bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
 
 
 def _offer_at(lexical: Lexical, ranking: Ranking) -> float:
