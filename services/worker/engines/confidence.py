@@ -12,7 +12,9 @@ models read them as probabilities:
 
 Both were fitted on the tuned-on question sets of `python -m eval` (`python -m eval.calibrate`
 prints them again) and checked on held-out sets never fitted on. There is one pair of models for
-ranking by words alone and one for words and the multilingual model together.
+ranking by words alone and one for words and the multilingual model together; the latter has a
+third, the pair model (`Quadratic`, stored in semantic-pairs.json), a second reading of `answer`
+from the features two by two: the engine answers when either reading is sure.
 """
 
 from __future__ import annotations
