@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -84,6 +85,22 @@ async def test_api_keys(gateway: Service, http: aiohttp.ClientSession) -> None:
     for public in ("/", "/openapi.json", "/monitoring/live"):  # no key needed outside /v1
         async with http.get(gateway.url + public) as response:
             assert response.status == 200, public
+
+
+async def test_an_id_with_braces_and_a_slash_can_be_looked_up(gateway: Service, http: aiohttp.ClientSession) -> None:
+    """Any accepted id can be looked up again: braces and a slash (encoded) included."""
+    ids = {"user_id": "edge-ids", "conversation_id": "loja {1}/caixa", "message_id": "pedido-{42}/b"}
+    body = {**ids, "text": "Qual o prazo de entrega?"}
+    async with http.post(f"{gateway.url}/v1/messages", json=body, headers=bearer(KEYS[0])) as response:
+        assert response.status == 202, await response.text()
+        token = {"X-Conversation-Token": (await response.json())["conversation_token"], **bearer(KEYS[0])}
+    message = quote(ids["message_id"], safe="")
+    async with http.get(f"{gateway.url}/v1/messages/{message}", headers=token) as response:
+        assert response.status == 200, await response.text()
+        assert (await response.json())["message_id"] == ids["message_id"]
+    events = f"{gateway.url}/v1/conversations/{quote(ids['conversation_id'], safe='')}/events"
+    async with http.get(events, headers=token) as response:
+        assert response.status == 200 and response.content_type == "text/event-stream"
 
 
 async def test_security_headers_everywhere(gateway: Service, http: aiohttp.ClientSession) -> None:

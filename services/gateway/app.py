@@ -83,11 +83,16 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+ANY_SEGMENT = "[^/]+"  # a "/" in an id arrives encoded (%2F) and is decoded after matching
+
+
 def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", api.post_message)
     app.router.add_post("/v1/outbound", outbound.post_outbound)
-    app.router.add_get("/v1/messages/{message_id}", status.message_status)
-    app.router.add_get("/v1/conversations/{conversation_id}/events", sse.conversation_events)
+    # An id may hold any character but a control one (validation.check_id); aiohttp's default
+    # segment pattern excludes "{" and "}", so an accepted "pedido-{42}" could not be looked up.
+    app.router.add_get(f"/v1/messages/{{message_id:{ANY_SEGMENT}}}", status.message_status)
+    app.router.add_get(f"/v1/conversations/{{conversation_id:{ANY_SEGMENT}}}/events", sse.conversation_events)
     settings = app[SETTINGS]
     if settings.whatsapp_enabled:
         app.router.add_get("/webhooks/whatsapp", whatsapp.verify)
