@@ -119,26 +119,27 @@ class QuadraticFit:
     scales: Matrix
     inner: Fit
 
-    def expand(self, x: Matrix) -> Matrix:
-        z = (x - self.means) / self.scales
-        pairs = [z[:, i] * z[:, j] for i in range(z.shape[1]) for j in range(i, z.shape[1])]
-        return np.column_stack([z, *pairs])
-
     def predict(self, x: Matrix) -> Matrix:
-        return self.inner.predict(self.expand(x))
+        return self.inner.predict(expand(x, self.means, self.scales))
 
     def data(self) -> dict[str, Any]:
         return {"means": self.means.tolist(), "scales": self.scales.tolist(), "logistic": self.inner.data()}
 
 
-# Strong: a pairwise product is a feature of its own, and 800 samples are few for 90 of them.
+# Strong: a pairwise product is a feature of its own, and 1,000 samples are few for 90 of them.
 QUADRATIC_L2 = 20.0
+
+
+def expand(x: Matrix, means: Matrix, scales: Matrix) -> Matrix:
+    """The standardised features and every product of two of them (confidence.Quadratic.expand)."""
+    z = (x - means) / scales
+    pairs = [z[:, i] * z[:, j] for i in range(z.shape[1]) for j in range(i, z.shape[1])]
+    return np.column_stack([z, *pairs])
 
 
 def fit_quadratic(x: Matrix, y: Matrix) -> QuadraticFit:
     means, scales = x.mean(axis=0), x.std(axis=0) + 1e-9
-    shell = QuadraticFit(means, scales, Fit(np.zeros(0), 0.0, np.zeros(0), np.zeros(0)))
-    return QuadraticFit(means, scales, fit(shell.expand(x), y, l2=QUADRATIC_L2))
+    return QuadraticFit(means, scales, fit(expand(x, means, scales), y, l2=QUADRATIC_L2))
 
 
 # The linear models with the multilingual model read the features it had before the pair model.
@@ -228,7 +229,7 @@ def semantic_models(data: Sequence[Sample], write: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="store the fitted semantic models for the engine")
+    parser.add_argument("--write", action="store_true", help="store the fitted pair model for the engine")
     args = parser.parse_args(argv)
     words, semantic = samples(E5Model())
     words_models(words)
