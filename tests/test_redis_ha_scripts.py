@@ -108,6 +108,17 @@ async def primary_per_sentinel() -> list[str | None]:
     return named
 
 
+async def replica_known_per_sentinel() -> list[bool]:
+    """Whether each sentinel lists REPLICA: it learns of replicas from the primary's INFO (every 10
+    s), and one that does not know the replica cannot promote it once the primary is gone."""
+    known: list[bool] = []
+    for host in SENTINELS:
+        async with Redis(host=host, port=26379, decode_responses=True, socket_timeout=2) as sentinel:
+            replicas = await sentinel.sentinel_slaves("mymaster")
+        known.append(any(replica.get("ip") == REPLICA for replica in replicas))
+    return known
+
+
 async def replication(host: str) -> dict[str, str]:
     async with Redis(host=host, port=6379, decode_responses=True, socket_timeout=2) as node:
         return {key: str(value) for key, value in (await node.info("replication")).items()}
@@ -121,9 +132,11 @@ async def test_sentinels_promote_the_replica_and_the_old_primary_rejoins_as_its_
 
     async def watching() -> bool:
         synced = (await replication(REPLICA)).get("master_link_status") == "up"
-        return synced and await primary_per_sentinel() == [PRIMARY] * 3
+        return synced and await primary_per_sentinel() == [PRIMARY] * 3 and all(await replica_known_per_sentinel())
 
-    await eventually(answering(watching), timeout=30, what="the sentinels watching the primary, the replica in sync")
+    await eventually(
+        answering(watching), timeout=30, what="the sentinels watching the primary and knowing the replica, in sync"
+    )
     async with Redis(host=PRIMARY, port=6379) as primary:
         await primary.set("kept", "yes")
 
