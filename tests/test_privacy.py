@@ -186,7 +186,7 @@ async def test_web_customer_erases_their_data_after_confirming(
         return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
 
     await eventually(erased, what="the customer's words gone")
-    [audited] = [orjson.loads(raw) for raw in await redis.lrange(Names(ns, TEST_SHARDS).audit_key, 0, -1)]
+    [audited] = await erasure_audited(redis, Names(ns, TEST_SHARDS))
     assert (audited["actor"], audited["action"]) == ("customer", "erase_customer")
     assert audited["target"] == Customer("web", user).pseudonym(ns) and user not in orjson.dumps(audited).decode()
     # What stays is the confirmation's own records (the reply being sent), which expire in a day.
@@ -266,6 +266,7 @@ async def test_whatsapp_customer_erases_their_data_with_the_buttons(
         return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
 
     await eventually(erased, what="the customer's words gone")
+    await erasure_audited(redis, Names(ns, TEST_SHARDS))
     # Only the confirmation's own records name them (its claim and stored reply, until they expire).
     leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if sender in line]
     names = Names(ns, TEST_SHARDS)
@@ -307,6 +308,7 @@ async def test_telegram_customer_asks_in_english_and_erases_with_the_keyboard(
         return MARKER.lower() not in (await redis_dump(redis, ns)).lower()
 
     await eventually(erased, what="the customer's words gone")
+    await erasure_audited(redis, Names(ns, TEST_SHARDS))
     leftover = [line.split(" ")[0] for line in (await redis_dump(redis, ns)).splitlines() if str(chat) in line]
     names = Names(ns, TEST_SHARDS)
     assert sorted(leftover) == [names.claim_key("telegram:3"), names.reply_key("telegram:3")]
@@ -382,3 +384,14 @@ async def test_an_operator_erases_from_the_page_after_ticking_the_box(stack: Sta
 
 async def admin_audit(redis: Redis, names: Names) -> list[dict[str, Any]]:
     return [orjson.loads(raw) for raw in await redis.lrange(names.audit_key, 0, -1)]
+
+
+async def erasure_audited(redis: Redis, names: Names) -> list[dict[str, Any]]:
+    """The audit entries once an erasure's is there: it is the erasure's last step, a moment after
+    the customer's words are gone, so what is left is only then what stays."""
+
+    async def audited() -> list[dict[str, Any]]:
+        entries = await admin_audit(redis, names)
+        return entries if any(entry["action"] == "erase_customer" for entry in entries) else []
+
+    return await eventually(audited, what="the erasure audited")
