@@ -167,14 +167,13 @@ def columns(data: Sequence[Sample]) -> Columns:
     )
 
 
-def left_out(c: Columns, fitter: Fitter) -> tuple[Matrix, Matrix]:
-    """P(answer) and P(offer) of each sample from models fitted without its set."""
-    p_answer, p_offer = np.zeros(len(c.first)), np.zeros(len(c.first))
+def left_out(c: Columns, y: Matrix, fitter: Fitter) -> Matrix:
+    """P(y) of each sample from a model fitted without its set."""
+    p = np.zeros(len(y))
     for group in sorted(set(c.groups.tolist())):
         train = c.groups != group
-        p_answer[~train] = fitter(c.x[train], c.first[train]).predict(c.x[~train])
-        p_offer[~train] = fitter(c.x[train], c.offered[train]).predict(c.x[~train])
-    return p_answer, p_offer
+        p[~train] = fitter(c.x[train], y[train]).predict(c.x[~train])
+    return p
 
 
 def outcomes(c: Columns, p_answer: Matrix, p_offer: Matrix, answer_at: float, offer_at: float) -> tuple[float, ...]:
@@ -206,7 +205,7 @@ def words_models(data: Sequence[Sample]) -> None:
     print(f"answer={fit(c.x, c.first).code()},")
     print(f"offer={fit(c.x, c.offered).code()},")
     print(f"# features: {', '.join(WORD_FEATURES)}")
-    report("WORDS", c, *left_out(c, fit))
+    report("WORDS", c, left_out(c, c.first, fit), left_out(c, c.offered, fit))
 
 
 def semantic_models(data: Sequence[Sample], write: bool) -> None:
@@ -221,8 +220,8 @@ def semantic_models(data: Sequence[Sample], write: bool) -> None:
         pairs = {"features": list(SEMANTIC_FEATURES), "answer": fit_quadratic(c.x, c.first).data()}
         PAIRS_FILE.write_text(json.dumps(pairs, indent=1) + "\n")
         print(f"# pairs written to {PAIRS_FILE}")
-    p_linear, p_offer = left_out(linear, fit)
-    p_pairs, _ = left_out(c, fit_quadratic)
+    p_linear, p_offer = left_out(linear, c.first, fit), left_out(linear, c.offered, fit)
+    p_pairs = left_out(c, c.first, fit_quadratic)
     unsure = (c.x[:, SEMANTIC_FEATURES.index("guess")] + c.x[:, SEMANTIC_FEATURES.index("ambiguous")]) > 0
     report("SEMANTIC, either model", c, np.maximum(np.where(unsure, 0.0, p_linear), p_pairs), p_offer)
 
