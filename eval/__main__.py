@@ -36,12 +36,19 @@ TUNED, HELD_OUT = "tuned-on", "held-out"
 # (name, role, base, questions) for --all. Tuned-on sets may steer the defaults; held-out sets
 # never do (they were written before the engine changes they measure).
 SAMPLE_EN_KB = ROOT / "shared" / "data" / "kb-sample-en.yaml"
+
+
+def _pair(folder: str, stem: str) -> tuple[Path, Path]:
+    """A written set's files: eval/<folder>/kb-<stem>.yaml and questions-<stem>.yaml."""
+    return EVAL / folder / f"kb-{stem}.yaml", EVAL / folder / f"questions-{stem}.yaml"
+
+
 BUNDLED = (
     ("sample-pt", TUNED, DEFAULT_KB, DEFAULT_QUESTIONS),
     ("sample-en", TUNED, SAMPLE_EN_KB, EVAL / "questions-sample-en.yaml"),
-    ("dev-pt", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev.yaml"),
-    ("gym-pt", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym.yaml"),
-    ("shop-en", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en.yaml"),
+    ("dev-pt", TUNED, *_pair("tuning", "dev")),
+    ("gym-pt", TUNED, *_pair("tuning", "gym")),
+    ("shop-en", TUNED, *_pair("tuning", "shop-en")),
     # Off-topic questions only, each sharing a strong word with an entry: refusal's hard case.
     ("gym-pt-off", TUNED, EVAL / "tuning" / "kb-gym.yaml", EVAL / "tuning" / "questions-gym-offtopic.yaml"),
     ("shop-en-off", TUNED, EVAL / "tuning" / "kb-shop-en.yaml", EVAL / "tuning" / "questions-shop-en-offtopic.yaml"),
@@ -49,54 +56,44 @@ BUNDLED = (
     ("sample-en-off", TUNED, SAMPLE_EN_KB, EVAL / "tuning" / "questions-sample-en-offtopic.yaml"),
     ("dev-pt-off", TUNED, EVAL / "tuning" / "kb-dev.yaml", EVAL / "tuning" / "questions-dev-offtopic.yaml"),
     # Written blind to the engine, in trades it had not seen, then tuned on.
-    ("pizzaria-pt", TUNED, EVAL / "tuning" / "kb-restaurante.yaml", EVAL / "tuning" / "questions-restaurante.yaml"),
-    ("pharmacy-pt", TUNED, EVAL / "tuning" / "kb-farmacia.yaml", EVAL / "tuning" / "questions-farmacia.yaml"),
-    ("fintech-en", TUNED, EVAL / "tuning" / "kb-fintech.yaml", EVAL / "tuning" / "questions-fintech.yaml"),
+    ("pizzaria-pt", TUNED, *_pair("tuning", "restaurante")),
+    ("pharmacy-pt", TUNED, *_pair("tuning", "farmacia")),
+    ("fintech-en", TUNED, *_pair("tuning", "fintech")),
     # Written blind the same way for the answer / ask back / hand over round, in customers' own
     # words (never an entry's wording), then tuned on.
-    ("rentals-pt", TUNED, EVAL / "tuning" / "kb-imobiliaria.yaml", EVAL / "tuning" / "questions-imobiliaria.yaml"),
-    ("airline-en", TUNED, EVAL / "tuning" / "kb-airline-en.yaml", EVAL / "tuning" / "questions-airline-en.yaml"),
+    ("rentals-pt", TUNED, *_pair("tuning", "imobiliaria")),
+    ("airline-en", TUNED, *_pair("tuning", "airline-en")),
     # Written blind for the answer / ask back / hand over round, in customers' own words; held out
     # for one round, then their failures were read and tuned on.
-    ("garage-pt", TUNED, EVAL / "blind" / "kb-oficina.yaml", EVAL / "blind" / "questions-oficina.yaml"),
-    ("coworking-en", TUNED, EVAL / "blind" / "kb-coworking.yaml", EVAL / "blind" / "questions-coworking.yaml"),
+    ("garage-pt", TUNED, *_pair("blind", "oficina")),
+    ("coworking-en", TUNED, *_pair("blind", "coworking")),
     # Written blind the same way for the round that added answer sentences; held out for that
     # round (laundry 0.77, plumbing 0.77 resolved), then their failures were read and tuned on.
-    ("laundry-pt", TUNED, EVAL / "blind2" / "kb-lavanderia.yaml", EVAL / "blind2" / "questions-lavanderia.yaml"),
-    (
-        "plumbing-en",
-        TUNED,
-        EVAL / "blind2" / "kb-plumbing-hvac.yaml",
-        EVAL / "blind2" / "questions-plumbing-hvac.yaml",
-    ),
+    ("laundry-pt", TUNED, *_pair("blind2", "lavanderia")),
+    ("plumbing-en", TUNED, *_pair("blind2", "plumbing-hvac")),
     # Written blind (the writer read only other sets' files for their format) before the round
     # that added lending shards; held out for that round (optical 0.86, bike shop 0.77 resolved),
     # then their failures were read and tuned on.
-    ("optical-pt", TUNED, EVAL / "blind3" / "kb-otica.yaml", EVAL / "blind3" / "questions-otica.yaml"),
-    ("bikeshop-en", TUNED, EVAL / "blind3" / "kb-bikeshop.yaml", EVAL / "blind3" / "questions-bikeshop.yaml"),
-    ("vet-pt", HELD_OUT, EVAL / "holdout" / "kb-vet.yaml", EVAL / "holdout" / "questions-vet.yaml"),
-    ("courses-en", HELD_OUT, EVAL / "holdout" / "kb-courses.yaml", EVAL / "holdout" / "questions-courses.yaml"),
-    ("pousada-pt", HELD_OUT, EVAL / "holdout" / "kb-pousada.yaml", EVAL / "holdout" / "questions-pousada.yaml"),
-    ("carrental-en", HELD_OUT, EVAL / "holdout" / "kb-carrental.yaml", EVAL / "holdout" / "questions-carrental.yaml"),
+    ("optical-pt", TUNED, *_pair("blind3", "otica")),
+    ("bikeshop-en", TUNED, *_pair("blind3", "bikeshop")),
+    ("vet-pt", HELD_OUT, *_pair("holdout", "vet")),
+    ("courses-en", HELD_OUT, *_pair("holdout", "courses")),
+    ("pousada-pt", HELD_OUT, *_pair("holdout", "pousada")),
+    ("carrental-en", HELD_OUT, *_pair("holdout", "carrental")),
     # Fresh held-out sets, written blind to the engine's code for issue 13.
-    ("dental-pt", HELD_OUT, EVAL / "fresh" / "kb-dental.yaml", EVAL / "fresh" / "questions-dental.yaml"),
-    ("isp-en", HELD_OUT, EVAL / "fresh" / "kb-isp.yaml", EVAL / "fresh" / "questions-isp.yaml"),
+    ("dental-pt", HELD_OUT, *_pair("fresh", "dental")),
+    ("isp-en", HELD_OUT, *_pair("fresh", "isp")),
     # Written blind the same way, before this round's engine changes.
-    ("driving-pt", HELD_OUT, EVAL / "fresh" / "kb-autoescola.yaml", EVAL / "fresh" / "questions-autoescola.yaml"),
-    ("solar-en", HELD_OUT, EVAL / "fresh" / "kb-solar.yaml", EVAL / "fresh" / "questions-solar.yaml"),
+    ("driving-pt", HELD_OUT, *_pair("fresh", "autoescola")),
+    ("solar-en", HELD_OUT, *_pair("fresh", "solar")),
     # Written blind (the writer read only two other sets' files for their format) before this
     # round's engine changes; never tuned on, their failures never read.
-    ("petshop-pt", HELD_OUT, EVAL / "blind4" / "kb-petshop.yaml", EVAL / "blind4" / "questions-petshop.yaml"),
-    (
-        "climbing-en",
-        HELD_OUT,
-        EVAL / "blind4" / "kb-gym-climbing.yaml",
-        EVAL / "blind4" / "questions-gym-climbing.yaml",
-    ),
+    ("petshop-pt", HELD_OUT, *_pair("blind4", "petshop")),
+    ("climbing-en", HELD_OUT, *_pair("blind4", "gym-climbing")),
     # Written blind the same way after this round's engine change (blind4 was measured with two
     # of its candidate settings, so it was not quite unseen); measured once, never tuned on.
-    ("buffet-pt", HELD_OUT, EVAL / "blind5" / "kb-buffet.yaml", EVAL / "blind5" / "questions-buffet.yaml"),
-    ("taxprep-en", HELD_OUT, EVAL / "blind5" / "kb-tax-prep.yaml", EVAL / "blind5" / "questions-tax-prep.yaml"),
+    ("buffet-pt", HELD_OUT, *_pair("blind5", "buffet")),
+    ("taxprep-en", HELD_OUT, *_pair("blind5", "tax-prep")),
 )
 
 
