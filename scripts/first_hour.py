@@ -216,6 +216,14 @@ class Walk:
         except ValueError:
             raise Failed(f"the quick start's curl did not answer JSON: {out!r}") from None
 
+    async def falls_back(self, what: str, guide: str, quoted: str) -> None:
+        """The quick start's curl answered by the knowledge base, and the worker's log line that the
+        guide quotes (starting with `quoted`) saying why the LLM was not."""
+        reply = await self.ask()
+        line = await self.logged("worker", _quoted(guide, quoted))
+        passed = reply["reply"]["engine"] == "kb-fallback" and line is not None
+        self.check(what, passed, (reply, self.lines("worker")[-3:]))
+
     async def request(self, method: str, url: str, **kwargs: Any) -> tuple[int, str, str]:
         """(status, final path, body) of a request, redirects followed as a browser does."""
         async with self.http.request(method, url, **kwargs) as response:
@@ -417,12 +425,8 @@ async def local_llm(walk: Walk, ollama: FakeLlm) -> None:
         reply,
     )
     ollama.models = set()  # a model not pulled
-    reply = await walk.ask()
-    line = await walk.logged("worker", _quoted(guide, "LLM reply failed"))
-    walk.check(
-        'a model not pulled: "engine":"kb-fallback" and the worker says why',
-        reply["reply"]["engine"] == "kb-fallback" and line is not None,
-        (reply, walk.lines("worker")[-3:]),
+    await walk.falls_back(
+        'a model not pulled: "engine":"kb-fallback" and the worker says why', guide, "LLM reply failed"
     )
 
 
@@ -440,13 +444,7 @@ async def hosted_llm(walk: Walk, hosted: FakeLlm) -> None:
     walk.check('the quick start\'s curl: "engine":"openai"', reply["reply"]["engine"] == "openai", reply)
     walk.set_line("OPENAI_API_KEY", "sk-not-a-key-of-this-account-0000")
     await walk.restart()
-    reply = await walk.ask()
-    line = await walk.logged("worker", _quoted(guide, "HTTP 401"))
-    walk.check(
-        'a wrong key: "engine":"kb-fallback" and HTTP 401 in the worker\'s log',
-        reply["reply"]["engine"] == "kb-fallback" and line is not None,
-        (reply, walk.lines("worker")[-3:]),
-    )
+    await walk.falls_back('a wrong key: "engine":"kb-fallback" and HTTP 401 in the worker\'s log', guide, "HTTP 401")
 
 
 # Helpers -------------------------------------------------------------------------------------
