@@ -181,21 +181,23 @@ class KbEngine:
         """The ranking of `depth` candidates (at least the two the features read)."""
         if vector is None or self._vectors is None:
             return lexical.words or Ranking.empty()
-        similarity = self._vectors.similarities(vector).combined
+        views = self._vectors.similarities(vector)
+        similarity = views.combined
         words = np.zeros(len(self.kb.entries), dtype=np.float32)
         for hit in lexical.hits:
             words[hit.entry] = hit.score
         lead = _z(similarity) + WORD_SHARE * _z(words)
         order = [int(i) for i in np.argsort(-lead, kind="stable")[: max(2, depth)]]
+        view_leads = [float(_z(view)[order[0]]) for view in (views.passage, views.question, views.sentence)]
         features = semantic_features(
-            lead.tolist(), similarity.tolist(), order, lexical.hits, lexical.terms, lexical.words
+            lead.tolist(), similarity.tolist(), order, lexical.hits, lexical.terms, lexical.words, view_leads
         )
         candidates = tuple(Candidate(entry, float(lead[entry])) for entry in order)
-        # The linear reading does not count on a guess or a shared topic (_unsure); the pair
+        # The linear reading does not count on a guess or a shared topic (_unsure); the tree
         # model reads both as features (confidence.py: either may answer).
         linear = 0.0 if _unsure(lexical) else SEMANTIC.answer.probability(features)
-        pairs = SEMANTIC.pairs.probability(features) if SEMANTIC.pairs else 0.0
-        return Ranking(candidates, features, max(linear, pairs), SEMANTIC.offer.probability(features), semantic=True)
+        trees = SEMANTIC.trees.probability(features) if SEMANTIC.trees else 0.0
+        return Ranking(candidates, features, max(linear, trees), SEMANTIC.offer.probability(features), semantic=True)
 
     def _decide(self, lexical: Lexical, ranking: Ranking) -> ReplyContent:
         if lexical.scan.only_small_talk:
