@@ -208,7 +208,7 @@ def _best_split(
     return best
 
 
-# The linear models with the multilingual model read the features it had before the pair model.
+# The linear models with the multilingual model read the features it had before the tree model.
 LINEAR_FEATURES = 9
 
 Fitter = Callable[[Matrix, Matrix], Fit | TreesFit]
