@@ -155,19 +155,19 @@ def _apply(nodes: list[Node], at: int, x: Matrix) -> Matrix:
     return out
 
 
-def fit_trees(x: Matrix, y: Matrix) -> TreesFit:
+def fit_trees(x: Matrix, y: Matrix, trees: int = TREES) -> TreesFit:
     cuts = [np.unique(np.quantile(x[:, j], SPLIT_QUANTILES)) for j in range(x.shape[1])]
     share = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
     bias = float(np.log(share / (1 - share)))
     z = np.full(len(y), bias)
-    trees: list[list[Node]] = []
-    for _ in range(TREES):
+    fitted: list[list[Node]] = []
+    for _ in range(trees):
         p = 1.0 / (1.0 + np.exp(-z))
         nodes: list[Node] = []
         _grow(nodes, x, y - p, p * (1 - p), np.arange(len(y)), 0, cuts)
         z += _apply(nodes, 0, x)
-        trees.append(nodes)
-    return TreesFit(bias, trees)
+        fitted.append(nodes)
+    return TreesFit(bias, fitted)
 
 
 def _grow(
