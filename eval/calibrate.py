@@ -139,7 +139,8 @@ class TreesFit:
         return p
 
     def data(self) -> dict[str, Any]:
-        """Six decimals: the file stays small and the probabilities move by less than 1e-4."""
+        """Six decimals, thresholds too: the file stays small, a leaf's value moves by under 1e-6, and
+        the features split on (similarities, scores, counts) do not differ in their sixth decimal."""
         trees = [[[round(v, 6) for v in node] for node in nodes] for nodes in self.trees]
         return {"bias": round(self.bias, 6), "trees": trees}
 
@@ -189,6 +190,9 @@ def _grow(
 def _best_split(
     x: Matrix, g: Matrix, h: Matrix, rows: npt.NDArray[np.intp], cuts: list[Matrix]
 ) -> tuple[int, float] | None:
+    """The split of `rows` (feature, threshold) that lowers the loss most with at least
+    SMALLEST_LEAF rows a side; None when none does."""
+
     def score(g_sum: float, h_sum: float) -> float:
         return g_sum * g_sum / (h_sum + LEAF_L2)
 
