@@ -81,14 +81,6 @@ class Fit:
         p: Matrix = 1.0 / (1.0 + np.exp(-z))
         return p
 
-    def data(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights.tolist(),
-            "bias": self.bias,
-            "means": self.means.tolist(),
-            "scales": self.scales.tolist(),
-        }
-
     def code(self) -> str:
         def floats(values: Matrix) -> str:
             return "(" + ", ".join(f"{v:.4f}" for v in values) + ("," if len(values) == 1 else "") + ")"
@@ -196,7 +188,8 @@ def _best_split(
     def score(g_sum: float, h_sum: float) -> float:
         return g_sum * g_sum / (h_sum + LEAF_L2)
 
-    g_all, h_all = float(g[rows].sum()), float(h[rows].sum())
+    g_rows, h_rows = g[rows], h[rows]
+    g_all, h_all = float(g_rows.sum()), float(h_rows.sum())
     best, best_gain = None, 0.0
     for feature, thresholds in enumerate(cuts):
         column = x[rows, feature]
@@ -205,7 +198,7 @@ def _best_split(
             n = int(left.sum())
             if n < SMALLEST_LEAF or len(rows) - n < SMALLEST_LEAF:
                 continue
-            g_left, h_left = float(g[rows][left].sum()), float(h[rows][left].sum())
+            g_left, h_left = float(g_rows[left].sum()), float(h_rows[left].sum())
             gain = score(g_left, h_left) + score(g_all - g_left, h_all - h_left) - score(g_all, h_all)
             if gain > best_gain:
                 best, best_gain = (feature, float(threshold)), gain
@@ -298,7 +291,7 @@ def semantic_models(data: Sequence[Sample], write: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="store the fitted pair model for the engine")
+    parser.add_argument("--write", action="store_true", help="store the fitted tree model for the engine")
     args = parser.parse_args(argv)
     words, semantic = samples(E5Model())
     words_models(words)

@@ -49,10 +49,6 @@ class Logistic:
             z += weight * (x - mean) / scale
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
-    @classmethod
-    def load(cls, data: Mapping[str, Any]) -> Logistic:
-        return cls(tuple(data["weights"]), data["bias"], tuple(data["means"]), tuple(data["scales"]))
-
 
 @dataclass(frozen=True, slots=True)
 class Trees:
