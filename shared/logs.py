@@ -12,6 +12,7 @@ above) and `audit.log` (the `atendimento.audit` logger: admin actions), each rot
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -24,7 +25,7 @@ from contextvars import ContextVar
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
@@ -279,7 +280,7 @@ def setup_logging(
     logging.logProcesses = False
     logging.logMultiprocessing = False
     formatter = JsonFormatter(service)
-    stdout = logging.StreamHandler(sys.stdout)
+    stdout = TickFlushedStreamHandler(sys.stdout)
     handlers: list[logging.Handler] = [stdout]
     audit = logging.getLogger(AUDIT_LOGGER)
     for handler in audit.handlers[:]:
@@ -303,6 +304,41 @@ def setup_logging(
     # aio-pika narrates every reconnect attempt at INFO; our own broker log says what matters.
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, root.level))
+
+
+class TickFlushedStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that flushes once per turn of the event loop: a line goes to the stream's
+    buffer at once, and the lines of one turn reach the stream in one write when the turn ends,
+    not in a write system call each (two a message, the access line and the worker's). Without a
+    running loop (start-up, a thread, shutdown) a line is flushed at once, as StreamHandler does."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().emit(record)
+            return
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        if self._flush_on is not loop:
+            # A flush due on another loop (one that has since closed, in tests) happens now.
+            if self._flush_on is not None:
+                self.flush()
+            self._flush_on = loop
+            loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self._flush_on = None
+        self.flush()
 
 
 # Owner reads and writes, its group (a log shipper) reads, nobody else: logs hold customer words.

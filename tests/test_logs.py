@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from shared.logs import AUDIT_LOGGER, mask_pii, setup_logging
+from shared.logs import AUDIT_LOGGER, TickFlushedStreamHandler, mask_pii, setup_logging
 from tests.support import AMQP_URL, Stack, eventually, web_id
 from tests.support.otlp import Collector, tracing_env
 from tests.support.pipeline import wait_ready
@@ -151,6 +152,73 @@ def test_log_dir_files_split_by_level_and_audit_and_rotate_by_size(tmp_path: Pat
     assert {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()} == {
         name: oct(0o640) for name in ("audit.log", "error.log", *rotated)
     }
+
+
+class _CountedFlushes(io.StringIO):
+    """A stream that says what reached it: what was flushed, one entry per flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+        self._sent = 0
+
+    def flush(self) -> None:
+        text = self.getvalue()
+        if len(text) > self._sent:
+            self.flushed.append(text[self._sent :])
+            self._sent = len(text)
+
+
+def _handler_logger(stream: _CountedFlushes) -> logging.Logger:
+    handler = TickFlushedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"test.tick.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_lines_of_one_loop_turn_reach_stdout_in_one_flush_when_the_turn_ends() -> None:
+    stream = _CountedFlushes()
+    logger = _handler_logger(stream)
+
+    async def turn() -> list[str]:
+        logger.info("one")
+        logger.info("two")
+        before = list(stream.flushed)  # nothing reached the stream within the turn
+        await asyncio.sleep(0)  # the turn ends (yielding to the loop: no timing)
+        await asyncio.sleep(0)
+        logger.info("three")
+        return before
+
+    assert asyncio.run(turn()) == []
+    assert stream.flushed == ["one\ntwo\n", "three\n"]  # in order, the last turn's too (loop closed)
+    logger.info("no loop: at once")
+    assert stream.flushed[-1] == "no loop: at once\n"
+
+
+def test_a_flush_due_on_a_closed_loop_is_not_lost() -> None:
+    """A loop that closes with a flush still due (a test's, a service's at stop) leaves the next
+    line, on another loop or none, to flush it."""
+    stream = _CountedFlushes()
+    logger = _handler_logger(stream)
+
+    def log_and_stop() -> None:
+        loop.stop()  # the loop ends with this turn, before the flush's turn
+        logger.info("left behind")
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert stream.flushed == []
+
+    async def next_line() -> None:
+        logger.info("next")
+
+    asyncio.run(next_line())
+    assert "".join(stream.flushed) == "left behind\nnext\n"
 
 
 @pytest.mark.parametrize(
