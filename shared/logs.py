@@ -4,7 +4,8 @@ Every line carries `ts`, `level`, `service` and `logger`; a line written inside 
 `trace_id` and `span_id` (the ids Jaeger shows, so a log line leads to its trace); a line written
 while a message is handled carries its `message_id` and `conversation_id` (see `log_context`).
 Phone numbers, e-mail addresses, CPF numbers and secrets are masked in every string of every line
-by `mask_pii`, whoever logged them.
+by `mask_pii`, whoever logged them. The lines of one turn of the event loop reach stdout in one
+flush when the turn ends (`TickFlushedStreamHandler`).
 
 With `LOG_DIR` set, the same lines also go to `combined.log` (everything), `error.log` (ERROR and
 above) and `audit.log` (the `atendimento.audit` logger: admin actions), each rotated by size.
