@@ -86,6 +86,23 @@ class Names:
         return f"web.*.{route_token(conversation_id)}"
 
     # Redis ---------------------------------------------------------------------------------
+    def gateway_push_channel(self, gateway_id: str) -> str:
+        """The Redis pub/sub channel of the web replies to the messages a gateway accepted (its
+        waiting requests hear them there; services/worker/push.py)."""
+        return f"{self.namespace}:push:gateway:{route_token(gateway_id)}"
+
+    def conversation_push_channel(self, conversation_id: str) -> str:
+        """The Redis pub/sub channel of a web conversation's replies, for the gateways streaming it."""
+        return f"{self.namespace}:push:conversation:{route_token(conversation_id)}"
+
+    def push_channels(self, reply: ReplyMessage) -> tuple[str, ...]:
+        """Where a web reply is pushed, as `route_of` routes one: merged and silenced ones only to
+        the accepting gateway's waiters, all others to whoever streams the conversation too."""
+        gateway = self.gateway_push_channel(reply.gateway_id)
+        if reply.merged_into or reply.silenced:
+            return (gateway,)
+        return gateway, self.conversation_push_channel(reply.conversation_id)
+
     @property
     def key_prefix(self) -> str:
         """`{namespace}:{{namespace}}`: every key starts with the namespace and carries it as a Redis

@@ -280,6 +280,26 @@ def producer_span(
         yield span
 
 
+@contextlib.contextmanager
+def push_span(destination: str, *, message_id: str, conversation_id: str) -> Iterator[Span]:
+    """A PRODUCER span around a web reply pushed to the gateways over Redis pub/sub (services/
+    worker/push.py): the trace's hand-back, named as a publish to `destination`, the replies."""
+    if not _tracing():
+        yield INVALID_SPAN
+        return
+    attributes = {
+        "messaging.system": "redis",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": destination,
+        "messaging.message.id": message_id,
+        CONVERSATION_ID: conversation_id,
+    }
+    name = f"publish {destination}"
+    with _tracer().start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes) as span:
+        yield span
+
+
 class _AmqpHeaders(Getter[Mapping[str, Any]]):
     """AMQP header values may come back as bytes."""
 

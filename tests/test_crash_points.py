@@ -30,6 +30,7 @@ from tests.support import (
     AMQP_URL,
     PRAZO,
     REDIS_PORT,
+    REDIS_URL,
     TEST_SHARDS,
     Service,
     Stack,
@@ -134,22 +135,27 @@ async def test_a_second_copy_of_an_answered_message_gets_the_stored_reply_withou
         body["text"],
     )
 
+    # Web replies are pushed to the gateways over Redis: the one handed back again is heard there.
+    redis = Redis.from_url(REDIS_URL)
+    pushed = redis.pubsub(ignore_subscribe_messages=True)
     connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
+    try:
+        await pushed.subscribe(names.conversation_push_channel(copy.conversation_id))
         channel = await connection.channel()
-        replies = await channel.declare_queue(exclusive=True)
-        await replies.bind(names.replies_exchange, "#")
         inbound = await channel.get_exchange(names.inbound_exchange)
         # What a gateway publishes over a stale claim whose first publish may have been confirmed.
         await inbound.publish(
             aio_pika.Message(copy.to_bytes(), message_id=copy.message_id, headers={COPY_HEADER: True}),
             str(names.shard_of(copy.conversation_id)),
         )
-        async with replies.iterator() as incoming:
-            async with asyncio.timeout(20):
-                async for delivery in incoming:
-                    again = orjson.loads(delivery.body)
-                    break
+        async with asyncio.timeout(20):
+            async for heard in pushed.listen():
+                again = orjson.loads(heard["data"])
+                break
+    finally:
+        await connection.close()
+        await pushed.aclose()
+        await redis.aclose()
     assert again["message_id"] == copy.message_id
     assert again["reply"]["text"] == first["reply"]["text"]
     lines = worker.logs().splitlines()

@@ -13,11 +13,13 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 
+from shared.messages import InboundMessage, ReplyMessage
 from shared.names import Names
-from tests.support import AMQP_PORT, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
+from tests.support import AMQP_PORT, AMQP_URL, TEST_SHARDS, Stack, eventually, get_json, post_message
 from tests.support.fake_llm import FakeLlm
 from tests.support.faultproxy import FaultProxy
 from tests.support.pipeline import (
@@ -189,54 +191,66 @@ async def rabbitmqctl(*args: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not installed here")
-async def test_a_refused_reply_publish_keeps_the_message_until_the_reply_is_out(
-    stack: Stack, http: aiohttp.ClientSession
-) -> None:
-    """The broker nacks the worker's reply publish while the connection stays up (a policy makes
-    this namespace's reply queues refuse everything): the message is neither acked without its
-    reply nor left stalled; the reply goes out as soon as the broker takes it, generated once."""
-    policy = f"refuse-{stack.namespace}"
-    await rabbitmqctl(
-        "set_policy",
-        "--apply-to",
-        "queues",
-        policy,
-        rf"^{stack.namespace}\.replies\.",
-        '{"max-length": 0, "overflow": "reject-publish"}',
+async def test_a_refused_reply_publish_keeps_the_message_until_the_reply_is_out(stack: Stack) -> None:
+    """The broker nacks the worker's publish of a channel's reply while the connection stays up (a
+    policy caps this namespace's delivery queues at nothing, and one message already waits in
+    Telegram's; web replies are pushed over Redis, not published): the message is neither acked
+    without its reply nor left stalled; the reply goes out as soon as the broker takes it,
+    generated once. No gateway runs: nothing drains the delivery queue meanwhile."""
+    names = Names(stack.namespace, TEST_SHARDS)
+    worker = await stack.start("worker")
+    await wait_ready(stack)
+    chat_id = 700_000_000 + uuid.uuid4().int % 100_000_000
+    conversation = f"telegram:{chat_id}"
+    message = InboundMessage(
+        f"telegram:{uuid.uuid4().hex}", conversation, str(chat_id), "Qual o prazo?", "telegram", {"chat_id": chat_id}
     )
-    try:
-        await stack.start("gateway")
-        worker = await stack.start("worker")
-        await wait_ready(stack)
-        conversation = f"nack-{uuid.uuid4().hex}"
-        shard_queue = Names(stack.namespace, TEST_SHARDS).shard_queue(
-            Names(stack.namespace, TEST_SHARDS).shard_of(web_id("rui", conversation))
+    policy = f"refuse-{stack.namespace}"
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        delivery_queue = names.delivery_queue("telegram")
+        # Over the cap already: a quorum queue takes the publish that reaches its limit, and refuses the next.
+        await channel.default_exchange.publish(aio_pika.Message(b"{}", message_id="filler"), delivery_queue)
+        await rabbitmqctl(
+            "set_policy",
+            "--apply-to",
+            "queues",
+            policy,
+            rf"^{stack.namespace}\.delivery\.",
+            '{"max-length": 0, "overflow": "reject-publish"}',
         )
-        connected = asyncio.Event()
-        reader = asyncio.create_task(
-            read_events(http, stack.gateway, conversation, 1, connected, timeout=60, user_id="rui")
-        )
-        await asyncio.wait_for(connected.wait(), 10)
-        status, body = await post_message(
-            http, stack.gateway, {"user_id": "rui", "conversation_id": conversation, "text": "Qual o prazo?"}
-        )
-        assert status == 202
+        try:
+            inbound = await channel.get_exchange(names.inbound_exchange)
+            await inbound.publish(
+                aio_pika.Message(message.to_bytes(), message_id=message.message_id),
+                str(names.shard_of(conversation)),
+            )
 
-        async def refused_twice() -> bool:
-            return worker.logs().count("not confirmed") >= 2
+            async def refused_twice() -> bool:
+                return worker.logs().count("not handed back") >= 2
 
-        await eventually(refused_twice, what="the reply publish to be refused")
+            await eventually(refused_twice, what="the reply publish to be refused")
+            shard_queue = names.shard_queue(names.shard_of(conversation))
 
-        async def held_unacked() -> bool:
-            # The shard queue still has it out, unacked (polled: under load the broker may leave a
-            # queue out of one listing).
-            listing = await rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged")
-            return any(line.split() == [shard_queue, "1"] for line in listing.splitlines())
+            async def held_unacked() -> bool:
+                # The shard queue still has it out, unacked (polled: under load the broker may
+                # leave a queue out of one listing).
+                columns = ("name", "messages_unacknowledged")
+                listing = await rabbitmqctl("list_queues", "-q", "--no-table-headers", *columns)
+                return any(line.split() == [shard_queue, "1"] for line in listing.splitlines())
 
-        await eventually(held_unacked, interval=0.5, what="the message held unacked")
-        assert not reader.done()
-    finally:
-        await rabbitmqctl("clear_policy", policy)
-    (event,) = await reader
-    assert event["message_id"] == body["message_id"]
+            await eventually(held_unacked, interval=0.5, what="the message held unacked")
+        finally:
+            await rabbitmqctl("clear_policy", policy)
+        queue = await channel.declare_queue(delivery_queue, passive=True)
+
+        async def queued_reply() -> ReplyMessage | None:
+            got = await queue.get(no_ack=True, fail=False)
+            if got is not None and got.message_id == message.message_id:
+                return ReplyMessage.from_bytes(got.body)
+            return None
+
+        reply = await eventually(queued_reply, what="the reply queued for delivery once the broker takes it")
+    assert reply.reply.sources == ("prazo-entrega",)
     assert worker.logs().count('"message processed"') == 1

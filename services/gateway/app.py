@@ -136,7 +136,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[RATE_LIMITER] = limiter
         admission = Admission(store.pipeline, connections.names)
         app[INTAKE] = Intake(store=store, broker=broker, limiter=limiter, admission=admission, metrics=app[METRICS])
-        app[ROUTER] = ReplyRouter(broker, settings.instance_id)
+        app[ROUTER] = ReplyRouter(broker, redis, settings.instance_id)
         app[TOKENS] = ConversationTokens(
             redis, connections.names, settings.conversation_token_secrets, settings.conversation_token_ttl_s
         )
@@ -152,6 +152,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     info = ProcessInfo(SERVICE, settings.instance_id)
     tasks = [
         supervised("reply-router", router.run),
+        supervised("reply-push", router.listen),
         supervised(
             "heartbeat",
             lambda: heartbeat_loop(

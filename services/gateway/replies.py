@@ -1,9 +1,15 @@
 """Replies coming back to this gateway: waiting requests and SSE streams.
 
-Each gateway has a private, exclusive queue on the replies exchange. It is bound to this gateway's
-own token (replies to messages it accepted, for the requests waiting on them) and, while someone
-streams a conversation here, to that conversation's token; so the reply reaches the right instance
-among many without every gateway seeing every reply.
+The workers push web replies over Redis pub/sub (services/worker/push.py): this gateway listens on
+its own channel (replies to messages it accepted, for the requests waiting on them) and, while
+someone streams a conversation here, on that conversation's channel; so the reply reaches the
+right instance among many without every gateway hearing every reply. What was pushed while the
+subscription was down is not lost: when it is up again, the stored replies of the requests waiting
+here are read back, and a request whose wait ends reads its own.
+
+What else comes back for web conversations (the LLM's partial replies, agents' replies, CSAT
+questions) comes over RabbitMQ: a private, exclusive queue on the replies exchange, bound the same
+way (this gateway's token, and each streamed conversation's token).
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Iterator
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 
 from shared.broker import BROKER_ERRORS, CLOSE_TIMEOUT_S, Broker
 from shared.messages import DELTA_HEADER, MessageFormatError, ReplyDelta, ReplyMessage
+from shared.store import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +38,13 @@ STREAM_BUFFER = 100
 
 
 class ReplyRouter:
-    def __init__(self, broker: Broker, gateway_id: str) -> None:
+    def __init__(self, broker: Broker, redis: Redis, gateway_id: str) -> None:
         self._broker = broker
+        self._redis = redis
         self._gateway_id = gateway_id
         self._queue: AbstractQueue | None = None
         self._ready = asyncio.Event()
+        self._pubsub: PubSub | None = None  # while listening
         self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = defaultdict(list)
         self._streams: dict[str, set[asyncio.Queue[Streamed]]] = defaultdict(set)
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -40,7 +52,7 @@ class ReplyRouter:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and self._broker.connected
+        return self._ready.is_set() and self._pubsub is not None and self._broker.connected
 
     @property
     def waiting(self) -> int:
@@ -69,6 +81,57 @@ class ReplyRouter:
             raise
         self._queue = queue
         self._ready.set()
+
+    async def listen(self) -> None:
+        """Hear the web replies the workers push, until cancelled. redis-py reconnects a dropped
+        subscription by itself (and subscribes again); a failure it gives up on raises (the
+        caller runs this supervised: it starts again)."""
+        names = self._broker.names
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        connection: Connection | None = None
+        try:
+            async with self._bind_lock:  # the streams open now are those listened to
+                channels = [names.conversation_push_channel(conversation) for conversation in self._streams]
+                await pubsub.subscribe(names.gateway_push_channel(self._gateway_id), *channels)
+                connection = pubsub.connection
+                if connection is not None:
+                    connection.register_connect_callback(self._reconnected)
+                self._pubsub = pubsub
+            await self._catch_up()
+            async for message in pubsub.listen():
+                self._on_pushed(message["data"])
+        finally:
+            self._pubsub = None
+            if connection is not None:
+                connection.deregister_connect_callback(self._reconnected)  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
+
+    async def _reconnected(self, _: Connection) -> None:
+        """redis-py subscribed again after a dropped connection (its own callback runs first)."""
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Dispatch the stored replies of the requests waiting here: pushed while nobody heard."""
+        waiting = list(self._waiters)
+        if not waiting:
+            return
+        names = self._broker.names
+        try:
+            stored = await self._redis.mget([names.reply_key(message_id) for message_id in waiting])
+        except REDIS_ERRORS as exc:
+            log.warning("replies pushed while the subscription was down not read back: %r", exc)
+            return
+        for raw in stored:
+            if raw:
+                self._on_pushed(raw)
+
+    def _on_pushed(self, body: bytes | str) -> None:
+        try:
+            reply = ReplyMessage.from_bytes(body)
+        except MessageFormatError as exc:
+            log.error("dropped a malformed reply: %s", exc)
+            return
+        self.dispatch(reply)
 
     def close_streams(self) -> None:
         """Tell every open stream to end (server shutdown), even one whose buffer is full."""
@@ -108,31 +171,35 @@ class ReplyRouter:
                     await self._unbind(conversation_id)
 
     async def _bind(self, conversation_id: str) -> None:
-        if not self.ready or self._queue is None:
-            raise ConnectionError("reply queue is not ready")
+        """Listen to the conversation on both ways in (raises BROKER_ERRORS)."""
+        names = self._broker.names
         async with self._bind_lock:
+            pubsub = self._pubsub
+            if not self.ready or self._queue is None or pubsub is None:
+                raise ConnectionError("reply queue is not ready")
             if conversation_id not in self._streams:
-                await self._queue.bind(
-                    self._broker.names.replies_exchange, self._broker.names.conversation_binding(conversation_id)
-                )
+                await self._queue.bind(names.replies_exchange, names.conversation_binding(conversation_id))
+                try:
+                    await pubsub.subscribe(names.conversation_push_channel(conversation_id))
+                except REDIS_ERRORS as exc:
+                    raise ConnectionError(f"replies pushed over Redis: {exc!r}") from exc
 
     async def _unbind(self, conversation_id: str) -> None:
+        names = self._broker.names
         async with self._bind_lock:
-            if conversation_id not in self._streams and self._queue is not None:
-                await self._queue.unbind(
-                    self._broker.names.replies_exchange, self._broker.names.conversation_binding(conversation_id)
-                )
+            if conversation_id in self._streams:
+                return
+            if self._pubsub is not None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._pubsub.unsubscribe(names.conversation_push_channel(conversation_id))
+            if self._queue is not None:
+                await self._queue.unbind(names.replies_exchange, names.conversation_binding(conversation_id))
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         if message.headers.get(DELTA_HEADER):
             self._dispatch_delta(message.body)
             return
-        try:
-            reply = ReplyMessage.from_bytes(message.body)
-        except MessageFormatError as exc:
-            log.error("dropped a malformed reply: %s", exc)
-            return
-        self.dispatch(reply)
+        self._on_pushed(message.body)
 
     def _dispatch_delta(self, body: bytes) -> None:
         try:

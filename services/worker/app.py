@@ -25,6 +25,7 @@ from services.worker.kbreload import KbReloader, LiveEngine
 from services.worker.media import MediaResolver
 from services.worker.privacy import CustomerRequests
 from services.worker.processor import Processor
+from services.worker.push import ReplyPusher
 from services.worker.state import WorkerStore
 from shared.broker import Broker
 from shared.connections import open_connections
@@ -158,6 +159,7 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
         store=store,
         committer=Committer(store.redis, store.names, settings=commit_settings, recorder=app[RECORDER]),
         broker=app[BROKER],
+        pusher=ReplyPusher(store.redis, store.names),
         engine=app[ENGINE],
         max_attempts=settings.max_attempts,
         media=app[MEDIA],

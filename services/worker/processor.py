@@ -35,6 +35,7 @@ from services.worker.engines.base import ChoosingEngine, EngineRequest, Turn
 from services.worker.engines.languages import customer_language
 from services.worker.media import MediaResolver
 from services.worker.privacy import CustomerRequests
+from services.worker.push import ReplyPusher
 from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outcome, Received, RetryAfter, Settled
 from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
@@ -42,10 +43,13 @@ from shared import unanswered
 from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage, now_ms
 from shared.metrics import WorkerMetrics
-from shared.store import until_redis_answers
+from shared.store import REDIS_ERRORS, until_redis_answers
 from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
 
 log = logging.getLogger(__name__)
+
+# What a reply's hand-back may fail with: RabbitMQ's (a channel's reply), Redis's (a web reply).
+HAND_BACK_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, *REDIS_ERRORS)
 
 MAX_BACKOFF_S = 5.0
 
@@ -88,6 +92,7 @@ class Processor:
     store: WorkerStore
     committer: Committer
     broker: Broker
+    pusher: ReplyPusher
     engine: ChoosingEngine
     max_attempts: int
     media: MediaResolver
@@ -281,19 +286,24 @@ class Processor:
         )
 
     async def _publish(self, reply: ReplyMessage, delivery: AbstractIncomingMessage) -> bool:
-        """Publish with confirm. A refusal (nack, confirm timeout) while the delivery is still ours
-        is retried in place: the reply is stored, so nothing is generated again, and the delivery
-        is acked only once its reply is out. False: the delivery stopped being ours first."""
+        """Hand the reply back: a web one pushed to the gateways over Redis (services/worker/
+        push.py), a channel's published with confirm to its delivery queue. A failure (Redis
+        unreachable, a nack, a confirm timeout) while the delivery is still ours is retried in
+        place: the reply is stored, so nothing is generated again, and the delivery is acked only
+        once its reply is out. False: the delivery stopped being ours first."""
         attempt = 0
         while True:
             try:
-                await self.broker.publish_reply(reply)
+                if reply.channel == "web":
+                    await self.pusher.push(reply)
+                else:
+                    await self.broker.publish_reply(reply)
                 return True
-            except BROKER_ERRORS as exc:
+            except HAND_BACK_ERRORS as exc:
                 if not still_held(delivery):
                     return False
                 attempt += 1
-                log.warning("reply %s not confirmed (attempt %d), publishing again: %r", reply.message_id, attempt, exc)
+                log.warning("reply %s not handed back (attempt %d), again: %r", reply.message_id, attempt, exc)
                 await asyncio.sleep(backoff(attempt))
 
     @staticmethod
