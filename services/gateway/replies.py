@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 Streamed = ReplyMessage | ReplyDelta | None
 RECENT_REPLIES = 4096  # a reply re-sent after a worker crash arrives within seconds of the first
 STREAM_BUFFER = 100
+# Subscribing again to pushed replies after Redis went away: soon, then at most this often.
+LISTEN_RETRY_S = 0.1
+LISTEN_RETRY_MAX_S = 1.0
 
 
 class ReplyRouter:
@@ -45,6 +48,7 @@ class ReplyRouter:
         self._queue: AbstractQueue | None = None
         self._ready = asyncio.Event()
         self._pubsub: PubSub | None = None  # while listening
+        self._subscriptions = 0  # made so far (listen's pace after a failure)
         self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = defaultdict(list)
         self._streams: dict[str, set[asyncio.Queue[Streamed]]] = defaultdict(set)
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -84,8 +88,21 @@ class ReplyRouter:
 
     async def listen(self) -> None:
         """Hear the web replies the workers push, until cancelled. redis-py reconnects a dropped
-        subscription by itself (and subscribes again); a failure it gives up on raises (the
-        caller runs this supervised: it starts again)."""
+        subscription by itself (and subscribes again); when it gives up (Redis away longer), this
+        subscribes again soon after, not after the supervisor's growing pause: until it has, the
+        gateway is not ready. Other errors (an ACL refusing SUBSCRIBE) raise to the supervisor."""
+        failures = 0
+        while True:
+            subscribed = self._subscriptions
+            try:
+                await self._listen_once()
+            except REDIS_ERRORS as exc:
+                failures = 1 if self._subscriptions != subscribed else failures + 1
+                if failures == 1:
+                    log.warning("subscription to pushed replies lost, subscribing again: %r", exc)
+                await asyncio.sleep(min(LISTEN_RETRY_MAX_S, LISTEN_RETRY_S * 2 ** (failures - 1)))
+
+    async def _listen_once(self) -> None:
         names = self._broker.names
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         connection: Connection | None = None
@@ -97,6 +114,7 @@ class ReplyRouter:
                 if connection is not None:
                     connection.register_connect_callback(self._reconnected)
                 self._pubsub = pubsub
+                self._subscriptions += 1
             await self._catch_up()
             async for message in pubsub.listen():
                 self._on_pushed(message["data"])
