@@ -117,7 +117,7 @@ class ReplyRouter:
                 self._subscriptions += 1
             await self._catch_up()
             async for message in pubsub.listen():
-                self._on_pushed(message["data"])
+                self._dispatch_body(message["data"])
         finally:
             self._pubsub = None
             if connection is not None:
@@ -141,9 +141,9 @@ class ReplyRouter:
             return
         for raw in stored:
             if raw:
-                self._on_pushed(raw)
+                self._dispatch_body(raw)
 
-    def _on_pushed(self, body: bytes | str) -> None:
+    def _dispatch_body(self, body: bytes | str) -> None:
         try:
             reply = ReplyMessage.from_bytes(body)
         except MessageFormatError as exc:
@@ -177,8 +177,7 @@ class ReplyRouter:
         """Receive this conversation's replies (and the text of LLM replies as it is generated)
         while the context is open (raises BROKER_ERRORS)."""
         queue: asyncio.Queue[Streamed] = asyncio.Queue(STREAM_BUFFER)
-        await self._bind(conversation_id)
-        self._streams[conversation_id].add(queue)
+        await self._bind(conversation_id, queue)
         try:
             yield queue
         finally:
@@ -188,19 +187,24 @@ class ReplyRouter:
                 with contextlib.suppress(*BROKER_ERRORS):
                     await self._unbind(conversation_id)
 
-    async def _bind(self, conversation_id: str) -> None:
-        """Listen to the conversation on both ways in (raises BROKER_ERRORS)."""
+    async def _bind(self, conversation_id: str, queue: asyncio.Queue[Streamed]) -> None:
+        """Listen to the conversation both ways replies come in, and stream them to `queue`
+        (raises BROKER_ERRORS). Under the lock a new subscription to pushed replies takes the
+        streams from, so none is left out of it."""
         names = self._broker.names
         async with self._bind_lock:
-            pubsub = self._pubsub
-            if not self.ready or self._queue is None or pubsub is None:
+            pubsub, amqp = self._pubsub, self._queue
+            if not self.ready or amqp is None or pubsub is None:
                 raise ConnectionError("reply queue is not ready")
             if conversation_id not in self._streams:
-                await self._queue.bind(names.replies_exchange, names.conversation_binding(conversation_id))
+                await amqp.bind(names.replies_exchange, names.conversation_binding(conversation_id))
                 try:
                     await pubsub.subscribe(names.conversation_push_channel(conversation_id))
                 except REDIS_ERRORS as exc:
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        await amqp.unbind(names.replies_exchange, names.conversation_binding(conversation_id))
                     raise ConnectionError(f"replies pushed over Redis: {exc!r}") from exc
+            self._streams[conversation_id].add(queue)
 
     async def _unbind(self, conversation_id: str) -> None:
         names = self._broker.names
@@ -217,7 +221,7 @@ class ReplyRouter:
         if message.headers.get(DELTA_HEADER):
             self._dispatch_delta(message.body)
             return
-        self._on_pushed(message.body)
+        self._dispatch_body(message.body)
 
     def _dispatch_delta(self, body: bytes) -> None:
         try:

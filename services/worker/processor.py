@@ -249,7 +249,7 @@ class Processor:
                 outgoing = _outgoing(reply)
                 if outgoing is not None and not await self._publish(outgoing, item.delivery):
                     mark_current_failed("given back")
-                    return Abandoned(f"reply {reply.message_id} not published and its channel is gone")
+                    return Abandoned(f"reply {reply.message_id} not handed back and its channel is gone")
         await unanswered.record(self.store.redis, self.store.names, [
             unanswered.Answered(item.commit.user_text, item.commit.reply.reply, reply.reply, reply.silenced)
             for item, reply in zip(ready, replies, strict=True) if item.commit is not None
