@@ -28,7 +28,7 @@ from shared.hours import BusinessHours, parse_holidays, parse_timezone, parse_wi
 from shared.messages import ReplyContent
 from shared.names import Names
 from shared.settings import ConfigError, Settings
-from tests.support import PRAZO, ROOT, SAMPLE_PT, TEST_SHARDS, Stack, eventually, post_message, web_id
+from tests.support import PRAZO, ROOT, SAMPLE_PT, TEST_SHARDS, Stack, eventually, get_json, post_message, web_id
 from tests.support.commits import commit_of, message
 from tests.support.pipeline import wait_ready
 
@@ -233,6 +233,12 @@ async def test_out_of_hours_end_to_end_until_an_agent_answers(
     assert status == 200 and meanwhile["reply"]["sources"] == ["prazo-entrega"]
 
     reply = {"conversation_id": web_id("rui", "away"), "text": "Oi, sou a Ana, estou aqui."}
+
+    async def monitor_publishes() -> bool:  # the agent's reply goes out through its RabbitMQ connection
+        _, health = await get_json(http, f"{monitor.url}/monitoring/health")
+        return bool(health.get("checks", {}).get("rabbitmq", {}).get("status") == "up")
+
+    await eventually(monitor_publishes, what="the monitor connected to RabbitMQ")
     async with http.post(f"{monitor.url}/admin/api/handoffs/reply", json=reply, headers=ADMIN) as answer:
         assert answer.status == 200, await answer.text()
     status, silent = await post_message(

@@ -13,8 +13,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from services.worker.commit import Committer
+from shared.messages import ReplyContent, ReplyMessage
 from shared.names import Names
-from tests.support import PRAZO, TEST_SHARDS, Stack, eventually, post_message, web_id
+from tests.support import PRAZO, TEST_SHARDS, Stack, eventually, new_namespace, post_message, purge_namespace, web_id
+from tests.support.commits import commit_of, message
 from tests.support.pipeline import read_events, wait_ready
 from tests.support.servers import PrivateRedis, have
 
@@ -41,6 +44,34 @@ async def test_a_reply_reaches_the_waiting_request_and_a_stream_at_another_gatew
     events = await reader
     assert [event["message_id"] for event in events] == [answer["message_id"] for answer in answers]
     assert [event["reply"]["text"] for event in events] == [answer["reply"]["text"] for answer in answers]
+
+
+async def test_the_commit_pushes_the_reply_that_stands_once(redis: Redis) -> None:
+    """A fresh reply is pushed by the script call that stores it; another delivery of the message,
+    generated again, finds that one stored: the stored one is pushed again (its request may wait
+    at another gateway), never the second generation."""
+    names = Names(new_namespace(), TEST_SHARDS)
+    committer = Committer(redis, names)
+    item = message("c-push")
+    first = commit_of(item, ReplyContent(text="Cinco dias.", engine="kb", confidence=0.9))
+    heard = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await heard.subscribe(names.gateway_push_channel(first.reply.gateway_id))
+        (standing,) = await committer.commit_all([first])
+        again = commit_of(item, ReplyContent(text="Generated again.", engine="kb", confidence=0.9))
+        (second,) = await committer.commit_all([again])
+        assert standing == second == first.reply
+        pushed = []
+        async with asyncio.timeout(10):
+            async for event in heard.listen():
+                pushed.append(ReplyMessage.from_bytes(event["data"]))
+                if len(pushed) == 2:
+                    break
+        assert pushed == [first.reply, first.reply]
+        assert await heard.get_message(timeout=0.2) is None  # nothing more: one push per commit
+    finally:
+        await heard.aclose()
+        await purge_namespace(names.namespace)
 
 
 @pytest.mark.skipif(not have("redis-server"), reason="needs redis-server for a private Redis")

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from services.worker.coalesce import Coalescer
+from services.worker.push import push_all
 from services.worker.state import OFFERED_TTL_SECONDS, Offered
 from shared import conversations, handoff, stats
 from shared.handoff import HandoffInfo
@@ -74,7 +75,9 @@ StreakStep = Literal["count", "keep", "end"]
 #       its conversation's queue of replies to send: services/gateway/delivery/order.py), 9 the
 #       options offered (services/worker/state.py `Offered`), 10-16 the conversation's outcome, quiet
 #       timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
-# Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome).
+# Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome). A web
+# reply that stands is published last on its channels (the variant's `push`): the gateways hear it
+# from the same call that stores it (services/worker/push.py).
 # The decision first, then the effects of the variant (`_effects`, one per possible outcome) of the
 # reply that stands. What it reads comes in one MGET (the stored reply, the handoff, the fallback
 # streak, the options offered), so a key to clear is deleted only when it is there: by one DEL at
@@ -163,6 +166,9 @@ if v.track then
 end
 if #clear > 0 then
   redis.call('DEL', unpack(clear))
+end
+for _, channel in ipairs(v.push) do
+  redis.call('PUBLISH', channel, reply)
 end
 return {outcome}
 """
@@ -268,13 +274,20 @@ class Committer:
             # Redis restarted or flushed its scripts. Running again is safe: a stored reply wins.
             await self.redis.script_load(_COMMIT)
             results = await self._run(calls)
-        standing = []
-        for item, (_, _, candidates), decision in zip(items, calls, results, strict=True):
-            outcome, reply = _standing(item, decision, candidates)
+        decided = [
+            _standing(item, decision, candidates)
+            for item, (_, _, candidates), decision in zip(items, calls, results, strict=True)
+        ]
+        # The script handed back the web replies it stored; one stored before stands instead of
+        # a generated one, and is handed back here. Before any counting: if this raises, the
+        # batch is committed again, and a script finding its own reply stored counts it then.
+        stored = [reply for outcome, reply in decided if outcome is CommitOutcome.STORED and reply.channel == "web"]
+        if stored:
+            await push_all(self.redis, self.names, stored)
+        for item, (outcome, reply) in zip(items, decided, strict=True):
             if outcome is not CommitOutcome.STORED:
                 self._count(item, reply)
-            standing.append(reply)
-        return standing
+        return [reply for _, reply in decided]
 
     async def _run(self, calls: list[tuple[list[str], bytes, _Candidates]]) -> list[Any]:
         # Plain EVALSHA: redis-py's pipelined Script objects would first ask SCRIPT EXISTS.
@@ -391,6 +404,8 @@ class Committer:
             "log_entry": orjson.dumps(_log_entry(item, reply, now)).decode(),
             # A reply the delivery consumers will send (not the web's, not one held back).
             "outbound": item.message.channel != "web" and not reply.silenced and not item.merged,
+            # Where a web reply is handed back to the gateways, in the same call (services/worker/push.py).
+            "push": list(self.names.push_channels(reply)) if item.message.channel == "web" else [],
         }
         if not item.merged:  # what the reply does to its conversation's outcome and rating
             variant["track"] = conversations.reply_tracking(

@@ -23,6 +23,7 @@ reply generated just before a handoff began is stored silenced and never sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage, now_ms
 from shared.metrics import WorkerMetrics
 from shared.store import REDIS_ERRORS, until_redis_answers
-from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed
+from shared.telemetry import ConsumerSpans, describe_reply, engine_span, mark_current_failed, push_span
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class Processor:
             with spans.activate(reply.message_id):
                 if item.commit is not None:
                     self._committed(item.commit, reply)
-                outgoing = _outgoing(reply)
+                outgoing = _outgoing(reply, committed=item.commit is not None)
                 if outgoing is not None and not await self._publish(outgoing, item.delivery):
                     mark_current_failed("given back")
                     return Abandoned(f"reply {reply.message_id} not handed back and its channel is gone")
@@ -261,9 +262,17 @@ class Processor:
     async def _commit(self, ready: list[Ready], spans: ConsumerSpans) -> list[ReplyMessage]:
         """The replies that stand, in order: the fresh ones as committed, the stored ones as they were."""
         fresh = [item.commit for item in ready if item.commit is not None]
-        with spans.activate(ready[-1].message.message_id):
+        last = ready[-1].message
+        with spans.activate(last.message_id), self._hands_back(last, fresh):
             standing = iter(await until_redis_answers(lambda: self.committer.commit_all(fresh), holding="the messages"))
         return [next(standing) if item.commit is not None else item.reply for item in ready]
+
+    def _hands_back(self, message: InboundMessage, fresh: list[Commit]) -> contextlib.AbstractContextManager[object]:
+        """The hand-back's span, around the commit that pushes a web reply (the trace's `publish`)."""
+        if message.channel != "web" or not fresh:
+            return contextlib.nullcontext()
+        names = self.store.names
+        return push_span(names.replies_exchange, message_id=message.message_id, conversation_id=message.conversation_id)
 
     def _committed(self, commit: Commit, reply: ReplyMessage) -> None:
         """A freshly generated reply stands (`reply`: possibly silenced, or the escalation)."""
@@ -380,10 +389,11 @@ def _reply_to(
     )
 
 
-def _outgoing(reply: ReplyMessage) -> ReplyMessage | None:
-    """What is published for a reply that stands. A channel's customer sees only real replies; a
-    web request waiting on a message merged into another's reply gets that reply, and one waiting
-    on a message the bot stays silent on learns so at once (a silenced reply holds no text)."""
-    if reply.channel != "web" and (reply.silenced or reply.merged_into):
-        return None
-    return reply
+def _outgoing(reply: ReplyMessage, *, committed: bool) -> ReplyMessage | None:
+    """What is handed back for a reply that stands (`committed`: by this unit's commit, which
+    pushed a web one already). A channel's customer sees only real replies; a web request waiting
+    on a message merged into another's reply gets that reply, and one waiting on a message the bot
+    stays silent on learns so at once (a silenced reply holds no text)."""
+    if reply.channel == "web":
+        return None if committed else reply
+    return None if reply.silenced or reply.merged_into else reply

@@ -2,8 +2,10 @@
 
 A web reply is stored by the commit before it is handed back, and all that hears it is the
 gateway's request waiting on it and the SSE streams of its conversation: nothing about the
-hand-back needs a broker's durability. Over Redis it is a PUBLISH in a pipeline that every lane
-handing back meanwhile shares; over RabbitMQ it was a publish with confirm, a routing and a
+hand-back needs a broker's durability. A freshly generated reply is published by the commit's own
+script call (services/worker/commit.py: `push`), in the round trip that stores it; a reply handed
+back again (a redelivered message's stored reply) by `ReplyPusher`, a PUBLISH in a pipeline every
+lane handing back meanwhile shares. Over RabbitMQ it was a publish with confirm, a routing and a
 delivery to the gateway's queue, which made the knowledge-base path a third slower end to end
 (README, performance). A gateway that misses one (its subscription was down a moment) loses no
 reply: it reads the stored replies of its waiting requests when it subscribes again, and a request
@@ -16,6 +18,7 @@ exchange, which the gateways consume too).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -41,10 +44,15 @@ class ReplyPusher:
             await self._pushes.submit(reply)
 
     async def _publish_all(self, replies: list[ReplyMessage]) -> list[None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for reply in replies:
-                body = reply.to_bytes()
-                for channel in self.names.push_channels(reply):
-                    pipe.publish(channel, body)
-            await pipe.execute()
+        await push_all(self.redis, self.names, replies)
         return [None] * len(replies)
+
+
+async def push_all(redis: Redis, names: Names, replies: Sequence[ReplyMessage]) -> None:
+    """Publish each web reply on its channels (`Names.push_channels`), all in one pipeline."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for reply in replies:
+            body = reply.to_bytes()
+            for channel in names.push_channels(reply):
+                pipe.publish(channel, body)
+        await pipe.execute()
