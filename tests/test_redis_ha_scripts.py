@@ -152,7 +152,9 @@ async def test_sentinels_promote_the_replica_and_the_old_primary_rejoins_as_its_
         info = await replication(PRIMARY)
         return info["role"] == "slave" and info["master_host"] == REPLICA and info["master_link_status"] == "up"
 
-    await eventually(answering(rejoined), timeout=30, what=f"{PRIMARY} rejoining as a replica\n{ha_set.logs()}")
+    # As long as the promotion may take: a full sync follows (a diskless one waits 5 s for company),
+    # and a CI run under load took over 30 s.
+    await eventually(answering(rejoined), timeout=60, what=f"{PRIMARY} rejoining as a replica\n{ha_set.logs()}")
     async with Redis(host=PRIMARY, port=6379, decode_responses=True) as old:
         assert await old.get("kept") == "yes"
     assert "starting as a replica of 127.28.0.3" in ha_set.logs()
