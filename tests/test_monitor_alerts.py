@@ -130,10 +130,23 @@ async def feed_old_traffic(store: Store, errors: int, slow_messages: int, latenc
 
 
 async def dead_letter_queue(namespace: str, action: str) -> None:
-    """Put a message on the dead-letter exchange, or purge the dead-letter queue."""
+    """Put a message on the dead-letter exchange, or purge the dead-letter queue. The monitor
+    declares both when it connects to RabbitMQ, which a loaded machine may not have let it do yet."""
     names = Names(namespace, TEST_SHARDS)
     connection = await aio_pika.connect(AMQP_URL)
     try:
+        if action == "add":
+
+            async def declared() -> bool:
+                checking = await connection.channel()  # a passive declaration of nothing closes it
+                try:
+                    await checking.get_exchange(names.dead_letter_exchange)
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    return False
+                await checking.close()
+                return True
+
+            await eventually(declared, timeout=60, what="the monitor's topology declared")
         channel = await connection.channel()
         if action == "add":
             exchange = await channel.get_exchange(names.dead_letter_exchange)

@@ -87,10 +87,10 @@ async def test_a_reply_pushed_while_the_subscription_is_down_reaches_the_waiting
         stack.extra_env["REDIS_URL"] = private.url
         gateway = await stack.start("gateway")
         await wait_ready(stack)
-        body = {"user_id": "bia", "conversation_id": f"c-{uuid.uuid4().hex[:8]}", "text": PRAZO}
+        public_id, conversation = f"m-{uuid.uuid4().hex}", f"c-{uuid.uuid4().hex[:8]}"
+        body = {"user_id": "bia", "conversation_id": conversation, "message_id": public_id, "text": PRAZO}
         names = Names(stack.namespace, TEST_SHARDS)
-        body["message_id"] = f"m-{uuid.uuid4().hex}"
-        message_id = web_id("bia", body["message_id"])
+        message_id = web_id("bia", public_id)
         waiting = asyncio.create_task(post_message(http, gateway, body, wait=30))
 
         async def accepted() -> bool:
@@ -118,7 +118,7 @@ async def test_a_reply_pushed_while_the_subscription_is_down_reaches_the_waiting
         async with asyncio.timeout(20):
             status, answer = await waiting
         assert status == 200, answer
-        assert answer["message_id"] == body["message_id"]
+        assert answer["message_id"] == public_id
         assert answer["reply"]["sources"] == ["prazo-entrega"]
     finally:
         await redis.aclose()
