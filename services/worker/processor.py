@@ -7,9 +7,11 @@ arrival. The order of the steps is what makes the promises of SPEC section 3 hol
    nothing);
 2. generate (`_generate`: the one place a reply is about to be generated; what the reply is, is
    decided by the reply policy, services/worker/engines/policy.py);
-3. commit (services/worker/commit.py; only the first writer wins), then `_committed`: the one
-   place a reply is known to stand, with its timings, engine and channel;
-4. publish the reply with confirm (retried in place while the delivery is still ours);
+3. commit (services/worker/commit.py; only the first writer wins; a web reply is pushed to the
+   gateways by the same call), then `_committed`: the one place a reply is known to stand, with
+   its timings, engine and channel;
+4. hand the reply back where the commit did not: a channel's published with confirm, a web one
+   handed back again pushed (retried in place while the delivery is still ours);
 5. return `Settled`: the settlement acks each delivery, in order. A crash anywhere before the acks
    leave redelivers the message, and step 1 makes that harmless.
 
