@@ -280,6 +280,9 @@ def baseline_processes(port: int, queue: str) -> Iterator[list[subprocess.Popen[
 async def bare_system() -> AsyncIterator[tuple[str, list[int]]]:
     """The bare round trip's URL, and its processes' pids."""
     port, queue = free_port(), f"bench-baseline-{uuid.uuid4().hex[:8]}"
+    # Declared here first: the server and consumer declaring a new quorum queue at once can find
+    # it still electing its leader, and RabbitMQ then fails the consumer's channel.
+    await _declare_queue(queue)
     try:
         with baseline_processes(port, queue) as processes:
             url = f"http://127.0.0.1:{port}/v1/messages"
@@ -287,6 +290,13 @@ async def bare_system() -> AsyncIterator[tuple[str, list[int]]]:
             yield url, [process.pid for process in processes]
     finally:
         await _delete_queue(queue)
+
+
+async def _declare_queue(name: str) -> None:
+    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
 
 
 async def _delete_queue(name: str) -> None:

@@ -139,6 +139,9 @@ async def test_sentinels_promote_the_replica_and_the_old_primary_rejoins_as_its_
     )
     async with Redis(host=PRIMARY, port=6379) as primary:
         await primary.set("kept", "yes")
+        # Replication is asynchronous: the key is on the replica only once it has acknowledged it
+        # (a loaded run killed the primary first once).
+        assert await primary.execute_command("WAIT", 1, 10_000) == 1
 
     ha_set.kill(PRIMARY)
 
