@@ -47,8 +47,8 @@ class RedisRefused(ResponseError):
 
 
 class _Parser(_AsyncHiredisParser):
-    """Replies parsed by hiredis (C), RESP3 pushes included: redis-py's own parser, in Python,
-    cost the gateway and the worker more per message than any of their own steps.
+    """Replies parsed by hiredis (C), RESP3 pushes included: with redis-py's parser, in Python, a
+    pipelined script call cost the client nearly twice the CPU (71-79 us against 38-48 us).
 
     Refusals get their own exception class, so every `except REDIS_ERRORS` treats them as an
     outage, while a real error in a command or a script stays a ResponseError (a bug)."""
