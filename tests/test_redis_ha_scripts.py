@@ -141,7 +141,7 @@ async def test_sentinels_promote_the_replica_and_the_old_primary_rejoins_as_its_
         await primary.set("kept", "yes")
         # Replication is asynchronous: the key is on the replica only once it has acknowledged it
         # (a loaded run killed the primary first once).
-        assert await primary.execute_command("WAIT", 1, 10_000) == 1
+        assert await primary.wait(1, 10_000) == 1
 
     ha_set.kill(PRIMARY)
 
