@@ -143,7 +143,9 @@ async def test_conversations_resume_in_order_after_the_worker_loses_its_work(
         await proxy.close()
         await proxy.start()
     try:
-        await assert_each_answered_once_in_order(http, stack, sent, readers)
+        # A killed worker takes the counts it had not flushed with it: at most one reply a lane.
+        uncounted = 8 if harm == "sigkill" else 0
+        await assert_each_answered_once_in_order(http, stack, sent, readers, uncounted_at_most=uncounted)
     finally:
         await proxy.close()
     calls = Counter(request["body"]["messages"][-1]["content"] for request in llm.requests)

@@ -115,14 +115,21 @@ async def assert_each_answered_once_in_order(
     stack: Stack,
     sent: dict[str, list[str]],
     readers: list[asyncio.Task[list[dict[str, Any]]]],
+    *,
+    uncounted_at_most: int = 0,
 ) -> None:
+    """Each conversation's replies arrived once, in order, and the statistics count every message
+    once. `uncounted_at_most`: after a SIGKILL, the replies whose count the killed worker had not
+    flushed yet (shared/recorder.py: lost with the process, by design); never one counted twice."""
     for (conversation, ids), reader in zip(sent.items(), readers, strict=True):
         events = await reader
         assert [event["message_id"] for event in events] == ids, conversation
     total = sum(len(ids) for ids in sent.values())
 
     async def counted_once() -> bool:
-        return await answered(http, stack) == total
+        counted = await answered(http, stack)
+        assert counted <= total, f"{counted} messages counted, {total} sent"
+        return counted >= total - uncounted_at_most
 
     await eventually(counted_once, what="every message counted once")
 
