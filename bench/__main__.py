@@ -27,6 +27,7 @@ from pathlib import Path
 import aio_pika
 import aiohttp
 import psutil
+from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
 from shared.settings import DEFAULT_SHARDS
@@ -292,17 +293,20 @@ async def bare_system() -> AsyncIterator[tuple[str, list[int]]]:
         await _delete_queue(queue)
 
 
-async def _declare_queue(name: str) -> None:
+@contextlib.asynccontextmanager
+async def _channel() -> AsyncIterator[AbstractChannel]:
     connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
     async with connection:
-        channel = await connection.channel()
+        yield await connection.channel()
+
+
+async def _declare_queue(name: str) -> None:
+    async with _channel() as channel:
         await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
 
 
 async def _delete_queue(name: str) -> None:
-    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
-    async with connection:
-        channel = await connection.channel()
+    async with _channel() as channel:
         await channel.queue_delete(name)
 
 
