@@ -287,14 +287,8 @@ def push_span(destination: str, *, message_id: str, conversation_id: str) -> Ite
     if not _tracing():
         yield INVALID_SPAN
         return
-    attributes = {
-        "messaging.system": "redis",
-        "messaging.operation.name": "publish",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": destination,
-        "messaging.message.id": message_id,
-        CONVERSATION_ID: conversation_id,
-    }
+    attributes = _messaging_attributes("publish", "send", destination, "", message_id, conversation_id)
+    attributes["messaging.system"] = "redis"
     name = f"publish {destination}"
     with _tracer().start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes) as span:
         yield span
