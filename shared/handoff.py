@@ -5,15 +5,17 @@
   replies while one lives.
 - The admin area lists them (`list_active()`), replies as an agent to the address `get()` returns,
   and gives the conversation back to the bot with `release()`.
-- A handoff expires by itself after `ttl_s` (HANDOFF_TTL_SECONDS), so a conversation nobody picked
-  up does not stay silent forever.
+- A handoff expires by itself `ttl_s` (HANDOFF_TTL_SECONDS) after it began to wait for a person,
+  so a conversation nobody picked up does not stay silent forever.
 
-One Redis key per conversation holds the `HandoffInfo` (with the expiry); a sorted set by start
-time indexes them for listing and is pruned of expired entries as it is read.
+One Redis key per conversation holds the `HandoffInfo` (with the expiry); a sorted set by the time
+each began to wait for a person (its start, or the next opening when asked for outside business
+hours) indexes them for listing and is pruned of expired entries as it is read.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,17 @@ class HandoffInfo:
     def with_person(self, now: float) -> bool:
         """Whether the bot stays silent now (shared with the commit script, services/worker/commit.py)."""
         return self.away_until <= now
+
+    @property
+    def waits_from(self) -> float:
+        """When the conversation begins to wait for a person: now, or the next opening. Its place
+        in the agents' queue, and where its expiry counts from."""
+        return max(self.started_at, self.away_until)
+
+    def lifetime(self, ttl_s: int, now: float) -> int:
+        """Seconds the handoff lives from `now`: `ttl_s` once people are back, so one asked for
+        on a Friday night still waits for the agents on Monday morning."""
+        return ttl_s + max(0, math.ceil(self.away_until - now))
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -103,8 +116,9 @@ class Handoffs:
     async def start(self, conversation_id: str, info: HandoffInfo) -> None:
         """Hand the conversation to a human (again: a repeated request renews the expiry)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.names.handoff_key(conversation_id), info.to_bytes(), ex=self.ttl_s)
-            queue_index(pipe, self.names, conversation_id, info.started_at, self.ttl_s)
+            lifetime = info.lifetime(self.ttl_s, time.time())
+            pipe.set(self.names.handoff_key(conversation_id), info.to_bytes(), ex=lifetime)
+            queue_index(pipe, self.names, conversation_id, info.waits_from, self.ttl_s)
             await pipe.execute()
 
     async def release(self, conversation_id: str) -> bool:
@@ -148,8 +162,9 @@ class Handoffs:
         return {cid: HandoffInfo.from_bytes(raw) for cid, raw in zip(members, raws, strict=True) if raw}
 
 
-def queue_index(pipe: Pipeline, names: Names, conversation_id: str, started_at: float, ttl_s: int) -> None:
-    """List a started handoff for the admin area. (The worker's commit script makes the same two
-    writes itself, atomically with the decision to hand over: services/worker/commit.py.)"""
-    pipe.zadd(names.handoffs_key, {conversation_id: started_at})
+def queue_index(pipe: Pipeline, names: Names, conversation_id: str, waits_from: float, ttl_s: int) -> None:
+    """List a started handoff for the admin area, by when it waits for a person from (`waits_from`:
+    the entries older than the TTL are the expired ones). The worker's commit script makes the same
+    two writes itself, atomically with the decision to hand over: services/worker/commit.py."""
+    pipe.zadd(names.handoffs_key, {conversation_id: waits_from})
     pipe.zremrangebyscore(names.handoffs_key, "-inf", time.time() - ttl_s)

@@ -173,7 +173,11 @@ async def test_an_away_handoff_waits_in_the_queue_and_the_bot_keeps_answering(re
         assert asked.reply.handoff and not asked.silenced
         info = await handoffs.get("c-away")
         assert info is not None and info.away_until == at("2026-12-07 08:00")
-        assert await redis.zscore(names.handoffs_key, "c-away") is not None  # in the agents' queue
+        # In the agents' queue from the opening on, and alive until HANDOFF_TTL_SECONDS after it:
+        # asked for on a Saturday, it still waits for them on Monday.
+        assert await redis.zscore(names.handoffs_key, "c-away") == at("2026-12-07 08:00")
+        until_opening = at("2026-12-07 08:00") - clock.now
+        assert await redis.ttl(names.handoff_key("c-away")) > until_opening + handoffs.ttl_s - 60
         (meanwhile,) = await committer.commit_all([commit_of(message("c-away"), ANSWER)])
         assert not meanwhile.silenced and meanwhile.reply.text == "Cinco dias."
         clock.now = at("2026-12-07 08:01")  # people are back: the conversation is theirs
@@ -192,6 +196,7 @@ async def test_the_llm_path_generates_while_people_are_away(redis: Redis) -> Non
     try:
         away = HandoffInfo(channel="web", user_id="ana", away_until=time.time() + 3600)
         await handoffs.start("c-away", away)
+        assert await redis.ttl(names.handoff_key("c-away")) > 3600 + handoffs.ttl_s - 60
         state = await store.begin(message("c-away"), redelivered=False, with_history=True, with_offered=False)
         assert state.handed_off is False
         await handoffs.start("c-away", replace(away, away_until=0.0))
@@ -241,6 +246,9 @@ async def test_out_of_hours_end_to_end_until_an_agent_answers(
     await eventually(monitor_publishes, what="the monitor connected to RabbitMQ")
     async with http.post(f"{monitor.url}/admin/api/handoffs/reply", json=reply, headers=ADMIN) as answer:
         assert answer.status == 200, await answer.text()
+    async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
+        (taken,) = (await answer.json())["handoffs"]  # still in the queue, the agent's now
+    assert taken["conversation_id"] == web_id("rui", "away") and taken["away_until"] is None
     status, silent = await post_message(
         http, gateway, {"user_id": "rui", "conversation_id": "away", "text": PRAZO}, wait=1
     )

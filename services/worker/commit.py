@@ -131,8 +131,8 @@ if outcome == 'escalated' or (outcome == 'sent' and p.handoff) then
   if streak then
     clear[#clear + 1] = KEYS[3]
   end
-  redis.call('ZADD', KEYS[4], p.now, p.conversation)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.now - p.handoff_ttl)
+  redis.call('ZADD', KEYS[4], p.handoff_waits_from, p.conversation)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.handoff_expired_before)
 end
 local v = p.variants[outcome]
 if v.memory == 'reset' then
@@ -359,7 +359,9 @@ class Committer:
             "fallbacks_before_handoff": self.settings.handoff_after_fallbacks,
             "streak_ttl": self.settings.memory_ttl_s,
             "handoff_info": info.to_bytes().decode(),
-            "handoff_ttl": self.settings.handoff_ttl_s,
+            "handoff_ttl": info.lifetime(self.settings.handoff_ttl_s, now),
+            "handoff_waits_from": info.waits_from,
+            "handoff_expired_before": now - self.settings.handoff_ttl_s,
             "conversation": message.conversation_id,
             "now": now,
         }
