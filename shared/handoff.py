@@ -42,13 +42,9 @@ class HandoffInfo:
     # The customer's words that asked for a human, shown to the agent.
     reason: str = ""
     started_at: float = field(default_factory=time.time)
-    # Asked for outside business hours: until this epoch time nobody is there, and the bot keeps
-    # answering while the conversation waits in the queue (0: a person has it now).
+    # Asked for outside business hours: until this epoch time nobody is there, and the conversation
+    # waits in the queue, the bot silent as for any handoff (0: a person is there now).
     away_until: float = 0.0
-
-    def with_person(self, now: float) -> bool:
-        """Whether the bot stays silent now (shared with the commit script, services/worker/commit.py)."""
-        return self.away_until <= now
 
     @property
     def waits_from(self) -> float:

@@ -122,8 +122,8 @@ class ReplyContent:
     # Options offered again (a stale choice): the customer's question that led to them, which the
     # worker keeps with them instead of this message's text. Worker only.
     question: str = ""
-    # A hand-over asked for outside business hours: people are back at this epoch time, and until
-    # then the bot keeps answering (the handoff waits in the agents' queue). Worker only.
+    # A hand-over asked for outside business hours: people are back at this epoch time (the
+    # handoff waits in the agents' queue until then, and lives HANDOFF_TTL_SECONDS after). Worker only.
     away_until: float = 0.0
     # The customer's 1-5 satisfaction rating this reply thanks for (0: none). Worker only.
     csat: int = 0

@@ -107,12 +107,8 @@ end
 local p = cjson.decode(ARGV[1])
 local clear = {}
 local outcome, reply = 'sent', p.reply
--- A person has the conversation, unless it was handed over outside business hours and they are
--- not back yet (shared.handoff HandoffInfo.with_person): then the bot keeps answering.
-if held then
-  local away = cjson.decode(held).away_until
-  held = not away or tonumber(away) <= p.now
-end
+-- A person has the conversation, or will at the next opening (outside business hours): the
+-- bot is silent either way, and the customer's words wait for them in the conversation's log.
 if p.silenced or held then
   outcome, reply = 'silenced', p.silenced_reply
 elseif p.streak == 'count' then

@@ -5,7 +5,6 @@ count of failed attempts at a message. The commit is services/worker/commit.py.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,6 @@ import orjson
 from redis.commands.core import AsyncScript
 
 from services.worker.coalesce import Coalescer
-from shared.handoff import HandoffInfo
 from shared.messages import InboundMessage, Option, ReplyMessage
 from shared.store import IDEMPOTENCY_TTL_SECONDS, Store
 from shared.telemetry import redis_span, traced_redis
@@ -116,7 +114,7 @@ class WorkerStore(Store):
             stored_reply=ReplyMessage.from_bytes(stored) if stored else None,
             attempt=attempt,
             history=[orjson.loads(item) for item in memory],
-            handed_off=handoff is not None and HandoffInfo.from_bytes(handoff).with_person(time.time()),
+            handed_off=handoff is not None,
             offered=Offered.from_bytes(offered) if offered else Offered(),
         )
 

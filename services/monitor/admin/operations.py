@@ -207,8 +207,8 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         await broker.publish_reply(reply)
         await store.log_conversation(conversation_id, _agent_entry(reply, actor))
         # A conversation the agent is answering is not abandoned: renew the handoff's expiry. A
-        # person has it now, even before the opening promised out of hours: the bot goes silent,
-        # and the conversation keeps its place in the queue (from now, if it was still to come).
+        # person has it now, even before the opening promised out of hours: it keeps its place in
+        # the queue (from now, if that was still to come) and the expiry counts from now.
         waits_from = min(info.waits_from, time.time())
         await handoffs.start(conversation_id, replace(info, away_until=0.0, started_at=waits_from))
         # The first reply after the handoff: how long the customer waited for a person (counted

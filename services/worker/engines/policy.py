@@ -16,8 +16,8 @@
     button is answered as if its label were typed. A choice of something not offered (expired,
     the conversation moved on, or never offered) gets "please choose again", never an answer.
   * outside business hours (BUSINESS_HOURS) a request for a person, or an escalation, says when
-    people are back (`away_until`): the handoff is recorded and waits in the agents' queue, and the
-    bot keeps answering until then;
+    people are back (`away_until`): the handoff is recorded and waits in the agents' queue, the bot
+    silent meanwhile as for any handoff;
   * a satisfaction rating (a `csat:N` option, services/worker/csat.py asks for it) is thanked for,
     and the commit records it (`ReplyContent.csat`).
   * a customer asking to erase their data, or for a copy of it, is answered by engines/privacy.py's
@@ -309,7 +309,7 @@ class ReplyPolicy:
 
     def _handoff(self, voice: Voice, text: str = "handoff") -> ReplyContent:
         """A hand-over to a person: at once inside business hours, else an away message naming the
-        next opening (the handoff waits for it, and the bot keeps answering meanwhile)."""
+        next opening (the handoff waits for it in the agents' queue)."""
         now = self._clock()
         opening = self._hours.next_opening(now)
         content = ReplyContent(text=voice.texts[text], engine="handoff", confidence=1.0, handoff=True, kind="handoff")

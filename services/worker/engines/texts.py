@@ -38,7 +38,7 @@ REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "privacy_export": "Anotei seu pedido de uma cópia dos seus dados: nossa equipe vai enviá-la em até 15 dias.",
         # Outside BUSINESS_HOURS: `{when}` is one of the three `when_*` below.
         "away": "Nosso time está fora do horário de atendimento agora. Deixei sua conversa na fila: uma pessoa"
-        " vai continuar por aqui {when}. Enquanto isso, posso tentar ajudar com suas dúvidas.",
+        " vai continuar por aqui {when}. Pode deixar sua mensagem: ela vai ler tudo.",
         "when_today": "hoje às {time}",
         "when_tomorrow": "amanhã às {time}",
         "when_day": "{weekday}, {day:02d}/{month:02d}, às {time}",
@@ -67,7 +67,7 @@ REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "opt_out": "Done, you will not get our automatic messages any more. If you change your mind, just write to us.",
         "fallback": "Sorry, I could not find that information. Would you like to talk to an agent?",
         "away": "Our team is outside business hours right now. I have put your conversation in the queue: a"
-        " person will continue here {when}. Meanwhile, I can try to help with your questions.",
+        " person will continue here {when}. Feel free to leave your message: they will read it all.",
         "when_today": "today at {time}",
         "when_tomorrow": "tomorrow at {time}",
         "when_day": "on {weekday}, {month_name} {day}, at {time}",
@@ -97,7 +97,7 @@ REPLIES: Mapping[ReplyLanguage, Mapping[str, str]] = {
         "privacy_export": "Anoté tu solicitud de una copia de tus datos: nuestro equipo la enviará en un plazo de"
         " 15 días.",
         "away": "Nuestro equipo está fuera del horario de atención ahora. Dejé tu conversación en la fila: una"
-        " persona continuará aquí {when}. Mientras tanto, puedo intentar ayudarte con tus dudas.",
+        " persona continuará aquí {when}. Puedes dejar tu mensaje: lo leerá todo.",
         "when_today": "hoy a las {time}",
         "when_tomorrow": "mañana a las {time}",
         "when_day": "el {weekday} {day} de {month_name}, a las {time}",
