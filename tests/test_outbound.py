@@ -44,6 +44,7 @@ from tests.support.pipeline import wait_ready
 API_KEY = "outbound-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HOUR = 3600.0
+DAY = 86_400
 OPT_OUT_CONFIRMATION = "não vai mais receber nossas mensagens automáticas"
 
 
@@ -398,6 +399,45 @@ async def test_statuses_update_the_message_and_a_failure_shows_its_code(
     message_id = str(await redis.get(gateway.names.wamid_key(reply_wamid)))
     assert message_id.startswith("wamid.")
     assert await redis.hget(gateway.names.receipt_key(message_id), "status") == "delivered"
+
+
+async def test_outbound_records_never_outlive_retention_days(
+    stack: Stack, api: FakeChannelApi, http: aiohttp.ClientSession, redis: Redis, tmp_path: Path
+) -> None:
+    """SPEC 2: RETENTION_DAYS bounds outbound records. At 2 days, a proactive message's receipt
+    (where it went, its statuses) and its wamid's pointer expire within 2 days of its first
+    write, however late a status renews them, and a status after that does not bring it back."""
+    env = gateway_env(stack, api, RETENTION_DAYS="2")
+    async with in_process_gateway(stack, http, env, tmp_path / "gateway-retention.log") as gateway:
+        stranger = customer()
+        template = {"name": "order_shipped", "language": "pt_BR"}
+        status, body = await gateway.send({"channel": "whatsapp", "to": stranger, "template": template})
+        assert status == 202, body
+        wamid = (await arrived(api, stranger, 1))[0].answer["messages"][0]["id"]
+        receipt = gateway.names.receipt_key("outbound:" + body["message_id"])
+
+        async def addressed_and_accepted() -> bool:
+            raw = await redis.hgetall(receipt)
+            return raw.get("to") == stranger and raw.get("status") == "accepted"
+
+        await eventually(addressed_and_accepted, what="the receipt, addressed and accepted")
+        for key in (receipt, gateway.names.wamid_key(wamid)):
+            assert 0 < await redis.ttl(key) <= 2 * DAY, key
+
+        async def status_posted(name: str) -> None:
+            status, _ = await post_whatsapp(gateway.http, gateway.service, whatsapp_status(wamid, stranger, name))
+            assert status == 200
+
+        # Written first a day and a half ago: a status now renews it for what is left of the 2 days.
+        now, _ = await redis.time()
+        await redis.hset(receipt, "since", now - int(1.5 * DAY))
+        await status_posted("read")
+        assert await redis.hget(receipt, "status") == "read"
+        assert 0 < await redis.ttl(receipt) <= 0.5 * DAY
+        # Past them, a late status removes it instead.
+        await redis.hset(receipt, "since", now - 3 * DAY)
+        await status_posted("failed")
+        assert not await redis.exists(receipt)
 
 
 async def test_bad_requests_name_the_field(gateway: Gateway) -> None:
