@@ -109,7 +109,8 @@ class Keys:
 
     @property
     def comments(self) -> str:
-        """List of the ratings' comments, newest first (the last COMMENTS_KEPT, gone after 32 quiet days)."""
+        """List of the ratings' comments, newest first (the last COMMENTS_KEPT, gone after 32 quiet
+        days; each older than RETENTION_DAYS is dropped by the retention sweep, `TRIM_COMMENTS`)."""
         return f"{self.prefix}:csat:comments"
 
     @property
@@ -197,6 +198,24 @@ local function track(K, c, t)
   end
   redis.call('HSET', K[1], c.id, cjson.encode(st))
 end
+"""
+
+# KEYS: the comments list. ARGV: the cutoff (epoch seconds). The customers' own words, so they age
+# like the conversation logs (shared/privacy/retention.py): the comments older than the cutoff are
+# dropped from the list's end, where the oldest are (LPUSH puts the newest first); one without a
+# readable time goes too. Returns how many went.
+TRIM_COMMENTS = """
+local dropped = 0
+while true do
+  local tail = redis.call('LINDEX', KEYS[1], -1)
+  if not tail then break end
+  local ok, comment = pcall(cjson.decode, tail)
+  local at = ok and type(comment) == 'table' and tonumber(comment.at)
+  if at and at >= tonumber(ARGV[1]) then break end
+  redis.call('RPOP', KEYS[1])
+  dropped = dropped + 1
+end
+return dropped
 """
 
 # KEYS: 1 due, 2 open, 3 today's day hash, 4 this hour's hash, 5 totals. ARGV[1]: `_sweep_args`.

@@ -8,6 +8,13 @@ send returns the platform's own id (`wamid`), which its statuses name; the wamid
 id. Statuses may arrive out of order (Meta does not promise the order): each is kept with its time,
 and the current one only moves forward (accepted < sent < delivered < read < failed).
 A proactive message's hash also holds where it went (`channel`, `to`, `conversation_id`).
+
+How long: RECEIPT_TTL_S after its latest write, as long as the conversation log that shows it, and
+never past RETENTION_DAYS after its first write (SPEC 2: outbound records older than that are
+removed). Bounded by its TTL, not by the monitor's retention sweep: nothing indexes the receipts, so
+a sweep would have to scan the namespace every hour, while every write already sets the TTL. The
+first write's time (`since`, Redis's clock) is kept in the hash, so a late status (a "read" days
+later) renews the TTL only up to that bound. A wamid's pointer lives no longer than its receipt.
 """
 
 from __future__ import annotations
@@ -30,11 +37,36 @@ STATUSES = tuple(RANKS)
 RECEIPT_TTL_S = CONVERSATION_LOG_TTL_SECONDS
 MAX_ERROR_TEXT = 300
 
+# `left(key, ttl, retention)`: the seconds a receipt may live from now (0: it is past RETENTION_DAYS
+# already), keeping its first write's time in `since`; the caller writes, then EXPIREs it by that.
+_LEFT = """
+local function left(key, ttl, retention)
+  local now = tonumber(redis.call('TIME')[1])
+  local since = tonumber(redis.call('HGET', key, 'since'))
+  if not since then
+    since = now
+    redis.call('HSET', key, 'since', since)
+  end
+  local n = math.min(tonumber(ttl), since + tonumber(retention) - now)
+  if n <= 0 then
+    redis.call('DEL', key)
+    return 0
+  end
+  return n
+end
+"""
+
 # KEYS[1] the receipt, KEYS[2] (optional) a wamid that names it; ARGV: status, rank, at (s), ttl,
-# error code, title, detail, and the message id (with KEYS[2]).
-_RECORD = """
+# error code, title, detail, the message id (with KEYS[2]), RETENTION_DAYS in seconds.
+_RECORD = (
+    _LEFT
+    + """
+local ttl = left(KEYS[1], ARGV[4], ARGV[9])
+if ttl == 0 then
+  return 0
+end
 if KEYS[2] then
-  redis.call('SET', KEYS[2], ARGV[8], 'EX', ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[8], 'EX', ttl)
 end
 redis.call('HSET', KEYS[1], ARGV[1] .. '_at', ARGV[3])
 if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'rank') or '0') then
@@ -43,9 +75,24 @@ end
 if ARGV[1] == 'failed' then
   redis.call('HSET', KEYS[1], 'error_code', ARGV[5], 'error_title', ARGV[6], 'error_detail', ARGV[7])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
 return 1
 """
+)
+
+# KEYS[1] the receipt; ARGV: ttl, RETENTION_DAYS in seconds, then the fields and values to set.
+_ADDRESS = (
+    _LEFT
+    + """
+local ttl = left(KEYS[1], ARGV[1], ARGV[2])
+if ttl == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ttl)
+return 1
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +121,8 @@ class StatusUpdate:
 class Receipts:
     redis: Redis
     names: Names
+    # RETENTION_DAYS in seconds (Settings.retention_s): no receipt outlives it.
+    retention_s: int
 
     async def record(self, message_id: str, update: StatusUpdate, wamid: str = "") -> None:
         """Raises REDIS_ERRORS. `wamid`: the platform's id of the message, which its statuses name."""
@@ -91,6 +140,7 @@ class Receipts:
             failure.title[:MAX_ERROR_TEXT],
             failure.detail[:MAX_ERROR_TEXT],
             message_id,
+            self.retention_s,
         )
 
     async def accepted(self, message_id: str, at_s: float, wamid: str = "") -> None:
@@ -99,12 +149,10 @@ class Receipts:
 
     async def addressed(self, reply: ReplyMessage) -> None:
         """A proactive message was queued: where it goes (raises REDIS_ERRORS)."""
-        key = self.names.receipt_key(reply.message_id)
         fields = ["channel", reply.channel, "to", reply.user_id, "conversation_id", reply.conversation_id]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, items=fields)
-            pipe.expire(key, RECEIPT_TTL_S)
-            await pipe.execute()
+        await self.redis.eval(
+            _ADDRESS, 1, self.names.receipt_key(reply.message_id), RECEIPT_TTL_S, self.retention_s, *fields
+        )
 
     async def proactive(self, message_id: str) -> dict[str, Any] | None:
         """A proactive message as `GET /v1/messages/{id}` shows it, None when there is none."""

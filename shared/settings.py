@@ -162,7 +162,8 @@ class Settings:
     handoff_ttl_s: int = 4 * 3600
     # The zone the admin area shows times in (and business hours are read in).
     business_timezone: str = "America/Sao_Paulo"
-    # What customers wrote (conversation logs, unanswered questions, dead letters) is kept no longer.
+    # What customers wrote (conversation logs, unanswered questions, outbound records, dead letters)
+    # is kept no longer.
     retention_days: int = 90
 
     # Channels
@@ -223,6 +224,10 @@ class Settings:
     def amqp_urls(self) -> tuple[str, ...]:
         """The RabbitMQ nodes AMQP_URL lists (one, or the nodes of a cluster)."""
         return tuple(self.amqp_url.split(","))
+
+    @property
+    def retention_s(self) -> int:
+        return self.retention_days * 86_400
 
     @property
     def heartbeat_ttl_s(self) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from tests.support.pipeline import wait_ready
 API_KEY = "outbound-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HOUR = 3600.0
+DAY = 86_400
 OPT_OUT_CONFIRMATION = "não vai mais receber nossas mensagens automáticas"
 
 
@@ -67,33 +69,46 @@ class Gateway:
             return response.status, await response.json(content_type=None)
 
 
-@pytest.fixture
-async def gateway(
-    stack: Stack, api: FakeChannelApi, http: aiohttp.ClientSession, tmp_path: Path
-) -> AsyncIterator[Gateway]:
+def gateway_env(stack: Stack, api: FakeChannelApi, **overrides: str) -> dict[str, str]:
     """Both channels configured, API keys required, proactive messages from PHONE_NUMBER_ID."""
-    port = free_port()
-    env = stack.env(
+    return stack.env(
         **WHATSAPP_ENV,
         **TELEGRAM_ENV,
         **api.env(),
-        GATEWAY_PORT=str(port),
         GATEWAY_API_KEYS=API_KEY,
         WHATSAPP_PHONE_NUMBER_ID=PHONE_NUMBER_ID,
+        **overrides,
     )
+
+
+@asynccontextmanager
+async def in_process_gateway(
+    stack: Stack, http: aiohttp.ClientSession, env: dict[str, str], log_path: Path
+) -> AsyncIterator[Gateway]:
+    """A gateway of the stack's namespace in this process (its clock can be moved), once healthy."""
+    port = free_port()
+    env = {**env, "GATEWAY_PORT": str(port)}
     app = create_app(Settings.from_env(env))
-    clock = app[CLOCK]
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        service = Service("gateway", port, env, tmp_path / "gateway-in-process.log")
-        await stack.start("worker", **WHATSAPP_ENV, **TELEGRAM_ENV, **api.env())
-        await wait_ready(stack)
+        service = Service("gateway", port, env, log_path)
         await eventually(lambda: _healthy(http, service), what="the in-process gateway ready")
-        yield Gateway(service, clock, http, stack.namespace)
+        yield Gateway(service, app[CLOCK], http, stack.namespace)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(
+    stack: Stack, api: FakeChannelApi, http: aiohttp.ClientSession, tmp_path: Path
+) -> AsyncIterator[Gateway]:
+    """An in-process gateway (`gateway_env`) and a worker."""
+    async with in_process_gateway(stack, http, gateway_env(stack, api), tmp_path / "gateway-in-process.log") as found:
+        await stack.start("worker", **WHATSAPP_ENV, **TELEGRAM_ENV, **api.env())
+        await wait_ready(stack)
+        yield found
 
 
 async def _healthy(http: aiohttp.ClientSession, service: Service) -> bool:
@@ -234,6 +249,59 @@ async def test_a_repeated_message_id_is_sent_once(gateway: Gateway, api: FakeCha
     assert [m.text for m in messages[1:]] == ["Pedido confirmado.", "Obrigado pela compra."]
 
 
+async def test_a_retry_answers_as_the_original_did_whatever_changed_since(
+    stack: Stack, gateway: Gateway, api: FakeChannelApi, redis: Redis, tmp_path: Path
+) -> None:
+    """SPEC 4: idempotent by `message_id`. Once an id was accepted, its retry is a duplicate (202,
+    nothing queued) even when a new message would now be refused: the window closed, the customer
+    opted out, the channel is no longer configured. A new id still gets the 422."""
+    sender = customer()
+    await customer_writes(gateway, api, sender, "oi")
+    request = {"channel": "whatsapp", "to": sender, "text": "Seu pedido saiu.", "message_id": "ob-wa-1"}
+    duplicate = (202, {"message_id": "ob-wa-1", "status": "queued", "duplicate": True})
+    # Four at once: one claim, one queued.
+    first = await asyncio.gather(*(gateway.send(request) for _ in range(4)))
+    assert sorted(first, key=lambda result: "duplicate" in result[1]) == [
+        (202, {"message_id": "ob-wa-1", "status": "queued"}),
+        *[duplicate] * 3,
+    ]
+    assert (await arrived(api, sender, 2))[-1].text == "Seu pedido saiu."
+
+    def refused(result: tuple[int, dict[str, Any]], field: str, words: str) -> bool:
+        status, problem = result
+        return status == 422 and problem["detail"].startswith(f"{field}: ") and words in problem["detail"]
+
+    gateway.clock.offset_s = 25 * HOUR  # the 24-hour window closed
+    assert await gateway.send(request) == duplicate
+    assert refused(await gateway.send({**request, "message_id": "ob-wa-2"}), "text", "24 hours")
+
+    confirmation = await customer_writes(gateway, api, sender, "parar")  # opted out
+    assert OPT_OUT_CONFIRMATION in confirmation.text
+    assert await gateway.send(request) == duplicate
+    assert await asyncio.gather(*(gateway.send(request) for _ in range(3))) == [duplicate] * 3
+    new_ids = await asyncio.gather(*(gateway.send({**request, "message_id": "ob-wa-3"}) for _ in range(3)))
+    assert all(refused(result, "to", "opted out") for result in new_ids)
+
+    # A gateway of the same deployment where WhatsApp is no longer configured.
+    bare = stack.env(GATEWAY_API_KEYS=API_KEY)
+    async with in_process_gateway(stack, gateway.http, bare, tmp_path / "gateway-bare.log") as other:
+        assert await other.send(request) == duplicate
+        assert refused(await other.send({**request, "message_id": "ob-wa-4"}), "channel", "not configured")
+
+    # Accepted, logged and sent once; none of the refused ids was claimed.
+    conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+    log = [orjson.loads(raw) for raw in await redis.lrange(gateway.names.conversation_log_key(conversation), 0, -1)]
+    assert [entry["message_id"] for entry in log if entry.get("kind") == "outbound"] == ["outbound:ob-wa-1"]
+    for refused_id in ("ob-wa-2", "ob-wa-3", "ob-wa-4"):
+        assert not await redis.exists(gateway.names.claim_key("outbound:" + refused_id))
+    # Writing again opts back in; a new message goes after anything queued before it to this customer.
+    await customer_writes(gateway, api, sender, "Qual o prazo de entrega?")
+    status, _ = await gateway.send({"channel": "whatsapp", "to": sender, "text": "Obrigado por voltar!"})
+    assert status == 202
+    texts = [m.text for m in await arrived(api, sender, 5)]
+    assert texts[-1] == "Obrigado por voltar!" and texts.count("Seu pedido saiu.") == 1 and len(texts) == 5
+
+
 async def test_opt_out_and_back_in(gateway: Gateway, api: FakeChannelApi) -> None:
     sender = customer()
     confirmation = await customer_writes(gateway, api, sender, "Parar")
@@ -331,6 +399,45 @@ async def test_statuses_update_the_message_and_a_failure_shows_its_code(
     message_id = str(await redis.get(gateway.names.wamid_key(reply_wamid)))
     assert message_id.startswith("wamid.")
     assert await redis.hget(gateway.names.receipt_key(message_id), "status") == "delivered"
+
+
+async def test_outbound_records_never_outlive_retention_days(
+    stack: Stack, api: FakeChannelApi, http: aiohttp.ClientSession, redis: Redis, tmp_path: Path
+) -> None:
+    """SPEC 2: RETENTION_DAYS bounds outbound records. At 2 days, a proactive message's receipt
+    (where it went, its statuses) and its wamid's pointer expire within 2 days of its first
+    write, however late a status renews them, and a status after that does not bring it back."""
+    env = gateway_env(stack, api, RETENTION_DAYS="2")
+    async with in_process_gateway(stack, http, env, tmp_path / "gateway-retention.log") as gateway:
+        stranger = customer()
+        template = {"name": "order_shipped", "language": "pt_BR"}
+        status, body = await gateway.send({"channel": "whatsapp", "to": stranger, "template": template})
+        assert status == 202, body
+        wamid = (await arrived(api, stranger, 1))[0].answer["messages"][0]["id"]
+        receipt = gateway.names.receipt_key("outbound:" + body["message_id"])
+
+        async def addressed_and_accepted() -> bool:
+            raw = await redis.hgetall(receipt)
+            return raw.get("to") == stranger and raw.get("status") == "accepted"
+
+        await eventually(addressed_and_accepted, what="the receipt, addressed and accepted")
+        for key in (receipt, gateway.names.wamid_key(wamid)):
+            assert 0 < await redis.ttl(key) <= 2 * DAY, key
+
+        async def status_posted(name: str) -> None:
+            status, _ = await post_whatsapp(gateway.http, gateway.service, whatsapp_status(wamid, stranger, name))
+            assert status == 200
+
+        # Written first a day and a half ago: a status now renews it for what is left of the 2 days.
+        now, _ = await redis.time()
+        await redis.hset(receipt, "since", now - int(1.5 * DAY))
+        await status_posted("read")
+        assert await redis.hget(receipt, "status") == "read"
+        assert 0 < await redis.ttl(receipt) <= 0.5 * DAY
+        # Past them, a late status removes it instead.
+        await redis.hset(receipt, "since", now - 3 * DAY)
+        await status_posted("failed")
+        assert not await redis.exists(receipt)
 
 
 async def test_bad_requests_name_the_field(gateway: Gateway) -> None:

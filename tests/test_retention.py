@@ -10,7 +10,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from shared import unanswered
+from shared import conversations, unanswered
 from shared.broker import Broker
 from shared.names import Names
 from shared.privacy import deadletters
@@ -71,7 +71,7 @@ async def test_retention_sweeps_what_is_older_than_the_period(broker: Broker, re
     first, second = await asyncio.gather(*(m.sweep() for m in monitors))
     removed = first or second
     assert (first is None) != (second is None) and removed is not None
-    assert removed == {"conversation_logs": 3, "unanswered_questions": 4, "dead_letters": 1}
+    assert removed == {"conversation_logs": 3, "unanswered_questions": 4, "rating_comments": 0, "dead_letters": 1}
 
     active = "whatsapp:1:5511900000002"
     log = [orjson.loads(raw)["text"] for raw in await redis.lrange(names.conversation_log_key(active), 0, -1)]
@@ -110,3 +110,32 @@ async def test_passes_over_the_dead_letters_take_turns(broker: Broker, redis: Re
         assert len(seen) in (10, 20)
     left = await deadletters.look(broker, redis)
     assert sorted(letter.message_id for letter in left) == sorted(f"d{n}" for n in range(0, 20, 2))
+
+
+async def test_rating_comments_older_than_the_period_go(redis: Redis) -> None:
+    """The customers' comments after a rating are their own words: each ages out by RETENTION_DAYS,
+    though new comments keep renewing the list's expiry; the ratings' counts stay."""
+    names = Names(new_namespace(), TEST_SHARDS)
+    keys = conversations.Keys(names)
+    try:
+
+        def comment(text: str, at: float) -> bytes:
+            return orjson.dumps(
+                {"conversation": "telegram:42", "score": 5, "handled_by": "bot", "text": text, "at": at}
+            )
+
+        # As the worker writes them: the newest pushed to the front.
+        for text, at in (("oldest", NOW - 6 * DAY), ("old", NOW - 4 * DAY), ("recent", NOW - 2 * DAY), ("new", NOW)):
+            await redis.lpush(keys.comments, comment(text, at))
+        await redis.hset(keys.totals, "csat:5:bot", 4)
+        retention = Retention(redis, names, None, days=3, clock=lambda: NOW)
+
+        removed = await retention.sweep()
+        assert removed == {"conversation_logs": 0, "unanswered_questions": 0, "rating_comments": 2}
+        left = await conversations.Conversations(redis, names).read_comments(10)
+        assert [c["text"] for c in left] == ["new", "recent"]
+        assert await redis.hget(keys.totals, "csat:5:bot") == "4"
+        again = await retention.sweep()
+        assert again is not None and again["rating_comments"] == 0
+    finally:
+        await purge_namespace(names.namespace)

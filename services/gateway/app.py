@@ -141,7 +141,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             redis, connections.names, settings.conversation_token_secrets, settings.conversation_token_ttl_s
         )
         app[CONTACTS] = ContactBook(redis, connections.names, app[CLOCK])
-        app[RECEIPTS] = Receipts(redis, connections.names)
+        app[RECEIPTS] = Receipts(redis, connections.names, settings.retention_s)
         yield
         await store.pipeline.drain()  # the last accepts, while Redis is still connected
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.gateway.admission import Admission, Refused
@@ -68,10 +68,14 @@ class Intake:
             self.metrics.accepted.labels(message.channel).inc()
         return outcome
 
-    async def answer_directly(self, reply: ReplyMessage, address: AddressCharge | None = None) -> Outcome:
+    async def answer_directly(
+        self, reply: ReplyMessage, address: AddressCharge | None = None, vet: Callable[[], None] | None = None
+    ) -> Outcome:
         """A reply the gateway gives itself to a channel message (e.g. "text only, please"), or a
         proactive message (`address`: the API request's, limited with the claim): claimed under
-        the message's id like any message, then queued for outbound delivery."""
+        the message's id like any message, then queued for outbound delivery. `vet` runs only for
+        an id this call claimed, before the publish: a Problem it raises gives the claim back and
+        is raised. So an id accepted before is a duplicate whatever `vet` would say now."""
         names = self.broker.names
         return await self._claim_and_publish(
             reply.message_id,
@@ -81,6 +85,7 @@ class Intake:
             names.route_of(reply),
             reply.to_bytes(),
             address=address,
+            vet=vet,
         )
 
     async def accept_all(self, items: Sequence[InboundMessage | ReplyMessage]) -> list[Outcome]:
@@ -138,12 +143,20 @@ class Intake:
         body: bytes,
         *,
         address: AddressCharge | None = None,
+        vet: Callable[[], None] | None = None,
     ) -> Outcome:
         if not self.broker.connected:
             raise unavailable("the message broker")
         claim = await self._claim(message_id, conversation_id, sender, address)
         if not claim.won:
             return Outcome(duplicate_of=claim.duplicate_of)
+        if vet is not None:
+            try:
+                vet()
+            except Problem:
+                # Refused: given back, so the id is not a "duplicate" of a message never queued.
+                await self._give_back(message_id, claim.token)
+                raise
         try:
             await self.broker.publish(
                 exchange,
@@ -155,13 +168,16 @@ class Intake:
             )
         except BROKER_ERRORS as exc:
             log.warning("publish failed, message %s not accepted: %s", message_id, exc)
-            try:
-                await self.store.release(message_id, claim.token)
-            except REDIS_ERRORS:
-                log.error("claim of %s not released; a retry takes it over once it is stale", message_id)
+            await self._give_back(message_id, claim.token)
             raise unavailable("the message broker") from None
         self.store.accept(message_id, conversation_id)
         return Outcome()
+
+    async def _give_back(self, message_id: str, token: str) -> None:
+        try:
+            await self.store.release(message_id, token)
+        except REDIS_ERRORS:
+            log.error("claim of %s not released; a retry takes it over once it is stale", message_id)
 
     async def _claim(
         self, message_id: str, conversation_id: str, sender: tuple[str, str], address: AddressCharge | None

@@ -7,6 +7,7 @@ SWEEP_INTERVAL_S by one monitor at a time (a lock in Redis; the sweep is safe to
   * the oldest entries of a conversation log that is still in use,
   * whole logs and unanswered-question hours older than the period (when it is shorter than their TTL),
   * questions operators handled and suggested phrasings (kept by date),
+  * the comments customers left with a rating (one list whose expiry each new comment renews),
   * dead letters (RabbitMQ keeps them until someone acts).
 Aggregated statistics hold no personal data and stay. A feature with records of its own adds a
 `Sweep` to `Retention.extra`.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared import unanswered
+from shared import conversations, unanswered
 from shared.broker import Broker
 from shared.names import Names
 from shared.privacy import deadletters, lock
@@ -87,6 +88,7 @@ class Retention:
         sweeps: tuple[tuple[str, Sweep], ...] = (
             ("conversation_logs", self.conversation_logs),
             ("unanswered_questions", self.unanswered_questions),
+            ("rating_comments", self.rating_comments),
         )
         if self.broker is not None:
             sweeps += (("dead_letters", self.dead_letters),)
@@ -128,6 +130,10 @@ class Retention:
                 pipe.hdel(names.kb_suggestion_counts_key, *old_suggestions)
             results = await pipe.execute()
         return sum(int(n) for n in results[: len(hours) + 1]) + len(old_suggestions)
+
+    async def rating_comments(self, cutoff: float) -> int:
+        trim = self.redis.register_script(conversations.TRIM_COMMENTS)
+        return int(await trim(keys=[conversations.Keys(self.names).comments], args=[cutoff]))
 
     async def dead_letters(self, cutoff: float) -> int:
         assert self.broker is not None

@@ -71,7 +71,9 @@ async def running_delivery(
         policy = DeliveryRetryPolicy(timeout_s=settings.delivery_timeout_s, max_attempts=settings.delivery_max_attempts)
         speak = await _speaker(settings, stack)
         consumers = [
-            DeliveryConsumer(broker, store, client, policy, settings.instance_id, metrics, speak)
+            DeliveryConsumer(
+                broker, store, client, policy, settings.instance_id, metrics, speak, retention_s=settings.retention_s
+            )
             for client in await channel_clients(settings, stack)
         ]
         tasks = [supervised(f"delivery-{c.channel}", c.run) for c in consumers]

@@ -131,6 +131,8 @@ class DeliveryConsumer:
         instance_id: str,
         metrics: DeliveryMetrics,
         speak: Callable[[str], Awaitable[bytes]] | None = None,
+        *,
+        retention_s: int,
     ) -> None:
         self._broker = broker
         self._speak = speak
@@ -140,7 +142,7 @@ class DeliveryConsumer:
         self._instance_id = instance_id
         self._metrics = metrics
         self._ledger = Ledger(store.redis, broker.names)
-        self._receipts = Receipts(store.redis, broker.names)
+        self._receipts = Receipts(store.redis, broker.names, retention_s)
         self._pacing = TokenBuckets(store.pipeline, broker.names.pacing_prefix(client.channel))
         self._order = KeyedLocks()
         self._outbound = OutboundOrder(store.redis, broker.names)

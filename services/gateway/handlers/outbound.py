@@ -1,10 +1,12 @@
 """`POST /v1/outbound`: a proactive message to a WhatsApp or Telegram customer (SPEC 4).
 
-Checked (shared/outbound.py: the fields, then the channel, the customer's opt-out and WhatsApp's
-24-hour window), then claimed under its id and queued with confirm on the channel's delivery queue
-like any reply (`Intake.answer_directly`), so a repeated `message_id` queues nothing and is sent
-once. Recorded in the customer's conversation log and in its receipt (where it went), which
-`GET /v1/messages/{id}` reads.
+Its fields checked (shared/outbound.py), it is claimed under its id; only then, and only for an
+id not accepted before, are the channel, the customer's opt-out and WhatsApp's 24-hour window
+checked (a refusal gives the claim back), and it is queued with confirm on the channel's delivery
+queue like any reply (`Intake.answer_directly`). So a repeated `message_id` answers as the original
+did, whatever changed since (SPEC 4: idempotent by `message_id`), queues nothing and is sent once;
+two at once wait for one claim. Recorded in the customer's conversation log and in its receipt
+(where it went), which `GET /v1/messages/{id}` reads.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ async def post_outbound(request: web.Request) -> web.Response:
         contact = await contacts.get(outbound.channel, outbound.to)
     except REDIS_ERRORS:
         raise unavailable("Redis") from None
-    check_sendable(outbound, contact, settings, contacts.clock.now())
     reply = outbound_reply(outbound, contact, settings, settings.instance_id)
+
+    def sendable() -> None:
+        check_sendable(outbound, contact, settings, contacts.clock.now())
+
     # The client address's rate limit is taken with the claim: a 429 means nothing was queued.
-    outcome = await request.app[INTAKE].answer_directly(reply, address=request.get(ADDRESS_CHARGE))
+    outcome = await request.app[INTAKE].answer_directly(reply, address=request.get(ADDRESS_CHARGE), vet=sendable)
     body = {"message_id": outbound.message_id, "status": "queued"}
     if outcome.duplicate:
         return json_response({**body, "duplicate": True}, status=202)

@@ -58,7 +58,7 @@ async def send(app: web.Application, actor: Actor, body: dict[str, Any]) -> Repl
         check_sendable(request, contact, settings, contacts.clock.now())
         reply = outbound_reply(request, contact, settings, settings.instance_id)
         await app[BROKER].publish_reply(reply)
-        await Receipts(store.redis, store.names).addressed(reply)
+        await Receipts(store.redis, store.names, settings.retention_s).addressed(reply)
         await store.log_conversation(reply.conversation_id, log_entry(reply, actor.name))
     except Problem as problem:
         await audit.record(actor, ACTION, target, "refused", problem.detail)
@@ -80,6 +80,6 @@ async def deliveries(app: web.Application, entries: list[dict[str, Any]]) -> dic
         return {}
     store = app[STORE]
     try:
-        return await Receipts(store.redis, store.names).describe_many(ids)
+        return await Receipts(store.redis, store.names, app[SETTINGS].retention_s).describe_many(ids)
     except REDIS_ERRORS:
         return {}
