@@ -209,6 +209,7 @@ async def test_a_request_for_a_copy_is_listed_for_the_operators(stack: Stack, ht
     async with http.get(stack.monitor.url + "/admin/privacy", headers=BEARER) as response:
         page = await response.text()
         assert response.status == 200 and "dora" in page and "90 days" in page
+        assert "Delivery records of proactive messages" in page and "Satisfaction comments" in page
     found = {"channel": "web", "id": "dora"}
     async with http.get(stack.monitor.url + "/admin/privacy", params=found, headers=BEARER) as response:
         page = await response.text()

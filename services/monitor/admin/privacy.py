@@ -20,12 +20,13 @@ from services.monitor.admin.guard import ACTOR, SESSION
 from services.monitor.audit import Actor
 from services.monitor.keys import AUDIT, CUSTOMER_DATA, SETTINGS, STORE
 from services.monitor.problems import unreachable
-from shared import unanswered
+from shared import conversations, unanswered
 from shared.broker import BROKER_ERRORS
 from shared.privacy.customer import Customer
 from shared.privacy.erasure import summary
 from shared.privacy.lock import LockBusy
 from shared.privacy.requests import DEADLINE_DAYS, PrivacyRequests
+from shared.receipts import RECEIPT_TTL_S
 from shared.store import CONVERSATION_LOG_TTL_SECONDS, IDEMPOTENCY_TTL_SECONDS, REDIS_ERRORS
 from shared.web import Problem, json_response
 
@@ -108,7 +109,9 @@ RECORDS: dict[str, tuple[str, ...]] = {
         "Conversation memory (last turns)",
         "Handoff to a person",
         "Unanswered questions (the customer's words)",
-        "Stored replies, message claims, delivery records",
+        "Stored replies, message claims",
+        "Delivery records of proactive messages (the number they went to)",
+        "Satisfaction comments (the customer's words)",
         "Dead letters",
         "Statistics",
     ),
@@ -117,7 +120,9 @@ RECORDS: dict[str, tuple[str, ...]] = {
         "Memória da conversa (últimas falas)",
         "Transferência para atendente",
         "Perguntas sem resposta (as palavras do cliente)",
-        "Respostas guardadas, reservas de mensagem, registros de entrega",
+        "Respostas guardadas, reservas de mensagem",
+        "Registros de entrega das mensagens ativas (o número de destino)",
+        "Comentários de satisfação (as palavras do cliente)",
         "Mensagens mortas",
         "Estatísticas",
     ),
@@ -146,6 +151,8 @@ def retention_table(app: web.Application, language: str) -> list[tuple[str, str]
         settings.handoff_ttl_s,
         min(unanswered.TTL_S, retention_s),
         IDEMPOTENCY_TTL_SECONDS,
+        min(RECEIPT_TTL_S, retention_s),
+        min(conversations.DAY_TTL_SECONDS, retention_s),
         retention_s,
     )
     kept = [days(limit) for limit in limits] + [words["stats_kept"]]
