@@ -195,6 +195,38 @@ async def test_web_customer_erases_their_data_after_confirming(
     assert all(web_id(user, "w3") in key for key in leftover), leftover
 
 
+async def test_a_typed_yes_or_no_answers_the_confirmation(
+    stack: Stack, http: aiohttp.ClientSession, redis: Redis
+) -> None:
+    """While the confirmation is pending, a plain "sim" or "yes" typed (not the button, its number nor
+    its label) erases, and "não" keeps everything."""
+    await start(stack)
+    gateway, ns = stack.gateway, stack.namespace
+    for user, marker, yes in (("elis", "Qpv5521", "sim"), ("fred", "Wjk8843", "Yes!")):
+        await say(http, gateway, user, f"{user}-1", f"{marker} qual o prazo de entrega?")
+        asked = (await say(http, gateway, user, f"{user}-2", "quero apagar meus dados"))["reply"]
+        assert asked["engine"] == privacy.ASKED
+        assert [o["id"] for o in asked["options"]] == [privacy.ERASE_OPTION, privacy.KEEP_OPTION]
+        done = (await say(http, gateway, user, f"{user}-3", yes))["reply"]
+        assert done["engine"] == privacy.ERASED and done["text"].startswith("Pronto: apaguei todos os seus dados")
+
+        async def erased(marker: str = marker) -> bool:
+            return marker.lower() not in (await redis_dump(redis, ns)).lower()
+
+        await eventually(erased, what=f"{user}'s words gone")
+
+    keeper, marker = "gil", "Hrt4409"
+    await say(http, gateway, keeper, "gil-1", f"{marker} qual o prazo de entrega?")
+    asked = (await say(http, gateway, keeper, "gil-2", "delete my data"))["reply"]
+    assert asked["engine"] == privacy.ASKED
+    kept = (await say(http, gateway, keeper, "gil-3", "não"))["reply"]
+    assert kept["engine"] == privacy.ASKED and "não apaguei nada" in kept["text"] and kept["options"] == []
+    # No longer asked: a "yes" now is an ordinary message, and erases nothing either.
+    late = (await say(http, gateway, keeper, "gil-4", "yes"))["reply"]
+    assert late["engine"] not in (privacy.ERASED, privacy.ASKED)
+    assert marker.lower() in (await redis_dump(redis, ns)).lower()  # kept: nothing of gil's was erased
+
+
 async def test_a_request_for_a_copy_is_listed_for_the_operators(stack: Stack, http: aiohttp.ClientSession) -> None:
     await start(stack)
     answer = await say(http, stack.gateway, "dora", "r1", "meus dados")

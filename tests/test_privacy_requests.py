@@ -8,7 +8,7 @@ import pytest
 from services.worker.engines import privacy
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
-from services.worker.engines.policy import ReplyPolicy
+from services.worker.engines.policy import ReplyPolicy, choice_key
 from shared.messages import InboundMessage, Option
 from shared.privacy.customer import Customer, user_scope
 from tests.support import SAMPLE_PT
@@ -64,6 +64,65 @@ async def test_an_erasure_is_asked_to_be_confirmed_and_only_the_offered_confirma
     assert forged.engine == "choice"
     stale = await POLICY.reply(EngineRequest("Sim", "c", option=privacy.ERASE_OPTION, offered=(Option("x", "y"),)))
     assert stale.engine == "choice"
+
+
+async def confirmation(language: str = "") -> tuple[Option, ...]:
+    asked = await POLICY.reply(EngineRequest("quero apagar meus dados", "c", language=language))
+    return asked.options
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("sim", ""),
+        ("Sim!", ""),
+        ("S", ""),
+        ("pode", ""),
+        ("Pode apagar.", ""),
+        ("sim, pode apagar", ""),
+        ("confirmo", ""),
+        ("yes", ""),
+        ("Y", ""),
+        ("sure", ""),
+        ("Yes, delete it", ""),
+        ("sí", "es"),  # the customer's language too
+    ],
+)
+async def test_a_plain_yes_confirms_the_erasure_it_was_asked_about(text: str, language: str) -> None:
+    offered = await confirmation(language)
+    assert POLICY.may_be_choice(text)  # so the worker reads the options offered for it
+    done = await POLICY.reply(EngineRequest(text, "c", offered=offered, language=language))
+    assert done.engine == privacy.ERASED and done.reset
+
+
+@pytest.mark.parametrize("text", ["não", "Nao.", "n", "no", "No!", "cancelar", "cancel", "não, obrigado"])
+async def test_a_plain_no_keeps_the_data(text: str) -> None:
+    offered = await confirmation()
+    assert POLICY.may_be_choice(text)
+    kept = await POLICY.reply(EngineRequest(text, "c", offered=offered))
+    assert kept.engine == privacy.ASKED and "não apaguei nada" in kept.text and not kept.options
+
+
+@pytest.mark.parametrize("text", ["ok", "talvez", "sim, mas qual o prazo de entrega?", "si", "3"])
+async def test_anything_else_while_asked_is_an_ordinary_message(text: str) -> None:
+    offered = await confirmation()
+    reply = await POLICY.reply(EngineRequest(text, "c", offered=offered))
+    assert reply.engine not in (privacy.ERASED, privacy.ASKED)
+
+
+async def test_yes_and_no_choose_nothing_without_the_confirmation_pending() -> None:
+    entries = (Option("prazo-entrega", "Qual o prazo de entrega?"), Option("frete", "Quanto custa o frete?"))
+    for offered in ((), entries, (Option("csat:1", "1"),)):
+        for text in ("sim", "yes", "não", "no"):
+            reply = await POLICY.reply(EngineRequest(text, "c", offered=offered))
+            assert reply.engine not in (privacy.ERASED, privacy.ASKED) and reply.kind != "answer", (text, offered)
+
+
+def test_each_answer_word_is_a_yes_or_a_no_in_every_language_and_compared_as_typed() -> None:
+    for word in privacy.ANSWER_WORDS:
+        answers = {privacy.answer_to_confirmation(word, [language]) for language in ("pt", "en", "es")}
+        assert len(answers - {None}) == 1, word
+        assert choice_key(word) == word  # as a typed message is compared
 
 
 async def test_a_copy_is_asked_for_in_english() -> None:

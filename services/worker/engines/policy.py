@@ -12,9 +12,10 @@
   * a question back (`clarify`: the engine's candidate entries, no text) gets the hand-over as its
     last option and a text listing them all, numbered, so that typing a number works everywhere;
   * choosing one of the options the last reply offered (`EngineRequest.option`, or typing its
-    number or label) resolves it: an entry gets its answer, `handoff` hands over, an entry's own
-    button is answered as if its label were typed. A choice of something not offered (expired,
-    the conversation moved on, or never offered) gets "please choose again", never an answer.
+    number or label, or a plain yes or no to an erasure's confirmation) resolves it: an entry
+    gets its answer, `handoff` hands over, an entry's own button is answered as if its label were
+    typed. A choice of something not offered (expired, the conversation moved on, or never
+    offered) gets "please choose again", never an answer.
   * outside business hours (BUSINESS_HOURS) a request for a person, or an escalation, says when
     people are back (`away_until`): the handoff is recorded and waits in the agents' queue, the bot
     silent meanwhile as for any handoff;
@@ -133,22 +134,29 @@ def choice_key(text: str) -> str:
     return " ".join(_WORDS.findall(fold(text)))
 
 
-def typed_choice(text: str, offered: tuple[Option, ...]) -> Option | None:
-    """The offered option that `text` names by its number (1 is the first) or its label."""
+def typed_choice(text: str, offered: tuple[Option, ...], languages: Iterable[str] = ()) -> Option | None:
+    """The offered option that `text` names by its number (1 is the first) or its label, or, while
+    an erasure's confirmation is offered, by a plain yes or no in one of `languages` ("sim",
+    "yes", "não": engines/privacy.py)."""
     key = choice_key(text)
     if key in _NUMBERS:
         return offered[int(key) - 1] if int(key) <= len(offered) else None
-    return next((option for option in offered if choice_key(option.label) == key), None)
+    labelled = next((option for option in offered if choice_key(option.label) == key), None)
+    if labelled is not None:
+        return labelled
+    answered = privacy.answer_to_confirmation(key, languages)
+    return next((option for option in offered if option.id == answered), None) if answered else None
 
 
 def _labels(kbs: Iterable[KnowledgeBase]) -> frozenset[str]:
-    """Every label an option may carry with these bases: entries, their buttons, the hand-over and
-    the erasure's confirmation in every language."""
+    """Every text that may choose an option with these bases, but numbers: the labels of entries,
+    their buttons, the hand-over and the erasure's confirmation in every language, and the plain
+    yes and no words that answer that confirmation."""
     labels = [texts[key] for texts in REPLIES.values() for key in ("offer", "privacy_yes", "privacy_no")]
     for kb in kbs:
         labels += [entry.label for entry in kb.entries]
         labels += [button for entry in kb.entries for button in entry.buttons]
-    return frozenset(choice_key(label) for label in labels)
+    return frozenset(choice_key(label) for label in labels) | privacy.ANSWER_WORDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +249,9 @@ class ReplyPolicy:
                 return await self._resolve(voice, chosen, request)
             # Asking for a person is never out of date, offered or not.
             return self._handoff(voice) if request.option == HANDOFF_OPTION else self._choose_again(voice, request)
-        typed = typed_choice(request.text, request.offered)
+        # A plain yes or no answers an erasure's confirmation in the customer's language, the
+        # base's or English (customers of Brazilian shops write "yes" too).
+        typed = typed_choice(request.text, request.offered, (voice.language, self.language, "en"))
         if typed is not None:
             return await self._resolve(voice, typed, request)
         if asks_for_human(request.text, self.language) or asks_for_human(request.text, voice.language):

@@ -1,8 +1,10 @@
 """A customer asking about their own data (LGPD art. 18), recognised by the reply policy:
 * "apagar meus dados", "delete my data": the bot asks to confirm, with two options; only the
   confirming option, as offered, erases (a forged or stale one is asked again, like any choice);
-  the reply that confirms the erasure has engine `ERASED`, and the worker erases everything held
-  about the customer once it is sent (services/worker/privacy.py);
+  while it is offered, a plain yes or no typed ("sim", "yes", "não", "cancel":
+  `answer_to_confirmation`) chooses too, like an option's number or label; the reply that confirms
+  the erasure has engine `ERASED`, and the worker erases everything held about the customer once
+  it is sent (services/worker/privacy.py);
 * "meus dados", "my data", "what data do you have about me": a request for a copy, recorded for the
   operators (reply engine `EXPORT`), who answer it from the admin area.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from .text import fold
@@ -59,4 +62,64 @@ def asked(text: str) -> Asked | None:
         return "erase"
     if _EXPORT.search(words):
         return "export"
+    return None
+
+
+# A plain yes or no typed while the erasure's confirmation is offered, as policy.choice_key leaves a
+# message (lower case, no accents, words of letters and digits): the whole message, in the base's
+# language, the customer's or English. An erasure cannot be undone, so only explicit yes words
+# confirm it: "ok", "tá", "beleza", "yeah" or "sim, mas..." are ordinary messages, answered as
+# before. "parar", "sair" and "stop" are not here: they are opt-outs (shared/contacts.py).
+_YES: Mapping[str, frozenset[str]] = {
+    "pt": frozenset(
+        {
+            "sim", "s", "sim sim", "pode", "pode sim", "sim pode", "pode apagar", "sim pode apagar",
+            "pode apagar sim", "pode apagar tudo", "sim apague", "sim apagar tudo", "apague", "apaga", "apagar",
+            "apague tudo", "quero", "sim quero", "confirmo", "sim confirmo", "confirmado", "sim por favor",
+        }
+    ),
+    "en": frozenset(
+        {
+            "yes", "y", "sure", "yes please", "yes delete", "yes delete it", "yes delete everything",
+            "delete", "delete it", "please delete", "please delete it", "confirm", "i confirm", "confirmed",
+            "go ahead", "yes go ahead",
+        }
+    ),
+    "es": frozenset(
+        {
+            "si", "s", "si si", "si borrar", "si borra", "si borralo", "borrar", "borra", "borralo",
+            "puedes borrar", "confirmo", "si confirmo", "si por favor",
+        }
+    ),
+}  # fmt: skip
+_NO: Mapping[str, frozenset[str]] = {
+    "pt": frozenset(
+        {
+            "nao", "n", "nao nao", "nao quero", "nao apague", "nao apagar", "nao pode apagar", "nao obrigado",
+            "nao obrigada", "cancelar", "cancela", "cancele", "manter", "mantenha", "pode manter",
+        }
+    ),
+    "en": frozenset(
+        {
+            "no", "n", "nope", "no thanks", "no thank you", "cancel", "keep", "keep it", "don t", "dont",
+            "do not", "don t delete", "do not delete", "no don t",
+        }
+    ),
+    "es": frozenset(
+        {"no", "n", "no gracias", "cancelar", "cancela", "no borrar", "no borres", "mantener", "no quiero"}
+    ),
+}  # fmt: skip
+# Every word above, whatever the language: the texts that may answer a confirmation (the worker reads
+# the options offered only for a text that may choose one).
+ANSWER_WORDS = frozenset().union(*_YES.values(), *_NO.values())
+
+
+def answer_to_confirmation(key: str, languages: Iterable[str]) -> str | None:
+    """`ERASE_OPTION` for a plain yes, `KEEP_OPTION` for a plain no, in one of `languages`; `key` is
+    the message as policy.choice_key makes it ("Sim!" -> "sim")."""
+    for language in languages:
+        if key in _YES.get(language, ()):
+            return ERASE_OPTION
+        if key in _NO.get(language, ()):
+            return KEEP_OPTION
     return None
