@@ -43,6 +43,9 @@ from shared.store import REDIS_ERRORS
 log = logging.getLogger(__name__)
 
 KINDS = ("fallback", "clarify", "handoff")
+# The engines of the reply policy's own questions back (services/worker/engines/policy.py: a stale
+# choice asked again; engines/privacy.py `ASKED`: an erasure's confirmation), never listed.
+POLICY_QUESTIONS = frozenset({"choice", "privacy"})
 HOUR_S = 3600
 DAY_HOURS = 24
 WEEK_HOURS = 7 * 24
@@ -132,8 +135,9 @@ def kind_of(answered: Answered) -> str | None:
         return None
     if answered.generated.fallback:
         return "handoff" if answered.sent.handoff else "fallback"
-    # A question back the engine asked ("please choose again" after a stale choice is the policy's).
-    if answered.generated.kind == "clarify" and answered.generated.engine != "choice":
+    # A question back the engine asked: not the reply policy's own ("please choose again" after a
+    # stale choice, or the confirmation of an erasure the customer asked for: not for the base).
+    if answered.generated.kind == "clarify" and answered.generated.engine not in POLICY_QUESTIONS:
         return "clarify"
     return None
 

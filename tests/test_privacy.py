@@ -14,6 +14,7 @@ import orjson
 from redis.asyncio import Redis
 
 from services.worker.engines import privacy
+from shared import unanswered
 from shared.broker import COPY_HEADER
 from shared.messages import InboundMessage
 from shared.names import Names
@@ -199,13 +200,15 @@ async def test_a_typed_yes_or_no_answers_the_confirmation(
     stack: Stack, http: aiohttp.ClientSession, redis: Redis
 ) -> None:
     """While the confirmation is pending, a plain "sim" or "yes" typed (not the button, its number nor
-    its label) erases, and "não" keeps everything."""
+    its label) erases, and "não" keeps everything. The confirmation is a question back with options
+    (`clarify`), yet not one of the questions the knowledge base could not answer."""
     await start(stack)
     gateway, ns = stack.gateway, stack.namespace
+    names = Names(ns, TEST_SHARDS)
     for user, marker, yes in (("elis", "Qpv5521", "sim"), ("fred", "Wjk8843", "Yes!")):
         await say(http, gateway, user, f"{user}-1", f"{marker} qual o prazo de entrega?")
         asked = (await say(http, gateway, user, f"{user}-2", "quero apagar meus dados"))["reply"]
-        assert asked["engine"] == privacy.ASKED
+        assert (asked["kind"], asked["engine"], asked["sources"]) == ("clarify", privacy.ASKED, [])
         assert [o["id"] for o in asked["options"]] == [privacy.ERASE_OPTION, privacy.KEEP_OPTION]
         done = (await say(http, gateway, user, f"{user}-3", yes))["reply"]
         assert done["engine"] == privacy.ERASED and done["text"].startswith("Pronto: apaguei todos os seus dados")
@@ -218,12 +221,22 @@ async def test_a_typed_yes_or_no_answers_the_confirmation(
     keeper, marker = "gil", "Hrt4409"
     await say(http, gateway, keeper, "gil-1", f"{marker} qual o prazo de entrega?")
     asked = (await say(http, gateway, keeper, "gil-2", "delete my data"))["reply"]
-    assert asked["engine"] == privacy.ASKED
+    assert asked["kind"] == "clarify" and asked["engine"] == privacy.ASKED
     kept = (await say(http, gateway, keeper, "gil-3", "não"))["reply"]
     assert kept["engine"] == privacy.ASKED and "não apaguei nada" in kept["text"] and kept["options"] == []
     # No longer asked: a "yes" now is an ordinary message, and erases nothing either.
     late = (await say(http, gateway, keeper, "gil-4", "yes"))["reply"]
     assert late["engine"] not in (privacy.ERASED, privacy.ASKED)
+    # A question the base cannot answer, recorded after everything before it (a conversation's
+    # messages are settled in order): once it is listed, so would the confirmation be.
+    await say(http, gateway, keeper, "gil-5", "xyzzy plugh frobnicate")
+
+    async def listed() -> list[unanswered.Row]:
+        rows = await unanswered.report(redis, names)
+        return rows if any(row.question == "xyzzy plugh frobnicate" for row in rows) else []
+
+    questions = [row.question for row in await eventually(listed, what="the fallback listed as unanswered")]
+    assert not any("apagar" in question or "delete" in question for question in questions), questions
     assert marker.lower() in (await redis_dump(redis, ns)).lower()  # kept: nothing of gil's was erased
 
 

@@ -9,6 +9,7 @@ from services.worker.engines import privacy
 from services.worker.engines.base import EngineRequest
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.policy import ReplyPolicy, choice_key
+from shared import unanswered
 from shared.messages import InboundMessage, Option
 from shared.privacy.customer import Customer, user_scope
 from tests.support import SAMPLE_PT
@@ -44,7 +45,8 @@ def test_requests_are_recognised_in_both_languages(text: str, asked: str | None)
 
 async def test_an_erasure_is_asked_to_be_confirmed_and_only_the_offered_confirmation_erases() -> None:
     asked = await POLICY.reply(EngineRequest("quero apagar meus dados", "c"))
-    assert asked.engine == privacy.ASKED and asked.kind == "answer"
+    # A question back with options (SPEC section 6), not an entry's answer.
+    assert asked.engine == privacy.ASKED and asked.kind == "clarify" and asked.sources == ()
     assert [o.id for o in asked.options] == [privacy.ERASE_OPTION, privacy.KEEP_OPTION]
     assert asked.text.startswith("Você quer que eu apague") and "1. Sim, apagar" in asked.text
 
@@ -57,8 +59,9 @@ async def test_an_erasure_is_asked_to_be_confirmed_and_only_the_offered_confirma
         assert POLICY.may_be_choice(chosen.text) or chosen.option
         done = await POLICY.reply(chosen)
         assert done.engine == privacy.ERASED and done.reset and "apaguei" in done.text
+        assert done.kind == "answer"  # what was done about their request (as is the copy recorded)
     kept = await POLICY.reply(EngineRequest("2", "c", offered=offered))
-    assert kept.engine == privacy.ASKED and "não apaguei nada" in kept.text
+    assert kept.engine == privacy.ASKED and "não apaguei nada" in kept.text and kept.kind == "answer"
     # Not offered (forged, or the conversation moved on): asked again, nothing erased.
     forged = await POLICY.reply(EngineRequest("Sim", "c", option=privacy.ERASE_OPTION, offered=()))
     assert forged.engine == "choice"
@@ -123,6 +126,14 @@ def test_each_answer_word_is_a_yes_or_a_no_in_every_language_and_compared_as_typ
         answers = {privacy.answer_to_confirmation(word, [language]) for language in ("pt", "en", "es")}
         assert len(answers - {None}) == 1, word
         assert choice_key(word) == word  # as a typed message is compared
+
+
+async def test_the_confirmation_is_not_a_question_the_base_could_not_answer() -> None:
+    """It is a question back (`clarify`), but the customer's words are not for the knowledge base's
+    operators: neither its unanswered questions nor its suggested phrasings list them."""
+    asked = await POLICY.reply(EngineRequest("quero apagar meus dados", "c"))
+    answered = unanswered.Answered("quero apagar meus dados", asked, asked)
+    assert unanswered.kind_of(answered) is None and unanswered.suggestion_of(answered) is None
 
 
 async def test_a_copy_is_asked_for_in_english() -> None:

@@ -22,7 +22,8 @@
   * a satisfaction rating (a `csat:N` option, services/worker/csat.py asks for it) is thanked for,
     and the commit records it (`ReplyContent.csat`).
   * a customer asking to erase their data, or for a copy of it, is answered by engines/privacy.py's
-    rules: an erasure is confirmed with two options first.
+    rules: an erasure is confirmed with two options first (a question back, `clarify`); what is
+    done then, or the copy recorded, is the `answer` to their request.
 The replies are in the customer's language (EngineRequest.language: pt, en or es; languages.py),
 else the knowledge base's; a base translated into that language answers from its translation.
 """
@@ -358,7 +359,7 @@ class ReplyPolicy:
             return ReplyContent(text=voice.texts["privacy_export"], engine=privacy.EXPORT, confidence=1.0)
         options = voice.privacy_options
         text = self._numbered(voice, "privacy_confirm", options)
-        return ReplyContent(text=text, engine=privacy.ASKED, confidence=1.0, options=options)
+        return ReplyContent(text=text, engine=privacy.ASKED, confidence=1.0, kind="clarify", options=options)
 
     @staticmethod
     def _privacy_chosen(voice: Voice, option: str) -> ReplyContent:

@@ -22,7 +22,7 @@ KEEP_OPTION = "privacy:keep"
 OPTIONS = (ERASE_OPTION, KEEP_OPTION)
 # Reply engines: the question and the answers that change nothing, the erasure's confirmation, and a
 # recorded request for a copy (the worker acts on the last two once their reply stands).
-ASKED = "privacy"
+ASKED = "privacy"  # its question back is never listed as unanswered (shared/unanswered.py POLICY_QUESTIONS)
 ERASED = "privacy-erased"
 EXPORT = "privacy-export"
 
