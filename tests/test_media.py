@@ -24,9 +24,20 @@ from redis.asyncio import Redis
 
 from services.worker.engines.kbfile import KnowledgeBaseError, parse
 from services.worker.media import POLITE
+from shared.conversations import Keys
 from shared.names import Names
 from shared.settings import ConfigError, Settings
-from tests.support import PRAZO, REDIS_URL, TEST_SHARDS, Stack, conversation_token, eventually, post_message, sse_events
+from tests.support import (
+    PRAZO,
+    REDIS_URL,
+    TEST_SHARDS,
+    Stack,
+    conversation_token,
+    eventually,
+    post_message,
+    sse_events,
+    stored_reply,
+)
 from tests.support.channel_fakes import (
     PHONE_NUMBER_ID,
     TELEGRAM_ENV,
@@ -302,6 +313,34 @@ async def all_events(
             if event == "reply":
                 return seen
     return seen
+
+
+async def test_a_polite_reply_to_media_is_not_an_answer(
+    stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi, redis: Redis
+) -> None:
+    """ "I cannot see images here" answers nothing (SPEC 6: `answer` is an entry's answer, with its
+    id in `sources`): it is `smalltalk`, so the conversation is not counted as resolved by the bot
+    (nor asked for a rating) for it; the caption's answer that follows is an `answer`."""
+    channels = {**WHATSAPP_ENV, **api.env()}
+    gateway = await stack.start("gateway", **channels)
+    await stack.start("worker", **channels)
+    await wait_ready(stack)
+    sender, image = "5511900000007", {"id": "wa-image-7", "mime_type": "image/jpeg"}
+    await post_whatsapp(http, gateway, whatsapp_message("wamid.img-7", sender, "image", image))
+    assert (await delivered(api, sender, 1))[0].text == polite["image_not_read"]
+    stored = await stored_reply(stack.namespace, "wamid.img-7")
+    assert stored is not None
+    reply = stored["reply"]
+    assert (reply["kind"], reply["engine"], reply["sources"]) == ("smalltalk", "media", [])
+    conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+    state = orjson.loads(await redis.hget(Keys(Names(stack.namespace, TEST_SHARDS)).open, conversation) or "{}")
+    assert state["n"] == 1 and "ans" not in state  # one reply so far, none an answer
+
+    captioned = {**image, "caption": PRAZO}
+    await post_whatsapp(http, gateway, whatsapp_message("wamid.img-8", sender, "image", captioned))
+    assert (await delivered(api, sender, 2))[1].text == PRAZO_ANSWER
+    stored = await stored_reply(stack.namespace, "wamid.img-8")
+    assert stored is not None and stored["reply"]["kind"] == "answer"
 
 
 @pytest.mark.parametrize(

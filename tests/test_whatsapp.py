@@ -13,7 +13,8 @@ import pytest
 
 from services.gateway.delivery.clients import WHATSAPP_LIST_BUTTON, whatsapp_interactive
 from services.gateway.delivery.split import units
-from shared.messages import HANDOFF_OPTION, Option, ReplyContent
+from services.gateway.handlers.whatsapp import text_only_reply
+from shared.messages import HANDOFF_OPTION, InboundMessage, Option, ReplyContent
 from tests.support import Service, Stack, eventually, queued_inbound, stored_reply
 from tests.support.channel_fakes import (
     GRAPH_VERSION,
@@ -162,6 +163,16 @@ async def test_statuses_and_unsupported_types_get_no_knowledge_reply(
     assert PRAZO_ANSWER not in replies[0]  # the location's name did not reach the knowledge base
     assert PRAZO_ANSWER in replies[1]
     assert len(graph.delivered_to(sender)) == 2
+
+
+def test_the_text_only_reply_is_not_an_answer() -> None:
+    """A sticker or a location gets "please write": nothing was answered (SPEC 6: an `answer` is an
+    entry's, with its id in `sources`), like the worker's polite reply to media it cannot handle."""
+    message = InboundMessage(
+        "wamid.s", f"whatsapp:{PHONE_NUMBER_ID}:5511987650009", "5511987650009", "", channel="whatsapp"
+    )
+    reply = text_only_reply(message).reply
+    assert (reply.kind, reply.engine, reply.sources, reply.options) == ("smalltalk", "channel", (), ())
 
 
 async def test_malformed_signed_notification_names_the_field(gateway: Service, http: aiohttp.ClientSession) -> None:

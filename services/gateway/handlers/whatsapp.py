@@ -53,7 +53,10 @@ def text_only_reply(message: InboundMessage, *, language: str = "pt") -> ReplyMe
         conversation_id=message.conversation_id,
         user_id=message.user_id,
         channel=message.channel,
-        reply=ReplyContent(text=TEXT_ONLY.get(language, TEXT_ONLY["pt"]), engine="channel", confidence=1.0),
+        # `smalltalk` like the worker's polite reply to media it cannot handle: nothing was answered.
+        reply=ReplyContent(
+            text=TEXT_ONLY.get(language, TEXT_ONLY["pt"]), engine="channel", confidence=1.0, kind="smalltalk"
+        ),
         latency_ms=0.0,
         gateway_id=message.gateway_id,
         metadata=message.metadata,

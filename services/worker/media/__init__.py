@@ -150,7 +150,10 @@ class MediaResolver:
         if problem is not None:  # the polite reply instead of the engine's, in the customer's language
             last = messages[-1]
             polite = POLITE[customer_language(last.metadata, last.text) or self._language]
-            return dataclasses.replace(combined, unhandled=ReplyContent(polite[problem], "media", 1.0))
+            # `smalltalk`, not an `answer`: nothing was answered (the conversation is not counted as
+            # resolved by the bot, nor asked for a rating, for it).
+            unhandled = ReplyContent(polite[problem], "media", 1.0, kind="smalltalk")
+            return dataclasses.replace(combined, unhandled=unhandled)
         return dataclasses.replace(combined, voice=any(_is_voice(message) for message in messages))
 
     async def close(self) -> None:
