@@ -8,7 +8,8 @@ nothing sleeps.
   its comment; the conversation's outcome is counted;
 - an agent released the conversation: asked at once, recorded for the agent; never while the
   person has it;
-- never twice within 24 hours, and a rating nobody asked for is not recorded;
+- never twice within 24 hours, and a rating nobody asked for is not recorded (nor thanked for: like
+  any option not offered, it is asked again);
 - the numbers reach /monitoring/stats, the admin area and /metrics (`promtool check metrics`).
 """
 
@@ -32,12 +33,13 @@ from redis.asyncio import Redis
 from services.monitor.outcomes import Summary, summarise
 from services.worker.commit import Committer
 from services.worker.csat import RatingSweeper
+from services.worker.state import OFFERED_TTL_SECONDS
 from shared.connections import Connections, open_connections
 from shared.conversations import Conversations, ConversationSettings, Keys
 from shared.messages import ReplyContent
 from shared.names import Names
 from shared.settings import Settings
-from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, post_message
+from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, post_message, web_id
 from tests.support.channel_fakes import TELEGRAM_ENV, FakeChannelApi, post_telegram, telegram_tap, telegram_text
 from tests.support.commits import commit_of, message
 from tests.support.metrics import Samples, scrape, value
@@ -164,14 +166,16 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     assert (comment["score"], comment["handled_by"], comment["text"]) == (4, "bot", "Muito rápido, obrigado")
 
     # Never twice within 24 hours: the next quiet conversation is counted, nobody is asked; a
-    # rating nobody asked for is thanked for and not recorded.
+    # rating nobody asked for is not offered: asked to choose again, and not recorded. It is a
+    # message like any other, after the conversation ended: it starts one of its own, which ends
+    # abandoned (nothing answered in it).
     await quiet.write(PRAZO)
     await quiet.received(5)
     clock.now += 31 * MINUTE
     assert await sweeper.sweep_once() == []
     assert (await counted(conversations)).contained == 2
     await quiet.tap("csat:1")
-    await quiet.received(6)
+    assert (await quiet.received(6))[5].text.startswith("Essa opção não está mais disponível")
     assert (await counted(conversations)).csat == {1: 0, 2: 0, 3: 0, 4: 1, 5: 0}
 
     # Handed to a person: never asked while the person has it; the agent answers from the admin
@@ -194,8 +198,8 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     assert (await conversations.read_totals()).get("csat:5:agent") == 1
     summary = await counted(conversations)
     assert (summary.csat_responses, summary.csat_avg, summary.first_responses) == (2, 4.5, 1)
-    # Replies and fallbacks are counted when each conversation ends: three, none a fallback.
-    assert (summary.replies, summary.fallback_rate) == (3, 0)
+    # Replies and fallbacks are counted when each conversation ends: four, none a fallback.
+    assert (summary.replies, summary.fallback_rate, summary.abandoned) == (4, 0, 1)
     await numbers_shown(http, monitor)
 
 
@@ -204,14 +208,14 @@ async def numbers_shown(http: aiohttp.ClientSession, monitor: Service) -> None:
     status, stats = await get_json(http, f"{monitor.url}/monitoring/stats")
     assert status == 200
     shown = stats["conversations"]
-    assert (shown["started_24h"], shown["handed_off_24h"]) == (3, 1)
+    assert (shown["started_24h"], shown["handed_off_24h"]) == (4, 1)
     assert (shown["csat_responses_7d"], shown["csat_avg_7d"]) == (2, 4.5)
     async with http.get(f"{monitor.url}/admin/api/outcomes", headers=ADMIN) as answer:
         outcomes = await answer.json()
     week = outcomes["last_7_days"]
     (comment,) = outcomes["comments"]
     assert (comment["score"], comment["handled_by"], comment["text"]) == (4, "bot", "Muito rápido, obrigado")
-    assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (3, 1, 1)
+    assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (4, 1, 1)
     assert week["first_response_avg_s"] is not None
     async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
         business = (await answer.json())["business"]
@@ -268,6 +272,64 @@ async def test_the_chat_page_gets_the_rating_as_chips_and_a_chip_is_recorded(
     status, thanked = await post_message(http, gateway, chip, wait=10)
     assert status == 200 and thanked["reply"]["text"].startswith("Obrigado pela avaliação!")
     assert (await conversations.read_totals()).get("csat:3:bot") == 1
+
+
+CHOOSE_AGAIN = "Essa opção não está mais disponível. Por favor, escreva sua pergunta."
+
+
+async def test_a_rating_never_offered_is_asked_again_not_thanked(
+    gateway: Service, http: aiohttp.ClientSession, connections: Connections
+) -> None:
+    """SPEC 4: `option` is one of the options the conversation's last reply offered. A rating nobody
+    asked for (no question yet, or the conversation moved on since) gets the "please choose again"
+    any other option not offered gets: no thanks, nothing recorded, and the next message is no
+    comment."""
+    names = Names(connections.names.namespace, TEST_SHARDS)
+    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800))
+    for option in ("csat:1", "csat:5", "csat:9"):
+        forged = {"user_id": "kim", "text": option[-1], "option": option}
+        status, answer = await post_message(http, gateway, forged, wait=10)
+        assert status == 200
+        reply = answer["reply"]
+        assert (reply["engine"], reply["kind"]) == ("choice", "clarify"), option
+        assert [o["id"] for o in reply["options"]] == ["handoff"], option  # no score among them
+        if option == "csat:1":  # nothing offered yet (then: the hand-over, listed to choose again)
+            assert reply["text"] == CHOOSE_AGAIN
+        assert reply["text"].startswith("Essa opção não está mais disponível."), option
+    answered = {"user_id": "kim", "text": PRAZO}
+    assert (await post_message(http, gateway, answered, wait=10))[1]["reply"]["kind"] == "answer"
+    status, answer = await post_message(http, gateway, {"user_id": "kim", "text": "4", "option": "csat:4"}, wait=10)
+    assert status == 200 and answer["reply"]["text"] == CHOOSE_AGAIN
+    comment = {"user_id": "kim", "text": "Muito bom o atendimento"}
+    assert (await post_message(http, gateway, comment, wait=10))[0] == 200
+    assert await conversations.read_comments(10) == []
+    assert not any(name.startswith("csat:") for name in await conversations.read_totals())
+
+
+async def test_a_rating_asked_for_is_chosen_by_its_number_while_it_may_be_given(
+    gateway: Service, http: aiohttp.ClientSession, connections: Connections, redis: Redis
+) -> None:
+    """The scores stay offered as long as the rating may be given (a day), not only the half hour
+    other options are; typed, the number chooses one; once rated, another tap is not offered."""
+    names = Names(connections.names.namespace, TEST_SHARDS)
+    clock = Clock()
+    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
+    sweeper = RatingSweeper(conversations, connections.broker, "pt")
+    asked = {"user_id": "mia", "conversation_id": "chat", "text": PRAZO}
+    assert (await post_message(http, gateway, asked, wait=10))[0] == 200
+    clock.now += 31 * MINUTE
+    (question,) = await sweeper.sweep_once()
+    assert question.conversation_id == web_id("mia", "chat")
+    assert await redis.ttl(names.offered_key(question.conversation_id)) > OFFERED_TTL_SECONDS
+    typed = {"user_id": "mia", "conversation_id": "chat", "text": " 4. "}
+    status, thanked = await post_message(http, gateway, typed, wait=10)
+    assert status == 200 and thanked["reply"]["text"].startswith("Obrigado pela avaliação!")
+    assert (await conversations.read_totals()).get("csat:4:bot") == 1
+    tapped = {"user_id": "mia", "conversation_id": "chat", "text": "5", "option": "csat:5"}
+    status, again = await post_message(http, gateway, tapped, wait=10)
+    assert status == 200 and again["reply"]["engine"] == "choice"
+    totals = await conversations.read_totals()
+    assert totals.get("csat:4:bot") == 1 and not totals.get("csat:5:bot")
 
 
 ANSWER = ReplyContent(text="Cinco dias.", engine="kb", confidence=0.9, sources=("prazo",))

@@ -5,8 +5,10 @@ claims the due conversations atomically, so with several workers each is ended o
 those to ask. The question goes out through the replies' own path (published to the replies
 exchange, like an agent's reply: the gateways deliver it to the web stream, WhatsApp or
 Telegram), with the scores 1-5 as options; the options are also left as the conversation's
-offered ones (services/worker/state.py `Offered`), so typing "4" chooses too. The tap comes
-back as a message and the reply policy thanks for it; the commit records it once.
+offered ones (services/worker/state.py `Offered`), so typing "4" chooses too, for as long as the
+rating may be given (ASKED_TTL_SECONDS, a day; a reply to another message replaces them). The
+tap comes back as a message and the reply policy thanks for it (a score not offered is asked
+again); the commit records it once.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 
 from services.worker.engines.policy import csat_request
 from services.worker.engines.text import Language
-from services.worker.state import OFFERED_TTL_SECONDS, Offered
+from services.worker.state import Offered
 from shared.broker import BROKER_ERRORS, Broker
-from shared.conversations import Conversations, RatingAsk
+from shared.conversations import ASKED_TTL_SECONDS, Conversations, RatingAsk
 from shared.messages import ReplyMessage, parse_channel
 from shared.store import REDIS_ERRORS, Store
 
@@ -77,11 +79,13 @@ class RatingSweeper:
         )
 
     async def _offer(self, question: ReplyMessage) -> None:
-        """The scores become the conversation's options, so typing a number chooses one."""
+        """The scores become the conversation's options, so typing a number chooses one and a tap
+        is one offered: for as long as the rating may be given, which a customer may do hours
+        later (the half hour other options are kept would turn a late tap away)."""
         names = self.conversations.names
         offered = Offered(question.reply.options, "")
         await self.conversations.redis.set(
-            names.offered_key(question.conversation_id), offered.to_bytes(), ex=OFFERED_TTL_SECONDS
+            names.offered_key(question.conversation_id), offered.to_bytes(), ex=ASKED_TTL_SECONDS
         )
 
 

@@ -19,8 +19,9 @@
   * outside business hours (BUSINESS_HOURS) a request for a person, or an escalation, says when
     people are back (`away_until`): the handoff is recorded and waits in the agents' queue, the bot
     silent meanwhile as for any handoff;
-  * a satisfaction rating (a `csat:N` option, services/worker/csat.py asks for it) is thanked for,
-    and the commit records it (`ReplyContent.csat`).
+  * a satisfaction rating (a `csat:N` option, services/worker/csat.py asks for it, with the scores
+    as the options offered) is thanked for, and the commit records it (`ReplyContent.csat`); like
+    any option, a score the last reply did not offer gets "please choose again", not a thanks.
   * a customer asking to erase their data, or for a copy of it, is answered by engines/privacy.py's
     rules: an erasure is confirmed with two options first (a question back, `clarify`); what is
     done then, or the copy recorded, is the `answer` to their request.
@@ -242,8 +243,6 @@ class ReplyPolicy:
             )
         if not request.conversation_id.startswith(WEB_PREFIX) and is_opt_out(request.text, request.option):
             return ReplyContent(text=voice.texts["opt_out"], engine="command", confidence=1.0, kind="smalltalk")
-        if request.option.startswith(CSAT_PREFIX):
-            return self._rated(voice, request.option, request)
         if request.option:
             chosen = next((option for option in request.offered if option.id == request.option), None)
             if chosen is not None:
@@ -345,7 +344,8 @@ class ReplyPolicy:
         )
 
     def _rated(self, voice: Voice, option: str, request: EngineRequest) -> ReplyContent:
-        """A rating tapped or typed; the commit records it once, if one was asked for."""
+        """A rating tapped or typed, of the scores offered; the commit records it once, if one was
+        asked for."""
         score = option.removeprefix(CSAT_PREFIX)
         if not score.isdigit() or int(score) not in CSAT_SCORES:
             return self._choose_again(voice, request)
