@@ -41,6 +41,8 @@ from shared.settings import Settings
 OUTCOMES = ("resolved", "resolved_after_clarify", "handed_off", "abandoned")
 HANDLERS = ("bot", "agent")
 SCORES = range(1, 6)
+# A score's option id: `csat:1` .. `csat:5` (offered by services/worker/csat.py).
+RATING_OPTION_PREFIX = "csat:"
 DAY_TTL_SECONDS = 32 * 86_400
 HOUR_TTL_SECONDS = 49 * 3600
 # With CSAT off, a conversation still ends after this much quiet (for its outcome).
@@ -141,7 +143,8 @@ class Keys:
 # conversation's state): a conversation's start adds its count and its quiet timer, which the
 # sweep moves on while the conversation is not quiet yet (`last`), and its replies and fallbacks
 # are counted once, when it ends. A rating closes its request and leaves a state waiting for the
-# comment; the message after it is that comment.
+# comment; the message after it is that comment. A score tapped that was not offered (asked again
+# by the reply policy: tapped twice, or never asked) is neither a comment nor a conversation.
 TRACK_LUA = """
 local function hincr(keys, name, ttl)
   for _, k in ipairs(keys) do
@@ -166,7 +169,7 @@ local function track(K, c, t)
   if t.csat > 0 then
     return rated(K, c, t)
   end
-  if t.silenced then
+  if t.silenced or c.score_tapped then
     return
   end
   local raw = redis.call('HGET', K[1], c.id)
@@ -312,14 +315,22 @@ return 1
 
 
 def tracking(
-    settings: ConversationSettings, conversation: str, address: dict[str, Any], text: str, now: float
+    settings: ConversationSettings,
+    conversation: str,
+    address: dict[str, Any],
+    text: str,
+    now: float,
+    *,
+    option: str = "",
 ) -> dict[str, Any]:
-    """`c` of `TRACK_LUA`: what does not depend on which reply stands."""
+    """`c` of `TRACK_LUA`: what does not depend on which reply stands (`option`: the id the
+    customer's message chose, if any)."""
     return {
         "id": conversation,
         "channel": address["channel"],
         "addr": address,
         "text": text,
+        "score_tapped": option.startswith(RATING_OPTION_PREFIX),
         "now": now,
         "quiet": settings.quiet_s,
         "handoff_ttl": settings.handoff_ttl_s,

@@ -166,9 +166,8 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     assert (comment["score"], comment["handled_by"], comment["text"]) == (4, "bot", "Muito rápido, obrigado")
 
     # Never twice within 24 hours: the next quiet conversation is counted, nobody is asked; a
-    # rating nobody asked for is not offered: asked to choose again, and not recorded. It is a
-    # message like any other, after the conversation ended: it starts one of its own, which ends
-    # abandoned (nothing answered in it).
+    # rating nobody asked for is not offered: asked to choose again, and neither recorded nor
+    # counted (a stale score tapped starts no conversation).
     await quiet.write(PRAZO)
     await quiet.received(5)
     clock.now += 31 * MINUTE
@@ -198,8 +197,8 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     assert (await conversations.read_totals()).get("csat:5:agent") == 1
     summary = await counted(conversations)
     assert (summary.csat_responses, summary.csat_avg, summary.first_responses) == (2, 4.5, 1)
-    # Replies and fallbacks are counted when each conversation ends: four, none a fallback.
-    assert (summary.replies, summary.fallback_rate, summary.abandoned) == (4, 0, 1)
+    # Replies and fallbacks are counted when each conversation ends: three, none a fallback.
+    assert (summary.replies, summary.fallback_rate) == (3, 0)
     await numbers_shown(http, monitor)
 
 
@@ -208,14 +207,14 @@ async def numbers_shown(http: aiohttp.ClientSession, monitor: Service) -> None:
     status, stats = await get_json(http, f"{monitor.url}/monitoring/stats")
     assert status == 200
     shown = stats["conversations"]
-    assert (shown["started_24h"], shown["handed_off_24h"]) == (4, 1)
+    assert (shown["started_24h"], shown["handed_off_24h"]) == (3, 1)
     assert (shown["csat_responses_7d"], shown["csat_avg_7d"]) == (2, 4.5)
     async with http.get(f"{monitor.url}/admin/api/outcomes", headers=ADMIN) as answer:
         outcomes = await answer.json()
     week = outcomes["last_7_days"]
     (comment,) = outcomes["comments"]
     assert (comment["score"], comment["handled_by"], comment["text"]) == (4, "bot", "Muito rápido, obrigado")
-    assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (4, 1, 1)
+    assert (week["conversations"], week["handed_off"], week["csat_distribution"]["4"]) == (3, 1, 1)
     assert week["first_response_avg_s"] is not None
     async with http.get(f"{monitor.url}/admin/api/overview", headers=ADMIN) as answer:
         business = (await answer.json())["business"]
@@ -304,6 +303,7 @@ async def test_a_rating_never_offered_is_asked_again_not_thanked(
     assert (await post_message(http, gateway, comment, wait=10))[0] == 200
     assert await conversations.read_comments(10) == []
     assert not any(name.startswith("csat:") for name in await conversations.read_totals())
+    assert (await counted(conversations)).conversations == 1  # the scores tapped started none
 
 
 async def test_a_rating_asked_for_is_chosen_by_its_number_while_it_may_be_given(
@@ -325,11 +325,17 @@ async def test_a_rating_asked_for_is_chosen_by_its_number_while_it_may_be_given(
     status, thanked = await post_message(http, gateway, typed, wait=10)
     assert status == 200 and thanked["reply"]["text"].startswith("Obrigado pela avaliação!")
     assert (await conversations.read_totals()).get("csat:4:bot") == 1
+    # A score tapped again (a list on WhatsApp stays tappable) is no longer offered, and it is no
+    # comment either: the next message written is.
     tapped = {"user_id": "mia", "conversation_id": "chat", "text": "5", "option": "csat:5"}
     status, again = await post_message(http, gateway, tapped, wait=10)
     assert status == 200 and again["reply"]["engine"] == "choice"
     totals = await conversations.read_totals()
     assert totals.get("csat:4:bot") == 1 and not totals.get("csat:5:bot")
+    written = {"user_id": "mia", "conversation_id": "chat", "text": "Gostei, foi rápido"}
+    assert (await post_message(http, gateway, written, wait=10))[0] == 200
+    (comment,) = await conversations.read_comments(10)
+    assert (comment["score"], comment["text"]) == (4, "Gostei, foi rápido")
 
 
 ANSWER = ReplyContent(text="Cinco dias.", engine="kb", confidence=0.9, sources=("prazo",))

@@ -387,6 +387,7 @@ class Committer:
                 _address(item.message),
                 item.user_text,
                 now,
+                option=item.message.option,
             ),
         }
 

@@ -39,6 +39,7 @@ from datetime import datetime
 
 from shared.commands import is_reset
 from shared.contacts import is_opt_out
+from shared.conversations import RATING_OPTION_PREFIX
 from shared.hours import BusinessHours
 from shared.messages import HANDOFF_OPTION, Option, ReplyContent
 
@@ -53,7 +54,7 @@ from .texts import REPLIES
 # Web conversations (services/gateway/web_conversations.py) get no proactive messages to opt out of.
 WEB_PREFIX = "web:"
 # A satisfaction rating's option id: `csat:1` .. `csat:5`.
-CSAT_PREFIX = "csat:"
+CSAT_PREFIX = RATING_OPTION_PREFIX
 CSAT_SCORES = range(1, 6)
 
 
