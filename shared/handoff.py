@@ -9,8 +9,8 @@
   so a conversation nobody picked up does not stay silent forever.
 
 One Redis key per conversation holds the `HandoffInfo` (with the expiry); a sorted set by the time
-each began to wait for a person (its start, or the next opening when asked for outside business
-hours) indexes them for listing and is pruned of expired entries as it is read.
+each one's expiry counts from (its start or its renewal by an agent's reply, or the next opening
+when asked for outside business hours) indexes them for listing and is pruned of the expired ones.
 """
 
 from __future__ import annotations
@@ -46,16 +46,15 @@ class HandoffInfo:
     # waits in the queue, the bot silent as for any handoff (0: a person is there now).
     away_until: float = 0.0
 
-    @property
-    def waits_from(self) -> float:
-        """When the conversation begins to wait for a person: now, or the next opening. Its place
-        in the agents' queue, and where its expiry counts from."""
-        return max(self.started_at, self.away_until)
+    def counted_from(self, now: float) -> float:
+        """Where the expiry of the handoff started or renewed at `now` counts from: now, or the
+        next opening when people are away. Its score in the agents' queue, which is pruned by it."""
+        return max(now, self.away_until)
 
     def lifetime(self, ttl_s: int, now: float) -> int:
         """Seconds the handoff lives from `now`: `ttl_s` once people are back, so one asked for
         on a Friday night still waits for the agents on Monday morning."""
-        return ttl_s + max(0, math.ceil(self.away_until - now))
+        return ttl_s + math.ceil(self.counted_from(now) - now)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -111,10 +110,10 @@ class Handoffs:
 
     async def start(self, conversation_id: str, info: HandoffInfo) -> None:
         """Hand the conversation to a human (again: a repeated request renews the expiry)."""
+        now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            lifetime = info.lifetime(self.ttl_s, time.time())
-            pipe.set(self.names.handoff_key(conversation_id), info.to_bytes(), ex=lifetime)
-            queue_index(pipe, self.names, conversation_id, info.waits_from, self.ttl_s)
+            pipe.set(self.names.handoff_key(conversation_id), info.to_bytes(), ex=info.lifetime(self.ttl_s, now))
+            queue_index(pipe, self.names, conversation_id, info.counted_from(now), self.ttl_s)
             await pipe.execute()
 
     async def release(self, conversation_id: str) -> bool:
@@ -158,9 +157,9 @@ class Handoffs:
         return {cid: HandoffInfo.from_bytes(raw) for cid, raw in zip(members, raws, strict=True) if raw}
 
 
-def queue_index(pipe: Pipeline, names: Names, conversation_id: str, waits_from: float, ttl_s: int) -> None:
-    """List a started handoff for the admin area, by when it waits for a person from (`waits_from`:
-    the entries older than the TTL are the expired ones). The worker's commit script makes the same
-    two writes itself, atomically with the decision to hand over: services/worker/commit.py."""
-    pipe.zadd(names.handoffs_key, {conversation_id: waits_from})
+def queue_index(pipe: Pipeline, names: Names, conversation_id: str, counted_from: float, ttl_s: int) -> None:
+    """List a started (or renewed) handoff for the admin area, by where its expiry counts from: the
+    entries older than the TTL are the expired ones. The worker's commit script makes the same two
+    writes itself, atomically with the decision to hand over: services/worker/commit.py."""
+    pipe.zadd(names.handoffs_key, {conversation_id: counted_from})
     pipe.zremrangebyscore(names.handoffs_key, "-inf", time.time() - ttl_s)

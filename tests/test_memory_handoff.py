@@ -8,6 +8,7 @@ driven directly against the real Redis, where the race it closes can be staged e
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -199,3 +200,20 @@ async def test_the_policy_answers_in_the_base_language() -> None:
 
 def _request(text: str) -> EngineRequest:
     return EngineRequest(text, "c-1")
+
+
+async def test_a_handoff_an_agent_renews_stays_listed_past_its_first_expiry(redis: Redis) -> None:
+    """An agent's reply renews the handoff (`Handoffs.start` again): its place in the agents' queue,
+    which the listing prunes by, moves with the expiry; it does not drop out of the inbox while the
+    bot stays silent."""
+    names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
+    handoffs = Handoffs(redis, names, ttl_s=600)
+    try:
+        asked_long_ago = HandoffInfo(channel="web", user_id="ana", started_at=time.time() - 3600)
+        await handoffs.start("c-renewed", asked_long_ago)  # as an agent's reply does, an hour on
+        page = await handoffs.page(0, 10)
+        assert list(page.items) == ["c-renewed"] and page.total == 1
+        assert 590 < await redis.ttl(names.handoff_key("c-renewed")) <= 600
+    finally:
+        async for key in redis.scan_iter(match=f"{names.namespace}:*"):
+            await redis.delete(key)

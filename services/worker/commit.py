@@ -127,7 +127,7 @@ if outcome == 'escalated' or (outcome == 'sent' and p.handoff) then
   if streak then
     clear[#clear + 1] = KEYS[3]
   end
-  redis.call('ZADD', KEYS[4], p.handoff_waits_from, p.conversation)
+  redis.call('ZADD', KEYS[4], p.handoff_counted_from, p.conversation)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', p.handoff_expired_before)
 end
 local v = p.variants[outcome]
@@ -356,7 +356,7 @@ class Committer:
             "streak_ttl": self.settings.memory_ttl_s,
             "handoff_info": info.to_bytes().decode(),
             "handoff_ttl": info.lifetime(self.settings.handoff_ttl_s, now),
-            "handoff_waits_from": info.waits_from,
+            "handoff_counted_from": info.counted_from(now),
             "handoff_expired_before": now - self.settings.handoff_ttl_s,
             "conversation": message.conversation_id,
             "now": now,

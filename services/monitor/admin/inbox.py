@@ -152,12 +152,12 @@ async def forget(app: web.Application, conversation_id: str) -> None:
 
 # The stream ----------------------------------------------------------------------------------
 async def _snapshot(app: web.Application) -> tuple[int, float]:
-    """How many handoffs live, and when the newest began to wait for a person: any new one changes
-    it (one asked for outside business hours when people are back, its place in the queue)."""
+    """How many handoffs live, and the latest their expiries count from: a new one, an agent's reply
+    (a renewal) or one expired changes it."""
     store = app[STORE]
     async with store.redis.pipeline(transaction=False) as pipe:
         pipe.zcard(store.names.handoffs_key)
-        pipe.zrevrangebyscore(store.names.handoffs_key, time.time(), "-inf", start=0, num=1, withscores=True)
+        pipe.zrevrange(store.names.handoffs_key, 0, 0, withscores=True)
         count, newest = await pipe.execute()
     return int(count), float(newest[0][1]) if newest else 0.0
 

@@ -206,11 +206,10 @@ async def reply_as_agent(app: web.Application, actor: Actor, conversation_id: An
         # The same path as the bot's replies: delivery queues for channels, SSE streams for the web.
         await broker.publish_reply(reply)
         await store.log_conversation(conversation_id, _agent_entry(reply, actor))
-        # A conversation the agent is answering is not abandoned: renew the handoff's expiry. A
-        # person has it now, even before the opening promised out of hours: it keeps its place in
-        # the queue (from now, if that was still to come) and the expiry counts from now.
-        waits_from = min(info.waits_from, time.time())
-        await handoffs.start(conversation_id, replace(info, away_until=0.0, started_at=waits_from))
+        # A conversation the agent is answering is not abandoned: renew the handoff's expiry (and
+        # its place in the queue, which is pruned by it). A person has it now, even before the
+        # opening promised out of hours.
+        await handoffs.start(conversation_id, replace(info, away_until=0.0))
         # The first reply after the handoff: how long the customer waited for a person (counted
         # from the next opening when it was asked for outside business hours).
         await app[CONVERSATIONS].agent_replied(conversation_id, max(info.started_at, info.away_until))

@@ -7,7 +7,9 @@
   const badge = document.getElementById("inbox-badge");
   const page = document.getElementById("inbox-page");
   const notify = document.getElementById("notify");
-  let newest = null; // newest_at of the last event: a later one is a new arrival
+  // The count of the last event: a larger one is a new arrival (an agent's reply renews a handoff
+  // and moves newest_at, without one).
+  let waiting = null;
   let busy = false;
 
   const showCount = (count) => {
@@ -47,8 +49,8 @@
   stream.addEventListener("handoffs", (event) => {
     const data = JSON.parse(event.data);
     showCount(data.count);
-    if (newest !== null && data.newest_at > newest) announce();
-    newest = data.newest_at;
+    if (waiting !== null && data.count > waiting) announce();
+    waiting = data.count;
     swap();
   });
   stream.addEventListener("error", async () => {
