@@ -8,8 +8,11 @@ import asyncio
 import math
 import random
 import time
+import uuid
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import orjson
@@ -81,7 +84,9 @@ async def test_stats_after_a_known_load(stack: Stack, http: aiohttp.ClientSessio
     )
     messages = body["messages"]
     assert messages["last_minute"] == messages["last_5_minutes"] == len(seen) == 40
-    midnight = stats.slice_start(now, 86_400)
+    # "today" is the day in BUSINESS_TIMEZONE (the default, São Paulo's)
+    local = datetime.fromtimestamp(now, ZoneInfo("America/Sao_Paulo"))
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     assert messages["today"] == 40 + (7 if three_hours_ago >= midnight else 0)
     assert messages["last_24h"] == 47
     assert messages["by_channel_24h"] == {"web": 30 + 7, "telegram": 10}
@@ -204,3 +209,29 @@ async def _write_traffic(store: Store, count: int) -> None:
                 pipe.hincrby(key, f"{stats.E2E}:{stats.bucket_of(latency)}", 1)
             pipe.zadd(store.names.users_key, {f"web:user-{i % 300}": at})
         await pipe.execute()
+
+
+async def test_today_is_the_business_time_zones_day() -> None:
+    """ "today" begins at midnight in BUSINESS_TIMEZONE: at 23:30 in São Paulo (02:30 UTC, a UTC day
+    already begun) it holds the São Paulo day's messages and users, which "since midnight UTC" cut."""
+    names = Names(f"t{uuid.uuid4().hex[:12]}", TEST_SHARDS)
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    at = partial(_utc, 2026, 12)
+    try:
+        await redis.hset(names.stats_hour_key(int(at(6, 12))), stats.MESSAGES, 3)  # 09:00 in São Paulo
+        await redis.hset(names.stats_hour_key(int(at(7, 1))), stats.MESSAGES, 5)  # 22:00 in São Paulo
+        await redis.zadd(names.users_key, {"web:ana": at(6, 12)})
+        store = Store(redis, names)
+        local = summarize(await read_raw(store, ZoneInfo("America/Sao_Paulo"), now=at(7, 2.5)))
+        utc = summarize(await read_raw(store, UTC, now=at(7, 2.5)))
+        assert (local["messages"]["today"], local["users"]["today"]) == (8, 1)
+        assert (utc["messages"]["today"], utc["users"]["today"]) == (5, 0)
+        assert local["messages"]["last_24h"] == utc["messages"]["last_24h"] == 8
+    finally:
+        async for key in redis.scan_iter(match=f"{names.namespace}:*"):
+            await redis.delete(key)
+        await redis.aclose()
+
+
+def _utc(year: int, month: int, day: int, hours: float) -> float:
+    return datetime(year, month, day, tzinfo=UTC).timestamp() + hours * 3600

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
@@ -54,7 +56,9 @@ async def test_after_n_messages_stats_count_exactly_n(stack: Stack, http: aiohtt
 
 
 def _just_after_midnight() -> bool:
-    return time.time() % 86_400 < 60
+    """In BUSINESS_TIMEZONE (São Paulo's by default), where "today" begins."""
+    local = datetime.now(ZoneInfo("America/Sao_Paulo"))
+    return local.hour == 0 and local.minute == 0
 
 
 def _just_after_the_hour(hour_start: int) -> bool:

@@ -92,7 +92,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         store = Store(redis, names)
         app[STORE] = store
         app[BROKER] = broker
-        app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time())
+        app[VIEW] = SystemView(store, broker, settings.heartbeat_ttl_s, time.time(), settings.business_hours.timezone)
         app[DEAD_LETTERS] = DeadLetters(broker, redis)
         app[HANDOFFS] = Handoffs(redis, names, settings.handoff_ttl_s)
         app[CONVERSATIONS] = Conversations(redis, names, ConversationSettings.from_settings(settings))

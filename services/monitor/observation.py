@@ -30,7 +30,7 @@ from services.monitor.stats_reader import (
     summarize,
 )
 from services.monitor.system import SystemView
-from shared.store import REDIS_ERRORS, Store
+from shared.store import REDIS_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +72,16 @@ class StatsBody(TypedDict):
     unavailable: list[str]
 
 
-async def _read_stats(store: Store) -> Raw | None:
+async def _read_stats(view: SystemView) -> Raw | None:
     try:
-        return await read_raw(store)
+        return await read_raw(view.store, view.timezone)
     except REDIS_ERRORS:
         return None
 
 
 async def observe(view: SystemView) -> Observation:
     services = await view.services()
-    health, raw = await asyncio.gather(view.health(services), _read_stats(view.store))
+    health, raw = await asyncio.gather(view.health(services), _read_stats(view))
     summary = summarize(raw) if raw is not None else None
     return Observation(
         timestamp=time.time(),

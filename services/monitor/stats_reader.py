@@ -5,15 +5,16 @@ totals hash, two sorted-set counts), whatever the traffic was: counters and hist
 summed, never individual messages.
 
 Windows roll: "last 5 minutes" is the 10-second slices that overlap it, "last 24 hours" the hourly
-slices from 23 hours before the current one. Only "today" (the users and counts since midnight UTC)
-is tied to the calendar, as its name says.
+slices from 23 hours before the current one. Only "today" (the users and counts since midnight in
+BUSINESS_TIMEZONE, the business's own day: counts by the hour, so to the hour in a zone whose
+offset is not whole hours) is tied to the calendar, as its name says.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TypedDict, cast
 
 from shared import stats
@@ -117,8 +118,9 @@ def _hour_starts(now: float) -> list[int]:
     return [current - stats.HOUR_SECONDS * back for back in range(DAY_HOURS - 1, -1, -1)]
 
 
-def _midnight(now: float) -> float:
-    return float(stats.slice_start(now, DAY))  # UTC
+def _midnight(now: float, zone: tzinfo) -> float:
+    local = datetime.fromtimestamp(now, zone)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ class Raw:
     """One consistent read of everything the stats views need."""
 
     now: float
+    midnight: float  # today's start, in the business's time zone
     fine: dict[int, dict[str, str]]
     hours: dict[int, dict[str, str]]
     total: dict[str, str]
@@ -133,9 +136,10 @@ class Raw:
     users_today: int
 
 
-async def read_raw(store: Store, now: float | None = None) -> Raw:
-    """One round trip; raises REDIS_ERRORS when Redis does not answer."""
+async def read_raw(store: Store, zone: tzinfo = UTC, now: float | None = None) -> Raw:
+    """One round trip; raises REDIS_ERRORS when Redis does not answer. `zone`: where "today" is."""
     now = time.time() if now is None else now
+    midnight = _midnight(now, zone)
     names = store.names
     fine_starts = _fine_starts(now)
     hour_starts = _hour_starts(now)
@@ -146,12 +150,12 @@ async def read_raw(store: Store, now: float | None = None) -> Raw:
             pipe.hgetall(names.stats_hour_key(start))
         pipe.hgetall(names.stats_total_key)
         pipe.zcount(names.users_key, now - DAY, "+inf")
-        pipe.zcount(names.users_key, _midnight(now), "+inf")
+        pipe.zcount(names.users_key, midnight, "+inf")
         results: list[Any] = await pipe.execute()
     fine = dict(zip(fine_starts, results[: len(fine_starts)], strict=True))
     hours = dict(zip(hour_starts, results[len(fine_starts) : -3], strict=True))
     total, users_24h, users_today = results[-3:]
-    return Raw(now, fine, hours, total, int(users_24h), int(users_today))
+    return Raw(now, midnight, fine, hours, total, int(users_24h), int(users_today))
 
 
 def _since(slices: dict[int, dict[str, str]], since: float) -> Window:
@@ -171,8 +175,7 @@ def summarize(raw: Raw) -> Summary:
     """The counters and latency part of /monitoring/stats."""
     last_5 = _since(raw.fine, raw.now - FIVE_MINUTES)
     last_1 = _since(raw.fine, raw.now - ONE_MINUTE)
-    midnight = _midnight(raw.now)
-    today = Window.of(fields for start, fields in raw.hours.items() if start >= midnight)
+    today = Window.of(fields for start, fields in raw.hours.items() if start >= raw.midnight)
     day = Window.of(raw.hours.values())
     return {
         "messages": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from typing import Any, cast
 
 from aio_pika.abc import AbstractRobustChannel
@@ -23,11 +24,14 @@ class QueueState:
 
 
 class SystemView:
-    def __init__(self, store: Store, broker: Broker, heartbeat_ttl_s: float, started_at: float) -> None:
+    def __init__(
+        self, store: Store, broker: Broker, heartbeat_ttl_s: float, started_at: float, timezone: tzinfo = UTC
+    ) -> None:
         self.store = store
         self.broker = broker
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.started_at = started_at
+        self.timezone = timezone  # BUSINESS_TIMEZONE: where the statistics' "today" begins
         self._channel: AbstractRobustChannel | None = None
         self._channel_lock = asyncio.Lock()
 
