@@ -74,9 +74,9 @@ async def llm() -> AsyncIterator[FakeLlm]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium driven by Playwright's own driver: nothing is downloaded."""
+    """Debian's Chromium headless shell driven by Playwright's own driver: nothing is downloaded."""
     if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
+        pytest.fail(f"Debian's Chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
