@@ -409,10 +409,12 @@ def test_without_the_model_package_the_worker_stops_naming_the_setting(monkeypat
 
 class _CountingModel(E5Model):
     """The real model, counting its calls: how many questions each one embedded, and whether it
-    ran on the event loop's thread. Each call also holds its thread a while, as a busy CPU would."""
+    ran on the event loop's thread. Each call also holds its thread a while, as a busy CPU would.
+    The base's vectors come from the suite's cache (as a worker's do): only questions are counted."""
 
     def __init__(self, loop_thread: int) -> None:
-        super().__init__()
+        VECTOR_CACHE.mkdir(exist_ok=True)
+        super().__init__(cache=VECTOR_CACHE)
         self.batches: list[int] = []
         self.on_loop = 0
         self._loop_thread = loop_thread
