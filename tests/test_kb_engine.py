@@ -472,9 +472,11 @@ def texts_embedded_by(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> list[s
 
 @pytest.mark.model
 def test_a_rebuilt_base_embeds_only_what_it_did_not_have(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = E5Model()  # no vectors kept on disk: what it embeds depends on this process alone
+    VECTOR_CACHE.mkdir(exist_ok=True)
+    model = E5Model(cache=VECTOR_CACHE)  # the base's vectors from the suite's cache, not embedded again
     kb = KnowledgeBase.load(SAMPLE_PT)
     KbEngine(kb, model=model)
+    model._cache = None  # nothing more read from disk: what it embeds now depends on this process alone
     embedded = texts_embedded_by(model, monkeypatch)
     taught = kb.with_phrasings({"prazo-entrega": ("em quantos dias chega aqui em manaus",)})
     engine = KbEngine(taught, model=model)
