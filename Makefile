@@ -46,9 +46,12 @@ typecheck: install
 # suite's time on two cores; a module's tests stay in one process (they share module fixtures).
 PYTEST_WORKERS ?= 2
 
+# Bytecode caches (gitignored) are written even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE): the suite starts some 330 service processes, and without them each
+# one compiles the project's modules again, and each test process rewrites every test's asserts.
 pytest: install services
 	@scripts/ensure-test-tools.sh
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test: install services lint typecheck pytest  ## everything CI runs
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Tools some tests drive besides Python packages: Debian's Chromium (the chat page and admin
-# browser tests, through Playwright's Python driver, which downloads nothing), promtool (from
-# Debian's `prometheus` package, to check the alert rules), and espeak-ng and ffmpeg (the media
-# tests speak a real voice note and encode it as Ogg/Opus). Installed with apt when missing and we
-# run as root; otherwise one line says what to do.
+# Tools some tests drive besides Python packages: Debian's Chromium headless shell (the chat page
+# and admin browser tests, through Playwright's Python driver, which downloads nothing; the shell
+# Playwright's own headless runs use: the same engine as the whole browser, for half its CPU),
+# promtool (from Debian's `prometheus` package, to check the alert rules), and espeak-ng and ffmpeg
+# (the media tests speak a real voice note and encode it as Ogg/Opus). Installed with apt when
+# missing and we run as root; otherwise one line says what to do.
 set -euo pipefail
 
 missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromium-headless-shell >/dev/null 2>&1 || missing+=(chromium-headless-shell)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
@@ -13,6 +14,13 @@ from redis.asyncio import Redis
 from tests.support import CHROMIUM, CHROMIUM_ARGS, REDIS_URL, Stack, new_namespace, purge_namespace
 from tests.support.channel_fakes import FakeChannelApi
 from tests.support.fake_llm import FakeLlm
+
+# The multilingual model's engine (OpenMP) spreads each embedding over every core by default. The
+# suite runs two test processes on two cores, each with workers of its own: threads of one process
+# then wait at every barrier for cores the others hold, spending CPU to save nothing. One thread
+# each, in this process and in every service it starts (they inherit its environment); the
+# vectors are the same.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # A test using one of these starts services, talks to the shared servers or drives Chromium: it is
 # marked `integration` here, so that `pytest -m "not integration"` (the unit tier) needs none of them.
@@ -74,9 +82,9 @@ async def llm() -> AsyncIterator[FakeLlm]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium driven by Playwright's own driver: nothing is downloaded."""
+    """Debian's Chromium headless shell driven by Playwright's own driver: nothing is downloaded."""
     if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"Debian's chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
+        pytest.fail(f"Debian's Chromium is needed at {CHROMIUM}: run scripts/ensure-test-tools.sh (make test does)")
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -409,10 +409,12 @@ def test_without_the_model_package_the_worker_stops_naming_the_setting(monkeypat
 
 class _CountingModel(E5Model):
     """The real model, counting its calls: how many questions each one embedded, and whether it
-    ran on the event loop's thread. Each call also holds its thread a while, as a busy CPU would."""
+    ran on the event loop's thread. Each call also holds its thread a while, as a busy CPU would.
+    The base's vectors come from the suite's cache (as a worker's do): only questions are counted."""
 
     def __init__(self, loop_thread: int) -> None:
-        super().__init__()
+        VECTOR_CACHE.mkdir(exist_ok=True)
+        super().__init__(cache=VECTOR_CACHE)
         self.batches: list[int] = []
         self.on_loop = 0
         self._loop_thread = loop_thread
@@ -470,9 +472,11 @@ def texts_embedded_by(model: E5Model, monkeypatch: pytest.MonkeyPatch) -> list[s
 
 @pytest.mark.model
 def test_a_rebuilt_base_embeds_only_what_it_did_not_have(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = E5Model()  # no vectors kept on disk: what it embeds depends on this process alone
+    VECTOR_CACHE.mkdir(exist_ok=True)
+    model = E5Model(cache=VECTOR_CACHE)  # the base's vectors from the suite's cache, not embedded again
     kb = KnowledgeBase.load(SAMPLE_PT)
     KbEngine(kb, model=model)
+    model._cache = None  # nothing more read from disk: what it embeds now depends on this process alone
     embedded = texts_embedded_by(model, monkeypatch)
     taught = kb.with_phrasings({"prazo-entrega": ("em quantos dias chega aqui em manaus",)})
     engine = KbEngine(taught, model=model)
