@@ -118,8 +118,12 @@ async def test_a_handoff_appears_live_and_an_agent_answers_it(
 
         # A silenced reply of the bot is no empty card; released, the inbox is empty again.
         status, _ = await post_whatsapp(http, gateway, named("wamid.inbox-2", sender, "oi?", "Maria Souza"))
-        await page.reload()
-        await expect(page.locator('.turn[data-silenced="true"] .silenced-note')).to_have_count(1)
+
+        async def silenced_shown() -> bool:  # once the worker has stored it: on a loaded machine, seconds
+            await page.reload()
+            return await page.locator('.turn[data-silenced="true"] .silenced-note').count() == 1
+
+        await eventually(silenced_shown, what="the bot's silenced reply in the conversation")
         await expect(page.locator('.turn[data-silenced="true"] .bubble.bot')).to_have_count(0)
         async with page.expect_navigation():
             await page.locator("button.release").click()
