@@ -128,19 +128,20 @@ class Receipts:
         """Raises REDIS_ERRORS. `wamid`: the platform's id of the message, which its statuses name."""
         failure = update.failure or Failure(0, "")
         keys = [self.names.receipt_key(message_id), *([self.names.wamid_key(wamid)] if wamid else [])]
-        await self.redis.eval(
-            _RECORD,
-            len(keys),
-            *keys,
-            update.status,
-            RANKS[update.status],
-            round(update.at_s, 3),
-            RECEIPT_TTL_S,
-            failure.code,
-            failure.title[:MAX_ERROR_TEXT],
-            failure.detail[:MAX_ERROR_TEXT],
-            message_id,
-            self.retention_s,
+        # EVALSHA: a status arrives for every message sent; the script's text need not travel each time.
+        await self.redis.register_script(_RECORD)(
+            keys=keys,
+            args=[
+                update.status,
+                RANKS[update.status],
+                round(update.at_s, 3),
+                RECEIPT_TTL_S,
+                failure.code,
+                failure.title[:MAX_ERROR_TEXT],
+                failure.detail[:MAX_ERROR_TEXT],
+                message_id,
+                self.retention_s,
+            ],
         )
 
     async def accepted(self, message_id: str, at_s: float, wamid: str = "") -> None:
@@ -150,8 +151,8 @@ class Receipts:
     async def addressed(self, reply: ReplyMessage) -> None:
         """A proactive message was queued: where it goes (raises REDIS_ERRORS)."""
         fields = ["channel", reply.channel, "to", reply.user_id, "conversation_id", reply.conversation_id]
-        await self.redis.eval(
-            _ADDRESS, 1, self.names.receipt_key(reply.message_id), RECEIPT_TTL_S, self.retention_s, *fields
+        await self.redis.register_script(_ADDRESS)(
+            keys=[self.names.receipt_key(reply.message_id)], args=[RECEIPT_TTL_S, self.retention_s, *fields]
         )
 
     async def proactive(self, message_id: str) -> dict[str, Any] | None:

@@ -114,6 +114,14 @@ class Chat:
         return await eventually(arrived, what=f"{count} messages to chat {self.chat_id}")
 
 
+def rating_sweeper(connections: Connections) -> tuple[Clock, Conversations, RatingSweeper]:
+    """A sweeper on the test's namespace that asks after 30 quiet minutes, with a clock the test moves."""
+    names = Names(connections.names.namespace, TEST_SHARDS)
+    clock = Clock()
+    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
+    return clock, conversations, RatingSweeper(conversations, connections.broker, "pt")
+
+
 async def counted(conversations: Conversations) -> Summary:
     # Two days: the test's clock may have moved past midnight while the worker counted on today.
     return summarise([counts for _, counts in await conversations.read_days(2)])
@@ -127,10 +135,8 @@ async def test_ratings_after_quiet_and_after_release_recorded_once(
     connections: Connections,
     redis: Redis,
 ) -> None:
-    names = Names(connections.names.namespace, TEST_SHARDS)
-    clock = Clock()
-    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
-    sweeper = RatingSweeper(conversations, connections.broker, "pt")
+    clock, conversations, sweeper = rating_sweeper(connections)
+    names = conversations.names
     keys = Keys(names)
 
     # The bot answers; nothing is asked before the customer was quiet for 30 minutes.
@@ -253,10 +259,7 @@ async def test_the_chat_page_gets_the_rating_as_chips_and_a_chip_is_recorded(
 ) -> None:
     """The web channel: the question arrives on the conversation's event stream with the scores as
     options (the chat page shows them as chips), and the chosen one comes back as `option`."""
-    names = Names(connections.names.namespace, TEST_SHARDS)
-    clock = Clock()
-    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
-    sweeper = RatingSweeper(conversations, connections.broker, "pt")
+    clock, conversations, sweeper = rating_sweeper(connections)
     asked = {"user_id": "lia", "conversation_id": "chat", "text": PRAZO}
     assert (await post_message(http, gateway, asked, wait=10))[0] == 200
     connected = asyncio.Event()
@@ -311,16 +314,13 @@ async def test_a_rating_asked_for_is_chosen_by_its_number_while_it_may_be_given(
 ) -> None:
     """The scores stay offered as long as the rating may be given (a day), not only the half hour
     other options are; typed, the number chooses one; once rated, another tap is not offered."""
-    names = Names(connections.names.namespace, TEST_SHARDS)
-    clock = Clock()
-    conversations = Conversations(connections.redis, names, ConversationSettings(csat_after_s=1800), clock=clock)
-    sweeper = RatingSweeper(conversations, connections.broker, "pt")
+    clock, conversations, sweeper = rating_sweeper(connections)
     asked = {"user_id": "mia", "conversation_id": "chat", "text": PRAZO}
     assert (await post_message(http, gateway, asked, wait=10))[0] == 200
     clock.now += 31 * MINUTE
     (question,) = await sweeper.sweep_once()
     assert question.conversation_id == web_id("mia", "chat")
-    assert await redis.ttl(names.offered_key(question.conversation_id)) > OFFERED_TTL_SECONDS
+    assert await redis.ttl(conversations.names.offered_key(question.conversation_id)) > OFFERED_TTL_SECONDS
     typed = {"user_id": "mia", "conversation_id": "chat", "text": " 4. "}
     status, thanked = await post_message(http, gateway, typed, wait=10)
     assert status == 200 and thanked["reply"]["text"].startswith("Obrigado pela avaliação!")
