@@ -125,6 +125,22 @@ def _secret_key(key: str) -> bool:
 def mask_pii(text: str) -> str:
     """Mask phone and card numbers (all but the last 4 digits), e-mail addresses (all but the first
     letter and the domain), CPF and CNPJ numbers (whole) and tokens/secrets (whole) in free text."""
+    if len(text) <= _REMEMBERED_CHARS:
+        return _mask_short(text)
+    return _mask(text)
+
+
+# Most logged strings are short and come back line after line (a conversation's id, an engine's
+# name, a route, a message's template): their masked form is remembered, not searched for again.
+_REMEMBERED_CHARS = 96
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_short(text: str) -> str:
+    return _mask(text)
+
+
+def _mask(text: str) -> str:
     if not text or not _may_hold_pii(text):
         return text
     for pattern in _SECRET_PATTERNS:
@@ -308,23 +324,27 @@ def setup_logging(
 
 
 class TickFlushedStreamHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that flushes once per turn of the event loop: a line goes to the stream's
-    buffer at once, and the lines of one turn reach the stream in one write when the turn ends,
-    not in a write system call each (two a message, the access line and the worker's). Without a
-    running loop (start-up, a thread, shutdown) a line is flushed at once, as StreamHandler does."""
+    """A stream handler that writes once per turn of the event loop: the lines of one turn are kept
+    and reach the stream in one write and one flush when the turn ends, not in a system call each
+    (two a message, the access line and the worker's). The handler keeps them itself, as the stream
+    may write through (PYTHONUNBUFFERED, which the image sets, makes every write of stdout a system
+    call). Without a running loop (start-up, a thread, shutdown) a line is written at once, after
+    any still kept, as StreamHandler does."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+        self._kept: list[str] = []  # this turn's lines, in order
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            self.flush()
             super().emit(record)
             return
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            self._kept.append(self.format(record) + self.terminator)
         except RecursionError:
             raise
         except Exception:
@@ -336,6 +356,14 @@ class TickFlushedStreamHandler(logging.StreamHandler[TextIO]):
                 self.flush()
             self._flush_on = loop
             loop.call_soon(self._flush_turn)
+
+    def flush(self) -> None:
+        """Write the lines kept, then flush the stream (at each turn's end, and at shutdown)."""
+        with self.lock:  # type: ignore[union-attr]  # made in Handler.__init__
+            if self._kept:
+                lines, self._kept = "".join(self._kept), []
+                self.stream.write(lines)
+            super().flush()
 
     def _flush_turn(self) -> None:
         self._flush_on = None

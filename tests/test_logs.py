@@ -198,6 +198,38 @@ def test_lines_of_one_loop_turn_reach_stdout_in_one_flush_when_the_turn_ends() -
     assert stream.flushed[-1] == "no loop: at once\n"
 
 
+class _WritesThrough(io.StringIO):
+    """A stream like stdout under PYTHONUNBUFFERED: each write is a system call of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_lines_of_one_loop_turn_reach_a_write_through_stream_in_one_write() -> None:
+    stream = _WritesThrough()
+    handler = TickFlushedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"test.tick.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    async def turns() -> None:
+        logger.info("one")
+        logger.info("two")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        logger.info("three")
+
+    asyncio.run(turns())
+    assert stream.writes == ["one\ntwo\n", "three\n"]
+
+
 def test_a_flush_due_on_a_closed_loop_is_not_lost() -> None:
     """A loop that closes with a flush still due (a test's, a service's at stop) leaves the next
     line, on another loop or none, to flush it."""
