@@ -4,10 +4,11 @@ reconnects after its connection drops. Chromium is Debian's (`scripts/ensure-tes
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, ViewportSize, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, Route, ViewportSize, expect
 
 from tests.support import Stack
 from tests.support.channel_fakes import kb_answer
@@ -200,3 +201,46 @@ async def test_the_handoff_chip_fits_shows_its_focus_and_hands_over(stack: Stack
     await expect(page.locator(".msg--note").last).to_have_text("Um atendente humano vai continuar esta conversa.")
     assert posted[-1]["option"] == "handoff" and posted[-1]["text"] == "Falar com atendente"
     await context.close()
+
+
+async def test_only_the_latest_replys_chips_stay(stack: Stack, browser: Browser) -> None:
+    """Two replies with options, the second arriving before the customer tapped anything (two
+    questions sent in a row; a rating asked later works the same): only the last reply's options
+    may still be chosen (the worker keeps those alone), so its chips replace the earlier ones
+    instead of standing under them, where a tap would only get "please choose again"."""
+    gateway = await stack.start("gateway")
+    await stack.start("worker")
+    await wait_ready(stack)
+    context = await browser.new_context(viewport=PHONE_VIEWPORT, locale="pt-BR")
+    try:
+        page = await context.new_page()
+        await page.goto(f"{gateway.url}/")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "online")
+        await ask(page, "oi")  # the conversation's token, so the event stream is open
+        await expect(page.locator(".msg--bot")).to_have_count(2)  # greeting and the reply
+
+        # The first question is held at the network until the second is on its way: both are
+        # sent before either reply arrives, then go through in order.
+        second_sent, first_done = asyncio.Event(), asyncio.Event()
+        posts: list[str] = []
+
+        async def in_order(route: Route) -> None:
+            posts.append(route.request.url)
+            if len(posts) == 1:
+                await asyncio.wait_for(second_sent.wait(), 20)
+                await route.fulfill(response=await route.fetch())
+                first_done.set()
+            else:
+                second_sent.set()
+                await asyncio.wait_for(first_done.wait(), 20)
+                await route.fulfill(response=await route.fetch())
+
+        await page.route("**/v1/messages", in_order)
+        await ask(page, "Quais as formas de pagamento?")  # answered with two buttons of its own
+        await ask(page, "e a entrega?")  # asked back: candidate entries and the hand-over
+        await expect(page.locator(".msg--bot")).to_have_count(4)
+        await expect(page.locator(".chips")).to_have_count(1)
+        await expect(page.locator(".chips .chip").last).to_have_text("Falar com atendente")
+        assert "Posso parcelar?" not in await page.locator(".chips .chip").all_text_contents()
+    finally:
+        await context.close()

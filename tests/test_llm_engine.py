@@ -281,6 +281,19 @@ async def test_an_answer_keeps_only_the_sources_that_were_among_the_candidates(l
     assert content.usage is not None and content.usage.prompt_tokens == 42
 
 
+async def test_an_answer_from_an_entry_with_buttons_offers_them(llm: FakeLlm, kb: KbEngine) -> None:
+    """SPEC 4 and 6: an entry's own buttons are options of the reply that answers from it, whichever
+    engine wrote the text (the knowledge base's answer carries them); at most 3, each its label as id."""
+    said = "Aceitamos Pix, boleto e cartões de crédito."
+    asked = "Quais as formas de pagamento?"
+    content = await model_says(llm, kb, says("answer", said, sources=["formas-pagamento"]), asked)
+    assert (content.kind, content.sources) == ("answer", ("formas-pagamento",))
+    assert content.options == (Option.button("Posso parcelar?"), Option.button("Boleto vencido"))
+    # Several sources: their buttons in the order cited, each once.
+    content = await model_says(llm, kb, says("answer", said, sources=["frete", "formas-pagamento"]), asked)
+    assert content.options == (Option.button("Posso parcelar?"), Option.button("Boleto vencido"))
+
+
 async def test_an_answer_resting_only_on_invented_entries_is_the_bases_fallback(llm: FakeLlm, kb: KbEngine) -> None:
     invented = says("answer", "Entregamos em 2 horas por drone.", sources=["entrega-por-drone"])
     content = await model_says(llm, kb, invented)

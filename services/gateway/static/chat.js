@@ -123,6 +123,8 @@
     } else {
       add(data.reply.text, data.reply.engine === "agent" ? "agent" : "bot");
     }
+    // Only the latest reply's options may be chosen: an earlier reply's chips go, with or without new ones.
+    clearChips();
     if (data.reply.options && data.reply.options.length) showChips(data.reply.options);
     // In the widget's frame: the site's page counts it as unread while the chat is closed.
     if (window.parent !== window) window.parent.postMessage({ type: "atendimento:reply" }, "*");

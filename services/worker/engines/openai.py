@@ -15,7 +15,8 @@ OPENAI_JSON_MODE=off, for servers that refuse it; the parsing tolerates text aro
 It is read as untrusted (`_model_reply`, `_content`), so the SPEC's three kinds hold whatever it says:
   * ids in `sources` and `options` count only when they were among the candidates (an id, or a
     candidate's title); the others are dropped;
-  * `answer` -> kind answer with the model's text and the valid sources. An answer citing no
+  * `answer` -> kind answer with the model's text and the valid sources, offering those entries'
+    own buttons as the base's answer does (at most 3). An answer citing no
     entry is kept with `sources: []`: answers from the conversation or from the customer's own
     document or image cite none. An answer whose every cited id was invented is not kept: it says
     it rests on entries that do not exist, so it is the base's fallback text instead;
@@ -62,6 +63,7 @@ from shared.telemetry import client_trace_config, llm_span, record_llm_usage
 
 from .base import EngineRequest, Turn
 from .kb import FALLBACK_CONFIDENCE_CAP, SMALL_TALK_CONFIDENCE, Entry, KbEngine
+from .kbfile import MAX_BUTTONS
 
 log = logging.getLogger(__name__)
 OnDelta = Callable[[str], Awaitable[None]]
@@ -244,7 +246,9 @@ class OpenAiEngine:
             return ReplyContent(text=said.text, engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk")
         if said.kind == "answer" and (said.sources or not said.cited_any):
             sources = tuple(entry.id for entry in said.sources)
-            return ReplyContent(text=said.text, engine=self.name, confidence=confidence, sources=sources)
+            return ReplyContent(
+                text=said.text, engine=self.name, confidence=confidence, sources=sources, options=_buttons(said.sources)
+            )
         if said.kind == "clarify" and said.options:
             options = tuple(Option(entry.id, entry.label) for entry in said.options)
             return ReplyContent(
@@ -478,6 +482,13 @@ def _model_reply(raw: str, candidates: Sequence[Entry]) -> ModelReply:
         options=_among(_ids(data.get("options")), candidates)[:MAX_OPTIONS],
         cited_any=bool(cited),
     )
+
+
+def _buttons(sources: Sequence[Entry]) -> tuple[Option, ...]:
+    """The own buttons of the entries an answer rests on, as the knowledge base's answer offers
+    them (SPEC 4 and 6): in the order cited, each label once, at most MAX_BUTTONS."""
+    labels = dict.fromkeys(label for entry in sources for label in entry.buttons)
+    return tuple(Option.button(label) for label in list(labels)[:MAX_BUTTONS])
 
 
 def _json_object(raw: str) -> dict[str, Any] | None:
