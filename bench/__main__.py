@@ -401,10 +401,16 @@ def _load_average() -> str:
 async def alternate(args: argparse.Namespace, sides: dict[str, tuple[str, Result]], cpu: CpuCounter) -> None:
     """Alternating rounds: a change in the machine's background load hits both sides alike."""
     round_s = args.seconds / args.rounds
-    for _ in range(args.rounds):
+    for number in range(1, args.rounds + 1):
+        this_round = {}
         for side, (url, result) in sides.items():
             with cpu.counting(side):
-                result.add(await drive(side, url, args.clients, round_s))
+                this_round[side] = await drive(side, url, args.clients, round_s)
+            result.add(this_round[side])
+        # Each round's own ratio: how far apart the rounds are is how much one figure can be trusted.
+        bare, project = this_round["bare"].throughput, this_round["project"].throughput
+        ratio = f"{project / bare:.2f}" if bare else "n/a"
+        print(f"round {number}    bare {bare:7.1f} msg/s   project {project:7.1f} msg/s   ratio {ratio}")
 
 
 if __name__ == "__main__":
