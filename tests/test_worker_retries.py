@@ -81,3 +81,42 @@ async def test_failing_message_is_retried_then_dead_lettered_and_the_conversatio
         message = await queue.get(timeout=5)
         assert message is not None and ALWAYS.encode() in message.body
         await message.nack(requeue=True)
+
+
+BUG = "this trips a bug outside the engine"
+
+
+class BuggyEngine(FlakyEngine):
+    """An engine whose replies are fine, but whose choice check (run before the reply, outside the
+    engine's own failure handling) raises for one text: a bug anywhere in the worker's handling."""
+
+    def may_be_choice(self, text: str) -> bool:
+        if BUG in text:
+            raise ValueError("a bug in the worker's handling of this message")
+        return False
+
+
+async def test_a_message_that_trips_a_bug_is_dead_lettered_after_max_attempts_not_retried_forever(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """SPEC 3: a message that keeps failing goes to the dead-letter queue after a bounded number of
+    attempts and counts as an error, wherever in the worker it fails; the conversation goes on."""
+    engine = BuggyEngine()
+    async with worker_in_process(stack.env(MAX_ATTEMPTS="3"), engine):
+        gateway = await stack.start("gateway")
+        monitor = await stack.start("monitor")
+        conversation = "buggy-conversation"
+        for text in (BUG, "after the bug"):
+            status, _ = await post_message(
+                http, gateway, {"user_id": "ana", "conversation_id": conversation, "text": text}
+            )
+            assert status == 202
+
+        async def settled() -> dict[str, Any] | None:
+            _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+            return stats if stats["messages"]["total"] == 1 and stats["queue"]["dead_letters"] == 1 else None
+
+        stats = await eventually(settled, timeout=30, what="the buggy message dead-lettered, the next answered")
+        assert stats["errors"]["total"] == 1
+        assert stats["errors"]["by_kind_5_minutes"] == {"dead_lettered": 1}
+        assert engine.calls["after the bug"] == 1
