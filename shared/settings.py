@@ -20,6 +20,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from redis.connection import parse_url as parse_redis_url
+
 from shared.hours import DEFAULT_TIMEZONE, BusinessHours, parse_holidays, parse_timezone, parse_windows
 
 T = TypeVar("T")
@@ -389,6 +391,16 @@ class Settings:
         return settings
 
 
+def _check_redis_url(raw: str) -> None:
+    """What redis-py would make of the URL: its query options and port (ValueError when malformed),
+    and a database that is a number (redis-py quietly takes a path such as `/zero` for database 0)."""
+    parse_redis_url(raw)  # type: ignore[no-untyped-call]
+    parts = urlsplit(raw)
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database and not database.isdigit():
+        raise ValueError
+
+
 @dataclass(frozen=True, slots=True)
 class _Reader:
     env: Mapping[str, str]
@@ -464,9 +476,15 @@ class _Reader:
             parts = urlsplit(raw)
             if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
                 raise ValueError
+            if parts.port == 0:  # reading `port` raises ValueError for one that is no number up to 65535
+                raise ValueError
+            if parts.scheme in ("redis", "rediss", "unix"):
+                _check_redis_url(raw)
             return raw
 
-        return self._parse(name, default, parse, "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
+        return self._parse(
+            name, default, parse, "a well-formed URL starting with " + " or ".join(f"{s}://" for s in schemes)
+        )
 
     def urls(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         """One URL or several comma-separated (the nodes of one cluster), all of one scheme."""
@@ -477,11 +495,17 @@ class _Reader:
                 parts = urlsplit(url)
                 if parts.scheme not in schemes or not parts.netloc:
                     raise ValueError
+                if parts.port == 0:  # as in `url`
+                    raise ValueError
             if not urls or len({urlsplit(url).scheme for url in urls}) > 1:
                 raise ValueError
             return ",".join(urls)
 
-        expected = "URLs starting with " + " or ".join(f"{s}://" for s in schemes) + ", comma-separated, one scheme"
+        expected = (
+            "well-formed URLs starting with "
+            + " or ".join(f"{s}://" for s in schemes)
+            + ", comma-separated, one scheme"
+        )
         return self._parse(name, default, parse, expected)
 
     def host_ports(self, name: str) -> tuple[tuple[str, int], ...]:
