@@ -30,6 +30,10 @@ BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 HOST_PATTERN_RE = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+# The password of a URL (`scheme://user:password@host`, or without the scheme), each of a list's.
+URL_PASSWORD_RE = re.compile(r"((?:^|://|,)\s*[^/\s,:@]*:)[^/\s,]*@")
+# Settings whose whole value is a credential, besides the *_TOKEN, *_SECRET and *_KEY(S) ones.
+SECRET_SETTINGS = frozenset({"ALERT_WEBHOOK_URL"})
 # Shard queues: 16 split evenly over 2, 4, 8 and 16 workers, over 3 and 5 within one shard each, and
 # cost no migration to deployments already running 16 (README: Scaling).
 DEFAULT_SHARDS = 16
@@ -391,6 +395,15 @@ class Settings:
         return settings
 
 
+def _shown(name: str, raw: str) -> str:
+    """A malformed value as its error line shows it. The line is printed past the logs' masking
+    (shared/service.py), so a secret setting's value is not shown at all (a chat webhook URL holds
+    its key in the path), and a URL's password is masked (`amqp://user:***@host`)."""
+    if name in SECRET_SETTINGS or name.endswith(("_TOKEN", "_SECRET", "_KEY", "_KEYS")):
+        return "<not shown>"
+    return repr(URL_PASSWORD_RE.sub(r"\1***@", raw))
+
+
 def _check_redis_url(raw: str) -> None:
     """What redis-py would make of the URL: its query options and port (ValueError when malformed),
     and a database that is a number (redis-py quietly takes a path such as `/zero` for database 0)."""
@@ -418,7 +431,7 @@ class _Reader:
         try:
             return parse(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not valid: expected {expected}") from None
+            raise ConfigError(f"{name}={_shown(name, raw)} is not valid: expected {expected}") from None
 
     def text(self, name: str, default: str) -> str:
         return self._get(name) or default
@@ -609,7 +622,7 @@ class _Reader:
         try:
             return parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+            raise ConfigError(f"{name}={_shown(name, raw)} is not valid: {exc}") from None
 
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""

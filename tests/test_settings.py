@@ -1,11 +1,17 @@
 """SPEC 2: every setting is parsed and checked once, at start; a missing or malformed one stops the
-service with one clear line naming it."""
+service with one clear line naming it. That line is printed past the logs' masking, so it must not
+carry what the setting keeps secret (a password in a URL, a token)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
 from shared.settings import ConfigError, Settings
+from tests.support import ROOT, free_port
 
 
 @pytest.mark.parametrize(
@@ -42,3 +48,37 @@ def test_well_formed_urls_still_pass() -> None:
         "unix:///run/r.sock?db=1",
     ):
         assert Settings.from_env({"REDIS_URL": redis_url}).redis_url == redis_url
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("AMQP_URL", "amqp://atendimento:s3cr3t-pw@rmq-0:5672/,http://rmq-1/", "s3cr3t-pw"),
+        ("REDIS_URL", "redis://:s3cr3t-pw@redis:notaport/0", "s3cr3t-pw"),
+        ("CONVERSATION_TOKEN_SECRET", "0123456789abcdef0123,tooshort", "tooshort"),
+        ("ALERT_WEBHOOK_URL", "hooks.slack.example/services/T0/B0/s3cr3tpath", "s3cr3tpath"),
+    ],
+)
+def test_the_error_line_names_the_setting_without_its_secret(name: str, value: str, secret: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name}=") as raised:
+        Settings.from_env({name: value})
+    assert secret not in str(raised.value)
+
+
+@pytest.mark.integration  # starts the service's process
+def test_a_malformed_amqp_port_stops_the_gateway_with_one_line_and_no_password() -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("ATENDIMENTO_", "OTEL_"))}
+    env.update(
+        {
+            "AMQP_URL": "amqp://guest:s3cr3t-pw@127.0.0.1:99999/",
+            "GATEWAY_PORT": str(free_port()),
+            "OTEL_SDK_DISABLED": "true",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("atendimento-gateway: configuration error: AMQP_URL=")
+    assert "s3cr3t-pw" not in line
