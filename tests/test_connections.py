@@ -81,7 +81,7 @@ async def test_a_redis_ca_file_that_is_no_ca_bundle_stops_the_start_behind_senti
 def _checks(redis: dict[str, object], workers: str) -> Checks:
     return {
         "redis": redis,  # type: ignore[typeddict-item]
-        "rabbitmq": {"status": "up"},
+        "rabbitmq": {"status": "up", "queue_depth": 0, "consumers": 1, "dead_letters": 0},
         "workers": {"status": workers, "alive": None if workers == "unknown" else 1},  # type: ignore[typeddict-item]
         "gateway": {"status": "up", "alive": 1},
     }
