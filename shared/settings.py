@@ -29,6 +29,7 @@ T = TypeVar("T")
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+OTEL_EXPORTERS = ("otlp", "console")
 HOST_PATTERN_RE = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 # The password of a URL (`scheme://user:password@host`, or without the scheme), each of a list's.
 URL_PASSWORD_RE = re.compile(r"((?:^|://|,)\s*[^/\s,:@]*:)[^/\s,]*@")
@@ -218,8 +219,9 @@ class Settings:
     # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, so it is read and validated here; every other OTEL_*
     # variable (endpoint, headers, timeout, sampler, resource, OTEL_SDK_DISABLED) is the SDK's own.
     otel_exporter_protocol: str = "grpc"
-    # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp, or an OTLP endpoint
-    # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
+    # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp (or `console`, or both
+    # comma-separated, as the SDK documents), or an OTLP endpoint set
+    # (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
     # localhost:4317, would fill the logs with failed exports.
     otel_traces_exporter: str = "none"
     # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
@@ -230,6 +232,11 @@ class Settings:
     def amqp_urls(self) -> tuple[str, ...]:
         """The RabbitMQ nodes AMQP_URL lists (one, or the nodes of a cluster)."""
         return tuple(self.amqp_url.split(","))
+
+    @property
+    def otel_exporters(self) -> tuple[str, ...]:
+        """The span exporters OTEL_TRACES_EXPORTER names (`otlp`, `console`); none for `none`."""
+        return () if self.otel_traces_exporter == "none" else tuple(self.otel_traces_exporter.split(","))
 
     @property
     def retention_s(self) -> int:
@@ -385,8 +392,8 @@ class Settings:
                 read.choice("OTEL_EXPORTER_OTLP_PROTOCOL", defaults.otel_exporter_protocol, OTLP_PROTOCOLS),
                 OTLP_PROTOCOLS,
             ),
-            otel_traces_exporter=read.choice(
-                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter, ("otlp", "none")
+            otel_traces_exporter=read.exporters(
+                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter
             ),
             otel_endpoint=otel_endpoint,
         )
@@ -483,6 +490,20 @@ class _Reader:
             return value
 
         return self._parse(name, default, parse, "one of " + ", ".join(allowed))
+
+    def exporters(self, name: str, default: str) -> str:
+        """OTEL_TRACES_EXPORTER as the SDK reads it: `none`, or a comma-separated list of exporters,
+        of which the SDK's own `otlp` and `console` are installed here."""
+
+        def parse(raw: str) -> str:
+            names = [item.strip().lower() for item in raw.split(",")]
+            if names == ["none"]:
+                return "none"
+            if not all(item in OTEL_EXPORTERS for item in names):
+                raise ValueError
+            return ",".join(dict.fromkeys(names))
+
+        return self._parse(name, default, parse, "none, or otlp and/or console comma-separated")
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         def parse(raw: str) -> str:
