@@ -43,7 +43,7 @@ from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outc
 from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
 from shared import unanswered
-from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
+from shared.broker import BROKER_ERRORS, DELIVERY_LIMIT, Broker, last_delivery, may_be_a_copy
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage, now_ms
 from shared.metrics import WorkerMetrics
 from shared.store import REDIS_ERRORS, until_redis_answers
@@ -165,6 +165,11 @@ class Processor:
         if state.stored_reply is not None:
             return [Ready(last.delivery, message, state.stored_reply)]
         if state.attempt > self.max_attempts:  # failed before and then its worker crashed
+            return self._dead_letter([last.delivery], "dead_lettered")
+        if last_delivery(last.delivery):  # kept killing its workers (no failure recorded then)
+            log.error(
+                "message %s returned %d times without settling; dead-lettered", message.message_id, DELIVERY_LIMIT
+            )
             return self._dead_letter([last.delivery], "dead_lettered")
         return Taken(
             deliveries=tuple(delivery for delivery, _ in pairs),
