@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 BROKER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_EXCEPTIONS, asyncio.TimeoutError)
 
 # The broker's own bound on redeliveries, a backstop behind the worker's attempt counter
-# (MAX_ATTEMPTS, kept in Redis). It is fixed, not derived from settings, because RabbitMQ refuses a
-# re-declaration with different arguments, and it is generous because quorum queues also count the
-# returns of a clean shutdown or a rebalance.
+# (MAX_ATTEMPTS, kept in Redis) for messages that kill their worker; the worker dead-letters the
+# last delivery it allows itself, so that such a message counts as an error (`last_delivery`). It
+# is fixed, not derived from settings, because RabbitMQ refuses a re-declaration with different
+# arguments, and it is generous because quorum queues also count the returns of a clean shutdown
+# or a rebalance.
 DELIVERY_LIMIT = 50
 # Quorum queues' replication factor: all nodes, at most three (RabbitMQ takes every node of a
 # smaller cluster). Fixed for the same reason as DELIVERY_LIMIT; queues made before it was declared
@@ -55,6 +57,14 @@ CLOSE_TIMEOUT_S = 2.0
 COPY_HEADER = "x-atendimento-copy"
 # Logged when a nacked publish renews the publishing channel (`Broker._renew_publisher`).
 RENEWED_AFTER_NACK = "publish nacked"
+
+
+def last_delivery(delivery: AbstractIncomingMessage) -> bool:
+    """The broker's last delivery of a message (its `x-delivery-count` at DELIVERY_LIMIT): returned
+    once more, as by a worker killed while holding it, it would be dead-lettered by the broker
+    itself, which no statistics would see."""
+    count = (delivery.headers or {}).get("x-delivery-count")
+    return isinstance(count, int) and count >= DELIVERY_LIMIT
 
 
 def may_be_a_copy(delivery: AbstractIncomingMessage) -> bool:

@@ -31,7 +31,11 @@ async def open_connections(settings: Settings, service: str) -> AsyncIterator[Co
     certificate the configured CA does not sign stops the start instead (ConfigError)."""
     names = Names(settings.namespace, settings.shards)
     amqp_context = await _checked_context(settings.amqp_urls, settings.amqp_tls, 5671)
-    if uses_tls(settings) and not settings.redis_sentinels:
+    if uses_tls(settings) and settings.redis_sentinels:
+        # The primary is not known before the sentinels are asked (by each connection): the CA
+        # bundle and client certificate are only loaded, so a malformed one still stops the start.
+        client_context(settings.redis_tls)
+    elif uses_tls(settings):
         await _checked_context((settings.redis_url,), settings.redis_tls, 6379)
     redis = build_redis(settings)
     broker = Broker(settings.amqp_urls, names, f"atendimento-{service} {settings.instance_id}", amqp_context)

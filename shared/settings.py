@@ -20,6 +20,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from redis.connection import parse_url as parse_redis_url
+
 from shared.hours import DEFAULT_TIMEZONE, BusinessHours, parse_holidays, parse_timezone, parse_windows
 
 T = TypeVar("T")
@@ -27,7 +29,12 @@ T = TypeVar("T")
 BUNDLED_KB = Path(__file__).resolve().parent / "data" / "kb-sample.yaml"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+OTEL_EXPORTERS = ("otlp", "console")
 HOST_PATTERN_RE = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+# The password of a URL (`scheme://user:password@host`, or without the scheme), each of a list's.
+URL_PASSWORD_RE = re.compile(r"((?:^|://|,)\s*[^/\s,:@]*:)[^/\s,]*@")
+# Settings whose whole value is a credential, besides the *_TOKEN, *_SECRET and *_KEY(S) ones.
+SECRET_SETTINGS = frozenset({"ALERT_WEBHOOK_URL"})
 # Shard queues: 16 split evenly over 2, 4, 8 and 16 workers, over 3 and 5 within one shard each, and
 # cost no migration to deployments already running 16 (README: Scaling).
 DEFAULT_SHARDS = 16
@@ -212,8 +219,9 @@ class Settings:
     # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, so it is read and validated here; every other OTEL_*
     # variable (endpoint, headers, timeout, sampler, resource, OTEL_SDK_DISABLED) is the SDK's own.
     otel_exporter_protocol: str = "grpc"
-    # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp, or an OTLP endpoint
-    # set (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
+    # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp (or `console`, or both
+    # comma-separated, as the SDK documents), or an OTLP endpoint set
+    # (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
     # localhost:4317, would fill the logs with failed exports.
     otel_traces_exporter: str = "none"
     # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
@@ -224,6 +232,11 @@ class Settings:
     def amqp_urls(self) -> tuple[str, ...]:
         """The RabbitMQ nodes AMQP_URL lists (one, or the nodes of a cluster)."""
         return tuple(self.amqp_url.split(","))
+
+    @property
+    def otel_exporters(self) -> tuple[str, ...]:
+        """The span exporters OTEL_TRACES_EXPORTER names (`otlp`, `console`); none for `none`."""
+        return () if self.otel_traces_exporter == "none" else tuple(self.otel_traces_exporter.split(","))
 
     @property
     def retention_s(self) -> int:
@@ -379,14 +392,33 @@ class Settings:
                 read.choice("OTEL_EXPORTER_OTLP_PROTOCOL", defaults.otel_exporter_protocol, OTLP_PROTOCOLS),
                 OTLP_PROTOCOLS,
             ),
-            otel_traces_exporter=read.choice(
-                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter, ("otlp", "none")
+            otel_traces_exporter=read.exporters(
+                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter
             ),
             otel_endpoint=otel_endpoint,
         )
         if settings.reply_engine == "openai" and not settings.openai_model:
             raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")
         return settings
+
+
+def _shown(name: str, raw: str) -> str:
+    """A malformed value as its error line shows it. The line is printed past the logs' masking
+    (shared/service.py), so a secret setting's value is not shown at all (a chat webhook URL holds
+    its key in the path), and a URL's password is masked (`amqp://user:***@host`)."""
+    if name in SECRET_SETTINGS or name.endswith(("_TOKEN", "_SECRET", "_KEY", "_KEYS")):
+        return "<not shown>"
+    return repr(URL_PASSWORD_RE.sub(r"\1***@", raw))
+
+
+def _check_redis_url(raw: str) -> None:
+    """What redis-py would make of the URL: its query options and port (ValueError when malformed),
+    and a database that is a number (redis-py quietly takes a path such as `/zero` for database 0)."""
+    parse_redis_url(raw)  # type: ignore[no-untyped-call]
+    parts = urlsplit(raw)
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database and not database.isdigit():
+        raise ValueError
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +438,7 @@ class _Reader:
         try:
             return parse(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not valid: expected {expected}") from None
+            raise ConfigError(f"{name}={_shown(name, raw)} is not valid: expected {expected}") from None
 
     def text(self, name: str, default: str) -> str:
         return self._get(name) or default
@@ -459,14 +491,34 @@ class _Reader:
 
         return self._parse(name, default, parse, "one of " + ", ".join(allowed))
 
+    def exporters(self, name: str, default: str) -> str:
+        """OTEL_TRACES_EXPORTER as the SDK reads it: `none`, or a comma-separated list of exporters,
+        of which the SDK's own `otlp` and `console` are installed here."""
+
+        def parse(raw: str) -> str:
+            names = [item.strip().lower() for item in raw.split(",")]
+            if names == ["none"]:
+                return "none"
+            if not all(item in OTEL_EXPORTERS for item in names):
+                raise ValueError
+            return ",".join(dict.fromkeys(names))
+
+        return self._parse(name, default, parse, "none, or otlp and/or console comma-separated")
+
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         def parse(raw: str) -> str:
             parts = urlsplit(raw)
             if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
                 raise ValueError
+            if parts.port == 0:  # reading `port` raises ValueError for one that is no number up to 65535
+                raise ValueError
+            if parts.scheme in ("redis", "rediss", "unix"):
+                _check_redis_url(raw)
             return raw
 
-        return self._parse(name, default, parse, "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
+        return self._parse(
+            name, default, parse, "a well-formed URL starting with " + " or ".join(f"{s}://" for s in schemes)
+        )
 
     def urls(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         """One URL or several comma-separated (the nodes of one cluster), all of one scheme."""
@@ -477,11 +529,17 @@ class _Reader:
                 parts = urlsplit(url)
                 if parts.scheme not in schemes or not parts.netloc:
                     raise ValueError
+                if parts.port == 0:  # as in `url`
+                    raise ValueError
             if not urls or len({urlsplit(url).scheme for url in urls}) > 1:
                 raise ValueError
             return ",".join(urls)
 
-        expected = "URLs starting with " + " or ".join(f"{s}://" for s in schemes) + ", comma-separated, one scheme"
+        expected = (
+            "well-formed URLs starting with "
+            + " or ".join(f"{s}://" for s in schemes)
+            + ", comma-separated, one scheme"
+        )
         return self._parse(name, default, parse, expected)
 
     def host_ports(self, name: str) -> tuple[tuple[str, int], ...]:
@@ -585,7 +643,7 @@ class _Reader:
         try:
             return parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+            raise ConfigError(f"{name}={_shown(name, raw)} is not valid: {exc}") from None
 
     def csv(self, name: str) -> tuple[str, ...]:
         raw = self._get(name) or ""

@@ -18,9 +18,14 @@ def channels(settings: Settings) -> list[str]:
 
 
 def tracing_target(settings: Settings) -> str:
-    if settings.otel_traces_exporter != "otlp":
+    if not settings.otel_exporters:
         return "none (no OTLP endpoint: spans are not exported)"
-    return f"otlp/{settings.otel_exporter_protocol} {settings.otel_endpoint or '(the SDK default endpoint)'}"
+    return ", ".join(
+        f"otlp/{settings.otel_exporter_protocol} {settings.otel_endpoint or '(the SDK default endpoint)'}"
+        if name == "otlp"
+        else name
+        for name in settings.otel_exporters
+    )
 
 
 def log_start(service: str, settings: Settings, port: int, open_files: int) -> None:

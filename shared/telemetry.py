@@ -5,7 +5,7 @@ Configuration is the SDK's own: `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_(TRACES
 `..._HEADERS`, `..._TIMEOUT`, `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_RESOURCE_ATTRIBUTES`,
 `OTEL_SERVICE_NAME`, `OTEL_BSP_*`, `OTEL_PROPAGATORS` are read by the SDK as it documents them;
 only the protocol (grpc or http/protobuf), which picks the exporter class, and whether spans are
-exported at all come from Settings: OTEL_TRACES_EXPORTER (`otlp` or `none`), by default `otlp`
+exported at all come from Settings: OTEL_TRACES_EXPORTER (`otlp`, `console`, both, or `none`), by default `otlp`
 when an OTLP endpoint is set and `none` otherwise, so a first run without a collector is quiet.
 
 The tracer provider is installed process-wide (`trace.set_tracer_provider`): the OpenTelemetry
@@ -34,7 +34,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, SpanKind, Status, StatusCode
 
 from shared import __version__
@@ -95,12 +95,14 @@ def create_tracer_provider(service: str, settings: Settings) -> TracerProvider |
     provider = TracerProvider(resource=build_resource(service, settings), shutdown_on_exit=False)
     if isinstance(provider.get_tracer(TRACER_NAME), NoOpTracer):  # the SDK's own OTEL_SDK_DISABLED check
         return None
-    if settings.otel_traces_exporter == "otlp":
-        provider.add_span_processor(BatchSpanProcessor(_exporter(settings.otel_exporter_protocol)))
+    for name in settings.otel_exporters:
+        provider.add_span_processor(BatchSpanProcessor(_exporter(name, settings.otel_exporter_protocol)))
     return provider
 
 
-def _exporter(protocol: str) -> SpanExporter:
+def _exporter(name: str, protocol: str) -> SpanExporter:
+    if name == "console":  # the SDK's own: each span as JSON on stdout
+        return ConsoleSpanExporter()
     # Imported on demand: each exporter pulls in its transport (grpcio or requests).
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
@@ -119,7 +121,7 @@ def tracing_context(service: str, settings: Settings) -> Callable[[web.Applicati
         provider = create_tracer_provider(service, settings)
         if provider is not None:
             trace.set_tracer_provider(provider)
-            if settings.otel_traces_exporter == "otlp":
+            if "otlp" in settings.otel_exporters:
                 log.info("tracing to OTLP over %s", settings.otel_exporter_protocol)
         yield
         if provider is not None:

@@ -19,6 +19,7 @@ from services.monitor.health import Checks
 from services.monitor.system import overall_status
 from shared.amqp_nodes import ATTEMPT_HOOK, ClusterConnection
 from shared.broker import QUORUM_GROUP_SIZE_ARGUMENT, Broker, work_queue_arguments
+from shared.connections import open_connections
 from shared.names import Names
 from shared.settings import ConfigError, Settings
 from tests.support import AMQP_URL, TEST_SHARDS, free_port, new_namespace, purge_namespace
@@ -57,10 +58,30 @@ def test_redis_sentinels_and_tls_files(tmp_path: Path) -> None:
         Settings.from_env({"AMQP_CERT_FILE": str(ca)})
 
 
+async def test_a_redis_ca_file_that_is_no_ca_bundle_stops_the_start_behind_sentinel_too(tmp_path: Path) -> None:
+    """Without Sentinel the CA is tried against the server at start; behind Sentinel there is no
+    server to try yet, but a file that is no CA bundle must still stop the start, naming it, rather
+    than leave the service running with every Redis connection failing."""
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": f"rediss://127.0.0.1:{free_port()}/0",
+            "REDIS_SENTINELS": f"127.0.0.1:{free_port()}",
+            "REDIS_CA_FILE": str(garbage),
+            "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",  # nothing listens: nothing touched
+            "ATENDIMENTO_NAMESPACE": new_namespace(),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^REDIS_CA_FILE="):
+        async with open_connections(settings, "monitor"):
+            pass
+
+
 def _checks(redis: dict[str, object], workers: str) -> Checks:
     return {
         "redis": redis,  # type: ignore[typeddict-item]
-        "rabbitmq": {"status": "up"},
+        "rabbitmq": {"status": "up", "queue_depth": 0, "consumers": 1, "dead_letters": 0},
         "workers": {"status": workers, "alive": None if workers == "unknown" else 1},  # type: ignore[typeddict-item]
         "gateway": {"status": "up", "alive": 1},
     }

@@ -271,7 +271,7 @@ def test_the_start_up_minute_fires_nothing_a_restart_does() -> None:
         "timestamp": time.time(),
         "checks": {
             "redis": {"status": "up"},
-            "rabbitmq": {"status": "up", "dead_letters": 0},
+            "rabbitmq": {"status": "up", "queue_depth": 0, "consumers": 1, "dead_letters": 0},
             "workers": {"status": "up", "alive": 1},
             "gateway": {"status": "up", "alive": 1},
         },

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, publish_raw
+from tests.support import TEST_SHARDS, Service, Stack, eventually, free_port, get_json, publish_raw
 from tests.support.pipeline import wait_ready
 from tests.support.servers import LocalRedis
 
@@ -118,3 +118,21 @@ async def test_sigterm_turns_readiness_off_first_and_keeps_serving_while_drainin
     for service in services:
         assert service.process is not None
         assert await asyncio.to_thread(service.process.wait, 30) == 0, service.logs()
+
+
+async def test_with_rabbitmq_unreachable_health_still_carries_every_field_of_its_check(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """SPEC 5 names `queue_depth` and `consumers` in checks.rabbitmq: when the broker cannot be
+    asked they are null (as /monitoring/stats' queue says), not missing."""
+    monitor = await stack.start("monitor", AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    status, body = await health(http, monitor)
+    assert status == 503 and body["status"] == "unhealthy"
+    assert body["checks"]["rabbitmq"] == {
+        "status": "down",
+        "queue_depth": None,
+        "consumers": None,
+        "dead_letters": None,
+    }
+    _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+    assert stats["queue"] == {"depth": None, "consumers": None, "dead_letters": None}

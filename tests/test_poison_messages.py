@@ -158,7 +158,7 @@ def test_health_says_why_it_is_not_healthy() -> None:
     up: Liveness = {"status": "up", "alive": 1}
     checks: Checks = {
         "redis": {"status": "up"},
-        "rabbitmq": {"status": "up", "dead_letters": 7},
+        "rabbitmq": {"status": "up", "queue_depth": 0, "consumers": 1, "dead_letters": 7},
         "workers": up,
         "gateway": up,
     }

@@ -341,3 +341,29 @@ def test_the_standard_otel_variables_configure_the_provider(monkeypatch: pytest.
 
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert create_tracer_provider("worker", settings) is None
+
+
+def test_otel_traces_exporter_takes_the_sdks_console_value_and_lists() -> None:
+    """OTEL_TRACES_EXPORTER is honoured as the SDK documents it (SPEC 2): `console` (spans printed
+    to stdout, for a look without a collector) and comma-separated lists, not only `otlp`/`none`."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from shared.settings import ConfigError, Settings
+    from shared.startup import tracing_target
+    from shared.telemetry import create_tracer_provider
+
+    def exporters(value: str) -> list[type]:
+        provider = create_tracer_provider("gateway", Settings.from_env({"OTEL_TRACES_EXPORTER": value}))
+        assert provider is not None
+        found = [type(p.span_exporter) for p in provider._active_span_processor._span_processors]  # type: ignore[attr-defined]
+        provider.shutdown()
+        return found
+
+    assert exporters("console") == [ConsoleSpanExporter]
+    assert exporters("otlp, console") == [GrpcExporter, ConsoleSpanExporter]
+    assert exporters("none") == []
+    assert tracing_target(Settings.from_env({"OTEL_TRACES_EXPORTER": "console"})) == "console"
+    for wrong in ("zipkin", "otlp,none"):
+        with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER="):
+            Settings.from_env({"OTEL_TRACES_EXPORTER": wrong})

@@ -6,6 +6,7 @@ Redis); only the reply engine is replaced, by one that fails for chosen texts.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,8 +16,10 @@ import aiohttp
 import pytest
 
 from services.worker.engines.base import EngineRequest
-from shared.messages import ReplyContent
-from tests.support import AMQP_URL, Stack, eventually, get_json, post_message
+from shared.broker import DELIVERY_LIMIT
+from shared.messages import InboundMessage, ReplyContent
+from shared.names import Names
+from tests.support import AMQP_URL, TEST_SHARDS, Stack, eventually, get_json, post_message, publish_raw
 from tests.support.pipeline import worker_in_process
 
 ALWAYS = "this always fails"
@@ -81,3 +84,70 @@ async def test_failing_message_is_retried_then_dead_lettered_and_the_conversatio
         message = await queue.get(timeout=5)
         assert message is not None and ALWAYS.encode() in message.body
         await message.nack(requeue=True)
+
+
+BUG = "this trips a bug outside the engine"
+
+
+class BuggyEngine(FlakyEngine):
+    """An engine whose replies are fine, but whose choice check (run before the reply, outside the
+    engine's own failure handling) raises for one text: a bug anywhere in the worker's handling."""
+
+    def may_be_choice(self, text: str) -> bool:
+        if BUG in text:
+            raise ValueError("a bug in the worker's handling of this message")
+        return False
+
+
+async def test_a_message_that_trips_a_bug_is_dead_lettered_after_max_attempts_not_retried_forever(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """SPEC 3: a message that keeps failing goes to the dead-letter queue after a bounded number of
+    attempts and counts as an error, wherever in the worker it fails; the conversation goes on."""
+    engine = BuggyEngine()
+    async with worker_in_process(stack.env(MAX_ATTEMPTS="3"), engine):
+        gateway = await stack.start("gateway")
+        monitor = await stack.start("monitor")
+        conversation = "buggy-conversation"
+        for text in (BUG, "after the bug"):
+            status, _ = await post_message(
+                http, gateway, {"user_id": "ana", "conversation_id": conversation, "text": text}
+            )
+            assert status == 202
+
+        async def settled() -> dict[str, Any] | None:
+            _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+            return stats if stats["messages"]["total"] == 1 and stats["queue"]["dead_letters"] == 1 else None
+
+        stats = await eventually(settled, timeout=30, what="the buggy message dead-lettered, the next answered")
+        assert stats["errors"]["total"] == 1
+        assert stats["errors"]["by_kind_5_minutes"] == {"dead_lettered": 1}
+        assert engine.calls["after the bug"] == 1
+
+
+async def test_the_brokers_last_delivery_of_a_message_that_kept_killing_its_worker_is_dead_lettered_and_counted(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A message whose every delivery killed its worker (no failure is recorded then) comes back
+    until the queue's delivery limit; the broker would dead-letter it after one more return by
+    itself, unseen by the statistics. Its last delivery (x-delivery-count at the limit) is
+    dead-lettered by the worker instead, counted as an error (SPEC 3)."""
+    await stack.start("worker", KB_EMBEDDINGS="off")
+    monitor = await stack.start("monitor")
+    doomed = InboundMessage(f"doomed-{uuid.uuid4().hex[:8]}", "doomed-conversation", "bia", "Qual o prazo de entrega?")
+    names = Names(stack.namespace, TEST_SHARDS)
+    await publish_raw(
+        stack.namespace,
+        str(names.shard_of(doomed.conversation_id)),
+        doomed.to_bytes(),
+        message_id=doomed.message_id,
+        headers={"x-delivery-count": DELIVERY_LIMIT},
+    )
+
+    async def dead_lettered() -> dict[str, Any] | None:
+        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+        return stats if stats["queue"]["dead_letters"] == 1 and stats["errors"]["total"] == 1 else None
+
+    stats = await eventually(dead_lettered, timeout=30, what="the last delivery dead-lettered and counted")
+    assert stats["errors"]["by_kind_5_minutes"] == {"dead_lettered": 1}
+    assert stats["messages"]["total"] == 0

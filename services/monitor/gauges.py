@@ -43,12 +43,13 @@ class SystemCollector(Collector):
         )
         rabbitmq = checks["rabbitmq"]
         yield _gauge("atendimento_rabbitmq_up", "1 when RabbitMQ answers the monitor", rabbitmq["status"] == "up")
-        if rabbitmq["status"] == "up":
-            yield _gauge(
-                "atendimento_queue_depth", "Messages waiting in the inbound shard queues", rabbitmq["queue_depth"]
-            )
-            yield _gauge("atendimento_queue_consumers", "Consumers on the inbound shard queues", rabbitmq["consumers"])
-            yield _gauge("atendimento_dead_letters", "Messages in the dead-letter queue", rabbitmq["dead_letters"])
+        for name, documentation, value in (
+            ("atendimento_queue_depth", "Messages waiting in the inbound shard queues", rabbitmq["queue_depth"]),
+            ("atendimento_queue_consumers", "Consumers on the inbound shard queues", rabbitmq["consumers"]),
+            ("atendimento_dead_letters", "Messages in the dead-letter queue", rabbitmq["dead_letters"]),
+        ):
+            if value is not None:  # none while the broker cannot be asked
+                yield _gauge(name, documentation, value)
         for name, check in (("workers", checks["workers"]), ("gateways", checks["gateway"])):
             if check["alive"] is not None:
                 yield _gauge(f"atendimento_{name}_alive", f"Live {name} (by heartbeat)", check["alive"])

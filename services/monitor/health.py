@@ -23,10 +23,10 @@ class RedisCheck(TypedDict):
 
 class RabbitCheck(TypedDict):
     status: UpDown
-    # When up only: the broker cannot be asked for counts when it is down.
-    queue_depth: NotRequired[int]
-    consumers: NotRequired[int]
-    dead_letters: NotRequired[int]
+    # Null when down: the broker cannot be asked for counts then.
+    queue_depth: int | None
+    consumers: int | None
+    dead_letters: int | None
 
 
 class Liveness(TypedDict):

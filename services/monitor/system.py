@@ -70,7 +70,7 @@ class SystemView:
     async def health(self, services: list[ServiceInfo] | None) -> Health:
         """The system's health, given the live services (None when they could not be read)."""
         redis, queues = await asyncio.gather(redis_check(self.store.redis), self.queues())
-        rabbitmq: RabbitCheck = {"status": "down"}
+        rabbitmq: RabbitCheck = {"status": "down", "queue_depth": None, "consumers": None, "dead_letters": None}
         if queues is not None:
             rabbitmq = {
                 "status": "up",

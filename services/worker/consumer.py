@@ -178,10 +178,16 @@ class ShardSubscription:
                     self._in_unit -= len(unit)
                     self._working -= working
         except Exception:
-            # A bug must not stall the conversation for good: try again after a pause (the
-            # queue's delivery limit dead-letters a message that keeps failing this way).
-            log.exception("shard %d: unexpected error; retrying the message", self.shard)
-            return await self._settlement.apply(RetryAfter(MAX_BACKOFF_S))
+            # A bug must not stall the conversation for good: it counts as a failed attempt at the
+            # message, retried in place after a pause, then dead-lettered (in-place retries are no
+            # redeliveries: the queue's delivery limit never sees them).
+            log.exception("shard %d: unexpected error handling a message", self.shard)
+            try:
+                outcome = await self._processor.failed_unexpectedly(unit)
+            except Exception:
+                log.exception("shard %d: the failure could not be counted; retrying the message", self.shard)
+                outcome = RetryAfter(MAX_BACKOFF_S)
+            return await self._settlement.apply(outcome)
 
     async def stop(self, grace_s: float) -> None:
         """Let the lanes finish the unit in hand (within the grace), then close the channel: the

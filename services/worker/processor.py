@@ -43,7 +43,7 @@ from services.worker.settle import Abandoned, DeadLettered, DeadLetterKind, Outc
 from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
 from shared import unanswered
-from shared.broker import BROKER_ERRORS, Broker, may_be_a_copy
+from shared.broker import BROKER_ERRORS, DELIVERY_LIMIT, Broker, last_delivery, may_be_a_copy
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage, now_ms
 from shared.metrics import WorkerMetrics
 from shared.store import REDIS_ERRORS, until_redis_answers
@@ -166,6 +166,11 @@ class Processor:
             return [Ready(last.delivery, message, state.stored_reply)]
         if state.attempt > self.max_attempts:  # failed before and then its worker crashed
             return self._dead_letter([last.delivery], "dead_lettered")
+        if last_delivery(last.delivery):  # kept killing its workers (no failure recorded then)
+            log.error(
+                "message %s returned %d times without settling; dead-lettered", message.message_id, DELIVERY_LIMIT
+            )
+            return self._dead_letter([last.delivery], "dead_lettered")
         return Taken(
             deliveries=tuple(delivery for delivery, _ in pairs),
             messages=tuple(message for _, message in pairs),
@@ -219,6 +224,24 @@ class Processor:
             return RetryAfter(backoff(failures))
         log.error("message %s failed %d times; dead-lettered", message_id, failures)
         return self._dead_letter(taken.deliveries, "dead_lettered")  # a burst's merged messages go with it
+
+    async def failed_unexpectedly(self, unit: Sequence[Received]) -> RetryAfter | DeadLettered:
+        """A unit whose handling raised outside the engine (a bug, for this message or all): one
+        failed attempt at its last message, as an engine failure is; retried in place after a
+        back-off, then dead-lettered with the rest of the unit once MAX_ATTEMPTS is reached, so a
+        message that keeps failing never holds its conversation for good. Redis unreachable is no
+        attempt of the message's (nothing can be counted): the unit waits in place."""
+        last = unit[-1]
+        if last.message is None:
+            return self._dead_letter([last.delivery], "malformed")
+        try:
+            failures = await self.store.record_failure(last.message.message_id)
+        except REDIS_ERRORS:
+            return RetryAfter(MAX_BACKOFF_S)
+        if failures < self.max_attempts:
+            return RetryAfter(backoff(failures))
+        log.error("message %s failed %d times; dead-lettered", last.message.message_id, failures)
+        return self._dead_letter([item.delivery for item in unit], "dead_lettered")
 
     def _ready(self, taken: Taken, generated: Generated) -> list[Ready]:
         """Each message of the unit with its reply to commit: the last one's, the others merged into it."""
