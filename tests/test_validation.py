@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -124,3 +125,23 @@ async def test_openapi_document_and_chat_page_are_served(stack: Stack, http: aio
         page = await response.text()
         assert "/static/chat.js" in page
         assert response.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_conversation_derived_from_a_long_user_id_can_be_streamed(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Without `conversation_id` the conversation is derived from `user_id` (1-128 characters):
+    the id the answer gives, longer than 128 characters for a long user id, opens its events."""
+    gateway = await stack.start("gateway")
+    await wait_ready(stack)
+    user = "u" * 128
+    status, answer = await post_message(http, gateway, {"user_id": user, "text": "oi"})
+    assert status == 202, answer
+    assert answer["conversation_id"] == f"user:{user}"
+    url = f"{gateway.url}/v1/conversations/{answer['conversation_id']}/events"
+    async with asyncio.timeout(10), http.get(url, params={"token": answer["conversation_token"]}) as response:
+        assert response.status == 200, await response.text()
+        assert (await response.content.readline()).startswith(b"retry:")
+    # An id the caller chooses keeps its limit there too.
+    async with http.get(f"{gateway.url}/v1/conversations/{'c' * 129}/events", params={"token": "x"}) as response:
+        assert response.status == 400

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from services.gateway.openapi_outbound import outbound_schemas
-from services.gateway.validation import MAX_ID, MAX_TEXT
+from services.gateway.validation import DERIVED_CONVERSATION_PREFIX, MAX_ID, MAX_TEXT
 from shared.messages import REPLY_KINDS
 
 # "Not blank" as the gateway checks it (Python's str.strip): the document's regex dialect (ECMA)
@@ -17,6 +17,18 @@ _NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
 _ID_CHAR = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
 _ID_PATTERN = rf"^{_ID_CHAR}*(?:[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]|\ufeff){_ID_CHAR}*$"
 _ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": _ID_PATTERN}
+# A conversation id in a path: one the caller chose, or `user:<user_id>` (no conversation_id sent).
+_CONVERSATION_ID = {
+    "anyOf": [
+        _ID,
+        {
+            "type": "string",
+            "maxLength": len(DERIVED_CONVERSATION_PREFIX) + MAX_ID,
+            "pattern": f"^{DERIVED_CONVERSATION_PREFIX}{_ID_PATTERN.removeprefix('^')}",
+        },
+    ],
+    "description": "the `conversation_id` of the answers: the one sent, else `user:<user_id>`",
+}
 _TOKEN_DESCRIPTION = (
     "the `conversation_token` of every 200/202 answer of POST /v1/messages for this conversation;"
     " here or in the X-Conversation-Token header"
@@ -222,7 +234,7 @@ DOCUMENT: dict[str, Any] = {
                 " While an LLM writes a reply, `event: delta` events come first, each with"
                 ' `{"message_id", "conversation_id", "text"}`, the text so far.',
                 "parameters": [
-                    {"name": "conversation_id", "in": "path", "required": True, "schema": _ID},
+                    {"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID},
                     *_TOKEN_PARAMETERS,
                 ],
                 "responses": {
