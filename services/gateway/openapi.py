@@ -87,6 +87,7 @@ def _webhook_responses(proof: str) -> dict[str, Any]:
         "400": _problem("a signed body that is not the platform's format (the detail names the field)"),
         "401": _problem(f"{proof} missing or wrong"),
         "404": _problem("the channel is not configured"),
+        "408": _BODY_TIMEOUT,
         "413": _problem("body over 1 MiB"),
         "429": _problem("a sender over its rate limit; the platform retries", retry_after=True),
         "503": _problem("broker or Redis unreachable; nothing accepted, the platform retries", retry_after=True),
@@ -102,6 +103,8 @@ def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
         response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
     return response
 
+
+_BODY_TIMEOUT = _problem("the body did not arrive within HTTP_BODY_TIMEOUT_SECONDS; nothing accepted")
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -147,6 +150,7 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad JSON or field"),
                     "401": _problem("missing or wrong API key"),
+                    "408": _BODY_TIMEOUT,
                     "413": _problem("body over 64 KiB"),
                     "415": _problem("not application/json"),
                     "429": _problem("rate limited", retry_after=True),
@@ -179,6 +183,7 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad JSON or field (the detail names it)"),
                     "401": _problem("missing or wrong API key"),
+                    "408": _BODY_TIMEOUT,
                     "413": _problem("body over 64 KiB"),
                     "415": _problem("not application/json"),
                     "422": _problem(
@@ -245,7 +250,10 @@ DOCUMENT: dict[str, Any] = {
                     "400": _problem("bad conversation id"),
                     "401": _problem("missing or wrong API key"),
                     "403": _problem("no conversation token, or not this conversation's"),
-                    "503": _problem("broker unreachable", retry_after=True),
+                    "429": _problem(
+                        "this client address already holds MAX_STREAMS_PER_IP event streams", retry_after=True
+                    ),
+                    "503": _problem("broker or Redis unreachable", retry_after=True),
                 },
             }
         },
