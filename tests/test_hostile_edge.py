@@ -398,6 +398,54 @@ async def test_message_tokens_at_the_gateway(stack: Stack, http: aiohttp.ClientS
         assert response.status == 403
 
 
+async def _post_reset_case(
+    http: aiohttp.ClientSession, gateway: Service, user: str, text: str, message_id: str
+) -> tuple[int, dict[str, Any]]:
+    body = {"user_id": user, "conversation_id": "pedido-3", "text": text, "message_id": message_id}
+    async with http.post(f"{gateway.url}/v1/messages", json=body) as response:
+        return response.status, dict(await response.json(content_type=None))
+
+
+async def _opens(http: aiohttp.ClientSession, gateway: Service, message_id: str, token: str) -> int:
+    async with http.get(f"{gateway.url}/v1/messages/{message_id}", params={"token": token}) as response:
+        return response.status
+
+
+async def test_a_reset_refused_by_the_rate_limit_ends_no_token(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """A `/reset` answered 429 was not accepted (nothing queued, memory kept): the tokens the
+    conversation's holder has go on opening it."""
+    gateway = await stack.start("gateway", RATE_LIMIT_PER_USER="1")
+    await wait_ready(stack)
+    status, first = await _post_reset_case(http, gateway, "lia", "oi", "m-1")
+    assert status == 202, first
+    token = first["conversation_token"]
+    for number in range(2, 10):  # the burst (2) spent
+        status, _ = await _post_reset_case(http, gateway, "lia", "oi", f"m-{number}")
+        if status == 429:
+            break
+    assert status == 429
+    status, refused = await _post_reset_case(http, gateway, "lia", "/reset", "r-1")
+    assert status == 429, refused
+    assert await _opens(http, gateway, "m-1", token) == 200
+
+
+async def test_a_repeated_reset_ends_no_token_issued_after_the_original(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A repeated `message_id` queues nothing: a retried `/reset` does not end the tokens issued
+    since the original one was accepted."""
+    gateway = await stack.start("gateway")
+    await wait_ready(stack)
+    status, reset = await _post_reset_case(http, gateway, "rui", "/reset", "r-1")
+    assert status == 202, reset
+    status, later = await _post_reset_case(http, gateway, "rui", "oi", "m-2")
+    assert status == 202, later
+    status, repeated = await _post_reset_case(http, gateway, "rui", "/reset", "r-1")
+    assert (status, repeated.get("duplicate")) == (202, True), repeated
+    assert await _opens(http, gateway, "m-2", later["conversation_token"]) == 200
+    assert await _opens(http, gateway, "m-2", reset["conversation_token"]) == 200
+
+
 def test_connection_counts_exempt_trusted_proxies_and_free_closed_slots() -> None:
     counts = ConnectionCounts(cap=2, trusted=(ipaddress.ip_network("10.0.0.0/8"),))
     assert counts.admit("203.0.113.5") and counts.admit("203.0.113.5")

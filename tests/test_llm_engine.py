@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
-from services.worker.engines.base import EngineRequest, Turn
+from services.worker.engines.base import Document, EngineRequest, Turn
 from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.openai import (
     DEFAULT_SYSTEM_PROMPT,
@@ -260,12 +260,22 @@ def test_the_candidates_carry_id_title_questions_answer_and_score(kb: KbEngine) 
 # -- what the model says: the three kinds of SPEC section 6, read as untrusted ----------------
 
 
-async def model_says(llm: FakeLlm, kb: KbEngine, step: Any, text: str = PRAZO, **overrides: Any) -> ReplyContent:
-    """The engine's reply to `text` when the model's output is `step` (a Completion)."""
+async def model_says(
+    llm: FakeLlm,
+    kb: KbEngine,
+    step: Any,
+    text: str = PRAZO,
+    *,
+    history: tuple[Turn, ...] = (),
+    documents: tuple[Document, ...] = (),
+    **overrides: Any,
+) -> ReplyContent:
+    """The engine's reply to `text` (in a conversation of `history`, with `documents` sent) when
+    the model's output is `step` (a Completion)."""
     llm.script.append(step)
     engine = engine_for(llm.url, kb, **overrides)
     try:
-        return await engine.reply(EngineRequest(text, "c-1"))
+        return await engine.reply(EngineRequest(text, "c-1", history=history, documents=documents))
     finally:
         await engine.close()
 
@@ -304,8 +314,23 @@ async def test_an_answer_resting_only_on_invented_entries_is_the_bases_fallback(
 async def test_an_answer_citing_no_entry_is_kept_without_sources(llm: FakeLlm, kb: KbEngine) -> None:
     """What the customer's own document, or the conversation, says cites no entry (module docstring)."""
     said = "Pelo documento que você enviou, o total da fatura é R$ 123,45."
-    content = await model_says(llm, kb, says("answer", said), "o total da minha fatura está certo?")
+    invoice = (Document("fatura.pdf", "Fatura 0042. Total: R$ 123,45."),)
+    asked = "o total da minha fatura está certo?"  # no entry of the base is close to it
+    content = await model_says(llm, kb, says("answer", said), asked, documents=invoice)
     assert (content.kind, content.text, content.sources, content.fallback) == ("answer", said, (), False)
+    earlier = (Turn("user", "minha fatura deu R$ 123,45"), Turn("assistant", "Certo, anotei o valor."))
+    content = await model_says(llm, kb, says("answer", "O total é R$ 123,45."), asked, history=earlier)
+    assert (content.kind, content.sources, content.fallback) == ("answer", (), False)
+
+
+async def test_an_answer_with_nothing_to_rest_on_is_the_bases_fallback(llm: FakeLlm, kb: KbEngine) -> None:
+    """No entry close to the message, no conversation, nothing sent: an answer citing nothing can
+    only hold facts the model made up (SPEC 6: it never invents them), so it is not shown."""
+    invented = says("answer", "O total da sua fatura é R$ 123,45 e vence dia 10.")
+    content = await model_says(llm, kb, invented, "o total da minha fatura está certo?")
+    assert candidates(llm.requests[-1]["body"]) == []  # the model was told it knows nothing of it
+    assert (content.kind, content.text, content.sources) == ("fallback", kb.kb.fallback, ())
+    assert content.fallback and content.engine == "openai" and content.confidence <= 0.25
 
 
 async def test_a_question_back_offers_the_candidates_it_names_with_their_titles(llm: FakeLlm, kb: KbEngine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -124,3 +125,58 @@ async def test_openapi_document_and_chat_page_are_served(stack: Stack, http: aio
         page = await response.text()
         assert "/static/chat.js" in page
         assert response.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_conversation_derived_from_a_long_user_id_can_be_streamed(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Without `conversation_id` the conversation is derived from `user_id` (1-128 characters):
+    the id the answer gives, longer than 128 characters for a long user id, opens its events."""
+    gateway = await stack.start("gateway")
+    await wait_ready(stack)
+    user = "u" * 128
+    status, answer = await post_message(http, gateway, {"user_id": user, "text": "oi"})
+    assert status == 202, answer
+    assert answer["conversation_id"] == f"user:{user}"
+    url = f"{gateway.url}/v1/conversations/{answer['conversation_id']}/events"
+    async with asyncio.timeout(10), http.get(url, params={"token": answer["conversation_token"]}) as response:
+        assert response.status == 200, await response.text()
+        assert (await response.content.readline()).startswith(b"retry:")
+    # An id the caller chooses keeps its limit there too.
+    async with http.get(f"{gateway.url}/v1/conversations/{'c' * 129}/events", params={"token": "x"}) as response:
+        assert response.status == 400
+
+
+async def test_the_document_lists_the_statuses_the_api_answers(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """A body that does not arrive in time (408) and a stream over the address's cap (429) are
+    answers the document names for those operations, as problem+json."""
+    gateway = await stack.start("gateway", HTTP_BODY_TIMEOUT_SECONDS="1", MAX_STREAMS_PER_IP="1")
+    await wait_ready(stack)
+    async with http.get(f"{gateway.url}/openapi.json") as response:
+        paths = (await response.json())["paths"]
+    seen: dict[tuple[str, str], int] = {}
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):
+        status_line = await reader.readline()
+    writer.close()
+    seen[("/v1/messages", "post")] = int(status_line.split()[1])
+
+    _, answer = await post_message(http, gateway, OK)
+    url = f"{gateway.url}/v1/conversations/{answer['conversation_id']}/events"
+    params = {"token": answer["conversation_token"]}
+    async with asyncio.timeout(10), http.get(url, params=params) as first:
+        assert first.status == 200
+        async with http.get(url, params=params) as second:
+            assert second.headers["Content-Type"].startswith("application/problem+json")
+            seen[("/v1/conversations/{conversation_id}/events", "get")] = second.status
+
+    assert seen == {("/v1/messages", "post"): 408, ("/v1/conversations/{conversation_id}/events", "get"): 429}
+    for (path, method), status in seen.items():
+        responses = paths[path][method]["responses"]
+        assert str(status) in responses, (path, method, status)
+        assert "application/problem+json" in responses[str(status)]["content"]

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from services.gateway.admission import Admission, Refused
@@ -51,9 +51,16 @@ class Intake:
     admission: Admission
     metrics: GatewayMetrics
 
-    async def accept(self, message: InboundMessage, address: AddressCharge | None = None) -> Outcome:
+    async def accept(
+        self,
+        message: InboundMessage,
+        address: AddressCharge | None = None,
+        before_publish: Callable[[], Awaitable[None]] | None = None,
+    ) -> Outcome:
         """Claim and publish with confirm; only a returned Outcome means the message is safe.
-        `address`: the API request's client address, limited along with the sender."""
+        `address`: the API request's client address, limited along with the sender.
+        `before_publish` runs only for an id this call claimed (not for a refused or repeated
+        one), before the publish; a Problem it raises gives the claim back and is raised."""
         names = self.broker.names
         outcome = await self._claim_and_publish(
             message.message_id,
@@ -63,6 +70,7 @@ class Intake:
             str(names.shard_of(message.conversation_id)),
             message.to_bytes(),
             address=address,
+            before_publish=before_publish,
         )
         if not outcome.duplicate:
             self.metrics.accepted.labels(message.channel).inc()
@@ -144,15 +152,19 @@ class Intake:
         *,
         address: AddressCharge | None = None,
         vet: Callable[[], None] | None = None,
+        before_publish: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         if not self.broker.connected:
             raise unavailable("the message broker")
         claim = await self._claim(message_id, conversation_id, sender, address)
         if not claim.won:
             return Outcome(duplicate_of=claim.duplicate_of)
-        if vet is not None:
+        if vet is not None or before_publish is not None:
             try:
-                vet()
+                if vet is not None:
+                    vet()
+                if before_publish is not None:
+                    await before_publish()
             except Problem:
                 # Refused: given back, so the id is not a "duplicate" of a message never queued.
                 await self._give_back(message_id, claim.token)

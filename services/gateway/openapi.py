@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from services.gateway.openapi_outbound import outbound_schemas
-from services.gateway.validation import MAX_ID, MAX_TEXT
+from services.gateway.validation import DERIVED_CONVERSATION_PREFIX, MAX_ID, MAX_TEXT
 from shared.messages import REPLY_KINDS
 
 # "Not blank" as the gateway checks it (Python's str.strip): the document's regex dialect (ECMA)
@@ -17,6 +17,18 @@ _NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
 _ID_CHAR = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
 _ID_PATTERN = rf"^{_ID_CHAR}*(?:[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]|\ufeff){_ID_CHAR}*$"
 _ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": _ID_PATTERN}
+# A conversation id in a path: one the caller chose, or `user:<user_id>` (no conversation_id sent).
+_CONVERSATION_ID = {
+    "anyOf": [
+        _ID,
+        {
+            "type": "string",
+            "maxLength": len(DERIVED_CONVERSATION_PREFIX) + MAX_ID,
+            "pattern": f"^{DERIVED_CONVERSATION_PREFIX}{_ID_PATTERN.removeprefix('^')}",
+        },
+    ],
+    "description": "the `conversation_id` of the answers: the one sent, else `user:<user_id>`",
+}
 _TOKEN_DESCRIPTION = (
     "the `conversation_token` of every 200/202 answer of POST /v1/messages for this conversation;"
     " here or in the X-Conversation-Token header"
@@ -75,6 +87,7 @@ def _webhook_responses(proof: str) -> dict[str, Any]:
         "400": _problem("a signed body that is not the platform's format (the detail names the field)"),
         "401": _problem(f"{proof} missing or wrong"),
         "404": _problem("the channel is not configured"),
+        "408": _BODY_TIMEOUT,
         "413": _problem("body over 1 MiB"),
         "429": _problem("a sender over its rate limit; the platform retries", retry_after=True),
         "503": _problem("broker or Redis unreachable; nothing accepted, the platform retries", retry_after=True),
@@ -90,6 +103,8 @@ def _problem(description: str, retry_after: bool = False) -> dict[str, Any]:
         response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
     return response
 
+
+_BODY_TIMEOUT = _problem("the body did not arrive within HTTP_BODY_TIMEOUT_SECONDS; nothing accepted")
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -135,6 +150,7 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad JSON or field"),
                     "401": _problem("missing or wrong API key"),
+                    "408": _BODY_TIMEOUT,
                     "413": _problem("body over 64 KiB"),
                     "415": _problem("not application/json"),
                     "429": _problem("rate limited", retry_after=True),
@@ -167,6 +183,7 @@ DOCUMENT: dict[str, Any] = {
                     },
                     "400": _problem("bad JSON or field (the detail names it)"),
                     "401": _problem("missing or wrong API key"),
+                    "408": _BODY_TIMEOUT,
                     "413": _problem("body over 64 KiB"),
                     "415": _problem("not application/json"),
                     "422": _problem(
@@ -222,7 +239,7 @@ DOCUMENT: dict[str, Any] = {
                 " While an LLM writes a reply, `event: delta` events come first, each with"
                 ' `{"message_id", "conversation_id", "text"}`, the text so far.',
                 "parameters": [
-                    {"name": "conversation_id", "in": "path", "required": True, "schema": _ID},
+                    {"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID},
                     *_TOKEN_PARAMETERS,
                 ],
                 "responses": {
@@ -233,7 +250,10 @@ DOCUMENT: dict[str, Any] = {
                     "400": _problem("bad conversation id"),
                     "401": _problem("missing or wrong API key"),
                     "403": _problem("no conversation token, or not this conversation's"),
-                    "503": _problem("broker unreachable", retry_after=True),
+                    "429": _problem(
+                        "this client address already holds MAX_STREAMS_PER_IP event streams", retry_after=True
+                    ),
+                    "503": _problem("broker or Redis unreachable", retry_after=True),
                 },
             }
         },

@@ -19,6 +19,9 @@ MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 32
 MAX_WAIT_SECONDS = 30.0
 FIELDS = frozenset({"user_id", "text", "conversation_id", "message_id", "metadata", "option"})
+# A message without `conversation_id` is in its user's conversation, `user:<user_id>`: up to
+# MAX_ID + 5 characters, which the answer gives and the events path takes back.
+DERIVED_CONVERSATION_PREFIX = "user:"
 # C0, DEL, C1 and the Unicode line breaks: never in an id (they would split an SSE line or a log line).
 CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -82,7 +85,7 @@ def parse_message(data: dict[str, Any]) -> MessageRequest:
     check_id("user_id", user_id)
     conversation_id = _string(data, "conversation_id", MAX_ID, required=False)
     message_id = _string(data, "message_id", MAX_ID, required=False)
-    conversation_id = check_id("conversation_id", conversation_id) if conversation_id else f"user:{user_id}"
+    conversation_id = check_id("conversation_id", conversation_id) if conversation_id else derived_conversation(user_id)
     message_id = check_id("message_id", message_id) if message_id else uuid.uuid4().hex
     option = _string(data, "option", MAX_ID, required=False)
     option = check_id("option", option) if option is not None else ""
@@ -121,7 +124,15 @@ def parse_wait(raw: str | None) -> float:
     return wait
 
 
+def derived_conversation(user_id: str) -> str:
+    return f"{DERIVED_CONVERSATION_PREFIX}{user_id}"
+
+
 def parse_conversation_id(raw: str) -> str:
+    """A conversation id from a path: one a caller chose (1-128 characters), or one derived from
+    a user id (longer than 128 characters for a long one)."""
+    if len(raw) > MAX_ID and raw.startswith(DERIVED_CONVERSATION_PREFIX):
+        return derived_conversation(check_id("conversation_id", raw.removeprefix(DERIVED_CONVERSATION_PREFIX)))
     return check_id("conversation_id", raw)
 
 

@@ -25,13 +25,20 @@ from shared.store import REDIS_ERRORS
 from shared.web import Problem, json_response
 
 
-async def _token(request: web.Request, conversation: str, *, reset: bool = False) -> str:
-    """A fresh token of the conversation for this caller's key; `reset`: ending every earlier one."""
-    tokens = request.app[TOKENS]
+async def _token(request: web.Request, conversation: str) -> str:
+    """A fresh token of the conversation for this caller's key."""
     try:
-        if reset:
-            await tokens.end_all(conversation)
-        return await tokens.issue(conversation, caller_key(request))
+        return await request.app[TOKENS].issue(conversation, caller_key(request))
+    except REDIS_ERRORS:
+        raise unavailable("Redis") from None
+
+
+async def _end_tokens(request: web.Request, conversation: str) -> None:
+    """`/reset`: every token of the conversation issued until now ends. Run once its id is claimed,
+    before it is queued: a /reset refused before its claim (429, Redis or the broker down) or
+    repeated ends nothing; one accepted ends them before its reply can reach a stream they opened."""
+    try:
+        await request.app[TOKENS].end_all(conversation)
     except REDIS_ERRORS:
         raise unavailable("Redis") from None
 
@@ -76,15 +83,23 @@ async def _read_message(request: web.Request) -> tuple[InboundMessage, float]:
 
 async def post_message(request: web.Request) -> web.Response:
     message, wait = await _read_message(request)
-    # Known before anything is accepted: an accepted message is always answered with its token.
-    token = await _token(request, message.conversation_id, reset=is_reset(message.text))
+    # Known before anything is accepted: an accepted message is always answered with its token
+    # (once the tokens' secret is known, issuing one asks Redis nothing).
+    token = await _token(request, message.conversation_id)
+    reset = is_reset(message.text)
     router = request.app[ROUTER]
     # The waiter exists before the publish, so a reply faster than this handler is not missed.
     with router.waiter(message.message_id) as future:
         # The client address's rate limit is taken with the claim (the middleware left it to us).
-        outcome = await request.app[INTAKE].accept(message, address=request.get(ADDRESS_CHARGE))
+        outcome = await request.app[INTAKE].accept(
+            message,
+            address=request.get(ADDRESS_CHARGE),
+            before_publish=(lambda: _end_tokens(request, message.conversation_id)) if reset else None,
+        )
         if outcome.duplicate_of is not None:
             return await _answer_duplicate(request, message, outcome.duplicate_of, wait, future)
+        if reset:  # the earlier tokens ended: the answer brings one issued after that
+            token = await _token(request, message.conversation_id)
         if wait == 0:
             return _queued(message, message.conversation_id, token, duplicate=False)
         reply = await _wait(future, wait)

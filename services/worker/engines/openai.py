@@ -18,8 +18,10 @@ It is read as untrusted (`_model_reply`, `_content`), so the SPEC's three kinds 
   * `answer` -> kind answer with the model's text and the valid sources, offering those entries'
     own buttons as the base's answer does (at most 3). An answer citing no
     entry is kept with `sources: []`: answers from the conversation or from the customer's own
-    document or image cite none. An answer whose every cited id was invented is not kept: it says
-    it rests on entries that do not exist, so it is the base's fallback text instead;
+    document or image cite none; but not when the model had none of these and no entry either
+    (it was told it knows nothing of the matter): then it could only be made up. An answer whose
+    every cited id was invented is not kept: it says it rests on entries that do not exist. Both
+    are the base's fallback text instead;
   * `clarify` -> kind clarify, the model's question back, options the chosen candidates (id and
     title; the reply policy adds the hand-over). Without a valid candidate it is the base's fallback;
   * `unknown` -> kind fallback (`fallback=True`): the model's "I do not know" text;
@@ -235,16 +237,19 @@ class OpenAiEngine:
             self.breaker.abandoned()  # cancelled (shutdown) or a bug: the call proved nothing
             raise
         self.breaker.succeeded()
-        return replace(self._content(said, grounding), usage=usage)
+        # What an answer citing no entry may rest on: entries given, the conversation, what was sent.
+        informed = bool(grounding or request.history or request.documents or request.images)
+        return replace(self._content(said, grounding, informed), usage=usage)
 
-    def _content(self, said: ModelReply, grounding: Sequence[tuple[Entry, float]]) -> ReplyContent:
-        """The reply for what the model said, keeping to SPEC section 6's kinds (module docstring)."""
+    def _content(self, said: ModelReply, grounding: Sequence[tuple[Entry, float]], informed: bool) -> ReplyContent:
+        """The reply for what the model said, keeping to SPEC section 6's kinds (module docstring).
+        `informed`: the model had something to answer from (entries, turns, media)."""
         scores = {entry.id: score for entry, score in grounding}
         # How well the company's information covers the question: the entries used, else the best one.
         confidence = max((scores[entry.id] for entry in said.sources), default=max(scores.values(), default=0.0))
         if said.kind == "smalltalk":
             return ReplyContent(text=said.text, engine=self.name, confidence=SMALL_TALK_CONFIDENCE, kind="smalltalk")
-        if said.kind == "answer" and (said.sources or not said.cited_any):
+        if said.kind == "answer" and (said.sources or (informed and not said.cited_any)):
             sources = tuple(entry.id for entry in said.sources)
             return ReplyContent(
                 text=said.text, engine=self.name, confidence=confidence, sources=sources, options=_buttons(said.sources)
@@ -254,8 +259,8 @@ class OpenAiEngine:
             return ReplyContent(
                 text=said.text, engine=self.name, confidence=confidence, kind="clarify", options=options
             )
-        # "unknown" in its own words; an answer resting only on invented entries, or a question back
-        # offering none of the candidates, gets the base's own "not found".
+        # "unknown" in its own words; an answer resting only on invented entries, or on nothing at
+        # all, or a question back offering none of the candidates, gets the base's own "not found".
         return ReplyContent(
             text=said.text if said.kind == "unknown" else self.kb.kb.fallback,
             engine=self.name,
