@@ -5,6 +5,7 @@ as a YAML patch."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import uuid
@@ -346,3 +347,30 @@ async def test_an_operator_teaches_a_running_worker_and_dismisses_out_of_scope_q
         done = [(e["action"], e["actor"], e["outcome"]) for e in (await response.json())["entries"]]
     assert ("teach_phrasing", "Ana", "ok") in done and ("teach_phrasing", "Ana", "refused") in done
     assert ("dismiss_question", "Ana", "ok") in done and ("remove_phrasing", "api", "ok") in done
+
+
+@pytest.mark.parametrize("interval", ["2", "0"])
+async def test_a_worker_that_starts_answers_with_what_was_taught_from_its_first_message(
+    stack: Stack, http: aiohttp.ClientSession, interval: str
+) -> None:
+    """A new replica, or one restarted, takes the messages waiting for it with the taught phrasings
+    already on top of the file; with KB_RELOAD_INTERVAL_SECONDS=0 too (the file is read at start)."""
+    kb_file = stack.tmp / "kb.yaml"
+    shutil.copyfile(SAMPLE, kb_file)
+    stack.extra_env.update(KB_PATH=str(kb_file), KB_RELOAD_INTERVAL_SECONDS=interval)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        assert await phrasings.add(redis, Names(stack.namespace, TEST_SHARDS), ENTRY, LOTTERY)
+    finally:
+        await redis.aclose()
+    await stack.start("gateway")
+    await wait_ready(stack)  # the gateway (no worker yet)
+    # Waiting for the worker: a backlog it takes as soon as it starts.
+    asked = asyncio.create_task(
+        post_message(http, stack.gateway, {"user_id": uuid.uuid4().hex, "text": LOTTERY}, wait=30)
+    )
+    await asyncio.sleep(0.5)
+    await stack.start("worker")
+    status, body = await asked
+    assert status == 200, body
+    assert (body["reply"]["kind"], body["reply"]["sources"]) == ("answer", [ENTRY]), body["reply"]
