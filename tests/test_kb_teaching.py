@@ -171,6 +171,29 @@ async def test_a_suggested_phrasing_is_recorded_from_a_resolved_question_back_an
 
 
 @pytest.mark.integration  # the shared Redis
+async def test_a_question_taught_one_way_is_no_longer_offered_the_other_way(names: tuple[Redis, Names]) -> None:
+    """A question back the customer then resolved is both an unanswered question (the bot asked back)
+    and a suggested phrasing of the entry they chose: teaching it either way settles both."""
+    redis, ns = names
+    app = _admin(redis, ns, SAMPLE)
+    for asked in ("Cadê o balcão de vocês??", "tem loja pra eu ir?"):
+        clarify = ReplyContent(text="Você quis dizer...?", engine="kb", confidence=0.5, kind="clarify")
+        chosen = ReplyContent(text="Somos online", engine="kb", confidence=1.0, sources=(ENTRY,), resolves=asked)
+        await unanswered.record(
+            redis, ns, [unanswered.Answered(asked, clarify, clarify), unanswered.Answered("1", chosen, chosen)]
+        )
+    listed = {row.question for row in await unanswered.report(redis, ns)}
+    suggested = {s.question for s in await unanswered.suggestions(redis, ns)}
+    assert listed == suggested == {"cade o balcao de voces", "tem loja pra eu ir"}
+
+    await teaching.accept(app, ANA, ENTRY, "cade o balcao de voces")  # the suggestion accepted
+    assert {row.question for row in await unanswered.report(redis, ns)} == {"tem loja pra eu ir"}
+    await teaching.attach(app, ANA, "tem loja pra eu ir", ENTRY)  # the question attached
+    assert await unanswered.suggestions(redis, ns) == []
+    assert (await phrasings.read(redis, ns)).phrasings == {ENTRY: ("Cadê o balcão de vocês??", "tem loja pra eu ir?")}
+
+
+@pytest.mark.integration  # the shared Redis
 async def test_suggestions_are_bounded() -> None:
     redis = Redis.from_url(REDIS_URL)
     ns = Names(f"test-{uuid.uuid4().hex[:8]}", TEST_SHARDS)
