@@ -144,9 +144,17 @@ class Handoffs:
         items = {cid: HandoffInfo.from_bytes(raw) for cid, raw in zip(members, raws, strict=True) if raw}
         return HandoffPage(items=items, total=int(total), offset=offset, limit=limit)
 
-    async def list_active(self, limit: int = 100) -> dict[str, HandoffInfo]:
-        """The live handoffs, most recent first."""
-        raw_members = await self.redis.zrevrange(self.names.handoffs_key, 0, limit - 1)
+    async def list_active(self, limit: int = 100, *, oldest_first: bool = False) -> dict[str, HandoffInfo]:
+        """The live handoffs, most recent first; or, `oldest_first`, those whose wait counts from
+        longest ago (the agents' inbox: over `limit`, the newest are the ones left out)."""
+        if oldest_first:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                # The expired ones first, or they would take the places of the longest waiting.
+                pipe.zremrangebyscore(self.names.handoffs_key, "-inf", time.time() - self.ttl_s)
+                pipe.zrange(self.names.handoffs_key, 0, limit - 1)
+                _, raw_members = await pipe.execute()
+        else:
+            raw_members = await self.redis.zrevrange(self.names.handoffs_key, 0, limit - 1)
         members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw_members]
         if not members:
             return {}

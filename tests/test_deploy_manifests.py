@@ -1013,3 +1013,29 @@ def test_runbook_covers_every_alert_in_both_languages() -> None:
         for needed in ("rollout undo", "ATENDIMENTO_TAG", "scripts/backup.sh", "scripts/restore.sh", "trace_id",
                        "combined.log", "error.log", "audit.log", "/monitoring/stats/24h"):  # fmt: skip
             assert needed in text, needed
+
+
+KUBECTL_KINDS = {"deploy": "Deployment", "deployment": "Deployment", "svc": "Service", "sts": "StatefulSet"}
+# An object named in a kubectl command (`deploy/k8s`, the kustomization, is a directory).
+KUBECTL_OBJECT = re.compile(
+    r"kubectl (?P<args>[^`\n]*?)\s(?P<kind>deploy|deployment|svc|sts)/(?!k8s\b)(?P<name>[a-z0-9-]+)(?P<rest>[^`\n]*)"
+)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/operations.md", "docs/operations.pt-BR.md"])
+def test_kubectl_commands_in_the_guides_name_objects_the_manifests_make(doc: str) -> None:
+    """`kubectl logs deploy/X`, `port-forward svc/X PORT`...: X is an object `kubectl apply -k
+    deploy/k8s` makes, in the namespace it makes it in, and a forwarded port is one the Service has."""
+    text = (ROOT / doc).read_text()
+    found = list(KUBECTL_OBJECT.finditer(text))
+    assert found or doc != "README.md"
+    for match in found:
+        command = match.group(0)
+        if match.group("rest").startswith("$"):  # deploy/atendimento-$d in a loop over the three
+            continue
+        obj = one(KUBECTL_KINDS[match.group("kind")], match.group("name"))
+        assert f"-n {obj['metadata']['namespace']}" in command, f"{doc}: {command!r} misses the namespace"
+        forwarded = re.match(r"\s+(?:\d+:)?(\d+)\b", match.group("rest"))
+        if "port-forward" in match.group("args") and forwarded and obj["kind"] == "Service":
+            ports = {port["port"] for port in obj["spec"]["ports"]}
+            assert int(forwarded.group(1)) in ports, f"{doc}: {command!r}: the Service has ports {ports}"

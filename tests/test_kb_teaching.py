@@ -5,6 +5,7 @@ as a YAML patch."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import uuid
@@ -167,6 +168,29 @@ async def test_a_suggested_phrasing_is_recorded_from_a_resolved_question_back_an
     assert actions[:2] == [("accept_phrasing", ENTRY, "ok"), ("accept_phrasing", ENTRY, "refused")]
     assert ("dismiss_suggestion", "frete", "ok") in actions
     assert all(asked not in str(entry) for entry in await app[AUDIT].recent())  # no customer words
+
+
+@pytest.mark.integration  # the shared Redis
+async def test_a_question_taught_one_way_is_no_longer_offered_the_other_way(names: tuple[Redis, Names]) -> None:
+    """A question back the customer then resolved is both an unanswered question (the bot asked back)
+    and a suggested phrasing of the entry they chose: teaching it either way settles both."""
+    redis, ns = names
+    app = _admin(redis, ns, SAMPLE)
+    for asked in ("Cadê o balcão de vocês??", "tem loja pra eu ir?"):
+        clarify = ReplyContent(text="Você quis dizer...?", engine="kb", confidence=0.5, kind="clarify")
+        chosen = ReplyContent(text="Somos online", engine="kb", confidence=1.0, sources=(ENTRY,), resolves=asked)
+        await unanswered.record(
+            redis, ns, [unanswered.Answered(asked, clarify, clarify), unanswered.Answered("1", chosen, chosen)]
+        )
+    listed = {row.question for row in await unanswered.report(redis, ns)}
+    suggested = {s.question for s in await unanswered.suggestions(redis, ns)}
+    assert listed == suggested == {"cade o balcao de voces", "tem loja pra eu ir"}
+
+    await teaching.accept(app, ANA, ENTRY, "cade o balcao de voces")  # the suggestion accepted
+    assert {row.question for row in await unanswered.report(redis, ns)} == {"tem loja pra eu ir"}
+    await teaching.attach(app, ANA, "tem loja pra eu ir", ENTRY)  # the question attached
+    assert await unanswered.suggestions(redis, ns) == []
+    assert (await phrasings.read(redis, ns)).phrasings == {ENTRY: ("Cadê o balcão de vocês??", "tem loja pra eu ir?")}
 
 
 @pytest.mark.integration  # the shared Redis
@@ -346,3 +370,30 @@ async def test_an_operator_teaches_a_running_worker_and_dismisses_out_of_scope_q
         done = [(e["action"], e["actor"], e["outcome"]) for e in (await response.json())["entries"]]
     assert ("teach_phrasing", "Ana", "ok") in done and ("teach_phrasing", "Ana", "refused") in done
     assert ("dismiss_question", "Ana", "ok") in done and ("remove_phrasing", "api", "ok") in done
+
+
+@pytest.mark.parametrize("interval", ["2", "0"])
+async def test_a_worker_that_starts_answers_with_what_was_taught_from_its_first_message(
+    stack: Stack, http: aiohttp.ClientSession, interval: str
+) -> None:
+    """A new replica, or one restarted, takes the messages waiting for it with the taught phrasings
+    already on top of the file; with KB_RELOAD_INTERVAL_SECONDS=0 too (the file is read at start)."""
+    kb_file = stack.tmp / "kb.yaml"
+    shutil.copyfile(SAMPLE, kb_file)
+    stack.extra_env.update(KB_PATH=str(kb_file), KB_RELOAD_INTERVAL_SECONDS=interval)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        assert await phrasings.add(redis, Names(stack.namespace, TEST_SHARDS), ENTRY, LOTTERY)
+    finally:
+        await redis.aclose()
+    await stack.start("gateway")
+    await wait_ready(stack)  # the gateway (no worker yet)
+    # Waiting for the worker: a backlog it takes as soon as it starts.
+    asked = asyncio.create_task(
+        post_message(http, stack.gateway, {"user_id": uuid.uuid4().hex, "text": LOTTERY}, wait=30)
+    )
+    await asyncio.sleep(0.5)
+    await stack.start("worker")
+    status, body = await asked
+    assert status == 200, body
+    assert (body["reply"]["kind"], body["reply"]["sources"]) == ("answer", [ENTRY]), body["reply"]

@@ -6,10 +6,14 @@ from __future__ import annotations
 import uuid
 
 import aiohttp
+from aiohttp import web
 from redis.asyncio import Redis
 
+from services.monitor.admin import inbox
+from services.monitor.keys import HANDOFFS, STORE
 from shared.handoff import HandoffInfo, Handoffs
 from shared.names import Names
+from shared.store import Store
 from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, get_json
 
 TOKEN = "admin-" + uuid.uuid4().hex
@@ -155,5 +159,24 @@ async def test_handoffs_are_listed_released_and_expire(stack: Stack) -> None:
 
         await eventually(expired, timeout=5, what="the handoff to expire")
         assert await handoffs.list_active() == {} and await redis.zcard(names.handoffs_key) == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_the_inbox_keeps_the_longest_waiting_when_more_wait_than_it_shows(stack: Stack) -> None:
+    """Over QUEUE_LIMIT waiting, the inbox still lists the customers who have waited longest (its
+    order): the ones left for later are the newest, never the oldest."""
+    redis = Redis.from_url(REDIS_URL)
+    names = Names(stack.namespace, TEST_SHARDS)
+    try:
+        app = web.Application()
+        app[STORE] = Store(redis, names)
+        app[HANDOFFS] = handoffs = Handoffs(redis, names)
+        total = inbox.QUEUE_LIMIT + 5
+        for i in range(total):  # c-0 asked first, c-204 last
+            await handoffs.start(f"c-{i}", HandoffInfo(channel="web", user_id=f"u{i}", started_at=1_000.0 + i))
+        waiting = await inbox.queue(app)
+        assert len(waiting) == inbox.QUEUE_LIMIT
+        assert [item.conversation_id for item in waiting] == [f"c-{i}" for i in range(inbox.QUEUE_LIMIT)]
     finally:
         await redis.aclose()

@@ -180,6 +180,9 @@ def _shard_consumer(app: web.Application) -> ShardConsumer:
 
 async def _consuming(app: web.Application) -> AsyncIterator[None]:
     settings, store = app[SETTINGS], app[STORE]
+    reloader = _reloader(app)
+    if reloader is not None:
+        await reloader.start()  # the taught phrasings, before the first message is taken
     consumer = _shard_consumer(app)
     app[CONSUMER] = consumer
     info = ProcessInfo(SERVICE, settings.instance_id)
@@ -197,7 +200,7 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         app[LANGUAGE],
     )
     sweeping = supervised("conversation-sweeper", sweeper.run)
-    reloading = _reloading(app)
+    reloading = _reloading(app, reloader)
     yield
     sweeping.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -219,12 +222,11 @@ async def _consuming(app: web.Application) -> AsyncIterator[None]:
         await heartbeat
 
 
-def _reloading(app: web.Application) -> asyncio.Task[None] | None:
-    """The knowledge-base watcher (KB_RELOAD_INTERVAL_SECONDS; 0: none)."""
+def _reloader(app: web.Application) -> KbReloader | None:
     settings, engine = app[SETTINGS], app[ENGINE]
-    if settings.kb_reload_interval_s <= 0 or not isinstance(engine, LiveEngine):
+    if not isinstance(engine, LiveEngine):
         return None  # (a test may have put an engine of its own in)
-    reloader = KbReloader(
+    return KbReloader(
         settings.kb_path,
         app[FACTORY].build,
         engine,
@@ -232,7 +234,14 @@ def _reloading(app: web.Application) -> asyncio.Task[None] | None:
         settings.instance_id,
         grace_s=settings.openai_timeout_s + 1.0,
     )
-    return supervised("kb-reload", lambda: reloader.run(settings.kb_reload_interval_s))
+
+
+def _reloading(app: web.Application, reloader: KbReloader | None) -> asyncio.Task[None] | None:
+    """The knowledge-base watcher (KB_RELOAD_INTERVAL_SECONDS; 0: none)."""
+    interval = app[SETTINGS].kb_reload_interval_s
+    if reloader is None or interval <= 0:
+        return None
+    return supervised("kb-reload", lambda: reloader.run(interval))
 
 
 async def _health(app: web.Application) -> tuple[bool, dict[str, Any]]:

@@ -9,8 +9,9 @@ keeps the old base, logs why, and publishes the reason in this worker's status, 
 area shows. The status is published every round, so the admin sees every live replica.
 
 The phrasings operators taught in the admin area (shared/phrasings.py, an overlay in Redis) are
-applied on top of the file at every load; its version is watched like the reload version, so a
-taught phrasing reaches every worker within one interval. Phrasings of an entry the file no longer
+applied on top of the file at every load, from the worker's start (`KbReloader.start`, before
+its first message); its version is watched like the reload version, so a taught phrasing reaches
+every worker within one interval. Phrasings of an entry the file no longer
 has are left out, logged, and named in the status.
 """
 
@@ -142,6 +143,23 @@ class KbReloader:
         while True:
             await self.check()
             await asyncio.sleep(interval_s)
+
+    async def start(self) -> None:
+        """Before the first message: the base loaded at start gets the taught phrasings on top, so a
+        new or restarted worker never answers (a backlog waiting for it included) without them."""
+        try:
+            taught = await phrasings.version(self.store.redis, self.store.names)
+        except REDIS_ERRORS as exc:
+            log.warning("knowledge base: taught phrasings unreadable at start, applied later: %s", exc)
+            return
+        if taught == self.live.loaded.overlay_version:
+            return  # nothing taught
+        try:
+            stat = _stat(self.path)
+        except OSError as exc:
+            self._refuse(f"{self.path}: cannot read the file: {exc}", None)
+            return
+        await self._reload(stat, asked=True)
 
     async def check(self) -> None:
         """One round: reload when asked or when the file changed, then publish this worker's status."""

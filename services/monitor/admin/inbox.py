@@ -71,7 +71,7 @@ def customer_name(info: HandoffInfo) -> str:
 async def queue(app: web.Application) -> list[Waiting]:
     """The live handoffs, the longest waiting first. Raises REDIS_ERRORS."""
     store = app[STORE]
-    handoffs = await app[HANDOFFS].list_active(QUEUE_LIMIT)
+    handoffs = await app[HANDOFFS].list_active(QUEUE_LIMIT, oldest_first=True)
     ids = list(handoffs)
     if not ids:
         return []

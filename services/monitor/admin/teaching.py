@@ -5,7 +5,8 @@
   KB_RELOAD_INTERVAL_SECONDS, and the question is no longer listed.
 - "Out of scope": the question is no longer listed.
 - A suggested phrasing (a customer chose entry X after a question back) is accepted into the
-  overlay or dismissed; neither happens without an operator.
+  overlay or dismissed; neither happens without an operator. A question taught either way (its
+  suggestion accepted, or the question attached to that entry) leaves both lists.
 - A taught phrasing can be removed; the overlay downloads as a YAML patch for the base file.
 
 The entries offered and checked are those of the base in force: the monitor reads KB_PATH as the
@@ -106,6 +107,8 @@ async def attach(app: web.Application, actor: Actor, question: Any, entry_id: An
             raise Problem(404, "question: not among the unanswered questions of the last 7 days")
         added = await _add(app, actor, "teach_phrasing", entry_id, example)
         await unanswered.mark_handled(store.redis, store.names, question)
+        # Taught: no longer a suggestion for that entry either.
+        await unanswered.forget_suggestion(store.redis, store.names, entry_id, question)
     except REDIS_ERRORS as exc:
         await _failed(app, actor, "teach_phrasing", entry_id, exc)
     await audit.record(
@@ -140,6 +143,8 @@ async def accept(app: web.Application, actor: Actor, entry_id: Any, question: An
             raise Problem(404, f"question: no suggested phrasing of entry {entry_id!r} is that question")
         added = await _add(app, actor, "accept_phrasing", entry_id, suggestion.example)
         await unanswered.forget_suggestion(store.redis, store.names, entry_id, question)
+        # The question back it resolved is taught now: no longer listed as unanswered either.
+        await unanswered.mark_handled(store.redis, store.names, question)
     except REDIS_ERRORS as exc:
         await _failed(app, actor, "accept_phrasing", entry_id, exc)
     await audit.record(
