@@ -338,8 +338,8 @@ def _pid(service: Service) -> int:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=20.0, help="load time for each side")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds the load time is split in")
+    parser.add_argument("--seconds", type=float, default=30.0, help="load time for each side")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds the load time is split in")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the project's services")
     parser.add_argument(
         "--trace-ratio",
