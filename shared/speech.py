@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SPEECH_FORMAT = "opus"
 SPEECH_MIME = "audio/ogg"
 MAX_SPEECH_BYTES = 16 * 2**20  # WhatsApp's limit for audio; a reply is seconds long
+SPEECH_CHUNK_BYTES = 64 * 1024
 MAX_SPEECH_CHARS = 4096  # the `input` limit of OpenAI's speech endpoint
 
 
@@ -108,9 +109,14 @@ async def synthesise(session: aiohttp.ClientSession, config: SpeechConfig, text:
         ) as response:
             if response.status != 200:
                 raise SpeechError(f"speech answered HTTP {response.status}")
-            audio = await response.content.read(MAX_SPEECH_BYTES + 1)
+            # The whole stream, chunk by chunk (`read(n)` gives only what has arrived so far).
+            audio = bytearray()
+            async for chunk in response.content.iter_chunked(SPEECH_CHUNK_BYTES):
+                audio += chunk
+                if len(audio) > MAX_SPEECH_BYTES:
+                    raise SpeechError(f"speech answered over {MAX_SPEECH_BYTES} bytes")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SpeechError(f"speech failed: {type(exc).__name__}") from None
-    if not audio or len(audio) > MAX_SPEECH_BYTES:
-        raise SpeechError(f"speech answered {len(audio)} bytes")
-    return audio
+    if not audio:
+        raise SpeechError("speech answered no audio")
+    return bytes(audio)

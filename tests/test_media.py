@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from services.worker.engines.kbfile import KnowledgeBaseError, parse
@@ -27,6 +28,7 @@ from services.worker.media import POLITE
 from shared.conversations import Keys
 from shared.names import Names
 from shared.settings import ConfigError, Settings
+from shared.speech import SpeechConfig, synthesise
 from tests.support import (
     PRAZO,
     REDIS_URL,
@@ -34,6 +36,7 @@ from tests.support import (
     Stack,
     conversation_token,
     eventually,
+    free_port,
     post_message,
     sse_events,
     stored_reply,
@@ -367,3 +370,31 @@ def test_media_settings_are_validated_and_transcription_needs_a_key_or_a_url() -
     for name, value in (("VOICE_REPLIES", "yes"), ("MEDIA_MAX_BYTES", "-1"), ("TRANSCRIPTION_BASE_URL", "whisper")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: value})
+
+
+async def test_a_long_spoken_reply_is_read_whole_not_cut_at_its_first_chunk() -> None:
+    """`/audio/speech` streams its audio: a reply of a minute is hundreds of kilobytes in many
+    chunks, and the voice note sent is all of it (a read of what was buffered first kept 32 KiB)."""
+    audio = SPEECH_AUDIO + bytes(range(256)) * 2000  # about 500 KiB
+
+    async def speech(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "audio/ogg"})
+        await response.prepare(request)
+        for start in range(0, len(audio), 32 * 1024):
+            await response.write(audio[start : start + 32 * 1024])
+            await asyncio.sleep(0.005)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/speech", speech)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    config = SpeechConfig(f"http://127.0.0.1:{port}/v1", "", "whisper-1", "tts-1", "alloy", 10.0, 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await synthesise(session, config, "Entregamos em até 5 dias úteis.") == audio
+    finally:
+        await runner.cleanup()
