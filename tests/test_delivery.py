@@ -5,6 +5,7 @@ gateway's delivery consumers send them to a local stand-in of the channels' APIs
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import uuid
@@ -13,9 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
+from services.gateway.delivery import order
+from services.gateway.delivery.ledger import Lease, Ledger
 from services.gateway.delivery.split import split_text, units
-from tests.support import Service, Stack, eventually, get_json
+from shared.names import Names
+from tests.support import TEST_SHARDS, Service, Stack, eventually, get_json, new_namespace
 from tests.support.channel_fakes import (
     TELEGRAM_ENV,
     WHATSAPP_ENV,
@@ -193,3 +198,32 @@ async def test_replies_to_one_recipient_leave_in_order_across_gateways(
 async def post_whatsapp(gateway: Service, http: aiohttp.ClientSession, sender: str, text: str) -> tuple[int, Any]:
     payload = whatsapp_text(f"wamid.order-{uuid.uuid4().hex}", sender, text)
     return await send_whatsapp(http, gateway, payload)
+
+
+async def test_a_reply_waits_for_an_earlier_one_that_is_still_being_retried(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conversation's head reply is on another gateway, retrying (a 429's Retry-After, its
+    back-offs): its lease is renewed all along, so the next reply keeps waiting past MAX_WAIT_S
+    (meant for a head nobody holds) and goes out only once the head settles."""
+    monkeypatch.setattr(order, "MAX_WAIT_S", 0.5)
+    names = Names(new_namespace(), TEST_SHARDS)
+    ledger, outbound = Ledger(redis, names), order.OutboundOrder(redis, names)
+    conversation, first, second = "whatsapp:1:5511900000099", "wamid.first", "wamid.second"
+    keys = [names.outbound_order_key(conversation), names.delivered_key(first)]
+    await redis.rpush(keys[0], first, second)
+    try:
+        assert await ledger.acquire(first, "other-gateway", lease_s=3.0) == Lease(sent=0)
+        waiting = asyncio.create_task(outbound.wait_turn(conversation, second))
+        for _ in range(3):  # the first one's retries, each renewing its lease before the wait
+            await asyncio.sleep(0.8)
+            assert not waiting.done(), "the second reply went out before the first"
+            assert await ledger.renew(first, "other-gateway", 3.0, 0)
+        await ledger.finish(first, "other-gateway")
+        await outbound.settled(conversation, first)
+        await asyncio.wait_for(waiting, 2)
+        # A head nobody holds (its entry lost) still delays the next one by MAX_WAIT_S only.
+        await redis.rpush(keys[0], "wamid.lost", "wamid.third")
+        await asyncio.wait_for(outbound.wait_turn(conversation, "wamid.third"), 2)
+    finally:
+        await redis.delete(*keys)
