@@ -172,6 +172,16 @@ def test_split_prefers_paragraphs_then_sentences_then_words() -> None:
     assert all(units(part) <= 8 for part in parts) and "".join(parts) == "😀" * 9
 
 
+def test_a_long_list_is_split_between_its_lines_never_inside_an_item() -> None:
+    """A numbered list longer than a message, in one paragraph (lines, no blank line): each part
+    ends at the end of a line, so no part ends with an item's number and the next begins with its text."""
+    lines = [f"{i}. Produto número {i}: entrega em até {i % 7 + 1} dias úteis nas capitais." for i in range(1, 90)]
+    text = "Veja a lista:\n" + "\n".join(lines)
+    parts = split_text(text, 4096)
+    assert len(parts) == 2 and all(units(part) <= 4096 for part in parts)
+    assert "\n".join(parts) == text  # every cut at a line break: each item whole in one part
+
+
 async def test_replies_to_one_recipient_leave_in_order_across_gateways(
     stack: Stack, http: aiohttp.ClientSession, api: FakeChannelApi
 ) -> None:

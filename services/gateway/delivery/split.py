@@ -1,7 +1,8 @@
 """Splitting a reply that is longer than a channel allows into messages that each read well.
 
-Preference, from best to worst: end a part at a paragraph break, then at the end of a sentence,
-then between words; only a single word longer than the limit is cut where it stands.
+Preference, from best to worst: end a part at a paragraph break, then at a line break (a list's
+items, one a line, stay whole), then at the end of a sentence, then between words; only a single
+word longer than the limit is cut where it stands.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 # After sentence punctuation (and any closing quote or bracket) followed by white space.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_LINE = re.compile(r"\n")
 _SPACE = re.compile(r"\s+")
 
 
@@ -42,19 +44,24 @@ def split_text(text: str, limit: int) -> list[str]:
 
 
 def _pieces(text: str, limit: int) -> list[str]:
-    """Paragraphs, broken into sentences, broken into words, broken into characters, each level
-    only where the coarser piece would not fit in one part. Pieces keep their trailing space."""
+    """Paragraphs, broken into lines, broken into sentences, broken into words, broken into
+    characters, each level only where the coarser piece would not fit in one part. Pieces keep
+    their trailing space."""
     pieces: list[str] = []
     for paragraph in _split_keep(_PARAGRAPH, text):
         if units(paragraph.rstrip()) <= limit:
             pieces.append(paragraph)
             continue
-        for sentence in _split_keep(_SENTENCE_END, paragraph):
-            if units(sentence.rstrip()) <= limit:
-                pieces.append(sentence)
+        for line in _split_keep(_LINE, paragraph):
+            if units(line.rstrip()) <= limit:
+                pieces.append(line)
                 continue
-            for word in _split_keep(_SPACE, sentence):
-                pieces.extend(_hard_cut(word, limit) if units(word.rstrip()) > limit else [word])
+            for sentence in _split_keep(_SENTENCE_END, line):
+                if units(sentence.rstrip()) <= limit:
+                    pieces.append(sentence)
+                    continue
+                for word in _split_keep(_SPACE, sentence):
+                    pieces.extend(_hard_cut(word, limit) if units(word.rstrip()) > limit else [word])
     return pieces
 
 
