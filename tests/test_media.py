@@ -24,8 +24,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from services.worker.engines.kbfile import KnowledgeBaseError, parse
-from services.worker.media import POLITE
+from services.worker.media import POLITE, MediaResolver
 from shared.conversations import Keys
+from shared.messages import Attachment, InboundMessage
 from shared.names import Names
 from shared.settings import ConfigError, Settings
 from shared.speech import SpeechConfig, synthesise
@@ -398,3 +399,38 @@ async def test_a_long_spoken_reply_is_read_whole_not_cut_at_its_first_chunk() ->
             assert await synthesise(session, config, "Entregamos em até 5 dias úteis.") == audio
     finally:
         await runner.cleanup()
+
+
+async def test_a_file_that_is_no_image_gets_the_polite_reply_and_never_reaches_the_llm(api: FakeChannelApi) -> None:
+    """An "image" whose bytes are none of the formats the LLM reads (damaged, or a file of another
+    kind sent as a photo) is an unreadable file (SPEC 4): the polite reply, not a provider error
+    that falls back to the base's "I did not find that" and counts against the LLM's breaker."""
+    settings = Settings.from_env({**WHATSAPP_ENV, **api.env()})
+    resolver = MediaResolver(settings, "pt", reads_media=True)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    webp = b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(64)
+    api.add_media("wa-png", png, "image/png")
+    api.add_media("wa-webp", webp, "image/webp")
+    api.add_media("wa-not-an-image", b"<html>this is no image</html>", "image/jpeg")
+
+    def photo(media_id: str) -> InboundMessage:
+        attachment = Attachment(kind="image", media_id=media_id, mime_type="image/jpeg")
+        return InboundMessage(
+            message_id=f"wamid.{media_id}",
+            conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:5511900000011",
+            user_id="5511900000011",
+            text="",
+            channel="whatsapp",
+            metadata={"phone_number_id": PHONE_NUMBER_ID, "to": "5511900000011"},
+            attachment=attachment,
+        )
+
+    try:
+        good = await resolver.resolve([photo("wa-png")])
+        assert good.unhandled is None and good.images == ("data:image/png;base64," + base64.b64encode(png).decode(),)
+        good = await resolver.resolve([photo("wa-webp")])
+        assert good.unhandled is None and good.images[0].startswith("data:image/webp;base64,")
+        bad = await resolver.resolve([photo("wa-not-an-image")])
+        assert bad.images == () and bad.unhandled is not None and bad.unhandled.text == polite["unavailable"]
+    finally:
+        await resolver.close()

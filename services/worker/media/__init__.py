@@ -212,7 +212,12 @@ class MediaResolver:
         fetched = await self._fetcher().fetch(message, attachment)
         if fetched.mime_type not in IMAGE_TYPES:
             raise MediaError("wrong_type", f"an image of type {fetched.mime_type!r}")
-        data_url = f"data:{fetched.mime_type};base64,{base64.b64encode(fetched.data).decode()}"
+        # What the bytes are, not what they were called: a damaged file, or another kind sent as a
+        # photo, is unreadable here (the provider would refuse it, as a failure of the LLM's).
+        kind = image_type(fetched.data)
+        if kind is None:
+            raise MediaError("unavailable", f"an image served as {fetched.mime_type!r} is no image the LLM reads")
+        data_url = f"data:{kind};base64,{base64.b64encode(fetched.data).decode()}"
         return _Understood(marked, caption, image=data_url)
 
     async def _document(self, message: InboundMessage, attachment: Attachment, caption: str) -> _Understood:
@@ -241,6 +246,19 @@ class MediaResolver:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(trace_configs=[client_trace_config("media")])
         return self._session
+
+
+def image_type(data: bytes) -> str | None:
+    """The image format the bytes begin with (of IMAGE_TYPES, what the LLM reads), else None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
 
 
 def _filename(stem: str, mime_type: str) -> str:
