@@ -31,6 +31,7 @@ from tests.support.channel_fakes import (
     whatsapp_text,
 )
 from tests.support.channel_fakes import post_whatsapp as send_whatsapp
+from tests.support.fake_llm import FakeLlm
 from tests.support.pipeline import wait_ready
 from tests.support.replies import Replies, reply
 
@@ -237,3 +238,25 @@ async def test_a_reply_waits_for_an_earlier_one_that_is_still_being_retried(
         await asyncio.wait_for(outbound.wait_turn(conversation, "wamid.third"), 2)
     finally:
         await redis.delete(*keys)
+
+
+async def test_a_voice_note_the_platform_refuses_leaves_the_text_reply_delivered(
+    stack: Stack, api: FakeChannelApi, llm: FakeLlm
+) -> None:
+    """VOICE_REPLIES=on: the answer's text went out, then the platform refuses its voice note for
+    good (a customer who accepts no voice messages, a format refused): the customer has the
+    answer, as when speech cannot be synthesised. The reply is delivered, not dead-lettered and
+    counted as an error, and the conversation's next reply follows."""
+    await stack.start("gateway", **CHANNELS_ENV, **api.env(), VOICE_REPLIES="on", TRANSCRIPTION_BASE_URL=llm.url)
+    await wait_ready(stack)
+    refused = {"error": {"message": "(#131053) Media upload error", "type": "OAuthException", "code": 131053}}
+    api.script[:] = [Answer(200), Answer(400, body=refused)]
+    sender = "5511900000008"
+    first = reply("whatsapp", sender, "Entregamos em até 5 dias úteis.")
+    first = dataclasses.replace(first, reply=dataclasses.replace(first.reply, voice=True))
+    async with Replies(stack.namespace) as replies:
+        await replies.publish(first)
+        await replies.publish(reply("whatsapp", sender, "Algo mais?"))
+        assert await delivered(api, sender, 2) == ["Entregamos em até 5 dias úteis.", "Algo mais?"]
+        assert [r.status for r in api.received if r.body.get("to") == sender] == [200, 400, 200]
+        assert await replies.dead_letters() == 0

@@ -3,9 +3,10 @@
 For each reply: split it into parts the channel accepts (its options go with the last), take the
 reply's lease in the ledger, then send the parts not yet confirmed (with VOICE_REPLIES=on, the
 answer to a voice note has one more part: its text spoken, synthesised right then, so the audio
-never waits in a queue), one after another, each paced per recipient and retried
-with backoff (honouring `Retry-After`) on network errors, 5xx and 429. Only after the ledger says
-`done` is the delivery acked; a reply that still fails is dead-lettered and counted as an error.
+never waits in a queue; one that cannot be made or sent leaves the reply delivered as text), one
+after another, each paced per recipient and retried with backoff (honouring `Retry-After`) on
+network errors, 5xx and 429. Only after the ledger says `done` is the delivery acked; a reply
+that still fails is dead-lettered and counted as an error.
 A proactive template (shared/outbound.py) is one part of its own. Each part the platform took is
 recorded in the message's receipt with the platform's id (shared/receipts.py), which WhatsApp's
 delivery statuses name; a dead-lettered one is recorded failed, with the platform's error code.
@@ -292,10 +293,19 @@ class DeliveryConsumer:
             try:
                 assert self._speak is not None
                 audio = await self._speak(reply.reply.text)
-            except SpeechError as exc:
-                # The text went out already: the customer has the answer, only not spoken.
-                log.warning("voice reply %s not synthesised, text only: %s", reply.message_id, exc)
-                return
+                await self._try_part(reply, recipient, part, owner, sent, audio)
+            except (SpeechError, SendFailed) as exc:
+                # The text went out already: the customer has the answer, only not spoken (speech
+                # failed, or the platform will not take the voice note: the customer's privacy
+                # settings, a format refused). Not a failed reply, nor a dead letter.
+                log.warning("voice reply %s not sent, text only: %s", reply.message_id, exc)
+            return
+        await self._try_part(reply, recipient, part, owner, sent, audio)
+
+    async def _try_part(
+        self, reply: ReplyMessage, recipient: str, part: Part, owner: str, sent: int, audio: bytes
+    ) -> None:
+        """Sends `part`, retrying what may succeed later; raises SendFailed when that is over."""
         for attempt in range(1, self._policy.max_attempts + 1):
             await self._pace(reply, recipient, owner, sent)
             try:
