@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import shutil
 import subprocess
 import uuid
@@ -432,5 +433,31 @@ async def test_a_file_that_is_no_image_gets_the_polite_reply_and_never_reaches_t
         assert good.unhandled is None and good.images[0].startswith("data:image/webp;base64,")
         bad = await resolver.resolve([photo("wa-not-an-image")])
         assert bad.images == () and bad.unhandled is not None and bad.unhandled.text == polite["unavailable"]
+    finally:
+        await resolver.close()
+
+
+async def test_a_question_typed_with_media_that_cannot_be_read_is_still_answered(api: FakeChannelApi) -> None:
+    """DEBOUNCE_MS: a photo (the knowledge base reads none) and the question typed right after it
+    are one unit. The question is answered, as a photo's caption is; the polite "cannot see
+    images, could you type your question?" is for media with nothing else to answer."""
+    settings = Settings.from_env({**WHATSAPP_ENV, **api.env()})
+    resolver = MediaResolver(settings, "pt", reads_media=False)
+    sender = "5511900000012"
+    base = InboundMessage(
+        message_id="wamid.burst-1",
+        conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:{sender}",
+        user_id=sender,
+        text="",
+        channel="whatsapp",
+        metadata={"phone_number_id": PHONE_NUMBER_ID, "to": sender},
+        attachment=Attachment(kind="image", media_id="wa-photo-12", mime_type="image/jpeg"),
+    )
+    typed = dataclasses.replace(base, message_id="wamid.burst-2", text=PRAZO, attachment=None)
+    try:
+        both = await resolver.resolve([base, typed])
+        assert both.unhandled is None and both.text == PRAZO
+        alone = await resolver.resolve([base])
+        assert alone.unhandled is not None and alone.unhandled.text == polite["image_not_read"]
     finally:
         await resolver.close()

@@ -147,14 +147,18 @@ class MediaResolver:
         understood = [await self._understand(message) for message in messages]
         problem = next((u.problem for u in understood if u.problem), None)
         combined = _combined(understood)
-        if problem is not None:  # the polite reply instead of the engine's, in the customer's language
+        # Something else of the unit to answer (a question typed with a photo, DEBOUNCE_MS): it is
+        # answered, as a caption is; the polite reply is for media with nothing else to answer.
+        answerable = bool(combined.text.strip() or combined.images or combined.documents)
+        if problem is not None and not answerable:  # the polite reply, in the customer's language
             last = messages[-1]
             polite = POLITE[customer_language(last.metadata, last.text) or self._language]
             # `smalltalk`, not an `answer`: nothing was answered (the conversation is not counted as
             # resolved by the bot, nor asked for a rating, for it).
             unhandled = ReplyContent(polite[problem], "media", 1.0, kind="smalltalk")
             return dataclasses.replace(combined, unhandled=unhandled)
-        return dataclasses.replace(combined, voice=any(_is_voice(message) for message in messages))
+        voice = any(_is_voice(u.message) and u.problem is None for u in understood)
+        return dataclasses.replace(combined, voice=voice)
 
     async def close(self) -> None:
         for session in (self._session, self._downloads):
