@@ -461,3 +461,29 @@ async def test_a_question_typed_with_media_that_cannot_be_read_is_still_answered
         assert alone.unhandled is not None and alone.unhandled.text == polite["image_not_read"]
     finally:
         await resolver.close()
+
+
+async def test_a_size_the_graph_api_declares_as_a_string_is_enforced_before_downloading(api: FakeChannelApi) -> None:
+    """The Graph API's media info gives `file_size` as a string of digits: a file declared over
+    MEDIA_MAX_BYTES that way is refused before a byte of it is downloaded, as a numeric one is."""
+    env = {**WHATSAPP_ENV, **api.env(), "TRANSCRIPTION_BASE_URL": "http://127.0.0.1:9/v1"}
+    resolver = MediaResolver(
+        Settings.from_env({**env, "MEDIA_MAX_BYTES": str(MEDIA_MAX_BYTES)}), "pt", reads_media=True
+    )
+    api.add_media("wa-big-3", bytes(MEDIA_MAX_BYTES + 1), "audio/ogg", declared_size=str(MEDIA_MAX_BYTES + 1))
+    sender = "5511900000013"
+    voice = InboundMessage(
+        message_id="wamid.big-3",
+        conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:{sender}",
+        user_id=sender,
+        text="",
+        channel="whatsapp",
+        metadata={"phone_number_id": PHONE_NUMBER_ID, "to": sender},
+        attachment=Attachment(kind="audio", media_id="wa-big-3", mime_type="audio/ogg", voice=True),
+    )
+    try:
+        resolved = await resolver.resolve([voice])
+    finally:
+        await resolver.close()
+    assert resolved.unhandled is not None and resolved.unhandled.text == polite["too_large"]
+    assert api.media["wa-big-3"].fetches == 0

@@ -132,8 +132,9 @@ class MediaFile:
     data: bytes
     mime_type: str
     # What the media info / getFile declares (None: the real size); lying lets a test check the
-    # limit is also enforced while the bytes stream.
-    declared_size: int | None = None
+    # limit is also enforced while the bytes stream. A string is sent as one (the Graph API's
+    # `file_size` comes as a string of digits).
+    declared_size: int | str | None = None
     fetches: int = 0
     # What the media info / getFile answers instead of this server's own download address: a
     # hostile platform answer (another host, a path climbing out), for the SSRF tests.
@@ -203,14 +204,14 @@ class FakeChannelApi:
         media_id: str,
         data: bytes,
         mime_type: str,
-        declared_size: int | None = None,
+        declared_size: int | str | None = None,
         *,
         url: str | None = None,
         file_path: str | None = None,
     ) -> None:
         self.media[media_id] = MediaFile(data, mime_type, declared_size, url=url, file_path=file_path)
 
-    def _size(self, media: MediaFile) -> int:
+    def _size(self, media: MediaFile) -> int | str:
         return len(media.data) if media.declared_size is None else media.declared_size
 
     async def _whatsapp_media_info(self, request: web.Request) -> web.Response:

@@ -143,7 +143,11 @@ async def _read(response: aiohttp.ClientResponse, limit: int, what: str) -> byte
 
 
 def _check_declared(size: object, limit: int) -> None:
-    if isinstance(size, int) and size > limit:
+    """Refuses a file declared over the limit: a number, or a string of digits (the Graph API's
+    `file_size` comes as one); anything else says nothing (the download is counted anyway)."""
+    if isinstance(size, str) and size.strip().isdigit():
+        size = int(size)
+    if isinstance(size, int) and not isinstance(size, bool) and size > limit:
         raise TooLarge(size, limit)
 
 
