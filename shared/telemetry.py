@@ -258,7 +258,8 @@ def _messaging_attributes(
     if message_id:
         attributes["messaging.message.id"] = message_id
     if conversation_id:
-        attributes[CONVERSATION_ID] = conversation_id
+        # A WhatsApp conversation's id holds the customer's phone number: masked, as in log lines.
+        attributes[CONVERSATION_ID] = mask_pii(conversation_id)
     return attributes
 
 

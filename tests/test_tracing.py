@@ -367,3 +367,53 @@ def test_otel_traces_exporter_takes_the_sdks_console_value_and_lists() -> None:
     for wrong in ("zipkin", "otlp,none"):
         with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER="):
             Settings.from_env({"OTEL_TRACES_EXPORTER": wrong})
+
+
+async def test_a_whatsapp_message_is_one_trace_to_the_graph_api_and_no_span_names_the_customers_phone(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """From Meta's webhook call to the Graph API call carrying the reply: one trace, the channel
+    API call a CLIENT span in it. The sender's phone number is personal data: spans name it masked,
+    as log lines do (docs/privacy.md), never in full (the conversation id holds it)."""
+    from tests.support.channel_fakes import WHATSAPP_ENV, FakeChannelApi, post_whatsapp, whatsapp_text
+
+    graph = await FakeChannelApi().start()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        await wait_ready(stack)
+        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
+        wamid = f"wamid.{uuid.uuid4().hex}"
+        status, body = await post_whatsapp(http, gateway, whatsapp_text(wamid, sender, PRAZO))
+        assert status == 200, body
+
+        ns, gw, wk = stack.namespace, "atendimento-gateway", "atendimento-worker"
+
+        async def delivered() -> ReceivedSpan | None:
+            found = [s for s in collector.spans if s.service == gw and s.name == "POST whatsapp"]
+            return found[0] if found else None
+
+        api_call = await eventually(delivered, what="the Graph API call's span")
+        spans = await spans_of(
+            collector,
+            api_call.trace_id,
+            (gw, "POST /webhooks/whatsapp"),
+            (gw, f"publish {ns}.inbound"),
+            (wk, f"process {ns}.inbound"),
+            (wk, "engine kb"),
+            (wk, f"publish {ns}.replies"),
+            (gw, f"process {ns}.replies"),
+            (gw, "POST whatsapp"),
+        )
+    finally:
+        await graph.close()
+    assert api_call.kind == "CLIENT" and api_call.attributes["http.response.status_code"] == 200
+    webhook = by_name(spans, gw, "POST /webhooks/whatsapp")
+    assert webhook.span_id in ancestors(api_call, spans)
+    consumer = by_name(spans, wk, f"process {ns}.inbound")
+    assert consumer.attributes["messaging.message.id"] == wamid
+    for span in collector.spans:
+        for key, value in span.attributes.items():
+            assert sender not in str(value), (span, key, value)
+    assert consumer.attributes["messaging.message.conversation_id"].endswith(sender[-4:])
