@@ -55,6 +55,7 @@ UNTRACED_PATHS = frozenset({"/monitoring/live", "/monitoring/health", "/metrics"
 MESSAGING_SYSTEM = "rabbitmq"
 CONVERSATION_ID = "messaging.message.conversation_id"
 REDELIVERED = "atendimento.delivery.redelivered"
+TRACEPARENT = "traceparent"  # the W3C header, in AMQP headers as in HTTP
 
 
 def _tracer() -> trace.Tracer:
@@ -273,12 +274,23 @@ def producer_span(
     conversation_id: str | None,
 ) -> Iterator[Span]:
     """A PRODUCER span around a publish; its context is injected into `headers` (the AMQP headers
-    of the message), so the consumer continues this trace."""
+    of the message), so the consumer continues this trace.
+
+    Headers that already carry a trace context are a message published again (a dead letter
+    replayed from the admin area, or moved by the retention sweep): it stays in its own trace, the
+    span a child of that context, linked to the span that republishes it (the admin's request)."""
     if not _tracing():
         yield INVALID_SPAN
         return
     attributes = _messaging_attributes("publish", "send", exchange, routing_key, message_id, conversation_id)
-    with _tracer().start_as_current_span(f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+    parent, links = None, None
+    if TRACEPARENT in headers:
+        parent = extract_context(headers)
+        current = trace.get_current_span().get_span_context()
+        links = [trace.Link(current)] if current.is_valid else None
+    with _tracer().start_as_current_span(
+        f"publish {exchange}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+    ) as span:
         propagate.inject(headers)
         yield span
 

@@ -417,3 +417,44 @@ async def test_a_whatsapp_message_is_one_trace_to_the_graph_api_and_no_span_name
         for key, value in span.attributes.items():
             assert sender not in str(value), (span, key, value)
     assert consumer.attributes["messaging.message.conversation_id"].endswith(sender[-4:])
+
+
+async def test_a_replayed_dead_letter_stays_in_its_messages_trace(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A dead letter replayed from the admin area is the same message: its second processing
+    belongs to the trace it came with (SPEC 4: every span of this message, in every service),
+    not to a new trace rooted at the monitor's publish."""
+    from shared.names import Names
+    from tests.support import TEST_SHARDS
+    from tests.test_poison_messages import TOKEN, dead_letters, post, publish_to_queue
+
+    stack.extra_env.update(tracing_env(await collector.http()))
+    await stack.start("worker")
+    monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN)).url
+    await wait_ready(stack)
+    names = Names(stack.namespace, TEST_SHARDS)
+    traceparent, trace_id, caller_span = new_traceparent()
+    letter_id = f"raw-{uuid.uuid4().hex}"
+    await publish_to_queue(
+        names.shard_queue(1), b"not JSON", message_id=letter_id, headers={"traceparent": traceparent}
+    )
+    await eventually(lambda: dead_letters(http, monitor, 1), what="the dead letter listed")
+    assert (await post(http, monitor + "/admin/api/dead-letters/replay", letter_id))[0] == 200
+    await eventually(lambda: dead_letters(http, monitor, 1), what="the replayed letter dead again")
+
+    async def processed_twice() -> list[ReceivedSpan] | None:
+        spans = [
+            s for s in collector.spans if s.kind == "CONSUMER" and s.attributes.get("messaging.message.id") == letter_id
+        ]
+        return spans if len(spans) == 2 else None
+
+    consumers = await eventually(processed_twice, what="both processings' spans")
+    assert {span.trace_id for span in consumers} == {trace_id}, consumers
+
+    # The replay, child of the context the letter came with (the retention sweep may move it too).
+    async def replayed() -> ReceivedSpan | None:
+        spans = [s for s in collector.in_trace(trace_id) if s.service == "atendimento-monitor"]
+        return next((s for s in spans if s.kind == "PRODUCER" and s.parent_id == caller_span), None)
+
+    await eventually(replayed, what="the monitor's publish in the letter's trace")
