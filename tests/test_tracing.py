@@ -458,3 +458,54 @@ async def test_a_replayed_dead_letter_stays_in_its_messages_trace(
         return next((s for s in spans if s.kind == "PRODUCER" and s.parent_id == caller_span), None)
 
     await eventually(replayed, what="the monitor's publish in the letter's trace")
+
+
+# In a process of its own: the tracer provider is process-wide and set once.
+_UNHANDLED = """
+import asyncio, json
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from shared.telemetry import server_span_middleware
+from shared.web import problem_middleware
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+async def broken(request):
+    raise KeyError("a bug")
+
+async def main():
+    app = web.Application(middlewares=[server_span_middleware, problem_middleware])
+    app.router.add_get("/v1/broken", broken)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/v1/broken")
+        assert response.status == 500
+    (span,) = exporter.get_finished_spans()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    print(json.dumps({"status": span.status.status_code.name, "events": events}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_unhandled_error_is_an_error_server_span_with_its_exception_event() -> None:
+    """problem_middleware turns a bug into a 500 problem+json: the request's SERVER span says
+    ERROR and carries the exception (type and stack trace) for whoever reads the trace."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    done = subprocess.run([sys.executable, "-c", _UNHANDLED], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert found["status"] == "ERROR"
+    assert [name for name, _ in found["events"]] == ["exception"], found
+    (_, exception), *_ = found["events"]
+    assert exception["exception.type"] == "KeyError" and "broken" in exception["exception.stacktrace"]
