@@ -55,6 +55,7 @@ UNTRACED_PATHS = frozenset({"/monitoring/live", "/monitoring/health", "/metrics"
 MESSAGING_SYSTEM = "rabbitmq"
 CONVERSATION_ID = "messaging.message.conversation_id"
 REDELIVERED = "atendimento.delivery.redelivered"
+MERGED_INTO = "atendimento.reply.merged_into"
 TRACEPARENT = "traceparent"  # the W3C header, in AMQP headers as in HTTP
 
 
@@ -373,6 +374,16 @@ class ConsumerSpans:
             if exc is not None:
                 fail(span, exc)
             span.end()
+
+    def merged(self, message_id: str, into: str) -> None:
+        """`message_id` (of a burst) is answered by `into`'s reply: its span names that message
+        and links to its span, where the engine and the hand-back are."""
+        if not self._tracing:
+            return
+        span, _ = self._spans.get(message_id, (INVALID_SPAN, None))
+        target, _ = self._spans.get(into, (INVALID_SPAN, None))
+        span.set_attribute(MERGED_INTO, into)
+        span.add_link(target.get_span_context())
 
     @contextlib.contextmanager
     def activate(self, message_id: str | None) -> Iterator[Span]:

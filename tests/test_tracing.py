@@ -509,3 +509,42 @@ def test_an_unhandled_error_is_an_error_server_span_with_its_exception_event() -
     assert [name for name, _ in found["events"]] == ["exception"], found
     (_, exception), *_ = found["events"]
     assert exception["exception.type"] == "KeyError" and "broken" in exception["exception.stacktrace"]
+
+
+async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """DEBOUNCE_MS: a burst gets one reply, generated in its last message's trace. The trace of
+    each earlier message ends at its process span; that span names the message whose reply
+    answered it and links to that message's span, so Jaeger leads from one to the other."""
+    stack.extra_env.update(tracing_env(await collector.http()))
+    gateway = await stack.start("gateway")
+    await stack.start("worker", DEBOUNCE_MS="1000")
+    await wait_ready(stack)
+    conversation = f"burst-{uuid.uuid4().hex}"
+    traces = []
+    for number, text in enumerate(["oi", "qual o prazo", "de entrega pra curitiba?"]):
+        traceparent, trace_id, _ = new_traceparent()
+        body = {
+            "user_id": "iva",
+            "conversation_id": conversation,
+            "text": text,
+            "message_id": f"{conversation}-{number}",
+        }
+        status, answer = await post_traced(http, gateway.url, body, traceparent, wait=10 if number == 2 else 0)
+        traces.append(trace_id)
+    assert status == 200 and answer["status"] == "answered", answer
+
+    ns, wk = stack.namespace, "atendimento-worker"
+    last = await spans_of(collector, traces[2], (wk, f"process {ns}.inbound"), (wk, "engine kb"))
+    replying = by_name(last, wk, f"process {ns}.inbound")
+    assert MERGED_INTO not in replying.attributes
+    for trace_id in traces[:2]:
+        merged = by_name(
+            await spans_of(collector, trace_id, (wk, f"process {ns}.inbound")), wk, f"process {ns}.inbound"
+        )
+        assert merged.attributes[MERGED_INTO] == web_id("iva", f"{conversation}-2")
+        assert merged.links == ((replying.trace_id, replying.span_id),)
+
+
+MERGED_INTO = "atendimento.reply.merged_into"
