@@ -548,3 +548,36 @@ async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
 
 
 MERGED_INTO = "atendimento.reply.merged_into"
+
+
+async def test_a_reply_the_channel_refuses_for_good_is_a_failed_delivery_span(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The Graph API refuses the reply (400, not retried): it is dead-lettered, and the delivery's
+    process span says so (ERROR), as the worker's does for a message it dead-letters; the API
+    call is a failed CLIENT span under it."""
+    from tests.support.channel_fakes import WHATSAPP_ENV, Answer, FakeChannelApi, post_whatsapp, whatsapp_text
+
+    graph = await FakeChannelApi().start()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        await wait_ready(stack)
+        graph.script[:] = [Answer(400, body={"error": {"message": "(#131026) Message undeliverable", "code": 131026}})]
+        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
+        status, body = await post_whatsapp(http, gateway, whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, PRAZO))
+        assert status == 200, body
+        ns, gw = stack.namespace, "atendimento-gateway"
+
+        async def refused() -> ReceivedSpan | None:
+            found = [s for s in collector.spans if s.service == gw and s.name == "POST whatsapp"]
+            return found[0] if found else None
+
+        api_call = await eventually(refused, what="the Graph API call's span")
+        spans = await spans_of(collector, api_call.trace_id, (gw, f"process {ns}.replies"))
+    finally:
+        await graph.close()
+    delivery = by_name(spans, gw, f"process {ns}.replies")
+    assert api_call.status == "ERROR" and api_call.parent_id == delivery.span_id
+    assert delivery.status == "ERROR", delivery
