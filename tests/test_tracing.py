@@ -581,3 +581,60 @@ async def test_a_reply_the_channel_refuses_for_good_is_a_failed_delivery_span(
     delivery = by_name(spans, gw, f"process {ns}.replies")
     assert api_call.status == "ERROR" and api_call.parent_id == delivery.span_id
     assert delivery.status == "ERROR", delivery
+
+
+async def test_an_agents_reply_from_the_admin_area_is_traced_from_the_monitors_request_to_the_channel(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The monitor is one of the three traced services: an agent's reply is a SERVER span of the
+    monitor continuing the caller's traceparent, its publish, then the gateway's delivery and the
+    Graph API call, in one trace, none of its spans naming the customer's phone number."""
+    from tests.support.channel_fakes import (
+        PHONE_NUMBER_ID,
+        WHATSAPP_ENV,
+        FakeChannelApi,
+        post_whatsapp,
+        whatsapp_text,
+    )
+    from tests.test_poison_messages import TOKEN, bearer
+
+    graph = await FakeChannelApi().start()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, **WHATSAPP_ENV, **graph.env())
+        await wait_ready(stack)
+        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
+        asking = whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, "quero falar com um atendente")
+        assert (await post_whatsapp(http, gateway, asking))[0] == 200
+
+        async def handed_off() -> bool:
+            return bool(graph.delivered_to(sender))
+
+        await eventually(handed_off, what="the handoff's reply")
+        traceparent, trace_id, caller_span = new_traceparent()
+        conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+        async with http.post(
+            monitor.url + "/admin/api/handoffs/reply",
+            json={"conversation_id": conversation, "text": "Olá, sou a Ana"},
+            headers={**bearer(), "traceparent": traceparent},
+        ) as response:
+            assert response.status == 200, await response.text()
+        ns, gw, mon = stack.namespace, "atendimento-gateway", "atendimento-monitor"
+        spans = await spans_of(
+            collector,
+            trace_id,
+            (mon, "POST /admin/api/handoffs/reply"),
+            (mon, f"publish {ns}.replies"),
+            (gw, f"process {ns}.replies"),
+            (gw, "POST whatsapp"),
+        )
+    finally:
+        await graph.close()
+    server = by_name(spans, mon, "POST /admin/api/handoffs/reply")
+    assert server.kind == "SERVER" and server.parent_id == caller_span
+    assert server.span_id in ancestors(by_name(spans, gw, "POST whatsapp"), spans)
+    for span in collector.spans:
+        for key, value in span.attributes.items():
+            assert sender not in str(value), (span, key, value)
