@@ -55,6 +55,8 @@ UNTRACED_PATHS = frozenset({"/monitoring/live", "/monitoring/health", "/metrics"
 MESSAGING_SYSTEM = "rabbitmq"
 CONVERSATION_ID = "messaging.message.conversation_id"
 REDELIVERED = "atendimento.delivery.redelivered"
+MERGED_INTO = "atendimento.reply.merged_into"
+TRACEPARENT = "traceparent"  # the W3C header, in AMQP headers as in HTTP
 
 
 def _tracer() -> trace.Tracer:
@@ -258,7 +260,8 @@ def _messaging_attributes(
     if message_id:
         attributes["messaging.message.id"] = message_id
     if conversation_id:
-        attributes[CONVERSATION_ID] = conversation_id
+        # A WhatsApp conversation's id holds the customer's phone number: masked, as in log lines.
+        attributes[CONVERSATION_ID] = mask_pii(conversation_id)
     return attributes
 
 
@@ -272,12 +275,23 @@ def producer_span(
     conversation_id: str | None,
 ) -> Iterator[Span]:
     """A PRODUCER span around a publish; its context is injected into `headers` (the AMQP headers
-    of the message), so the consumer continues this trace."""
+    of the message), so the consumer continues this trace.
+
+    Headers that already carry a trace context are a message published again (a dead letter
+    replayed from the admin area, or moved by the retention sweep): it stays in its own trace, the
+    span a child of that context, linked to the span that republishes it (the admin's request)."""
     if not _tracing():
         yield INVALID_SPAN
         return
     attributes = _messaging_attributes("publish", "send", exchange, routing_key, message_id, conversation_id)
-    with _tracer().start_as_current_span(f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+    parent, links = None, None
+    if TRACEPARENT in headers:
+        parent = extract_context(headers)
+        current = trace.get_current_span().get_span_context()
+        links = [trace.Link(current)] if current.is_valid else None
+    with _tracer().start_as_current_span(
+        f"publish {exchange}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+    ) as span:
         propagate.inject(headers)
         yield span
 
@@ -360,6 +374,16 @@ class ConsumerSpans:
             if exc is not None:
                 fail(span, exc)
             span.end()
+
+    def merged(self, message_id: str, into: str) -> None:
+        """`message_id` (of a burst) is answered by `into`'s reply: its span names that message
+        and links to its span, where the engine and the hand-back are."""
+        if not self._tracing:
+            return
+        span, _ = self._spans.get(message_id, (INVALID_SPAN, None))
+        target, _ = self._spans.get(into, (INVALID_SPAN, None))
+        span.set_attribute(MERGED_INTO, into)
+        span.add_link(target.get_span_context())
 
     @contextlib.contextmanager
     def activate(self, message_id: str | None) -> Iterator[Span]:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
+from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -139,11 +140,17 @@ async def problem_middleware(
             return web.Response(status=CLIENT_CLOSED_REQUEST)
         if isinstance(exc, HttpProcessingError):  # a body that breaks its own framing
             return problem_response(Problem(400, f"body: malformed ({exc.message})"))
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(Problem(500, "internal error; it was logged"))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(Problem(500, "internal error; it was logged"))
+        return _unhandled(request, exc)
+    except Exception as exc:
+        return _unhandled(request, exc)
+
+
+def _unhandled(request: web.Request, exc: BaseException) -> web.Response:
+    """A bug: logged with its stack, and recorded on the request's span (shared/telemetry.py's
+    server span, which sees only the 500 made of it); without tracing that span is a no-op."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    trace.get_current_span().record_exception(exc)
+    return problem_response(Problem(500, "internal error; it was logged"))
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -367,3 +367,330 @@ def test_otel_traces_exporter_takes_the_sdks_console_value_and_lists() -> None:
     for wrong in ("zipkin", "otlp,none"):
         with pytest.raises(ConfigError, match=r"^OTEL_TRACES_EXPORTER="):
             Settings.from_env({"OTEL_TRACES_EXPORTER": wrong})
+
+
+async def test_a_whatsapp_message_is_one_trace_to_the_graph_api_and_no_span_names_the_customers_phone(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """From Meta's webhook call to the Graph API call carrying the reply: one trace, the channel
+    API call a CLIENT span in it. The sender's phone number is personal data: spans name it masked,
+    as log lines do (docs/privacy.md), never in full (the conversation id holds it)."""
+    from tests.support.channel_fakes import WHATSAPP_ENV, FakeChannelApi, post_whatsapp, whatsapp_text
+
+    graph = await FakeChannelApi().start()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        await wait_ready(stack)
+        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
+        wamid = f"wamid.{uuid.uuid4().hex}"
+        status, body = await post_whatsapp(http, gateway, whatsapp_text(wamid, sender, PRAZO))
+        assert status == 200, body
+
+        ns, gw, wk = stack.namespace, "atendimento-gateway", "atendimento-worker"
+
+        async def delivered() -> ReceivedSpan | None:
+            found = [s for s in collector.spans if s.service == gw and s.name == "POST whatsapp"]
+            return found[0] if found else None
+
+        api_call = await eventually(delivered, what="the Graph API call's span")
+        spans = await spans_of(
+            collector,
+            api_call.trace_id,
+            (gw, "POST /webhooks/whatsapp"),
+            (gw, f"publish {ns}.inbound"),
+            (wk, f"process {ns}.inbound"),
+            (wk, "engine kb"),
+            (wk, f"publish {ns}.replies"),
+            (gw, f"process {ns}.replies"),
+            (gw, "POST whatsapp"),
+        )
+    finally:
+        await graph.close()
+    assert api_call.kind == "CLIENT" and api_call.attributes["http.response.status_code"] == 200
+    webhook = by_name(spans, gw, "POST /webhooks/whatsapp")
+    assert webhook.span_id in ancestors(api_call, spans)
+    consumer = by_name(spans, wk, f"process {ns}.inbound")
+    assert consumer.attributes["messaging.message.id"] == wamid
+    for span in collector.spans:
+        for key, value in span.attributes.items():
+            assert sender not in str(value), (span, key, value)
+    assert consumer.attributes["messaging.message.conversation_id"].endswith(sender[-4:])
+
+
+async def test_a_replayed_dead_letter_stays_in_its_messages_trace(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A dead letter replayed from the admin area is the same message: its second processing
+    belongs to the trace it came with (SPEC 4: every span of this message, in every service),
+    not to a new trace rooted at the monitor's publish."""
+    from shared.names import Names
+    from tests.support import TEST_SHARDS
+    from tests.test_poison_messages import TOKEN, dead_letters, post, publish_to_queue
+
+    stack.extra_env.update(tracing_env(await collector.http()))
+    await stack.start("worker")
+    monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN)).url
+    await wait_ready(stack)
+    names = Names(stack.namespace, TEST_SHARDS)
+    traceparent, trace_id, caller_span = new_traceparent()
+    letter_id = f"raw-{uuid.uuid4().hex}"
+    await publish_to_queue(
+        names.shard_queue(1), b"not JSON", message_id=letter_id, headers={"traceparent": traceparent}
+    )
+    await eventually(lambda: dead_letters(http, monitor, 1), what="the dead letter listed")
+    assert (await post(http, monitor + "/admin/api/dead-letters/replay", letter_id))[0] == 200
+    await eventually(lambda: dead_letters(http, monitor, 1), what="the replayed letter dead again")
+
+    async def processed_twice() -> list[ReceivedSpan] | None:
+        spans = [
+            s for s in collector.spans if s.kind == "CONSUMER" and s.attributes.get("messaging.message.id") == letter_id
+        ]
+        return spans if len(spans) == 2 else None
+
+    consumers = await eventually(processed_twice, what="both processings' spans")
+    assert {span.trace_id for span in consumers} == {trace_id}, consumers
+
+    # The replay, child of the context the letter came with (the retention sweep may move it too).
+    async def replayed() -> ReceivedSpan | None:
+        spans = [s for s in collector.in_trace(trace_id) if s.service == "atendimento-monitor"]
+        return next((s for s in spans if s.kind == "PRODUCER" and s.parent_id == caller_span), None)
+
+    await eventually(replayed, what="the monitor's publish in the letter's trace")
+
+
+# In a process of its own: the tracer provider is process-wide and set once.
+_UNHANDLED = """
+import asyncio, json
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from shared.telemetry import server_span_middleware
+from shared.web import problem_middleware
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+async def broken(request):
+    raise KeyError("a bug")
+
+async def main():
+    app = web.Application(middlewares=[server_span_middleware, problem_middleware])
+    app.router.add_get("/v1/broken", broken)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/v1/broken")
+        assert response.status == 500
+    (span,) = exporter.get_finished_spans()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    print(json.dumps({"status": span.status.status_code.name, "events": events}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_unhandled_error_is_an_error_server_span_with_its_exception_event() -> None:
+    """problem_middleware turns a bug into a 500 problem+json: the request's SERVER span says
+    ERROR and carries the exception (type and stack trace) for whoever reads the trace."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    done = subprocess.run([sys.executable, "-c", _UNHANDLED], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert found["status"] == "ERROR"
+    assert [name for name, _ in found["events"]] == ["exception"], found
+    (_, exception), *_ = found["events"]
+    assert exception["exception.type"] == "KeyError" and "broken" in exception["exception.stacktrace"]
+
+
+async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """DEBOUNCE_MS: a burst gets one reply, generated in its last message's trace. The trace of
+    each earlier message ends at its process span; that span names the message whose reply
+    answered it and links to that message's span, so Jaeger leads from one to the other."""
+    stack.extra_env.update(tracing_env(await collector.http()))
+    gateway = await stack.start("gateway")
+    await stack.start("worker", DEBOUNCE_MS="1000")
+    await wait_ready(stack)
+    conversation = f"burst-{uuid.uuid4().hex}"
+    traces = []
+    for number, text in enumerate(["oi", "qual o prazo", "de entrega pra curitiba?"]):
+        traceparent, trace_id, _ = new_traceparent()
+        body = {
+            "user_id": "iva",
+            "conversation_id": conversation,
+            "text": text,
+            "message_id": f"{conversation}-{number}",
+        }
+        status, answer = await post_traced(http, gateway.url, body, traceparent, wait=10 if number == 2 else 0)
+        traces.append(trace_id)
+    assert status == 200 and answer["status"] == "answered", answer
+
+    ns, wk = stack.namespace, "atendimento-worker"
+    last = await spans_of(collector, traces[2], (wk, f"process {ns}.inbound"), (wk, "engine kb"))
+    replying = by_name(last, wk, f"process {ns}.inbound")
+    assert MERGED_INTO not in replying.attributes
+    for trace_id in traces[:2]:
+        merged = by_name(
+            await spans_of(collector, trace_id, (wk, f"process {ns}.inbound")), wk, f"process {ns}.inbound"
+        )
+        assert merged.attributes[MERGED_INTO] == web_id("iva", f"{conversation}-2")
+        assert merged.links == ((replying.trace_id, replying.span_id),)
+
+
+MERGED_INTO = "atendimento.reply.merged_into"
+
+
+async def test_a_reply_the_channel_refuses_for_good_is_a_failed_delivery_span(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The Graph API refuses the reply (400, not retried): it is dead-lettered, and the delivery's
+    process span says so (ERROR), as the worker's does for a message it dead-letters; the API
+    call is a failed CLIENT span under it."""
+    from tests.support.channel_fakes import WHATSAPP_ENV, Answer, FakeChannelApi, post_whatsapp, whatsapp_text
+
+    graph = await FakeChannelApi().start()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        await wait_ready(stack)
+        graph.script[:] = [Answer(400, body={"error": {"message": "(#131026) Message undeliverable", "code": 131026}})]
+        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
+        status, body = await post_whatsapp(http, gateway, whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, PRAZO))
+        assert status == 200, body
+        ns, gw = stack.namespace, "atendimento-gateway"
+
+        async def refused() -> ReceivedSpan | None:
+            found = [s for s in collector.spans if s.service == gw and s.name == "POST whatsapp"]
+            return found[0] if found else None
+
+        api_call = await eventually(refused, what="the Graph API call's span")
+        spans = await spans_of(collector, api_call.trace_id, (gw, f"process {ns}.replies"))
+    finally:
+        await graph.close()
+    delivery = by_name(spans, gw, f"process {ns}.replies")
+    assert api_call.status == "ERROR" and api_call.parent_id == delivery.span_id
+    assert delivery.status == "ERROR", delivery
+
+
+async def test_an_agents_reply_from_the_admin_area_is_traced_from_the_monitors_request_to_the_channel(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The monitor is one of the three traced services: an agent's reply is a SERVER span of the
+    monitor continuing the caller's traceparent, its publish, then the gateway's delivery and the
+    Graph API call, in one trace, none of its spans naming the customer's phone number."""
+    from tests.support.channel_fakes import (
+        PHONE_NUMBER_ID,
+        WHATSAPP_ENV,
+        FakeChannelApi,
+        post_whatsapp,
+        whatsapp_text,
+    )
+    from tests.test_poison_messages import TOKEN, bearer
+
+    graph = await FakeChannelApi().start()
+    try:
+        stack.extra_env.update(tracing_env(await collector.http()))
+        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+        await stack.start("worker")
+        monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, **WHATSAPP_ENV, **graph.env())
+        await wait_ready(stack)
+        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
+        asking = whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, "quero falar com um atendente")
+        assert (await post_whatsapp(http, gateway, asking))[0] == 200
+
+        async def handed_off() -> bool:
+            return bool(graph.delivered_to(sender))
+
+        await eventually(handed_off, what="the handoff's reply")
+        traceparent, trace_id, caller_span = new_traceparent()
+        conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+        async with http.post(
+            monitor.url + "/admin/api/handoffs/reply",
+            json={"conversation_id": conversation, "text": "Olá, sou a Ana"},
+            headers={**bearer(), "traceparent": traceparent},
+        ) as response:
+            assert response.status == 200, await response.text()
+        ns, gw, mon = stack.namespace, "atendimento-gateway", "atendimento-monitor"
+        spans = await spans_of(
+            collector,
+            trace_id,
+            (mon, "POST /admin/api/handoffs/reply"),
+            (mon, f"publish {ns}.replies"),
+            (gw, f"process {ns}.replies"),
+            (gw, "POST whatsapp"),
+        )
+    finally:
+        await graph.close()
+    server = by_name(spans, mon, "POST /admin/api/handoffs/reply")
+    assert server.kind == "SERVER" and server.parent_id == caller_span
+    assert server.span_id in ancestors(by_name(spans, gw, "POST whatsapp"), spans)
+    for span in collector.spans:
+        for key, value in span.attributes.items():
+            assert sender not in str(value), (span, key, value)
+
+
+async def test_parentbased_traceidratio_follows_the_callers_decision_in_every_service(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """OTEL_TRACES_SAMPLER=parentbased_traceidratio: a caller's sampled-out traceparent leaves no
+    span in any service, even at ratio 1; a sampled-in one is kept whole, even at ratio 0."""
+    ns, gw, wk = stack.namespace, "atendimento-gateway", "atendimento-worker"
+    traces: dict[str, str] = {}
+    for ratio in ("1.0", "0.0"):
+        env = tracing_env(await collector.http(), OTEL_TRACES_SAMPLER="parentbased_traceidratio")
+        env["OTEL_TRACES_SAMPLER_ARG"] = ratio
+        gateway = await stack.start("gateway", **env)
+        worker = await stack.start("worker", **env)
+        await wait_ready(stack)
+        traceparent, trace_id, _ = new_traceparent()
+        if ratio == "1.0":
+            traceparent = traceparent[:-2] + "00"
+        status, answer = await post_traced(http, gateway.url, {"user_id": "rui", "text": PRAZO}, traceparent)
+        assert status == 200, answer
+        traces[ratio] = trace_id
+        if ratio == "0.0":
+            await spans_of(
+                collector,
+                trace_id,
+                (gw, "POST /v1/messages"),
+                (gw, f"publish {ns}.inbound"),
+                (wk, f"process {ns}.inbound"),
+                (wk, "engine kb"),
+                (wk, f"publish {ns}.replies"),
+            )
+        for service in (gateway, worker):
+            await asyncio.to_thread(service.stop)  # flushes what either made
+        await collector.stop()
+    assert collector.in_trace(traces["1.0"]) == []
+
+
+async def test_sigterm_flushes_the_last_spans(collector: Collector, stack: Stack, http: aiohttp.ClientSession) -> None:
+    """Spans still queued when a service is told to stop (the batch processor exports every ten
+    minutes here) reach the collector before it exits, from each of the three services."""
+    env = tracing_env(await collector.http(), OTEL_BSP_SCHEDULE_DELAY="600000")
+    gateway = await stack.start("gateway", **env)
+    worker = await stack.start("worker", **env)
+    monitor = await stack.start("monitor", **env)
+    await wait_ready(stack)
+    traceparent, trace_id, _ = new_traceparent()
+    status, answer = await post_traced(http, gateway.url, {"user_id": "flu", "text": PRAZO}, traceparent)
+    assert status == 200, answer
+    async with http.get(monitor.url + "/monitoring/stats", headers={"traceparent": traceparent}) as response:
+        assert response.status == 200
+    await asyncio.sleep(0.5)
+    assert collector.in_trace(trace_id) == []
+    for service in (gateway, worker, monitor):
+        assert await asyncio.to_thread(service.stop) == 0
+    services = {span.service for span in collector.in_trace(trace_id)}
+    assert services == {"atendimento-gateway", "atendimento-worker", "atendimento-monitor"}, services

@@ -53,6 +53,7 @@ from shared.privacy.erasure import CustomerData
 from shared.service import supervised
 from shared.settings import Settings
 from shared.store import REDIS_ERRORS, Store
+from shared.telemetry import server_span_middleware
 from shared.web import (
     Probes,
     install_security_headers,
@@ -65,7 +66,8 @@ SERVICE = "monitor"
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, no_store, admin_guard])
+    # The server span first, as the gateway's: an agent's reply or a replay starts there.
+    app = web.Application(middlewares=[server_span_middleware, problem_middleware, no_store, admin_guard])
     install_security_headers(app)
     app[SETTINGS] = settings
     app[TEMPLATES] = pages.templates()

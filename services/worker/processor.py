@@ -269,6 +269,8 @@ class Processor:
         """Steps 3 and 4 for a unit: commit, then publish in order; the acks are the settlement's."""
         replies = await self._commit(ready, spans)
         for item, reply in zip(ready, replies, strict=True):
+            if reply.merged_into:
+                spans.merged(reply.message_id, reply.merged_into)
             with spans.activate(reply.message_id):
                 if item.commit is not None:
                     self._committed(item.commit, reply)

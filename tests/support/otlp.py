@@ -40,6 +40,7 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     events: tuple[str, ...]
     resource: dict[str, Any]
+    links: tuple[tuple[str, str], ...] = ()  # (trace id, span id) of each linked span
 
     def __repr__(self) -> str:
         return f"<{self.service} {self.kind} {self.name!r} {self.trace_id}/{self.span_id}<-{self.parent_id}>"
@@ -72,6 +73,7 @@ def decode(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Receive
                         attributes={a.key: _value(a.value) for a in span.attributes},
                         events=tuple(event.name for event in span.events),
                         resource=resource,
+                        links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
                     )
                 )
     return spans

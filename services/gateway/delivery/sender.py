@@ -46,7 +46,7 @@ from shared.metrics import DeliveryMetrics
 from shared.receipts import Failure, Receipts, StatusUpdate
 from shared.speech import SpeechError
 from shared.store import REDIS_ERRORS, until_redis_answers
-from shared.telemetry import ConsumerSpans
+from shared.telemetry import ConsumerSpans, mark_current_failed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -363,6 +363,7 @@ class DeliveryConsumer:
         self._metrics.failures.labels(self._client.channel, str(exc.code)).inc()
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage) -> None:
+        mark_current_failed("dead_lettered")  # the delivery's process span, as the worker's
         await delivery.reject(requeue=False)
         self._metrics.errors.labels("delivery").inc()
         try:
