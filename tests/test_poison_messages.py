@@ -9,7 +9,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, cast
 
-import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -17,34 +16,13 @@ from services.monitor.deadletters import describe
 from services.monitor.health import Checks, Liveness
 from services.monitor.system import overall_status
 from shared.names import Names
-from tests.support import AMQP_URL, TEST_SHARDS, Stack, eventually, get_json, publish_raw
+from tests.support import TEST_SHARDS, Stack, eventually, get_json, publish_raw
+from tests.support.deadletters import ADMIN_TOKEN, bearer, dead_letters, post_letter, publish_to_queue
 from tests.support.pipeline import wait_ready
 
-TOKEN = "poison-admin-token-0123456789"
 RAW = b"\x00\x01 not JSON at all, from something with broker access"
 RAW_ID = "raw-1"
 FOREIGN = b'{"v": 2, "event": "message.created", "payload": {"text": "a future format"}}'
-
-
-def bearer() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
-
-
-async def publish_to_queue(queue: str, body: bytes, **properties: Any) -> None:
-    """Bytes straight onto a queue through the default exchange, as anything with broker access can."""
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        await channel.default_exchange.publish(aio_pika.Message(body, **properties), routing_key=queue)
-    finally:
-        await connection.close()
-
-
-async def dead_letters(http: aiohttp.ClientSession, monitor: str, count: int) -> list[dict[str, Any]] | None:
-    async with http.get(monitor + "/admin/api/overview", headers=bearer()) as response:
-        body = await response.json()
-    letters = body["dead_letters"] or []
-    return letters if len(letters) == count else None
 
 
 async def emptied(http: aiohttp.ClientSession, monitor: str) -> bool:
@@ -58,11 +36,6 @@ async def dashboard_listing(http: aiohttp.ClientSession, monitor: str, letter_id
     return page if f'data-message-id="{letter_id}"' in page else None
 
 
-async def post(http: aiohttp.ClientSession, url: str, letter_id: str) -> tuple[int, dict[str, Any]]:
-    async with http.post(url, json={"message_id": letter_id}, headers=bearer()) as response:
-        return response.status, await response.json()
-
-
 async def errors(http: aiohttp.ClientSession, monitor: str) -> dict[str, int]:
     _, stats = await get_json(http, monitor + "/monitoring/stats")
     return dict(stats["errors"]["by_kind_5_minutes"])
@@ -73,7 +46,7 @@ async def test_a_raw_non_json_message_on_a_shard_queue_is_dead_lettered_once_exp
 ) -> None:
     await stack.start("gateway")
     worker = await stack.start("worker")
-    monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN, ALERT_INTERVAL_SECONDS="0.2")).url
+    monitor = (await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, ALERT_INTERVAL_SECONDS="0.2")).url
     await wait_ready(stack)
     names = Names(stack.namespace, TEST_SHARDS)
 
@@ -106,7 +79,7 @@ async def test_a_raw_non_json_message_on_a_shard_queue_is_dead_lettered_once_exp
 
     # Replay works for the raw one too: it goes back to the queue it died on, and (still no
     # message) is dead-lettered again at once, counted once more.
-    assert (await post(http, monitor + "/admin/api/dead-letters/replay", RAW_ID))[0] == 200
+    assert (await post_letter(http, monitor + "/admin/api/dead-letters/replay", RAW_ID))[0] == 200
 
     async def counted_again() -> bool:
         return await errors(http, monitor) == {"malformed": 3}
@@ -116,9 +89,9 @@ async def test_a_raw_non_json_message_on_a_shard_queue_is_dead_lettered_once_exp
 
     # Discard, audited; then they are gone, and an unknown id is 404.
     for letter_id in (RAW_ID, "foreign-1"):
-        status, body = await post(http, monitor + "/admin/api/dead-letters/discard", letter_id)
+        status, body = await post_letter(http, monitor + "/admin/api/dead-letters/discard", letter_id)
         assert status == 200 and body["discarded"]["id"] == letter_id, body
-    status, body = await post(http, monitor + "/admin/api/dead-letters/discard", RAW_ID)
+    status, body = await post_letter(http, monitor + "/admin/api/dead-letters/discard", RAW_ID)
     assert status == 404 and body["detail"].startswith("message_id")
 
     await eventually(lambda: emptied(http, monitor), what="the dead-letter queue empty")
@@ -138,7 +111,7 @@ async def test_a_letter_with_no_origin_cannot_be_replayed_but_can_be_discarded(
 ) -> None:
     await stack.start("gateway")
     await stack.start("worker")
-    monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN)).url
+    monitor = (await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN)).url
     await wait_ready(stack)
     # Published straight into the dead-letter queue: it never died anywhere.
     await publish_to_queue(Names(stack.namespace, TEST_SHARDS).dead_letter_queue, RAW, message_id="orphan")
@@ -148,9 +121,9 @@ async def test_a_letter_with_no_origin_cannot_be_replayed_but_can_be_discarded(
     page = await eventually(lambda: dashboard_listing(http, monitor, "orphan"), what="the orphan on the dashboard")
     row = page[page.index('data-message-id="orphan"') :].split("</tr>")[0]
     assert "/admin/dead-letters/discard" in row and "/admin/dead-letters/replay" not in row
-    status, body = await post(http, monitor + "/admin/api/dead-letters/replay", "orphan")
+    status, body = await post_letter(http, monitor + "/admin/api/dead-letters/replay", "orphan")
     assert status == 409 and "discard it instead" in body["detail"]
-    assert (await post(http, monitor + "/admin/api/dead-letters/discard", "orphan"))[0] == 200
+    assert (await post_letter(http, monitor + "/admin/api/dead-letters/discard", "orphan"))[0] == 200
     await eventually(lambda: emptied(http, monitor), what="the orphan gone")
 
 

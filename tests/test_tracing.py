@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.support import PRAZO, REDIS_PORT, REDIS_URL, Service, Stack, eventually, free_port, web_id
+from tests.support.deadletters import ADMIN_TOKEN, bearer, dead_letters, post_letter, publish_to_queue
 from tests.support.faultproxy import FaultProxy
 from tests.support.otlp import Collector, ReceivedSpan, tracing_env
 from tests.support.pipeline import wait_ready
@@ -427,11 +428,10 @@ async def test_a_replayed_dead_letter_stays_in_its_messages_trace(
     not to a new trace rooted at the monitor's publish."""
     from shared.names import Names
     from tests.support import TEST_SHARDS
-    from tests.test_poison_messages import TOKEN, dead_letters, post, publish_to_queue
 
     stack.extra_env.update(tracing_env(await collector.http()))
     await stack.start("worker")
-    monitor = (await stack.start("monitor", ADMIN_TOKEN=TOKEN)).url
+    monitor = (await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN)).url
     await wait_ready(stack)
     names = Names(stack.namespace, TEST_SHARDS)
     traceparent, trace_id, caller_span = new_traceparent()
@@ -440,7 +440,7 @@ async def test_a_replayed_dead_letter_stays_in_its_messages_trace(
         names.shard_queue(1), b"not JSON", message_id=letter_id, headers={"traceparent": traceparent}
     )
     await eventually(lambda: dead_letters(http, monitor, 1), what="the dead letter listed")
-    assert (await post(http, monitor + "/admin/api/dead-letters/replay", letter_id))[0] == 200
+    assert (await post_letter(http, monitor + "/admin/api/dead-letters/replay", letter_id))[0] == 200
     await eventually(lambda: dead_letters(http, monitor, 1), what="the replayed letter dead again")
 
     async def processed_twice() -> list[ReceivedSpan] | None:
@@ -596,14 +596,13 @@ async def test_an_agents_reply_from_the_admin_area_is_traced_from_the_monitors_r
         post_whatsapp,
         whatsapp_text,
     )
-    from tests.test_poison_messages import TOKEN, bearer
 
     graph = await FakeChannelApi().start()
     try:
         stack.extra_env.update(tracing_env(await collector.http()))
         gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
         await stack.start("worker")
-        monitor = await stack.start("monitor", ADMIN_TOKEN=TOKEN, **WHATSAPP_ENV, **graph.env())
+        monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, **WHATSAPP_ENV, **graph.env())
         await wait_ready(stack)
         sender = f"55119{uuid.uuid4().int % 10**8:08d}"
         asking = whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, "quero falar com um atendente")
