@@ -58,6 +58,9 @@ class Holdings:
     user_ids: set[str] = field(default_factory=set)
     # Their letters in the dead-letter queue, as last looked at.
     letters: list[Letter] = field(default_factory=list)
+    # Keys named after the platform's id of one of their messages (a WhatsApp `wamid`, which carries
+    # their number), with our id of it they point to (shared/receipts.py).
+    pointers: dict[str, str] = field(default_factory=dict)
 
 
 async def discover(redis: Redis, names: Names, customer: Customer, letters: Iterable[Letter]) -> Holdings:
@@ -66,6 +69,7 @@ async def discover(redis: Redis, names: Names, customer: Customer, letters: Iter
     prefixes = [key("") for key in conversation_keys(names)]
     valued = (names.claim_key(""), names.reply_key(""))
     candidates: list[str] = []
+    wamids: list[str] = []
     async for raw in redis.scan_iter(match=f"{names.key_prefix}:*", count=SCAN_COUNT):
         key = str(raw)
         for prefix in prefixes:
@@ -73,6 +77,8 @@ async def discover(redis: Redis, names: Names, customer: Customer, letters: Iter
                 found.conversations.add(key[len(prefix) :])
         if key.startswith(valued):
             candidates.append(key)
+        elif key.startswith(names.wamid_key("")):
+            wamids.append(key)
     for index in (names.conversations_key, names.handoffs_key):
         async for member, _ in redis.zscan_iter(index, count=SCAN_COUNT):
             if customer.owns(str(member)):
@@ -82,7 +88,17 @@ async def discover(redis: Redis, names: Names, customer: Customer, letters: Iter
     for letter in found.letters:
         found.message_ids.add(letter.message_id)
         found.texts.add(letter.text)
+    await _pointers(redis, wamids, found)
     return found
+
+
+async def _pointers(redis: Redis, keys: list[str], found: Holdings) -> None:
+    """The wamid keys that point to one of their messages (known once logs and letters are read)."""
+    for start in range(0, len(keys), BATCH):
+        batch = keys[start : start + BATCH]
+        for key, value in zip(batch, await redis.mget(batch), strict=True):
+            if value is not None and str(value) in found.message_ids:
+                found.pointers[key] = str(value)
 
 
 async def _their_messages(redis: Redis, names: Names, customer: Customer, keys: list[str], found: Holdings) -> None:

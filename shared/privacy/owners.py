@@ -127,8 +127,8 @@ class Handoffs:
 
 
 class Messages:
-    """Per-message records: claims, stored replies, attempts, delivery ledgers, commit markers, and
-    each conversation's queue of replies to send."""
+    """Per-message records: claims, stored replies, attempts, delivery ledgers, commit markers, delivery
+    receipts and the wamids pointing to them, and each conversation's queue of replies to send."""
 
     name = "messages"
 
@@ -143,6 +143,7 @@ class Messages:
     async def erase(self, found: Holdings) -> int:
         keys = [key(m) for m in found.message_ids for key in message_keys(self.names)]
         keys += [self.names.outbound_order_key(c) for c in found.conversations]
+        keys += sorted(key for key, message in found.pointers.items() if message in found.message_ids)
         deleted = 0
         for start in range(0, len(keys), 1000):
             deleted += int(await self.redis.delete(*keys[start : start + 1000]))
