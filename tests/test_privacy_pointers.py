@@ -8,6 +8,7 @@ import time
 import orjson
 from redis.asyncio import Redis
 
+from shared.messages import ReplyContent, ReplyMessage
 from shared.names import Names
 from shared.privacy.customer import Customer
 from shared.privacy.erasure import CustomerData
@@ -41,5 +42,28 @@ async def test_erasure_removes_the_wamid_pointers_of_the_customers_replies(redis
         # A status WhatsApp sends late for the erased reply finds no message to bring a record back for.
         assert await receipts.message_of(SENT_WAMID) is None
         assert await receipts.message_of(OTHER_WAMID) == "someone-else"  # another customer's stays
+    finally:
+        await purge_namespace(namespace)
+
+
+async def test_erasure_removes_a_proactive_messages_receipt_its_log_no_longer_shows(redis: Redis) -> None:
+    """A late status renews a receipt for 7 days, so it can outlive the conversation log that named
+    the message: the receipt still says where the message went."""
+    namespace = new_namespace()
+    names = Names(namespace, TEST_SHARDS)
+    try:
+        receipts = Receipts(redis, names, 90 * 86400)
+        for message_id, to in (("out-1", PHONE), ("out-2", "5521900000000")):
+            conversation = f"whatsapp:100200300:{to}"
+            content = ReplyContent("Seu pedido saiu", "outbound", 1.0)
+            reply = ReplyMessage(message_id, conversation, to, "whatsapp", content, 0.0)
+            await receipts.addressed(reply)
+            await receipts.accepted(message_id, time.time(), f"wamid.{message_id}-{to}")
+
+        await CustomerData(redis, names, None).erase(Customer("whatsapp", PHONE))
+
+        assert await receipts.proactive("out-1") is None
+        assert await receipts.message_of(f"wamid.out-1-{PHONE}") is None
+        assert await receipts.proactive("out-2") is not None  # another customer's stays
     finally:
         await purge_namespace(namespace)

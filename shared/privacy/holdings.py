@@ -70,6 +70,7 @@ async def discover(redis: Redis, names: Names, customer: Customer, letters: Iter
     valued = (names.claim_key(""), names.reply_key(""))
     candidates: list[str] = []
     wamids: list[str] = []
+    receipts: list[str] = []
     async for raw in redis.scan_iter(match=f"{names.key_prefix}:*", count=SCAN_COUNT):
         key = str(raw)
         for prefix in prefixes:
@@ -79,17 +80,35 @@ async def discover(redis: Redis, names: Names, customer: Customer, letters: Iter
             candidates.append(key)
         elif key.startswith(names.wamid_key("")):
             wamids.append(key)
+        elif key.startswith(names.receipt_key("")):
+            receipts.append(key)
     for index in (names.conversations_key, names.handoffs_key):
         async for member, _ in redis.zscan_iter(index, count=SCAN_COUNT):
             if customer.owns(str(member)):
                 found.conversations.add(str(member))
     await _their_messages(redis, names, customer, candidates, found)
+    await _addressed_to_them(redis, names, customer, receipts, found)
     await _from_logs(redis, names, found)
     for letter in found.letters:
         found.message_ids.add(letter.message_id)
         found.texts.add(letter.text)
     await _pointers(redis, wamids, found)
     return found
+
+
+async def _addressed_to_them(redis: Redis, names: Names, customer: Customer, keys: list[str], found: Holdings) -> None:
+    """Proactive messages' receipts naming one of their conversations: a late status renews a receipt,
+    so it may outlive the conversation log that lists the message."""
+    receipt = names.receipt_key("")
+    for start in range(0, len(keys), BATCH):
+        batch = keys[start : start + BATCH]
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.hget(key, "conversation_id")
+            conversations = await pipe.execute()
+        for key, conversation in zip(batch, conversations, strict=True):
+            if conversation is not None and customer.owns(str(conversation)):
+                found.message_ids.add(key[len(receipt) :])
 
 
 async def _pointers(redis: Redis, keys: list[str], found: Holdings) -> None:
