@@ -8,6 +8,7 @@ import time
 import orjson
 from redis.asyncio import Redis
 
+from shared.audit import Actor, AuditLog
 from shared.messages import ReplyContent, ReplyMessage
 from shared.names import Names
 from shared.privacy.customer import Customer
@@ -65,5 +66,31 @@ async def test_erasure_removes_a_proactive_messages_receipt_its_log_no_longer_sh
         assert await receipts.proactive("out-1") is None
         assert await receipts.message_of(f"wamid.out-1-{PHONE}") is None
         assert await receipts.proactive("out-2") is not None  # another customer's stays
+    finally:
+        await purge_namespace(namespace)
+
+
+async def test_erasure_pseudonymises_audit_entries_naming_their_messages_or_number(redis: Redis) -> None:
+    """Not only actions on their conversations name them in the audit log: a dead letter of theirs
+    replayed (its message id) and a proactive message to them refused (the number as typed)."""
+    namespace = new_namespace()
+    names = Names(namespace, TEST_SHARDS)
+    try:
+        conversation = f"whatsapp:100200300:{PHONE}"
+        inbound = f"wamid.in-{PHONE}"
+        logged = {"message_id": inbound, "user_id": PHONE, "text": "oi", "replied_at": time.time()}
+        await redis.rpush(names.conversation_log_key(conversation), orjson.dumps(logged))
+        audit = AuditLog(redis, names)
+        actor = Actor("Ana", "127.0.0.1", "s1")
+        await audit.record(actor, "replay_dead_letter", inbound, "ok", "inbound from q (died)")
+        await audit.record(actor, "send_outbound", "whatsapp:+55 11 98765-4321", "refused", "opted out")
+        await audit.record(actor, "view_conversation", conversation)
+        await audit.record(actor, "send_outbound", "whatsapp:5521900000000", "refused", "opted out")
+
+        await CustomerData(redis, names, None).erase(Customer("whatsapp", PHONE))
+
+        targets = [entry["target"] for entry in reversed(await audit.recent())]
+        pseudonym = Customer("whatsapp", PHONE).pseudonym(namespace)
+        assert targets == [pseudonym, pseudonym, pseudonym, "whatsapp:5521900000000"]
     finally:
         await purge_namespace(namespace)

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from shared import recorder, unanswered
 from shared.conversations import Keys as ConversationKeys
 from shared.names import Names
+from shared.privacy.customer import Customer
 from shared.privacy.holdings import Holdings, message_keys
 from shared.privacy.requests import PrivacyRequests
 
@@ -252,9 +253,9 @@ class Requests:
         return int(await self.requests.forget(found.customer))
 
 
-# The audit log's entries keep who acted on which conversation; an erased customer's conversation
-# ids are replaced there by their pseudonym (the entries themselves, who did what when, stay).
-# KEYS: the audit list. ARGV: the pseudonym, then the conversation ids.
+# The audit log's entries keep who acted on what; an erased customer's conversation ids, message ids
+# and address are replaced there by their pseudonym (the entries themselves, who did what when, stay).
+# KEYS: the audit list. ARGV: the pseudonym, then the targets that are theirs.
 _PSEUDONYMISE = """
 local ids = {}
 for i = 2, #ARGV do ids[ARGV[i]] = true end
@@ -273,23 +274,39 @@ return changed
 
 
 class AuditTargets:
-    """Admin actions on the customer's conversations (services/monitor/audit.py)."""
+    """Admin actions on the customer's conversations, messages or number (services/monitor/audit.py)."""
 
     name = "admin_actions"
 
     def __init__(self, redis: Redis, names: Names) -> None:
         self.redis, self.names = redis, names
 
-    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
+    async def _theirs(self, found: Holdings) -> list[dict[str, Any]]:
+        """Entries whose target is one of their conversations, one of their messages (a dead letter
+        replayed or discarded) or them (a proactive message refused: the channel and number as typed)."""
         entries = [orjson.loads(raw) for raw in await self.redis.lrange(self.names.audit_key, 0, -1)]
-        return [e for e in entries if isinstance(e, dict) and e.get("target") in found.conversations]
+        named = found.conversations | found.message_ids
+        return [e for e in entries if isinstance(e, dict) and (e.get("target") in named or _names(e, found))]
+
+    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
+        return await self._theirs(found)
 
     async def erase(self, found: Holdings) -> int:
-        if not found.conversations:
+        targets = {str(entry["target"]) for entry in await self._theirs(found)}
+        if not targets:
             return 0
         pseudonym = found.customer.pseudonym(self.names.namespace)
-        args = [pseudonym, *sorted(found.conversations)]
+        args = [pseudonym, *sorted(targets)]
         return int(await self.redis.eval(_PSEUDONYMISE, 1, self.names.audit_key, *args))
+
+
+def _names(entry: dict[str, Any], found: Holdings) -> bool:
+    """Whether an entry's target is the customer as `channel:id` (services/monitor/admin/outbound.py)."""
+    channel, _, customer_id = str(entry.get("target") or "").partition(":")
+    try:
+        return Customer.parse(channel, customer_id) == found.customer
+    except ValueError:
+        return False
 
 
 class Contacts:
