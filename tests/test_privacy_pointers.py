@@ -94,3 +94,22 @@ async def test_erasure_pseudonymises_audit_entries_naming_their_messages_or_numb
         assert targets == [pseudonym, pseudonym, pseudonym, "whatsapp:5521900000000"]
     finally:
         await purge_namespace(namespace)
+
+
+async def test_erasure_removes_the_agent_assigned_to_their_handoff(redis: Redis) -> None:
+    """An agent's "assign to me" on a handed-off conversation names it in a key of its own (the inbox)."""
+    namespace = new_namespace()
+    names = Names(namespace, TEST_SHARDS)
+    try:
+        conversation = f"whatsapp:100200300:{PHONE}"
+        handoff = {"user_id": PHONE, "channel": "whatsapp", "reason": "quero um atendente"}
+        await redis.set(names.handoff_key(conversation), orjson.dumps(handoff), ex=3600)
+        await redis.zadd(names.handoffs_key, {conversation: time.time()})
+        await redis.set(names.handoff_assignee_key(conversation), "Ana", ex=3600)
+
+        await CustomerData(redis, names, None).erase(Customer("whatsapp", PHONE))
+
+        left = [str(key) async for key in redis.scan_iter(match=f"{namespace}:*", count=1000)]
+        assert not [key for key in left if PHONE in key], left
+    finally:
+        await purge_namespace(namespace)

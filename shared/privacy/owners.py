@@ -102,7 +102,7 @@ class Memory:
 
 
 class Handoffs:
-    """Conversations handed to a person (shared/handoff.py) and their index."""
+    """Conversations handed to a person (shared/handoff.py), their index and the agent who took each."""
 
     name = "handoffs"
 
@@ -119,10 +119,10 @@ class Handoffs:
     async def erase(self, found: Holdings) -> int:
         if not found.conversations:
             return 0
-        conversations = list(found.conversations)
+        conversations, names = list(found.conversations), self.names
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*(self.names.handoff_key(c) for c in conversations))
-            pipe.zrem(self.names.handoffs_key, *conversations)
+            pipe.delete(*(key(c) for c in conversations for key in (names.handoff_key, names.handoff_assignee_key)))
+            pipe.zrem(names.handoffs_key, *conversations)
             deleted, _ = await pipe.execute()
         return int(deleted)
 
