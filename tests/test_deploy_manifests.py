@@ -1034,7 +1034,9 @@ def test_runbook_covers_every_alert_in_both_languages() -> None:
         assert rule["alert"] in english and rule["alert"] in portuguese, rule["alert"]
     for text in (english, portuguese):
         for needed in ("rollout undo", "ATENDIMENTO_TAG", "scripts/backup.sh", "scripts/restore.sh", "trace_id",
-                       "combined.log", "error.log", "audit.log", "/monitoring/stats/24h"):  # fmt: skip
+                       "combined.log", "error.log", "audit.log", "/monitoring/stats/24h",
+                       # rotating it without the old secret after a comma refuses every issued token
+                       "`CONVERSATION_TOKEN_SECRET`", "`CONVERSATION_TOKEN_TTL_SECONDS`"):  # fmt: skip
             assert needed in text, needed
 
 
