@@ -1054,6 +1054,20 @@ def test_the_runbook_says_which_alerts_only_prometheus_raises() -> None:
             assert f"`{name}`" in before_table, f"{doc}: the alerts section does not say only Prometheus raises {name}"
 
 
+def test_the_runbook_shows_conversation_ids_masked_as_logs_and_spans_carry_them() -> None:
+    """Log lines and the spans' conversation tag hold a WhatsApp/Telegram id masked: searching
+    Jaeger or the logs for the raw id finds nothing, so the runbook shows the masked form."""
+    from shared.logs import mask_pii
+    from shared.telemetry import CONVERSATION_ID, _messaging_attributes
+
+    raw = "whatsapp:5511987654321"
+    masked = _messaging_attributes("publish", "send", "x", "", None, raw)[CONVERSATION_ID]
+    assert masked == mask_pii(raw) != raw
+    for doc in ("docs/operations.md", "docs/operations.pt-BR.md"):
+        text = (ROOT / doc).read_text()
+        assert f"`{raw}`" in text and f"`{masked}`" in text, f"{doc}: show how a conversation id is masked"
+
+
 # What an operator types or reads: endpoints, alert names, metrics, jq paths of a JSON answer.
 RUNBOOK_TERMS = re.compile(
     r"/(?:admin|monitoring)(?:/[\w.-]+)*|\b(?:Atendimento[A-Z]\w+|atendimento_[a-z_]+)\b|\bjq [^\n#`]+"
