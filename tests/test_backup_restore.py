@@ -433,3 +433,54 @@ def test_round_trip_compose_and_k8s_targets(
 def test_helper_is_lint_clean_python() -> None:
     """The helper runs as `python -c` inside the image: it must compile on its own."""
     compile(HELPER.read_text(), str(HELPER), "exec")
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server for a private Sentinel set")
+async def test_inside_a_sentinel_deployment_the_helper_works_on_the_primary(tmp_path: Path) -> None:
+    """In Kubernetes (and the compose `ha` profile) REDIS_URL names the headless Service of every
+    Redis node, replicas included, and REDIS_SENTINELS the sentinels: the helper the compose and k8s
+    targets run in the monitor must ask the sentinels for the primary, as the services do, or a
+    restore that lands on a replica fails (READONLY) and a dump may read a lagging copy."""
+    from tests.support import eventually
+    from tests.support.ha import SentinelRedis
+
+    ns = f"bk{uuid.uuid4().hex[:10]}"
+    nodes = await SentinelRedis(tmp_path / "redis").start()
+    try:
+        primary_port = await nodes.primary_port()
+        replica = next(server for server in nodes.servers if server.port != primary_port)
+        primary = redis.Redis(port=primary_port)
+
+        async def takes_writes() -> bool:  # min-replicas-to-write: once a replica is counted in sync
+            try:
+                return bool(primary.set(f"{ns}:probe", "1"))
+            except redis.RedisError:
+                return False
+
+        await eventually(takes_writes, timeout=20, what="the primary takes writes")
+        primary.delete(f"{ns}:probe")
+        seed(primary, ns)
+        before = snapshot(primary, ns)
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{replica.port}/0",  # a node that is not the primary
+            "REDIS_SENTINELS": nodes.sentinel_setting,
+            "REDIS_SENTINEL_SERVICE": "mymaster",
+            "ATENDIMENTO_NAMESPACE": ns,
+        }
+
+        def helper(*args: str, stdin: str = "") -> str:
+            proc = subprocess.run(
+                [sys.executable, str(HELPER), *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
+            )
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout
+
+        dumped = helper("dump")
+        delete_namespace(primary, ns)
+        started = time.monotonic()
+        helper("restore", stdin=dumped)
+        assert_restored(before, snapshot(primary, ns), int((time.monotonic() - started) * 1000))
+        primary.close()
+    finally:
+        nodes.stop()

@@ -704,6 +704,29 @@ def test_redis_runs_a_primary_with_replicas_behind_three_sentinels() -> None:
         assert selects(budget["spec"]["selector"], pod_labels(one("StatefulSet", name)))
 
 
+def test_redis_nodes_run_with_the_settings_the_runbook_gives_against_lost_writes() -> None:
+    """The runbook ("Redis failed over") says every node runs with `min-replicas-to-write 1` and
+    `min-replicas-max-lag 5`, and the sentinels with a down-after of 3000-5000 ms."""
+    redis, sentinels = one("StatefulSet", "atendimento-redis"), one("StatefulSet", "atendimento-redis-sentinel")
+    args = container_of(redis).get("args", [])
+    settings = dict(zip(args[::2], args[1::2], strict=True))
+    assert settings.get("--min-replicas-to-write") == "1" and settings.get("--min-replicas-max-lag") == "5"
+    assert redis["spec"]["replicas"] - 1 > int(settings["--min-replicas-to-write"]), "losing a replica keeps writes"
+    env = {item["name"]: item.get("value") for item in container_of(sentinels)["env"]}
+    script = (ROOT / "deploy" / "redis" / "start-sentinel.sh").read_text()
+    default = re.search(r"down-after-milliseconds \$master_name \$\{DOWN_AFTER_MS:-(\d+)\}", script)
+    assert default, "start-sentinel.sh sets down-after-milliseconds"
+    assert 3000 <= int(env.get("DOWN_AFTER_MS") or default.group(1)) <= 5000
+    for doc in ("docs/operations.md", "docs/operations.pt-BR.md"):
+        text = (ROOT / doc).read_text()
+        assert "`min-replicas-to-write 1`" in text and "`min-replicas-max-lag 5`" in text, doc
+        row = next(line for line in text.splitlines() if line.startswith("| Redis |"))
+        replicas = redis["spec"]["replicas"] - 1
+        said = re.search(r"k8s: (?:primary|primário), (\d+) (?:replicas|réplicas), (\d+) Sentinels", row)
+        assert said, f"{doc}: the components table says how many Redis nodes Kubernetes runs: {row}"
+        assert (int(said.group(1)), int(said.group(2))) == (replicas, sentinels["spec"]["replicas"]), doc
+
+
 # ---------------------------------------------------------------------------------------------
 # docker compose and the image
 # ---------------------------------------------------------------------------------------------
@@ -1011,8 +1034,55 @@ def test_runbook_covers_every_alert_in_both_languages() -> None:
         assert rule["alert"] in english and rule["alert"] in portuguese, rule["alert"]
     for text in (english, portuguese):
         for needed in ("rollout undo", "ATENDIMENTO_TAG", "scripts/backup.sh", "scripts/restore.sh", "trace_id",
-                       "combined.log", "error.log", "audit.log", "/monitoring/stats/24h"):  # fmt: skip
+                       "combined.log", "error.log", "audit.log", "/monitoring/stats/24h",
+                       # rotating it without the old secret after a comma refuses every issued token
+                       "`CONVERSATION_TOKEN_SECRET`", "`CONVERSATION_TOKEN_TTL_SECONDS`"):  # fmt: skip
             assert needed in text, needed
+
+
+def test_the_runbook_says_which_alerts_only_prometheus_raises() -> None:
+    """The monitor raises most alerts itself (/monitoring/stats, /admin, ALERT_WEBHOOK_URL); an
+    operator without Prometheus must know which ones it never raises."""
+    from services.monitor.alerts import RULES
+
+    prometheus_only = {rule["alert"] for rule in alert_rules()} - {rule.name for rule in RULES}
+    assert prometheus_only, "ServiceDown at least: the monitor sees no scrape targets"
+    for doc in ("docs/operations.md", "docs/operations.pt-BR.md"):
+        section = (ROOT / doc).read_text().split("### Alert", 1)[1]
+        before_table = section.split("\n|", 1)[0]
+        for name in sorted(prometheus_only):
+            assert f"`{name}`" in before_table, f"{doc}: the alerts section does not say only Prometheus raises {name}"
+
+
+def test_the_runbook_shows_conversation_ids_masked_as_logs_and_spans_carry_them() -> None:
+    """Log lines and the spans' conversation tag hold a WhatsApp/Telegram id masked: searching
+    Jaeger or the logs for the raw id finds nothing, so the runbook shows the masked form."""
+    from shared.logs import mask_pii
+    from shared.telemetry import CONVERSATION_ID, _messaging_attributes
+
+    raw = "whatsapp:5511987654321"
+    masked = _messaging_attributes("publish", "send", "x", "", None, raw)[CONVERSATION_ID]
+    assert masked == mask_pii(raw) != raw
+    for doc in ("docs/operations.md", "docs/operations.pt-BR.md"):
+        text = (ROOT / doc).read_text()
+        assert f"`{raw}`" in text and f"`{masked}`" in text, f"{doc}: show how a conversation id is masked"
+
+
+# What an operator types or reads: endpoints, alert names, metrics, jq paths of a JSON answer.
+RUNBOOK_TERMS = re.compile(
+    r"/(?:admin|monitoring)(?:/[\w.-]+)*|\b(?:Atendimento[A-Z]\w+|atendimento_[a-z_]+)\b|\bjq [^\n#`]+"
+)
+
+
+def test_both_runbooks_name_the_same_endpoints_alerts_metrics_and_queries() -> None:
+    """The Portuguese runbook says what the English one says: the same endpoints, alert names,
+    metric names and jq queries, as often."""
+    english, portuguese = ((ROOT / "docs" / name).read_text() for name in ("operations.md", "operations.pt-BR.md"))
+
+    def terms(text: str) -> list[str]:
+        return sorted(match.group(0).strip().rstrip(".;") for match in RUNBOOK_TERMS.finditer(text))
+
+    assert terms(english) == terms(portuguese)
 
 
 KUBECTL_KINDS = {"deploy": "Deployment", "deployment": "Deployment", "svc": "Service", "sts": "StatefulSet"}

@@ -20,7 +20,10 @@ The stream is JSON lines: a header, one line per key, and a footer with the coun
 backup is detected). It only needs redis-py, so it runs on the operator's machine (`--target
 url`) or inside the bot's image through `docker compose exec` / `kubectl exec`, which is how the
 shell scripts use it: defaults come from the process environment (REDIS_URL,
-ATENDIMENTO_NAMESPACE), i.e. from the same settings the services use.
+ATENDIMENTO_NAMESPACE), i.e. from the same settings the services use. With REDIS_SENTINELS set and
+no --redis-url, it works on the primary the sentinels name (REDIS_SENTINEL_SERVICE; REDIS_URL then
+gives only the user, password and database), as the services do: REDIS_URL's host may be any node
+of the set, a replica that refuses RESTORE or lags behind the primary.
 """
 
 from __future__ import annotations
@@ -39,12 +42,46 @@ VERSION = 1
 BATCH = 500
 
 
+# REDIS_SENTINELS ("host:port,host:port") and REDIS_SENTINEL_SERVICE, when the primary is to be asked
+# of the sentinels (set by main: only when no --redis-url was given).
+SENTINELS: tuple[tuple[str, int], ...] = ()
+SENTINEL_SERVICE = "mymaster"
+
+
+def _sentinel_hosts(raw: str) -> tuple[tuple[str, int], ...]:
+    hosts = []
+    for entry in (item.strip() for item in raw.split(",")):
+        if entry:
+            host, _, port = entry.rpartition(":")
+            hosts.append((host.strip("[]"), int(port)))
+    return tuple(hosts)
+
+
 def _redis(url: str) -> Any:
     try:
         import redis
+        from redis.connection import parse_url
+        from redis.sentinel import Sentinel
     except ImportError:  # pragma: no cover - depends on the interpreter chosen by the scripts
         sys.exit("redis_keys: the Python package 'redis' is missing (use the project's .venv/bin/python)")
-    return redis.Redis.from_url(url, decode_responses=False, socket_timeout=30)
+    if not SENTINELS:
+        return redis.Redis.from_url(url, decode_responses=False, socket_timeout=30)
+    parsed = parse_url(url)
+    credentials = {key: parsed[key] for key in ("username", "password", "db") if parsed.get(key) is not None}
+    tls: dict[str, Any] = {}
+    if url.startswith("rediss://"):
+        tls = {"ssl": True, "ssl_cert_reqs": "required"}
+        for option, variable in (
+            ("ssl_ca_certs", "REDIS_CA_FILE"),
+            ("ssl_certfile", "REDIS_CERT_FILE"),
+            ("ssl_keyfile", "REDIS_KEY_FILE"),
+        ):
+            if os.environ.get(variable, "").strip():
+                tls[option] = os.environ[variable].strip()
+    sentinel = Sentinel(list(SENTINELS), sentinel_kwargs={"socket_timeout": 5, **tls})
+    return sentinel.master_for(
+        SENTINEL_SERVICE, redis_class=redis.Redis, decode_responses=False, socket_timeout=30, **credentials, **tls
+    )
 
 
 def _now_ms() -> int:
@@ -266,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     p_tag.add_argument("--namespace", default=default_ns)
 
     args = parser.parse_args(argv)
+    global SENTINELS, SENTINEL_SERVICE
+    explicit_url = any(arg == "--redis-url" or arg.startswith("--redis-url=") for arg in (argv or sys.argv[1:]))
+    if not explicit_url:
+        SENTINELS = _sentinel_hosts(os.environ.get("REDIS_SENTINELS", ""))
+        SENTINEL_SERVICE = os.environ.get("REDIS_SENTINEL_SERVICE", "").strip() or "mymaster"
     if args.command == "dump":
         return dump(args.redis_url, args.namespace, sys.stdout)
     if args.command == "restore":
