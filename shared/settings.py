@@ -222,8 +222,8 @@ class Settings:
     # Spans leave the process only when asked to: OTEL_TRACES_EXPORTER=otlp (or `console`, or both
     # comma-separated, as the SDK documents), or an OTLP endpoint set
     # (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT). Without a collector the SDK's default endpoint,
-    # localhost:4317, would fill the logs with failed exports.
-    otel_traces_exporter: str = "none"
+    # localhost:4317, would fill the logs with failed exports. None: spans are not exported.
+    otel_exporters: tuple[str, ...] = ()
     # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
     # the start line only: the SDK reads the variable itself.
     otel_endpoint: str = ""
@@ -232,11 +232,6 @@ class Settings:
     def amqp_urls(self) -> tuple[str, ...]:
         """The RabbitMQ nodes AMQP_URL lists (one, or the nodes of a cluster)."""
         return tuple(self.amqp_url.split(","))
-
-    @property
-    def otel_exporters(self) -> tuple[str, ...]:
-        """The span exporters OTEL_TRACES_EXPORTER names (`otlp`, `console`); none for `none`."""
-        return () if self.otel_traces_exporter == "none" else tuple(self.otel_traces_exporter.split(","))
 
     @property
     def retention_s(self) -> int:
@@ -392,8 +387,8 @@ class Settings:
                 read.choice("OTEL_EXPORTER_OTLP_PROTOCOL", defaults.otel_exporter_protocol, OTLP_PROTOCOLS),
                 OTLP_PROTOCOLS,
             ),
-            otel_traces_exporter=read.exporters(
-                "OTEL_TRACES_EXPORTER", "otlp" if otel_endpoint else defaults.otel_traces_exporter
+            otel_exporters=read.exporters(
+                "OTEL_TRACES_EXPORTER", ("otlp",) if otel_endpoint else defaults.otel_exporters
             ),
             otel_endpoint=otel_endpoint,
         )
@@ -491,17 +486,17 @@ class _Reader:
 
         return self._parse(name, default, parse, "one of " + ", ".join(allowed))
 
-    def exporters(self, name: str, default: str) -> str:
-        """OTEL_TRACES_EXPORTER as the SDK reads it: `none`, or a comma-separated list of exporters,
-        of which the SDK's own `otlp` and `console` are installed here."""
+    def exporters(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """OTEL_TRACES_EXPORTER as the SDK reads it: `none` (no exporter), or a comma-separated list
+        of exporters, of which the SDK's own `otlp` and `console` are installed here."""
 
-        def parse(raw: str) -> str:
+        def parse(raw: str) -> tuple[str, ...]:
             names = [item.strip().lower() for item in raw.split(",")]
             if names == ["none"]:
-                return "none"
+                return ()
             if not all(item in OTEL_EXPORTERS for item in names):
                 raise ValueError
-            return ",".join(dict.fromkeys(names))
+            return tuple(dict.fromkeys(names))
 
         return self._parse(name, default, parse, "none, or otlp and/or console comma-separated")
 

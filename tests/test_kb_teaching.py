@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 import yaml
@@ -32,7 +33,7 @@ from shared.messages import ReplyContent
 from shared.names import Names
 from shared.store import Store
 from shared.web import Problem
-from tests.support import REDIS_URL, TEST_SHARDS, Service, Stack, eventually, post_message
+from tests.support import AMQP_URL, REDIS_URL, TEST_SHARDS, Service, Stack, eventually, post_message
 from tests.support.pipeline import wait_ready
 
 TOKEN = "admin-" + uuid.uuid4().hex
@@ -372,6 +373,18 @@ async def test_an_operator_teaches_a_running_worker_and_dismisses_out_of_scope_q
     assert ("dismiss_question", "Ana", "ok") in done and ("remove_phrasing", "api", "ok") in done
 
 
+async def waiting_messages(namespace: str) -> int:
+    """Messages ready in the namespace's shard queues."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        total = 0
+        for name in Names(namespace, TEST_SHARDS).shard_queues:
+            queue = await channel.declare_queue(name, passive=True)
+            total += queue.declaration_result.message_count or 0
+        return total
+
+
 @pytest.mark.parametrize("interval", ["2", "0"])
 async def test_a_worker_that_starts_answers_with_what_was_taught_from_its_first_message(
     stack: Stack, http: aiohttp.ClientSession, interval: str
@@ -392,7 +405,11 @@ async def test_a_worker_that_starts_answers_with_what_was_taught_from_its_first_
     asked = asyncio.create_task(
         post_message(http, stack.gateway, {"user_id": uuid.uuid4().hex, "text": LOTTERY}, wait=30)
     )
-    await asyncio.sleep(0.5)
+
+    async def queued() -> bool:  # the message waits in its shard queue: the worker finds a backlog
+        return await waiting_messages(stack.namespace) > 0
+
+    await eventually(queued, what="the message queued before the worker starts")
     await stack.start("worker")
     status, body = await asked
     assert status == 200, body

@@ -169,7 +169,7 @@ class _CountedFlushes(io.StringIO):
             self._sent = len(text)
 
 
-def _handler_logger(stream: _CountedFlushes) -> logging.Logger:
+def _handler_logger(stream: io.StringIO) -> logging.Logger:
     handler = TickFlushedStreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger(f"test.tick.{uuid.uuid4().hex}")
@@ -212,12 +212,7 @@ class _WritesThrough(io.StringIO):
 
 def test_lines_of_one_loop_turn_reach_a_write_through_stream_in_one_write() -> None:
     stream = _WritesThrough()
-    handler = TickFlushedStreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger(f"test.tick.{uuid.uuid4().hex}")
-    logger.propagate = False
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger = _handler_logger(stream)
 
     async def turns() -> None:
         logger.info("one")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import shutil
 import subprocess
 import uuid
@@ -111,6 +110,19 @@ def wa_voice(wamid: str, sender: str, media_id: str) -> dict[str, Any]:
 def tg_voice(update_id: int, chat_id: int, file_id: str, size: int) -> dict[str, Any]:
     voice = {"file_id": file_id, "file_unique_id": "u" + file_id, "duration": 2, "mime_type": "audio/ogg"}
     return telegram_media(update_id, chat_id, "voice", {**voice, "file_size": size})
+
+
+def wa_attached(message_id: str, sender: str, attachment: Attachment | None, text: str = "") -> InboundMessage:
+    """A WhatsApp message as the gateway queues it, carrying `attachment`."""
+    return InboundMessage(
+        message_id=message_id,
+        conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:{sender}",
+        user_id=sender,
+        text=text,
+        channel="whatsapp",
+        metadata={"phone_number_id": PHONE_NUMBER_ID, "to": sender},
+        attachment=attachment,
+    )
 
 
 async def conversation_log(namespace: str, conversation_id: str) -> list[dict[str, Any]]:
@@ -416,15 +428,7 @@ async def test_a_file_that_is_no_image_gets_the_polite_reply_and_never_reaches_t
 
     def photo(media_id: str) -> InboundMessage:
         attachment = Attachment(kind="image", media_id=media_id, mime_type="image/jpeg")
-        return InboundMessage(
-            message_id=f"wamid.{media_id}",
-            conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:5511900000011",
-            user_id="5511900000011",
-            text="",
-            channel="whatsapp",
-            metadata={"phone_number_id": PHONE_NUMBER_ID, "to": "5511900000011"},
-            attachment=attachment,
-        )
+        return wa_attached(f"wamid.{media_id}", "5511900000011", attachment)
 
     try:
         good = await resolver.resolve([photo("wa-png")])
@@ -444,16 +448,10 @@ async def test_a_question_typed_with_media_that_cannot_be_read_is_still_answered
     settings = Settings.from_env({**WHATSAPP_ENV, **api.env()})
     resolver = MediaResolver(settings, "pt", reads_media=False)
     sender = "5511900000012"
-    base = InboundMessage(
-        message_id="wamid.burst-1",
-        conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:{sender}",
-        user_id=sender,
-        text="",
-        channel="whatsapp",
-        metadata={"phone_number_id": PHONE_NUMBER_ID, "to": sender},
-        attachment=Attachment(kind="image", media_id="wa-photo-12", mime_type="image/jpeg"),
+    base = wa_attached(
+        "wamid.burst-1", sender, Attachment(kind="image", media_id="wa-photo-12", mime_type="image/jpeg")
     )
-    typed = dataclasses.replace(base, message_id="wamid.burst-2", text=PRAZO, attachment=None)
+    typed = wa_attached("wamid.burst-2", sender, None, text=PRAZO)
     try:
         both = await resolver.resolve([base, typed])
         assert both.unhandled is None and both.text == PRAZO
@@ -471,16 +469,8 @@ async def test_a_size_the_graph_api_declares_as_a_string_is_enforced_before_down
         Settings.from_env({**env, "MEDIA_MAX_BYTES": str(MEDIA_MAX_BYTES)}), "pt", reads_media=True
     )
     api.add_media("wa-big-3", bytes(MEDIA_MAX_BYTES + 1), "audio/ogg", declared_size=str(MEDIA_MAX_BYTES + 1))
-    sender = "5511900000013"
-    voice = InboundMessage(
-        message_id="wamid.big-3",
-        conversation_id=f"whatsapp:{PHONE_NUMBER_ID}:{sender}",
-        user_id=sender,
-        text="",
-        channel="whatsapp",
-        metadata={"phone_number_id": PHONE_NUMBER_ID, "to": sender},
-        attachment=Attachment(kind="audio", media_id="wa-big-3", mime_type="audio/ogg", voice=True),
-    )
+    attachment = Attachment(kind="audio", media_id="wa-big-3", mime_type="audio/ogg", voice=True)
+    voice = wa_attached("wamid.big-3", "5511900000013", attachment)
     try:
         resolved = await resolver.resolve([voice])
     finally:

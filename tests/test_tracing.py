@@ -6,6 +6,8 @@ The services export to a collector of our own (tests/support/otlp.py) over OTLP/
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,12 +17,36 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.support import PRAZO, REDIS_PORT, REDIS_URL, Service, Stack, eventually, free_port, web_id
+from shared.names import Names
+from tests.support import (
+    PRAZO,
+    REDIS_PORT,
+    REDIS_URL,
+    ROOT,
+    TEST_SHARDS,
+    Service,
+    Stack,
+    eventually,
+    free_port,
+    web_id,
+)
+from tests.support.channel_fakes import (
+    PHONE_NUMBER_ID,
+    WHATSAPP_ENV,
+    Answer,
+    FakeChannelApi,
+    post_whatsapp,
+    whatsapp_text,
+)
 from tests.support.deadletters import ADMIN_TOKEN, bearer, dead_letters, post_letter, publish_to_queue
 from tests.support.faultproxy import FaultProxy
 from tests.support.otlp import Collector, ReceivedSpan, tracing_env
 from tests.support.pipeline import wait_ready
 from tests.support.tracing import new_traceparent, post_traced, spans_of
+
+GATEWAY = "atendimento-gateway"
+# The attribute a merged message's span names the replying message by (shared/telemetry.py).
+MERGED_INTO = "atendimento.reply.merged_into"
 
 
 @pytest.fixture
@@ -49,6 +75,46 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
         chain.append(parent)
         parent = index[parent].parent_id if parent in index else ""
     return chain
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[FakeChannelApi]:
+    """A stand-in of the Graph API, for the WhatsApp channel's replies."""
+    api = await FakeChannelApi().start()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+async def traced_whatsapp(collector: Collector, stack: Stack, graph: FakeChannelApi) -> Service:
+    """A gateway with WhatsApp on `graph` and a worker, both tracing to `collector`; the gateway."""
+    stack.extra_env.update(tracing_env(await collector.http()))
+    gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+    await stack.start("worker")
+    await wait_ready(stack)
+    return gateway
+
+
+def new_sender() -> str:
+    return f"55119{uuid.uuid4().int % 10**8:08d}"
+
+
+async def graph_api_call(collector: Collector) -> ReceivedSpan:
+    """The gateway's CLIENT span of its call to the Graph API, once exported."""
+
+    async def called() -> ReceivedSpan | None:
+        found = [s for s in collector.spans if s.service == GATEWAY and s.name == "POST whatsapp"]
+        return found[0] if found else None
+
+    return await eventually(called, what="the Graph API call's span")
+
+
+def assert_no_span_names(collector: Collector, sender: str) -> None:
+    """The sender's phone number is personal data: no span attribute holds it in full."""
+    for span in collector.spans:
+        for key, value in span.attributes.items():
+            assert sender not in str(value), (span, key, value)
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
@@ -371,52 +437,36 @@ def test_otel_traces_exporter_takes_the_sdks_console_value_and_lists() -> None:
 
 
 async def test_a_whatsapp_message_is_one_trace_to_the_graph_api_and_no_span_names_the_customers_phone(
-    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+    collector: Collector, stack: Stack, graph: FakeChannelApi, http: aiohttp.ClientSession
 ) -> None:
     """From Meta's webhook call to the Graph API call carrying the reply: one trace, the channel
     API call a CLIENT span in it. The sender's phone number is personal data: spans name it masked,
     as log lines do (docs/privacy.md), never in full (the conversation id holds it)."""
-    from tests.support.channel_fakes import WHATSAPP_ENV, FakeChannelApi, post_whatsapp, whatsapp_text
+    gateway = await traced_whatsapp(collector, stack, graph)
+    sender = new_sender()
+    wamid = f"wamid.{uuid.uuid4().hex}"
+    status, body = await post_whatsapp(http, gateway, whatsapp_text(wamid, sender, PRAZO))
+    assert status == 200, body
 
-    graph = await FakeChannelApi().start()
-    try:
-        stack.extra_env.update(tracing_env(await collector.http()))
-        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
-        await stack.start("worker")
-        await wait_ready(stack)
-        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
-        wamid = f"wamid.{uuid.uuid4().hex}"
-        status, body = await post_whatsapp(http, gateway, whatsapp_text(wamid, sender, PRAZO))
-        assert status == 200, body
-
-        ns, gw, wk = stack.namespace, "atendimento-gateway", "atendimento-worker"
-
-        async def delivered() -> ReceivedSpan | None:
-            found = [s for s in collector.spans if s.service == gw and s.name == "POST whatsapp"]
-            return found[0] if found else None
-
-        api_call = await eventually(delivered, what="the Graph API call's span")
-        spans = await spans_of(
-            collector,
-            api_call.trace_id,
-            (gw, "POST /webhooks/whatsapp"),
-            (gw, f"publish {ns}.inbound"),
-            (wk, f"process {ns}.inbound"),
-            (wk, "engine kb"),
-            (wk, f"publish {ns}.replies"),
-            (gw, f"process {ns}.replies"),
-            (gw, "POST whatsapp"),
-        )
-    finally:
-        await graph.close()
+    ns, gw, wk = stack.namespace, GATEWAY, "atendimento-worker"
+    api_call = await graph_api_call(collector)
+    spans = await spans_of(
+        collector,
+        api_call.trace_id,
+        (gw, "POST /webhooks/whatsapp"),
+        (gw, f"publish {ns}.inbound"),
+        (wk, f"process {ns}.inbound"),
+        (wk, "engine kb"),
+        (wk, f"publish {ns}.replies"),
+        (gw, f"process {ns}.replies"),
+        (gw, "POST whatsapp"),
+    )
     assert api_call.kind == "CLIENT" and api_call.attributes["http.response.status_code"] == 200
     webhook = by_name(spans, gw, "POST /webhooks/whatsapp")
     assert webhook.span_id in ancestors(api_call, spans)
     consumer = by_name(spans, wk, f"process {ns}.inbound")
     assert consumer.attributes["messaging.message.id"] == wamid
-    for span in collector.spans:
-        for key, value in span.attributes.items():
-            assert sender not in str(value), (span, key, value)
+    assert_no_span_names(collector, sender)
     assert consumer.attributes["messaging.message.conversation_id"].endswith(sender[-4:])
 
 
@@ -426,9 +476,6 @@ async def test_a_replayed_dead_letter_stays_in_its_messages_trace(
     """A dead letter replayed from the admin area is the same message: its second processing
     belongs to the trace it came with (SPEC 4: every span of this message, in every service),
     not to a new trace rooted at the monitor's publish."""
-    from shared.names import Names
-    from tests.support import TEST_SHARDS
-
     stack.extra_env.update(tracing_env(await collector.http()))
     await stack.start("worker")
     monitor = (await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN)).url
@@ -497,11 +544,6 @@ asyncio.run(main())
 def test_an_unhandled_error_is_an_error_server_span_with_its_exception_event() -> None:
     """problem_middleware turns a bug into a 500 problem+json: the request's SERVER span says
     ERROR and carries the exception (type and stack trace) for whoever reads the trace."""
-    import subprocess
-    import sys
-
-    from tests.support import ROOT
-
     done = subprocess.run([sys.executable, "-c", _UNHANDLED], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     found = orjson.loads(done.stdout.strip().splitlines()[-1])
@@ -547,149 +589,58 @@ async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
         assert merged.links == ((replying.trace_id, replying.span_id),)
 
 
-MERGED_INTO = "atendimento.reply.merged_into"
-
-
 async def test_a_reply_the_channel_refuses_for_good_is_a_failed_delivery_span(
-    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+    collector: Collector, stack: Stack, graph: FakeChannelApi, http: aiohttp.ClientSession
 ) -> None:
     """The Graph API refuses the reply (400, not retried): it is dead-lettered, and the delivery's
     process span says so (ERROR), as the worker's does for a message it dead-letters; the API
     call is a failed CLIENT span under it."""
-    from tests.support.channel_fakes import WHATSAPP_ENV, Answer, FakeChannelApi, post_whatsapp, whatsapp_text
-
-    graph = await FakeChannelApi().start()
-    try:
-        stack.extra_env.update(tracing_env(await collector.http()))
-        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
-        await stack.start("worker")
-        await wait_ready(stack)
-        graph.script[:] = [Answer(400, body={"error": {"message": "(#131026) Message undeliverable", "code": 131026}})]
-        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
-        status, body = await post_whatsapp(http, gateway, whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, PRAZO))
-        assert status == 200, body
-        ns, gw = stack.namespace, "atendimento-gateway"
-
-        async def refused() -> ReceivedSpan | None:
-            found = [s for s in collector.spans if s.service == gw and s.name == "POST whatsapp"]
-            return found[0] if found else None
-
-        api_call = await eventually(refused, what="the Graph API call's span")
-        spans = await spans_of(collector, api_call.trace_id, (gw, f"process {ns}.replies"))
-    finally:
-        await graph.close()
+    gateway = await traced_whatsapp(collector, stack, graph)
+    graph.script[:] = [Answer(400, body={"error": {"message": "(#131026) Message undeliverable", "code": 131026}})]
+    status, body = await post_whatsapp(http, gateway, whatsapp_text(f"wamid.{uuid.uuid4().hex}", new_sender(), PRAZO))
+    assert status == 200, body
+    ns, gw = stack.namespace, GATEWAY
+    api_call = await graph_api_call(collector)
+    spans = await spans_of(collector, api_call.trace_id, (gw, f"process {ns}.replies"))
     delivery = by_name(spans, gw, f"process {ns}.replies")
     assert api_call.status == "ERROR" and api_call.parent_id == delivery.span_id
     assert delivery.status == "ERROR", delivery
 
 
 async def test_an_agents_reply_from_the_admin_area_is_traced_from_the_monitors_request_to_the_channel(
-    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+    collector: Collector, stack: Stack, graph: FakeChannelApi, http: aiohttp.ClientSession
 ) -> None:
     """The monitor is one of the three traced services: an agent's reply is a SERVER span of the
     monitor continuing the caller's traceparent, its publish, then the gateway's delivery and the
     Graph API call, in one trace, none of its spans naming the customer's phone number."""
-    from tests.support.channel_fakes import (
-        PHONE_NUMBER_ID,
-        WHATSAPP_ENV,
-        FakeChannelApi,
-        post_whatsapp,
-        whatsapp_text,
+    gateway = await traced_whatsapp(collector, stack, graph)
+    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, **WHATSAPP_ENV, **graph.env())
+    sender = new_sender()
+    asking = whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, "quero falar com um atendente")
+    assert (await post_whatsapp(http, gateway, asking))[0] == 200
+
+    async def handed_off() -> bool:
+        return bool(graph.delivered_to(sender))
+
+    await eventually(handed_off, what="the handoff's reply")
+    traceparent, trace_id, caller_span = new_traceparent()
+    conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
+    async with http.post(
+        monitor.url + "/admin/api/handoffs/reply",
+        json={"conversation_id": conversation, "text": "Olá, sou a Ana"},
+        headers={**bearer(), "traceparent": traceparent},
+    ) as response:
+        assert response.status == 200, await response.text()
+    ns, gw, mon = stack.namespace, GATEWAY, "atendimento-monitor"
+    spans = await spans_of(
+        collector,
+        trace_id,
+        (mon, "POST /admin/api/handoffs/reply"),
+        (mon, f"publish {ns}.replies"),
+        (gw, f"process {ns}.replies"),
+        (gw, "POST whatsapp"),
     )
-
-    graph = await FakeChannelApi().start()
-    try:
-        stack.extra_env.update(tracing_env(await collector.http()))
-        gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
-        await stack.start("worker")
-        monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, **WHATSAPP_ENV, **graph.env())
-        await wait_ready(stack)
-        sender = f"55119{uuid.uuid4().int % 10**8:08d}"
-        asking = whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, "quero falar com um atendente")
-        assert (await post_whatsapp(http, gateway, asking))[0] == 200
-
-        async def handed_off() -> bool:
-            return bool(graph.delivered_to(sender))
-
-        await eventually(handed_off, what="the handoff's reply")
-        traceparent, trace_id, caller_span = new_traceparent()
-        conversation = f"whatsapp:{PHONE_NUMBER_ID}:{sender}"
-        async with http.post(
-            monitor.url + "/admin/api/handoffs/reply",
-            json={"conversation_id": conversation, "text": "Olá, sou a Ana"},
-            headers={**bearer(), "traceparent": traceparent},
-        ) as response:
-            assert response.status == 200, await response.text()
-        ns, gw, mon = stack.namespace, "atendimento-gateway", "atendimento-monitor"
-        spans = await spans_of(
-            collector,
-            trace_id,
-            (mon, "POST /admin/api/handoffs/reply"),
-            (mon, f"publish {ns}.replies"),
-            (gw, f"process {ns}.replies"),
-            (gw, "POST whatsapp"),
-        )
-    finally:
-        await graph.close()
     server = by_name(spans, mon, "POST /admin/api/handoffs/reply")
     assert server.kind == "SERVER" and server.parent_id == caller_span
     assert server.span_id in ancestors(by_name(spans, gw, "POST whatsapp"), spans)
-    for span in collector.spans:
-        for key, value in span.attributes.items():
-            assert sender not in str(value), (span, key, value)
-
-
-async def test_parentbased_traceidratio_follows_the_callers_decision_in_every_service(
-    collector: Collector, stack: Stack, http: aiohttp.ClientSession
-) -> None:
-    """OTEL_TRACES_SAMPLER=parentbased_traceidratio: a caller's sampled-out traceparent leaves no
-    span in any service, even at ratio 1; a sampled-in one is kept whole, even at ratio 0."""
-    ns, gw, wk = stack.namespace, "atendimento-gateway", "atendimento-worker"
-    traces: dict[str, str] = {}
-    for ratio in ("1.0", "0.0"):
-        env = tracing_env(await collector.http(), OTEL_TRACES_SAMPLER="parentbased_traceidratio")
-        env["OTEL_TRACES_SAMPLER_ARG"] = ratio
-        gateway = await stack.start("gateway", **env)
-        worker = await stack.start("worker", **env)
-        await wait_ready(stack)
-        traceparent, trace_id, _ = new_traceparent()
-        if ratio == "1.0":
-            traceparent = traceparent[:-2] + "00"
-        status, answer = await post_traced(http, gateway.url, {"user_id": "rui", "text": PRAZO}, traceparent)
-        assert status == 200, answer
-        traces[ratio] = trace_id
-        if ratio == "0.0":
-            await spans_of(
-                collector,
-                trace_id,
-                (gw, "POST /v1/messages"),
-                (gw, f"publish {ns}.inbound"),
-                (wk, f"process {ns}.inbound"),
-                (wk, "engine kb"),
-                (wk, f"publish {ns}.replies"),
-            )
-        for service in (gateway, worker):
-            await asyncio.to_thread(service.stop)  # flushes what either made
-        await collector.stop()
-    assert collector.in_trace(traces["1.0"]) == []
-
-
-async def test_sigterm_flushes_the_last_spans(collector: Collector, stack: Stack, http: aiohttp.ClientSession) -> None:
-    """Spans still queued when a service is told to stop (the batch processor exports every ten
-    minutes here) reach the collector before it exits, from each of the three services."""
-    env = tracing_env(await collector.http(), OTEL_BSP_SCHEDULE_DELAY="600000")
-    gateway = await stack.start("gateway", **env)
-    worker = await stack.start("worker", **env)
-    monitor = await stack.start("monitor", **env)
-    await wait_ready(stack)
-    traceparent, trace_id, _ = new_traceparent()
-    status, answer = await post_traced(http, gateway.url, {"user_id": "flu", "text": PRAZO}, traceparent)
-    assert status == 200, answer
-    async with http.get(monitor.url + "/monitoring/stats", headers={"traceparent": traceparent}) as response:
-        assert response.status == 200
-    await asyncio.sleep(0.5)
-    assert collector.in_trace(trace_id) == []
-    for service in (gateway, worker, monitor):
-        assert await asyncio.to_thread(service.stop) == 0
-    services = {span.service for span in collector.in_trace(trace_id)}
-    assert services == {"atendimento-gateway", "atendimento-worker", "atendimento-monitor"}, services
+    assert_no_span_names(collector, sender)

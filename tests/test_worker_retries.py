@@ -19,7 +19,7 @@ from services.worker.engines.base import EngineRequest
 from shared.broker import DELIVERY_LIMIT
 from shared.messages import InboundMessage, ReplyContent
 from shared.names import Names
-from tests.support import AMQP_URL, TEST_SHARDS, Stack, eventually, get_json, post_message, publish_raw
+from tests.support import AMQP_URL, TEST_SHARDS, Service, Stack, eventually, get_json, post_message, publish_raw
 from tests.support.pipeline import worker_in_process
 
 ALWAYS = "this always fails"
@@ -53,23 +53,34 @@ async def flaky_worker(stack: Stack) -> AsyncIterator[FlakyEngine]:
         yield engine
 
 
+async def post_all(
+    http: aiohttp.ClientSession, gateway: Service, user_id: str, conversation: str, texts: tuple[str, ...]
+) -> None:
+    """One conversation's messages, each accepted (202) before the next is sent."""
+    for text in texts:
+        status, _ = await post_message(
+            http, gateway, {"user_id": user_id, "conversation_id": conversation, "text": text}
+        )
+        assert status == 202
+
+
+async def settled(http: aiohttp.ClientSession, monitor: Service, *, answered: int, what: str) -> dict[str, Any]:
+    """The statistics once `answered` messages are answered and one is dead-lettered."""
+
+    async def counted() -> dict[str, Any] | None:
+        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
+        return stats if stats["messages"]["total"] == answered and stats["queue"]["dead_letters"] == 1 else None
+
+    return await eventually(counted, timeout=30, what=what)
+
+
 async def test_failing_message_is_retried_then_dead_lettered_and_the_conversation_goes_on(
     stack: Stack, flaky_worker: FlakyEngine, http: aiohttp.ClientSession
 ) -> None:
     gateway = await stack.start("gateway")
     monitor = await stack.start("monitor")
-    conversation = "flaky-conversation"
-    for text in (ALWAYS, TWICE, "after the failures"):
-        status, _ = await post_message(
-            http, gateway, {"user_id": "joao", "conversation_id": conversation, "text": text}
-        )
-        assert status == 202
-
-    async def settled() -> dict[str, Any] | None:
-        _, stats = await get_json(http, monitor.url + "/monitoring/stats")
-        return stats if stats["messages"]["total"] == 2 and stats["queue"]["dead_letters"] == 1 else None
-
-    stats = await eventually(settled, timeout=30, what="two answers and one dead letter")
+    await post_all(http, gateway, "joao", "flaky-conversation", (ALWAYS, TWICE, "after the failures"))
+    stats = await settled(http, monitor, answered=2, what="two answers and one dead letter")
     assert flaky_worker.calls[ALWAYS] == 3  # MAX_ATTEMPTS
     assert flaky_worker.calls[TWICE] == 3  # two failures, then the answer
     assert stats["errors"]["total"] == 1
@@ -108,18 +119,8 @@ async def test_a_message_that_trips_a_bug_is_dead_lettered_after_max_attempts_no
     async with worker_in_process(stack.env(MAX_ATTEMPTS="3"), engine):
         gateway = await stack.start("gateway")
         monitor = await stack.start("monitor")
-        conversation = "buggy-conversation"
-        for text in (BUG, "after the bug"):
-            status, _ = await post_message(
-                http, gateway, {"user_id": "ana", "conversation_id": conversation, "text": text}
-            )
-            assert status == 202
-
-        async def settled() -> dict[str, Any] | None:
-            _, stats = await get_json(http, monitor.url + "/monitoring/stats")
-            return stats if stats["messages"]["total"] == 1 and stats["queue"]["dead_letters"] == 1 else None
-
-        stats = await eventually(settled, timeout=30, what="the buggy message dead-lettered, the next answered")
+        await post_all(http, gateway, "ana", "buggy-conversation", (BUG, "after the bug"))
+        stats = await settled(http, monitor, answered=1, what="the buggy message dead-lettered, the next answered")
         assert stats["errors"]["total"] == 1
         assert stats["errors"]["by_kind_5_minutes"] == {"dead_lettered": 1}
         assert engine.calls["after the bug"] == 1

@@ -77,13 +77,15 @@ class Intake:
         return outcome
 
     async def answer_directly(
-        self, reply: ReplyMessage, address: AddressCharge | None = None, vet: Callable[[], None] | None = None
+        self,
+        reply: ReplyMessage,
+        address: AddressCharge | None = None,
+        before_publish: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         """A reply the gateway gives itself to a channel message (e.g. "text only, please"), or a
         proactive message (`address`: the API request's, limited with the claim): claimed under
-        the message's id like any message, then queued for outbound delivery. `vet` runs only for
-        an id this call claimed, before the publish: a Problem it raises gives the claim back and
-        is raised. So an id accepted before is a duplicate whatever `vet` would say now."""
+        the message's id like any message, then queued for outbound delivery. `before_publish` as
+        for `accept`: so an id accepted before is a duplicate whatever it would say now."""
         names = self.broker.names
         return await self._claim_and_publish(
             reply.message_id,
@@ -93,7 +95,7 @@ class Intake:
             names.route_of(reply),
             reply.to_bytes(),
             address=address,
-            vet=vet,
+            before_publish=before_publish,
         )
 
     async def accept_all(self, items: Sequence[InboundMessage | ReplyMessage]) -> list[Outcome]:
@@ -151,7 +153,6 @@ class Intake:
         body: bytes,
         *,
         address: AddressCharge | None = None,
-        vet: Callable[[], None] | None = None,
         before_publish: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         if not self.broker.connected:
@@ -159,12 +160,9 @@ class Intake:
         claim = await self._claim(message_id, conversation_id, sender, address)
         if not claim.won:
             return Outcome(duplicate_of=claim.duplicate_of)
-        if vet is not None or before_publish is not None:
+        if before_publish is not None:
             try:
-                if vet is not None:
-                    vet()
-                if before_publish is not None:
-                    await before_publish()
+                await before_publish()
             except Problem:
                 # Refused: given back, so the id is not a "duplicate" of a message never queued.
                 await self._give_back(message_id, claim.token)

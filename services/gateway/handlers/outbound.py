@@ -39,11 +39,13 @@ async def post_outbound(request: web.Request) -> web.Response:
         raise unavailable("Redis") from None
     reply = outbound_reply(outbound, contact, settings, settings.instance_id)
 
-    def sendable() -> None:
+    async def sendable() -> None:
         check_sendable(outbound, contact, settings, contacts.clock.now())
 
     # The client address's rate limit is taken with the claim: a 429 means nothing was queued.
-    outcome = await request.app[INTAKE].answer_directly(reply, address=request.get(ADDRESS_CHARGE), vet=sendable)
+    outcome = await request.app[INTAKE].answer_directly(
+        reply, address=request.get(ADDRESS_CHARGE), before_publish=sendable
+    )
     body = {"message_id": outbound.message_id, "status": "queued"}
     if outcome.duplicate:
         return json_response({**body, "duplicate": True}, status=202)
