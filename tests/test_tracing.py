@@ -644,3 +644,58 @@ async def test_an_agents_reply_from_the_admin_area_is_traced_from_the_monitors_r
     assert server.kind == "SERVER" and server.parent_id == caller_span
     assert server.span_id in ancestors(by_name(spans, gw, "POST whatsapp"), spans)
     assert_no_span_names(collector, sender)
+
+
+async def test_parentbased_traceidratio_follows_the_callers_decision_in_every_service(
+    collector: Collector, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """OTEL_TRACES_SAMPLER=parentbased_traceidratio: a caller's sampled-out traceparent leaves no
+    span in any service, even at ratio 1; a sampled-in one is kept whole, even at ratio 0."""
+    ns, gw, wk = stack.namespace, "atendimento-gateway", "atendimento-worker"
+    traces: dict[str, str] = {}
+    for ratio in ("1.0", "0.0"):
+        env = tracing_env(await collector.http(), OTEL_TRACES_SAMPLER="parentbased_traceidratio")
+        env["OTEL_TRACES_SAMPLER_ARG"] = ratio
+        gateway = await stack.start("gateway", **env)
+        worker = await stack.start("worker", **env)
+        await wait_ready(stack)
+        traceparent, trace_id, _ = new_traceparent()
+        if ratio == "1.0":
+            traceparent = traceparent[:-2] + "00"
+        status, answer = await post_traced(http, gateway.url, {"user_id": "rui", "text": PRAZO}, traceparent)
+        assert status == 200, answer
+        traces[ratio] = trace_id
+        if ratio == "0.0":
+            await spans_of(
+                collector,
+                trace_id,
+                (gw, "POST /v1/messages"),
+                (gw, f"publish {ns}.inbound"),
+                (wk, f"process {ns}.inbound"),
+                (wk, "engine kb"),
+                (wk, f"publish {ns}.replies"),
+            )
+        for service in (gateway, worker):
+            await asyncio.to_thread(service.stop)  # flushes what either made
+        await collector.stop()
+    assert collector.in_trace(traces["1.0"]) == []
+
+
+async def test_sigterm_flushes_the_last_spans(collector: Collector, stack: Stack, http: aiohttp.ClientSession) -> None:
+    """Spans still queued when a service is told to stop (the batch processor exports every ten
+    minutes here) reach the collector before it exits, from each of the three services."""
+    env = tracing_env(await collector.http(), OTEL_BSP_SCHEDULE_DELAY="600000")
+    gateway = await stack.start("gateway", **env)
+    worker = await stack.start("worker", **env)
+    monitor = await stack.start("monitor", **env)
+    await wait_ready(stack)
+    traceparent, trace_id, _ = new_traceparent()
+    status, answer = await post_traced(http, gateway.url, {"user_id": "flu", "text": PRAZO}, traceparent)
+    assert status == 200, answer
+    async with http.get(monitor.url + "/monitoring/stats", headers={"traceparent": traceparent}) as response:
+        assert response.status == 200
+    assert collector.in_trace(trace_id) == []  # answered, so made; queued, so not exported yet
+    for service in (gateway, worker, monitor):
+        assert await asyncio.to_thread(service.stop) == 0
+    services = {span.service for span in collector.in_trace(trace_id)}
+    assert services == {"atendimento-gateway", "atendimento-worker", "atendimento-monitor"}, services
