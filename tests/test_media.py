@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import mimetypes
 import shutil
 import subprocess
 import uuid
@@ -477,3 +478,34 @@ async def test_a_size_the_graph_api_declares_as_a_string_is_enforced_before_down
         await resolver.close()
     assert resolved.unhandled is not None and resolved.unhandled.text == polite["too_large"]
     assert api.media["wa-big-3"].fetches == 0
+
+
+async def test_a_telegram_voice_note_named_oga_is_audio_where_the_machine_has_no_mime_types(
+    api: FakeChannelApi, llm: FakeLlm, voice_note: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telegram serves every file as octet-stream and may leave a voice note's `mime_type` out: its
+    name (`voice/file_12.oga`) says it is audio. A slim container image has no /etc/mime.types,
+    and Python's own table knows no `.oga`: that voice note was "a kind of file I cannot open"."""
+    env = {**TELEGRAM_ENV, **api.env(), "TRANSCRIPTION_BASE_URL": llm.url}
+    resolver = MediaResolver(Settings.from_env(env), "pt", reads_media=True)
+    api.add_media("tg-voice-oga", voice_note, "audio/ogg", file_path="voice/file_12.oga")
+    chat = 700_100_012
+    voice = InboundMessage(
+        message_id=f"telegram:{chat}:1",
+        conversation_id=f"telegram:{chat}",
+        user_id=str(chat),
+        text="",
+        channel="telegram",
+        metadata={"chat_id": chat},
+        attachment=Attachment(kind="audio", media_id="tg-voice-oga", mime_type="", voice=True),
+    )
+    bare = mimetypes.MimeTypes()  # Python's own table: all such an image knows
+    monkeypatch.setattr(mimetypes, "guess_type", bare.guess_type)
+    monkeypatch.setattr(mimetypes, "guess_extension", bare.guess_extension)
+    try:
+        resolved = await resolver.resolve([voice])
+    finally:
+        await resolver.close()
+    assert resolved.unhandled is None and resolved.text == PRAZO and resolved.voice
+    [transcription] = llm.transcriptions
+    assert transcription["file"] == voice_note and transcription["filename"].endswith(".ogg")

@@ -306,7 +306,9 @@ class FakeChannelApi:
         else:
             if request.match_info["token"] != TELEGRAM_ENV["TELEGRAM_BOT_TOKEN"]:
                 return web.Response(status=401)
-            media = self.media.get(request.match_info["path"].removeprefix("media/"))
+            path = request.match_info["path"]  # a file's own `file_path`, or media/<file_id>
+            named = (media for media in self.media.values() if media.file_path == path)
+            media = next(named, None) or self.media.get(path.removeprefix("media/"))
             content_type = "application/octet-stream"
         if media is None:
             return web.Response(status=404)

@@ -21,7 +21,6 @@ import asyncio
 import base64
 import dataclasses
 import logging
-import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ from shared.speech import SpeechConfig, SpeechError, transcribe
 from shared.telemetry import client_trace_config
 
 from .documents import TooLargeDocument, Unreadable, limits_of, pdf_text
-from .fetch import MediaError, MediaFetcher
+from .fetch import FILE_TYPES, MediaError, MediaFetcher, type_by_name
 from .hosts import MediaHosts, download_session
 
 log = logging.getLogger(__name__)
@@ -227,7 +226,7 @@ class MediaResolver:
     async def _document(self, message: InboundMessage, attachment: Attachment, caption: str) -> _Understood:
         name = attachment.filename or "documento.pdf"
         marked = dataclasses.replace(message, text=f"{DOCUMENT_MARK} {name} {caption}".strip())
-        declared = attachment.mime_type.split(";")[0].strip().lower() or mimetypes.guess_type(name)[0]
+        declared = attachment.mime_type.split(";")[0].strip().lower() or type_by_name(name)
         if declared != PDF:
             raise MediaError("document_not_read", f"a document of type {declared!r}")
         if not self._reads_media:
@@ -269,7 +268,7 @@ def _filename(stem: str, mime_type: str) -> str:
     """A name whose extension tells the transcription server the format (OpenAI goes by it)."""
     extension = (
         {"audio/ogg": ".ogg", "audio/opus": ".ogg", "audio/mpeg": ".mp3", "audio/mp4": ".m4a"}.get(mime_type)
-        or mimetypes.guess_extension(mime_type)
+        or FILE_TYPES.guess_extension(mime_type)
         or ".ogg"
     )
     return stem + extension

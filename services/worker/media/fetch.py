@@ -34,6 +34,24 @@ TELEGRAM_PATH_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 
+def _file_types() -> mimetypes.MimeTypes:
+    """Types by file name, the same on every machine: Python's own table (all a slim container
+    image has, without /etc/mime.types), and the names channels give audio that it lacks
+    (Telegram names voice notes `.oga` and serves every file as octet-stream)."""
+    types = mimetypes.MimeTypes(filenames=())
+    for extension, kind in ((".oga", "audio/ogg"), (".ogg", "audio/ogg"), (".m4a", "audio/mp4")):
+        types.add_type(kind, extension)
+    return types
+
+
+FILE_TYPES = _file_types()
+
+
+def type_by_name(name: str) -> str:
+    """The media type a file name says, or "" when it says none known."""
+    return FILE_TYPES.guess_type(name)[0] or ""
+
+
 class MediaError(Exception):
     """The file could not be had; `reason` picks the polite reply."""
 
@@ -154,7 +172,7 @@ def _check_declared(size: object, limit: int) -> None:
 def _type_of(served: str, declared: str, path: str) -> str:
     """The media type, without parameters: the download's when it says one, else the channel's
     word for it, else the file name's (Telegram serves every file as octet-stream)."""
-    for candidate in (served, declared, mimetypes.guess_type(path)[0] or "" if path else ""):
+    for candidate in (served, declared, type_by_name(path) if path else ""):
         kind = candidate.split(";")[0].strip().lower()
         if kind not in GENERIC_TYPES:
             return kind
