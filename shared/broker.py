@@ -344,6 +344,9 @@ class Broker:
                     properties=properties,
                     mandatory=mandatory,
                     timeout=PUBLISH_TIMEOUT_S,
+                    # The confirm is what counts, not the socket write: waiting for the write too
+                    # costs a loop turn per publish (the writer task, then this one again).
+                    wait=False,
                 )
             except aiormq.exceptions.DeliveryError as exc:
                 if isinstance(exc.frame, aiormq.spec.Basic.Nack):  # not a return (PublishError)
