@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -335,7 +335,8 @@ class Broker:
             channel = self._channel
             if channel is None or channel.is_closed:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
-            underlay = await channel.get_underlay_channel()
+            # aiormq's own channel: its basic_publish takes `wait`, which the abstract one lacks.
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             try:
                 await underlay.basic_publish(
                     body,
