@@ -164,6 +164,10 @@ class Names:
         """The message a WhatsApp message id (`wamid`) the Graph API returned belongs to."""
         return f"{self.key_prefix}:wamid:{wamid}"
 
+    def early_statuses_key(self, wamid: str) -> str:
+        """Statuses of a wamid that came before the send that returned it was recorded."""
+        return f"{self.key_prefix}:early-statuses:{wamid}"
+
     @property
     def conversations_key(self) -> str:
         """Sorted set of conversation ids by last activity, for the operators' views."""

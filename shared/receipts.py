@@ -7,6 +7,8 @@ One hash per message, keyed by our message id (a reply's is its inbound message'
 send returns the platform's own id (`wamid`), which its statuses name; the wamid points back to our
 id. Statuses may arrive out of order (Meta does not promise the order): each is kept with its time,
 and the current one only moves forward (accepted < sent < delivered < read < failed).
+A status may also arrive before the send that returned its wamid was recorded (the notification
+and the send's answer race): it waits, EARLY_STATUS_TTL_S at most, and the recording applies it.
 A proactive message's hash also holds where it went (`channel`, `to`, `conversation_id`).
 
 How long: RECEIPT_TTL_S after its latest write, as long as the conversation log that shows it, and
@@ -19,16 +21,21 @@ later) renews the TTL only up to that bound. A wamid's pointer lives no longer t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from shared.messages import ReplyMessage
+from shared.metrics import DeliveryMetrics
 from shared.names import Names
 from shared.store import CONVERSATION_LOG_TTL_SECONDS
+
+log = logging.getLogger(__name__)
 
 # Our own "the platform took it", then WhatsApp's statuses, in the order they can only move.
 RANKS = {"accepted": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 5}
@@ -36,6 +43,10 @@ STATUSES = tuple(RANKS)
 # As long as the conversation log that shows them.
 RECEIPT_TTL_S = CONVERSATION_LOG_TTL_SECONDS
 MAX_ERROR_TEXT = 300
+# A status ahead of its send's recording waits this long (the race is of milliseconds; a wamid of
+# another system on the same number is never recorded), and at most this many per wamid.
+EARLY_STATUS_TTL_S = 120
+EARLY_STATUS_MAX = 8
 
 # `left(key, ttl, retention)`: the seconds a receipt may live from now (0: it is past RETENTION_DAYS
 # already), keeping its first write's time in `since`; the caller writes, then EXPIREs it by that.
@@ -56,29 +67,53 @@ local function left(key, ttl, retention)
 end
 """
 
-# KEYS[1] the receipt, KEYS[2] (optional) a wamid that names it; ARGV: status, rank, at (s), ttl,
-# error code, title, detail, the message id (with KEYS[2]), RETENTION_DAYS in seconds.
+# KEYS[1] the receipt, KEYS[2] and KEYS[3] (optional) a wamid that names it and the statuses that
+# came before it; ARGV: the status (JSON: status, rank, at, code, title, detail), ttl, RETENTION_DAYS
+# in seconds, the message id (with KEYS[2]). Returns the statuses that had come early, applied now.
 _RECORD = (
     _LEFT
     + """
-local ttl = left(KEYS[1], ARGV[4], ARGV[9])
+local function apply(s)
+  redis.call('HSET', KEYS[1], s.status .. '_at', s.at)
+  if tonumber(s.rank) > tonumber(redis.call('HGET', KEYS[1], 'rank') or '0') then
+    redis.call('HSET', KEYS[1], 'status', s.status, 'rank', s.rank)
+  end
+  if s.status == 'failed' then
+    redis.call('HSET', KEYS[1], 'error_code', s.code, 'error_title', s.title, 'error_detail', s.detail)
+  end
+end
+local ttl = left(KEYS[1], ARGV[2], ARGV[3])
 if ttl == 0 then
-  return 0
+  return {}
 end
+apply(cjson.decode(ARGV[1]))
+local early = {}
 if KEYS[2] then
-  redis.call('SET', KEYS[2], ARGV[8], 'EX', ttl)
-end
-redis.call('HSET', KEYS[1], ARGV[1] .. '_at', ARGV[3])
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'rank') or '0') then
-  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', ARGV[2])
-end
-if ARGV[1] == 'failed' then
-  redis.call('HSET', KEYS[1], 'error_code', ARGV[5], 'error_title', ARGV[6], 'error_detail', ARGV[7])
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ttl)
+  early = redis.call('LRANGE', KEYS[3], 0, -1)
+  redis.call('DEL', KEYS[3])
+  for _, raw in ipairs(early) do
+    apply(cjson.decode(raw))
+  end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
-return 1
+return early
 """
 )
+
+# KEYS[1] a wamid's pointer, KEYS[2] its early statuses; ARGV: the status (as _RECORD's), the TTL
+# and the most kept. The message the wamid names, or nil with the status kept for its recording
+# (one step: a recording between a look and a keep would never see it).
+_MESSAGE_OR_WAIT = """
+local message = redis.call('GET', KEYS[1])
+if message then
+  return message
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return false
+"""
 
 # KEYS[1] the receipt; ARGV: ttl, RETENTION_DAYS in seconds, then the fields and values to set.
 _ADDRESS = (
@@ -116,6 +151,26 @@ class StatusUpdate:
     at_s: float
     failure: Failure | None = None
 
+    def to_json(self) -> bytes:
+        """As the scripts read it (the error's texts cut to MAX_ERROR_TEXT)."""
+        failure = self.failure or Failure(0, "")
+        return orjson.dumps(
+            {
+                "status": self.status,
+                "rank": RANKS[self.status],
+                "at": round(self.at_s, 3),
+                "code": failure.code,
+                "title": failure.title[:MAX_ERROR_TEXT],
+                "detail": failure.detail[:MAX_ERROR_TEXT],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> StatusUpdate:
+        data = orjson.loads(raw)
+        failure = Failure(int(data["code"]), str(data["title"]), str(data["detail"]))
+        return cls(str(data["status"]), float(data["at"]), failure if data["status"] == "failed" else None)
+
 
 @dataclass(frozen=True, slots=True)
 class Receipts:
@@ -124,29 +179,31 @@ class Receipts:
     # RETENTION_DAYS in seconds (Settings.retention_s): no receipt outlives it.
     retention_s: int
 
-    async def record(self, message_id: str, update: StatusUpdate, wamid: str = "") -> None:
-        """Raises REDIS_ERRORS. `wamid`: the platform's id of the message, which its statuses name."""
-        failure = update.failure or Failure(0, "")
-        keys = [self.names.receipt_key(message_id), *([self.names.wamid_key(wamid)] if wamid else [])]
+    async def record(self, message_id: str, update: StatusUpdate, wamid: str = "") -> list[StatusUpdate]:
+        """Raises REDIS_ERRORS. `wamid`: the platform's id of the message, which its statuses name;
+        returns the statuses of that wamid that had come before it, recorded now too."""
+        keys = [self.names.receipt_key(message_id)]
+        if wamid:
+            keys += [self.names.wamid_key(wamid), self.names.early_statuses_key(wamid)]
         # EVALSHA: a status arrives for every message sent; the script's text need not travel each time.
-        await self.redis.register_script(_RECORD)(
-            keys=keys,
-            args=[
-                update.status,
-                RANKS[update.status],
-                round(update.at_s, 3),
-                RECEIPT_TTL_S,
-                failure.code,
-                failure.title[:MAX_ERROR_TEXT],
-                failure.detail[:MAX_ERROR_TEXT],
-                message_id,
-                self.retention_s,
-            ],
+        early = await self.redis.register_script(_RECORD)(
+            keys=keys, args=[update.to_json(), RECEIPT_TTL_S, self.retention_s, message_id]
         )
+        return [StatusUpdate.from_json(raw) for raw in early]
 
-    async def accepted(self, message_id: str, at_s: float, wamid: str = "") -> None:
-        """The platform took (a part of) the message; `wamid` is its id, for WhatsApp."""
-        await self.record(message_id, StatusUpdate("accepted", at_s), wamid)
+    async def accepted(self, message_id: str, at_s: float, wamid: str = "") -> list[StatusUpdate]:
+        """The platform took (a part of) the message; `wamid` is its id, for WhatsApp. Returns the
+        statuses of that wamid that came before this, recorded now too."""
+        return await self.record(message_id, StatusUpdate("accepted", at_s), wamid)
+
+    async def message_or_wait(self, wamid: str, update: StatusUpdate) -> str | None:
+        """The message `wamid` names; None when no send recorded it yet, the status then kept for
+        that recording (EARLY_STATUS_TTL_S). Raises REDIS_ERRORS."""
+        keys = [self.names.wamid_key(wamid), self.names.early_statuses_key(wamid)]
+        found = await self.redis.register_script(_MESSAGE_OR_WAIT)(
+            keys=keys, args=[update.to_json(), EARLY_STATUS_TTL_S, EARLY_STATUS_MAX]
+        )
+        return None if found is None else str(found)
 
     async def addressed(self, reply: ReplyMessage) -> None:
         """A proactive message was queued: where it goes (raises REDIS_ERRORS)."""
@@ -177,6 +234,14 @@ class Receipts:
             found = await pipe.execute()
         views = {message_id: delivery_view(raw) for message_id, raw in zip(message_ids, found, strict=True)}
         return {message_id: view for message_id, view in views.items() if view is not None}
+
+
+def count_status(metrics: DeliveryMetrics, message_id: str, update: StatusUpdate) -> None:
+    """A WhatsApp status recorded on our message: counted, and a failure logged with its code."""
+    metrics.statuses.labels("whatsapp", update.status).inc()
+    if update.failure is not None:
+        metrics.failures.labels("whatsapp", str(update.failure.code)).inc()
+        log.warning("WhatsApp did not deliver %s: %s %s", message_id, update.failure.code, update.failure.title)
 
 
 def delivery_view(raw: Mapping[Any, Any]) -> dict[str, Any] | None:

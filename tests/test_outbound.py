@@ -23,6 +23,7 @@ from services.gateway.app import create_app
 from services.gateway.keys import CLOCK
 from shared.contacts import Clock
 from shared.names import Names
+from shared.receipts import EARLY_STATUS_TTL_S
 from shared.settings import Settings
 from tests.support import TEST_SHARDS, Service, Stack, eventually, free_port, get_json
 from tests.support.channel_fakes import (
@@ -399,6 +400,42 @@ async def test_statuses_update_the_message_and_a_failure_shows_its_code(
     message_id = str(await redis.get(gateway.names.wamid_key(reply_wamid)))
     assert message_id.startswith("wamid.")
     assert await redis.hget(gateway.names.receipt_key(message_id), "status") == "delivered"
+
+
+async def test_a_status_that_comes_before_its_send_is_recorded_is_kept_for_it(
+    gateway: Gateway, api: FakeChannelApi, redis: Redis
+) -> None:
+    """The statuses notification and the send's own answer travel apart: a status may arrive
+    before the send that returned its wamid was recorded. It waits for that recording (a while:
+    a wamid never recorded is forgotten) and lands on the message then, counted once."""
+    sender = customer()
+    wamid = f"wamid.early-{uuid.uuid4().hex[:8]}"
+    failed = whatsapp_status(wamid, sender, "failed")
+    failed["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = [{"code": 131026, "title": "Undeliverable"}]
+    for notification in (whatsapp_status(wamid, sender, "sent"), failed):
+        status, _ = await post_whatsapp(gateway.http, gateway.service, notification)
+        assert status == 200
+    early = gateway.names.early_statuses_key(wamid)
+    assert await redis.llen(early) == 2 and 0 < await redis.ttl(early) <= EARLY_STATUS_TTL_S
+
+    api.next_wamids.append(wamid)
+    status, body = await gateway.send(
+        {"channel": "whatsapp", "to": sender, "template": {"name": "promo", "language": "pt_BR"}}
+    )
+    assert status == 202
+
+    async def failed_delivery() -> dict[str, Any] | None:
+        _, found = await gateway.status(body["message_id"])
+        delivery = found.get("delivery") or {}
+        return delivery if delivery.get("status") == "failed" else None
+
+    delivery = await eventually(failed_delivery, what="the early statuses on the message")
+    assert set(delivery["history"]) == {"accepted", "sent", "failed"}
+    assert delivery["error"]["code"] == 131026 and delivery["error"]["title"] == "Undeliverable"
+    assert not await redis.exists(early)
+    async with gateway.http.get(f"{gateway.service.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'atendimento_delivery_failures_total{channel="whatsapp",code="131026"} 1.0' in metrics
 
 
 async def test_outbound_records_never_outlive_retention_days(

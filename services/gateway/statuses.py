@@ -4,9 +4,10 @@ Each status names the `wamid` the Graph API returned for one of our sends; the d
 which message that was (shared/receipts.py), so the status lands on our message: sent, delivered,
 read, or failed with the Graph API's error code and title (e.g. 131047 when the 24-hour window had
 closed). Failures are counted by code in `atendimento_delivery_failures_total`. A status of a
-wamid we do not know (older than the receipts, or sent by another system on the same number) is
-acknowledged and dropped. A status that cannot be read is skipped, never refused: Meta would
-retry the whole notification for days.
+wamid not recorded yet waits a little for the send that returned it (the notification may beat
+the send's answer); one of a wamid never recorded (older than the receipts, or sent by another
+system on the same number) is acknowledged and forgotten. A status that cannot be read is
+skipped, never refused: Meta would retry the whole notification for days.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from services.gateway.intake import unavailable
 from services.gateway.keys import METRICS, RECEIPTS
-from shared.receipts import RANKS, Failure, StatusUpdate
+from shared.receipts import RANKS, Failure, StatusUpdate, count_status
 from shared.store import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,11 @@ async def record_statuses(app: web.Application, payload: dict[str, Any]) -> None
     receipts, metrics = app[RECEIPTS], app[METRICS].delivery
     try:
         for wamid, update in parse_statuses(payload):
-            message_id = await receipts.message_of(wamid)
+            message_id = await receipts.message_or_wait(wamid, update)
             if message_id is None:
-                continue
+                continue  # counted when its send is recorded (count_status)
             await receipts.record(message_id, update)
-            metrics.statuses.labels("whatsapp", update.status).inc()
-            if update.failure is not None:
-                metrics.failures.labels("whatsapp", str(update.failure.code)).inc()
-                log.warning("WhatsApp did not deliver %s: %s %s", message_id, update.failure.code, update.failure.title)
+            count_status(metrics, message_id, update)
     except REDIS_ERRORS:
         raise unavailable("Redis") from None
 

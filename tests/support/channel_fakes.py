@@ -153,6 +153,9 @@ class FakeChannelApi:
         self.changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._ids = itertools.count(1)
+        # The wamids the next WhatsApp sends return, in order (then wamid.fake<n>): a test can
+        # post a message's statuses before it is sent.
+        self.next_wamids: list[str] = []
         self.port = free_port()
         self.media: dict[str, MediaFile] = {}
         self.uploads: list[Received] = []
@@ -351,7 +354,7 @@ class FakeChannelApi:
         default = {
             "messaging_product": "whatsapp",
             "contacts": [{"input": "", "wa_id": ""}],
-            "messages": [{"id": f"wamid.fake{next(self._ids)}"}],
+            "messages": [{"id": self.next_wamids.pop(0) if self.next_wamids else f"wamid.fake{next(self._ids)}"}],
         }
         return await self._answer(request, default)
 

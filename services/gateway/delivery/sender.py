@@ -43,7 +43,7 @@ from shared.broker import BROKER_ERRORS, Broker
 from shared.logs import mask_pii
 from shared.messages import MessageFormatError, Option, ReplyMessage, Template
 from shared.metrics import DeliveryMetrics
-from shared.receipts import Failure, Receipts, StatusUpdate
+from shared.receipts import Failure, Receipts, StatusUpdate, count_status
 from shared.speech import SpeechError
 from shared.store import REDIS_ERRORS, until_redis_answers
 from shared.telemetry import ConsumerSpans, mark_current_failed
@@ -355,7 +355,9 @@ class DeliveryConsumer:
     async def _accepted(self, message_id: str, platform_id: str) -> None:
         """The platform took a part: its receipt, and the wamid its statuses will name."""
         wamid = platform_id if self._client.channel == "whatsapp" else ""
-        await self._redis(lambda: self._receipts.accepted(message_id, time.time(), wamid))
+        early = await self._redis(lambda: self._receipts.accepted(message_id, time.time(), wamid))
+        for update in early:  # its statuses that came before this
+            count_status(self._metrics, message_id, update)
 
     async def _failed(self, message_id: str, exc: SendFailed) -> None:
         failure = Failure(exc.code, "not delivered", str(exc))
