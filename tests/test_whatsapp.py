@@ -280,7 +280,7 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
     await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
     await wait_ready(stack)
     buttons, listed, cut, split = "5511966660001", "5511966660002", "5511966660003", "5511966660004"
-    long_question = "Você quis dizer uma destas? " + "Escolha a que mais se parece com a sua pergunta. " * 40
+    long_question = "Você quis dizer uma destas? " + "Escolha a que mais se parece com a sua pergunta. " * 100
     async with Replies(stack.namespace) as replies:
         for recipient, text, options in (
             (buttons, "Posso ajudar com algo mais?", CANDIDATES[1:]),
@@ -310,9 +310,11 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
         [sent] = await deliveries(graph, cut, 1)
         assert sent.interactive == "list" and [i for i, _ in sent.options] == ["prazo-interior", "handoff"]
         assert all(units(label) <= 24 for label in sent.labels)
-        # A question longer than an interactive body (1024): text first, the options with the last part.
+        # A question longer than an interactive body (1024): text first, as long as a text message
+        # may be (4096), the options with a last part that fits the interactive body.
         parts = await deliveries(graph, split, 2)
         assert [p.interactive for p in parts] == [None, "list"] and units(parts[1].text) <= 1024
+        assert 1024 < units(parts[0].text) <= 4096
         assert all(p.options == [] for p in parts[:-1])
         # Nothing anywhere carried a reply button titled over 20 characters.
         assert all(units(label) <= 20 for r in graph.delivered if r.interactive == "button" for label in r.labels)

@@ -37,7 +37,7 @@ from services.gateway.claims import GatewayStore
 from services.gateway.delivery.clients import ChannelClient, MissingAddress, SendFailed
 from services.gateway.delivery.ledger import Ledger
 from services.gateway.delivery.order import OutboundOrder
-from services.gateway.delivery.split import split_text
+from services.gateway.delivery.split import split_text, units
 from services.gateway.ratelimit import TokenBuckets
 from shared.broker import BROKER_ERRORS, Broker
 from shared.logs import mask_pii
@@ -243,8 +243,11 @@ class DeliveryConsumer:
     async def _deliver(self, reply: ReplyMessage, recipient: str) -> Outcome:
         owner = f"{self._instance_id}:{uuid.uuid4().hex[:8]}"
         options = reply.reply.options
-        limit = self._client.options_text_limit if options else self._client.text_limit
-        texts = split_text(reply.reply.text, limit)
+        texts = split_text(reply.reply.text, self._client.text_limit)
+        if options and texts and units(texts[-1]) > self._client.options_text_limit:
+            # The options go with the last part, whose text has a smaller room (WhatsApp's
+            # interactive body); the parts before it are plain messages, as long as those may be.
+            texts[-1:] = split_text(texts[-1], self._client.options_text_limit)
         parts: list[Part] = [TextPart(text, options if n == len(texts) - 1 else ()) for n, text in enumerate(texts)]
         if parts and reply.reply.voice and self._speak is not None:
             parts.append(VOICE)
