@@ -132,6 +132,9 @@ class ReplyContent:
     voice: bool = False
     # A proactive WhatsApp message sent as a template (`text` is then empty). On the wire only.
     template: Template | None = None
+    # The language of the reply's options ("pt", "en", "es"; "" when unknown), for the words the
+    # channel adds around them (WhatsApp's list button). On the wire only.
+    language: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -151,6 +154,8 @@ class ReplyContent:
             body["voice"] = True
         if self.template is not None:
             body["template"] = self.template.to_dict()
+        if self.language:
+            body["language"] = self.language
         return body
 
     @classmethod
@@ -167,6 +172,7 @@ class ReplyContent:
             or tuple(Option.button(str(b)) for b in data.get("buttons", ())),
             voice=bool(data.get("voice", False)),
             template=Template.from_dict(data["template"]) if data.get("template") else None,
+            language=str(data.get("language", "")),
         )
 
 

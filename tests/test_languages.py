@@ -17,7 +17,7 @@ from services.worker.engines.kb import KbEngine, KnowledgeBase
 from services.worker.engines.kbfile import KnowledgeBaseError, parse
 from services.worker.engines.languages import customer_language, detect, parse_language
 from services.worker.engines.policy import ReplyPolicy
-from shared.messages import HANDOFF_OPTION
+from shared.messages import HANDOFF_OPTION, ReplyContent
 
 SAMPLE = Path(__file__).resolve().parents[1] / "shared" / "data" / "kb-sample.yaml"
 
@@ -104,6 +104,10 @@ async def test_a_spanish_customer_gets_spanish_system_texts_and_may_ask_for_a_pe
     assert handoff.handoff and handoff.text.startswith("¡Claro!")
     fallback = await policy.reply(ask("asdkjh qwpoeiru zxmcnv", language="es"))
     assert fallback.text.startswith("Lo siento") and fallback.options[0].label == "Hablar con un agente"
+    # Its options say their language on the way to the channel (WhatsApp's list button reads in it).
+    assert fallback.language == "es" and ReplyContent.from_dict(fallback.to_wire()).language == "es"
+    assert (await policy.reply(ask("asdkjh qwpoeiru zxmcnv", language="pt"))).language == "pt"
+    assert handoff.options == () and handoff.language == ""  # nothing to choose, nothing to say
 
 
 async def test_a_translated_base_answers_in_the_customer_s_language() -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from services.gateway.delivery.clients import WHATSAPP_LIST_BUTTON, whatsapp_interactive
+from services.gateway.delivery.clients import WHATSAPP_LIST_BUTTON, WHATSAPP_LIST_BUTTONS, whatsapp_interactive
 from services.gateway.delivery.split import units
 from services.gateway.handlers.whatsapp import text_only_reply
 from shared.messages import HANDOFF_OPTION, InboundMessage, Option, ReplyContent
@@ -236,7 +236,7 @@ def test_options_fit_reply_buttons_or_become_a_list() -> None:
             "sections": [{"rows": [{"id": o.id, "title": o.label} for o in CANDIDATES]}],
         },
     }
-    assert 0 < units(WHATSAPP_LIST_BUTTON) <= 20
+    assert all(0 < units(button) <= 20 for button in (WHATSAPP_LIST_BUTTON, *WHATSAPP_LIST_BUTTONS.values()))
 
     # One label over 20 characters: never a button title, so a list; cut to 24 with its description.
     long = whatsapp_interactive("Qual delas?", (Option("prazo-interior", LONG_LABEL), HANDOFF))
@@ -280,6 +280,7 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
     await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
     await wait_ready(stack)
     buttons, listed, cut, split = "5511966660001", "5511966660002", "5511966660003", "5511966660004"
+    spanish = "5511966660005"
     long_question = "Você quis dizer uma destas? " + "Escolha a que mais se parece com a sua pergunta. " * 100
     async with Replies(stack.namespace) as replies:
         for recipient, text, options in (
@@ -290,6 +291,9 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
         ):
             message = reply("whatsapp", recipient, text)
             await replies.publish(dataclasses.replace(message, reply=with_options(recipient, text, options)))
+        # The worker names the options' language: the list opens with a button in it.
+        content = dataclasses.replace(with_options(spanish, "¿Quisiste decir...?", CANDIDATES), language="es")
+        await replies.publish(dataclasses.replace(reply("whatsapp", spanish, ""), reply=content))
 
         [sent] = await deliveries(graph, buttons, 1)
         assert sent.interactive == "button" and sent.options == [(o.id, o.label) for o in CANDIDATES[1:]]
@@ -307,6 +311,8 @@ async def test_options_go_out_interactive_and_taps_come_back_as_options(
                 },
             },
         }
+        [sent] = await deliveries(graph, spanish, 1)
+        assert sent.interactive == "list" and sent.body["interactive"]["action"]["button"] == "Opciones"
         [sent] = await deliveries(graph, cut, 1)
         assert sent.interactive == "list" and [i for i, _ in sent.options] == ["prazo-interior", "handoff"]
         assert all(units(label) <= 24 for label in sent.labels)

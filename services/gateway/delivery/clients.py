@@ -47,9 +47,9 @@ WHATSAPP_BUTTON_TITLE = 20
 WHATSAPP_MAX_ROWS = 10
 WHATSAPP_ROW_TITLE = 24
 WHATSAPP_ROW_DESCRIPTION = 72
-# The button that opens a list (at most 20 characters). The gateway cannot know the reply's language
-# (WhatsApp's webhook does not say the customer's, and the base's stays with the worker), so it
-# reads in both of the bot's languages.
+# The button that opens a list (at most 20 characters), in the reply's language (the worker says
+# it); a reply that names none (an agent's) gets the two languages most bots here speak.
+WHATSAPP_LIST_BUTTONS = {"pt": "Opções", "en": "Options", "es": "Opciones"}
 WHATSAPP_LIST_BUTTON = "Opções · Options"
 
 
@@ -124,7 +124,8 @@ class WhatsAppClient:
     async def send(self, reply: ReplyMessage, text: str, options: tuple[Option, ...] = ()) -> str:
         body: dict[str, Any] = {"type": "text", "text": {"body": text}}
         if options:
-            body = {"type": "interactive", "interactive": whatsapp_interactive(text, options)}
+            button = WHATSAPP_LIST_BUTTONS.get(reply.reply.language, WHATSAPP_LIST_BUTTON)
+            body = {"type": "interactive", "interactive": whatsapp_interactive(text, options, button)}
         return await self._message(reply, body)
 
     async def send_template(self, reply: ReplyMessage, template: Template) -> str:
@@ -183,9 +184,11 @@ def whatsapp_template(template: Template) -> dict[str, Any]:
     return body
 
 
-def whatsapp_interactive(text: str, options: tuple[Option, ...]) -> dict[str, Any]:
+def whatsapp_interactive(
+    text: str, options: tuple[Option, ...], list_button: str = WHATSAPP_LIST_BUTTON
+) -> dict[str, Any]:
     """The `interactive` object carrying `options`: reply buttons when every option fits one,
-    else a list message of one section with a row per option."""
+    else a list message of one section with a row per option, opened by `list_button`."""
     labels = [option.label for option in options]
     fits_buttons = len(options) <= WHATSAPP_MAX_BUTTONS and len(set(labels)) == len(labels)
     if fits_buttons and all(units(label) <= WHATSAPP_BUTTON_TITLE for label in labels):
@@ -195,7 +198,7 @@ def whatsapp_interactive(text: str, options: tuple[Option, ...]) -> dict[str, An
     return {
         "type": "list",
         "body": {"text": text},
-        "action": {"button": WHATSAPP_LIST_BUTTON, "sections": [{"rows": rows}]},
+        "action": {"button": list_button, "sections": [{"rows": rows}]},
     }
 
 

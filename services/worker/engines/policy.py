@@ -123,9 +123,16 @@ def asks_for_human(text: str, language: ReplyLanguage) -> bool:
 def csat_request(language: Language) -> ReplyContent:
     """The question asking for a 1-5 rating, the scores as options (services/worker/csat.py)."""
     options = tuple(Option(f"{CSAT_PREFIX}{score}", str(score)) for score in CSAT_SCORES)
-    return ReplyContent(
-        text=REPLIES[language]["csat_ask"], engine="csat", confidence=1.0, kind="smalltalk", options=options
-    )
+    text = REPLIES[language]["csat_ask"]
+    return ReplyContent(text=text, engine="csat", confidence=1.0, kind="smalltalk", options=options, language=language)
+
+
+def _in_language(content: ReplyContent, language: str) -> ReplyContent:
+    """Options say their language (the escalation's too), so that the words the channel adds around
+    them (WhatsApp's list button) are in it."""
+    if content.escalation is not None:
+        content = replace(content, escalation=_in_language(content.escalation, language))
+    return replace(content, language=language) if content.options else content
 
 
 # Typed choices: "2", "2.", or a label however it is cased, accented or punctuated.
@@ -238,6 +245,9 @@ class ReplyPolicy:
 
     async def reply(self, request: EngineRequest) -> ReplyContent:
         voice = self.voice(request)
+        return _in_language(await self._reply(voice, request), voice.language)
+
+    async def _reply(self, voice: Voice, request: EngineRequest) -> ReplyContent:
         if is_reset(request.text):
             return ReplyContent(
                 text=voice.texts["reset"], engine="command", confidence=1.0, reset=True, kind="smalltalk"
