@@ -219,10 +219,6 @@ class Receipts:
             return None
         return {"channel": raw["channel"], "to": raw["to"], "delivery": delivery_view(raw)}
 
-    async def message_of(self, wamid: str) -> str | None:
-        value = await self.redis.get(self.names.wamid_key(wamid))
-        return None if value is None else str(value)
-
     async def describe(self, message_id: str) -> dict[str, Any] | None:
         """The `delivery` object of SPEC 4, or None when nothing is known of it yet."""
         return delivery_view(await self.redis.hgetall(self.names.receipt_key(message_id)))
