@@ -83,6 +83,13 @@ BUNDLED = (
     ("climbing-en", TUNED, *_pair("blind4", "gym-climbing")),
     ("buffet-pt", TUNED, *_pair("blind5", "buffet")),
     ("taxprep-en", TUNED, *_pair("blind5", "tax-prep")),
+    # Written blind the same way (the writer read only two blind8 pairs, then the blind9 files, for
+    # their format); held out for a round (resolved: languages 0.81, pest 0.79, phone repair 0.56,
+    # car wash 0.79), then their failures were read and tuned on.
+    ("languages-pt", TUNED, *_pair("blind9", "idiomas")),
+    ("pest-en", TUNED, *_pair("blind9", "pest")),
+    ("phonefix-pt", TUNED, *_pair("blind10", "celulares")),
+    ("carwash-en", TUNED, *_pair("blind10", "carwash")),
     ("vet-pt", HELD_OUT, *_pair("holdout", "vet")),
     ("courses-en", HELD_OUT, *_pair("holdout", "courses")),
     ("pousada-pt", HELD_OUT, *_pair("holdout", "pousada")),
@@ -104,16 +111,6 @@ BUNDLED = (
     # failures never read.
     ("materials-pt", HELD_OUT, *_pair("blind8", "materiais")),
     ("cleaning-en", HELD_OUT, *_pair("blind8", "cleaning")),
-    # Written blind the same way (the writer read only two blind8 pairs, for their format) before
-    # a round whose engine work was left out; measured on the engine as it is, never tuned on (a
-    # refit of the confidence models on them was tried and left out: it answered fewer held-out
-    # questions directly).
-    ("languages-pt", HELD_OUT, *_pair("blind9", "idiomas")),
-    ("pest-en", HELD_OUT, *_pair("blind9", "pest")),
-    # Written blind the same way (the writer read only the blind9 files, for their format);
-    # measured on the engine as it is, never tuned on, their failures never read.
-    ("phonefix-pt", HELD_OUT, *_pair("blind10", "celulares")),
-    ("carwash-en", HELD_OUT, *_pair("blind10", "carwash")),
     # Written blind the same way (the writer read only the blind10 files, for their format);
     # measured once on the engine as it is, never tuned on, their failures never read.
     ("swimming-pt", HELD_OUT, *_pair("blind11", "natacao")),
