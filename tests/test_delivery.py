@@ -217,19 +217,21 @@ async def test_a_reply_waits_for_an_earlier_one_that_is_still_being_retried(
     """The conversation's head reply is on another gateway, retrying (a 429's Retry-After, its
     back-offs): its lease is renewed all along, so the next reply keeps waiting past MAX_WAIT_S
     (meant for a head nobody holds) and goes out only once the head settles."""
-    monkeypatch.setattr(order, "MAX_WAIT_S", 0.5)
+    monkeypatch.setattr(order, "MAX_WAIT_S", 0.2)
     names = Names(new_namespace(), TEST_SHARDS)
     ledger, outbound = Ledger(redis, names), order.OutboundOrder(redis, names)
     conversation, first, second = "whatsapp:1:5511900000099", "wamid.first", "wamid.second"
     keys = [names.outbound_order_key(conversation), names.delivered_key(first)]
     await redis.rpush(keys[0], first, second)
     try:
-        assert await ledger.acquire(first, "other-gateway", lease_s=3.0) == Lease(sent=0)
+        assert await ledger.acquire(first, "other-gateway", lease_s=1.0) == Lease(sent=0)
         waiting = asyncio.create_task(outbound.wait_turn(conversation, second))
-        for _ in range(3):  # the first one's retries, each renewing its lease before the wait
-            await asyncio.sleep(0.8)
+        # The first one's retries, each renewing its lease: time passing is the point (the waits
+        # add up to more than four times MAX_WAIT_S), so this sleeps rather than polls.
+        for _ in range(3):
+            await asyncio.sleep(0.3)
             assert not waiting.done(), "the second reply went out before the first"
-            assert await ledger.renew(first, "other-gateway", 3.0, 0)
+            assert await ledger.renew(first, "other-gateway", 1.0, 0)
         await ledger.finish(first, "other-gateway")
         await outbound.settled(conversation, first)
         await asyncio.wait_for(waiting, 2)

@@ -77,20 +77,11 @@ def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
     return chain
 
 
-@pytest.fixture
-async def graph() -> AsyncIterator[FakeChannelApi]:
-    """A stand-in of the Graph API, for the WhatsApp channel's replies."""
-    api = await FakeChannelApi().start()
-    try:
-        yield api
-    finally:
-        await api.close()
-
-
-async def traced_whatsapp(collector: Collector, stack: Stack, graph: FakeChannelApi) -> Service:
-    """A gateway with WhatsApp on `graph` and a worker, both tracing to `collector`; the gateway."""
+async def traced_whatsapp(collector: Collector, stack: Stack, api: FakeChannelApi) -> Service:
+    """A gateway with WhatsApp on `api` (the Graph API stand-in) and a worker, both tracing to
+    `collector`; the gateway."""
     stack.extra_env.update(tracing_env(await collector.http()))
-    gateway = await stack.start("gateway", **WHATSAPP_ENV, **graph.env())
+    gateway = await stack.start("gateway", **WHATSAPP_ENV, **api.env())
     await stack.start("worker")
     await wait_ready(stack)
     return gateway
@@ -437,12 +428,12 @@ def test_otel_traces_exporter_takes_the_sdks_console_value_and_lists() -> None:
 
 
 async def test_a_whatsapp_message_is_one_trace_to_the_graph_api_and_no_span_names_the_customers_phone(
-    collector: Collector, stack: Stack, graph: FakeChannelApi, http: aiohttp.ClientSession
+    collector: Collector, api: FakeChannelApi, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     """From Meta's webhook call to the Graph API call carrying the reply: one trace, the channel
     API call a CLIENT span in it. The sender's phone number is personal data: spans name it masked,
     as log lines do (docs/privacy.md), never in full (the conversation id holds it)."""
-    gateway = await traced_whatsapp(collector, stack, graph)
+    gateway = await traced_whatsapp(collector, stack, api)
     sender = new_sender()
     wamid = f"wamid.{uuid.uuid4().hex}"
     status, body = await post_whatsapp(http, gateway, whatsapp_text(wamid, sender, PRAZO))
@@ -590,13 +581,13 @@ async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
 
 
 async def test_a_reply_the_channel_refuses_for_good_is_a_failed_delivery_span(
-    collector: Collector, stack: Stack, graph: FakeChannelApi, http: aiohttp.ClientSession
+    collector: Collector, api: FakeChannelApi, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     """The Graph API refuses the reply (400, not retried): it is dead-lettered, and the delivery's
     process span says so (ERROR), as the worker's does for a message it dead-letters; the API
     call is a failed CLIENT span under it."""
-    gateway = await traced_whatsapp(collector, stack, graph)
-    graph.script[:] = [Answer(400, body={"error": {"message": "(#131026) Message undeliverable", "code": 131026}})]
+    gateway = await traced_whatsapp(collector, stack, api)
+    api.script[:] = [Answer(400, body={"error": {"message": "(#131026) Message undeliverable", "code": 131026}})]
     status, body = await post_whatsapp(http, gateway, whatsapp_text(f"wamid.{uuid.uuid4().hex}", new_sender(), PRAZO))
     assert status == 200, body
     ns, gw = stack.namespace, GATEWAY
@@ -608,19 +599,19 @@ async def test_a_reply_the_channel_refuses_for_good_is_a_failed_delivery_span(
 
 
 async def test_an_agents_reply_from_the_admin_area_is_traced_from_the_monitors_request_to_the_channel(
-    collector: Collector, stack: Stack, graph: FakeChannelApi, http: aiohttp.ClientSession
+    collector: Collector, api: FakeChannelApi, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     """The monitor is one of the three traced services: an agent's reply is a SERVER span of the
     monitor continuing the caller's traceparent, its publish, then the gateway's delivery and the
     Graph API call, in one trace, none of its spans naming the customer's phone number."""
-    gateway = await traced_whatsapp(collector, stack, graph)
-    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, **WHATSAPP_ENV, **graph.env())
+    gateway = await traced_whatsapp(collector, stack, api)
+    monitor = await stack.start("monitor", ADMIN_TOKEN=ADMIN_TOKEN, **WHATSAPP_ENV, **api.env())
     sender = new_sender()
     asking = whatsapp_text(f"wamid.{uuid.uuid4().hex}", sender, "quero falar com um atendente")
     assert (await post_whatsapp(http, gateway, asking))[0] == 200
 
     async def handed_off() -> bool:
-        return bool(graph.delivered_to(sender))
+        return bool(api.delivered_to(sender))
 
     await eventually(handed_off, what="the handoff's reply")
     traceparent, trace_id, caller_span = new_traceparent()

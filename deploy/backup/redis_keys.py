@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
 FORMAT = "ia-atendimento-bot/redis-keys"
@@ -42,10 +43,24 @@ VERSION = 1
 BATCH = 500
 
 
-# REDIS_SENTINELS ("host:port,host:port") and REDIS_SENTINEL_SERVICE, when the primary is to be asked
-# of the sentinels (set by main: only when no --redis-url was given).
-SENTINELS: tuple[tuple[str, int], ...] = ()
-SENTINEL_SERVICE = "mymaster"
+@dataclass(frozen=True)
+class Target:
+    """Where the keys are: `url`, or, with `sentinels`, the primary they name for `service` (`url`
+    then gives only the user, password and database)."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = "mymaster"
+
+    @classmethod
+    def of(cls, redis_url: str | None) -> Target:
+        """--redis-url when given; else REDIS_URL, behind REDIS_SENTINELS (and REDIS_SENTINEL_SERVICE)
+        when those are set, as the services read them."""
+        if redis_url is not None:
+            return cls(redis_url)
+        url = os.environ.get("REDIS_URL", "").strip() or "redis://localhost:6379/0"
+        service = os.environ.get("REDIS_SENTINEL_SERVICE", "").strip() or "mymaster"
+        return cls(url, _sentinel_hosts(os.environ.get("REDIS_SENTINELS", "")), service)
 
 
 def _sentinel_hosts(raw: str) -> tuple[tuple[str, int], ...]:
@@ -57,14 +72,15 @@ def _sentinel_hosts(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(hosts)
 
 
-def _redis(url: str) -> Any:
+def _redis(target: Target) -> Any:
     try:
         import redis
         from redis.connection import parse_url
         from redis.sentinel import Sentinel
     except ImportError:  # pragma: no cover - depends on the interpreter chosen by the scripts
         sys.exit("redis_keys: the Python package 'redis' is missing (use the project's .venv/bin/python)")
-    if not SENTINELS:
+    url = target.url
+    if not target.sentinels:
         return redis.Redis.from_url(url, decode_responses=False, socket_timeout=30)
     parsed = parse_url(url)
     credentials = {key: parsed[key] for key in ("username", "password", "db") if parsed.get(key) is not None}
@@ -78,9 +94,9 @@ def _redis(url: str) -> Any:
         ):
             if os.environ.get(variable, "").strip():
                 tls[option] = os.environ[variable].strip()
-    sentinel = Sentinel(list(SENTINELS), sentinel_kwargs={"socket_timeout": 5, **tls})
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={"socket_timeout": 5, **tls})
     return sentinel.master_for(
-        SENTINEL_SERVICE, redis_class=redis.Redis, decode_responses=False, socket_timeout=30, **credentials, **tls
+        target.service, redis_class=redis.Redis, decode_responses=False, socket_timeout=30, **credentials, **tls
     )
 
 
@@ -96,8 +112,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def dump(url: str, namespace: str, out: TextIO) -> int:
-    client = _redis(url)
+def dump(target: Target, namespace: str, out: TextIO) -> int:
+    client = _redis(target)
     info = cast("dict[str, Any]", client.info("server"))
     pattern = _escape_glob(namespace) + ":*"
     header = {
@@ -161,7 +177,7 @@ def _records(stream: TextIO) -> Iterator[dict[str, Any]]:
             raise SystemExit(f"redis_keys: line {number} of the backup is not JSON ({exc})") from None
 
 
-def restore(url: str, namespace: str | None, replace: bool, ttl_mode: str, stream: TextIO) -> int:
+def restore(target: Target, namespace: str | None, replace: bool, ttl_mode: str, stream: TextIO) -> int:
     records = _records(stream)
     header = next(records, None)
     if not header or header.get("format") != FORMAT:
@@ -182,7 +198,7 @@ def restore(url: str, namespace: str | None, replace: bool, ttl_mode: str, strea
             file=sys.stderr,
         )
     prefix = (source_ns + ":").encode()
-    client = _redis(url)
+    client = _redis(target)
     stats = {"restored": 0, "expired": 0, "kept_existing": 0, "errors": 0}
     footer: dict[str, Any] | None = None
     pending: list[tuple[bytes, int, bytes, bool]] = []
@@ -259,9 +275,9 @@ def k8s_clean(stream: TextIO, out: TextIO) -> int:
     return 0
 
 
-def hash_tag(url: str, namespace: str) -> int:
+def hash_tag(target: Target, namespace: str) -> int:
     """Rename `NS:x` to `NS:{NS}:x` for every key of the namespace not tagged yet."""
-    client = _redis(url)
+    client = _redis(target)
     tagged = f"{namespace}:{{{namespace}}}:".encode()
     moved = 0
     for key in list(client.scan_iter(match=_escape_glob(namespace) + ":*", count=BATCH)):
@@ -277,15 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="redis_keys", description="Back up and restore the Redis keys of one ATENDIMENTO_NAMESPACE."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    default_url = os.environ.get("REDIS_URL", "").strip() or "redis://localhost:6379/0"
     default_ns = os.environ.get("ATENDIMENTO_NAMESPACE", "").strip() or "atendimento"
 
     p_dump = commands.add_parser("dump", help="write the namespace's keys as JSON lines to stdout")
-    p_dump.add_argument("--redis-url", default=default_url)
+    p_dump.add_argument("--redis-url", help="default: REDIS_URL (behind REDIS_SENTINELS when set)")
     p_dump.add_argument("--namespace", default=default_ns)
 
     p_restore = commands.add_parser("restore", help="restore JSON lines from stdin")
-    p_restore.add_argument("--redis-url", default=default_url)
+    p_restore.add_argument("--redis-url", help="default: REDIS_URL (behind REDIS_SENTINELS when set)")
     p_restore.add_argument("--namespace", default=None, help="must match the backup's (default: the backup's)")
     p_restore.add_argument("--no-replace", action="store_true", help="keep keys that already exist")
     p_restore.add_argument(
@@ -299,21 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("k8s-clean", help="make `kubectl get -o json` output re-appliable")
 
     p_tag = commands.add_parser("hash-tag", help="move keys made before the namespace hash tag under it")
-    p_tag.add_argument("--redis-url", default=default_url)
+    p_tag.add_argument("--redis-url", help="default: REDIS_URL (behind REDIS_SENTINELS when set)")
     p_tag.add_argument("--namespace", default=default_ns)
 
     args = parser.parse_args(argv)
-    global SENTINELS, SENTINEL_SERVICE
-    explicit_url = any(arg == "--redis-url" or arg.startswith("--redis-url=") for arg in (argv or sys.argv[1:]))
-    if not explicit_url:
-        SENTINELS = _sentinel_hosts(os.environ.get("REDIS_SENTINELS", ""))
-        SENTINEL_SERVICE = os.environ.get("REDIS_SENTINEL_SERVICE", "").strip() or "mymaster"
     if args.command == "dump":
-        return dump(args.redis_url, args.namespace, sys.stdout)
+        return dump(Target.of(args.redis_url), args.namespace, sys.stdout)
     if args.command == "restore":
-        return restore(args.redis_url, args.namespace, not args.no_replace, args.ttl_mode, sys.stdin)
+        return restore(Target.of(args.redis_url), args.namespace, not args.no_replace, args.ttl_mode, sys.stdin)
     if args.command == "hash-tag":
-        return hash_tag(args.redis_url, args.namespace)
+        return hash_tag(Target.of(args.redis_url), args.namespace)
     return k8s_clean(sys.stdin, sys.stdout)
 
 

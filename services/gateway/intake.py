@@ -21,6 +21,9 @@ from shared.web import Problem
 
 log = logging.getLogger(__name__)
 
+# A step between a won claim and its publish (the outbound rules' check, /reset ending tokens).
+BeforePublish = Callable[[], Awaitable[None]]
+
 RETRY_AFTER_SECONDS = "5"
 CLAIM_POLL_S = 0.1
 
@@ -55,7 +58,7 @@ class Intake:
         self,
         message: InboundMessage,
         address: AddressCharge | None = None,
-        before_publish: Callable[[], Awaitable[None]] | None = None,
+        before_publish: BeforePublish | None = None,
     ) -> Outcome:
         """Claim and publish with confirm; only a returned Outcome means the message is safe.
         `address`: the API request's client address, limited along with the sender.
@@ -80,7 +83,7 @@ class Intake:
         self,
         reply: ReplyMessage,
         address: AddressCharge | None = None,
-        before_publish: Callable[[], Awaitable[None]] | None = None,
+        before_publish: BeforePublish | None = None,
     ) -> Outcome:
         """A reply the gateway gives itself to a channel message (e.g. "text only, please"), or a
         proactive message (`address`: the API request's, limited with the claim): claimed under
@@ -153,7 +156,7 @@ class Intake:
         body: bytes,
         *,
         address: AddressCharge | None = None,
-        before_publish: Callable[[], Awaitable[None]] | None = None,
+        before_publish: BeforePublish | None = None,
     ) -> Outcome:
         if not self.broker.connected:
             raise unavailable("the message broker")

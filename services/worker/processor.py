@@ -220,10 +220,7 @@ class Processor:
         message_id = taken.messages[-1].message_id
         mark_current_failed("engine failed")
         failures = await until_redis_answers(lambda: self.store.record_failure(message_id), holding="the messages")
-        if failures < self.max_attempts:
-            return RetryAfter(backoff(failures))
-        log.error("message %s failed %d times; dead-lettered", message_id, failures)
-        return self._dead_letter(taken.deliveries, "dead_lettered")  # a burst's merged messages go with it
+        return self._after_failures(message_id, failures, taken.deliveries)  # a burst's merged messages go with it
 
     async def failed_unexpectedly(self, unit: Sequence[Received]) -> RetryAfter | DeadLettered:
         """A unit whose handling raised outside the engine (a bug, for this message or all): one
@@ -238,10 +235,17 @@ class Processor:
             failures = await self.store.record_failure(last.message.message_id)
         except REDIS_ERRORS:
             return RetryAfter(MAX_BACKOFF_S)
+        return self._after_failures(last.message.message_id, failures, [item.delivery for item in unit])
+
+    def _after_failures(
+        self, message_id: str, failures: int, deliveries: Sequence[AbstractIncomingMessage]
+    ) -> RetryAfter | DeadLettered:
+        """After `failures` counted failed attempts: another after a back-off, or, at MAX_ATTEMPTS,
+        the dead-letter queue for the unit's deliveries."""
         if failures < self.max_attempts:
             return RetryAfter(backoff(failures))
-        log.error("message %s failed %d times; dead-lettered", last.message.message_id, failures)
-        return self._dead_letter([item.delivery for item in unit], "dead_lettered")
+        log.error("message %s failed %d times; dead-lettered", message_id, failures)
+        return self._dead_letter(deliveries, "dead_lettered")
 
     def _ready(self, taken: Taken, generated: Generated) -> list[Ready]:
         """Each message of the unit with its reply to commit: the last one's, the others merged into it."""

@@ -281,18 +281,15 @@ class AuditTargets:
     def __init__(self, redis: Redis, names: Names) -> None:
         self.redis, self.names = redis, names
 
-    async def _theirs(self, found: Holdings) -> list[dict[str, Any]]:
+    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
         """Entries whose target is one of their conversations, one of their messages (a dead letter
         replayed or discarded) or them (a proactive message refused: the channel and number as typed)."""
         entries = [orjson.loads(raw) for raw in await self.redis.lrange(self.names.audit_key, 0, -1)]
         named = found.conversations | found.message_ids
         return [e for e in entries if isinstance(e, dict) and (e.get("target") in named or _names(e, found))]
 
-    async def collect(self, found: Holdings) -> list[dict[str, Any]]:
-        return await self._theirs(found)
-
     async def erase(self, found: Holdings) -> int:
-        targets = {str(entry["target"]) for entry in await self._theirs(found)}
+        targets = {str(entry["target"]) for entry in await self.collect(found)}
         if not targets:
             return 0
         pseudonym = found.customer.pseudonym(self.names.namespace)

@@ -14,6 +14,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _LINE = re.compile(r"\n")
 _SPACE = re.compile(r"\s+")
+# Where a part may end, from the best place to the worst.
+_CUTS = (_PARAGRAPH, _LINE, _SENTENCE_END, _SPACE)
 
 
 def units(text: str) -> int:
@@ -43,25 +45,15 @@ def split_text(text: str, limit: int) -> list[str]:
     return parts
 
 
-def _pieces(text: str, limit: int) -> list[str]:
+def _pieces(text: str, limit: int, cuts: tuple[re.Pattern[str], ...] = _CUTS) -> list[str]:
     """Paragraphs, broken into lines, broken into sentences, broken into words, broken into
     characters, each level only where the coarser piece would not fit in one part. Pieces keep
     their trailing space."""
+    if not cuts:
+        return _hard_cut(text, limit)
     pieces: list[str] = []
-    for paragraph in _split_keep(_PARAGRAPH, text):
-        if units(paragraph.rstrip()) <= limit:
-            pieces.append(paragraph)
-            continue
-        for line in _split_keep(_LINE, paragraph):
-            if units(line.rstrip()) <= limit:
-                pieces.append(line)
-                continue
-            for sentence in _split_keep(_SENTENCE_END, line):
-                if units(sentence.rstrip()) <= limit:
-                    pieces.append(sentence)
-                    continue
-                for word in _split_keep(_SPACE, sentence):
-                    pieces.extend(_hard_cut(word, limit) if units(word.rstrip()) > limit else [word])
+    for piece in _split_keep(cuts[0], text):
+        pieces.extend([piece] if units(piece.rstrip()) <= limit else _pieces(piece, limit, cuts[1:]))
     return pieces
 
 
