@@ -331,13 +331,16 @@ def test_the_development_set_meets_the_targets(model: E5Model) -> None:
 # on (`python -m eval --all`): (resolved in one step at least, directly answered at least,
 # confidently wrong at most, out of scope answered at most). With the tree model the English
 # sample gets 20 of its 31 questions answered at once (18 with the pair model before it, 14 with
-# neither), 1 of them wrongly (2 with the pair model).
+# neither), 1 of them wrongly (2 with the pair model). The car wash's customers tell their
+# situation in many words: asked back from P(offer) 0.2 for such questions (confidence.TOLD_TERMS),
+# it resolves 0.92 in one step (0.79 from 0.3).
 FLOORS = {
     "sample-pt": (0.95, 0.82, 0.02, 0.15),
     "sample-en": (0.9, 0.6, 0.04, 0.05),
     "pizzaria-pt": (0.78, 0.4, 0.06, 0.2),
     "fintech-en": (0.9, 0.55, 0.03, 0.1),
     "airline-en": (0.72, 0.4, 0.03, 0.05),
+    "carwash-en": (0.9, 0.3, 0.03, 0.25),
 }
 
 

@@ -27,6 +27,7 @@ from shared.messages import Option, ReplyContent
 from .base import EngineRequest
 from .confidence import (
     SEMANTIC,
+    TOLD_TERMS,
     WORDS,
     Candidate,
     Ranking,
@@ -134,12 +135,14 @@ class KbEngine:
         """The entries closest to `text`, best first, each with the probability that it is the one
         meant (the LLM engine's grounding); none when no entry is close enough to offer."""
         lexical = self._lexical(text)
-        return self._scored(self._rank(lexical, await self._query(lexical), depth=limit), limit)
+        ranking = self._rank(lexical, await self._query(lexical), depth=limit)
+        return self._scored(ranking, _grounding_at(lexical, ranking), limit)
 
     def search(self, text: str, limit: int = OPTIONS) -> list[tuple[Entry, float]]:
         """`lookup` for a caller off the event loop."""
         lexical = self._lexical(text)
-        return self._scored(self._rank(lexical, self._query_inline(lexical), depth=limit), limit)
+        ranking = self._rank(lexical, self._query_inline(lexical), depth=limit)
+        return self._scored(ranking, _grounding_at(lexical, ranking), limit)
 
     async def close(self) -> None:
         """Nothing to release: the indexes live in memory."""
@@ -230,11 +233,12 @@ class KbEngine:
             options=tuple(Option.button(label) for label in entry.buttons),
         )
 
-    def _scored(self, ranking: Ranking, limit: int) -> list[tuple[Entry, float]]:
+    def _scored(self, ranking: Ranking, offer_at: float, limit: int) -> list[tuple[Entry, float]]:
         """Each candidate with its share of the probability: the first the answer's, the others an
-        equal part of what the offer adds to it. None when the engine itself would fall back."""
-        if ranking.offer < (SEMANTIC if ranking.semantic else WORDS).offer_at:
-            return []  # (the LLM is given the candidates whether or not they share a word)
+        equal part of what the offer adds to it. None when the engine itself would fall back
+        (`offer_at`: the P(offer) it would ask back from)."""
+        if not ranking.candidates or ranking.offer < offer_at:
+            return []
         candidates = ranking.candidates[:limit]
         rest = max(0.0, ranking.offer - ranking.answer) / max(1, len(candidates) - 1)
         return [
@@ -254,9 +258,18 @@ def _offer_at(lexical: Lexical, ranking: Ranking) -> float:
     """The P(offer) from which a question back is worth asking. Where no entry shares a word with
     the question the model's closeness alone must be surer: "can i come in sunday night?" (the
     opening hours, in other words) is what the model is there for, "como faço bolo de cenoura"
-    is not."""
+    is not. A question that tells more (TOLD_TERMS words) is worth asking back about sooner."""
     calibration = SEMANTIC if ranking.semantic else WORDS
-    return calibration.offer_at if lexical.hits else calibration.offer_unmatched_at
+    if not lexical.hits:
+        return calibration.offer_unmatched_at
+    return calibration.offer_told_at if lexical.terms >= TOLD_TERMS else calibration.offer_at
+
+
+def _grounding_at(lexical: Lexical, ranking: Ranking) -> float:
+    """The P(offer) from which the LLM engine is given the candidates: as for a question back, but
+    whether or not they share a word (the LLM reads the entries and tells for itself)."""
+    calibration = SEMANTIC if ranking.semantic else WORDS
+    return min(_offer_at(lexical, ranking), calibration.offer_at)
 
 
 def _words_ranking(hits: tuple[Hit, ...], terms: int) -> Ranking:
