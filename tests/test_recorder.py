@@ -115,7 +115,7 @@ async def test_a_committed_reply_is_counted_once_and_a_redelivery_not_at_all(red
     # The same commit sent again after its answer was lost: the stored reply is its own, counted
     # now (the lost call counted nothing).
     lost = commit_of(message("c-lost"), ANSWER)
-    await committer._run([committer._call(lost, NOW)])
+    await committer._run([committer._call(lost, NOW, with_silenced=False)])
     (standing,) = await committer.commit_all([lost])
     assert standing == lost.reply
     assert await recorder.flush()

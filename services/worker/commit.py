@@ -66,6 +66,10 @@ class CommitOutcome(StrEnum):
     ESCALATED = "escalated"  # one fallback too many in a row: the escalation stands, a handoff starts
 
 
+# What `_COMMIT` answers a call without the silenced variant for a conversation with a human.
+HELD = "held"
+
+
 # What a reply does to its conversation's fallback streak (`Commit.streak`).
 StreakStep = Literal["count", "keep", "end"]
 
@@ -75,7 +79,11 @@ StreakStep = Literal["count", "keep", "end"]
 #       its conversation's queue of replies to send: services/gateway/delivery/order.py), 9 the
 #       options offered (services/worker/state.py `Offered`), 10-16 the conversation's outcome, quiet
 #       timer and rating (shared/conversations.py `Keys.tracked`, `TRACK_LUA`).
-# Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome). A web
+# Returns {'stored', the stored reply}, or {outcome} for the other outcomes (CommitOutcome), or
+# {'held'} (`HELD`), having written nothing, when the conversation is with a human and the call
+# carries no silenced variant: most calls leave it out (it is a second copy of the reply to
+# encode, and for Redis to decode, that only a handoff begun since the worker's read needs), and
+# the worker calls again with it. A web
 # reply that stands is published last on its channels (the variant's `push`): the gateways hear it
 # from the same call that stores it (services/worker/push.py).
 # The decision first, then the effects of the variant (`_effects`, one per possible outcome) of the
@@ -110,6 +118,9 @@ local outcome, reply = 'sent', p.reply
 -- A person has the conversation, or will at the next opening (outside business hours): the
 -- bot is silent either way, and the customer's words wait for them in the conversation's log.
 if p.silenced or held then
+  if not p.silenced_reply then
+    return {'held'}
+  end
   outcome, reply = 'silenced', p.silenced_reply
 elseif p.streak == 'count' then
   streak = redis.call('INCR', KEYS[3])
@@ -263,13 +274,14 @@ class Committer:
     async def _commit(self, items: list[Commit]) -> list[ReplyMessage]:
         """One script call per message, all in one pipeline; then the statistics of those that stood."""
         now = self.clock()
-        calls = [self._call(item, now) for item in items]
-        try:
-            results = await self._run(calls)
-        except NoScriptError:
-            # Redis restarted or flushed its scripts. Running again is safe: a stored reply wins.
-            await self.redis.script_load(_COMMIT)
-            results = await self._run(calls)
+        calls = [self._call(item, now, with_silenced=item.silenced) for item in items]
+        results = await self._run_loaded(calls)
+        held = [i for i, result in enumerate(results) if result[0] == HELD]
+        if held:  # a human took the conversation since the worker's read: called again, able to silence
+            for i in held:
+                calls[i] = self._call(items[i], now, with_silenced=True)
+            for i, result in zip(held, await self._run_loaded([calls[i] for i in held]), strict=True):
+                results[i] = result
         decided = [
             _standing(item, decision, candidates)
             for item, (_, _, candidates), decision in zip(items, calls, results, strict=True)
@@ -284,6 +296,14 @@ class Committer:
             if outcome is not CommitOutcome.STORED:
                 self._count(item, reply)
         return [reply for _, reply in decided]
+
+    async def _run_loaded(self, calls: list[tuple[list[str], bytes, _Candidates]]) -> list[Any]:
+        try:
+            return await self._run(calls)
+        except NoScriptError:
+            # Redis restarted or flushed its scripts. Running again is safe: a stored reply wins.
+            await self.redis.script_load(_COMMIT)
+            return await self._run(calls)
 
     async def _run(self, calls: list[tuple[list[str], bytes, _Candidates]]) -> list[Any]:
         # Plain EVALSHA: redis-py's pipelined Script objects would first ask SCRIPT EXISTS.
@@ -307,14 +327,15 @@ class Committer:
         if self._carried(item, reply)[0] == "append":
             self.recorder.expire(self.names.memory_key(conversation), self.settings.memory_ttl_s)
 
-    def _call(self, item: Commit, now: float) -> tuple[list[str], bytes, _Candidates]:
-        """The keys and payload of one message's script call, and the replies it may store."""
+    def _call(self, item: Commit, now: float, *, with_silenced: bool) -> tuple[list[str], bytes, _Candidates]:
+        """The keys and payload of one message's script call, and the replies it may store
+        (`with_silenced`: the reply silenced among them, see `HELD`)."""
         message, reply, escalation = item.message, item.reply, item.escalation
         conversation = message.conversation_id
-        silent = silenced(reply)  # made once: it is stored and logged alike
+        silent = silenced(reply) if with_silenced else None  # made once: it is stored and logged alike
         candidates = _Candidates(
             reply=reply.to_bytes().decode(),
-            silenced=silent.to_bytes().decode(),
+            silenced=silent.to_bytes().decode() if silent else "",
             escalation=escalation.to_bytes().decode() if escalation else "",
         )
         keys = [
@@ -329,12 +350,30 @@ class Committer:
             self.names.offered_key(conversation),
             *conversations.Keys(self.names).tracked(conversation, now, self.settings.conversations.day(now)),
         ]
-        payload = {**self._decision(item, candidates, now), **self._effects(item, silent, now)}
+        payload = self._decision(item, candidates, now) | self._effects(item, silent, now)
         return keys, orjson.dumps(payload), candidates
 
     def _decision(self, item: Commit, candidates: _Candidates, now: float) -> dict[str, Any]:
-        """What the script's decision reads."""
+        """What the script's decision reads; the silenced reply only when carried (see `HELD`),
+        the handoff's fields only for a reply that may start one."""
         message, escalation = item.message, item.escalation
+        handoff = item.reply.reply.handoff and not item.merged
+        decision: dict[str, Any] = {
+            "reply": candidates.reply,
+            "escalation": candidates.escalation,
+            "reply_ttl": IDEMPOTENCY_TTL_SECONDS,
+            "silenced": item.silenced,
+            "handoff": handoff,
+            "streak": item.streak,
+            "fallbacks_before_handoff": self.settings.handoff_after_fallbacks,
+            "streak_ttl": self.settings.memory_ttl_s,
+            "conversation": message.conversation_id,
+            "now": now,
+        }
+        if candidates.silenced:
+            decision["silenced_reply"] = candidates.silenced
+        if not (handoff or escalation):
+            return decision
         info = HandoffInfo(
             channel=message.channel,
             user_id=message.user_id,
@@ -344,31 +383,19 @@ class Committer:
             started_at=now,
             away_until=max(item.reply.reply.away_until, escalation.reply.away_until if escalation else 0.0),
         )
-        return {
-            "reply": candidates.reply,
-            "silenced_reply": candidates.silenced,
-            "escalation": candidates.escalation,
-            "reply_ttl": IDEMPOTENCY_TTL_SECONDS,
-            "silenced": item.silenced,
-            "handoff": item.reply.reply.handoff and not item.merged,
-            "streak": item.streak,
-            "fallbacks_before_handoff": self.settings.handoff_after_fallbacks,
-            "streak_ttl": self.settings.memory_ttl_s,
+        return decision | {
             "handoff_info": info.to_bytes().decode(),
             "handoff_ttl": info.lifetime(self.settings.handoff_ttl_s, now),
             "handoff_counted_from": info.counted_from(now),
             "handoff_expired_before": now - self.settings.handoff_ttl_s,
-            "conversation": message.conversation_id,
-            "now": now,
         }
 
-    def _effects(self, item: Commit, silent: ReplyMessage, now: float) -> dict[str, Any]:
+    def _effects(self, item: Commit, silent: ReplyMessage | None, now: float) -> dict[str, Any]:
         """What the script's effects read: one variant per reply that may stand (`silent`: the
-        reply silenced), and the rest."""
-        variants = {
-            CommitOutcome.SENT.value: self._variant(item, item.reply, now),
-            CommitOutcome.SILENCED.value: self._variant(item, silent, now),
-        }
+        reply silenced, when carried), and the rest."""
+        variants = {CommitOutcome.SENT.value: self._variant(item, item.reply, now)}
+        if silent is not None:
+            variants[CommitOutcome.SILENCED.value] = self._variant(item, silent, now)
         if item.escalation is not None:
             variants[CommitOutcome.ESCALATED.value] = self._variant(item, item.escalation, now)
         return {
@@ -455,7 +482,7 @@ def silenced(reply: ReplyMessage) -> ReplyMessage:
 
 @dataclass(frozen=True, slots=True)
 class _Candidates:
-    """The replies a commit may store, as the script stores them."""
+    """The replies a commit may store, as the script stores them ("": not this call's to store)."""
 
     reply: str
     silenced: str
@@ -469,7 +496,9 @@ def _standing(item: Commit, decision: list[Any], candidates: _Candidates) -> tup
     outcome = CommitOutcome(decision[0])
     if outcome is CommitOutcome.STORED:
         stored = decision[1]
-        mine = {candidates.reply: CommitOutcome.SENT, candidates.silenced: CommitOutcome.SILENCED}
+        # The silenced form made here when the call did not carry it: a stored reply is rare.
+        silent = candidates.silenced or silenced(item.reply).to_bytes().decode()
+        mine = {candidates.reply: CommitOutcome.SENT, silent: CommitOutcome.SILENCED}
         if candidates.escalation:
             mine[candidates.escalation] = CommitOutcome.ESCALATED
         outcome = mine.get(stored, CommitOutcome.STORED)
