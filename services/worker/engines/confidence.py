@@ -223,15 +223,15 @@ def semantic_features(
 # A question back needs no word in common with the base: "can i come in sunday night?" (opening
 # hours, in other words) is what the model is there for, but without one it needs P(offer) 0.4
 # ("como faço bolo de cenoura" reaches 0.37 on the bundled base).
-# With the model, a question of TOLD_TERMS words or more is asked back from P(offer) 0.2: a customer
-# telling their situation in their own words ("a traseira do meu samsung ta levantando sozinha")
-# gives the model enough to rank the entry meant among the three best, though less surely than a
-# question in the FAQ's words. On the 24 tuned-on sets, per set on average: 0.843 -> 0.868 resolved in
-# one step, out-of-scope questions asked back 0.488 -> 0.562, answers unchanged; sets meeting every
-# bar of issue 27 (resolved 0.9, direct 0.4, wrong 0.05, out of scope answered 0.1) 10 -> 11. From
-# 0.2 for every question: 0.870 resolved but 0.597 of out-of-scope questions asked back, among them
-# the short ones no entry is near ("qual a capital da australia?" would get three unrelated
-# entries).
+# With the model, a question of TOLD_TERMS content or question words or more is asked back from
+# P(offer) 0.2: a customer telling their situation in their own words ("a traseira do meu samsung
+# ta levantando sozinha") gives the model enough to rank the entry meant among the three best,
+# though less surely than a question in the FAQ's words. On the 24 tuned-on sets, per set on
+# average: 0.843 -> 0.868 resolved in one step, out-of-scope questions asked back 0.488 -> 0.562,
+# answers unchanged; sets meeting every bar of issue 27 (resolved 0.9, direct 0.4, wrong 0.05, out
+# of scope answered 0.1) 10 -> 11. From 0.2 for every question: 0.870 resolved but 0.597 of
+# out-of-scope questions asked back, among them the short ones no entry is near ("qual a capital da
+# australia?" would get three unrelated entries).
 TOLD_TERMS = 4
 WORDS = Calibration(
     answer=Logistic(

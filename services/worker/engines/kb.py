@@ -237,7 +237,7 @@ class KbEngine:
         """Each candidate with its share of the probability: the first the answer's, the others an
         equal part of what the offer adds to it. None when the engine itself would fall back
         (`offer_at`: the P(offer) it would ask back from)."""
-        if not ranking.candidates or ranking.offer < offer_at:
+        if ranking.offer < offer_at:
             return []
         candidates = ranking.candidates[:limit]
         rest = max(0.0, ranking.offer - ranking.answer) / max(1, len(candidates) - 1)
