@@ -228,8 +228,8 @@ def semantic_features(
 # ta levantando sozinha") gives the model enough to rank the entry meant among the three best,
 # though less surely than a question in the FAQ's words. On the 24 tuned-on sets, per set on
 # average: 0.843 -> 0.868 resolved in one step, out-of-scope questions asked back 0.488 -> 0.562,
-# answers unchanged; sets meeting every bar of issue 27 (resolved 0.9, direct 0.4, wrong 0.05, out
-# of scope answered 0.1) 10 -> 11. From 0.2 for every question: 0.870 resolved but 0.597 of
+# answers unchanged; sets meeting every bar we hold the engine to (resolved 0.9, direct 0.4, wrong
+# 0.05, out of scope answered 0.1) 10 -> 11. From 0.2 for every question: 0.870 resolved but 0.597 of
 # out-of-scope questions asked back, among them the short ones no entry is near ("qual a capital da
 # australia?" would get three unrelated entries).
 TOLD_TERMS = 4
