@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -27,6 +27,21 @@ from shared.messages import ReplyMessage, Usage
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED_ROUTE = "unmatched"  # 404s: one label value, not one per path a scanner tries
+
+
+@dataclass(frozen=True, slots=True)
+class Children:
+    """Each metric's child for a set of label values, looked up once and kept: `labels(...)` costs
+    about a microsecond a call (argument checks, a lock, a dict), and the label values are few."""
+
+    _known: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __call__(self, metric: Counter | Histogram, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._known.get(key)
+        if child is None:
+            child = self._known[key] = metric.labels(*values)
+        return child
 
 
 def _errors(registry: CollectorRegistry) -> Counter:
@@ -55,6 +70,7 @@ class GatewayMetrics:
     accepted: Counter
     errors: Counter
     delivery: DeliveryMetrics
+    child: Children = field(default_factory=Children, repr=False, compare=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -127,8 +143,8 @@ class GatewayMetrics:
                 raise
             finally:
                 route = _route(request)
-                self.requests.labels(route, request.method, str(status)).inc()
-                self.request_seconds.labels(route).observe(time.perf_counter() - started)
+                self.child(self.requests, route, request.method, str(status)).inc()
+                self.child(self.request_seconds, route).observe(time.perf_counter() - started)
 
         return count_requests
 
@@ -163,6 +179,7 @@ class WorkerMetrics:
     handoffs: Counter
     silenced: Counter
     errors: Counter
+    child: Children = field(default_factory=Children, repr=False, compare=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -210,15 +227,15 @@ class WorkerMetrics:
         `usage` the LLM's for the generated content (the standing copy does not carry it)."""
         content = reply.reply
         if reply.silenced:  # no reply went out: counted apart, never as an engine's reply
-            self.silenced.labels(reply.channel).inc()
+            self.child(self.silenced, reply.channel).inc()
         else:
-            self.replies.labels(content.engine, reply.channel).inc()
+            self.child(self.replies, content.engine, reply.channel).inc()
         # Clamped: the gateway's clock may be ahead of the worker's.
         self.reply_latency.observe(max(0.0, timings.end_to_end_ms) / 1000)
         self.queue_wait.observe(max(0.0, timings.queue_wait_ms) / 1000)
         self.processing.observe(timings.processing_ms / 1000)
         if content.handoff and not reply.silenced and not reply.merged_into:
-            self.handoffs.labels(reply.channel).inc()
+            self.child(self.handoffs, reply.channel).inc()
         if usage is not None:
             self.llm_tokens.labels("prompt").inc(usage.prompt_tokens)
             self.llm_tokens.labels("completion").inc(usage.completion_tokens)

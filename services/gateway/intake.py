@@ -76,7 +76,7 @@ class Intake:
             before_publish=before_publish,
         )
         if not outcome.duplicate:
-            self.metrics.accepted.labels(message.channel).inc()
+            self.metrics.child(self.metrics.accepted, message.channel).inc()
         return outcome
 
     async def answer_directly(
