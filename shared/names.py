@@ -6,14 +6,17 @@ nothing is named anywhere else.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
 from shared.messages import Channel, ReplyMessage
 
 
+@functools.lru_cache(maxsize=4096)
 def route_token(value: str) -> str:
-    """A short, dot-free stand-in for a free-form id inside an AMQP topic routing key."""
+    """A short, dot-free stand-in for a free-form id inside an AMQP topic routing key. Kept for
+    the ids seen lately: a reply needs its gateway's and its conversation's twice each."""
     return hashlib.blake2b(value.encode(), digest_size=8).hexdigest()
 
 
