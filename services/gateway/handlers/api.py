@@ -135,8 +135,11 @@ async def _answer_duplicate(
 
 
 async def _wait(future: asyncio.Future[ReplyMessage], seconds: float) -> ReplyMessage | None:
+    """The reply, or None after `seconds`. No shield: the future is this request's own waiter,
+    never awaited again, and a cancelled one is skipped by the dispatch (`done()`)."""
     try:
-        return await asyncio.wait_for(asyncio.shield(future), seconds)
+        async with asyncio.timeout(seconds):
+            return await future
     except TimeoutError:
         return None
 
