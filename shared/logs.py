@@ -14,14 +14,13 @@ above) and `audit.log` (the `atendimento.audit` logger: admin actions), each rot
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -43,14 +42,24 @@ _TRUSTED = frozenset({"ts", "level", "service", "logger", "trace_id", "span_id"}
 _context: ContextVar[Mapping[str, str]] = ContextVar("atendimento_log_context", default=MappingProxyType({}))
 
 
-@contextlib.contextmanager
-def log_context(**fields: str | None) -> Iterator[None]:
+class LogContext:
+    """`log_context`'s block: a class, not a generator, as it is entered a few times a message."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: Mapping[str, str | None]) -> None:
+        self._fields = fields
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**_context.get(), **{k: v for k, v in self._fields.items() if v}})
+
+    def __exit__(self, *exc: object) -> None:
+        _context.reset(self._token)
+
+
+def log_context(**fields: str | None) -> LogContext:
     """Add these fields (e.g. message_id, conversation_id) to every line logged inside the block."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+    return LogContext(fields)
 
 
 # PII masking -------------------------------------------------------------------------------------

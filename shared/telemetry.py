@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, SpanKind, Status, StatusCode
 
 from shared import __version__
-from shared.logs import log_context, mask_pii
+from shared.logs import LogContext, log_context, mask_pii
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -385,17 +385,36 @@ class ConsumerSpans:
         span.set_attribute(MERGED_INTO, into)
         span.add_link(target.get_span_context())
 
-    @contextlib.contextmanager
-    def activate(self, message_id: str | None) -> Iterator[Span]:
+    def activate(self, message_id: str | None) -> contextlib.AbstractContextManager[Span]:
         """Make this message's span current (no-op span when unknown); exceptions are recorded."""
         span, delivery = self._spans.get(message_id or "", (INVALID_SPAN, None))
-        fields = {"message_id": message_id, "conversation_id": delivery.correlation_id if delivery else None}
+        fields = log_context(message_id=message_id, conversation_id=delivery.correlation_id if delivery else None)
         if not self._tracing:  # no span anywhere: making the no-op one current would change nothing
-            with log_context(**fields):
-                yield span
-            return
-        with trace.use_span(span, end_on_exit=False), log_context(**fields):
-            yield span
+            return _Logged(span, fields)
+        return _active(span, fields)
+
+
+class _Logged:
+    """The block of `activate` without tracing: the log fields only (a class: entered a few times
+    a message, where a generator's block costs a microsecond more)."""
+
+    __slots__ = ("_fields", "_span")
+
+    def __init__(self, span: Span, fields: LogContext) -> None:
+        self._span, self._fields = span, fields
+
+    def __enter__(self) -> Span:
+        self._fields.__enter__()
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        self._fields.__exit__()
+
+
+@contextlib.contextmanager
+def _active(span: Span, fields: LogContext) -> Iterator[Span]:
+    with trace.use_span(span, end_on_exit=False), fields:
+        yield span
 
 
 # Work inside the worker --------------------------------------------------------------------------
