@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.messages import Channel, ReplyMessage
 
@@ -24,6 +24,14 @@ def route_token(value: str) -> str:
 class Names:
     namespace: str
     shards: int
+    # `{namespace}:{{namespace}}`: every key starts with the namespace and carries it as a Redis
+    # Cluster hash tag, so all keys of a deployment share one hash slot and every Lua script and
+    # multi-key command stays valid on a cluster (tests/test_key_slots.py checks each of them).
+    # Made once: a message's keys read it some twenty times.
+    key_prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_prefix", f"{self.namespace}:{{{self.namespace}}}")
 
     # RabbitMQ -----------------------------------------------------------------------------
     @property
@@ -105,13 +113,6 @@ class Names:
         if reply.merged_into or reply.silenced:
             return (gateway,)
         return gateway, self.conversation_push_channel(reply.conversation_id)
-
-    @property
-    def key_prefix(self) -> str:
-        """`{namespace}:{{namespace}}`: every key starts with the namespace and carries it as a Redis
-        Cluster hash tag, so all keys of a deployment share one hash slot and every Lua script and
-        multi-key command stays valid on a cluster (tests/test_key_slots.py checks each of them)."""
-        return f"{self.namespace}:{{{self.namespace}}}"
 
     def claim_key(self, message_id: str) -> str:
         return f"{self.key_prefix}:msg:{message_id}"
