@@ -41,6 +41,10 @@ async def read_body(request: web.Request) -> bytes:
     limit = body_limit(request.path)
     timeout = request.app[SETTINGS].http_body_timeout_s
     reader = request if limit == MAX_BODY_BYTES else request.clone(client_max_size=limit)
+    if request.content.is_eof():
+        # All of it has arrived (a small body usually comes with its headers): reading it waits
+        # for nothing, and the deadline's timer would cost more than the read (~4 us on uvloop).
+        return await reader.read()
     try:
         async with asyncio.timeout(timeout):
             return await reader.read()
