@@ -59,6 +59,11 @@ MERGED_INTO = "atendimento.reply.merged_into"
 TRACEPARENT = "traceparent"  # the W3C header, in AMQP headers as in HTTP
 
 
+# The block of a span not made (tracing off, or outside a trace): nothing to enter or leave, and
+# shared, as it keeps no state (a generator's block would cost a microsecond more each time).
+NO_SPAN: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(INVALID_SPAN)
+
+
 def _tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME, __version__)
 
@@ -265,7 +270,6 @@ def _messaging_attributes(
     return attributes
 
 
-@contextlib.contextmanager
 def producer_span(
     exchange: str,
     routing_key: str,
@@ -273,7 +277,7 @@ def producer_span(
     *,
     message_id: str | None,
     conversation_id: str | None,
-) -> Iterator[Span]:
+) -> contextlib.AbstractContextManager[Span]:
     """A PRODUCER span around a publish; its context is injected into `headers` (the AMQP headers
     of the message), so the consumer continues this trace.
 
@@ -281,8 +285,18 @@ def producer_span(
     replayed from the admin area, or moved by the retention sweep): it stays in its own trace, the
     span a child of that context, linked to the span that republishes it (the admin's request)."""
     if not _tracing():
-        yield INVALID_SPAN
-        return
+        return NO_SPAN
+    return _producer_span(exchange, routing_key, headers, message_id, conversation_id)
+
+
+@contextlib.contextmanager
+def _producer_span(
+    exchange: str,
+    routing_key: str,
+    headers: MutableMapping[str, Any],
+    message_id: str | None,
+    conversation_id: str | None,
+) -> Iterator[Span]:
     attributes = _messaging_attributes("publish", "send", exchange, routing_key, message_id, conversation_id)
     parent, links = None, None
     if TRACEPARENT in headers:
@@ -296,13 +310,16 @@ def producer_span(
         yield span
 
 
-@contextlib.contextmanager
-def push_span(destination: str, *, message_id: str, conversation_id: str) -> Iterator[Span]:
+def push_span(destination: str, *, message_id: str, conversation_id: str) -> contextlib.AbstractContextManager[Span]:
     """A PRODUCER span around a web reply pushed to the gateways over Redis pub/sub (services/
     worker/push.py): the trace's hand-back, named as a publish to `destination`, the replies."""
     if not _tracing():
-        yield INVALID_SPAN
-        return
+        return NO_SPAN
+    return _push_span(destination, message_id, conversation_id)
+
+
+@contextlib.contextmanager
+def _push_span(destination: str, message_id: str, conversation_id: str) -> Iterator[Span]:
     attributes = _messaging_attributes("publish", "send", destination, "", message_id, conversation_id)
     attributes["messaging.system"] = "redis"
     name = f"publish {destination}"
@@ -418,18 +435,23 @@ def _active(span: Span, fields: LogContext) -> Iterator[Span]:
 
 
 # Work inside the worker --------------------------------------------------------------------------
-@contextlib.contextmanager
-def engine_span(engine: str) -> Iterator[Span]:
+def engine_span(engine: str) -> contextlib.AbstractContextManager[Span]:
     """Generating a reply (knowledge-base ranking, or the LLM engine with its grounding). An
     exception leaving the block marks the span failed and is recorded on it."""
     if not _tracing():
-        yield INVALID_SPAN
-        return
+        return NO_SPAN
+    return _engine_span(engine)
+
+
+@contextlib.contextmanager
+def _engine_span(engine: str) -> Iterator[Span]:
     with _tracer().start_as_current_span(f"engine {engine}", attributes={"atendimento.engine": engine}) as span:
         yield span
 
 
 def describe_reply(span: Span, engine: str, confidence: float, handoff: bool, sources: Sequence[str]) -> None:
+    if not span.is_recording():  # tracing off, or not sampled: the attributes would go nowhere
+        return
     span.set_attributes(
         {
             "atendimento.reply.engine": engine,
@@ -485,13 +507,16 @@ def mark_current_failed(description: str) -> None:
 
 
 # Redis -------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def redis_span(operation: str, **attributes: Any) -> Iterator[Span]:
+def redis_span(operation: str, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
     """A CLIENT span for one Redis round trip (a command, a pipeline or a script). Only created
     inside a trace: heartbeats and shard balancing would otherwise make a trace every second."""
     if not trace.get_current_span().get_span_context().is_valid:
-        yield INVALID_SPAN
-        return
+        return NO_SPAN
+    return _redis_span(operation, attributes)
+
+
+@contextlib.contextmanager
+def _redis_span(operation: str, attributes: dict[str, Any]) -> Iterator[Span]:
     with _tracer().start_as_current_span(
         f"redis {operation}",
         kind=SpanKind.CLIENT,
