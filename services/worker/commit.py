@@ -278,10 +278,9 @@ class Committer:
         results = await self._run_loaded(calls)
         held = [i for i, result in enumerate(results) if result[0] == HELD]
         if held:  # a human took the conversation since the worker's read: called again, able to silence
-            for i in held:
-                calls[i] = self._call(items[i], now, with_silenced=True)
-            for i, result in zip(held, await self._run_loaded([calls[i] for i in held]), strict=True):
-                results[i] = result
+            again = [self._call(items[i], now, with_silenced=True) for i in held]
+            for i, call, result in zip(held, again, await self._run_loaded(again), strict=True):
+                calls[i], results[i] = call, result
         decided = [
             _standing(item, decision, candidates)
             for item, (_, _, candidates), decision in zip(items, calls, results, strict=True)
