@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import stats
 from shared.names import Names
+from shared.redis_packing import connection_class
 from shared.telemetry import traced_redis
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,14 @@ def create_redis(url: str, **tls: Any) -> Redis:
     # A short retry rides over a dropped connection; longer outages surface as errors that the
     # callers turn into 503s (gateway) or an in-place wait (worker). The pool blocks: a burst of
     # requests waits for a free connection instead of failing. `tls`: shared/redis_client.py.
+    # The connections pack commands faster (shared/redis_packing.py), of the URL's kind still.
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_S, **client_options(), **tls
+        url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_POOL_WAIT_S,
+        connection_class=connection_class(url),
+        **client_options(),
+        **tls,
     )
     return Redis.from_pool(pool)
 
