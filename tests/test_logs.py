@@ -14,8 +14,18 @@ import aio_pika
 import aiohttp
 import orjson
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from shared.logs import AUDIT_LOGGER, TickFlushedStreamHandler, mask_pii, setup_logging
+from shared.logs import (
+    AUDIT_LOGGER,
+    KEPT_CHARS,
+    BatchedStreamHandler,
+    JsonFormatter,
+    log_context,
+    mask_pii,
+    setup_logging,
+)
 from tests.support import AMQP_URL, Stack, eventually, web_id
 from tests.support.otlp import Collector, tracing_env
 from tests.support.pipeline import wait_ready
@@ -169,17 +179,19 @@ class _CountedFlushes(io.StringIO):
             self._sent = len(text)
 
 
-def _handler_logger(stream: io.StringIO) -> logging.Logger:
-    handler = TickFlushedStreamHandler(stream)
+def _handler_logger(stream: io.StringIO, every_s: float = 3600.0) -> logging.Logger:
+    """A logger writing the bare message through a BatchedStreamHandler; by default one that waits
+    an hour after a write, so what is kept stays kept whatever the machine's pace."""
+    handler = BatchedStreamHandler(stream, every_s=every_s)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger(f"test.tick.{uuid.uuid4().hex}")
+    logger = logging.getLogger(f"test.batched.{uuid.uuid4().hex}")
     logger.propagate = False
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     return logger
 
 
-def test_lines_of_one_loop_turn_reach_stdout_in_one_flush_when_the_turn_ends() -> None:
+def test_lines_of_a_quiet_loop_turn_reach_stdout_in_one_flush_when_the_turn_ends() -> None:
     stream = _CountedFlushes()
     logger = _handler_logger(stream)
 
@@ -189,11 +201,10 @@ def test_lines_of_one_loop_turn_reach_stdout_in_one_flush_when_the_turn_ends() -
         before = list(stream.flushed)  # nothing reached the stream within the turn
         await asyncio.sleep(0)  # the turn ends (yielding to the loop: no timing)
         await asyncio.sleep(0)
-        logger.info("three")
         return before
 
     assert asyncio.run(turn()) == []
-    assert stream.flushed == ["one\ntwo\n", "three\n"]  # in order, the last turn's too (loop closed)
+    assert stream.flushed == ["one\ntwo\n"]
     logger.info("no loop: at once")
     assert stream.flushed[-1] == "no loop: at once\n"
 
@@ -210,19 +221,84 @@ class _WritesThrough(io.StringIO):
         return super().write(text)
 
 
-def test_lines_of_one_loop_turn_reach_a_write_through_stream_in_one_write() -> None:
+def test_lines_of_turns_soon_after_a_write_wait_and_a_warning_writes_them_at_once() -> None:
+    """Within `every_s` of a write, the lines of the following turns are kept; a WARNING is written
+    at once with them, in order, in one write."""
+    stream = _WritesThrough()
+    logger = _handler_logger(stream)
+
+    async def turns() -> list[list[str]]:
+        seen = []
+        logger.info("first")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append(list(stream.writes))  # a quiet turn: written when it ended
+        for text in ("two", "three"):
+            logger.info(text)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        seen.append(list(stream.writes))  # kept past their turns' ends
+        logger.warning("four")
+        seen.append(list(stream.writes))  # within the turn
+        return seen
+
+    assert asyncio.run(turns()) == [["first\n"], ["first\n"], ["first\n", "two\nthree\nfour\n"]]
+
+
+def test_lines_kept_after_a_write_all_arrive_in_order_when_the_wait_ends() -> None:
+    stream = _WritesThrough()
+    logger = _handler_logger(stream, every_s=0.02)
+    lines = [f"line {number}" for number in range(5)]
+
+    async def turns() -> None:
+        for text in lines:
+            logger.info(text)
+            await asyncio.sleep(0)
+
+        async def all_written() -> bool:  # polled, the loop running the handler's timer meanwhile
+            return "".join(stream.writes).count("\n") == len(lines)
+
+        await eventually(all_written, timeout=10, interval=0.005, what="the kept lines written")
+
+    asyncio.run(turns())
+    assert "".join(stream.writes) == "".join(f"{text}\n" for text in lines)
+    assert len(stream.writes) < len(lines)  # the first at its turn's end, the others together
+
+
+def test_kept_lines_are_written_at_once_when_they_fill_the_buffer() -> None:
+    stream = _WritesThrough()
+    logger = _handler_logger(stream)
+    line = "x" * 1023  # 1 KiB with its newline
+    filling = KEPT_CHARS // 1024
+
+    async def turn() -> list[list[str]]:
+        logger.info("first")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for _ in range(filling - 1):
+            logger.info(line)
+        before = list(stream.writes)
+        logger.info(line)
+        return [before, list(stream.writes)]
+
+    before, after = asyncio.run(turn())
+    assert before == ["first\n"]
+    assert after == ["first\n", f"{line}\n" * filling]
+
+
+def test_a_line_from_a_thread_is_written_at_once_after_those_kept() -> None:
     stream = _WritesThrough()
     logger = _handler_logger(stream)
 
     async def turns() -> None:
-        logger.info("one")
-        logger.info("two")
+        logger.info("first")
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        logger.info("three")
+        logger.info("kept")
+        await asyncio.to_thread(logger.info, "from a thread")
 
     asyncio.run(turns())
-    assert stream.writes == ["one\ntwo\n", "three\n"]
+    assert stream.writes == ["first\n", "kept\n", "from a thread\n"]
 
 
 def test_a_flush_due_on_a_closed_loop_is_not_lost() -> None:
@@ -245,7 +321,70 @@ def test_a_flush_due_on_a_closed_loop_is_not_lost() -> None:
         logger.info("next")
 
     asyncio.run(next_line())
-    assert "".join(stream.flushed) == "left behind\nnext\n"
+    logger.info("no loop")
+    assert "".join(stream.flushed) == "left behind\nnext\nno loop\n"
+
+
+# A span of the caller's trace (tests/test_tracing.py follows real ones through the services).
+_SPAN = NonRecordingSpan(
+    SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0x00F067AA0BA902B7,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+)
+
+
+def _record(message: str, *args: object, extra: dict[str, Any]) -> logging.LogRecord:
+    record = logging.getLogger("services.worker.processor").makeRecord(
+        "services.worker.processor", logging.INFO, "(unknown file)", 0, message, args, None, extra=extra
+    )
+    record.created, record.msecs = 1765000000.5, 500.0  # 2025-12-06T05:46:40.500Z
+    return record
+
+
+def test_a_line_has_its_fields_in_order_masked_with_the_span_and_the_context() -> None:
+    """The exact bytes of a line: the formatter's fields, the span's ids, the message, the context's
+    fields (the record's own `extra` in their place when both have one), then the record's; every
+    string masked, a secret-named field whole, numbers, flags and None as they are."""
+    extra = {
+        "message_id": "web:5d77af412345f33d08e14bb3:123456789abcdef0123456789abcdef0",
+        "engine": "kb",
+        "handoff": False,
+        "merged_into": None,
+        "processingTime": 5.34,
+        "status": 200,
+        "token": "s3cr3t",
+        "caller": {"phone": PHONE, "password": "x", "tags": ["vip", EMAIL]},
+    }
+    record = _record("called from %s", PHONE, extra=extra)
+    with trace.use_span(_SPAN), log_context(message_id="m-context", conversation_id="c-1"):
+        line = JsonFormatter("worker").format(record)
+    assert line == (
+        '{"ts":"2025-12-06T05:46:40.500Z","level":"INFO","service":"worker","logger":"services.worker.processor",'
+        '"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7",'
+        '"message":"called from +** ** *****-4321",'
+        '"message_id":"web:5d77af412345f33d08e14bb3:123456789abcdef0123456789abcdef0","conversation_id":"c-1",'
+        '"engine":"kb","handoff":false,"merged_into":null,"processingTime":5.34,"status":200,"token":"***",'
+        '"caller":{"phone":"+** ** *****-4321","password":"***","tags":["vip","m***@example.com"]}}'
+    )
+
+
+def test_a_record_another_formatter_wrote_first_makes_the_same_line() -> None:
+    """Another handler's formatter (pytest's, a plain one) adds `message` and `asctime` to the
+    record: neither becomes a field of its own."""
+    formatter = JsonFormatter("gateway")
+    first, second = (_record("%s %s %d", "POST", "/v1/messages", 200, extra={"route": "/v1"}) for _ in range(2))
+    logging.Formatter("%(asctime)s %(message)s").format(second)
+    assert (
+        formatter.format(first)
+        == formatter.format(second)
+        == (
+            '{"ts":"2025-12-06T05:46:40.500Z","level":"INFO","service":"gateway","logger":"services.worker.processor",'
+            '"message":"POST /v1/messages 200","route":"/v1"}'
+        )
+    )
 
 
 @pytest.mark.parametrize(

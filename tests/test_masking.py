@@ -3,9 +3,11 @@ what it must leave alone, as a table."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from shared.logs import _may_hold_pii, mask_pii
+from shared.logs import _MARKER_CHARS, _SECRET_MARKERS, _may_hold_pii, mask_pii
 
 
 @pytest.mark.parametrize(
@@ -76,3 +78,15 @@ def test_digits_inside_hex_ids_skip_the_full_masking() -> None:
     which every number pattern refuses: such an id costs the quick check only."""
     assert not _may_hold_pii("web:5d77af412345f33d08e14bb3:d5bbc8343044407da15d5ef4a7b92206")
     assert _may_hold_pii("web:5d77af412345f33d08e14bb3:user:11987654321")
+    # Nor the digits opening a hex id after its colon: a letter follows them.
+    assert not _may_hold_pii("web:5d77af412345f33d08e14bb3:1234567890abcdef1234567890abcdef")
+    assert _may_hold_pii("11987654321 ligou") and _may_hold_pii("chat:1234567")
+
+
+def test_the_quick_scan_for_secret_markers_finds_every_one() -> None:
+    """`_may_hold_pii` looks for the markers only in a text with one of `_MARKER_CHARS`: every
+    marker has one, and no character lower-cases to one but those (the markers are searched in the
+    lower-cased text)."""
+    assert all(_MARKER_CHARS.search(marker) for marker in _SECRET_MARKERS)
+    lowered_to_one = [c for c in map(chr, range(sys.maxunicode + 1)) if _MARKER_CHARS.search(c.lower())]
+    assert lowered_to_one == sorted("/PRSTYprsty")
