@@ -1,7 +1,8 @@
 """The lexical index of a knowledge base and the score that ranks its entries for a question.
 
-Built once at load; a reply is a few dictionary look-ups per query word (about a millisecond on
-a base of a thousand entries, in pure Python).
+Built once at load; a reply is a few dictionary look-ups per query word (about a third of a
+millisecond on a base of a thousand entries, in pure Python): what a word stands for and what it
+brings each entry are read the first time a customer uses it, and kept (`KbIndex._word`).
 
 A query word stands for some of the base's stems (`KbIndex.expand`), each with a similarity:
   * its own stem                                                      1
@@ -37,12 +38,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import heapq
+import itertools
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from .kbfile import Entry, KnowledgeBase
 from .stemmer import STEMMERS
@@ -51,6 +53,8 @@ from .text import NUMBER_WORDS, PHRASES, QUESTION_WORDS, SYNONYMS, Language, is_
 _PREFIX = 4  # stems shorter than this only match exactly
 _GRAM = 3
 _STEM_CACHE = 8192
+# Distinct query words kept read per index (`KbIndex._word`): customers' vocabulary repeats.
+_WORD_CACHE = 4096
 _ACRONYM_MIN_REPEATS = 2  # a phrase seen once is too weak a reason to read "nf" as "nota fiscal"
 _ID_SEPARATORS = re.compile(r"[-_./:]+")
 
@@ -110,13 +114,81 @@ class Hit:
     guess: bool = False
 
 
+# An entry ranked for a query: (-score, -question match, entry, score, coverage, question match).
+# Sorted, the best come first (ties: the closer question match, then the entry first in the base).
+_Row = tuple[float, float, int, float, float, float]
+
+
+def _hit(row: _Row, known: float) -> Hit:
+    _, _, entry, score, coverage, question_match = row
+    return Hit(entry, score, coverage, question_match, score, known)
+
+
+class Hits(Sequence[Hit]):
+    """Every entry sharing a word with a query, best first.
+
+    An answer from words alone reads the first two hits (`top`) and of the others only their
+    entries and scores; so the others' `Hit`s are made when read (the fused ranking with the
+    model reads them), not for every reply: a common word is in hundreds of a large base's entries.
+    """
+
+    __slots__ = ("_known", "_rows", "entries", "scores", "top")
+
+    def __init__(self, rows: Sequence[_Row] = (), known: float = 1.0, top: tuple[Hit, ...] = ()) -> None:
+        self._rows = rows  # sorted
+        self._known = known
+        self.top = top  # the first two hits (the first flagged when a guess)
+        self.entries: Sequence[int] = [row[2] for row in rows]
+        self.scores: Sequence[float] = [row[3] for row in rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Hit: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Hit]: ...
+
+    def __getitem__(self, index: int | slice) -> Hit | Sequence[Hit]:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        place = range(len(self._rows))[index]  # (an IndexError out of range, as for a tuple)
+        return self.top[place] if place < len(self.top) else _hit(self._rows[place], self._known)
+
+    def __iter__(self) -> Iterator[Hit]:
+        yield from self.top
+        for row in itertools.islice(self._rows, len(self.top), None):
+            yield _hit(row, self._known)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reach:
+    """What a query word brings, by its best stem, to each entry and example question that holds
+    one of its stems (`_best_per_key` over the postings); read-only, shared between words."""
+
+    coverage: tuple[tuple[int, float], ...]  # (entry, weight x idf x similarity)
+    # (question, its share of the question's information, that share x the information)
+    questions: tuple[tuple[int, float, float], ...]
+    described: tuple[tuple[int, float], ...]  # (entry, idf x similarity) by its id, tags, answer
+
+
 @dataclass(frozen=True, slots=True)
 class _Term:
-    """One query word: the base stems it stands for (stem -> similarity) and its information."""
+    """One query word: the base stems it stands for (stem -> similarity), its information and reach."""
 
     found: dict[str, float]
     weight: float
     question_word: bool
+    reach: _Reach
+
+
+@dataclass(frozen=True, slots=True)
+class _Word:
+    """A query word as the index reads it, the same in every question (`KbIndex._word`)."""
+
+    key: str  # its stem when a term, else the word itself: how word pairs are keyed
+    term: _Term | None  # None: a stop word
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +255,13 @@ class KbIndex:
         self._synonyms = self._synonym_table()
         # A paraphrase is only worth rewriting into a word the base can match.
         self._phrases = {pair: word for pair, word in PHRASES[analyzer.language].items() if self.expand(word)}
+        self._phrase_starts = frozenset(first for first, _ in self._phrases)
+        # Per stem and similarity (a few tuning constants): bounded by the base, not by traffic.
+        self._reaches: dict[tuple[str, float], _Reach] = {}
+        # Query words read (`_word`), oldest first. A plain dict, not an lru_cache of a bound
+        # method: that would tie the index in a reference cycle, kept after a reload until the
+        # collector runs (never, for an index built before the service's gc.freeze()).
+        self._words: dict[str, _Word] = {}
 
     # -- building ---------------------------------------------------------------------------
 
@@ -289,29 +368,43 @@ class KbIndex:
             found.setdefault(synonym, self._tuning.synonym_similarity)
         return found
 
-    def rank(self, words: Sequence[str], limit: int) -> list[Hit]:
-        """The `limit` best entries for a query (its words, stop words included), best first."""
-        words = join_phrases(words, self._phrases)
-        terms = self._terms(self._analyzer.content_of(words))
+    def rank(self, words: Sequence[str]) -> Hits:
+        """The entries sharing a word with a query (its words, stop words included), best first."""
+        if not self._phrase_starts.isdisjoint(words):  # (else there is no phrase to join)
+            words = join_phrases(words, self._phrases)
+        read = [self._word(word) for word in words]
+        terms = _terms(read)
         information = sum(t.weight for t in terms)
         known = sum(t.weight for t in terms if t.found)
         if known <= 0.0:
-            return []
-        coverage = self._coverage(terms)
-        question_match = self._question_match(terms, known, self._analyzer.pairs(words))
+            return Hits()
+        coverage = _coverage(terms)
+        question_match = self._question_match(terms, known, _pairs(read))
         for entry, value in self._described_match(terms, known).items():
-            question_match[entry] = max(question_match.get(entry, 0.0), value)
-        share = self._tuning.coverage_share
-        hits = []
-        for entry, held in coverage.items():
-            covered, matched = held / information, question_match.get(entry, 0.0)
-            score = share * covered + (1.0 - share) * matched
-            hits.append(Hit(entry, score, covered, matched, score, known / information))
-        best = heapq.nsmallest(max(limit, 2), hits, key=lambda h: (-h.score, -h.question_match, h.entry))
+            if value > question_match.get(entry, 0.0):
+                question_match[entry] = value
+        rows = self._rows(coverage, question_match, information)
+        known_share = known / information
+        best = [_hit(row, known_share) for row in rows[:2]]
         if self._is_guess(terms, best):
             t = self._tuning
             best[0] = dataclasses.replace(best[0], confidence=best[0].score * t.threshold / t.guess_answers, guess=True)
-        return best[:limit]
+        return Hits(rows, known_share, tuple(best))
+
+    def term_count(self, words: Sequence[str]) -> int:
+        """How many distinct terms (content and question words, told apart by stem) `words` hold."""
+        return len({read.key for read in map(self._word, words) if read.term is not None})
+
+    def _rows(self, coverage: dict[int, float], question_match: dict[int, float], information: float) -> list[_Row]:
+        """The entries the query covers, scored, best first."""
+        share = self._tuning.coverage_share
+        rows = []
+        for entry, held in coverage.items():
+            covered, matched = held / information, question_match.get(entry, 0.0)
+            score = share * covered + (1.0 - share) * matched
+            rows.append((-score, -matched, entry, score, covered, matched))
+        rows.sort()  # (entries are distinct: the order never reads past them)
+        return rows
 
     def _is_guess(self, terms: list[_Term], best: list[Hit]) -> bool:
         """Whether the best hit is a guess (Tuning.guess_answers)."""
@@ -323,49 +416,72 @@ class KbIndex:
         rival = best[1].score if len(best) > 1 else 0.0
         return rival <= t.guess_rival * best[0].score
 
-    def _terms(self, words: Sequence[str]) -> list[_Term]:
-        terms: dict[str, _Term] = {}  # one term per stem: "entrega entregar" counts once
-        for word in words:
-            stem = self._analyzer.stem(word)
-            if stem in terms:
-                continue
-            found = self.expand(word)
-            # A number the base never mentions (an age, a date, an order number) is a detail of
-            # the customer's case, not a topic the base lacks; so is a question word.
-            detail = word.isdigit() or word in self._analyzer.number_words or word in self._analyzer.question_words
-            unknown = 0.0 if detail else self._unknown_idf
-            weight = max((s * self._idf[f] for f, s in found.items()), default=unknown)
-            terms[stem] = _Term(found, weight, word in self._analyzer.question_words)
-        return list(terms.values())
+    def _word(self, word: str) -> _Word:
+        """What the index makes of a query word: read the first time, then kept (the oldest word
+        dropped past _WORD_CACHE)."""
+        read = self._words.get(word)
+        if read is None:
+            if len(self._words) >= _WORD_CACHE:
+                del self._words[next(iter(self._words))]
+            read = self._words[word] = self._read_word(word)
+        return read
 
-    def _coverage(self, terms: list[_Term]) -> dict[int, float]:
-        """entry -> the query information it holds (a word counts once, by its best match)."""
-        coverage: dict[int, float] = defaultdict(float)
-        for term in terms:
-            for entry, value in _best_per_key(term.found, self._postings).items():
-                coverage[entry] += value
-        return coverage
+    def _read_word(self, word: str) -> _Word:
+        """`_word` uncached: a term's stems, information and reach."""
+        if not self._analyzer.is_term(word):
+            return _Word(word, None)
+        found = self.expand(word)
+        # A number the base never mentions (an age, a date, an order number) is a detail of
+        # the customer's case, not a topic the base lacks; so is a question word.
+        question_word = word in self._analyzer.question_words
+        detail = word.isdigit() or word in self._analyzer.number_words or question_word
+        unknown = 0.0 if detail else self._unknown_idf
+        weight = max((s * self._idf[f] for f, s in found.items()), default=unknown)
+        return _Word(self._analyzer.stem(word), _Term(found, weight, question_word, self._reach(found)))
+
+    def _reach(self, found: dict[str, float]) -> _Reach:
+        """What a word standing for `found` brings each entry and question; a single stem's (most
+        words) is kept for every word that stands for it alike."""
+        if len(found) != 1:
+            return self._read_reach(found)
+        key = next(iter(found.items()))
+        reach = self._reaches.get(key)
+        if reach is None:
+            reach = self._reaches[key] = self._read_reach(found)
+        return reach
+
+    def _read_reach(self, found: dict[str, float]) -> _Reach:
+        return _Reach(
+            tuple(_best_per_key(found, self._postings).items()),
+            tuple(
+                (question, share, share * self._questions[question].information)
+                for question, share in _best_per_key(found, self._question_postings).items()
+            ),
+            tuple(_best_per_key(found, self._described_postings).items()),
+        )
 
     def _question_match(self, terms: list[_Term], known: float, pairs: set[Pair]) -> dict[int, float]:
         """entry -> the best match of the query with one of the entry's example questions."""
-        recall: dict[int, float] = defaultdict(float)  # question -> its share the query holds
-        held: dict[int, float] = defaultdict(float)  # question -> query information it holds
+        recall: dict[int, float] = {}  # question -> its share the query holds
+        held: dict[int, float] = {}  # question -> query information it holds
         for term in terms:
-            for question, share in _best_per_key(term.found, self._question_postings).items():
-                recall[question] += share
-                held[question] += share * self._questions[question].information
-        shared_pairs: Counter[int] = Counter()
+            for question, share, information in term.reach.questions:
+                recall[question] = recall.get(question, 0.0) + share
+                held[question] = held.get(question, 0.0) + information
+        shared_pairs: dict[int, int] = {}
         for pair in pairs:
-            shared_pairs.update(self._pair_postings.get(pair, ()))
-        beta2 = self._tuning.beta**2
+            for question in self._pair_postings.get(pair, ()):
+                shared_pairs[question] = shared_pairs.get(question, 0) + 1
+        beta2, pair_weight = self._tuning.beta**2, self._tuning.pair_weight
+        gain = 1.0 + beta2
         best: dict[int, float] = {}
         for question, r in recall.items():
-            r, p = min(1.0, r), held[question] / known
-            f = (1.0 + beta2) * p * r / (beta2 * p + r)
+            r, p = r if r < 1.0 else 1.0, held[question] / known
+            f = gain * p * r / (beta2 * p + r)
             q = self._questions[question]
-            if q.pairs:
-                f += self._tuning.pair_weight * shared_pairs[question] / q.pairs
-            f = min(1.0, f)
+            if question in shared_pairs:  # (no pair shared adds nothing)
+                f += pair_weight * shared_pairs[question] / q.pairs
+            f = f if f < 1.0 else 1.0
             if f > best.get(q.entry, 0.0):
                 best[q.entry] = f
         return best
@@ -373,10 +489,10 @@ class KbIndex:
     def _described_match(self, terms: list[_Term], known: float) -> dict[int, float]:
         """entry -> `described_match` x the share of the query's known information that the
         entry's id, tags and answer hold."""
-        held: dict[int, float] = defaultdict(float)
+        held: dict[int, float] = {}
         for term in terms:
-            for entry, value in _best_per_key(term.found, self._described_postings).items():
-                held[entry] += value
+            for entry, value in term.reach.described:
+                held[entry] = held.get(entry, 0.0) + value
         return {entry: self._tuning.described_match * value / known for entry, value in held.items()}
 
     def _typo_candidates(self, word: str) -> list[str]:
@@ -403,6 +519,29 @@ class KbIndex:
             and abs(len(candidate) - len(word)) <= max_edits
             and _edit_distance(word, candidate, max_edits) <= max_edits
         ]
+
+
+def _terms(words: Iterable[_Word]) -> list[_Term]:
+    """The terms of the query, one per stem: "entrega entregar" counts once, as its first word."""
+    terms: dict[str, _Term] = {}
+    for word in words:
+        if word.term is not None and word.key not in terms:
+            terms[word.key] = word.term
+    return list(terms.values())
+
+
+def _pairs(words: Sequence[_Word]) -> set[Pair]:
+    """Adjacent word pairs holding at least one term, terms stemmed (as Analyzer.pairs)."""
+    return {(a.key, b.key) for a, b in itertools.pairwise(words) if a.term is not None or b.term is not None}
+
+
+def _coverage(terms: list[_Term]) -> dict[int, float]:
+    """entry -> the query information it holds (a word counts once, by its best match)."""
+    coverage: dict[int, float] = {}
+    for term in terms:
+        for entry, value in term.reach.coverage:
+            coverage[entry] = coverage.get(entry, 0.0) + value
+    return coverage
 
 
 def _best_per_key(found: dict[str, float], postings: dict[str, list[tuple[int, float]]]) -> dict[int, float]:

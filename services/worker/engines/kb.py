@@ -36,7 +36,7 @@ from .confidence import (
     word_features,
 )
 from .e5 import E5Model, EntryVectors, QueryBatcher, Vectors
-from .index import Analyzer, Hit, KbIndex, Tuning
+from .index import Analyzer, Hits, KbIndex, Tuning
 from .kbfile import Entry, KnowledgeBase, KnowledgeBaseError
 from .smalltalk import SmallTalk, SmallTalkDetector
 from .text import spelled_out
@@ -57,7 +57,7 @@ class Lexical:
 
     text: str
     scan: SmallTalk
-    hits: tuple[Hit, ...]  # every entry sharing a word with the question, best first
+    hits: Hits  # every entry sharing a word with the question, best first
     terms: int  # content words and question words of the question
     words: Ranking | None  # the ranking by words alone (None: no entry shares a word)
 
@@ -151,8 +151,8 @@ class KbEngine:
 
     def _lexical(self, text: str) -> Lexical:
         scan = self._small_talk.scan(self._analyzer.words(text))
-        terms = len({self._analyzer.stem(word) for word in scan.rest if self._analyzer.is_term(word)})
-        hits = () if scan.only_small_talk else tuple(self._index.rank(scan.rest, limit=len(self.kb.entries)))
+        terms = self._index.term_count(scan.rest)
+        hits = Hits() if scan.only_small_talk else self._index.rank(scan.rest)
         words = _words_ranking(hits, terms) if hits else None
         return Lexical(text, scan, hits, terms, words)
 
@@ -187,8 +187,8 @@ class KbEngine:
         views = self._vectors.similarities(vector)
         similarity = views.combined
         words = np.zeros(len(self.kb.entries), dtype=np.float32)
-        for hit in lexical.hits:
-            words[hit.entry] = hit.score
+        for entry, score in zip(lexical.hits.entries, lexical.hits.scores, strict=True):
+            words[entry] = score
         lead = _z(similarity) + WORD_SHARE * _z(words)
         order = [int(i) for i in np.argsort(-lead, kind="stable")[: max(2, depth)]]
         view_leads = [float(_z(view)[order[0]]) for view in (views.passage, views.question, views.sentence)]
@@ -251,7 +251,8 @@ def _unsure(lexical: Lexical) -> bool:
     """Ask back, however close the entry looks, on "vendem bitcoin?" against "Vendemos para pessoa
     jurídica" (one shared word and one the base lacks, which may be the very topic), and on a topic
     several entries hold alike ("e o pagamento?")."""
-    return bool(lexical.hits) and (lexical.hits[0].guess or ambiguous(lexical.hits))
+    top = lexical.hits.top
+    return bool(top) and (top[0].guess or ambiguous(top))
 
 
 def _offer_at(lexical: Lexical, ranking: Ranking) -> float:
@@ -272,11 +273,11 @@ def _grounding_at(lexical: Lexical, ranking: Ranking) -> float:
     return min(_offer_at(lexical, ranking), calibration.offer_at)
 
 
-def _words_ranking(hits: tuple[Hit, ...], terms: int) -> Ranking:
+def _words_ranking(hits: Hits, terms: int) -> Ranking:
     """The ranking by words alone: every entry sharing a word, best first (callers take the few
     they need)."""
-    features = word_features(hits, terms)
-    candidates = tuple(Candidate(hit.entry, hit.score) for hit in hits)
+    features = word_features(hits.top, terms)
+    candidates = tuple(map(Candidate, hits.entries, hits.scores))
     return Ranking(
         candidates, features, WORDS.answer.probability(features), WORDS.offer.probability(features), semantic=False
     )

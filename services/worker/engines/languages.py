@@ -19,6 +19,7 @@ from .text import fold
 # normalised in fewer (text.LANGUAGES); a customer writing in another one still gets these texts.
 ReplyLanguage = Literal["pt", "en", "es"]
 REPLY_LANGUAGES: tuple[ReplyLanguage, ...] = ("pt", "en", "es")
+_BY_NAME: Mapping[str, ReplyLanguage] = {language: language for language in REPLY_LANGUAGES}
 
 
 # Frequent words that are not also frequent in the other two languages ("a", "de", "que", "no"
@@ -54,8 +55,7 @@ def parse_language(value: object) -> ReplyLanguage | None:
     """One of ours from a language tag ("en-US", "pt_BR", "ES"); None for anything else."""
     if not isinstance(value, str):
         return None
-    primary = value.strip().lower().replace("_", "-").split("-")[0]
-    return next((language for language in REPLY_LANGUAGES if language == primary), None)
+    return _BY_NAME.get(value.strip().lower().replace("_", "-").split("-")[0])
 
 
 def detect(text: str) -> ReplyLanguage | None:

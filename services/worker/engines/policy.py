@@ -116,8 +116,12 @@ _SMALL_TALK: Mapping[Language, SmallTalkDetector] = {language: SmallTalkDetector
 def asks_for_human(text: str, language: ReplyLanguage) -> bool:
     """Whether the message asks to talk to a person (in `language`, and in English everywhere:
     customers of Brazilian shops write "human agent" too)."""
-    words = " ".join(_WORDS.findall(fold(text)))
-    return any(_HUMAN_REQUEST[lang].search(words) for lang in {language, "en"})
+    return _names_a_person(choice_key(text), {language, "en"})
+
+
+def _names_a_person(key: str, languages: set[ReplyLanguage]) -> bool:
+    """`asks_for_human` in any of `languages`, of the message's `choice_key` (its folded words)."""
+    return any(_HUMAN_REQUEST[lang].search(key) for lang in languages)
 
 
 def csat_request(language: Language) -> ReplyContent:
@@ -144,11 +148,12 @@ def choice_key(text: str) -> str:
     return " ".join(_WORDS.findall(fold(text)))
 
 
-def typed_choice(text: str, offered: tuple[Option, ...], languages: Iterable[str] = ()) -> Option | None:
-    """The offered option that `text` names by its number (1 is the first) or its label, or, while
-    an erasure's confirmation is offered, by a plain yes or no in one of `languages` ("sim",
-    "yes", "não": engines/privacy.py)."""
-    key = choice_key(text)
+def typed_choice(key: str, offered: tuple[Option, ...], languages: Iterable[str] = ()) -> Option | None:
+    """The offered option that a message (its `choice_key`) names by its number (1 is the first)
+    or its label, or, while an erasure's confirmation is offered, by a plain yes or no in one of
+    `languages` ("sim", "yes", "não": engines/privacy.py)."""
+    if not offered:  # (the common message: nothing to choose from)
+        return None
     if key in _NUMBERS:
         return offered[int(key) - 1] if int(key) <= len(offered) else None
     labelled = next((option for option in offered if choice_key(option.label) == key), None)
@@ -260,12 +265,13 @@ class ReplyPolicy:
                 return await self._resolve(voice, chosen, request)
             # Asking for a person is never out of date, offered or not.
             return self._handoff(voice) if request.option == HANDOFF_OPTION else self._choose_again(voice, request)
+        key = choice_key(request.text)  # (read as a typed choice, then as a request for a person)
         # A plain yes or no answers an erasure's confirmation in the customer's language, the
         # base's or English (customers of Brazilian shops write "yes" too).
-        typed = typed_choice(request.text, request.offered, (voice.language, self.language, "en"))
+        typed = typed_choice(key, request.offered, (voice.language, self.language, "en"))
         if typed is not None:
             return await self._resolve(voice, typed, request)
-        if asks_for_human(request.text, self.language) or asks_for_human(request.text, voice.language):
+        if _names_a_person(key, {self.language, voice.language, "en"}):
             return self._handoff(voice)
         asked = privacy.asked(request.text)
         if asked is not None:
@@ -291,8 +297,10 @@ class ReplyPolicy:
     def _greeted(voice: Voice, request: EngineRequest, content: ReplyContent) -> ReplyContent:
         """Small talk in the customer's language when the base speaks another ("hello" to a
         Portuguese base gets "Hello!"), where that language has small talk of its own."""
+        if content.kind != "smalltalk" or voice.translated:
+            return content
         language = next((known for known in LANGUAGES if known == voice.language), None)
-        if content.kind != "smalltalk" or voice.translated or language is None:
+        if language is None:
             return content
         scan = _SMALL_TALK[language].scan(words_of(request.text, language))
         return replace(content, text=scan.reply()) if scan.only_small_talk else content

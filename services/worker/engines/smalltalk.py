@@ -110,6 +110,12 @@ class SmallTalkDetector:
         self._language = language
         self._table = _phrase_table(language)
         self._longest = max(len(phrase) for phrase in self._table)
+        # A phrase can only start (forward) or end (backward) with one of these: most words are
+        # neither, and are passed over without a look-up per length.
+        self._edges = {
+            True: frozenset(phrase[0] for phrase in self._table),
+            False: frozenset(phrase[-1] for phrase in self._table),
+        }
 
     def scan(self, words: Sequence[str]) -> SmallTalk:
         kinds: set[Kind] = set()
@@ -125,8 +131,9 @@ class SmallTalkDetector:
         `words` is reversed by the caller for the backward scan, so phrases are reversed too.
         """
         i = cut = 0
+        edges = self._edges[forward]
         while i < len(words):
-            match = self._match_at(words, i, forward=forward)
+            match = self._match_at(words, i, forward=forward) if words[i] in edges else None
             if match is not None:
                 length, kind = match
                 kinds.add(kind)

@@ -387,12 +387,14 @@ def fold(text: str) -> str:
 def tokenise(text: str) -> list[str]:
     """Folded word tokens; laughter ("kkkk", "haha") dropped, letter repeats squeezed."""
     joined = _JOINERS.sub("", fold(text))
+    # A letter run lies within one token: with none in the text, no token is searched for one.
+    repeats = _REPEATS.search(joined) is not None
     words: list[str] = []
     for raw in _TOKEN.findall(joined):
         if _LAUGHTER.match(raw):
             continue
-        word = _REPEATS.sub(r"\1", raw)
-        times = _TIMES.match(word)
+        word = _REPEATS.sub(r"\1", raw) if repeats else raw
+        times = _TIMES.match(word) if word[-1] == "x" else None
         words.extend((times.group(1), "x") if times else (word,))
     return words
 
