@@ -247,7 +247,7 @@ def test_lines_of_turns_soon_after_a_write_wait_and_a_warning_writes_them_at_onc
 
 def test_lines_kept_after_a_write_all_arrive_in_order_when_the_wait_ends() -> None:
     stream = _WritesThrough()
-    logger = _handler_logger(stream, every_s=0.02)
+    logger = _handler_logger(stream, every_s=0.2)
     lines = [f"line {number}" for number in range(5)]
 
     async def turns() -> None:
