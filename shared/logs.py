@@ -321,18 +321,11 @@ def _extra(record: logging.LogRecord) -> Iterable[tuple[str, Any]]:
 
 
 def _add_masked(entry: dict[str, Any], fields: dict[str, Any]) -> None:
-    """`fields` masked into `entry` as `_masked` does, but the formatter's own (`_TRUSTED`); their
-    usual types (a string, a number, a flag, None) are told by one test of the exact type."""
+    """`fields` masked into `entry` by `_masked`, but the formatter's own (`_TRUSTED`); a number, a
+    flag or None, told by one test of the exact type, is written as it is without the call."""
     for key, value in fields.items():
-        if key in _TRUSTED:
-            continue
-        kind = type(value)
-        if kind is str:
-            entry[key] = "***" if _secret_key(key) else mask_pii(value)
-        elif kind in _AS_IS:
-            entry[key] = value
-        else:
-            entry[key] = _masked(value, key)
+        if key not in _TRUSTED:
+            entry[key] = value if type(value) in _AS_IS else _masked(value, key)
 
 
 def setup_logging(

@@ -246,14 +246,19 @@ async def round_trip(redis: Redis, prefix: str) -> None:
         await redis.delete(*keys)
 
 
-@pytest.mark.integration
-async def test_a_round_trip_through_the_single_server_client() -> None:
-    redis = create_redis(REDIS_URL)
+async def round_trip_and_close(redis: Redis, connection_class: type[AbstractConnection]) -> None:
+    """`round_trip` under a fresh prefix through a client the services build, whose connections
+    must be `connection_class`; the client is closed afterwards."""
     try:
         await round_trip(redis, f"test-packing:{uuid.uuid4().hex}")
-        assert isinstance(await a_connection(redis), FastConnection)
+        assert isinstance(await a_connection(redis), connection_class)
     finally:
         await redis.aclose()
+
+
+@pytest.mark.integration
+async def test_a_round_trip_through_the_single_server_client() -> None:
+    await round_trip_and_close(create_redis(REDIS_URL), FastConnection)
 
 
 @pytest.fixture
@@ -274,12 +279,8 @@ async def sentinel(tmp_path: Path) -> AsyncIterator[str]:
 
 @pytest.mark.integration
 async def test_a_round_trip_through_the_primary_sentinel_names(sentinel: str) -> None:
-    redis = build_redis(Settings.from_env({"REDIS_SENTINELS": sentinel, "REDIS_URL": "redis://127.0.0.1/0"}))
-    try:
-        await round_trip(redis, f"test-packing:{uuid.uuid4().hex}")
-        assert isinstance(await a_connection(redis), SentinelConnection)
-    finally:
-        await redis.aclose()
+    settings = Settings.from_env({"REDIS_SENTINELS": sentinel, "REDIS_URL": "redis://127.0.0.1/0"})
+    await round_trip_and_close(build_redis(settings), SentinelConnection)
 
 
 @pytest.mark.integration
@@ -297,11 +298,6 @@ async def test_a_round_trip_over_tls(tmp_path: Path) -> None:
                 "REDIS_KEY_FILE": str(pki.path("client.key")),
             }
         )
-        redis = build_redis(settings)
-        try:
-            await round_trip(redis, f"test-packing:{uuid.uuid4().hex}")
-            assert isinstance(await a_connection(redis), FastSSLConnection)
-        finally:
-            await redis.aclose()
+        await round_trip_and_close(build_redis(settings), FastSSLConnection)
     finally:
         server.kill()
