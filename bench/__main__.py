@@ -95,29 +95,43 @@ class CpuCounter:
             side: {name: psutil.Process(pid) for name, pid in pids.items()} | shared for side, pids in sides.items()
         }
         self.seconds: dict[str, dict[str, float]] = {side: {} for side in sides}
+        self.syscalls: dict[str, dict[str, float]] = {side: {} for side in sides}
 
     @staticmethod
-    def _now(processes: dict[str, psutil.Process]) -> dict[str, float]:
-        """CPU seconds so far of each process still running."""
+    def _now(processes: dict[str, psutil.Process]) -> dict[str, tuple[float, int]]:
+        """CPU seconds and system calls so far of each process still running. The calls are the
+        kernel's per-process I/O count (`/proc/PID/io` syscr and syscw): the read and write family,
+        which uvloop's sockets use; the send and recv family is not counted (nor, for processes of
+        another user, anything)."""
         totals = {}
         for name, process in processes.items():
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                totals[name] = times.user + times.system
+                try:
+                    io = process.io_counters()
+                    calls = io.read_count + io.write_count
+                except psutil.Error:
+                    calls = 0
+                totals[name] = (times.user + times.system, calls)
         return totals
 
     @contextlib.contextmanager
     def counting(self, side: str) -> Iterator[None]:
         before = self._now(self.sides[side])
         yield
-        seconds = self.seconds[side]
-        for name, value in self._now(self.sides[side]).items():
+        seconds, syscalls = self.seconds[side], self.syscalls[side]
+        for name, (cpu, calls) in self._now(self.sides[side]).items():
             if name in before:
-                seconds[name] = seconds.get(name, 0.0) + value - before[name]
+                seconds[name] = seconds.get(name, 0.0) + cpu - before[name][0]
+                syscalls[name] = syscalls.get(name, 0) + calls - before[name][1]
 
     def per_message(self, side: str, messages: int) -> str:
         per = {name: 1000 * seconds / max(messages, 1) for name, seconds in self.seconds[side].items()}
         return "   ".join(f"{name} {ms:.2f}" for name, ms in per.items()) + f"   total {sum(per.values()):.2f}"
+
+    def syscalls_per_message(self, side: str, messages: int) -> str:
+        per = {name: calls / max(messages, 1) for name, calls in self.syscalls[side].items()}
+        return "   ".join(f"{name} {count:.1f}" for name, count in per.items())
 
 
 def _listeners(ports: dict[str, int]) -> dict[str, psutil.Process]:
@@ -386,7 +400,9 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     print(f"ratio      {project.throughput / bare.throughput:.2f} of the bare round trip (floor 0.5; the aim is 1.0)")
     print(f"load       {_load_average()} (1, 5, 15 min)")
     for side, result in (("bare", bare), ("project", project)):
-        print(f"CPU ms/msg {side}: " + cpu.per_message(side, len(result.latencies_ms)))
+        messages = len(result.latencies_ms)
+        print(f"CPU ms/msg {side}: " + cpu.per_message(side, messages))
+        print(f"syscalls   {side} (reads, writes a message): " + cpu.syscalls_per_message(side, messages))
     # Every client of this Redis is counted: on a shared machine, other users' commands too.
     print("Redis      project: " + redis.per_message(len(project.latencies_ms)))
     for side, result in (("bare", bare), ("project", project)):
