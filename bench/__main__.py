@@ -1,7 +1,8 @@
 """`make bench`: the project's throughput and latency against a bare aiohttp+RabbitMQ round trip.
 
 Both systems run as separate processes on this machine and are driven the same way: C concurrent
-clients posting `POST /v1/messages?wait=10` for D seconds. Prints messages/s, end-to-end
+clients posting `POST /v1/messages?wait=10` for D seconds, in alternating rounds, after a warm-up
+of load on each side that is not counted. Prints messages/s, end-to-end
 p50/p95/p99 (client side), the ratio of the two throughputs, each service's peak RSS, and where
 the time goes: CPU per message of each process on each side (its own processes, RabbitMQ, Redis and
 this load generator: on two cores the total bounds the rate), the Redis commands per message (`INFO
@@ -355,6 +356,7 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0, help="load time for each side")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds the load time is split in")
+    parser.add_argument("--warm-up", type=float, default=5.0, help="seconds of load on each side first, not counted")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the project's services")
     parser.add_argument(
         "--trace-ratio",
@@ -393,6 +395,11 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
         cpu = CpuCounter({"bare": dict(zip(("server", "consumer"), bare_pids, strict=True)), "project": services})
         redis = RedisCommands()
         amqp = AmqpPackets({"bare": bare_pids, "project": list(services.values())})
+        # Steady state is what a deployment lives in: the first seconds under load (both sides'
+        # processes growing their heaps, the queues' first segments, new conversations' keys)
+        # are run, not counted.
+        for url in (bare_url, project_url):
+            await drive("warm-up", url, args.clients, args.warm_up)
         async with amqp.counting(), redis.counting():
             await alternate(args, {"bare": (bare_url, bare), "project": (project_url, project)}, cpu)
         sampling.cancel()
