@@ -89,12 +89,14 @@ class SentinelSSLConnection(FastPacking, SentinelManagedSSLConnection):
     pass
 
 
+# The class redis-py picks for a URL's scheme -> the same, packing fast.
+_FAST: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: FastConnection,
+    SSLConnection: FastSSLConnection,
+    UnixDomainSocketConnection: FastUnixConnection,
+}
+
+
 def connection_class(url: str) -> type[AbstractConnection]:
     """The class for a single server's URL: the one redis-py picks for its scheme, packing fast."""
-    stock = parse_url(url).get("connection_class", Connection)
-    fast: dict[type[AbstractConnection], type[AbstractConnection]] = {
-        Connection: FastConnection,
-        SSLConnection: FastSSLConnection,
-        UnixDomainSocketConnection: FastUnixConnection,
-    }
-    return fast[stock]
+    return _FAST[parse_url(url).get("connection_class", Connection)]
