@@ -282,29 +282,33 @@ class JsonFormatter(logging.Formatter):
         # so a thread never reads one second's text with another second.
         self._second: tuple[int, str] = (-1, "")
 
-    def _timestamp(self, record: logging.LogRecord) -> str:
+    def _timestamp(self, created: float) -> str:
         second, text = self._second
-        if int(record.created) != second:
-            second = int(record.created)
+        if int(created) != second:
+            second = int(created)
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = (second, text)
-        return text + _MILLIS[int(record.msecs)]
+        return text + _MILLIS[int((created - second) * 1000)]  # LogRecord's msecs, from `created`
 
     def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {"message": record.getMessage(), **_context.get()}
+        fields.update(_extra(record))
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return self.line(record.levelname, record.name, record.created, fields)
+
+    def line(self, level: str, logger: str, created: float, fields: dict[str, Any]) -> str:
+        """The JSON line of a record (`format`) or of a line made without one (`log_info`)."""
         entry: dict[str, Any] = {
-            "ts": self._timestamp(record),
-            "level": record.levelname,
+            "ts": self._timestamp(created),
+            "level": level,
             "service": self.service,
-            "logger": record.name,
+            "logger": logger,
         }
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             entry["trace_id"] = trace.format_trace_id(span.trace_id)
             entry["span_id"] = trace.format_span_id(span.span_id)
-        fields: dict[str, Any] = {"message": record.getMessage(), **_context.get()}
-        fields.update(_extra(record))
-        if record.exc_info:
-            fields["exception"] = self.formatException(record.exc_info)
         _add_masked(entry, fields)
         return orjson.dumps(entry, default=str).decode()
 
@@ -410,9 +414,21 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self._keep(line, loop, urgent=record.levelno >= logging.WARNING)
+
+    def keep(self, line: str) -> None:
+        """An INFO line made already (`log_info`), kept as `emit` keeps a record's."""
+        with self.lock:  # type: ignore[union-attr]  # made in Handler.__init__
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            self._keep(line + self.terminator, loop, urgent=False)
+
+    def _keep(self, line: str, loop: asyncio.AbstractEventLoop | None, *, urgent: bool) -> None:
         self._kept.append(line)
         self._kept_chars += len(line)
-        if self._kept_chars >= KEPT_CHARS or record.levelno >= logging.WARNING:
+        if loop is None or urgent or self._kept_chars >= KEPT_CHARS:
             self.flush()
         elif self._flush_on is not loop:
             self._flush_later(loop)
@@ -440,6 +456,49 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
     def _flush_due(self) -> None:
         self._flush_on = None
         self.flush()
+
+
+def log_info(logger: logging.Logger, message: str, fields: Mapping[str, Any]) -> None:
+    """`logger.info(message, extra=fields)` for the lines written once per message (the gateway's
+    access line, the worker's "message processed"). Where every handler the line reaches is a
+    BatchedStreamHandler sharing one JsonFormatter, and nothing filters (stdout alone: the default
+    and the containers' setup), the same JSON line is made without a LogRecord and logging's
+    handler chain, which cost more than the line's formatting; elsewhere (LOG_DIR's files, a test's
+    capturing handler) it goes through logging as any other line. `message` is written as it is."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    direct = _direct_handlers(logger)
+    if direct is None:
+        logger.info(message, extra=fields)
+        return
+    formatter, handlers = direct
+    line = formatter.line("INFO", logger.name, time.time(), {"message": message, **_context.get(), **fields})
+    for handler in handlers:
+        handler.keep(line)
+
+
+def _direct_handlers(logger: logging.Logger) -> tuple[JsonFormatter, list[BatchedStreamHandler]] | None:
+    """The handlers an INFO record of `logger` would reach (logging's own walk up the hierarchy),
+    when `log_info` may hand them its line itself; None when not."""
+    handlers: list[BatchedStreamHandler] = []
+    formatter: JsonFormatter | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if handler.level > logging.INFO:
+                continue
+            if type(handler) is not BatchedStreamHandler or handler.filters:
+                return None
+            if type(handler.formatter) is not JsonFormatter or formatter not in (None, handler.formatter):
+                return None  # another format, or lines that differ between handlers
+            formatter = handler.formatter
+            handlers.append(handler)
+        current = current.parent if current.propagate else None
+    if formatter is None:
+        return None  # no handler: logging's last resort decides
+    return formatter, handlers
 
 
 # Owner reads and writes, its group (a log shipper) reads, nobody else: logs hold customer words.

@@ -23,6 +23,7 @@ from shared.logs import (
     BatchedStreamHandler,
     JsonFormatter,
     log_context,
+    log_info,
     mask_pii,
     setup_logging,
 )
@@ -385,6 +386,84 @@ def test_a_record_another_formatter_wrote_first_makes_the_same_line() -> None:
             '"message":"POST /v1/messages 200","route":"/v1"}'
         )
     )
+
+
+def _json_logger(stream: io.StringIO) -> tuple[logging.Logger, BatchedStreamHandler]:
+    """A logger of its own writing JSON lines through a BatchedStreamHandler, as setup_logging's."""
+    handler = BatchedStreamHandler(stream, every_s=3600.0)
+    handler.setFormatter(JsonFormatter("worker"))
+    logger = logging.getLogger(f"test.info.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def _without_ts(text: str) -> list[dict[str, Any]]:
+    return [{k: v for k, v in line.items() if k != "ts"} for line in json_lines(text)]
+
+
+def test_a_per_message_line_made_without_a_record_is_the_line_logging_makes() -> None:
+    """log_info hands the handler its line itself: the same fields, masked, with the span and the
+    context, in order with the lines logged the usual way."""
+    fields = {"message_id": "m-1", "conversation_id": f"whatsapp:{PHONE}", "handoff": False, "latency_ms": 4.5}
+    stream = io.StringIO()
+    logger, handler = _json_logger(stream)
+
+    async def both() -> None:
+        with trace.use_span(_SPAN), log_context(message_id="m-context", channel="whatsapp"):
+            log_info(logger, f"processed for {EMAIL}", fields)
+            logger.info("processed for %s", EMAIL, extra=fields)
+            log_info(logger, "the third", {})
+        handler.flush()
+
+    asyncio.run(both())
+    direct, through_logging, third = _without_ts(stream.getvalue())
+    assert direct == through_logging
+    assert direct == {
+        "level": "INFO",
+        "service": "worker",
+        "logger": logger.name,
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
+        "message": "processed for m***@example.com",
+        "message_id": "m-1",
+        "conversation_id": "whatsapp:+** ** *****-4321",
+        "channel": "whatsapp",
+        "handoff": False,
+        "latency_ms": 4.5,
+    }
+    assert third["message"] == "the third"
+    logger.setLevel(logging.WARNING)
+    log_info(logger, "not written", {})
+    assert len(json_lines(stream.getvalue())) == 3
+
+
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_per_message_line_goes_through_logging_where_another_handler_or_a_filter_would_see_it() -> None:
+    """A capturing handler (LOG_DIR's files, pytest's caplog) gets its record; a filter decides;
+    a handler above INFO neither takes the line nor sends it the long way."""
+    stream = io.StringIO()
+    logger, handler = _json_logger(stream)
+    captured = _Captured()
+    logger.addHandler(captured)
+    log_info(logger, "seen by both", {"route": "/v1/messages"})
+    assert [(r.getMessage(), r.route) for r in captured.records] == [("seen by both", "/v1/messages")]  # type: ignore[attr-defined]
+    captured.setLevel(logging.ERROR)
+    logger.addFilter(lambda record: record.getMessage() != "filtered out")
+    log_info(logger, "filtered out", {})
+    log_info(logger, "kept", {})
+    assert len(captured.records) == 1
+    handler.flush()
+    assert [line["message"] for line in json_lines(stream.getvalue())] == ["seen by both", "kept"]
 
 
 @pytest.mark.parametrize(

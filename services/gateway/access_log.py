@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from shared.logs import log_info
 from shared.metrics import UNMATCHED_ROUTE
 from shared.web import PROBE_PATHS
 
@@ -38,10 +39,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         elapsed_ms = round(1000 * (time.perf_counter() - started), 1)
         # No number in the text beside the status: a run of digits sends a line through the full
         # personal-data masking (shared/logs.py), several times the cost of the line itself.
-        log.info(
-            "%s %s %d",
-            request.method,
-            route,
-            status,
-            extra={"route": route, "status": status, "duration_ms": elapsed_ms},
+        log_info(
+            log,
+            f"{request.method} {route} {status}",
+            {"route": route, "status": status, "duration_ms": elapsed_ms},
         )

@@ -44,6 +44,7 @@ from services.worker.state import WorkerStore, WorkState
 from services.worker.streaming import delta_publisher
 from shared import unanswered
 from shared.broker import BROKER_ERRORS, DELIVERY_LIMIT, Broker, last_delivery, may_be_a_copy
+from shared.logs import log_info
 from shared.messages import InboundMessage, ReplyContent, ReplyMessage, now_ms
 from shared.metrics import WorkerMetrics
 from shared.store import REDIS_ERRORS, until_redis_answers
@@ -311,9 +312,10 @@ class Processor:
         self.metrics.reply_committed(reply, timings, commit.reply.reply.usage)
         if not log.isEnabledFor(logging.INFO):  # one line per message: its fields only when written
             return
-        log.info(
+        log_info(
+            log,
             "message processed",
-            extra={
+            {
                 "message_id": reply.message_id,
                 "conversation_id": reply.conversation_id,
                 "engine": reply.reply.engine,
