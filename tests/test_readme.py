@@ -122,7 +122,7 @@ FIRST_HOUR = README.split("\n## The first hour\n", 1)[1].split("\n## ", 1)[0]
 # The log lines the first hour quotes (`…` where they vary), with the literal text of the code that
 # prints each: a message reworded in the code fails here until the README quotes the new one.
 QUOTED_LOG_LINES = {
-    "POST /webhooks/whatsapp 401": [("services/gateway/access_log.py", '"%s %s %d"')],
+    "POST /webhooks/whatsapp 401": [("services/gateway/access_log.py", 'f"{request.method} {route} {status}"')],
     "whatsapp reply … not delivered, dead-lettered: WhatsApp answered 401 (code 190)": [
         ("services/gateway/delivery/sender.py", '"%s reply %s to %s not delivered, dead-lettered: %s"'),
         ("services/gateway/delivery/clients.py", 'f"WhatsApp answered {status} (code {code}): '),
