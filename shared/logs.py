@@ -5,7 +5,8 @@ Every line carries `ts`, `level`, `service` and `logger`; a line written inside 
 while a message is handled carries its `message_id` and `conversation_id` (see `log_context`).
 Phone numbers, e-mail addresses, CPF numbers and secrets are masked in every string of every line
 by `mask_pii`, whoever logged them. The lines logged in the event loop reach stdout together, at
-most one write every few milliseconds (`BatchedStreamHandler`).
+most one write every few milliseconds (`BatchedStreamHandler`). The lines written once per message
+go through `log_info`: the same line, made without a LogRecord where stdout alone takes it.
 
 With `LOG_DIR` set, the same lines also go to `combined.log` (everything), `error.log` (ERROR and
 above) and `audit.log` (the `atendimento.audit` logger: admin actions), each rotated by size.
