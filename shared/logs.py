@@ -473,7 +473,11 @@ def log_info(logger: logging.Logger, message: str, fields: Mapping[str, Any]) ->
         logger.info(message, extra=fields)
         return
     formatter, handlers = direct
-    line = formatter.line("INFO", logger.name, time.time(), {"message": message, **_context.get(), **fields})
+    try:
+        line = formatter.line("INFO", logger.name, time.time(), {"message": message, **_context.get(), **fields})
+    except Exception:  # a line that cannot be written: logging reports it (handleError), never the caller
+        logger.info(message, extra=fields)
+        return
     for handler in handlers:
         handler.keep(line)
 

@@ -434,6 +434,12 @@ def test_a_per_message_line_made_without_a_record_is_the_line_logging_makes() ->
         "latency_ms": 4.5,
     }
     assert third["message"] == "the third"
+    # A value orjson refuses (a lone surrogate) is reported as logging reports it, never raised.
+    with pytest.MonkeyPatch.context() as patch:
+        reported: list[logging.LogRecord] = []
+        patch.setattr(handler, "handleError", reported.append)
+        log_info(logger, "unwritable", {"who": "\ud800"})
+    assert [record.getMessage() for record in reported] == ["unwritable"]
     logger.setLevel(logging.WARNING)
     log_info(logger, "not written", {})
     assert len(json_lines(stream.getvalue())) == 3
