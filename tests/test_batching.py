@@ -128,6 +128,27 @@ async def test_a_reject_goes_out_after_the_acks_before_it_and_the_channel_stays_
         assert await _left_in(held.connection, queue_name) == [deliveries[-1].body.decode()]
 
 
+async def test_enough_acks_waiting_leave_without_the_linger_and_a_flush_cuts_it_short(queue_name: str) -> None:
+    """A busy shard must not hold its prefetch in settled deliveries for the whole linger, and a
+    reject or a handover must not wait for it either."""
+    async with _held(queue_name) as held:
+        deliveries, acks = held.deliveries, ChannelAcks(linger_s=60.0, flush_at=4)
+        acks.ack(deliveries[0])
+        await asyncio.sleep(0)  # its sender starts lingering
+        for delivery in deliveries[1:4]:
+            acks.ack(delivery)
+
+        async def sent() -> bool:
+            return acks.pending == 0
+
+        await eventually(sent, timeout=5, what="the acks sent once four were waiting")
+        acks.ack(deliveries[4])
+        async with asyncio.timeout(5):  # (in this task: before the sender has even started)
+            await acks.flush()
+        await held.channel.close()  # what was not acked goes back to the queue
+        assert sorted(await _left_in(held.connection, queue_name)) == sorted(d.body.decode() for d in deliveries[5:])
+
+
 async def test_a_new_channel_starts_its_tags_afresh(queue_name: str) -> None:
     """After a dropped connection the shard's robust channel comes back with tags from 1: what was
     settled on the old channel must not make a `multiple` ack on the new one cover deliveries still

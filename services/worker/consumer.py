@@ -85,7 +85,8 @@ class ShardSubscription:
         self._lanes: dict[str, deque[Received]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
-        self._acks = ChannelAcks()
+        # A quarter of the prefetch: settled deliveries waiting for their ack still count in it.
+        self._acks = ChannelAcks(flush_at=max(1, capacity.limit // 4))
         self._settlement = Settlement(shard=shard, acks=self._acks, store=processor.store, metrics=processor.metrics)
         self._stopping = False
         self._working: set[asyncio.Task[Any]] = set()  # lanes inside a unit (holding a slot)
