@@ -71,7 +71,11 @@ def _tracer() -> trace.Tracer:
 def _tracing() -> bool:
     """Whether a tracer provider is installed. Without one every span is a no-op, and the hot
     paths skip making them: building a no-op span and its attributes costs about 10 µs a time."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+
+
+# Tracing off: no provider yet (the API's proxy), or the no-op one a service installs at start.
+_NO_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 
 # Set-up ------------------------------------------------------------------------------------------
@@ -130,6 +134,10 @@ def tracing_context(service: str, settings: Settings) -> Callable[[web.Applicati
             trace.set_tracer_provider(provider)
             if "otlp" in settings.otel_exporters:
                 log.info("tracing to OTLP over %s", settings.otel_exporter_protocol)
+        elif isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            # Off, the no-op provider is installed all the same: until one is, the API looks the
+            # OTEL_PYTHON_TRACER_PROVIDER variable up in the environment at each span check.
+            trace.set_tracer_provider(trace.NoOpTracerProvider())
         yield
         if provider is not None:
             shutdown_in_background(provider, SHUTDOWN_FLUSH_S)

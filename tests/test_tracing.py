@@ -6,6 +6,7 @@ The services export to a collector of our own (tests/support/otlp.py) over OTLP/
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -542,6 +543,44 @@ def test_an_unhandled_error_is_an_error_server_span_with_its_exception_event() -
     assert [name for name, _ in found["events"]] == ["exception"], found
     (_, exception), *_ = found["events"]
     assert exception["exception.type"] == "KeyError" and "broken" in exception["exception.stacktrace"]
+
+
+# In a process of its own too: `os.environ` is swapped for a mapping that counts the keys looked up.
+_OFF = """
+import asyncio, json, os
+from aiohttp import web
+from shared import telemetry
+from shared.settings import Settings
+
+class Counted(dict):
+    looked_up = 0
+    def __contains__(self, key):
+        Counted.looked_up += 1
+        return super().__contains__(key)
+
+os.environ = Counted(os.environ)
+
+async def main():
+    before = telemetry._tracing(), Counted.looked_up
+    started = telemetry.tracing_context("worker", Settings.from_env({}))(web.Application())
+    await anext(started)
+    Counted.looked_up = 0
+    after = telemetry._tracing(), Counted.looked_up
+    print(json.dumps({"before": before, "after": after}))
+
+asyncio.run(main())
+"""
+
+
+def test_with_tracing_off_a_span_check_reads_no_environment() -> None:
+    """Tracing off (OTEL_SDK_DISABLED), a service still installs a provider, the no-op one: the
+    API's proxy looks a variable up in the environment at every check, several a message."""
+    env = {**os.environ, "OTEL_SDK_DISABLED": "true"}
+    done = subprocess.run([sys.executable, "-c", _OFF], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert found["before"][0] is False and found["before"][1] > 0, found  # the proxy's look-up
+    assert found["after"] == [False, 0], found
 
 
 async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
