@@ -10,7 +10,8 @@ when an OTLP endpoint is set and `none` otherwise, so a first run without a coll
 
 The tracer provider is installed process-wide (`trace.set_tracer_provider`): the OpenTelemetry
 API is built around that one global, like logging's root logger, and the helpers below reach it
-through `trace.get_tracer`. Without it (disabled, or never set up) every span is a no-op.
+through `trace.get_tracer`. Disabled (OTEL_SDK_DISABLED), the API's no-op provider is installed, and
+never set up, the API's proxy stands in: either way every span is a no-op.
 
 Context crosses RabbitMQ as W3C `traceparent`/`tracestate` AMQP headers (the aio-pika
 instrumentation supports only aio-pika < 10; the propagator API needs no more than this).
@@ -35,6 +36,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, SpanKind, Status, StatusCode
 
 from shared import __version__
@@ -65,17 +67,31 @@ NO_SPAN: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(INVALI
 
 
 def _tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME, __version__)
+    return _tracer_of(trace.get_tracer_provider())
 
 
-def _tracing() -> bool:
-    """Whether a tracer provider is installed. Without one every span is a no-op, and the hot
-    paths skip making them: building a no-op span and its attributes costs about 10 µs a time."""
-    return not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+@functools.lru_cache(maxsize=4)
+def _tracer_of(provider: trace.TracerProvider) -> trace.Tracer:
+    """The project's tracer of `provider`: the SDK makes a new one at each `get_tracer` (7 µs)."""
+    return provider.get_tracer(TRACER_NAME, __version__)
 
 
 # Tracing off: no provider yet (the API's proxy), or the no-op one a service installs at start.
 _NO_TRACING = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def _tracing() -> bool:
+    """Whether a tracer provider that makes spans is installed. Without one every span is a no-op,
+    and the hot paths skip making them: building a no-op span and its attributes costs about 10 µs
+    a time."""
+    return not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+
+
+def _recorded_here() -> bool:
+    """Whether the current span records. A span made inside one that does not would not record
+    either (the SDK's samplers decide a child as its parent, or by the trace id they share), so the
+    helpers of a message's inner steps make none there: with nothing exported, that is every span."""
+    return trace.get_current_span().is_recording()
 
 
 # Set-up ------------------------------------------------------------------------------------------
@@ -99,11 +115,14 @@ def build_resource(service: str, settings: Settings) -> Resource:
 def create_tracer_provider(service: str, settings: Settings) -> TracerProvider | None:
     """A provider with a batch processor and the OTLP exporter; None when OTEL_SDK_DISABLED=true.
     Without an exporter (OTEL_TRACES_EXPORTER unset and no OTLP endpoint) the provider still makes
-    spans, so logs and replies carry trace ids and `traceparent` is continued, but sends none.
+    spans, so logs carry trace ids and `traceparent` is continued, but they record nothing.
 
-    The sampler is the SDK's reading of OTEL_TRACES_SAMPLER(_ARG) (default parentbased_always_on,
-    so an incoming sampled `traceparent` is always continued)."""
-    provider = TracerProvider(resource=build_resource(service, settings), shutdown_on_exit=False)
+    With one, the sampler is the SDK's reading of OTEL_TRACES_SAMPLER(_ARG) (default
+    parentbased_always_on, so an incoming sampled `traceparent` is always continued)."""
+    # Nothing exported: spans that record nothing, which still carry their trace (a caller's, or a
+    # new one) to the logs and onwards. Recording them only to drop them doubled a message's CPU.
+    sampler = None if settings.otel_exporters else ALWAYS_OFF
+    provider = TracerProvider(sampler=sampler, resource=build_resource(service, settings), shutdown_on_exit=False)
     if isinstance(provider.get_tracer(TRACER_NAME), NoOpTracer):  # the SDK's own OTEL_SDK_DISABLED check
         return None
     for name in settings.otel_exporters:
@@ -321,7 +340,7 @@ def _producer_span(
 def push_span(destination: str, *, message_id: str, conversation_id: str) -> contextlib.AbstractContextManager[Span]:
     """A PRODUCER span around a web reply pushed to the gateways over Redis pub/sub (services/
     worker/push.py): the trace's hand-back, named as a publish to `destination`, the replies."""
-    if not _tracing():
+    if not _recorded_here():
         return NO_SPAN
     return _push_span(destination, message_id, conversation_id)
 
@@ -446,7 +465,7 @@ def _active(span: Span, fields: LogContext) -> Iterator[Span]:
 def engine_span(engine: str) -> contextlib.AbstractContextManager[Span]:
     """Generating a reply (knowledge-base ranking, or the LLM engine with its grounding). An
     exception leaving the block marks the span failed and is recorded on it."""
-    if not _tracing():
+    if not _recorded_here():
         return NO_SPAN
     return _engine_span(engine)
 
@@ -517,8 +536,9 @@ def mark_current_failed(description: str) -> None:
 # Redis -------------------------------------------------------------------------------------------
 def redis_span(operation: str, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
     """A CLIENT span for one Redis round trip (a command, a pipeline or a script). Only created
-    inside a trace: heartbeats and shard balancing would otherwise make a trace every second."""
-    if not trace.get_current_span().get_span_context().is_valid:
+    inside a recorded trace: heartbeats and shard balancing would otherwise make a trace every
+    second."""
+    if not _recorded_here():
         return NO_SPAN
     return _redis_span(operation, attributes)
 

@@ -583,6 +583,68 @@ def test_with_tracing_off_a_span_check_reads_no_environment() -> None:
     assert found["after"] == [False, 0], found
 
 
+def test_with_nothing_exported_spans_record_nothing_yet_carry_the_callers_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No OTLP endpoint and no OTEL_TRACES_EXPORTER: spans are made only to carry the trace to the
+    log lines and onwards, so they record nothing (recording them to drop them cost a message a
+    third more CPU), and a caller's trace id goes on. With an exporter they record."""
+    from shared.settings import Settings
+    from shared.telemetry import create_tracer_provider, extract_context
+
+    for name in ("OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER"):
+        monkeypatch.delenv(name, raising=False)
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = extract_context({"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"})
+    quiet = create_tracer_provider("worker", Settings.from_env({}))
+    printed = create_tracer_provider("worker", Settings.from_env({"OTEL_TRACES_EXPORTER": "console"}))
+    assert quiet is not None and printed is not None
+    span = quiet.get_tracer("test").start_span("process", context=parent)
+    assert not span.is_recording()
+    assert format(span.get_span_context().trace_id, "032x") == caller_trace
+    assert printed.get_tracer("test").start_span("process", context=parent).is_recording()
+
+
+# In a process of its own: the provider is installed process-wide.
+_INNER = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from shared.telemetry import NO_SPAN, engine_span, push_span, redis_span
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+def inner_steps():
+    with engine_span("kb"), redis_span("EVALSHA"), push_span("replies", message_id="m", conversation_id="c"):
+        pass
+
+with trace.get_tracer("test").start_as_current_span("recorded"):
+    inner_steps()
+recorded = sorted(span.name for span in exporter.get_finished_spans())
+exporter.clear()
+context = trace.SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True)
+with trace.use_span(trace.NonRecordingSpan(context)):
+    helpers = engine_span("kb"), redis_span("EVALSHA"), push_span("replies", message_id="m", conversation_id="c")
+    made = [helper is not NO_SPAN for helper in helpers]
+print(json.dumps({"recorded": recorded, "made": made}))
+"""
+
+
+def test_a_messages_inner_steps_make_spans_only_inside_a_recorded_one() -> None:
+    """The engine, Redis and hand-back spans are children of a message's span: inside one that
+    records they are made; inside one that does not (sampled out, or nothing exported) they would
+    not record either, so none is made."""
+    done = subprocess.run([sys.executable, "-c", _INNER], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {"recorded": ["engine kb", "publish replies", "recorded", "redis EVALSHA"], "made": [False] * 3}
+
+
 async def test_a_message_merged_into_a_bursts_reply_leads_to_it_in_its_trace(
     collector: Collector, stack: Stack, http: aiohttp.ClientSession
 ) -> None:
