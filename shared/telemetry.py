@@ -185,25 +185,16 @@ async def server_span_middleware(request: web.Request, handler: Handler) -> web.
         return await handler(request)
     route = request.match_info.route.resource
     template = route.canonical if route is not None else None
-    attributes: dict[str, Any] = {
-        "http.request.method": request.method,
-        "url.path": request.path,
-        "url.scheme": request.scheme,
-        "server.port": request.url.port or 0,
-        "client.address": request.remote or "",
-        "user_agent.original": request.headers.get("User-Agent", ""),
-    }
-    if template:
-        attributes["http.route"] = template
     with _tracer().start_as_current_span(
         f"{request.method} {template}" if template else request.method,
         context=propagate.extract(request.headers),
         kind=SpanKind.SERVER,
-        attributes=attributes,
         # A client leaving an SSE stream cancels the handler: that is no server error.
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
+        if span.is_recording():  # else nothing would keep them: not built (with nothing exported, never)
+            span.set_attributes(_http_attributes(request, template))
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # redirects and the like, raised past problem_middleware
@@ -214,6 +205,20 @@ async def server_span_middleware(request: web.Request, handler: Handler) -> web.
             raise
         _record_status(span, response.status)
         return response
+
+
+def _http_attributes(request: web.Request, template: str | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "http.request.method": request.method,
+        "url.path": request.path,
+        "url.scheme": request.scheme,
+        "server.port": request.url.port or 0,
+        "client.address": request.remote or "",
+        "user_agent.original": request.headers.get("User-Agent", ""),
+    }
+    if template:
+        attributes["http.route"] = template
+    return attributes
 
 
 def _record_status(span: Span, status: int) -> None:
@@ -324,15 +329,18 @@ def _producer_span(
     message_id: str | None,
     conversation_id: str | None,
 ) -> Iterator[Span]:
-    attributes = _messaging_attributes("publish", "send", exchange, routing_key, message_id, conversation_id)
     parent, links = None, None
     if TRACEPARENT in headers:
         parent = extract_context(headers)
         current = trace.get_current_span().get_span_context()
         links = [trace.Link(current)] if current.is_valid else None
     with _tracer().start_as_current_span(
-        f"publish {exchange}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+        f"publish {exchange}", context=parent, kind=SpanKind.PRODUCER, links=links
     ) as span:
+        if span.is_recording():  # else nothing would keep them: not built
+            span.set_attributes(
+                _messaging_attributes("publish", "send", exchange, routing_key, message_id, conversation_id)
+            )
         propagate.inject(headers)
         yield span
 
@@ -392,6 +400,11 @@ class ConsumerSpans:
 
     @staticmethod
     def _start(delivery: AbstractIncomingMessage) -> Span:
+        span = _tracer().start_span(
+            f"process {delivery.exchange}", context=extract_context(delivery.headers), kind=SpanKind.CONSUMER
+        )
+        if not span.is_recording():  # nothing would keep the attributes
+            return span
         attributes = _messaging_attributes(
             "process",
             "process",
@@ -403,12 +416,8 @@ class ConsumerSpans:
         if delivery.delivery_tag is not None:
             attributes["messaging.rabbitmq.message.delivery_tag"] = delivery.delivery_tag
         attributes[REDELIVERED] = bool(delivery.redelivered)
-        return _tracer().start_span(
-            f"process {delivery.exchange}",
-            context=extract_context(delivery.headers),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
+        span.set_attributes(attributes)
+        return span
 
     def __enter__(self) -> ConsumerSpans:
         return self
