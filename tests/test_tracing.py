@@ -587,8 +587,8 @@ def test_with_nothing_exported_spans_record_nothing_yet_carry_the_callers_trace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No OTLP endpoint and no OTEL_TRACES_EXPORTER: spans are made only to carry the trace to the
-    log lines and onwards, so they record nothing (recording them to drop them cost a message a
-    third more CPU), and a caller's trace id goes on. With an exporter they record."""
+    log lines and onwards, so they record nothing (recorded only to be dropped, they cost CPU at
+    every message), and a caller's trace id goes on. With an exporter they record."""
     from shared.settings import Settings
     from shared.telemetry import create_tracer_provider, extract_context
 
