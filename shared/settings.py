@@ -227,6 +227,9 @@ class Settings:
     # Where spans go (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as given; empty: the SDK's default), for
     # the start line only: the SDK reads the variable itself.
     otel_endpoint: str = ""
+    # Whether OTEL_TRACES_SAMPLER is set (the SDK reads its value): with nothing exported, spans
+    # record only when it asks them to, as the sampled flag they pass on is all they would change.
+    otel_sampler_set: bool = False
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
@@ -391,6 +394,7 @@ class Settings:
                 "OTEL_TRACES_EXPORTER", ("otlp",) if otel_endpoint else defaults.otel_exporters
             ),
             otel_endpoint=otel_endpoint,
+            otel_sampler_set=bool(read.text("OTEL_TRACES_SAMPLER", "")),
         )
         if settings.reply_engine == "openai" and not settings.openai_model:
             raise ConfigError("OPENAI_MODEL must name a model when REPLY_ENGINE=openai")

@@ -115,14 +115,16 @@ def build_resource(service: str, settings: Settings) -> Resource:
 def create_tracer_provider(service: str, settings: Settings) -> TracerProvider | None:
     """A provider with a batch processor and the OTLP exporter; None when OTEL_SDK_DISABLED=true.
     Without an exporter (OTEL_TRACES_EXPORTER unset and no OTLP endpoint) the provider still makes
-    spans, so logs carry trace ids and `traceparent` is continued, but they record nothing.
+    spans, so logs carry trace ids and `traceparent` is continued, but they record nothing unless
+    OTEL_TRACES_SAMPLER is set.
 
-    With one, the sampler is the SDK's reading of OTEL_TRACES_SAMPLER(_ARG) (default
+    Otherwise the sampler is the SDK's reading of OTEL_TRACES_SAMPLER(_ARG) (default
     parentbased_always_on, so an incoming sampled `traceparent` is always continued)."""
-    # Nothing exported: spans that record nothing, which still carry their trace (a caller's, or a
-    # new one) to the logs and onwards. Recorded only to be dropped, with their attributes and a
-    # tracer made for each, they nearly doubled the services' CPU a message (docs/performance.md).
-    sampler = None if settings.otel_exporters else ALWAYS_OFF
+    # Nothing exported and no sampler asked for: spans that record nothing, which still carry their
+    # trace (a caller's, or a new one) to the logs and onwards. Recorded only to be dropped, with
+    # their attributes and a tracer made for each, they nearly doubled the services' CPU a message
+    # (docs/performance.md).
+    sampler = None if settings.otel_exporters or settings.otel_sampler_set else ALWAYS_OFF
     provider = TracerProvider(sampler=sampler, resource=build_resource(service, settings), shutdown_on_exit=False)
     if isinstance(provider.get_tracer(TRACER_NAME), NoOpTracer):  # the SDK's own OTEL_SDK_DISABLED check
         return None

@@ -603,6 +603,10 @@ def test_with_nothing_exported_spans_record_nothing_yet_carry_the_callers_trace(
     assert not span.is_recording()
     assert format(span.get_span_context().trace_id, "032x") == caller_trace
     assert printed.get_tracer("test").start_span("process", context=parent).is_recording()
+    # A sampler asked for is the SDK's, exported or not (SPEC 2: OTEL_* as the SDK documents them).
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    sampled = create_tracer_provider("worker", Settings.from_env({"OTEL_TRACES_SAMPLER": "always_on"}))
+    assert sampled is not None and sampled.get_tracer("test").start_span("process", context=parent).is_recording()
 
 
 # In a process of its own: the provider is installed process-wide.

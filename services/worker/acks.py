@@ -9,9 +9,10 @@ connection drops half-way through the frames, and a slow conversation never hold
 Why 50 ms: a worker's traffic is spread over its shards, each a quorum queue of its own, and each
 ack frame is a command RabbitMQ writes to that queue's log. At 700 messages a second over 16 shards
 a shard settles about one message per 10 ms, so a 10 ms linger sent nearly one frame per message;
-50 ms sends one for two or three, and RabbitMQ's CPU a message fell by 10-20 % (docs/performance.md,
-the acks' round). `flush_at` (a quarter of the prefetch) keeps a busy shard from holding its prefetch in
-settled deliveries meanwhile, and a flush (a reject, a handover, a stop) does not wait for it.
+50 ms sends one for two or three, and RabbitMQ's CPU a message fell by 10-20 %
+(docs/performance.md, the acks' round). `flush_at` (a quarter of the prefetch) keeps a busy shard
+from holding its prefetch in settled deliveries meanwhile, and a flush (a reject, a handover, a
+stop) does not wait for it.
 
 The linger costs nothing a customer sees (the reply is out before its delivery is settled): a
 worker killed within it has those few deliveries redelivered, and their stored replies are sent
