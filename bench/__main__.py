@@ -31,6 +31,7 @@ import psutil
 from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
+from bench.workdir import Workdir
 from shared.settings import DEFAULT_SHARDS
 from tests.support import AMQP_PORT, REDIS_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
 from tests.support.otlp import collector_process, tracing_env
@@ -365,6 +366,9 @@ async def main() -> None:
         "(OTEL_TRACES_SAMPLER=parentbased_traceidratio); without it tracing is off",
     )
     parser.add_argument("--trace-protocol", choices=("grpc", "http/protobuf"), default="grpc")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the services' logs (removed after a run without errors)"
+    )
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     with contextlib.ExitStack() as tracing:
@@ -381,14 +385,17 @@ async def main() -> None:
 
 
 async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"atendimento-bench-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
+    with Workdir("bench", keep=args.keep_logs) as workdir:
+        await measure(args, env, workdir)
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], workdir: Workdir) -> None:
     print(
         f"{args.clients} clients, {args.seconds:.0f} s each in {args.rounds} alternating rounds, "
         "POST /v1/messages?wait=10, both sides on uvloop" + (f", env {env}" if env else "")
     )
     bare, project = Result("bare", 0.0), Result("project", 0.0)
-    async with bare_system() as (bare_url, bare_pids), project_system(env, tmp) as (project_url, stack):
+    async with bare_system() as (bare_url, bare_pids), project_system(env, workdir.path) as (project_url, stack):
         services = {service.name: _pid(service) for service in stack.services}
         sampler = RssSampler(services)
         sampling = asyncio.create_task(sampler.run())
@@ -403,6 +410,8 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
         async with amqp.counting(), redis.counting():
             await alternate(args, {"bare": (bare_url, bare), "project": (project_url, project)}, cpu)
         sampling.cancel()
+    if bare.errors or project.errors:
+        workdir.keep()
     print(bare.line())
     print(project.line())
     print(f"ratio      {project.throughput / bare.throughput:.2f} of the bare round trip (floor 0.5; the aim is 1.0)")

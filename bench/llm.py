@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import statistics
 import time
 import uuid
@@ -23,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.__main__ import RssSampler, _pid
+from bench.workdir import Workdir
 from shared.settings import DEFAULT_SHARDS
 from tests.support import Stack, eventually, get_json, purge_namespace
 from tests.support.fake_llm import LLM_TEXT, STREAM_PAUSE_S, FakeLlm, says
@@ -99,9 +99,13 @@ async def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--latencies", default="1,3", help="comma-separated seconds per completion")
     parser.add_argument("--concurrency", type=int, default=64, help="WORKER_CONCURRENCY")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (removed after the runs)")
     args = parser.parse_args()
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"atendimento-bench-llm-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
+    with Workdir("bench-llm", keep=args.keep_logs) as workdir:
+        await run_all(args, workdir.path)
+
+
+async def run_all(args: argparse.Namespace, tmp: Path) -> None:
     print(f"{args.conversations} conversations at once, WORKER_CONCURRENCY={args.concurrency}, {SHARDS} shards")
     print(f"the stand-in streams each answer for {STREAMING_S:.2f} s after its latency")
     print("workers   model    msg/s  all answered     p95  in flight   ideal w/o stream   peak RSS")

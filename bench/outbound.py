@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from bench.workdir import Workdir
 from tests.support import Stack, eventually, get_json, new_namespace, purge_namespace
 from tests.support.channel_fakes import PHONE_NUMBER_ID, WHATSAPP_ENV, FakeChannelApi
 
@@ -46,8 +46,13 @@ async def _clients(url: str, messages: int, concurrency: int) -> tuple[float, in
 
 
 async def run(messages: int, concurrency: int) -> None:
+    with Workdir("bench-outbound") as workdir:
+        await measure(workdir.path, messages, concurrency)
+
+
+async def measure(workdir: Path, messages: int, concurrency: int) -> None:
     api = await FakeChannelApi().start()
-    stack = Stack(new_namespace(), Path(tempfile.mkdtemp(prefix="bench-outbound-")))
+    stack = Stack(new_namespace(), workdir)
     try:
         gateway = await stack.start("gateway", **WHATSAPP_ENV, **api.env(), WHATSAPP_PHONE_NUMBER_ID=PHONE_NUMBER_ID)
         async with aiohttp.ClientSession() as http:

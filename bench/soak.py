@@ -21,7 +21,6 @@ import contextlib
 import random
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -31,6 +30,7 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
+from bench.workdir import Workdir
 from shared.names import Names
 from tests.support import Service, Stack, eventually, purge_namespace, web_id
 from tests.support.load import verdict
@@ -123,8 +123,15 @@ async def check(redis: Redis, names: Names, tally: Tally, timeout_s: float) -> t
 
 
 async def soak(messages: int, conversations: int, seconds: float, every_s: float) -> int:
+    with Workdir("soak") as workdir:
+        failed = await soak_in(workdir.path, messages, conversations, seconds, every_s)
+        if failed:
+            workdir.keep()
+        return failed
+
+
+async def soak_in(workdir: Path, messages: int, conversations: int, seconds: float, every_s: float) -> int:
     namespace = f"soak{uuid.uuid4().hex[:8]}"
-    workdir = Path(tempfile.mkdtemp(prefix="atendimento-soak-"))
     redis_server = await PrivateRedis(workdir / "redis", persistent=True).start()
     stack = Stack(
         namespace,
