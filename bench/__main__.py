@@ -31,7 +31,7 @@ import psutil
 from aio_pika.abc import AbstractChannel
 from redis.asyncio import Redis
 
-from bench.workdir import Workdir
+from bench.workdir import Workdir, working_dir
 from shared.settings import DEFAULT_SHARDS
 from tests.support import AMQP_PORT, REDIS_PORT, REDIS_URL, ROOT, Service, Stack, eventually, free_port, purge_namespace
 from tests.support.otlp import collector_process, tracing_env
@@ -385,7 +385,7 @@ async def main() -> None:
 
 
 async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
-    with Workdir("bench", keep=args.keep_logs) as workdir:
+    with working_dir("bench", keep=args.keep_logs) as workdir:
         await measure(args, env, workdir)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.__main__ import RssSampler, _pid
-from bench.workdir import Workdir
+from bench.workdir import working_dir
 from shared.settings import DEFAULT_SHARDS
 from tests.support import Stack, eventually, get_json, purge_namespace
 from tests.support.fake_llm import LLM_TEXT, STREAM_PAUSE_S, FakeLlm, says
@@ -101,7 +101,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="WORKER_CONCURRENCY")
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs (removed after the runs)")
     args = parser.parse_args()
-    with Workdir("bench-llm", keep=args.keep_logs) as workdir:
+    with working_dir("bench-llm", keep=args.keep_logs) as workdir:
         await run_all(args, workdir.path)
 
 

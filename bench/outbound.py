@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from bench.workdir import Workdir
+from bench.workdir import working_dir
 from tests.support import Stack, eventually, get_json, new_namespace, purge_namespace
 from tests.support.channel_fakes import PHONE_NUMBER_ID, WHATSAPP_ENV, FakeChannelApi
 
@@ -46,7 +46,7 @@ async def _clients(url: str, messages: int, concurrency: int) -> tuple[float, in
 
 
 async def run(messages: int, concurrency: int) -> None:
-    with Workdir("bench-outbound") as workdir:
+    with working_dir("bench-outbound") as workdir:
         await measure(workdir.path, messages, concurrency)
 
 

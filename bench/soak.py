@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
-from bench.workdir import Workdir
+from bench.workdir import working_dir
 from shared.names import Names
 from tests.support import Service, Stack, eventually, purge_namespace, web_id
 from tests.support.load import verdict
@@ -123,7 +123,7 @@ async def check(redis: Redis, names: Names, tally: Tally, timeout_s: float) -> t
 
 
 async def soak(messages: int, conversations: int, seconds: float, every_s: float) -> int:
-    with Workdir("soak") as workdir:
+    with working_dir("soak") as workdir:
         failed = await soak_in(workdir.path, messages, conversations, seconds, every_s)
         if failed:
             workdir.keep()

@@ -5,31 +5,35 @@ stderr for a look at what the services said."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 
+@dataclass(slots=True)
 class Workdir:
-    def __init__(self, name: str, *, keep: bool = False) -> None:
-        self.name = name
-        self.path = Path()
-        self._keep = keep
+    path: Path
+    kept: bool = False
 
     def keep(self) -> None:
         """Keep the directory after the run (a run that went wrong without raising)."""
-        self._keep = True
+        self.kept = True
 
-    def __enter__(self) -> Workdir:
-        self.path = Path(tempfile.mkdtemp(prefix=f"atendimento-{self.name}-"))
-        return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        if self._keep or kind is not None:
-            print(f"{self.name}: the services' logs are in {self.path}", file=sys.stderr)
+@contextlib.contextmanager
+def working_dir(name: str, *, keep: bool = False) -> Iterator[Workdir]:
+    workdir = Workdir(Path(tempfile.mkdtemp(prefix=f"atendimento-{name}-")), kept=keep)
+    try:
+        yield workdir
+    except BaseException:
+        workdir.keep()
+        raise
+    finally:
+        if workdir.kept:
+            print(f"{name}: the services' logs are in {workdir.path}", file=sys.stderr)
         else:
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(workdir.path, ignore_errors=True)

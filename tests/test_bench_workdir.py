@@ -7,17 +7,17 @@ import shutil
 
 import pytest
 
-from bench.workdir import Workdir
+from bench.workdir import working_dir
 
 
 def test_a_run_that_went_through_leaves_nothing_behind() -> None:
-    with Workdir("bench") as workdir:
+    with working_dir("bench") as workdir:
         (workdir.path / "gateway-0.log").write_text("a line\n")
     assert not workdir.path.exists()
 
 
 def test_a_run_that_raised_keeps_its_logs_and_names_them(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(RuntimeError), Workdir("soak") as workdir:
+    with pytest.raises(RuntimeError), working_dir("soak") as workdir:
         (workdir.path / "worker-0.log").write_text("what went wrong\n")
         raise RuntimeError("a service did not start")
     try:
@@ -28,7 +28,7 @@ def test_a_run_that_raised_keeps_its_logs_and_names_them(capsys: pytest.CaptureF
 
 
 def test_a_run_that_went_wrong_without_raising_keeps_its_logs_when_told() -> None:
-    with Workdir("bench") as workdir:
+    with working_dir("bench") as workdir:
         workdir.keep()  # e.g. requests that failed
     try:
         assert workdir.path.is_dir()
